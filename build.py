@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Set up grilly_kv on this machine: system packages, kp 0.9.0, SPIR-V, the package itself.
+
+Idempotent and fast the second time. Every step checks what it needs by files and commands
+(never by package-manager status), so the same script works on a fresh Debian machine (it installs
+what is missing when run as root), in CI, and on the GPU machine, where the Vulkan headers are
+unpacked by hand and glslc is absent but the compiled SPIR-V is carried along.
+
+    python3 build.py            # everything
+    python3 build.py --shaders  # only recompile changed shaders
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+SHADER_DIR = ROOT / "shaders"
+SPIRV_DIR = ROOT / "grilly_kv" / "spirv"
+CACHE_DIR = Path(os.environ.get("GRILLY_KV_CACHE_DIR", ROOT / ".cache"))
+KP_VERSION = "0.9.0"
+KP_PATCH = ROOT / "patches" / f"kp-{KP_VERSION}.patch"
+# SPIR-V 1.3 is what kp's Vulkan 1.1 instance allows, and the minimum for subgroup operations.
+GLSLC_FLAGS = ["-fshader-stage=compute", "--target-env=vulkan1.1", "-O", "-Werror"]
+KP_CMAKE_OPTIONS = [
+    "-DKOMPUTE_OPT_BUILD_PYTHON=ON",
+    "-DKOMPUTE_OPT_LOG_LEVEL=Off",
+    "-DKOMPUTE_OPT_USE_SPDLOG=OFF",
+    "-DKOMPUTE_OPT_DISABLE_VULKAN_VERSION_CHECK=ON",
+    "-DKOMPUTE_OPT_USE_BUILT_IN_VULKAN_HEADER=OFF",
+    "-DKOMPUTE_OPT_USE_BUILT_IN_FMT=OFF",
+    "-DKOMPUTE_OPT_USE_BUILT_IN_PYBIND11=OFF",
+    "-DKOMPUTE_OPT_INSTALL=OFF",
+    "-DKOMPUTE_OPT_DISABLE_VK_DEBUG_LAYERS=ON",
+    "-DCMAKE_POSITION_INDEPENDENT_CODE=ON",
+    "-DCMAKE_BUILD_TYPE=Release",
+]
+# Python packages the library and its tests import, by import name -> PyPI requirement.
+PY_DEPS = {
+    "numpy": "numpy>=1.26",
+    "pybind11": "pybind11>=2.12",
+    "safetensors": "safetensors>=0.4",
+    "pytest": "pytest>=7",
+    "hypothesis": "hypothesis>=6",
+    "wheel": "wheel",  # the editable install runs without build isolation (offline GPU machine)
+}
+
+
+def log(msg: str) -> None:
+    print(f"[build] {msg}", flush=True)
+
+
+def fail(msg: str) -> None:
+    print(f"[build] error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. System packages
+# ---------------------------------------------------------------------------------------------
+def _vulkan_icd_present() -> bool:
+    for var in ("VK_DRIVER_FILES", "VK_ICD_FILENAMES"):
+        if any(Path(p).is_file() for p in os.environ.get(var, "").split(os.pathsep) if p):
+            return True
+    dirs = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"]
+    return any(glob.glob(f"{d}/*.json") for d in dirs)
+
+
+def _libvulkan_present() -> bool:
+    patterns = ["/usr/lib/*/libvulkan.so", "/usr/lib/libvulkan.so", "/usr/local/lib/libvulkan.so"]
+    return any(glob.glob(p) for p in patterns)
+
+
+def missing_system_packages(need_glslc: bool) -> list[str]:
+    """Debian packages whose files or commands are missing here."""
+    checks = [
+        ("libvulkan-dev", Path("/usr/include/vulkan/vulkan.hpp").is_file() and _libvulkan_present()),
+        ("libfmt-dev", Path("/usr/include/fmt/core.h").is_file()),
+        ("cmake", shutil.which("cmake") is not None),
+        ("g++", shutil.which("g++") is not None or shutil.which("c++") is not None),
+        ("mesa-vulkan-drivers", _vulkan_icd_present()),
+        ("glslc", (not need_glslc) or shutil.which("glslc") is not None),
+    ]
+    return [pkg for pkg, ok in checks if not ok]
+
+
+def ensure_system_packages(need_glslc: bool) -> None:
+    missing = missing_system_packages(need_glslc)
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        fail("missing system packages: " + " ".join(missing) +
+             f"\n  install them with: sudo apt-get install -y {' '.join(missing)}")
+    log(f"installing Debian packages: {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env,
+        stdout=subprocess.DEVNULL)
+    still = missing_system_packages(need_glslc)
+    if still:
+        fail(f"still missing after apt-get install: {' '.join(still)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Python dependencies (pybind11 is needed before kp can be built)
+# ---------------------------------------------------------------------------------------------
+def ensure_python_deps() -> None:
+    missing = [req for mod, req in PY_DEPS.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        log(f"pip install {' '.join(missing)}")
+        run([sys.executable, "-m", "pip", "install", "-q", *missing])
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. kp 0.9.0, patched, built offline from its PyPI sdist
+# ---------------------------------------------------------------------------------------------
+def _kp_build_dir() -> Path:
+    h = hashlib.sha256(KP_PATCH.read_bytes() + " ".join(KP_CMAKE_OPTIONS).encode()).hexdigest()[:12]
+    tag = f"{sys.implementation.cache_tag}-{sysconfig.get_platform()}"
+    return CACHE_DIR / f"kp-{KP_VERSION}-{h}-{tag}"
+
+
+def _kp_sdist() -> Path:
+    sdist = CACHE_DIR / f"kp-{KP_VERSION}.tar.gz"
+    if not sdist.is_file():
+        log(f"downloading the kp {KP_VERSION} sdist")
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+             f"kp=={KP_VERSION}", "-d", str(CACHE_DIR)])
+    return sdist
+
+
+def _kp_importable_from(build_dir: Path) -> bool:
+    code = "import kp, sys; print(kp.__file__)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return r.returncode == 0 and Path(r.stdout.strip()).parent == build_dir
+
+
+def ensure_kp() -> None:
+    build_dir = _kp_build_dir()
+    pth = Path(sysconfig.get_paths()["purelib"]) / "grilly_kv_kp.pth"
+    if _kp_importable_from(build_dir):
+        return
+    if not list(build_dir.glob("kp*.so")):
+        sdist = _kp_sdist()
+        log(f"building kp {KP_VERSION} (patched: {KP_PATCH.name}) into {build_dir}")
+        import pybind11  # installed by ensure_python_deps
+
+        with tempfile.TemporaryDirectory() as tmp:
+            with tarfile.open(sdist) as tf:
+                tf.extractall(tmp)
+            src = Path(tmp) / f"kp-{KP_VERSION}"
+            run(["patch", "-p1", "-s", "-i", str(KP_PATCH)], cwd=src)
+            out = Path(tmp) / "out"
+            cmake = ["cmake", "-S", str(src), "-B", str(Path(tmp) / "build"), *KP_CMAKE_OPTIONS,
+                     f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+                     f"-DPYTHON_EXECUTABLE={sys.executable}",
+                     f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out}"]
+            if shutil.which("ninja"):
+                cmake += ["-G", "Ninja"]
+            logfile = CACHE_DIR / "kp-build.log"
+            CACHE_DIR.mkdir(parents=True, exist_ok=True)
+            with open(logfile, "w") as fh:
+                try:
+                    run(cmake, stdout=fh, stderr=subprocess.STDOUT)
+                    run(["cmake", "--build", str(Path(tmp) / "build"), "--target", "kp",
+                         "-j", str(os.cpu_count() or 2)], stdout=fh, stderr=subprocess.STDOUT)
+                except subprocess.CalledProcessError:
+                    fail(f"kp build failed; see {logfile}")
+            built = list(out.rglob("kp*.so"))
+            if not built:
+                fail(f"kp build produced no module; see {logfile}")
+            build_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(built[0], build_dir / built[0].name)
+    pth.write_text(str(build_dir) + "\n")
+    if not _kp_importable_from(build_dir):
+        fail(f"kp was built into {build_dir} but does not import; check {pth}")
+    log(f"kp {KP_VERSION} installed from {build_dir}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Shaders -> SPIR-V (package data); only changed shaders are recompiled
+# ---------------------------------------------------------------------------------------------
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def _shader_hash(path: Path, seen: set[Path] | None = None) -> str:
+    """Hash of a shader, every file it includes (recursively) and the compiler flags."""
+    seen = set() if seen is None else seen
+    h = hashlib.sha256(" ".join(GLSLC_FLAGS).encode())
+    text = path.read_text()
+    h.update(text.encode())
+    for inc in _INCLUDE.findall(text):
+        inc_path = next((d / inc for d in (path.parent, SHADER_DIR / "include") if (d / inc).is_file()),
+                        None)
+        if inc_path is None:
+            fail(f"{path.name}: included file {inc!r} not found")
+        if inc_path not in seen:
+            seen.add(inc_path)
+            h.update(_shader_hash(inc_path, seen).encode())
+    return h.hexdigest()
+
+
+def stale_shaders() -> tuple[list[Path], dict]:
+    manifest_path = SPIRV_DIR / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    stale = []
+    for src in sorted(SHADER_DIR.glob("*.glsl")):
+        spv = SPIRV_DIR / f"{src.stem}.spv"
+        if manifest.get(src.stem) != _shader_hash(src) or not spv.is_file():
+            stale.append(src)
+    return stale, manifest
+
+
+def compile_shaders() -> None:
+    stale, manifest = stale_shaders()
+    SPIRV_DIR.mkdir(parents=True, exist_ok=True)
+    names = {p.stem for p in SHADER_DIR.glob("*.glsl")}
+    for old in SPIRV_DIR.glob("*.spv"):
+        if old.stem not in names:
+            old.unlink()
+            manifest.pop(old.stem, None)
+    if not stale:
+        return
+    glslc = shutil.which("glslc")
+    if glslc is None:
+        fail("glslc is missing and these shaders have no up-to-date SPIR-V: "
+             + ", ".join(p.name for p in stale))
+    for src in stale:
+        out = SPIRV_DIR / f"{src.stem}.spv"
+        cmd = [glslc, *GLSLC_FLAGS, "-I", str(SHADER_DIR / "include"), str(src), "-o", str(out)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0 or r.stderr.strip():
+            out.unlink(missing_ok=True)
+            fail(f"glslc failed on {src.name} (warnings count as errors):\n{r.stderr}")
+        manifest[src.stem] = _shader_hash(src)
+        log(f"compiled {src.name}")
+    (SPIRV_DIR / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The package itself (editable)
+# ---------------------------------------------------------------------------------------------
+def ensure_package() -> None:
+    # Ask a fresh interpreter outside the repo: here the repo itself is on sys.path.
+    r = subprocess.run([sys.executable, "-c", "import grilly_kv; print(grilly_kv.__file__)"],
+                       capture_output=True, text=True, cwd="/")
+    if r.returncode == 0 and Path(r.stdout.strip()).resolve().parent == ROOT / "grilly_kv":
+        return
+    log("pip install -e . (no build isolation: works offline)")
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e",
+         str(ROOT)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--shaders", action="store_true", help="only recompile changed shaders")
+    args = ap.parse_args()
+    if args.shaders:
+        compile_shaders()
+        return
+    need_glslc = bool(stale_shaders()[0])
+    ensure_system_packages(need_glslc)
+    ensure_python_deps()
+    ensure_kp()
+    compile_shaders()
+    ensure_package()
+    log("ready")
+
+
+if __name__ == "__main__":
+    main()

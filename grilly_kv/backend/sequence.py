@@ -1,0 +1,174 @@
+"""Recorded submissions: uploads, dependent dispatches and downloads in one ``vkQueueSubmit``.
+
+A :class:`Recording` tracks which buffers each step reads and writes and records a full
+shader/transfer memory barrier (``kp.OpShaderBarrier``, from grilly_kv's kp patch) exactly where
+a step touches a buffer that an earlier step, not yet fenced by a barrier, wrote (read-after-write,
+write-after-write) or read (write-after-read). Steps with no such hazard may overlap on the GPU.
+
+Once recorded, a Recording is replayed by :meth:`Recording.run` without re-recording, so
+per-call scalars that change should live in a small buffer rather than in push constants.
+With ``timestamps=True``, :meth:`Recording.gpu_time_us` gives the GPU time between the start
+and the end of the submission from Vulkan timestamps, scaled by the device's timestamp period.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .errors import BackendError
+from .pipelines import as_words
+
+if TYPE_CHECKING:
+    from .buffers import Buffer
+    from .device import VulkanDevice
+
+
+@dataclass
+class _Step:
+    kind: str                      # "upload" | "download" | "dispatch" | "barrier"
+    buffers: tuple = ()
+    shader: str = ""
+    groups: tuple = (1, 1, 1)
+    push: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    spec: tuple = ()
+    label: str = ""
+
+
+class Recording:
+    """Build once, run many times. Methods return ``self`` so calls chain.
+
+    Example::
+
+        rec = Recording(dev, timestamps=True)
+        rec.upload(x).dispatch("scale", [x, y], groups=(n // 64 + 1,), push=[n], writes=[1])
+        rec.dispatch("sum", [y, z], groups=(1,), writes=[1]).download(z)
+        rec.run(); print(z.read(1), rec.gpu_time_us())
+    """
+
+    def __init__(self, device: "VulkanDevice", *, timestamps: bool = False):
+        self.device = device
+        self.timestamps = timestamps
+        self.steps: list[_Step] = []
+        self._seq = None
+        self._written: set[int] = set()   # buffers written since the last barrier
+        self._read: set[int] = set()      # buffers read since the last barrier
+        self.n_barriers = 0
+
+    # ---- building -------------------------------------------------------------------------
+    def _touch(self, reads: Sequence["Buffer"], writes: Sequence["Buffer"]) -> None:
+        r = {b.uid for b in reads}
+        w = {b.uid for b in writes}
+        if (r | w) & self._written or w & self._read:
+            self.barrier()
+        self._read |= r
+        self._written |= w
+
+    def barrier(self) -> "Recording":
+        """Record a full barrier now (normally inserted automatically)."""
+        self._invalidate()
+        self.steps.append(_Step("barrier"))
+        self._written.clear()
+        self._read.clear()
+        self.n_barriers += 1
+        return self
+
+    def upload(self, *buffers: "Buffer") -> "Recording":
+        """Copy each buffer's staging data to the device."""
+        self._touch([], buffers)
+        self._invalidate()
+        self.steps.append(_Step("upload", tuple(buffers)))
+        return self
+
+    def download(self, *buffers: "Buffer") -> "Recording":
+        """Copy each buffer's device data back to its staging copy (read it after :meth:`run`)."""
+        self._touch(buffers, [])
+        self._invalidate()
+        self.steps.append(_Step("download", tuple(buffers)))
+        return self
+
+    def dispatch(self, shader: str, buffers: Sequence["Buffer"], groups: Sequence[int],
+                 push: Sequence | np.ndarray = (), spec: Sequence = (),
+                 writes: Sequence[int] | None = None, label: str = "") -> "Recording":
+        """Record one dispatch of ``shaders/SHADER.glsl``.
+
+        Args:
+            buffers: bound in order to ``set = 0, binding = i``.
+            groups: number of workgroups (x[, y[, z]]); each must be >= 1.
+            push: push-constant words (ints and floats, or a uint32 array from a PushLayout).
+            spec: specialisation constants (ints/floats, ids 0..n-1).
+            writes: indices into ``buffers`` that the shader writes (default: all of them).
+        """
+        groups = tuple(int(g) for g in groups) + (1,) * (3 - len(groups))
+        if len(groups) != 3 or min(groups) < 1:
+            raise ValueError(f"groups must be 1 to 3 positive counts, got {groups}")
+        limit = self.device.properties["max_work_group_count"]
+        if any(g > m for g, m in zip(groups, limit)):
+            raise ValueError(f"{shader}: grid {groups} exceeds the device limit {tuple(limit)}")
+        buffers = tuple(buffers)
+        written = buffers if writes is None else tuple(buffers[i] for i in writes)
+        self._touch(buffers, written)
+        push = push if isinstance(push, np.ndarray) else as_words(list(push))
+        self._invalidate()
+        self.steps.append(_Step("dispatch", buffers, shader, groups, push, tuple(spec),
+                                label or shader))
+        return self
+
+    # ---- running --------------------------------------------------------------------------
+    def _invalidate(self) -> None:
+        self._seq = None
+
+    def _ops(self):
+        kp = self.device.kp
+        ops = []
+        for st in self.steps:
+            if st.kind == "upload":
+                ops.append(kp.OpTensorSyncDevice([b.tensor for b in st.buffers]))
+            elif st.kind == "download":
+                ops.append(kp.OpTensorSyncLocal([b.tensor for b in st.buffers]))
+            elif st.kind == "barrier":
+                ops.append(kp.OpShaderBarrier())
+            else:
+                algo = self.device.pipelines.get(st.shader, st.buffers, st.spec, st.push.size)
+                ops.append((algo, kp.OpAlgoDispatch(algo, st.push), st.groups))
+        return ops
+
+    def _record(self) -> None:
+        ops = self._ops()
+        n = len(ops)
+        seq = self.device.manager.sequence(0, n if self.timestamps else 0)
+        for op in ops:
+            if isinstance(op, tuple):
+                algo, op, groups = op
+                algo.set_workgroup(groups)   # read when the dispatch is recorded
+            seq.record(op)
+        self._seq = seq
+
+    def run(self) -> "Recording":
+        """Submit the recorded steps and wait for them (records first if anything changed)."""
+        if not self.steps:
+            return self
+        try:
+            with self.device._lock:
+                if self._seq is None:
+                    self._record()
+                self._seq.eval()
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"Vulkan submission on {self.device.name} failed: {exc}") from exc
+        return self
+
+    def timestamps_us(self) -> np.ndarray:
+        """Microseconds from the start of the submission to the end of each step."""
+        if not self.timestamps or self._seq is None:
+            raise BackendError("create the Recording with timestamps=True and run it first")
+        ticks = np.asarray(self._seq.get_timestamps(), dtype=np.uint64)
+        rel = (ticks - ticks[0]).astype(np.float64)
+        return rel[1:] * self.device.timestamp_period_ns / 1000.0
+
+    def gpu_time_us(self) -> float:
+        """GPU time of the whole submission, in microseconds (Vulkan timestamps)."""
+        ts = self.timestamps_us()
+        return float(ts[-1]) if ts.size else 0.0

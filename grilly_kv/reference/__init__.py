@@ -1,0 +1,1 @@
+"""NumPy references: one module per shader, same name, the ground truth the tests compare against."""

@@ -1,0 +1,15 @@
+// Shared helpers for grilly_kv shaders. Requires GL_KHR_shader_subgroup_arithmetic.
+// Conventions: buffers are arrays of 32-bit words; float16 data is packed two per uint
+// (element 2i in the low half); per-call sizes are uint push constants, floats bit-cast.
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+
+#define PUSH_F(x) uintBitsToFloat(x)
+
+// 4 consecutive elements starting at element 4*i of a float32 (as uvec4) or float16 (as uvec2)
+// array. Both views alias the same binding; exactly one is read per specialisation.
+#define LOAD_VEC4(F16, view32, view16, i) \
+    ((F16) != 0u ? vec4(unpackHalf2x16((view16)[i].x), unpackHalf2x16((view16)[i].y)) \
+                 : uintBitsToFloat((view32)[i]))
+
+uint ceil_div(uint a, uint b) { return (a + b - 1u) / b; }
