@@ -47,9 +47,11 @@ class Recording:
         rec.run(); print(z.read(1), rec.gpu_time_us())
     """
 
-    def __init__(self, device: "VulkanDevice", *, timestamps: bool = False):
+    def __init__(self, device: "VulkanDevice", *, timestamps: bool = False,
+                 auto_barriers: bool = True):
         self.device = device
         self.timestamps = timestamps
+        self.auto_barriers = auto_barriers   # False only to demonstrate the hazard it prevents
         self.steps: list[_Step] = []
         self._seq = None
         self._written: set[int] = set()   # buffers written since the last barrier
@@ -60,7 +62,7 @@ class Recording:
     def _touch(self, reads: Sequence["Buffer"], writes: Sequence["Buffer"]) -> None:
         r = {b.uid for b in reads}
         w = {b.uid for b in writes}
-        if (r | w) & self._written or w & self._read:
+        if self.auto_barriers and ((r | w) & self._written or w & self._read):
             self.barrier()
         self._read |= r
         self._written |= w
