@@ -1,0 +1,91 @@
+"""The NumPy reference forward pass of a Llama-architecture checkpoint (float32).
+
+Attention is delegated to a :class:`~grilly_kv.policies.KVPolicy`, so the same forward serves the
+dense model and every KV policy. RoPE is rotate-half (see ``weights.py``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .config import ModelConfig
+from .weights import Checkpoint
+
+# capture(layer, name, array): name in q_pre, k_pre, v, q_post, k_post; arrays (H, T, D).
+CaptureFn = Callable[[int, str, np.ndarray], None]
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """``x * rsqrt(mean(x^2) + eps) * w`` over the last axis."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin, each ``(T, head_dim/2)``, for rotate-half RoPE at ``positions``."""
+    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    ang = np.asarray(positions, np.float64)[:, None] * inv_freq[None, :]
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate-half RoPE of ``x`` ``(H, T, D)``: pairs (i, i + D/2) rotate by the position angle."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+class ReferenceModel:
+    """Float32 NumPy forward of the checkpoint.
+
+    Args:
+        ckpt: loaded weights (``load_checkpoint``).
+    """
+
+    device_name = "numpy (cpu)"
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
+        self.config: ModelConfig = ckpt.config
+
+    def forward(self, tokens, pos0: int, policy, *, all_logits: bool = False,
+                capture: CaptureFn | None = None) -> np.ndarray:
+        """Run ``tokens`` (T,) at positions ``pos0 ..`` through the model.
+
+        Args:
+            tokens: token ids of this chunk.
+            pos0: position of the first token (the tokens before it are in ``policy``'s cache).
+            policy: the KV policy that stores K/V and attends (reset by the caller).
+            all_logits: return logits of every token (else only of the last one).
+            capture: optional callback receiving each layer's q/k/v (see ``CaptureFn``).
+
+        Returns:
+            ``(T, vocab)`` or ``(1, vocab)`` float32 logits.
+        """
+        c = self.config
+        tokens = np.asarray(tokens, np.int64)
+        T = tokens.size
+        positions = np.arange(pos0, pos0 + T)
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
+        policy.begin(positions)
+        x = self.ckpt.embedding[tokens].astype(np.float32)
+        for i, w in enumerate(self.ckpt.layers):
+            h = rms_norm(x, w["attn_norm"], c.norm_eps)
+            q = (h @ w["wq"].T).reshape(T, c.n_q_heads, c.head_dim).transpose(1, 0, 2)
+            k = (h @ w["wk"].T).reshape(T, c.n_kv_heads, c.head_dim).transpose(1, 0, 2)
+            v = (h @ w["wv"].T).reshape(T, c.n_kv_heads, c.head_dim).transpose(1, 0, 2)
+            qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if capture is not None:
+                for name, arr in (("q_pre", q), ("k_pre", k), ("v", v), ("q_post", qr), ("k_post", kr)):
+                    capture(i, name, arr)
+            o = policy.attend(i, qr, kr, np.ascontiguousarray(v))
+            x = x + o.transpose(1, 0, 2).reshape(T, c.q_dim) @ w["wo"].T
+            h = rms_norm(x, w["ffn_norm"], c.norm_eps)
+            x = x + (silu(h @ w["w_gate"].T) * (h @ w["w_up"].T)) @ w["w_down"].T
+        if not all_logits:
+            x = x[-1:]
+        return rms_norm(x, self.ckpt.output_norm, c.norm_eps) @ self.ckpt.embedding.T

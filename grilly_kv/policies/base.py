@@ -1,0 +1,92 @@
+"""The interface between a model and a KV-cache policy.
+
+The model calls, per forward chunk (a prefill chunk of T tokens, or one decode token):
+
+1. ``policy.begin(positions)`` once, before the first layer;
+2. ``policy.attend(layer, q, k, v)`` for each layer, with that layer's post-RoPE query, key and
+   value rows; the policy stores what it wants of k/v and returns the attention output.
+
+The policy owns its cache and its scoring rule; the model owns nothing of the cache. A policy
+that can also run on a Vulkan device returns a device twin from :meth:`KVPolicy.device_cache`
+(see :mod:`grilly_kv.models.smollm2.vulkan`), so K/V stay on the device and score, select and
+attend are recorded into the model's per-token submission.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    """What a policy needs to size its cache.
+
+    Attributes:
+        n_layers: decoder layers, each with its own K/V.
+        n_q_heads, n_kv_heads, head_dim: ``H_q``, ``H_kv`` (GQA: ``H_q % H_kv == 0``), ``D``.
+        max_tokens: the longest sequence (prompt + generated) this run will see.
+        max_chunk: the most tokens one forward call brings (the prefill chunk).
+    """
+
+    n_layers: int
+    n_q_heads: int
+    n_kv_heads: int
+    head_dim: int
+    max_tokens: int
+    max_chunk: int
+
+    def bytes_per_token(self, bytes_per_value: int = 2) -> int:
+        """K+V bytes of one token over all layers."""
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_value
+
+
+class KVPolicy(ABC):
+    """One way of keeping (or not keeping) the attention KV cache.
+
+    Args:
+        budget: tokens of K/V kept per layer and head (None: the policy's own meaning, e.g. all).
+    """
+
+    name = "base"
+
+    def __init__(self, budget: int | None = None):
+        self.budget = budget
+        self.shape: CacheShape | None = None
+
+    def reset(self, shape: CacheShape) -> None:
+        """Start a new sequence with an empty cache sized for ``shape``."""
+        self.shape = shape
+
+    @abstractmethod
+    def begin(self, positions: np.ndarray) -> None:
+        """A forward chunk for token ``positions`` (T,) starts; called before layer 0."""
+
+    @abstractmethod
+    def attend(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Store this chunk's keys/values of ``layer`` and attend.
+
+        Args:
+            q: ``(H_q, T, D)`` float32 post-RoPE queries of the chunk's positions.
+            k, v: ``(H_kv, T, D)`` float32 post-RoPE keys and values of the same positions.
+
+        Returns:
+            ``(H_q, T, D)`` float32: softmax(q k^T / sqrt(D)) v over the keys the policy lets
+            each query see (never a key of a later position).
+        """
+
+    @abstractmethod
+    def tokens_held(self) -> int:
+        """Token slots of K/V held per layer and KV head right now."""
+
+    def kv_bytes(self, bytes_per_value: int = 2) -> int:
+        """Bytes of K/V held over all layers (float16 storage by default)."""
+        return self.tokens_held() * self.shape.bytes_per_token(bytes_per_value)
+
+    def device_cache(self, device, shape: CacheShape):
+        """A device twin for the Vulkan model, or None if this policy runs only on the host."""
+        return None
+
+    def describe(self) -> str:
+        return self.name if self.budget is None else f"{self.name}(budget={self.budget})"

@@ -1,0 +1,44 @@
+"""Policies by name. A policy module registers its class with ``@register("name")``; nothing else
+(in particular no model code) changes when a policy is added."""
+from __future__ import annotations
+
+import importlib
+
+_POLICIES: dict[str, type] = {}
+# Modules that define policies; a policy whose module fails to import (e.g. a method whose
+# device code is missing) is reported by make_policy, not at import time.
+POLICY_MODULES = ("dense", "streaming", "quest")
+
+
+def register(name: str):
+    def deco(cls):
+        _POLICIES[name] = cls
+        return cls
+    return deco
+
+
+def _load_all() -> dict[str, str]:
+    errors = {}
+    for mod in POLICY_MODULES:
+        try:
+            importlib.import_module(f"{__package__}.{mod}")
+        except ImportError as exc:
+            errors[mod] = str(exc)
+    return errors
+
+
+def policy_names() -> list[str]:
+    _load_all()
+    return sorted(_POLICIES)
+
+
+def make_policy(name: str, budget: int | None = None, **kwargs):
+    """A new policy instance. ``budget`` is in tokens per layer and KV head (ignored by dense)."""
+    errors = _load_all()
+    if name not in _POLICIES:
+        why = f" ({name}: {errors[name]})" if name in errors else ""
+        raise ValueError(f"policy must be one of {', '.join(sorted(_POLICIES))}, got {name!r}{why}")
+    cls = _POLICIES[name]
+    if budget is None:
+        return cls(**kwargs)
+    return cls(budget, **kwargs)
