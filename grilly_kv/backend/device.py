@@ -62,6 +62,8 @@ class VulkanDevice(Device):
         self.name = str(self.properties["device_name"])
         self.timestamp_period_ns = float(self.properties.get("timestamp_period_ns", 1.0))
         self.pipelines = PipelineCache(self)
+        self.profile = False        # True: new Recordings take Vulkan timestamps (benchmarks)
+        self.last_recording = None  # the Recording run most recently (for its timestamps)
         self._workspaces: dict[str, Workspace] = {}
         self._lock = threading.Lock()
         api = self.properties.get("api_version", 0)
@@ -92,11 +94,13 @@ class Workspace:
     def __init__(self, device: VulkanDevice):
         from .buffers import Scratch
 
+        self.device = device
         self.scratch = Scratch(device)
         self.recordings: dict = {}
 
     def recording(self, key, build):
         """The Recording for ``key``, built by ``build()`` on first use (oldest dropped first)."""
+        key = (key, self.device.profile)
         rec = self.recordings.pop(key, None)
         if rec is None:
             rec = build()

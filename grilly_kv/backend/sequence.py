@@ -7,8 +7,9 @@ write-after-write) or read (write-after-read). Steps with no such hazard may ove
 
 Once recorded, a Recording is replayed by :meth:`Recording.run` without re-recording, so
 per-call scalars that change should live in a small buffer rather than in push constants.
-With ``timestamps=True``, :meth:`Recording.gpu_time_us` gives the GPU time between the start
-and the end of the submission from Vulkan timestamps, scaled by the device's timestamp period.
+With ``timestamps=True`` (default: the device's ``profile`` flag), :meth:`Recording.gpu_time_us`
+gives the GPU time of the whole submission from Vulkan timestamps, scaled by the device's
+timestamp period, and :meth:`Recording.kernel_time_us` that of its dispatches alone.
 """
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ class Recording:
         rec.run(); print(z.read(1), rec.gpu_time_us())
     """
 
-    def __init__(self, device: "VulkanDevice", *, timestamps: bool = False,
+    def __init__(self, device: "VulkanDevice", *, timestamps: bool | None = None,
                  auto_barriers: bool = True):
         self.device = device
-        self.timestamps = timestamps
+        self.timestamps = device.profile if timestamps is None else timestamps
         self.auto_barriers = auto_barriers   # False only to demonstrate the hazard it prevents
         self.steps: list[_Step] = []
         self._seq = None
@@ -156,6 +157,7 @@ class Recording:
                 if self._seq is None:
                     self._record()
                 self._seq.eval()
+            self.device.last_recording = self
         except BackendError:
             raise
         except Exception as exc:
@@ -169,6 +171,16 @@ class Recording:
         ticks = np.asarray(self._seq.get_timestamps(), dtype=np.uint64)
         rel = (ticks - ticks[0]).astype(np.float64)
         return rel[1:] * self.device.timestamp_period_ns / 1000.0
+
+    def kernel_time_us(self) -> float:
+        """GPU time of the dispatches alone: from the end of the last step before the first
+        dispatch to the end of the last dispatch (uploads and downloads excluded)."""
+        ts = self.timestamps_us()
+        idx = [i for i, st in enumerate(self.steps) if st.kind == "dispatch"]
+        if not idx:
+            return 0.0
+        start = ts[idx[0] - 1] if idx[0] > 0 else 0.0
+        return float(ts[idx[-1]] - start)
 
     def gpu_time_us(self) -> float:
         """GPU time of the whole submission, in microseconds (Vulkan timestamps)."""

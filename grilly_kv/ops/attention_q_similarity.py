@@ -49,6 +49,8 @@ def q_similarity(queries: np.ndarray, *, mode: str = "consecutive", window: int 
     dev = get_device(device)
     if dev.is_cpu:
         return q_similarity_ref(queries, mode, W)
+    if W < S:   # only the window is read: upload only the window
+        queries, S = queries[:, :, S - W:], W
     if D > MAX_HEAD_DIM:
         raise ValueError(f"queries head_dim D must be <= {MAX_HEAD_DIM} on Vulkan, got {D}")
     Dp = -(-D // 4) * 4

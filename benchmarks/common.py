@@ -1,0 +1,69 @@
+"""Shared helpers for benchmark scripts: device facts, statistics, and JSON results.
+
+Every script prints its table and writes ``benchmarks/results/NAME.json`` with the device name,
+the commit, the configuration, GPU times (Vulkan timestamps) and wall times kept apart, and the
+ratio against a baseline measured in the same run.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=RESULTS.parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def device_info(dev) -> dict:
+    return {"device": dev.name, "description": getattr(dev, "description", dev.name),
+            "timestamp_period_ns": getattr(dev, "timestamp_period_ns", None),
+            "host": platform.node(), "python": platform.python_version()}
+
+
+def wall_us(fn, repeats: int, warmup: int = 3) -> dict:
+    """Median / p10 / p90 wall time of ``fn()`` in microseconds."""
+    for _ in range(warmup):
+        fn()
+    t = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        t[i] = (time.perf_counter() - t0) * 1e6
+    return {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)),
+            "p90": float(np.percentile(t, 90)), "n": repeats}
+
+
+def gpu_us(dev, fn, repeats: int, warmup: int = 2) -> dict:
+    """Median kernel GPU time (Vulkan timestamps) of the recording that ``fn()`` runs."""
+    dev.profile = True
+    try:
+        for _ in range(warmup):
+            fn()
+        t = []
+        for _ in range(repeats):
+            fn()
+            t.append(dev.last_recording.kernel_time_us())
+    finally:
+        dev.profile = False
+    return {"median": float(np.median(t)), "min": float(np.min(t)), "n": repeats}
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "commit": commit(),
+               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path
