@@ -1,0 +1,41 @@
+"""Quest page scores and top-k page selection over a paged KV cache's page statistics.
+
+Shader: ``shaders/topk-select.glsl``; reference: :mod:`grilly_kv.reference.topk_select`.
+Used by :class:`grilly_kv.paged.PagedKVCache.decode`, recorded in the same submission as the
+attention that reads the selected pages.
+"""
+from __future__ import annotations
+
+from ..backend import Buffer, PushLayout, Recording
+
+SHADER = "topk-select"
+LOCAL_SIZE = 256
+PAGES_PER_WG = 64          # pages scored per workgroup (the shader's PAGES_PER_WG)
+GROUP_REDUCE = ("max", "mean")
+PUSH = PushLayout("max_pages", "n_top", "n_sink", "sel_stride", "pass_id")
+
+
+def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer, pages: Buffer,
+                       counts: Buffer, meta: Buffer, *, bh: int, group: int, head_dim: int,
+                       f16: bool, page_size: int, max_pages: int, grid_pages: int, n_top: int,
+                       n_sink: int, group_reduce: str) -> Recording:
+    """Record scoring (pass 0) and selection (pass 1) for every KV head.
+
+    Args:
+        q: ``(B, H_q, head_dim)`` float32 queries, ``H_q = group * H_kv``.
+        stats: ``(B*H_kv, max_pages, 4, head_dim)`` page statistics (cache dtype).
+        scores: ``(B*H_kv, max_pages)`` float32 scratch.
+        pages: ``(B*H_kv, max_pages)`` uint32: selected page indices, ascending.
+        counts: ``(B*H_kv,)`` uint32: how many pages each head selected.
+        meta: ``[length, ...]`` on the device.
+        grid_pages: an upper bound of the number of pages now (sizes the scoring grid).
+        n_top: ``token_budget // page_size``; n_sink: first pages always kept.
+        group_reduce: ``"max"`` or ``"mean"`` over a KV head's query heads.
+    """
+    spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce))
+    bufs = [q, stats, scores, pages, counts, meta]
+    common = dict(max_pages=max_pages, n_top=n_top, n_sink=n_sink, sel_stride=max_pages)
+    rec.dispatch(SHADER, bufs, groups=(max(1, -(-grid_pages // PAGES_PER_WG)), bh), spec=spec,
+                 push=PUSH.pack(pass_id=0, **common), writes=[2], label="topk-score")
+    return rec.dispatch(SHADER, bufs, groups=(bh,), spec=spec, push=PUSH.pack(pass_id=1, **common),
+                        writes=[3, 4], label="topk-select")

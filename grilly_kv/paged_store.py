@@ -1,0 +1,222 @@
+"""Where a :class:`~grilly_kv.paged.PagedKVCache` keeps its data: device buffers driven by the
+kv-append, page-stats, topk-select and decode-attention shaders, or NumPy arrays driven by their
+references (``device="cpu"``). The cache validates; a store only stores and computes."""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import Buffer, Recording
+from .ops import decode_attention as attn
+from .ops.kv_append import max_rows_per_call, record_kv_append
+from .ops.page_stats import record_page_stats
+from .ops.topk_select import record_topk_select
+from .reference.decode_attention import decode_attention_ref
+from .reference.kv_append import kv_append_ref
+from .reference.page_stats import page_stats_ref
+from .reference.topk_select import page_scores_ref, topk_select_ref
+
+MAX_RECORDINGS = 32
+STAGING_BYTES = 8 << 20   # largest staging chunk of a prefill
+
+
+class NumpyStore:
+    """K, V and statistics as NumPy arrays ``(B, H_kv, capacity, D)`` in the cache dtype."""
+
+    last_gpu_time_us = None
+
+    def __init__(self, shape: tuple, page_size: int, dtype: np.dtype):
+        B, H, cap, D = shape
+        self.page = page_size
+        self.k = np.zeros(shape, dtype)
+        self.v = np.zeros(shape, dtype)
+        self.stats = np.zeros((B, H, cap // page_size, 4, D), dtype)
+
+    def write(self, k: np.ndarray, v: np.ndarray, start: int) -> None:
+        kv_append_ref(self.k, self.v, k, v, start)
+        end = start + k.shape[2]
+        p0, p1 = start // self.page, -(-end // self.page)
+        self.stats[:, :, p0:p1] = page_stats_ref(self.k[:, :, p0 * self.page:end], self.page)
+
+    def read_kv(self, length: int) -> tuple:
+        return (self.k[:, :, :length].astype(np.float32), self.v[:, :, :length].astype(np.float32))
+
+    def read_stats(self, n_pages: int) -> np.ndarray:
+        return self.stats[:, :, :n_pages].astype(np.float32)
+
+    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str):
+        B, H = self.k.shape[:2]
+        P = -(-length // self.page)
+        k, v = self.k[:, :, :length], self.v[:, :, :length]
+        if n_top is None:
+            pages = np.broadcast_to(np.arange(P), (B, H, P)).copy()
+            return decode_attention_ref(q, k, v).astype(np.float32), pages
+        st = self.read_stats(P)
+        scores = page_scores_ref(q, st[:, :, :, 0], st[:, :, :, 1], group_reduce)
+        pages = topk_select_ref(scores, P, n_top, n_sink)
+        return decode_attention_ref(q, k, v, pages, self.page).astype(np.float32), pages
+
+
+def _pow2_at_least(n: int, floor: int = 1) -> int:
+    return max(floor, 1 << (max(n, 1) - 1).bit_length())
+
+
+class VulkanStore:
+    """K, V and statistics in device buffers; writes and decode steps are recorded once per shape
+    and replayed, with the cache length in a two-word device buffer (``meta``)."""
+
+    def __init__(self, dev, shape: tuple, page_size: int, dtype: np.dtype, timestamps: bool):
+        B, H, cap, D = shape
+        self.dev = dev
+        self.B, self.H, self.cap, self.D = B, H, cap, D
+        self.page = page_size
+        self.max_pages = cap // page_size
+        self.bh = B * H
+        self.f16 = dtype == np.float16
+        mult = attn.dim_multiple()
+        self.Dp = -(-D // mult) * mult                       # zero columns change nothing
+        self.row_words = self.Dp // 2 if self.f16 else self.Dp
+        self.word = np.uint32 if self.f16 else np.float32
+        self.np_dtype = dtype
+        self.timestamps = timestamps
+        self.last_gpu_time_us = None
+        limit = int(dev.properties.get("max_storage_buffer_range", 2**32 - 1))
+        kv_words = self.bh * cap * self.row_words
+        for what, words in (("K (and V)", kv_words), ("page statistics", 4 * kv_words // page_size)):
+            if words * 4 > limit:
+                raise ValueError(
+                    f"the cache's {what} buffer needs {words * 4 / 2**20:.1f} MiB, more than "
+                    f"{dev.name}'s maxStorageBufferRange of {limit / 2**20:.1f} MiB: lower "
+                    f"capacity_tokens (now {cap}) or batch, or use float16")
+        self.k = Buffer(dev, kv_words, self.word)
+        self.v = Buffer(dev, kv_words, self.word)
+        self.stats = Buffer(dev, self.bh * self.max_pages * 4 * self.row_words, self.word)
+        self.meta = Buffer(dev, 2, np.uint32)                # [length, length before last write]
+        self.scores = Buffer(dev, self.bh * self.max_pages, host_visible=False)
+        self.pages = Buffer(dev, self.bh * self.max_pages, np.uint32)
+        self.counts = Buffer(dev, self.bh, np.uint32)
+        self._staging: dict[int, Buffer] = {}
+        self._per_group: dict[int, tuple] = {}
+        self._recordings: dict = {}
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _recording(self, key, build) -> Recording:
+        rec = self._recordings.pop(key, None)
+        if rec is None:
+            rec = build(Recording(self.dev, timestamps=self.timestamps))
+            if len(self._recordings) >= MAX_RECORDINGS:
+                self._recordings.pop(next(iter(self._recordings)))
+        self._recordings[key] = rec
+        return rec
+
+    def _run(self, rec: Recording) -> None:
+        rec.run()
+        self.last_gpu_time_us = rec.gpu_time_us() if self.timestamps else None
+
+    def _pad(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(self.np_dtype, copy=False)
+        if self.Dp == self.D:
+            return x
+        pad = np.zeros(x.shape[:-1] + (self.Dp - self.D,), self.np_dtype)
+        return np.concatenate([x, pad], axis=-1)
+
+    def _group_buffers(self, group: int) -> tuple:
+        bufs = self._per_group.get(group)
+        if bufs is None:
+            n_q = self.bh * group * self.Dp
+            bufs = (Buffer(self.dev, n_q), Buffer(self.dev, n_q),
+                    Buffer(self.dev, attn.partial_words(self.bh, group, self.Dp), host_visible=False))
+            self._per_group[group] = bufs
+        return bufs
+
+    # ---- writing -----------------------------------------------------------------------------
+    def write(self, k: np.ndarray, v: np.ndarray, start: int) -> None:
+        n = k.shape[2]
+        chunk = max(1, min(STAGING_BYTES // (8 * self.bh * self.row_words),
+                           max_rows_per_call(self.bh, self.row_words)))
+        for t0 in range(0, n, chunk):
+            t1 = min(n, t0 + chunk)
+            self._write_chunk(self._pad(k[:, :, t0:t1]), self._pad(v[:, :, t0:t1]), start + t0)
+
+    def _write_chunk(self, k: np.ndarray, v: np.ndarray, start: int) -> None:
+        n = k.shape[2]
+        bucket = _pow2_at_least(n)
+        stage = self._staging.get(bucket)
+        if stage is None:
+            stage = self._staging[bucket] = Buffer(self.dev, 2 * self.bh * bucket * self.row_words,
+                                                   self.word)
+        half = self.bh * n * self.row_words
+        stage.write(k, 0)
+        stage.write(v, half)
+        self.meta.write(np.array([start + n, start], np.uint32))
+
+        def build(rec: Recording) -> Recording:
+            rec.upload(self.meta, stage)
+            record_kv_append(rec, stage, self.k, self.v, self.meta, n=n, row_words=self.row_words,
+                             capacity=self.cap, bh=self.bh)
+            return record_page_stats(rec, self.k, self.stats, self.meta, n_new=n, bh=self.bh,
+                                     head_dim=self.Dp, f16=self.f16, page_size=self.page,
+                                     capacity=self.cap)
+
+        self._run(self._recording(("write", n), build))
+
+    # ---- reading back ------------------------------------------------------------------------
+    def _read_rows(self, buf: Buffer, rows_per_head: int, n_rows: int, row_len: int) -> np.ndarray:
+        buf.download_now()
+        dtype = np.float16 if self.f16 else np.float32
+        flat = buf.read(self.bh * rows_per_head * row_len, dtype)
+        x = flat.reshape(self.B, self.H, rows_per_head, -1)[:, :, :n_rows]
+        return x.reshape(self.B, self.H, n_rows, -1, self.Dp)[..., :self.D].astype(np.float32)
+
+    def read_kv(self, length: int) -> tuple:
+        return tuple(self._read_rows(b, self.cap, length, self.Dp)[:, :, :, 0]
+                     for b in (self.k, self.v))
+
+    def read_stats(self, n_pages: int) -> np.ndarray:
+        return self._read_rows(self.stats, self.max_pages, n_pages, 4 * self.Dp)
+
+    # ---- decoding ----------------------------------------------------------------------------
+    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str):
+        group = q.shape[1] // self.H
+        q_buf, out, partial = self._group_buffers(group)
+        P = -(-length // self.page)
+        dense = n_top is None
+        if dense:
+            max_tokens = _pow2_at_least(length, attn.MIN_CHUNK)
+        else:
+            max_tokens = (min(max(n_top, n_sink), P - 1) + 1) * self.page
+        n_splits = attn.choose_splits(max_tokens, self.bh)
+        grid_pages = min(_pow2_at_least(P, 64), self.max_pages)
+        key = ("decode", group, dense, n_top, n_sink, group_reduce, n_splits, grid_pages)
+
+        def build(rec: Recording) -> Recording:
+            rec.upload(self.meta, q_buf)
+            if not dense:
+                record_topk_select(rec, q_buf, self.stats, self.scores, self.pages, self.counts,
+                                   self.meta, bh=self.bh, group=group, head_dim=self.Dp,
+                                   f16=self.f16, page_size=self.page, max_pages=self.max_pages,
+                                   grid_pages=grid_pages, n_top=n_top, n_sink=n_sink,
+                                   group_reduce=group_reduce)
+            attn.record_decode_attention(
+                rec, q_buf, self.k, self.v, self.pages, self.counts, self.meta, partial, out,
+                bh=self.bh, group=group, head_dim=self.Dp, f16=self.f16, page_size=self.page,
+                capacity=self.cap, max_pages=self.max_pages, n_splits=n_splits,
+                scale=1.0 / np.sqrt(self.D), dense=dense)
+            return rec.download(out) if dense else rec.download(out, self.pages, self.counts)
+
+        q32 = np.zeros((self.B, q.shape[1], self.Dp), np.float32)
+        q32[:, :, :self.D] = q
+        q_buf.write(q32)
+        self.meta.write(np.array([length, length], np.uint32))
+        self._run(self._recording(key, build))
+        Hq = q.shape[1]
+        result = out.read(self.B * Hq * self.Dp).reshape(self.B, Hq, self.Dp)[:, :, :self.D]
+        return result, self._selected_pages(P, dense)
+
+    def _selected_pages(self, n_pages: int, dense: bool) -> np.ndarray:
+        if dense:
+            return np.broadcast_to(np.arange(n_pages), (self.B, self.H, n_pages)).copy()
+        counts = self.counts.read(self.bh).astype(np.int64)
+        width = int(counts.max())
+        idx = self.pages.read(self.bh * self.max_pages).reshape(self.bh, self.max_pages)
+        sel = np.where(np.arange(width) < counts[:, None], idx[:, :width].astype(np.int64), -1)
+        return sel.reshape(self.B, self.H, width)

@@ -1,0 +1,41 @@
+"""NumPy reference of the ``decode-attention`` shader."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def decode_attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, pages=None,
+                         page_size: int = 16, scale: float | None = None) -> np.ndarray:
+    """Softmax attention of one query token per head over all tokens or over selected pages.
+
+    Args:
+        q: ``(B, H_q, D)``; query head ``h_kv * G + g`` attends to KV head ``h_kv``.
+        k, v: ``(B, H_kv, S, D)`` (the valid rows of the cache).
+        pages: None (every token) or ``(B, H_kv, n)`` page indices per KV head (entries < 0 are
+            ignored); page ``p`` holds tokens ``[p * page_size, min((p + 1) * page_size, S))``.
+        scale: logit scale, default ``1 / sqrt(D)``.
+
+    Returns:
+        ``(B, H_q, D)`` float64.
+    """
+    B, Hq, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    scale = 1.0 / np.sqrt(D) if scale is None else scale
+    out = np.empty((B, Hq, D), np.float64)
+    for b in range(B):
+        for h in range(Hkv):
+            if pages is None:
+                rows = np.arange(S)
+            else:
+                sel = np.asarray(pages[b][h])
+                sel = sel[sel >= 0]
+                rows = (sel[:, None] * page_size + np.arange(page_size)).reshape(-1)
+                rows = rows[rows < S]
+            kk = np.asarray(k[b, h, rows], np.float64)
+            vv = np.asarray(v[b, h, rows], np.float64)
+            qq = np.asarray(q[b, h * G:(h + 1) * G], np.float64)
+            logits = qq @ kk.T * scale
+            w = np.exp(logits - logits.max(axis=1, keepdims=True))
+            out[b, h * G:(h + 1) * G] = (w / w.sum(axis=1, keepdims=True)) @ vv
+    return out
