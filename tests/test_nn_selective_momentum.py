@@ -1,0 +1,156 @@
+"""SelectiveMomentumAttention and MomentumStack on Vulkan (shaders ``nn-linear``, ``nn-attention``,
+``attention-q-similarity``) against a NumPy transcription of the step equations written here
+independently of grilly_kv (see grilly_kv/nn/selective_momentum.py for the equations)."""
+import numpy as np
+import pytest
+
+from grilly_kv.nn import MomentumStack, MultiheadAttention, SelectiveMomentumAttention
+from grilly_kv.reference.attention_q_similarity import q_similarity_ref
+from harness import assert_close
+
+ATOL = 5e-5
+E, H, H_KV = 32, 4, 2
+D = E // H
+
+
+def _mha(device, predictable=(0, 2)):
+    """Weights where the heads in ``predictable`` have near-constant queries (q-similarity ~1)."""
+    m = MultiheadAttention(E, H, num_kv_heads=H_KV, device=device, seed=5)
+    st = m.state_dict()
+    rng = np.random.default_rng(2)
+    st["in_proj_bias"] = 0.1 * rng.standard_normal(st["in_proj_bias"].shape).astype(np.float32)
+    st["out_proj.bias"] = rng.standard_normal(E).astype(np.float32)
+    for h in predictable:
+        st["in_proj_weight"][h * D:(h + 1) * D] *= 0.01
+        st["in_proj_bias"][h * D:(h + 1) * D] = 3.0
+    m.load_state_dict(st)
+    return m
+
+
+def _heads_np(x, st):
+    """Per-head attention outputs (B, H, S, D) and q-similarity (B, H), float64, from scratch."""
+    x = x.astype(np.float64)
+    W, b = st["in_proj_weight"].astype(np.float64), st["in_proj_bias"].astype(np.float64)
+    B, S, _ = x.shape
+    kvd = H_KV * D
+    q = (x @ W[:E].T + b[:E]).reshape(B, S, H, D).transpose(0, 2, 1, 3)
+    k = (x @ W[E:E + kvd].T + b[E:E + kvd]).reshape(B, S, H_KV, D).transpose(0, 2, 1, 3)
+    v = (x @ W[E + kvd:].T + b[E + kvd:]).reshape(B, S, H_KV, D).transpose(0, 2, 1, 3)
+    out = np.empty((B, H, S, D))
+    for h in range(H):
+        g = h // (H // H_KV)
+        logits = q[:, h] @ k[:, g].transpose(0, 2, 1) / np.sqrt(D)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        out[:, h] = (p / p.sum(-1, keepdims=True)) @ v[:, g]
+    return out, q_similarity_ref(q)
+
+
+def _step_np(x, y, st, selected, tau, alpha):
+    """y' = alpha y + sqrt(tau) F_sel;  x' = x + sqrt(tau) y' + tau F_plain (per-head split)."""
+    o, _ = _heads_np(x, st)
+    Wo, bo = st["out_proj.weight"].astype(np.float64), st["out_proj.bias"].astype(np.float64)
+    f_sel = np.zeros(x.shape)
+    f_plain = np.zeros(x.shape)
+    for bi in range(x.shape[0]):
+        for h in range(H):
+            f_h = o[bi, h] @ Wo[:, h * D:(h + 1) * D].T + bo / H
+            if selected[bi, h]:
+                f_sel[bi] += f_h
+            else:
+                f_plain[bi] += f_h
+    y_next = alpha * y + np.sqrt(tau) * f_sel
+    return x + np.sqrt(tau) * y_next + tau * f_plain, y_next
+
+
+def _inputs(B=2, S=9, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((B, S, E)).astype(np.float32),
+            rng.standard_normal((B, S, E)).astype(np.float32))
+
+
+def test_threshold_zero_is_plain_attention(vk):
+    mha = _mha(vk)
+    block = SelectiveMomentumAttention(mha, E, H, threshold=0.0, step_size=0.3)
+    x, _ = _inputs()
+    x_next, y_next = block(x)
+    plain, _ = mha(x, x, x)
+    assert_close(x_next, x + 0.3 * plain, atol=1e-6, what="threshold 0 vs x + tau * attention(x)")
+    assert np.all(y_next == 0)
+
+
+@pytest.mark.parametrize("damping,step", [("nesterov", 0), ("nesterov", 4), (0.8, 2)])
+def test_all_heads_is_full_momentum_block(vk, damping, step):
+    mha = _mha(vk)
+    block = SelectiveMomentumAttention(mha, E, H, threshold=2.0, step_size=0.5, damping=damping)
+    x, y = _inputs(seed=step)
+    x0, y0 = x.copy(), y.copy()
+    x_next, y_next = block(x, y, step=step)
+    assert block.selection(x).all()
+    alpha = step / (step + 3) if damping == "nesterov" else damping
+    F, _ = mha(x, x, x)   # the whole attention output is the force
+    y_ref = alpha * y + np.sqrt(0.5) * F
+    assert_close(y_next, y_ref, atol=ATOL, what="y")
+    assert_close(x_next, x + np.sqrt(0.5) * y_ref, atol=ATOL, what="x")
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+
+
+def test_selected_heads_match_transcription(vk):
+    mha = _mha(vk, predictable=(0, 2))
+    block = SelectiveMomentumAttention(mha, E, H, threshold=0.5, step_size=0.7)
+    x, y = _inputs(B=3, S=11, seed=4)
+    x[2] *= 0.0
+    x[2] += np.linspace(1, 2, E, dtype=np.float32)   # batch row 2: identical tokens, all heads ~1
+    sel = block.selection(x)
+    st = mha.state_dict()
+    _, qsim = _heads_np(x, st)
+    np.testing.assert_array_equal(sel, np.clip(qsim, 0, 1) < 0.5)
+    assert sel[:2].tolist() == [[False, True, False, True]] * 2 and not sel[2].any()
+    x_next, y_next = block(x, y, step=3)
+    x_ref, y_ref = _step_np(x, y, st, sel, 0.7, 3 / 6)
+    assert_close(y_next, y_ref, atol=ATOL, rtol=1e-4, what="y")
+    assert_close(x_next, x_ref, atol=ATOL, rtol=1e-4, what="x")
+
+
+def test_calibrate_fixes_selection(vk):
+    mha = _mha(vk, predictable=(1,))
+    block = SelectiveMomentumAttention(mha, E, H, threshold=0.5)
+    x, _ = _inputs()
+    fixed = block.calibrate(x)
+    assert fixed.tolist() == [True, False, True, True]
+    other = np.full_like(x, 1.0)   # would select nothing if recomputed
+    assert block.selection(other).tolist() == [fixed.tolist()] * 2
+
+
+def test_stack_shared_and_separate(vk):
+    mha = _mha(vk)
+    block = SelectiveMomentumAttention(mha, E, H, threshold=0.5, step_size=0.2)
+    x, _ = _inputs(S=5)
+    xs, ys = MomentumStack.shared(block, 3)(x)
+    xm, ym = x, None
+    for k in range(3):
+        xm, ym = block(xm, ym, step=k)
+    assert_close(xs, xm, atol=0, what="shared stack x")
+    assert_close(ys, ym, atol=0, what="shared stack y")
+    other = SelectiveMomentumAttention(_mha(vk, predictable=()), E, H, threshold=0.5, step_size=0.2)
+    seen = []
+    xs2, _ = MomentumStack.separate([block, other])(x, callback=lambda k, xx, yy: seen.append(k))
+    x1, y1 = block(x, None, step=0)
+    assert_close(xs2, other(x1, y1, step=1)[0], atol=0, what="separate stack")
+    assert seen == [0, 1]
+    stopped = MomentumStack.shared(block, 5)(x, callback=lambda k, xx, yy: k == 1)
+    two_blocks = block(*block(x, None, step=0), step=1)[0]
+    assert_close(stopped[0], two_blocks, atol=0, what="early stop after block 1")
+
+
+def test_bad_arguments():
+    mha = MultiheadAttention(8, 2, device="cpu")
+    with pytest.raises(ValueError, match="do not match"):
+        SelectiveMomentumAttention(mha, 8, 4)
+    with pytest.raises(ValueError, match="threshold"):
+        SelectiveMomentumAttention(mha, 8, 2, threshold=-0.1)
+    with pytest.raises(ValueError, match="damping"):
+        SelectiveMomentumAttention(mha, 8, 2, damping=1.0)
+    block = SelectiveMomentumAttention(mha, 8, 2)
+    with pytest.raises(ValueError, match="y must have the shape of x"):
+        block(np.zeros((1, 3, 8), np.float32), np.zeros((1, 2, 8), np.float32))
