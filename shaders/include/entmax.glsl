@@ -1,0 +1,129 @@
+// alpha-entmax threshold helpers: device functions for shaders that solve or use the threshold.
+// Include after common.glsl. References: grilly_kv/reference/entmax_tau.py (exact tau) and
+// grilly_kv/reference/gaussian_tau.py (normal cdf, truncated moments, Gaussian tau-hat).
+//
+// Convention: beta = 1 / (alpha - 1); scores z = (alpha - 1) x; the threshold tau solves
+// sum_i [z_i - tau]_+^beta = 1 and p_i = [z_i - tau]_+^beta. A solver accumulates, over the
+// elements with d_i = z_i - tau > 0, the sums acc = (k, S_{beta-1}, S_beta) with S_e = sum d_i^e
+// (entmax_terms), reduces them, then steps with entmax_newton_step / entmax_support_step.
+#ifndef GRILLY_KV_ENTMAX_GLSL
+#define GRILLY_KV_ENTMAX_GLSL
+
+// d^e for d > 0 and e >= 0; plain products for the integer exponents 0..4 (alpha 2, 1.5, 4/3,
+// 1.25), pow() otherwise (Vulkan bounds its error through exp2/log2: ~beta * 4e-7 relative).
+float entmax_pow(float d, float e) {
+    if (e == 0.0) return 1.0;
+    if (e == 1.0) return d;
+    if (e == 2.0) return d * d;
+    if (e == 3.0) return d * d * d;
+    if (e == 4.0) { const float d2 = d * d; return d2 * d2; }
+    return pow(d, e);
+}
+
+// One element's share of acc = (k, S_{beta-1}, S_beta) at distance d = z - tau.
+vec3 entmax_terms(float d, float beta) {
+    if (!(d > 0.0)) return vec3(0.0);
+    const float lower = entmax_pow(d, beta - 1.0);
+    return vec3(1.0, lower, lower * d);
+}
+
+// Newton increment of tau for F(tau) = S_beta^(1/beta) - 1. F is the beta-norm of (z - tau)_+,
+// hence convex and decreasing in tau: from any tau with F(tau) >= 0 the step lands at or below
+// the root, so the iterates rise monotonically to it (exact in one step on a flat row; for
+// beta = 1 this is Michelot's sparsemax algorithm). Needs k >= 1.
+float entmax_newton_step(vec3 acc, float beta) {
+    const float s = acc.z;
+    return (s - entmax_pow(s, (beta - 1.0) / beta)) / acc.y;
+}
+
+// Increment t of tau that solves the equation exactly on the current support (the elements
+// with d > 0, summed in acc), for tau already close to the root:
+//   beta = 1 (alpha 2):   sum (d - t) = 1    ->  t = (S_1 - 1) / k
+//   beta = 2 (alpha 1.5): sum (d - t)^2 = 1  ->  smaller root, written without cancellation:
+//                         t = (S_2 - 1) / (S_1 + sqrt(S_1^2 - k (S_2 - 1)))
+//   other beta: a Newton step (no closed form; repeat to refine to rounding).
+float entmax_support_step(vec3 acc, float beta) {
+    if (beta == 1.0) return (acc.z - 1.0) / acc.x;
+    if (beta == 2.0) {
+        const float c = acc.z - 1.0;
+        return c / (acc.y + sqrt(max(acc.y * acc.y - acc.x * c, 0.0)));
+    }
+    return entmax_newton_step(acc, beta);
+}
+
+// ---- Gaussian-aware threshold --------------------------------------------------------------
+const float ENTMAX_INV_SQRT_2PI = 0.39894228040143268;
+const float ENTMAX_SQRT_HALF = 0.70710678118654752;
+
+float normal_pdf(float t) { return ENTMAX_INV_SQRT_2PI * exp(-0.5 * t * t); }
+
+// erfc(z) for z >= 0: the Chebyshev fit of Press et al. (Numerical Recipes, "erfcc"), fractional
+// error < 1.2e-7 in exact arithmetic. exp(-z^2) is formed from a 12-bit split of z so that the
+// rounding of z^2 does not cost relative accuracy in the tail. In float32 the relative error
+// stays below 1e-6 for z <= 9 (Phi(t) down to t = -12.7); see tests/test_gaussian_tau.py.
+float erfc_nonneg(float z) {
+    const float u = 1.0 / (1.0 + 0.5 * z);
+    const float poly = -1.26551223 + u * (1.00002368 + u * (0.37409196 + u * (0.09678418 +
+        u * (-0.18628806 + u * (0.27886807 + u * (-1.13520398 + u * (1.48851587 +
+        u * (-0.82215223 + u * 0.17087277))))))));
+    const float zh = uintBitsToFloat(floatBitsToUint(z) & 0xFFFFF000u);   // z^2 = zh^2 + (z-zh)(z+zh)
+    return u * exp(-zh * zh) * exp(poly - (z - zh) * (z + zh));
+}
+
+// Standard normal cdf with relative accuracy in the lower tail.
+float normal_cdf(float t) {
+    const float tail = 0.5 * erfc_nonneg(abs(t) * ENTMAX_SQRT_HALF);
+    return t < 0.0 ? tail : 1.0 - tail;
+}
+
+// E[Y_+^k], k = 0..3, for Y ~ N(mu, s^2), s > 0, with t = mu / s:
+//   m0 = Phi(t)                 m1 = mu Phi(t) + s phi(t)
+//   m2 = (mu^2 + s^2) Phi(t) + mu s phi(t)
+//   m3 = (mu^3 + 3 mu s^2) Phi(t) + (mu^2 s + 2 s^3) phi(t)
+// For t << 0 the two terms nearly cancel (relative error grows like 1e-7 * t^(2k)/k!), which
+// moves the Gaussian tau-hat by far less than its own approximation error.
+vec4 gaussian_positive_moments(float mu, float s) {
+    const float t = mu / s;
+    const float P = normal_cdf(t), f = normal_pdf(t);
+    return vec4(P,
+                s * (t * P + f),
+                s * s * ((t * t + 1.0) * P + t * f),
+                s * s * s * ((t * t + 3.0) * t * P + (t * t + 2.0) * f));
+}
+
+const uint GAUSSIAN_TAU_MAX_ITER = 100u;
+
+// tau-hat solving n E[((alpha - 1) S - tau)_+^beta] = 1 for S ~ N(mu, sigma^2), n >= 1 scores,
+// beta = 1, 2, 3 (alpha = 2, 1.5, 4/3). f is decreasing and convex in tau; the bracket
+// [a mu - 1, a mu + R], a = alpha - 1, R = a sigma (sqrt(2 ln(n + 1)) + 8) always holds the root
+// (f >= n - 1 >= 0 at the left end by Jensen's inequality; f < 0 at the right end). Each round
+// takes a Halley step (Newton when the Halley denominator vanishes) and falls back to the
+// bracket midpoint when the step leaves the bracket; it stops at |f| <= 1e-6 or when the step
+// or the bracket is below float32 resolution.
+float gaussian_tau_hat(float mu, float sigma, float n, uint beta) {
+    const float b = float(beta);
+    const float a = 1.0 / b;
+    const float sY = a * max(sigma, 1e-6);
+    const float center = a * mu;
+    float lo = center - 1.0;
+    float hi = center + sY * (sqrt(2.0 * log(n + 1.0)) + 8.0);
+    float tau = 0.5 * (lo + hi);
+    for (uint it = 0u; it < GAUSSIAN_TAU_MAX_ITER; it++) {
+        const vec4 m = gaussian_positive_moments(center - tau, sY);
+        const float f = n * m[beta] - 1.0;
+        const float f1 = -b * n * m[beta - 1u];
+        const float f2 = beta == 1u ? n * normal_pdf((center - tau) / sY) / sY
+                                    : b * (b - 1.0) * n * m[beta - 2u];
+        if (f > 0.0) lo = tau; else hi = tau;
+        if (abs(f) <= 1e-6) break;
+        const float den = 2.0 * f1 * f1 - f * f2;
+        float next = tau - (abs(den) > 1e-30 ? 2.0 * f * f1 / den : f / f1);
+        if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
+        const float res = 2.4e-7 * (abs(tau) + sY);
+        if (abs(next - tau) <= res || hi - lo <= res) { tau = next; break; }
+        tau = next;
+    }
+    return tau;
+}
+
+#endif
