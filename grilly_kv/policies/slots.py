@@ -9,40 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..reference.kv_slot_attention import masked_attention, visible_mask
 from .base import CacheShape, KVPolicy
 
 EMPTY = np.iinfo(np.int64).max     # position of a slot that holds nothing
 ALL = 2**32 - 1                    # "no window": every earlier position is visible
-
-
-def visible_mask(slot_pos: np.ndarray, q_pos: np.ndarray, sinks: int, window: int) -> np.ndarray:
-    """``(T, n_slots)`` bool: may the query at ``q_pos[t]`` see the key in slot ``s``."""
-    p = slot_pos[None, :]
-    t = q_pos[:, None]
-    return (p <= t) & ((p < sinks) | (t - p < window))
-
-
-def masked_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Softmax attention with a key mask, GQA by head groups.
-
-    Args:
-        q: ``(H_q, T, D)``; k, v: ``(H_kv, S, D)``; mask: ``(T, S)`` bool (True = visible).
-
-    Returns:
-        ``(H_q, T, D)`` float32. Every query must see at least one key.
-    """
-    h_q, T, D = q.shape
-    h_kv = k.shape[0]
-    g = h_q // h_kv
-    qg = q.reshape(h_kv, g * T, D)
-    s = np.matmul(qg, k.transpose(0, 2, 1)) / np.sqrt(D)
-    s = s.reshape(h_kv, g, T, -1)
-    s = np.where(mask[None, None], s, -np.inf)
-    s -= s.max(axis=-1, keepdims=True)
-    np.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)
-    out = np.matmul(s.reshape(h_kv, g * T, -1), v)
-    return out.reshape(h_q, T, D).astype(np.float32)
 
 
 class SlotPolicy(KVPolicy):

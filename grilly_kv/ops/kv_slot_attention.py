@@ -1,0 +1,95 @@
+"""Attention of a step's queries over a float16 slot cache, with a sinks + window visibility rule.
+
+Shader: ``shaders/kv-slot-attention.glsl`` (split-K online softmax, then a merge pass);
+reference: :func:`grilly_kv.reference.kv_slot_attention.kv_slot_attention_ref`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import PushLayout, Recording, get_device
+from ..backend.device import DeviceLike
+from ..reference.kv_slot_attention import kv_slot_attention_ref
+from ..validation import check_array, check_int
+from .step_words import ALL_POSITIONS, fill_step, step_words
+
+SHADER = "kv-slot-attention"
+MAX_SPLITS = 32
+PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f")
+
+
+def n_splits_for(cap: int, head_dim: int) -> int:
+    """Key splits per (token, head): one tile of ``head_dim`` keys each, at most MAX_SPLITS."""
+    return max(1, min(MAX_SPLITS, -(-cap // head_dim)))
+
+
+def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int) -> int:
+    """Words of the partial-result buffer."""
+    return max_chunk * n_q_heads * n_splits_for(cap, head_dim) * (head_dim + 2)
+
+
+def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, step, part, out, *,
+                             T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
+                             n_kv_heads: int) -> Recording:
+    """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32."""
+    n_splits = n_splits_for(cap, head_dim)
+    spec = (head_dim, head_dim, n_q_heads, n_kv_heads)
+    bufs = [qkv, k_cache, v_cache, slot_pos, step, part, out]
+    common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim))
+    rec.dispatch(SHADER, bufs, groups=(n_splits, n_q_heads, T), spec=spec,
+                 push=PUSH.pack(pass_id=0, **common), writes=[5])
+    return rec.dispatch(SHADER, bufs, groups=(n_q_heads, T), spec=spec,
+                        push=PUSH.pack(pass_id=1, **common), writes=[6])
+
+
+def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, slot_pos: np.ndarray, *,
+                      pos0: int, n_scan: int, layer: int, n_q_heads: int, sinks: int = 0,
+                      window: int = ALL_POSITIONS, device: DeviceLike = None) -> np.ndarray:
+    """Attention output of the q heads of ``qkv`` over the cache.
+
+    Args:
+        qkv: ``(T, (H_q + 2 H_kv) * D)`` float32 fused rows; the q heads (post-RoPE) are used.
+        k_cache, v_cache: ``(L, H_kv, cap, D)`` float16 slot caches.
+        slot_pos: ``(cap,)`` uint32 position held by each slot (2**32 - 1: empty).
+        pos0: position of token 0; token t is the query at position pos0 + t.
+        n_scan: slots ``[0, n_scan)`` are scanned.
+        sinks, window: visibility (see ``reference.kv_slot_attention.visible_mask``).
+
+    Returns:
+        ``(T, H_q, D)`` float32. Every query must see at least one key.
+    """
+    check_array("k_cache", k_cache, ndim=4, dtypes=(np.float16,), shape_doc="(L, H_kv, cap, D)")
+    check_array("v_cache", v_cache, ndim=4, dtypes=(np.float16,), shape_doc="(L, H_kv, cap, D)")
+    check_array("slot_pos", slot_pos, ndim=1, dtypes=(np.uint32,), shape_doc="(cap,)")
+    check_array("qkv", qkv, ndim=2, dtypes=(np.float32,), shape_doc="(T, (H_q + 2 H_kv) * D)")
+    L, h_kv, cap, D = k_cache.shape
+    check_int("layer", layer, minimum=0, maximum=L - 1)
+    check_int("n_scan", n_scan, minimum=1, maximum=cap)
+    if (v_cache.shape != k_cache.shape or slot_pos.shape != (cap,) or n_q_heads % h_kv
+            or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 4 or D > 1024):
+        raise ValueError(f"shapes disagree: qkv {qkv.shape}, caches {k_cache.shape}, slot_pos "
+                         f"{slot_pos.shape}, H_q {n_q_heads} (D a multiple of 4, <= 1024)")
+    kw = dict(pos0=pos0, n_scan=n_scan, sinks=sinks, window=window, layer=layer, n_q_heads=n_q_heads)
+    dev = get_device(device)
+    if dev.is_cpu:
+        return kv_slot_attention_ref(qkv, k_cache, v_cache, slot_pos, **kw)
+    T = qkv.shape[0]
+    ws = dev.workspace(SHADER)
+    qb = ws.scratch.get("qkv", qkv.size)
+    kb = ws.scratch.get("k", k_cache.size // 2, np.uint32)
+    vb = ws.scratch.get("v", v_cache.size // 2, np.uint32)
+    pb = ws.scratch.get("slot_pos", cap, np.uint32)
+    sb = ws.scratch.get("step", step_words(T), np.uint32)
+    part = ws.scratch.get("part", part_words(T, n_q_heads, cap, D), host_visible=False)
+    ob = ws.scratch.get("out", T * n_q_heads * D)
+    qb.write(qkv)
+    kb.write(k_cache)
+    vb.write(v_cache)
+    pb.write(slot_pos)
+    sb.write(fill_step(np.zeros(step_words(T), np.uint32), pos0=pos0, slots=np.zeros(T), n_scan=n_scan,
+                       sinks=sinks, window=window))
+    rec = Recording(dev).upload(qb, kb, vb, pb, sb)
+    record_kv_slot_attention(rec, qb, kb, vb, pb, sb, part, ob, T=T, cap=cap, layer=layer, head_dim=D,
+                             n_q_heads=n_q_heads, n_kv_heads=h_kv)
+    rec.download(ob).run()
+    return ob.read(T * n_q_heads * D).reshape(T, n_q_heads, D)

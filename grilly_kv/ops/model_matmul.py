@@ -1,0 +1,87 @@
+"""Token rows times a weight matrix, with optional fused RMSNorm or SwiGLU input and residual add.
+
+Shader: ``shaders/model-matmul.glsl``; reference: :func:`grilly_kv.reference.model_matmul.model_matmul_ref`.
+Serves the GEMV of decode (T = 1) and the GEMM of prefill (T tokens per call).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import PushLayout, Recording, get_device
+from ..backend.device import DeviceLike
+from ..reference.model_matmul import model_matmul_ref
+from ..validation import check_array, check_choice
+
+SHADER = "model-matmul"
+MODES = {"plain": 0, "rmsnorm": 1, "swiglu": 2}
+LOCAL_SIZE = 64
+ROWS = 4            # output rows per workgroup: 16 lanes each
+MAX_TT = 8          # tokens per workgroup (the shader's MAX_TT)
+PUSH = PushLayout("N", "T", "w_off", "x_off", "g_off", "eps:f")
+
+
+def record_matmul(rec: Recording, w, x, g, y, *, N: int, K: int, T: int, f16: bool, mode: str = "plain",
+                  accumulate: bool = False, w_off: int = 0, x_off: int = 0, g_off: int = 0,
+                  eps: float = 1e-5) -> Recording:
+    """Record ``y[t, n] (+)= x'[t] . w[n]`` for t < T, n < N.
+
+    Offsets are in vec4 units (4 elements) of each buffer; ``g`` is the RMSNorm weight buffer
+    (any buffer when mode != "rmsnorm"). K must be a multiple of 4.
+    """
+    tt = min(MAX_TT, T)
+    spec = (LOCAL_SIZE, K, int(f16), ROWS, tt, MODES[mode], int(accumulate))
+    push = PUSH.pack(N=N, T=T, w_off=w_off, x_off=x_off, g_off=g_off, eps=eps)
+    return rec.dispatch(SHADER, [w, x, g, y], groups=(-(-N // ROWS), -(-T // tt)), push=push,
+                        spec=spec, writes=[3])
+
+
+def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weight=None,
+                 eps: float = 1e-5, y: np.ndarray | None = None, device: DeviceLike = None) -> np.ndarray:
+    """``x' @ w.T`` (+ ``y``) on the device.
+
+    Args:
+        x: ``(T, K)`` float32 token rows (``(T, 2K)`` for mode "swiglu": gate then up).
+        w: ``(N, K)`` float16 or float32 weights, K a multiple of 4.
+        mode: "plain", "rmsnorm" (x is RMS-normalised and scaled by ``norm_weight`` ``(K,)``),
+            or "swiglu" (x' = silu(gate) * up).
+        y: optional ``(T, N)`` float32 added to the result (residual).
+
+    Returns:
+        ``(T, N)`` float32.
+    """
+    check_choice("mode", mode, MODES)
+    check_array("w", w, ndim=2, dtypes=(np.float16, np.float32), shape_doc="(N, K)")
+    N, K = w.shape
+    xk = 2 * K if mode == "swiglu" else K
+    check_array("x", x, ndim=2, dtypes=(np.float32,), shape_doc=f"(T, {xk})")
+    if x.shape[1] != xk or K % 4:
+        raise ValueError(f"x must be (T, {xk}) for w of shape {w.shape} (K a multiple of 4), got {x.shape}")
+    T = x.shape[0]
+    if mode == "rmsnorm":
+        norm_weight = check_array("norm_weight", norm_weight, ndim=1, dtypes=(np.float32,), shape_doc="(K,)")
+        if norm_weight.shape != (K,):
+            raise ValueError(f"norm_weight must be ({K},), got {norm_weight.shape}")
+    if y is not None:
+        check_array("y", y, ndim=2, dtypes=(np.float32,), shape_doc="(T, N)")
+        if y.shape != (T, N):
+            raise ValueError(f"y must be ({T}, {N}), got {y.shape}")
+    dev = get_device(device)
+    if dev.is_cpu:
+        return model_matmul_ref(x, w, mode=mode, norm_weight=norm_weight, eps=eps, y=y)
+    f16 = w.dtype == np.float16
+    ws = dev.workspace(SHADER)
+    wb = ws.scratch.get("w", w.size // 2 if f16 else w.size, np.uint32 if f16 else np.float32)
+    xb = ws.scratch.get("x", x.size)
+    gb = ws.scratch.get("g", K)
+    yb = ws.scratch.get("y", T * N)
+    wb.write(w)
+    xb.write(x)
+    if mode == "rmsnorm":
+        gb.write(norm_weight)
+    rec = Recording(dev).upload(wb, xb, gb)
+    if y is not None:
+        yb.write(y)
+        rec.upload(yb)
+    record_matmul(rec, wb, xb, gb, yb, N=N, K=K, T=T, f16=f16, mode=mode, accumulate=y is not None, eps=eps)
+    rec.download(yb).run()
+    return yb.read(T * N).reshape(T, N)

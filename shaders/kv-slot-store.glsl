@@ -1,0 +1,32 @@
+#version 450
+// Store this step's post-RoPE keys and values into their slots of a float16 slot cache: see
+// grilly_kv/ops/kv_slot_store.py. Cache layout per buffer: [layer][kv head][slot][D] halves,
+// two per uint. Workgroup t writes token t to slot step[SLOTS_AT + t].
+#include "common.glsl"
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint D = 64;      // even
+layout(constant_id = 2) const uint HQ = 9;
+layout(constant_id = 3) const uint HKV = 3;
+const uint ROW = (HQ + 2u * HKV) * D;
+const uint HW = D / 2u;                          // words per cached row
+const uint SLOTS_AT = 8u;
+
+layout(set = 0, binding = 0) readonly buffer QKV { vec2 qkv2[]; };
+layout(set = 0, binding = 1) readonly buffer Step { uint step[]; };
+layout(set = 0, binding = 2) writeonly buffer KC { uint kc[]; };
+layout(set = 0, binding = 3) writeonly buffer VC { uint vc[]; };
+
+layout(push_constant) uniform Push { uint cap; uint layer; } p;
+
+void main() {
+    const uint t = gl_WorkGroupID.x;
+    const uint slot = step[SLOTS_AT + t];
+    for (uint item = gl_LocalInvocationIndex; item < HKV * HW; item += gl_WorkGroupSize.x) {
+        const uint h = item / HW, w = item % HW;
+        const uint src = (t * ROW + HQ * D + h * D) / 2u + w;
+        const uint dst = ((p.layer * HKV + h) * p.cap + slot) * HW + w;
+        kc[dst] = packHalf2x16(qkv2[src]);
+        vc[dst] = packHalf2x16(qkv2[src + HKV * D / 2u]);
+    }
+}
