@@ -91,7 +91,7 @@ class VulkanStore:
         self.v = Buffer(dev, kv_words, self.word)
         self.stats = Buffer(dev, self.bh * self.max_pages * 4 * self.row_words, self.word)
         self.meta = Buffer(dev, 2, np.uint32)                # [length, length before last write]
-        self.scores = Buffer(dev, self.bh * self.max_pages, host_visible=False)
+        self.scores = Buffer(dev, self.bh * self.max_pages)
         self.pages = Buffer(dev, self.bh * self.max_pages, np.uint32)
         self.counts = Buffer(dev, self.bh, np.uint32)
         self._staging: dict[int, Buffer] = {}
