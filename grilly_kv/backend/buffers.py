@@ -111,6 +111,13 @@ class Buffer:
         """Copy the device data to the staging copy in a submission of its own."""
         self.device.manager.sequence().eval(self.device.kp.OpTensorSyncLocal([self.tensor]))
 
+    def release(self) -> None:
+        """Free the device memory now: forget the pipelines bound to this buffer and destroy its
+        kp tensor. Recordings that bind it must be dropped first; the Buffer is unusable after."""
+        self.device.pipelines.forget(self)
+        self._host = None
+        self.tensor.destroy()
+
     def __repr__(self) -> str:
         return f"<Buffer #{self.uid} {self.n_words} x {self.word_dtype}>"
 
