@@ -35,8 +35,6 @@ class PagedKVCache:
         dtype: ``"float16"`` or ``"float32"``: how K, V and the page statistics are stored.
         device: ``"vulkan"``, ``"vulkan:N"``, ``"cpu"`` or None (``$GRILLY_KV_DEVICE``, else the
             first Vulkan device).
-        timestamps: record GPU timestamps; :attr:`last_gpu_time_us` then holds the GPU time of
-            the last prefill chunk, append or decode submission.
 
     Raises:
         ValueError: a buffer would exceed the device's ``maxStorageBufferRange``.
@@ -44,7 +42,7 @@ class PagedKVCache:
 
     def __init__(self, num_kv_heads: int, head_dim: int, *, capacity_tokens: int,
                  page_size: int = 16, batch: int = 1, dtype: str = "float16",
-                 device: DeviceLike = None, timestamps: bool = False):
+                 device: DeviceLike = None):
         self.num_kv_heads = check_int("num_kv_heads", num_kv_heads, minimum=1)
         self.head_dim = check_int("head_dim", head_dim, minimum=1)
         self.page_size = check_int("page_size", page_size, minimum=1)
@@ -59,7 +57,7 @@ class PagedKVCache:
         if self.device.is_cpu:
             self._store = NumpyStore(shape, self.page_size, self.dtype)
         else:
-            self._store = VulkanStore(self.device, shape, self.page_size, self.dtype, timestamps)
+            self._store = VulkanStore(self.device, shape, self.page_size, self.dtype)
         self._len = 0
 
     # ---- size --------------------------------------------------------------------------------
@@ -70,11 +68,6 @@ class PagedKVCache:
     def num_pages(self) -> int:
         """Pages holding at least one token: ``ceil(len / page_size)``."""
         return -(-self._len // self.page_size)
-
-    @property
-    def last_gpu_time_us(self) -> float | None:
-        """GPU time of the last submission (microseconds), with ``timestamps=True``; else None."""
-        return self._store.last_gpu_time_us
 
     # ---- writing -----------------------------------------------------------------------------
     def _check_kv(self, k, v) -> int:

@@ -22,8 +22,6 @@ STAGING_BYTES = 8 << 20   # largest staging chunk of a prefill
 class NumpyStore:
     """K, V and statistics as NumPy arrays ``(B, H_kv, capacity, D)`` in the cache dtype."""
 
-    last_gpu_time_us = None
-
     def __init__(self, shape: tuple, page_size: int, dtype: np.dtype):
         B, H, cap, D = shape
         self.page = page_size
@@ -62,9 +60,10 @@ def _pow2_at_least(n: int, floor: int = 1) -> int:
 
 class VulkanStore:
     """K, V and statistics in device buffers; writes and decode steps are recorded once per shape
-    and replayed, with the cache length in a two-word device buffer (``meta``)."""
+    and replayed, with the cache length in a two-word device buffer (``meta``). With the device's
+    ``profile`` flag on, new recordings take Vulkan timestamps (``dev.last_recording``)."""
 
-    def __init__(self, dev, shape: tuple, page_size: int, dtype: np.dtype, timestamps: bool):
+    def __init__(self, dev, shape: tuple, page_size: int, dtype: np.dtype):
         B, H, cap, D = shape
         self.dev = dev
         self.B, self.H, self.cap, self.D = B, H, cap, D
@@ -77,8 +76,6 @@ class VulkanStore:
         self.row_words = self.Dp // 2 if self.f16 else self.Dp
         self.word = np.uint32 if self.f16 else np.float32
         self.np_dtype = dtype
-        self.timestamps = timestamps
-        self.last_gpu_time_us = None
         limit = int(dev.properties.get("max_storage_buffer_range", 2**32 - 1))
         kv_words = self.bh * cap * self.row_words
         for what, words in (("K (and V)", kv_words), ("page statistics", 4 * kv_words // page_size)):
@@ -100,17 +97,14 @@ class VulkanStore:
 
     # ---- helpers -----------------------------------------------------------------------------
     def _recording(self, key, build) -> Recording:
+        key = (key, self.dev.profile)
         rec = self._recordings.pop(key, None)
         if rec is None:
-            rec = build(Recording(self.dev, timestamps=self.timestamps))
+            rec = build(Recording(self.dev))
             if len(self._recordings) >= MAX_RECORDINGS:
                 self._recordings.pop(next(iter(self._recordings)))
         self._recordings[key] = rec
         return rec
-
-    def _run(self, rec: Recording) -> None:
-        rec.run()
-        self.last_gpu_time_us = rec.gpu_time_us() if self.timestamps else None
 
     def _pad(self, x: np.ndarray) -> np.ndarray:
         x = x.astype(self.np_dtype, copy=False)
@@ -157,7 +151,7 @@ class VulkanStore:
                                      head_dim=self.Dp, f16=self.f16, page_size=self.page,
                                      capacity=self.cap)
 
-        self._run(self._recording(("write", n), build))
+        self._recording(("write", n), build).run()
 
     # ---- reading back ------------------------------------------------------------------------
     def _read_rows(self, buf: Buffer, rows_per_head: int, n_rows: int, row_len: int) -> np.ndarray:
@@ -207,7 +201,7 @@ class VulkanStore:
         q32[:, :, :self.D] = q
         q_buf.write(q32)
         self.meta.write(np.array([length, length], np.uint32))
-        self._run(self._recording(key, build))
+        self._recording(key, build).run()
         Hq = q.shape[1]
         result = out.read(self.B * Hq * self.Dp).reshape(self.B, Hq, self.Dp)[:, :, :self.D]
         return result, self._selected_pages(P, dense)

@@ -49,6 +49,6 @@ def test_append_uploads_only_the_new_rows(vk):
         k, v = random_kv(np.random.default_rng(0), 1, 2, 200, 64)
         cache.prefill(k, v)
         cache.append(k[:, :, :1], v[:, :, :1])
-        rec = cache._store._recordings[("write", 1)]
+        rec = cache._store._recordings[(("write", 1), False)]
         uploaded = sum(b.n_words for st in rec.steps if st.kind == "upload" for b in st.buffers)
         assert uploaded == 2 + 2 * 2 * 32   # meta + one K and one V row (64 float16 = 32 words)
