@@ -46,20 +46,18 @@ def _heads_np(x, st):
 
 
 def _step_np(x, y, st, selected, tau, alpha):
-    """y' = alpha y + sqrt(tau) F_sel;  x' = x + sqrt(tau) y' + tau F_plain (per-head split)."""
+    """y' = alpha y + sqrt(tau) P F;  x' = x + sqrt(tau) y' + tau (I - P) F, P onto W_o[:, selected]."""
     o, _ = _heads_np(x, st)
     Wo, bo = st["out_proj.weight"].astype(np.float64), st["out_proj.bias"].astype(np.float64)
-    f_sel = np.zeros(x.shape)
-    f_plain = np.zeros(x.shape)
-    for bi in range(x.shape[0]):
-        for h in range(H):
-            f_h = o[bi, h] @ Wo[:, h * D:(h + 1) * D].T + bo / H
-            if selected[bi, h]:
-                f_sel[bi] += f_h
-            else:
-                f_plain[bi] += f_h
+    B, S, _ = x.shape
+    F = o.transpose(0, 2, 1, 3).reshape(B, S, E) @ Wo.T + bo
+    f_sel = np.empty_like(F)
+    for bi in range(B):
+        cols = [c for h in range(H) if selected[bi, h] for c in range(h * D, (h + 1) * D)]
+        basis, _ = np.linalg.qr(Wo[:, cols])          # orthonormal basis of the selected span
+        f_sel[bi] = F[bi] @ basis @ basis.T
     y_next = alpha * y + np.sqrt(tau) * f_sel
-    return x + np.sqrt(tau) * y_next + tau * f_plain, y_next
+    return x + np.sqrt(tau) * y_next + tau * (F - f_sel), y_next
 
 
 def _inputs(B=2, S=9, seed=0):

@@ -107,7 +107,7 @@ class MultiheadAttention:
     def out_proj_bias(self) -> np.ndarray | None:
         return self._params.get("out_proj.bias")
 
-    # ---- forward, in stages that SelectiveMomentumAttention reuses ----------------------------
+    # ---- forward, in stages --------------------------------------------------------------------
     def _check_tokens(self, name: str, x) -> np.ndarray:
         check_array(name, x, ndim=3, dtypes=TOKEN_DTYPES, shape_doc="(B, S, E)")
         if x.shape[-1] != self.embed_dim:
@@ -162,10 +162,9 @@ class MultiheadAttention:
         B, H, S_q, D = out.shape
         return np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(B, S_q, H * D), probs
 
-    def output_projection(self, heads: np.ndarray, bias: bool = True) -> np.ndarray:
-        """``(B, S, E)`` heads -> ``(B, S, E)`` through ``out_proj`` (its bias only if ``bias``)."""
-        return linear(heads, self.out_proj_weight, self.out_proj_bias if bias else None,
-                      device=self.device)
+    def output_projection(self, heads: np.ndarray) -> np.ndarray:
+        """``(B, S, E)`` heads -> ``(B, S, E)`` through ``out_proj``."""
+        return linear(heads, self.out_proj_weight, self.out_proj_bias, device=self.device)
 
     def forward(self, query: np.ndarray, key: np.ndarray, value: np.ndarray, *,
                 attn_mask: np.ndarray | None = None, key_padding_mask: np.ndarray | None = None,

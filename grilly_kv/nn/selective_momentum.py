@@ -29,17 +29,23 @@ and each block costs one attention call, as the paper requires. The plain (class
 
     (0)  x_{k+1} = x_k + tau F(x_k).
 
-Head selection (this module's own idea, from the issue, not from the paper): the attention
-output is a sum over heads, F = sum_h F_h + b_o with F_h = W_o[:, h] o_h. Heads whose
-q-similarity (TAPPA, :func:`grilly_kv.ops.attention_q_similarity.q_similarity`, clipped to
-[0, 1]) is below ``threshold`` are "selected": their forces F_sel = sum_{h selected} F_h +
-b_o * n_sel / H drive (1)-(2); the others' F_plain = F - F_sel take step (0):
+Head selection (this module's own construction, from the issue, not from the paper): the
+attention output is F = W_o [o_1; ...; o_H] + b_o, head h writing into the column space of its
+block W_o[:, h]. Heads whose q-similarity (TAPPA, :func:`grilly_kv.ops.attention_q_similarity.
+q_similarity`, clipped to [0, 1]) is below ``threshold`` are "selected"; P is the orthogonal
+projector onto the span of the selected heads' blocks of W_o. The part of the force in that
+subspace takes the momentum step, the rest the plain step:
 
-    y_{k+1} = alpha_k y_k + sqrt(tau) F_sel(x_k)
-    x_{k+1} = x_k + sqrt(tau) y_{k+1} + tau F_plain(x_k)
+    (3)  y_{k+1} = alpha_k y_k + sqrt(tau) P F(x_k)
+    (4)  x_{k+1} = x_k + sqrt(tau) y_{k+1} + tau (I - P) F(x_k)
 
-So threshold 0 (nothing selected, y stays 0) is exactly block (0), and with every head selected
-it is exactly (1)-(2).
+The selected heads' own forces lie wholly in range(P); an unselected head's force gets momentum
+only where it overlaps that span. Because P and I - P split F, the fixed points are exactly
+those of plain attention (F = 0, y = 0). (A first version split F by heads, F_sel = sum over
+selected heads of W_o[:, h] o_h: its fixed points satisfy F_sel / (1 - alpha) + F_plain = 0,
+not F = 0, and in the convergence study it never converged.) Nothing selected: P = 0 and the
+block is exactly (0); every head selected: P = I by definition (no projection is computed),
+exactly (1)-(2).
 
 Which heads: by default they are recomputed on every call from the block's own input queries,
 per batch row ``(B, H)`` (the selection follows the tokens as they move; it costs one
@@ -52,6 +58,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops.attention_q_similarity import q_similarity
+from ..ops.nn_linear import linear
 from ..validation import check_array, check_int
 from .multihead_attention import MultiheadAttention
 
@@ -102,6 +109,8 @@ class SelectiveMomentumAttention:
         self.damping = damping
         self.qsim_mode, self.qsim_window = qsim_mode, qsim_window
         self.fixed_selection: np.ndarray | None = None
+        self._projectors: dict[bytes, np.ndarray] = {}
+        self._projector_weight = None
 
     # ---- head selection ----------------------------------------------------------------------
     def head_similarity(self, x: np.ndarray) -> np.ndarray:
@@ -127,23 +136,31 @@ class SelectiveMomentumAttention:
         return self._select(self.head_similarity(x))
 
     # ---- the step ----------------------------------------------------------------------------
-    def split_force(self, heads: np.ndarray, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(F_sel, F_plain), each ``(B, S, E)``, from the heads' outputs ``(B, S, E)``."""
-        B = heads.shape[0]
-        mha = self.attention
+    def _projector(self, row: np.ndarray) -> np.ndarray:
+        """P ``(E, E)`` float32 for one selection ``(H,)``: onto the span of W_o's selected blocks."""
+        w = self.attention.out_proj_weight
+        if self._projector_weight is not w:   # parameters replaced: forget cached projectors
+            self._projectors, self._projector_weight = {}, w
+        key = row.tobytes()
+        if key not in self._projectors:
+            cols = np.repeat(row, self.attention.head_dim)
+            u, sv, _ = np.linalg.svd(w[:, cols].astype(np.float64), full_matrices=False)
+            u = u[:, sv > sv[0] * w.shape[0] * np.finfo(np.float32).eps]
+            self._projectors[key] = (u @ u.T).astype(np.float32)
+        return self._projectors[key]
+
+    def split_force(self, force: np.ndarray, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P F, (I - P) F), each ``(B, S, E)``, for the force ``(B, S, E)`` and selection ``(B, H)``."""
         if not selected.any():
-            return np.zeros_like(heads), mha.output_projection(heads)
+            return np.zeros_like(force), force
         if selected.all():
-            return mha.output_projection(heads), np.zeros_like(heads)
-        cols = np.repeat(selected, mha.head_dim, axis=1)[:, None, :]          # (B, 1, E)
-        both = np.concatenate([heads * cols, heads * ~cols], axis=0)           # (2B, S, E)
-        proj = mha.output_projection(both, bias=False)
-        f_sel, f_plain = proj[:B], proj[B:]
-        if mha.out_proj_bias is not None:
-            frac = selected.mean(axis=1, dtype=np.float32)[:, None, None]      # n_sel / H
-            f_sel = f_sel + frac * mha.out_proj_bias
-            f_plain = f_plain + (1.0 - frac) * mha.out_proj_bias
-        return f_sel, f_plain
+            return force, np.zeros_like(force)
+        f_sel = np.zeros_like(force)
+        for row in np.unique(selected, axis=0):
+            rows = np.flatnonzero((selected == row).all(axis=1))
+            if row.any():   # P is symmetric: F P^T = F P on the device
+                f_sel[rows] = linear(force[rows], self._projector(row), device=self.attention.device)
+        return f_sel, force - f_sel
 
     def forward(self, x: np.ndarray, y: np.ndarray | None = None, *, step: int = 0,
                 attn_mask=None, key_padding_mask=None, is_causal: bool = False):
@@ -167,9 +184,9 @@ class SelectiveMomentumAttention:
                 raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
         step = check_int("step", step, minimum=0)
         selected = self.selection(x)
-        heads, _ = self.attention.attend(x, x, x, attn_mask=attn_mask,
-                                         key_padding_mask=key_padding_mask, is_causal=is_causal)
-        f_sel, f_plain = self.split_force(heads, selected)
+        force, _ = self.attention(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                                  is_causal=is_causal)
+        f_sel, f_plain = self.split_force(force, selected)
         tau = self.step_size
         h = np.float32(np.sqrt(tau))
         y_next = np.float32(momentum_coefficient(self.damping, step)) * y.astype(np.float32) + h * f_sel
