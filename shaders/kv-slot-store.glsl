@@ -1,7 +1,8 @@
 #version 450
 // Store this step's post-RoPE keys and values into their slots of a float16 slot cache: see
 // grilly_kv/ops/kv_slot_store.py. Cache layout per buffer: [layer][kv head][slot][D] halves,
-// two per uint. Workgroup t writes token t to slot step[SLOTS_AT + t].
+// two per uint. Workgroup t writes token t to slot step[SLOTS_AT + t]; the layer-0 store also
+// records slot_pos[slot] = pos0 + t (the position each slot holds, shared by all layers).
 #include "common.glsl"
 
 layout(local_size_x_id = 0) in;
@@ -16,12 +17,14 @@ layout(set = 0, binding = 0) readonly buffer QKV { vec2 qkv2[]; };
 layout(set = 0, binding = 1) readonly buffer Step { uint step[]; };
 layout(set = 0, binding = 2) writeonly buffer KC { uint kc[]; };
 layout(set = 0, binding = 3) writeonly buffer VC { uint vc[]; };
+layout(set = 0, binding = 4) writeonly buffer SlotPos { uint slot_pos[]; };
 
 layout(push_constant) uniform Push { uint cap; uint layer; } p;
 
 void main() {
     const uint t = gl_WorkGroupID.x;
     const uint slot = step[SLOTS_AT + t];
+    if (p.layer == 0u && gl_LocalInvocationIndex == 0u) slot_pos[slot] = step[0] + t;
     for (uint item = gl_LocalInvocationIndex; item < HKV * HW; item += gl_WorkGroupSize.x) {
         const uint h = item / HW, w = item % HW;
         const uint src = (t * ROW + HQ * D + h * D) / 2u + w;

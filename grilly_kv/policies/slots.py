@@ -3,7 +3,7 @@
 A slot policy decides, per token position, which slot of a ``capacity``-slot cache the token's
 K/V go to, and which held positions a query at position ``t`` may see:
 ``p <= t and (p < sinks or t - p < window)``. The same two rules drive the NumPy path here and the
-Vulkan path (``models/smollm2/vulkan.py``), so both compute the same attention.
+Vulkan path (``slot_device.py``), so both compute the same attention.
 """
 from __future__ import annotations
 
@@ -37,29 +37,33 @@ class SlotPolicy(KVPolicy):
         cap = self.capacity(shape)
         self.cap = cap
         self.slot_pos = np.full(cap, EMPTY, np.int64)
-        self.k = np.zeros((shape.n_layers, shape.n_kv_heads, cap, shape.head_dim), np.float32)
-        self.v = np.zeros_like(self.k)
-        self._slots = np.zeros(0, np.int64)
-        self._q_pos = np.zeros(0, np.int64)
-        self.n_seen = 0
+        self.k = self.v = None            # host K/V, allocated on the first host attend
+        self.last_slots = np.zeros(0, np.int64)
+        self.slots_used = 0               # slots [0, slots_used) have been written
 
     def begin(self, positions: np.ndarray) -> None:
         positions = np.asarray(positions, np.int64)
-        self._slots = self.slots_for(positions)
+        self.last_slots = self.slots_for(positions)
+        self.slot_pos[self.last_slots] = positions
+        self.slots_used = max(self.slots_used, int(self.last_slots.max()) + 1)
         self._q_pos = positions
-        self.slot_pos[self._slots] = positions
-        self.n_seen = max(self.n_seen, int(positions.max()) + 1)
-        self._mask = visible_mask(self.slot_pos, positions, self.sinks, self.window)
 
     def attend(self, layer, q, k, v):
-        self.k[layer][:, self._slots] = k
-        self.v[layer][:, self._slots] = v
-        return masked_attention(q, self.k[layer], self.v[layer], self._mask)
+        s = self.shape
+        if self.k is None:
+            self.k = np.zeros((s.n_layers, s.n_kv_heads, self.cap, s.head_dim), np.float32)
+            self.v = np.zeros_like(self.k)
+        if layer == 0:
+            self._mask = visible_mask(self.slot_pos[:self.slots_used], self._q_pos, self.sinks, self.window)
+        n = self.slots_used
+        self.k[layer][:, self.last_slots] = k
+        self.v[layer][:, self.last_slots] = v
+        return masked_attention(q, self.k[layer][:, :n], self.v[layer][:, :n], self._mask)
 
     def tokens_held(self) -> int:
         return int(np.count_nonzero(self.slot_pos != EMPTY))
 
     def device_cache(self, device, shape: CacheShape):
-        from ..models.smollm2.slot_cache import DeviceSlotCache
+        from .slot_device import DeviceSlotCache
 
         return DeviceSlotCache(self, device, shape)

@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from ...policies.base import CacheShape
 from .config import ModelConfig
 from .weights import Checkpoint
 
@@ -48,18 +49,25 @@ class ReferenceModel:
 
     device_name = "numpy (cpu)"
 
-    def __init__(self, ckpt: Checkpoint):
+    def __init__(self, ckpt: Checkpoint, *, max_chunk: int = 512):
         self.ckpt = ckpt
         self.config: ModelConfig = ckpt.config
+        self.max_chunk = int(max_chunk)
+        self.policy = None
 
-    def forward(self, tokens, pos0: int, policy, *, all_logits: bool = False,
+    def start(self, policy, max_tokens: int) -> None:
+        """Begin a sequence of up to ``max_tokens`` tokens whose KV cache ``policy`` manages."""
+        c = self.config
+        policy.reset(CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk))
+        self.policy = policy
+
+    def forward(self, tokens, pos0: int, *, all_logits: bool = False,
                 capture: CaptureFn | None = None) -> np.ndarray:
-        """Run ``tokens`` (T,) at positions ``pos0 ..`` through the model.
+        """Run ``tokens`` (T <= max_chunk) at positions ``pos0 ..`` through the model.
 
         Args:
             tokens: token ids of this chunk.
-            pos0: position of the first token (the tokens before it are in ``policy``'s cache).
-            policy: the KV policy that stores K/V and attends (reset by the caller).
+            pos0: position of the first token (the tokens before it are in the policy's cache).
             all_logits: return logits of every token (else only of the last one).
             capture: optional callback receiving each layer's q/k/v (see ``CaptureFn``).
 
@@ -67,8 +75,11 @@ class ReferenceModel:
             ``(T, vocab)`` or ``(1, vocab)`` float32 logits.
         """
         c = self.config
+        policy = self.policy
         tokens = np.asarray(tokens, np.int64)
         T = tokens.size
+        if not 1 <= T <= self.max_chunk:
+            raise ValueError(f"a forward call takes 1..{self.max_chunk} tokens, got {T}")
         positions = np.arange(pos0, pos0 + T)
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
         policy.begin(positions)

@@ -1,0 +1,164 @@
+"""The Vulkan forward pass: all layers of a step recorded into one submission, replayed per step.
+
+Weights live in one device buffer (float16 by default; Q4_1/Q8_0 were dequantised at load),
+norm weights in another. A step (a prefill chunk of T tokens or one decode token) is:
+
+    embed -> for each layer: [RMSNorm+qkv matmul] -> RoPE -> policy store + attention
+             -> [o matmul + residual] -> [RMSNorm+gate/up matmul] -> [SwiGLU+down matmul + residual]
+          -> [final RMSNorm + tied output head] -> logits download
+
+with the barriers that the data dependencies need, in one ``vkQueueSubmit``. Per-step scalars
+(positions, slots, token ids, visible range) are in a small step buffer uploaded at the start of
+the submission, so the recording for a given T is built once and replayed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...backend import Buffer, Recording, get_device
+from ...backend.device import DeviceLike
+from ...ops.model_embed import record_embed
+from ...ops.model_matmul import record_matmul
+from ...ops.model_rope import record_rope
+from ...ops.step_words import step_words
+from ...policies.base import CacheShape, KVPolicy
+from ...reference.model_rope import rope_table
+from .weights import Checkpoint
+
+DEFAULT_MAX_CHUNK = 32
+
+
+class VulkanModel:
+    """The checkpoint on a Vulkan device.
+
+    Args:
+        ckpt: loaded weights.
+        device: a Vulkan device spec (``"vulkan"``, ``"vulkan:N"``; not ``"cpu"``: use ReferenceModel).
+        weight_dtype: ``np.float16`` (default) or ``np.float32`` storage of the matrices.
+        max_chunk: most tokens per forward call (prefill chunk).
+        timestamps: record Vulkan timestamps (``last_gpu_time_us``).
+    """
+
+    def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_dtype=np.float16,
+                 max_chunk: int = DEFAULT_MAX_CHUNK, timestamps: bool = False):
+        dev = get_device(device)
+        if dev.is_cpu:
+            raise ValueError("VulkanModel needs a Vulkan device; use ReferenceModel for the NumPy path")
+        self.dev = dev
+        self.device_name = dev.description
+        self.ckpt = ckpt
+        self.config = c = ckpt.config
+        self.max_chunk = int(max_chunk)
+        self.timestamps = timestamps
+        self.f16 = np.dtype(weight_dtype) == np.float16
+        self._upload_weights(np.dtype(weight_dtype))
+        C = self.max_chunk
+        self.qkv_dim = c.q_dim + 2 * c.kv_dim
+        self.step = Buffer(dev, step_words(C), np.uint32)
+        self.x = Buffer(dev, C * c.d_model, host_visible=False)
+        self.qkv = Buffer(dev, C * self.qkv_dim, host_visible=False)
+        self.attn = Buffer(dev, C * c.q_dim, host_visible=False)
+        self.gu = Buffer(dev, C * 2 * c.d_ffn, host_visible=False)
+        self.logits = Buffer(dev, C * c.vocab)
+        self.policy: KVPolicy | None = None
+        self.kv = None
+        self._recordings: dict = {}
+        self._table_rows = 0
+        self.last_gpu_time_us = 0.0
+
+    # ---- weights -------------------------------------------------------------------------
+    def _upload_weights(self, dtype: np.dtype) -> None:
+        c, ck = self.config, self.ckpt
+        mats = []
+        for w in ck.layers:
+            mats += [np.concatenate([w["wq"], w["wk"], w["wv"]]), w["wo"],
+                     np.concatenate([w["w_gate"], w["w_up"]]), w["w_down"]]
+        mats.append(ck.embedding)
+        vec4s = [m.size // 4 for m in mats]
+        offs = np.concatenate([[0], np.cumsum(vec4s)])
+        per_vec4 = 2 if dtype == np.float16 else 4         # words per vec4
+        self.wbuf = Buffer(self.dev, int(offs[-1]) * per_vec4, np.uint32 if self.f16 else np.float32)
+        for m, o in zip(mats, offs[:-1]):
+            self.wbuf.write(m.astype(dtype), offset_words=int(o) * per_vec4)
+        self.wbuf.upload_now()
+        self.w_off = [tuple(int(o) for o in offs[4 * i:4 * i + 4]) for i in range(c.n_layers)]
+        self.emb_off = int(offs[-2])
+        norms = [v for w in ck.layers for v in (w["attn_norm"], w["ffn_norm"])] + [ck.output_norm]
+        self.nbuf = Buffer(self.dev, len(norms) * c.d_model)
+        self.nbuf.write(np.concatenate(norms).astype(np.float32))
+        self.nbuf.upload_now()
+        self.weight_bytes = self.wbuf.nbytes
+
+    def _norm_off(self, i: int) -> int:
+        return i * self.config.d_model // 4
+
+    # ---- per sequence --------------------------------------------------------------------
+    def start(self, policy: KVPolicy, max_tokens: int) -> None:
+        """Begin a sequence of up to ``max_tokens`` tokens whose KV cache ``policy`` manages."""
+        c = self.config
+        if max_tokens > c.context:
+            raise ValueError(f"max_tokens {max_tokens} exceeds the model's context {c.context}")
+        shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk)
+        policy.reset(shape)
+        kv = policy.device_cache(self.dev, shape)
+        if kv is None:
+            raise ValueError(f"policy {policy.describe()} has no Vulkan implementation; run it with "
+                             "the NumPy reference model (device 'cpu')")
+        self.policy, self.kv = policy, kv
+        self._recordings.clear()
+        if max_tokens > self._table_rows:
+            rows = max(max_tokens, 2 * self._table_rows)
+            self.rope = Buffer(self.dev, rows * c.head_dim)
+            self.rope.write(rope_table(rows, c.head_dim, c.rope_theta))
+            self.rope.upload_now()
+            self._table_rows = rows
+
+    def _build(self, T: int, all_logits: bool) -> Recording:
+        c = self.config
+        rec = Recording(self.dev, timestamps=self.timestamps)
+        rec.upload(self.step)
+        W, N = self.wbuf, self.nbuf
+        mm = dict(f16=self.f16, eps=c.norm_eps, T=T)
+        record_embed(rec, W, self.step, self.x, T=T, D=c.d_model, f16=self.f16, max_chunk=self.max_chunk,
+                     table_off=self.emb_off)
+        for i in range(c.n_layers):
+            w_qkv, w_o, w_gu, w_down = self.w_off[i]
+            record_matmul(rec, W, self.x, N, self.qkv, N=self.qkv_dim, K=c.d_model, mode="rmsnorm",
+                          w_off=w_qkv, g_off=self._norm_off(2 * i), **mm)
+            record_rope(rec, self.qkv, self.step, self.rope, T=T, head_dim=c.head_dim,
+                        n_q_heads=c.n_q_heads, n_kv_heads=c.n_kv_heads)
+            self.kv.record_layer(rec, i, self.qkv, self.attn, self.step, T)
+            record_matmul(rec, W, self.attn, self.attn, self.x, N=c.d_model, K=c.q_dim, accumulate=True,
+                          w_off=w_o, **mm)
+            record_matmul(rec, W, self.x, N, self.gu, N=2 * c.d_ffn, K=c.d_model, mode="rmsnorm",
+                          w_off=w_gu, g_off=self._norm_off(2 * i + 1), **mm)
+            record_matmul(rec, W, self.gu, self.gu, self.x, N=c.d_model, K=c.d_ffn, mode="swiglu",
+                          accumulate=True, w_off=w_down, **mm)
+        n_out = T if all_logits else 1
+        record_matmul(rec, W, self.x, N, self.logits, N=c.vocab, K=c.d_model, mode="rmsnorm",
+                      f16=self.f16, eps=c.norm_eps, T=n_out, w_off=self.emb_off,
+                      x_off=(T - n_out) * c.d_model // 4, g_off=self._norm_off(2 * c.n_layers))
+        return rec.download(self.logits)
+
+    def forward(self, tokens, pos0: int, *, all_logits: bool = False) -> np.ndarray:
+        """Run ``tokens`` (T <= max_chunk) at positions ``pos0 ..``; returns ``(T or 1, vocab)`` logits."""
+        if self.policy is None:
+            raise RuntimeError("call start(policy, max_tokens) first")
+        tokens = np.asarray(tokens, np.int64)
+        T = tokens.size
+        if not 1 <= T <= self.max_chunk:
+            raise ValueError(f"a forward call takes 1..{self.max_chunk} tokens, got {T}")
+        positions = np.arange(pos0, pos0 + T)
+        self.policy.begin(positions)
+        words = np.zeros(self.step.n_words, np.uint32)
+        self.kv.fill_step(words, positions, tokens)
+        self.step.write(words)
+        key = (T, all_logits)
+        rec = self._recordings.get(key)
+        if rec is None:
+            rec = self._recordings[key] = self._build(T, all_logits)
+        rec.run()
+        if self.timestamps:
+            self.last_gpu_time_us = rec.gpu_time_us()
+        n_out = T if all_logits else 1
+        return self.logits.read(n_out * self.config.vocab).reshape(n_out, self.config.vocab)
