@@ -7,6 +7,7 @@ ratio against a baseline measured in the same run.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -18,6 +19,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def commit() -> str:
+    """The git commit measured ($GRILLY_KV_COMMIT where the checkout has no .git)."""
+    if os.environ.get("GRILLY_KV_COMMIT"):
+        return os.environ["GRILLY_KV_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, cwd=RESULTS.parent).stdout.strip() or "unknown"

@@ -32,28 +32,37 @@ layout(push_constant) uniform Push {
 } p;
 
 shared float sh_sum[MAX_SUBGROUPS];
-shared float sh_inv[64];
+const uint TILE = 128u;
+shared float sh_inv[TILE];
 shared vec4 sh_acc[gl_WorkGroupSize.x];
 
 vec4 load_row(uint row_base, uint i) { return LOAD_VEC4(F16, q32, q16, row_base + i); }
 
+// Each subgroup takes 4 neighbouring pairs (5 rows) per step, so that 5 row loads are in
+// flight per lane before the reductions: memory-level parallelism is what bounds this kernel.
 void consecutive_partial(uint bh, uint s) {
     const uint first = p.S - p.W;                 // first row of the window
     const uint n_pairs = p.W - 1u;
     const uint a0 = s * p.chunk;
     const uint a1 = min(a0 + p.chunk, n_pairs);
     const float eps = PUSH_F(p.eps_bits);
+    const uint base = bh * p.S + first;
     float local_sum = 0.0;
-    for (uint a = a0 + gl_SubgroupID; a < a1; a += gl_NumSubgroups) {
-        const uint r = (bh * p.S + first + a) * NV;
-        float dot_ab = 0.0, na = 0.0, nb = 0.0;
+    for (uint a = a0 + 4u * gl_SubgroupID; a < a1; a += 4u * gl_NumSubgroups) {
+        const uint last = min(a + 4u, a1);        // rows a .. last are used
+        float d[4] = float[4](0.0, 0.0, 0.0, 0.0);
+        float n[5] = float[5](0.0, 0.0, 0.0, 0.0, 0.0);
         for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) {
-            const vec4 x = load_row(r, i);
-            const vec4 y = load_row(r + NV, i);
-            dot_ab += dot(x, y); na += dot(x, x); nb += dot(y, y);
+            vec4 x[5];
+            for (uint k = 0u; k < 5u; k++) x[k] = load_row((base + min(a + k, last)) * NV, i);
+            for (uint k = 0u; k < 4u; k++) d[k] += dot(x[k], x[k + 1u]);
+            for (uint k = 0u; k < 5u; k++) n[k] += dot(x[k], x[k]);
         }
-        dot_ab = subgroupAdd(dot_ab); na = subgroupAdd(na); nb = subgroupAdd(nb);
-        local_sum += dot_ab / (max(sqrt(na), eps) * max(sqrt(nb), eps));
+        for (uint k = 0u; k < 5u; k++) n[k] = max(sqrt(subgroupAdd(n[k])), eps);
+        for (uint k = 0u; k < 4u; k++) {
+            const float dk = subgroupAdd(d[k]);
+            if (a + k < last) local_sum += dk / (n[k] * n[k + 1u]);
+        }
     }
     if (subgroupElect()) sh_sum[gl_SubgroupID] = local_sum;
     barrier();
@@ -64,52 +73,53 @@ void consecutive_partial(uint bh, uint s) {
     }
 }
 
+// Tiles of TILE rows: (1) a subgroup computes the inverse norms of 4 rows per step; (2) every
+// thread owns one vec4 column of a row group and sums the normalised rows (re-read from cache).
 void pairwise_partial(uint bh, uint s) {
     const uint first = p.S - p.W;
     const uint r0 = s * p.chunk;
     const uint r1 = min(r0 + p.chunk, p.W);
     const float eps = PUSH_F(p.eps_bits);
+    const uint base = bh * p.S + first;
     const uint col = gl_LocalInvocationIndex % NV;      // this thread's vec4 column
     const uint grp = gl_LocalInvocationIndex / NV;      // its row group
     const uint n_grp = gl_WorkGroupSize.x / NV;
     vec4 acc = vec4(0.0);
     float sq = 0.0;                                      // sum of |q^|^2 (subgroup leaders)
-    for (uint t0 = r0; t0 < r1; t0 += 64u) {
-        const uint tn = min(64u, r1 - t0);
-        // 1. inverse norms of this tile's rows, one subgroup per row
-        for (uint t = gl_SubgroupID; t < tn; t += gl_NumSubgroups) {
-            const uint r = (bh * p.S + first + t0 + t) * NV;
-            float n2 = 0.0;
+    for (uint t0 = r0; t0 < r1; t0 += TILE) {
+        const uint tn = min(TILE, r1 - t0);
+        for (uint t = 4u * gl_SubgroupID; t < tn; t += 4u * gl_NumSubgroups) {
+            float n2[4] = float[4](0.0, 0.0, 0.0, 0.0);
             for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) {
-                const vec4 x = load_row(r, i);
-                n2 += dot(x, x);
+                vec4 x[4];
+                for (uint k = 0u; k < 4u; k++) x[k] = load_row((base + t0 + min(t + k, tn - 1u)) * NV, i);
+                for (uint k = 0u; k < 4u; k++) n2[k] += dot(x[k], x[k]);
             }
-            n2 = subgroupAdd(n2);
-            const float inv = 1.0 / max(sqrt(n2), eps);
-            if (subgroupElect()) { sh_inv[t] = inv; sq += n2 * inv * inv; }
+            for (uint k = 0u; k < 4u; k++) {
+                const float nk = subgroupAdd(n2[k]);
+                const float inv = 1.0 / max(sqrt(nk), eps);
+                if (subgroupElect() && t + k < tn) { sh_inv[t + k] = inv; sq += nk * inv * inv; }
+            }
         }
         barrier();
-        // 2. column sums of the normalised rows (rows re-read from cache)
         if (grp < n_grp) {
-            for (uint t = grp; t < tn; t += n_grp) {
-                acc += load_row((bh * p.S + first + t0 + t) * NV, col) * sh_inv[t];
-            }
+            for (uint t = grp; t < tn; t += n_grp) acc += load_row((base + t0 + t) * NV, col) * sh_inv[t];
         }
         barrier();
     }
     if (subgroupElect()) sh_sum[gl_SubgroupID] = sq;
     sh_acc[gl_LocalInvocationIndex] = (grp < n_grp) ? acc : vec4(0.0);
     barrier();
-    const uint base = (bh * p.n_splits + s) * PSTRIDE;
+    const uint dst = (bh * p.n_splits + s) * PSTRIDE;
     if (gl_LocalInvocationIndex < NV) {
         vec4 v = vec4(0.0);
         for (uint g = 0u; g < n_grp; g++) v += sh_acc[g * NV + gl_LocalInvocationIndex];
-        for (uint k = 0u; k < 4u; k++) partial[base + 4u * gl_LocalInvocationIndex + k] = v[k];
+        for (uint k = 0u; k < 4u; k++) partial[dst + 4u * gl_LocalInvocationIndex + k] = v[k];
     }
     if (gl_LocalInvocationIndex == 0u) {
         float t = 0.0;
         for (uint g = 0u; g < gl_NumSubgroups; g++) t += sh_sum[g];
-        partial[base + D] = t;
+        partial[dst + D] = t;
     }
 }
 

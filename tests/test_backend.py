@@ -107,3 +107,18 @@ def test_unknown_shader_is_a_clear_error(vk):
     a = Buffer(vk, 4)
     with pytest.raises(BackendError, match="no compiled shader 'nope'"):
         Recording(vk).dispatch("nope", [a], groups=(1,)).run()
+
+
+def test_partial_upload_and_download_touch_only_their_range(vk):
+    buf = Buffer(vk, 8)
+    buf.write(np.zeros(8, np.float32))
+    buf.upload_now()
+    buf.write(np.arange(8, dtype=np.float32) + 1)
+    Recording(vk).upload(buf, words=3, offset=2).run()       # device: 0 0 3 4 5 0 0 0
+    buf.write(np.full(8, -1, np.float32))
+    Recording(vk).download(buf, words=6, offset=1).run()     # staging words 1..6 from the device
+    np.testing.assert_array_equal(buf.read(), [-1, 0, 3, 4, 5, 0, 0, -1])
+    with pytest.raises(ValueError, match="outside"):
+        Recording(vk).upload(buf, words=8, offset=1)
+    with pytest.raises(ValueError, match="exactly one buffer"):
+        Recording(vk).upload(buf, buf, words=1)

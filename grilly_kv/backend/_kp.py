@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .errors import BackendError
 
-_REQUIRED = ("OpShaderBarrier",)
+_REQUIRED = ("OpShaderBarrier", "OpTensorSyncRegion")
 
 
 def import_kp():

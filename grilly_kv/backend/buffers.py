@@ -66,7 +66,8 @@ class Buffer:
             self.tensor = device.manager.tensor_t(np.zeros(self.n_words, word_dtype), kind)
         except Exception as exc:
             raise BackendError(f"allocating {self.n_words * 4} bytes on {device.name} failed: {exc}") from exc
-        self._host = self.tensor.data() if host_visible else None
+        # raw 32-bit words: typed reads and writes go through views, never value conversion
+        self._host = self.tensor.data().view(np.uint32) if host_visible else None
 
     @property
     def nbytes(self) -> int:
@@ -80,13 +81,16 @@ class Buffer:
     def write(self, data: np.ndarray, offset_words: int = 0) -> None:
         """Copy ``data`` into the staging copy at ``offset_words``.
 
-        float16 arrays are packed two per word; other arrays are converted to the word dtype.
+        float16 arrays are packed two per word; float32, int32 and uint32 arrays are copied bit
+        for bit; anything else is first converted to the buffer's word dtype.
         """
         data = np.asarray(data)
-        words = pack_f16(data) if data.dtype == np.float16 else np.ascontiguousarray(
-            data, dtype=self.word_dtype).reshape(-1)
-        if words.dtype != self.word_dtype:
-            words = words.view(self.word_dtype)
+        if data.dtype == np.float16:
+            words = pack_f16(data)
+        elif data.dtype in (np.float32, np.int32, np.uint32):
+            words = np.ascontiguousarray(data).reshape(-1).view(np.uint32)
+        else:
+            words = np.ascontiguousarray(data, dtype=self.word_dtype).reshape(-1).view(np.uint32)
         end = offset_words + words.size
         if offset_words < 0 or end > self.n_words:
             raise ValueError(f"write of {words.size} words at {offset_words} overflows a buffer of "
@@ -134,13 +138,14 @@ class Scratch:
         self._bufs: dict[str, Buffer] = {}
 
     def get(self, name: str, n_words: int, word_dtype=np.float32, *, host_visible=True) -> Buffer:
+        """A buffer of at least ``n_words`` words; ``word_dtype`` is the default of ``read()``."""
         buf = self._bufs.get(name)
         n_words = max(int(n_words), 1)
-        if (buf is None or buf.n_words < n_words or buf.word_dtype != np.dtype(word_dtype)
-                or buf.host_visible != host_visible):
+        if buf is None or buf.n_words < n_words or buf.host_visible != host_visible:
             cap = n_words if buf is None else max(n_words, 2 * buf.n_words)
             if buf is not None:
                 self.device.pipelines.forget(buf)
             buf = Buffer(self.device, cap, word_dtype, host_visible=host_visible)
             self._bufs[name] = buf
+        buf.word_dtype = np.dtype(word_dtype)
         return buf

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 class _Step:
     kind: str                      # "upload" | "download" | "dispatch" | "barrier"
     buffers: tuple = ()
+    region: tuple | None = None    # (offset_words, n_words) of a partial upload/download
     shader: str = ""
     groups: tuple = (1, 1, 1)
     push: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
@@ -77,18 +78,32 @@ class Recording:
         self.n_barriers += 1
         return self
 
-    def upload(self, *buffers: "Buffer") -> "Recording":
-        """Copy each buffer's staging data to the device."""
-        self._touch([], buffers)
-        self._invalidate()
-        self.steps.append(_Step("upload", tuple(buffers)))
-        return self
+    def upload(self, *buffers: "Buffer", words: int | None = None, offset: int = 0) -> "Recording":
+        """Copy each buffer's staging data to the device: all of it, or ``words`` words from
+        word ``offset`` (a small update of a large buffer then costs only its own bytes)."""
+        return self._transfer("upload", buffers, words, offset)
 
-    def download(self, *buffers: "Buffer") -> "Recording":
-        """Copy each buffer's device data back to its staging copy (read it after :meth:`run`)."""
-        self._touch(buffers, [])
+    def download(self, *buffers: "Buffer", words: int | None = None, offset: int = 0) -> "Recording":
+        """Copy device data back to the staging copy (read it after :meth:`run`); all of it, or
+        ``words`` words from word ``offset``."""
+        return self._transfer("download", buffers, words, offset)
+
+    def _transfer(self, kind: str, buffers, words, offset) -> "Recording":
+        region = None
+        if words is not None or offset:
+            if len(buffers) != 1:
+                raise ValueError(f"a partial {kind} takes exactly one buffer, got {len(buffers)}")
+            for b in buffers:
+                n = b.n_words - offset if words is None else words
+                if offset < 0 or n < 1 or offset + n > b.n_words:
+                    raise ValueError(f"{kind} of {n} words at {offset} is outside {b!r}")
+            region = (offset, words)
+        if kind == "upload":
+            self._touch([], buffers)
+        else:
+            self._touch(buffers, [])
         self._invalidate()
-        self.steps.append(_Step("download", tuple(buffers)))
+        self.steps.append(_Step(kind, tuple(buffers), region=region))
         return self
 
     def dispatch(self, shader: str, buffers: Sequence["Buffer"], groups: Sequence[int],
@@ -114,8 +129,8 @@ class Recording:
         self._touch(buffers, written)
         push = push if isinstance(push, np.ndarray) else as_words(list(push))
         self._invalidate()
-        self.steps.append(_Step("dispatch", buffers, shader, groups, push, tuple(spec),
-                                label or shader))
+        self.steps.append(_Step("dispatch", buffers, shader=shader, groups=groups, push=push,
+                                spec=tuple(spec), label=label or shader))
         return self
 
     # ---- running --------------------------------------------------------------------------
@@ -126,7 +141,11 @@ class Recording:
         kp = self.device.kp
         ops = []
         for st in self.steps:
-            if st.kind == "upload":
+            if st.kind in ("upload", "download") and st.region is not None:
+                (b,), (off, n) = st.buffers, st.region
+                size = (b.n_words - off if n is None else n) * 4
+                ops.append(kp.OpTensorSyncRegion(b.tensor, st.kind == "upload", off * 4, size))
+            elif st.kind == "upload":
                 ops.append(kp.OpTensorSyncDevice([b.tensor for b in st.buffers]))
             elif st.kind == "download":
                 ops.append(kp.OpTensorSyncLocal([b.tensor for b in st.buffers]))

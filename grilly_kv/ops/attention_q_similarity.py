@@ -74,7 +74,7 @@ def q_similarity(queries: np.ndarray, *, mode: str = "consecutive", window: int 
     def build() -> Recording:
         common = dict(S=S, W=W, n_splits=n_splits, chunk=chunk, eps=EPS)
         rec = Recording(dev)
-        rec.upload(q_buf)
+        rec.upload(q_buf, words=n_words)
         rec.dispatch(SHADER, [q_buf, part, out], groups=(n_splits, BH), spec=spec,
                      push=PUSH.pack(pass_id=0, **common), writes=[1])
         rec.dispatch(SHADER, [q_buf, part, out], groups=(BH,), spec=spec,
