@@ -9,7 +9,8 @@
 //   pages before the last (k = min(n_top, P - 1) - n_sink, ties to the lower index) and the last
 //   page, written in ascending order to pages[bh * sel_stride + i], with their number in
 //   counts[bh]. The k-th largest score is found by an MSB-first radix select over 8-bit digits of
-//   order-preserving keys (4 linear passes over the scores), then one compaction pass: the cost
+//   order-preserving keys, starting below the bits that all keys share (one min/max pass, then at
+//   most 4 histogram passes, fewer when a digit settles it), then one compaction pass: the cost
 //   is linear in the number of pages, nothing is sorted.
 #include "common.glsl"
 
@@ -43,6 +44,7 @@ shared float sh_q[G * D];
 shared uint sh_hist[256];
 shared uint sh_sub[MAX_SUBGROUPS];
 shared uint sh_prefix, sh_remaining;
+shared bool sh_settled;
 
 void score_pages(uint bh) {
     for (uint i = gl_LocalInvocationIndex; i < G * D; i += gl_WorkGroupSize.x) sh_q[i] = q[bh * G * D + i];
@@ -93,6 +95,18 @@ uint exclusive_scan(uint v, out uint total) {
     return before + within;
 }
 
+// Workgroup-wide minimum of lo and maximum of hi; every invocation must call it.
+uvec2 min_max(uint lo, uint hi) {
+    lo = subgroupMin(lo);
+    hi = subgroupMax(hi);
+    if (subgroupElect()) { sh_sub[gl_SubgroupID] = lo; sh_hist[gl_SubgroupID] = hi; }
+    barrier();
+    uvec2 r = uvec2(0xFFFFFFFFu, 0u);
+    for (uint s = 0u; s < gl_NumSubgroups; s++) r = uvec2(min(r.x, sh_sub[s]), max(r.y, sh_hist[s]));
+    barrier();
+    return r;
+}
+
 void select_pages(uint bh) {
     const uint n_pages = ceil_div(meta[0], PAGE);
     const uint n_before_last = n_pages - 1u;
@@ -101,48 +115,64 @@ void select_pages(uint bh) {
     const uint n_cand = n_before_last - n_sink;
     const uint tid = gl_LocalInvocationIndex;
     const uint base = bh * p.max_pages;
-    // threshold key T and how many keys equal to T to keep (the lowest-indexed ones)
-    uint prefix = 0u, remaining = k;
-    if (k > 0u && k < n_cand) {
-        uint mask = 0u;
-        for (int shift = 24; shift >= 0; shift -= 8) {
+    // Find the threshold: the candidates whose key, masked to the bits in `mask`, is above
+    // `prefix` are kept, and the first `remaining` (by page index) of those equal to it.
+    uint prefix = 0u, mask = 0u, remaining = k;
+    if (k == 0u) {
+        prefix = 0xFFFFFFFFu; mask = 0xFFFFFFFFu; remaining = 0u;          // keep none
+    } else if (k < n_cand) {
+        uint lo = 0xFFFFFFFFu, hi = 0u;
+        for (uint pg = n_sink + tid; pg < n_before_last; pg += gl_WorkGroupSize.x) {
+            const uint key = key_of(scores[base + pg]);
+            lo = min(lo, key); hi = max(hi, key);
+        }
+        const uvec2 range = min_max(lo, hi);
+        // the bits above the highest one where the keys differ are common: skip them, so the
+        // first digit spreads the keys over the histogram instead of piling them in one bin
+        int hi_bit = range.x == range.y ? -1 : findMSB(range.x ^ range.y);
+        mask = hi_bit < 0 ? 0xFFFFFFFFu : (hi_bit == 31 ? 0u : ~((2u << uint(hi_bit)) - 1u));
+        prefix = range.y & mask;
+        while (hi_bit >= 0) {
+            const int lo_bit = max(hi_bit - 7, 0);
+            const uint digit_mask = (2u << uint(hi_bit - lo_bit)) - 1u;
             for (uint b = tid; b < 256u; b += gl_WorkGroupSize.x) sh_hist[b] = 0u;
             barrier();
             for (uint pg = n_sink + tid; pg < n_before_last; pg += gl_WorkGroupSize.x) {
                 const uint key = key_of(scores[base + pg]);
-                if ((key & mask) == prefix) atomicAdd(sh_hist[(key >> uint(shift)) & 255u], 1u);
+                if ((key & mask) == prefix) atomicAdd(sh_hist[(key >> uint(lo_bit)) & digit_mask], 1u);
             }
             barrier();
             if (tid == 0u) {
                 uint above = 0u;
-                uint b = 255u;
-                for (;; b--) {
-                    if (above + sh_hist[b] >= remaining || b == 0u) break;
-                    above += sh_hist[b];
-                }
-                sh_prefix = prefix | (b << uint(shift));
+                uint b = digit_mask;
+                for (; b > 0u && above + sh_hist[b] < remaining; b--) above += sh_hist[b];
+                sh_prefix = prefix | (b << uint(lo_bit));
                 sh_remaining = remaining - above;
+                sh_settled = sh_hist[b] == remaining - above;   // every key of bin b is kept
             }
             barrier();
             prefix = sh_prefix;
             remaining = sh_remaining;
-            mask |= 255u << uint(shift);
+            mask |= digit_mask << uint(lo_bit);
+            const bool settled = sh_settled;
             barrier();
+            if (settled) break;
+            hi_bit = lo_bit - 1;
         }
     }
-    const bool take_all = k >= n_cand;
-    // compaction in page order: sinks, keys above T, the first `remaining` keys equal to T, last page
+    // compaction in page order: sinks, keys above the threshold, the first `remaining` keys
+    // equal to it, the last page
     uint n_out = 0u, n_equal_seen = 0u;
     for (uint c0 = 0u; c0 < n_pages; c0 += gl_WorkGroupSize.x) {
         const uint pg = c0 + tid;
-        const bool cand = pg >= n_sink && pg < n_before_last && k > 0u;
-        const uint key = cand ? key_of(scores[base + pg]) : 0u;
-        const bool equal = cand && !take_all && key == prefix;
+        const bool cand = pg >= n_sink && pg < n_before_last;
+        const uint key = cand ? key_of(scores[base + pg]) & mask : 0u;
+        const bool equal = cand && key == prefix;
         uint n_equal;
         const uint equal_rank = n_equal_seen + exclusive_scan(equal ? 1u : 0u, n_equal);
         n_equal_seen += n_equal;
         const bool keep = pg < n_pages && (pg < n_sink || pg == n_before_last ||
-                          (cand && (take_all || key > prefix || (equal && equal_rank < remaining))));
+                          (cand && (key > prefix || (equal && equal_rank < remaining))));
         uint n_keep;
         const uint pos = n_out + exclusive_scan(keep ? 1u : 0u, n_keep);
         if (keep && pos < p.sel_stride) pages[bh * p.sel_stride + pos] = pg;

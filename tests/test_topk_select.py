@@ -39,11 +39,12 @@ def ref_scores(cache, q, group_reduce):
 def test_scores_and_selection_on_random_data(vk, dtype, B, H, G, D, S, group_reduce):
     cache, rng = make_cache(vk, B, H, D, S, dtype, random_kv, seed=S)
     q = rng.standard_normal((B, H * G, D)).astype(np.float32)
-    _, pages = cache.decode(q, token_budget=48, group_reduce=group_reduce, return_pages=True)
-    got = shader_scores(cache)
-    want = ref_scores(cache, q, group_reduce)
-    assert_close(got, want, atol=1e-4 * np.abs(want).max(), what="page scores")
-    np.testing.assert_array_equal(pages, topk_select_ref(got, cache.num_pages, 3))
+    for budget in (48, 16 * 30):
+        _, pages = cache.decode(q, token_budget=budget, group_reduce=group_reduce, return_pages=True)
+        got = shader_scores(cache)
+        want = ref_scores(cache, q, group_reduce)
+        assert_close(got, want, atol=1e-4 * np.abs(want).max(), what="page scores")
+        np.testing.assert_array_equal(pages, topk_select_ref(got, cache.num_pages, budget // 16))
 
 
 CASES = [  # (B, H, G, S, token_budget, sink_pages)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from ..backend import Buffer, PushLayout, Recording
 
 SHADER = "topk-select"
-LOCAL_SIZE = 256
+LOCAL_SIZE = 256           # scoring pass
+SELECT_LOCAL_SIZE = 1024   # selection pass: one workgroup per KV head scans all its pages
 PAGES_PER_WG = 64          # pages scored per workgroup (the shader's PAGES_PER_WG)
 GROUP_REDUCE = ("max", "mean")
 PUSH = PushLayout("max_pages", "n_top", "n_sink", "sel_stride", "pass_id")
@@ -32,10 +33,11 @@ def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer,
         n_top: ``token_budget // page_size``; n_sink: first pages always kept.
         group_reduce: ``"max"`` or ``"mean"`` over a KV head's query heads.
     """
-    spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce))
+    spec = (head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce))
     bufs = [q, stats, scores, pages, counts, meta]
     common = dict(max_pages=max_pages, n_top=n_top, n_sink=n_sink, sel_stride=max_pages)
-    rec.dispatch(SHADER, bufs, groups=(max(1, -(-grid_pages // PAGES_PER_WG)), bh), spec=spec,
-                 push=PUSH.pack(pass_id=0, **common), writes=[2], label="topk-score")
-    return rec.dispatch(SHADER, bufs, groups=(bh,), spec=spec, push=PUSH.pack(pass_id=1, **common),
-                        writes=[3, 4], label="topk-select")
+    rec.dispatch(SHADER, bufs, groups=(max(1, -(-grid_pages // PAGES_PER_WG)), bh),
+                 spec=(LOCAL_SIZE, *spec), push=PUSH.pack(pass_id=0, **common), writes=[2],
+                 label="topk-score")
+    return rec.dispatch(SHADER, bufs, groups=(bh,), spec=(SELECT_LOCAL_SIZE, *spec),
+                        push=PUSH.pack(pass_id=1, **common), writes=[3, 4], label="topk-select")

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Paged KV cache decode step on Vulkan: sparse (Quest top-k) vs dense vs PyTorch SDPA, appends,
+and the bandwidth bound of the bytes each step must read.
+
+Config (issue 3): B=1, H_q=32, H_kv=8, D=128, float16 K/V, page 16, budget 2048 tokens, contexts
+8K / 32K / 128K. For each context: GPU time (Vulkan timestamps, dispatches only; the whole
+submission with its q upload and output download is reported too) and wall time of a decode step
+(score + select + attend in one submission), of our dense decode, and of a single-token append;
+the copy bandwidth of the device, measured in the same run with the buffer-copy shader; the bound
+= bytes the step must read / copy bandwidth. PyTorch's scaled_dot_product_attention runs in a
+separate process (benchmarks/torch_sdpa_decode.py) when torch with CUDA is importable there.
+
+    python3 benchmarks/bench_paged_decode.py [--quick] [--device vulkan:0] [--no-torch]
+
+``--quick``: contexts 2K and 8K, few repeats (lavapipe; maxStorageBufferRange there is 128 MiB).
+"""
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_info, save  # noqa: E402
+
+from grilly_kv.backend import get_device  # noqa: E402
+from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
+from grilly_kv.paged import PagedKVCache  # noqa: E402
+
+B, HQ, HKV, D, PAGE, BUDGET = 1, 32, 8, 128, 16, 2048
+ELEM = 2   # float16 bytes
+
+
+def fp16_normal(rng, shape, chunk=1 << 24):
+    out = np.empty(shape, np.float16)
+    flat = out.reshape(-1)
+    for i in range(0, flat.size, chunk):
+        n = min(chunk, flat.size - i)
+        flat[i:i + n] = rng.standard_normal(n, dtype=np.float32)
+    return out
+
+
+def timed(dev, fn, reps: int, warmup: int) -> dict:
+    """GPU time (dispatches; whole submission) and wall time of ``fn()``, medians over reps,
+    plus the per-step GPU times of the last run."""
+    for _ in range(warmup):
+        fn()
+    kern, whole, wall = [], [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        wall.append((time.perf_counter() - t0) * 1e6)
+        rec = dev.last_recording
+        kern.append(rec.kernel_time_us())
+        whole.append(rec.gpu_time_us())
+    ts = rec.timestamps_us()
+    steps = [(st.label or st.kind, float(t1 - t0))
+             for st, t0, t1 in zip(rec.steps, np.concatenate([[0.0], ts[:-1]]), ts)
+             if st.kind != "barrier"]
+    return {"gpu_us": float(np.median(kern)), "gpu_submission_us": float(np.median(whole)),
+            "wall_us": float(np.median(wall)), "steps_us": steps, "n": reps}
+
+
+def step_bytes(S: int, budget: int) -> dict:
+    """Bytes a decode step must read: dense K+V; sparse: page min/max rows + the kept K/V rows."""
+    P = -(-S // PAGE)
+    kept = min(budget // PAGE, P - 1) * PAGE + (S - (P - 1) * PAGE)
+    return {"dense": 2 * HKV * S * D * ELEM,
+            "sparse": HKV * (P - 1) * 2 * D * ELEM + 2 * HKV * kept * D * ELEM,
+            "sparse_kept_tokens": kept}
+
+
+def run_torch(contexts, reps) -> dict:
+    if importlib.util.find_spec("torch") is None:
+        return {"skipped": "torch is not installed in this Python"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "torch.json"
+        script = Path(__file__).resolve().parent / "torch_sdpa_decode.py"
+        cmd = [sys.executable, str(script), "--contexts", *map(str, contexts), "--reps", str(reps),
+               "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        print(proc.stdout, end="")
+        if proc.returncode != 0:
+            return {"skipped": f"torch_sdpa_decode.py failed: {proc.stderr.strip()[-400:]}"}
+        return json.loads(out.read_text())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--contexts", type=int, nargs="+")
+    args = ap.parse_args()
+    dev = get_device(args.device)
+    dev.profile = True
+    contexts = args.contexts or ([2048, 8192] if args.quick else [8192, 32768, 131072])
+    reps = 5 if args.quick else 100
+    warmup = 2 if args.quick else 10
+    bw = copy_bandwidth(dev, nbytes=(16 << 20) if args.quick else (256 << 20),
+                        repeats=5 if args.quick else 20)
+    gbps = bw["gb_per_s"]
+    torch_res = {"skipped": "--no-torch"} if args.no_torch else run_torch(contexts, reps)
+    torch_gpu = {r["context"]: r for r in torch_res.get("rows", [])}
+    rng = np.random.default_rng(0)
+    rows = []
+    for S in contexts:
+        n_appends = warmup + reps
+        cache = PagedKVCache(HKV, D, capacity_tokens=S + n_appends + PAGE, device=dev)
+        cache.prefill(fp16_normal(rng, (B, HKV, S, D)), fp16_normal(rng, (B, HKV, S, D)))
+        q = fp16_normal(rng, (B, HQ, D))
+        nbytes = step_bytes(S, BUDGET)
+        row = {"context": S, "bytes": nbytes,
+               "sparse": timed(dev, lambda: cache.decode(q, token_budget=BUDGET), reps, warmup),
+               "dense": timed(dev, lambda: cache.decode(q, method="dense"), reps, warmup)}
+        k1, v1 = fp16_normal(rng, (B, HKV, 1, D)), fp16_normal(rng, (B, HKV, 1, D))
+        row["append"] = timed(dev, lambda: cache.append(k1, v1), reps, warmup)
+        for kind in ("sparse", "dense"):
+            r = row[kind]
+            r["bound_us"] = nbytes[kind] / (gbps * 1e3)
+            r["gpu_over_bound"] = r["gpu_us"] / r["bound_us"]
+        row["dense_over_sparse_gpu"] = row["dense"]["gpu_us"] / row["sparse"]["gpu_us"]
+        t = torch_gpu.get(S)
+        if t:
+            row["torch_sdpa"] = {"gpu_us": t["gpu_us"], "wall_us": t["wall_us"]}
+            row["torch_over_sparse_gpu"] = t["gpu_us"] / row["sparse"]["gpu_us"]
+            row["dense_over_torch_gpu"] = row["dense"]["gpu_us"] / t["gpu_us"]
+        rows.append(row)
+        sp, de, ap_ = row["sparse"], row["dense"], row["append"]
+        print(f"S={S:7d}  sparse GPU {sp['gpu_us']:8.1f} us (bound {sp['bound_us']:6.1f}, "
+              f"{sp['gpu_over_bound']:.2f}x) wall {sp['wall_us']:8.1f} us | dense GPU "
+              f"{de['gpu_us']:8.1f} us (bound {de['bound_us']:7.1f}, {de['gpu_over_bound']:.2f}x) "
+              f"wall {de['wall_us']:8.1f} us | append GPU {ap_['gpu_us']:6.1f} us "
+              f"(submission {ap_['gpu_submission_us']:6.1f}) wall {ap_['wall_us']:7.1f} us"
+              + (f" | torch GPU {t['gpu_us']:8.1f} us" if t else ""))
+        print("          sparse steps: " + ", ".join(f"{n} {us:.1f}" for n, us in sp["steps_us"]))
+        del cache
+    save("paged_decode" + ("_quick" if args.quick else ""),
+         {**device_info(dev),
+          "config": {"B": B, "H_q": HQ, "H_kv": HKV, "D": D, "dtype": "float16", "page_size": PAGE,
+                     "token_budget": BUDGET, "contexts": contexts, "reps": reps},
+          "copy_bandwidth": bw, "torch": torch_res, "rows": rows,
+          "notes": ["gpu_us: Vulkan timestamps from the end of the uploads to the end of the last "
+                    "dispatch (kernel_time_us); gpu_submission_us adds the q/meta upload and the "
+                    "output download (append: the staging upload of one token)",
+                    "bound_us = bytes the step must read / copy bandwidth (read+write bytes per "
+                    "second of the buffer-copy shader in this run); sparse bytes = min/max rows "
+                    "of every scored page + K/V of the kept tokens",
+                    "torch_over_sparse_gpu: PyTorch SDPA dense decode GPU time (CUDA events, "
+                    "separate process) / our sparse step's GPU time"]})
+
+
+if __name__ == "__main__":
+    main()

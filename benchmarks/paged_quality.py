@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Quality of the sparse (Quest top-k) decode step against dense attention.
+
+For coverages 6.25 / 12.5 / 25 / 50 % of the context (token_budget = coverage * S), on random
+data (K, V, q ~ N(0, 1)) and on structured data where a few pages per KV head hold most of the
+attention mass (their keys carry a component along the head's query direction), reports over all
+query heads and queries (EntmaxKV's definitions): L2 = ||sparse - dense||_2, relative error =
+L2 / ||dense||_2, cosine similarity of the flattened outputs, and the dense softmax mass on the
+kept tokens. Both outputs come from the device (our dense decode is the reference; it matches
+NumPy to 1e-4 in the tests).
+
+    python3 benchmarks/paged_quality.py [--quick] [--device vulkan:0]
+
+Writes benchmarks/results/paged_quality.json and prints (and writes) a markdown table.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, device_info, save  # noqa: E402
+
+from grilly_kv.backend import get_device  # noqa: E402
+from grilly_kv.paged import PagedKVCache  # noqa: E402
+
+COVERAGES = (0.0625, 0.125, 0.25, 0.5)
+HQ, HKV, D, PAGE = 32, 8, 128, 16
+HOT_FRACTION = 1 / 64      # structured data: this fraction of pages per KV head is "hot"
+KEY_SHIFT, QUERY_SCALE = 8.0, 10.0
+
+
+def random_data(rng, S, n_q):
+    k = rng.standard_normal((1, HKV, S, D)).astype(np.float32)
+    v = rng.standard_normal((1, HKV, S, D)).astype(np.float32)
+    q = rng.standard_normal((n_q, 1, HQ, D)).astype(np.float32)
+    return k, v, q
+
+
+def structured_data(rng, S, n_q):
+    """Each KV head has a unit direction u; keys of its hot pages get KEY_SHIFT * u added; its
+    query heads point along u (QUERY_SCALE * u plus N(0, 0.25) noise)."""
+    k, v, _ = random_data(rng, S, n_q)
+    P = S // PAGE
+    u = rng.standard_normal((HKV, D))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    n_hot = max(1, int(P * HOT_FRACTION))
+    for h in range(HKV):
+        for pg in rng.choice(P - 1, n_hot, replace=False):
+            k[0, h, pg * PAGE:(pg + 1) * PAGE] += KEY_SHIFT * u[h]
+    heads_u = np.repeat(u, HQ // HKV, axis=0)                   # query head h_kv*G + g
+    q = QUERY_SCALE * heads_u[None, None] + 0.5 * rng.standard_normal((n_q, 1, HQ, D))
+    return k, v, q.astype(np.float32)
+
+
+def kept_mass(q, k, pages):
+    """Dense softmax probability on the kept tokens, averaged over query heads."""
+    G = HQ // HKV
+    masses = []
+    for h in range(HKV):
+        rows = (pages[0, h][pages[0, h] >= 0][:, None] * PAGE + np.arange(PAGE)).reshape(-1)
+        rows = rows[rows < k.shape[2]]
+        logits = q[0, h * G:(h + 1) * G].astype(np.float64) @ k[0, h].astype(np.float64).T / np.sqrt(D)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        masses.extend(p[:, rows].sum(axis=1))
+    return float(np.mean(masses))
+
+
+def errors(sparse, dense):
+    l2 = float(np.linalg.norm(sparse - dense))
+    cos = float(np.dot(sparse.ravel(), dense.ravel()) /
+                (np.linalg.norm(sparse) * np.linalg.norm(dense)))
+    return {"l2": l2, "rel_error": l2 / float(np.linalg.norm(dense)), "cosine": cos}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--context", type=int, default=None)
+    ap.add_argument("--queries", type=int, default=None)
+    args = ap.parse_args()
+    dev = get_device(args.device)
+    S = args.context or (2048 if args.quick else 8192)
+    n_q = args.queries or (2 if args.quick else 8)
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, make in (("random", random_data), ("structured", structured_data)):
+        k, v, qs = make(rng, S, n_q)
+        cache = PagedKVCache(HKV, D, capacity_tokens=S, device=dev)
+        cache.prefill(k.astype(np.float16), v.astype(np.float16))
+        stored_k = cache.keys()
+        dense = np.stack([cache.decode(q, method="dense") for q in qs])
+        for cov in COVERAGES:
+            budget = int(cov * S)
+            outs, masses = [], []
+            for q in qs:
+                out, pages = cache.decode(q, token_budget=budget, return_pages=True)
+                outs.append(out)
+                masses.append(kept_mass(q, stored_k, pages))
+            row = {"data": name, "coverage": cov, "token_budget": budget,
+                   **errors(np.stack(outs), dense), "kept_mass": float(np.mean(masses))}
+            rows.append(row)
+    header = ("| data | coverage | budget | L2 | rel. error | cosine | dense mass kept |\n"
+              "|---|---|---|---|---|---|---|\n")
+    table = header + "".join(
+        f"| {r['data']} | {100 * r['coverage']:.2f} % | {r['token_budget']} | {r['l2']:.4f} | "
+        f"{r['rel_error']:.4f} | {r['cosine']:.5f} | {r['kept_mass']:.4f} |\n" for r in rows)
+    config = {"context": S, "queries": n_q, "B": 1, "H_q": HQ, "H_kv": HKV, "D": D,
+              "page_size": PAGE, "dtype": "float16", "group_reduce": "max",
+              "structured": {"hot_page_fraction": HOT_FRACTION, "key_shift": KEY_SHIFT,
+                             "query_scale": QUERY_SCALE}}
+    print(f"Sparse (Quest top-k) vs dense decode, S={S}, {n_q} queries, {dev.name}\n")
+    print(table)
+    name = "paged_quality" + ("_quick" if args.quick else "")
+    save(name, {**device_info(dev), "config": config, "rows": rows, "table": table})
+    (RESULTS / f"{name}.md").write_text(
+        f"# Sparse vs dense decode quality\n\nS={S}, {n_q} queries, H_q={HQ}, H_kv={HKV}, D={D}, "
+        f"float16, page {PAGE}, device {dev.name}. Produced by benchmarks/paged_quality.py.\n\n"
+        + table)
+
+
+if __name__ == "__main__":
+    main()
