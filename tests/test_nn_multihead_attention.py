@@ -108,3 +108,18 @@ def test_mha_matches_torch(vk, tmp_path, case):
     out, w = mha(q, k, v, need_weights=True, **kw)
     assert_close(out, ref["out"], atol=ATOL, rtol=1e-4, what=f"{case} output vs torch")
     assert_close(w, ref["weights"], atol=ATOL, what=f"{case} weights vs torch")
+
+
+def test_new_parameters_reach_the_device(vk):
+    """The device keeps the parameters between calls: load_state_dict must re-upload them."""
+    gpu, cpu = _pair(vk, 16, 2)
+    x = _tokens(np.random.default_rng(5), 2, 3, 16)
+    first, _ = gpu(x, x, x)
+    state = gpu.state_dict()
+    state["out_proj.weight"] = -state["out_proj.weight"]
+    state["in_proj_bias"] = state["in_proj_bias"] + 1.0
+    gpu.load_state_dict(state)
+    cpu.load_state_dict(state)
+    second, _ = gpu(x, x, x)
+    assert not np.allclose(first, second)
+    assert_close(second, cpu(x, x, x)[0], atol=ATOL, rtol=1e-4, what="after load_state_dict")

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import get_device
 from ..backend.device import DeviceLike
-from ..ops.nn_attention import attention
+from ..ops.nn_attention import attention, prepare_masks
 from ..ops.nn_linear import linear
 from ..validation import check_array, check_int
+from .device_forward import DeviceForward
 
 TOKEN_DTYPES = (np.float32, np.float16)
 
@@ -57,6 +59,8 @@ class MultiheadAttention:
             params["in_proj_bias"] = np.zeros(rows)
             params["out_proj.bias"] = np.zeros(embed_dim)
         self._params = {k: v.astype(np.float32) for k, v in params.items()}
+        self.version = 0                     # bumped whenever the parameters change
+        self._device_forward: dict = {}      # Vulkan device -> its DeviceForward
 
     # ---- parameters ----------------------------------------------------------------------
     def _shapes(self) -> dict:
@@ -83,6 +87,7 @@ class MultiheadAttention:
                 raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
             new[name] = arr.astype(np.float32)
         self._params = new
+        self.version += 1
 
     def save(self, path: str | Path) -> None:
         """Write the parameters to a safetensors file."""
@@ -186,16 +191,42 @@ class MultiheadAttention:
 
         Returns:
             ``(attn_output (B, S_q, E) float32, attn_weights or None)``.
+
+        On Vulkan the whole forward is one recorded submission (:mod:`.device_forward`); on
+        ``"cpu"`` the same stages run through the ops' NumPy references.
         """
-        heads, probs = self.attend(query, key, value, attn_mask=attn_mask,
-                                   key_padding_mask=key_padding_mask, is_causal=is_causal,
-                                   need_weights=need_weights)
-        out = self.output_projection(heads)
+        dev = get_device(self.device)
+        if dev.is_cpu:
+            heads, probs = self.attend(query, key, value, attn_mask=attn_mask,
+                                       key_padding_mask=key_padding_mask, is_causal=is_causal,
+                                       need_weights=need_weights)
+            out = self.output_projection(heads)
+        else:
+            out, probs = self._forward_vulkan(dev, query, key, value, attn_mask, key_padding_mask,
+                                              is_causal, need_weights)
         if probs is not None and average_attn_weights:
             probs = probs.mean(axis=1)
         return out, probs
 
     __call__ = forward
+
+    def _forward_vulkan(self, dev, query, key, value, attn_mask, key_padding_mask, is_causal,
+                        need_weights):
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            self._check_tokens(name, x)
+        B, S_q, _ = query.shape
+        if key.shape[:2] != value.shape[:2] or key.shape[0] != B:
+            raise ValueError(f"key and value must share (B, S_k) with B = {B}, got {key.shape} "
+                             f"and {value.shape}")
+        if not (query.dtype == key.dtype == value.dtype):   # one dtype per submission
+            query, key, value = (np.asarray(t, np.float32) for t in (query, key, value))
+        attn_mask, key_padding_mask = prepare_masks(attn_mask, key_padding_mask, B, self.num_heads,
+                                                    S_q, key.shape[1])
+        fwd = self._device_forward.get(dev)
+        if fwd is None:
+            fwd = self._device_forward[dev] = DeviceForward(dev)
+        return fwd.forward(self, query, key, value, attn_mask, key_padding_mask, bool(is_causal),
+                           need_weights)
 
     def __repr__(self) -> str:
         return (f"MultiheadAttention(embed_dim={self.embed_dim}, num_heads={self.num_heads}, "

@@ -1,0 +1,101 @@
+"""The Vulkan side of one :class:`~grilly_kv.nn.MultiheadAttention`: its parameters kept on the
+device, and the whole forward (q, k, v projections, attention, output projection) recorded as ONE
+submission per shape, replayed on later calls (one ``vkQueueSubmit`` instead of four)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import Buffer, Recording, Workspace
+from ..ops.nn_attention import record_attention
+from ..ops.nn_linear import record_linear
+
+PARAM_NAMES = ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
+
+
+class DeviceForward:
+    """Device buffers and recordings of one MultiheadAttention on one Vulkan device."""
+
+    def __init__(self, device):
+        self.device = device
+        self.ws = Workspace(device)
+        self.params: dict[str, Buffer] = {}
+        self._version = None
+
+    def _sync_params(self, mha) -> None:
+        """Upload the parameters when they changed since the last upload."""
+        if self._version == mha.version:
+            return
+        E, kvd = mha.embed_dim, mha.num_kv_heads * mha.head_dim
+        w, b = mha.state_dict()["in_proj_weight"], mha.state_dict().get("in_proj_bias")
+        arrays = {"w_q": w[:E], "w_k": w[E:E + kvd], "w_v": w[E + kvd:], "w_o": mha.out_proj_weight}
+        if b is not None:
+            arrays.update({"b_q": b[:E], "b_k": b[E:E + kvd], "b_v": b[E + kvd:],
+                           "b_o": mha.out_proj_bias})
+        for name in PARAM_NAMES:
+            arr = arrays.get(name, np.zeros(1, np.float32))   # no bias: a 1-word placeholder
+            buf = self.params.get(name)
+            if buf is None or buf.n_words != arr.size:
+                buf = self.params[name] = Buffer(self.device, arr.size)
+            buf.write(arr)
+            buf.upload_now()
+        self._version = mha.version
+
+    def forward(self, mha, query, key, value, attn_mask, key_padding_mask, is_causal, need_weights):
+        """``(out (B, S_q, E) float32, probs (B, H_q, S_q, S_k) or None)``; masks already additive."""
+        self._sync_params(mha)
+        B, S_q, E = query.shape
+        S_k = key.shape[1]
+        H, H_kv, D = mha.num_heads, mha.num_kv_heads, mha.head_dim
+        kvd = H_kv * D
+        f16 = query.dtype == np.float16
+        sc = self.ws.scratch
+        word = np.uint32 if f16 else np.float32
+
+        def words(n):
+            return -(-n // 2) if f16 else n
+
+        x_q = sc.get("x_q", words(query.size), word)
+        x_k = x_q if key is query else sc.get("x_k", words(key.size), word)
+        x_v = x_k if value is key else sc.get("x_v", words(value.size), word)
+        q, k, v = sc.get("q", B * S_q * E), sc.get("k", B * S_k * kvd), sc.get("v", B * S_k * kvd)
+        heads, out = sc.get("heads", B * S_q * E), sc.get("out", B * S_q * E)
+        probs = sc.get("probs", B * H * S_q * S_k)
+        mask = sc.get("attn_mask", 1 if attn_mask is None else attn_mask.size)
+        kpm = sc.get("key_padding_mask", 1 if key_padding_mask is None else key_padding_mask.size)
+        inputs = list(dict.fromkeys([x_q, x_k, x_v, mask, kpm]))   # each buffer once
+        p = self.params
+        has_bias = mha.bias
+        mask_ndim = 0 if attn_mask is None else attn_mask.ndim
+        bufs = (x_q, x_k, x_v, q, k, v, heads, out, probs, mask, kpm)
+
+        def build() -> Recording:
+            rec = Recording(self.device).upload(*inputs)
+            for x, w_, b_, y, M, N in ((x_q, p["w_q"], p["b_q"], q, B * S_q, E),
+                                       (x_k, p["w_k"], p["b_k"], k, B * S_k, kvd),
+                                       (x_v, p["w_v"], p["b_v"], v, B * S_k, kvd)):
+                record_linear(rec, x, w_, b_, y, M=M, N=N, K=E, f16=f16, has_bias=has_bias)
+            record_attention(rec, (q, k, v, mask, kpm, probs, heads), B=B, H_q=H, H_kv=H_kv,
+                             S_q=S_q, S_k=S_k, D=D, f16=False, mask_ndim=mask_ndim,
+                             has_kpm=key_padding_mask is not None, is_causal=is_causal,
+                             token_major=True, scale=1.0 / np.sqrt(D))
+            record_linear(rec, heads, p["w_o"], p["b_o"], out, M=B * S_q, N=E, K=E, f16=False,
+                          has_bias=has_bias)
+            return rec.download(out, probs) if need_weights else rec.download(out)
+
+        key_ = (tuple(b.uid for b in bufs), tuple(b.uid for b in p.values()), B, S_q, S_k, f16,
+                mask_ndim, key_padding_mask is not None, bool(is_causal), bool(need_weights))
+        rec = self.ws.recording(key_, build)
+        x_q.write(query)
+        if x_k is not x_q:
+            x_k.write(key)
+        if x_v is not x_k:
+            x_v.write(value)
+        if attn_mask is not None:
+            mask.write(attn_mask)
+        if key_padding_mask is not None:
+            kpm.write(key_padding_mask)
+        rec.run()
+        result = out.read(B * S_q * E).reshape(B, S_q, E)
+        if not need_weights:
+            return result, None
+        return result, probs.read(B * H * S_q * S_k).reshape(B, H, S_q, S_k)
