@@ -4,26 +4,20 @@ one submission, with the backend's automatic barriers and without them, on a lar
 
     python3 benchmarks/bench_barrier_hazard.py [--quick] [--device vulkan:0]
 """
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, save, wall_us  # noqa: E402
+from common import device_info, save, setup, wall_us  # noqa: E402
 
-from grilly_kv.backend import get_device  # noqa: E402
 from grilly_kv.ops.chain_add import chain_add  # noqa: E402
 from grilly_kv.reference.chain_add import chain_add_ref  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default=None)
-    args = ap.parse_args()
-    dev = get_device(args.device)
+    args, dev = setup(__doc__)
     n, steps, trials = (1 << 20, 8, 2) if args.quick else (1 << 24, 32, 5)
     x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
     want = chain_add_ref(x, steps)

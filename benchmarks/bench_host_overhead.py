@@ -7,7 +7,6 @@ submission, read-back). GPU time of the tiny dispatch from timestamps is reporte
 
     python3 benchmarks/bench_host_overhead.py [--quick] [--device vulkan:0]
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -15,18 +14,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, save, wall_us  # noqa: E402
+from common import device_info, save, setup, wall_us  # noqa: E402
 
-from grilly_kv.backend import Buffer, Recording, get_device  # noqa: E402
+from grilly_kv.backend import Buffer, Recording  # noqa: E402
 from grilly_kv.ops.attention_q_similarity import q_similarity  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default=None)
-    args = ap.parse_args()
-    dev = get_device(args.device)
+    args, dev = setup(__doc__)
     reps = 200 if args.quick else 2000
     a, b = Buffer(dev, 64), Buffer(dev, 64)
     a.write(np.arange(64, dtype=np.float32))

@@ -6,26 +6,20 @@ Bound = bytes the kernel must read / copy bandwidth measured with the copy shade
 
     python3 benchmarks/bench_q_similarity.py [--quick] [--device vulkan:0]
 """
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, gpu_us, save, wall_us  # noqa: E402
+from common import device_info, gpu_us, save, setup, wall_us  # noqa: E402
 
-from grilly_kv.backend import get_device  # noqa: E402
 from grilly_kv.ops.attention_q_similarity import q_similarity  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default=None)
-    args = ap.parse_args()
-    dev = get_device(args.device)
+    args, dev = setup(__doc__)
     shape = (1, 8, 512, 128) if args.quick else (1, 32, 4096, 128)
     reps = 5 if args.quick else 50
     bw = copy_bandwidth(dev, nbytes=(16 << 20) if args.quick else (512 << 20),

@@ -18,6 +18,19 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def setup(doc: str):
+    """Parse ``--quick`` and ``--device`` and open the device: returns ``(args, device)``."""
+    import argparse
+
+    from grilly_kv.backend import get_device
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes (lavapipe)")
+    ap.add_argument("--device", default=None, help="vulkan, vulkan:N (default: $GRILLY_KV_DEVICE)")
+    args = ap.parse_args()
+    return args, get_device(args.device)
+
+
 def commit() -> str:
     """The git commit measured ($GRILLY_KV_COMMIT where the checkout has no .git)."""
     if os.environ.get("GRILLY_KV_COMMIT"):
