@@ -39,7 +39,7 @@ class _HostStore:
     def append(self, k: np.ndarray, v: np.ndarray, length: int) -> None:
         self.kv = np.concatenate([self.kv, np.stack([k, v]).astype(self.kv.dtype)], axis=2)
 
-    def compress(self, plan: "_Round") -> np.ndarray:
+    def compress(self, plan: "Round") -> np.ndarray:
         scores = trig_score_ref(self.kv[0], plan.positions, plan.current_pos, *plan.stats,
                                 plan.omega, plan.layout)
         rows = scores if plan.per_head else scores.mean(axis=0, keepdims=True)
@@ -54,11 +54,35 @@ class _HostStore:
         self.kv = self.kv[:, :, :0]
 
 
-class _Round:
-    """What one compression round needs (host-side values)."""
+def record_compression_round(rec: Recording, kv: Buffer, capacity: int, dst: Buffer, dst_capacity: int,
+                             bufs: TrigScoreBuffers, kept: Buffer, params: Buffer, *, n_kv: int,
+                             head_dim: int, f16: bool, plan: "Round") -> Recording:
+    """Record one round: score the first ``plan.S`` rows of ``kv``'s K half, select ``plan.k``,
+    gather the kept K/V rows into ``dst`` (``kv`` itself for an in-place compaction).
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    The caller uploads ``bufs.weights`` (:func:`fold_weights`) and ``params``
+    (``params_words(plan.k)``) first; ``kept`` receives ``(1 or H_kv, k)`` row indices.
+    """
+    S, k, group = plan.S, plan.k, plan.stats[0].shape[0] // n_kv
+    record_trig_score(rec, kv, bufs, S=S, key_cap=capacity, n_kv=n_kv, group=group,
+                      head_dim=head_dim, n_freqs=plan.omega.size, f16=f16,
+                      interleaved=plan.layout == "interleaved", with_mean=not plan.per_head)
+    record_threshold_select(rec, bufs.out, kept, S=S, k=k, n_rows=n_kv if plan.per_head else 1,
+                            row0=0 if plan.per_head else n_kv, protect_initial=plan.protect_initial,
+                            protect_recent=plan.protect_recent)
+    row_words = head_dim // 2 if f16 else head_dim
+    return record_kv_compact(rec, kv, dst, kept, params, row_words=row_words, src_cap=capacity,
+                             dst_cap=dst_capacity, n_heads=n_kv, idx_stride=k if plan.per_head else 0)
+
+
+class Round:
+    """The host-side values one compression round needs (see :class:`TriAttentionKVCache`)."""
+
+    def __init__(self, *, S, k, current_pos, positions, stats, omega, layout, per_head,
+                 protect_initial, protect_recent):
+        self.S, self.k, self.current_pos, self.positions = S, k, current_pos, positions
+        self.stats, self.omega, self.layout, self.per_head = stats, omega, layout, per_head
+        self.protect_initial, self.protect_recent = protect_initial, protect_recent
 
 
 class _DeviceStore:
@@ -116,6 +140,7 @@ class _DeviceStore:
         rec.run()
 
     def _recording(self, key, build) -> Recording:
+        key = key + (self.dev.profile,)            # profiling recordings carry timestamps
         rec = self.recordings.get(key)
         if rec is None:
             rec = self.recordings[key] = build()
@@ -134,7 +159,7 @@ class _DeviceStore:
         self._copy_rows(incoming, T, self.kv, self.capacity, T, length, upload=(incoming,),
                         key=("append", T, incoming.uid, self.kv.uid))
 
-    def compress(self, plan: "_Round") -> np.ndarray:
+    def compress(self, plan: "Round") -> np.ndarray:
         S, k, n_kv = plan.S, plan.k, self.n_kv
         G = plan.stats[0].shape[0] // n_kv
         n_rows = n_kv if plan.per_head else 1
@@ -148,16 +173,8 @@ class _DeviceStore:
 
         def build() -> Recording:
             rec = Recording(self.dev).upload(bufs.weights, params)
-            record_trig_score(rec, self.kv, bufs, S=S, key_cap=self.capacity, n_kv=n_kv, group=G,
-                              head_dim=self.head_dim, n_freqs=plan.omega.size, f16=self.f16,
-                              interleaved=plan.layout == "interleaved", with_mean=not plan.per_head)
-            record_threshold_select(rec, bufs.out, kept, S=S, k=k, n_rows=n_rows,
-                                    row0=0 if plan.per_head else n_kv,
-                                    protect_initial=plan.protect_initial,
-                                    protect_recent=plan.protect_recent)
-            record_kv_compact(rec, self.kv, dst, kept, params, row_words=self.row_words,
-                              src_cap=self.capacity, dst_cap=dst_rows, n_heads=n_kv,
-                              idx_stride=k if plan.per_head else 0)
+            record_compression_round(rec, self.kv, self.capacity, dst, dst_rows, bufs, kept, params,
+                                     n_kv=n_kv, head_dim=self.head_dim, f16=self.f16, plan=plan)
             return rec.download(kept)
 
         uids = tuple(b.uid for b in (self.kv, dst, kept, params, bufs.weights, bufs.raw, bufs.stats, bufs.out))
@@ -306,7 +323,7 @@ class TriAttentionKVCache:
             raise RuntimeError("TriAttentionKVCache.compress needs a calibration (set_calibration)")
         if self.length <= self.budget:
             return
-        plan = _Round(S=self.length, k=self.budget, current_pos=self.offset,
+        plan = Round(S=self.length, k=self.budget, current_pos=self.offset,
                       positions=self._positions[0], stats=self.calibration.layer(self.layer),
                       omega=self.rope.omega, layout=self.rope.layout, per_head=self.per_head,
                       protect_initial=self.protect_initial, protect_recent=self.protect_recent)

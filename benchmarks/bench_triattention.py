@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""TriAttention compression round on Vulkan: score every key (trig-score), select the top budget
+(threshold-select, a radix select) and compact K/V (kv-compact), in one submission.
+
+Config (issue 5): H_kv = 8, H_q = 32 (GQA 4), D = 128, float16 K/V, budget 2048, divide_length 128,
+protect 4 / 128; contexts 32K and 128K keys, selection per layer (mean over KV heads) and per KV
+head. For each: GPU time of the round's dispatches (Vulkan timestamps) and of each stage, wall
+time of the submission, and the bandwidth bound = bytes of the keys read once / the copy
+bandwidth measured in the same run (buffer-copy shader; ratio 1.0 = at the bound).
+Then the default schedule's steady state: a round at S = budget + divide_length, against a dense
+decode attention step over those S tokens (PagedKVCache, same device, same run); the round runs
+once per divide_length decode steps, so its share is round / (divide_length * step + round).
+
+    python3 benchmarks/bench_triattention.py [--quick] [--device vulkan:0]
+
+``--quick``: contexts 4K and 16K, few repeats (for lavapipe, whose maxStorageBufferRange is 128 MiB).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_info, save  # noqa: E402
+
+from grilly_kv.backend import Buffer, Recording, Scratch, get_device  # noqa: E402
+from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
+from grilly_kv.ops.kv_compact import params_words  # noqa: E402
+from grilly_kv.ops.trig_score import TrigScoreBuffers, fold_weights  # noqa: E402
+from grilly_kv.paged import PagedKVCache  # noqa: E402
+from grilly_kv.triattention import RoPEConfig, calibrate  # noqa: E402
+from grilly_kv.triattention.cache import Round, record_compression_round  # noqa: E402
+
+H_KV, H_Q, D = 8, 32, 128
+BUDGET, DIVIDE, PROTECT_INITIAL, PROTECT_RECENT = 2048, 128, 4, 128
+ELEM = 2   # float16 bytes
+
+
+def fp16_normal(rng, n, chunk=1 << 24):
+    out = np.empty(n, np.float16)
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        out[i:i + m] = rng.standard_normal(m, dtype=np.float32)
+    return out
+
+
+def make_calibration(rng, rope):
+    queries = [(rng.standard_normal((H_Q, 64, D)) + rng.standard_normal(D)).astype(np.float32)]
+    return calibrate(queries, rope, n_kv_heads=H_KV)
+
+
+def run_timed(dev, rec, reps, warmup=2):
+    for _ in range(warmup):
+        rec.run()
+    kern, wall = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        rec.run()
+        wall.append((time.perf_counter() - t0) * 1e6)
+        kern.append(rec.kernel_time_us())
+    ts = rec.timestamps_us()
+    starts = np.concatenate([[0.0], ts[:-1]])
+    stages: dict[str, float] = {}
+    for st, t0, t1 in zip(rec.steps, starts, ts):      # last run's stage times, barriers folded in
+        name = st.shader if st.kind == "dispatch" else st.kind
+        stages[name] = stages.get(name, 0.0) + float(t1 - t0)
+    return {"gpu_us": float(np.median(kern)), "wall_us": float(np.median(wall)),
+            "stages_us": stages, "n": reps}
+
+
+def round_at(dev, rng, rope, calib, S, per_head, reps):
+    """Time one compression round over S keys per head (compacting into a separate buffer so the
+    source survives for the next repeat; the in-place round moves the same bytes)."""
+    f16 = True
+    row_words = D // 2
+    kv = Buffer(dev, 2 * H_KV * S * row_words, np.uint32)          # (2, H_kv, S, D) float16
+    kv.write(fp16_normal(rng, H_KV * S * D))                       # keys; values left zero
+    kv.upload_now()
+    dst = Buffer(dev, 2 * H_KV * BUDGET * row_words, np.uint32, host_visible=False)
+    scratch = Scratch(dev)
+    plan = Round(S=S, k=BUDGET, current_pos=S, positions=None, stats=calib.layer(0), omega=rope.omega,
+                 layout=rope.layout, per_head=per_head, protect_initial=PROTECT_INITIAL,
+                 protect_recent=PROTECT_RECENT)
+    bufs = TrigScoreBuffers(scratch, n_kv=H_KV, n_q=H_Q, n_freqs=rope.n_freqs, S=S, with_mean=not per_head)
+    n_rows = H_KV if per_head else 1
+    kept = scratch.get("kept", n_rows * BUDGET, np.uint32)
+    params = scratch.get("params", 3, np.uint32)
+    bufs.weights.write(fold_weights(S, *plan.stats, plan.omega))
+    params.write(params_words(BUDGET))
+    rec = Recording(dev, timestamps=True).upload(bufs.weights, params)
+    record_compression_round(rec, kv, S, dst, BUDGET, bufs, kept, params, n_kv=H_KV, head_dim=D,
+                             f16=f16, plan=plan)
+    rec.download(kept)
+    res = run_timed(dev, rec, reps)
+    idx = kept.read(n_rows * BUDGET).reshape(n_rows, BUDGET).astype(np.int64)
+    assert (np.diff(idx, axis=1) > 0).all() and idx[:, :PROTECT_INITIAL].tolist() == [
+        list(range(PROTECT_INITIAL))] * n_rows, "selection is not a valid kept set"
+    for b in (kv, dst):
+        b.release()
+    return res
+
+
+def decode_step(dev, rng, S, reps):
+    """Dense decode attention over S float16 tokens (H_q = 32, H_kv = 8, D = 128), GPU time."""
+    cache = PagedKVCache(H_KV, D, capacity_tokens=S, dtype="float16", device=dev)
+    k = fp16_normal(rng, H_KV * S * D).reshape(1, H_KV, S, D)
+    cache.prefill(k, k)
+    q = rng.standard_normal((1, H_Q, D)).astype(np.float32)
+    for _ in range(2):
+        cache.decode(q, method="dense")
+    kern, wall = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        cache.decode(q, method="dense")
+        wall.append((time.perf_counter() - t0) * 1e6)
+        kern.append(dev.last_recording.kernel_time_us())
+    return {"gpu_us": float(np.median(kern)), "wall_us": float(np.median(wall)), "n": reps}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    dev = get_device(args.device)
+    dev.profile = True
+    contexts, reps = ((4096, 16384), 3) if args.quick else ((32768, 131072), 20)
+    rng = np.random.default_rng(0)
+    rope = RoPEConfig(D, base=500000.0, layout="half")
+    calib = make_calibration(rng, rope)
+    bw = copy_bandwidth(dev, nbytes=(32 << 20) if args.quick else (256 << 20))
+    print(f"{dev.name}: copy bandwidth {bw['gb_per_s']:.0f} GB/s (read + write)")
+    rows = []
+    for S in contexts:
+        key_bytes = H_KV * S * D * ELEM
+        bound_us = key_bytes / (bw["gb_per_s"] * 1e3)
+        for per_head in (False, True):
+            r = round_at(dev, rng, rope, calib, S, per_head, reps)
+            row = {"S": S, "selection": "per_kv_head" if per_head else "per_layer", **r,
+                   "key_bytes": key_bytes, "bound_us": bound_us, "ratio_to_bound": r["gpu_us"] / bound_us}
+            rows.append(row)
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_us"].items())
+            print(f"S={S:7d} {row['selection']:11s} round {r['gpu_us']:9.1f} us GPU ({stages}), "
+                  f"wall {r['wall_us']:9.1f} us, bound {bound_us:8.1f} us, x{row['ratio_to_bound']:.2f}")
+    S_steady = BUDGET + DIVIDE
+    steady = round_at(dev, rng, rope, calib, S_steady, False, reps)
+    step = decode_step(dev, rng, S_steady, reps)
+    share_gpu = steady["gpu_us"] / (DIVIDE * step["gpu_us"] + steady["gpu_us"])
+    share_wall = steady["wall_us"] / (DIVIDE * step["wall_us"] + steady["wall_us"])
+    print(f"steady state S={S_steady}: round {steady['gpu_us']:.1f} us GPU / {steady['wall_us']:.0f} us wall; "
+          f"dense decode attention step {step['gpu_us']:.1f} us GPU / {step['wall_us']:.0f} us wall; "
+          f"round share of decode: {100 * share_gpu:.2f}% (GPU), {100 * share_wall:.2f}% (wall)")
+    save("triattention" + ("_quick" if args.quick else ""), {
+        **device_info(dev),
+        "config": {"H_kv": H_KV, "H_q": H_Q, "D": D, "dtype": "float16", "budget": BUDGET,
+                   "divide_length": DIVIDE, "protect_initial": PROTECT_INITIAL,
+                   "protect_recent": PROTECT_RECENT, "offsets": 17, "reps": reps},
+        "copy_bandwidth": bw, "rounds": rows,
+        "steady_state": {"S": S_steady, "round": steady, "dense_decode_attention_step": step,
+                         "round_share_of_decode_gpu": share_gpu, "round_share_of_decode_wall": share_wall,
+                         "note": "one round per divide_length decode steps; the step here is the "
+                                 "attention over the kept cache only (no projections or MLP)"}})
+
+
+if __name__ == "__main__":
+    main()
