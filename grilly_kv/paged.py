@@ -154,5 +154,5 @@ class PagedKVCache:
                 raise ValueError("token_budget is required for method='topk'")
             n_top = check_int("token_budget", token_budget, minimum=1) // self.page_size
         out, pages = self._store.decode(q, self._len, n_top=n_top, n_sink=sink_pages,
-                                        group_reduce=group_reduce)
+                                        group_reduce=group_reduce, want_pages=return_pages)
         return (out, pages) if return_pages else out

@@ -41,7 +41,7 @@ class NumpyStore:
     def read_stats(self, n_pages: int) -> np.ndarray:
         return self.stats[:, :, :n_pages].astype(np.float32)
 
-    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str):
+    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str, want_pages: bool):
         B, H = self.k.shape[:2]
         P = -(-length // self.page)
         k, v = self.k[:, :, :length], self.v[:, :, :length]
@@ -169,7 +169,7 @@ class VulkanStore:
         return self._read_rows(self.stats, self.max_pages, n_pages, 4 * self.Dp)
 
     # ---- decoding ----------------------------------------------------------------------------
-    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str):
+    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str, want_pages: bool):
         group = q.shape[1] // self.H
         q_buf, out, partial = self._group_buffers(group)
         P = -(-length // self.page)
@@ -180,7 +180,8 @@ class VulkanStore:
             max_tokens = (min(max(n_top, n_sink), P - 1) + 1) * self.page
         n_splits = attn.choose_splits(max_tokens, self.bh)
         grid_pages = min(_pow2_at_least(P, 64), self.max_pages)
-        key = ("decode", group, dense, n_top, n_sink, group_reduce, n_splits, grid_pages)
+        want_pages = want_pages and not dense
+        key = ("decode", group, dense, n_top, n_sink, group_reduce, n_splits, grid_pages, want_pages)
 
         def build(rec: Recording) -> Recording:
             rec.upload(self.meta, q_buf)
@@ -195,7 +196,7 @@ class VulkanStore:
                 bh=self.bh, group=group, head_dim=self.Dp, f16=self.f16, page_size=self.page,
                 capacity=self.cap, max_pages=self.max_pages, n_splits=n_splits,
                 scale=1.0 / np.sqrt(self.D), dense=dense)
-            return rec.download(out) if dense else rec.download(out, self.pages, self.counts)
+            return rec.download(out, self.pages, self.counts) if want_pages else rec.download(out)
 
         q32 = np.zeros((self.B, q.shape[1], self.Dp), np.float32)
         q32[:, :, :self.D] = q
@@ -204,11 +205,11 @@ class VulkanStore:
         self._recording(key, build).run()
         Hq = q.shape[1]
         result = out.read(self.B * Hq * self.Dp).reshape(self.B, Hq, self.Dp)[:, :, :self.D]
-        return result, self._selected_pages(P, dense)
-
-    def _selected_pages(self, n_pages: int, dense: bool) -> np.ndarray:
         if dense:
-            return np.broadcast_to(np.arange(n_pages), (self.B, self.H, n_pages)).copy()
+            return result, np.broadcast_to(np.arange(P), (self.B, self.H, P)).copy()
+        return result, self._selected_pages() if want_pages else None
+
+    def _selected_pages(self) -> np.ndarray:
         counts = self.counts.read(self.bh).astype(np.int64)
         width = int(counts.max())
         idx = self.pages.read(self.bh * self.max_pages).reshape(self.bh, self.max_pages)
