@@ -110,6 +110,30 @@ def test_selected_heads_match_transcription(vk):
     assert_close(x_next, x_ref, atol=ATOL, rtol=1e-4, what="x")
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_calibrated_selection_matches_transcription(vk, causal):
+    """One selection for the whole batch: P F is computed inside the attention's submission."""
+    mha = _mha(vk, predictable=(1,))
+    block = SelectiveMomentumAttention(mha, E, H, threshold=0.5, step_size=0.4, damping=0.6)
+    x, y = _inputs(B=2, S=6, seed=9)
+    sel = np.broadcast_to(block.calibrate(x), (2, H))
+    assert sel[0].tolist() == [True, False, True, True]
+    mask = np.triu(np.full((6, 6), -np.inf, np.float32), 1) if causal else None
+    x_next, y_next = block(x, y, step=1, attn_mask=mask)
+    st = mha.state_dict()
+    if causal:   # the transcription has no mask: compare the masked block with its own parts
+        force = mha(x, x, x, attn_mask=mask)[0].astype(np.float64)
+        Wo = st["out_proj.weight"].astype(np.float64)
+        basis, _ = np.linalg.qr(Wo[:, [c for h in (0, 2, 3) for c in range(h * D, (h + 1) * D)]])
+        f_sel = force @ basis @ basis.T
+        y_ref = 0.6 * y + np.sqrt(0.4) * f_sel
+        x_ref = x + np.sqrt(0.4) * y_ref + 0.4 * (force - f_sel)
+    else:
+        x_ref, y_ref = _step_np(x, y, st, sel, 0.4, 0.6)
+    assert_close(y_next, y_ref, atol=ATOL, rtol=1e-4, what="y")
+    assert_close(x_next, x_ref, atol=ATOL, rtol=1e-4, what="x")
+
+
 def test_calibrate_fixes_selection(vk):
     mha = _mha(vk, predictable=(1,))
     block = SelectiveMomentumAttention(mha, E, H, threshold=0.5)

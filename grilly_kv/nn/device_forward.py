@@ -20,13 +20,15 @@ class DeviceForward:
         self.ws = Workspace(device)
         self.params: dict[str, Buffer] = {}
         self._version = None
+        self._projector = None   # the (E, E) array now in params["projector"]
 
     def _sync_params(self, mha) -> None:
         """Upload the parameters when they changed since the last upload."""
         if self._version == mha.version:
             return
         E, kvd = mha.embed_dim, mha.num_kv_heads * mha.head_dim
-        w, b = mha.state_dict()["in_proj_weight"], mha.state_dict().get("in_proj_bias")
+        state = mha.state_dict()
+        w, b = state["in_proj_weight"], state.get("in_proj_bias")
         arrays = {"w_q": w[:E], "w_k": w[E:E + kvd], "w_v": w[E + kvd:], "w_o": mha.out_proj_weight}
         if b is not None:
             arrays.update({"b_q": b[:E], "b_k": b[E:E + kvd], "b_v": b[E + kvd:],
@@ -40,9 +42,24 @@ class DeviceForward:
             buf.upload_now()
         self._version = mha.version
 
-    def forward(self, mha, query, key, value, attn_mask, key_padding_mask, is_causal, need_weights):
-        """``(out (B, S_q, E) float32, probs (B, H_q, S_q, S_k) or None)``; masks already additive."""
+    def _sync_projector(self, projector: np.ndarray) -> None:
+        if projector is self._projector:
+            return
+        buf = self.params.get("projector")
+        if buf is None or buf.n_words != projector.size:
+            buf = self.params["projector"] = Buffer(self.device, projector.size)
+        buf.write(projector)
+        buf.upload_now()
+        self._projector = projector
+
+    def forward(self, mha, query, key, value, attn_mask, key_padding_mask, is_causal, need_weights,
+                projector: np.ndarray | None = None):
+        """``(out, probs, projected)``: out ``(B, S_q, E)`` float32; probs ``(B, H_q, S_q, S_k)``
+        or None; with ``projector`` P ``(E, E)`` (symmetric), also ``out @ P`` in the same
+        submission, else None. Masks are already additive float32."""
         self._sync_params(mha)
+        if projector is not None:
+            self._sync_projector(projector)
         B, S_q, E = query.shape
         S_k = key.shape[1]
         H, H_kv, D = mha.num_heads, mha.num_kv_heads, mha.head_dim
@@ -59,6 +76,7 @@ class DeviceForward:
         x_v = x_k if value is key else sc.get("x_v", words(value.size), word)
         q, k, v = sc.get("q", B * S_q * E), sc.get("k", B * S_k * kvd), sc.get("v", B * S_k * kvd)
         heads, out = sc.get("heads", B * S_q * E), sc.get("out", B * S_q * E)
+        projected = sc.get("projected", B * S_q * E if projector is not None else 1)
         probs = sc.get("probs", B * H * S_q * S_k)
         mask = sc.get("attn_mask", 1 if attn_mask is None else attn_mask.size)
         kpm = sc.get("key_padding_mask", 1 if key_padding_mask is None else key_padding_mask.size)
@@ -66,7 +84,8 @@ class DeviceForward:
         p = self.params
         has_bias = mha.bias
         mask_ndim = 0 if attn_mask is None else attn_mask.ndim
-        bufs = (x_q, x_k, x_v, q, k, v, heads, out, probs, mask, kpm)
+        bufs = (x_q, x_k, x_v, q, k, v, heads, out, probs, mask, kpm, projected)
+        downloads = [out] + [probs] * need_weights + [projected] * (projector is not None)
 
         def build() -> Recording:
             rec = Recording(self.device).upload(*inputs)
@@ -80,10 +99,14 @@ class DeviceForward:
                              token_major=True, scale=1.0 / np.sqrt(D))
             record_linear(rec, heads, p["w_o"], p["b_o"], out, M=B * S_q, N=E, K=E, f16=False,
                           has_bias=has_bias)
-            return rec.download(out, probs) if need_weights else rec.download(out)
+            if projector is not None:   # P is symmetric: out @ P = out @ P^T, a Linear
+                record_linear(rec, out, p["projector"], p["projector"], projected, M=B * S_q, N=E,
+                              K=E, f16=False, has_bias=False)
+            return rec.download(*downloads)
 
         key_ = (tuple(b.uid for b in bufs), tuple(b.uid for b in p.values()), B, S_q, S_k, f16,
-                mask_ndim, key_padding_mask is not None, bool(is_causal), bool(need_weights))
+                mask_ndim, key_padding_mask is not None, bool(is_causal), bool(need_weights),
+                projector is not None)
         rec = self.ws.recording(key_, build)
         x_q.write(query)
         if x_k is not x_q:
@@ -96,6 +119,6 @@ class DeviceForward:
             kpm.write(key_padding_mask)
         rec.run()
         result = out.read(B * S_q * E).reshape(B, S_q, E)
-        if not need_weights:
-            return result, None
-        return result, probs.read(B * H * S_q * S_k).reshape(B, H, S_q, S_k)
+        weights = probs.read(B * H * S_q * S_k).reshape(B, H, S_q, S_k) if need_weights else None
+        proj = projected.read(B * S_q * E).reshape(B, S_q, E) if projector is not None else None
+        return result, weights, proj

@@ -195,23 +195,40 @@ class MultiheadAttention:
         On Vulkan the whole forward is one recorded submission (:mod:`.device_forward`); on
         ``"cpu"`` the same stages run through the ops' NumPy references.
         """
-        dev = get_device(self.device)
-        if dev.is_cpu:
-            heads, probs = self.attend(query, key, value, attn_mask=attn_mask,
-                                       key_padding_mask=key_padding_mask, is_causal=is_causal,
-                                       need_weights=need_weights)
-            out = self.output_projection(heads)
-        else:
-            out, probs = self._forward_vulkan(dev, query, key, value, attn_mask, key_padding_mask,
-                                              is_causal, need_weights)
+        out, probs, _ = self.forward_projected(query, key, value, attn_mask=attn_mask,
+                                               key_padding_mask=key_padding_mask,
+                                               is_causal=is_causal, need_weights=need_weights)
         if probs is not None and average_attn_weights:
             probs = probs.mean(axis=1)
         return out, probs
 
     __call__ = forward
 
+    def forward_projected(self, query, key, value, *, attn_mask=None, key_padding_mask=None,
+                          is_causal: bool = False, need_weights: bool = False,
+                          projector: np.ndarray | None = None):
+        """:meth:`forward`'s stages, plus ``attn_output @ projector`` when one is given.
+
+        Args:
+            projector: a symmetric ``(E, E)`` float32 matrix P, or None. On Vulkan its product
+                is one more dispatch in the forward's submission (SelectiveMomentumAttention's
+                momentum subspace).
+
+        Returns:
+            ``(attn_output (B, S_q, E), probs (B, H_q, S_q, S_k) or None, attn_output @ P or None)``.
+        """
+        dev = get_device(self.device)
+        if not dev.is_cpu:
+            return self._forward_vulkan(dev, query, key, value, attn_mask, key_padding_mask,
+                                        is_causal, need_weights, projector)
+        heads, probs = self.attend(query, key, value, attn_mask=attn_mask,
+                                   key_padding_mask=key_padding_mask, is_causal=is_causal,
+                                   need_weights=need_weights)
+        out = self.output_projection(heads)
+        return out, probs, (None if projector is None else linear(out, projector, device=dev))
+
     def _forward_vulkan(self, dev, query, key, value, attn_mask, key_padding_mask, is_causal,
-                        need_weights):
+                        need_weights, projector):
         for name, x in (("query", query), ("key", key), ("value", value)):
             self._check_tokens(name, x)
         B, S_q, _ = query.shape
@@ -225,8 +242,13 @@ class MultiheadAttention:
         fwd = self._device_forward.get(dev)
         if fwd is None:
             fwd = self._device_forward[dev] = DeviceForward(dev)
+        if projector is not None:
+            check_array("projector", projector, ndim=2, dtypes=(np.float32,), shape_doc="(E, E)")
+            if projector.shape != (self.embed_dim, self.embed_dim):
+                raise ValueError(f"projector must have shape ({self.embed_dim}, {self.embed_dim}), "
+                                 f"got {projector.shape}")
         return fwd.forward(self, query, key, value, attn_mask, key_padding_mask, bool(is_causal),
-                           need_weights)
+                           need_weights, projector)
 
     def __repr__(self) -> str:
         return (f"MultiheadAttention(embed_dim={self.embed_dim}, num_heads={self.num_heads}, "

@@ -149,16 +149,28 @@ class SelectiveMomentumAttention:
             self._projectors[key] = (u @ u.T).astype(np.float32)
         return self._projectors[key]
 
-    def split_force(self, force: np.ndarray, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(P F, (I - P) F), each ``(B, S, E)``, for the force ``(B, S, E)`` and selection ``(B, H)``."""
+    def force_split(self, x: np.ndarray, selected: np.ndarray, **mask_kwargs):
+        """(P F(x), (I - P) F(x)), each ``(B, S, E)``, for tokens x and a selection ``(B, H)``.
+
+        When every batch row selects the same heads (always after :meth:`calibrate`), P F is
+        computed in the attention's own submission; otherwise once per distinct selection.
+        """
+        patterns = np.unique(selected, axis=0)
+        if len(patterns) == 1 and patterns[0].any() and not patterns[0].all():
+            force, _, f_sel = self.attention.forward_projected(
+                x, x, x, projector=self._projector(patterns[0]), **mask_kwargs)
+            return f_sel, force - f_sel
+        force, _ = self.attention(x, x, x, **mask_kwargs)
         if not selected.any():
             return np.zeros_like(force), force
         if selected.all():
             return force, np.zeros_like(force)
         f_sel = np.zeros_like(force)
-        for row in np.unique(selected, axis=0):
+        for row in patterns:
             rows = np.flatnonzero((selected == row).all(axis=1))
-            if row.any():   # P is symmetric: F P^T = F P on the device
+            if row.all():
+                f_sel[rows] = force[rows]
+            elif row.any():   # P is symmetric: F P^T = F P
                 f_sel[rows] = linear(force[rows], self._projector(row), device=self.attention.device)
         return f_sel, force - f_sel
 
@@ -184,9 +196,8 @@ class SelectiveMomentumAttention:
                 raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
         step = check_int("step", step, minimum=0)
         selected = self.selection(x)
-        force, _ = self.attention(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                                  is_causal=is_causal)
-        f_sel, f_plain = self.split_force(force, selected)
+        f_sel, f_plain = self.force_split(x, selected, attn_mask=attn_mask,
+                                          key_padding_mask=key_padding_mask, is_causal=is_causal)
         tau = self.step_size
         h = np.float32(np.sqrt(tau))
         y_next = np.float32(momentum_coefficient(self.damping, step)) * y.astype(np.float32) + h * f_sel
