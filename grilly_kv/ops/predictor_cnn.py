@@ -1,0 +1,75 @@
+"""AttentionPredictor's CNN over the history ring: next-step scores of key blocks.
+
+Shader: ``shaders/predictor-cnn.glsl``; reference: :func:`grilly_kv.reference.predictor_cnn.predictor_cnn_ref`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import Buffer, PushLayout, Recording, get_device
+from ..backend.device import DeviceLike
+from ..predictor.weights import N_PARAMS as N_WEIGHTS, check_weights, flatten_weights
+from ..reference.predictor_cnn import predictor_cnn_ref
+from ..reference.predictor_history_update import HIST
+from ..validation import check_array, check_int
+from .predictor_history_update import N_PARAMS
+
+SHADER = "predictor-cnn"
+TILE = 32
+LOCAL_SIZE = 256      # TILE columns x 8 groups of 4 output channels
+PUSH = PushLayout("C")
+SPEC = (LOCAL_SIZE, HIST, TILE)
+
+
+def record_predictor_cnn(rec: Recording, history: Buffer, weights: Buffer, params: Buffer,
+                         scores: Buffer, *, N: int, C: int) -> Recording:
+    """Record the CNN over ``history`` ``(N, HIST, C)`` into ``scores`` ``(N, C)``; the oldest
+    ring row and the block range ``[s, e)`` are read from ``params`` at run time (only scores
+    of ``[s, e)`` are written)."""
+    return rec.dispatch(SHADER, [history, weights, params, scores], groups=(-(-C // TILE), N),
+                        push=PUSH.pack(C=C), spec=SPEC, writes=[3])
+
+
+def predictor_cnn(history: np.ndarray, weights: dict[str, np.ndarray], *, oldest: int, start: int,
+                  end: int, device: DeviceLike = None) -> np.ndarray:
+    """Predicted next-step scores of block columns ``[start, end)``.
+
+    Args:
+        history: ``(N, 64, C)`` float32 ring of block-pooled attention rows (N = layers x H_q).
+        weights: the CNN's tensors (``grilly_kv.predictor.weights``; checked).
+        oldest: ring row of the oldest step; time runs ``(oldest + t) % 64``, t = 0..63.
+        start, end: block columns fed to the CNN (sinks before ``start`` and the local window
+            from ``end`` on are left out); ``0 <= start < end <= C``.
+        device: ``"vulkan"``, ``"vulkan:N"``, ``"cpu"`` or None.
+
+    Returns:
+        ``(N, end - start)`` float32 scores (higher: more likely needed at the next step).
+    """
+    check_array("history", history, ndim=3, dtypes=(np.float32,), shape_doc=f"(N, {HIST}, C)")
+    N, T, C = history.shape
+    if T != HIST:
+        raise ValueError(f"history must be (N, {HIST}, C), got {history.shape}")
+    check_int("oldest", oldest, minimum=0, maximum=HIST - 1)
+    check_int("start", start, minimum=0, maximum=C - 1)
+    check_int("end", end, minimum=start + 1, maximum=C)
+    weights = check_weights(weights)
+    dev = get_device(device)
+    if dev.is_cpu:
+        return predictor_cnn_ref(history, weights, oldest, start, end)
+    ws = dev.workspace(SHADER)
+    hist_buf = ws.scratch.get("history", N * HIST * C)
+    w_buf = ws.scratch.get("weights", N_WEIGHTS)
+    params = ws.scratch.get("params", N_PARAMS, np.uint32)
+    out = ws.scratch.get("out", N * C)
+
+    def build() -> Recording:
+        rec = Recording(dev).upload(hist_buf, words=N * HIST * C).upload(w_buf).upload(params)
+        record_predictor_cnn(rec, hist_buf, w_buf, params, out, N=N, C=C)
+        return rec.download(out, words=N * C)
+
+    rec = ws.recording((hist_buf.uid, w_buf.uid, params.uid, out.uid, N, C), build)
+    hist_buf.write(history)
+    w_buf.write(flatten_weights(weights))
+    params.write(np.array([0, 0, oldest, start, end], np.uint32))
+    rec.run()
+    return out.read(N * C).reshape(N, C)[:, start:end]

@@ -1,0 +1,73 @@
+"""Block max-pooling of attention rows into the predictor's history ring (AttentionPredictor).
+
+Shader: ``shaders/predictor-history-update.glsl``; reference:
+:func:`grilly_kv.reference.predictor_history_update.history_update_ref`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import Buffer, PushLayout, Recording, get_device
+from ..backend.device import DeviceLike
+from ..reference.predictor_history_update import BLOCK, HIST, history_update_ref
+from ..validation import check_array, check_int
+
+SHADER = "predictor-history-update"
+LOCAL_SIZE = 64
+PUSH = PushLayout("R", "C", "row_stride")
+SPEC = (LOCAL_SIZE, HIST, BLOCK)
+# words of the params buffer shared with predictor-cnn
+P_WRITE_HEAD, P_KEYS, P_OLDEST, P_START, P_END = range(5)
+N_PARAMS = 5
+
+
+def record_history_update(rec: Recording, rows: Buffer, history: Buffer, params: Buffer, *,
+                          N: int, R: int, C: int, row_stride: int) -> Recording:
+    """Record the pooling of ``rows`` ``(N, R, row_stride)`` into ``history`` ``(N, HIST, C)``;
+    the write head and the key count S are read from ``params`` at run time."""
+    return rec.dispatch(SHADER, [rows, history, params], groups=(-(-C // LOCAL_SIZE), N * R),
+                        push=PUSH.pack(R=R, C=C, row_stride=row_stride), spec=SPEC, writes=[1])
+
+
+def predictor_history_update(rows: np.ndarray, history: np.ndarray, *, write_head: int,
+                             device: DeviceLike = None) -> np.ndarray:
+    """Write the block-max-pooled ``rows`` into a copy of the ring ``history``.
+
+    Args:
+        rows: ``(N, R, S)`` float32 attention probabilities, oldest row first, ``R <= 64``.
+        history: ``(N, 64, C)`` float32 ring of pooled rows (C block columns of 16 keys).
+        write_head: ring row receiving ``rows[:, 0]``; row r goes to ``(write_head + r) % 64``.
+        device: ``"vulkan"``, ``"vulkan:N"``, ``"cpu"`` or None (see :func:`get_device`).
+
+    Returns:
+        ``(N, 64, C)`` float32: the updated ring. Block c of a row is the max of keys
+        ``[16c, 16c + 16)`` (keys >= S count as 0); blocks past ``ceil(S / 16)`` become 0.
+    """
+    check_array("rows", rows, ndim=3, dtypes=(np.float32,), shape_doc="(N, R, S)")
+    check_array("history", history, ndim=3, dtypes=(np.float32,), shape_doc=f"(N, {HIST}, C)")
+    N, R, S = rows.shape
+    if history.shape[0] != N or history.shape[1] != HIST:
+        raise ValueError(f"history must be (N={N}, {HIST}, C), got {history.shape}")
+    check_int("rows R (axis 1)", R, minimum=1, maximum=HIST)
+    check_int("write_head", write_head, minimum=0, maximum=HIST - 1)
+    C = history.shape[2]
+    dev = get_device(device)
+    if dev.is_cpu:
+        return history_update_ref(rows, history, write_head, S)
+    ws = dev.workspace(SHADER)
+    rows_buf = ws.scratch.get("rows", N * R * S)
+    hist_buf = ws.scratch.get("history", N * HIST * C)
+    params = ws.scratch.get("params", N_PARAMS, np.uint32)
+
+    def build() -> Recording:
+        rec = Recording(dev).upload(rows_buf, words=N * R * S).upload(params)
+        rec.upload(hist_buf, words=N * HIST * C)
+        record_history_update(rec, rows_buf, hist_buf, params, N=N, R=R, C=C, row_stride=S)
+        return rec.download(hist_buf, words=N * HIST * C)
+
+    rec = ws.recording((rows_buf.uid, hist_buf.uid, params.uid, N, R, S, C), build)
+    rows_buf.write(rows)
+    hist_buf.write(history)
+    params.write(np.array([write_head, S, 0, 0, 0], np.uint32))
+    rec.run()
+    return hist_buf.read(N * HIST * C).reshape(N, HIST, C)

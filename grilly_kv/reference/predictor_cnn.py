@@ -1,0 +1,48 @@
+"""NumPy reference of the ``predictor-cnn`` shader (AttentionPredictor's CNN, forward only).
+
+Shapes follow torch's: ``x (N, C_in, T, W)``, ``w (C_out, C_in, 3, 3)``. The history is read
+oldest row first; the CNN sees the block columns ``[s, e)`` as its whole input width.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# name -> shape, in the order of the flat weight buffer the shader reads (4,833 floats)
+WEIGHT_SHAPES = {"w1": (16, 1, 3, 3), "b1": (16,), "w2": (32, 16, 3, 3), "b2": (32,),
+                 "w3": (1, 32, 1), "b3": (1,)}
+
+
+def patches3x3(x: np.ndarray) -> np.ndarray:
+    """``(N, C, T, W)`` -> ``(N, T, W, C * 9)``: each position's 3x3 neighbourhood, zero padded,
+    ordered (channel, dy, dx) to match ``w.reshape(C_out, -1)``."""
+    N, C, T, W = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    cols = [xp[:, :, dy:dy + T, dx:dx + W] for dy in range(3) for dx in range(3)]
+    return np.stack(cols, axis=2).reshape(N, C * 9, T, W).transpose(0, 2, 3, 1)
+
+
+def conv3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """3x3 convolution with zero padding 1: ``(N, C_in, T, W)`` -> ``(N, C_out, T, W)``."""
+    out = patches3x3(x) @ w.reshape(w.shape[0], -1).T + b
+    return out.transpose(0, 3, 1, 2)
+
+
+def cnn_forward(x: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """Scores ``(N, W)`` for histories ``x`` ``(N, T, W)`` (time oldest first)."""
+    x = np.asarray(x, np.float32)[:, None]
+    h1 = np.maximum(conv3x3(x, weights["w1"], weights["b1"]), 0.0)
+    h2 = np.maximum(conv3x3(h1, weights["w2"], weights["b2"]), 0.0)
+    pooled = h2.mean(axis=2)                                        # (N, 32, W)
+    return (np.einsum("c,ncw->nw", weights["w3"].reshape(-1), pooled) + weights["b3"][0]).astype(np.float32)
+
+
+def predictor_cnn_ref(history: np.ndarray, weights: dict[str, np.ndarray], oldest: int,
+                      s: int, e: int) -> np.ndarray:
+    """Scores of block columns ``[s, e)`` from the ring ``history`` ``(N, HIST, C)``.
+
+    Returns:
+        ``(N, e - s)`` float32.
+    """
+    hist = np.asarray(history, np.float32)
+    order = (oldest + np.arange(hist.shape[1])) % hist.shape[1]
+    return cnn_forward(hist[:, order, s:e], weights)
