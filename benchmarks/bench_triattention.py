@@ -28,6 +28,7 @@ from common import device_info, save  # noqa: E402
 from grilly_kv.backend import Buffer, Recording, Scratch, get_device  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
 from grilly_kv.ops.kv_compact import params_words  # noqa: E402
+from grilly_kv.ops.threshold_select import work_words  # noqa: E402
 from grilly_kv.ops.trig_score import TrigScoreBuffers, fold_weights  # noqa: E402
 from grilly_kv.paged import PagedKVCache  # noqa: E402
 from grilly_kv.triattention import RoPEConfig, calibrate  # noqa: E402
@@ -86,11 +87,12 @@ def round_at(dev, rng, rope, calib, S, per_head, reps):
     bufs = TrigScoreBuffers(scratch, n_kv=H_KV, n_q=H_Q, n_freqs=rope.n_freqs, S=S, with_mean=not per_head)
     n_rows = H_KV if per_head else 1
     kept = scratch.get("kept", n_rows * BUDGET, np.uint32)
+    work = scratch.get("select_work", work_words(S, n_rows), np.uint32, host_visible=False)
     params = scratch.get("params", 3, np.uint32)
     bufs.weights.write(fold_weights(S, *plan.stats, plan.omega))
     params.write(params_words(BUDGET))
     rec = Recording(dev, timestamps=True).upload(bufs.weights, params)
-    record_compression_round(rec, kv, S, dst, BUDGET, bufs, kept, params, n_kv=H_KV, head_dim=D,
+    record_compression_round(rec, kv, S, dst, BUDGET, bufs, work, kept, params, n_kv=H_KV, head_dim=D,
                              f16=f16, plan=plan)
     rec.download(kept)
     res = run_timed(dev, rec, reps)

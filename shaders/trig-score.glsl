@@ -20,6 +20,7 @@ layout(constant_id = 3) const uint G = 1;        // query heads per KV head
 layout(constant_id = 4) const uint F16 = 0;      // keys are packed float16
 layout(constant_id = 5) const uint INTERLEAVED = 0;
 layout(constant_id = 6) const uint LPK = 16;     // lanes per key: power of two >= F/4, divides WG
+layout(constant_id = 7) const uint U = 1;        // keys per lane group per iteration (loads in flight)
 const uint NV = D / 4u;
 const uint FV = F / 4u;
 const uint MAX_SUBGROUPS = 128u;
@@ -41,7 +42,7 @@ layout(push_constant) uniform Push {
     uint pass_id;
 } p;
 
-shared float sh_part[gl_WorkGroupSize.x * G];
+shared float sh_part[gl_WorkGroupSize.x * G * U];
 shared float sh_chunk[gl_WorkGroupSize.x * G];
 shared float sh_red[MAX_SUBGROUPS];
 shared float sh_total;
@@ -77,31 +78,36 @@ void score_chunk(uint h, uint c) {
         w_im[g] = has_freqs ? weights[wb + FV] : vec4(0.0);
         w_nm[g] = has_freqs ? weights[wb + 2u * FV] : vec4(0.0);
     }
-    for (uint base = s0; base < s1; base += n_slots) {      // uniform trip count
-        const uint s = base + slot;
-        float part[G];
-        for (uint g = 0u; g < G; g++) part[g] = 0.0;
-        if (has_freqs && s < s1) {
-            const uint row = (h * p.key_cap + s) * NV;
-            vec4 re, im;
-            if (INTERLEAVED != 0u) {
-                const vec4 a = LOAD_VEC4(F16, k32, k16, row + 2u * lane);
-                const vec4 b = LOAD_VEC4(F16, k32, k16, row + 2u * lane + 1u);
-                re = vec4(a.x, a.z, b.x, b.z);
-                im = vec4(a.y, a.w, b.y, b.w);
-            } else {
-                re = LOAD_VEC4(F16, k32, k16, row + lane);
-                im = LOAD_VEC4(F16, k32, k16, row + FV + lane);
+    for (uint base = s0; base < s1; base += n_slots * U) {  // uniform trip count
+        float part[G * U];
+        for (uint u = 0u; u < U; u++) {
+            const uint s = base + u * n_slots + slot;
+            for (uint g = 0u; g < G; g++) part[u * G + g] = 0.0;
+            if (has_freqs && s < s1) {
+                const uint row = (h * p.key_cap + s) * NV;
+                vec4 re, im;
+                if (INTERLEAVED != 0u) {
+                    const vec4 a = LOAD_VEC4(F16, k32, k16, row + 2u * lane);
+                    const vec4 b = LOAD_VEC4(F16, k32, k16, row + 2u * lane + 1u);
+                    re = vec4(a.x, a.z, b.x, b.z);
+                    im = vec4(a.y, a.w, b.y, b.w);
+                } else {
+                    re = LOAD_VEC4(F16, k32, k16, row + lane);
+                    im = LOAD_VEC4(F16, k32, k16, row + FV + lane);
+                }
+                const vec4 kn = sqrt(re * re + im * im + MODULUS_EPS);
+                for (uint g = 0u; g < G; g++) {
+                    part[u * G + g] = dot(re, w_re[g]) + dot(im, w_im[g]) + dot(kn, w_nm[g]);
+                }
             }
-            const vec4 kn = sqrt(re * re + im * im + MODULUS_EPS);
-            for (uint g = 0u; g < G; g++) part[g] = dot(re, w_re[g]) + dot(im, w_im[g]) + dot(kn, w_nm[g]);
         }
-        for (uint g = 0u; g < G; g++) sh_part[tid * G + g] = part[g];
+        for (uint i = 0u; i < G * U; i++) sh_part[tid * G * U + i] = part[i];
         barrier();
-        if (tid < n_slots * G) {                              // one thread per (key, query head)
-            const uint ks = tid / G, g = tid % G, sk = base + ks;
+        for (uint r = tid; r < n_slots * U * G; r += WG) {   // one thread per (key, query head)
+            const uint ks = r / G, g = r % G;                 // ks = u * n_slots + slot
+            const uint u = ks / n_slots, sl = ks % n_slots, sk = base + ks;
             float v = 0.0;
-            for (uint l = 0u; l < LPK; l++) v += sh_part[(ks * LPK + l) * G + g];
+            for (uint l = 0u; l < LPK; l++) v += sh_part[((sl * LPK + l) * U + u) * G + g];
             if (sk < s1) {
                 if (G == 1u) out_s[h * p.S + sk] = v;
                 else { raw[(h * G + g) * p.S + sk] = v; sh_chunk[g * WG + (sk - s0)] = v; }

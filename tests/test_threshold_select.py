@@ -15,10 +15,11 @@ CASES = [  # R, S, k, protect_initial, protect_recent
     (1, 300, 300, 0, 0),        # keep everything
     (2, 777, 5, 10, 3),         # more protected than k: the earliest protected win
     (4, 257, 1, 0, 0),
+    (1, 5000, 1234, 4, 128),    # five chunks: ties and kept keys cross chunk boundaries
 ]
 
 
-@pytest.mark.parametrize("kind", ["distinct", "ties", "tiny_negative"])
+@pytest.mark.parametrize("kind", ["distinct", "ties", "tiny_negative", "constant"])
 @pytest.mark.parametrize("R,S,k,pi,pr", CASES)
 def test_threshold_select_matches_reference(vk, R, S, k, pi, pr, kind):
     rng = np.random.default_rng(S * 7 + k)
@@ -27,6 +28,8 @@ def test_threshold_select_matches_reference(vk, R, S, k, pi, pr, kind):
         x = np.round(x * 2).astype(np.float32)      # includes -0.0 and +0.0, which must tie
     elif kind == "tiny_negative":
         x = (-np.abs(x) * 1e-30).astype(np.float32)  # denormals
+    elif kind == "constant":
+        x = np.full_like(x, 0.25)                    # every key ties at the threshold
     out = guard_output(vk, SHADER, "kept", R * k, np.uint32)
     got = threshold_select(x, k, protect_initial=pi, protect_recent=pr, device=vk)
     assert_sentinels_intact(out, R * k)

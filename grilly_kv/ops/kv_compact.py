@@ -17,7 +17,8 @@ from ..validation import check_array
 
 SHADER = "kv-compact"
 LOCAL_SIZE = 256
-STAGE_WORDS = 4096            # shared staging per workgroup (16 KiB)
+STAGE_UNITS = 1024            # shared staging per workgroup: 1024 uvec4 (16 KiB)
+SLICE_BYTES = 32              # columns per workgroup: one 32-byte sector of each row
 PUSH = PushLayout("src_cap", "dst_cap", "n_heads", "idx_stride")
 
 
@@ -31,12 +32,15 @@ def record_kv_compact(rec: Recording, src, dst, kept, params, *, row_words: int,
     """Append one gather. ``idx_stride=None``: contiguous rows from ``params.src_row0``;
     0: ``kept`` holds one index list for all heads; k: one list of k per head.
     ``src`` may be ``dst`` (in-place compaction with increasing indices)."""
-    if row_words > STAGE_WORDS:
-        raise ValueError(f"a row of {row_words} words exceeds the {STAGE_WORDS}-word staging area")
-    spec = (LOCAL_SIZE, row_words, int(idx_stride is not None), STAGE_WORDS // row_words)
+    vec4 = row_words % 4 == 0
+    unit_words = 4 if vec4 else 1
+    row_units = row_words // unit_words
+    slice_units = next(u for u in (SLICE_BYTES // 4 // unit_words, 4, 2, 1) if row_units % u == 0)
+    spec = (LOCAL_SIZE, row_units, int(idx_stride is not None), slice_units, STAGE_UNITS // slice_units,
+            int(vec4))
     push = PUSH.pack(src_cap=src_cap, dst_cap=dst_cap, n_heads=n_heads, idx_stride=idx_stride or 0)
-    return rec.dispatch(SHADER, [src, dst, kept, params], groups=(n_heads, 2), spec=spec, push=push,
-                        writes=[1])
+    return rec.dispatch(SHADER, [src, dst, kept, params], groups=(n_heads, 2, row_units // slice_units),
+                        spec=spec, push=push, writes=[1])
 
 
 def kv_compact(kv: np.ndarray, kept: np.ndarray, *, device: DeviceLike = None) -> np.ndarray:

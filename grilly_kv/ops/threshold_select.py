@@ -1,5 +1,9 @@
 """Top-k positions of score rows by threshold (radix) select, not a sort; temporal order kept.
 
+Three radix levels of histograms over all chunks of a row find the exact k-th largest score;
+every pass but the per-row picks runs one workgroup per chunk of ``CHUNK`` keys, so a long row
+is read by many workgroups at once. Ties at the threshold keep the earliest positions.
+
 Shader: ``shaders/threshold-select.glsl``; reference:
 :func:`grilly_kv.reference.threshold_select.threshold_select_ref`.
 """
@@ -14,17 +18,38 @@ from ..validation import check_array, check_int
 
 SHADER = "threshold-select"
 LOCAL_SIZE = 256
-PUSH = PushLayout("S", "k", "row0", "protect_initial", "protect_recent")
+CHUNK = 1024                  # keys per workgroup
+BINS = 2048                   # histogram bins of the widest radix level (11 bits)
+LEVELS = 3
+PUSH = PushLayout("S", "k", "row0", "protect_initial", "protect_recent", "n_chunks", "pass_id", "level")
 
 
-def record_threshold_select(rec: Recording, scores, kept, *, S: int, k: int, n_rows: int,
+def work_words(S: int, n_rows: int) -> int:
+    """Size of the work buffer: per row three histograms, the pick state and chunk counts."""
+    return n_rows * (3 * BINS + 2 + -(-S // CHUNK))
+
+
+def record_threshold_select(rec: Recording, scores, kept, work, *, S: int, k: int, n_rows: int,
                             row0: int = 0, protect_initial: int = 0,
                             protect_recent: int = 0) -> Recording:
-    """Append the selection of rows ``row0 .. row0 + n_rows - 1`` of ``scores`` into ``kept``."""
-    push = PUSH.pack(S=S, k=k, row0=row0, protect_initial=protect_initial,
-                     protect_recent=protect_recent)
-    return rec.dispatch(SHADER, [scores, kept], groups=(n_rows,), spec=(LOCAL_SIZE,), push=push,
-                        writes=[1])
+    """Append the selection of rows ``row0 .. row0 + n_rows - 1`` of ``scores`` (``(rows, S)``
+    float32) into ``kept`` (``(n_rows, k)`` uint32); ``work`` holds :func:`work_words` words."""
+    n_chunks = -(-S // CHUNK)
+    binds = [scores, kept, work]
+    spec = (LOCAL_SIZE, CHUNK)
+
+    def step(pass_id, groups, writes, level=0):
+        push = PUSH.pack(S=S, k=k, row0=row0, protect_initial=protect_initial,
+                         protect_recent=protect_recent, n_chunks=n_chunks, pass_id=pass_id, level=level)
+        rec.dispatch(SHADER, binds, groups=groups, spec=spec, push=push, writes=writes)
+
+    step(0, (-(-(3 * BINS + 2) // LOCAL_SIZE), n_rows), [2])
+    for level in range(LEVELS):
+        step(1, (n_chunks, n_rows), [2], level)
+        step(2, (n_rows,), [2], level)
+    step(3, (n_chunks, n_rows), [2])
+    step(4, (n_chunks, n_rows), [1])
+    return rec
 
 
 def threshold_select(scores: np.ndarray, k: int, *, protect_initial: int = 0, protect_recent: int = 0,
@@ -53,14 +78,15 @@ def threshold_select(scores: np.ndarray, k: int, *, protect_initial: int = 0, pr
     ws = dev.workspace(SHADER)
     score_buf = ws.scratch.get("scores", R * S)
     kept = ws.scratch.get("kept", R * k, np.uint32)
+    work = ws.scratch.get("work", work_words(S, R), np.uint32, host_visible=False)
 
     def build() -> Recording:
         rec = Recording(dev).upload(score_buf)
-        record_threshold_select(rec, score_buf, kept, S=S, k=k, n_rows=R,
+        record_threshold_select(rec, score_buf, kept, work, S=S, k=k, n_rows=R,
                                 protect_initial=protect_initial, protect_recent=protect_recent)
         return rec.download(kept)
 
-    rec = ws.recording((score_buf.uid, kept.uid, R, S, k, protect_initial, protect_recent), build)
+    rec = ws.recording((score_buf.uid, kept.uid, work.uid, R, S, k, protect_initial, protect_recent), build)
     score_buf.write(scores)
     rec.run()
     return kept.read(R * k).reshape(R, k).astype(np.int64)

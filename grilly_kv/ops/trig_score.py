@@ -19,7 +19,7 @@ from ..validation import check_array, check_choice, check_int
 
 SHADER = "trig-score"
 CHUNK = 256                    # keys per workgroup in the scoring pass (= local size)
-MAX_GROUP = 16                 # query heads per KV head (shared memory: 2 * CHUNK * G floats)
+MAX_GROUP = 16                 # query heads per KV head (shared memory: CHUNK * G * (U + 1) floats)
 PUSH = PushLayout("S", "key_cap", "n_kv", "n_chunks", "pass_id")
 
 
@@ -38,6 +38,11 @@ def fold_weights(current_pos: int, q_center_real: np.ndarray, q_center_imag: np.
 
 def lanes_per_key(n_freqs: int) -> int:
     return 1 << max(0, (n_freqs // 4 - 1).bit_length())
+
+
+def keys_per_lane_group(group: int) -> int:
+    """Keys each lane group scores per iteration: more loads in flight, within shared memory."""
+    return max(1, min(4, MAX_GROUP // group))
 
 
 class TrigScoreBuffers:
@@ -64,7 +69,8 @@ def record_trig_score(rec: Recording, keys, bufs: TrigScoreBuffers, *, S: int, k
     scored); it may be the front half of a cache's K/V buffer.
     """
     n_chunks = -(-S // CHUNK)
-    spec = (CHUNK, head_dim, n_freqs, group, int(f16), int(interleaved), lanes_per_key(n_freqs))
+    spec = (CHUNK, head_dim, n_freqs, group, int(f16), int(interleaved), lanes_per_key(n_freqs),
+            keys_per_lane_group(group))
     binds = [keys, bufs.weights, bufs.raw, bufs.stats, bufs.out]
 
     def push(pass_id):

@@ -6,7 +6,7 @@ import numpy as np
 from ..backend import Buffer, Recording, Scratch, get_device
 from ..backend.device import DeviceLike
 from ..ops.kv_compact import params_words, record_kv_compact
-from ..ops.threshold_select import record_threshold_select
+from ..ops.threshold_select import record_threshold_select, work_words
 from ..ops.trig_score import TrigScoreBuffers, check_geometry, fold_weights, record_trig_score
 from ..reference.kv_compact import kv_compact_ref
 from ..reference.threshold_select import threshold_select_ref
@@ -55,19 +55,20 @@ class _HostStore:
 
 
 def record_compression_round(rec: Recording, kv: Buffer, capacity: int, dst: Buffer, dst_capacity: int,
-                             bufs: TrigScoreBuffers, kept: Buffer, params: Buffer, *, n_kv: int,
+                             bufs: TrigScoreBuffers, work: Buffer, kept: Buffer, params: Buffer, *, n_kv: int,
                              head_dim: int, f16: bool, plan: "Round") -> Recording:
     """Record one round: score the first ``plan.S`` rows of ``kv``'s K half, select ``plan.k``,
     gather the kept K/V rows into ``dst`` (``kv`` itself for an in-place compaction).
 
     The caller uploads ``bufs.weights`` (:func:`fold_weights`) and ``params``
-    (``params_words(plan.k)``) first; ``kept`` receives ``(1 or H_kv, k)`` row indices.
+    (``params_words(plan.k)``) first; ``work`` is device scratch of
+    ``threshold_select.work_words(S, rows)`` words; ``kept`` receives ``(1 or H_kv, k)`` row indices.
     """
     S, k, group = plan.S, plan.k, plan.stats[0].shape[0] // n_kv
     record_trig_score(rec, kv, bufs, S=S, key_cap=capacity, n_kv=n_kv, group=group,
                       head_dim=head_dim, n_freqs=plan.omega.size, f16=f16,
                       interleaved=plan.layout == "interleaved", with_mean=not plan.per_head)
-    record_threshold_select(rec, bufs.out, kept, S=S, k=k, n_rows=n_kv if plan.per_head else 1,
+    record_threshold_select(rec, bufs.out, kept, work, S=S, k=k, n_rows=n_kv if plan.per_head else 1,
                             row0=0 if plan.per_head else n_kv, protect_initial=plan.protect_initial,
                             protect_recent=plan.protect_recent)
     row_words = head_dim // 2 if f16 else head_dim
@@ -166,6 +167,7 @@ class _DeviceStore:
         bufs = TrigScoreBuffers(self.scratch, n_kv=n_kv, n_q=n_kv * G, n_freqs=plan.omega.size, S=S,
                                 with_mean=not plan.per_head)
         kept = self.scratch.get("kept", n_rows * k, np.uint32)
+        work = self.scratch.get("select_work", work_words(S, n_rows), np.uint32, host_visible=False)
         params = self._params(k)
         bufs.weights.write(fold_weights(plan.current_pos, *plan.stats, plan.omega))
         shrink = self.capacity > 2 * self.steady_rows
@@ -173,11 +175,12 @@ class _DeviceStore:
 
         def build() -> Recording:
             rec = Recording(self.dev).upload(bufs.weights, params)
-            record_compression_round(rec, self.kv, self.capacity, dst, dst_rows, bufs, kept, params,
+            record_compression_round(rec, self.kv, self.capacity, dst, dst_rows, bufs, work, kept, params,
                                      n_kv=n_kv, head_dim=self.head_dim, f16=self.f16, plan=plan)
             return rec.download(kept)
 
-        uids = tuple(b.uid for b in (self.kv, dst, kept, params, bufs.weights, bufs.raw, bufs.stats, bufs.out))
+        uids = tuple(b.uid for b in (self.kv, dst, work, kept, params, bufs.weights, bufs.raw, bufs.stats,
+                                     bufs.out))
         key = ("compress", S, k, G, plan.per_head, plan.layout, plan.protect_initial,
                plan.protect_recent) + uids
         rec = build() if shrink else self._recording(key, build)
