@@ -13,8 +13,11 @@ Steps (EntmaxKV, ``attention_gaussian.py`` and its kernels; formulas in ALGORITH
     1. page score moments: mu_p = sum_d (q_d/sqrt D) k_mean[p,d],
        var_p = sum_d (q_d/sqrt D)^2 k_std[p,d]^2 (dimensions taken as independent);
     2. global mu_g = mean_p mu_p, sigma_g = sqrt(mean_p var_p + var_p mu_p) (total variance);
-    3. tau-hat: n E[((alpha-1) S - tau)_+^beta] = 1, S ~ N(mu_g, sigma_g^2), n scored tokens
-       (:func:`grilly_kv.reference.gaussian_tau.gaussian_tau_ref`, correct third moment);
+    3. tau-hat, model "single": n E[((alpha-1) S - tau)_+^beta] = 1, S ~ N(mu_g, sigma_g^2),
+       n scored tokens (:func:`grilly_kv.reference.gaussian_tau.gaussian_tau_ref`, correct third
+       moment; EntmaxKV without ALiBi); model "mixture": sum_p page_size E[((alpha-1) S_p -
+       tau)_+^beta] = 1, S_p ~ N(mu_p, sigma_p^2) over the scored pages (EntmaxKV uses it only
+       with ALiBi; it follows keys whose page means drift, where one Gaussian does not);
     4. margins: sigma_bar = mean of sigma_g over (B, H_q); low = sigma_bar < 1.5;
        safety_margin_z = (0.01 if low else 0.05) sigma_bar, max_quantile = 0.99 if low else 0.995
        (used only where the caller passes None: EntmaxKV overrides caller values, a bug);
@@ -23,7 +26,8 @@ Steps (EntmaxKV, ``attention_gaussian.py`` and its kernels; formulas in ALGORITH
        margin = max(safety_margin_z sigma_g, excess_margin_fraction excess),
        tau_floor = tau_hat - (alpha-1) margin; keep page p iff (alpha-1)(mu_p + z_page sigma_p) > tau_floor;
     6. clamp: z_c = Phi^-1(clamp_quantile^(1/page_size)), cap_p = mu_p + z_c sigma_p / 3 over the
-       kept pages (last page included), tau = min(tau_hat, max((alpha-1) max_p cap_p - 1e-4, tau_floor)).
+       kept scored pages, tau = min(tau_hat, max((alpha-1) max_p cap_p - 1e-4, tau_floor))
+       (no clamp when only the last page is kept).
 ALiBi position bonuses are not modelled here.
 """
 from __future__ import annotations
@@ -35,10 +39,11 @@ import numpy as np
 
 from .ops.entmax_tau import check_alpha
 from .reference.entmax_tau import entmax_tau_ref
-from .reference.gaussian_tau import gaussian_beta, gaussian_tau_ref
+from .reference.gaussian_tau import gaussian_beta, gaussian_mixture_tau_ref, gaussian_tau_ref
 from .validation import check_array, check_choice, check_int
 
 TAU_MODES = ("exact", "corrected", "fixed")
+MODELS = ("single", "mixture")
 SIGMA_FLOOR = 1e-6
 CLAMP_EPS = 1e-4
 UPPER_Z = 1.5               # page_score_upper = mean_p (mu_p + 1.5 sigma_p)
@@ -121,7 +126,7 @@ def select_pages_gaussian(q: np.ndarray, k_mean: np.ndarray, k_std: np.ndarray, 
                           page_size: int = 16, alpha: float = 1.5, *,
                           safety_margin_z: float | None = None, max_quantile: float | None = None,
                           excess_margin_fraction: float = 0.2, clamp_tau: bool = True,
-                          clamp_quantile: float = 0.5) -> GaussianSelection:
+                          clamp_quantile: float = 0.5, model: str = "single") -> GaussianSelection:
     """Choose the pages whose tokens can have nonzero entmax probability (see the module doc).
 
     Args:
@@ -136,6 +141,7 @@ def select_pages_gaussian(q: np.ndarray, k_mean: np.ndarray, k_std: np.ndarray, 
             margin (EntmaxKV default 0.2).
         clamp_tau: apply step 6.
         clamp_quantile: the page-maximum quantile of the clamp (default 0.5).
+        model: ``"single"`` (one Gaussian for all scored tokens) or ``"mixture"`` (one per page).
 
     Returns:
         :class:`GaussianSelection`.
@@ -143,6 +149,7 @@ def select_pages_gaussian(q: np.ndarray, k_mean: np.ndarray, k_std: np.ndarray, 
     P, page_size = _check_inputs(q, k_mean, k_std, seq_len, page_size)
     alpha = check_alpha(alpha, allow_softmax=False)
     gaussian_beta(alpha)
+    check_choice("model", model, MODELS)
     for name, v in (("max_quantile", max_quantile), ("clamp_quantile", clamp_quantile)):
         if v is not None and not 0.0 < v < 1.0:
             raise ValueError(f"{name} must be in (0, 1), got {v}")
@@ -155,7 +162,10 @@ def select_pages_gaussian(q: np.ndarray, k_mean: np.ndarray, k_std: np.ndarray, 
 
     mu_g = mu_s.mean(axis=-1)
     sigma_g = np.maximum(np.sqrt(var_s.mean(axis=-1) + mu_s.var(axis=-1)), SIGMA_FLOOR)
-    tau_hat = gaussian_tau_ref(mu_g, sigma_g, n_scored, alpha)
+    if model == "single":
+        tau_hat = gaussian_tau_ref(mu_g, sigma_g, n_scored, alpha)
+    else:
+        tau_hat = gaussian_mixture_tau_ref(mu_s, sig_s, n_scored / scored, alpha)
 
     sigma_bar = float(sigma_g.mean())
     low = sigma_bar < 1.5
@@ -177,8 +187,9 @@ def select_pages_gaussian(q: np.ndarray, k_mean: np.ndarray, k_std: np.ndarray, 
     tau = tau_hat
     if clamp_tau:
         z_c = NormalDist().inv_cdf(clamp_quantile ** (1.0 / page_size))
-        cap = np.where(mask, mu_p + z_c * sigma_p / CLAMP_SIGMA_DIVISOR, -np.inf).max(axis=-1)
-        tau = np.minimum(tau_hat, np.maximum(a * cap - CLAMP_EPS, tau_floor))
+        cap = np.where(mask[..., :scored], mu_s + z_c * sig_s / CLAMP_SIGMA_DIVISOR, -np.inf).max(axis=-1)
+        clamped = np.minimum(tau_hat, np.maximum(a * cap - CLAMP_EPS, tau_floor))
+        tau = np.where(np.isfinite(cap), clamped, tau_hat)
 
     counts = mask.sum(axis=-1).astype(np.int32)
     order = np.argsort(~mask, axis=-1, kind="stable")          # kept pages first, ascending

@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from grilly_kv.ops.gaussian_tau import SHADER, gaussian_moments, gaussian_tau
-from grilly_kv.reference.gaussian_tau import gaussian_tau_ref, positive_moments
+from grilly_kv.ops.gaussian_tau import SHADER, gaussian_mixture_tau, gaussian_moments, gaussian_tau
+from grilly_kv.reference.gaussian_tau import gaussian_mixture_tau_ref, gaussian_tau_ref, positive_moments
 from harness import assert_close, assert_sentinels_intact, guard_output
 
 ALPHAS = (2.0, 1.5, 4 / 3)
@@ -98,3 +98,31 @@ def test_tau_hat_shapes_and_errors(vk):
         gaussian_tau(mu, np.ones((2, 3)), 0, 1.5, device=vk)
     with pytest.raises(ValueError, match="NaN"):
         gaussian_tau(np.full((2, 3), np.nan), np.ones((2, 3)), 64, 1.5, device=vk)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_mixture_tau_hat_matches_reference(vk, alpha):
+    rng = np.random.default_rng(int(alpha * 1000))
+    R, J = 67, 37
+    mu = np.cumsum(rng.normal(0.0, 0.3, (R, J)), axis=1)          # drifting page means
+    sigma = np.exp(rng.normal(-0.5, 0.5, (R, J)))
+    weight = np.full((R, J), 16.0)
+    weight[:, -1] = 3.0                                            # a partial last component
+    out_buf = guard_output(vk, SHADER, "out", R)
+    got = gaussian_mixture_tau(mu, sigma, weight, alpha, device=vk)
+    assert_sentinels_intact(out_buf, R)
+    ref = gaussian_mixture_tau_ref(mu, sigma, weight, alpha)
+    assert got.shape == (R,)
+    tol = 5e-5 * (alpha - 1.0) * sigma.max(axis=1) + 1e-6 * (1.0 + np.abs(ref))
+    bad = np.flatnonzero(np.abs(got - ref) > tol)
+    assert bad.size == 0, f"mixture tau-hat rows {bad[:5]}: {got[bad[:5]]} vs {ref[bad[:5]]}"
+    beta = round(1 / (alpha - 1))
+    m = positive_moments((alpha - 1) * mu - ref[:, None], (alpha - 1) * sigma)
+    assert_close((weight * m[beta]).sum(axis=1), np.ones(R), atol=1e-9, what="mixture equation")
+
+
+def test_mixture_of_one_component_is_the_single_gaussian(vk):
+    mu, sigma = np.array([[0.4], [-2.0]]), np.array([[1.3], [0.2]])
+    single = gaussian_tau(mu[:, 0], sigma[:, 0], 500.0, 1.5, device=vk)
+    mixture = gaussian_mixture_tau(mu, sigma, 500.0, 1.5, device=vk)
+    assert_close(mixture, single, atol=1e-6, rtol=1e-6, what="one-component mixture")

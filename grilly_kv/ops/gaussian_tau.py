@@ -10,35 +10,52 @@ import numpy as np
 
 from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
-from ..reference.gaussian_tau import gaussian_beta, gaussian_tau_ref, positive_moments
+from ..reference.gaussian_tau import (gaussian_beta, gaussian_mixture_tau_ref, gaussian_tau_ref,
+                                       positive_moments)
 from ..validation import check_array
 
 SHADER = "gaussian-tau"
 LOCAL_SIZE = 64
-PUSH = PushLayout("n_rows")
+PUSH = PushLayout("n_rows", "J")
 FLOATS = (np.float32, np.float64)
+SINGLE, MOMENTS, MIXTURE = 0, 1, 2   # shader MODE
 
 
-def _dispatch(dev, params: np.ndarray, beta: int, moments: bool) -> np.ndarray:
-    """Run the shader on ``params`` (R, 3); returns (R,) tau or (R, 4) moments, float32."""
-    R = params.shape[0]
-    width = 4 if moments else 1
+def _check_components(mu, sigma, weight, weight_name: str) -> np.ndarray:
+    """Check mu/sigma (same shape, sigma >= 0) and return the weights broadcast to mu's shape."""
+    check_array("mu", mu, ndim=getattr(mu, "ndim", 0), dtypes=FLOATS, shape_doc="any shape")
+    check_array("sigma", sigma, ndim=mu.ndim, dtypes=FLOATS, shape_doc=f"mu's shape {mu.shape}")
+    if sigma.shape != mu.shape or (sigma < 0).any():
+        raise ValueError(f"sigma must be >= 0 with mu's shape {mu.shape}, got shape {sigma.shape}")
+    try:
+        weight = np.broadcast_to(np.asarray(weight, np.float64), mu.shape)
+    except ValueError:
+        raise ValueError(f"{weight_name} must broadcast to mu's shape {mu.shape}") from None
+    if not (np.isfinite(weight).all() and (weight >= 1).all() and (weight < 2**24).all()):
+        raise ValueError(f"{weight_name} must be finite, >= 1 and < 2^24 (a count of scores)")
+    return weight
+
+
+def _dispatch(dev, params: np.ndarray, beta: int, mode: int, J: int = 1) -> np.ndarray:
+    """Run the shader on ``params`` (R * J, 3); returns (R,) tau or (R, 4) moments, float32."""
+    R = params.shape[0] // J
+    width = 4 if mode == MOMENTS else 1
     ws = dev.workspace(SHADER)
-    inp = ws.scratch.get("params", 3 * R)
+    inp = ws.scratch.get("params", params.size)
     out = ws.scratch.get("out", width * R)
-    spec = (LOCAL_SIZE, beta, int(moments))
+    spec = (LOCAL_SIZE, beta, mode)
 
     def build() -> Recording:
         rec = Recording(dev).upload(inp)
         rec.dispatch(SHADER, [inp, out], groups=(-(-R // LOCAL_SIZE),), spec=spec,
-                     push=PUSH.pack(n_rows=R), writes=[1])
+                     push=PUSH.pack(n_rows=R, J=J), writes=[1])
         return rec.download(out)
 
-    rec = ws.recording((inp.uid, out.uid, spec, R), build)
+    rec = ws.recording((inp.uid, out.uid, spec, R, J), build)
     inp.write(params.astype(np.float32))
     rec.run()
     values = out.read(width * R)
-    return values.reshape(R, 4) if moments else values
+    return values.reshape(R, 4) if mode == MOMENTS else values
 
 
 def gaussian_tau(mu: np.ndarray, sigma: np.ndarray, n, alpha: float,
@@ -58,19 +75,13 @@ def gaussian_tau(mu: np.ndarray, sigma: np.ndarray, n, alpha: float,
     Returns:
         float32 array of mu's shape (float64 with device="cpu").
     """
-    check_array("mu", mu, ndim=getattr(mu, "ndim", 0), dtypes=FLOATS, shape_doc="any shape")
-    check_array("sigma", sigma, ndim=mu.ndim, dtypes=FLOATS, shape_doc=f"mu's shape {mu.shape}")
-    if sigma.shape != mu.shape or (sigma < 0).any():
-        raise ValueError(f"sigma must be >= 0 with mu's shape {mu.shape}, got shape {sigma.shape}")
-    n = np.broadcast_to(np.asarray(n, np.float64), mu.shape)
-    if not (np.isfinite(n).all() and (n >= 1).all() and (n < 2**24).all()):
-        raise ValueError("n must be finite, >= 1 and < 2^24 (a count of scores)")
+    n = _check_components(mu, sigma, n, "n")
     beta = gaussian_beta(alpha)
     dev = get_device(device)
     if dev.is_cpu:
         return gaussian_tau_ref(mu, sigma, n, alpha)
     params = np.stack([mu.reshape(-1), sigma.reshape(-1), n.reshape(-1)], axis=1)
-    return _dispatch(dev, params, beta, moments=False).reshape(mu.shape)
+    return _dispatch(dev, params, beta, SINGLE).reshape(mu.shape)
 
 
 def gaussian_moments(mu_y: np.ndarray, s_y: np.ndarray, device: DeviceLike = None) -> np.ndarray:
@@ -92,4 +103,34 @@ def gaussian_moments(mu_y: np.ndarray, s_y: np.ndarray, device: DeviceLike = Non
     if dev.is_cpu:
         return positive_moments(mu_y, s_y).T
     params = np.stack([mu_y, s_y, np.zeros_like(mu_y)], axis=1)
-    return _dispatch(dev, params, 1, moments=True)
+    return _dispatch(dev, params, 1, MOMENTS)
+
+
+def gaussian_mixture_tau(mu: np.ndarray, sigma: np.ndarray, weight, alpha: float,
+                         device: DeviceLike = None) -> np.ndarray:
+    """tau-hat solving ``sum_j w_j E[((alpha-1) S_j - tau)_+^beta] = 1``, S_j ~ N(mu_j, sigma_j^2).
+
+    One Gaussian per component (e.g. per page, weighted by its tokens) instead of one for all
+    scores: it follows score distributions that are not Gaussian as a whole (drifting or
+    clustered keys). Reference: :func:`grilly_kv.reference.gaussian_tau.gaussian_mixture_tau_ref`.
+
+    Args:
+        mu, sigma: ``(..., J)`` component score means and standard deviations (>= 0, floored
+            at 1e-6), float32/float64.
+        weight: component weights (counts, >= 1), a number or an array broadcastable to mu.
+        alpha: 2, 1.5 or 4/3.
+        device: as for :func:`gaussian_tau`.
+
+    Returns:
+        ``(...)`` float32 (float64 with device="cpu").
+    """
+    weight = _check_components(mu, sigma, weight, "weight")
+    if mu.ndim < 1:
+        raise ValueError("mu must have a component axis: shape (..., J)")
+    beta = gaussian_beta(alpha)
+    dev = get_device(device)
+    if dev.is_cpu:
+        return gaussian_mixture_tau_ref(mu, sigma, weight, alpha)
+    J = mu.shape[-1]
+    params = np.stack([mu.reshape(-1), sigma.reshape(-1), weight.reshape(-1)], axis=1)
+    return _dispatch(dev, params, beta, MIXTURE, J).reshape(mu.shape[:-1])

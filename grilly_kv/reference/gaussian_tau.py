@@ -61,38 +61,52 @@ def gaussian_beta(alpha: float) -> int:
     raise ValueError(f"the Gaussian-aware threshold needs alpha in (2, 1.5, 4/3), got {alpha}")
 
 
-def gaussian_tau_ref(mu, sigma, n, alpha: float) -> np.ndarray:
-    """tau-hat of ``n E[((alpha-1) S - tau)_+^beta] = 1``, S ~ N(mu, sigma^2), elementwise.
+def gaussian_mixture_tau_ref(mu, sigma, weight, alpha: float) -> np.ndarray:
+    """tau-hat of ``sum_j w_j E[((alpha-1) S_j - tau)_+^beta] = 1``, S_j ~ N(mu_j, sigma_j^2).
 
-    Bracketed Halley iteration on ``[a mu - 1, a mu + R]``, ``R = a sigma (sqrt(2 ln(n+1)) + 8)``,
-    which always holds the root for n >= 1 (f >= n - 1 at the left end by Jensen's inequality;
-    f < 0 at the right end); Newton where the Halley denominator vanishes, the bracket midpoint
+    The components run along the last axis (e.g. one per page, weighted by its token count);
+    one tau per leading index. Bracketed Halley iteration on
+    ``[max_j (a mu_j - w_j^(-1/beta)), max_j (a mu_j + a sigma_j (sqrt(2 ln(W + 1)) + 8))]``,
+    ``a = alpha - 1``, ``W = sum_j w_j``: the left end has f >= 0 (component j alone gives
+    w_j E[Y_+^beta] >= w_j (w_j^(-1/beta))^beta = 1 by Jensen's inequality), the right end f < 0
+    (it is widened if not). Newton where the Halley denominator vanishes, the bracket midpoint
     where a step leaves the bracket; stops at |f| <= 1e-12.
 
     Args:
-        mu, sigma: score mean and standard deviation (any broadcastable shapes; sigma is floored
-            at 1e-6).
-        n: number of scores (>= 1).
+        mu, sigma: ``(..., J)`` component means and standard deviations (sigma floored at 1e-6).
+        weight: ``(..., J)`` positive weights (counts of scores).
         alpha: 2, 1.5 or 4/3.
 
     Returns:
-        float64 tau-hat, in units of ``(alpha - 1)`` times a score.
+        ``(...)`` float64 tau-hat, in units of ``(alpha - 1)`` times a score.
     """
     beta = gaussian_beta(alpha)
-    mu, sigma, n = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (mu, sigma, n)))
+    mu, sigma, w = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (mu, sigma, weight)))
     a = 1.0 / beta
     s_y = a * np.maximum(sigma, SIGMA_FLOOR)
     center = a * mu
-    lo = center - 1.0
-    hi = center + s_y * (np.sqrt(2.0 * np.log(n + 1.0)) + 8.0)
+
+    def f_and_derivatives(tau):
+        mu_y = center - tau[..., None]
+        m = positive_moments(mu_y, s_y)
+        f = (w * m[beta]).sum(-1) - 1.0
+        f1 = -beta * (w * m[beta - 1]).sum(-1)
+        f2 = ((w * normal_pdf(mu_y / s_y) / s_y).sum(-1) if beta == 1
+              else beta * (beta - 1) * (w * m[beta - 2]).sum(-1))
+        return f, f1, f2
+
+    lo = (center - w ** -a).max(-1)
+    hi = (center + s_y * (np.sqrt(2.0 * np.log(w.sum(-1, keepdims=True) + 1.0)) + 8.0)).max(-1)
+    for _ in range(8):                                   # widen where the right end is not < 0
+        short = f_and_derivatives(hi)[0] >= 0
+        if not short.any():
+            break
+        hi = np.where(short, hi + 2.0 * (hi - lo), hi)
     tau = 0.5 * (lo + hi)
+    scale = s_y.max(-1)
     active = np.ones(tau.shape, bool)
     for _ in range(MAX_ITER):
-        m = positive_moments(center - tau, s_y)
-        f = n * m[beta] - 1.0
-        f1 = -beta * n * m[beta - 1]
-        f2 = (n * normal_pdf((center - tau) / s_y) / s_y if beta == 1
-              else beta * (beta - 1) * n * m[beta - 2])
+        f, f1, f2 = f_and_derivatives(tau)
         lo = np.where(active & (f > 0), tau, lo)
         hi = np.where(active & (f <= 0), tau, hi)
         active &= np.abs(f) > TOL
@@ -103,6 +117,23 @@ def gaussian_tau_ref(mu, sigma, n, alpha: float) -> np.ndarray:
             step = np.where(np.abs(den) > 1e-300, 2.0 * f * f1 / den, f / f1)
         nxt = tau - step
         nxt = np.where((nxt > lo) & (nxt < hi), nxt, 0.5 * (lo + hi))
-        active &= hi - lo > 4e-16 * (np.abs(tau) + s_y)
+        active &= hi - lo > 4e-16 * (np.abs(tau) + scale)
         tau = np.where(active, nxt, tau)
     return tau
+
+
+def gaussian_tau_ref(mu, sigma, n, alpha: float) -> np.ndarray:
+    """tau-hat of ``n E[((alpha-1) S - tau)_+^beta] = 1``, S ~ N(mu, sigma^2), elementwise:
+    :func:`gaussian_mixture_tau_ref` with one component of weight ``n`` (n >= 1 scores), so the
+    bracket is ``[a mu - n^(-1/beta), a mu + a sigma (sqrt(2 ln(n+1)) + 8)]``.
+
+    Args:
+        mu, sigma: score mean and standard deviation (any broadcastable shapes).
+        n: number of scores (>= 1).
+        alpha: 2, 1.5 or 4/3.
+
+    Returns:
+        float64 tau-hat, in units of ``(alpha - 1)`` times a score.
+    """
+    mu, sigma, n = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (mu, sigma, n)))
+    return gaussian_mixture_tau_ref(mu[..., None], sigma[..., None], n[..., None], alpha)

@@ -112,35 +112,56 @@ vec4 gaussian_positive_moments(float mu, float s) {
 
 const uint GAUSSIAN_TAU_MAX_ITER = 100u;
 
-// tau-hat solving n E[((alpha - 1) S - tau)_+^beta] = 1 for S ~ N(mu, sigma^2), n >= 1 scores,
-// beta = 1, 2, 3 (alpha = 2, 1.5, 4/3). f is decreasing and convex in tau; the bracket
-// [a mu - 1, a mu + R], a = alpha - 1, R = a sigma (sqrt(2 ln(n + 1)) + 8) always holds the root
-// (f >= n - 1 >= 0 at the left end by Jensen's inequality; f < 0 at the right end). Each round
-// takes a Halley step (Newton when the Halley denominator vanishes) and falls back to the
-// bracket midpoint when the step leaves the bracket; it stops at |f| <= 1e-6 or when the step
-// or the bracket is below float32 resolution.
-float gaussian_tau_hat(float mu, float sigma, float n, uint beta) {
+// (f, f', f'') of one Gaussian score component of unit weight, for the equation
+// sum_j w_j E[(a S_j - tau)_+^beta] - 1 = 0: Y = a S - tau ~ N(mu_y, s_y^2), beta = 1, 2, 3, and
+// d E[Y_+^k] / d tau = -k E[Y_+^(k-1)]  (beta = 1: f'' = phi(mu_y / s_y) / s_y).
+// Multiply by the weight (token count) and sum over components; the -1 is not included.
+vec3 gaussian_f_terms(float mu_y, float s_y, uint beta) {
+    const vec4 m = gaussian_positive_moments(mu_y, s_y);
     const float b = float(beta);
-    const float a = 1.0 / b;
-    const float sY = a * max(sigma, 1e-6);
+    const float f2 = beta == 1u ? normal_pdf(mu_y / s_y) / s_y : b * (b - 1.0) * m[beta - 2u];
+    return vec3(m[beta], -b * m[beta - 1u], f2);
+}
+
+// One round of the bracketed Halley solve, given F = summed gaussian_f_terms at tau (f = F.x - 1
+// is decreasing and convex in tau): shrinks [lo, hi] (f(lo) > 0 >= f(hi)), then moves tau by a
+// Halley step (Newton when the Halley denominator vanishes, the bracket midpoint when the step
+// leaves the bracket). Returns true when done: |f| <= 1e-6 (tau kept), or the step or the
+// bracket is below float32 resolution relative to |tau| + scale (scale: the largest s_y).
+bool gaussian_halley_update(vec3 F, float scale, inout float tau, inout float lo, inout float hi) {
+    const float f = F.x - 1.0;
+    if (f > 0.0) lo = tau; else hi = tau;
+    if (abs(f) <= 1e-6) return true;
+    const float den = 2.0 * F.y * F.y - f * F.z;
+    float next = tau - (abs(den) > 1e-30 ? 2.0 * f * F.y / den : f / F.y);
+    if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
+    const float res = 2.4e-7 * (abs(tau) + scale);
+    const bool done = abs(next - tau) <= res || hi - lo <= res;
+    tau = next;
+    return done;
+}
+
+// Right end of the bracket for scores with spread s_y among W scores in all: the equation is
+// negative there, 8 standard deviations past the expected maximum.
+float gaussian_tau_upper(float center, float s_y, float W) {
+    return center + s_y * (sqrt(2.0 * log(W + 1.0)) + 8.0);
+}
+
+// tau-hat solving n E[((alpha - 1) S - tau)_+^beta] = 1 for S ~ N(mu, sigma^2), n >= 1 scores,
+// beta = 1, 2, 3 (alpha = 2, 1.5, 4/3), by gaussian_halley_update on the bracket
+// [a mu - n^(-a), gaussian_tau_upper], a = alpha - 1 (f >= 0 at the left end by Jensen's
+// inequality). A mixture of components (one per page, weight = its tokens) is solved the same
+// way with F summed over the components and the bracket [max_j (a mu_j - w_j^(-a)),
+// max_j gaussian_tau_upper(a mu_j, s_y_j, W)]; see shaders/gaussian-tau.glsl.
+float gaussian_tau_hat(float mu, float sigma, float n, uint beta) {
+    const float a = 1.0 / float(beta);
+    const float s_y = a * max(sigma, 1e-6);
     const float center = a * mu;
-    float lo = center - 1.0;
-    float hi = center + sY * (sqrt(2.0 * log(n + 1.0)) + 8.0);
+    float lo = center - pow(n, -a);
+    float hi = gaussian_tau_upper(center, s_y, n);
     float tau = 0.5 * (lo + hi);
     for (uint it = 0u; it < GAUSSIAN_TAU_MAX_ITER; it++) {
-        const vec4 m = gaussian_positive_moments(center - tau, sY);
-        const float f = n * m[beta] - 1.0;
-        const float f1 = -b * n * m[beta - 1u];
-        const float f2 = beta == 1u ? n * normal_pdf((center - tau) / sY) / sY
-                                    : b * (b - 1.0) * n * m[beta - 2u];
-        if (f > 0.0) lo = tau; else hi = tau;
-        if (abs(f) <= 1e-6) break;
-        const float den = 2.0 * f1 * f1 - f * f2;
-        float next = tau - (abs(den) > 1e-30 ? 2.0 * f * f1 / den : f / f1);
-        if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
-        const float res = 2.4e-7 * (abs(tau) + sY);
-        if (abs(next - tau) <= res || hi - lo <= res) { tau = next; break; }
-        tau = next;
+        if (gaussian_halley_update(n * gaussian_f_terms(center - tau, s_y, beta), s_y, tau, lo, hi)) break;
     }
     return tau;
 }
