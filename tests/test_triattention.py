@@ -256,7 +256,9 @@ def test_cache_releases_memory_after_a_long_prefill(vk):
     assert not cache.append(prefill, prefill)                  # no calibration yet: no compression
     assert cache.length == 1000 and cache.device_bytes >= 2 * 2 * 1000 * 32 * 2
     cache.set_calibration(calib)                               # e.g. from OnlineCalibration
+    big = cache.device_view()[0]
     cache.compress()
+    assert big.released                                        # the prefill-sized buffer is freed
     assert cache.length == 64 and cache.capacity == 64 + 16
     assert cache.device_bytes == 2 * 2 * (64 + 16) * 32 * 2    # K and V, float16, nothing more
     keys, _, pos = cache.kept()

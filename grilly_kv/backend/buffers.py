@@ -121,6 +121,12 @@ class Buffer:
         self.device.pipelines.forget(self)
         self._host = None
         self.tensor.destroy()
+        self.tensor = None
+
+    @property
+    def released(self) -> bool:
+        """True once :meth:`release` freed the device memory."""
+        return self.tensor is None
 
     def __repr__(self) -> str:
         return f"<Buffer #{self.uid} {self.n_words} x {self.word_dtype}>"

@@ -35,11 +35,12 @@ def rope_pairs(layout: str, rotated_dims: int) -> tuple[np.ndarray, np.ndarray]:
 def rotate(x: np.ndarray, positions: np.ndarray, omega: np.ndarray, layout: str) -> np.ndarray:
     """Apply RoPE (angle ``+omega * position``) to ``x (..., T, D)``; float64 copy.
 
-    Dimensions past ``2 * len(omega)`` are left as they are.
+    ``positions`` is ``(T,)`` or any shape that broadcasts against ``x.shape[:-1]``, e.g.
+    ``(H, T)``. Dimensions past ``2 * len(omega)`` are left as they are.
     """
     out = np.array(x, dtype=np.float64)
     re_i, im_i = rope_pairs(layout, 2 * omega.size)
-    ang = np.asarray(positions, np.float64)[:, None] * omega[None, :]       # (T, F)
+    ang = np.asarray(positions, np.float64)[..., None] * omega              # (..., T, F)
     c, s = np.cos(ang), np.sin(ang)
     re, im = out[..., re_i].copy(), out[..., im_i].copy()
     out[..., re_i] = re * c - im * s
@@ -54,7 +55,8 @@ def trig_score_ref(keys: np.ndarray, key_positions: np.ndarray, current_pos: int
 
     Args:
         keys: ``(H_kv, S, D)`` post-RoPE keys.
-        key_positions: ``(S,)`` positions the keys were rotated at.
+        key_positions: ``(S,)`` positions the keys were rotated at, or ``(H_kv, S)`` when the
+            heads hold different tokens (per-head selection).
         current_pos: tokens processed so far; future queries sit at ``current_pos + 2^j``.
         q_center_real, q_center_imag, q_mean_norm: ``(H_q, F)`` calibration of this layer.
         omega: ``(F,)`` RoPE angular frequencies (radians per position).
@@ -67,7 +69,8 @@ def trig_score_ref(keys: np.ndarray, key_positions: np.ndarray, current_pos: int
     H_kv, S, _ = keys.shape
     H_q = q_center_real.shape[0]
     G = H_q // H_kv
-    pre = rotate(keys, -np.asarray(key_positions, np.float64), omega, layout)
+    pos = np.broadcast_to(np.asarray(key_positions, np.float64), (H_kv, S))
+    pre = rotate(keys, -pos, omega, layout)
     re_i, im_i = rope_pairs(layout, 2 * omega.size)
     k = pre[..., re_i] + 1j * pre[..., im_i]                                  # (H_kv, S, F)
     k_abs = np.sqrt(k.real ** 2 + k.imag ** 2 + MODULUS_EPS)
@@ -76,10 +79,10 @@ def trig_score_ref(keys: np.ndarray, key_positions: np.ndarray, current_pos: int
     qc_abs = np.sqrt(qc.real ** 2 + qc.imag ** 2 + MODULUS_EPS)
     amp = qc_abs * k_abs[:, None]                                             # (H_kv, G, S, F)
     phi = np.angle(qc) - np.angle(k)[:, None]
-    delta = current_pos + OFFSETS[:, None] - np.asarray(key_positions, np.float64)[None, :]
     trig = np.zeros((H_kv, G, S))
-    for d in range(N_OFFSETS):                                                # mean over offsets
-        trig += np.sum(amp * np.cos(delta[d][:, None] * omega + phi), axis=-1)
+    for offset in OFFSETS:                                                    # mean over offsets
+        delta = (current_pos + offset - pos)[:, None, :, None]                # (H_kv, 1, S, 1)
+        trig += np.sum(amp * np.cos(delta * omega + phi), axis=-1)
     trig /= N_OFFSETS
     norm_w = q_mean_norm.astype(np.float64).reshape(H_kv, G, 1, -1) - qc_abs
     s = trig + np.sum(norm_w * k_abs[:, None], axis=-1)                        # (H_kv, G, S)

@@ -327,7 +327,7 @@ class TriAttentionKVCache:
         if self.length <= self.budget:
             return
         plan = Round(S=self.length, k=self.budget, current_pos=self.offset,
-                      positions=self._positions[0], stats=self.calibration.layer(self.layer),
+                      positions=self._positions, stats=self.calibration.layer(self.layer),
                       omega=self.rope.omega, layout=self.rope.layout, per_head=self.per_head,
                       protect_initial=self.protect_initial, protect_recent=self.protect_recent)
         kept = self._store.compress(plan)
