@@ -7,7 +7,7 @@ import importlib
 _POLICIES: dict[str, type] = {}
 # Modules that define policies; a policy whose module fails to import (e.g. a method whose
 # device code is missing) is reported by make_policy, not at import time.
-POLICY_MODULES = ("dense", "streaming", "quest")
+POLICY_MODULES = ("dense", "streaming", "quest", "tappa")
 
 
 def register(name: str):
