@@ -14,6 +14,7 @@ import numpy as np
 
 from .backend import get_device
 from .backend.device import DeviceLike
+from .ops.entmax_tau import check_alpha
 from .ops.topk_select import GROUP_REDUCE
 from .paged_store import NumpyStore, VulkanStore
 from .validation import check_array, check_choice, check_int
@@ -117,7 +118,8 @@ class PagedKVCache:
 
     # ---- decoding ----------------------------------------------------------------------------
     def decode(self, q: np.ndarray, *, token_budget: int | None = None, method: str = "topk",
-               group_reduce: str = "max", sink_pages: int = 0, return_pages: bool = False):
+               alpha: float = 1.0, group_reduce: str = "max", sink_pages: int = 0,
+               return_pages: bool = False):
         """Attention of one query token per head over the cache, in one submission.
 
         ``method="topk"``: per KV head, score pages ``0 .. P-2`` with Quest's bound
@@ -128,9 +130,18 @@ class PagedKVCache:
         ``1/sqrt(D)``. With ``token_budget >= len(cache)`` every page is kept and the result is
         dense attention. ``method="dense"``: attention over every token (token_budget unused).
 
+        ``alpha = 1`` gives softmax weights; ``alpha`` in (1, 2] alpha-entmax weights
+        ``p_i = [(alpha - 1) x_i - tau]_+^(1/(alpha-1))``, ``x_i = q.k_i / sqrt(D)``, with tau
+        solved exactly (float32) over the attended tokens of each query head (the entmax-tau
+        shader), and the output ``sum_i p_i v_i`` over those tokens. It is not renormalised:
+        with an exact tau, ``sum_i p_i = 1`` already holds to float32 rounding, so dividing by
+        it would change nothing measurable and would only hide a solver failure. Tokens outside
+        the selected pages get no weight, so sparse entmax is entmax over the selected tokens.
+
         Args:
             q: ``(B, H_q, D)`` float16 or float32, ``H_q`` a multiple of ``H_kv``.
             token_budget: tokens to attend to (>= 1), required for ``"topk"``.
+            alpha: 1 (softmax) or in (1, 2] (entmax; 1.5 and 2 are the usual choices).
             group_reduce: ``"max"`` or ``"mean"`` over the query heads of a KV head.
             sink_pages: first pages always kept (counted in the budget).
             return_pages: also return the selected pages.
@@ -146,6 +157,7 @@ class PagedKVCache:
         if (q.shape[0], q.shape[2]) != (self.batch, self.head_dim) or q.shape[1] % self.num_kv_heads:
             raise ValueError(f"q must have shape {doc}, got {q.shape}")
         check_choice("method", method, METHODS)
+        alpha = check_alpha(alpha, allow_softmax=True)
         check_choice("group_reduce", group_reduce, GROUP_REDUCE)
         sink_pages = check_int("sink_pages", sink_pages, minimum=0)
         n_top = None
@@ -154,5 +166,6 @@ class PagedKVCache:
                 raise ValueError("token_budget is required for method='topk'")
             n_top = check_int("token_budget", token_budget, minimum=1) // self.page_size
         out, pages = self._store.decode(q, self._len, n_top=n_top, n_sink=sink_pages,
-                                        group_reduce=group_reduce, want_pages=return_pages)
+                                        group_reduce=group_reduce, want_pages=return_pages,
+                                        alpha=alpha)
         return (out, pages) if return_pages else out

@@ -41,17 +41,19 @@ class NumpyStore:
     def read_stats(self, n_pages: int) -> np.ndarray:
         return self.stats[:, :, :n_pages].astype(np.float32)
 
-    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str, want_pages: bool):
+    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str, want_pages: bool,
+               alpha: float):
         B, H = self.k.shape[:2]
         P = -(-length // self.page)
         k, v = self.k[:, :, :length], self.v[:, :, :length]
         if n_top is None:
             pages = np.broadcast_to(np.arange(P), (B, H, P)).copy()
-            return decode_attention_ref(q, k, v).astype(np.float32), pages
+            return decode_attention_ref(q, k, v, alpha=alpha).astype(np.float32), pages
         st = self.read_stats(P)
         scores = page_scores_ref(q, st[:, :, :, 0], st[:, :, :, 1], group_reduce)
         pages = topk_select_ref(scores, P, n_top, n_sink)
-        return decode_attention_ref(q, k, v, pages, self.page).astype(np.float32), pages
+        out = decode_attention_ref(q, k, v, pages, self.page, alpha=alpha)
+        return out.astype(np.float32), pages
 
 
 def _pow2_at_least(n: int, floor: int = 1) -> int:
@@ -93,6 +95,8 @@ class VulkanStore:
         self.counts = Buffer(dev, self.bh, np.uint32)
         self._staging: dict[int, Buffer] = {}
         self._per_group: dict[int, tuple] = {}
+        self._entmax_bufs: dict[int, tuple] = {}
+        self._unused = Buffer(dev, 1, host_visible=False)   # bound where a pass needs no buffer
         self._recordings: dict = {}
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -120,6 +124,18 @@ class VulkanStore:
             bufs = (Buffer(self.dev, n_q), Buffer(self.dev, n_q),
                     Buffer(self.dev, attn.partial_words(self.bh, group, self.Dp), host_visible=False))
             self._per_group[group] = bufs
+        return bufs
+
+    def _entmax_buffers(self, group: int, alpha: float) -> tuple:
+        """(logits, tau) scratch of entmax decoding, allocated on first use."""
+        if alpha == 1.0:
+            return self._unused, self._unused
+        bufs = self._entmax_bufs.get(group)
+        if bufs is None:
+            rows = self.bh * group
+            bufs = (Buffer(self.dev, rows * self.cap, host_visible=False),
+                    Buffer(self.dev, 2 * rows, np.uint32))
+            self._entmax_bufs[group] = bufs
         return bufs
 
     # ---- writing -----------------------------------------------------------------------------
@@ -169,19 +185,23 @@ class VulkanStore:
         return self._read_rows(self.stats, self.max_pages, n_pages, 4 * self.Dp)
 
     # ---- decoding ----------------------------------------------------------------------------
-    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str, want_pages: bool):
+    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str, want_pages: bool,
+               alpha: float):
         group = q.shape[1] // self.H
         q_buf, out, partial = self._group_buffers(group)
+        logits, tau = self._entmax_buffers(group, alpha)
         P = -(-length // self.page)
         dense = n_top is None
         if dense:
             max_tokens = _pow2_at_least(length, attn.MIN_CHUNK)
         else:
             max_tokens = (min(max(n_top, n_sink), P - 1) + 1) * self.page
+        max_tokens = min(max_tokens, self.cap)
         n_splits = attn.choose_splits(max_tokens, self.bh)
         grid_pages = min(_pow2_at_least(P, 64), self.max_pages)
         want_pages = want_pages and not dense
-        key = ("decode", group, dense, n_top, n_sink, group_reduce, n_splits, grid_pages, want_pages)
+        key = ("decode", group, dense, n_top, n_sink, group_reduce, n_splits, grid_pages, want_pages,
+               alpha, max_tokens if alpha != 1.0 else 0)
 
         def build(rec: Recording) -> Recording:
             rec.upload(self.meta, q_buf)
@@ -193,9 +213,10 @@ class VulkanStore:
                                    group_reduce=group_reduce)
             attn.record_decode_attention(
                 rec, q_buf, self.k, self.v, self.pages, self.counts, self.meta, partial, out,
-                bh=self.bh, group=group, head_dim=self.Dp, f16=self.f16, page_size=self.page,
-                capacity=self.cap, max_pages=self.max_pages, n_splits=n_splits,
-                scale=1.0 / np.sqrt(self.D), dense=dense)
+                logits, tau, bh=self.bh, group=group, head_dim=self.Dp, f16=self.f16,
+                page_size=self.page, capacity=self.cap, max_pages=self.max_pages,
+                n_splits=n_splits, scale=1.0 / np.sqrt(self.D), dense=dense, alpha=alpha,
+                row_len=max_tokens)
             return rec.download(out, self.pages, self.counts) if want_pages else rec.download(out)
 
         q32 = np.zeros((self.B, q.shape[1], self.Dp), np.float32)

@@ -2,15 +2,25 @@
 // Decode attention (one query token per head) over a paged KV cache, all pages (DENSE = 1) or
 // the pages chosen by topk-select: see grilly_kv/ops/decode_attention.py.
 //
-// Pass 0 (grid: n_splits x B*H_kv), split-K: the attended tokens of KV head bh, in page order, are
-//   numbered c = 0 .. n_tok-1 (token c is cache row pages[c / PAGE] * PAGE + c % PAGE; n_tok =
-//   (count - 1) * PAGE + tokens in the last page, or the cache length when DENSE). Workgroup s takes
-//   the s-th of n_splits equal chunks and, for each of the G query heads of bh (GQA: K/V rows
-//   are read once for all of them), runs an online softmax of scale * q.k and writes
-//   partial[(bhq * n_splits + s)] = [m, l, acc_0 .. acc_{D-1}] (max logit, sum of exp(logit - m),
-//   sum of exp(logit - m) v). LPT lanes (a cluster within a subgroup) share one token row.
-// Pass 1 (grid: B*H_q): the log-sum-exp merge of the n_splits partials into out[bhq, :].
+// The attended tokens of KV head bh, in page order, are numbered c = 0 .. n_tok-1 (token c is
+// cache row pages[c / PAGE] * PAGE + c % PAGE; n_tok = (count - 1) * PAGE + tokens in the last
+// page, or the cache length when DENSE). Work is split over c into n_splits equal chunks, one
+// workgroup each (split-K); a workgroup serves the G query heads of bh (GQA: each K/V row is
+// read once for all of them), LPT lanes of a subgroup (a cluster) sharing one token row.
+// Softmax (alpha = 1):
+//   pass 0 (grid: n_splits x B*H_kv): online softmax of the chunk, written as
+//     partial[bhq * n_splits + s] = [m, l, acc_0 .. acc_{D-1}] (max logit, sum of exp(logit - m),
+//     sum of exp(logit - m) v);
+//   pass 1 (grid: B*H_q): log-sum-exp merge of the partials into out[bhq, :].
+// alpha-entmax (alpha in (1, 2], threshold by the entmax-tau shader between passes 2 and 3):
+//   pass 2 (grid: n_splits x B*H_kv): logits[bhq * row_len + c] = scale * q.k for c < n_tok,
+//     -1e30 (no mass) for n_tok <= c < row_len;
+//   pass 3 (grid: n_splits x B*H_kv): p_c = [(alpha - 1) logit_c - tau]_+^beta from the stored
+//     logits and tau (tau_buf[2 bhq], float bits), partial = [0, sum p, sum p v]; V rows of
+//     tokens with p = 0 for every head of the group are not read;
+//   pass 4 (grid: B*H_q): out = sum of the partials' sum p v (not renormalised).
 #include "common.glsl"
+#include "entmax.glsl"
 #extension GL_KHR_shader_subgroup_shuffle : require
 
 layout(local_size_x_id = 0) in;
@@ -36,84 +46,91 @@ layout(set = 0, binding = 4) readonly buffer Counts { uint counts[]; };    // (B
 layout(set = 0, binding = 5) readonly buffer Meta { uint meta[]; };        // [length, ...]
 layout(set = 0, binding = 6) buffer Partial { float partial[]; };
 layout(set = 0, binding = 7) writeonly buffer Out { float out_[]; };       // (B, H_q, D) float32
+layout(set = 0, binding = 8) buffer Logits { float logits[]; };            // (B*H_q, row_len)
+layout(set = 0, binding = 9) readonly buffer Tau { uint tau_buf[]; };      // (B*H_q, 2)
 
 layout(push_constant) uniform Push {
     uint capacity;    // rows per (b, h) in the cache
     uint sel_stride;  // room per head in pages[]
     uint n_splits;
     uint scale_bits;  // logit scale (float), 1/sqrt(D_original)
-    uint pass_id;     // 0: partials, 1: merge
+    uint pass_id;     // see the header
+    uint alpha_bits;  // entmax alpha (float)
+    uint row_len;     // entmax: logits per row (>= n_tok)
 } p;
 
 shared float sh_m[SLOTS];
 shared float sh_l[SLOTS];
 shared float sh_acc[SLOTS * D];
 
+// per invocation: its share of the G scaled queries and of the G accumulators, and the
+// running softmax (or the entmax mass) of each head
+vec4 qr[G * NVL];
+vec4 acc[G * NVL];
+float m[G], l[G], s[G];
+
 float cluster_add(float x) {
     for (uint o = 1u; o < LPT; o <<= 1) x += subgroupShuffleXor(x, o);
     return x;
 }
 
-void partials(uint bh, uint split) {
-    const uint len = meta[0];
-    const uint last_page = ceil_div(len, PAGE) - 1u;
-    const uint n_tok = DENSE != 0u ? len : (counts[bh] - 1u) * PAGE + (len - last_page * PAGE);
-    const uint chunk = ceil_div(n_tok, p.n_splits);
-    const uint c0 = min(split * chunk, n_tok);
-    const uint c1 = min(c0 + chunk, n_tok);
-    const uint slot = gl_LocalInvocationIndex / LPT;
-    const uint lane = gl_LocalInvocationIndex % LPT;
-    const float scale = PUSH_F(p.scale_bits);
+uint lane_id() { return gl_LocalInvocationIndex % LPT; }
+uint slot_id() { return gl_LocalInvocationIndex / LPT; }
 
-    vec4 qr[G * NVL];
-    vec4 acc[G * NVL];
-    float m[G], l[G];
+uint attended_tokens(uint bh) {
+    const uint len = meta[0];
+    if (DENSE != 0u) return len;
+    const uint last_page = ceil_div(len, PAGE) - 1u;
+    return (counts[bh] - 1u) * PAGE + (len - last_page * PAGE);
+}
+
+// first vec4 of attended token c's cache row
+uint token_row(uint bh, uint c) {
+    const uint pg = DENSE != 0u ? c / PAGE : pages[bh * p.sel_stride + c / PAGE];
+    return (bh * p.capacity + pg * PAGE + c % PAGE) * NV;
+}
+
+void init_heads(uint bh) {
+    const float scale = PUSH_F(p.scale_bits);
     for (uint g = 0u; g < G; g++) {
         for (uint j = 0u; j < NVL; j++) {
-            qr[g * NVL + j] = q[(bh * G + g) * NV + lane + j * LPT] * scale;
+            qr[g * NVL + j] = q[(bh * G + g) * NV + lane_id() + j * LPT] * scale;
             acc[g * NVL + j] = vec4(0.0);
         }
         m[g] = NEG; l[g] = 0.0;
     }
-    const uint iters = ceil_div(c1 - c0, SLOTS);
-    for (uint it = 0u; it < iters; it++) {
-        const uint c = c0 + it * SLOTS + slot;
-        const bool valid = c < c1;
-        const uint cc = valid ? c : c0;
-        const uint pg = DENSE != 0u ? cc / PAGE : pages[bh * p.sel_stride + cc / PAGE];
-        const uint row = (bh * p.capacity + pg * PAGE + cc % PAGE) * NV;
-        float s[G];
-        for (uint g = 0u; g < G; g++) s[g] = 0.0;
-        for (uint j = 0u; j < NVL; j++) {
-            const vec4 kv = LOAD_VEC4(F16, k32, k16, row + lane + j * LPT);
-            for (uint g = 0u; g < G; g++) s[g] += dot(qr[g * NVL + j], kv);
-        }
-        for (uint g = 0u; g < G; g++) s[g] = cluster_add(s[g]);
-        if (valid) {
-            float w[G];
-            for (uint g = 0u; g < G; g++) {
-                const float m_new = max(m[g], s[g]);
-                const float corr = exp(m[g] - m_new);
-                w[g] = exp(s[g] - m_new);
-                l[g] = l[g] * corr + w[g];
-                m[g] = m_new;
-                for (uint j = 0u; j < NVL; j++) acc[g * NVL + j] *= corr;
-            }
-            for (uint j = 0u; j < NVL; j++) {
-                const vec4 vv = LOAD_VEC4(F16, v32, v16, row + lane + j * LPT);
-                for (uint g = 0u; g < G; g++) acc[g * NVL + j] += w[g] * vv;
-            }
-        }
+}
+
+// s[g] = scaled q_g . k of the row (every lane of the cluster gets the sum)
+void row_logits(uint row) {
+    for (uint g = 0u; g < G; g++) s[g] = 0.0;
+    for (uint j = 0u; j < NVL; j++) {
+        const vec4 kv = LOAD_VEC4(F16, k32, k16, row + lane_id() + j * LPT);
+        for (uint g = 0u; g < G; g++) s[g] += dot(qr[g * NVL + j], kv);
     }
-    // merge the SLOTS running softmaxes of the workgroup, one query head at a time
+    for (uint g = 0u; g < G; g++) s[g] = cluster_add(s[g]);
+}
+
+// acc[g] += w[g] * v of the row, w given in s[]
+void add_values(uint row) {
+    for (uint j = 0u; j < NVL; j++) {
+        const vec4 vv = LOAD_VEC4(F16, v32, v16, row + lane_id() + j * LPT);
+        for (uint g = 0u; g < G; g++) acc[g * NVL + j] += s[g] * vv;
+    }
+}
+
+// Merge the SLOTS (m, l, acc) of the workgroup into partial[(bhq, split)], one head at a time.
+// Entmax passes keep m = 0, so the slots are simply summed.
+void write_partials(uint bh, uint split) {
+    const uint slot = slot_id();
     for (uint g = 0u; g < G; g++) {
-        if (lane == 0u) { sh_m[slot] = m[g]; sh_l[slot] = l[g]; }
+        if (lane_id() == 0u) { sh_m[slot] = m[g]; sh_l[slot] = l[g]; }
         barrier();
         float mx = NEG;
         for (uint t = 0u; t < SLOTS; t++) mx = max(mx, sh_m[t]);
         const float w = exp(m[g] - mx);
         for (uint j = 0u; j < NVL; j++) {
-            const uint d = 4u * (lane + j * LPT);
+            const uint d = 4u * (lane_id() + j * LPT);
             const vec4 a = acc[g * NVL + j] * w;
             sh_acc[slot * D + d] = a.x; sh_acc[slot * D + d + 1u] = a.y;
             sh_acc[slot * D + d + 2u] = a.z; sh_acc[slot * D + d + 3u] = a.w;
@@ -135,24 +152,102 @@ void partials(uint bh, uint split) {
     }
 }
 
+// the chunk [c0, c1) of split `split` over n tokens
+uvec2 chunk_of(uint split, uint n) {
+    const uint chunk = ceil_div(n, p.n_splits);
+    const uint c0 = min(split * chunk, n);
+    return uvec2(c0, min(c0 + chunk, n));
+}
+
+void softmax_partials(uint bh, uint split) {
+    const uvec2 cr = chunk_of(split, attended_tokens(bh));
+    init_heads(bh);
+    const uint iters = ceil_div(cr.y - cr.x, SLOTS);
+    for (uint it = 0u; it < iters; it++) {
+        const uint c = cr.x + it * SLOTS + slot_id();
+        const bool valid = c < cr.y;
+        const uint row = token_row(bh, valid ? c : cr.x);   // keep the cluster's shuffles uniform
+        row_logits(row);
+        if (valid) {
+            for (uint g = 0u; g < G; g++) {
+                const float m_new = max(m[g], s[g]);
+                const float corr = exp(m[g] - m_new);
+                s[g] = exp(s[g] - m_new);
+                l[g] = l[g] * corr + s[g];
+                m[g] = m_new;
+                for (uint j = 0u; j < NVL; j++) acc[g * NVL + j] *= corr;
+            }
+            add_values(row);
+        }
+    }
+    write_partials(bh, split);
+}
+
+void entmax_logits(uint bh, uint split) {
+    const uint n_tok = attended_tokens(bh);
+    const uvec2 cr = chunk_of(split, p.row_len);
+    init_heads(bh);
+    const uint iters = ceil_div(cr.y - cr.x, SLOTS);
+    for (uint it = 0u; it < iters; it++) {
+        const uint c = cr.x + it * SLOTS + slot_id();
+        row_logits(token_row(bh, min(c, n_tok - 1u)));
+        if (c < cr.y) {
+            for (uint g = lane_id(); g < G; g += LPT) {
+                logits[(bh * G + g) * p.row_len + c] = c < n_tok ? s[g] : NEG;
+            }
+        }
+    }
+}
+
+void entmax_partials(uint bh, uint split) {
+    const uvec2 cr = chunk_of(split, attended_tokens(bh));
+    const float a = PUSH_F(p.alpha_bits) - 1.0;
+    const float beta = 1.0 / a;
+    float tau[G];
+    for (uint g = 0u; g < G; g++) {
+        tau[g] = uintBitsToFloat(tau_buf[2u * (bh * G + g)]);
+        for (uint j = 0u; j < NVL; j++) acc[g * NVL + j] = vec4(0.0);
+        m[g] = 0.0; l[g] = 0.0;
+    }
+    const uint iters = ceil_div(cr.y - cr.x, SLOTS);
+    for (uint it = 0u; it < iters; it++) {
+        const uint c = cr.x + it * SLOTS + slot_id();
+        if (c >= cr.y) continue;
+        bool any_mass = false;
+        for (uint g = 0u; g < G; g++) {
+            const float d = a * logits[(bh * G + g) * p.row_len + c] - tau[g];
+            s[g] = d > 0.0 ? entmax_pow(d, beta) : 0.0;
+            l[g] += s[g];
+            any_mass = any_mass || d > 0.0;
+        }
+        if (any_mass) add_values(token_row(bh, c));
+    }
+    write_partials(bh, split);
+}
+
 void merge(uint bhq) {
+    const bool entmax = p.pass_id == 4u;
     const uint base = bhq * p.n_splits * PSTRIDE;
     float mx = NEG;
-    for (uint s = 0u; s < p.n_splits; s++) mx = max(mx, partial[base + s * PSTRIDE]);
+    for (uint t = 0u; t < p.n_splits; t++) mx = max(mx, partial[base + t * PSTRIDE]);
     float lt = 0.0;
-    for (uint s = 0u; s < p.n_splits; s++) {
-        lt += partial[base + s * PSTRIDE + 1u] * exp(partial[base + s * PSTRIDE] - mx);
+    for (uint t = 0u; t < p.n_splits; t++) {
+        lt += partial[base + t * PSTRIDE + 1u] * exp(partial[base + t * PSTRIDE] - mx);
     }
     for (uint d = gl_LocalInvocationIndex; d < D; d += gl_WorkGroupSize.x) {
         float a = 0.0;
-        for (uint s = 0u; s < p.n_splits; s++) {
-            a += partial[base + s * PSTRIDE + 2u + d] * exp(partial[base + s * PSTRIDE] - mx);
+        for (uint t = 0u; t < p.n_splits; t++) {
+            a += partial[base + t * PSTRIDE + 2u + d] * exp(partial[base + t * PSTRIDE] - mx);
         }
-        out_[bhq * D + d] = a / lt;
+        out_[bhq * D + d] = entmax ? a : a / lt;
     }
 }
 
 void main() {
-    if (p.pass_id == 0u) partials(gl_WorkGroupID.y, gl_WorkGroupID.x);
-    else merge(gl_WorkGroupID.x);
+    switch (p.pass_id) {
+        case 0u: softmax_partials(gl_WorkGroupID.y, gl_WorkGroupID.x); break;
+        case 2u: entmax_logits(gl_WorkGroupID.y, gl_WorkGroupID.x); break;
+        case 3u: entmax_partials(gl_WorkGroupID.y, gl_WorkGroupID.x); break;
+        default: merge(gl_WorkGroupID.x); break;
+    }
 }

@@ -92,3 +92,31 @@ def test_output_stays_in_bounds(vk):
     out = st._per_group[G][1]
     assert np.all(raw_words(out)[n_out:] == SENTINEL), "write past the output"
     assert isinstance(out, Buffer) and out.n_words == n_out + GUARD_WORDS
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("B,H,G,D,S", [SHAPES[0], SHAPES[2], SHAPES[4], (1, 2, 4, 64, 700)])
+def test_entmax_dense_and_sparse_match_reference(vk, alpha, dtype, B, H, G, D, S):
+    """alpha-entmax weights with the exact threshold of the attended tokens (float64 reference)."""
+    cache, rng = filled_cache(vk, B, H, D, S, dtype, seed=S + 1)
+    q = 3 * rng.standard_normal((B, H * G, D)).astype(np.float32)   # a sparse support
+    k, v = cache.keys(), cache.values()
+    dense = cache.decode(q, method="dense", alpha=alpha)
+    assert_close(dense, decode_attention_ref(q, k, v, alpha=alpha), atol=ATOL, what="dense entmax")
+    for budget in (8, 160):
+        out, pages = cache.decode(q, token_budget=budget, alpha=alpha, return_pages=True)
+        assert_close(out, decode_attention_ref(q, k, v, pages, alpha=alpha), atol=ATOL,
+                     what=f"entmax budget {budget}")
+
+
+def test_entmax_budget_above_context_equals_dense_and_follows_appends(vk):
+    cache, rng = filled_cache(vk, 1, 2, 64, 90, "float16", cap=200)
+    q = 2 * rng.standard_normal((1, 6, 64)).astype(np.float32)
+    for step in range(6):
+        cache.append(*random_kv(rng, 1, 2, 5, 64))
+        sparse = cache.decode(q, token_budget=4096, alpha=1.5)
+        assert_close(sparse, cache.decode(q, method="dense", alpha=1.5), atol=1e-5,
+                     what=f"entmax budget >= len vs dense, step {step}")
+        assert_close(sparse, decode_attention_ref(q, cache.keys(), cache.values(), alpha=1.5),
+                     atol=ATOL, what=f"entmax vs reference, step {step}")

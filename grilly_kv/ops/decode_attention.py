@@ -1,19 +1,23 @@
-"""Split-K decode attention over a paged KV cache (all pages, or the pages topk-select chose).
+"""Split-K decode attention over a paged KV cache (all pages, or the pages a selector chose),
+with softmax or alpha-entmax weights.
 
-Shader: ``shaders/decode-attention.glsl``; reference:
-:func:`grilly_kv.reference.decode_attention.decode_attention_ref`.
+Shader: ``shaders/decode-attention.glsl`` (entmax thresholds by ``shaders/entmax-tau.glsl``);
+references: :func:`grilly_kv.reference.decode_attention.decode_attention_ref` and
+:func:`~grilly_kv.reference.decode_attention.decode_entmax_ref`.
 Used by :class:`grilly_kv.paged.PagedKVCache.decode`.
 """
 from __future__ import annotations
 
 from ..backend import Buffer, PushLayout, Recording
+from . import entmax_tau
 
 SHADER = "decode-attention"
 LOCAL_SIZE = 128
 LANES_PER_TOKEN = 8      # a cluster of 8 subgroup lanes reads one K/V row
 MIN_CHUNK = 64           # fewest tokens a split should hold
 TARGET_WORKGROUPS = 1024
-PUSH = PushLayout("capacity", "sel_stride", "n_splits", "scale:f", "pass_id")
+PUSH = PushLayout("capacity", "sel_stride", "n_splits", "scale:f", "pass_id", "alpha:f", "row_len")
+PASS_SOFTMAX, PASS_SOFTMAX_MERGE, PASS_LOGITS, PASS_ENTMAX, PASS_ENTMAX_MERGE = range(5)
 
 
 def dim_multiple() -> int:
@@ -38,25 +42,52 @@ def partial_words(bh: int, group: int, head_dim: int) -> int:
 
 def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache: Buffer,
                             pages: Buffer, counts: Buffer, meta: Buffer, partial: Buffer,
-                            out: Buffer, *, bh: int, group: int, head_dim: int, f16: bool,
-                            page_size: int, capacity: int, max_pages: int, n_splits: int,
-                            scale: float, dense: bool) -> Recording:
-    """Record the partial pass and the log-sum-exp merge.
+                            out: Buffer, logits: Buffer, tau: Buffer, *, bh: int, group: int,
+                            head_dim: int, f16: bool, page_size: int, capacity: int,
+                            max_pages: int, n_splits: int, scale: float, dense: bool,
+                            alpha: float = 1.0, row_len: int = 0) -> Recording:
+    """Record one decode step's attention.
+
+    alpha = 1 (softmax): the partial pass and the log-sum-exp merge. alpha in (1, 2]: the logits
+    pass, the exact threshold of each query head's row of logits (entmax-tau shader), the
+    weighted-sum pass and the merge (output = sum p_i v_i, not renormalised: tau is exact to
+    float32 on the attended tokens, so sum p_i = 1 to rounding).
 
     Args:
         q: ``(B, H_q, head_dim)`` float32, ``H_q = group * H_kv``.
         k_cache, v_cache: ``(B*H_kv, capacity, head_dim)`` (packed float16 or float32).
-        pages, counts: topk-select's output (``(B*H_kv, max_pages)`` indices and
+        pages, counts: the selector's output (``(B*H_kv, max_pages)`` ascending indices and
             ``(B*H_kv,)`` counts); unused when ``dense``.
         meta: ``[length, ...]`` on the device.
         partial: scratch of :func:`partial_words` floats.
         out: ``(B, H_q, head_dim)`` float32.
+        logits: entmax scratch of ``B*H_q*row_len`` floats; tau: ``2*B*H_q`` words (entmax-tau's
+            output). Any buffers for softmax (unused).
         scale: logit scale (``1/sqrt(D)`` of the unpadded head_dim).
+        row_len: entmax: an upper bound of the attended tokens per head.
     """
     spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN)
-    bufs = [q, k_cache, v_cache, pages, counts, meta, partial, out]
-    common = dict(capacity=capacity, sel_stride=max_pages, n_splits=n_splits, scale=scale)
-    rec.dispatch(SHADER, bufs, groups=(n_splits, bh), spec=spec, push=PUSH.pack(pass_id=0, **common),
-                 writes=[6], label="attend-partials")
-    return rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=spec,
-                        push=PUSH.pack(pass_id=1, **common), writes=[7], label="attend-merge")
+    bufs = [q, k_cache, v_cache, pages, counts, meta, partial, out, logits, tau]
+    common = dict(capacity=capacity, sel_stride=max_pages, n_splits=n_splits, scale=scale,
+                  alpha=alpha, row_len=row_len)
+    split_grid = (n_splits, bh)
+    if alpha == 1.0:
+        rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
+                     push=PUSH.pack(pass_id=PASS_SOFTMAX, **common), writes=[6],
+                     label="attend-partials")
+        return rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=spec,
+                            push=PUSH.pack(pass_id=PASS_SOFTMAX_MERGE, **common), writes=[7],
+                            label="attend-merge")
+    rows = bh * group
+    rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
+                 push=PUSH.pack(pass_id=PASS_LOGITS, **common), writes=[8], label="entmax-logits")
+    rec.dispatch(entmax_tau.SHADER, [logits, tau, tau],
+                 groups=(min(rows, entmax_tau.MAX_GRID_X), -(-rows // entmax_tau.MAX_GRID_X)),
+                 spec=(entmax_tau.LOCAL_SIZE, 0, 0), writes=[1], label="entmax-tau",
+                 push=entmax_tau.PUSH.pack(n_rows=rows, L=row_len, alpha=alpha,
+                                           max_iter=entmax_tau.MAX_ITER))
+    rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
+                 push=PUSH.pack(pass_id=PASS_ENTMAX, **common), writes=[6], label="entmax-partials")
+    return rec.dispatch(SHADER, bufs, groups=(rows,), spec=spec,
+                        push=PUSH.pack(pass_id=PASS_ENTMAX_MERGE, **common), writes=[7],
+                        label="entmax-merge")

@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .entmax_tau import entmax_probs_ref
+
 
 def decode_attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, pages=None,
-                         page_size: int = 16, scale: float | None = None) -> np.ndarray:
-    """Softmax attention of one query token per head over all tokens or over selected pages.
+                         page_size: int = 16, scale: float | None = None,
+                         alpha: float = 1.0) -> np.ndarray:
+    """Softmax (alpha = 1) or alpha-entmax attention of one query token per head, over all
+    tokens or over selected pages.
+
+    Entmax weights are ``p_i = [(alpha - 1) x_i - tau]_+^(1/(alpha-1))`` with ``x_i = scale q.k_i``
+    and the exact tau of the attended tokens (float64), so ``sum p_i = 1``; output ``sum p_i v_i``.
 
     Args:
         q: ``(B, H_q, D)``; query head ``h_kv * G + g`` attends to KV head ``h_kv``.
@@ -14,6 +21,7 @@ def decode_attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, pages=None
         pages: None (every token) or ``(B, H_kv, n)`` page indices per KV head (entries < 0 are
             ignored); page ``p`` holds tokens ``[p * page_size, min((p + 1) * page_size, S))``.
         scale: logit scale, default ``1 / sqrt(D)``.
+        alpha: 1 (softmax) or in (1, 2].
 
     Returns:
         ``(B, H_q, D)`` float64.
@@ -36,6 +44,10 @@ def decode_attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, pages=None
             vv = np.asarray(v[b, h, rows], np.float64)
             qq = np.asarray(q[b, h * G:(h + 1) * G], np.float64)
             logits = qq @ kk.T * scale
-            w = np.exp(logits - logits.max(axis=1, keepdims=True))
-            out[b, h * G:(h + 1) * G] = (w / w.sum(axis=1, keepdims=True)) @ vv
+            if alpha == 1.0:
+                w = np.exp(logits - logits.max(axis=1, keepdims=True))
+                w /= w.sum(axis=1, keepdims=True)
+            else:
+                w = entmax_probs_ref(logits, alpha)
+            out[b, h * G:(h + 1) * G] = w @ vv
     return out
