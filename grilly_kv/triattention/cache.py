@@ -104,6 +104,8 @@ class _DeviceStore:
         self.scratch = Scratch(dev)
         self.recordings: dict = {}
         self.kv: Buffer | None = None
+        self.readback: Buffer | None = None      # host-visible copy of the live rows, for kept()
+        self.readback_rows = 0
         self.capacity = 0
 
     @property
@@ -117,9 +119,13 @@ class _DeviceStore:
         """Adopt ``new`` as the K/V buffer and free the old one now."""
         old = self.kv
         self.kv, self.capacity = new, rows
-        if old is not None:
-            self.recordings = {k: r for k, r in self.recordings.items() if old.uid not in k}
-            old.release()
+        self._drop(old)
+
+    def _drop(self, buf: Buffer | None) -> None:
+        """Forget the recordings that bind ``buf`` and free its device memory now."""
+        if buf is not None:
+            self.recordings = {k: r for k, r in self.recordings.items() if buf.uid not in k}
+            buf.release()
 
     def _params(self, n_rows: int, src_row0: int = 0, dst_row0: int = 0) -> Buffer:
         params = self.scratch.get("params", 3, np.uint32)
@@ -190,21 +196,25 @@ class _DeviceStore:
         return kept.read(n_rows * k).reshape(n_rows, k).astype(np.int64)
 
     def read(self, length: int) -> np.ndarray:
-        """Live rows ``(2, H_kv, length, D)`` as float32 (a gather into a temporary buffer)."""
-        out = Buffer(self.dev, max(1, 2 * self.n_kv * length * self.row_words), self.word)
+        """Live rows ``(2, H_kv, length, D)`` as float32, gathered into a read-back buffer that
+        is kept for the next call (so its recording is reused) and freed by :meth:`close`."""
+        if self.readback is None or self.readback_rows < length:
+            self._drop(self.readback)
+            self.readback_rows = max(length, self.steady_rows)
+            self.readback = Buffer(self.dev, 2 * self.n_kv * self.readback_rows * self.row_words, self.word)
         if length:
-            self._copy_rows(self.kv, self.capacity, out, length, length, 0)
-        out.download_now()
-        n = 2 * self.n_kv * length * self.head_dim
-        data = out.read(n, np.float16 if self.f16 else np.float32)
-        out.release()
-        return data.reshape(2, self.n_kv, length, self.head_dim).astype(np.float32)
+            self._copy_rows(self.kv, self.capacity, self.readback, self.readback_rows, length, 0,
+                            key=("read", self.kv.uid, self.readback.uid))
+        self.readback.download_now()
+        n = 2 * self.n_kv * self.readback_rows * self.head_dim
+        data = self.readback.read(n, np.float16 if self.f16 else np.float32)
+        data = data.reshape(2, self.n_kv, self.readback_rows, self.head_dim)[:, :, :length]
+        return data.astype(np.float32)
 
     def close(self) -> None:
-        self.recordings.clear()
-        if self.kv is not None:
-            self.kv.release()
-            self.kv, self.capacity = None, 0
+        for buf in (self.kv, self.readback):
+            self._drop(buf)
+        self.kv, self.readback, self.capacity, self.readback_rows = None, None, 0, 0
 
 
 class TriAttentionKVCache:
@@ -339,7 +349,9 @@ class TriAttentionKVCache:
 
     def kept(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(keys, values, positions)``: ``(H_kv, n, D)`` float32 twice and ``(H_kv, n)`` int64,
-        the live tokens in temporal order (n = :attr:`length`), read back from the device."""
+        the live tokens in temporal order (n = :attr:`length`), read back from the device
+        through a read-back buffer of ``budget + divide_length`` rows that the cache keeps from
+        the first call on (not counted in :attr:`device_bytes`; freed by :meth:`close`)."""
         kv = self._store.read(self.length)
         pos = np.broadcast_to(self._positions, (self.n_kv_heads, self.length)).copy()
         return kv[0], kv[1], pos
