@@ -20,6 +20,7 @@ DEFAULT_BUDGET = 2048
 DEFAULT_DIVIDE_LENGTH = 128
 DEFAULT_PROTECT_INITIAL = 4
 DEFAULT_PROTECT_RECENT = 128
+MAX_RECORDINGS = 16            # recordings a device cache keeps (append, compress, read shapes)
 
 
 class _HostStore:
@@ -148,9 +149,12 @@ class _DeviceStore:
 
     def _recording(self, key, build) -> Recording:
         key = key + (self.dev.profile,)            # profiling recordings carry timestamps
-        rec = self.recordings.get(key)
+        rec = self.recordings.pop(key, None)
         if rec is None:
-            rec = self.recordings[key] = build()
+            rec = build()
+            if len(self.recordings) >= MAX_RECORDINGS:    # e.g. ones bound to outgrown scratch
+                self.recordings.pop(next(iter(self.recordings)))
+        self.recordings[key] = rec                  # most recently used last
         return rec
 
     def append(self, k: np.ndarray, v: np.ndarray, length: int) -> None:
