@@ -2,8 +2,9 @@
 shaders/include/entmax.glsl) on the Vulkan device against the float64 NumPy twin
 grilly_kv/reference/gaussian_tau.py, and the twin's moments against numerical integration.
 
-Tolerances: moments within 2e-5 relative over t in [-12, 8] (3e-6 for Phi at t >= -5: the
-error budget stated in entmax.glsl); tau-hat within 5e-5 (alpha - 1) sigma + 1e-6 (1 + |tau|)
+Tolerances: moments within 5e-5 relative over t in [-12, 8], Phi within 1e-5 for t >= -5 (the
+bounds stated in entmax.glsl: Vulkan lets exp(x) err by 3 + 2|x| ulp; lavapipe measures
+1.1e-5 and 2.3e-6); tau-hat within 5e-5 (alpha - 1) sigma + 1e-6 (1 + |tau|)
 (the second term is float32 rounding of tau itself).
 """
 import math
@@ -53,10 +54,10 @@ def test_device_moments_and_cdf(vk):
     assert_sentinels_intact(out_buf, 4 * t.size)
     ref = positive_moments(t, s).T
     rel = np.abs(got - ref) / ref
-    assert rel.max() < 2e-5, f"moments: max relative error {rel.max():.3g} at t={t[rel.max(1).argmax()]}"
-    assert rel[t >= -5, 0].max() < 3e-6, "Phi(t) relative error above 3e-6 for t >= -5"
+    assert rel.max() < 5e-5, f"moments: max relative error {rel.max():.3g} at t={t[rel.max(1).argmax()]}"
+    assert rel[t >= -5, 0].max() < 1e-5, "Phi(t) relative error above 1e-5 for t >= -5"
     scaled = gaussian_moments(np.array([0.6, -4.0]), np.array([2.0, 0.5]), device=vk)
-    assert_close(scaled, positive_moments([0.6, -4.0], [2.0, 0.5]).T, atol=0, rtol=2e-5,
+    assert_close(scaled, positive_moments([0.6, -4.0], [2.0, 0.5]).T, atol=0, rtol=5e-5,
                  what="moments with s != 1")
 
 
