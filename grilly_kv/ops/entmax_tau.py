@@ -70,6 +70,10 @@ def entmax_tau(logits: np.ndarray, alpha: float, *, with_probs: bool = False,
     Newton from below, then the closed form on the found support for alpha 2 and 1.5 and Newton
     to rounding for other alpha. The probabilities are formed relative to the maximum too, so
     they stay accurate even where the returned absolute tau is rounded (large logits).
+    Float32 limits near alpha = 1: p = d^beta with beta = 1/(alpha - 1) magnifies the rounding of
+    tau by beta, so the sum's error grows like beta * 6e-8 (1e-5 at alpha = 1.01), and
+    probabilities below 1e-38 underflow to zero (the float32 support can then be smaller than
+    the exact one; checked for alpha >= 1.25: same support as the float64 reference).
 
     Args:
         logits: ``(N, L)`` float32 or float16 rows, finite, L >= 1.
