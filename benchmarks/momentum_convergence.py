@@ -128,13 +128,16 @@ def main():
     ap.add_argument("--device", default=None)
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--max-iters", type=int, default=2000, help="blocks before giving up")
+    ap.add_argument("--timed-blocks", type=int, default=None, help="timed rounds (default 40 / 100)")
     args = ap.parse_args()
     dev = get_device(args.device)
     if args.quick:
         B, S, E, H, timed = 1, 16, 64, 4, 40
     else:
         B, S, E, H, timed = 2, 256, 512, 8, 100
-    mu, max_iters = 0.02, 2000
+    mu, max_iters = 0.02, args.max_iters
+    timed = args.timed_blocks or timed
     unpredictable = list(range(0, H, 2))
     mha = build_attention(E, H, unpredictable, mu, seed=0, device=dev)
     x0 = np.random.default_rng(1).standard_normal((B, S, E)).astype(np.float32)
@@ -170,6 +173,7 @@ def main():
                                if base["gpu_us_per_block"] else None)
         if r["iterations_to_tol"] is not None:
             r["wall_ms_to_tol"] = r["iterations_to_tol"] * r["wall_us_per_block"] / 1e3
+            r["gpu_ms_to_tol"] = r["iterations_to_tol"] * r["gpu_us_per_block"] / 1e3
     name = "momentum_convergence" + (f"_{args.tag}" if args.tag else "")
     payload = {**device_info(dev), "quick": args.quick,
                "config": {"B": B, "S": S, "E": E, "H": H, "mu": mu, "step_size": 1.0,
