@@ -2,7 +2,7 @@
 """entmax-tau shader: GPU and wall time of the exact alpha-entmax threshold (and probabilities)
 of R rows of L logits, against plain-torch entmax on the same GPU (separate process,
 benchmarks/torch_entmax_rows.py, when torch with CUDA is importable) and grilly_kv's NumPy
-reference. Defaults: R = 32 rows (one decode step of 32 query heads), L = 32K and 128K,
+reference, and one workgroup of 256 vs 1024 threads per row. Defaults: R = 32 rows (one decode step of 32 query heads), L = 32K and 128K,
 alpha 1.5, 2, 4/3; ``--quick``: R = 4, L = 4K and 16K for lavapipe.
 
     python3 benchmarks/bench_entmax_tau.py [--quick] [--device vulkan:0] [--no-torch]
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, gpu_us, save, wall_us  # noqa: E402
 
 from grilly_kv.backend import get_device  # noqa: E402
-from grilly_kv.ops.entmax_tau import entmax_tau  # noqa: E402
+from grilly_kv.ops.entmax_tau import entmax_tau, local_size_for  # noqa: E402
 
 ALPHAS = (1.5, 2.0, 4 / 3)
 
@@ -56,10 +56,12 @@ def main():
     for L in lengths:
         x = np.random.default_rng(L).standard_normal((R, L)).astype(np.float32)
         for alpha in ALPHAS:
-            row = {"rows": R, "L": L, "alpha": alpha}
-            for probs in (False, True):
-                call = lambda: entmax_tau(x, alpha, with_probs=probs, device=dev)  # noqa: E731
-                key = "tau_and_probs" if probs else "tau_only"
+            row = {"rows": R, "L": L, "alpha": alpha, "default_threads": local_size_for(L)}
+            for probs, threads in ((False, None), (True, None), (True, 256), (True, 1024)):
+                call = lambda: entmax_tau(x, alpha, with_probs=probs, device=dev,  # noqa: E731
+                                          local_size=threads)
+                key = (f"tau_and_probs_{threads}_threads" if threads else
+                       "tau_and_probs" if probs else "tau_only")
                 row[key] = {"gpu_us": gpu_us(dev, call, reps)["median"],
                             "wall_us": wall_us(call, reps)["median"]}
             got = entmax_tau(x, alpha, with_probs=True, device=dev)

@@ -160,3 +160,12 @@ def test_bad_logits(vk, bad, message):
 def test_bad_axis(vk):
     with pytest.raises(ValueError, match="axis"):
         entmax(np.zeros((2, 3), np.float32), 1.5, axis=2, device=vk)
+
+
+@pytest.mark.parametrize("threads", [32, 1024])
+def test_workgroup_sizes_agree(vk, threads):
+    rng = np.random.default_rng(13)
+    x = rng.normal(0.0, 1.0, (3, 5000)).astype(np.float32)
+    check_against_reference(x, 1.5, entmax_tau(x, 1.5, with_probs=True, device=vk, local_size=threads))
+    with pytest.raises(ValueError, match="power of two"):
+        entmax_tau(x, 1.5, device=vk, local_size=96)

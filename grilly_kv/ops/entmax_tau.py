@@ -12,10 +12,12 @@ import numpy as np
 from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.entmax_tau import entmax_probs_ref, entmax_tau_ref, softmax_ref
-from ..validation import check_array
+from ..validation import check_array, check_int
 
 SHADER = "entmax-tau"
-LOCAL_SIZE = 256
+LOCAL_SIZE = 256            # threads per row for short rows
+LONG_ROW_LOCAL_SIZE = 1024  # for rows of LONG_ROW tokens or more: more loads in flight per row
+LONG_ROW = 8192
 MAX_ITER = 100          # Newton rounds with bisection fallback; typical rows need 3 to 15
 MAX_GRID_X = 65535
 PUSH = PushLayout("n_rows", "L", "alpha:f", "max_iter")
@@ -33,6 +35,11 @@ class EntmaxTau(NamedTuple):
     tau: np.ndarray
     support: np.ndarray
     probs: np.ndarray | None
+
+
+def local_size_for(L: int) -> int:
+    """Threads per workgroup (one workgroup per row) for rows of ``L`` logits."""
+    return LONG_ROW_LOCAL_SIZE if L >= LONG_ROW else LOCAL_SIZE
 
 
 def check_alpha(alpha, *, allow_softmax: bool) -> float:
@@ -62,7 +69,7 @@ def _reference(x: np.ndarray, alpha: float, with_probs: bool) -> EntmaxTau:
 
 
 def entmax_tau(logits: np.ndarray, alpha: float, *, with_probs: bool = False,
-               device: DeviceLike = None) -> EntmaxTau:
+               device: DeviceLike = None, local_size: int | None = None) -> EntmaxTau:
     """Exact alpha-entmax threshold of each row: ``sum_i [(alpha-1) x_i - tau]_+^beta = 1``.
 
     ``beta = 1/(alpha - 1)``; the probabilities are ``p_i = [(alpha-1) x_i - tau]_+^beta``. On
@@ -80,6 +87,8 @@ def entmax_tau(logits: np.ndarray, alpha: float, *, with_probs: bool = False,
         alpha: in [1, 2]; 1 is softmax (tau is then the log-sum-exp).
         with_probs: also return the ``(N, L)`` probabilities.
         device: ``"vulkan"``, ``"vulkan:N"``, ``"cpu"`` (NumPy, float64 inside) or None.
+        local_size: threads per row, a power of two from 32 to 1024 (default:
+            :func:`local_size_for`); a tuning knob, results agree to rounding.
 
     Returns:
         :class:`EntmaxTau` (tau, support, probs).
@@ -98,7 +107,11 @@ def entmax_tau(logits: np.ndarray, alpha: float, *, with_probs: bool = False,
     x_buf = ws.scratch.get("logits", -(-N * L // 2) if f16 else N * L, np.uint32 if f16 else np.float32)
     out = ws.scratch.get("tau", 2 * N, np.uint32)
     probs = ws.scratch.get("probs", N * L if with_probs else 1)
-    spec = (LOCAL_SIZE, int(f16), int(with_probs))
+    threads = local_size_for(L) if local_size is None else check_int(
+        "local_size", local_size, minimum=32, maximum=1024)
+    if threads & (threads - 1):
+        raise ValueError(f"local_size must be a power of two, got {threads}")
+    spec = (threads, int(f16), int(with_probs))
     groups = (min(N, MAX_GRID_X), -(-N // MAX_GRID_X))
 
     def build() -> Recording:
