@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import Buffer, Recording, Workspace
-from ..ops.nn_attention import record_attention
+from ..ops.nn_attention import record_attention, stage_masks
 from ..ops.nn_linear import record_linear
 
 PARAM_NAMES = ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
@@ -78,8 +78,7 @@ class DeviceForward:
         heads, out = sc.get("heads", B * S_q * E), sc.get("out", B * S_q * E)
         projected = sc.get("projected", B * S_q * E if projector is not None else 1)
         probs = sc.get("probs", B * H * S_q * S_k)
-        mask = sc.get("attn_mask", 1 if attn_mask is None else attn_mask.size)
-        kpm = sc.get("key_padding_mask", 1 if key_padding_mask is None else key_padding_mask.size)
+        mask, kpm = stage_masks(sc, attn_mask, key_padding_mask)
         inputs = list(dict.fromkeys([x_q, x_k, x_v, mask, kpm]))   # each buffer once
         p = self.params
         has_bias = mha.bias
@@ -113,10 +112,6 @@ class DeviceForward:
             x_k.write(key)
         if x_v is not x_k:
             x_v.write(value)
-        if attn_mask is not None:
-            mask.write(attn_mask)
-        if key_padding_mask is not None:
-            kpm.write(key_padding_mask)
         rec.run()
         result = out.read(B * S_q * E).reshape(B, S_q, E)
         weights = probs.read(B * H * S_q * S_k).reshape(B, H, S_q, S_k) if need_weights else None

@@ -31,6 +31,18 @@ def prepare_masks(attn_mask, key_padding_mask, B: int, H_q: int, S_q: int, S_k: 
     return attn_mask, key_padding_mask
 
 
+def stage_masks(scratch, attn_mask, key_padding_mask):
+    """Scratch buffers ``attn_mask`` and ``key_padding_mask`` holding the additive masks (one
+    unused word where a mask is None), written to their staging copies."""
+    bufs = []
+    for name, m in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
+        buf = scratch.get(name, 1 if m is None else m.size)
+        if m is not None:
+            buf.write(m)
+        bufs.append(buf)
+    return tuple(bufs)
+
+
 def record_attention(rec: Recording, bufs, *, B: int, H_q: int, H_kv: int, S_q: int, S_k: int,
                      D: int, f16: bool, mask_ndim: int, has_kpm: bool, is_causal: bool,
                      token_major: bool, scale: float) -> Recording:
@@ -99,8 +111,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, attn_mask: np.ndar
     q_buf = ws.scratch.get("q", words(q.size), word_dtype)
     k_buf = ws.scratch.get("k", words(k.size), word_dtype)
     v_buf = ws.scratch.get("v", words(v.size), word_dtype)
-    mask_buf = ws.scratch.get("attn_mask", 1 if attn_mask is None else attn_mask.size)
-    kpm_buf = ws.scratch.get("key_padding_mask", 1 if key_padding_mask is None else key_padding_mask.size)
+    mask_buf, kpm_buf = stage_masks(ws.scratch, attn_mask, key_padding_mask)
     probs_buf = ws.scratch.get("probs", B * H_q * S_q * S_k)
     out_buf = ws.scratch.get("out", B * H_q * S_q * D)
     flags = dict(f16=f16, mask_ndim=0 if attn_mask is None else attn_mask.ndim,
@@ -118,10 +129,6 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, attn_mask: np.ndar
     q_buf.write(q)
     k_buf.write(k)
     v_buf.write(v)
-    if attn_mask is not None:
-        mask_buf.write(attn_mask)
-    if key_padding_mask is not None:
-        kpm_buf.write(key_padding_mask)
     rec.run()
     out = out_buf.read(B * H_q * S_q * D).reshape(B, H_q, S_q, D)
     if not need_weights:
