@@ -16,10 +16,12 @@ layout(constant_id = 3) const uint SLICE = 2;        // units per workgroup; div
 layout(constant_id = 4) const uint WAVE_ROWS = 512;  // rows per wave (stage: WAVE_ROWS * SLICE units)
 layout(constant_id = 5) const uint VEC4 = 1;         // 1: a unit is 4 words (rows of 4k words)
 
-layout(set = 0, binding = 0) readonly buffer Src { uint src[]; };
-layout(set = 0, binding = 0) readonly buffer Src4 { uvec4 src4[]; };
-layout(set = 0, binding = 1) writeonly buffer Dst { uint dst[]; };
-layout(set = 0, binding = 1) writeonly buffer Dst4 { uvec4 dst4[]; };
+// Src and Dst may be the same buffer: no readonly / writeonly / restrict, so the compiler may not
+// route reads through a non-coherent cache or assume the two bindings never alias.
+layout(set = 0, binding = 0) buffer Src { uint src[]; };
+layout(set = 0, binding = 0) buffer Src4 { uvec4 src4[]; };
+layout(set = 0, binding = 1) buffer Dst { uint dst[]; };
+layout(set = 0, binding = 1) buffer Dst4 { uvec4 dst4[]; };
 layout(set = 0, binding = 2) readonly buffer Kept { uint kept[]; };
 layout(set = 0, binding = 3) readonly buffer Params { uint n_rows; uint src_row0; uint dst_row0; } prm;
 
