@@ -15,12 +15,13 @@ import numpy as np
 from .backend import get_device
 from .backend.device import DeviceLike
 from .ops.entmax_tau import check_alpha
+from .reference.gaussian_tau import gaussian_beta
 from .ops.topk_select import GROUP_REDUCE
 from .paged_store import NumpyStore, VulkanStore
 from .validation import check_array, check_choice, check_int
 
 DTYPES = ("float16", "float32")
-METHODS = ("topk", "dense")
+METHODS = ("topk", "gaussian", "dense")
 
 
 class PagedKVCache:
@@ -129,6 +130,14 @@ class PagedKVCache:
         always the last (partial) page; then softmax attention over those tokens only, scaled by
         ``1/sqrt(D)``. With ``token_budget >= len(cache)`` every page is kept and the result is
         dense attention. ``method="dense"``: attention over every token (token_budget unused).
+        ``method="gaussian"`` (entmax only, alpha 2, 1.5 or 4/3): EntmaxKV's Gaussian-aware
+        selection (:mod:`grilly_kv.gaussian`, automatic margins): per query head, a Gaussian model
+        of the logits from the pages' key means and stds gives a threshold estimate tau-hat, and
+        the pages whose likely maximum can reach above it are kept, so the number of pages
+        follows the data (few when a few pages stand out, most when scores are flat); a KV head
+        keeps the union of its query heads' pages, plus the last page. The decode then uses the
+        exact tau of the kept tokens (EntmaxKV's tau_mode "exact"); token_budget and sink_pages
+        are not supported with it.
 
         ``alpha = 1`` gives softmax weights; ``alpha`` in (1, 2] alpha-entmax weights
         ``p_i = [(alpha - 1) x_i - tau]_+^(1/(alpha-1))``, ``x_i = q.k_i / sqrt(D)``, with tau
@@ -161,11 +170,16 @@ class PagedKVCache:
         check_choice("group_reduce", group_reduce, GROUP_REDUCE)
         sink_pages = check_int("sink_pages", sink_pages, minimum=0)
         n_top = None
+        if method == "gaussian":
+            gaussian_beta(alpha)
+            if token_budget is not None or sink_pages:
+                raise ValueError("method='gaussian' chooses the pages from the data: token_budget "
+                                 "and sink_pages are not supported with it")
         if method == "topk":
             if token_budget is None:
                 raise ValueError("token_budget is required for method='topk'")
             n_top = check_int("token_budget", token_budget, minimum=1) // self.page_size
-        out, pages = self._store.decode(q, self._len, n_top=n_top, n_sink=sink_pages,
-                                        group_reduce=group_reduce, want_pages=return_pages,
-                                        alpha=alpha)
+        out, pages = self._store.decode(q, self._len, method=method, n_top=n_top,
+                                        n_sink=sink_pages, group_reduce=group_reduce,
+                                        want_pages=return_pages, alpha=alpha)
         return (out, pages) if return_pages else out

@@ -7,10 +7,12 @@ import numpy as np
 
 from .backend import Buffer, Recording
 from .ops import decode_attention as attn
+from .ops.gaussian_select import record_gaussian_select
 from .ops.kv_append import max_rows_per_call, record_kv_append
 from .ops.page_stats import record_page_stats
 from .ops.topk_select import record_topk_select
 from .reference.decode_attention import decode_attention_ref
+from .reference.gaussian_select import gaussian_select_ref
 from .reference.kv_append import kv_append_ref
 from .reference.page_stats import page_stats_ref
 from .reference.topk_select import page_scores_ref, topk_select_ref
@@ -41,17 +43,20 @@ class NumpyStore:
     def read_stats(self, n_pages: int) -> np.ndarray:
         return self.stats[:, :, :n_pages].astype(np.float32)
 
-    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str, want_pages: bool,
-               alpha: float):
+    def decode(self, q, length: int, *, method: str, n_top, n_sink: int, group_reduce: str,
+               want_pages: bool, alpha: float):
         B, H = self.k.shape[:2]
         P = -(-length // self.page)
         k, v = self.k[:, :, :length], self.v[:, :, :length]
-        if n_top is None:
+        if method == "dense":
             pages = np.broadcast_to(np.arange(P), (B, H, P)).copy()
             return decode_attention_ref(q, k, v, alpha=alpha).astype(np.float32), pages
         st = self.read_stats(P)
-        scores = page_scores_ref(q, st[:, :, :, 0], st[:, :, :, 1], group_reduce)
-        pages = topk_select_ref(scores, P, n_top, n_sink)
+        if method == "gaussian":
+            pages = gaussian_select_ref(q, st[:, :, :, 2], st[:, :, :, 3], length, self.page, alpha)
+        else:
+            scores = page_scores_ref(q, st[:, :, :, 0], st[:, :, :, 1], group_reduce)
+            pages = topk_select_ref(scores, P, n_top, n_sink)
         out = decode_attention_ref(q, k, v, pages, self.page, alpha=alpha)
         return out.astype(np.float32), pages
 
@@ -96,6 +101,7 @@ class VulkanStore:
         self._staging: dict[int, Buffer] = {}
         self._per_group: dict[int, tuple] = {}
         self._entmax_bufs: dict[int, tuple] = {}
+        self._gaussian_bufs: dict[int, tuple] = {}
         self._unused = Buffer(dev, 1, host_visible=False)   # bound where a pass needs no buffer
         self._recordings: dict = {}
 
@@ -136,6 +142,16 @@ class VulkanStore:
             bufs = (Buffer(self.dev, rows * self.cap, host_visible=False),
                     Buffer(self.dev, 2 * rows, np.uint32))
             self._entmax_bufs[group] = bufs
+        return bufs
+
+    def _gaussian_buffers(self, group: int) -> tuple:
+        """(moments, per-head stats) scratch of the Gaussian selector, allocated on first use."""
+        bufs = self._gaussian_bufs.get(group)
+        if bufs is None:
+            rows = self.bh * group
+            bufs = (Buffer(self.dev, 2 * rows * self.max_pages, host_visible=False),
+                    Buffer(self.dev, 4 * rows))
+            self._gaussian_bufs[group] = bufs
         return bufs
 
     # ---- writing -----------------------------------------------------------------------------
@@ -185,14 +201,14 @@ class VulkanStore:
         return self._read_rows(self.stats, self.max_pages, n_pages, 4 * self.Dp)
 
     # ---- decoding ----------------------------------------------------------------------------
-    def decode(self, q, length: int, *, n_top, n_sink: int, group_reduce: str, want_pages: bool,
-               alpha: float):
+    def decode(self, q, length: int, *, method: str, n_top, n_sink: int, group_reduce: str,
+               want_pages: bool, alpha: float):
         group = q.shape[1] // self.H
         q_buf, out, partial = self._group_buffers(group)
         logits, tau = self._entmax_buffers(group, alpha)
         P = -(-length // self.page)
-        dense = n_top is None
-        if dense:
+        dense = method == "dense"
+        if method != "topk":
             max_tokens = _pow2_at_least(length, attn.MIN_CHUNK)
         else:
             max_tokens = (min(max(n_top, n_sink), P - 1) + 1) * self.page
@@ -200,12 +216,18 @@ class VulkanStore:
         n_splits = attn.choose_splits(max_tokens, self.bh)
         grid_pages = min(_pow2_at_least(P, 64), self.max_pages)
         want_pages = want_pages and not dense
-        key = ("decode", group, dense, n_top, n_sink, group_reduce, n_splits, grid_pages, want_pages,
-               alpha, max_tokens if alpha != 1.0 else 0)
+        key = ("decode", group, method, n_top, n_sink, group_reduce, n_splits, grid_pages,
+               want_pages, alpha, max_tokens if alpha != 1.0 else 0)
 
         def build(rec: Recording) -> Recording:
             rec.upload(self.meta, q_buf)
-            if not dense:
+            if method == "gaussian":
+                record_gaussian_select(rec, q_buf, self.stats, *self._gaussian_buffers(group),
+                                       self.pages, self.counts, self.meta, bh=self.bh, group=group,
+                                       head_dim=self.Dp, f16=self.f16, page_size=self.page,
+                                       max_pages=self.max_pages, grid_pages=grid_pages,
+                                       alpha=alpha, scale=1.0 / np.sqrt(self.D))
+            elif method == "topk":
                 record_topk_select(rec, q_buf, self.stats, self.scores, self.pages, self.counts,
                                    self.meta, bh=self.bh, group=group, head_dim=self.Dp,
                                    f16=self.f16, page_size=self.page, max_pages=self.max_pages,

@@ -13,6 +13,7 @@
 //   most 4 histogram passes, fewer when a digit settles it), then one compaction pass: the cost
 //   is linear in the number of pages, nothing is sorted.
 #include "common.glsl"
+#include "workgroup_scan.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint D = 128;        // head_dim (padded), a multiple of 4
@@ -42,7 +43,7 @@ layout(push_constant) uniform Push {
 
 shared float sh_q[G * D];
 shared uint sh_hist[256];
-shared uint sh_sub[MAX_SUBGROUPS];
+shared uint sh_lo[MAX_SUBGROUPS];
 shared uint sh_prefix, sh_remaining;
 shared bool sh_settled;
 
@@ -80,29 +81,14 @@ uint key_of(float f) {
     return (u & 0x80000000u) != 0u ? ~u : (u | 0x80000000u);
 }
 
-// Workgroup-wide exclusive prefix sum of v; every invocation must call it. total: the sum of all v.
-uint exclusive_scan(uint v, out uint total) {
-    const uint within = subgroupExclusiveAdd(v);
-    if (gl_SubgroupInvocationID == gl_SubgroupSize - 1u) sh_sub[gl_SubgroupID] = within + v;
-    barrier();
-    uint before = 0u;
-    total = 0u;
-    for (uint s = 0u; s < gl_NumSubgroups; s++) {
-        if (s == gl_SubgroupID) before = total;
-        total += sh_sub[s];
-    }
-    barrier();
-    return before + within;
-}
-
 // Workgroup-wide minimum of lo and maximum of hi; every invocation must call it.
 uvec2 min_max(uint lo, uint hi) {
     lo = subgroupMin(lo);
     hi = subgroupMax(hi);
-    if (subgroupElect()) { sh_sub[gl_SubgroupID] = lo; sh_hist[gl_SubgroupID] = hi; }
+    if (subgroupElect()) { sh_lo[gl_SubgroupID] = lo; sh_hist[gl_SubgroupID] = hi; }
     barrier();
     uvec2 r = uvec2(0xFFFFFFFFu, 0u);
-    for (uint s = 0u; s < gl_NumSubgroups; s++) r = uvec2(min(r.x, sh_sub[s]), max(r.y, sh_hist[s]));
+    for (uint s = 0u; s < gl_NumSubgroups; s++) r = uvec2(min(r.x, sh_lo[s]), max(r.y, sh_hist[s]));
     barrier();
     return r;
 }
