@@ -180,14 +180,36 @@ def main():
                           "tol": args.tol, "max_iters": max_iters, "timed_blocks": timed,
                           "unpredictable_heads": unpredictable,
                           "predictable_spectrum": PREDICTABLE_SPECTRUM,
-                          "head_qsim_x0": qsim.round(4).tolist()},
+                          "head_qsim_x0": [round(float(v), 4) for v in qsim]},
                "rows": rows, "residuals": curves,
                "note": "iterations are counted with F evaluated outside the timed runs; wall/GPU "
                        "per block are medians over `timed_blocks` separately timed blocks. GPU "
                        "time sums the Vulkan timestamps of every submission in a block (uploads "
                        "and downloads included; kernel_us: dispatches only)."}
     save(name, payload)
+    write_table(rows, payload, RESULTS / f"{name}.md")
     plot(curves, rows, args.tol, RESULTS / f"{name}.png", dev.name)
+
+
+def write_table(rows, payload, path):
+    """The result rows as a Markdown table."""
+    c = payload["config"]
+    lines = [f"# momentum_convergence on {payload['device']}",
+             "",
+             f"B={c['B']} S={c['S']} E={c['E']} H={c['H']}, mu={c['mu']}, tol={c['tol']}, "
+             f"unpredictable heads {c['unpredictable_heads']}, q-similarity at x_0 {c['head_qsim_x0']}",
+             "",
+             "| method | selected heads | blocks to tol | wall us/block | x plain | GPU us/block | "
+             "x plain | wall ms to tol |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gpu_ratio = "-" if r["gpu_over_plain"] is None else f"{r['gpu_over_plain']:.2f}"
+        to_tol = f"{r['wall_ms_to_tol']:.0f}" if "wall_ms_to_tol" in r else "not reached"
+        lines.append(f"| {r['method']} | {r['selected_heads']} | {r['iterations_to_tol']} | "
+                     f"{r['wall_us_per_block']:.0f} | {r['wall_over_plain']:.2f} | "
+                     f"{r['gpu_us_per_block']:.0f} | {gpu_ratio} | {to_tol} |")
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
 
 
 def plot(curves, rows, tol, path, device_name):
