@@ -8,7 +8,8 @@ head. For each: GPU time of the round's dispatches (Vulkan timestamps) and of ea
 time of the submission, and the bandwidth bound = bytes of the keys read once / the copy
 bandwidth measured in the same run (buffer-copy shader; ratio 1.0 = at the bound); the JSON also
 gives the bound that adds the compaction's bytes (kept K and V read and written once).
-Then the default schedule's steady state: a round at S = budget + divide_length, against a dense
+Then the default schedule's steady state: a round at S = budget + divide_length (its selection both
+fused in one workgroup, the default for short rows, and chunked over workgroups), against a dense
 decode attention step over those S tokens (PagedKVCache, same device, same run); the round runs
 once per divide_length decode steps, so its share is round / (divide_length * step + round).
 
@@ -72,7 +73,7 @@ def run_timed(dev, rec, reps, warmup=2):
             "stages_us": stages, "n": reps}
 
 
-def round_at(dev, rng, rope, calib, S, per_head, reps):
+def round_at(dev, rng, rope, calib, S, per_head, reps, select_method="auto"):
     """Time one compression round over S keys per head (compacting into a separate buffer so the
     source survives for the next repeat; the in-place round moves the same bytes)."""
     f16 = True
@@ -94,7 +95,7 @@ def round_at(dev, rng, rope, calib, S, per_head, reps):
     params.write(params_words(BUDGET))
     rec = Recording(dev, timestamps=True).upload(bufs.weights, params)
     record_compression_round(rec, kv, S, dst, BUDGET, bufs, work, kept, params, n_kv=H_KV, head_dim=D,
-                             f16=f16, plan=plan)
+                             f16=f16, plan=plan, select_method=select_method)
     rec.download(kept)
     res = run_timed(dev, rec, reps)
     idx = kept.read(n_rows * BUDGET).reshape(n_rows, BUDGET).astype(np.int64)
@@ -150,7 +151,10 @@ def main():
             print(f"S={S:7d} {row['selection']:11s} round {r['gpu_us']:9.1f} us GPU ({stages}), "
                   f"wall {r['wall_us']:9.1f} us, bound {bound_us:8.1f} us, x{row['ratio_to_bound']:.2f}")
     S_steady = BUDGET + DIVIDE
-    steady = round_at(dev, rng, rope, calib, S_steady, False, reps)
+    steady = round_at(dev, rng, rope, calib, S_steady, False, reps)          # fused select (short row)
+    steady_chunked = round_at(dev, rng, rope, calib, S_steady, False, reps, select_method="chunked")
+    print(f"steady state S={S_steady}: round with fused select {steady['gpu_us']:.1f} us GPU, with chunked "
+          f"select {steady_chunked['gpu_us']:.1f} us GPU")
     share_gpu = share_wall = None
     try:        # another module's cache: a failure there must not lose the rounds measured above
         step = decode_step(dev, rng, S_steady, reps)
@@ -168,7 +172,8 @@ def main():
                    "divide_length": DIVIDE, "protect_initial": PROTECT_INITIAL,
                    "protect_recent": PROTECT_RECENT, "offsets": 17, "reps": reps},
         "copy_bandwidth": bw, "rounds": rows,
-        "steady_state": {"S": S_steady, "round": steady, "dense_decode_attention_step": step,
+        "steady_state": {"S": S_steady, "round": steady, "round_chunked_select": steady_chunked,
+                         "dense_decode_attention_step": step,
                          "round_share_of_decode_gpu": share_gpu, "round_share_of_decode_wall": share_wall,
                          "note": "one round per divide_length decode steps; the step here is the "
                                  "attention over the kept cache only (no projections or MLP)"}})

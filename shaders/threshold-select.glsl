@@ -10,6 +10,8 @@
 // counts give. Passes (pass_id):
 //   0 clear (grid ceil(3*BINS/WG) x R)      1 histogram, level p.level (grid n_chunks x R)
 //   2 pick, level p.level (grid R)          3 count (grid n_chunks x R)     4 write (grid n_chunks x R)
+//   5 fused (grid R): all of it by one workgroup per row, histograms in shared memory (short rows:
+//     one dispatch instead of nine).
 // Work buffer per row: hist[3][BINS], prefix, remaining, count[n_chunks] (gt << 16 | eq).
 #include "common.glsl"
 
@@ -37,6 +39,7 @@ layout(push_constant) uniform Push {
 shared uint sh_hist[BINS];
 shared uint sh_sub[MAX_SUBGROUPS];
 shared uint sh_total;
+shared uint sh_prefix, sh_remaining;
 
 uint order_key(float x) {            // larger float -> larger uint; -0.0 and +0.0 tie
     const uint b = x == 0.0 ? 0u : floatBitsToUint(x);
@@ -95,28 +98,39 @@ void histogram(uint row, uint c) {
     }
 }
 
-void pick(uint row) {
-    // invocation t owns PER bins, scanned from the top: bins [nb - PER(t+1), nb - PER t)
-    const uint base = row * row_words();
-    const uint nb = level_bins(p.level);
+// The bin at which `remaining` keys are reached, counting from the top, among this level's bins
+// (shared sh_hist when LOCAL, else the row's global histogram). Invocation t owns `per` bins,
+// [nb - per(t+1), nb - per t); the one whose block holds the bin scans it and writes the new
+// (prefix, remaining) to sh_prefix / sh_remaining. Call from uniform control flow.
+void select_bin(uint hist_base, bool local_hist, uint level, uint prefix, uint remaining) {
+    const uint nb = level_bins(level);
     const uint per = nb / gl_WorkGroupSize.x;
-    const uint hi = nb - per * gl_LocalInvocationIndex;          // one past this block's top bin
-    const uint remaining = p.level == 0u ? p.k : work[base + 3u * BINS + 1u];
-    const uint prefix = work[base + 3u * BINS];
+    const uint hi = nb - per * gl_LocalInvocationIndex;       // one past this block's top bin
     uint v = 0u;
-    for (uint b = hi - per; b < hi; b++) v += work[base + p.level * BINS + b];
+    for (uint b = hi - per; b < hi; b++) v += local_hist ? sh_hist[b] : work[hist_base + b];
     const uint at_or_above = wg_inclusive_scan(v);
     uint above = at_or_above - v;
     if (above < remaining && at_or_above >= remaining) {
         for (uint b = hi; b-- > hi - per;) {
-            const uint h = work[base + p.level * BINS + b];
+            const uint h = local_hist ? sh_hist[b] : work[hist_base + b];
             if (above + h >= remaining) {
-                work[base + 3u * BINS] = prefix | (b << level_shift(p.level));
-                work[base + 3u * BINS + 1u] = remaining - above;
+                sh_prefix = prefix | (b << level_shift(level));
+                sh_remaining = remaining - above;
                 break;
             }
             above += h;
         }
+    }
+    barrier();
+}
+
+void pick(uint row) {
+    const uint base = row * row_words();
+    const uint remaining = p.level == 0u ? p.k : work[base + 3u * BINS + 1u];
+    select_bin(base + p.level * BINS, false, p.level, work[base + 3u * BINS], remaining);
+    if (gl_LocalInvocationIndex == 0u) {
+        work[base + 3u * BINS] = sh_prefix;
+        work[base + 3u * BINS + 1u] = sh_remaining;
     }
 }
 
@@ -133,25 +147,10 @@ void count_chunk(uint row, uint c) {
     if (gl_LocalInvocationIndex == 0u) work[base + 3u * BINS + 2u + c] = sh_total;
 }
 
-void write_chunk(uint row, uint c) {
-    const uint WG = gl_WorkGroupSize.x;
-    const uint base = row * row_words();
-    const uint T = work[base + 3u * BINS];
-    const uint remaining = work[base + 3u * BINS + 1u];
-    uint gt = 0u, eq = 0u;                       // counts of the chunks before this one
-    for (uint i = gl_LocalInvocationIndex; i < c; i += WG) {
-        const uint packed = work[base + 3u * BINS + 2u + i];
-        gt += packed >> 16;
-        eq += packed & 0xFFFFu;
-    }
-    wg_inclusive_scan(gt);
-    uint n_out = sh_total;                       // kept positions before this block
-    wg_inclusive_scan(eq);
-    uint n_eq = sh_total;                        // keys == T before this block
-    n_out += min(n_eq, remaining);
-    const uint out_base = gl_WorkGroupID.y * p.k;
-    const uint s_end = min(c * CHUNK + CHUNK, p.S);
-    for (uint b0 = c * CHUNK; b0 < s_end; b0 += WG) {
+// Write the kept positions of [s_begin, s_end): keys > T, and keys == T while fewer than
+// `remaining` were kept before; n_out / n_eq: kept positions and keys == T before s_begin.
+void write_range(uint row, uint T, uint remaining, uint s_begin, uint s_end, uint n_out, uint n_eq, uint out_base) {
+    for (uint b0 = s_begin; b0 < s_end; b0 += gl_WorkGroupSize.x) {
         const uint s = b0 + gl_LocalInvocationIndex;
         const uint key = s < s_end ? key_at(row, s) : 0u;
         const bool is_gt = s < s_end && key > T;
@@ -170,11 +169,49 @@ void write_chunk(uint row, uint c) {
     }
 }
 
+void write_chunk(uint row, uint c) {
+    const uint base = row * row_words();
+    const uint T = work[base + 3u * BINS];
+    const uint remaining = work[base + 3u * BINS + 1u];
+    uint gt = 0u, eq = 0u;                       // counts of the chunks before this one
+    for (uint i = gl_LocalInvocationIndex; i < c; i += gl_WorkGroupSize.x) {
+        const uint packed = work[base + 3u * BINS + 2u + i];
+        gt += packed >> 16;
+        eq += packed & 0xFFFFu;
+    }
+    wg_inclusive_scan(gt);
+    const uint gt_total = sh_total;
+    wg_inclusive_scan(eq);
+    const uint eq_total = sh_total;
+    write_range(row, T, remaining, c * CHUNK, min(c * CHUNK + CHUNK, p.S),
+                gt_total + min(eq_total, remaining), eq_total, row * p.k);
+}
+
+void fused_select(uint row) {
+    uint prefix = 0u, remaining = p.k;
+    for (uint level = 0u; level < 3u; level++) {
+        for (uint b = gl_LocalInvocationIndex; b < BINS; b += gl_WorkGroupSize.x) sh_hist[b] = 0u;
+        barrier();
+        const uint shift = level_shift(level);
+        for (uint s = gl_LocalInvocationIndex; s < p.S; s += gl_WorkGroupSize.x) {
+            const uint key = key_at(row, s);
+            if (is_candidate(key, level, prefix)) atomicAdd(sh_hist[(key >> shift) & (level_bins(level) - 1u)], 1u);
+        }
+        barrier();
+        select_bin(0u, true, level, prefix, remaining);
+        prefix = sh_prefix;
+        remaining = sh_remaining;
+        barrier();                                   // sh_hist, sh_prefix reused next level
+    }
+    write_range(row, prefix, remaining, 0u, p.S, 0u, 0u, row * p.k);
+}
+
 void main() {
     const uint row = gl_WorkGroupID.y;
     if (p.pass_id == 0u) clear_work(row);
     else if (p.pass_id == 1u) histogram(row, gl_WorkGroupID.x);
     else if (p.pass_id == 2u) pick(gl_WorkGroupID.x);
     else if (p.pass_id == 3u) count_chunk(row, gl_WorkGroupID.x);
-    else write_chunk(row, gl_WorkGroupID.x);
+    else if (p.pass_id == 4u) write_chunk(row, gl_WorkGroupID.x);
+    else fused_select(gl_WorkGroupID.x);
 }

@@ -19,9 +19,10 @@ CASES = [  # R, S, k, protect_initial, protect_recent
 ]
 
 
+@pytest.mark.parametrize("method", ["fused", "chunked"])
 @pytest.mark.parametrize("kind", ["distinct", "ties", "tiny_negative", "constant"])
 @pytest.mark.parametrize("R,S,k,pi,pr", CASES)
-def test_threshold_select_matches_reference(vk, R, S, k, pi, pr, kind):
+def test_threshold_select_matches_reference(vk, R, S, k, pi, pr, kind, method):
     rng = np.random.default_rng(S * 7 + k)
     x = rng.standard_normal((R, S)).astype(np.float32)
     if kind == "ties":
@@ -31,7 +32,7 @@ def test_threshold_select_matches_reference(vk, R, S, k, pi, pr, kind):
     elif kind == "constant":
         x = np.full_like(x, 0.25)                    # every key ties at the threshold
     out = guard_output(vk, SHADER, "kept", R * k, np.uint32)
-    got = threshold_select(x, k, protect_initial=pi, protect_recent=pr, device=vk)
+    got = threshold_select(x, k, protect_initial=pi, protect_recent=pr, method=method, device=vk)
     assert_sentinels_intact(out, R * k)
     want = threshold_select_ref(x, k, pi, pr)
     assert np.array_equal(got, want), f"first mismatch at {np.argwhere(got != want)[0]}"
@@ -46,3 +47,5 @@ def test_threshold_select_rejects_bad_input(vk):
         threshold_select(np.full((1, 4), np.nan, np.float32), 1, device=vk)
     with pytest.raises(TypeError, match="float32"):
         threshold_select(x.astype(np.float64), 1, device=vk)
+    with pytest.raises(ValueError, match="method"):
+        threshold_select(x, 1, method="sort", device=vk)

@@ -57,7 +57,7 @@ class _HostStore:
 
 def record_compression_round(rec: Recording, kv: Buffer, capacity: int, dst: Buffer, dst_capacity: int,
                              bufs: TrigScoreBuffers, work: Buffer, kept: Buffer, params: Buffer, *, n_kv: int,
-                             head_dim: int, f16: bool, plan: "Round") -> Recording:
+                             head_dim: int, f16: bool, plan: "Round", select_method: str = "auto") -> Recording:
     """Record one round: score the first ``plan.S`` rows of ``kv``'s K half, select ``plan.k``,
     gather the kept K/V rows into ``dst`` (``kv`` itself for an in-place compaction).
 
@@ -71,7 +71,7 @@ def record_compression_round(rec: Recording, kv: Buffer, capacity: int, dst: Buf
                       interleaved=plan.layout == "interleaved", with_mean=not plan.per_head)
     record_threshold_select(rec, bufs.out, kept, work, S=S, k=k, n_rows=n_kv if plan.per_head else 1,
                             row0=0 if plan.per_head else n_kv, protect_initial=plan.protect_initial,
-                            protect_recent=plan.protect_recent)
+                            protect_recent=plan.protect_recent, method=select_method)
     row_words = head_dim // 2 if f16 else head_dim
     return record_kv_compact(rec, kv, dst, kept, params, row_words=row_words, src_cap=capacity,
                              dst_cap=dst_capacity, n_heads=n_kv, idx_stride=k if plan.per_head else 0)
