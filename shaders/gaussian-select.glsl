@@ -18,22 +18,14 @@
 //   pages[bh * max_pages + i] ascending, counts[bh].
 #include "common.glsl"
 #include "entmax.glsl"
-#include "workgroup_scan.glsl"
+#include "page_select.glsl"
+#include "workgroup_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
-layout(constant_id = 1) const uint D = 128;     // head_dim (padded), a multiple of 4
-layout(constant_id = 2) const uint F16 = 1;     // 1: stats are packed float16
-layout(constant_id = 3) const uint PAGE = 16;
-layout(constant_id = 4) const uint G = 1;       // query heads per KV head
 layout(constant_id = 5) const uint BETA = 2;    // 1 / (alpha - 1): 1, 2 or 3
-const uint NV = D / 4u;
-const uint PAGES_PER_WG = 64u;
 const float UPPER_Z = 1.5;
 const float SIGMA_FLOOR = 1e-6;
 
-layout(set = 0, binding = 0) readonly buffer Q { float q[]; };             // (B, H_q, D)
-layout(set = 0, binding = 1) readonly buffer S32 { uvec4 st32[]; };        // page stats
-layout(set = 0, binding = 1) readonly buffer S16 { uvec2 st16[]; };
 layout(set = 0, binding = 2) buffer Moments { vec2 moments[]; };           // (B*H_q, max_pages)
 layout(set = 0, binding = 3) buffer GStats { vec4 gstats[]; };             // (B*H_q,)
 layout(set = 0, binding = 4) writeonly buffer Pages { uint pages[]; };     // (B*H_kv, max_pages)
@@ -52,38 +44,21 @@ layout(push_constant) uniform Push {
     uint pass_id;
 } p;
 
-shared float sh_q[G * D];
-shared vec4 sh_red[128];   // per subgroup (up to 1024 invocations of 8)
 shared float sh_floor[G];
-shared float sh_z;
-
-vec4 wg_sum(vec4 v) {
-    v = subgroupAdd(v);
-    if (subgroupElect()) sh_red[gl_SubgroupID] = v;
-    barrier();
-    vec4 t = vec4(0.0);
-    for (uint s = 0u; s < gl_NumSubgroups; s++) t += sh_red[s];
-    barrier();
-    return t;
-}
 
 void page_moments(uint bh) {
-    const float scale = PUSH_F(p.scale_bits);
-    for (uint i = gl_LocalInvocationIndex; i < G * D; i += gl_WorkGroupSize.x) sh_q[i] = q[bh * G * D + i] * scale;
-    barrier();
+    load_group_queries(bh, PUSH_F(p.scale_bits));
     const uint n_pages = ceil_div(meta[0], PAGE);
     const uint first = gl_WorkGroupID.x * PAGES_PER_WG;
     for (uint k = gl_SubgroupID; k < PAGES_PER_WG; k += gl_NumSubgroups) {
         const uint pg = first + k;
         if (pg >= n_pages) break;
-        const uint row = (bh * p.max_pages + pg) * 4u * NV;
         for (uint g = 0u; g < G; g++) {
             vec2 mv = vec2(0.0);
             for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) {
-                const vec4 mean = LOAD_VEC4(F16, st32, st16, row + 2u * NV + i);
-                const vec4 sd = LOAD_VEC4(F16, st32, st16, row + 3u * NV + i);
-                const uint o = g * D + 4u * i;
-                const vec4 qv = vec4(sh_q[o], sh_q[o + 1u], sh_q[o + 2u], sh_q[o + 3u]);
+                const vec4 mean = page_stat(bh, p.max_pages, pg, STAT_MEAN, i);
+                const vec4 sd = page_stat(bh, p.max_pages, pg, STAT_STD, i);
+                const vec4 qv = group_query(g, i);
                 mv += vec2(dot(qv, mean), dot(qv * qv, sd * sd));
             }
             mv = subgroupAdd(mv);
@@ -103,14 +78,14 @@ void head_stats(uint bhq) {
         const vec2 mv = moments[base + pg];
         acc += vec4(mv.x, mv.y, mv.x + UPPER_Z * sqrt(max(mv.y, 0.0)), 0.0);
     }
-    acc = wg_sum(acc) / float(scored);
+    acc = workgroup_sum(acc) / float(scored);
     const float mu_g = acc.x;
     float dev2 = 0.0;
     for (uint pg = gl_LocalInvocationIndex; pg < scored; pg += gl_WorkGroupSize.x) {
         const float e = moments[base + pg].x - mu_g;
         dev2 += e * e;
     }
-    dev2 = wg_sum(vec4(dev2, 0.0, 0.0, 0.0)).x / float(scored);
+    dev2 = workgroup_sum(vec4(dev2, 0.0, 0.0, 0.0)).x / float(scored);
     const float sigma_g = max(sqrt(acc.y + dev2), SIGMA_FLOOR);
     if (gl_LocalInvocationIndex == 0u) {
         gstats[bhq] = vec4(mu_g, sigma_g, gaussian_tau_hat(mu_g, sigma_g, n, BETA), acc.z);
@@ -122,7 +97,7 @@ void select_pages(uint bh) {
     const float a = 1.0 / float(BETA);
     float part = 0.0;
     for (uint h = tid; h < p.n_heads_q; h += gl_WorkGroupSize.x) part += gstats[h].y;
-    const float sigma_bar = wg_sum(vec4(part, 0.0, 0.0, 0.0)).x / float(p.n_heads_q);
+    const float sigma_bar = workgroup_sum(vec4(part, 0.0, 0.0, 0.0)).x / float(p.n_heads_q);
     const bool low = sigma_bar < 1.5;
     if (tid < G) {
         const vec4 gs = gstats[bh * G + tid];

@@ -13,21 +13,13 @@
 //   most 4 histogram passes, fewer when a digit settles it), then one compaction pass: the cost
 //   is linear in the number of pages, nothing is sorted.
 #include "common.glsl"
-#include "workgroup_scan.glsl"
+#include "page_select.glsl"
+#include "workgroup_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
-layout(constant_id = 1) const uint D = 128;        // head_dim (padded), a multiple of 4
-layout(constant_id = 2) const uint F16 = 1;        // 1: stats are packed float16
-layout(constant_id = 3) const uint PAGE = 16;
-layout(constant_id = 4) const uint G = 1;          // query heads per KV head
 layout(constant_id = 5) const uint REDUCE_MEAN = 0;
-const uint NV = D / 4u;
-const uint PAGES_PER_WG = 64u;
 const uint MAX_SUBGROUPS = 128u;
 
-layout(set = 0, binding = 0) readonly buffer Q { float q[]; };             // (B, H_q, D)
-layout(set = 0, binding = 1) readonly buffer S32 { uvec4 st32[]; };        // page stats
-layout(set = 0, binding = 1) readonly buffer S16 { uvec2 st16[]; };
 layout(set = 0, binding = 2) buffer Scores { float scores[]; };            // (B*H_kv, max_pages)
 layout(set = 0, binding = 3) writeonly buffer Pages { uint pages[]; };     // (B*H_kv, sel_stride)
 layout(set = 0, binding = 4) writeonly buffer Counts { uint counts[]; };   // (B*H_kv,)
@@ -41,29 +33,25 @@ layout(push_constant) uniform Push {
     uint pass_id;     // 0: score, 1: select
 } p;
 
-shared float sh_q[G * D];
 shared uint sh_hist[256];
 shared uint sh_lo[MAX_SUBGROUPS];
 shared uint sh_prefix, sh_remaining;
 shared bool sh_settled;
 
 void score_pages(uint bh) {
-    for (uint i = gl_LocalInvocationIndex; i < G * D; i += gl_WorkGroupSize.x) sh_q[i] = q[bh * G * D + i];
-    barrier();
+    load_group_queries(bh, 1.0);
     const uint n_scored = ceil_div(meta[0], PAGE) - 1u;
     const uint first = gl_WorkGroupID.x * PAGES_PER_WG;
     for (uint k = gl_SubgroupID; k < PAGES_PER_WG; k += gl_NumSubgroups) {
         const uint pg = first + k;
         if (pg >= n_scored) break;
-        const uint row = (bh * p.max_pages + pg) * 4u * NV;     // the page's min row, in vec4s
         float best = -3.0e38, total = 0.0;
         for (uint g = 0u; g < G; g++) {
             float s = 0.0;
             for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) {
-                const vec4 lo = LOAD_VEC4(F16, st32, st16, row + i);
-                const vec4 hi = LOAD_VEC4(F16, st32, st16, row + NV + i);
-                const vec4 qv = vec4(sh_q[g * D + 4u * i], sh_q[g * D + 4u * i + 1u],
-                                     sh_q[g * D + 4u * i + 2u], sh_q[g * D + 4u * i + 3u]);
+                const vec4 lo = page_stat(bh, p.max_pages, pg, STAT_MIN, i);
+                const vec4 hi = page_stat(bh, p.max_pages, pg, STAT_MAX, i);
+                const vec4 qv = group_query(g, i);
                 const vec4 b = max(qv * lo, qv * hi);
                 s += b.x + b.y + b.z + b.w;
             }

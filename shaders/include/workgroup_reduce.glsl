@@ -1,12 +1,13 @@
-// Workgroup-wide exclusive prefix sum over uint, for compaction. Include after common.glsl.
-#ifndef GRILLY_KV_WORKGROUP_SCAN_GLSL
-#define GRILLY_KV_WORKGROUP_SCAN_GLSL
+// Workgroup-wide reductions over subgroups: an exclusive prefix sum (for compaction) and a sum.
+// Include after common.glsl. Every invocation of the workgroup must call them (they have barriers).
+#ifndef GRILLY_KV_WORKGROUP_REDUCE_GLSL
+#define GRILLY_KV_WORKGROUP_REDUCE_GLSL
 
-const uint SCAN_MAX_SUBGROUPS = 128u;
-shared uint sh_scan[SCAN_MAX_SUBGROUPS];
+const uint REDUCE_MAX_SUBGROUPS = 128u;   // 1024 invocations in subgroups of 8
+shared uint sh_scan[REDUCE_MAX_SUBGROUPS];
+shared vec4 sh_sum[REDUCE_MAX_SUBGROUPS];
 
 // The sum of v over the invocations before this one (by local index); total: the sum over all.
-// Every invocation of the workgroup must call it (it has barriers).
 uint exclusive_scan(uint v, out uint total) {
     const uint within = subgroupExclusiveAdd(v);
     if (gl_SubgroupInvocationID == gl_SubgroupSize - 1u) sh_scan[gl_SubgroupID] = within + v;
@@ -19,6 +20,17 @@ uint exclusive_scan(uint v, out uint total) {
     }
     barrier();
     return before + within;
+}
+
+// The sum of v over the workgroup, bit-identical in every invocation.
+vec4 workgroup_sum(vec4 v) {
+    v = subgroupAdd(v);
+    if (subgroupElect()) sh_sum[gl_SubgroupID] = v;
+    barrier();
+    vec4 t = vec4(0.0);
+    for (uint s = 0u; s < gl_NumSubgroups; s++) t += sh_sum[s];
+    barrier();
+    return t;
 }
 
 #endif
