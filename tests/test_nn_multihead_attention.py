@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from grilly_kv.nn import MultiheadAttention
-from harness import assert_close
+from harness import assert_close, assert_sentinels_intact
 
 ATOL = 3e-5   # float32 on Vulkan vs float64 NumPy, values O(1)
 
@@ -123,3 +123,27 @@ def test_new_parameters_reach_the_device(vk):
     second, _ = gpu(x, x, x)
     assert not np.allclose(first, second)
     assert_close(second, cpu(x, x, x)[0], atol=ATOL, rtol=1e-4, what="after load_state_dict")
+
+
+def test_fused_forward_writes_in_bounds(vk):
+    """Sentinels after the fused forward's heads / output / projected buffers (token-major attention)."""
+    from harness import GUARD_WORDS, SENTINEL
+
+    gpu, cpu = _pair(vk, 24, 4, num_kv_heads=2)
+    x = _tokens(np.random.default_rng(8), 2, 5, 24)
+    gpu(x, x, x)   # creates the device state
+    scratch = gpu._device_forward[vk].ws.scratch
+    n = 2 * 5 * 24
+    guarded = {}
+    for name in ("heads", "out", "projected"):
+        buf = scratch.get(name, n + GUARD_WORDS)
+        buf.write(np.full(buf.n_words, SENTINEL, np.uint32).view(buf.word_dtype))
+        buf.upload_now()
+        guarded[name] = buf
+    proj = np.eye(24, dtype=np.float32)
+    out, _, projected = gpu.forward_projected(x, x, x, projector=proj, is_causal=True)
+    ref = cpu(x, x, x, is_causal=True)[0]
+    assert_close(out, ref, atol=ATOL, rtol=1e-4, what="fused output")
+    assert_close(projected, ref, atol=ATOL, rtol=1e-4, what="output @ I")
+    for buf in guarded.values():
+        assert_sentinels_intact(buf, n)
