@@ -1,0 +1,101 @@
+"""The predictor's per-head history ring and the CNN over it, on a Vulkan device or in NumPy.
+
+One :class:`BlockPredictor` serves all layers and heads of a model: ``N = layers x H_q`` rows of
+history, ``C = ceil(max_tokens / 16)`` block columns. :meth:`BlockPredictor.step` pools new
+attention rows into the ring and scores the candidate blocks for the next step in one submission.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import Buffer, Recording, get_device
+from ..backend.device import DeviceLike
+from ..ops.predictor_cnn import record_predictor_cnn
+from ..ops.predictor_history_update import N_PARAMS, record_history_update
+from ..reference.predictor_cnn import predictor_cnn_ref
+from ..reference.predictor_history_update import BLOCK, HIST, history_update_ref
+from .weights import N_PARAMS as N_WEIGHTS, check_weights, flatten_weights
+
+
+ROWS_PER_SUBMIT = 8   # rows per head uploaded in one submission (bounds the staging buffer)
+
+
+class BlockPredictor:
+    """History ring ``(N, 64, C)`` of block-max-pooled attention rows, and next-step scores.
+
+    Args:
+        n_rows: N, one history per (layer, query head).
+        max_tokens: longest sequence; the ring has ``C = ceil(max_tokens / 16)`` block columns.
+        weights: CNN tensors (checked).
+        device: where the ring lives and the CNN runs (``"cpu"``: NumPy references).
+    """
+
+    def __init__(self, n_rows: int, max_tokens: int, weights: dict[str, np.ndarray], *,
+                 device: DeviceLike = None):
+        self.N = int(n_rows)
+        self.max_tokens = int(max_tokens)
+        self.C = -(-self.max_tokens // BLOCK)
+        self.weights = check_weights(weights)
+        self.dev = get_device(device)
+        self.head = 0                 # ring row the next pooled row goes to (= the oldest row)
+        if self.dev.is_cpu:
+            self.history = np.zeros((self.N, HIST, self.C), np.float32)
+            return
+        dev = self.dev
+        self.hist_buf = Buffer(dev, self.N * HIST * self.C)      # zeros, uploaded below
+        self.rows_buf = Buffer(dev, self.N * ROWS_PER_SUBMIT * self.max_tokens)
+        self.w_buf = Buffer(dev, N_WEIGHTS)
+        self.params = Buffer(dev, N_PARAMS, np.uint32)
+        self.scores = Buffer(dev, self.N * self.C)
+        self.w_buf.write(flatten_weights(self.weights))
+        self.w_buf.upload_now()
+        self.hist_buf.upload_now()
+        self.last_recording: Recording | None = None
+
+    def step(self, rows: np.ndarray, n_keys: int, start: int, end: int) -> np.ndarray | None:
+        """Pool ``rows`` into the ring, then score blocks ``[start, end)`` for the next step.
+
+        Args:
+            rows: ``(N, R, >= n_keys)`` float32 attention rows, oldest first (only the last 64
+                are kept).
+            n_keys: keys per row (S).
+            start, end: candidate block columns; ``end <= start`` skips the CNN.
+
+        Returns:
+            ``(N, end - start)`` float32 scores, or None when the CNN was skipped.
+        """
+        rows = rows[:, -HIST:]
+        R = rows.shape[1]
+        write_head = self.head
+        self.head = (self.head + R) % HIST
+        run_cnn = end > start
+        if self.dev.is_cpu:
+            self.history = history_update_ref(rows, self.history, write_head, n_keys)
+            return predictor_cnn_ref(self.history, self.weights, self.head, start, end) if run_cnn else None
+        for r0 in range(0, R - ROWS_PER_SUBMIT, ROWS_PER_SUBMIT):   # all but the last group
+            self._submit(rows[:, r0:r0 + ROWS_PER_SUBMIT], n_keys, (write_head + r0) % HIST, 0, 0)
+        r0 = (R - 1) // ROWS_PER_SUBMIT * ROWS_PER_SUBMIT
+        self._submit(rows[:, r0:], n_keys, (write_head + r0) % HIST, start, end if run_cnn else start)
+        if not run_cnn:
+            return None
+        return self.scores.read(self.N * self.C).reshape(self.N, self.C)[:, start:end]
+
+    def _submit(self, rows: np.ndarray, n_keys: int, write_head: int, start: int, end: int) -> None:
+        R = rows.shape[1]
+        self.rows_buf.write(np.ascontiguousarray(rows[:, :, :n_keys], np.float32))
+        self.params.write(np.array([write_head, n_keys, self.head, start, end], np.uint32))
+        rec = Recording(self.dev).upload(self.rows_buf, words=self.N * R * n_keys).upload(self.params)
+        record_history_update(rec, self.rows_buf, self.hist_buf, self.params, N=self.N, R=R, C=self.C,
+                              row_stride=n_keys)
+        if end > start:
+            record_predictor_cnn(rec, self.hist_buf, self.w_buf, self.params, self.scores, N=self.N, C=self.C)
+            rec.download(self.scores, words=self.N * self.C)
+        rec.run()
+        self.last_recording = rec
+
+    def read_history(self) -> np.ndarray:
+        """``(N, 64, C)`` a copy of the ring as stored (ring row ``head`` is the oldest)."""
+        if self.dev.is_cpu:
+            return self.history.copy()
+        self.hist_buf.download_now()
+        return self.hist_buf.read(self.N * HIST * self.C).reshape(self.N, HIST, self.C)

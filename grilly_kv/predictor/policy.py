@@ -1,0 +1,194 @@
+"""The AttentionPredictor KV policy: sinks + local window + the blocks a CNN predicts.
+
+Per layer and KV head a decode query sees the first ``sinks`` tokens, the last ``local`` tokens
+and ``k = (budget - sinks - local) // 16`` blocks of 16 keys chosen before the step from the
+predictor's scores (:class:`~grilly_kv.predictor.history.BlockPredictor`). Query heads of one KV
+head share its blocks: a block's score for the KV head is the max over the group's heads of
+their log-softmax-normalised scores. A prefill chunk attends densely (causally); its last 64
+queries' attention rows initialise the history. After each decode step the history receives the
+step's attention row over the keys the query saw (zeros elsewhere), or every ``calibration_step``
+steps the full attention row.
+
+The full K/V lives in host memory (NumPy); attention runs on the host, and scores are computed
+over all keys and masked (accuracy simulation, as the reference code does). What a device would
+hold (sinks + local + k blocks per layer and KV head) is what :meth:`tokens_held` reports; the
+transfer of predicted blocks to a device is :mod:`grilly_kv.predictor.prefetch`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend.device import DeviceLike
+from ..policies.base import CacheShape, KVPolicy
+from ..reference.predictor_history_update import BLOCK, HIST, block_max_pool
+from ..validation import check_int
+from .history import BlockPredictor
+from .weights import check_weights, load_weights
+
+
+def softmax_rows(s: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
+    """Softmax over the last axis, over ``visible`` entries only (others 0)."""
+    if visible is not None:
+        s = np.where(visible, s, -np.inf)
+    s = s - s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def candidate_blocks(position: int, sinks: int, local: int) -> tuple[int, int]:
+    """Blocks ``[s, e)`` a query at ``position`` may pick: after the sink blocks and wholly
+    before its local window (positions ``> position - local``)."""
+    return sinks // BLOCK, max((position + 1 - local) // BLOCK, sinks // BLOCK)
+
+
+def select_blocks(scores: np.ndarray, n_kv_heads: int, k: int) -> np.ndarray:
+    """Top-k block columns per KV head from per-query-head scores ``(H_q, W)``: ``(H_kv, k)``."""
+    z = scores - scores.max(axis=1, keepdims=True)
+    z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    grouped = z.reshape(n_kv_heads, -1, z.shape[1]).max(axis=1)
+    return np.argpartition(-grouped, k - 1, axis=1)[:, :k]
+
+
+class PredictorPolicy(KVPolicy):
+    """AttentionPredictor (Yang et al., 2025) with the CNN trained here (see ``train.py``).
+
+    Args:
+        budget: tokens per layer and KV head a decode query sees: ``sinks + local + 16 k``.
+        sinks, local: tokens always kept at the start (a multiple of 16) and at the end.
+        calibration_step: every this many decode steps the history gets the full attention row.
+        weights: a safetensors path or a dict of tensors (default: the package's trained weights).
+        device: where the history ring lives and the CNN runs (``"cpu"``: NumPy).
+        track_hits: also compute each step's true top-k blocks (full attention) for :meth:`stats`.
+
+    Raises:
+        ValueError: budget < sinks + local, sinks not a multiple of 16, bad weights.
+    """
+
+    name = "predictor"
+
+    def __init__(self, budget: int = 512, sinks: int = 64, local: int = 64, calibration_step: int = 5,
+                 weights=None, device: DeviceLike = None, track_hits: bool = True):
+        check_int("sinks", sinks, minimum=0)
+        check_int("local", local, minimum=1)
+        check_int("calibration_step", calibration_step, minimum=1)
+        check_int("budget", budget, minimum=1)
+        if sinks % BLOCK:
+            raise ValueError(f"sinks must be a multiple of {BLOCK} tokens, got {sinks}")
+        if budget < sinks + local:
+            raise ValueError(f"budget ({budget} tokens) must be >= sinks + local ({sinks} + {local} = "
+                             f"{sinks + local}): the sinks and the local window are always kept")
+        super().__init__(int(budget))
+        self.sinks, self.local, self.calibration_step = int(sinks), int(local), int(calibration_step)
+        self.k = (self.budget - self.sinks - self.local) // BLOCK
+        self.weights = load_weights(weights) if weights is None or not isinstance(weights, dict) \
+            else check_weights(weights, "weights")
+        self.device = device
+        self.track_hits = track_hits
+
+    def reset(self, shape: CacheShape) -> None:
+        super().reset(shape)
+        s = shape
+        self.k_all = np.zeros((s.n_layers, s.n_kv_heads, s.max_tokens, s.head_dim), np.float32)
+        self.v_all = np.zeros_like(self.k_all)
+        self.predictor = BlockPredictor(s.n_layers * s.n_q_heads, s.max_tokens, self.weights,
+                                        device=self.device)
+        self.selection: np.ndarray | None = None      # (L, H_kv, <= k) block ids for the next step
+        self.n_tokens = 0
+        self.decode_steps = 0
+        self._rows: list[np.ndarray] = []
+        self.hits = self.needed = self.changed = self.predicted_steps = 0
+
+    def begin(self, positions: np.ndarray) -> None:
+        positions = np.asarray(positions, np.int64)
+        if positions[0] != self.n_tokens:
+            raise ValueError(f"positions must continue the sequence at {self.n_tokens}, got {positions[0]}")
+        self._pos = positions
+        self.n_tokens = int(positions[-1]) + 1
+        self._rows = []
+
+    def attend(self, layer, q, k, v):
+        p0, S = int(self._pos[0]), self.n_tokens
+        self.k_all[layer][:, p0:S] = k
+        self.v_all[layer][:, p0:S] = v
+        K, V = self.k_all[layer][:, :S], self.v_all[layer][:, :S]
+        h_q, T, D = q.shape
+        h_kv = K.shape[0]
+        g = h_q // h_kv
+        s = np.matmul(q.reshape(h_kv, g * T, D), K.transpose(0, 2, 1)).reshape(h_kv, g, T, S) / np.sqrt(D)
+        if T > 1 or self.selection is None:
+            p = softmax_rows(s, np.arange(S)[None, :] <= self._pos[:, None])
+            row = p[:, :, -HIST:]
+        else:
+            visible = self._visible(layer, S)                      # (H_kv, S)
+            p = softmax_rows(s, visible[:, None, None])
+            full = softmax_rows(s) if (self.track_hits or self._calibrating()) else None
+            if self.track_hits:
+                self._count_hits(layer, full, S)
+            row = full if self._calibrating() else p
+        self._rows.append(row.reshape(h_q, -1, S))
+        out = np.matmul(p.reshape(h_kv, g * T, S), V).reshape(h_q, T, D)
+        if layer == self.shape.n_layers - 1:
+            self._predict_next()
+        return out.astype(np.float32)
+
+    def _calibrating(self) -> bool:
+        return self.decode_steps % self.calibration_step == 0
+
+    def _visible(self, layer: int, S: int) -> np.ndarray:
+        pos = np.arange(S)
+        keep = (pos < self.sinks) | (pos > S - 1 - self.local)
+        vis = np.repeat(keep[None], self.shape.n_kv_heads, axis=0)
+        for h, blocks in enumerate(self.selection[layer]):
+            idx = (blocks[:, None] * BLOCK + np.arange(BLOCK)).reshape(-1)
+            vis[h, idx[idx < S]] = True
+        return vis
+
+    def _count_hits(self, layer: int, full: np.ndarray, S: int) -> None:
+        """True top-k candidate blocks (group max of the full attention) vs the selection."""
+        s0, e0 = candidate_blocks(S - 1, self.sinks, self.local)
+        if self.k == 0 or e0 - s0 <= self.k:
+            return
+        pooled = block_max_pool(full.max(axis=1)[:, 0], S, -(-S // BLOCK))[:, s0:e0]   # (H_kv, W)
+        true = np.argpartition(-pooled, self.k - 1, axis=1)[:, :self.k] + s0
+        for h in range(true.shape[0]):
+            self.hits += np.intersect1d(true[h], self.selection[layer][h]).size
+        self.needed += true.size
+
+    def _predict_next(self) -> None:
+        """Pool this chunk's rows into the history and choose the blocks of the next position."""
+        L, h_kv, S = self.shape.n_layers, self.shape.n_kv_heads, self.n_tokens
+        rows = np.concatenate(self._rows, axis=0)                  # (L * H_q, R, S)
+        self._rows = []
+        if self._pos.size == 1:
+            self.decode_steps += 1
+        s0, e0 = candidate_blocks(S, self.sinks, self.local)       # next query's position is S
+        use_cnn = 0 < self.k < e0 - s0
+        scores = self.predictor.step(rows, S, s0, e0 if use_cnn else s0)
+        if not use_cnn:
+            sel = np.arange(s0, e0)[:self.k]
+            new = np.broadcast_to(sel, (L, h_kv, sel.size)).copy()
+        else:
+            scores = scores.reshape(L, -1, e0 - s0)
+            new = np.stack([select_blocks(scores[l], h_kv, self.k) for l in range(L)]) + s0
+            self.predicted_steps += 1
+            if self.selection is not None and self.selection.shape == new.shape:
+                self.changed += sum(np.setdiff1d(a, b).size for a, b in
+                                    zip(new.reshape(-1, self.k), self.selection.reshape(-1, self.k)))
+        self.selection = new
+
+    def tokens_held(self) -> int:
+        """Tokens per layer and KV head a device would hold: sinks + local + the selected blocks."""
+        return min(self.n_tokens, self.budget)
+
+    def stats(self) -> dict:
+        """Hit rate (true top-k blocks that were selected), blocks changed per step and layer-head
+        (what a prefetch must copy), and the device memory saved against the dense cache."""
+        n_lh = self.shape.n_layers * self.shape.n_kv_heads if self.shape else 1
+        return {"hit_rate": self.hits / self.needed if self.needed else None,
+                "blocks_changed_per_step": self.changed / max(self.predicted_steps - 1, 1) / n_lh,
+                "predicted_blocks": self.k, "decode_steps": self.decode_steps,
+                "device_memory_saved": 1.0 - self.tokens_held() / max(self.n_tokens, 1)}
+
+    def describe(self) -> str:
+        return (f"predictor(budget={self.budget}, sinks={self.sinks}, local={self.local}, "
+                f"calibration_step={self.calibration_step})")

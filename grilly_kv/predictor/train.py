@@ -1,0 +1,198 @@
+"""Training the predictor's CNN in NumPy (forward, hand-written backward, Adam).
+
+Target and loss. For head n at decode step t the CNN reads the pooled rows ``t-64 .. t-1`` over
+the candidate blocks ``[s, e)`` (sinks and the local window removed, as at inference) and
+predicts scores z. The target is the next row's block maxima a (row t), normalised to a
+distribution p = a / sum(a) over the same blocks; the loss is the listwise cross-entropy
+``-sum_j p_j log softmax(z)_j`` (ListNet), whose gradient is ``softmax(z) - p``. Ranking is
+what the policy uses (top-k of z), and the loss is invariant to the scale of the attention.
+
+Run ``python3 -m grilly_kv.predictor.train --help``; everything is reproducible from ``--seed``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..reference.predictor_cnn import conv3x3, patches3x3
+from ..reference.predictor_history_update import BLOCK, HIST
+from .weights import DEFAULT_WEIGHTS, init_weights, save_weights
+
+
+def col2im3x3(g: np.ndarray, C: int) -> np.ndarray:
+    """Adjoint of :func:`patches3x3`: ``(N, T, W, C * 9)`` -> ``(N, C, T, W)``."""
+    N, T, W, _ = g.shape
+    g = g.transpose(0, 3, 1, 2).reshape(N, C, 3, 3, T, W)
+    out = np.zeros((N, C, T + 2, W + 2), g.dtype)
+    for dy in range(3):
+        for dx in range(3):
+            out[:, :, dy:dy + T, dx:dx + W] += g[:, :, dy, dx]
+    return out[:, :, 1:-1, 1:-1]
+
+
+def loss_and_grads(x: np.ndarray, target: np.ndarray, w: dict[str, np.ndarray]):
+    """ListNet loss (mean over rows) and its gradients for histories ``x`` ``(N, T, W)`` and
+    non-negative targets ``(N, W)`` (rows summing to 0 are ignored)."""
+    N, T, W = x.shape
+    p1 = patches3x3(x[:, None])                                       # (N, T, W, 9)
+    z1 = p1 @ w["w1"].reshape(16, -1).T + w["b1"]
+    h1 = np.maximum(z1, 0.0)
+    p2 = patches3x3(h1.transpose(0, 3, 1, 2))                         # (N, T, W, 144)
+    z2 = p2 @ w["w2"].reshape(32, -1).T + w["b2"]
+    h2 = np.maximum(z2, 0.0)
+    pooled = h2.mean(axis=1)                                          # (N, W, 32)
+    z = pooled @ w["w3"].reshape(-1) + w["b3"][0]                     # (N, W)
+
+    mass = target.sum(axis=1, keepdims=True)
+    valid = (mass[:, 0] > 0).astype(np.float32)
+    p = target / np.maximum(mass, 1e-30)
+    zs = z - z.max(axis=1, keepdims=True)
+    logq = zs - np.log(np.exp(zs).sum(axis=1, keepdims=True))
+    n_valid = max(valid.sum(), 1.0)
+    loss = float(-(valid * (p * logq).sum(axis=1)).sum() / n_valid)
+
+    gz = (np.exp(logq) - p) * (valid / n_valid)[:, None]              # (N, W)
+    g = {"b3": np.array([gz.sum()], np.float32),
+         "w3": np.einsum("nw,nwc->c", gz, pooled).reshape(1, 32, 1)}
+    gz2 = (gz[:, :, None] * w["w3"].reshape(-1))[:, None] / T * (z2 > 0)   # (N, T, W, 32)
+    g["w2"] = (gz2.reshape(-1, 32).T @ p2.reshape(-1, 144)).reshape(32, 16, 3, 3)
+    g["b2"] = gz2.sum(axis=(0, 1, 2))
+    gh1 = col2im3x3(gz2 @ w["w2"].reshape(32, -1), 16).transpose(0, 2, 3, 1)   # (N, T, W, 16)
+    gz1 = gh1 * (z1 > 0)
+    g["w1"] = (gz1.reshape(-1, 16).T @ p1.reshape(-1, 9)).reshape(16, 1, 3, 3)
+    g["b1"] = gz1.sum(axis=(0, 1, 2))
+    return loss, {k: v.astype(np.float32) for k, v in g.items()}
+
+
+@dataclass
+class Geometry:
+    """Which blocks a sample's CNN sees: sinks and local window in tokens (multiples of 16)."""
+
+    sinks: int = 64
+    local: int = 64
+
+    def block_range(self, t: int) -> tuple[int, int]:
+        """Candidate blocks ``[s, e)`` for the query at position t: after the sink blocks and
+        wholly before the local window (positions ``> t - local``)."""
+        return self.sinks // BLOCK, np.maximum((t + 1 - self.local) // BLOCK, 0)
+
+
+def make_batch(pooled: np.ndarray, t: int, heads: np.ndarray, geo: Geometry):
+    """Inputs ``(n, 64, W)`` and targets ``(n, W)`` of step ``t`` for the given heads."""
+    s, e = geo.block_range(t)
+    e = int(e)
+    x = np.zeros((heads.size, HIST, e - s), np.float32)
+    lo = max(t - HIST, 0)
+    x[:, HIST - (t - lo):] = pooled[heads, lo:t, s:e]
+    return x, pooled[heads, t, s:e].astype(np.float32)
+
+
+def topk_hit_rate(scores: np.ndarray, target: np.ndarray, k: int) -> float:
+    """Mean fraction of the target's top-k blocks that the scores' top-k contain."""
+    k = min(k, scores.shape[1])
+    pred = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    true = np.argpartition(-target, k - 1, axis=1)[:, :k]
+    return float(np.mean([np.intersect1d(a, b).size / k for a, b in zip(pred, true)]))
+
+
+def valid_steps(T: int, geo: Geometry, k: int) -> np.ndarray:
+    """Steps with more candidate blocks than the budget keeps (where prediction matters)."""
+    t = np.arange(HIST, T)
+    s, e = geo.block_range(t)
+    return t[(e - s) > k]
+
+
+def evaluate(pooled_list, w, geo: Geometry, k: int, rng, n_steps: int = 20) -> dict:
+    """Loss and top-k hit rate of the CNN, and of 'the last row predicts the next' (baseline)."""
+    from ..reference.predictor_cnn import cnn_forward
+
+    losses, hits, base = [], [], []
+    for pooled in pooled_list:
+        steps = valid_steps(pooled.shape[1], geo, k)
+        for t in rng.choice(steps, size=min(n_steps, steps.size), replace=False):
+            x, y = make_batch(pooled, int(t), np.arange(pooled.shape[0]), geo)
+            keep = y.sum(axis=1) > 0
+            x, y = x[keep], y[keep]
+            losses.append(loss_and_grads(x[:8], y[:8], w)[0])
+            hits.append(topk_hit_rate(cnn_forward(x, w), y, k))
+            base.append(topk_hit_rate(x[:, -1], y, k))
+    return {"loss": float(np.mean(losses)), "hit_rate": float(np.mean(hits)),
+            "last_row_hit_rate": float(np.mean(base))}
+
+
+def train(train_data, held_out, *, seed: int, steps: int, heads_per_batch: int, lr: float,
+          geo: Geometry, k: int, log=print) -> tuple[dict, dict]:
+    """Adam on ListNet; returns (weights, report with held-out metrics before and after)."""
+    rng = np.random.default_rng(seed)
+    w = init_weights(seed)
+    report = {"held_out_before": evaluate(held_out, w, geo, k, np.random.default_rng(seed + 1))}
+    m = {n: np.zeros_like(a) for n, a in w.items()}
+    v = {n: np.zeros_like(a) for n, a in w.items()}
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    t0, recent = time.time(), []
+    for it in range(1, steps + 1):
+        pooled = train_data[rng.integers(len(train_data))]
+        steps_ok = valid_steps(pooled.shape[1], geo, k)
+        t = int(rng.choice(steps_ok))
+        heads = rng.choice(pooled.shape[0], size=min(heads_per_batch, pooled.shape[0]), replace=False)
+        x, y = make_batch(pooled, t, heads, geo)
+        loss, g = loss_and_grads(x, y, w)
+        recent.append(loss)
+        for n in w:
+            m[n] = b1 * m[n] + (1 - b1) * g[n]
+            v[n] = b2 * v[n] + (1 - b2) * g[n] * g[n]
+            w[n] = w[n] - lr * (m[n] / (1 - b1 ** it)) / (np.sqrt(v[n] / (1 - b2 ** it)) + eps)
+        if it % 100 == 0:
+            log(f"step {it}: train loss {np.mean(recent):.4f} ({time.time() - t0:.0f} s)")
+            recent = []
+    report["held_out_after"] = evaluate(held_out, w, geo, k, np.random.default_rng(seed + 1))
+    report["train_s"] = time.time() - t0
+    return w, report
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--essays", type=int, default=8, help="training essays (the first ones)")
+    ap.add_argument("--held-out", type=int, default=2, help="held-out essays (the last ones)")
+    ap.add_argument("--tokens", type=int, default=1024, help="context tokens per essay")
+    ap.add_argument("--steps", type=int, default=800, help="Adam steps")
+    ap.add_argument("--heads-per-batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--topk", type=int, default=8, help="blocks kept, for the hit rate")
+    ap.add_argument("--layers", type=int, default=None, help="model layers (default: all)")
+    ap.add_argument("--out", default=str(DEFAULT_WEIGHTS))
+    ap.add_argument("--report", default=None, help="JSON report path")
+    args = ap.parse_args(argv)
+
+    from ..evaluation.corpus import essays
+    from ..models.smollm2 import load_model
+    from .data import capture_essay
+
+    model, tok = load_model("cpu", n_layers=args.layers, max_chunk=args.tokens)
+    texts = [t for _, t in essays()]
+    names = list(range(args.essays)) + list(range(len(texts) - args.held_out, len(texts)))
+    data = []
+    for i in names:
+        ids = tok.encode(texts[i])[:args.tokens]
+        t0 = time.time()
+        data.append(capture_essay(model, ids))
+        print(f"essay {i}: {len(ids)} tokens captured in {time.time() - t0:.1f} s", flush=True)
+    geo = Geometry()
+    w, report = train(data[:args.essays], data[args.essays:], seed=args.seed, steps=args.steps,
+                      heads_per_batch=args.heads_per_batch, lr=args.lr, geo=geo, k=args.topk,
+                      log=lambda s: print(s, flush=True))
+    report.update(config=vars(args), train_essays=names[:args.essays], held_out_essays=names[args.essays:])
+    save_weights(w, args.out, metadata={"report": json.dumps(report)})
+    print(json.dumps(report, indent=1))
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
