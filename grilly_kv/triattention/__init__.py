@@ -23,8 +23,18 @@ How a model client uses it, per layer ``i`` (keys post-RoPE, shapes ``(H_kv, T, 
     buf, cap, n = caches[i].device_view()    # or bind the device buffer (2, H_kv, cap, D) directly
 
 Online calibration: build the caches with ``calibration=None`` (they never compress), feed the
-prefill's pre-RoPE queries of every layer to an :class:`OnlineCalibration`, then
-``cache.set_calibration(online.finish())`` for every layer; the next append compresses.
+prefill's pre-RoPE queries of every layer to an :class:`OnlineCalibration` (post-RoPE queries
+un-rotate exactly with ``rope.apply(q, -positions)``), then ``cache.set_calibration(online.finish())``
+for every layer; the next append compresses.
+
+The same, behind the model's KV-policy interface: :class:`grilly_kv.policies.triattention.TriAttentionPolicy`
+(attends over the held tokens plus the chunk, then appends; online calibration by default).
+
+Memory: a cache's K/V live in one device buffer of ``capacity`` rows per head. A compaction moves
+the kept rows to the front in place; the rows behind them are overwritten by the next appends,
+so in steady state the buffer stays at ``budget + divide_length`` rows. A buffer that grew past
+twice that (a long prefill) is replaced during the compaction and its device memory released at
+once (``Buffer.release`` destroys the kp tensor). ``cache.device_bytes`` reports what is held.
 """
 from .cache import (DEFAULT_BUDGET, DEFAULT_DIVIDE_LENGTH, DEFAULT_PROTECT_INITIAL,
                     DEFAULT_PROTECT_RECENT, TriAttentionKVCache)
