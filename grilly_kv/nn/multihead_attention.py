@@ -101,9 +101,6 @@ class MultiheadAttention:
 
         self.load_state_dict(load_file(str(path)))
 
-    def _param(self, name: str):
-        return self._params.get(name)
-
     @property
     def out_proj_weight(self) -> np.ndarray:
         return self._params["out_proj.weight"]
@@ -123,7 +120,7 @@ class MultiheadAttention:
         """Queries per head: ``(B, S_q, E)`` -> ``(B, H_q, S_q, D)`` float32."""
         self._check_tokens("query", query)
         E = self.embed_dim
-        w, b = self._params["in_proj_weight"], self._param("in_proj_bias")
+        w, b = self._params["in_proj_weight"], self._params.get("in_proj_bias")
         q = linear(query, w[:E], None if b is None else b[:E], device=self.device)
         return self._split_heads(q, self.num_heads)
 
@@ -134,7 +131,7 @@ class MultiheadAttention:
         if key.shape[:2] != value.shape[:2]:
             raise ValueError(f"key and value must share (B, S_k), got {key.shape} and {value.shape}")
         E, kvd = self.embed_dim, self.num_kv_heads * self.head_dim
-        w, b = self._params["in_proj_weight"], self._param("in_proj_bias")
+        w, b = self._params["in_proj_weight"], self._params.get("in_proj_bias")
         if key is value:   # one GEMM for both
             kv = linear(key, w[E:], None if b is None else b[E:], device=self.device)
             k, v = kv[..., :kvd], kv[..., kvd:]
