@@ -66,13 +66,16 @@ def _inputs(B=2, S=9, seed=0):
             rng.standard_normal((B, S, E)).astype(np.float32))
 
 
-def test_threshold_zero_is_plain_attention(vk):
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_threshold_zero_is_plain_attention(vk, dtype):
     mha = _mha(vk)
     block = SelectiveMomentumAttention(mha, E, H, threshold=0.0, step_size=0.3)
-    x, _ = _inputs()
+    x = _inputs()[0].astype(dtype)
     x_next, y_next = block(x)
     plain, _ = mha(x, x, x)
-    assert_close(x_next, x + 0.3 * plain, atol=1e-6, what="threshold 0 vs x + tau * attention(x)")
+    assert x_next.dtype == np.float32
+    assert_close(x_next, x.astype(np.float32) + 0.3 * plain, atol=1e-6,
+                 what="threshold 0 vs x + tau * attention(x)")
     assert np.all(y_next == 0)
 
 
