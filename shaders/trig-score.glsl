@@ -42,7 +42,8 @@ layout(push_constant) uniform Push {
     uint pass_id;
 } p;
 
-shared float sh_part[gl_WorkGroupSize.x * G * U];
+const uint GU = G * U;                           // partial sums per invocation per iteration
+shared float sh_part[gl_WorkGroupSize.x * GU];
 shared float sh_chunk[gl_WorkGroupSize.x * G];
 shared float sh_red[MAX_SUBGROUPS];
 shared float sh_total;
@@ -79,7 +80,7 @@ void score_chunk(uint h, uint c) {
         w_nm[g] = has_freqs ? weights[wb + 2u * FV] : vec4(0.0);
     }
     for (uint base = s0; base < s1; base += n_slots * U) {  // uniform trip count
-        float part[G * U];
+        float part[GU];
         for (uint u = 0u; u < U; u++) {
             const uint s = base + u * n_slots + slot;
             for (uint g = 0u; g < G; g++) part[u * G + g] = 0.0;
@@ -101,13 +102,18 @@ void score_chunk(uint h, uint c) {
                 }
             }
         }
-        for (uint i = 0u; i < G * U; i++) sh_part[tid * G * U + i] = part[i];
+        // value i of invocation t sits at t*GU + (i + t) % GU: rotating by t keeps both the
+        // writes here and the reads below within 2-way shared-memory bank conflicts
+        for (uint i = 0u; i < GU; i++) sh_part[tid * GU + (i + tid) % GU] = part[i];
         barrier();
-        for (uint r = tid; r < n_slots * U * G; r += WG) {   // one thread per (key, query head)
-            const uint ks = r / G, g = r % G;                 // ks = u * n_slots + slot
-            const uint u = ks / n_slots, sl = ks % n_slots, sk = base + ks;
+        for (uint r = tid; r < n_slots * GU; r += WG) {      // one thread per (key, query head)
+            const uint sl = r / GU, i = r % GU, u = i / G, g = i % G;
+            const uint sk = base + u * n_slots + sl;
             float v = 0.0;
-            for (uint l = 0u; l < LPK; l++) v += sh_part[((sl * LPK + l) * U + u) * G + g];
+            for (uint l = 0u; l < LPK; l++) {
+                const uint t = sl * LPK + l;
+                v += sh_part[t * GU + (i + t) % GU];
+            }
             if (sk < s1) {
                 if (G == 1u) out_s[h * p.S + sk] = v;
                 else { raw[(h * G + g) * p.S + sk] = v; sh_chunk[g * WG + (sk - s0)] = v; }
