@@ -34,3 +34,13 @@ def test_kv_compact_rejects_unsorted(vk):
         kv_compact(kv, np.array([[3, 1]]), device=vk)
     with pytest.raises(ValueError, match=r"\(2, H_kv, S, D\)"):
         kv_compact(kv[:1], np.array([[0]]), device=vk)
+
+
+@pytest.mark.parametrize("shift", [1, 10, 600])
+def test_kv_compact_in_place_overlapping_rows(vk, shift):
+    """Every destination row is also a source row of the same wave (or the next): the staging
+    through shared memory must read a whole wave before writing it."""
+    S, H, D = 1200, 2, 128
+    kv = np.random.default_rng(shift).standard_normal((2, H, S, D)).astype(np.float32)
+    kept = np.arange(shift, S)[None]
+    assert np.array_equal(kv_compact(kv, kept, device=vk), kv_compact_ref(kv, kept))
