@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Paged KV cache decode step on Vulkan: sparse (Quest top-k) vs dense vs PyTorch SDPA, appends,
-and the bandwidth bound of the bytes each step must read.
+the bandwidth bound of the bytes each step must read, and entmax decoding (issue 4).
 
 Config (issue 3): B=1, H_q=32, H_kv=8, D=128, float16 K/V, page 16, budget 2048 tokens, contexts
 8K / 32K / 128K. For each context: GPU time (Vulkan timestamps, dispatches only; the whole
@@ -9,6 +9,9 @@ submission with its q upload and output download is reported too) and wall time 
 the copy bandwidth of the device, measured in the same run with the buffer-copy shader; the bound
 = bytes the step must read / copy bandwidth. PyTorch's scaled_dot_product_attention runs in a
 separate process (benchmarks/torch_sdpa_decode.py) when torch with CUDA is importable there.
+Entmax (alpha = 1.5): dense entmax, entmax top-k (same budget) and entmax Gaussian (pages chosen
+by the Gaussian-aware rule; on random keys it keeps most pages, so it is also measured on
+"structured" keys where 1/64 of the pages carry the query direction), against softmax top-k.
 
     python3 benchmarks/bench_paged_decode.py [--quick] [--device vulkan:0] [--no-torch]
 
@@ -34,6 +37,8 @@ from grilly_kv.paged import PagedKVCache  # noqa: E402
 
 B, HQ, HKV, D, PAGE, BUDGET = 1, 32, 8, 128, 16, 2048
 ELEM = 2   # float16 bytes
+ALPHA = 1.5
+HOT_FRACTION, KEY_SHIFT, QUERY_SCALE = 1 / 64, 8.0, 10.0   # "structured" data (paged_quality.py)
 
 
 def fp16_normal(rng, shape, chunk=1 << 24):
@@ -73,6 +78,25 @@ def step_bytes(S: int, budget: int) -> dict:
     return {"dense": 2 * HKV * S * D * ELEM,
             "sparse": HKV * (P - 1) * 2 * D * ELEM + 2 * HKV * kept * D * ELEM,
             "sparse_kept_tokens": kept}
+
+
+def make_structured(rng, k, q):
+    """Add KEY_SHIFT * u_h to the keys of a few pages per KV head and point its queries along u_h
+    (in place)."""
+    S = k.shape[2]
+    P = S // PAGE
+    for h in range(HKV):
+        u = rng.standard_normal(D)
+        u /= np.linalg.norm(u)
+        for pg in rng.choice(P - 1, max(1, int(P * HOT_FRACTION)), replace=False):
+            k[0, h, pg * PAGE:(pg + 1) * PAGE] += (KEY_SHIFT * u).astype(np.float16)
+        g = HQ // HKV
+        q[0, h * g:(h + 1) * g] = (QUERY_SCALE * u + 0.5 * rng.standard_normal((g, D))).astype(np.float16)
+
+
+def kept_pages(cache, q, **kw) -> float:
+    _, pages = cache.decode(q, return_pages=True, **kw)
+    return float((pages >= 0).sum(axis=-1).mean())
 
 
 def run_torch(contexts, reps) -> dict:
@@ -118,8 +142,22 @@ def main():
         row = {"context": S, "bytes": nbytes,
                "sparse": timed(dev, lambda: cache.decode(q, token_budget=BUDGET), reps, warmup),
                "dense": timed(dev, lambda: cache.decode(q, method="dense"), reps, warmup)}
+        for name, kw in (("entmax_dense", dict(method="dense")),
+                         ("entmax_topk", dict(token_budget=BUDGET)),
+                         ("entmax_gaussian_random", dict(method="gaussian"))):
+            row[name] = timed(dev, lambda: cache.decode(q, alpha=ALPHA, **kw), reps, warmup)
+        row["entmax_gaussian_random"]["kept_pages_per_head"] = kept_pages(
+            cache, q, method="gaussian", alpha=ALPHA)
         k1, v1 = fp16_normal(rng, (B, HKV, 1, D)), fp16_normal(rng, (B, HKV, 1, D))
         row["append"] = timed(dev, lambda: cache.append(k1, v1), reps, warmup)
+        k = fp16_normal(rng, (B, HKV, S, D))
+        make_structured(rng, k, q)
+        cache.prefill(k, fp16_normal(rng, (B, HKV, S, D)))
+        del k
+        row["entmax_gaussian_structured"] = timed(
+            dev, lambda: cache.decode(q, method="gaussian", alpha=ALPHA), reps, warmup)
+        row["entmax_gaussian_structured"]["kept_pages_per_head"] = kept_pages(
+            cache, q, method="gaussian", alpha=ALPHA)
         for kind in ("sparse", "dense"):
             r = row[kind]
             r["bound_us"] = nbytes[kind] / (gbps * 1e3)
@@ -139,11 +177,19 @@ def main():
               f"(submission {ap_['gpu_submission_us']:6.1f}) wall {ap_['wall_us']:7.1f} us"
               + (f" | torch GPU {t['gpu_us']:8.1f} us" if t else ""))
         print("          sparse steps: " + ", ".join(f"{n} {us:.1f}" for n, us in sp["steps_us"]))
+        for name in ("entmax_dense", "entmax_topk", "entmax_gaussian_random",
+                     "entmax_gaussian_structured"):
+            r = row[name]
+            kept = f", kept {r['kept_pages_per_head']:.0f} pages/head" if "kept_pages_per_head" in r else ""
+            print(f"          {name:27s} GPU {r['gpu_us']:9.1f} us  wall {r['wall_us']:9.1f} us{kept}")
         del cache
     save("paged_decode" + ("_quick" if args.quick else ""),
          {**device_info(dev),
           "config": {"B": B, "H_q": HQ, "H_kv": HKV, "D": D, "dtype": "float16", "page_size": PAGE,
-                     "token_budget": BUDGET, "contexts": contexts, "reps": reps},
+                     "token_budget": BUDGET, "contexts": contexts, "reps": reps,
+                     "entmax_alpha": ALPHA,
+                     "structured": {"hot_page_fraction": HOT_FRACTION, "key_shift": KEY_SHIFT,
+                                    "query_scale": QUERY_SCALE}},
           "copy_bandwidth": bw, "torch": torch_res, "rows": rows,
           "notes": ["gpu_us: Vulkan timestamps from the end of the uploads to the end of the last "
                     "dispatch (kernel_time_us); gpu_submission_us adds the q/meta upload and the "
@@ -152,7 +198,10 @@ def main():
                     "second of the buffer-copy shader in this run); sparse bytes = min/max rows "
                     "of every scored page + K/V of the kept tokens",
                     "torch_over_sparse_gpu: PyTorch SDPA dense decode GPU time (CUDA events, "
-                    "separate process) / our sparse step's GPU time"]})
+                    "separate process) / our sparse step's GPU time",
+                    "entmax rows: alpha 1.5, exact tau of the attended tokens; 'sparse' is "
+                    "softmax top-k; entmax_gaussian_* keep a data-dependent number of pages "
+                    "(kept_pages_per_head)"]})
 
 
 if __name__ == "__main__":

@@ -186,16 +186,19 @@ void softmax_partials(uint bh, uint split) {
 void entmax_logits(uint bh, uint split) {
     const uint n_tok = attended_tokens(bh);
     const uvec2 cr = chunk_of(split, p.row_len);
+    const uint c_end = min(cr.y, n_tok);
     init_heads(bh);
-    const uint iters = ceil_div(cr.y - cr.x, SLOTS);
+    const uint iters = ceil_div(max(c_end, cr.x) - cr.x, SLOTS);
     for (uint it = 0u; it < iters; it++) {
         const uint c = cr.x + it * SLOTS + slot_id();
-        row_logits(token_row(bh, min(c, n_tok - 1u)));
-        if (c < cr.y) {
-            for (uint g = lane_id(); g < G; g += LPT) {
-                logits[(bh * G + g) * p.row_len + c] = c < n_tok ? s[g] : NEG;
-            }
+        row_logits(token_row(bh, min(c, c_end - 1u)));   // keep the cluster's shuffles uniform
+        if (c < c_end) {
+            for (uint g = lane_id(); g < G; g += LPT) logits[(bh * G + g) * p.row_len + c] = s[g];
         }
+    }
+    // padding up to row_len: no mass
+    for (uint c = max(cr.x, n_tok) + gl_LocalInvocationIndex; c < cr.y; c += gl_WorkGroupSize.x) {
+        for (uint g = 0u; g < G; g++) logits[(bh * G + g) * p.row_len + c] = NEG;
     }
 }
 
