@@ -125,11 +125,11 @@ def evaluate(pooled_list, w, geo: Geometry, k: int, rng, n_steps: int = 20) -> d
 
 
 def train(train_data, held_out, *, seed: int, steps: int, heads_per_batch: int, lr: float,
-          geo: Geometry, k: int, log=print) -> tuple[dict, dict]:
+          geo: Geometry, k: int, eval_steps: int = 20, log=print) -> tuple[dict, dict]:
     """Adam on ListNet; returns (weights, report with held-out metrics before and after)."""
     rng = np.random.default_rng(seed)
     w = init_weights(seed)
-    report = {"held_out_before": evaluate(held_out, w, geo, k, np.random.default_rng(seed + 1))}
+    report = {"held_out_before": evaluate(held_out, w, geo, k, np.random.default_rng(seed + 1), eval_steps)}
     m = {n: np.zeros_like(a) for n, a in w.items()}
     v = {n: np.zeros_like(a) for n, a in w.items()}
     b1, b2, eps = 0.9, 0.999, 1e-8
@@ -149,7 +149,7 @@ def train(train_data, held_out, *, seed: int, steps: int, heads_per_batch: int, 
         if it % 100 == 0:
             log(f"step {it}: train loss {np.mean(recent):.4f} ({time.time() - t0:.0f} s)")
             recent = []
-    report["held_out_after"] = evaluate(held_out, w, geo, k, np.random.default_rng(seed + 1))
+    report["held_out_after"] = evaluate(held_out, w, geo, k, np.random.default_rng(seed + 1), eval_steps)
     report["train_s"] = time.time() - t0
     return w, report
 

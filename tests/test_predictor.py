@@ -1,0 +1,203 @@
+"""AttentionPredictor beyond the shaders: the hand-written backward, reproducible training, the
+weights file, and the policy (history initialisation, calibration, selection) with the
+predictor-history-update and predictor-cnn shaders on Vulkan against the NumPy path."""
+import numpy as np
+import pytest
+
+from grilly_kv.policies.base import CacheShape
+from grilly_kv.predictor.policy import PredictorPolicy, candidate_blocks
+from grilly_kv.predictor.train import Geometry, loss_and_grads, train
+from grilly_kv.predictor.weights import DEFAULT_WEIGHTS, init_weights, load_weights, save_weights
+from grilly_kv.reference.kv_slot_attention import masked_attention
+from grilly_kv.reference.predictor_history_update import block_max_pool
+from tests.harness import assert_close
+
+
+def test_backward_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 7, 6)) ** 3
+    y = rng.random((3, 6))
+    y[1] = 0.0                                         # an all-zero target row is ignored
+    w = {k: v.astype(np.float64) for k, v in init_weights(4).items()}
+    _, g = loss_and_grads(x, y, w)
+    eps = 1e-6
+    for name in w:
+        flat = np.argsort(-np.abs(g[name]).reshape(-1))[:3]     # entries with real gradient
+        for f in flat:
+            idx = np.unravel_index(f, w[name].shape)
+            up = {k: v.copy() for k, v in w.items()}
+            dn = {k: v.copy() for k, v in w.items()}
+            up[name][idx] += eps
+            dn[name][idx] -= eps
+            num = (loss_and_grads(x, y, up)[0] - loss_and_grads(x, y, dn)[0]) / (2 * eps)
+            assert abs(num - g[name][idx]) <= 1e-5 * max(1.0, abs(num)), (name, idx, num, g[name][idx])
+
+
+def _synthetic_pooled(seed, n=6, T=160, C=10):
+    """Pooled rows with a persistent hot block per head (learnable), as float16 like captures."""
+    rng = np.random.default_rng(seed)
+    p = rng.random((n, T, C)) * 0.1
+    p[np.arange(n), :, 4 + np.arange(n) % 3] += 0.8
+    return p.astype(np.float16)
+
+
+def test_training_is_reproducible_from_the_seed():
+    data = [_synthetic_pooled(1), _synthetic_pooled(2)]
+    geo = Geometry(sinks=16, local=16)
+    kw = dict(steps=6, heads_per_batch=4, lr=1e-2, geo=geo, k=2, eval_steps=4, log=lambda s: None)
+    w1, r1 = train(data[:1], data[1:], seed=7, **kw)
+    w2, r2 = train(data[:1], data[1:], seed=7, **kw)
+    w3, _ = train(data[:1], data[1:], seed=8, **kw)
+    assert all(np.array_equal(w1[k], w2[k]) for k in w1)
+    assert r1["held_out_after"] == r2["held_out_after"]
+    assert not np.array_equal(w1["w2"], w3["w2"])
+    assert r1["held_out_after"]["loss"] < r1["held_out_before"]["loss"]
+
+
+def test_weights_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_weights(tmp_path / "none.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_weights(junk)
+    from safetensors.numpy import save_file
+
+    bad = {k: v for k, v in init_weights(0).items()}
+    bad["w1"] = np.zeros((16, 3, 3), np.float32)
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=r"'w1' must have shape \(16, 1, 3, 3\), got \(16, 3, 3\)"):
+        load_weights(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="w1"):
+        PredictorPolicy(256, weights=str(tmp_path / "bad.safetensors"), device="cpu")
+    save_weights(init_weights(3), tmp_path / "ok.safetensors")
+    assert np.array_equal(load_weights(tmp_path / "ok.safetensors")["w2"], init_weights(3)["w2"])
+
+
+def test_shipped_weights_load():
+    w = load_weights()
+    assert DEFAULT_WEIGHTS.stat().st_size < 64 * 1024
+    assert sum(v.size for v in w.values()) == 4833
+
+
+def test_budget_smaller_than_sinks_plus_local():
+    with pytest.raises(ValueError, match=r"budget \(100 tokens\) must be >= sinks \+ local \(64 \+ 64 = 128\)"):
+        PredictorPolicy(100, weights=init_weights(0), device="cpu")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        PredictorPolicy(256, sinks=10, weights=init_weights(0), device="cpu")
+
+
+SHAPE = CacheShape(n_layers=2, n_q_heads=4, n_kv_heads=2, head_dim=8, max_tokens=200, max_chunk=128)
+
+
+def _run(policy, n_prefill, n_decode, seed=0):
+    """Drive the policy like a model: one prefill chunk, then single-token steps."""
+    rng = np.random.default_rng(seed)
+    s = SHAPE
+    policy.reset(s)
+    outs, qs, ks, vs = [], [], [], []
+
+    def chunk(T, p0):
+        policy.begin(np.arange(p0, p0 + T))
+        step = []
+        for layer in range(s.n_layers):
+            q = rng.standard_normal((s.n_q_heads, T, s.head_dim)).astype(np.float32) * 2
+            k = rng.standard_normal((s.n_kv_heads, T, s.head_dim)).astype(np.float32) * 2
+            v = rng.standard_normal((s.n_kv_heads, T, s.head_dim)).astype(np.float32)
+            qs.append(q), ks.append(k), vs.append(v)
+            step.append(policy.attend(layer, q, k, v))
+        outs.append(step)
+
+    chunk(n_prefill, 0)
+    for t in range(n_decode):
+        chunk(1, n_prefill + t)
+    return outs, qs, ks, vs
+
+
+def test_policy_prefill_is_dense_and_initialises_the_history(vk):
+    pol = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), device=vk)
+    outs, qs, ks, vs = _run(pol, 90, 0)
+    T = 90
+    mask = np.tri(T, dtype=bool)
+    for layer in range(2):
+        want = masked_attention(qs[layer], ks[layer], vs[layer], mask)
+        assert_close(outs[0][layer], want, atol=1e-5, what="prefill output")
+    hist = pol.predictor.read_history()                    # (L * H_q, 64, C)
+    assert pol.predictor.head == 0                         # only the last 64 rows were written
+    q, k = qs[1], np.repeat(ks[1], 2, axis=0)
+    s = np.where(mask, q @ k.transpose(0, 2, 1) / np.sqrt(8), -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    want_rows = block_max_pool(p[:, -64:], T, hist.shape[2])      # last 64 queries, oldest first
+    order = (pol.predictor.head + np.arange(64)) % 64
+    assert_close(hist[4:8][:, order], want_rows, atol=1e-6, what="history of layer 1")
+
+
+def test_policy_decode_sees_sinks_local_and_selected_blocks(vk):
+    pol = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), device=vk)
+    n_pre = 120
+    outs, qs, ks, vs = _run(pol, n_pre, 1)
+    # recompute the selection made after the prefill with a NumPy twin policy
+    twin = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), device="cpu")
+    _run(twin, n_pre, 0)
+    sel = twin.selection                                   # (L, H_kv, k) blocks for position 120
+    assert sel.shape == (2, 2, 2)
+    s0, e0 = candidate_blocks(n_pre, 16, 16)
+    assert np.all((sel >= s0) & (sel < e0))
+    S = n_pre + 1
+    pos = np.arange(S)
+    for layer in range(2):
+        K = np.concatenate([ks[layer], ks[2 + layer]], axis=1)
+        V = np.concatenate([vs[layer], vs[2 + layer]], axis=1)
+        q = qs[2 + layer]
+        for h in range(2):
+            vis = (pos < 16) | (pos > S - 1 - 16) | np.isin(pos // 16, sel[layer, h])
+            want = masked_attention(q[2 * h:2 * h + 2], K[h:h + 1][:, vis], V[h:h + 1][:, vis],
+                                    np.ones((1, int(vis.sum())), bool))
+            assert_close(outs[1][layer][2 * h:2 * h + 2], want, atol=1e-5, what=f"decode layer {layer} kv {h}")
+
+
+def test_policy_vulkan_matches_numpy_over_decode_steps(vk):
+    """Same selections step after step (calibration rows included) on Vulkan and in NumPy."""
+    runs = {}
+    for dev in (vk, "cpu"):
+        pol = PredictorPolicy(80, sinks=16, local=16, calibration_step=3, weights=init_weights(2), device=dev)
+        sels = []
+        rng_outs = _run(pol, 100, 0)
+        sels.append(pol.selection.copy())
+        rng = np.random.default_rng(9)
+        for t in range(7):
+            pol.begin(np.array([100 + t]))
+            for layer in range(2):
+                q = rng.standard_normal((4, 1, 8)).astype(np.float32) * 2
+                k = rng.standard_normal((2, 1, 8)).astype(np.float32) * 2
+                pol.attend(layer, q, k, k)
+            sels.append(pol.selection.copy())
+        runs[str(dev)] = (sels, pol.predictor.read_history(), pol.stats())
+        del rng_outs
+    (a, ha, sa), (b, hb, sb) = runs.values()
+    assert all(np.array_equal(np.sort(x, -1), np.sort(y, -1)) for x, y in zip(a, b))
+    assert_close(ha, hb, atol=1e-6, what="history after decode")
+    assert sa == sb and sa["decode_steps"] == 7 and 0.0 <= sa["hit_rate"] <= 1.0
+
+
+def test_calibration_step_writes_the_full_row():
+    pol = PredictorPolicy(48, sinks=16, local=16, calibration_step=2, weights=init_weights(0), device="cpu")
+    _run(pol, 100, 0)
+    rng = np.random.default_rng(4)
+    newest = []
+    for t in range(2):                                     # decode_steps 0 (calibration), 1 (sparse)
+        pol.begin(np.array([100 + t]))
+        for layer in range(2):
+            q = rng.standard_normal((4, 1, 8)).astype(np.float32) * 3
+            k = rng.standard_normal((2, 1, 8)).astype(np.float32)
+            pol.attend(layer, q, k, k)
+        newest.append(pol.predictor.read_history()[:, (pol.predictor.head - 1) % 64])
+    S = 102
+    full_row, sparse_row = newest
+    # the calibration row has mass in non-selected candidate blocks; the sparse row has none
+    assert np.count_nonzero(full_row[:, :-(-101 // 16)]) == full_row.shape[0] * -(-101 // 16)
+    sel_cols = set(pol.selection.reshape(-1).tolist())
+    s0, e0 = candidate_blocks(S - 1, 16, 16)
+    hidden = [c for c in range(s0 + 1, e0 - 1) if c not in sel_cols]
+    assert hidden and np.all(sparse_row[:, hidden] == 0.0)
