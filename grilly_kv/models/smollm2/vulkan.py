@@ -7,7 +7,10 @@ norm weights in another. A step (a prefill chunk of T tokens or one decode token
              -> [o matmul + residual] -> [RMSNorm+gate/up matmul] -> [SwiGLU+down matmul + residual]
           -> [final RMSNorm + tied output head] -> logits download
 
-with the barriers that the data dependencies need, in one ``vkQueueSubmit``. Per-step scalars
+with the barriers that the data dependencies need, in one ``vkQueueSubmit`` when the policy has a
+device twin (``policy.device_cache``). A policy that runs only on the host still works: the step
+is then split at each layer's attention (q/k/v down, the policy's output up), one submission per
+layer. Per-step scalars
 (positions, slots, token ids, visible range) are in a small step buffer uploaded at the start of
 the submission, so the recording for a given T is built once and replayed.
 """
@@ -20,7 +23,7 @@ from ...backend.device import DeviceLike
 from ...ops.model_embed import record_embed
 from ...ops.model_matmul import record_matmul
 from ...ops.model_rope import record_rope
-from ...ops.step_words import step_words
+from ...ops.step_words import fill_step, step_words
 from ...policies.base import CacheShape, KVPolicy
 from ...reference.model_rope import rope_table
 from .weights import Checkpoint
@@ -56,8 +59,8 @@ class VulkanModel:
         self.qkv_dim = c.q_dim + 2 * c.kv_dim
         self.step = Buffer(dev, step_words(C), np.uint32)
         self.x = Buffer(dev, C * c.d_model, host_visible=False)
-        self.qkv = Buffer(dev, C * self.qkv_dim, host_visible=False)
-        self.attn = Buffer(dev, C * c.q_dim, host_visible=False)
+        self.qkv = Buffer(dev, C * self.qkv_dim)        # host-visible: host policies read q/k/v
+        self.attn = Buffer(dev, C * c.q_dim)            # ... and write the attention output
         self.gu = Buffer(dev, C * 2 * c.d_ffn, host_visible=False)
         self.logits = Buffer(dev, C * c.vocab)
         self.policy: KVPolicy | None = None
@@ -100,11 +103,7 @@ class VulkanModel:
             raise ValueError(f"max_tokens {max_tokens} exceeds the model's context {c.context}")
         shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk)
         policy.reset(shape)
-        kv = policy.device_cache(self.dev, shape)
-        if kv is None:
-            raise ValueError(f"policy {policy.describe()} has no Vulkan implementation; run it with "
-                             "the NumPy reference model (device 'cpu')")
-        self.policy, self.kv = policy, kv
+        self.policy, self.kv = policy, policy.device_cache(self.dev, shape)
         self._recordings.clear()
         if max_tokens > self._table_rows:
             rows = max(max_tokens, 2 * self._table_rows)
@@ -113,21 +112,29 @@ class VulkanModel:
             self.rope.upload_now()
             self._table_rows = rows
 
-    def _build(self, T: int, all_logits: bool) -> Recording:
+    def _build(self, T: int, all_logits: bool) -> list[Recording]:
+        """The recordings of a T-token step: one, or with a host policy one per layer plus one
+        (each layer's q/k/v go to the host, which attends and sends the output back)."""
         c = self.config
-        rec = Recording(self.dev, timestamps=self.timestamps)
-        rec.upload(self.step)
+        recs = [Recording(self.dev, timestamps=self.timestamps)]
+        recs[0].upload(self.step)
         W, N = self.wbuf, self.nbuf
         mm = dict(f16=self.f16, eps=c.norm_eps, T=T)
-        record_embed(rec, W, self.step, self.x, T=T, D=c.d_model, f16=self.f16, max_chunk=self.max_chunk,
-                     table_off=self.emb_off)
+        record_embed(recs[0], W, self.step, self.x, T=T, D=c.d_model, f16=self.f16,
+                     max_chunk=self.max_chunk, table_off=self.emb_off)
         for i in range(c.n_layers):
             w_qkv, w_o, w_gu, w_down = self.w_off[i]
+            rec = recs[-1]
             record_matmul(rec, W, self.x, N, self.qkv, N=self.qkv_dim, K=c.d_model, mode="rmsnorm",
                           w_off=w_qkv, g_off=self._norm_off(2 * i), **mm)
             record_rope(rec, self.qkv, self.step, self.rope, T=T, head_dim=c.head_dim,
                         n_q_heads=c.n_q_heads, n_kv_heads=c.n_kv_heads)
-            self.kv.record_layer(rec, i, self.qkv, self.attn, self.step, T)
+            if self.kv is not None:
+                self.kv.record_layer(rec, i, self.qkv, self.attn, self.step, T)
+            else:
+                rec.download(self.qkv)
+                rec = Recording(self.dev, timestamps=self.timestamps).upload(self.attn)
+                recs.append(rec)
             record_matmul(rec, W, self.attn, self.attn, self.x, N=c.d_model, K=c.q_dim, accumulate=True,
                           w_off=w_o, **mm)
             record_matmul(rec, W, self.x, N, self.gu, N=2 * c.d_ffn, K=c.d_model, mode="rmsnorm",
@@ -135,10 +142,22 @@ class VulkanModel:
             record_matmul(rec, W, self.gu, self.gu, self.x, N=c.d_model, K=c.d_ffn, mode="swiglu",
                           accumulate=True, w_off=w_down, **mm)
         n_out = T if all_logits else 1
-        record_matmul(rec, W, self.x, N, self.logits, N=c.vocab, K=c.d_model, mode="rmsnorm",
+        record_matmul(recs[-1], W, self.x, N, self.logits, N=c.vocab, K=c.d_model, mode="rmsnorm",
                       f16=self.f16, eps=c.norm_eps, T=n_out, w_off=self.emb_off,
                       x_off=(T - n_out) * c.d_model // 4, g_off=self._norm_off(2 * c.n_layers))
-        return rec.download(self.logits)
+        recs[-1].download(self.logits)
+        return recs
+
+    def _host_attend(self, layer: int, T: int) -> None:
+        """Hand layer ``layer``'s post-RoPE q/k/v to a host policy; stage its output for upload."""
+        c = self.config
+        rows = self.qkv.read(T * self.qkv_dim).reshape(T, c.n_q_heads + 2 * c.n_kv_heads, c.head_dim)
+        q = rows[:, :c.n_q_heads].transpose(1, 0, 2)
+        k = rows[:, c.n_q_heads:c.n_q_heads + c.n_kv_heads].transpose(1, 0, 2)
+        v = rows[:, c.n_q_heads + c.n_kv_heads:].transpose(1, 0, 2)
+        out = self.policy.attend(layer, np.ascontiguousarray(q), np.ascontiguousarray(k),
+                                 np.ascontiguousarray(v))
+        self.attn.write(np.ascontiguousarray(out.transpose(1, 0, 2), dtype=np.float32))
 
     def forward(self, tokens, pos0: int, *, all_logits: bool = False) -> np.ndarray:
         """Run ``tokens`` (T <= max_chunk) at positions ``pos0 ..``; returns ``(T or 1, vocab)`` logits."""
@@ -151,14 +170,20 @@ class VulkanModel:
         positions = np.arange(pos0, pos0 + T)
         self.policy.begin(positions)
         words = np.zeros(self.step.n_words, np.uint32)
-        self.kv.fill_step(words, positions, tokens)
+        if self.kv is not None:
+            self.kv.fill_step(words, positions, tokens)
+        else:
+            fill_step(words, pos0=pos0, slots=np.zeros(T), tokens=tokens, n_scan=0)
         self.step.write(words)
         key = (T, all_logits)
-        rec = self._recordings.get(key)
-        if rec is None:
-            rec = self._recordings[key] = self._build(T, all_logits)
-        rec.run()
+        recs = self._recordings.get(key)
+        if recs is None:
+            recs = self._recordings[key] = self._build(T, all_logits)
+        for layer, rec in enumerate(recs):
+            if layer:
+                self._host_attend(layer - 1, T)
+            rec.run()
         if self.timestamps:
-            self.last_gpu_time_us = rec.gpu_time_us()
+            self.last_gpu_time_us = sum(r.gpu_time_us() for r in recs)
         n_out = T if all_logits else 1
         return self.logits.read(n_out * self.config.vocab).reshape(n_out, self.config.vocab)
