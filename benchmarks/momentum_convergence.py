@@ -15,8 +15,8 @@ as a Stein/Wasserstein gradient flow of a potential energy), not a trained model
 
 Methods (step size tau = 1 = 1 / L): plain (threshold 0), momentum on all heads (threshold 2),
 selective momentum (threshold 0.5, selection fixed by ``calibrate`` on x_0); momentum with
-Nesterov damping alpha_k = k / (k + 3) and with constant damping alpha = (1 - sqrt(mu)) /
-(1 + sqrt(mu)). Convergence: iterations until |F(x_k)| / |F(x_0)| < tol (Frobenius norms; F is
+Nesterov damping alpha_k = k / (k + 3) (without and with ``MomentumStack``'s speed restart)
+and with constant damping alpha = (1 - sqrt(mu)) / (1 + sqrt(mu)) (which needs mu known). Convergence: iterations until |F(x_k)| / |F(x_0)| < tol (Frobenius norms; F is
 evaluated outside the timed runs). Cost: wall time and Vulkan GPU time (timestamps) per block,
 measured in separate runs, and the ratio to plain.
 
@@ -89,7 +89,7 @@ def gpu_time_counter(dev):
         dev.profile, Recording.run = False, original
 
 
-def converge(block, mha, x0, tol, max_iters):
+def converge(block, mha, x0, tol, max_iters, restart):
     """Residuals |F(x_k)| / |F(x_0)| for k = 0.. until below tol (or max_iters blocks)."""
     f0 = np.linalg.norm(mha(x0, x0, x0)[0])
     res = [1.0]
@@ -98,7 +98,7 @@ def converge(block, mha, x0, tol, max_iters):
         res.append(float(np.linalg.norm(mha(x, x, x)[0]) / f0))
         return res[-1] < tol
 
-    MomentumStack.shared(block, max_iters)(x0, callback=callback)
+    MomentumStack.shared(block, max_iters)(x0, restart=restart, callback=callback)
     reached = res[-1] < tol
     return res, (len(res) - 1 if reached else None)
 
@@ -142,24 +142,29 @@ def main():
     mha = build_attention(E, H, unpredictable, mu, seed=0, device=dev)
     x0 = np.random.default_rng(1).standard_normal((B, S, E)).astype(np.float32)
     alpha = (1 - np.sqrt(mu)) / (1 + np.sqrt(mu))
-    methods = [("plain", 0.0, "nesterov"),
-               ("momentum, all heads (Nesterov damping)", 2.0, "nesterov"),
-               ("selective momentum (Nesterov damping)", 0.5, "nesterov"),
-               (f"momentum, all heads (constant alpha={alpha:.3f})", 2.0, float(alpha)),
-               (f"selective momentum (constant alpha={alpha:.3f})", 0.5, float(alpha))]
+    nest = "Nesterov damping"
+    const = f"constant alpha={alpha:.3f}"
+    methods = [("plain", 0.0, "nesterov", False),
+               (f"momentum, all heads ({nest})", 2.0, "nesterov", False),
+               (f"selective momentum ({nest})", 0.5, "nesterov", False),
+               (f"momentum, all heads ({nest} + speed restart)", 2.0, "nesterov", True),
+               (f"selective momentum ({nest} + speed restart)", 0.5, "nesterov", True),
+               (f"momentum, all heads ({const})", 2.0, float(alpha), False),
+               (f"selective momentum ({const})", 0.5, float(alpha), False)]
     rows, curves, blocks = [], {}, []
-    for name, threshold, damping in methods:
+    for name, threshold, damping, _ in methods:
         blocks.append(SelectiveMomentumAttention(mha, E, H, threshold=threshold, step_size=1.0,
                                                  damping=damping))
     qsim = blocks[0].head_similarity(x0).mean(axis=0)
     for block in blocks:   # fix each selection once, from x_0
         block.calibrate(x0)
     timings = time_blocks(blocks, x0, timed, dev)
-    for (name, threshold, damping), block, (wall, gpu, kernel, subs) in zip(methods, blocks, timings):
+    for (name, threshold, damping, restart), block, (wall, gpu, kernel, subs) in zip(methods, blocks,
+                                                                               timings):
         selected = block.fixed_selection
-        res, iters = converge(block, mha, x0, args.tol, max_iters)
+        res, iters = converge(block, mha, x0, args.tol, max_iters, restart)
         curves[name] = res
-        rows.append({"method": name, "threshold": threshold, "damping": damping,
+        rows.append({"method": name, "threshold": threshold, "damping": damping, "restart": restart,
                      "selected_heads": np.flatnonzero(selected).tolist(),
                      "iterations_to_tol": iters, "final_residual": res[-1],
                      "wall_us_per_block": wall, "gpu_us_per_block": gpu,
@@ -185,7 +190,8 @@ def main():
                "note": "iterations are counted with F evaluated outside the timed runs; wall/GPU "
                        "per block are medians over `timed_blocks` separately timed blocks. GPU "
                        "time sums the Vulkan timestamps of every submission in a block (uploads "
-                       "and downloads included; kernel_us: dispatches only)."}
+                       "and downloads included; kernel_us: dispatches only). The restart test (one norm of "
+                       "x_k+1 - x_k per batch row, on the host) is not in the timed blocks."}
     save(name, payload)
     write_table(rows, payload, RESULTS / f"{name}.md")
     plot(curves, rows, args.tol, RESULTS / f"{name}.png", dev.name)

@@ -168,6 +168,47 @@ def test_stack_shared_and_separate(vk):
     assert_close(stopped[0], two_blocks, atol=0, what="early stop after block 1")
 
 
+def test_per_row_steps_and_speed_restart(vk):
+    mha = _mha(vk)
+    block = SelectiveMomentumAttention(mha, E, H, threshold=0.5, step_size=0.5)
+    block.calibrate(_inputs()[0])
+    x, y = _inputs(B=2, S=5, seed=3)
+    # (B,) steps: each batch row with its own alpha_k, as if run alone
+    both = block(x, y, step=np.array([1, 4]))
+    for b, k in ((0, 1), (1, 4)):
+        alone = block(x[b:b + 1], y[b:b + 1], step=k)
+        assert_close(both[0][b:b + 1], alone[0], atol=1e-6, what=f"row {b} x")
+        assert_close(both[1][b:b + 1], alone[1], atol=1e-6, what=f"row {b} y")
+    # speed restart against a transcription of the rule, on a contracting block (value = x,
+    # out_proj = -I/2: F = b - (P x) / 2), whose speed rises, then falls
+    contracting = MultiheadAttention(E, H, device=vk, seed=1)
+    st = contracting.state_dict()
+    st["in_proj_weight"][2 * E:] = np.eye(E)
+    st["out_proj.weight"] = -0.5 * np.eye(E, dtype=np.float32)
+    st["out_proj.bias"] = np.random.default_rng(0).standard_normal(E).astype(np.float32)
+    contracting.load_state_dict(st)
+    block = SelectiveMomentumAttention(contracting, E, H, threshold=2.0, step_size=0.5)
+    depth = 8
+    got = MomentumStack.shared(block, depth)(x, restart=True)
+    xm, ym = x, None
+    k = np.zeros(2, np.int64)
+    last = np.zeros(2)
+    restarts = 0
+    for _ in range(depth):
+        xn, ym = block(xm, ym, step=k)
+        speed = np.sqrt(((xn - xm) ** 2).sum(axis=(1, 2)))
+        for b in range(2):
+            if speed[b] < last[b]:
+                ym[b], k[b], last[b] = 0.0, 0, 0.0
+                restarts += 1
+            else:
+                k[b], last[b] = k[b] + 1, speed[b]
+        xm = xn
+    assert restarts > 0, "the test must exercise a restart"
+    assert_close(got[0], xm, atol=0, what="restarted stack x")
+    assert_close(got[1], ym, atol=0, what="restarted stack y")
+
+
 def test_bad_arguments():
     mha = MultiheadAttention(8, 2, device="cpu")
     with pytest.raises(ValueError, match="do not match"):
@@ -179,3 +220,5 @@ def test_bad_arguments():
     block = SelectiveMomentumAttention(mha, 8, 2)
     with pytest.raises(ValueError, match="y must have the shape of x"):
         block(np.zeros((1, 3, 8), np.float32), np.zeros((1, 2, 8), np.float32))
+    with pytest.raises(ValueError, match=r"step must be an int >= 0 or \(B,\)"):
+        block(np.zeros((2, 3, 8), np.float32), step=np.array([1, 2, 3]))

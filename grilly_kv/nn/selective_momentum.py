@@ -24,7 +24,10 @@ with time step sqrt(tau) (tau = the plain block's step size), velocity first, th
 
 with Nesterov damping gamma_k sqrt(tau) = 3 / (k + 3), i.e. alpha_k = k / (k + 3) for block k = 0,
 1, ... (``damping="nesterov"``), or a constant alpha in [0, 1) (heavy-ball damping for strongly
-convex energies, ``damping=alpha``). With y_0 = 0 the first momentum block equals a plain block,
+convex energies, ``damping=alpha``). :class:`~grilly_kv.nn.MomentumStack` can restart the
+damping counter per batch row (speed restart, ``restart=True``), an addition of ours: Nesterov
+damping without it is slower than plain blocks on strongly convex energies (see
+benchmarks/results/momentum_convergence.md). With y_0 = 0 the first momentum block equals a plain block,
 and each block costs one attention call, as the paper requires. The plain (classical) block is
 
     (0)  x_{k+1} = x_k + tau F(x_k).
@@ -65,11 +68,12 @@ from .multihead_attention import MultiheadAttention
 DAMPING_NESTEROV = "nesterov"
 
 
-def momentum_coefficient(damping, step: int) -> float:
-    """alpha_k of step (1): ``k / (k + 3)`` for ``"nesterov"``, else the constant ``damping``."""
+def momentum_coefficient(damping, step):
+    """alpha_k of step (1) for k = ``step`` (an int or an array of them): ``k / (k + 3)`` for
+    ``"nesterov"``, else the constant ``damping``."""
     if damping == DAMPING_NESTEROV:
-        return step / (step + 3.0)
-    return float(damping)
+        return np.asarray(step, np.float32) / (np.asarray(step, np.float32) + 3.0)
+    return np.full(np.shape(step), damping, np.float32)
 
 
 class SelectiveMomentumAttention:
@@ -174,14 +178,15 @@ class SelectiveMomentumAttention:
                 f_sel[rows] = linear(force[rows], self._projector(row), device=self.attention.device)
         return f_sel, force - f_sel
 
-    def forward(self, x: np.ndarray, y: np.ndarray | None = None, *, step: int = 0,
+    def forward(self, x: np.ndarray, y: np.ndarray | None = None, *, step=0,
                 attn_mask=None, key_padding_mask=None, is_causal: bool = False):
         """One block: the momentum step on the selected heads, the plain step on the others.
 
         Args:
             x: token positions ``(B, S, E)`` float32 or float16.
             y: token momenta ``(B, S, E)``, or None for zeros (the start of a stack).
-            step: k, the block's index in the stack (sets alpha_k under Nesterov damping).
+            step: k, the block's index in the stack (sets alpha_k under Nesterov damping): an
+                int, or ``(B,)`` ints, one per batch row (a stack that restarts rows separately).
             attn_mask, key_padding_mask, is_causal: as :meth:`MultiheadAttention.forward`.
 
         Returns:
@@ -194,13 +199,21 @@ class SelectiveMomentumAttention:
             check_array("y", y, ndim=3, dtypes=(np.float32, np.float16), shape_doc="(B, S, E)")
             if y.shape != x.shape:
                 raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
-        step = check_int("step", step, minimum=0)
+        if np.ndim(step) == 0:
+            step = check_int("step", step, minimum=0)
+        else:
+            step = check_array("step", np.asarray(step), ndim=1, dtypes=(np.int64, np.int32),
+                               shape_doc="(B,)")
+            if step.shape != (x.shape[0],) or (step < 0).any():
+                raise ValueError(f"step must be an int >= 0 or (B,) = ({x.shape[0]},) of them, "
+                                 f"got {step!r}")
         selected = self.selection(x)
         f_sel, f_plain = self.force_split(x, selected, attn_mask=attn_mask,
                                           key_padding_mask=key_padding_mask, is_causal=is_causal)
         tau = self.step_size
         h = np.float32(np.sqrt(tau))
-        y_next = np.float32(momentum_coefficient(self.damping, step)) * y.astype(np.float32) + h * f_sel
+        alpha = np.broadcast_to(momentum_coefficient(self.damping, step), (x.shape[0],))
+        y_next = alpha[:, None, None] * y.astype(np.float32) + h * f_sel
         x_next = x.astype(np.float32) + h * y_next + np.float32(tau) * f_plain
         return x_next, y_next
 

@@ -40,13 +40,17 @@ class MomentumStack:
     def depth(self) -> int:
         return len(self.blocks)
 
-    def forward(self, x: np.ndarray, y: np.ndarray | None = None, *,
+    def forward(self, x: np.ndarray, y: np.ndarray | None = None, *, restart: bool = False,
                 callback: Callable[[int, np.ndarray, np.ndarray], bool | None] | None = None,
                 **mask_kwargs):
         """Apply every block in order.
 
         Args:
             x: tokens ``(B, S, E)``; y: momenta ``(B, S, E)`` or None (zeros).
+            restart: speed restart (Su, Boyd & Candes 2016, for the Nesterov ODE): whenever a
+                batch row's step |x_k+1 - x_k| is shorter than its previous step, that row's
+                momentum is dropped (y = 0) and its damping counter k starts again at 0.
+                (Wang & Li's accelerated Wasserstein flow also uses a restart.)
             callback: called as ``callback(k, x_k+1, y_k+1)`` after block k; returning True
                 stops the stack early (e.g. once converged).
             mask_kwargs: ``attn_mask``, ``key_padding_mask``, ``is_causal`` for every block.
@@ -54,8 +58,17 @@ class MomentumStack:
         Returns:
             ``(x, y)`` after the last block run, float32 ``(B, S, E)`` each.
         """
+        counter = np.zeros(x.shape[0], np.int64)
+        last_speed = np.zeros(x.shape[0])   # 0: no comparison for a row's first step
         for k, block in enumerate(self.blocks):
-            x, y = block(x, y, step=k, **mask_kwargs)
+            x_next, y = block(x, y, step=counter if restart else k, **mask_kwargs)
+            if restart:
+                speed = np.linalg.norm((x_next - x).reshape(x.shape[0], -1), axis=1)
+                slower = speed < last_speed
+                y = np.where(slower[:, None, None], np.float32(0.0), y)
+                counter = np.where(slower, 0, counter + 1)
+                last_speed = np.where(slower, 0.0, speed)
+            x = x_next
             if callback is not None and callback(k, x, y):
                 break
         return x, y
