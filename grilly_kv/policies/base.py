@@ -28,6 +28,8 @@ class CacheShape:
         n_q_heads, n_kv_heads, head_dim: ``H_q``, ``H_kv`` (GQA: ``H_q % H_kv == 0``), ``D``.
         max_tokens: the longest sequence (prompt + generated) this run will see.
         max_chunk: the most tokens one forward call brings (the prefill chunk).
+        device: where the model runs (a grilly_kv Device; None: the default device). A host
+            policy that uses device-side helpers (e.g. a paged cache) puts them there.
     """
 
     n_layers: int
@@ -36,6 +38,7 @@ class CacheShape:
     head_dim: int
     max_tokens: int
     max_chunk: int
+    device: object = None
 
     def bytes_per_token(self, bytes_per_value: int = 2) -> int:
         """K+V bytes of one token over all layers."""

@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from ...backend import get_device
 from ...policies.base import CacheShape
 from .config import ModelConfig
 from .weights import Checkpoint
@@ -58,7 +59,8 @@ class ReferenceModel:
     def start(self, policy, max_tokens: int) -> None:
         """Begin a sequence of up to ``max_tokens`` tokens whose KV cache ``policy`` manages."""
         c = self.config
-        policy.reset(CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk))
+        policy.reset(CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
+                                device=get_device("cpu")))
         self.policy = policy
 
     def forward(self, tokens, pos0: int, *, all_logits: bool = False,

@@ -101,7 +101,8 @@ class VulkanModel:
         c = self.config
         if max_tokens > c.context:
             raise ValueError(f"max_tokens {max_tokens} exceeds the model's context {c.context}")
-        shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk)
+        shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
+                           device=self.dev)
         policy.reset(shape)
         self.policy, self.kv = policy, policy.device_cache(self.dev, shape)
         self._recordings.clear()
