@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Quality of the sparse (Quest top-k) decode step against dense attention.
+"""Quality of the sparse decode step against dense attention: softmax and alpha-entmax.
 
 For coverages 6.25 / 12.5 / 25 / 50 % of the context (token_budget = coverage * S), on random
 data (K, V, q ~ N(0, 1)) and on structured data where a few pages per KV head hold most of the
@@ -7,7 +7,9 @@ attention mass (their keys carry a component along the head's query direction), 
 query heads and queries (EntmaxKV's definitions): L2 = ||sparse - dense||_2, relative error =
 L2 / ||dense||_2, cosine similarity of the flattened outputs, and the dense softmax mass on the
 kept tokens. Both outputs come from the device (our dense decode is the reference; it matches
-NumPy to 1e-4 in the tests).
+NumPy to 1e-4 in the tests). Entmax (alpha = 1.5): Quest top-k at the same coverages against
+dense entmax, and the Gaussian-aware selector, whose coverage is whatever it keeps; "mass kept"
+is then the dense entmax probability on the kept tokens.
 
     python3 benchmarks/paged_quality.py [--quick] [--device vulkan:0]
 
@@ -24,8 +26,10 @@ from common import RESULTS, device_info, save  # noqa: E402
 
 from grilly_kv.backend import get_device  # noqa: E402
 from grilly_kv.paged import PagedKVCache  # noqa: E402
+from grilly_kv.reference.entmax_tau import entmax_probs_ref  # noqa: E402
 
 COVERAGES = (0.0625, 0.125, 0.25, 0.5)
+ENTMAX_ALPHA = 1.5
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 HOT_FRACTION = 1 / 64      # structured data: this fraction of pages per KV head is "hot"
 KEY_SHIFT, QUERY_SCALE = 8.0, 10.0
@@ -54,16 +58,19 @@ def structured_data(rng, S, n_q):
     return k, v, q.astype(np.float32)
 
 
-def kept_mass(q, k, pages):
-    """Dense softmax probability on the kept tokens, averaged over query heads."""
+def kept_mass(q, k, pages, alpha=1.0):
+    """Dense softmax (or entmax) probability on the kept tokens, averaged over query heads."""
     G = HQ // HKV
     masses = []
     for h in range(HKV):
         rows = (pages[0, h][pages[0, h] >= 0][:, None] * PAGE + np.arange(PAGE)).reshape(-1)
         rows = rows[rows < k.shape[2]]
         logits = q[0, h * G:(h + 1) * G].astype(np.float64) @ k[0, h].astype(np.float64).T / np.sqrt(D)
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
+        if alpha == 1.0:
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+        else:
+            p = entmax_probs_ref(logits, alpha)
         masses.extend(p[:, rows].sum(axis=1))
     return float(np.mean(masses))
 
@@ -92,32 +99,39 @@ def main():
         cache = PagedKVCache(HKV, D, capacity_tokens=S, device=dev)
         cache.prefill(k.astype(np.float16), v.astype(np.float16))
         stored_k = cache.keys()
-        dense = np.stack([cache.decode(q, method="dense") for q in qs])
-        for cov in COVERAGES:
-            budget = int(cov * S)
-            outs, masses = [], []
-            for q in qs:
-                out, pages = cache.decode(q, token_budget=budget, return_pages=True)
-                outs.append(out)
-                masses.append(kept_mass(q, stored_k, pages))
-            row = {"data": name, "coverage": cov, "token_budget": budget,
-                   **errors(np.stack(outs), dense), "kept_mass": float(np.mean(masses))}
-            rows.append(row)
-    header = ("| data | coverage | budget | L2 | rel. error | cosine | dense mass kept |\n"
-              "|---|---|---|---|---|---|---|\n")
+        for alpha in (1.0, ENTMAX_ALPHA):
+            dense = np.stack([cache.decode(q, method="dense", alpha=alpha) for q in qs])
+            selections = [("topk", cov, dict(token_budget=int(cov * S))) for cov in COVERAGES]
+            if alpha != 1.0:
+                selections.append(("gaussian", None, dict(method="gaussian")))
+            for method, cov, kw in selections:
+                outs, masses, kept = [], [], []
+                for q in qs:
+                    out, pages = cache.decode(q, alpha=alpha, return_pages=True, **kw)
+                    outs.append(out)
+                    masses.append(kept_mass(q, stored_k, pages, alpha))
+                    kept.append(float((pages >= 0).sum(axis=-1).mean()) * PAGE / S)
+                rows.append({"data": name, "alpha": alpha, "method": method,
+                             "coverage": float(np.mean(kept)) if cov is None else cov,
+                             "token_budget": kw.get("token_budget"),
+                             **errors(np.stack(outs), dense), "kept_mass": float(np.mean(masses))})
+    header = ("| data | weights | selection | coverage | L2 | rel. error | cosine | dense mass kept |\n"
+              "|---|---|---|---|---|---|---|---|\n")
     table = header + "".join(
-        f"| {r['data']} | {100 * r['coverage']:.2f} % | {r['token_budget']} | {r['l2']:.4f} | "
-        f"{r['rel_error']:.4f} | {r['cosine']:.5f} | {r['kept_mass']:.4f} |\n" for r in rows)
+        f"| {r['data']} | {'softmax' if r['alpha'] == 1.0 else 'entmax ' + str(r['alpha'])} | "
+        f"{r['method']} | {100 * r['coverage']:.2f} % | {r['l2']:.4g} | {r['rel_error']:.4g} | "
+        f"{r['cosine']:.5f} | {r['kept_mass']:.4f} |\n" for r in rows)
     config = {"context": S, "queries": n_q, "B": 1, "H_q": HQ, "H_kv": HKV, "D": D,
               "page_size": PAGE, "dtype": "float16", "group_reduce": "max",
+              "entmax_alpha": ENTMAX_ALPHA,
               "structured": {"hot_page_fraction": HOT_FRACTION, "key_shift": KEY_SHIFT,
                              "query_scale": QUERY_SCALE}}
-    print(f"Sparse (Quest top-k) vs dense decode, S={S}, {n_q} queries, {dev.name}\n")
+    print(f"Sparse vs dense decode, S={S}, {n_q} queries, {dev.name}\n")
     print(table)
     name = "paged_quality" + ("_quick" if args.quick else "")
     save(name, {**device_info(dev), "config": config, "rows": rows, "table": table})
     (RESULTS / f"{name}.md").write_text(
-        f"# Sparse vs dense decode quality\n\nS={S}, {n_q} queries, H_q={HQ}, H_kv={HKV}, D={D}, "
+        f"# Sparse vs dense decode quality (softmax and entmax)\n\nS={S}, {n_q} queries, H_q={HQ}, H_kv={HKV}, D={D}, "
         f"float16, page {PAGE}, device {dev.name}. Produced by benchmarks/paged_quality.py.\n\n"
         + table)
 
