@@ -14,9 +14,9 @@ from grilly_kv.reference.kv_slot_attention import masked_attention
 CALIBRATION = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "qsim_smollm2.json"
 
 
-def run_sequence(policy, shape, n_prompt, n_decode, seed=0, chunk=None):
-    """Feed random q/k/v (prompt in chunks, then single tokens); return the full k/v and the
-    outputs of the decode steps with the positions each step could see."""
+def run_sequence(policy, shape, n_prompt, n_decode, seed=0, chunk=None, decode=True):
+    """Feed random q/k/v (prompt in chunks, then single tokens unless not ``decode``); return the
+    full q/k/v and each step's positions, held positions before it and outputs."""
     rng = np.random.default_rng(seed)
     L, Hq, Hk, D = shape.n_layers, shape.n_q_heads, shape.n_kv_heads, shape.head_dim
     n = n_prompt + n_decode
@@ -29,7 +29,7 @@ def run_sequence(policy, shape, n_prompt, n_decode, seed=0, chunk=None):
     policy.reset(shape)
     chunk = chunk or n_prompt
     steps = [np.arange(c, min(c + chunk, n_prompt)) for c in range(0, n_prompt, chunk)]
-    steps += [np.array([t]) for t in range(n_prompt, n)]
+    steps += [np.array([t]) for t in range(n_prompt, n)] if decode else []
     outs = []
     for pos in steps:
         policy.begin(pos)
@@ -192,3 +192,22 @@ def test_bad_input():
     with pytest.raises(TypeError, match="qsim"):
         TappaPolicy(64, qsim=[[0.5]])
     assert make_policy("tappa", 64).describe().startswith("tappa(budget=64")
+
+
+def test_fork_shares_the_prefill_and_matches_a_fresh_run(vk):
+    shape = CacheShape(2, 4, 2, 8, max_tokens=90, max_chunk=80)
+    fresh = TappaPolicy(40, allocation="uniform", window=8, qsim_device=vk)
+    _, _, _, want = run_sequence(fresh, shape, 80, 4, seed=5)
+    base = TappaPolicy(90, window=8, qsim_device=vk)
+    q, k, v, _ = run_sequence(base, shape, 80, 4, seed=5, decode=False)
+    fork = base.fork(budget=40, allocation="uniform")
+    assert base.budgets is None and fork.budget == 40
+    for t in range(80, 84):
+        fork.begin(np.array([t]))
+        outs = [fork.attend(layer, q[layer][:, [t]], k[layer][:, [t]], v[layer][:, [t]]) for layer in range(2)]
+        np.testing.assert_array_equal(np.stack(outs), np.stack(want[t - 80 + 1][2]))
+    assert base.held().min() == 80                       # the original is untouched
+    with pytest.raises(ValueError, match="window"):
+        base.fork(window=4)
+    with pytest.raises(RuntimeError, match="prefilled"):
+        fork.fork(budget=50)

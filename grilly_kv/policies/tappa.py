@@ -10,8 +10,11 @@ Sequence (CAKE's, which the released TAPPA code computes but never executes, ALG
    - layer budgets: :func:`~grilly_kv.adaptive_kv.compute_layer_budgets` (preference ``1 - qsim_l``);
    - KV-head budgets inside a layer: :func:`~grilly_kv.adaptive_kv.compute_head_budgets` on the
      mean q-similarity of the head's GQA group;
-   - head classes: :func:`~grilly_kv.adaptive_kv.classify_heads`; a ``"streaming"`` head keeps only
-     its first ``sinks`` tokens and its most recent ones; the other heads keep by score.
+   - head classes: :func:`~grilly_kv.adaptive_kv.classify_heads` with bounds at quantiles of the
+     KV heads' q-similarity over the model (a fixed 0.5 +- 0.15 would call almost every head of
+     SmolLM2 streaming: its post-RoPE q-similarity lies in 0.5..0.9): the ``streaming_fraction``
+     most similar heads are ``"streaming"`` and keep only their first ``sinks`` tokens and their
+     most recent ones; the other heads keep by score.
 3. Before every decode step, each (layer, KV head) over its budget is cut to it: the keys are
    removed from the cache (true eviction; the cache holds only the kept tokens).
 
@@ -81,27 +84,34 @@ class TappaPolicy(KVPolicy):
         sinks: first tokens a streaming head keeps.
         gamma: variance weight of the score (CAKE's 200).
         mode: q-similarity mode when measured online (``"pairwise"``, TAPPA's, or ``"consecutive"``).
-        threshold, margin: :func:`~grilly_kv.adaptive_kv.classify_heads` bounds.
+        streaming_fraction: share of the (layer, KV head) pairs, those of highest q-similarity,
+            that get the recent-window-only treatment (0: none); the same share of lowest
+            q-similarity is labelled ``"retrieval"`` (scored like ``"mixed"``).
         qsim_device: device of the online q-similarity (None: the default device).
     """
 
     name = "tappa"
 
     def __init__(self, budget: int = 512, *, allocation: str = "qsim", qsim=None, window: int = 32,
-                 sinks: int = 4, gamma: float = 200.0, mode: str = "pairwise", threshold: float = 0.5,
-                 margin: float = 0.15, qsim_device=None):
+                 sinks: int = 4, gamma: float = 200.0, mode: str = "pairwise", streaming_fraction: float = 0.25,
+                 qsim_device=None):
         check_int("window", window, minimum=1)
         check_int("sinks", sinks, minimum=0)
         check_int("budget", budget, minimum=window + sinks)
         check_choice("allocation", allocation, ALLOCATIONS)
         check_choice("mode", mode, ("pairwise", "consecutive"))
+        if not 0.0 <= streaming_fraction <= 0.5:
+            raise ValueError(f"streaming_fraction must be in [0, 0.5], got {streaming_fraction}")
         super().__init__(int(budget))
+        self._settings = dict(budget=budget, allocation=allocation, qsim=qsim, window=window, sinks=sinks,
+                              gamma=gamma, mode=mode, streaming_fraction=streaming_fraction,
+                              qsim_device=qsim_device)
         if qsim is not None:
             qsim = np.array(check_array("qsim", qsim, ndim=2, dtypes=(np.float32, np.float64),
                                         shape_doc="(L, H_q)"), np.float64)
         self.allocation, self.fixed_qsim = allocation, qsim
         self.window, self.sinks, self.gamma, self.mode = int(window), int(sinks), float(gamma), mode
-        self.threshold, self.margin, self.qsim_device = float(threshold), float(margin), qsim_device
+        self.streaming_fraction, self.qsim_device = float(streaming_fraction), qsim_device
 
     # ---- sequence --------------------------------------------------------------------------
     def reset(self, shape: CacheShape) -> None:
@@ -119,6 +129,21 @@ class TappaPolicy(KVPolicy):
         self.head_labels = None      # (L, H_kv) str
         self.qsim = None             # (L, H_q) q-similarity the budgets came from
         self._positions = np.zeros(0, np.int64)
+
+    def fork(self, **changes) -> "TappaPolicy":
+        """A policy in the same state (the prompt's cache, not compressed yet) with other
+        settings (``budget``, ``allocation``, ...): one prefill then serves several budgets.
+        Only before the first decode step; ``window`` cannot change (the kept queries)."""
+        if self.shape is None or self.budgets is not None:
+            raise RuntimeError("fork() needs a prefilled cache whose budgets are not fixed yet")
+        if changes.get("window", self.window) != self.window:
+            raise ValueError("fork() cannot change the window")
+        new = TappaPolicy(**{**self._settings, **changes})
+        new.reset(self.shape)
+        # arrays are never written in place (eviction and appends build new ones): share them
+        new.pos, new.k, new.v = ([list(h) for h in x] for x in (self.pos, self.k, self.v))
+        new.q_win, new.q_win_pos, new._positions = list(self.q_win), self.q_win_pos, self._positions
+        return new
 
     def begin(self, positions: np.ndarray) -> None:
         positions = np.asarray(positions, np.int64)
@@ -138,7 +163,7 @@ class TappaPolicy(KVPolicy):
             self.k[layer][h] = np.concatenate([self.k[layer][h], k[h]])
             self.v[layer][h] = np.concatenate([self.v[layer][h], v[h]])
             kp, kk, vv = self.pos[layer][h], self.k[layer][h], self.v[layer][h]
-            sc = np.einsum("gtd,nd->gtn", q[h * g:(h + 1) * g], kk) / np.float32(np.sqrt(s.head_dim))
+            sc = q[h * g:(h + 1) * g] @ (kk.T / np.float32(np.sqrt(s.head_dim)))
             sc = np.where(kp[None, None, :] <= self._positions[None, :, None], sc, -np.inf)
             sc -= sc.max(axis=-1, keepdims=True)
             np.exp(sc, out=sc)
@@ -161,17 +186,26 @@ class TappaPolicy(KVPolicy):
             self.head_labels = np.full((L, H), "mixed")
             return
         self.qsim = self.fixed_qsim if self.fixed_qsim is not None else self._measure_qsim()
+        kv_qsim = self.qsim.reshape(L, H, g).mean(axis=2)
         floor = min(self.window + self.sinks, cap)
         total = self.budget * L * H
         if total >= L * H * cap:                      # everything fits: nothing to evict
             self.budgets = np.full((L, H), cap, np.int64)
         else:
             per_layer = compute_layer_budgets(self.qsim, total, H * floor, H * cap)
-            kv_qsim = self.qsim.reshape(L, H, g).mean(axis=2)
             self.budgets = np.stack([compute_head_budgets(kv_qsim[l], int(per_layer[l]), floor, cap)
                                      for l in range(L)])
-        self.head_labels = np.array([classify_heads(self.qsim[l].reshape(H, g).mean(axis=1),
-                                                    self.threshold, self.margin) for l in range(L)])
+        self.head_labels = self._classify(kv_qsim)
+
+    def _classify(self, kv_qsim: np.ndarray) -> np.ndarray:
+        """``(L, H_kv)`` labels; the top/bottom ``streaming_fraction`` quantiles are the bounds."""
+        f = self.streaming_fraction
+        if f == 0.0:
+            return np.full(kv_qsim.shape, "mixed")
+        # classify_heads labels streaming strictly above its bound: put it just below the quantile
+        hi = float(np.nextafter(np.quantile(kv_qsim, 1.0 - f), -np.inf))
+        lo = min(float(np.quantile(kv_qsim, f)), hi)
+        return np.array([classify_heads(q, retrieval_below=lo, streaming_above=hi) for q in kv_qsim])
 
     def _evict(self) -> None:
         s = self.shape
