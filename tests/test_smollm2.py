@@ -73,3 +73,22 @@ def test_dense_policy_gives_the_plain_models_tokens(full):
     model.start(PlainCausal(), len(seq))
     plain = model.forward(seq, 0, all_logits=True)[len(prompt) - 1:].argmax(-1)
     assert plain.tolist() == g.tokens
+
+
+def test_converted_parts_load_like_the_gguf(tmp_path, monkeypatch):
+    from grilly_kv.models.smollm2.convert import convert
+    from grilly_kv.models.smollm2.weights import find_weights
+
+    parts = convert(find_weights(), tmp_path, max_bytes=40 * 10**6)
+    assert len(parts) >= 3 and all(p.stat().st_size < 45 * 10**6 for p in parts)
+    a = load_checkpoint(n_layers=2)
+    monkeypatch.setenv("GRILLY_KV_GGUF", str(parts[-1]))
+    b = load_checkpoint(n_layers=2)
+    assert a.config == b.config and a.tokenizer == b.tokenizer
+    np.testing.assert_array_equal(a.embedding, b.embedding)
+    for la, lb in zip(a.layers, b.layers):
+        for name in la:
+            np.testing.assert_array_equal(la[name], lb[name])
+    parts[0].unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        load_checkpoint()
