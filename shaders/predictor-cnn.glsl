@@ -8,9 +8,14 @@
 // out[n, s + j] = b3 + sum_c w3[c] * mean_t h2[c, t, j]
 // Weights (one flat float buffer): w1[16][3][3], b1[16], w2[32][16][3][3], b2[32], w3[32], b3.
 //
-// Workgroup (tile, n) owns TILE output columns. It walks down the HIST time rows keeping three
-// rows of h1 (TILE + 2 columns, 16 channels) in shared memory; thread (column, group) computes
-// CPT of the 32 h2 channels of its column and accumulates their time sums in registers.
+// Rows 2 .. HIST-3 of h2 do not see the time padding, so they do not change when the window
+// slides: gsum[n, c, s + j] keeps their sum, and a decode step needs h2 on 6 rows, not HIST:
+//   mode 0 (full):     all rows; writes gsum and the scores
+//   mode 1 (retire):   before the ring update: gsum -= h2 row 2 (it becomes a boundary row)
+//   mode 2 (admit):    after the ring update:  gsum += h2 row HIST-3; scores from gsum and the
+//                      four boundary rows 0, 1, HIST-2, HIST-1
+// Workgroup (tile, n) owns TILE output columns; h1 rows are staged in shared memory (3 rows,
+// TILE + 2 columns, 16 channels); thread (column, group) computes CPT of the 32 h2 channels.
 #include "common.glsl"
 
 layout(local_size_x_id = 0) in;
@@ -21,84 +26,129 @@ const uint C2 = 32u;
 const uint W1 = 0u, B1 = 144u, W2 = 160u, B2 = 4768u, W3 = 4800u, B3 = 4832u;
 const uint COLS = TILE + 2u;                        // h1 columns incl. the halo
 const uint MAX_THREADS = 1024u;
+const uint CPT = C2 * TILE / gl_WorkGroupSize.x;    // h2 channels per thread
 
 layout(set = 0, binding = 0) readonly buffer History { float hist[]; };
 layout(set = 0, binding = 1) readonly buffer Weights { float w[]; };
-// params[2] = oldest ring row, params[3] = s, params[4] = e (block columns)
+// params[2] = oldest ring row, params[3] = s, params[4] = e (block columns),
+// params[5] = oldest ring row before this step's ring update (mode 1)
 layout(set = 0, binding = 2) readonly buffer Params { uint params[]; };
 layout(set = 0, binding = 3) writeonly buffer Out { float scores[]; };
+layout(set = 0, binding = 4) buffer GSum { float gsum[]; };   // (N, 32, C)
 
 layout(push_constant) uniform Push {
     uint C;          // block columns of the history (and of the scores)
+    uint mode;       // 0 full, 1 retire, 2 admit
 } p;
 
-shared float h1[3u * COLS * C1];                    // ring of 3 time rows of h1
+shared float h1[3u * C1 * COLS];                    // [slot][channel][column]
 shared float partial[MAX_THREADS];
 
-float x_at(uint n, int t, int j, uint oldest, uint s, int W) {
+uint n_id, oldest, s_col;
+int W, x0;
+
+float x_at(int t, int j) {
     if (t < 0 || t >= int(HIST) || j < 0 || j >= W) return 0.0;
-    const uint ring_row = (oldest + uint(t)) % HIST;
-    return hist[(n * HIST + ring_row) * p.C + s + uint(j)];
+    return hist[(n_id * HIST + (oldest + uint(t)) % HIST) * p.C + s_col + uint(j)];
 }
 
-// h1 time row t (all channels, columns x0 - 1 .. x0 + TILE) into ring slot t % 3
-void conv1_row(uint n, int t, int x0, uint oldest, uint s, int W) {
+// h1 time row t (all channels, columns x0 - 1 .. x0 + TILE) into ring slot t mod 3
+void conv1_row(int t) {
     const uint slot = uint(t + 3) % 3u;
     for (uint i = gl_LocalInvocationIndex; i < COLS * C1; i += gl_WorkGroupSize.x) {
-        const uint cc = i / C1, ch = i % C1;
+        const uint ch = i / COLS, cc = i % COLS;
         const int j = x0 - 1 + int(cc);
         float v = 0.0;
         if (t >= 0 && t < int(HIST) && j >= 0 && j < W) {
             v = w[B1 + ch];
             for (int dy = 0; dy < 3; dy++)
                 for (int dx = 0; dx < 3; dx++)
-                    v += w[W1 + ch * 9u + uint(dy * 3 + dx)] * x_at(n, t - 1 + dy, j - 1 + dx, oldest, s, W);
+                    v += w[W1 + ch * 9u + uint(dy * 3 + dx)] * x_at(t - 1 + dy, j - 1 + dx);
             v = max(v, 0.0);
         }
-        h1[(slot * COLS + cc) * C1 + ch] = v;
+        h1[(slot * C1 + ch) * COLS + cc] = v;
     }
 }
 
+// h2 channel c2 at row t, column col of the tile (h1 rows t-1 .. t+1 staged)
+float h2_at(uint c2, int t, uint col) {
+    float v = w[B2 + c2];
+    for (int dy = 0; dy < 3; dy++) {
+        const uint slot = uint(t - 1 + dy + 3) % 3u;
+        const uint wb = W2 + c2 * C1 * 9u + uint(dy) * 3u;
+        for (uint c1 = 0u; c1 < C1; c1++) {
+            const uint hb = (slot * C1 + c1) * COLS + col;
+            v += w[wb + c1 * 9u] * h1[hb] + w[wb + c1 * 9u + 1u] * h1[hb + 1u]
+               + w[wb + c1 * 9u + 2u] * h1[hb + 2u];
+        }
+    }
+    return max(v, 0.0);
+}
+
+// stage h1 rows t-1 .. t+1 (standalone rows of the retire / admit modes)
+void stage_rows(int t) {
+    barrier();
+    conv1_row(t - 1);
+    conv1_row(t);
+    conv1_row(t + 1);
+    barrier();
+}
+
 void main() {
-    const uint n = gl_WorkGroupID.y;
-    const uint oldest = params[2], s = params[3], e = params[4];
-    const int W = int(e) - int(s);
-    const int x0 = int(gl_WorkGroupID.x * TILE);
+    n_id = gl_WorkGroupID.y;
+    oldest = p.mode == 1u ? params[5] : params[2];
+    s_col = params[3];
+    W = int(params[4]) - int(s_col);
+    x0 = int(gl_WorkGroupID.x * TILE);
     if (x0 >= W) return;                             // whole workgroup: uniform exit
     const uint groups = gl_WorkGroupSize.x / TILE;   // channel groups per column
-    const uint CPT = C2 / groups;                    // h2 channels per thread
     const uint col = gl_LocalInvocationIndex % TILE;
     const uint grp = gl_LocalInvocationIndex / TILE;
-    float acc[C2];
-    for (uint c = 0u; c < C2; c++) acc[c] = 0.0;
+    const bool valid = x0 + int(col) < W;
+    const uint g_base = (n_id * C2 + grp * CPT) * p.C + s_col + uint(x0) + col;   // + k * C
+    const int last = int(HIST) - 1;
+    float all_rows[CPT];
+    float inner[CPT];
+    for (uint k = 0u; k < CPT; k++) { all_rows[k] = 0.0; inner[k] = 0.0; }
 
-    conv1_row(n, -1, x0, oldest, s, W);
-    conv1_row(n, 0, x0, oldest, s, W);
-    for (int t = 0; t < int(HIST); t++) {
-        conv1_row(n, t + 1, x0, oldest, s, W);
-        barrier();
-        for (uint k = 0u; k < CPT; k++) {
-            const uint c2 = grp * CPT + k;
-            float v = w[B2 + c2];
-            for (int dy = 0; dy < 3; dy++) {
-                const uint slot = uint(t - 1 + dy + 3) % 3u;
-                for (uint dx = 0u; dx < 3u; dx++) {
-                    const uint base = (slot * COLS + col + dx) * C1;
-                    const uint wb = W2 + c2 * C1 * 9u + uint(dy) * 3u + dx;
-                    for (uint c1 = 0u; c1 < C1; c1++) v += w[wb + c1 * 9u] * h1[base + c1];
-                }
+    if (p.mode == 0u) {
+        conv1_row(-1);
+        conv1_row(0);
+        for (int t = 0; t <= last; t++) {
+            conv1_row(t + 1);
+            barrier();
+            for (uint k = 0u; k < CPT; k++) {
+                const float v = h2_at(grp * CPT + k, t, col);
+                all_rows[k] += v;
+                if (t >= 2 && t <= last - 2) inner[k] += v;
             }
-            acc[k] += max(v, 0.0);
+            barrier();
         }
-        barrier();
+        if (valid) for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] = inner[k];
+    } else if (p.mode == 1u) {
+        stage_rows(2);
+        if (valid) for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] -= h2_at(grp * CPT + k, 2, col);
+        return;
+    } else {
+        stage_rows(last - 2);
+        for (uint k = 0u; k < CPT; k++) {
+            inner[k] = valid ? gsum[g_base + k * p.C] + h2_at(grp * CPT + k, last - 2, col) : 0.0;
+            all_rows[k] = inner[k];
+        }
+        if (valid) for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] = inner[k];
+        const int edge[4] = int[4](0, 1, last - 1, last);
+        for (uint r = 0u; r < 4u; r++) {
+            stage_rows(edge[r]);
+            for (uint k = 0u; k < CPT; k++) all_rows[k] += h2_at(grp * CPT + k, edge[r], col);
+        }
     }
     float sum = 0.0;
-    for (uint k = 0u; k < CPT; k++) sum += w[W3 + grp * CPT + k] * acc[k];
+    for (uint k = 0u; k < CPT; k++) sum += w[W3 + grp * CPT + k] * all_rows[k];
     partial[gl_LocalInvocationIndex] = sum / float(HIST);
     barrier();
-    if (grp == 0u && x0 + int(col) < W) {
+    if (grp == 0u && valid) {
         float total = w[B3];
         for (uint g = 0u; g < groups; g++) total += partial[g * TILE + col];
-        scores[n * p.C + s + uint(x0) + col] = total;
+        scores[n_id * p.C + s_col + uint(x0) + col] = total;
     }
 }

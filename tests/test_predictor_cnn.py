@@ -65,3 +65,28 @@ def test_cnn_rejects_bad_input(vk):
     bad = dict(w, w2=np.zeros((32, 16, 3, 2), np.float32))
     with pytest.raises(ValueError, match=r"'w2' must have shape \(32, 16, 3, 3\)"):
         predictor_cnn(h, bad, oldest=0, start=0, end=8, device=vk)
+
+
+def test_incremental_decode_steps_match_the_full_cnn(vk):
+    """BlockPredictor's decode steps (RETIRE + ring update + ADMIT passes of predictor-cnn, full
+    recomputation when the candidate range grows) give the NumPy CNN of the NumPy ring."""
+    from grilly_kv.predictor.history import BlockPredictor
+    from grilly_kv.predictor.policy import candidate_blocks
+
+    rng = np.random.default_rng(0)
+    N, S0, steps = 3, 150, 24
+    w = init_weights(3)
+    dev_pred = BlockPredictor(N, S0 + steps + 1, w, device=vk)
+    ref_pred = BlockPredictor(N, S0 + steps + 1, w, device="cpu")
+    rows = rng.random((N, 70, S0)).astype(np.float32) ** 8
+    s, e = candidate_blocks(S0, 16, 16)
+    assert_close(dev_pred.step(rows, S0, s, e), ref_pred.step(rows, S0, s, e), atol=1e-6, what="prefill")
+    for t in range(steps):
+        S = S0 + t + 1
+        row = rng.random((N, 1, S)).astype(np.float32) ** 8
+        s, e = candidate_blocks(S, 16, 16)
+        want = ref_pred.step(row, S, s, e)
+        # error of a running sum over <= REFRESH add/subtract pairs: far below 1e-5 here
+        assert_close(dev_pred.step(row, S, s, e), want, atol=1e-5, rtol=1e-4, what=f"decode step {t}")
+    assert dev_pred.incremental_steps >= steps - 3         # the range grew at most twice
+    assert_close(dev_pred.read_history(), ref_pred.read_history(), atol=0.0, what="ring")

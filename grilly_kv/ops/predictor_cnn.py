@@ -17,17 +17,24 @@ from .predictor_history_update import N_PARAMS
 SHADER = "predictor-cnn"
 TILE = 32
 LOCAL_SIZE = 256      # TILE columns x 8 groups of 4 output channels
-PUSH = PushLayout("C")
+PUSH = PushLayout("C", "mode")
+FULL, RETIRE, ADMIT = 0, 1, 2   # modes: see the shader
 SPEC = (LOCAL_SIZE, HIST, TILE)
 
 
 def record_predictor_cnn(rec: Recording, history: Buffer, weights: Buffer, params: Buffer,
-                         scores: Buffer, *, N: int, C: int) -> Recording:
-    """Record the CNN over ``history`` ``(N, HIST, C)`` into ``scores`` ``(N, C)``; the oldest
-    ring row and the block range ``[s, e)`` are read from ``params`` at run time (only scores
-    of ``[s, e)`` are written)."""
-    return rec.dispatch(SHADER, [history, weights, params, scores], groups=(-(-C // TILE), N),
-                        push=PUSH.pack(C=C), spec=SPEC, writes=[3])
+                         scores: Buffer, gsum: Buffer, *, N: int, C: int, mode: int = FULL) -> Recording:
+    """Record one CNN pass over ``history`` ``(N, HIST, C)``; the oldest ring row and the block
+    range ``[s, e)`` are read from ``params`` at run time.
+
+    ``FULL`` writes ``scores`` ``(N, C)`` (only columns ``[s, e)``) and ``gsum`` ``(N, 32, C)``,
+    the time sums of the CNN's inner rows. A decode step that slides the window by one row with
+    the same ``[s, e)`` can instead record ``RETIRE`` before the ring update and ``ADMIT`` after
+    it: the same scores from 6 rows of the second convolution instead of 64.
+    """
+    writes = [4] if mode == RETIRE else [3, 4]
+    return rec.dispatch(SHADER, [history, weights, params, scores, gsum], groups=(-(-C // TILE), N),
+                        push=PUSH.pack(C=C, mode=mode), spec=SPEC, writes=writes)
 
 
 def predictor_cnn(history: np.ndarray, weights: dict[str, np.ndarray], *, oldest: int, start: int,
@@ -61,15 +68,16 @@ def predictor_cnn(history: np.ndarray, weights: dict[str, np.ndarray], *, oldest
     w_buf = ws.scratch.get("weights", N_WEIGHTS)
     params = ws.scratch.get("params", N_PARAMS, np.uint32)
     out = ws.scratch.get("out", N * C)
+    gsum = ws.scratch.get("gsum", N * 32 * C, host_visible=False)
 
     def build() -> Recording:
         rec = Recording(dev).upload(hist_buf, words=N * HIST * C).upload(w_buf).upload(params)
-        record_predictor_cnn(rec, hist_buf, w_buf, params, out, N=N, C=C)
+        record_predictor_cnn(rec, hist_buf, w_buf, params, out, gsum, N=N, C=C)
         return rec.download(out, words=N * C)
 
-    rec = ws.recording((hist_buf.uid, w_buf.uid, params.uid, out.uid, N, C), build)
+    rec = ws.recording((hist_buf.uid, w_buf.uid, params.uid, out.uid, gsum.uid, N, C), build)
     hist_buf.write(history)
     w_buf.write(flatten_weights(weights))
-    params.write(np.array([0, 0, oldest, start, end], np.uint32))
+    params.write(np.array([0, 0, oldest, start, end, oldest], np.uint32))
     rec.run()
     return out.read(N * C).reshape(N, C)[:, start:end]

@@ -2,7 +2,9 @@
 
 One :class:`BlockPredictor` serves all layers and heads of a model: ``N = layers x H_q`` rows of
 history, ``C = ceil(max_tokens / 16)`` block columns. :meth:`BlockPredictor.step` pools new
-attention rows into the ring and scores the candidate blocks for the next step in one submission.
+attention rows into the ring and scores the candidate blocks for the next step in one submission. A decode step (one new row, same candidate blocks as the step before) updates
+the CNN incrementally (see ``shaders/predictor-cnn.glsl``): 6 rows of the second convolution
+instead of 64; every :data:`REFRESH` steps, or when the candidate range changes, it recomputes all.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 
 from ..backend import Buffer, Recording, get_device
 from ..backend.device import DeviceLike
-from ..ops.predictor_cnn import record_predictor_cnn
+from ..ops.predictor_cnn import ADMIT, FULL, RETIRE, record_predictor_cnn
 from ..ops.predictor_history_update import N_PARAMS, record_history_update
 from ..reference.predictor_cnn import predictor_cnn_ref
 from ..reference.predictor_history_update import BLOCK, HIST, history_update_ref
@@ -18,6 +20,7 @@ from .weights import N_PARAMS as N_WEIGHTS, check_weights, flatten_weights
 
 
 ROWS_PER_SUBMIT = 8   # rows per head uploaded in one submission (bounds the staging buffer)
+REFRESH = 64          # incremental CNN steps between full recomputations (bounds float drift)
 
 
 class BlockPredictor:
@@ -47,10 +50,14 @@ class BlockPredictor:
         self.w_buf = Buffer(dev, N_WEIGHTS)
         self.params = Buffer(dev, N_PARAMS, np.uint32)
         self.scores = Buffer(dev, self.N * self.C)
+        self.gsum = Buffer(dev, self.N * 32 * self.C, host_visible=False)
         self.w_buf.write(flatten_weights(self.weights))
         self.w_buf.upload_now()
         self.hist_buf.upload_now()
         self.last_recording: Recording | None = None
+        self._cnn_range: tuple[int, int] | None = None   # (s, e) that gsum holds sums for
+        self._since_full = 0
+        self.incremental_steps = 0
 
     def step(self, rows: np.ndarray, n_keys: int, start: int, end: int) -> np.ndarray | None:
         """Pool ``rows`` into the ring, then score blocks ``[start, end)`` for the next step.
@@ -72,23 +79,39 @@ class BlockPredictor:
         if self.dev.is_cpu:
             self.history = history_update_ref(rows, self.history, write_head, n_keys)
             return predictor_cnn_ref(self.history, self.weights, self.head, start, end) if run_cnn else None
+        incremental = (run_cnn and R == 1 and self._cnn_range == (start, end)
+                       and self._since_full < REFRESH)
         for r0 in range(0, R - ROWS_PER_SUBMIT, ROWS_PER_SUBMIT):   # all but the last group
-            self._submit(rows[:, r0:r0 + ROWS_PER_SUBMIT], n_keys, (write_head + r0) % HIST, 0, 0)
+            self._submit(rows[:, r0:r0 + ROWS_PER_SUBMIT], n_keys, (write_head + r0) % HIST, 0, 0, None)
         r0 = (R - 1) // ROWS_PER_SUBMIT * ROWS_PER_SUBMIT
-        self._submit(rows[:, r0:], n_keys, (write_head + r0) % HIST, start, end if run_cnn else start)
+        mode = None if not run_cnn else ADMIT if incremental else FULL
+        self._submit(rows[:, r0:], n_keys, (write_head + r0) % HIST, start, end, mode, old_oldest=write_head)
+        self._cnn_range = (start, end) if run_cnn else None
+        self._since_full = self._since_full + 1 if incremental else 0
+        self.incremental_steps += int(incremental)
         if not run_cnn:
             return None
         return self.scores.read(self.N * self.C).reshape(self.N, self.C)[:, start:end]
 
-    def _submit(self, rows: np.ndarray, n_keys: int, write_head: int, start: int, end: int) -> None:
+    def invalidate(self) -> None:
+        """Make the next step recompute the CNN over all rows (e.g. to time the full pass)."""
+        self._cnn_range = None
+
+    def _submit(self, rows: np.ndarray, n_keys: int, write_head: int, start: int, end: int,
+                mode: int | None, old_oldest: int = 0) -> None:
+        """One submission: upload rows, [retire], pool into the ring, [CNN pass], download."""
         R = rows.shape[1]
         self.rows_buf.write(np.ascontiguousarray(rows[:, :, :n_keys], np.float32))
-        self.params.write(np.array([write_head, n_keys, self.head, start, end], np.uint32))
+        self.params.write(np.array([write_head, n_keys, self.head, start, end, old_oldest], np.uint32))
         rec = Recording(self.dev).upload(self.rows_buf, words=self.N * R * n_keys).upload(self.params)
+        cnn = dict(N=self.N, C=self.C)
+        bufs = (self.hist_buf, self.w_buf, self.params, self.scores, self.gsum)
+        if mode == ADMIT:
+            record_predictor_cnn(rec, *bufs, mode=RETIRE, **cnn)
         record_history_update(rec, self.rows_buf, self.hist_buf, self.params, N=self.N, R=R, C=self.C,
                               row_stride=n_keys)
-        if end > start:
-            record_predictor_cnn(rec, self.hist_buf, self.w_buf, self.params, self.scores, N=self.N, C=self.C)
+        if mode is not None:
+            record_predictor_cnn(rec, *bufs, mode=mode, **cnn)
             rec.download(self.scores, words=self.N * self.C)
         rec.run()
         self.last_recording = rec
