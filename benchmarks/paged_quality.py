@@ -59,13 +59,16 @@ def structured_data(rng, S, n_q):
 
 
 def kept_mass(q, k, pages, alpha=1.0):
-    """Dense softmax (or entmax) probability on the kept tokens, averaged over query heads."""
-    G = HQ // HKV
+    """Dense softmax (or entmax) probability on the kept tokens, averaged over query heads.
+    q: (1, H_q, D); k: (1, H_kv, S, D) the cache's keys; pages: (1, H_kv, n)."""
+    Hq, Dq = q.shape[1:]
+    Hkv, S = k.shape[1:3]
+    G = Hq // Hkv
     masses = []
-    for h in range(HKV):
+    for h in range(Hkv):
         rows = (pages[0, h][pages[0, h] >= 0][:, None] * PAGE + np.arange(PAGE)).reshape(-1)
-        rows = rows[rows < k.shape[2]]
-        logits = q[0, h * G:(h + 1) * G].astype(np.float64) @ k[0, h].astype(np.float64).T / np.sqrt(D)
+        rows = rows[rows < S]
+        logits = q[0, h * G:(h + 1) * G].astype(np.float64) @ k[0, h].astype(np.float64).T / np.sqrt(Dq)
         if alpha == 1.0:
             p = np.exp(logits - logits.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
@@ -82,12 +85,77 @@ def errors(sparse, dense):
     return {"l2": l2, "rel_error": l2 / float(np.linalg.norm(dense)), "cosine": cos}
 
 
+def model_data(S: int, n_q: int, layers):
+    """SmolLM2-135M's post-RoPE q/k and v on the first S tokens of the essays (NumPy forward):
+    per layer, ``(k, v, qs)`` with k, v ``(1, H_kv, S, D)`` and qs the last n_q positions'
+    queries ``(n_q, 1, H_q, D)``."""
+    from grilly_kv.evaluation.corpus import essays
+    from grilly_kv.models.smollm2 import load_model
+    from grilly_kv.policies.dense import DensePolicy
+
+    model, tok = load_model("cpu")
+    ids = tok.encode(" ".join(text for _, text in essays()))[:S]
+    if len(ids) < S:
+        raise SystemExit(f"the essays hold {len(ids)} tokens, fewer than --model-context {S}")
+    parts: dict = {}
+
+    def capture(layer, name, arr):
+        if layer in layers and name in ("q_post", "k_post", "v"):
+            parts.setdefault((layer, name), []).append(arr)
+
+    model.start(DensePolicy(), S)
+    for t0 in range(0, S, model.max_chunk):
+        model.forward(ids[t0:t0 + model.max_chunk], t0, capture=capture)
+    for layer in layers:
+        q, k, v = (np.concatenate(parts[(layer, n)], axis=1) for n in ("q_post", "k_post", "v"))
+        yield layer, k[None], v[None], q[:, S - n_q:].transpose(1, 0, 2)[:, None]
+
+
+def evaluate(dev, name, k, v, qs, rows):
+    """Sparse vs dense for each query; query j attends to the first S - n_q + 1 + j tokens (the
+    last query to all S: with one query per position, as in decoding)."""
+    S, n_q = k.shape[2], len(qs)
+    Hkv, Dk = k.shape[1], k.shape[3]
+    cache = PagedKVCache(Hkv, Dk, capacity_tokens=S, device=dev)
+    first = S - n_q + 1
+    cache.prefill(k[:, :, :first].astype(np.float16), v[:, :, :first].astype(np.float16))
+    results: dict = {}
+    for j, q in enumerate(qs):
+        if j:
+            cache.append(k[:, :, first + j - 1:first + j].astype(np.float16),
+                         v[:, :, first + j - 1:first + j].astype(np.float16))
+        stored_k = cache.keys()
+        L = len(cache)
+        for alpha in (1.0, ENTMAX_ALPHA):
+            dense = cache.decode(q, method="dense", alpha=alpha)
+            selections = [("topk", cov, dict(token_budget=int(cov * L))) for cov in COVERAGES]
+            if alpha != 1.0:
+                selections.append(("gaussian", None, dict(method="gaussian")))
+            for method, cov, kw in selections:
+                out, pages = cache.decode(q, alpha=alpha, return_pages=True, **kw)
+                r = results.setdefault((alpha, method, cov), {"outs": [], "dense": [], "mass": [],
+                                                              "kept": []})
+                r["outs"].append(out)
+                r["dense"].append(dense)
+                r["mass"].append(kept_mass(q, stored_k, pages, alpha))
+                n_kept = (pages >= 0).sum(axis=-1)               # the last (partial) page among them
+                r["kept"].append(float(((n_kept - 1) * PAGE + L - (-(-L // PAGE) - 1) * PAGE).mean()) / L)
+    for (alpha, method, cov), r in results.items():
+        rows.append({"data": name, "alpha": alpha, "method": method,
+                     "coverage": float(np.mean(r["kept"])) if cov is None else cov,
+                     **errors(np.stack(r["outs"]), np.stack(r["dense"])),
+                     "kept_mass": float(np.mean(r["mass"]))})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default=None)
     ap.add_argument("--context", type=int, default=None)
     ap.add_argument("--queries", type=int, default=None)
+    ap.add_argument("--model-context", type=int, default=0,
+                    help="also evaluate SmolLM2-135M's q/k/v on this many essay tokens (0: no)")
+    ap.add_argument("--model-layers", type=int, nargs="+", default=[3, 15, 27])
     args = ap.parse_args()
     dev = get_device(args.device)
     S = args.context or (2048 if args.quick else 8192)
@@ -95,26 +163,10 @@ def main():
     rng = np.random.default_rng(0)
     rows = []
     for name, make in (("random", random_data), ("structured", structured_data)):
-        k, v, qs = make(rng, S, n_q)
-        cache = PagedKVCache(HKV, D, capacity_tokens=S, device=dev)
-        cache.prefill(k.astype(np.float16), v.astype(np.float16))
-        stored_k = cache.keys()
-        for alpha in (1.0, ENTMAX_ALPHA):
-            dense = np.stack([cache.decode(q, method="dense", alpha=alpha) for q in qs])
-            selections = [("topk", cov, dict(token_budget=int(cov * S))) for cov in COVERAGES]
-            if alpha != 1.0:
-                selections.append(("gaussian", None, dict(method="gaussian")))
-            for method, cov, kw in selections:
-                outs, masses, kept = [], [], []
-                for q in qs:
-                    out, pages = cache.decode(q, alpha=alpha, return_pages=True, **kw)
-                    outs.append(out)
-                    masses.append(kept_mass(q, stored_k, pages, alpha))
-                    kept.append(float((pages >= 0).sum(axis=-1).mean()) * PAGE / S)
-                rows.append({"data": name, "alpha": alpha, "method": method,
-                             "coverage": float(np.mean(kept)) if cov is None else cov,
-                             "token_budget": kw.get("token_budget"),
-                             **errors(np.stack(outs), dense), "kept_mass": float(np.mean(masses))})
+        evaluate(dev, name, *make(rng, S, n_q), rows)
+    if args.model_context:
+        for layer, k, v, qs in model_data(args.model_context, n_q, args.model_layers):
+            evaluate(dev, f"SmolLM2 layer {layer}", k, v, qs, rows)
     header = ("| data | weights | selection | coverage | L2 | rel. error | cosine | dense mass kept |\n"
               "|---|---|---|---|---|---|---|---|\n")
     table = header + "".join(
@@ -125,15 +177,23 @@ def main():
               "page_size": PAGE, "dtype": "float16", "group_reduce": "max",
               "entmax_alpha": ENTMAX_ALPHA,
               "structured": {"hot_page_fraction": HOT_FRACTION, "key_shift": KEY_SHIFT,
-                             "query_scale": QUERY_SCALE}}
-    print(f"Sparse vs dense decode, S={S}, {n_q} queries, {dev.name}\n")
+                             "query_scale": QUERY_SCALE},
+              "model": ({"name": "SmolLM2-135M-Instruct (Q4_1 GGUF, NumPy forward)",
+                         "context": args.model_context, "layers": args.model_layers,
+                         "H_q": 9, "H_kv": 3, "D": 64, "text": "Paul Graham essays, concatenated",
+                         "q_k": "post-RoPE"} if args.model_context else None)}
+    intro = (f"Synthetic: S={S}, H_q={HQ}, H_kv={HKV}, D={D}. "
+             + (f"SmolLM2: {args.model_context} essay tokens, layers {args.model_layers}. "
+                if args.model_context else "")
+             + f"{n_q} decode queries each (the last {n_q} positions), float16 K/V, page {PAGE}, "
+             f"device {dev.name}.")
+    print(intro + "\n")
     print(table)
     name = "paged_quality" + ("_quick" if args.quick else "")
     save(name, {**device_info(dev), "config": config, "rows": rows, "table": table})
     (RESULTS / f"{name}.md").write_text(
-        f"# Sparse vs dense decode quality (softmax and entmax)\n\nS={S}, {n_q} queries, H_q={HQ}, H_kv={HKV}, D={D}, "
-        f"float16, page {PAGE}, device {dev.name}. Produced by benchmarks/paged_quality.py.\n\n"
-        + table)
+        "# Sparse vs dense decode quality (softmax and entmax)\n\n" + intro
+        + " Produced by benchmarks/paged_quality.py.\n\n" + table)
 
 
 if __name__ == "__main__":
