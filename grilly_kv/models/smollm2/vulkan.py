@@ -146,7 +146,7 @@ class VulkanModel:
         record_matmul(recs[-1], W, self.x, N, self.logits, N=c.vocab, K=c.d_model, mode="rmsnorm",
                       f16=self.f16, eps=c.norm_eps, T=n_out, w_off=self.emb_off,
                       x_off=(T - n_out) * c.d_model // 4, g_off=self._norm_off(2 * c.n_layers))
-        recs[-1].download(self.logits)
+        recs[-1].download(self.logits, words=n_out * c.vocab)    # only the rows asked for
         return recs
 
     def _host_attend(self, layer: int, T: int) -> None:

@@ -1,0 +1,99 @@
+"""How fast does SmolLM2-135M decode on Vulkan at long context, dense and with Quest, and how much
+of a token's time is host overhead?
+
+For each context C and policy: prefill C essay tokens, then decode ``--steps`` tokens (teacher
+forced with the essay's next tokens, so every policy sees the same stream). Per token: wall time,
+GPU time of the model's submissions (Vulkan timestamps) and the host share ``1 - gpu / wall``.
+A host-side policy's own device work (Quest's paged-cache submissions, one append and one decode
+per layer) is not in the model's timestamps, so it counts as host time here. Ratio: tokens/s
+against the first policy (dense by default) at the same context, measured in the same run.
+
+    python3 benchmarks/bench_model_decode.py            # H100: 1K and ~8K context, dense, quest:512
+    python3 benchmarks/bench_model_decode.py --quick    # lavapipe: 4 layers, contexts 64 and 160
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from common import commit, device_info, save  # noqa: F401  (commit is recorded by save)
+
+from grilly_kv.backend import get_device
+from grilly_kv.evaluation.corpus import essays
+from grilly_kv.models.generate import prefill
+from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
+from grilly_kv.models.smollm2.vulkan import VulkanModel
+from grilly_kv.policies import make_policy
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes for lavapipe")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--contexts", default=None, help="default 1024,8064 (quick: 64,160)")
+    ap.add_argument("--policies", default=None, help="name[:budget],... default dense,quest:512 "
+                    "(quick: dense,quest:64,streaming:64)")
+    ap.add_argument("--steps", type=int, default=None, help="decode steps (default 64, quick 6)")
+    ap.add_argument("--layers", type=int, default=None, help="default all (quick: 4)")
+    ap.add_argument("--chunk", type=int, default=None, help="prefill chunk (default 256, quick 32)")
+    return ap.parse_args()
+
+
+def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
+    name, _, budget = spec.partition(":")
+    policy = make_policy(name, int(budget) if budget else None)
+    model.start(policy, context + steps)
+    t0 = time.perf_counter()
+    prefill(model, ids[:context])
+    prefill_s = time.perf_counter() - t0
+    wall, gpu = [], []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        model.forward([ids[context + i]], context + i)
+        wall.append(time.perf_counter() - t0)
+        gpu.append(model.last_gpu_time_us * 1e-6)
+    wall, gpu = np.array(wall[1:]), np.array(gpu[1:])    # step 0 builds the decode recording
+    return {"policy": spec, "describe": policy.describe(), "context": context,
+            "prefill_tokens_per_s": context / prefill_s,
+            "decode_tokens_per_s": float(1.0 / np.median(wall)),
+            "wall_ms_per_token": float(np.median(wall) * 1e3),
+            "gpu_ms_per_token": float(np.median(gpu) * 1e3),
+            "host_overhead_share": float(1.0 - np.median(gpu) / np.median(wall)),
+            "submissions_per_token": len(model._recordings[(1, False)]),
+            "kv_bytes": policy.kv_bytes(), "dense_kv_bytes": model.config.dense_kv_bytes(context + steps)}
+
+
+def main() -> None:
+    a = parse()
+    q = a.quick
+    contexts = [int(c) for c in (a.contexts or ("64,160" if q else "1024,8064")).split(",")]
+    specs = (a.policies or ("dense,quest:64,streaming:64" if q else "dense,quest:512")).split(",")
+    steps = a.steps or (6 if q else 64)
+    layers = a.layers or (4 if q else None)
+    dev = get_device(a.device)
+    ck = load_checkpoint(n_layers=layers)
+    tk = ChatTokenizer(ck.tokenizer)
+    ids = tk.encode("\n\n".join(t for _, t in essays()))
+    model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True)
+    rows = []
+    for c in contexts:
+        base = None
+        for spec in specs:
+            r = measure(model, spec, ids, c, steps)
+            base = base or r["decode_tokens_per_s"]
+            r["ratio_vs_dense"] = r["decode_tokens_per_s"] / base
+            rows.append(r)
+            print(f"C={c:5d} {r['describe']:<28} {r['decode_tokens_per_s']:8.1f} tok/s  wall "
+                  f"{r['wall_ms_per_token']:7.2f} ms  gpu {r['gpu_ms_per_token']:7.2f} ms  host "
+                  f"{100 * r['host_overhead_share']:4.0f}%  x{r['ratio_vs_dense']:.2f} vs dense  "
+                  f"({r['submissions_per_token']} submissions/token)")
+    save("model_decode_quick" if q else "model_decode",
+         {**device_info(dev), "config": {"contexts": contexts, "policies": specs, "steps": steps,
+                                         "layers": ck.config.n_layers, "weights": "float16",
+                                         "baseline": "dense, same run"},
+          "results": rows})
+
+
+if __name__ == "__main__":
+    main()
