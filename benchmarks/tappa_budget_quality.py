@@ -5,8 +5,9 @@ Policy ``tappa`` (grilly_kv/policies/tappa.py) with ``allocation="qsim"`` (layer
 compute_layer_budgets, KV-head budgets from compute_head_budgets, the most q-similar quarter of
 the heads streaming-only) against ``allocation="uniform"`` (every layer and KV head ``budget``
 tokens, all chosen by the same window score), and ``qsim-nostream`` (the q-similarity budgets
-with every head scored, to separate the allocation from the streaming-head rule); all hold ``budget * 30 * 3`` tokens in total
-after the prompt, and all truly evict. Dense (no eviction) is the reference.
+with every head scored, to separate the allocation from the streaming-head rule); all hold
+``budget * 30 * 3`` tokens in total after the prompt, and all truly evict. Dense (no eviction)
+is the reference.
 
 The prompt is prefilled once per sample (exact attention, as in CAKE/TAPPA); every policy then
 starts from that cache (``TappaPolicy.fork``), compresses at its first decode step and keeps
@@ -137,7 +138,8 @@ def needle_rows(model, base_kw, tok, haystack, context, n_trials, cfgs, stop_ids
 def write_markdown(path: Path) -> Path:
     """A table per context from a result JSON written by this script."""
     d = json.loads(path.read_text())
-    lines = [f"# q-similarity vs uniform KV budgets at equal total (SmolLM2-135M, {d['date']}, {d['commit']})",
+    lines = [f"# q-similarity vs uniform KV budgets at equal total (SmolLM2-135M, {d['date']}, "
+             f"{d['commit']})",
              "", d["policy"] + ".", f"Perplexity: {d['ppl_texts']} held-out text(s), {d['targets']} teacher-"
              f"forced tokens each; needle: {d['needle_trials']} trial(s) per context.", ""]
     for r in d["results"]:
@@ -184,7 +186,8 @@ def main():
         ppl = perplexity_rows(model, base_kw, stream, ctx, args.ppl_texts, args.targets, cfgs)
         needle = needle_rows(model, base_kw, tok, haystack, ctx, args.needles, cfgs, stop_ids, seed=ctx)
         for label, _ in cfgs:
-            print(f"  {label:20s} ppl {ppl[label]['perplexity']:8.3f}   needle {needle[label]['accuracy']:.2f}"
+            print(f"  {label:20s} ppl {ppl[label]['perplexity']:8.3f}   "
+                  f"needle {needle[label]['accuracy']:.2f}"
                   f"   kv tokens {ppl[label]['kv_tokens_held']}")
         results.append({"context": ctx, "perplexity": ppl, "needle": needle})
     name = args.out or "tappa_budget_quality" + ("_quick" if args.quick else "")

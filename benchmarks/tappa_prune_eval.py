@@ -61,11 +61,13 @@ def main():
                 "rows": rows, "wall_s": time.perf_counter() - t0})
     lines = [f"# Layer pruning of {cal.model}: perplexity on {n_essays} held-out essays x {n_tokens} tokens",
              "", f"Full model: {base:.2f}. BI' uses beta = {args.beta}.", "",
-             "| N removed | Block Influence: layers | ppl | TAPPA BI': layers | ppl |", "|---|---|---|---|---|"]
+             "| N removed | Block Influence: layers | ppl | TAPPA BI': layers | ppl |",
+             "|---|---|---|---|---|"]
     for n in ns:
         bi, tp = (next(r for r in rows if r["order"] == o and r["n_removed"] == n)
                   for o in ("block_influence", "tappa"))
-        lines.append(f"| {n} | {bi['removed']} | {bi['perplexity']:.2f} | {tp['removed']} | {tp['perplexity']:.2f} |")
+        lines.append(f"| {n} | {bi['removed']} | {bi['perplexity']:.2f} | {tp['removed']} "
+                     f"| {tp['perplexity']:.2f} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -204,7 +204,8 @@ def test_fork_shares_the_prefill_and_matches_a_fresh_run(vk):
     assert base.budgets is None and fork.budget == 40
     for t in range(80, 84):
         fork.begin(np.array([t]))
-        outs = [fork.attend(layer, q[layer][:, [t]], k[layer][:, [t]], v[layer][:, [t]]) for layer in range(2)]
+        outs = [fork.attend(layer, q[layer][:, [t]], k[layer][:, [t]], v[layer][:, [t]])
+                for layer in range(2)]
         np.testing.assert_array_equal(np.stack(outs), np.stack(want[t - 80 + 1][2]))
     assert base.held().min() == 80                       # the original is untouched
     with pytest.raises(ValueError, match="window"):

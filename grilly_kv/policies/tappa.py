@@ -93,8 +93,8 @@ class TappaPolicy(KVPolicy):
     name = "tappa"
 
     def __init__(self, budget: int = 512, *, allocation: str = "qsim", qsim=None, window: int = 32,
-                 sinks: int = 4, gamma: float = 200.0, mode: str = "pairwise", streaming_fraction: float = 0.25,
-                 qsim_device=None):
+                 sinks: int = 4, gamma: float = 200.0, mode: str = "pairwise",
+                 streaming_fraction: float = 0.25, qsim_device=None):
         check_int("window", window, minimum=1)
         check_int("sinks", sinks, minimum=0)
         check_int("budget", budget, minimum=window + sinks)
