@@ -58,7 +58,8 @@ def test_prefetch_overlapped_with_steps_keeps_the_wanted_blocks(vk):
     wants = [np.stack([[rng.choice(18, resident, replace=False) for _ in range(H)] for _ in range(L)])
              for _ in range(5)]
     compute = [pf.record_scatter(Recording(vk), parity) for parity in (0, 1)]
-    pf.prefetch(wants[0])
+    assert pf.fill(wants[0]) == L * H * resident
+    pf.prefetch(wants[0])                                  # nothing new: copies nothing
     pf.wait()
     prev = pf.flip()
     for t in range(5):
@@ -78,3 +79,18 @@ def test_prefetch_rejects_more_blocks_than_slots(vk):
     pf = HostKVPrefetcher(vk, 1, 1, 8, 64, resident=2, max_new=4)
     with pytest.raises(ValueError, match="exceed the 2 resident slots"):
         pf.prefetch(np.array([[[0, 1, 2]]]))
+    pf2 = HostKVPrefetcher(vk, 1, 2, 8, 64, resident=3, max_new=4)
+    with pytest.raises(ValueError, match="exceed max_new=4"):
+        pf2.prefetch(np.array([[[0, 1, 2], [0, 1, 2]]]))
+
+
+def test_fill_loads_in_chunks_of_max_new(vk):
+    rng = np.random.default_rng(2)
+    pf = HostKVPrefetcher(vk, 1, 2, 8, 64, resident=3, max_new=4)
+    k = rng.standard_normal((2, 64, 8)).astype(np.float16)
+    pf.write(0, np.arange(64), k, -k)
+    wanted = np.array([[[3, 0, 2], [1, 3, 0]]])
+    assert pf.fill(wanted) == 6                            # two submissions: 4 + 2 blocks
+    ck, cv = pf.read_cache()
+    for h in range(2):
+        assert _held_blocks(ck[0, h], cv[0, h], pf.host_k[0, h], pf.host_v[0, h], wanted[0, h])

@@ -97,31 +97,46 @@ class HostKVPrefetcher:
                             copies.append((l, h, int(s[0]), int(b)))
         return copies
 
-    def prefetch(self, wanted: np.ndarray, dirty: np.ndarray | None = None) -> int:
-        """Start copying the blocks of the next step (returns at once). Call :meth:`wait`
-        before the step's :meth:`scatter` runs. Returns the number of blocks copied."""
-        self.wait()
-        copies = self.plan(wanted, dirty)
+    def _stage(self, copies, parity: int) -> Recording:
+        """Write the blocks of ``copies`` into incoming buffer ``parity``; the upload recording."""
         n = len(copies)
-        if n > self.max_new:
-            raise ValueError(f"{n} blocks to prefetch exceed max_new={self.max_new}")
-        inc, idx = self.incoming[self.parity], self.index[self.parity]
+        inc, idx = self.incoming[parity], self.index[parity]
+        dest = np.zeros(0, np.int64)
         if n:
             l, h, s, b = (np.array(c) for c in zip(*copies))
-            staged = np.stack([self.host_k[l, h, b], self.host_v[l, h, b]], axis=1)   # (n, 2, 16, D)
-            inc.write(staged)
+            inc.write(np.stack([self.host_k[l, h, b], self.host_v[l, h, b]], axis=1))   # (n, 2, 16, D)
             dest = (l * self.H + h) * self.resident + s
-        else:
-            dest = np.zeros(0, np.int64)
         idx.write(np.concatenate([[n], dest]).astype(np.uint32))
         rec = Recording(self.dev).upload(idx, words=n + 1)
         if n:
             rec.upload(inc, words=n * 2 * self.block_words)
-        self._t0 = time.perf_counter()
-        self._upload = rec.submit()
         self.blocks_copied += n
         self.bytes_copied += n * 2 * self.block_words * 4
-        return n
+        return rec
+
+    def fill(self, wanted: np.ndarray) -> int:
+        """Load ``wanted`` blocks synchronously, ``max_new`` at a time (the start of a sequence,
+        or after a prefill). Returns the number of blocks copied."""
+        self.wait()
+        copies = self.plan(wanted)
+        for c0 in range(0, len(copies), self.max_new):
+            rec = self._stage(copies[c0:c0 + self.max_new], self.parity)
+            self.record_scatter(rec, self.parity).run()
+        return len(copies)
+
+    def prefetch(self, wanted: np.ndarray, dirty: np.ndarray | None = None) -> int:
+        """Start copying the blocks of the next step (returns at once). Call :meth:`wait`, then
+        run the next step's submission, which begins with :meth:`record_scatter` of the parity
+        that :meth:`flip` returns. Returns the number of blocks copied."""
+        self.wait()
+        copies = self.plan(wanted, dirty)
+        if len(copies) > self.max_new:
+            raise ValueError(f"{len(copies)} blocks to prefetch exceed max_new={self.max_new}; "
+                             "use fill() for a bulk load")
+        rec = self._stage(copies, self.parity)
+        self._t0 = time.perf_counter()
+        self._upload = rec.submit()
+        return len(copies)
 
     def wait(self) -> float:
         """Wait for the running prefetch; returns the seconds from its submission to now."""
