@@ -65,6 +65,13 @@ def _pow2_at_least(n: int, floor: int = 1) -> int:
     return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
+def _length_bucket(n: int) -> int:
+    """n rounded up to a multiple of 1/8 of its power-of-two ceiling (at least 64): a bound that
+    wastes at most 1/8 and changes (re-recording a step) only every 1/8 of a doubling."""
+    step = max(64, _pow2_at_least(n) // 8)
+    return -(-n // step) * step
+
+
 class VulkanStore:
     """K, V and statistics in device buffers; writes and decode steps are recorded once per shape
     and replayed, with the cache length in a two-word device buffer (``meta``). With the device's
@@ -209,7 +216,7 @@ class VulkanStore:
         P = -(-length // self.page)
         dense = method == "dense"
         if method != "topk":
-            max_tokens = _pow2_at_least(length, attn.MIN_CHUNK)
+            max_tokens = _length_bucket(length)
         else:
             max_tokens = (min(max(n_top, n_sink), P - 1) + 1) * self.page
         max_tokens = min(max_tokens, self.cap)
