@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -48,7 +48,6 @@ class Calibration:
     qsim_chunk: np.ndarray
     block_influence: np.ndarray
     perplexity: float
-    extra: dict = field(default_factory=dict)
 
     def layer_qsim(self, key: str = "post/pairwise") -> np.ndarray:
         """``(L,)`` mean over heads of ``qsim[key]`` (``"chunk"``: the pruning module's q-similarity)."""
