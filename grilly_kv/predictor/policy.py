@@ -57,7 +57,8 @@ class PredictorPolicy(KVPolicy):
         sinks, local: tokens always kept at the start (a multiple of 16) and at the end.
         calibration_step: every this many decode steps the history gets the full attention row.
         weights: a safetensors path or a dict of tensors (default: the package's trained weights).
-        device: where the history ring lives and the CNN runs (``"cpu"``: NumPy).
+        device: where the history ring lives and the CNN runs (``"cpu"``: NumPy; None: the
+            model's device from the cache shape, else the default device).
         track_hits: also compute each step's true top-k blocks (full attention) for :meth:`stats`.
 
     Raises:
@@ -90,8 +91,8 @@ class PredictorPolicy(KVPolicy):
         s = shape
         self.k_all = np.zeros((s.n_layers, s.n_kv_heads, s.max_tokens, s.head_dim), np.float32)
         self.v_all = np.zeros_like(self.k_all)
-        self.predictor = BlockPredictor(s.n_layers * s.n_q_heads, s.max_tokens, self.weights,
-                                        device=self.device)
+        device = self.device if self.device is not None else s.device   # None: the model's device
+        self.predictor = BlockPredictor(s.n_layers * s.n_q_heads, s.max_tokens, self.weights, device=device)
         self.selection: np.ndarray | None = None      # (L, H_kv, <= k) block ids for the next step
         self.n_tokens = 0
         self.decode_steps = 0

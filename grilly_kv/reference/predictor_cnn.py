@@ -27,13 +27,17 @@ def conv3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out.transpose(0, 3, 1, 2)
 
 
-def cnn_forward(x: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
-    """Scores ``(N, W)`` for histories ``x`` ``(N, T, W)`` (time oldest first)."""
-    x = np.asarray(x, np.float32)[:, None]
-    h1 = np.maximum(conv3x3(x, weights["w1"], weights["b1"]), 0.0)
-    h2 = np.maximum(conv3x3(h1, weights["w2"], weights["b2"]), 0.0)
-    pooled = h2.mean(axis=2)                                        # (N, 32, W)
-    return (np.einsum("c,ncw->nw", weights["w3"].reshape(-1), pooled) + weights["b3"][0]).astype(np.float32)
+def cnn_forward(x: np.ndarray, weights: dict[str, np.ndarray], rows_per_pass: int = 16) -> np.ndarray:
+    """Scores ``(N, W)`` for histories ``x`` ``(N, T, W)`` (time oldest first); ``rows_per_pass``
+    histories at a time bound the memory of the 3x3 patches."""
+    x = np.asarray(x, np.float32)
+    out = np.empty((x.shape[0], x.shape[2]), np.float32)
+    for n0 in range(0, x.shape[0], rows_per_pass):
+        h1 = np.maximum(conv3x3(x[n0:n0 + rows_per_pass, None], weights["w1"], weights["b1"]), 0.0)
+        h2 = np.maximum(conv3x3(h1, weights["w2"], weights["b2"]), 0.0)
+        pooled = h2.mean(axis=2)                                    # (n, 32, W)
+        out[n0:n0 + rows_per_pass] = np.einsum("c,ncw->nw", weights["w3"].reshape(-1), pooled) + weights["b3"][0]
+    return out
 
 
 def predictor_cnn_ref(history: np.ndarray, weights: dict[str, np.ndarray], oldest: int,
