@@ -2,7 +2,9 @@
 // Y[t, n] (+)= sum_k X'[t, k] * W[n, k] for tokens t < T and rows n < N: see grilly_kv/ops/model_matmul.py.
 // X' is the input row itself (MODE 0), its RMSNorm times a weight vector (MODE 1), or, for rows
 // 2K wide, silu(X[t, :K]) * X[t, K:] (MODE 2: SwiGLU). Workgroup (x, y) computes rows
-// [x*ROWS, x*ROWS + ROWS) for tokens [y*TT, y*TT + TT); each row is split over WG/ROWS lanes.
+// [x*ROWS, x*ROWS + ROWS) for tokens [y*TT, y*TT + TT); each row is split over WG/ROWS lanes
+// (coalesced loads on GPUs) whose partial sums meet in shared memory; with ROWS == WG each
+// invocation owns a whole row and no reduction is needed (faster on CPU devices).
 #include "common.glsl"
 
 layout(local_size_x_id = 0) in;
@@ -53,7 +55,14 @@ void main() {
     const uint t0 = gl_WorkGroupID.y * TT;
     const uint tn = min(TT, p.T - t0);
 
-    if (MODE == 1u) {            // 1/rms of each token row, reduced over the whole workgroup
+    if (MODE == 1u && lanes == 1u) {   // 1/rms of each token row: one invocation per token, one barrier
+        if (tid < tn) {
+            float s = 0.0;
+            for (uint i = 0u; i < KV; i++) { const vec4 v = x[p.x_off + (t0 + tid) * XV + i]; s += dot(v, v); }
+            inv_rms[tid] = inversesqrt(s / float(K) + PUSH_F(p.eps_bits));
+        }
+        barrier();
+    } else if (MODE == 1u) {           // ... or reduced over the whole workgroup (GPUs)
         for (uint j = 0u; j < TT; j++) {
             float s = 0.0;
             if (j < tn) for (uint i = tid; i < KV; i += WG) { const vec4 v = x[p.x_off + (t0 + j) * XV + i]; s += dot(v, v); }
@@ -75,6 +84,15 @@ void main() {
             const vec4 w = LOAD_VEC4(F16, w32, w16, p.w_off + n * KV + i);
             for (uint j = 0u; j < TT; j++) if (j < tn) acc[j] += dot(w, load_x(t0 + j, i));
         }
+    }
+    if (lanes == 1u) {           // one row per invocation (CPU devices): no reduction
+        if (n < p.N) {
+            for (uint j = 0u; j < tn; j++) {
+                const uint o = (t0 + j) * p.N + n;
+                y[o] = (ACC != 0u ? y[o] : 0.0) + acc[j];
+            }
+        }
+        return;
     }
     for (uint j = 0u; j < TT; j++) red[j * WG + tid] = acc[j];
     barrier();

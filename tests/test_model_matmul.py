@@ -13,7 +13,8 @@ from harness import assert_close, assert_sentinels_intact, guard_output
 @pytest.mark.parametrize("mode", ["plain", "rmsnorm", "swiglu"])
 @pytest.mark.parametrize("T", [1, 5, 13])          # 13: not a multiple of the 8-token tile
 @pytest.mark.parametrize("wdtype", [np.float16, np.float32])
-def test_matches_reference(vk, mode, T, wdtype):
+@pytest.mark.parametrize("rows", [4, 64])          # split rows + shared reduction (GPU) / one row per invocation (CPU)
+def test_matches_reference(vk, mode, T, wdtype, rows):
     rng = np.random.default_rng(T)
     N, K = 37, 44                                   # N not a multiple of the 4 rows per workgroup
     w = rng.standard_normal((N, K)).astype(wdtype)
@@ -23,7 +24,7 @@ def test_matches_reference(vk, mode, T, wdtype):
     x0 = x.copy()
     for resid in (None, y):
         guard = guard_output(vk, SHADER, "y", T * N)
-        got = model_matmul(x, w, mode=mode, norm_weight=g, y=resid, device=vk)
+        got = model_matmul(x, w, mode=mode, norm_weight=g, y=resid, rows=rows, device=vk)
         assert_sentinels_intact(guard, T * N)
         want = model_matmul_ref(x, w, mode=mode, norm_weight=g, y=resid)
         assert_close(got, want, atol=1e-4, rtol=1e-5, what=f"{mode} T={T}")

@@ -15,28 +15,37 @@ from ..validation import check_array, check_choice
 SHADER = "model-matmul"
 MODES = {"plain": 0, "rmsnorm": 1, "swiglu": 2}
 LOCAL_SIZE = 64
-ROWS = 4            # output rows per workgroup: 16 lanes each
+ROWS = 4            # output rows per workgroup on GPUs: 16 lanes each (coalesced weight reads)
 MAX_TT = 8          # tokens per workgroup (the shader's MAX_TT)
 PUSH = PushLayout("N", "T", "w_off", "x_off", "g_off", "eps:f")
 
 
+def rows_per_workgroup(device) -> int:
+    """ROWS on GPUs; a whole row per invocation on CPU devices (lavapipe), where the
+    shared-memory reduction costs more than uncoalesced reads."""
+    return LOCAL_SIZE if device.properties.get("device_type") == "Cpu" else ROWS
+
+
 def record_matmul(rec: Recording, w, x, g, y, *, N: int, K: int, T: int, f16: bool, mode: str = "plain",
                   accumulate: bool = False, w_off: int = 0, x_off: int = 0, g_off: int = 0,
-                  eps: float = 1e-5) -> Recording:
+                  eps: float = 1e-5, rows: int | None = None) -> Recording:
     """Record ``y[t, n] (+)= x'[t] . w[n]`` for t < T, n < N.
 
     Offsets are in vec4 units (4 elements) of each buffer; ``g`` is the RMSNorm weight buffer
-    (any buffer when mode != "rmsnorm"). K must be a multiple of 4.
+    (any buffer when mode != "rmsnorm"). K must be a multiple of 4. ``rows``: output rows per
+    workgroup (a power of 2 dividing 64; default :func:`rows_per_workgroup`).
     """
     tt = min(MAX_TT, T)
-    spec = (LOCAL_SIZE, K, int(f16), ROWS, tt, MODES[mode], int(accumulate))
+    rows = rows or rows_per_workgroup(rec.device)
+    spec = (LOCAL_SIZE, K, int(f16), rows, tt, MODES[mode], int(accumulate))
     push = PUSH.pack(N=N, T=T, w_off=w_off, x_off=x_off, g_off=g_off, eps=eps)
-    return rec.dispatch(SHADER, [w, x, g, y], groups=(-(-N // ROWS), -(-T // tt)), push=push,
+    return rec.dispatch(SHADER, [w, x, g, y], groups=(-(-N // rows), -(-T // tt)), push=push,
                         spec=spec, writes=[3])
 
 
 def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weight=None,
-                 eps: float = 1e-5, y: np.ndarray | None = None, device: DeviceLike = None) -> np.ndarray:
+                 eps: float = 1e-5, y: np.ndarray | None = None, rows: int | None = None,
+                 device: DeviceLike = None) -> np.ndarray:
     """``x' @ w.T`` (+ ``y``) on the device.
 
     Args:
@@ -45,6 +54,7 @@ def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weig
         mode: "plain", "rmsnorm" (x is RMS-normalised and scaled by ``norm_weight`` ``(K,)``),
             or "swiglu" (x' = silu(gate) * up).
         y: optional ``(T, N)`` float32 added to the result (residual).
+        rows: output rows per workgroup (default: by device type; tests force both layouts).
 
     Returns:
         ``(T, N)`` float32.
@@ -82,6 +92,7 @@ def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weig
     if y is not None:
         yb.write(y)
         rec.upload(yb)
-    record_matmul(rec, wb, xb, gb, yb, N=N, K=K, T=T, f16=f16, mode=mode, accumulate=y is not None, eps=eps)
+    record_matmul(rec, wb, xb, gb, yb, N=N, K=K, T=T, f16=f16, mode=mode, accumulate=y is not None, eps=eps,
+                  rows=rows)
     rec.download(yb).run()
     return yb.read(T * N).reshape(T, N)
