@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, save, setup  # noqa: E402
+from common import device_info, gpu_us, save, setup, wall_us  # noqa: E402
 
 from grilly_kv.backend import Buffer, Recording  # noqa: E402
 from grilly_kv.ops.kv_slot_attention import part_words, record_kv_slot_attention  # noqa: E402
@@ -48,23 +48,12 @@ def attention_rows(rng, n, R, S):
     return p / p.sum(-1, keepdims=True)
 
 
-def timed(dev, fn, reps, warmup=2):
-    dev.profile = True
-    try:
-        for _ in range(warmup):
-            fn()
-        kern, whole, wall = [], [], []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            wall.append((time.perf_counter() - t0) * 1e6)
-            rec = dev.last_recording
-            kern.append(rec.kernel_time_us())
-            whole.append(rec.gpu_time_us())
-    finally:
-        dev.profile = False
-    return {"gpu_us": float(np.median(kern)), "gpu_submission_us": float(np.median(whole)),
-            "wall_us": float(np.median(wall)), "n": reps}
+def timed(dev, fn, reps):
+    """Kernel GPU time (median), GPU time of the last whole submission, wall time (median)."""
+    res = {"gpu_us": gpu_us(dev, fn, reps)["median"]}
+    res["gpu_submission_us"] = dev.last_recording.gpu_time_us()
+    res["wall_us"] = wall_us(fn, reps)["median"]
+    return res
 
 
 def predictor_step(dev, L, S, reps, rng):
@@ -104,11 +93,7 @@ def dense_attention(dev, L, S, reps, rng):
         record_kv_slot_attention(rec, qkv, k, v, pos, step, part, out, T=1, cap=S, layer=layer,
                                  head_dim=D, n_q_heads=HQ, n_kv_heads=HKV)
     rec.download(out)
-
-    def run():
-        rec.run()
-        dev.last_recording = rec
-    return timed(dev, run, reps)
+    return timed(dev, rec.run, reps)
 
 
 def dense_model_step(dev, L, S, reps):

@@ -13,6 +13,7 @@ timestamp period, and :meth:`Recording.kernel_time_us` that of its dispatches al
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
@@ -187,27 +188,29 @@ class Recording:
         """Start the recorded steps and return at once (the GIL is free while the GPU works);
         :meth:`wait` ends them. Another Recording may run meanwhile (e.g. a prefetch upload
         while compute runs). Submit the same Recording again only after :meth:`wait`."""
-        if not self.steps:
-            return self
-        try:
-            with self.device._lock:
+        if self.steps:
+            with self._as_backend_error(), self.device._lock:
                 if self._seq is None:
                     self._record()
                 self._seq.eval_async()
-        except Exception as exc:
-            raise BackendError(f"Vulkan submission on {self.device.name} failed: {exc}") from exc
         return self
 
     def wait(self) -> "Recording":
         """Wait for a :meth:`submit` to finish (releases the GIL while waiting)."""
-        if self._seq is None or not self._seq.is_running():
-            return self
+        if self._seq is not None and self._seq.is_running():
+            with self._as_backend_error():
+                self._seq.eval_await()
+            self.device.last_recording = self
+        return self
+
+    @contextmanager
+    def _as_backend_error(self):
         try:
-            self._seq.eval_await()
+            yield
+        except BackendError:
+            raise
         except Exception as exc:
             raise BackendError(f"Vulkan submission on {self.device.name} failed: {exc}") from exc
-        self.device.last_recording = self
-        return self
 
     def timestamps_us(self) -> np.ndarray:
         """Microseconds from the start of the submission to the end of each step."""

@@ -8,8 +8,7 @@ import numpy as np
 
 from ..backend import Buffer, PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
-from ..predictor.weights import N_PARAMS as N_WEIGHTS, check_weights, flatten_weights
-from ..reference.predictor_cnn import predictor_cnn_ref
+from ..reference.predictor_cnn import N_PARAMS as N_WEIGHTS, check_weights, flatten_weights, predictor_cnn_ref
 from ..reference.predictor_history_update import HIST
 from ..validation import check_array, check_int
 from .predictor_history_update import N_PARAMS

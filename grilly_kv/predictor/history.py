@@ -14,9 +14,8 @@ from ..backend import Buffer, Recording, get_device
 from ..backend.device import DeviceLike
 from ..ops.predictor_cnn import ADMIT, FULL, RETIRE, record_predictor_cnn
 from ..ops.predictor_history_update import N_PARAMS, record_history_update
-from ..reference.predictor_cnn import predictor_cnn_ref
+from ..reference.predictor_cnn import N_PARAMS as N_WEIGHTS, check_weights, flatten_weights, predictor_cnn_ref
 from ..reference.predictor_history_update import BLOCK, HIST, history_update_ref
-from .weights import N_PARAMS as N_WEIGHTS, check_weights, flatten_weights
 
 
 ROWS_PER_SUBMIT = 8   # rows per head uploaded in one submission (bounds the staging buffer)

@@ -20,10 +20,11 @@ import numpy as np
 
 from ..backend.device import DeviceLike
 from ..policies.base import CacheShape, KVPolicy
+from ..reference.predictor_cnn import check_weights
 from ..reference.predictor_history_update import BLOCK, HIST, block_max_pool
 from ..validation import check_int
 from .history import BlockPredictor
-from .weights import check_weights, load_weights
+from .weights import load_weights
 
 
 def softmax_rows(s: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:

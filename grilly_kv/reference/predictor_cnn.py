@@ -10,6 +10,35 @@ import numpy as np
 # name -> shape, in the order of the flat weight buffer the shader reads (4,833 floats)
 WEIGHT_SHAPES = {"w1": (16, 1, 3, 3), "b1": (16,), "w2": (32, 16, 3, 3), "b2": (32,),
                  "w3": (1, 32, 1), "b3": (1,)}
+N_PARAMS = sum(int(np.prod(s)) for s in WEIGHT_SHAPES.values())   # 4,833
+
+
+def check_weights(weights: dict[str, np.ndarray], source: str = "weights") -> dict[str, np.ndarray]:
+    """Float32 copies of ``weights`` after checking names, shapes and finiteness.
+
+    Raises:
+        ValueError: a missing or extra tensor, a wrong shape, NaN/Inf.
+    """
+    missing = sorted(set(WEIGHT_SHAPES) - set(weights))
+    extra = sorted(set(weights) - set(WEIGHT_SHAPES))
+    if missing or extra:
+        raise ValueError(f"{source}: predictor weights need tensors {list(WEIGHT_SHAPES)}; "
+                         f"missing {missing}, unexpected {extra}")
+    out = {}
+    for name, shape in WEIGHT_SHAPES.items():
+        arr = np.asarray(weights[name])
+        if arr.shape != shape:
+            raise ValueError(f"{source}: tensor {name!r} must have shape {shape}, got {arr.shape}")
+        arr = arr.astype(np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{source}: tensor {name!r} holds NaN or Inf")
+        out[name] = arr
+    return out
+
+
+def flatten_weights(weights: dict[str, np.ndarray]) -> np.ndarray:
+    """``(4833,)`` float32 in the order the ``predictor-cnn`` shader reads."""
+    return np.concatenate([np.asarray(weights[n], np.float32).reshape(-1) for n in WEIGHT_SHAPES])
 
 
 def patches3x3(x: np.ndarray) -> np.ndarray:
