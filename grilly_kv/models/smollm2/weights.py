@@ -13,7 +13,6 @@ pass and capture in grilly_kv uses.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...data_packages import available, package_path
 from .config import ModelConfig
 
 GGUF_ENV = "GRILLY_KV_GGUF"
@@ -76,21 +76,12 @@ def find_weights(path: str | os.PathLike | None = None) -> Path:
         if not p.is_file():
             raise FileNotFoundError(f"model weights {p} do not exist; {INSTALL_HINT}")
         return p
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the model package {PACKAGE!r} is not installed; {INSTALL_HINT}")
-    p = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} is missing from the {PACKAGE!r} package; {INSTALL_HINT}")
-    return p
+    return package_path(PACKAGE, GGUF_NAME, "the model package", INSTALL_HINT)
 
 
 def weights_available() -> str | None:
     """The weights path if they can be found, else None."""
-    try:
-        return str(find_weights())
-    except FileNotFoundError:
-        return None
+    return available(find_weights)
 
 
 def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
