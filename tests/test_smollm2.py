@@ -92,3 +92,16 @@ def test_converted_parts_load_like_the_gguf(tmp_path, monkeypatch):
     parts[0].unlink()
     with pytest.raises(FileNotFoundError, match="incomplete"):
         load_checkpoint()
+
+
+def test_own_dequantisation_matches_gguf():
+    from gguf import GGMLQuantizationType, quants
+
+    from grilly_kv.models.smollm2.quants import dequantize
+    from grilly_kv.models.smollm2.weights import find_weights, read_gguf_raw
+
+    _, raw = read_gguf_raw(find_weights())
+    for name in ("token_embd.weight", "blk.0.attn_q.weight", "blk.3.ffn_down.weight", "blk.0.attn_norm.weight"):
+        data, qtype, shape = raw[name]
+        want = quants.dequantize(data, GGMLQuantizationType(qtype))
+        np.testing.assert_array_equal(dequantize(data, qtype).reshape(shape), np.asarray(want).reshape(shape))

