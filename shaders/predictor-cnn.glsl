@@ -70,19 +70,23 @@ void conv1_row(int t) {
     }
 }
 
-// h2 channel c2 at row t, column col of the tile (h1 rows t-1 .. t+1 staged)
-float h2_at(uint c2, int t, uint col) {
-    float v = w[B2 + c2];
+// h2 of this thread's CPT channels (from c0) at row t, column col of the tile (h1 rows t-1 .. t+1
+// staged); each h1 value is loaded once for all CPT channels
+void h2_row(uint c0, int t, uint col, out float v[CPT]) {
+    for (uint k = 0u; k < CPT; k++) v[k] = w[B2 + c0 + k];
     for (int dy = 0; dy < 3; dy++) {
         const uint slot = uint(t - 1 + dy + 3) % 3u;
-        const uint wb = W2 + c2 * C1 * 9u + uint(dy) * 3u;
         for (uint c1 = 0u; c1 < C1; c1++) {
             const uint hb = (slot * C1 + c1) * COLS + col;
-            v += w[wb + c1 * 9u] * h1[hb] + w[wb + c1 * 9u + 1u] * h1[hb + 1u]
-               + w[wb + c1 * 9u + 2u] * h1[hb + 2u];
+            const vec3 h = vec3(h1[hb], h1[hb + 1u], h1[hb + 2u]);
+            const uint wb = W2 + (c0 * C1 + c1) * 9u + uint(dy) * 3u;
+            for (uint k = 0u; k < CPT; k++) {
+                const uint wk = wb + k * C1 * 9u;
+                v[k] += dot(vec3(w[wk], w[wk + 1u], w[wk + 2u]), h);
+            }
         }
     }
-    return max(v, 0.0);
+    for (uint k = 0u; k < CPT; k++) v[k] = max(v[k], 0.0);
 }
 
 // stage h1 rows t-1 .. t+1 (standalone rows of the retire / admit modes)
@@ -107,8 +111,10 @@ void main() {
     const bool valid = x0 + int(col) < W;
     const uint g_base = (n_id * C2 + grp * CPT) * p.C + s_col + uint(x0) + col;   // + k * C
     const int last = int(HIST) - 1;
+    const uint c0 = grp * CPT;                       // this thread's first h2 channel
     float all_rows[CPT];
     float inner[CPT];
+    float v[CPT];
     for (uint k = 0u; k < CPT; k++) { all_rows[k] = 0.0; inner[k] = 0.0; }
 
     if (p.mode == 0u) {
@@ -117,29 +123,32 @@ void main() {
         for (int t = 0; t <= last; t++) {
             conv1_row(t + 1);
             barrier();
+            h2_row(c0, t, col, v);
             for (uint k = 0u; k < CPT; k++) {
-                const float v = h2_at(grp * CPT + k, t, col);
-                all_rows[k] += v;
-                if (t >= 2 && t <= last - 2) inner[k] += v;
+                all_rows[k] += v[k];
+                if (t >= 2 && t <= last - 2) inner[k] += v[k];
             }
             barrier();
         }
         if (valid) for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] = inner[k];
     } else if (p.mode == 1u) {
         stage_rows(2);
-        if (valid) for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] -= h2_at(grp * CPT + k, 2, col);
+        h2_row(c0, 2, col, v);
+        if (valid) for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] -= v[k];
         return;
     } else {
         stage_rows(last - 2);
+        h2_row(c0, last - 2, col, v);
         for (uint k = 0u; k < CPT; k++) {
-            inner[k] = valid ? gsum[g_base + k * p.C] + h2_at(grp * CPT + k, last - 2, col) : 0.0;
+            inner[k] = valid ? gsum[g_base + k * p.C] + v[k] : 0.0;
             all_rows[k] = inner[k];
         }
         if (valid) for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] = inner[k];
         const int edge[4] = int[4](0, 1, last - 1, last);
         for (uint r = 0u; r < 4u; r++) {
             stage_rows(edge[r]);
-            for (uint k = 0u; k < CPT; k++) all_rows[k] += h2_at(grp * CPT + k, edge[r], col);
+            h2_row(c0, edge[r], col, v);
+            for (uint k = 0u; k < CPT; k++) all_rows[k] += v[k];
         }
     }
     float sum = 0.0;
