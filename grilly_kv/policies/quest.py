@@ -1,12 +1,15 @@
 """Quest (Tang et al., 2024): keep every token; each decode query reads only the pages whose
 key bounds promise the largest scores.
 
-The cache is a :class:`~grilly_kv.paged.PagedKVCache` per layer (pages of 16 tokens with per-page
-key min/max), on the model's device. A decode step (one query token) scores the pages with
-Quest's upper bound ``sum_d max(q_d kmin_d, q_d kmax_d)``, keeps the best
-``budget // page_size`` of them plus the last (partial) page, and attends to those tokens only,
-in one submission of the paged cache per layer. Prefill chunks attend densely (Quest is a
-decode-time method). Nothing is evicted: the memory held is the dense cache plus page bounds.
+Pages of 16 tokens carry per-page key min/max. A decode step (one query token) scores the pages
+with Quest's upper bound ``sum_d max(q_d kmin_d, q_d kmax_d)``, keeps the best
+``budget // page_size`` of them plus the last (partial) page, and attends to those tokens only.
+Prefill chunks attend densely (Quest is a decode-time method). Nothing is evicted: the memory
+held is the dense cache plus the page bounds.
+
+On the Vulkan model, :class:`~grilly_kv.policies.quest_device.DeviceQuestCache` records all of
+it into the model's single per-token submission. On the host (NumPy model), a
+:class:`~grilly_kv.paged.PagedKVCache` per layer (NumPy store) does the decode selection.
 """
 from __future__ import annotations
 
@@ -46,29 +49,34 @@ class QuestPolicy(KVPolicy):
 
     def reset(self, shape: CacheShape) -> None:
         super().reset(shape)
-        self.caches = [PagedKVCache(shape.n_kv_heads, shape.head_dim, capacity_tokens=shape.max_tokens,
-                                    page_size=self.page_size, dtype="float16", device=shape.device)
-                       for _ in range(shape.n_layers)]
-        # float16 copy for the dense prefill attention (the paged cache attends one query at a time)
-        self.k = np.zeros((shape.n_layers, shape.n_kv_heads, shape.max_tokens, shape.head_dim), np.float16)
-        self.v = np.zeros_like(self.k)
+        self.caches = None      # host path: allocated on the first attend
         self.n = 0
+
+    def _host_caches(self) -> None:
+        s = self.shape
+        self.caches = [PagedKVCache(s.n_kv_heads, s.head_dim, capacity_tokens=s.max_tokens,
+                                    page_size=self.page_size, dtype="float16", device=s.device)
+                       for _ in range(s.n_layers)]
+        # float16 copy for the dense prefill attention (the paged cache attends one query at a time)
+        self.k = np.zeros((s.n_layers, s.n_kv_heads, s.max_tokens, s.head_dim), np.float16)
+        self.v = np.zeros_like(self.k)
 
     def begin(self, positions: np.ndarray) -> None:
         positions = np.asarray(positions, np.int64)
         if positions[0] != self.n:
             raise ValueError(f"quest appends in order: expected position {self.n}, got {positions[0]}")
         self.positions = positions
+        self.n = int(positions[-1]) + 1
 
     def attend(self, layer, q, k, v):
+        if self.caches is None:
+            self._host_caches()
         T = k.shape[1]
         cache = self.caches[layer]
         cache.append(k[None], v[None])
         start = int(self.positions[0])
         self.k[layer][:, start:start + T] = k
         self.v[layer][:, start:start + T] = v
-        if layer == self.shape.n_layers - 1:
-            self.n = start + T
         n = start + T
         if T == 1:
             out = cache.decode(q[:, 0][None], token_budget=self.budget, method="topk",
@@ -80,6 +88,11 @@ class QuestPolicy(KVPolicy):
 
     def tokens_held(self) -> int:
         return self.n
+
+    def device_cache(self, device, shape: CacheShape):
+        from .quest_device import DeviceQuestCache
+
+        return None if device.is_cpu else DeviceQuestCache(self, device, shape)
 
     def kv_bytes(self, bytes_per_value: int = 2) -> int:
         """Dense K/V plus the per-page key min and max (float16)."""

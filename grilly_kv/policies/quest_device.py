@@ -1,0 +1,85 @@
+"""The Vulkan twin of the Quest policy: keys/values, page bounds, page selection and attention all
+recorded into the model's per-token submission.
+
+Per layer, float16 K/V buffers laid out ``(H_kv, capacity, D)`` (a slot per position, as the paged
+cache's shaders expect) and page statistics ``(H_kv, pages, 4, D)``. Per step: the slot store
+(``kv-slot-store``), the page statistics of the touched pages (``page-stats``, from the paged
+cache), then for a prefill chunk dense causal attention (``kv-slot-attention``), for a decode token
+Quest's page scores and top-k (``topk-select``) and attention over the chosen pages
+(``decode-attention``). A two-word ``meta`` buffer ``[length after, length before]`` is uploaded
+at the start of each step. Never touches kp.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import Buffer
+from ..ops import decode_attention as attn
+from ..ops.kv_slot_attention import part_words, record_kv_slot_attention
+from ..ops.kv_slot_store import record_kv_slot_store
+from ..ops.page_stats import record_page_stats
+from ..ops.step_words import fill_step
+from ..ops.topk_select import record_topk_select
+from ..reference.kv_slot_attention import EMPTY_SLOT
+from .base import CacheShape
+
+
+class DeviceQuestCache:
+    """Device state of a :class:`~grilly_kv.policies.quest.QuestPolicy` run by the Vulkan model."""
+
+    def __init__(self, policy, device, shape: CacheShape):
+        if shape.head_dim % attn.dim_multiple():
+            raise ValueError(f"quest on Vulkan needs head_dim a multiple of {attn.dim_multiple()}")
+        self.policy, self.shape = policy, shape
+        page = policy.page_size
+        self.max_pages = -(-shape.max_tokens // page)
+        self.cap = self.max_pages * page
+        self.group = shape.n_q_heads // shape.n_kv_heads
+        words = shape.n_kv_heads * self.cap * shape.head_dim // 2
+        stat_words = shape.n_kv_heads * self.max_pages * 4 * shape.head_dim // 2
+        self.k = [Buffer(device, words, np.uint32, host_visible=False) for _ in range(shape.n_layers)]
+        self.v = [Buffer(device, words, np.uint32, host_visible=False) for _ in range(shape.n_layers)]
+        self.stats = [Buffer(device, stat_words, np.uint32, host_visible=False) for _ in range(shape.n_layers)]
+        self.slot_pos = Buffer(device, self.cap, np.uint32)
+        self.slot_pos.write(np.full(self.cap, EMPTY_SLOT, np.uint32))
+        self.slot_pos.upload_now()
+        self.meta = Buffer(device, 2, np.uint32)
+        bh = shape.n_kv_heads
+        self.scores = Buffer(device, bh * self.max_pages, host_visible=False)
+        self.pages = Buffer(device, bh * self.max_pages, np.uint32, host_visible=False)
+        self.counts = Buffer(device, bh, np.uint32, host_visible=False)
+        self.partial = Buffer(device, attn.partial_words(bh, self.group, shape.head_dim), host_visible=False)
+        self.part = Buffer(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
+                           host_visible=False)
+        self.unused = Buffer(device, 1, host_visible=False)
+
+    def fill_step(self, words: np.ndarray, positions: np.ndarray, tokens) -> None:
+        n_after = int(positions[-1]) + 1
+        fill_step(words, pos0=int(positions[0]), slots=positions, tokens=tokens, n_scan=n_after)
+        self.meta.write(np.array([n_after, int(positions[0])], np.uint32))
+
+    def record_layer(self, rec, layer: int, qkv, out, step, T: int) -> None:
+        s, pol = self.shape, self.policy
+        D, bh = s.head_dim, s.n_kv_heads
+        dims = dict(head_dim=D, n_q_heads=s.n_q_heads, n_kv_heads=bh)
+        if layer == 0:
+            rec.upload(self.meta)
+        k, v, stats = self.k[layer], self.v[layer], self.stats[layer]
+        record_kv_slot_store(rec, qkv, step, k, v, self.slot_pos, T=T, cap=self.cap, layer=0, **dims)
+        record_page_stats(rec, k, stats, self.meta, n_new=T, bh=bh, head_dim=D, f16=True,
+                          page_size=pol.page_size, capacity=self.cap)
+        if T > 1:        # prefill: dense causal attention (Quest selects only for decode queries)
+            record_kv_slot_attention(rec, qkv, k, v, self.slot_pos, step, self.part, out, T=T, cap=self.cap,
+                                     layer=0, **dims)
+            return
+        n_top = pol.budget // pol.page_size
+        record_topk_select(rec, qkv, stats, self.scores, self.pages, self.counts, self.meta, bh=bh,
+                           group=self.group, head_dim=D, f16=True, page_size=pol.page_size,
+                           max_pages=self.max_pages, grid_pages=self.max_pages, n_top=n_top,
+                           n_sink=pol.sink_pages, group_reduce=pol.group_reduce)
+        max_tokens = min((max(n_top, pol.sink_pages) + 1) * pol.page_size, self.cap)
+        attn.record_decode_attention(rec, qkv, k, v, self.pages, self.counts, self.meta, self.partial, out,
+                                     self.unused, self.unused, bh=bh, group=self.group, head_dim=D, f16=True,
+                                     page_size=pol.page_size, capacity=self.cap, max_pages=self.max_pages,
+                                     n_splits=attn.choose_splits(max_tokens, bh), scale=1.0 / np.sqrt(D),
+                                     dense=False)
