@@ -45,7 +45,7 @@ class HostOnlyStreaming(StreamingPolicy):
 
 
 @pytest.mark.parametrize("make", [lambda: make_policy("dense"), lambda: make_policy("streaming", 6, sinks=2),
-                                  lambda: HostOnlyStreaming(6, sinks=2), lambda: make_policy("quest", 16)],
+                                  lambda: HostOnlyStreaming(6, sinks=2), lambda: make_policy("quest", 8, page_size=4)],
                          ids=["dense", "streaming", "host-streaming", "quest"])
 def test_logits_match_reference(models, make):
     ref, vkm, tk = models
@@ -88,3 +88,15 @@ def test_cli_info_and_errors(capsys):
     assert main(["info", "--device", "cpu"]) == 0
     assert "model weights: /" in capsys.readouterr().out
     assert main(["generate", "--policy", "nope", "--device", "cpu", "x"]) == 2
+
+
+def test_quest_selects_pages_on_the_device(models):
+    """Budget below the sequence: Quest's output differs from dense, and its device twin is used
+    (one submission per decode step)."""
+    _, vkm, tk = models
+    ids = tk.encode("One, two, three, four, five, six, seven, eight, nine, ten, eleven, twelve, thirteen")
+    dense = teacher_forced_logits(vkm, make_policy("dense"), ids, 8)
+    quest = teacher_forced_logits(vkm, make_policy("quest", 8, page_size=4), ids, 8)
+    assert len(vkm._recordings[(1, False)]) == 1
+    assert np.abs(dense[-1] - quest[-1]).max() > 0.05
+    np.testing.assert_allclose(dense[:9], quest[:9], atol=1e-3)     # prefill and first decodes: all pages
