@@ -16,7 +16,7 @@ CASES = [
     (3, 1, 8, 20, 1, 20, 0, ALL),          # tiny head_dim, one decode query
     (9, 3, 64, 300, 3, 290, 4, 100),       # GQA 3:1, streaming visibility, partial scan
     (9, 3, 64, 70, 7, 70, 0, ALL),         # a prefill chunk, cap not a multiple of 64
-    (4, 4, 16, 2500, 1, 2500, 0, ALL),     # many keys: all 32 splits used, MHA
+    (4, 4, 16, 2500, 1, 2500, 0, ALL),     # many keys: all 128 decode splits used, MHA
 ]
 
 

@@ -14,25 +14,28 @@ from ..validation import check_array, check_int
 from .step_words import ALL_POSITIONS, fill_step, step_words
 
 SHADER = "kv-slot-attention"
-MAX_SPLITS = 32
+MAX_SPLITS_DECODE = 128   # one query per head: split the keys finely to fill a large GPU
+MAX_SPLITS_CHUNK = 16     # T queries per head already give T times the workgroups
 PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f")
 
 
-def n_splits_for(cap: int, head_dim: int) -> int:
-    """Key splits per (token, head): one tile of ``head_dim`` keys each, at most MAX_SPLITS."""
-    return max(1, min(MAX_SPLITS, -(-cap // head_dim)))
+def n_splits_for(cap: int, head_dim: int, T: int) -> int:
+    """Key splits per (token, head): at least one tile of ``head_dim`` keys each."""
+    limit = MAX_SPLITS_DECODE if T == 1 else MAX_SPLITS_CHUNK
+    return max(1, min(limit, -(-cap // head_dim)))
 
 
 def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int) -> int:
-    """Words of the partial-result buffer."""
-    return max_chunk * n_q_heads * n_splits_for(cap, head_dim) * (head_dim + 2)
+    """Words of the partial-result buffer for steps of 1 to ``max_chunk`` tokens."""
+    rows = max(T * n_splits_for(cap, head_dim, T) for T in {1, max_chunk})
+    return rows * n_q_heads * (head_dim + 2)
 
 
 def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, step, part, out, *,
                              T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
                              n_kv_heads: int) -> Recording:
     """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32."""
-    n_splits = n_splits_for(cap, head_dim)
+    n_splits = n_splits_for(cap, head_dim, T)
     spec = (head_dim, head_dim, n_q_heads, n_kv_heads)
     bufs = [qkv, k_cache, v_cache, slot_pos, step, part, out]
     common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim))
