@@ -30,9 +30,13 @@ def plot_budget_curves(results: dict, path: Path) -> None:
     for r in dense:
         axes[0].axhline(r["needle_accuracy"], color="k", ls="--", label="dense")
         axes[1].axhline(1.0, color="k", ls="--", label="dense")
-    axes[0].set(xscale="log", xlabel="budget (tokens)", ylabel="needle accuracy", ylim=(-0.05, 1.05))
-    axes[1].set(xscale="log", xlabel="budget (tokens)", ylabel="perplexity / dense perplexity")
+    budgets = sorted({r["budget"] for r in results["runs"] if r["budget"] is not None})
+    axes[0].set(ylabel="needle accuracy", ylim=(-0.05, 1.05))
+    axes[1].set(ylabel="perplexity / dense perplexity")
     for ax in axes:
+        ax.set(xscale="log", xlabel="budget (tokens)")
+        ax.set_xticks(budgets, [str(b) for b in budgets], minor=False)
+        ax.minorticks_off()
         ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle(f"SmolLM2-135M on {results['device']}")
@@ -56,7 +60,9 @@ def plot_heatmaps(results: dict, path: Path) -> None:
             grid[contexts.index(t["context"]), depths.index(t["depth"])] = t["score"]
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
         ax.set(title=_label(run), xticks=range(len(depths)), xticklabels=[f"{d:g}" for d in depths],
-               yticks=range(len(contexts)), yticklabels=contexts, xlabel="depth", ylabel="context")
+               yticks=range(len(contexts)), yticklabels=contexts if ax is axes[0][0] else [],
+               xlabel="needle depth")
+    axes[0][0].set_ylabel("context (tokens)")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
