@@ -54,12 +54,12 @@ void consecutive_partial(uint bh, uint s) {
         float n[5] = float[5](0.0, 0.0, 0.0, 0.0, 0.0);
         for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) {
             vec4 x[5];
-            for (uint k = 0u; k < 5u; k++) x[k] = load_row((base + min(a + k, last)) * NV, i);
-            for (uint k = 0u; k < 4u; k++) d[k] += dot(x[k], x[k + 1u]);
-            for (uint k = 0u; k < 5u; k++) n[k] += dot(x[k], x[k]);
+            [[unroll]] for (uint k = 0u; k < 5u; k++) x[k] = load_row((base + min(a + k, last)) * NV, i);
+            [[unroll]] for (uint k = 0u; k < 4u; k++) d[k] += dot(x[k], x[k + 1u]);
+            [[unroll]] for (uint k = 0u; k < 5u; k++) n[k] += dot(x[k], x[k]);
         }
-        for (uint k = 0u; k < 5u; k++) n[k] = max(sqrt(subgroupAdd(n[k])), eps);
-        for (uint k = 0u; k < 4u; k++) {
+        [[unroll]] for (uint k = 0u; k < 5u; k++) n[k] = max(sqrt(subgroupAdd(n[k])), eps);
+        [[unroll]] for (uint k = 0u; k < 4u; k++) {
             const float dk = subgroupAdd(d[k]);
             if (a + k < last) local_sum += dk / (n[k] * n[k + 1u]);
         }
@@ -92,10 +92,10 @@ void pairwise_partial(uint bh, uint s) {
             float n2[4] = float[4](0.0, 0.0, 0.0, 0.0);
             for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) {
                 vec4 x[4];
-                for (uint k = 0u; k < 4u; k++) x[k] = load_row((base + t0 + min(t + k, tn - 1u)) * NV, i);
-                for (uint k = 0u; k < 4u; k++) n2[k] += dot(x[k], x[k]);
+                [[unroll]] for (uint k = 0u; k < 4u; k++) x[k] = load_row((base + t0 + min(t + k, tn - 1u)) * NV, i);
+                [[unroll]] for (uint k = 0u; k < 4u; k++) n2[k] += dot(x[k], x[k]);
             }
-            for (uint k = 0u; k < 4u; k++) {
+            [[unroll]] for (uint k = 0u; k < 4u; k++) {
                 const float nk = subgroupAdd(n2[k]);
                 const float inv = 1.0 / max(sqrt(nk), eps);
                 if (subgroupElect() && t + k < tn) { sh_inv[t + k] = inv; sq += nk * inv * inv; }

@@ -3,13 +3,15 @@
 // (element 2i in the low half); per-call sizes are uint push constants, floats bit-cast.
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_EXT_control_flow_attributes : require     // [[unroll]]
 
 #define PUSH_F(x) uintBitsToFloat(x)
 
 // 4 consecutive elements starting at element 4*i of a float32 (as uvec4) or float16 (as uvec2)
 // array. Both views alias the same binding; exactly one is read per specialisation.
+// The float16 branch loads the uvec2 whole (one 64-bit load), then unpacks it.
+vec4 unpack_half4(uvec2 w) { return vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y)); }
 #define LOAD_VEC4(F16, view32, view16, i) \
-    ((F16) != 0u ? vec4(unpackHalf2x16((view16)[i].x), unpackHalf2x16((view16)[i].y)) \
-                 : uintBitsToFloat((view32)[i]))
+    ((F16) != 0u ? unpack_half4((view16)[i]) : uintBitsToFloat((view32)[i]))
 
 uint ceil_div(uint a, uint b) { return (a + b - 1u) / b; }
