@@ -3,32 +3,37 @@ model: this checks the plumbing; accuracy numbers come from `grilly-kv eval` run
 import json
 
 import numpy as np
+import pytest
 
 from grilly_kv.evaluation.needle import make_trial
 from grilly_kv.evaluation.run import EvalConfig, evaluate, write_results
 from grilly_kv.models.smollm2 import load_model
 
 
-def test_needle_prompt_has_exact_length_and_the_key():
-    model, tk = load_model("cpu", n_layers=1)
+@pytest.fixture(scope="module")
+def small():
+    return load_model("cpu", n_layers=1, max_chunk=16)
+
+
+def test_needle_prompt_has_exact_length_and_the_key(small):
+    _, tk = small
     hay = tk.encode("Some sentence here. Another one follows. " * 40)
     for depth in (0.0, 0.5, 1.0):
         tr = make_trial(tk, hay, 120, depth, "12345", chat=False)
         assert len(tr.prompt_ids) == 120 and "passkey is 12345" in tk.decode(tr.prompt_ids)
 
 
-def test_eval_writes_json_and_plots(tmp_path):
-    model, tk = load_model("cpu", n_layers=1, max_chunk=16)
-    cfg = EvalConfig(policies=["dense", "streaming"], budgets=[16, 24], contexts=[48, 64], depths=[0.5],
+def test_eval_writes_json_and_plots(small, tmp_path):
+    model, tk = small
+    cfg = EvalConfig(policies=["dense", "streaming"], budgets=[16], contexts=[48], depths=[0.5],
                      ppl_context=32, ppl_targets=4, ppl_windows=1)
     res = evaluate(model, tk, cfg)
     paths = write_results(res, tmp_path, "t")
     assert all(p.stat().st_size > 0 for p in paths)
     data = json.loads(paths[0].read_text())
-    assert [r["describe"] for r in data["runs"]] == ["dense", "streaming(sinks=4, window=12)",
-                                                     "streaming(sinks=4, window=20)"]
+    assert [r["describe"] for r in data["runs"]] == ["dense", "streaming(sinks=4, window=12)"]
     for run in data["runs"]:
-        assert len(run["needle"]) == 2 and 0 <= run["needle_accuracy"] <= 1
+        assert len(run["needle"]) == 1 and 0 <= run["needle_accuracy"] <= 1
         assert np.isfinite(run["perplexity"]["ppl"]) and run["perplexity"]["n_tokens"] == 4
-    s16 = data["runs"][1]["needle"][1]
+    s16 = data["runs"][1]["needle"][0]
     assert s16["kv_bytes"] < s16["dense_kv_bytes"]
