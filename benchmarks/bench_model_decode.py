@@ -3,9 +3,9 @@ of a token's time is host overhead?
 
 For each context C and policy: prefill C essay tokens, then decode ``--steps`` tokens (teacher
 forced with the essay's next tokens, so every policy sees the same stream). Per token: wall time,
-GPU time of the model's submissions (Vulkan timestamps) and the host share ``1 - gpu / wall``.
-A host-side policy's own device work (Quest's paged-cache submissions, one append and one decode
-per layer) is not in the model's timestamps, so it counts as host time here. Ratio: tokens/s
+GPU time of the model's submissions (Vulkan timestamps; dense, streaming and Quest record the
+whole token in one submission) and the host share ``1 - gpu / wall``. A host-only policy's own
+device work would not be in those timestamps and would count as host time. Ratio: tokens/s
 against the first policy (dense by default) at the same context, measured in the same run.
 
     python3 benchmarks/bench_model_decode.py            # H100: 1K and ~8K context, dense, quest:512
