@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, save  # noqa: E402
 
 from grilly_kv.evaluation.corpus import split_essays  # noqa: E402
-from grilly_kv.evaluation.needle import ANSWER_TOKENS, make_trial, random_key, score_answer  # noqa: E402
+from grilly_kv.evaluation.needle import make_trial, random_key, score_answer  # noqa: E402
 from grilly_kv.models.generate import log_softmax, prefill  # noqa: E402
 from grilly_kv.models.smollm2.reference import ReferenceModel  # noqa: E402
 from grilly_kv.models.smollm2.tokenizer import ChatTokenizer  # noqa: E402
@@ -106,7 +106,7 @@ def perplexity_rows(model, base_kw, stream, context, n_texts, n_targets, cfgs):
                     **r["details"][-1]} for label, r in rows.items()}
 
 
-def needle_rows(model, base_kw, tok, haystack, context, n_trials, cfgs, stop_ids, seed):
+def needle_rows(model, base_kw, tok, haystack, context, n_trials, cfgs, stop_ids, seed, n_answer):
     rng = np.random.default_rng(seed)
     depths = np.linspace(0.1, 0.9, n_trials) if n_trials > 1 else np.array([0.5])
     rows = {label: {"scores": [], "answers": []} for label, _ in cfgs}
@@ -114,7 +114,7 @@ def needle_rows(model, base_kw, tok, haystack, context, n_trials, cfgs, stop_ids
         key = random_key(rng)
         trial = make_trial(tok, haystack, context, float(depth), key)
         base = TappaPolicy(**base_kw)
-        model.start(base, trial.context + ANSWER_TOKENS)
+        model.start(base, trial.context + n_answer)
         t0 = time.perf_counter()
         first = prefill(model, trial.prompt_ids)
         print(f"  needle depth {depth:.2f}: prefill {time.perf_counter() - t0:.1f} s", flush=True)
@@ -123,7 +123,7 @@ def needle_rows(model, base_kw, tok, haystack, context, n_trials, cfgs, stop_ids
 
             def feed(i, logits, answer=answer):
                 t = int(np.argmax(logits[-1]))
-                if t in stop_ids or i == ANSWER_TOKENS:
+                if t in stop_ids or i == n_answer:
                     return None
                 answer.append(t)
                 return t
@@ -141,14 +141,16 @@ def write_markdown(path: Path) -> Path:
     lines = [f"# q-similarity vs uniform KV budgets at equal total (SmolLM2-135M, {d['date']}, "
              f"{d['commit']})",
              "", d["policy"] + ".", f"Perplexity: {d['ppl_texts']} held-out text(s), {d['targets']} teacher-"
-             f"forced tokens each; needle: {d['needle_trials']} trial(s) per context.", ""]
+             f"forced tokens each; needle: {d['needle_trials']} trial(s) per context, "
+             f"{d.get('answer_tokens', 12)} answer tokens.", ""]
     for r in d["results"]:
         lines += [f"## context {r['context']}", "",
                   "| policy | perplexity | needle accuracy | KV tokens held (all layers, heads) |",
                   "|---|---|---|---|"]
-        for label, p in r["perplexity"].items():
-            lines.append(f"| {label} | {p['perplexity']:.3f} | {r['needle'][label]['accuracy']:.2f} "
-                         f"| {p['kv_tokens_held']} |")
+        for label in r["perplexity"] or r["needle"]:
+            p, n = r["perplexity"].get(label, {}), r["needle"].get(label, {})
+            lines.append(f"| {label} | {p.get('perplexity', float('nan')):.3f} "
+                         f"| {n.get('accuracy', float('nan')):.2f} | {p.get('kv_tokens_held', '-')} |")
         lines.append("")
     out = path.with_suffix(".md")
     out.write_text("\n".join(lines) + "\n")
@@ -163,6 +165,7 @@ def main():
     ap.add_argument("--needles", type=int, default=3, help="needle trials per context (depths)")
     ap.add_argument("--ppl-texts", type=int, default=2)
     ap.add_argument("--targets", type=int, default=64, help="teacher-forced tokens per perplexity text")
+    ap.add_argument("--answer-tokens", type=int, default=32, help="greedy tokens of a needle answer")
     ap.add_argument("--chunk", type=int, default=1024, help="prefill chunk of the NumPy model")
     ap.add_argument("--qsim-device", default=None, help="device of the online q-similarity")
     ap.add_argument("--out", default=None, help="result name (default tappa_budget_quality[_quick])")
@@ -182,19 +185,21 @@ def main():
     t_all = time.perf_counter()
     for ctx in args.contexts:
         print(f"context {ctx}", flush=True)
-        cfgs = configs(args.budgets, ctx + max(args.targets, ANSWER_TOKENS) + 64)
-        ppl = perplexity_rows(model, base_kw, stream, ctx, args.ppl_texts, args.targets, cfgs)
-        needle = needle_rows(model, base_kw, tok, haystack, ctx, args.needles, cfgs, stop_ids, seed=ctx)
+        cfgs = configs(args.budgets, ctx + max(args.targets, args.answer_tokens) + 64)
+        ppl = perplexity_rows(model, base_kw, stream, ctx, args.ppl_texts, args.targets, cfgs) \
+            if args.ppl_texts else {}
+        needle = needle_rows(model, base_kw, tok, haystack, ctx, args.needles, cfgs, stop_ids, seed=ctx,
+                             n_answer=args.answer_tokens) if args.needles else {}
         for label, _ in cfgs:
-            print(f"  {label:20s} ppl {ppl[label]['perplexity']:8.3f}   "
-                  f"needle {needle[label]['accuracy']:.2f}"
-                  f"   kv tokens {ppl[label]['kv_tokens_held']}")
+            print(f"  {label:20s} ppl {ppl.get(label, {}).get('perplexity', np.nan):8.3f}   "
+                  f"needle {needle.get(label, {}).get('accuracy', np.nan):.2f}"
+                  f"   kv tokens {ppl.get(label, {}).get('kv_tokens_held', '-')}")
         results.append({"context": ctx, "perplexity": ppl, "needle": needle})
     name = args.out or "tappa_budget_quality" + ("_quick" if args.quick else "")
     save(name, {"device": "numpy float32 (cpu) model; q-similarity on "
                           + (args.qsim_device or "the default device"),
                 "budgets": args.budgets, "targets": args.targets,
-                "needle_trials": args.needles, "ppl_texts": args.ppl_texts, "prefill_chunk": args.chunk,
+                "needle_trials": args.needles, "answer_tokens": args.answer_tokens, "ppl_texts": args.ppl_texts, "prefill_chunk": args.chunk,
                 "policy": "tappa: window 32, sinks 4, gamma 200, pairwise post-RoPE q-similarity of the "
                           "prompt's last 32 queries, streaming_fraction 0.25",
                 "results": results, "wall_s": time.perf_counter() - t_all})
