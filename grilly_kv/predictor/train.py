@@ -15,6 +15,7 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -169,6 +170,7 @@ def main(argv=None) -> None:
     ap.add_argument("--topk", type=int, default=8, help="blocks kept, for the hit rate")
     ap.add_argument("--layers", type=int, default=None, help="model layers (default: all)")
     ap.add_argument("--out", default=str(DEFAULT_WEIGHTS))
+    ap.add_argument("--cache", default=None, help=".npz of the captured attention (reused if it exists)")
     ap.add_argument("--report", default=None, help="JSON report path")
     args = ap.parse_args(argv)
 
@@ -176,15 +178,21 @@ def main(argv=None) -> None:
     from ..models.smollm2 import load_model
     from .data import capture_essay
 
-    model, tok = load_model("cpu", n_layers=args.layers, max_chunk=args.tokens)
-    texts = [t for _, t in essays()]
     names = list(range(args.first_essay, args.first_essay + args.essays + args.held_out))
-    data = []
-    for i in names:
-        ids = tok.encode(texts[i])[:args.tokens]
-        t0 = time.time()
-        data.append(capture_essay(model, ids))
-        print(f"essay {i}: {len(ids)} tokens captured in {time.time() - t0:.1f} s", flush=True)
+    if args.cache and Path(args.cache).is_file():
+        with np.load(args.cache) as z:
+            data = [z[f"essay{i}"] for i in names]
+    else:
+        model, tok = load_model("cpu", n_layers=args.layers, max_chunk=args.tokens)
+        texts = [t for _, t in essays()]
+        data = []
+        for i in names:
+            ids = tok.encode(texts[i])[:args.tokens]
+            t0 = time.time()
+            data.append(capture_essay(model, ids))
+            print(f"essay {i}: {len(ids)} tokens captured in {time.time() - t0:.1f} s", flush=True)
+        if args.cache:
+            np.savez(args.cache, **{f"essay{i}": d for i, d in zip(names, data)})
     geo = Geometry()
     w, report = train(data[:args.essays], data[args.essays:], seed=args.seed, steps=args.steps,
                       heads_per_batch=args.heads_per_batch, lr=args.lr, geo=geo, k=args.topk,
