@@ -15,10 +15,13 @@
 #include "common.glsl"
 #include "page_select.glsl"
 #include "workgroup_reduce.glsl"
+#include "cluster_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 5) const uint REDUCE_MEAN = 0;
 const uint MAX_SUBGROUPS = 128u;
+const uint SCORE_LANES = 8u;          // lanes per page in the scoring pass
+const uint NVS = NV / SCORE_LANES;     // vec4s of a statistics row per lane (D a multiple of 32)
 
 layout(set = 0, binding = 2) buffer Scores { float scores[]; };            // (B*H_kv, max_pages)
 layout(set = 0, binding = 3) writeonly buffer Pages { uint pages[]; };     // (B*H_kv, sel_stride)
@@ -38,28 +41,41 @@ shared uint sh_lo[MAX_SUBGROUPS];
 shared uint sh_prefix, sh_remaining;
 shared bool sh_settled;
 
+// A cluster of SCORE_LANES lanes scores one page at a time, each lane NVS vec4s of each row,
+// the group's queries held in registers; the min and max rows are loaded before any arithmetic.
 void score_pages(uint bh) {
-    load_group_queries(bh, 1.0);
+    const uint lane = gl_LocalInvocationIndex % SCORE_LANES;
+    const uint slot = gl_LocalInvocationIndex / SCORE_LANES;
+    const uint slots = gl_WorkGroupSize.x / SCORE_LANES;
+    vec4 qr[G * NVS];
+    [[unroll]] for (uint g = 0u; g < G; g++) {
+        [[unroll]] for (uint j = 0u; j < NVS; j++) {
+            const uint o = (bh * G + g) * D + 4u * (lane + j * SCORE_LANES);
+            qr[g * NVS + j] = vec4(q[o], q[o + 1u], q[o + 2u], q[o + 3u]);
+        }
+    }
     const uint n_scored = ceil_div(meta[0], PAGE) - 1u;
     const uint first = gl_WorkGroupID.x * PAGES_PER_WG;
-    for (uint k = gl_SubgroupID; k < PAGES_PER_WG; k += gl_NumSubgroups) {
-        const uint pg = first + k;
-        if (pg >= n_scored) break;
+    const uint end = min(first + PAGES_PER_WG, n_scored);
+    for (uint pg = first + slot; pg < end; pg += slots) {
+        vec4 lo[NVS], hi[NVS];
+        [[unroll]] for (uint j = 0u; j < NVS; j++) {
+            lo[j] = page_stat(bh, p.max_pages, pg, STAT_MIN, lane + j * SCORE_LANES);
+            hi[j] = page_stat(bh, p.max_pages, pg, STAT_MAX, lane + j * SCORE_LANES);
+        }
         float best = -3.0e38, total = 0.0;
-        for (uint g = 0u; g < G; g++) {
+        [[unroll]] for (uint g = 0u; g < G; g++) {
             float s = 0.0;
-            for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) {
-                const vec4 lo = page_stat(bh, p.max_pages, pg, STAT_MIN, i);
-                const vec4 hi = page_stat(bh, p.max_pages, pg, STAT_MAX, i);
-                const vec4 qv = group_query(g, i);
-                const vec4 b = max(qv * lo, qv * hi);
+            [[unroll]] for (uint j = 0u; j < NVS; j++) {
+                const vec4 qv = qr[g * NVS + j];
+                const vec4 b = max(qv * lo[j], qv * hi[j]);
                 s += b.x + b.y + b.z + b.w;
             }
-            s = subgroupAdd(s);
+            s = cluster_add(s, SCORE_LANES);
             best = max(best, s);
             total += s;
         }
-        if (subgroupElect()) scores[bh * p.max_pages + pg] = REDUCE_MEAN != 0u ? total / float(G) : best;
+        if (lane == 0u) scores[bh * p.max_pages + pg] = REDUCE_MEAN != 0u ? total / float(G) : best;
     }
 }
 
@@ -79,6 +95,22 @@ uvec2 min_max(uint lo, uint hi) {
     for (uint s = 0u; s < gl_NumSubgroups; s++) r = uvec2(min(r.x, sh_lo[s]), max(r.y, sh_hist[s]));
     barrier();
     return r;
+}
+
+const uint DROPPED = 0u, KEPT = 1u, EQUAL = 2u;
+
+// Whether page pg of the row at `base` is kept (sinks, the last page, keys above the threshold),
+// dropped, or EQUAL to the threshold; cut = (n_sink, n_before_last, mask, prefix).
+uint page_class(uint base, uint pg, uvec4 cut) {
+    if (pg < cut.x || pg == cut.y) return KEPT;
+    const uint key = key_of(scores[base + pg]) & cut.z;
+    return key > cut.w ? KEPT : (key == cut.w ? EQUAL : DROPPED);
+}
+
+// Keys equal to the threshold are kept in page order while their rank is below `remaining`.
+bool kept(uint page_class, inout uint equal_rank, uint remaining) {
+    if (page_class != EQUAL) return page_class == KEPT;
+    return equal_rank++ < remaining;
 }
 
 void select_pages(uint bh) {
@@ -116,13 +148,15 @@ void select_pages(uint bh) {
                 if ((key & mask) == prefix) atomicAdd(sh_hist[(key >> uint(lo_bit)) & digit_mask], 1u);
             }
             barrier();
-            if (tid == 0u) {
-                uint above = 0u;
-                uint b = digit_mask;
-                for (; b > 0u && above + sh_hist[b] < remaining; b--) above += sh_hist[b];
-                sh_prefix = prefix | (b << uint(lo_bit));
+            // the bin b holding the threshold: fewer than `remaining` keys lie in the bins above
+            // it, at least `remaining` in those and b; invocation t looks at bin 255 - t
+            const uint h = tid < 256u ? sh_hist[255u - tid] : 0u;
+            uint n_all;
+            const uint above = exclusive_scan(h, n_all);
+            if (tid < 256u && above < remaining && remaining <= above + h) {
+                sh_prefix = prefix | ((255u - tid) << uint(lo_bit));
                 sh_remaining = remaining - above;
-                sh_settled = sh_hist[b] == remaining - above;   // every key of bin b is kept
+                sh_settled = h == remaining - above;   // every key of bin b is kept
             }
             barrier();
             prefix = sh_prefix;
@@ -134,25 +168,26 @@ void select_pages(uint bh) {
             hi_bit = lo_bit - 1;
         }
     }
-    // compaction in page order: sinks, keys above the threshold, the first `remaining` keys
-    // equal to it, the last page
-    uint n_out = 0u, n_equal_seen = 0u;
-    for (uint c0 = 0u; c0 < n_pages; c0 += gl_WorkGroupSize.x) {
-        const uint pg = c0 + tid;
-        const bool cand = pg >= n_sink && pg < n_before_last;
-        const uint key = cand ? key_of(scores[base + pg]) & mask : 0u;
-        const bool equal = cand && key == prefix;
-        uint n_equal;
-        const uint equal_rank = n_equal_seen + exclusive_scan(equal ? 1u : 0u, n_equal);
-        n_equal_seen += n_equal;
-        const bool keep = pg < n_pages && (pg < n_sink || pg == n_before_last ||
-                          (cand && (key > prefix || (equal && equal_rank < remaining))));
-        uint n_keep;
-        const uint pos = n_out + exclusive_scan(keep ? 1u : 0u, n_keep);
-        if (keep && pos < p.sel_stride) pages[bh * p.sel_stride + pos] = pg;
-        n_out += n_keep;
+    // compaction in page order: each invocation owns a run of consecutive pages; one scan ranks
+    // the keys equal to the threshold, one places the kept pages
+    const uint per = ceil_div(n_pages, gl_WorkGroupSize.x);
+    const uint c0 = min(tid * per, n_pages), c1 = min(c0 + per, n_pages);
+    const uvec4 cut = uvec4(n_sink, n_before_last, mask, prefix);
+    uint n_equal = 0u;
+    for (uint pg = c0; pg < c1; pg++) n_equal += page_class(base, pg, cut) == EQUAL ? 1u : 0u;
+    uint n_total;
+    const uint equal_rank = exclusive_scan(n_equal, n_total);
+    uint rank = equal_rank, n_keep = 0u;
+    for (uint pg = c0; pg < c1; pg++) n_keep += kept(page_class(base, pg, cut), rank, remaining) ? 1u : 0u;
+    uint pos = exclusive_scan(n_keep, n_total);
+    rank = equal_rank;
+    for (uint pg = c0; pg < c1; pg++) {
+        if (kept(page_class(base, pg, cut), rank, remaining)) {
+            if (pos < p.sel_stride) pages[bh * p.sel_stride + pos] = pg;
+            pos++;
+        }
     }
-    if (tid == 0u) counts[bh] = n_out;
+    if (tid == 0u) counts[bh] = n_total;
 }
 
 void main() {

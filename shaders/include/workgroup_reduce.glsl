@@ -14,9 +14,11 @@ uint exclusive_scan(uint v, out uint total) {
     barrier();
     uint before = 0u;
     total = 0u;
-    for (uint s = 0u; s < gl_NumSubgroups; s++) {
-        if (s == gl_SubgroupID) before = total;
-        total += sh_scan[s];
+    for (uint s0 = 0u; s0 < gl_NumSubgroups; s0 += gl_SubgroupSize) {   // a subgroup's worth at a time
+        const uint s = s0 + gl_SubgroupInvocationID;
+        const uint t = s < gl_NumSubgroups ? sh_scan[s] : 0u;
+        before += subgroupAdd(s < gl_SubgroupID ? t : 0u);
+        total += subgroupAdd(t);
     }
     barrier();
     return before + within;
