@@ -8,13 +8,21 @@ whole token in one submission) and the host share ``1 - gpu / wall``. A host-onl
 device work would not be in those timestamps and would count as host time. Ratio: tokens/s
 against the first policy (dense by default) at the same context, measured in the same run.
 
-    python3 benchmarks/bench_model_decode.py            # H100: 1K and ~8K context, dense, quest:512
+    python3 benchmarks/bench_model_decode.py --torch    # H100: 1K and ~8K context, dense, quest:512
     python3 benchmarks/bench_model_decode.py --quick    # lavapipe: 4 layers, contexts 64 and 160
+
+``--torch`` also runs benchmarks/torch_model_decode.py (PyTorch eager, same weights and tokens)
+in a separate process and records each policy's tokens/s ratio against it.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from common import commit, device_info, save  # noqa: F401  (commit is recorded by save)
@@ -37,7 +45,22 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="decode steps (default 64, quick 6)")
     ap.add_argument("--layers", type=int, default=None, help="default all (quick: 4)")
     ap.add_argument("--chunk", type=int, default=None, help="prefill chunk (default 256, quick 32)")
+    ap.add_argument("--torch", action="store_true", help="also measure the PyTorch eager baseline")
     return ap.parse_args()
+
+
+def torch_baseline(contexts: list[int], steps: int, layers) -> dict:
+    """Run torch_model_decode.py in its own process; its JSON, keyed by context."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "torch.json"
+        cmd = [sys.executable, str(Path(__file__).with_name("torch_model_decode.py")), "--json", str(out),
+               "--contexts", ",".join(map(str, contexts)), "--steps", str(steps)]
+        if layers:
+            cmd += ["--layers", str(layers)]
+        subprocess.run(cmd, check=True)
+        data = json.loads(out.read_text())
+    return {"baseline": data["baseline"], "device": data["device"],
+            "by_context": {r["context"]: r for r in data["results"]}}
 
 
 def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
@@ -76,6 +99,7 @@ def main() -> None:
     tk = ChatTokenizer(ck.tokenizer)
     ids = tk.encode("\n\n".join(t for _, t in essays()))
     model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True)
+    torch_ref = torch_baseline(contexts, steps, layers) if a.torch else None
     rows = []
     for c in contexts:
         base = None
@@ -83,15 +107,21 @@ def main() -> None:
             r = measure(model, spec, ids, c, steps)
             base = base or r["decode_tokens_per_s"]
             r["ratio_vs_dense"] = r["decode_tokens_per_s"] / base
+            if torch_ref:
+                t = torch_ref["by_context"][c]["decode_tokens_per_s"]
+                r["torch_decode_tokens_per_s"] = t
+                r["ratio_vs_torch"] = r["decode_tokens_per_s"] / t
             rows.append(r)
             print(f"C={c:5d} {r['describe']:<28} {r['decode_tokens_per_s']:8.1f} tok/s  wall "
                   f"{r['wall_ms_per_token']:7.2f} ms  gpu {r['gpu_ms_per_token']:7.2f} ms  host "
                   f"{100 * r['host_overhead_share']:4.0f}%  x{r['ratio_vs_dense']:.2f} vs dense  "
-                  f"({r['submissions_per_token']} submissions/token)")
+                  f"({r['submissions_per_token']} submissions/token)"
+                  + (f"  x{r['ratio_vs_torch']:.2f} vs torch" if torch_ref else ""))
     save("model_decode_quick" if q else "model_decode",
          {**device_info(dev), "config": {"contexts": contexts, "policies": specs, "steps": steps,
                                          "layers": ck.config.n_layers, "weights": "float16",
                                          "baseline": "dense, same run"},
+          "torch_baseline": torch_ref and {k: torch_ref[k] for k in ("baseline", "device")},
           "results": rows})
 
 
