@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import commit, device_info, save  # noqa: F401  (commit is recorded by save)
+from common import device_info, save
 
 from grilly_kv.backend import get_device
 from grilly_kv.evaluation.corpus import essays

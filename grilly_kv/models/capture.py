@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from ..policies import make_policy
-from .generate import prefill
 from .smollm2 import ChatTokenizer, load_checkpoint
 from .smollm2.reference import ReferenceModel
 

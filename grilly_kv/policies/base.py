@@ -45,6 +45,15 @@ class CacheShape:
         return 2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_value
 
 
+def continue_sequence(positions, n_seen: int, who: str) -> np.ndarray:
+    """``positions`` as int64, checked to continue a sequence of ``n_seen`` tokens (for policies
+    that append in order)."""
+    positions = np.asarray(positions, np.int64)
+    if positions[0] != n_seen:
+        raise ValueError(f"{who} appends in order: expected position {n_seen}, got {positions[0]}")
+    return positions
+
+
 class KVPolicy(ABC):
     """One way of keeping (or not keeping) the attention KV cache.
 

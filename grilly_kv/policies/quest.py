@@ -18,7 +18,7 @@ import numpy as np
 from ..paged import PagedKVCache
 from ..reference.kv_slot_attention import masked_attention, visible_mask
 from ..validation import check_choice, check_int
-from .base import CacheShape, KVPolicy
+from .base import CacheShape, KVPolicy, continue_sequence
 from .registry import register
 
 PAGE_SIZE = 16
@@ -62,11 +62,8 @@ class QuestPolicy(KVPolicy):
         self.v = np.zeros_like(self.k)
 
     def begin(self, positions: np.ndarray) -> None:
-        positions = np.asarray(positions, np.int64)
-        if positions[0] != self.n:
-            raise ValueError(f"quest appends in order: expected position {self.n}, got {positions[0]}")
-        self.positions = positions
-        self.n = int(positions[-1]) + 1
+        self.positions = continue_sequence(positions, self.n, "quest")
+        self.n = int(self.positions[-1]) + 1
 
     def attend(self, layer, q, k, v):
         if self.caches is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,6 @@ class Checkpoint:
     layers: list[dict[str, np.ndarray]]
     tokenizer: TokenizerData
     source: str
-    extra: dict = field(default_factory=dict)
 
 
 def find_weights(path: str | os.PathLike | None = None) -> Path:
