@@ -162,9 +162,8 @@ def test_policy_vulkan_matches_numpy_over_decode_steps(vk):
     runs = {}
     for dev in (vk, "cpu"):
         pol = PredictorPolicy(80, sinks=16, local=16, calibration_step=3, weights=init_weights(2), device=dev)
-        sels = []
-        rng_outs = _run(pol, 100, 0)
-        sels.append(pol.selection.copy())
+        _run(pol, 100, 0)
+        sels = [pol.selection.copy()]
         rng = np.random.default_rng(9)
         for t in range(7):
             pol.begin(np.array([100 + t]))
@@ -174,7 +173,6 @@ def test_policy_vulkan_matches_numpy_over_decode_steps(vk):
                 pol.attend(layer, q, k, k)
             sels.append(pol.selection.copy())
         runs[str(dev)] = (sels, pol.predictor.read_history(), pol.stats())
-        del rng_outs
     (a, ha, sa), (b, hb, sb) = runs.values()
     assert all(np.array_equal(np.sort(x, -1), np.sort(y, -1)) for x, y in zip(a, b))
     assert_close(ha, hb, atol=1e-6, what="history after decode")
