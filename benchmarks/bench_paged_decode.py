@@ -14,6 +14,7 @@ by the Gaussian-aware rule; on random keys it keeps most pages, so it is also me
 "structured" keys where 1/64 of the pages carry the query direction), against softmax top-k.
 
     python3 benchmarks/bench_paged_decode.py [--quick] [--device vulkan:0] [--no-torch]
+        [--contexts 8192 131072] [--reps 100]
 
 ``--quick``: contexts 2K and 8K, few repeats (lavapipe; maxStorageBufferRange there is 128 MiB).
 """
@@ -120,11 +121,12 @@ def main():
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--contexts", type=int, nargs="+")
+    ap.add_argument("--reps", type=int, help="timed repeats per measurement (default 100, 5 with --quick)")
     args = ap.parse_args()
     dev = get_device(args.device)
     dev.profile = True
     contexts = args.contexts or ([2048, 8192] if args.quick else [8192, 32768, 131072])
-    reps = 5 if args.quick else 100
+    reps = args.reps or (5 if args.quick else 100)
     warmup = 2 if args.quick else 10
     bw = copy_bandwidth(dev, nbytes=(16 << 20) if args.quick else (256 << 20),
                         repeats=5 if args.quick else 20)

@@ -21,7 +21,8 @@
 //   pass 4 (grid: B*H_q): out = sum of the partials' sum p v (not renormalised).
 #include "common.glsl"
 #include "entmax.glsl"
-#extension GL_KHR_shader_subgroup_shuffle : require
+#include "cluster_reduce.glsl"
+#include "workgroup_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint D = 128;     // head_dim (padded), a multiple of 4 * LPT
@@ -69,11 +70,6 @@ vec4 qr[G * NVL];
 vec4 acc[G * NVL];
 float m[G], l[G], s[G];
 
-float cluster_add(float x) {
-    for (uint o = 1u; o < LPT; o <<= 1) x += subgroupShuffleXor(x, o);
-    return x;
-}
-
 uint lane_id() { return gl_LocalInvocationIndex % LPT; }
 uint slot_id() { return gl_LocalInvocationIndex / LPT; }
 
@@ -92,8 +88,8 @@ uint token_row(uint bh, uint c) {
 
 void init_heads(uint bh) {
     const float scale = PUSH_F(p.scale_bits);
-    for (uint g = 0u; g < G; g++) {
-        for (uint j = 0u; j < NVL; j++) {
+    [[unroll]] for (uint g = 0u; g < G; g++) {
+        [[unroll]] for (uint j = 0u; j < NVL; j++) {
             qr[g * NVL + j] = q[(bh * G + g) * NV + lane_id() + j * LPT] * scale;
             acc[g * NVL + j] = vec4(0.0);
         }
@@ -101,21 +97,23 @@ void init_heads(uint bh) {
     }
 }
 
+// this lane's share of the K (or V) row starting at vec4 `row`
+#define LOAD_ROW(x32, x16, row, dst) \
+    [[unroll]] for (uint j_ = 0u; j_ < NVL; j_++) dst[j_] = LOAD_VEC4(F16, x32, x16, (row) + lane_id() + j_ * LPT)
+
 // s[g] = scaled q_g . k of the row (every lane of the cluster gets the sum)
-void row_logits(uint row) {
-    for (uint g = 0u; g < G; g++) s[g] = 0.0;
-    for (uint j = 0u; j < NVL; j++) {
-        const vec4 kv = LOAD_VEC4(F16, k32, k16, row + lane_id() + j * LPT);
-        for (uint g = 0u; g < G; g++) s[g] += dot(qr[g * NVL + j], kv);
+void row_logits(vec4 kr[NVL]) {
+    [[unroll]] for (uint g = 0u; g < G; g++) {
+        float t = 0.0;
+        [[unroll]] for (uint j = 0u; j < NVL; j++) t += dot(qr[g * NVL + j], kr[j]);
+        s[g] = cluster_add(t, LPT);
     }
-    for (uint g = 0u; g < G; g++) s[g] = cluster_add(s[g]);
 }
 
 // acc[g] += w[g] * v of the row, w given in s[]
-void add_values(uint row) {
-    for (uint j = 0u; j < NVL; j++) {
-        const vec4 vv = LOAD_VEC4(F16, v32, v16, row + lane_id() + j * LPT);
-        for (uint g = 0u; g < G; g++) acc[g * NVL + j] += s[g] * vv;
+void add_values(vec4 vr[NVL]) {
+    [[unroll]] for (uint j = 0u; j < NVL; j++) {
+        [[unroll]] for (uint g = 0u; g < G; g++) acc[g * NVL + j] += s[g] * vr[j];
     }
 }
 
@@ -123,13 +121,13 @@ void add_values(uint row) {
 // Entmax passes keep m = 0, so the slots are simply summed.
 void write_partials(uint bh, uint split) {
     const uint slot = slot_id();
-    for (uint g = 0u; g < G; g++) {
+    [[unroll]] for (uint g = 0u; g < G; g++) {
         if (lane_id() == 0u) { sh_m[slot] = m[g]; sh_l[slot] = l[g]; }
         barrier();
         float mx = NEG;
-        for (uint t = 0u; t < SLOTS; t++) mx = max(mx, sh_m[t]);
+        [[unroll]] for (uint t = 0u; t < SLOTS; t++) mx = max(mx, sh_m[t]);
         const float w = exp(m[g] - mx);
-        for (uint j = 0u; j < NVL; j++) {
+        [[unroll]] for (uint j = 0u; j < NVL; j++) {
             const uint d = 4u * (lane_id() + j * LPT);
             const vec4 a = acc[g * NVL + j] * w;
             sh_acc[slot * D + d] = a.x; sh_acc[slot * D + d + 1u] = a.y;
@@ -139,12 +137,12 @@ void write_partials(uint bh, uint split) {
         const uint base = ((bh * G + g) * p.n_splits + split) * PSTRIDE;
         for (uint d = gl_LocalInvocationIndex; d < D; d += gl_WorkGroupSize.x) {
             float a = 0.0;
-            for (uint t = 0u; t < SLOTS; t++) a += sh_acc[t * D + d];
+            [[unroll]] for (uint t = 0u; t < SLOTS; t++) a += sh_acc[t * D + d];
             partial[base + 2u + d] = a;
         }
         if (gl_LocalInvocationIndex == 0u) {
             float lt = 0.0;
-            for (uint t = 0u; t < SLOTS; t++) lt += sh_l[t] * exp(sh_m[t] - mx);
+            [[unroll]] for (uint t = 0u; t < SLOTS; t++) lt += sh_l[t] * exp(sh_m[t] - mx);
             partial[base] = mx;
             partial[base + 1u] = lt;
         }
@@ -167,17 +165,20 @@ void softmax_partials(uint bh, uint split) {
         const uint c = cr.x + it * SLOTS + slot_id();
         const bool valid = c < cr.y;
         const uint row = token_row(bh, valid ? c : cr.x);   // keep the cluster's shuffles uniform
-        row_logits(row);
+        vec4 kr[NVL], vr[NVL];
+        LOAD_ROW(k32, k16, row, kr);
+        LOAD_ROW(v32, v16, row, vr);   // issued with the K loads: one memory round trip per row
+        row_logits(kr);
         if (valid) {
-            for (uint g = 0u; g < G; g++) {
+            [[unroll]] for (uint g = 0u; g < G; g++) {
                 const float m_new = max(m[g], s[g]);
                 const float corr = exp(m[g] - m_new);
                 s[g] = exp(s[g] - m_new);
                 l[g] = l[g] * corr + s[g];
                 m[g] = m_new;
-                for (uint j = 0u; j < NVL; j++) acc[g * NVL + j] *= corr;
+                [[unroll]] for (uint j = 0u; j < NVL; j++) acc[g * NVL + j] *= corr;
             }
-            add_values(row);
+            add_values(vr);
         }
     }
     write_partials(bh, split);
@@ -191,7 +192,9 @@ void entmax_logits(uint bh, uint split) {
     const uint iters = ceil_div(max(c_end, cr.x) - cr.x, SLOTS);
     for (uint it = 0u; it < iters; it++) {
         const uint c = cr.x + it * SLOTS + slot_id();
-        row_logits(token_row(bh, min(c, c_end - 1u)));   // keep the cluster's shuffles uniform
+        vec4 kr[NVL];
+        LOAD_ROW(k32, k16, token_row(bh, min(c, c_end - 1u)), kr);   // keep the shuffles uniform
+        row_logits(kr);
         if (c < c_end) {
             for (uint g = lane_id(); g < G; g += LPT) logits[(bh * G + g) * p.row_len + c] = s[g];
         }
@@ -217,32 +220,53 @@ void entmax_partials(uint bh, uint split) {
         const uint c = cr.x + it * SLOTS + slot_id();
         if (c >= cr.y) continue;
         bool any_mass = false;
-        for (uint g = 0u; g < G; g++) {
+        [[unroll]] for (uint g = 0u; g < G; g++) {
             const float d = a * logits[(bh * G + g) * p.row_len + c] - tau[g];
             s[g] = d > 0.0 ? entmax_pow(d, beta) : 0.0;
             l[g] += s[g];
             any_mass = any_mass || d > 0.0;
         }
-        if (any_mass) add_values(token_row(bh, c));
+        if (any_mass) {
+            vec4 vr[NVL];
+            LOAD_ROW(v32, v16, token_row(bh, c), vr);
+            add_values(vr);
+        }
     }
     write_partials(bh, split);
 }
 
+// Invocation (r, c) of MERGE_ROWS x D/4 sums dims 4c .. 4c+3 over the splits r, r + MERGE_ROWS, ..
+const uint MERGE_ROWS = gl_WorkGroupSize.x / NV;
+
 void merge(uint bhq) {
     const bool entmax = p.pass_id == 4u;
     const uint base = bhq * p.n_splits * PSTRIDE;
+    const uint tid = gl_LocalInvocationIndex;
     float mx = NEG;
-    for (uint t = 0u; t < p.n_splits; t++) mx = max(mx, partial[base + t * PSTRIDE]);
+    for (uint t = tid; t < p.n_splits; t += gl_WorkGroupSize.x) mx = max(mx, partial[base + t * PSTRIDE]);
+    mx = workgroup_max(mx);
     float lt = 0.0;
-    for (uint t = 0u; t < p.n_splits; t++) {
+    for (uint t = tid; t < p.n_splits; t += gl_WorkGroupSize.x) {
         lt += partial[base + t * PSTRIDE + 1u] * exp(partial[base + t * PSTRIDE] - mx);
     }
-    for (uint d = gl_LocalInvocationIndex; d < D; d += gl_WorkGroupSize.x) {
-        float a = 0.0;
-        for (uint t = 0u; t < p.n_splits; t++) {
-            a += partial[base + t * PSTRIDE + 2u + d] * exp(partial[base + t * PSTRIDE] - mx);
+    lt = workgroup_sum(vec4(lt, 0.0, 0.0, 0.0)).x;
+    const uint r = tid / NV, c = tid % NV;
+    vec4 a = vec4(0.0);
+    if (r < MERGE_ROWS) {
+        for (uint t = r; t < p.n_splits; t += MERGE_ROWS) {
+            const uint o = base + t * PSTRIDE;
+            const vec4 x = vec4(partial[o + 2u + 4u * c], partial[o + 3u + 4u * c],
+                                partial[o + 4u + 4u * c], partial[o + 5u + 4u * c]);
+            a += x * exp(partial[o] - mx);
         }
-        out_[bhq * D + d] = entmax ? a : a / lt;
+        sh_acc[r * D + 4u * c] = a.x; sh_acc[r * D + 4u * c + 1u] = a.y;
+        sh_acc[r * D + 4u * c + 2u] = a.z; sh_acc[r * D + 4u * c + 3u] = a.w;
+    }
+    barrier();
+    for (uint d = tid; d < D; d += gl_WorkGroupSize.x) {
+        float t = 0.0;
+        for (uint rr = 0u; rr < MERGE_ROWS; rr++) t += sh_acc[rr * D + d];
+        out_[bhq * D + d] = entmax ? t : t / lt;
     }
 }
 

@@ -1,4 +1,5 @@
-// Workgroup-wide reductions over subgroups: an exclusive prefix sum (for compaction) and a sum.
+// Workgroup-wide reductions over subgroups: an exclusive prefix sum (for compaction), a sum and
+// a maximum.
 // Include after common.glsl. Every invocation of the workgroup must call them (they have barriers).
 #ifndef GRILLY_KV_WORKGROUP_REDUCE_GLSL
 #define GRILLY_KV_WORKGROUP_REDUCE_GLSL
@@ -33,6 +34,16 @@ vec4 workgroup_sum(vec4 v) {
     for (uint s = 0u; s < gl_NumSubgroups; s++) t += sh_sum[s];
     barrier();
     return t;
+}
+
+// The maximum of v over the workgroup, in every invocation.
+float workgroup_max(float v) {
+    v = subgroupMax(v);
+    if (subgroupElect()) sh_sum[gl_SubgroupID].x = v;
+    barrier();
+    for (uint s = 0u; s < gl_NumSubgroups; s++) v = max(v, sh_sum[s].x);
+    barrier();
+    return v;
 }
 
 #endif
