@@ -1,7 +1,7 @@
 """The Vulkan forward pass: all layers of a step recorded into one submission, replayed per step.
 
-Weights live in one device buffer (float16 by default; Q4_1/Q8_0 were dequantised at load),
-norm weights in another. A step (a prefill chunk of T tokens or one decode token) is:
+Weights live in a few device buffers (float16 by default; Q4_1/Q8_0 were dequantised at load),
+each within the device's maxStorageBufferRange; norm weights in another. A step (a prefill chunk of T tokens or one decode token) is:
 
     embed -> for each layer: [RMSNorm+qkv matmul] -> RoPE -> policy store + attention
              -> [o matmul + residual] -> [RMSNorm+gate/up matmul] -> [SwiGLU+down matmul + residual]
@@ -71,26 +71,48 @@ class VulkanModel:
 
     # ---- weights -------------------------------------------------------------------------
     def _upload_weights(self, dtype: np.dtype) -> None:
+        """Matrices into as few buffers as the device's maxStorageBufferRange allows (a layer's
+        four matrices share a buffer; the embedding, also the output head, gets its own)."""
         c, ck = self.config, self.ckpt
-        mats = []
-        for w in ck.layers:
-            mats += [np.concatenate([w["wq"], w["wk"], w["wv"]]), w["wo"],
-                     np.concatenate([w["w_gate"], w["w_up"]]), w["w_down"]]
-        mats.append(ck.embedding)
-        vec4s = [m.size // 4 for m in mats]
-        offs = np.concatenate([[0], np.cumsum(vec4s)])
-        per_vec4 = 2 if dtype == np.float16 else 4         # words per vec4
-        self.wbuf = Buffer(self.dev, int(offs[-1]) * per_vec4, np.uint32 if self.f16 else np.float32)
-        for m, o in zip(mats, offs[:-1]):
-            self.wbuf.write(m.astype(dtype), offset_words=int(o) * per_vec4)
-        self.wbuf.upload_now()
-        self.w_off = [tuple(int(o) for o in offs[4 * i:4 * i + 4]) for i in range(c.n_layers)]
-        self.emb_off = int(offs[-2])
+        groups = [[np.concatenate([w["wq"], w["wk"], w["wv"]]), w["wo"],
+                   np.concatenate([w["w_gate"], w["w_up"]]), w["w_down"]] for w in ck.layers]
+        groups.append([ck.embedding])
+        limit = int(self.dev.properties.get("max_storage_buffer_range", 2**32 - 1))
+        item = np.dtype(dtype).itemsize
+        packs: list[list[int]] = [[]]          # group indices per buffer
+        size = 0
+        for g, mats in enumerate(groups):
+            nbytes = sum(m.size for m in mats) * item
+            if nbytes > limit:
+                raise ValueError(f"a weight matrix group of {nbytes} bytes exceeds {self.dev.name}'s "
+                                 f"maxStorageBufferRange ({limit} bytes)")
+            if packs[-1] and (size + nbytes > limit or g == len(groups) - 1):
+                packs.append([])
+                size = 0
+            packs[-1].append(g)
+            size += nbytes
+        per_vec4 = 2 if dtype == np.float16 else 4          # words per vec4
+        self.wbufs, places = [], {}
+        for pack in packs:
+            n_vec4 = sum(m.size // 4 for g in pack for m in groups[g])
+            buf = Buffer(self.dev, n_vec4 * per_vec4, np.uint32 if self.f16 else np.float32)
+            off = 0
+            for g in pack:
+                places[g] = (buf, [])
+                for m in groups[g]:
+                    buf.write(m.astype(dtype), offset_words=off * per_vec4)
+                    places[g][1].append(off)
+                    off += m.size // 4
+            buf.upload_now()
+            self.wbufs.append(buf)
+        # per layer: (buffer, (qkv, o, gate/up, down) offsets in vec4s); embedding: (buffer, offset)
+        self.w_layer = [(places[i][0], tuple(places[i][1])) for i in range(c.n_layers)]
+        self.emb_buf, self.emb_off = places[c.n_layers][0], places[c.n_layers][1][0]
         norms = [v for w in ck.layers for v in (w["attn_norm"], w["ffn_norm"])] + [ck.output_norm]
         self.nbuf = Buffer(self.dev, len(norms) * c.d_model)
         self.nbuf.write(np.concatenate(norms).astype(np.float32))
         self.nbuf.upload_now()
-        self.weight_bytes = self.wbuf.nbytes
+        self.weight_bytes = sum(b.nbytes for b in self.wbufs)
 
     def _norm_off(self, i: int) -> int:
         return i * self.config.d_model // 4
@@ -119,12 +141,12 @@ class VulkanModel:
         c = self.config
         recs = [Recording(self.dev, timestamps=self.timestamps)]
         recs[0].upload(self.step)
-        W, N = self.wbuf, self.nbuf
+        N = self.nbuf
         mm = dict(f16=self.f16, eps=c.norm_eps, T=T)
-        record_embed(recs[0], W, self.step, self.x, T=T, D=c.d_model, f16=self.f16,
+        record_embed(recs[0], self.emb_buf, self.step, self.x, T=T, D=c.d_model, f16=self.f16,
                      max_chunk=self.max_chunk, table_off=self.emb_off)
         for i in range(c.n_layers):
-            w_qkv, w_o, w_gu, w_down = self.w_off[i]
+            W, (w_qkv, w_o, w_gu, w_down) = self.w_layer[i]
             rec = recs[-1]
             record_matmul(rec, W, self.x, N, self.qkv, N=self.qkv_dim, K=c.d_model, mode="rmsnorm",
                           w_off=w_qkv, g_off=self._norm_off(2 * i), **mm)
@@ -143,7 +165,7 @@ class VulkanModel:
             record_matmul(rec, W, self.gu, self.gu, self.x, N=c.d_model, K=c.d_ffn, mode="swiglu",
                           accumulate=True, w_off=w_down, **mm)
         n_out = T if all_logits else 1
-        record_matmul(recs[-1], W, self.x, N, self.logits, N=c.vocab, K=c.d_model, mode="rmsnorm",
+        record_matmul(recs[-1], self.emb_buf, self.x, N, self.logits, N=c.vocab, K=c.d_model, mode="rmsnorm",
                       f16=self.f16, eps=c.norm_eps, T=n_out, w_off=self.emb_off,
                       x_off=(T - n_out) * c.d_model // 4, g_off=self._norm_off(2 * c.n_layers))
         recs[-1].download(self.logits, words=n_out * c.vocab)    # only the rows asked for
