@@ -72,9 +72,9 @@ def cmd_eval(a) -> int:
     from .models.smollm2 import load_model
 
     cfg = EvalConfig(policies=a.policies.split(","), budgets=_ints(a.budgets), contexts=_ints(a.contexts),
-                     depths=_floats(a.depths), ppl_context=a.ppl_context, ppl_targets=a.ppl_targets,
+                     depths=_floats(a.depths), ppl_contexts=_ints(a.ppl_contexts), ppl_targets=a.ppl_targets,
                      ppl_windows=a.ppl_windows, seed=a.seed)
-    max_ctx = max(cfg.contexts + [cfg.ppl_context + cfg.ppl_targets]) + 16
+    max_ctx = max(cfg.contexts + [c + cfg.ppl_targets for c in cfg.ppl_contexts]) + 16
     model, tk = load_model(a.device, path=a.weights, n_layers=a.layers, max_chunk=a.chunk)
     if max_ctx > model.config.context:
         raise SystemExit(f"contexts must stay below the model's {model.config.context} tokens")
@@ -82,9 +82,8 @@ def cmd_eval(a) -> int:
     for path in write_results(results, Path(a.out), a.name):
         print(f"[grilly-kv] wrote {path}")
     for run in results["runs"]:
-        ppl = run.get("perplexity", {}).get("ppl")
-        print(f"  {run['describe']:<32} needle {run['needle_accuracy']:.2f}"
-              + (f"  ppl {ppl:.2f}" if ppl else ""))
+        ppl = "  ".join(f"ppl@{c} {v['ppl']:.2f}" for c, v in run["perplexity"].items())
+        print(f"  {run['describe']:<32} needle {run['needle_accuracy']:.2f}  {ppl}")
     return 0
 
 
@@ -128,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--budgets", default="256,512,1024,2048")
     e.add_argument("--contexts", default="1024,2048,4096,8000")
     e.add_argument("--depths", default="0.1,0.5,0.9")
-    e.add_argument("--ppl-context", type=int, default=4096)
+    e.add_argument("--ppl-contexts", default="4096,8000", help="context lengths of the perplexity windows")
     e.add_argument("--ppl-targets", type=int, default=64)
     e.add_argument("--ppl-windows", type=int, default=4)
     e.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,7 @@ def test_needle_prompt_has_exact_length_and_the_key(small):
 def test_eval_writes_json_and_plots(small, tmp_path):
     model, tk = small
     cfg = EvalConfig(policies=["dense", "streaming"], budgets=[16], contexts=[48], depths=[0.5],
-                     ppl_context=32, ppl_targets=4, ppl_windows=1)
+                     ppl_contexts=[24, 32], ppl_targets=4, ppl_windows=1)
     res = evaluate(model, tk, cfg)
     paths = write_results(res, tmp_path, "t")
     assert all(p.stat().st_size > 0 for p in paths)
@@ -34,6 +34,7 @@ def test_eval_writes_json_and_plots(small, tmp_path):
     assert [r["describe"] for r in data["runs"]] == ["dense", "streaming(sinks=4, window=12)"]
     for run in data["runs"]:
         assert len(run["needle"]) == 1 and 0 <= run["needle_accuracy"] <= 1
-        assert np.isfinite(run["perplexity"]["ppl"]) and run["perplexity"]["n_tokens"] == 4
+        assert sorted(run["perplexity"]) == ["24", "32"]
+        assert all(np.isfinite(p["ppl"]) and p["n_tokens"] == 4 for p in run["perplexity"].values())
     s16 = data["runs"][1]["needle"][0]
     assert s16["kv_bytes"] < s16["dense_kv_bytes"]

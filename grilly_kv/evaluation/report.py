@@ -12,7 +12,7 @@ def _label(run: dict) -> str:
 
 
 def plot_budget_curves(results: dict, path: Path) -> None:
-    """Needle accuracy and perplexity ratio to dense against budget, one line per policy."""
+    """Needle accuracy, and perplexity ratio to dense per perplexity context, against budget."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -24,9 +24,9 @@ def plot_budget_curves(results: dict, path: Path) -> None:
                       key=lambda r: r["budget"])
         b = [r["budget"] for r in runs]
         axes[0].plot(b, [r["needle_accuracy"] for r in runs], "o-", label=policy)
-        if dense and all(r.get("perplexity") for r in runs):
-            axes[1].plot(b, [r["perplexity"]["ppl"] / dense[0]["perplexity"]["ppl"] for r in runs], "o-",
-                         label=policy)
+        for ctx in (dense[0]["perplexity"] if dense else {}):
+            ratio = [r["perplexity"][ctx]["ppl"] / dense[0]["perplexity"][ctx]["ppl"] for r in runs]
+            axes[1].plot(b, ratio, "o-", label=f"{policy} @ {ctx}")
     for r in dense:
         axes[0].axhline(r["needle_accuracy"], color="k", ls="--", label="dense")
         axes[1].axhline(1.0, color="k", ls="--", label="dense")

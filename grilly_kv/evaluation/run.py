@@ -24,7 +24,7 @@ class EvalConfig:
     budgets: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     contexts: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8000])
     depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
-    ppl_context: int = 4096
+    ppl_contexts: list[int] = field(default_factory=lambda: [4096, 8000])
     ppl_targets: int = 64
     ppl_windows: int = 4
     seed: int = 0
@@ -50,13 +50,14 @@ def evaluate(model, tokenizer, cfg: EvalConfig, progress=None) -> dict:
     """Run the whole evaluation; ``progress(total)`` returns a tqdm-like bar (or None)."""
     hay, held = split_essays()
     hay_ids = tokenizer.encode("\n\n".join(hay))
-    windows = essay_windows(tokenizer, held, cfg.ppl_context, cfg.ppl_targets, cfg.ppl_windows) \
-        if cfg.ppl_windows else []
+    windows = {c: essay_windows(tokenizer, held, c, cfg.ppl_targets, cfg.ppl_windows)
+               for c in cfg.ppl_contexts} if cfg.ppl_windows else {}
+    n_windows = sum(len(w) for w in windows.values())
     rng = np.random.default_rng(cfg.seed)
     trials = [make_trial(tokenizer, hay_ids, c, d, random_key(rng), chat=False)
               for c in cfg.contexts for d in cfg.depths]
     runs = policy_runs(cfg)
-    bar = progress(len(runs) * (len(trials) + len(windows))) if progress else None
+    bar = progress(len(runs) * (len(trials) + n_windows)) if progress else None
     results = {"device": model.device_name, "commit": _commit(), "config": asdict(cfg), "runs": []}
     for name, budget in runs:
         make = (lambda n=name, b=budget: make_policy(n, b))
@@ -72,10 +73,11 @@ def evaluate(model, tokenizer, cfg: EvalConfig, progress=None) -> dict:
             if bar:
                 bar.update(1)
         run["needle_accuracy"] = float(np.mean([t["score"] for t in run["needle"]])) if trials else None
-        if windows:
-            run["perplexity"] = policy_perplexity(model, make, windows, cfg.ppl_context)
+        run["perplexity"] = {}
+        for context, wins in windows.items():      # keyed by context (a string in the JSON)
+            run["perplexity"][str(context)] = policy_perplexity(model, make, wins, context)
             if bar:
-                bar.update(len(windows))
+                bar.update(len(wins))
         run["seconds"] = time.perf_counter() - t0
         results["runs"].append(run)
     if bar:
