@@ -18,6 +18,7 @@
 //   pages[bh * max_pages + i] ascending, counts[bh].
 #include "common.glsl"
 #include "entmax.glsl"
+#include "cluster_reduce.glsl"
 #include "page_select.glsl"
 #include "workgroup_reduce.glsl"
 
@@ -46,23 +47,21 @@ layout(push_constant) uniform Push {
 
 shared float sh_floor[G];
 
+// A cluster of PAGE_LANES lanes per page, as topk-select's scoring pass.
 void page_moments(uint bh) {
-    load_group_queries(bh, PUSH_F(p.scale_bits));
-    const uint n_pages = ceil_div(meta[0], PAGE);
-    const uint first = gl_WorkGroupID.x * PAGES_PER_WG;
-    for (uint k = gl_SubgroupID; k < PAGES_PER_WG; k += gl_NumSubgroups) {
-        const uint pg = first + k;
-        if (pg >= n_pages) break;
-        for (uint g = 0u; g < G; g++) {
-            vec2 mv = vec2(0.0);
-            for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) {
-                const vec4 mean = page_stat(bh, p.max_pages, pg, STAT_MEAN, i);
-                const vec4 sd = page_stat(bh, p.max_pages, pg, STAT_STD, i);
-                const vec4 qv = group_query(g, i);
-                mv += vec2(dot(qv, mean), dot(qv * qv, sd * sd));
+    QUERY_SHARES(qr, bh, PUSH_F(p.scale_bits));
+    const uvec2 range = cluster_pages(ceil_div(meta[0], PAGE));
+    for (uint pg = range.x; pg < range.y; pg += gl_WorkGroupSize.x / PAGE_LANES) {
+        STAT_SHARES(mean, sd, bh, p.max_pages, pg, STAT_MEAN, STAT_STD);
+        [[unroll]] for (uint g = 0u; g < G; g++) {
+            float mu = 0.0, var = 0.0;
+            [[unroll]] for (uint j = 0u; j < NVP; j++) {
+                const vec4 qv = qr[g * NVP + j];
+                mu += dot(qv, mean[j]);
+                var += dot(qv * qv, sd[j] * sd[j]);
             }
-            mv = subgroupAdd(mv);
-            if (subgroupElect()) moments[(bh * G + g) * p.max_pages + pg] = mv;
+            const vec2 mv = vec2(cluster_add(mu, PAGE_LANES), cluster_add(var, PAGE_LANES));
+            if (page_lane() == 0u) moments[(bh * G + g) * p.max_pages + pg] = mv;
         }
     }
 }

@@ -13,15 +13,13 @@
 //   most 4 histogram passes, fewer when a digit settles it), then one compaction pass: the cost
 //   is linear in the number of pages, nothing is sorted.
 #include "common.glsl"
+#include "cluster_reduce.glsl"
 #include "page_select.glsl"
 #include "workgroup_reduce.glsl"
-#include "cluster_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 5) const uint REDUCE_MEAN = 0;
 const uint MAX_SUBGROUPS = 128u;
-const uint SCORE_LANES = 8u;          // lanes per page in the scoring pass
-const uint NVS = NV / SCORE_LANES;     // vec4s of a statistics row per lane (D a multiple of 32)
 
 layout(set = 0, binding = 2) buffer Scores { float scores[]; };            // (B*H_kv, max_pages)
 layout(set = 0, binding = 3) writeonly buffer Pages { uint pages[]; };     // (B*H_kv, sel_stride)
@@ -41,41 +39,26 @@ shared uint sh_lo[MAX_SUBGROUPS];
 shared uint sh_prefix, sh_remaining;
 shared bool sh_settled;
 
-// A cluster of SCORE_LANES lanes scores one page at a time, each lane NVS vec4s of each row,
-// the group's queries held in registers; the min and max rows are loaded before any arithmetic.
+// A cluster of PAGE_LANES lanes scores one page at a time, the group's queries held in
+// registers; the min and max rows are loaded before any arithmetic.
 void score_pages(uint bh) {
-    const uint lane = gl_LocalInvocationIndex % SCORE_LANES;
-    const uint slot = gl_LocalInvocationIndex / SCORE_LANES;
-    const uint slots = gl_WorkGroupSize.x / SCORE_LANES;
-    vec4 qr[G * NVS];
-    [[unroll]] for (uint g = 0u; g < G; g++) {
-        [[unroll]] for (uint j = 0u; j < NVS; j++) {
-            const uint o = (bh * G + g) * D + 4u * (lane + j * SCORE_LANES);
-            qr[g * NVS + j] = vec4(q[o], q[o + 1u], q[o + 2u], q[o + 3u]);
-        }
-    }
-    const uint n_scored = ceil_div(meta[0], PAGE) - 1u;
-    const uint first = gl_WorkGroupID.x * PAGES_PER_WG;
-    const uint end = min(first + PAGES_PER_WG, n_scored);
-    for (uint pg = first + slot; pg < end; pg += slots) {
-        vec4 lo[NVS], hi[NVS];
-        [[unroll]] for (uint j = 0u; j < NVS; j++) {
-            lo[j] = page_stat(bh, p.max_pages, pg, STAT_MIN, lane + j * SCORE_LANES);
-            hi[j] = page_stat(bh, p.max_pages, pg, STAT_MAX, lane + j * SCORE_LANES);
-        }
+    QUERY_SHARES(qr, bh, 1.0);
+    const uvec2 range = cluster_pages(ceil_div(meta[0], PAGE) - 1u);
+    for (uint pg = range.x; pg < range.y; pg += gl_WorkGroupSize.x / PAGE_LANES) {
+        STAT_SHARES(lo, hi, bh, p.max_pages, pg, STAT_MIN, STAT_MAX);
         float best = -3.0e38, total = 0.0;
         [[unroll]] for (uint g = 0u; g < G; g++) {
             float s = 0.0;
-            [[unroll]] for (uint j = 0u; j < NVS; j++) {
-                const vec4 qv = qr[g * NVS + j];
+            [[unroll]] for (uint j = 0u; j < NVP; j++) {
+                const vec4 qv = qr[g * NVP + j];
                 const vec4 b = max(qv * lo[j], qv * hi[j]);
                 s += b.x + b.y + b.z + b.w;
             }
-            s = cluster_add(s, SCORE_LANES);
+            s = cluster_add(s, PAGE_LANES);
             best = max(best, s);
             total += s;
         }
-        if (lane == 0u) scores[bh * p.max_pages + pg] = REDUCE_MEAN != 0u ? total / float(G) : best;
+        if (page_lane() == 0u) scores[bh * p.max_pages + pg] = REDUCE_MEAN != 0u ? total / float(G) : best;
     }
 }
 

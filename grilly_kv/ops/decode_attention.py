@@ -83,7 +83,7 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
                  push=PUSH.pack(pass_id=PASS_LOGITS, **common), writes=[8], label="entmax-logits")
     rec.dispatch(entmax_tau.SHADER, [logits, tau, tau],
                  groups=(min(rows, entmax_tau.MAX_GRID_X), -(-rows // entmax_tau.MAX_GRID_X)),
-                 spec=(entmax_tau.LOCAL_SIZE, 0, 0), writes=[1], label="entmax-tau",
+                 spec=(entmax_tau.local_size_for(row_len), 0, 0), writes=[1], label="entmax-tau",
                  push=entmax_tau.PUSH.pack(n_rows=rows, L=row_len, alpha=alpha,
                                            max_iter=entmax_tau.MAX_ITER))
     rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,

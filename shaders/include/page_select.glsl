@@ -1,6 +1,6 @@
 // Shared by the page selectors (topk-select, gaussian-select): the query group of a KV head and
 // the page statistics of a paged KV cache. Include after common.glsl. Declares specialisation
-// constants 1-4 and bindings 0 (queries) and 1 (page statistics).
+// constants 1-4 and bindings 0 (queries) and 1 (page statistics). Include after cluster_reduce.glsl.
 #ifndef GRILLY_KV_PAGE_SELECT_GLSL
 #define GRILLY_KV_PAGE_SELECT_GLSL
 
@@ -17,23 +17,45 @@ layout(set = 0, binding = 0) readonly buffer Q { float q[]; };             // (B
 layout(set = 0, binding = 1) readonly buffer S32 { uvec4 st32[]; };
 layout(set = 0, binding = 1) readonly buffer S16 { uvec2 st16[]; };
 
-shared float sh_q[G * D];
-
-// Copy the G queries of KV head bh (query heads bh * G + g), times scale, to shared memory.
-void load_group_queries(uint bh, float scale) {
-    for (uint i = gl_LocalInvocationIndex; i < G * D; i += gl_WorkGroupSize.x) sh_q[i] = q[bh * G * D + i] * scale;
-    barrier();
-}
-
-// Elements 4i .. 4i+3 of query g of the group.
-vec4 group_query(uint g, uint i) {
-    const uint o = g * D + 4u * i;
-    return vec4(sh_q[o], sh_q[o + 1u], sh_q[o + 2u], sh_q[o + 3u]);
-}
-
 // Elements 4i .. 4i+3 of statistic `stat` of page pg of KV head bh.
 vec4 page_stat(uint bh, uint max_pages, uint pg, uint stat, uint i) {
     return LOAD_VEC4(F16, st32, st16, ((bh * max_pages + pg) * 4u + stat) * NV + i);
 }
+
+// Per-page passes give each page a cluster of PAGE_LANES subgroup lanes (cluster_reduce.glsl),
+// each lane NVP vec4s of a row (D a multiple of 4 * PAGE_LANES).
+const uint PAGE_LANES = 8u;
+const uint NVP = NV / PAGE_LANES;
+uint page_lane() { return gl_LocalInvocationIndex % PAGE_LANES; }
+uint page_slot() { return gl_LocalInvocationIndex / PAGE_LANES; }
+
+// Elements of query g of KV head bh (times scale) in this lane's j-th vec4 of a row.
+vec4 query_share(uint bh, uint g, uint j, float scale) {
+    const uint o = (bh * G + g) * D + 4u * (page_lane() + j * PAGE_LANES);
+    return vec4(q[o], q[o + 1u], q[o + 2u], q[o + 3u]) * scale;
+}
+
+// Declares vec4 name[G * NVP]: this lane's shares of the G queries of KV head bh, times scale.
+#define QUERY_SHARES(name, bh, scale) vec4 name[G * NVP]; \
+    [[unroll]] for (uint g_ = 0u; g_ < G; g_++) { \
+        [[unroll]] for (uint j_ = 0u; j_ < NVP; j_++) name[g_ * NVP + j_] = query_share(bh, g_, j_, scale); }
+
+// This lane's j-th vec4 of statistic `stat` of page pg of KV head bh.
+vec4 stat_share(uint bh, uint max_pages, uint pg, uint stat, uint j) {
+    return page_stat(bh, max_pages, pg, stat, page_lane() + j * PAGE_LANES);
+}
+
+// Pages [x, y) of this workgroup's share of a per-page pass over n pages: a cluster takes page
+// x, then every (workgroup size / PAGE_LANES)-th.
+uvec2 cluster_pages(uint n) {
+    const uint first = gl_WorkGroupID.x * PAGES_PER_WG;
+    return uvec2(first + page_slot(), min(first + PAGES_PER_WG, n));
+}
+
+// Declares vec4 a[NVP], b[NVP] holding this lane's shares of rows stat_a and stat_b of page pg
+// (all loads issued before any use).
+#define STAT_SHARES(a, b, bh, max_pages, pg, stat_a, stat_b) vec4 a[NVP], b[NVP]; \
+    [[unroll]] for (uint j_ = 0u; j_ < NVP; j_++) { \
+        a[j_] = stat_share(bh, max_pages, pg, stat_a, j_); b[j_] = stat_share(bh, max_pages, pg, stat_b, j_); }
 
 #endif

@@ -28,8 +28,6 @@ from ...policies.base import CacheShape, KVPolicy
 from ...reference.model_rope import rope_table
 from .weights import Checkpoint
 
-DEFAULT_MAX_CHUNK = 32
-
 
 class VulkanModel:
     """The checkpoint on a Vulkan device.
@@ -43,7 +41,7 @@ class VulkanModel:
     """
 
     def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_dtype=np.float16,
-                 max_chunk: int = DEFAULT_MAX_CHUNK, timestamps: bool = False):
+                 max_chunk: int = 32, timestamps: bool = False):
         dev = get_device(device)
         if dev.is_cpu:
             raise ValueError("VulkanModel needs a Vulkan device; use ReferenceModel for the NumPy path")
