@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 _POLICIES: dict[str, type] = {}
-# Modules that define policies; a policy whose module fails to import (e.g. a method whose
-# device code is missing) is reported by make_policy, not at import time.
-POLICY_MODULES = ("dense", "streaming", "quest", "tappa")
+# Every module of this package is imported once to let its policies register themselves, so a
+# new policy is one new module. A module that fails to import (e.g. a method whose device code
+# is missing) is reported by make_policy, not at import time.
+_NOT_POLICIES = {"base", "registry"}
 
 
 def register(name: str):
@@ -17,9 +19,14 @@ def register(name: str):
     return deco
 
 
+def _policy_modules() -> list[str]:
+    package = importlib.import_module(__package__)
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name not in _NOT_POLICIES)
+
+
 def _load_all() -> dict[str, str]:
     errors = {}
-    for mod in POLICY_MODULES:
+    for mod in _policy_modules():
         try:
             importlib.import_module(f"{__package__}.{mod}")
         except ImportError as exc:
