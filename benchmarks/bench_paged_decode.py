@@ -14,13 +14,14 @@ by the Gaussian-aware rule; on random keys it keeps most pages, so it is also me
 "structured" keys where 1/64 of the pages carry the query direction), against softmax top-k.
 
     python3 benchmarks/bench_paged_decode.py [--quick] [--device vulkan:0] [--no-torch]
-        [--contexts 8192 131072] [--reps 100]
+        [--contexts 8192 131072] [--reps 100] [--warm-ms 300]
 
 ``--quick``: contexts 2K and 8K, few repeats (lavapipe; maxStorageBufferRange there is 128 MiB).
 """
 import argparse
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, save  # noqa: E402
 
-from grilly_kv.backend import get_device  # noqa: E402
+from grilly_kv.backend import Buffer, Recording, get_device  # noqa: E402
+from grilly_kv.ops import buffer_copy  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
 from grilly_kv.paged import PagedKVCache  # noqa: E402
 
@@ -51,9 +53,44 @@ def fp16_normal(rng, shape, chunk=1 << 24):
     return out
 
 
+class ClockWarmer:
+    """Keeps the GPU busy with buffer copies for ``ms`` milliseconds before a measurement, so that
+    a decode step (short bursts between host work) is timed at the clocks a busy GPU runs at, as
+    the back-to-back PyTorch baseline is; ``sm_clock()`` asks nvidia-smi where it is present."""
+
+    def __init__(self, dev, ms: float, nbytes: int = 64 << 20, copies: int = 16):
+        self.ms = ms
+        if ms <= 0:
+            return
+        n4 = nbytes // 16
+        a, b = Buffer(dev, n4 * 4, host_visible=False), Buffer(dev, n4 * 4, host_visible=False)
+        self.rec = Recording(dev, auto_barriers=False)
+        for _ in range(copies):
+            groups = (min(buffer_copy.MAX_GROUPS, -(-n4 // buffer_copy.LOCAL_SIZE)),)
+            self.rec.dispatch(buffer_copy.SHADER, [a, b], groups=groups, push=[n4],
+                              spec=[buffer_copy.LOCAL_SIZE], writes=[1])
+
+    def __call__(self):
+        t_end = time.perf_counter() + self.ms / 1e3
+        while self.ms > 0 and time.perf_counter() < t_end:
+            self.rec.run()
+
+    @staticmethod
+    def sm_clock():
+        if shutil.which("nvidia-smi") is None:
+            return None
+        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True)
+        return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.strip() else None
+
+
+WARM = None   # the ClockWarmer of this run
+
+
 def timed(dev, fn, reps: int, warmup: int) -> dict:
     """GPU time (dispatches; whole submission) and wall time of ``fn()``, medians over reps,
-    plus the per-step GPU times of the last run."""
+    plus the per-step GPU times of the last run and the SM clock (MHz, nvidia-smi) after it."""
+    WARM()
     for _ in range(warmup):
         fn()
     kern, whole, wall = [], [], []
@@ -69,7 +106,8 @@ def timed(dev, fn, reps: int, warmup: int) -> dict:
              for st, t0, t1 in zip(rec.steps, np.concatenate([[0.0], ts[:-1]]), ts)
              if st.kind != "barrier"]
     return {"gpu_us": float(np.median(kern)), "gpu_submission_us": float(np.median(whole)),
-            "wall_us": float(np.median(wall)), "steps_us": steps, "n": reps}
+            "wall_us": float(np.median(wall)), "steps_us": steps, "n": reps,
+            "sm_clock_mhz_after": WARM.sm_clock()}
 
 
 def step_bytes(S: int, budget: int) -> dict:
@@ -121,10 +159,14 @@ def main():
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--contexts", type=int, nargs="+")
+    ap.add_argument("--warm-ms", type=float, help="busy GPU time before each measurement "
+                    "(default 300 ms, 0 with --quick)")
     ap.add_argument("--reps", type=int, help="timed repeats per measurement (default 100, 5 with --quick)")
     args = ap.parse_args()
     dev = get_device(args.device)
     dev.profile = True
+    global WARM
+    WARM = ClockWarmer(dev, args.warm_ms if args.warm_ms is not None else (0 if args.quick else 300))
     contexts = args.contexts or ([2048, 8192] if args.quick else [8192, 32768, 131072])
     reps = args.reps or (5 if args.quick else 100)
     warmup = 2 if args.quick else 10
@@ -177,7 +219,8 @@ def main():
               f"{de['gpu_us']:8.1f} us (bound {de['bound_us']:7.1f}, {de['gpu_over_bound']:.2f}x) "
               f"wall {de['wall_us']:8.1f} us | append GPU {ap_['gpu_us']:6.1f} us "
               f"(submission {ap_['gpu_submission_us']:6.1f}) wall {ap_['wall_us']:7.1f} us"
-              + (f" | torch GPU {t['gpu_us']:8.1f} us" if t else ""))
+              + (f" | torch GPU {t['gpu_us']:8.1f} us" if t else "")
+              + f" | SM clock after sparse {sp['sm_clock_mhz_after']} MHz")
         print("          sparse steps: " + ", ".join(f"{n} {us:.1f}" for n, us in sp["steps_us"]))
         for name in ("entmax_dense", "entmax_topk", "entmax_gaussian_random",
                      "entmax_gaussian_structured"):
@@ -189,6 +232,7 @@ def main():
          {**device_info(dev),
           "config": {"B": B, "H_q": HQ, "H_kv": HKV, "D": D, "dtype": "float16", "page_size": PAGE,
                      "token_budget": BUDGET, "contexts": contexts, "reps": reps,
+                     "warm_ms": WARM.ms,
                      "entmax_alpha": ALPHA,
                      "structured": {"hot_page_fraction": HOT_FRACTION, "key_shift": KEY_SHIFT,
                                     "query_scale": QUERY_SCALE}},
@@ -199,6 +243,8 @@ def main():
                     "bound_us = bytes the step must read / copy bandwidth (read+write bytes per "
                     "second of the buffer-copy shader in this run); sparse bytes = min/max rows "
                     "of every scored page + K/V of the kept tokens",
+                    "before each measurement the GPU copies buffers for warm_ms (config) so that "
+                    "it runs at busy clocks; sm_clock_mhz_after: nvidia-smi's SM clock after it",
                     "torch_over_sparse_gpu: PyTorch SDPA dense decode GPU time (CUDA events, "
                     "separate process) / our sparse step's GPU time",
                     "entmax rows: alpha 1.5, exact tau of the attended tokens; 'sparse' is "
