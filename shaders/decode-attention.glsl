@@ -69,6 +69,9 @@ shared float sh_acc[SLOTS * D];
 vec4 qr[G * NVL];
 vec4 acc[G * NVL];
 float m[G], l[G], s[G];
+// this lane's share of ROWS K and V rows, all loaded before any is used (loads in flight)
+const uint ROWS = 2u;
+vec4 kr[ROWS * NVL], vr[ROWS * NVL];
 
 uint lane_id() { return gl_LocalInvocationIndex % LPT; }
 uint slot_id() { return gl_LocalInvocationIndex / LPT; }
@@ -97,23 +100,23 @@ void init_heads(uint bh) {
     }
 }
 
-// this lane's share of the K (or V) row starting at vec4 `row`
-#define LOAD_ROW(x32, x16, row, dst) \
-    [[unroll]] for (uint j_ = 0u; j_ < NVL; j_++) dst[j_] = LOAD_VEC4(F16, x32, x16, (row) + lane_id() + j_ * LPT)
+// kr[r] (or vr[r]) = this lane's share of the K (or V) row starting at vec4 `row`
+#define LOAD_ROW(x32, x16, row, dst, r) [[unroll]] for (uint j_ = 0u; j_ < NVL; j_++) \
+    dst[(r) * NVL + j_] = LOAD_VEC4(F16, x32, x16, (row) + lane_id() + j_ * LPT)
 
-// s[g] = scaled q_g . k of the row (every lane of the cluster gets the sum)
-void row_logits(vec4 kr[NVL]) {
+// s[g] = scaled q_g . k of K row r in flight (every lane of the cluster gets the sum)
+void row_logits(uint r) {
     [[unroll]] for (uint g = 0u; g < G; g++) {
         float t = 0.0;
-        [[unroll]] for (uint j = 0u; j < NVL; j++) t += dot(qr[g * NVL + j], kr[j]);
+        [[unroll]] for (uint j = 0u; j < NVL; j++) t += dot(qr[g * NVL + j], kr[r * NVL + j]);
         s[g] = cluster_add(t, LPT);
     }
 }
 
-// acc[g] += w[g] * v of the row, w given in s[]
-void add_values(vec4 vr[NVL]) {
+// acc[g] += w[g] * v of V row r in flight, w given in s[]
+void add_values(uint r) {
     [[unroll]] for (uint j = 0u; j < NVL; j++) {
-        [[unroll]] for (uint g = 0u; g < G; g++) acc[g * NVL + j] += s[g] * vr[j];
+        [[unroll]] for (uint g = 0u; g < G; g++) acc[g * NVL + j] += s[g] * vr[r * NVL + j];
     }
 }
 
@@ -160,16 +163,20 @@ uvec2 chunk_of(uint split, uint n) {
 void softmax_partials(uint bh, uint split) {
     const uvec2 cr = chunk_of(split, attended_tokens(bh));
     init_heads(bh);
-    const uint iters = ceil_div(cr.y - cr.x, SLOTS);
+    const uint iters = ceil_div(cr.y - cr.x, SLOTS * ROWS);
     for (uint it = 0u; it < iters; it++) {
-        const uint c = cr.x + it * SLOTS + slot_id();
-        const bool valid = c < cr.y;
-        const uint row = token_row(bh, valid ? c : cr.x);   // keep the cluster's shuffles uniform
-        vec4 kr[NVL], vr[NVL];
-        LOAD_ROW(k32, k16, row, kr);
-        LOAD_ROW(v32, v16, row, vr);   // issued with the K loads: one memory round trip per row
-        row_logits(kr);
-        if (valid) {
+        // ROWS tokens per cluster, K and V of all of them requested before any arithmetic
+        bool valid[ROWS];
+        [[unroll]] for (uint r = 0u; r < ROWS; r++) {
+            const uint c = cr.x + (it * ROWS + r) * SLOTS + slot_id();
+            valid[r] = c < cr.y;
+            const uint row = token_row(bh, valid[r] ? c : cr.x);   // keep the shuffles uniform
+            LOAD_ROW(k32, k16, row, kr, r);
+            LOAD_ROW(v32, v16, row, vr, r);
+        }
+        [[unroll]] for (uint r = 0u; r < ROWS; r++) {
+            row_logits(r);
+            if (!valid[r]) continue;
             [[unroll]] for (uint g = 0u; g < G; g++) {
                 const float m_new = max(m[g], s[g]);
                 const float corr = exp(m[g] - m_new);
@@ -178,7 +185,7 @@ void softmax_partials(uint bh, uint split) {
                 m[g] = m_new;
                 [[unroll]] for (uint j = 0u; j < NVL; j++) acc[g * NVL + j] *= corr;
             }
-            add_values(vr);
+            add_values(r);
         }
     }
     write_partials(bh, split);
@@ -192,9 +199,8 @@ void entmax_logits(uint bh, uint split) {
     const uint iters = ceil_div(max(c_end, cr.x) - cr.x, SLOTS);
     for (uint it = 0u; it < iters; it++) {
         const uint c = cr.x + it * SLOTS + slot_id();
-        vec4 kr[NVL];
-        LOAD_ROW(k32, k16, token_row(bh, min(c, c_end - 1u)), kr);   // keep the shuffles uniform
-        row_logits(kr);
+        LOAD_ROW(k32, k16, token_row(bh, min(c, c_end - 1u)), kr, 0u);   // keep the shuffles uniform
+        row_logits(0u);
         if (c < c_end) {
             for (uint g = lane_id(); g < G; g += LPT) logits[(bh * G + g) * p.row_len + c] = s[g];
         }
@@ -227,9 +233,8 @@ void entmax_partials(uint bh, uint split) {
             any_mass = any_mass || d > 0.0;
         }
         if (any_mass) {
-            vec4 vr[NVL];
-            LOAD_ROW(v32, v16, token_row(bh, c), vr);
-            add_values(vr);
+            LOAD_ROW(v32, v16, token_row(bh, c), vr, 0u);
+            add_values(0u);
         }
     }
     write_partials(bh, split);

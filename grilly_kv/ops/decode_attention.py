@@ -14,7 +14,7 @@ from . import entmax_tau
 SHADER = "decode-attention"
 LOCAL_SIZE = 128
 LANES_PER_TOKEN = 8      # a cluster of 8 subgroup lanes reads one K/V row
-MIN_CHUNK = 32           # fewest tokens a split should hold (two rounds of the 16 slots)
+MIN_CHUNK = 32           # fewest tokens a split should hold (one round: 16 slots x 2 rows)
 TARGET_WORKGROUPS = 1024
 PUSH = PushLayout("capacity", "sel_stride", "n_splits", "scale:f", "pass_id", "alpha:f", "row_len")
 PASS_SOFTMAX, PASS_SOFTMAX_MERGE, PASS_LOGITS, PASS_ENTMAX, PASS_ENTMAX_MERGE = range(5)
