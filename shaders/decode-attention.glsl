@@ -11,7 +11,9 @@
 //   pass 0 (grid: n_splits x B*H_kv): online softmax of the chunk, written as
 //     partial[bhq * n_splits + s] = [m, l, acc_0 .. acc_{D-1}] (max logit, sum of exp(logit - m),
 //     sum of exp(logit - m) v);
-//   pass 1 (grid: B*H_q): log-sum-exp merge of the partials into out[bhq, :].
+//   pass 1 (grid: B*H_q): log-sum-exp merge of the partials into out[bhq, :]. With FUSED_MERGE = 1
+//     pass 0 does it instead: the last workgroup of KV head bh to finish (counted in
+//     arrivals[bh], which it resets to 0) merges the G heads of bh.
 // alpha-entmax (alpha in (1, 2], threshold by the entmax-tau shader between passes 2 and 3):
 //   pass 2 (grid: n_splits x B*H_kv): logits[bhq * row_len + c] = scale * q.k for c < n_tok,
 //     -1e30 (no mass) for n_tok <= c < row_len;
@@ -31,6 +33,7 @@ layout(constant_id = 3) const uint PAGE = 16;
 layout(constant_id = 4) const uint G = 1;       // query heads per KV head
 layout(constant_id = 5) const uint DENSE = 0;   // 1: every page, pages[] unused
 layout(constant_id = 6) const uint LPT = 8;     // lanes per token (power of 2, <= subgroup size)
+layout(constant_id = 7) const uint FUSED_MERGE = 0;   // 1: pass 0 also merges (see the header)
 const uint NV = D / 4u;          // vec4s per row
 const uint NVL = NV / LPT;       // vec4s per lane
 const uint SLOTS = gl_WorkGroupSize.x / LPT;   // tokens in flight per workgroup
@@ -45,10 +48,11 @@ layout(set = 0, binding = 2) readonly buffer V16 { uvec2 v16[]; };
 layout(set = 0, binding = 3) readonly buffer Pages { uint pages[]; };      // (B*H_kv, sel_stride)
 layout(set = 0, binding = 4) readonly buffer Counts { uint counts[]; };    // (B*H_kv,)
 layout(set = 0, binding = 5) readonly buffer Meta { uint meta[]; };        // [length, ...]
-layout(set = 0, binding = 6) buffer Partial { float partial[]; };
+layout(set = 0, binding = 6) coherent buffer Partial { float partial[]; };
 layout(set = 0, binding = 7) writeonly buffer Out { float out_[]; };       // (B, H_q, D) float32
 layout(set = 0, binding = 8) buffer Logits { float logits[]; };            // (B*H_q, row_len)
 layout(set = 0, binding = 9) readonly buffer Tau { uint tau_buf[]; };      // (B*H_q, 2)
+layout(set = 0, binding = 10) coherent buffer Arrivals { uint arrivals[]; }; // (B*H_kv,), zeros
 
 layout(push_constant) uniform Push {
     uint capacity;    // rows per (b, h) in the cache
@@ -63,6 +67,7 @@ layout(push_constant) uniform Push {
 shared float sh_m[SLOTS];
 shared float sh_l[SLOTS];
 shared float sh_acc[SLOTS * D];
+shared bool sh_last;
 
 // per invocation: its share of the G scaled queries and of the G accumulators, and the
 // running softmax (or the entmax mass) of each head
@@ -160,6 +165,21 @@ uvec2 chunk_of(uint split, uint n) {
     return uvec2(c0, min(c0 + chunk, n));
 }
 
+void merge(uint bhq);
+
+// FUSED_MERGE: after this workgroup's partials are written, the last of KV head bh's n_splits
+// workgroups merges them.
+void merge_if_last(uint bh) {
+    memoryBarrierBuffer();   // this invocation's partials, before the arrival is counted
+    barrier();
+    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(arrivals[bh], 1u) + 1u == p.n_splits;
+    barrier();
+    if (!sh_last) return;
+    memoryBarrierBuffer();
+    for (uint g = 0u; g < G; g++) merge(bh * G + g);
+    if (gl_LocalInvocationIndex == 0u) arrivals[bh] = 0u;   // ready for the next step
+}
+
 void softmax_partials(uint bh, uint split) {
     const uvec2 cr = chunk_of(split, attended_tokens(bh));
     init_heads(bh);
@@ -189,6 +209,7 @@ void softmax_partials(uint bh, uint split) {
         }
     }
     write_partials(bh, split);
+    if (FUSED_MERGE != 0u) merge_if_last(bh);
 }
 
 void entmax_logits(uint bh, uint split) {
