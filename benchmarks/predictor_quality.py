@@ -45,13 +45,14 @@ def register_optional():
 def predictor_stats(device, budgets, context, targets, first_essay):
     """Run the predictor policy over a held-out essay (teacher forcing) and collect its stats."""
     from grilly_kv.evaluation.corpus import split_essays
+    from grilly_kv.evaluation.perplexity import essay_windows
     from grilly_kv.models.generate import continuation_nll
     from grilly_kv.models.smollm2 import load_model
     from grilly_kv.predictor.policy import PredictorPolicy
 
     model, tok = load_model(device)
     _, held = split_essays()
-    ids = tok.encode(held[first_essay])[:context + targets]
+    ids = essay_windows(tok, held, context, targets, first_essay + 1)[first_essay]
     out = []
     for budget in budgets:
         pol = PredictorPolicy(budget)

@@ -172,8 +172,9 @@ class PredictorPolicy(KVPolicy):
         else:
             scores = scores.reshape(L, -1, e0 - s0)
             new = np.stack([select_blocks(scores[l], h_kv, self.k) for l in range(L)]) + s0
-            self.predicted_steps += 1
-            if self.selection is not None and self.selection.shape == new.shape:
+            decode = self._pos.size == 1
+            self.predicted_steps += int(decode)
+            if decode and self.selection is not None and self.selection.shape == new.shape:
                 self.changed += sum(np.setdiff1d(a, b).size for a, b in
                                     zip(new.reshape(-1, self.k), self.selection.reshape(-1, self.k)))
         self.selection = new
@@ -187,7 +188,7 @@ class PredictorPolicy(KVPolicy):
         (what a prefetch must copy), and the device memory saved against the dense cache."""
         n_lh = self.shape.n_layers * self.shape.n_kv_heads if self.shape else 1
         return {"hit_rate": self.hits / self.needed if self.needed else None,
-                "blocks_changed_per_step": self.changed / max(self.predicted_steps - 1, 1) / n_lh,
+                "blocks_changed_per_step": self.changed / max(self.predicted_steps, 1) / n_lh,
                 "predicted_blocks": self.k, "decode_steps": self.decode_steps,
                 "device_memory_saved": 1.0 - self.tokens_held() / max(self.n_tokens, 1)}
 
