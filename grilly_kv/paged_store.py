@@ -105,8 +105,6 @@ class VulkanStore:
         self.scores = Buffer(dev, self.bh * self.max_pages)
         self.pages = Buffer(dev, self.bh * self.max_pages, np.uint32)
         self.counts = Buffer(dev, self.bh, np.uint32)
-        self.arrivals = Buffer(dev, self.bh, np.uint32)      # decode-attention's merge counters
-        self.arrivals.upload_now()                           # zeros; each step leaves them zero
         self._staging: dict[int, Buffer] = {}
         self._per_group: dict[int, tuple] = {}
         self._entmax_bufs: dict[int, tuple] = {}
@@ -247,7 +245,7 @@ class VulkanStore:
                 logits, tau, bh=self.bh, group=group, head_dim=self.Dp, f16=self.f16,
                 page_size=self.page, capacity=self.cap, max_pages=self.max_pages,
                 n_splits=n_splits, scale=1.0 / np.sqrt(self.D), dense=dense, alpha=alpha,
-                row_len=max_tokens, arrivals=self.arrivals)
+                row_len=max_tokens)
             return rec.download(out, self.pages, self.counts) if want_pages else rec.download(out)
 
         q32 = np.zeros((self.B, q.shape[1], self.Dp), np.float32)

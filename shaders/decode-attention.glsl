@@ -11,9 +11,7 @@
 //   pass 0 (grid: n_splits x B*H_kv): online softmax of the chunk, written as
 //     partial[bhq * n_splits + s] = [m, l, acc_0 .. acc_{D-1}] (max logit, sum of exp(logit - m),
 //     sum of exp(logit - m) v);
-//   pass 1 (grid: B*H_q): log-sum-exp merge of the partials into out[bhq, :]. With FUSED_MERGE = 1
-//     pass 0 does it instead: the last workgroup of KV head bh to finish (counted in
-//     arrivals[bh], which it resets to 0) merges the G heads of bh.
+//   pass 1 (grid: B*H_q): log-sum-exp merge of the partials into out[bhq, :].
 // alpha-entmax (alpha in (1, 2], threshold by the entmax-tau shader between passes 2 and 3):
 //   pass 2 (grid: n_splits x B*H_kv): logits[bhq * row_len + c] = scale * q.k for c < n_tok,
 //     -1e30 (no mass) for n_tok <= c < row_len;
@@ -33,7 +31,6 @@ layout(constant_id = 3) const uint PAGE = 16;
 layout(constant_id = 4) const uint G = 1;       // query heads per KV head
 layout(constant_id = 5) const uint DENSE = 0;   // 1: every page, pages[] unused
 layout(constant_id = 6) const uint LPT = 8;     // lanes per token (power of 2, <= subgroup size)
-layout(constant_id = 7) const uint FUSED_MERGE = 0;   // 1: pass 0 also merges (see the header)
 const uint NV = D / 4u;          // vec4s per row
 const uint NVL = NV / LPT;       // vec4s per lane
 const uint SLOTS = gl_WorkGroupSize.x / LPT;   // tokens in flight per workgroup
@@ -48,11 +45,10 @@ layout(set = 0, binding = 2) readonly buffer V16 { uvec2 v16[]; };
 layout(set = 0, binding = 3) readonly buffer Pages { uint pages[]; };      // (B*H_kv, sel_stride)
 layout(set = 0, binding = 4) readonly buffer Counts { uint counts[]; };    // (B*H_kv,)
 layout(set = 0, binding = 5) readonly buffer Meta { uint meta[]; };        // [length, ...]
-layout(set = 0, binding = 6) coherent buffer Partial { float partial[]; };
+layout(set = 0, binding = 6) buffer Partial { float partial[]; };
 layout(set = 0, binding = 7) writeonly buffer Out { float out_[]; };       // (B, H_q, D) float32
 layout(set = 0, binding = 8) buffer Logits { float logits[]; };            // (B*H_q, row_len)
 layout(set = 0, binding = 9) readonly buffer Tau { uint tau_buf[]; };      // (B*H_q, 2)
-layout(set = 0, binding = 10) coherent buffer Arrivals { uint arrivals[]; }; // (B*H_kv,), zeros
 
 layout(push_constant) uniform Push {
     uint capacity;    // rows per (b, h) in the cache
@@ -67,16 +63,12 @@ layout(push_constant) uniform Push {
 shared float sh_m[SLOTS];
 shared float sh_l[SLOTS];
 shared float sh_acc[SLOTS * D];
-shared bool sh_last;
 
 // per invocation: its share of the G scaled queries and of the G accumulators, and the
 // running softmax (or the entmax mass) of each head
 vec4 qr[G * NVL];
 vec4 acc[G * NVL];
 float m[G], l[G], s[G];
-// this lane's share of ROWS K and V rows, all loaded before any is used (loads in flight)
-const uint ROWS = 2u;
-vec4 kr[ROWS * NVL], vr[ROWS * NVL];
 
 uint lane_id() { return gl_LocalInvocationIndex % LPT; }
 uint slot_id() { return gl_LocalInvocationIndex / LPT; }
@@ -105,23 +97,23 @@ void init_heads(uint bh) {
     }
 }
 
-// kr[r] (or vr[r]) = this lane's share of the K (or V) row starting at vec4 `row`
-#define LOAD_ROW(x32, x16, row, dst, r) [[unroll]] for (uint j_ = 0u; j_ < NVL; j_++) \
-    dst[(r) * NVL + j_] = LOAD_VEC4(F16, x32, x16, (row) + lane_id() + j_ * LPT)
+// this lane's share of the K (or V) row starting at vec4 `row`
+#define LOAD_ROW(x32, x16, row, dst) \
+    [[unroll]] for (uint j_ = 0u; j_ < NVL; j_++) dst[j_] = LOAD_VEC4(F16, x32, x16, (row) + lane_id() + j_ * LPT)
 
-// s[g] = scaled q_g . k of K row r in flight (every lane of the cluster gets the sum)
-void row_logits(uint r) {
+// s[g] = scaled q_g . k of the row (every lane of the cluster gets the sum)
+void row_logits(vec4 kr[NVL]) {
     [[unroll]] for (uint g = 0u; g < G; g++) {
         float t = 0.0;
-        [[unroll]] for (uint j = 0u; j < NVL; j++) t += dot(qr[g * NVL + j], kr[r * NVL + j]);
+        [[unroll]] for (uint j = 0u; j < NVL; j++) t += dot(qr[g * NVL + j], kr[j]);
         s[g] = cluster_add(t, LPT);
     }
 }
 
-// acc[g] += w[g] * v of V row r in flight, w given in s[]
-void add_values(uint r) {
+// acc[g] += w[g] * v of the row, w given in s[]
+void add_values(vec4 vr[NVL]) {
     [[unroll]] for (uint j = 0u; j < NVL; j++) {
-        [[unroll]] for (uint g = 0u; g < G; g++) acc[g * NVL + j] += s[g] * vr[r * NVL + j];
+        [[unroll]] for (uint g = 0u; g < G; g++) acc[g * NVL + j] += s[g] * vr[j];
     }
 }
 
@@ -165,38 +157,19 @@ uvec2 chunk_of(uint split, uint n) {
     return uvec2(c0, min(c0 + chunk, n));
 }
 
-void merge(uint bhq);
-
-// FUSED_MERGE: after this workgroup's partials are written, the last of KV head bh's n_splits
-// workgroups merges them.
-void merge_if_last(uint bh) {
-    memoryBarrierBuffer();   // this invocation's partials, before the arrival is counted
-    barrier();
-    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(arrivals[bh], 1u) + 1u == p.n_splits;
-    barrier();
-    if (!sh_last) return;
-    memoryBarrierBuffer();
-    for (uint g = 0u; g < G; g++) merge(bh * G + g);
-    if (gl_LocalInvocationIndex == 0u) arrivals[bh] = 0u;   // ready for the next step
-}
-
 void softmax_partials(uint bh, uint split) {
     const uvec2 cr = chunk_of(split, attended_tokens(bh));
     init_heads(bh);
-    const uint iters = ceil_div(cr.y - cr.x, SLOTS * ROWS);
+    const uint iters = ceil_div(cr.y - cr.x, SLOTS);
     for (uint it = 0u; it < iters; it++) {
-        // ROWS tokens per cluster, K and V of all of them requested before any arithmetic
-        bool valid[ROWS];
-        [[unroll]] for (uint r = 0u; r < ROWS; r++) {
-            const uint c = cr.x + (it * ROWS + r) * SLOTS + slot_id();
-            valid[r] = c < cr.y;
-            const uint row = token_row(bh, valid[r] ? c : cr.x);   // keep the shuffles uniform
-            LOAD_ROW(k32, k16, row, kr, r);
-            LOAD_ROW(v32, v16, row, vr, r);
-        }
-        [[unroll]] for (uint r = 0u; r < ROWS; r++) {
-            row_logits(r);
-            if (!valid[r]) continue;
+        const uint c = cr.x + it * SLOTS + slot_id();
+        const bool valid = c < cr.y;
+        const uint row = token_row(bh, valid ? c : cr.x);   // keep the cluster's shuffles uniform
+        vec4 kr[NVL], vr[NVL];
+        LOAD_ROW(k32, k16, row, kr);
+        LOAD_ROW(v32, v16, row, vr);   // issued with the K loads: one memory round trip per row
+        row_logits(kr);
+        if (valid) {
             [[unroll]] for (uint g = 0u; g < G; g++) {
                 const float m_new = max(m[g], s[g]);
                 const float corr = exp(m[g] - m_new);
@@ -205,11 +178,10 @@ void softmax_partials(uint bh, uint split) {
                 m[g] = m_new;
                 [[unroll]] for (uint j = 0u; j < NVL; j++) acc[g * NVL + j] *= corr;
             }
-            add_values(r);
+            add_values(vr);
         }
     }
     write_partials(bh, split);
-    if (FUSED_MERGE != 0u) merge_if_last(bh);
 }
 
 void entmax_logits(uint bh, uint split) {
@@ -220,8 +192,9 @@ void entmax_logits(uint bh, uint split) {
     const uint iters = ceil_div(max(c_end, cr.x) - cr.x, SLOTS);
     for (uint it = 0u; it < iters; it++) {
         const uint c = cr.x + it * SLOTS + slot_id();
-        LOAD_ROW(k32, k16, token_row(bh, min(c, c_end - 1u)), kr, 0u);   // keep the shuffles uniform
-        row_logits(0u);
+        vec4 kr[NVL];
+        LOAD_ROW(k32, k16, token_row(bh, min(c, c_end - 1u)), kr);   // keep the shuffles uniform
+        row_logits(kr);
         if (c < c_end) {
             for (uint g = lane_id(); g < G; g += LPT) logits[(bh * G + g) * p.row_len + c] = s[g];
         }
@@ -254,8 +227,9 @@ void entmax_partials(uint bh, uint split) {
             any_mass = any_mass || d > 0.0;
         }
         if (any_mass) {
-            LOAD_ROW(v32, v16, token_row(bh, c), vr, 0u);
-            add_values(0u);
+            vec4 vr[NVL];
+            LOAD_ROW(v32, v16, token_row(bh, c), vr);
+            add_values(vr);
         }
     }
     write_partials(bh, split);

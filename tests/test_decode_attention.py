@@ -55,8 +55,7 @@ def test_budget_above_context_equals_dense(vk, dtype):
 
 
 def test_decode_follows_appends(vk):
-    """The recorded step (partials with the merge fused in) is replayed as the cache grows; the
-    length lives on the device."""
+    """The recorded step is replayed as the cache grows; the length lives on the device."""
     cache, rng = filled_cache(vk, 1, 2, 32, 30, "float16", cap=200)
     q = rng.standard_normal((1, 4, 32)).astype(np.float32)
     for step in range(20):
@@ -65,9 +64,6 @@ def test_decode_follows_appends(vk):
         out, pages = cache.decode(q, token_budget=32, return_pages=True)
         assert_close(out, decode_attention_ref(q, cache.keys(), cache.values(), pages), atol=ATOL,
                      what=f"step {step}, len {len(cache)}")
-    st = cache._store   # the last workgroup of each KV head merged and reset its arrival counter
-    st.arrivals.download_now()
-    np.testing.assert_array_equal(st.arrivals.read(st.bh), np.zeros(st.bh, np.uint32))
 
 
 def test_cpu_store_matches_device(vk):

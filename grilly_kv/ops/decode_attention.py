@@ -14,7 +14,7 @@ from . import entmax_tau
 SHADER = "decode-attention"
 LOCAL_SIZE = 128
 LANES_PER_TOKEN = 8      # a cluster of 8 subgroup lanes reads one K/V row
-MIN_CHUNK = 32           # fewest tokens a split should hold (one round: 16 slots x 2 rows)
+MIN_CHUNK = 32           # fewest tokens a split should hold (two rounds of the 16 slots)
 TARGET_WORKGROUPS = 1024
 PUSH = PushLayout("capacity", "sel_stride", "n_splits", "scale:f", "pass_id", "alpha:f", "row_len")
 PASS_SOFTMAX, PASS_SOFTMAX_MERGE, PASS_LOGITS, PASS_ENTMAX, PASS_ENTMAX_MERGE = range(5)
@@ -45,12 +45,10 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
                             out: Buffer, logits: Buffer, tau: Buffer, *, bh: int, group: int,
                             head_dim: int, f16: bool, page_size: int, capacity: int,
                             max_pages: int, n_splits: int, scale: float, dense: bool,
-                            alpha: float = 1.0, row_len: int = 0,
-                            arrivals: Buffer | None = None) -> Recording:
+                            alpha: float = 1.0, row_len: int = 0) -> Recording:
     """Record one decode step's attention.
 
-    alpha = 1 (softmax): the partial pass and the log-sum-exp merge; with ``arrivals``, one pass
-    whose last workgroup per KV head merges (one dispatch fewer). alpha in (1, 2]: the logits
+    alpha = 1 (softmax): the partial pass and the log-sum-exp merge. alpha in (1, 2]: the logits
     pass, the exact threshold of each query head's row of logits (entmax-tau shader), the
     weighted-sum pass and the merge (output = sum p_i v_i, not renormalised: tau is exact to
     float32 on the attended tokens, so sum p_i = 1 to rounding).
@@ -67,20 +65,12 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
             output). Any buffers for softmax (unused).
         scale: logit scale (``1/sqrt(D)`` of the unpadded head_dim).
         row_len: entmax: an upper bound of the attended tokens per head.
-        arrivals: ``(B*H_kv,)`` uint32 counters, zero before the step and left zero after it
-            (upload zeros once); softmax only.
     """
-    fused = alpha == 1.0 and arrivals is not None
-    spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN, int(fused))
-    bufs = [q, k_cache, v_cache, pages, counts, meta, partial, out, logits, tau,
-            arrivals if fused else tau]
+    spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN)
+    bufs = [q, k_cache, v_cache, pages, counts, meta, partial, out, logits, tau]
     common = dict(capacity=capacity, sel_stride=max_pages, n_splits=n_splits, scale=scale,
                   alpha=alpha, row_len=row_len)
     split_grid = (n_splits, bh)
-    if fused:
-        return rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
-                            push=PUSH.pack(pass_id=PASS_SOFTMAX, **common), writes=[6, 7, 10],
-                            label="attend")
     if alpha == 1.0:
         rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
                      push=PUSH.pack(pass_id=PASS_SOFTMAX, **common), writes=[6],
