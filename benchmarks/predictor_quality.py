@@ -8,7 +8,7 @@ step (what cross-token prefetch copies) and device memory saved.
     python3 benchmarks/predictor_quality.py [--quick] [--device vulkan:0]
 
 Full (H100): budgets 256/512/1024/2048, needle contexts 1024/2048/4096/8000 at depths
-0.1/0.5/0.9, perplexity 4096 + 64 tokens x 4 windows. ``--quick`` (2-core CPU, NumPy model):
+0.1/0.5/0.9, perplexity at contexts 4096 and 8000 (+ 64 tokens x 4 windows). ``--quick`` (2-core CPU, NumPy model):
 budgets 256/512, one needle at 1024 tokens, perplexity 1024 + 32 tokens x 1 window.
 Writes benchmarks/results/predictor_eval[_quick].json (+ plots) and predictor_quality[_quick].json.
 """
@@ -22,24 +22,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, save  # noqa: E402
 
-import grilly_kv.policies.predictor  # noqa: E402,F401  (registers "predictor")
 from grilly_kv import cli  # noqa: E402
+from grilly_kv.policies import policy_names  # noqa: E402
 
 POLICIES = ["dense", "streaming", "quest", "triattention", "predictor"]
-
-
-def register_optional():
-    """Register policies whose modules the registry may not list yet; report what is missing."""
-    import importlib
-
-    from grilly_kv.policies import policy_names
-
-    for mod in ("triattention", "quest"):
-        try:
-            importlib.import_module(f"grilly_kv.policies.{mod}")
-        except ImportError as exc:
-            print(f"policy module {mod} unavailable: {exc}")
-    return [p for p in POLICIES if p in policy_names()]
 
 
 def predictor_stats(device, budgets, context, targets, first_essay):
@@ -73,11 +59,11 @@ def main():
     q = a.quick
     budgets = "256,512" if q else "256,512,1024,2048"
     stem = "predictor_eval_quick" if q else "predictor_eval"
-    policies = register_optional()
+    policies = [p for p in POLICIES if p in policy_names()]
     if not a.skip_eval:
         argv = ["eval", "--policies", ",".join(policies), "--budgets", budgets,
                 "--contexts", "1024" if q else "1024,2048,4096,8000", "--depths", "0.5" if q else "0.1,0.5,0.9",
-                "--ppl-context", "1024" if q else "4096", "--ppl-targets", "32" if q else "64",
+                "--ppl-contexts", "1024" if q else "4096,8000", "--ppl-targets", "32" if q else "64",
                 "--ppl-windows", "1" if q else "4", "--out", str(RESULTS), "--name", stem]
         if a.device:
             argv += ["--device", a.device]
