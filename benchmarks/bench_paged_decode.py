@@ -21,7 +21,6 @@ by the Gaussian-aware rule; on random keys it keeps most pages, so it is also me
 import argparse
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,10 +30,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, save  # noqa: E402
+from common import ClockWarmer, device_info, save  # noqa: E402
 
-from grilly_kv.backend import Buffer, Recording, get_device  # noqa: E402
-from grilly_kv.ops import buffer_copy  # noqa: E402
+from grilly_kv.backend import get_device  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
 from grilly_kv.paged import PagedKVCache  # noqa: E402
 
@@ -51,40 +49,6 @@ def fp16_normal(rng, shape, chunk=1 << 24):
         n = min(chunk, flat.size - i)
         flat[i:i + n] = rng.standard_normal(n, dtype=np.float32)
     return out
-
-
-class ClockWarmer:
-    """Keeps the GPU busy with buffer copies for ``ms`` milliseconds before a measurement, so that
-    a decode step (short bursts between host work) is timed at the clocks a busy GPU runs at, as
-    the back-to-back PyTorch baseline is; ``sm_clock()`` asks nvidia-smi where it is present."""
-
-    def __init__(self, dev, ms: float, nbytes: int = 64 << 20, copies: int = 16):
-        self.ms = ms
-        if ms <= 0:
-            return
-        n4 = nbytes // 16
-        a, b = Buffer(dev, n4 * 4, host_visible=False), Buffer(dev, n4 * 4, host_visible=False)
-        self.rec = Recording(dev, auto_barriers=False)
-        for _ in range(copies):
-            groups = (min(buffer_copy.MAX_GROUPS, -(-n4 // buffer_copy.LOCAL_SIZE)),)
-            self.rec.dispatch(buffer_copy.SHADER, [a, b], groups=groups, push=[n4],
-                              spec=[buffer_copy.LOCAL_SIZE], writes=[1])
-
-    def __call__(self):
-        t_end = time.perf_counter() + self.ms / 1e3
-        while self.ms > 0 and time.perf_counter() < t_end:
-            self.rec.run()
-
-    @staticmethod
-    def sm_clock():
-        if shutil.which("nvidia-smi") is None:
-            return None
-        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True)
-        return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.strip() else None
-
-
-WARM = None   # the ClockWarmer of this run
 
 
 def timed(dev, fn, reps: int, warmup: int) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, gpu_us, save, setup, wall_us  # noqa: E402
+from common import ClockWarmer, device_info, gpu_us, save, setup, wall_us  # noqa: E402
 
 from grilly_kv.ops.attention_q_similarity import q_similarity  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
@@ -25,6 +25,7 @@ def main():
     bw = copy_bandwidth(dev, nbytes=(16 << 20) if args.quick else (512 << 20),
                         repeats=5 if args.quick else 20)
     rng = np.random.default_rng(0)
+    warm = ClockWarmer(dev, 0 if args.quick else 30)   # busy clocks before each timed call
     rows = []
     for dtype in (np.float32, np.float16):
         q = rng.standard_normal(shape).astype(dtype)
@@ -34,7 +35,8 @@ def main():
             for window in (None, 32):
                 w = shape[2] if window is None else window
                 read = nbytes * w // shape[2]
-                g = gpu_us(dev, lambda: q_similarity(q, mode=mode, window=window, device=dev), reps)
+                g = gpu_us(dev, lambda: q_similarity(q, mode=mode, window=window, device=dev), reps,
+                           warm=warm)
                 vk_wall = wall_us(lambda: q_similarity(q, mode=mode, window=window, device=dev), reps)
                 np_wall = wall_us(lambda: q_similarity(q, mode=mode, window=window, device="cpu"),
                                   max(3, reps // 10), warmup=1)

@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+
+from grilly_kv.backend import Buffer, Recording
+from grilly_kv.ops import buffer_copy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,6 +52,40 @@ def device_info(dev) -> dict:
             "host": platform.node(), "python": platform.python_version()}
 
 
+class ClockWarmer:
+    """Keeps the GPU busy with buffer copies for ``ms`` milliseconds before a measurement, so that
+    a decode step (short bursts between host work) is timed at the clocks a busy GPU runs at, as
+    the back-to-back PyTorch baseline is; ``sm_clock()`` asks nvidia-smi where it is present."""
+
+    def __init__(self, dev, ms: float, nbytes: int = 64 << 20, copies: int = 16):
+        self.ms = ms
+        if ms <= 0:
+            return
+        n4 = nbytes // 16
+        a, b = Buffer(dev, n4 * 4, host_visible=False), Buffer(dev, n4 * 4, host_visible=False)
+        self.rec = Recording(dev, auto_barriers=False)
+        for _ in range(copies):
+            groups = (min(buffer_copy.MAX_GROUPS, -(-n4 // buffer_copy.LOCAL_SIZE)),)
+            self.rec.dispatch(buffer_copy.SHADER, [a, b], groups=groups, push=[n4],
+                              spec=[buffer_copy.LOCAL_SIZE], writes=[1])
+
+    def __call__(self):
+        t_end = time.perf_counter() + self.ms / 1e3
+        while self.ms > 0 and time.perf_counter() < t_end:
+            self.rec.run()
+
+    @staticmethod
+    def sm_clock():
+        if shutil.which("nvidia-smi") is None:
+            return None
+        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True)
+        return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.strip() else None
+
+
+WARM = None   # the ClockWarmer of this run
+
+
 def wall_us(fn, repeats: int, warmup: int = 3) -> dict:
     """Median / p10 / p90 wall time of ``fn()`` in microseconds."""
     for _ in range(warmup):
@@ -61,14 +99,17 @@ def wall_us(fn, repeats: int, warmup: int = 3) -> dict:
             "p90": float(np.percentile(t, 90)), "n": repeats}
 
 
-def gpu_us(dev, fn, repeats: int, warmup: int = 2) -> dict:
-    """Median kernel GPU time (Vulkan timestamps) of the recording that ``fn()`` runs."""
+def gpu_us(dev, fn, repeats: int, warmup: int = 2, warm: "ClockWarmer | None" = None) -> dict:
+    """Median kernel GPU time (Vulkan timestamps) of the recording that ``fn()`` runs; ``warm()``
+    (if given) runs before each repeat so that the GPU is at its busy clock."""
     dev.profile = True
     try:
         for _ in range(warmup):
             fn()
         t = []
         for _ in range(repeats):
+            if warm is not None:
+                warm()
             fn()
             t.append(dev.last_recording.kernel_time_us())
     finally:
