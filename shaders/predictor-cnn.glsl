@@ -14,6 +14,8 @@
 //   mode 1 (retire):   before the ring update: gsum -= h2 row 2 (it becomes a boundary row)
 //   mode 2 (admit):    after the ring update:  gsum += h2 row HIST-3; scores from gsum and the
 //                      four boundary rows 0, 1, HIST-2, HIST-1
+// When the candidate range grew by a column, columns from params[6] (relative; the old last two
+// and the new one) see new neighbours: retire skips them and admit recomputes their tiles fully.
 // Workgroup (tile, n) owns TILE output columns; h1 rows are staged in shared memory (3 rows,
 // TILE + 2 columns, 16 channels); thread (column, group) computes CPT of the 32 h2 channels.
 #include "common.glsl"
@@ -31,7 +33,8 @@ const uint CPT = C2 * TILE / gl_WorkGroupSize.x;    // h2 channels per thread
 layout(set = 0, binding = 0) readonly buffer History { float hist[]; };
 layout(set = 0, binding = 1) readonly buffer Weights { float w[]; };
 // params[2] = oldest ring row, params[3] = s, params[4] = e (block columns),
-// params[5] = oldest ring row before this step's ring update (mode 1)
+// params[5] = oldest ring row before this step's ring update (mode 1),
+// params[6] = first relative column recomputed fully in modes 1 and 2
 layout(set = 0, binding = 2) readonly buffer Params { uint params[]; };
 layout(set = 0, binding = 3) writeonly buffer Out { float scores[]; };
 layout(set = 0, binding = 4) buffer GSum { float gsum[]; };   // (N, 32, C)
@@ -117,7 +120,8 @@ void main() {
     float v[CPT];
     for (uint k = 0u; k < CPT; k++) { all_rows[k] = 0.0; inner[k] = 0.0; }
 
-    if (p.mode == 0u) {
+    const int full_from = int(params[6]);
+    if (p.mode == 0u || (p.mode == 2u && full_from < min(x0 + int(TILE), W))) {   // tile has such columns
         conv1_row(-1);
         conv1_row(0);
         for (int t = 0; t <= last; t++) {
@@ -134,7 +138,8 @@ void main() {
     } else if (p.mode == 1u) {
         stage_rows(2);
         h2_row(c0, 2, col, v);
-        if (valid) for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] -= v[k];
+        if (valid && x0 + int(col) < full_from)
+            for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] -= v[k];
         return;
     } else {
         stage_rows(last - 2);

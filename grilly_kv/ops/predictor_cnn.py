@@ -28,8 +28,9 @@ def record_predictor_cnn(rec: Recording, history: Buffer, weights: Buffer, param
 
     ``FULL`` writes ``scores`` ``(N, C)`` (only columns ``[s, e)``) and ``gsum`` ``(N, 32, C)``,
     the time sums of the CNN's inner rows. A decode step that slides the window by one row with
-    the same ``[s, e)`` can instead record ``RETIRE`` before the ring update and ``ADMIT`` after
-    it: the same scores from 6 rows of the second convolution instead of 64.
+    the same ``s`` (and ``e`` the same or one more) can instead record ``RETIRE`` before the ring
+    update and ``ADMIT`` after it: the same scores from 6 rows of the second convolution instead
+    of 64, except for the tiles from column ``params[6]`` on (relative to ``s``), recomputed fully.
     """
     writes = [4] if mode == RETIRE else [3, 4]
     return rec.dispatch(SHADER, [history, weights, params, scores, gsum], groups=(-(-C // TILE), N),
@@ -77,6 +78,6 @@ def predictor_cnn(history: np.ndarray, weights: dict[str, np.ndarray], *, oldest
     rec = ws.recording((hist_buf.uid, w_buf.uid, params.uid, out.uid, gsum.uid, N, C), build)
     hist_buf.write(history)
     w_buf.write(flatten_weights(weights))
-    params.write(np.array([0, 0, oldest, start, end, oldest], np.uint32))
+    params.write(np.array([0, 0, oldest, start, end, oldest, 0], np.uint32))
     rec.run()
     return out.read(N * C).reshape(N, C)[:, start:end]

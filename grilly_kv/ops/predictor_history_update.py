@@ -17,8 +17,8 @@ LOCAL_SIZE = 64
 PUSH = PushLayout("R", "C", "row_stride")
 SPEC = (LOCAL_SIZE, HIST, BLOCK)
 # words of the params buffer shared with predictor-cnn: write head, S, oldest row, start, end,
-# oldest row before the update
-N_PARAMS = 6
+# oldest row before the update, first column recomputed fully
+N_PARAMS = 7
 
 
 def record_history_update(rec: Recording, rows: Buffer, history: Buffer, params: Buffer, *,
@@ -68,6 +68,6 @@ def predictor_history_update(rows: np.ndarray, history: np.ndarray, *, write_hea
     rec = ws.recording((rows_buf.uid, hist_buf.uid, params.uid, N, R, S, C), build)
     rows_buf.write(rows)
     hist_buf.write(history)
-    params.write(np.array([write_head, S, 0, 0, 0, 0], np.uint32))
+    params.write(np.array([write_head, S, 0, 0, 0, 0, 0], np.uint32))
     rec.run()
     return hist_buf.read(N * HIST * C).reshape(N, HIST, C)

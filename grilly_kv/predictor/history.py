@@ -4,7 +4,8 @@ One :class:`BlockPredictor` serves all layers and heads of a model: ``N = layers
 history, ``C = ceil(max_tokens / 16)`` block columns. :meth:`BlockPredictor.step` pools new
 attention rows into the ring and scores the candidate blocks for the next step in one submission. A decode step (one new row, same candidate blocks as the step before) updates
 the CNN incrementally (see ``shaders/predictor-cnn.glsl``): 6 rows of the second convolution
-instead of 64; every :data:`REFRESH` steps, or when the candidate range changes, it recomputes all.
+instead of 64 (and the tiles at the right edge when a candidate block is added); every
+:data:`REFRESH` steps, or when the candidate range changes otherwise, it recomputes all.
 """
 from __future__ import annotations
 
@@ -78,13 +79,17 @@ class BlockPredictor:
         if self.dev.is_cpu:
             self.history = history_update_ref(rows, self.history, write_head, n_keys)
             return predictor_cnn_ref(self.history, self.weights, self.head, start, end) if run_cnn else None
-        incremental = (run_cnn and R == 1 and self._cnn_range == (start, end)
-                       and self._since_full < REFRESH)
+        last = self._cnn_range
+        incremental = (run_cnn and R == 1 and last is not None and last[0] == start
+                       and end - last[1] in (0, 1) and self._since_full < REFRESH)
+        # a new candidate column changes the two before it: recompute those tiles fully
+        full_from = (last[1] - start - 2 if end > last[1] else end - start) if incremental else 0
         for r0 in range(0, R - ROWS_PER_SUBMIT, ROWS_PER_SUBMIT):   # all but the last group
             self._submit(rows[:, r0:r0 + ROWS_PER_SUBMIT], n_keys, (write_head + r0) % HIST, 0, 0, None)
         r0 = (R - 1) // ROWS_PER_SUBMIT * ROWS_PER_SUBMIT
         mode = None if not run_cnn else ADMIT if incremental else FULL
-        self._submit(rows[:, r0:], n_keys, (write_head + r0) % HIST, start, end, mode, old_oldest=write_head)
+        self._submit(rows[:, r0:], n_keys, (write_head + r0) % HIST, start, end, mode,
+                     old_oldest=write_head, full_from=max(full_from, 0))
         self._cnn_range = (start, end) if run_cnn else None
         self._since_full = self._since_full + 1 if incremental else 0
         self.incremental_steps += int(incremental)
@@ -97,11 +102,12 @@ class BlockPredictor:
         self._cnn_range = None
 
     def _submit(self, rows: np.ndarray, n_keys: int, write_head: int, start: int, end: int,
-                mode: int | None, old_oldest: int = 0) -> None:
+                mode: int | None, old_oldest: int = 0, full_from: int = 0) -> None:
         """One submission: upload rows, [retire], pool into the ring, [CNN pass], download."""
         R = rows.shape[1]
         self.rows_buf.write(np.ascontiguousarray(rows[:, :, :n_keys], np.float32))
-        self.params.write(np.array([write_head, n_keys, self.head, start, end, old_oldest], np.uint32))
+        self.params.write(np.array([write_head, n_keys, self.head, start, end, old_oldest, full_from],
+                                   np.uint32))
         rec = Recording(self.dev).upload(self.rows_buf, words=self.N * R * n_keys).upload(self.params)
         cnn = dict(N=self.N, C=self.C)
         bufs = (self.hist_buf, self.w_buf, self.params, self.scores, self.gsum)
