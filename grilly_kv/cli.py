@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .policies import make_policy, policy_names
+from .tappa.cli import add_prune_rank_parser, add_qsim_parser
 
 
 def _ints(text: str) -> list[int]:
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="devices, the chosen one, model and corpus installation")
     i.add_argument("--device", default=None)
     i.set_defaults(func=cmd_info)
+    add_qsim_parser(sub)
+    add_prune_rank_parser(sub)
     return ap
 
 
