@@ -9,7 +9,8 @@ q-similarity: the attention-q-similarity op on the last 32 post-RoPE-shaped quer
 ``(1, H_q=9, 32, 64)`` float32, both modes, measured two ways: one call per layer (x 30) and one
 call for all layers at once (``(30, 9, 32, 64)``, how the tappa policy calls it). GPU time from
 timestamps (dispatches only, the query upload excluded: inside a model the queries are already on
-the device), wall time per call including the upload.
+the device; taken after 30 ms of copies so the GPU is at the busy clocks a prefill runs at, and
+once more at idle clocks), wall time per call including the upload.
 Ratio = q-similarity GPU time / prefill GPU time, against the 2 % target.
 
     python3 benchmarks/bench_tappa_qsim_overhead.py [--quick] [--device vulkan:0]
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, gpu_us, save, setup, wall_us  # noqa: E402
+from common import ClockWarmer, device_info, gpu_us, save, setup, wall_us  # noqa: E402
 
 from grilly_kv.models.smollm2.vulkan import VulkanModel  # noqa: E402
 from grilly_kv.models.smollm2.weights import load_checkpoint  # noqa: E402
@@ -57,15 +58,18 @@ def main():
     rng = np.random.default_rng(0)
     q_layer = rng.standard_normal((1, c.n_q_heads, WINDOW, c.head_dim)).astype(np.float32)
     q_all = rng.standard_normal((c.n_layers, c.n_q_heads, WINDOW, c.head_dim)).astype(np.float32)
+    warm = ClockWarmer(dev, 0 if quick else 30)   # busy clocks before each timed call, as in a prefill
     qsim = {}
     for mode in ("pairwise", "consecutive"):
-        one = gpu_us(dev, lambda: q_similarity(q_layer, mode=mode, device=dev), reps)
-        batched = gpu_us(dev, lambda: q_similarity(q_all, mode=mode, device=dev), reps)
+        one = gpu_us(dev, lambda: q_similarity(q_layer, mode=mode, device=dev), reps, warm=warm)
+        batched = gpu_us(dev, lambda: q_similarity(q_all, mode=mode, device=dev), reps, warm=warm)
+        cold = gpu_us(dev, lambda: q_similarity(q_layer, mode=mode, device=dev), reps)
         wall_one = wall_us(lambda: q_similarity(q_layer, mode=mode, device=dev), reps)
         wall_all = wall_us(lambda: q_similarity(q_all, mode=mode, device=dev), reps)
         qsim[mode] = {"per_layer_gpu_us": one["median"],
                       "all_layers_per_call_gpu_us": one["median"] * c.n_layers,
                       "all_layers_one_call_gpu_us": batched["median"],
+                      "per_layer_gpu_us_idle_clocks": cold["median"],
                       "per_layer_wall_us": wall_one["median"],
                       "all_layers_one_call_wall_us": wall_all["median"]}
     rows = []
