@@ -13,6 +13,7 @@
 // alpha = 1 is softmax: out = (log-sum-exp, L), p = exp(x - max) / sum.
 #include "common.glsl"
 #include "entmax.glsl"
+#include "workgroup_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint F16 = 0;      // 1: logits are packed float16
@@ -30,34 +31,12 @@ layout(push_constant) uniform Push {
     uint max_iter;    // Newton / bisection rounds
 } p;
 
-shared vec3 sh_red[gl_WorkGroupSize.x];
-
 float load_x(uint i) {
     if (F16 != 0u) return unpackHalf2x16(x16[i >> 1u])[i & 1u];
     return x32[i];
 }
 
-// Workgroup sum; every thread adds the subgroup partials in the same order, so all threads
-// get bit-identical results and the solver's control flow stays uniform.
-vec3 wg_sum(vec3 v) {
-    v = subgroupAdd(v);
-    if (subgroupElect()) sh_red[gl_SubgroupID] = v;
-    barrier();
-    vec3 t = vec3(0.0);
-    for (uint g = 0u; g < gl_NumSubgroups; g++) t += sh_red[g];
-    barrier();
-    return t;
-}
-
-float wg_max(float v) {
-    v = subgroupMax(v);
-    if (subgroupElect()) sh_red[gl_SubgroupID].x = v;
-    barrier();
-    float t = sh_red[0].x;
-    for (uint g = 1u; g < gl_NumSubgroups; g++) t = max(t, sh_red[g].x);
-    barrier();
-    return t;
-}
+vec3 wg_sum(vec3 v) { return workgroup_sum(vec4(v, 0.0)).xyz; }   // bit-identical in every thread
 
 // acc = (k, S_{beta-1}, S_beta) of the row at tau_rel
 vec3 row_sums(uint base, float xmax, float a, float beta, float tau) {
@@ -78,7 +57,7 @@ void main() {
 
     float m = -3.4e38;
     for (uint i = gl_LocalInvocationIndex; i < p.L; i += gl_WorkGroupSize.x) m = max(m, load_x(base + i));
-    const float xmax = wg_max(m);
+    const float xmax = workgroup_max(m);
     if (a == 0.0) {                               // alpha = 1: softmax (tau_out = log-sum-exp)
         float e = 0.0;
         for (uint i = gl_LocalInvocationIndex; i < p.L; i += gl_WorkGroupSize.x) e += exp(load_x(base + i) - xmax);
