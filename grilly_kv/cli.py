@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .policies import make_policy, policy_names
 from .tappa.cli import add_prune_rank_parser, add_qsim_parser
+from .triattention.cli import add_calibrate_parser
 
 
 def _ints(text: str) -> list[int]:
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
     add_qsim_parser(sub)
     add_prune_rank_parser(sub)
+    add_calibrate_parser(sub)
     return ap
 
 

