@@ -1,7 +1,6 @@
 """`grilly-kv calibrate` on the real model: the file it writes holds the statistics of the
 model's own pre-RoPE queries (checked against calibrate() on queries captured separately)."""
 import numpy as np
-import pytest
 
 from grilly_kv.cli import main
 from grilly_kv.triattention import calibrate
