@@ -14,6 +14,7 @@ import numpy as np
 
 from .backend import get_device
 from .backend.device import DeviceLike
+from .gaussian import TAU_MODES
 from .ops.entmax_tau import check_alpha
 from .reference.gaussian_tau import gaussian_beta
 from .ops.topk_select import GROUP_REDUCE
@@ -120,7 +121,7 @@ class PagedKVCache:
     # ---- decoding ----------------------------------------------------------------------------
     def decode(self, q: np.ndarray, *, token_budget: int | None = None, method: str = "topk",
                alpha: float = 1.0, group_reduce: str = "max", sink_pages: int = 0,
-               return_pages: bool = False):
+               return_pages: bool = False, tau_mode: str = "exact", tau_iters: int = 1):
         """Attention of one query token per head over the cache, in one submission.
 
         ``method="topk"``: per KV head, score pages ``0 .. P-2`` with Quest's bound
@@ -135,9 +136,24 @@ class PagedKVCache:
         of the logits from the pages' key means and stds gives a threshold estimate tau-hat, and
         the pages whose likely maximum can reach above it are kept, so the number of pages
         follows the data (few when a few pages stand out, most when scores are flat); a KV head
-        keeps the union of its query heads' pages, plus the last page. The decode then uses the
-        exact tau of the kept tokens (EntmaxKV's tau_mode "exact"); token_budget and sink_pages
-        are not supported with it.
+        keeps the union of its query heads' pages, plus the last page. With ``token_budget``,
+        at most ``token_budget // page_size`` of the kept pages before the last are retained,
+        those with the highest upper score ``max_g (mu_pg + z_page sigma_pg)`` over the KV
+        head's query heads (z_page the selection's page quantile; ties to the lower index), the
+        last page on top as with "topk"; sink_pages is not supported with it. The threshold
+        follows ``tau_mode`` (EntmaxKV's modes, ALGORITHMS.md A.5):
+        ``"exact"`` (default): the exact tau of the kept tokens, as for "topk" below;
+        ``"fixed"``: each query head's clamped tau-hat
+        (:attr:`grilly_kv.gaussian.GaussianSelection.tau`, the clamp taken over the pages that
+        head's own rule keeps, before any token_budget cap), no pass over the logits for it;
+        ``"corrected"``: that tau after ``tau_iters`` unbounded Halley steps of the exact
+        equation on the kept tokens (:func:`grilly_kv.gaussian.resolve_tau`).
+        The output is ``sum_i p_i v_i`` in every mode, not renormalised: "fixed" and
+        "corrected" are estimates, so their weights need not sum to 1 (a tau-hat above the true
+        tau gives less mass, below it more); we keep EntmaxKV's choice of leaving that error
+        visible rather than dividing by ``sum_i p_i``, which would turn a threshold error into a
+        different (renormalised, no longer entmax) distribution and hide how far off the
+        estimate is.
 
         ``alpha = 1`` gives softmax weights; ``alpha`` in (1, 2] alpha-entmax weights
         ``p_i = [(alpha - 1) x_i - tau]_+^(1/(alpha-1))``, ``x_i = q.k_i / sqrt(D)``, with tau
@@ -149,11 +165,14 @@ class PagedKVCache:
 
         Args:
             q: ``(B, H_q, D)`` float16 or float32, ``H_q`` a multiple of ``H_kv``.
-            token_budget: tokens to attend to (>= 1), required for ``"topk"``.
+            token_budget: tokens to attend to (>= 1), required for ``"topk"``; for
+                ``"gaussian"`` an optional cap on the pages kept (None: no cap).
             alpha: 1 (softmax) or in (1, 2] (entmax; 1.5 and 2 are the usual choices).
             group_reduce: ``"max"`` or ``"mean"`` over the query heads of a KV head.
             sink_pages: first pages always kept (counted in the budget).
             return_pages: also return the selected pages.
+            tau_mode: ``"exact"``, ``"fixed"`` or ``"corrected"`` (method "gaussian" only).
+            tau_iters: Halley steps of ``"corrected"`` (>= 0; EntmaxKV uses 1 without ALiBi).
 
         Returns:
             ``(B, H_q, D)`` float32; with ``return_pages``, also ``(B, H_kv, n)`` int64 page indices
@@ -170,16 +189,22 @@ class PagedKVCache:
         check_choice("group_reduce", group_reduce, GROUP_REDUCE)
         sink_pages = check_int("sink_pages", sink_pages, minimum=0)
         n_top = None
+        check_choice("tau_mode", tau_mode, TAU_MODES)
+        tau_iters = check_int("tau_iters", tau_iters, minimum=0)
         if method == "gaussian":
             gaussian_beta(alpha)
-            if token_budget is not None or sink_pages:
-                raise ValueError("method='gaussian' chooses the pages from the data: token_budget "
-                                 "and sink_pages are not supported with it")
-        if method == "topk":
-            if token_budget is None:
-                raise ValueError("token_budget is required for method='topk'")
+            if sink_pages:
+                raise ValueError("method='gaussian' chooses the pages from the data: sink_pages "
+                                 "is not supported with it")
+        elif tau_mode != "exact":
+            raise ValueError(f"tau_mode={tau_mode!r} needs method='gaussian' (the other methods "
+                             "have no threshold estimate: they solve tau exactly)")
+        if method == "topk" and token_budget is None:
+            raise ValueError("token_budget is required for method='topk'")
+        if method != "dense" and token_budget is not None:
             n_top = check_int("token_budget", token_budget, minimum=1) // self.page_size
         out, pages = self._store.decode(q, self._len, method=method, n_top=n_top,
                                         n_sink=sink_pages, group_reduce=group_reduce,
-                                        want_pages=return_pages, alpha=alpha)
+                                        want_pages=return_pages, alpha=alpha, tau_mode=tau_mode,
+                                        tau_iters=tau_iters if tau_mode == "corrected" else 0)
         return (out, pages) if return_pages else out

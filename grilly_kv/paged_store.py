@@ -7,12 +7,12 @@ import numpy as np
 
 from .backend import Buffer, Recording
 from .ops import decode_attention as attn
-from .ops.gaussian_select import record_gaussian_select
+from .ops.gaussian_select import record_gaussian_select, record_gaussian_tau
 from .ops.kv_append import max_rows_per_call, record_kv_append
 from .ops.page_stats import record_page_stats
 from .ops.topk_select import record_topk_select
 from .reference.decode_attention import decode_attention_ref
-from .reference.gaussian_select import gaussian_select_ref
+from .reference.gaussian_select import gaussian_decode_ref, gaussian_select_ref
 from .reference.kv_append import kv_append_ref
 from .reference.page_stats import page_stats_ref
 from .reference.topk_select import page_scores_ref, topk_select_ref
@@ -44,7 +44,7 @@ class NumpyStore:
         return self.stats[:, :, :n_pages].astype(np.float32)
 
     def decode(self, q, length: int, *, method: str, n_top, n_sink: int, group_reduce: str,
-               want_pages: bool, alpha: float):
+               want_pages: bool, alpha: float, tau_mode: str = "exact", tau_iters: int = 0):
         B, H = self.k.shape[:2]
         P = -(-length // self.page)
         k, v = self.k[:, :, :length], self.v[:, :, :length]
@@ -53,7 +53,11 @@ class NumpyStore:
             return decode_attention_ref(q, k, v, alpha=alpha).astype(np.float32), pages
         st = self.read_stats(P)
         if method == "gaussian":
-            pages = gaussian_select_ref(q, st[:, :, :, 2], st[:, :, :, 3], length, self.page, alpha)
+            pages, sel = gaussian_select_ref(q, st[:, :, :, 2], st[:, :, :, 3], length, self.page,
+                                             alpha, n_top, return_selection=True)
+            if tau_mode != "exact":
+                out = gaussian_decode_ref(q, k, v, pages, sel, self.page, alpha, tau_mode, tau_iters)
+                return out.astype(np.float32), pages
         else:
             scores = page_scores_ref(q, st[:, :, :, 0], st[:, :, :, 1], group_reduce)
             pages = topk_select_ref(scores, P, n_top, n_sink)
@@ -209,13 +213,13 @@ class VulkanStore:
 
     # ---- decoding ----------------------------------------------------------------------------
     def decode(self, q, length: int, *, method: str, n_top, n_sink: int, group_reduce: str,
-               want_pages: bool, alpha: float):
+               want_pages: bool, alpha: float, tau_mode: str = "exact", tau_iters: int = 0):
         group = q.shape[1] // self.H
         q_buf, out, partial = self._group_buffers(group)
         logits, tau = self._entmax_buffers(group, alpha)
         P = -(-length // self.page)
         dense = method == "dense"
-        if method != "topk":
+        if dense or n_top is None:
             max_tokens = _length_bucket(length)
         else:
             max_tokens = (min(max(n_top, n_sink), P - 1) + 1) * self.page
@@ -224,16 +228,26 @@ class VulkanStore:
         grid_pages = min(_pow2_at_least(P, 64), self.max_pages)
         want_pages = want_pages and not dense
         key = ("decode", group, method, n_top, n_sink, group_reduce, n_splits, grid_pages,
-               want_pages, alpha, max_tokens if alpha != 1.0 else 0)
+               want_pages, alpha, max_tokens if alpha != 1.0 else 0, tau_mode, tau_iters)
+        sizes = dict(bh=self.bh, group=group, head_dim=self.Dp, f16=self.f16,
+                     page_size=self.page, max_pages=self.max_pages, alpha=alpha,
+                     scale=1.0 / np.sqrt(self.D))
+
+        def record_tau(rec: Recording) -> Recording:
+            if tau_mode == "fixed":
+                return rec
+            return record_gaussian_tau(rec, q_buf, self.stats, *self._gaussian_buffers(group),
+                                       self.pages, self.counts, self.meta, tau, logits,
+                                       self.scores, row_len=max_tokens, n_iters=tau_iters,
+                                       **sizes)
 
         def build(rec: Recording) -> Recording:
             rec.upload(self.meta, q_buf)
             if method == "gaussian":
                 record_gaussian_select(rec, q_buf, self.stats, *self._gaussian_buffers(group),
-                                       self.pages, self.counts, self.meta, bh=self.bh, group=group,
-                                       head_dim=self.Dp, f16=self.f16, page_size=self.page,
-                                       max_pages=self.max_pages, grid_pages=grid_pages,
-                                       alpha=alpha, scale=1.0 / np.sqrt(self.D))
+                                       self.pages, self.counts, self.meta, tau, logits,
+                                       self.scores, grid_pages=grid_pages, n_top=n_top,
+                                       clamp_tau=tau_mode != "exact", **sizes)
             elif method == "topk":
                 record_topk_select(rec, q_buf, self.stats, self.scores, self.pages, self.counts,
                                    self.meta, bh=self.bh, group=group, head_dim=self.Dp,
@@ -245,7 +259,7 @@ class VulkanStore:
                 logits, tau, bh=self.bh, group=group, head_dim=self.Dp, f16=self.f16,
                 page_size=self.page, capacity=self.cap, max_pages=self.max_pages,
                 n_splits=n_splits, scale=1.0 / np.sqrt(self.D), dense=dense, alpha=alpha,
-                row_len=max_tokens)
+                row_len=max_tokens, record_tau=None if tau_mode == "exact" else record_tau)
             return rec.download(out, self.pages, self.counts) if want_pages else rec.download(out)
 
         q32 = np.zeros((self.B, q.shape[1], self.Dp), np.float32)

@@ -15,7 +15,21 @@
 //   per query head tau_floor = tau_hat - a max(margin sigma_g, excess_fraction max(tau_hat / a -
 //   upper, 0)); page p < P-1 is kept when a (mu_pg + z sigma_pg) > tau_floor_g for any query head
 //   g of the KV head (GQA: the union, so K/V pages are read once), and the last page always:
-//   pages[bh * max_pages + i] ascending, counts[bh].
+//   pages[bh * max_pages + i] ascending, counts[bh]. With a token budget (cap = 1) it also
+//   writes scores[bh * max_pages + pg] = max_g (mu_pg + z sigma_pg) for the kept pages before
+//   the last and DROPPED (-3.4e38) for the others; topk-select's selection pass then keeps the
+//   n_top best of those, and pass 5 drops the DROPPED pages it had to take when fewer were kept.
+// Pass 5 (grid: B*H_kv, token budget): removes from pages[] / counts[] the pages before the last
+//   whose score is DROPPED, in place, order kept.
+// Pass 3 (grid: B*H_q, tau_mode "fixed" and "corrected"): the clamped tau-hat of each query head,
+//   tau = min(tau_hat, max(a max_p (mu_p + z_clamp sigma_p / 3) - 1e-4, tau_floor)) over the
+//   scored pages its own rule keeps (page 0 when it is the only page; tau_hat when none is kept),
+//   written as float bits to tau[2 bhq] (the decode's threshold buffer).
+// Pass 4 (grid: B*H_q, tau_mode "corrected", after the decode's logits pass): n_iters unbounded
+//   Halley steps of sum_i [a x_i - tau]_+^BETA = 1 on the row logits[bhq * row_len ..] of the
+//   selected tokens (padding -1e30 adds nothing): f = S_BETA - 1, f' = -BETA S_(BETA-1),
+//   f'' = BETA (BETA-1) S_(BETA-2), tau -= 2 f f' / (2 f'^2 - f f'') (f / f' when that
+//   denominator is <= 1e-12 in magnitude); a step that is not finite leaves tau as it is.
 #include "common.glsl"
 #include "entmax.glsl"
 #include "cluster_reduce.glsl"
@@ -26,12 +40,19 @@ layout(local_size_x_id = 0) in;
 layout(constant_id = 5) const uint BETA = 2;    // 1 / (alpha - 1): 1, 2 or 3
 const float UPPER_Z = 1.5;
 const float SIGMA_FLOOR = 1e-6;
+const float CLAMP_EPS = 1e-4;
+const float CLAMP_SIGMA_DIVISOR = 3.0;
+const float HALLEY_DEN_EPS = 1e-12;
+const float DROPPED = -3.4e38;       // budget score of a page the rule did not keep
 
 layout(set = 0, binding = 2) buffer Moments { vec2 moments[]; };           // (B*H_q, max_pages)
 layout(set = 0, binding = 3) buffer GStats { vec4 gstats[]; };             // (B*H_q,)
-layout(set = 0, binding = 4) writeonly buffer Pages { uint pages[]; };     // (B*H_kv, max_pages)
-layout(set = 0, binding = 5) writeonly buffer Counts { uint counts[]; };   // (B*H_kv,)
+layout(set = 0, binding = 4) buffer Pages { uint pages[]; };               // (B*H_kv, max_pages)
+layout(set = 0, binding = 5) buffer Counts { uint counts[]; };             // (B*H_kv,)
 layout(set = 0, binding = 6) readonly buffer Meta { uint meta[]; };        // [length, ...]
+layout(set = 0, binding = 7) buffer Tau { uint tau_buf[]; };               // (B*H_q, 2)
+layout(set = 0, binding = 8) readonly buffer Logits { float logits[]; };   // (B*H_q, row_len)
+layout(set = 0, binding = 9) buffer Scores { float scores[]; };            // (B*H_kv, max_pages)
 
 layout(push_constant) uniform Push {
     uint max_pages;
@@ -43,6 +64,10 @@ layout(push_constant) uniform Push {
     uint margin_high_bits;
     uint excess_bits;        // excess margin fraction
     uint pass_id;
+    uint z_clamp_bits;       // clamp quantile z (pass 3)
+    uint row_len;            // logits per row (pass 4)
+    uint n_iters;            // Halley steps (pass 4)
+    uint cap;                // 1: pass 2 also writes the budget scores
 } p;
 
 shared float sh_floor[G];
@@ -91,21 +116,32 @@ void head_stats(uint bhq) {
     }
 }
 
+// sigma_bar = mean of sigma_g over every query head (x) and low = sigma_bar < 1.5 (y, 0 or 1).
+vec2 margin_regime() {
+    float part = 0.0;
+    for (uint h = gl_LocalInvocationIndex; h < p.n_heads_q; h += gl_WorkGroupSize.x) part += gstats[h].y;
+    const float sigma_bar = workgroup_sum(vec4(part, 0.0, 0.0, 0.0)).x / float(p.n_heads_q);
+    return vec2(sigma_bar, sigma_bar < 1.5 ? 1.0 : 0.0);
+}
+
+// tau_floor of query head bhq (pass 1's gstats) in the margin regime r of margin_regime().
+float head_floor(uint bhq, vec2 r) {
+    const float a = 1.0 / float(BETA);
+    const vec4 gs = gstats[bhq];
+    const float safety = PUSH_F(r.y != 0.0 ? p.margin_low_bits : p.margin_high_bits) * r.x;
+    const float excess = max(gs.z / a - gs.w, 0.0);
+    return gs.z - a * max(safety * gs.y, PUSH_F(p.excess_bits) * excess);
+}
+
+// a (mu + z sigma) of a page's moments (mean, variance)
+float page_rule(vec2 mv, float z) { return (1.0 / float(BETA)) * (mv.x + z * sqrt(max(mv.y, 0.0))); }
+
 void select_pages(uint bh) {
     const uint tid = gl_LocalInvocationIndex;
-    const float a = 1.0 / float(BETA);
-    float part = 0.0;
-    for (uint h = tid; h < p.n_heads_q; h += gl_WorkGroupSize.x) part += gstats[h].y;
-    const float sigma_bar = workgroup_sum(vec4(part, 0.0, 0.0, 0.0)).x / float(p.n_heads_q);
-    const bool low = sigma_bar < 1.5;
-    if (tid < G) {
-        const vec4 gs = gstats[bh * G + tid];
-        const float safety = PUSH_F(low ? p.margin_low_bits : p.margin_high_bits) * sigma_bar;
-        const float excess = max(gs.z / a - gs.w, 0.0);
-        sh_floor[tid] = gs.z - a * max(safety * gs.y, PUSH_F(p.excess_bits) * excess);
-    }
+    const vec2 regime = margin_regime();
+    if (tid < G) sh_floor[tid] = head_floor(bh * G + tid, regime);
     barrier();
-    const float z = PUSH_F(low ? p.z_low_bits : p.z_high_bits);
+    const float z = PUSH_F(regime.y != 0.0 ? p.z_low_bits : p.z_high_bits);
     const uint n_pages = ceil_div(meta[0], PAGE);
     uint n_out = 0u;
     for (uint c0 = 0u; c0 < n_pages; c0 += gl_WorkGroupSize.x) {
@@ -113,10 +149,76 @@ void select_pages(uint bh) {
         bool keep = pg + 1u == n_pages;
         if (pg + 1u < n_pages) {
             for (uint g = 0u; g < G; g++) {
-                const vec2 mv = moments[(bh * G + g) * p.max_pages + pg];
-                keep = keep || a * (mv.x + z * sqrt(max(mv.y, 0.0))) > sh_floor[g];
+                keep = keep || page_rule(moments[(bh * G + g) * p.max_pages + pg], z) > sh_floor[g];
+            }
+            if (p.cap != 0u) {
+                float upper = DROPPED;
+                for (uint g = 0u; keep && g < G; g++) {
+                    const vec2 mv = moments[(bh * G + g) * p.max_pages + pg];
+                    upper = max(upper, mv.x + z * sqrt(max(mv.y, 0.0)));
+                }
+                scores[bh * p.max_pages + pg] = upper;
             }
         }
+        uint n_keep;
+        const uint pos = n_out + exclusive_scan(keep ? 1u : 0u, n_keep);
+        if (keep) pages[bh * p.max_pages + pos] = pg;
+        n_out += n_keep;
+    }
+    if (tid == 0u) counts[bh] = n_out;
+}
+
+void clamp_tau(uint bhq) {
+    const float a = 1.0 / float(BETA);
+    const vec2 regime = margin_regime();
+    const float floor_g = head_floor(bhq, regime);
+    const float z = PUSH_F(regime.y != 0.0 ? p.z_low_bits : p.z_high_bits);
+    const float z_clamp = PUSH_F(p.z_clamp_bits);
+    const uint n_pages = ceil_div(meta[0], PAGE);
+    const uint scored = max(n_pages, 2u) - 1u;
+    float cap = -3.0e38;
+    for (uint pg = gl_LocalInvocationIndex; pg < scored; pg += gl_WorkGroupSize.x) {
+        const vec2 mv = moments[bhq * p.max_pages + pg];
+        if (n_pages == 1u || page_rule(mv, z) > floor_g) cap = max(cap, mv.x + z_clamp * sqrt(max(mv.y, 0.0)) / CLAMP_SIGMA_DIVISOR);
+    }
+    cap = workgroup_max(cap);
+    const float tau_hat = gstats[bhq].z;
+    const float tau = cap > -1.0e38 ? min(tau_hat, max(a * cap - CLAMP_EPS, floor_g)) : tau_hat;
+    if (gl_LocalInvocationIndex == 0u) tau_buf[2u * bhq] = floatBitsToUint(tau);
+}
+
+void correct_tau(uint bhq) {
+    const float a = 1.0 / float(BETA);
+    const float b = float(BETA);
+    const uint base = bhq * p.row_len;
+    float tau = uintBitsToFloat(tau_buf[2u * bhq]);
+    for (uint it = 0u; it < p.n_iters; it++) {
+        vec4 acc = vec4(0.0);   // S_BETA, S_(BETA-1), S_(BETA-2) over d > 0
+        for (uint i = gl_LocalInvocationIndex; i < p.row_len; i += gl_WorkGroupSize.x) {
+            const float d = a * logits[base + i] - tau;
+            if (d > 0.0) {
+                acc += vec4(entmax_pow(d, b), entmax_pow(d, b - 1.0),
+                            BETA >= 2u ? entmax_pow(d, b - 2.0) : 0.0, 0.0);
+            }
+        }
+        acc = workgroup_sum(acc);
+        const float f = acc.x - 1.0, f1 = -b * acc.y, f2 = b * (b - 1.0) * acc.z;
+        const float den = 2.0 * f1 * f1 - f * f2;
+        const float next = tau - (abs(den) > HALLEY_DEN_EPS ? 2.0 * f * f1 / den : f / f1);
+        if (!isnan(next) && !isinf(next)) tau = next;
+    }
+    if (gl_LocalInvocationIndex == 0u) tau_buf[2u * bhq] = floatBitsToUint(tau);
+}
+
+void drop_unkept(uint bh) {
+    const uint tid = gl_LocalInvocationIndex;
+    const uint last = ceil_div(meta[0], PAGE) - 1u;
+    const uint n_in = counts[bh];
+    uint n_out = 0u;
+    for (uint c0 = 0u; c0 < n_in; c0 += gl_WorkGroupSize.x) {
+        const uint i = c0 + tid;
+        const uint pg = i < n_in ? pages[bh * p.max_pages + i] : 0u;
+        const bool keep = i < n_in && (pg == last || scores[bh * p.max_pages + pg] > DROPPED);
         uint n_keep;
         const uint pos = n_out + exclusive_scan(keep ? 1u : 0u, n_keep);
         if (keep) pages[bh * p.max_pages + pos] = pg;
@@ -128,5 +230,8 @@ void select_pages(uint bh) {
 void main() {
     if (p.pass_id == 0u) page_moments(gl_WorkGroupID.y);
     else if (p.pass_id == 1u) head_stats(gl_WorkGroupID.x);
-    else select_pages(gl_WorkGroupID.x);
+    else if (p.pass_id == 2u) select_pages(gl_WorkGroupID.x);
+    else if (p.pass_id == 3u) clamp_tau(gl_WorkGroupID.x);
+    else if (p.pass_id == 4u) correct_tau(gl_WorkGroupID.x);
+    else drop_unkept(gl_WorkGroupID.x);
 }

@@ -8,6 +8,8 @@ Used by :class:`grilly_kv.paged.PagedKVCache.decode`.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from ..backend import Buffer, PushLayout, Recording
 from . import entmax_tau
 
@@ -45,7 +47,8 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
                             out: Buffer, logits: Buffer, tau: Buffer, *, bh: int, group: int,
                             head_dim: int, f16: bool, page_size: int, capacity: int,
                             max_pages: int, n_splits: int, scale: float, dense: bool,
-                            alpha: float = 1.0, row_len: int = 0) -> Recording:
+                            alpha: float = 1.0, row_len: int = 0,
+                            record_tau: Callable[[Recording], object] | None = None) -> Recording:
     """Record one decode step's attention.
 
     alpha = 1 (softmax): the partial pass and the log-sum-exp merge. alpha in (1, 2]: the logits
@@ -65,6 +68,9 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
             output). Any buffers for softmax (unused).
         scale: logit scale (``1/sqrt(D)`` of the unpadded head_dim).
         row_len: entmax: an upper bound of the attended tokens per head.
+        record_tau: entmax: records the thresholds into ``tau`` (word 0 of each row) after the
+            logits pass, in place of the exact entmax-tau solve (the Gaussian selector's tau
+            modes "fixed" and "corrected"); None: the exact solve.
     """
     spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN)
     bufs = [q, k_cache, v_cache, pages, counts, meta, partial, out, logits, tau]
@@ -81,11 +87,15 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
     rows = bh * group
     rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
                  push=PUSH.pack(pass_id=PASS_LOGITS, **common), writes=[8], label="entmax-logits")
-    rec.dispatch(entmax_tau.SHADER, [logits, tau, tau],
-                 groups=(min(rows, entmax_tau.MAX_GRID_X), -(-rows // entmax_tau.MAX_GRID_X)),
-                 spec=(entmax_tau.local_size_for(row_len), 0, 0), writes=[1], label="entmax-tau",
-                 push=entmax_tau.PUSH.pack(n_rows=rows, L=row_len, alpha=alpha,
-                                           max_iter=entmax_tau.MAX_ITER))
+    if record_tau is not None:
+        record_tau(rec)
+    else:
+        rec.dispatch(entmax_tau.SHADER, [logits, tau, tau],
+                     groups=(min(rows, entmax_tau.MAX_GRID_X), -(-rows // entmax_tau.MAX_GRID_X)),
+                     spec=(entmax_tau.local_size_for(row_len), 0, 0), writes=[1],
+                     label="entmax-tau",
+                     push=entmax_tau.PUSH.pack(n_rows=rows, L=row_len, alpha=alpha,
+                                               max_iter=entmax_tau.MAX_ITER))
     rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
                  push=PUSH.pack(pass_id=PASS_ENTMAX, **common), writes=[6], label="entmax-partials")
     return rec.dispatch(SHADER, bufs, groups=(rows,), spec=spec,

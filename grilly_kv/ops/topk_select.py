@@ -39,5 +39,21 @@ def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer,
     rec.dispatch(SHADER, bufs, groups=(max(1, -(-grid_pages // PAGES_PER_WG)), bh),
                  spec=(LOCAL_SIZE, *spec), push=PUSH.pack(pass_id=0, **common), writes=[2],
                  label="topk-score")
-    return rec.dispatch(SHADER, bufs, groups=(bh,), spec=(SELECT_LOCAL_SIZE, *spec),
-                        push=PUSH.pack(pass_id=1, **common), writes=[3, 4], label="topk-select")
+    return record_topk_pick(rec, q, stats, scores, pages, counts, meta, bh=bh, group=group,
+                            head_dim=head_dim, f16=f16, page_size=page_size, max_pages=max_pages,
+                            n_top=n_top, n_sink=n_sink, group_reduce=group_reduce)
+
+
+def record_topk_pick(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer, pages: Buffer,
+                     counts: Buffer, meta: Buffer, *, bh: int, group: int, head_dim: int,
+                     f16: bool, page_size: int, max_pages: int, n_top: int, n_sink: int,
+                     group_reduce: str = "max") -> Recording:
+    """Record the selection pass alone, on scores already in ``scores`` (written by the scoring
+    pass, or by another selector: the Gaussian one caps its pages with it). Arguments as for
+    :func:`record_topk_select`."""
+    spec = (head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce))
+    return rec.dispatch(SHADER, [q, stats, scores, pages, counts, meta], groups=(bh,),
+                        spec=(SELECT_LOCAL_SIZE, *spec),
+                        push=PUSH.pack(max_pages=max_pages, n_top=n_top, n_sink=n_sink,
+                                       sel_stride=max_pages, pass_id=1),
+                        writes=[3, 4], label="topk-select")
