@@ -9,6 +9,7 @@
 // the score scratch) and the output row out[b, h, i, 0..D). A row whose logits are all -inf gets
 // probabilities 0 and output 0.
 #include "common.glsl"
+#include "workgroup_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint D = 64;          // head_dim
@@ -17,7 +18,6 @@ layout(constant_id = 3) const uint MASK_MODE = 0;   // 0 none, 1 (S_q, S_k), 2 (
 layout(constant_id = 4) const uint HAS_KPM = 0;     // 1: additive key padding mask (B, S_k)
 layout(constant_id = 5) const uint CAUSAL = 0;
 layout(constant_id = 6) const uint TOKEN_MAJOR = 0;
-const uint MAX_SUBGROUPS = 64u;
 
 layout(set = 0, binding = 0) readonly buffer Q32 { float q32[]; };
 layout(set = 0, binding = 0) readonly buffer Q16 { uint q16[]; };
@@ -39,7 +39,6 @@ layout(push_constant) uniform Push {
 } p;
 
 shared float sh_q[D];
-shared float sh_red[MAX_SUBGROUPS];
 
 float half_at(uint word, uint i) {
     const vec2 pair = unpackHalf2x16(word);
@@ -52,26 +51,6 @@ float load_v(uint i) { return F16 != 0u ? half_at(v16[i >> 1u], i) : v32[i]; }
 // first element of row (batch b, head h, position t) of a tensor with H heads and S positions
 uint row_start(uint b, uint h, uint t, uint H, uint S) {
     return (TOKEN_MAJOR != 0u ? (b * S + t) * H + h : (b * H + h) * S + t) * D;
-}
-
-float workgroup_max(float v) {
-    v = subgroupMax(v);
-    barrier();   // sh_red may still be read by a previous reduction
-    if (subgroupElect()) sh_red[gl_SubgroupID] = v;
-    barrier();
-    float r = sh_red[0];
-    for (uint g = 1u; g < gl_NumSubgroups; g++) r = max(r, sh_red[g]);
-    return r;
-}
-
-float workgroup_sum(float v) {
-    v = subgroupAdd(v);
-    barrier();
-    if (subgroupElect()) sh_red[gl_SubgroupID] = v;
-    barrier();
-    float r = 0.0;
-    for (uint g = 0u; g < gl_NumSubgroups; g++) r += sh_red[g];
-    return r;
 }
 
 void main() {
@@ -113,7 +92,7 @@ void main() {
         probs[prow + j] = e;
         l += e;
     }
-    l = workgroup_sum(l);
+    l = workgroup_sum(vec4(l, 0.0, 0.0, 0.0)).x;
     const float inv = empty ? 0.0 : 1.0 / l;
     for (uint j = tid; j < p.S_k; j += nt) probs[prow + j] *= inv;
     memoryBarrierBuffer();

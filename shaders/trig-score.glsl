@@ -12,6 +12,7 @@
 //   3 (grid n_chunks): out[H_kv, s] = mean over the KV heads of out[h, s].
 // In pass 0, LPK lanes share a key, each lane owning 4 frequencies.
 #include "common.glsl"
+#include "workgroup_reduce.glsl"
 
 layout(local_size_x_id = 0) in;                  // = CHUNK keys per workgroup
 layout(constant_id = 1) const uint D = 128;      // head_dim, a multiple of 4
@@ -23,7 +24,6 @@ layout(constant_id = 6) const uint LPK = 16;     // lanes per key: power of two 
 layout(constant_id = 7) const uint U = 1;        // keys per lane group per iteration (loads in flight)
 const uint NV = D / 4u;
 const uint FV = F / 4u;
-const uint MAX_SUBGROUPS = 128u;
 const float MODULUS_EPS = 1e-12;
 const float ZSCORE_EPS = 1e-8;
 
@@ -45,23 +45,7 @@ layout(push_constant) uniform Push {
 const uint GU = G * U;                           // partial sums per invocation per iteration
 shared float sh_part[gl_WorkGroupSize.x * GU];
 shared float sh_chunk[gl_WorkGroupSize.x * G];
-shared float sh_red[MAX_SUBGROUPS];
-shared float sh_total;
-
-float wg_sum(float v) {
-    v = subgroupAdd(v);
-    if (subgroupElect()) sh_red[gl_SubgroupID] = v;
-    barrier();
-    if (gl_LocalInvocationIndex == 0u) {
-        float t = 0.0;
-        for (uint i = 0u; i < gl_NumSubgroups; i++) t += sh_red[i];
-        sh_total = t;
-    }
-    barrier();
-    const float t = sh_total;
-    barrier();
-    return t;
-}
+float wg_sum(float v) { return workgroup_sum(vec4(v, 0.0, 0.0, 0.0)).x; }
 
 void score_chunk(uint h, uint c) {
     const uint WG = gl_WorkGroupSize.x;

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..reference.predictor_cnn import conv3x3, patches3x3
+from ..reference.predictor_cnn import patches3x3
 from ..reference.predictor_history_update import BLOCK, HIST
 from .weights import DEFAULT_WEIGHTS, init_weights, save_weights
 
