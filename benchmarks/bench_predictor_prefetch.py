@@ -102,12 +102,9 @@ def run_steps(fn, n):
 
 
 def main():
-    import argparse
-
-    args, dev = setup(__doc__)
-    extra = argparse.ArgumentParser()
-    extra.add_argument("--churn", type=float, default=CHURN)
-    churn = extra.parse_known_args()[0].churn
+    args, dev = setup(__doc__, lambda ap: ap.add_argument(
+        "--churn", type=float, default=CHURN, help="predicted blocks replaced per step and layer-head"))
+    churn = args.churn
     L, S, budget, reps = (4, 1024, 256, 8) if args.quick else (30, 8192, 1024, 50)
     rng = np.random.default_rng(0)
     resident = budget // BLOCK + 1                        # + the partly filled newest block

@@ -7,7 +7,6 @@ ratio against a baseline measured in the same run.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -17,13 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from grilly_kv.backend import Buffer, Recording
+from grilly_kv.provenance import commit
 from grilly_kv.ops import buffer_copy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def setup(doc: str):
-    """Parse ``--quick`` and ``--device`` and open the device: returns ``(args, device)``."""
+def setup(doc: str, add_args=None):
+    """Parse ``--quick``, ``--device`` (and the script's own options, added by
+    ``add_args(parser)``) and open the device: returns ``(args, device)``."""
     import argparse
 
     from grilly_kv.backend import get_device
@@ -31,19 +32,10 @@ def setup(doc: str):
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (lavapipe)")
     ap.add_argument("--device", default=None, help="vulkan, vulkan:N (default: $GRILLY_KV_DEVICE)")
+    if add_args is not None:
+        add_args(ap)
     args = ap.parse_args()
     return args, get_device(args.device)
-
-
-def commit() -> str:
-    """The git commit measured ($GRILLY_KV_COMMIT where the checkout has no .git)."""
-    if os.environ.get("GRILLY_KV_COMMIT"):
-        return os.environ["GRILLY_KV_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=RESULTS.parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def device_info(dev) -> dict:

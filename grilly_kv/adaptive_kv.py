@@ -139,6 +139,8 @@ def compute_layer_budgets(layer_qsim, total_budget: int, min_budget_per_layer: i
     total, floor, cap = _check_budget_args(total_budget, min_budget_per_layer, max_budget_per_layer,
                                            "min_budget_per_layer", "max_budget_per_layer")
     pref = 1.0 - np.clip(q, 0.0, 1.0)
+    if cake_scores is not None and math.isinf(alpha):
+        raise ValueError("cake_scores are used only with a finite alpha (alpha=inf uses 1 - qsim alone)")
     if not math.isinf(alpha):
         if cake_scores is None:
             raise ValueError("cake_scores (L,) is required when alpha is finite")

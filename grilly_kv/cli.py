@@ -42,7 +42,7 @@ def cmd_generate(a) -> int:
 
     model, tk = load_model(a.device, path=a.weights, n_layers=a.layers, max_chunk=a.chunk)
     ids = tk.encode(a.prompt) if a.raw else tk.chat_prompt(a.prompt)
-    policy = make_policy(a.policy, a.budget, **({"sinks": a.sinks} if a.policy == "streaming" else {}))
+    policy = make_policy(a.policy, a.budget, **({} if a.sinks is None else {"sinks": a.sinks}))
     shown = ""
     out: list[int] = []
 
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     g.add_argument("--policy", default="dense")
     g.add_argument("--budget", type=int, default=None, help="KV tokens kept per layer and head")
-    g.add_argument("--sinks", type=int, default=4, help="streaming: first tokens always kept")
+    g.add_argument("--sinks", type=int, default=None, help="first tokens always kept (policies that take sinks)")
     g.add_argument("--max-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     g.add_argument("--seed", type=int, default=0)

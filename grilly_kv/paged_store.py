@@ -187,7 +187,7 @@ class VulkanStore:
         self.meta.write(np.array([start + n, start], np.uint32))
 
         def build(rec: Recording) -> Recording:
-            rec.upload(self.meta, stage)
+            rec.upload(self.meta).upload(stage, words=2 * half)   # only the n rows written
             record_kv_append(rec, stage, self.k, self.v, self.meta, n=n, row_words=self.row_words,
                              capacity=self.cap, bh=self.bh)
             return record_page_stats(rec, self.k, self.stats, self.meta, n_new=n, bh=self.bh,

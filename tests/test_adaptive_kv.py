@@ -90,6 +90,8 @@ def test_layer_budgets_with_cake_scores():
     (lambda: compute_head_budgets(np.zeros((2, 2, 2)), 100), ValueError, "must have shape"),
     (lambda: compute_head_budgets(np.zeros(3, np.int64), 100), TypeError, "must have dtype"),
     (lambda: compute_layer_budgets(np.full(3, 0.5), 10, 5), ValueError, "needs >= 15"),
+    (lambda: compute_layer_budgets(np.full(3, 0.5), 10, cake_scores=np.ones(3)), ValueError,
+     "cake_scores are used only with a finite alpha"),
     (lambda: classify_heads(np.array([]), 0.5), ValueError, "must not be empty"),
 ])
 def test_bad_input(call, exc, match):

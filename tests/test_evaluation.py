@@ -19,8 +19,10 @@ def test_needle_prompt_has_exact_length_and_the_key(small):
     _, tk = small
     hay = tk.encode("Some sentence here. Another one follows. " * 40)
     for depth in (0.0, 0.5, 1.0):
-        tr = make_trial(tk, hay, 120, depth, "12345", chat=False)
+        tr = make_trial(tk, hay, 120, depth, "12345")
         assert len(tr.prompt_ids) == 120 and "passkey is 12345" in tk.decode(tr.prompt_ids)
+    with pytest.raises(ValueError, match=r"depth must be in \[0, 1\]"):
+        make_trial(tk, hay, 120, 1.5, "12345")
 
 
 def test_eval_writes_json_and_plots(small, tmp_path):

@@ -54,3 +54,8 @@ def test_registry():
         make_policy("nonsense")
     with pytest.raises(ValueError, match="budget must be >= 5"):
         make_policy("streaming", 4, sinks=4)
+
+
+def test_dense_policy_rejects_a_budget():
+    with pytest.raises(ValueError, match="takes no budget"):
+        make_policy("dense", 256)

@@ -109,11 +109,15 @@ class Buffer:
 
     def upload_now(self) -> None:
         """Copy the staging data to the device in a submission of its own."""
-        self.device.manager.sequence().eval(self.device.kp.OpTensorSyncDevice([self.tensor]))
+        from .sequence import Recording
+
+        Recording(self.device).upload(self).run()
 
     def download_now(self) -> None:
         """Copy the device data to the staging copy in a submission of its own."""
-        self.device.manager.sequence().eval(self.device.kp.OpTensorSyncLocal([self.tensor]))
+        from .sequence import Recording
+
+        Recording(self.device).download(self).run()
 
     def release(self) -> None:
         """Free the device memory now: forget the pipelines bound to this buffer and destroy its

@@ -172,16 +172,11 @@ class Recording:
         """Submit the recorded steps and wait for them (records first if anything changed)."""
         if not self.steps:
             return self
-        try:
-            with self.device._lock:
-                if self._seq is None:
-                    self._record()
-                self._seq.eval()
-            self.device.last_recording = self
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"Vulkan submission on {self.device.name} failed: {exc}") from exc
+        with self._as_backend_error(), self.device._lock:
+            if self._seq is None:
+                self._record()
+            self._seq.eval()
+        self.device.last_recording = self
         return self
 
     def submit(self) -> "Recording":

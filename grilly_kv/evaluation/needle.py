@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 
 NEEDLE = "The secret passkey is {key}. Remember it: the passkey is {key}."
-QUESTION = "What is the secret passkey mentioned in the text above? Answer with the passkey only."
 ANSWER_TOKENS = 12
 
 
@@ -22,15 +21,14 @@ class NeedleTrial:
     prompt_ids: list[int]
 
 
-def make_trial(tokenizer, haystack_ids: list[int], context: int, depth: float, key: str,
-               *, chat: bool = True) -> NeedleTrial:
-    """Build a prompt of ``context`` tokens with the needle at ``depth`` (a sentence boundary)."""
+def make_trial(tokenizer, haystack_ids: list[int], context: int, depth: float, key: str) -> NeedleTrial:
+    """Build a plain-text prompt of ``context`` tokens with the needle at ``depth`` (moved back to
+    a sentence boundary), ending in "The secret passkey is" for the model to complete. (With the
+    chat template, SmolLM2-135M failed the needle even with the full cache.)"""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
     needle = tokenizer.encode(" " + NEEDLE.format(key=key) + " ")
-    if chat:
-        head = tokenizer.encode("<|im_start|>user\n")
-        tail = tokenizer.encode(f"\n\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
-    else:
-        head, tail = [], tokenizer.encode("\n\nThe secret passkey is")
+    head, tail = [], tokenizer.encode("\n\nThe secret passkey is")
     n_hay = context - len(head) - len(tail) - len(needle)
     if n_hay < 1 or n_hay > len(haystack_ids):
         raise ValueError(f"context {context} does not fit the needle and question, or exceeds the haystack")

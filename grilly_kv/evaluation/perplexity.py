@@ -15,6 +15,9 @@ def essay_windows(tokenizer, texts: list[str], context: int, n_targets: int, n_w
     if len(wins) < n_windows:
         joined = [i for x in ids for i in x]
         wins += [joined[s:s + need] for s in range(0, len(joined) - need + 1, need)]
+    if not wins:
+        raise ValueError(f"the held-out essays hold no window of {need} tokens "
+                         f"(context {context} + {n_targets} targets)")
     return wins[:n_windows]
 
 

@@ -3,7 +3,6 @@ context and depth, and held-out perplexity; results to JSON and PNG plots."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 
 from ..models.generate import generate
 from ..policies import make_policy
+from ..provenance import commit
 from .corpus import split_essays
 from .needle import ANSWER_TOKENS, make_trial, random_key, score_answer
 from .perplexity import essay_windows, policy_perplexity
@@ -30,14 +30,6 @@ class EvalConfig:
     seed: int = 0
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def policy_runs(cfg: EvalConfig) -> list[tuple[str, int | None]]:
     """(policy, budget) pairs: dense once (no budget), every other policy at every budget."""
     runs = []
@@ -54,11 +46,11 @@ def evaluate(model, tokenizer, cfg: EvalConfig, progress=None) -> dict:
                for c in cfg.ppl_contexts} if cfg.ppl_windows else {}
     n_windows = sum(len(w) for w in windows.values())
     rng = np.random.default_rng(cfg.seed)
-    trials = [make_trial(tokenizer, hay_ids, c, d, random_key(rng), chat=False)
+    trials = [make_trial(tokenizer, hay_ids, c, d, random_key(rng))
               for c in cfg.contexts for d in cfg.depths]
     runs = policy_runs(cfg)
     bar = progress(len(runs) * (len(trials) + n_windows)) if progress else None
-    results = {"device": model.device_name, "commit": _commit(), "config": asdict(cfg), "runs": []}
+    results = {"device": model.device_name, "commit": commit(), "config": asdict(cfg), "runs": []}
     for name, budget in runs:
         make = (lambda n=name, b=budget: make_policy(n, b))
         run = {"policy": name, "budget": budget, "describe": make().describe(), "needle": []}

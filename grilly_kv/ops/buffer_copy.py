@@ -57,8 +57,13 @@ def copy_bandwidth(device: DeviceLike = None, nbytes: int = 256 << 20, repeats: 
     rec = Recording(dev, timestamps=True, auto_barriers=False)   # independent repeats
     for _ in range(repeats):
         rec.dispatch(SHADER, [a, b], groups=(_grid(n4),), push=[n4], spec=[LOCAL_SIZE], writes=[1])
-    rec.run()   # warm-up
-    rec.run()
-    ts = np.diff(np.concatenate([[0.0], rec.timestamps_us()]))
+    try:
+        rec.run()   # warm-up
+        rec.run()
+        ts = np.diff(np.concatenate([[0.0], rec.timestamps_us()]))
+    finally:   # the pipelines bind these large buffers: free them now, not at process exit
+        del rec
+        a.release()
+        b.release()
     per = float(np.median(ts))
     return {"bytes": nbytes, "gpu_us": per, "gb_per_s": 2 * nbytes / (per * 1e3)}

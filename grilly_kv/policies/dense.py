@@ -10,11 +10,13 @@ from .slots import SlotPolicy
 
 @register("dense")
 class DensePolicy(SlotPolicy):
-    """Keeps all tokens (the baseline). ``budget`` is ignored: the cache holds the whole sequence."""
+    """Keeps all tokens (the baseline): it takes no budget, the cache holds the whole sequence."""
 
     name = "dense"
 
     def __init__(self, budget: int | None = None):
+        if budget is not None:
+            raise ValueError(f"the dense policy keeps every token and takes no budget, got budget={budget}")
         super().__init__(None)
 
     def capacity(self, shape: CacheShape) -> int:

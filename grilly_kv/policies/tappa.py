@@ -87,7 +87,7 @@ class TappaPolicy(KVPolicy):
         streaming_fraction: share of the (layer, KV head) pairs, those of highest q-similarity,
             that get the recent-window-only treatment (0: none); the same share of lowest
             q-similarity is labelled ``"retrieval"`` (scored like ``"mixed"``).
-        qsim_device: device of the online q-similarity (None: the default device).
+        qsim_device: device of the online q-similarity (None: the model's device).
     """
 
     name = "tappa"
@@ -175,7 +175,8 @@ class TappaPolicy(KVPolicy):
     # ---- budgets and eviction --------------------------------------------------------------
     def _measure_qsim(self) -> np.ndarray:
         q = np.stack(self.q_win)                      # (L, H_q, W, D): the layers as the batch
-        return np.asarray(q_similarity(q, mode=self.mode, device=self.qsim_device), np.float64)
+        device = self.qsim_device if self.qsim_device is not None else self.shape.device
+        return np.asarray(q_similarity(q, mode=self.mode, device=device), np.float64)
 
     def _fix_budgets(self) -> None:
         s = self.shape

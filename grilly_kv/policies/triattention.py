@@ -69,7 +69,8 @@ class TriAttentionPolicy(KVPolicy):
         for cache in getattr(self, "caches", []):
             cache.close()
         self.caches = [TriAttentionKVCache(self.rope, n_kv_heads=shape.n_kv_heads, layer=i, calibration=calib,
-                                           device=self.device, **self.schedule)
+                                           device=self.device if self.device is not None else shape.device,
+                                           **self.schedule)
                        for i in range(shape.n_layers)]
         self.online = None if calib is not None else OnlineCalibration(
             self.rope, n_layers=shape.n_layers, n_q_heads=shape.n_q_heads, n_kv_heads=shape.n_kv_heads)

@@ -125,7 +125,7 @@ class _DeviceStore:
     def _drop(self, buf: Buffer | None) -> None:
         """Forget the recordings that bind ``buf`` and free its device memory now."""
         if buf is not None:
-            self.recordings = {k: r for k, r in self.recordings.items() if buf.uid not in k}
+            self.recordings = {k: r for k, r in self.recordings.items() if buf.uid not in k[1]}
             buf.release()
 
     def _params(self, n_rows: int, src_row0: int = 0, dst_row0: int = 0) -> Buffer:
@@ -144,11 +144,13 @@ class _DeviceStore:
             return record_kv_compact(rec, src, dst, kept, params, row_words=self.row_words,
                                      src_cap=src_cap, dst_cap=dst_cap, n_heads=self.n_kv, idx_stride=None)
 
-        rec = build() if key is None else self._recording(key + (params.uid, kept.uid), build)
+        uids = (src.uid, dst.uid, kept.uid, params.uid) + tuple(b.uid for b in upload)
+        rec = build() if key is None else self._recording(key + (src_cap, dst_cap), uids, build)
         rec.run()
 
-    def _recording(self, key, build) -> Recording:
-        key = key + (self.dev.profile,)            # profiling recordings carry timestamps
+    def _recording(self, key, uids: tuple, build) -> Recording:
+        """The cached recording for ``key`` that binds the buffers ``uids`` (built on first use)."""
+        key = (key, uids, self.dev.profile)        # profiling recordings carry timestamps
         rec = self.recordings.pop(key, None)
         if rec is None:
             rec = build()
@@ -168,7 +170,7 @@ class _DeviceStore:
         incoming = self.scratch.get("incoming", 2 * self.n_kv * T * self.row_words, self.word)
         incoming.write(np.stack([k, v]).astype(np.float16 if self.f16 else np.float32))
         self._copy_rows(incoming, T, self.kv, self.capacity, T, length, upload=(incoming,),
-                        key=("append", T, incoming.uid, self.kv.uid))
+                        key=("append", T))
 
     def compress(self, plan: "Round") -> np.ndarray:
         S, k, n_kv = plan.S, plan.k, self.n_kv
@@ -192,8 +194,8 @@ class _DeviceStore:
         uids = tuple(b.uid for b in (self.kv, dst, work, kept, params, bufs.weights, bufs.raw, bufs.stats,
                                      bufs.out))
         key = ("compress", S, k, G, plan.per_head, plan.layout, plan.protect_initial,
-               plan.protect_recent) + uids
-        rec = build() if shrink else self._recording(key, build)
+               plan.protect_recent)
+        rec = build() if shrink else self._recording(key, uids, build)
         rec.run()
         if shrink:
             self._replace(dst, dst_rows)
@@ -208,7 +210,7 @@ class _DeviceStore:
             self.readback = Buffer(self.dev, 2 * self.n_kv * self.readback_rows * self.row_words, self.word)
         if length:
             self._copy_rows(self.kv, self.capacity, self.readback, self.readback_rows, length, 0,
-                            key=("read", self.kv.uid, self.readback.uid))
+                            key=("read",))
         self.readback.download_now()
         n = 2 * self.n_kv * self.readback_rows * self.head_dim
         data = self.readback.read(n, np.float16 if self.f16 else np.float32)

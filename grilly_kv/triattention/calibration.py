@@ -86,14 +86,12 @@ def calibrate(queries, rope: RoPEConfig, *, n_kv_heads: int | None = None) -> Ca
     """
     if not isinstance(queries, (list, tuple)) or not queries:
         raise TypeError("queries must be a non-empty list with one (n_q_heads, T, head_dim) array per layer")
-    stats = {name: [] for name in STATS}
+    H_q = _check_queries("queries[0]", queries[0], rope).shape[0]
+    online = OnlineCalibration(rope, n_layers=len(queries), n_q_heads=H_q,
+                               n_kv_heads=H_q if n_kv_heads is None else n_kv_heads)
     for i, q in enumerate(queries):
-        re, im = rope.decompose(_check_queries(f"queries[{i}]", q, rope))     # (H_q, T, F)
-        stats["q_center_real"].append(re.mean(axis=1))
-        stats["q_center_imag"].append(im.mean(axis=1))
-        stats["q_mean_norm"].append(np.sqrt(re * re + im * im + MODULUS_EPS).mean(axis=1))
-    H_q = queries[0].shape[0]
-    return Calibration(**stats, n_kv_heads=H_q if n_kv_heads is None else n_kv_heads)
+        online.add(i, _check_queries(f"queries[{i}]", q, rope))
+    return online.finish()
 
 
 class OnlineCalibration:

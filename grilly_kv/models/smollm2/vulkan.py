@@ -153,8 +153,8 @@ class VulkanModel:
             if self.kv is not None:
                 self.kv.record_layer(rec, i, self.qkv, self.attn, self.step, T)
             else:
-                rec.download(self.qkv)
-                rec = Recording(self.dev, timestamps=self.timestamps).upload(self.attn)
+                rec.download(self.qkv, words=T * self.qkv_dim)     # only this call's T rows
+                rec = Recording(self.dev, timestamps=self.timestamps).upload(self.attn, words=T * c.q_dim)
                 recs.append(rec)
             record_matmul(rec, W, self.attn, self.attn, self.x, N=c.d_model, K=c.q_dim, accumulate=True,
                           w_off=w_o, **mm)
