@@ -72,14 +72,29 @@ class DeviceQuestCache:
             record_kv_slot_attention(rec, qkv, k, v, self.slot_pos, step, self.part, out, T=T, cap=self.cap,
                                      layer=0, **dims)
             return
+        self.record_decode(rec, layer, qkv, out)
+
+    def record_decode(self, rec, layer: int, qkv, out) -> None:
+        """A decode token: Quest's page scores and top-k, then attention over the chosen pages."""
+        s, pol = self.shape, self.policy
         n_top = pol.budget // pol.page_size
-        record_topk_select(rec, qkv, stats, self.scores, self.pages, self.counts, self.meta, bh=bh,
-                           group=self.group, head_dim=D, f16=True, page_size=pol.page_size,
-                           max_pages=self.max_pages, grid_pages=self.max_pages, n_top=n_top,
-                           n_sink=pol.sink_pages, group_reduce=pol.group_reduce)
-        max_tokens = min((max(n_top, pol.sink_pages) + 1) * pol.page_size, self.cap)
-        attn.record_decode_attention(rec, qkv, k, v, self.pages, self.counts, self.meta, self.partial, out,
-                                     self.unused, self.unused, bh=bh, group=self.group, head_dim=D, f16=True,
+        record_topk_select(rec, qkv, self.stats[layer], self.scores, self.pages, self.counts, self.meta,
+                           bh=s.n_kv_heads, group=self.group, head_dim=s.head_dim, f16=True,
+                           page_size=pol.page_size, max_pages=self.max_pages, grid_pages=self.max_pages,
+                           n_top=n_top, n_sink=pol.sink_pages, group_reduce=pol.group_reduce)
+        self.record_attention(rec, layer, qkv, out, max(n_top, pol.sink_pages))
+
+    def record_attention(self, rec, layer: int, qkv, out, n_top: int, alpha: float = 1.0,
+                         logits=None, tau=None) -> None:
+        """Attention of a decode token over the pages in ``pages``/``counts`` (at most ``n_top``
+        plus the last); alpha > 1 needs the entmax scratch ``logits`` and ``tau``."""
+        s, pol = self.shape, self.policy
+        max_tokens = min((n_top + 1) * pol.page_size, self.cap)
+        attn.record_decode_attention(rec, qkv, self.k[layer], self.v[layer], self.pages, self.counts, self.meta,
+                                     self.partial, out, self.unused if logits is None else logits,
+                                     self.unused if tau is None else tau,
+                                     bh=s.n_kv_heads, group=self.group, head_dim=s.head_dim, f16=True,
                                      page_size=pol.page_size, capacity=self.cap, max_pages=self.max_pages,
-                                     n_splits=attn.choose_splits(max_tokens, bh), scale=1.0 / np.sqrt(D),
-                                     dense=False)
+                                     n_splits=attn.choose_splits(max_tokens, s.n_kv_heads),
+                                     scale=1.0 / np.sqrt(s.head_dim), dense=False, alpha=alpha,
+                                     row_len=max_tokens if alpha != 1.0 else 0)
