@@ -9,19 +9,27 @@ SmolLM2 geometry (H_q 9, H_kv 3, D 64, float16 K/V). Each step attends with one 
                  attention cost alone);
   host_serial    host-resident: copy the step's new blocks (HostKVPrefetcher), wait, then
                  scatter them into their slots (kv-block-scatter) and attend;
-  host_overlap   host-resident: the copy for step t+1 is submitted asynchronously before step t's
-                 submission and awaited after it (cross-token prefetch).
+  host_overlap   host-resident, cross-token prefetch: step t's submission (scatter + attention)
+                 is submitted first; while it runs, the host plans and gathers step t+1's blocks
+                 and submits their copy; then both are awaited.
 The kept set per layer and KV head: 4 sink blocks, the blocks of the last 64 tokens, and k
 predicted blocks of which `--churn` are replaced each step (the predictor's measured block
 turnover on SmolLM2, see grilly_kv/predictor/policy.py stats; the newest block is re-sent every
 step because its new token changed it). Time hidden = host_serial - host_overlap per step.
-``--churn 2`` shows a predictor that moves 25x more blocks than the measured one.
+``--churn 2`` shows a predictor that moves 25x more blocks than the measured one; its results go
+to ``predictor_prefetch[_quick]_churn2.json``, the default's to ``predictor_prefetch[_quick].json``.
 
-    python3 benchmarks/bench_predictor_prefetch.py [--quick] [--device vulkan:0]
+The kept sets of all steps are drawn before timing (the predictor's own cost is
+bench_predictor_cost.py's); a timed host step writes the new token's K/V of every layer to host
+memory, plans, gathers and copies its blocks. Per mode: median wall time per step and tokens/s
+(from wall time), and apart from them the median GPU time of the attention submission (Vulkan
+timestamps, scatter included) and of the copy submission (``copy_gpu_us``), and the host time of
+``prefetch()`` (plan + gather + submit, ``prefetch_host_us``).
+
+    python3 benchmarks/bench_predictor_prefetch.py [--quick] [--churn C] [--device vulkan:0]
 
 Full: 30 layers, context 8192, budget 1024 tokens. ``--quick`` (lavapipe): 4 layers, context
-1024, budget 256. GPU times are Vulkan timestamps of the attention submissions; tokens/s are
-from wall time (the copies are host->device transfers, which timestamps of one submission miss).
+1024, budget 256.
 """
 import sys
 import time
@@ -92,13 +100,20 @@ class KeptSets:
         return wanted, np.full((self.L, HKV, 1), self.pos // BLOCK)
 
 
-def run_steps(fn, n):
-    wall = []
+def timed(fn, n, warmup=3):
+    """Median wall time of ``fn()`` in microseconds and the median of what each call returns
+    (a dict of per-step figures)."""
+    for _ in range(warmup):
+        fn()
+    wall, info = [], []
     for _ in range(n):
         t0 = time.perf_counter()
-        fn()
+        info.append(fn() or {})
         wall.append((time.perf_counter() - t0) * 1e6)
-    return float(np.median(wall))
+    out = {"wall_us": float(np.median(wall))}
+    for key in info[0]:
+        out[key] = float(np.median([i[key] for i in info]))
+    return out
 
 
 def main():
@@ -106,74 +121,86 @@ def main():
         "--churn", type=float, default=CHURN, help="predicted blocks replaced per step and layer-head"))
     churn = args.churn
     L, S, budget, reps = (4, 1024, 256, 8) if args.quick else (30, 8192, 1024, 50)
+    warmup = 3
+    dev.profile = True                                    # the copy recordings take timestamps too
     rng = np.random.default_rng(0)
     resident = budget // BLOCK + 1                        # + the partly filled newest block
     cap = resident * BLOCK
     res = {"config": {"layers": L, "q_heads": HQ, "kv_heads": HKV, "head_dim": D, "context": S,
                       "budget_tokens": budget, "resident_blocks": resident, "churn_per_step": churn,
-                      "quick": args.quick}, **device_info(dev)}
+                      "steps": reps, "quick": args.quick}, **device_info(dev)}
+
+    def attention_step(rec):
+        return lambda: {"gpu_us": rec.run().gpu_time_us()}
 
     # dense, device-resident
     words = L * HKV * S * D // 2
     k_all = Buffer(dev, words, np.uint32, host_visible=False)
     v_all = Buffer(dev, words, np.uint32, host_visible=False)
     dense = attention_recording(dev, L, S, k_all, v_all, rng)
-    dense.run()
-    res["dense_device"] = {"wall_us": run_steps(dense.run, reps), "gpu_us": dense.gpu_time_us(),
-                           "device_kv_bytes": k_all.nbytes + v_all.nbytes}
+    res["dense_device"] = {**timed(attention_step(dense), reps), "device_kv_bytes": k_all.nbytes + v_all.nbytes}
+    del dense
     k_all.release(), v_all.release()
 
     # host-resident with the budget on the device
     # incoming room per step and layer-head: churn + the newest block + a block entering the window
     max_new = L * HKV * (int(np.ceil(churn)) + 2)
-    pf = HostKVPrefetcher(dev, L, HKV, D, S + 4 * reps + 64, resident=resident, max_new=max_new)
+    n_steps = 2 * (warmup + reps) + 1
+    pf = HostKVPrefetcher(dev, L, HKV, D, S + n_steps + 64, resident=resident, max_new=max_new)
     kv = rng.standard_normal((L, HKV, S, D), dtype=np.float32).astype(np.float16)
-    for layer in range(L):
-        pf.write(layer, np.arange(S), kv[layer], kv[layer])
+    pf.write(None, np.arange(S), kv, kv)
     recs = [attention_recording(dev, L, cap, pf.k_dev, pf.v_dev, rng, pf, parity) for parity in (0, 1)]
     budget_only = attention_recording(dev, L, cap, pf.k_dev, pf.v_dev, rng)
-    budget_only.run()
-    res["budget_device"] = {"wall_us": run_steps(budget_only.run, reps), "gpu_us": budget_only.gpu_time_us()}
+    res["budget_device"] = timed(attention_step(budget_only), reps)
     sets = KeptSets(rng, L, S, budget, churn)
-    new_token = rng.standard_normal((HKV, 1, D)).astype(np.float16)
     pf.fill(sets.advance()[0])
-    state = {"parity": 0, "copied": [], "upload_us": []}
+    plans = [(sets.pos + 1, *sets.advance()) for _ in range(n_steps)]    # (position, wanted, dirty)
+    new_token = rng.standard_normal((L, HKV, 1, D)).astype(np.float16)
+    state = {"parity": 0}
 
-    def next_step():
-        wanted, dirty = sets.advance()
-        for layer in range(L):                              # the new token's K/V, host-side
-            pf.write(layer, np.array([sets.pos]), new_token, new_token)
-        return wanted, dirty
+    def prefetch_next():
+        """Write the next token's K/V to host memory and start the copy of its step's blocks."""
+        pos, wanted, dirty = plans.pop(0)
+        t0 = time.perf_counter()
+        pf.write(None, np.array([pos]), new_token, new_token)
+        copied = pf.prefetch(wanted, dirty)
+        return {"prefetch_host_us": (time.perf_counter() - t0) * 1e6, "blocks_copied": copied}
 
     def serial_step():
-        state["copied"].append(pf.prefetch(*next_step()))
-        state["upload_us"].append(pf.wait() * 1e6)
-        recs[pf.flip()].run()                               # scatter the copied blocks, attend
+        info = prefetch_next()
+        info["copy_wait_us"] = pf.wait() * 1e6
+        info["copy_gpu_us"] = pf.last_upload.gpu_time_us()
+        info["gpu_us"] = recs[pf.flip()].run().gpu_time_us()   # scatter the copied blocks, attend
+        return info
 
     def overlap_step():
-        state["copied"].append(pf.prefetch(*next_step()))  # blocks of step t+1, in flight ...
-        recs[state["parity"]].run()                         # ... while step t runs
+        step = recs[state["parity"]].submit()          # step t: scatter + attention, on the GPU ...
+        info = prefetch_next()                         # ... while the host prepares step t+1
+        step.wait()
         pf.wait()
         state["parity"] = pf.flip()
+        return {**info, "gpu_us": step.gpu_time_us(), "copy_gpu_us": pf.last_upload.gpu_time_us()}
 
-    res["host_serial"] = {"wall_us": run_steps(serial_step, reps), "gpu_us": recs[0].gpu_time_us(),
-                          "upload_wait_us": float(np.median(state["upload_us"]))}
-    pf.prefetch(*next_step())                               # prime: step 0's blocks arrive first
+    res["host_serial"] = timed(serial_step, reps, warmup)
+    pf.prefetch(*plans.pop(0)[1:])                     # prime: the first step's blocks arrive first
     pf.wait()
     state["parity"] = pf.flip()
-    res["host_overlap"] = {"wall_us": run_steps(overlap_step, reps), "gpu_us": recs[0].gpu_time_us()}
-    res["blocks_copied_per_step"] = float(np.mean(state["copied"]))
+    res["host_overlap"] = timed(overlap_step, reps, warmup)
+    res["blocks_copied_per_step"] = res["host_overlap"]["blocks_copied"]
     res["bytes_copied_per_step"] = res["blocks_copied_per_step"] * 2 * BLOCK * D * 2
     res["device_kv_bytes_host_resident"] = pf.device_bytes
+    res["host_kv_bytes"] = pf.host_bytes
     res["device_memory_saved"] = 1 - pf.device_bytes / res["dense_device"]["device_kv_bytes"]
     for name in ("dense_device", "budget_device", "host_serial", "host_overlap"):
         res[name]["tokens_per_s"] = 1e6 / res[name]["wall_us"]
     res["time_hidden_us_per_step"] = res["host_serial"]["wall_us"] - res["host_overlap"]["wall_us"]
-    res["ratio_host_overlap_to_dense_device_tokens_per_s"] = (res["host_overlap"]["tokens_per_s"]
-                                                             / res["dense_device"]["tokens_per_s"])
+    for base in ("dense_device", "budget_device"):
+        res[f"ratio_host_overlap_to_{base}_tokens_per_s"] = (res["host_overlap"]["tokens_per_s"]
+                                                           / res[base]["tokens_per_s"])
     for k, v in res.items():
         print(f"{k}: {v}")
-    save("predictor_prefetch_quick" if args.quick else "predictor_prefetch", res)
+    name = "predictor_prefetch" + ("_quick" if args.quick else "") + ("" if churn == CHURN else f"_churn{churn:g}")
+    save(name, res)
 
 
 if __name__ == "__main__":
