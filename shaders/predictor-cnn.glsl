@@ -5,47 +5,52 @@
 // x(t, j) = history[n, (oldest + t) % HIST, s + j], t in [0, HIST) oldest first, j in [0, W = e - s)
 // h1 = relu(conv3x3(x; w1, b1))            16 channels, zero padding 1
 // h2 = relu(conv3x3(h1; w2, b2))           32 channels, zero padding 1 (h1 is 0 outside the grid)
-// out[n, s + j] = b3 + sum_c w3[c] * mean_t h2[c, t, j]
+// r(t, j) = sum_c w3[c] h2[c, t, j];       out[n, s + j] = b3 + (1 / HIST) sum_t r(t, j)
 // Weights (one flat float buffer): w1[16][3][3], b1[16], w2[32][16][3][3], b2[32], w3[32], b3.
 //
-// Rows 2 .. HIST-3 of h2 do not see the time padding, so they do not change when the window
-// slides: gsum[n, c, s + j] keeps their sum, and a decode step needs h2 on 6 rows, not HIST:
-//   mode 0 (full):     all rows; writes gsum and the scores
-//   mode 1 (retire):   before the ring update: gsum -= h2 row 2 (it becomes a boundary row)
-//   mode 2 (admit):    after the ring update:  gsum += h2 row HIST-3; scores from gsum and the
-//                      four boundary rows 0, 1, HIST-2, HIST-1
-// When the candidate range grew by a column, columns from params[6] (relative; the old last two
-// and the new one) see new neighbours: retire skips them and admit recomputes their tiles fully.
-// Workgroup (tile, n) owns TILE output columns; h1 rows are staged in shared memory (3 rows,
-// TILE + 2 columns, 16 channels); thread (column, group) computes CPT of the 32 h2 channels.
+// Rows t = 2 .. HIST-3 of h2 ("inner" rows) do not see the time padding: r(t, j) of an inner row
+// depends only on the 5 history rows around it, so it is the same in every window that holds it
+// as an inner row. inner[n, ring row, s + j] caches it, keyed by the ring row of its time step.
+//   mode 0 (full):  all HIST rows; writes the inner cache of rows 2 .. HIST-3, then the scores
+//   mode 1 (step):  after a ring update that slid the window by one row: computes h2 only on the
+//                   new inner row HIST-3 (cached) and the 4 boundary rows 0, 1, HIST-2, HIST-1;
+//                   the inner rows 2 .. HIST-4 come from the cache
+// Both modes sum the cache over t = 2 .. HIST-3 in the same order, then the boundary rows.
+// When the candidate range grew by a column, columns from params[5] on (relative to s: the old
+// last two and the new one) see new neighbours: mode 1 runs their tiles as mode 0.
+//
+// Workgroup (tile, n): TILE output columns, 64 threads. Thread (pair, group) computes 2 adjacent
+// columns x 8 of the 32 h2 channels: per h1 channel it loads 4 columns of each staged h1 row and
+// the 72 weights (as vec4, broadcast) from shared memory for 2 x 8 x 9 FMAs per output row.
 #include "common.glsl"
 
-layout(local_size_x_id = 0) in;
+layout(local_size_x_id = 0) in;                   // 64 = PAIRS x GROUPS
 layout(constant_id = 1) const uint HIST = 64;
-layout(constant_id = 2) const uint TILE = 32;      // output columns per workgroup
+const uint TILE = 32u;                              // output columns per workgroup
 const uint C1 = 16u;
 const uint C2 = 32u;
 const uint W1 = 0u, B1 = 144u, W2 = 160u, B2 = 4768u, W3 = 4800u, B3 = 4832u;
 const uint COLS = TILE + 2u;                        // h1 columns incl. the halo
-const uint MAX_THREADS = 1024u;
-const uint CPT = C2 * TILE / gl_WorkGroupSize.x;    // h2 channels per thread
+const uint PAIRS = 16u;                             // column pairs per tile (TILE = 32)
+const uint GROUPS = 4u;                             // channel groups of 8
+const uint SLOTS = 7u;                              // staged h1 rows (step: 0, 1, 2, H-4 .. H-1)
 
 layout(set = 0, binding = 0) readonly buffer History { float hist[]; };
 layout(set = 0, binding = 1) readonly buffer Weights { float w[]; };
 // params[2] = oldest ring row, params[3] = s, params[4] = e (block columns),
-// params[5] = oldest ring row before this step's ring update (mode 1),
-// params[6] = first relative column recomputed fully in modes 1 and 2
+// params[5] = first relative column that mode 1 recomputes fully
 layout(set = 0, binding = 2) readonly buffer Params { uint params[]; };
 layout(set = 0, binding = 3) writeonly buffer Out { float scores[]; };
-layout(set = 0, binding = 4) buffer GSum { float gsum[]; };   // (N, 32, C)
+layout(set = 0, binding = 4) buffer Inner { float inner[]; };    // (N, HIST, C)
 
 layout(push_constant) uniform Push {
     uint C;          // block columns of the history (and of the scores)
-    uint mode;       // 0 full, 1 retire, 2 admit
+    uint mode;       // 0 full, 1 step
 } p;
 
-shared float h1[3u * C1 * COLS];                    // [slot][channel][column]
-shared float partial[MAX_THREADS];
+shared vec4 w2s[C1 * 9u * (C2 / 4u)];               // [c1][dy * 3 + dx][c2 / 4]
+shared float h1[SLOTS * C1 * COLS];                 // [slot][channel][column]
+shared float red[5u * GROUPS * TILE];               // channel-group parts of r: [row][group][col]
 
 uint n_id, oldest, s_col;
 int W, x0;
@@ -55,9 +60,8 @@ float x_at(int t, int j) {
     return hist[(n_id * HIST + (oldest + uint(t)) % HIST) * p.C + s_col + uint(j)];
 }
 
-// h1 time row t (all channels, columns x0 - 1 .. x0 + TILE) into ring slot t mod 3
-void conv1_row(int t) {
-    const uint slot = uint(t + 3) % 3u;
+// h1 time row t (all channels, columns x0 - 1 .. x0 + TILE) into slot `slot`; 0 outside the grid
+void conv1_row(int t, uint slot) {
     for (uint i = gl_LocalInvocationIndex; i < COLS * C1; i += gl_WorkGroupSize.x) {
         const uint ch = i / COLS, cc = i % COLS;
         const int j = x0 - 1 + int(cc);
@@ -73,96 +77,114 @@ void conv1_row(int t) {
     }
 }
 
-// h2 of this thread's CPT channels (from c0) at row t, column col of the tile (h1 rows t-1 .. t+1
-// staged); each h1 value is loaded once for all CPT channels
-void h2_row(uint c0, int t, uint col, out float v[CPT]) {
-    for (uint k = 0u; k < CPT; k++) v[k] = w[B2 + c0 + k];
-    for (int dy = 0; dy < 3; dy++) {
-        const uint slot = uint(t - 1 + dy + 3) % 3u;
-        for (uint c1 = 0u; c1 < C1; c1++) {
-            const uint hb = (slot * C1 + c1) * COLS + col;
-            const vec3 h = vec3(h1[hb], h1[hb + 1u], h1[hb + 2u]);
-            const uint wb = W2 + (c0 * C1 + c1) * 9u + uint(dy) * 3u;
-            for (uint k = 0u; k < CPT; k++) {
-                const uint wk = wb + k * C1 * 9u;
-                v[k] += dot(vec3(w[wk], w[wk + 1u], w[wk + 2u]), h);
-            }
-        }
+// Pre-activation h2 of this thread's 8 channels (from c0) x 2 columns (tile columns 2 pair,
+// 2 pair + 1) for output rows whose h1 rows t-1, t, t+1 are in slots sl[r][0..2] (-1: zero row),
+// accumulated onto acc[r][column][channel]. R output rows share each loaded h1 value and weight.
+#define H2_ROWS(R, sl, acc)                                                                        \
+    for (uint c1 = 0u; c1 < C1; c1++) {                                                            \
+        [[unroll]] for (int dy = 0; dy < 3; dy++) {                                                \
+            [[unroll]] for (int r = 0; r < R; r++) {                                               \
+                if (sl[r][dy] < 0) continue;                                                       \
+                const uint hb = (uint(sl[r][dy]) * C1 + c1) * COLS + 2u * pair;                    \
+                const vec4 h = vec4(h1[hb], h1[hb + 1u], h1[hb + 2u], h1[hb + 3u]);                \
+                [[unroll]] for (int dx = 0; dx < 3; dx++) {                                        \
+                    const uint wb = (c1 * 9u + uint(dy * 3 + dx)) * 8u + 2u * grp;                 \
+                    const vec4 wa = w2s[wb], wc = w2s[wb + 1u];                                    \
+                    acc[r][0][0] += wa.x * h[dx];     acc[r][1][0] += wa.x * h[dx + 1];            \
+                    acc[r][0][1] += wa.y * h[dx];     acc[r][1][1] += wa.y * h[dx + 1];            \
+                    acc[r][0][2] += wa.z * h[dx];     acc[r][1][2] += wa.z * h[dx + 1];            \
+                    acc[r][0][3] += wa.w * h[dx];     acc[r][1][3] += wa.w * h[dx + 1];            \
+                    acc[r][0][4] += wc.x * h[dx];     acc[r][1][4] += wc.x * h[dx + 1];            \
+                    acc[r][0][5] += wc.y * h[dx];     acc[r][1][5] += wc.y * h[dx + 1];            \
+                    acc[r][0][6] += wc.z * h[dx];     acc[r][1][6] += wc.z * h[dx + 1];            \
+                    acc[r][0][7] += wc.w * h[dx];     acc[r][1][7] += wc.w * h[dx + 1];            \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
     }
-    for (uint k = 0u; k < CPT; k++) v[k] = max(v[k], 0.0);
+
+uint pair, grp;
+
+// r of output row `row` of the reduction buffer at the calling thread's column (tid < TILE)
+float sum_groups(uint row) {
+    const uint q = row * GROUPS * TILE + gl_LocalInvocationIndex;
+    return ((red[q] + red[q + TILE]) + red[q + 2u * TILE]) + red[q + 3u * TILE];
 }
 
-// stage h1 rows t-1 .. t+1 (standalone rows of the retire / admit modes)
-void stage_rows(int t) {
-    barrier();
-    conv1_row(t - 1);
-    conv1_row(t);
-    conv1_row(t + 1);
-    barrier();
+// this thread's part of r for column a of output row acc[r]: sum over its 8 channels of
+// w3[c] relu(acc + b2[c])
+float r_part(float acc[8]) {
+    float s = 0.0;
+    [[unroll]] for (uint k = 0u; k < 8u; k++) s += w[W3 + grp * 8u + k] * max(acc[k] + w[B2 + grp * 8u + k], 0.0);
+    return s;
 }
 
 void main() {
     n_id = gl_WorkGroupID.y;
-    oldest = p.mode == 1u ? params[5] : params[2];
+    oldest = params[2];
     s_col = params[3];
     W = int(params[4]) - int(s_col);
     x0 = int(gl_WorkGroupID.x * TILE);
     if (x0 >= W) return;                             // whole workgroup: uniform exit
-    const uint groups = gl_WorkGroupSize.x / TILE;   // channel groups per column
-    const uint col = gl_LocalInvocationIndex % TILE;
-    const uint grp = gl_LocalInvocationIndex / TILE;
-    const bool valid = x0 + int(col) < W;
-    const uint g_base = (n_id * C2 + grp * CPT) * p.C + s_col + uint(x0) + col;   // + k * C
+    const uint tid = gl_LocalInvocationIndex;
+    pair = tid % PAIRS;
+    grp = tid / PAIRS;
     const int last = int(HIST) - 1;
-    const uint c0 = grp * CPT;                       // this thread's first h2 channel
-    float all_rows[CPT];
-    float inner[CPT];
-    float v[CPT];
-    for (uint k = 0u; k < CPT; k++) { all_rows[k] = 0.0; inner[k] = 0.0; }
+    for (uint i = tid; i < C1 * 9u * (C2 / 4u); i += gl_WorkGroupSize.x) {
+        const uint c1k = i / 8u, c2 = (i % 8u) * 4u;          // c1k = c1 * 9 + dy * 3 + dx
+        const uint c1 = c1k / 9u, k = c1k % 9u;
+        w2s[i] = vec4(w[W2 + ((c2 + 0u) * C1 + c1) * 9u + k], w[W2 + ((c2 + 1u) * C1 + c1) * 9u + k],
+                      w[W2 + ((c2 + 2u) * C1 + c1) * 9u + k], w[W2 + ((c2 + 3u) * C1 + c1) * 9u + k]);
+    }
+    // thread tid < TILE finishes column tid of the tile
+    const bool own = tid < TILE && x0 + int(tid) < W;
+    const uint col_g = n_id * HIST * p.C + s_col + uint(x0) + tid;   // + ring row * C
+    float bsum = 0.0;                                // boundary rows 0, 1, HIST-2, HIST-1 (in order)
 
-    const int full_from = int(params[6]);
-    if (p.mode == 0u || (p.mode == 2u && full_from < min(x0 + int(TILE), W))) {   // tile has such columns
-        conv1_row(-1);
-        conv1_row(0);
+    const int full_from = int(params[5]);
+    if (p.mode == 0u || full_from < min(x0 + int(TILE), W)) {
+        conv1_row(-1, 2u);
+        conv1_row(0, 0u);
+        float b[4] = float[4](0.0, 0.0, 0.0, 0.0);
         for (int t = 0; t <= last; t++) {
-            conv1_row(t + 1);
+            conv1_row(t + 1, uint(t + 1) % 3u);
             barrier();
-            h2_row(c0, t, col, v);
-            for (uint k = 0u; k < CPT; k++) {
-                all_rows[k] += v[k];
-                if (t >= 2 && t <= last - 2) inner[k] += v[k];
+            const int sl[1][3] = int[1][3](int[3](int(uint(t + 2) % 3u), int(uint(t) % 3u), int(uint(t + 1) % 3u)));
+            float acc[1][2][8];
+            [[unroll]] for (uint a = 0u; a < 2u; a++) [[unroll]] for (uint k = 0u; k < 8u; k++) acc[0][a][k] = 0.0;
+            H2_ROWS(1, sl, acc)
+            red[grp * TILE + 2u * pair] = r_part(acc[0][0]);
+            red[grp * TILE + 2u * pair + 1u] = r_part(acc[0][1]);
+            barrier();
+            if (own) {
+                const float r = sum_groups(0u);
+                if (t >= 2 && t <= last - 2) inner[col_g + ((oldest + uint(t)) % HIST) * p.C] = r;
+                else b[t < 2 ? t : t - last + 3] = r;
             }
-            barrier();
         }
-        if (valid) for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] = inner[k];
-    } else if (p.mode == 1u) {
-        stage_rows(2);
-        h2_row(c0, 2, col, v);
-        if (valid && x0 + int(col) < full_from)
-            for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] -= v[k];
-        return;
+        bsum = ((b[0] + b[1]) + b[2]) + b[3];
     } else {
-        stage_rows(last - 2);
-        h2_row(c0, last - 2, col, v);
-        for (uint k = 0u; k < CPT; k++) {
-            inner[k] = valid ? gsum[g_base + k * p.C] + v[k] : 0.0;
-            all_rows[k] = inner[k];
-        }
-        if (valid) for (uint k = 0u; k < CPT; k++) gsum[g_base + k * p.C] = inner[k];
-        const int edge[4] = int[4](0, 1, last - 1, last);
-        for (uint r = 0u; r < 4u; r++) {
-            stage_rows(edge[r]);
-            h2_row(c0, edge[r], col, v);
-            for (uint k = 0u; k < CPT; k++) all_rows[k] += v[k];
+        // slots 0, 1, 2: h1 rows 0, 1, 2; slots 3 .. 6: h1 rows HIST-4 .. HIST-1
+        conv1_row(0, 0u); conv1_row(1, 1u); conv1_row(2, 2u);
+        conv1_row(last - 3, 3u); conv1_row(last - 2, 4u); conv1_row(last - 1, 5u); conv1_row(last, 6u);
+        barrier();
+        // output rows HIST-3 (inner), 0, 1, HIST-2, HIST-1
+        const int sl[5][3] = int[5][3](int[3](3, 4, 5), int[3](-1, 0, 1), int[3](0, 1, 2),
+                                      int[3](4, 5, 6), int[3](5, 6, -1));
+        float acc[5][2][8];
+        [[unroll]] for (uint r = 0u; r < 5u; r++) [[unroll]] for (uint a = 0u; a < 2u; a++)
+            [[unroll]] for (uint k = 0u; k < 8u; k++) acc[r][a][k] = 0.0;
+        H2_ROWS(5, sl, acc)
+        [[unroll]] for (uint r = 0u; r < 5u; r++) [[unroll]] for (uint a = 0u; a < 2u; a++)
+            red[(r * GROUPS + grp) * TILE + 2u * pair + a] = r_part(acc[r][a]);
+        barrier();
+        if (own) {
+            inner[col_g + ((oldest + uint(last - 2)) % HIST) * p.C] = sum_groups(0u);
+            bsum = ((sum_groups(1u) + sum_groups(2u)) + sum_groups(3u)) + sum_groups(4u);
         }
     }
-    float sum = 0.0;
-    for (uint k = 0u; k < CPT; k++) sum += w[W3 + grp * CPT + k] * all_rows[k];
-    partial[gl_LocalInvocationIndex] = sum / float(HIST);
-    barrier();
-    if (grp == 0u && valid) {
-        float total = w[B3];
-        for (uint g = 0u; g < groups; g++) total += partial[g * TILE + col];
-        scores[n_id * p.C + s_col + uint(x0) + col] = total;
-    }
+    if (!own) return;
+    float isum = 0.0;
+    for (int t = 2; t <= last - 2; t++) isum += inner[col_g + ((oldest + uint(t)) % HIST) * p.C];
+    scores[n_id * p.C + s_col + uint(x0) + tid] = w[B3] + (isum + bsum) / float(HIST);
 }

@@ -2,10 +2,12 @@
 // AttentionPredictor history: block max-pooling of attention rows into a ring of HIST rows.
 // See grilly_kv/ops/predictor_history_update.py.
 //
-// rows:    (N, R, S) float32 attention probabilities (S keys per row; S from the params buffer)
+// rows:    (N * G, R, S) float32 attention probabilities (S keys per row; S from the params buffer)
 // history: (N, HIST, C) float32 ring; row r of this call goes to ring row (write_head + r) % HIST
-// Each thread writes one block column of one row: max over keys [16 c, 16 c + 16) that are < S
-// (zero padding of the last partial block; the probabilities are >= 0), 0 for blocks past S.
+// Each thread writes one block column of one row: max over the G input rows n G .. n G + G - 1
+// (the query heads of one KV head; G = 1: one history per input row) and over keys
+// [16 c, 16 c + 16) that are < S (zero padding of the last partial block; the probabilities are
+// >= 0), 0 for blocks past S.
 // Grid: (ceil(C / local), N * R).
 #include "common.glsl"
 
@@ -22,6 +24,7 @@ layout(push_constant) uniform Push {
     uint R;          // rows per (n) in this call, <= HIST
     uint C;          // block columns of the history
     uint row_stride; // floats between consecutive rows of `rows` (>= S)
+    uint G;          // input rows pooled into one history row
 } p;
 
 void main() {
@@ -31,11 +34,13 @@ void main() {
     const uint n = nr / p.R;
     const uint r = nr % p.R;
     const uint S = params[1];
-    const uint src = nr * p.row_stride;
     const uint k0 = c * BLOCK;
     const uint k1 = min(k0 + BLOCK, S);
     float m = 0.0;
-    for (uint k = k0; k < k1; k++) m = max(m, rows[src + k]);
+    for (uint g = 0u; g < p.G; g++) {
+        const uint src = ((n * p.G + g) * p.R + r) * p.row_stride;
+        for (uint k = k0; k < k1; k++) m = max(m, rows[src + k]);
+    }
     const uint ring_row = (params[0] + r) % HIST;
     hist[(n * HIST + ring_row) * p.C + c] = m;
 }

@@ -28,6 +28,27 @@ def test_history_update_matches_numpy(vk, N, R, S, C, write_head):
     assert_sentinels_intact(out_buf, n_valid)
 
 
+@pytest.mark.parametrize("G,R", [(3, 1), (3, 5), (2, 64)])
+def test_history_update_groups_rows_by_max(vk, G, R):
+    """G input rows (the query heads of a KV head) pool into one history row by the max."""
+    N, S, C, write_head = 4, 200, 15, 60
+    rng = np.random.default_rng(G * 10 + R)
+    rows = rng.random((N * G, R, S)).astype(np.float32)
+    history = rng.random((N, 64, C)).astype(np.float32) + 2.0
+    n_valid = N * 64 * C
+    out_buf = guard_output(vk, SHADER, "history", n_valid)
+    got = predictor_history_update(rows, history, write_head=write_head, group=G, device=vk)
+    want = history_update_ref(rows, history, write_head, S, G)
+    assert_close(got, want, atol=0.0, what="pooled history")
+    ring = (write_head + np.arange(R)) % 64
+    per_head = block_max_pool(rows, S, C).reshape(N, G, R, C)
+    assert np.array_equal(want[:, ring], per_head.max(axis=1))     # the reference, independently
+    assert_sentinels_intact(out_buf, n_valid)
+    with pytest.raises(ValueError, match="group"):
+        predictor_history_update(rows, history, write_head=0, group=G + 1 if N * G % (G + 1) else G + 2,
+                                 device=vk)
+
+
 def test_block_max_pool_zero_pads_the_last_block():
     rows = np.array([[0.1, 0.5, 0.2, 0.9, 0.3]], np.float32)
     assert np.array_equal(block_max_pool(rows, 5, 3, block=2), np.array([[0.5, 0.9, 0.3]], np.float32))

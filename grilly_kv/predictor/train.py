@@ -7,6 +7,13 @@ distribution p = a / sum(a) over the same blocks; the loss is the listwise cross
 ``-sum_j p_j log softmax(z)_j`` (ListNet), whose gradient is ``softmax(z) - p``. Ranking is
 what the policy uses (top-k of z), and the loss is invariant to the scale of the attention.
 
+Rows per query head or per KV head. ``--group g`` trains on rows of KV heads: the max over the
+g query heads of a KV head (consecutive rows of a capture) of their pooled attention, what a
+paged cache that selects blocks per KV head needs, with g times fewer rows to predict. The
+held-out report then also compares, per KV head, this predictor's top-k against the per-query-
+head predictor's (``--compare``; its scores combined as the policy does: the max over the group
+of log-softmax-normalised scores) and against repeating the KV head's last row.
+
 Run ``python3 -m grilly_kv.predictor.train --help``; everything is reproducible from ``--seed``.
 """
 from __future__ import annotations
@@ -125,6 +132,42 @@ def evaluate(pooled_list, w, geo: Geometry, k: int, rng, n_steps: int = 20) -> d
             "last_row_hit_rate": float(np.mean(base))}
 
 
+def group_rows(pooled: np.ndarray, group: int) -> np.ndarray:
+    """Rows of KV heads ``(N / group, T, C)`` from rows of query heads ``(N, T, C)``: the max over
+    each run of ``group`` consecutive rows (the query heads of one KV head, layer-major order)."""
+    if group < 1 or pooled.shape[0] % group:
+        raise ValueError(f"group must divide the {pooled.shape[0]} rows, got {group}")
+    return pooled.reshape(pooled.shape[0] // group, group, *pooled.shape[1:]).max(axis=1)
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def compare_per_kv_head(pooled_list, w_q, w_kv, group: int, geo: Geometry, k: int, rng,
+                        n_steps: int = 20) -> dict:
+    """Top-k hit rates per KV head on query-head captures ``(N, T, C)``: of the KV head's true
+    top-k blocks at step t (max over its query heads), the fraction selected by the per-query-head
+    CNN ``w_q`` (group max of log-softmax scores), by the per-KV-head CNN ``w_kv`` (its own
+    scores), and by the KV head's previous row ("repeat last row")."""
+    from ..reference.predictor_cnn import cnn_forward
+
+    hits = {"per_q_head_cnn": [], "per_kv_head_cnn": [], "last_row": []}
+    for pooled in pooled_list:
+        kv = group_rows(pooled, group)
+        steps = valid_steps(pooled.shape[1], geo, k)
+        for t in rng.choice(steps, size=min(n_steps, steps.size), replace=False):
+            xq, _ = make_batch(pooled, int(t), np.arange(pooled.shape[0]), geo)
+            xk, y = make_batch(kv, int(t), np.arange(kv.shape[0]), geo)
+            keep = y.sum(axis=1) > 0
+            zq = log_softmax(cnn_forward(xq, w_q)).reshape(kv.shape[0], group, -1).max(axis=1)
+            hits["per_q_head_cnn"].append(topk_hit_rate(zq[keep], y[keep], k))
+            hits["per_kv_head_cnn"].append(topk_hit_rate(cnn_forward(xk[keep], w_kv), y[keep], k))
+            hits["last_row"].append(topk_hit_rate(xk[keep, -1], y[keep], k))
+    return {name: float(np.mean(v)) for name, v in hits.items()} | {"k": k, "steps": len(hits["last_row"])}
+
+
 def train(train_data, held_out, *, seed: int, steps: int, heads_per_batch: int, lr: float,
           geo: Geometry, k: int, eval_steps: int = 20, log=print) -> tuple[dict, dict]:
     """Adam on ListNet; returns (weights, report with held-out metrics before and after)."""
@@ -169,6 +212,11 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--topk", type=int, default=8, help="blocks kept, for the hit rate")
     ap.add_argument("--layers", type=int, default=None, help="model layers (default: all)")
+    ap.add_argument("--group", type=int, default=1,
+                    help="query heads per KV head to max over (1: a history per query head; "
+                         "SmolLM2: 3 for a history per KV head)")
+    ap.add_argument("--compare", default=str(DEFAULT_WEIGHTS),
+                    help="per-query-head weights compared against with --group > 1")
     ap.add_argument("--out", default=str(DEFAULT_WEIGHTS))
     ap.add_argument("--cache", default=None, help=".npz of the captured attention (reused if it exists)")
     ap.add_argument("--report", default=None, help="JSON report path")
@@ -194,11 +242,18 @@ def main(argv=None) -> None:
         if args.cache:
             np.savez(args.cache, **{f"essay{i}": d for i, d in zip(names, data)})
     geo = Geometry()
-    w, report = train(data[:args.essays], data[args.essays:], seed=args.seed, steps=args.steps,
+    rows = [group_rows(d, args.group) for d in data]
+    w, report = train(rows[:args.essays], rows[args.essays:], seed=args.seed, steps=args.steps,
                       heads_per_batch=args.heads_per_batch, lr=args.lr, geo=geo, k=args.topk,
                       log=lambda s: print(s, flush=True))
+    if args.group > 1:
+        from .weights import load_weights
+        report["held_out_per_kv_head"] = compare_per_kv_head(
+            data[args.essays:], load_weights(args.compare), w, args.group, geo, args.topk,
+            np.random.default_rng(args.seed + 1))
     report.update(config=vars(args), train_essays=names[:args.essays], held_out_essays=names[args.essays:])
-    save_weights(w, args.out, metadata={"report": json.dumps(report)})
+    save_weights(w, args.out, metadata={"report": json.dumps(report), "rows": "kv" if args.group > 1 else "q",
+                                        "group": args.group})
     print(json.dumps(report, indent=1))
     if args.report:
         with open(args.report, "w") as f:

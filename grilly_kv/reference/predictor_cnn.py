@@ -56,17 +56,22 @@ def conv3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out.transpose(0, 3, 1, 2)
 
 
-def cnn_forward(x: np.ndarray, weights: dict[str, np.ndarray], rows_per_pass: int = 16) -> np.ndarray:
-    """Scores ``(N, W)`` for histories ``x`` ``(N, T, W)`` (time oldest first); ``rows_per_pass``
-    histories at a time bound the memory of the 3x3 patches."""
+def cnn_rows(x: np.ndarray, weights: dict[str, np.ndarray], rows_per_pass: int = 16) -> np.ndarray:
+    """``r (N, T, W)``: the last layer's weighted channel sum ``sum_c w3[c] h2[c, t, j]`` of each
+    time row, for histories ``x`` ``(N, T, W)`` (time oldest first); the scores are
+    ``b3 + r.mean(axis=1)``. ``rows_per_pass`` histories at a time bound the patches' memory."""
     x = np.asarray(x, np.float32)
-    out = np.empty((x.shape[0], x.shape[2]), np.float32)
+    out = np.empty(x.shape, np.float32)
     for n0 in range(0, x.shape[0], rows_per_pass):
         h1 = np.maximum(conv3x3(x[n0:n0 + rows_per_pass, None], weights["w1"], weights["b1"]), 0.0)
-        h2 = np.maximum(conv3x3(h1, weights["w2"], weights["b2"]), 0.0)
-        pooled = h2.mean(axis=2)                                    # (n, 32, W)
-        out[n0:n0 + rows_per_pass] = np.einsum("c,ncw->nw", weights["w3"].reshape(-1), pooled) + weights["b3"][0]
+        h2 = np.maximum(conv3x3(h1, weights["w2"], weights["b2"]), 0.0)      # (n, 32, T, W)
+        out[n0:n0 + rows_per_pass] = np.einsum("c,nctw->ntw", weights["w3"].reshape(-1), h2)
     return out
+
+
+def cnn_forward(x: np.ndarray, weights: dict[str, np.ndarray], rows_per_pass: int = 16) -> np.ndarray:
+    """Scores ``(N, W)`` for histories ``x`` ``(N, T, W)`` (time oldest first)."""
+    return (cnn_rows(x, weights, rows_per_pass).mean(axis=1) + weights["b3"][0]).astype(np.float32)
 
 
 def predictor_cnn_ref(history: np.ndarray, weights: dict[str, np.ndarray], oldest: int,
@@ -79,3 +84,18 @@ def predictor_cnn_ref(history: np.ndarray, weights: dict[str, np.ndarray], oldes
     hist = np.asarray(history, np.float32)
     order = (oldest + np.arange(hist.shape[1])) % hist.shape[1]
     return cnn_forward(hist[:, order, s:e], weights)
+
+
+def inner_rows_ref(history: np.ndarray, weights: dict[str, np.ndarray], oldest: int, s: int,
+                   e: int) -> np.ndarray:
+    """What the shader caches in its inner-row buffer: ``(N, HIST, e - s)`` float32, ring row
+    ``(oldest + t) % HIST`` holding ``r`` of time row t for the inner rows ``2 <= t <= HIST - 3``
+    (rows that never see the time padding) and NaN for the 4 boundary rows, never cached."""
+    hist = np.asarray(history, np.float32)
+    T = hist.shape[1]
+    order = (oldest + np.arange(T)) % T
+    r = cnn_rows(hist[:, order, s:e], weights)
+    r[:, [0, 1, T - 2, T - 1]] = np.nan
+    out = np.empty_like(r)
+    out[:, order] = r
+    return out

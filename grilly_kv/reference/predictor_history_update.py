@@ -29,20 +29,24 @@ def block_max_pool(rows: np.ndarray, n_keys: int, n_cols: int, block: int = BLOC
     return out
 
 
-def history_update_ref(rows: np.ndarray, history: np.ndarray, write_head: int, n_keys: int) -> np.ndarray:
+def history_update_ref(rows: np.ndarray, history: np.ndarray, write_head: int, n_keys: int,
+                       group: int = 1) -> np.ndarray:
     """The history after writing pooled ``rows``.
 
     Args:
-        rows: ``(N, R, >= n_keys)`` attention rows, oldest first (R <= HIST).
+        rows: ``(N * group, R, >= n_keys)`` attention rows, oldest first (R <= HIST).
         history: ``(N, HIST, C)`` ring (not modified).
         write_head: ring row that row 0 goes to; row r goes to ``(write_head + r) % HIST``.
         n_keys: keys per row (S).
+        group: input rows per history row (the query heads of a KV head, consecutive): history
+            row n takes the max over input rows ``n * group .. n * group + group - 1``.
 
     Returns:
         ``(N, HIST, C)`` float32: a new array.
     """
     out = np.array(history, np.float32, copy=True)
-    N, R = rows.shape[:2]
+    R = rows.shape[1]
     ring = (write_head + np.arange(R)) % out.shape[1]
-    out[:, ring] = block_max_pool(rows, n_keys, out.shape[2])
+    pooled = block_max_pool(rows, n_keys, out.shape[2])
+    out[:, ring] = pooled.reshape(out.shape[0], group, R, out.shape[2]).max(axis=1)
     return out
