@@ -70,7 +70,7 @@ def cmd_generate(a) -> int:
 def cmd_eval(a) -> int:
     from tqdm import tqdm
 
-    from .evaluation.run import EvalConfig, evaluate, write_results
+    from .evaluation.run import EvalConfig, evaluate, summary_line, write_results
     from .models.smollm2 import load_model
 
     cfg = EvalConfig(policies=a.policies.split(","), budgets=_ints(a.budgets), contexts=_ints(a.contexts),
@@ -80,12 +80,18 @@ def cmd_eval(a) -> int:
     model, tk = load_model(a.device, path=a.weights, n_layers=a.layers, max_chunk=a.chunk)
     if max_ctx > model.config.context:
         raise SystemExit(f"contexts must stay below the model's {model.config.context} tokens")
-    results = evaluate(model, tk, cfg, progress=lambda n: tqdm(total=n, desc="eval", unit="trial"))
-    for path in write_results(results, Path(a.out), a.name):
+    written: list[Path] = []
+
+    def finished(results: dict, run: dict) -> None:       # keep what finished if the run is cut short
+        written[:] = write_results(results, Path(a.out), a.name)
+        tqdm.write(f"[grilly-kv] {summary_line(run)}  -> {written[0]}")
+
+    results = evaluate(model, tk, cfg, progress=lambda n: tqdm(total=n, desc="eval", unit="trial"),
+                       on_run=finished)
+    for path in written:
         print(f"[grilly-kv] wrote {path}")
     for run in results["runs"]:
-        ppl = "  ".join(f"ppl@{c} {v['ppl']:.2f}" for c, v in run["perplexity"].items())
-        print(f"  {run['describe']:<32} needle {run['needle_accuracy']:.2f}  {ppl}")
+        print(f"  {run['describe']:<48} {summary_line(run)}")
     return 0
 
 

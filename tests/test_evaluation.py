@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from grilly_kv.evaluation.needle import make_trial
-from grilly_kv.evaluation.run import EvalConfig, evaluate, write_results
+from grilly_kv.cli import main
+from grilly_kv.evaluation.run import EvalConfig, evaluate, summary_line, write_results
 from grilly_kv.models.smollm2 import load_model
 
 
@@ -40,3 +41,37 @@ def test_eval_writes_json_and_plots(small, tmp_path):
         assert all(np.isfinite(p["ppl"]) and p["n_tokens"] == 4 for p in run["perplexity"].values())
     s16 = data["runs"][1]["needle"][0]
     assert s16["kv_bytes"] < s16["dense_kv_bytes"]
+
+
+def test_eval_keeps_finished_runs_when_cut_short(small, tmp_path):
+    """Results are written after each (policy, budget) run: a run interrupted after the first
+    keeps that run's JSON and plots, marked incomplete."""
+    model, tk = small
+    cfg = EvalConfig(policies=["streaming", "entmax"], budgets=[16], contexts=[48], depths=[0.5],
+                     ppl_contexts=[24], ppl_targets=4, ppl_windows=1)
+    seen = []
+
+    def on_run(results, run):
+        seen.append(summary_line(run))
+        write_results(results, tmp_path, "t")
+        raise KeyboardInterrupt      # as a time limit killing the run
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, tk, cfg, on_run=on_run)
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["complete"] is False and [r["policy"] for r in data["runs"]] == ["streaming"]
+    assert (tmp_path / "t_budget.png").stat().st_size > 0
+    assert seen[0].startswith("streaming") and "budget 16" in seen[0] and "ppl@24 " in seen[0]
+
+
+def test_cli_eval_prints_a_line_per_run(tmp_path, capsys):
+    rc = main(["eval", "--policies", "quest,entmax", "--budgets", "16,32", "--contexts", "48", "--depths", "0.5",
+               "--ppl-contexts", "24", "--ppl-targets", "4", "--ppl-windows", "1", "--device", "cpu",
+               "--layers", "1", "--chunk", "16", "--out", str(tmp_path), "--name", "t"])
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[grilly-kv] ") and " ppl@24 " in ln]
+    assert [ln.split()[1:4] for ln in lines] == [["quest", "budget", "16"], ["quest", "budget", "32"],
+                                                 ["entmax", "budget", "16"], ["entmax", "budget", "32"]]
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["complete"] is True and len(data["runs"]) == 4
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -1,5 +1,9 @@
 """The evaluation behind ``grilly-kv eval``: for each policy and budget, needle retrieval at each
-context and depth, and held-out perplexity; results to JSON and PNG plots."""
+context and depth, and held-out perplexity; results to JSON and PNG plots.
+
+The results can be written after every finished (policy, budget) run (``on_run``), so a run cut
+short (e.g. by a time limit on the GPU machine) keeps what finished; ``results["complete"]``
+says whether every run did."""
 from __future__ import annotations
 
 import json
@@ -38,8 +42,14 @@ def policy_runs(cfg: EvalConfig) -> list[tuple[str, int | None]]:
     return runs
 
 
-def evaluate(model, tokenizer, cfg: EvalConfig, progress=None) -> dict:
-    """Run the whole evaluation; ``progress(total)`` returns a tqdm-like bar (or None)."""
+def evaluate(model, tokenizer, cfg: EvalConfig, progress=None, on_run=None) -> dict:
+    """Run the whole evaluation.
+
+    Args:
+        progress: ``progress(total)`` returns a tqdm-like bar (or None).
+        on_run: ``on_run(results, run)``, called after each (policy, budget) run with the results
+            so far (``results["complete"]`` False until the last run) and that run's dict.
+    """
     hay, held = split_essays()
     hay_ids = tokenizer.encode("\n\n".join(hay))
     windows = {c: essay_windows(tokenizer, held, c, cfg.ppl_targets, cfg.ppl_windows)
@@ -50,7 +60,8 @@ def evaluate(model, tokenizer, cfg: EvalConfig, progress=None) -> dict:
               for c in cfg.contexts for d in cfg.depths]
     runs = policy_runs(cfg)
     bar = progress(len(runs) * (len(trials) + n_windows)) if progress else None
-    results = {"device": model.device_name, "commit": commit(), "config": asdict(cfg), "runs": []}
+    results = {"device": model.device_name, "commit": commit(), "config": asdict(cfg), "runs": [],
+               "complete": False}
     for name, budget in runs:
         make = (lambda n=name, b=budget: make_policy(n, b))
         run = {"policy": name, "budget": budget, "describe": make().describe(), "needle": []}
@@ -72,16 +83,38 @@ def evaluate(model, tokenizer, cfg: EvalConfig, progress=None) -> dict:
                 bar.update(len(wins))
         run["seconds"] = time.perf_counter() - t0
         results["runs"].append(run)
+        results["complete"] = len(results["runs"]) == len(runs)
+        if on_run:
+            on_run(results, run)
     if bar:
         bar.close()
+    results["complete"] = True
     return results
 
 
-def write_results(results: dict, out_dir: Path, stem: str = "eval") -> list[Path]:
-    """``stem.json``, ``stem_budget.png`` and ``stem_needle_heatmap.png`` in ``out_dir``."""
+def summary_line(run: dict) -> str:
+    """One line of a finished run: policy, budget, needle accuracy, perplexity per context, seconds."""
+    acc = "-" if run["needle_accuracy"] is None else f"{run['needle_accuracy']:.2f}"
+    ppl = "  ".join(f"ppl@{c} {v['ppl']:.3f}" for c, v in run["perplexity"].items())
+    budget = "-" if run["budget"] is None else run["budget"]
+    return f"{run['policy']:<12} budget {budget:<5} needle {acc}  {ppl}  {run['seconds']:.0f} s"
+
+
+def write_results(results: dict, out_dir: Path, stem: str = "eval", plots: bool = True) -> list[Path]:
+    """``stem.json`` and (with ``plots``) ``stem_budget.png`` and ``stem_needle_heatmap.png`` in
+    ``out_dir``. Each file is written to a temporary name and renamed, so a run killed while
+    writing leaves the previous complete file, never a truncated one."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}_budget.png", out_dir / f"{stem}_needle_heatmap.png"]
-    paths[0].write_text(json.dumps(results, indent=1))
-    plot_budget_curves(results, paths[1])
-    plot_heatmaps(results, paths[2])
+    paths = [out_dir / f"{stem}.json"]
+    _replace(paths[0], lambda tmp: tmp.write_text(json.dumps(results, indent=1)))
+    if plots:
+        paths += [out_dir / f"{stem}_budget.png", out_dir / f"{stem}_needle_heatmap.png"]
+        _replace(paths[1], lambda tmp: plot_budget_curves(results, tmp))
+        _replace(paths[2], lambda tmp: plot_heatmaps(results, tmp))
     return paths
+
+
+def _replace(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")     # same suffix: matplotlib picks the format
+    write(tmp)
+    tmp.replace(path)
