@@ -2,111 +2,180 @@
 // Attention of this step's queries over a float16 slot cache: see grilly_kv/ops/kv_slot_attention.py.
 // Query t (position pos0 + t) sees the key in slot j < n_scan holding position p iff
 //   p <= pos0 + t  and  (p < sinks  or  pos0 + t - p < window).
-// Pass 0 (grid n_splits x HQ x T): workgroup (s, h, t) runs an online softmax over its share of
-//   the slots, one key per thread per tile, and writes (m, l, o[D]) to part.
-// Pass 1 (grid HQ x T): merges the splits (log-sum-exp) into O[t, h, :].
-// The workgroup has exactly D threads; thread d owns output dim d.
+// Slots [0, n_scan) are cut into chunks of max(SLOTS * U, ceil(n_scan / n_splits)) slots; only the
+// first ceil(n_scan / chunk) splits are live (n_scan is read on the device, so one recording
+// serves every step while the live length grows).
+// Pass 0 (grid n_splits x HKV x T): workgroup (s, kvh, t) runs an online softmax over chunk s
+//   for the G = HQ / HKV query heads of KV head kvh (each K/V row is read once for the group).
+//   A cluster of LPT subgroup lanes holds one slot: each lane reads NVL of the row's D/4 float16
+//   quads of K and of V, the logits are summed by shuffles; SLOTS = WG / LPT slots are in flight,
+//   U per cluster per round (their loads issued together). No barrier in the loop; the clusters
+//   are merged by shuffles, then across subgroups in shared memory, into
+//   part[(t, h, s)] = [m, l, 0, 0, acc[D]] (max logit in log2 units, sum of 2^(logit - m),
+//   sum of 2^(logit - m) v).
+// Pass 1 (grid HQ x T): log-sum-exp merge of the live splits into O[t, h, :].
 #include "common.glsl"
+#include "cluster_reduce.glsl"
+#include "workgroup_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint D = 64;
 layout(constant_id = 2) const uint HQ = 9;
 layout(constant_id = 3) const uint HKV = 3;
-const uint ROW = (HQ + 2u * HKV) * D;
-const uint HW = D / 2u;
+layout(constant_id = 4) const uint LPT = 8;      // lanes per slot: a power of 2 dividing D/4, <= subgroup size
+const uint G = HQ / HKV;
+const uint NV = D / 4u;                          // float16 quads (vec4s) per row
+const uint NVL = NV / LPT;                       // quads per lane
+const uint SLOTS = gl_WorkGroupSize.x / LPT;     // slots in flight per workgroup
+const uint U = 4u;                               // slots per cluster per round
+const uint ROWV = (HQ + 2u * HKV) * NV;          // vec4s per qkv row
+const uint PV = NV + 1u;                         // vec4s per partial result
 const uint EMPTY = 0xFFFFFFFFu;
 const float NEG = -1e30;
-const uint PSTRIDE = D + 2u;
+const float LOG2E = 1.4426950408889634;
 
-layout(set = 0, binding = 0) readonly buffer QKV { float qkv[]; };
-layout(set = 0, binding = 1) readonly buffer KC4 { uvec2 kc4[]; };
-layout(set = 0, binding = 1) readonly buffer KC { uint kc[]; };
-layout(set = 0, binding = 2) readonly buffer VC { uint vc[]; };
+layout(set = 0, binding = 0) readonly buffer QKV { vec4 qkv[]; };
+layout(set = 0, binding = 1) readonly buffer KC { uvec2 kc[]; };
+layout(set = 0, binding = 2) readonly buffer VC { uvec2 vc[]; };
 layout(set = 0, binding = 3) readonly buffer SlotPos { uint slot_pos[]; };
 layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
-layout(set = 0, binding = 5) buffer Part { float part[]; };
-layout(set = 0, binding = 6) writeonly buffer O { float o[]; };
+layout(set = 0, binding = 5) buffer Part { vec4 part[]; };
+layout(set = 0, binding = 6) writeonly buffer O { vec4 o[]; };
 
 layout(push_constant) uniform Push {
     uint cap;        // slots per (layer, kv head)
     uint layer;
-    uint n_splits;
+    uint n_splits;   // splits in the grid (an upper bound of the live ones)
     uint pass_id;
     uint scale_bits; // 1/sqrt(D) (float)
 } p;
 
-shared vec4 sh_q[D / 4u];
-shared float sh_w[D];
+// pass 0: one head's per-subgroup (m, l) and acc; pass 1: the per-thread partial sums
+shared vec4 sh_acc[SLOTS * NV];
+shared vec2 sh_ml[SLOTS];
+
+// per invocation: its quads of the G scaled queries and accumulators, the running max and sum
+vec4 qr[G * NVL];
+vec4 acc[G * NVL];
+float m[G], l[G];
 
 bool visible(uint pos, uint qpos, uint sinks, uint window) {
     return pos != EMPTY && pos <= qpos && (pos < sinks || qpos - pos < window);
 }
 
-void split_pass(uint s, uint h, uint t) {
-    const uint tid = gl_LocalInvocationIndex;
-    const uint qpos = step[0] + t, n_scan = step[2], sinks = step[3], window = step[4];
-    const uint kvh = h / (HQ / HKV);
-    const float scale = PUSH_F(p.scale_bits);
-    if (tid < D / 4u) {
-        const uint q = t * ROW + h * D + 4u * tid;
-        sh_q[tid] = vec4(qkv[q], qkv[q + 1u], qkv[q + 2u], qkv[q + 3u]) * scale;
+uint chunk_len(uint n_scan) { return max(SLOTS * U, ceil_div(n_scan, p.n_splits)); }
+
+// Merge (m, l, acc) of head g over the workgroup into part[dst]; every invocation calls it.
+void write_partial(uint g, uint dst) {
+    const uint lane = gl_SubgroupInvocationID % LPT;
+    for (uint off = LPT; off < gl_SubgroupSize; off <<= 1) {    // clusters of a subgroup: shuffles
+        const float mo = subgroupShuffleXor(m[g], off), lo = subgroupShuffleXor(l[g], off);
+        const float mx = max(m[g], mo), fa = exp2(m[g] - mx), fb = exp2(mo - mx);
+        l[g] = l[g] * fa + lo * fb;
+        [[unroll]] for (uint i = 0u; i < NVL; i++)
+            acc[g * NVL + i] = acc[g * NVL + i] * fa + subgroupShuffleXor(acc[g * NVL + i], off) * fb;
+        m[g] = mx;
+    }
+    const uint sg = gl_SubgroupID;
+    if (gl_SubgroupInvocationID < LPT) {                       // subgroups: shared memory
+        if (lane == 0u) sh_ml[sg] = vec2(m[g], l[g]);
+        [[unroll]] for (uint i = 0u; i < NVL; i++) sh_acc[sg * NV + lane + i * LPT] = acc[g * NVL + i];
     }
     barrier();
-    const uint chunk = ceil_div(ceil_div(n_scan, p.n_splits), D) * D;
-    const uint a0 = min(s * chunk, n_scan), a1 = min(a0 + chunk, n_scan);
-    const uint base = (p.layer * HKV + kvh) * p.cap;
-    float m = NEG, l = 0.0, acc = 0.0;
-    for (uint j0 = a0; j0 < a1; j0 += D) {
-        const uint j = j0 + tid;
-        float score = NEG;
-        if (j < a1 && visible(slot_pos[j], qpos, sinks, window)) {
-            score = 0.0;
-            const uint r = (base + j) * (D / 4u);
-            for (uint i = 0u; i < D / 4u; i++) {
-                const uvec2 kw = kc4[r + i];
-                score += dot(sh_q[i], vec4(unpackHalf2x16(kw.x), unpackHalf2x16(kw.y)));
-            }
+    const uint tid = gl_LocalInvocationIndex;
+    if (tid < NV) {
+        float mx = NEG;
+        for (uint k = 0u; k < gl_NumSubgroups; k++) mx = max(mx, sh_ml[k].x);
+        float lt = 0.0;
+        vec4 a = vec4(0.0);
+        for (uint k = 0u; k < gl_NumSubgroups; k++) {
+            const float f = exp2(sh_ml[k].x - mx);
+            lt += f * sh_ml[k].y;
+            a += f * sh_acc[k * NV + tid];
         }
-        sh_w[tid] = score;
-        barrier();
-        float m_tile = NEG;
-        for (uint jj = 0u; jj < D; jj++) m_tile = max(m_tile, sh_w[jj]);
-        const float m_new = max(m, m_tile);
-        barrier();
-        sh_w[tid] = score > 0.5 * NEG ? exp(score - m_new) : 0.0;
-        barrier();
-        const float corr = exp(m - m_new);
-        l *= corr;
-        acc *= corr;
-        const uint n_tile = min(D, a1 - j0);
-        for (uint jj = 0u; jj < n_tile; jj++) {
-            const float w = sh_w[jj];
-            l += w;
-            if (w != 0.0) {
-                const uint vw = vc[(base + j0 + jj) * HW + tid / 2u];
-                acc += w * unpackHalf2x16(vw)[tid & 1u];
-            }
-        }
-        m = m_new;
-        barrier();
+        part[dst + 1u + tid] = a;
+        if (tid == 0u) part[dst] = vec4(mx, lt, 0.0, 0.0);
     }
-    const uint dst = ((t * HQ + h) * p.n_splits + s) * PSTRIDE;
-    part[dst + 2u + tid] = acc;
-    if (tid == 0u) { part[dst] = m; part[dst + 1u] = l; }
+    barrier();
+}
+
+void split_pass(uint s, uint kvh, uint t) {
+    const uint qpos = step[0] + t, n_scan = step[2], sinks = step[3], window = step[4];
+    const uint chunk = chunk_len(n_scan);
+    const uint a0 = s * chunk;
+    if (a0 >= n_scan) return;                                  // not live at this length
+    const uint a1 = min(a0 + chunk, n_scan);
+    const uint lane = gl_SubgroupInvocationID % LPT;
+    const uint slot = gl_SubgroupID * (gl_SubgroupSize / LPT) + gl_SubgroupInvocationID / LPT;
+    const float scale = PUSH_F(p.scale_bits) * LOG2E;
+    [[unroll]] for (uint g = 0u; g < G; g++) {
+        [[unroll]] for (uint i = 0u; i < NVL; i++) {
+            qr[g * NVL + i] = qkv[t * ROWV + (kvh * G + g) * NV + lane + i * LPT] * scale;
+            acc[g * NVL + i] = vec4(0.0);
+        }
+        m[g] = NEG;
+        l[g] = 0.0;
+    }
+    const uint base = (p.layer * HKV + kvh) * p.cap;
+    for (uint r0 = a0; r0 < a1; r0 += SLOTS * U) {            // rounds: uniform over the workgroup
+        bool vis[U];
+        uvec2 kr[U * NVL], vr[U * NVL];
+        [[unroll]] for (uint u = 0u; u < U; u++) {             // loads first, all in flight
+            const uint j = r0 + u * SLOTS + slot, jc = min(j, a1 - 1u);
+            vis[u] = j < a1 && visible(slot_pos[jc], qpos, sinks, window);
+            const uint row = (base + jc) * NV + lane;
+            [[unroll]] for (uint i = 0u; i < NVL; i++) {
+                kr[u * NVL + i] = kc[row + i * LPT];
+                vr[u * NVL + i] = vc[row + i * LPT];
+            }
+        }
+        [[unroll]] for (uint g = 0u; g < G; g++) {
+            float sc[U];
+            [[unroll]] for (uint u = 0u; u < U; u++) {
+                float d = 0.0;
+                [[unroll]] for (uint i = 0u; i < NVL; i++) d += dot(qr[g * NVL + i], unpack_half4(kr[u * NVL + i]));
+                d = cluster_add(d, LPT);
+                sc[u] = vis[u] ? d : NEG;
+            }
+            float mx = m[g];                                   // online softmax over the U slots
+            [[unroll]] for (uint u = 0u; u < U; u++) mx = max(mx, sc[u]);
+            const float corr = exp2(m[g] - mx);
+            l[g] *= corr;
+            [[unroll]] for (uint i = 0u; i < NVL; i++) acc[g * NVL + i] *= corr;
+            [[unroll]] for (uint u = 0u; u < U; u++) {
+                if (vis[u]) {                                  // invisible slots (maybe never written) add nothing
+                    const float w = exp2(sc[u] - mx);
+                    l[g] += w;
+                    [[unroll]] for (uint i = 0u; i < NVL; i++) acc[g * NVL + i] += w * unpack_half4(vr[u * NVL + i]);
+                }
+            }
+            m[g] = mx;
+        }
+    }
+    [[unroll]] for (uint g = 0u; g < G; g++) write_partial(g, ((t * HQ + kvh * G + g) * p.n_splits + s) * PV);
 }
 
 void merge_pass(uint h, uint t) {
-    const uint tid = gl_LocalInvocationIndex;
+    const uint tid = gl_LocalInvocationIndex, WG = gl_WorkGroupSize.x;
+    const uint n_scan = step[2];
+    const uint n_live = ceil_div(n_scan, chunk_len(n_scan));
     const uint b = (t * HQ + h) * p.n_splits;
-    float m = NEG;
-    for (uint s = 0u; s < p.n_splits; s++) m = max(m, part[(b + s) * PSTRIDE]);
-    float l = 0.0, acc = 0.0;
-    for (uint s = 0u; s < p.n_splits; s++) {
-        const float f = exp(part[(b + s) * PSTRIDE] - m);
-        l += f * part[(b + s) * PSTRIDE + 1u];
-        acc += f * part[(b + s) * PSTRIDE + 2u + tid];
+    float mx = NEG;
+    for (uint s = tid; s < n_live; s += WG) mx = max(mx, part[(b + s) * PV].x);
+    mx = workgroup_max(mx);
+    float lt = 0.0;
+    for (uint s = tid; s < n_live; s += WG) { const vec2 ml = part[(b + s) * PV].xy; lt += exp2(ml.x - mx) * ml.y; }
+    lt = workgroup_sum(vec4(lt, 0.0, 0.0, 0.0)).x;
+    const uint i = tid % NV, grp = tid / NV, n_grp = WG / NV;
+    vec4 a = vec4(0.0);
+    if (grp < n_grp)
+        for (uint s = grp; s < n_live; s += n_grp) a += exp2(part[(b + s) * PV].x - mx) * part[(b + s) * PV + 1u + i];
+    sh_acc[tid] = a;
+    barrier();
+    if (tid < NV) {
+        for (uint k = 1u; k < n_grp; k++) a += sh_acc[k * NV + tid];
+        o[(t * HQ + h) * NV + tid] = a / lt;
     }
-    o[(t * HQ + h) * D + tid] = acc / l;
 }
 
 void main() {

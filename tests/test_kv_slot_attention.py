@@ -1,7 +1,8 @@
 """Shader ``kv-slot-attention`` (grilly_kv.ops.kv_slot_attention) on the Vulkan device vs its
-NumPy twin: split-K online softmax over float16 slots, causal + sinks/window visibility.
+NumPy twin: split-K online softmax over float16 slots, causal + sinks/window visibility, both
+workgroup sizes (64: CPU devices, 256: GPUs).
 
-Tolerance: float32 softmax and weighted sums over <= 300 keys: 2e-5 absolute on O(1) outputs.
+Tolerance: float32 softmax and weighted sums over <= 20000 keys: 2e-5 absolute on O(1) outputs.
 """
 import numpy as np
 import pytest
@@ -17,11 +18,18 @@ CASES = [
     (9, 3, 64, 300, 3, 290, 4, 100),       # GQA 3:1, streaming visibility, partial scan
     (9, 3, 64, 70, 7, 70, 0, ALL),         # a prefill chunk, cap not a multiple of 64
     (4, 4, 16, 2500, 1, 2500, 0, ALL),     # many keys: all 128 decode splits used, MHA
+    (3, 1, 64, 17000, 1, 16999, 0, ALL),   # decode: 128 splits of 133 slots (2 rounds, the last partial)
+    (9, 3, 64, 8192, 1, 1, 0, ALL),        # one live slot of a large cache: one live split
+    (9, 3, 64, 1000, 1, 333, 0, 64),       # decode, sliding window over a partial scan
+    (6, 2, 32, 900, 20, 899, 2, 300),      # a chunk of 20 queries, G = 3, D/4 = 8 lanes per slot
+    (2, 1, 24, 50, 1, 50, 0, ALL),         # D/4 = 6: 2 lanes per slot, 3 quads each
+    (8, 1, 128, 600, 2, 600, 0, ALL),      # largest head_dim, 8 query heads per KV head
 ]
 
 
+@pytest.mark.parametrize("local_size", [64, 256])
 @pytest.mark.parametrize("hq,hkv,D,cap,T,n_scan,sinks,window", CASES)
-def test_matches_reference(vk, hq, hkv, D, cap, T, n_scan, sinks, window):
+def test_matches_reference(vk, hq, hkv, D, cap, T, n_scan, sinks, window, local_size):
     rng = np.random.default_rng(cap)
     kc = rng.standard_normal((2, hkv, cap, D)).astype(np.float16)
     vc = rng.standard_normal((2, hkv, cap, D)).astype(np.float16)
@@ -31,7 +39,7 @@ def test_matches_reference(vk, hq, hkv, D, cap, T, n_scan, sinks, window):
     qkv = rng.standard_normal((T, (hq + 2 * hkv) * D)).astype(np.float32) * 2
     kw = dict(pos0=pos0, n_scan=n_scan, layer=1, n_q_heads=hq, sinks=sinks, window=window)
     guard = guard_output(vk, SHADER, "out", T * hq * D)
-    got = kv_slot_attention(qkv, kc, vc, slot_pos, device=vk, **kw)
+    got = kv_slot_attention(qkv, kc, vc, slot_pos, local_size=local_size, device=vk, **kw)
     assert_sentinels_intact(guard, T * hq * D)
     assert_close(got, kv_slot_attention_ref(qkv, kc, vc, slot_pos, **kw), atol=2e-5, what="attention")
 

@@ -1,6 +1,7 @@
 """Attention of a step's queries over a float16 slot cache, with a sinks + window visibility rule.
 
-Shader: ``shaders/kv-slot-attention.glsl`` (split-K online softmax, then a merge pass);
+Shader: ``shaders/kv-slot-attention.glsl`` (split-K online softmax, one workgroup per KV head's
+query group and chunk of live slots, then a merge pass);
 reference: :func:`grilly_kv.reference.kv_slot_attention.kv_slot_attention_ref`.
 """
 from __future__ import annotations
@@ -14,40 +15,76 @@ from ..validation import check_array, check_int
 from .step_words import ALL_POSITIONS, fill_step, step_words
 
 SHADER = "kv-slot-attention"
+LOCAL_SIZE_GPU = 256      # 32 slots in flight, U = 4 each per round: 128-slot chunks
+LOCAL_SIZE_CPU = 64       # lavapipe: smaller workgroups run several times faster
+TOKENS_PER_ROUND = 4      # the shader's U: slots per cluster of lanes whose loads go out together
+MAX_LANES_PER_SLOT = 8    # subgroup lanes that share one K/V row (<= any device's subgroup size)
 MAX_SPLITS_DECODE = 128   # one query per head: split the keys finely to fill a large GPU
 MAX_SPLITS_CHUNK = 16     # T queries per head already give T times the workgroups
+MAX_HEAD_DIM = 128        # shared memory: (workgroup / lanes per slot) x head_dim floats
 PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f")
 
 
-def n_splits_for(cap: int, head_dim: int, T: int) -> int:
-    """Key splits per (token, head): at least one tile of ``head_dim`` keys each."""
+def local_size_for(device) -> int:
+    """Invocations per workgroup: :data:`LOCAL_SIZE_GPU`, or :data:`LOCAL_SIZE_CPU` on CPU devices."""
+    return LOCAL_SIZE_CPU if device.properties.get("device_type") == "Cpu" else LOCAL_SIZE_GPU
+
+
+def lanes_per_slot(head_dim: int) -> int:
+    """Lanes reading one K/V row: the largest power of 2 dividing ``head_dim / 4``, at most 8."""
+    nv = head_dim // 4
+    return min(MAX_LANES_PER_SLOT, nv & -nv)
+
+
+def min_chunk(head_dim: int, local_size: int) -> int:
+    """Fewest slots per split: one round of the workgroup (slots in flight x U)."""
+    return local_size // lanes_per_slot(head_dim) * TOKENS_PER_ROUND
+
+
+def n_splits_for(cap: int, head_dim: int, T: int, local_size: int) -> int:
+    """Key splits per (token, KV head) in the grid, enough for ``cap`` slots. On the device a step
+    with ``n_scan`` live slots uses chunks of ``max(min_chunk, ceil(n_scan / n_splits))`` slots;
+    the splits past the last chunk exit at once and the merge reads only the live ones."""
     limit = MAX_SPLITS_DECODE if T == 1 else MAX_SPLITS_CHUNK
-    return max(1, min(limit, -(-cap // head_dim)))
+    return max(1, min(limit, -(-cap // min_chunk(head_dim, local_size))))
 
 
 def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int) -> int:
-    """Words of the partial-result buffer for steps of 1 to ``max_chunk`` tokens."""
-    rows = max(T * n_splits_for(cap, head_dim, T) for T in {1, max_chunk})
-    return rows * n_q_heads * (head_dim + 2)
+    """Words of the partial-result buffer for steps of 1 to ``max_chunk`` tokens (any local size)."""
+    rows = max(T * n_splits_for(cap, head_dim, T, ls) for T in {1, max_chunk}
+               for ls in (LOCAL_SIZE_GPU, LOCAL_SIZE_CPU))
+    return rows * n_q_heads * (head_dim + 4)
 
 
 def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, step, part, out, *,
                              T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
-                             n_kv_heads: int) -> Recording:
-    """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32."""
-    n_splits = n_splits_for(cap, head_dim, T)
-    spec = (head_dim, head_dim, n_q_heads, n_kv_heads)
+                             n_kv_heads: int, local_size: int | None = None) -> Recording:
+    """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32.
+
+    ``part`` holds :func:`part_words` floats for this ``T``; the live length, visibility and
+    positions are read from ``step`` (see :mod:`.step_words`) when the recording runs.
+    ``local_size``: 64 or 256 (default :func:`local_size_for` the device; tests force both).
+    """
+    if head_dim % 4 or head_dim > MAX_HEAD_DIM or n_q_heads % n_kv_heads:
+        raise ValueError(f"head_dim {head_dim} must be a multiple of 4 and <= {MAX_HEAD_DIM}, and "
+                         f"n_q_heads {n_q_heads} a multiple of n_kv_heads {n_kv_heads}")
+    local_size = local_size or local_size_for(rec.device)
+    if local_size not in (LOCAL_SIZE_CPU, LOCAL_SIZE_GPU):
+        raise ValueError(f"local_size must be {LOCAL_SIZE_CPU} or {LOCAL_SIZE_GPU}, got {local_size}")
+    n_splits = n_splits_for(cap, head_dim, T, local_size)
+    spec = (local_size, head_dim, n_q_heads, n_kv_heads, lanes_per_slot(head_dim))
     bufs = [qkv, k_cache, v_cache, slot_pos, step, part, out]
     common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim))
-    rec.dispatch(SHADER, bufs, groups=(n_splits, n_q_heads, T), spec=spec,
-                 push=PUSH.pack(pass_id=0, **common), writes=[5])
+    rec.dispatch(SHADER, bufs, groups=(n_splits, n_kv_heads, T), spec=spec,
+                 push=PUSH.pack(pass_id=0, **common), writes=[5], label="kv-slot-attention")
     return rec.dispatch(SHADER, bufs, groups=(n_q_heads, T), spec=spec,
-                        push=PUSH.pack(pass_id=1, **common), writes=[6])
+                        push=PUSH.pack(pass_id=1, **common), writes=[6], label="kv-slot-merge")
 
 
 def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, slot_pos: np.ndarray, *,
                       pos0: int, n_scan: int, layer: int, n_q_heads: int, sinks: int = 0,
-                      window: int = ALL_POSITIONS, device: DeviceLike = None) -> np.ndarray:
+                      window: int = ALL_POSITIONS, local_size: int | None = None,
+                      device: DeviceLike = None) -> np.ndarray:
     """Attention output of the q heads of ``qkv`` over the cache.
 
     Args:
@@ -57,6 +94,7 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
         pos0: position of token 0; token t is the query at position pos0 + t.
         n_scan: slots ``[0, n_scan)`` are scanned.
         sinks, window: visibility (see ``reference.kv_slot_attention.visible_mask``).
+        local_size: workgroup size (see :func:`record_kv_slot_attention`).
 
     Returns:
         ``(T, H_q, D)`` float32. Every query must see at least one key.
@@ -69,9 +107,9 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     check_int("layer", layer, minimum=0, maximum=L - 1)
     check_int("n_scan", n_scan, minimum=1, maximum=cap)
     if (v_cache.shape != k_cache.shape or slot_pos.shape != (cap,) or n_q_heads % h_kv
-            or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 4 or D > 1024):
+            or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 4 or D > MAX_HEAD_DIM):
         raise ValueError(f"shapes disagree: qkv {qkv.shape}, caches {k_cache.shape}, slot_pos "
-                         f"{slot_pos.shape}, H_q {n_q_heads} (D a multiple of 4, <= 1024)")
+                         f"{slot_pos.shape}, H_q {n_q_heads} (D a multiple of 4, <= {MAX_HEAD_DIM})")
     kw = dict(pos0=pos0, n_scan=n_scan, sinks=sinks, window=window, layer=layer, n_q_heads=n_q_heads)
     dev = get_device(device)
     if dev.is_cpu:
@@ -93,6 +131,6 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
                        sinks=sinks, window=window))
     rec = Recording(dev).upload(qb, kb, vb, pb, sb)
     record_kv_slot_attention(rec, qb, kb, vb, pb, sb, part, ob, T=T, cap=cap, layer=layer, head_dim=D,
-                             n_q_heads=n_q_heads, n_kv_heads=h_kv)
+                             n_q_heads=n_q_heads, n_kv_heads=h_kv, local_size=local_size)
     rec.download(ob).run()
     return ob.read(T * n_q_heads * D).reshape(T, n_q_heads, D)
