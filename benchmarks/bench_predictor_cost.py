@@ -2,23 +2,27 @@
 """AttentionPredictor cost per decode step (issue 9): history update + CNN for all layers and
 heads of SmolLM2 at one context, against the dense decode step of the same model.
 
-Predictor step (one submission): upload of the step's attention rows (N = layers x H_q rows of
-S floats), block max-pool into the 64-row history ring, the CNN over the candidate blocks, the
-scores' download. Timed over consecutive decode steps with the context growing by a token per
-step (mean = the amortised cost: incremental steps with 6 rows of the second convolution, the
-edge tile recomputed when a candidate block is added every 16 steps, a full pass every REFRESH
-steps), and the full pass (all 64 rows) alone. Reported: GPU time of the dispatches (Vulkan timestamps; what a device-resident
-pipeline would pay, its rows being on the device already), GPU time of the whole submission, and
-wall time. Baseline in the same run: the dense decode step of SmolLM2 on the Vulkan model (all
-layers, one submission; GPU time by timestamps, and wall time) after a prefill to the context,
-when the model weights are installed; always also the dense attention of all layers alone
-(kv-slot-attention over S slots).
+Predictor step (one submission): upload of the step's attention rows (layers x H_q rows of S
+floats), block max-pool into the 64-row history ring, the CNN over the candidate blocks, the
+scores' download. Two layouts: a history per query head (group 1, N = layers x 9) and a history
+per KV head (group 3: the max over its 3 query heads, N = layers x 3). Timed over consecutive
+decode steps with the context growing by a token per step: the median is a plain incremental
+step (5 rows of the second convolution), the mean the amortised cost (a candidate block added
+every 16 steps recomputes the tile at the right edge fully); and the full pass (all 64 rows)
+alone. The attention rows are generated before the timed loop and the GPU's clocks are raised
+before each timed step (``ClockWarmer``, as in a decode loop with no host gaps); the GPU time of
+each part comes from Vulkan timestamps, apart: ``predictor-cnn``, ``predictor-history-update``
+(what a device-resident pipeline pays), the rows' ``upload`` (which it would not pay: its
+attention rows are on the device already) and the scores' ``download``.
+Baseline in the same run, timed warm too: the dense decode step of SmolLM2 on the Vulkan model
+(all layers, one submission) after a prefill to the context, when the model weights are
+installed; always also the dense attention of all layers alone (kv-slot-attention over S slots).
 
     python3 benchmarks/bench_predictor_cost.py [--quick] [--device vulkan:0]
 
-Full: 30 layers x 9 heads, context 8000 .. 8128 over 128 decode steps (the model's context is 8192;
-issue target: predictor under 10 % of the dense step).
-``--quick`` (lavapipe): 4 layers, context 512, few repeats.
+Full: 30 layers, context 8000 .. 8128 over 128 decode steps (the model's context is 8192; issue
+target: predictor under 10 % of the dense step). ``--quick`` (lavapipe): 4 layers, context 512,
+20 steps, no clock warming (checks the script runs, not GPU numbers).
 """
 import sys
 import time
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, gpu_us, save, setup, wall_us  # noqa: E402
+from common import ClockWarmer, device_info, gpu_us, save, setup, wall_us  # noqa: E402
 
 from grilly_kv.backend import Buffer, Recording  # noqa: E402
 from grilly_kv.ops.kv_slot_attention import part_words, record_kv_slot_attention  # noqa: E402
@@ -50,49 +54,84 @@ def attention_rows(rng, n, R, S):
     return p / p.sum(-1, keepdims=True)
 
 
-def timed(dev, fn, reps):
-    """Kernel GPU time (median), GPU time of the last whole submission, wall time (median)."""
-    res = {"gpu_us": gpu_us(dev, fn, reps)["median"]}
+def timed(dev, fn, reps, warm):
+    """Kernel GPU time (median, clocks warmed before each run), GPU time of the last whole
+    submission, wall time (median)."""
+    res = {"gpu_us": gpu_us(dev, fn, reps, warm=warm)["median"]}
     res["gpu_submission_us"] = dev.last_recording.gpu_time_us()
     res["wall_us"] = wall_us(fn, reps)["median"]
     return res
 
 
-def predictor_step(dev, L, S, n_steps, reps, rng):
-    """The first step after a 64-row prefill (full CNN), then n_steps decode steps with the
-    context growing by one token each (incremental, with the candidate range growing every 16
-    steps and a full refresh every REFRESH); plus the full pass alone, timed reps times."""
+def step_parts(rec) -> dict:
+    """GPU microseconds of a recording's steps by name (dispatch: its shader; transfers:
+    ``upload`` / ``download``; barriers: ``barrier``), from consecutive timestamps."""
+    ends = rec.timestamps_us()
+    out: dict[str, float] = {}
+    for i, st in enumerate(rec.steps):
+        name = st.shader if st.kind == "dispatch" else st.kind
+        out[name] = out.get(name, 0.0) + float(ends[i] - (ends[i - 1] if i else 0.0))
+    return out
+
+
+POOL = 4   # distinct attention rows, generated before timing (the cost does not depend on values)
+
+
+def predictor_step(dev, L, S, n_steps, reps, group, warm, rng):
+    """After a 64-row prefill and a first (full) CNN step, n_steps decode steps with the context
+    growing by one token each, each timed after warming the clocks; then the full pass alone."""
     N = L * HQ
-    pred = BlockPredictor(N, S + n_steps + 1, init_weights(0), device=dev)   # cost does not depend on values
+    pred = BlockPredictor(N, S + n_steps + 1, init_weights(0), device=dev, group=group)
+    pool = [attention_rows(rng, N, 1, S + n_steps + 1) for _ in range(POOL)]
     pred.step(attention_rows(rng, N, 64, S), S, 0, 0)
-    kern, whole, wall = [], [], []
+    parts, kern, whole, wall = [], [], [], []
     dev.profile = True
     try:
         for i in range(n_steps + 1):
-            rows = attention_rows(rng, N, 1, S + i)
-            s0, e0 = candidate_blocks(S + i, SINKS, LOCAL)
+            S_i = S + i
+            s0, e0 = candidate_blocks(S_i, SINKS, LOCAL)
+            row = pool[i % POOL][:, :, :S_i]
+            warm()
             t0 = time.perf_counter()
-            pred.step(rows, S + i, s0, e0)
+            pred.step(row, S_i, s0, e0)
             wall.append((time.perf_counter() - t0) * 1e6)
-            kern.append(dev.last_recording.kernel_time_us())
-            whole.append(dev.last_recording.gpu_time_us())
+            rec = dev.last_recording
+            kern.append(rec.kernel_time_us())
+            whole.append(rec.gpu_time_us())
+            parts.append(step_parts(rec))
     finally:
         dev.profile = False
-    dec = np.array(kern[1:])
-    res = {"decode_steps": n_steps, "incremental_steps": pred.incremental_steps,
-           "gpu_us_median": float(np.median(dec)), "gpu_us_mean": float(dec.mean()),
-           "gpu_us_max": float(dec.max()), "gpu_submission_us_mean": float(np.mean(whole[1:])),
-           "wall_us_median": float(np.median(wall[1:])), "wall_us_mean": float(np.mean(wall[1:])),
-           "rows": N, "candidate_blocks": int(e0 - s0), "ring_columns": pred.C}
+    dec = slice(1, None)                          # step 0 is the first, full CNN pass
+    names = sorted({k for p in parts for k in p})
+    by_part = {k: np.array([p.get(k, 0.0) for p in parts[dec]]) for k in names}
+    res = {"group": group, "histories": N // group, "input_rows": N, "decode_steps": n_steps,
+           "incremental_steps": pred.incremental_steps, "candidate_blocks": int(e0 - s0),
+           "ring_columns": pred.C,
+           "parts_gpu_us_median": {k: float(np.median(v)) for k, v in by_part.items()},
+           "parts_gpu_us_mean": {k: float(v.mean()) for k, v in by_part.items()},
+           "kernels_gpu_us_median": float(np.median(kern[dec])), "kernels_gpu_us_mean": float(np.mean(kern[dec])),
+           "kernels_gpu_us_max": float(np.max(kern[dec])),
+           "submission_gpu_us_mean": float(np.mean(whole[dec])),
+           "wall_us_median": float(np.median(wall[dec])), "wall_us_mean": float(np.mean(wall[dec]))}
+    cnn, upd = by_part.get("predictor-cnn", np.zeros(1)), by_part.get("predictor-history-update", np.zeros(1))
+    res["device_resident_gpu_us_mean"] = float((cnn + upd).mean())   # CNN + history update
+    res["device_resident_gpu_us_median"] = float(np.median(cnn + upd))
 
     def full():
         pred.invalidate()
-        pred.step(rows, S + n_steps, s0, e0)
-    res["full"] = timed(dev, full, reps)
+        pred.step(row, S_i, s0, e0)
+    res["full"] = timed(dev, full, reps, warm)
+    dev.profile = True
+    try:
+        warm()
+        full()
+        res["full"]["parts_gpu_us"] = step_parts(dev.last_recording)
+    finally:
+        dev.profile = False
     return res
 
 
-def dense_attention(dev, L, S, reps, rng):
+def dense_attention(dev, L, S, reps, rng, warm):
     """Dense decode attention of all layers over S slots (one submission, replayed)."""
     words = L * HKV * S * D // 2
     k = Buffer(dev, words, np.uint32, host_visible=False)
@@ -110,11 +149,12 @@ def dense_attention(dev, L, S, reps, rng):
         record_kv_slot_attention(rec, qkv, k, v, pos, step, part, out, T=1, cap=S, layer=layer,
                                  head_dim=D, n_q_heads=HQ, n_kv_heads=HKV)
     rec.download(out)
-    return timed(dev, rec.run, reps)
+    return timed(dev, rec.run, reps, warm)
 
 
-def dense_model_step(dev, L, S, reps):
-    """SmolLM2's dense decode step on the Vulkan model after a prefill of S - 1 tokens."""
+def dense_model_step(dev, L, S, reps, warm):
+    """SmolLM2's dense decode step on the Vulkan model after a prefill of S - 1 tokens (clocks
+    warmed before each step, as the predictor's)."""
     from grilly_kv.models.smollm2 import load_model, weights_available
     from grilly_kv.policies import make_policy
 
@@ -130,6 +170,7 @@ def dense_model_step(dev, L, S, reps):
     pos = S - 1
     tok_id = ids[S - 1]
     for i in range(reps + 2):
+        warm()
         t0 = time.perf_counter()
         logits = model.forward([tok_id], pos)
         w = (time.perf_counter() - t0) * 1e6
@@ -144,23 +185,34 @@ def dense_model_step(dev, L, S, reps):
 
 def main():
     args, dev = setup(__doc__)
-    L, S, n_steps, reps = (4, 512, 20, 3) if args.quick else (30, 8000, 128, 20)
+    L, S, n_steps, reps, warm_ms = (4, 512, 20, 3, 0) if args.quick else (30, 8000, 128, 20, 20)
     rng = np.random.default_rng(0)
+    warm = ClockWarmer(dev, warm_ms)
     res = {"config": {"layers": L, "q_heads": HQ, "kv_heads": HKV, "head_dim": D, "context": S,
-                      "sinks": SINKS, "local": LOCAL, "quick": args.quick}, **device_info(dev)}
-    res["predictor"] = predictor_step(dev, L, S, n_steps, reps, rng)
-    res["dense_attention"] = dense_attention(dev, L, S, reps, rng)
-    res["dense_model_step"] = dense_model_step(dev, L, S, reps)
-    p = res["predictor"]
-    res["ratio_predictor_mean_gpu_to_dense_attention_gpu"] = p["gpu_us_mean"] / res["dense_attention"]["gpu_us"]
-    if "gpu_submission_us" in res["dense_model_step"]:
-        m = res["dense_model_step"]
-        res["ratio_predictor_mean_gpu_to_dense_step_gpu"] = p["gpu_us_mean"] / m["gpu_submission_us"]
-        res["ratio_predictor_mean_submission_gpu_to_dense_step_gpu"] = p["gpu_submission_us_mean"] / m["gpu_submission_us"]
-        res["ratio_predictor_full_gpu_to_dense_step_gpu"] = p["full"]["gpu_us"] / m["gpu_submission_us"]
-        res["ratio_predictor_mean_wall_to_dense_step_wall"] = p["wall_us_mean"] / m["wall_us"]
+                      "sinks": SINKS, "local": LOCAL, "warm_ms": warm_ms, "quick": args.quick},
+           **device_info(dev)}
+    res["predictor"] = {f"group{g}": predictor_step(dev, L, S, n_steps, reps, g, warm, rng) for g in (1, HQ // HKV)}
+    warm()
+    res["sm_clock_mhz_after_warm"] = ClockWarmer.sm_clock()
+    res["dense_attention"] = dense_attention(dev, L, S, reps, rng, warm)
+    res["dense_model_step"] = dense_model_step(dev, L, S, reps, warm)
+    m = res["dense_model_step"]
+    base = m.get("gpu_submission_us")
+    for g, p in res["predictor"].items():
+        cnn = p["parts_gpu_us_mean"].get("predictor-cnn", 0.0)
+        print(f"{g}: {p['histories']} histories, {p['candidate_blocks']} candidate blocks: "
+              f"cnn {cnn:.1f} us + history update {p['parts_gpu_us_mean'].get('predictor-history-update', 0):.1f} us "
+              f"(mean; median step {p['device_resident_gpu_us_median']:.1f} us), upload "
+              f"{p['parts_gpu_us_mean'].get('upload', 0):.1f} us, full pass {p['full']['gpu_us']:.1f} us")
+        if base:
+            p["ratio_device_resident_mean_to_dense_step_gpu"] = p["device_resident_gpu_us_mean"] / base
+            p["ratio_submission_mean_to_dense_step_gpu"] = p["submission_gpu_us_mean"] / base
+            p["ratio_full_to_dense_step_gpu"] = p["full"]["gpu_us"] / base
+            print(f"  vs dense step {base:.1f} us: device-resident {p['ratio_device_resident_mean_to_dense_step_gpu']:.3f}, "
+                  f"whole submission {p['ratio_submission_mean_to_dense_step_gpu']:.3f}")
     for k, v in res.items():
-        print(f"{k}: {v}")
+        if k != "predictor":
+            print(f"{k}: {v}")
     save("predictor_cost_quick" if args.quick else "predictor_cost", res)
 
 

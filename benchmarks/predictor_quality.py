@@ -5,12 +5,21 @@ the predictor's own numbers on a held-out essay: hit rate (of each decode step's
 candidate blocks by full attention, the fraction the predictor had selected), blocks changed per
 step (what cross-token prefetch copies) and device memory saved.
 
+Offline, per KV head (what a paged cache selects): on held-out essays' captured attention, the
+top-k hit rate of the per-query-head CNN (``weights.safetensors``, scores combined by the max
+over the group of log-softmax scores, as the policy does), of the per-KV-head CNN
+(``weights_kv.safetensors``, trained on the max over the group's rows) and of repeating the KV
+head's last row; k = 8 and 24 (budgets 256 and 512 with 64 sinks + 64 local tokens).
+
     python3 benchmarks/predictor_quality.py [--quick] [--device vulkan:0]
+    python3 benchmarks/predictor_quality.py --kv-only [--quick]      # only the offline comparison
 
 Full (H100): budgets 256/512/1024/2048, needle contexts 1024/2048/4096/8000 at depths
 0.1/0.5/0.9, perplexity at contexts 4096 and 8000 (+ 64 tokens x 4 windows). ``--quick`` (2-core CPU, NumPy model):
 budgets 256/512, one needle at 1024 tokens, perplexity 1024 + 32 tokens x 1 window.
-Writes benchmarks/results/predictor_eval[_quick].json (+ plots) and predictor_quality[_quick].json.
+Writes benchmarks/results/predictor_eval[_quick].json (+ plots), predictor_quality[_quick].json
+and predictor_kv_quality[_quick].json (offline: held-out essays 28-31 at 1024 tokens, 50 random
+steps each; ``--quick``: essay 28 at 512 tokens, 20 steps).
 """
 import argparse
 import sys
@@ -50,13 +59,34 @@ def predictor_stats(device, budgets, context, targets, first_essay):
     return {"model_device": model.device_name, "context": context, "targets": targets, "runs": out}
 
 
+def kv_head_comparison(quick: bool, cache: str | None) -> dict:
+    """Offline per-KV-head hit rates of both CNNs and of the last row (see the module doc)."""
+    from grilly_kv.predictor.train import Geometry, compare_per_kv_head, load_captures
+    from grilly_kv.predictor.weights import DEFAULT_WEIGHTS, KV_HEAD_WEIGHTS, load_weights
+
+    essays_, tokens, steps = ([28], 512, 20) if quick else ([28, 29, 30, 31], 1024, 50)
+    data = load_captures(essays_, tokens, cache=cache)
+    w_q, w_kv = load_weights(DEFAULT_WEIGHTS), load_weights(KV_HEAD_WEIGHTS)
+    out = {"essays": essays_, "tokens": tokens, "steps_per_essay": steps, "group": 3, "by_k": []}
+    for k in (8, 24):
+        r = compare_per_kv_head(data, w_q, w_kv, 3, Geometry(), k, np.random.default_rng(0), steps)
+        out["by_k"].append(r)
+        print(r, flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default=None, help="model device: vulkan, vulkan:N or cpu")
     ap.add_argument("--skip-eval", action="store_true", help="only the predictor's own statistics")
+    ap.add_argument("--kv-only", action="store_true", help="only the offline per-KV-head comparison")
+    ap.add_argument("--cache", default=None, help=".npz of captured attention for the offline comparison")
     a = ap.parse_args()
     q = a.quick
+    save("predictor_kv_quality_quick" if q else "predictor_kv_quality", kv_head_comparison(q, a.cache))
+    if a.kv_only:
+        return
     budgets = "256,512" if q else "256,512,1024,2048"
     stem = "predictor_eval_quick" if q else "predictor_eval"
     policies = [p for p in POLICIES if p in policy_names()]

@@ -20,8 +20,9 @@
 // last two and the new one) see new neighbours: mode 1 runs their tiles as mode 0.
 //
 // Workgroup (tile, n): TILE output columns, 64 threads. Thread (pair, group) computes 2 adjacent
-// columns x 8 of the 32 h2 channels: per h1 channel it loads 4 columns of each staged h1 row and
-// the 72 weights (as vec4, broadcast) from shared memory for 2 x 8 x 9 FMAs per output row.
+// columns x 8 of the 32 h2 channels (COLS is even, so its 4 h1 columns are 2 aligned vec2): per
+// h1 channel it loads 4 columns of each staged h1 row and the 72 weights (as vec4, broadcast)
+// from shared memory for 2 x 8 x 9 FMAs per output row; 5 rows share the weights in step mode.
 #include "common.glsl"
 
 layout(local_size_x_id = 0) in;                   // 64 = PAIRS x GROUPS
@@ -49,7 +50,7 @@ layout(push_constant) uniform Push {
 } p;
 
 shared vec4 w2s[C1 * 9u * (C2 / 4u)];               // [c1][dy * 3 + dx][c2 / 4]
-shared float h1[SLOTS * C1 * COLS];                 // [slot][channel][column]
+shared vec2 h1v[SLOTS * C1 * COLS / 2u];            // [slot][channel][column], 2 columns a word pair
 shared float red[5u * GROUPS * TILE];               // channel-group parts of r: [row][group][col]
 
 uint n_id, oldest, s_col;
@@ -73,31 +74,38 @@ void conv1_row(int t, uint slot) {
                     v += w[W1 + ch * 9u + uint(dy * 3 + dx)] * x_at(t - 1 + dy, j - 1 + dx);
             v = max(v, 0.0);
         }
-        h1[(slot * C1 + ch) * COLS + cc] = v;
+        const uint i1 = (slot * C1 + ch) * COLS + cc;
+        h1v[i1 / 2u][i1 % 2u] = v;
     }
 }
 
-// Pre-activation h2 of this thread's 8 channels (from c0) x 2 columns (tile columns 2 pair,
-// 2 pair + 1) for output rows whose h1 rows t-1, t, t+1 are in slots sl[r][0..2] (-1: zero row),
-// accumulated onto acc[r][column][channel]. R output rows share each loaded h1 value and weight.
+// Pre-activation h2 of this thread's 8 channels (from 8 grp) x 2 columns (tile columns 2 pair,
+// 2 pair + 1) for R output rows whose h1 rows t-1, t, t+1 are in slots sl[r][0..2] (-1: zero
+// row), accumulated onto acc[r][column][channel]. Per h1 channel and dy: one vec4 of h1 per row
+// (2 x vec2 loads), then per dx 8 weights (2 x vec4, the same for all threads of a group) used
+// for 2 columns x R rows.
 #define H2_ROWS(R, sl, acc)                                                                        \
     for (uint c1 = 0u; c1 < C1; c1++) {                                                            \
         [[unroll]] for (int dy = 0; dy < 3; dy++) {                                                \
+            vec4 h[R];                                                                             \
             [[unroll]] for (int r = 0; r < R; r++) {                                               \
-                if (sl[r][dy] < 0) continue;                                                       \
-                const uint hb = (uint(sl[r][dy]) * C1 + c1) * COLS + 2u * pair;                    \
-                const vec4 h = vec4(h1[hb], h1[hb + 1u], h1[hb + 2u], h1[hb + 3u]);                \
-                [[unroll]] for (int dx = 0; dx < 3; dx++) {                                        \
-                    const uint wb = (c1 * 9u + uint(dy * 3 + dx)) * 8u + 2u * grp;                 \
-                    const vec4 wa = w2s[wb], wc = w2s[wb + 1u];                                    \
-                    acc[r][0][0] += wa.x * h[dx];     acc[r][1][0] += wa.x * h[dx + 1];            \
-                    acc[r][0][1] += wa.y * h[dx];     acc[r][1][1] += wa.y * h[dx + 1];            \
-                    acc[r][0][2] += wa.z * h[dx];     acc[r][1][2] += wa.z * h[dx + 1];            \
-                    acc[r][0][3] += wa.w * h[dx];     acc[r][1][3] += wa.w * h[dx + 1];            \
-                    acc[r][0][4] += wc.x * h[dx];     acc[r][1][4] += wc.x * h[dx + 1];            \
-                    acc[r][0][5] += wc.y * h[dx];     acc[r][1][5] += wc.y * h[dx + 1];            \
-                    acc[r][0][6] += wc.z * h[dx];     acc[r][1][6] += wc.z * h[dx + 1];            \
-                    acc[r][0][7] += wc.w * h[dx];     acc[r][1][7] += wc.w * h[dx + 1];            \
+                const uint hb = ((uint(max(sl[r][dy], 0)) * C1 + c1) * COLS) / 2u + pair;          \
+                h[r] = sl[r][dy] < 0 ? vec4(0.0) : vec4(h1v[hb], h1v[hb + 1u]);                    \
+            }                                                                                      \
+            [[unroll]] for (int dx = 0; dx < 3; dx++) {                                            \
+                const uint wb = (c1 * 9u + uint(dy * 3 + dx)) * 8u + 2u * grp;                     \
+                const vec4 wa = w2s[wb], wc = w2s[wb + 1u];                                        \
+                [[unroll]] for (int r = 0; r < R; r++) {                                           \
+                    if (sl[r][dy] < 0) continue;                                                   \
+                    const float u = h[r][dx], v = h[r][dx + 1];                                    \
+                    acc[r][0][0] += wa.x * u;     acc[r][1][0] += wa.x * v;                        \
+                    acc[r][0][1] += wa.y * u;     acc[r][1][1] += wa.y * v;                        \
+                    acc[r][0][2] += wa.z * u;     acc[r][1][2] += wa.z * v;                        \
+                    acc[r][0][3] += wa.w * u;     acc[r][1][3] += wa.w * v;                        \
+                    acc[r][0][4] += wc.x * u;     acc[r][1][4] += wc.x * v;                        \
+                    acc[r][0][5] += wc.y * u;     acc[r][1][5] += wc.y * v;                        \
+                    acc[r][0][6] += wc.z * u;     acc[r][1][6] += wc.z * v;                        \
+                    acc[r][0][7] += wc.w * u;     acc[r][1][7] += wc.w * v;                        \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \

@@ -198,6 +198,31 @@ def train(train_data, held_out, *, seed: int, steps: int, heads_per_batch: int, 
     return w, report
 
 
+def load_captures(names, tokens: int, layers: int | None = None, cache: str | None = None) -> list:
+    """Pooled attention ``(L * H_q, T, ceil(T / 16))`` of the essays ``names`` (indices in
+    name order, first ``tokens`` tokens), captured with the NumPy model, or read from the
+    ``.npz`` ``cache`` when it holds them all (written when it does not exist)."""
+    if cache and Path(cache).is_file():
+        with np.load(cache) as z:
+            if all(f"essay{i}" in z for i in names):
+                return [z[f"essay{i}"] for i in names]
+    from ..evaluation.corpus import essays
+    from ..models.smollm2 import load_model
+    from .data import capture_essay
+
+    model, tok = load_model("cpu", n_layers=layers, max_chunk=tokens)
+    texts = [t for _, t in essays()]
+    data = []
+    for i in names:
+        ids = tok.encode(texts[i])[:tokens]
+        t0 = time.time()
+        data.append(capture_essay(model, ids))
+        print(f"essay {i}: {len(ids)} tokens captured in {time.time() - t0:.1f} s", flush=True)
+    if cache and not Path(cache).is_file():
+        np.savez(cache, **{f"essay{i}": d for i, d in zip(names, data)})
+    return data
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -222,25 +247,8 @@ def main(argv=None) -> None:
     ap.add_argument("--report", default=None, help="JSON report path")
     args = ap.parse_args(argv)
 
-    from ..evaluation.corpus import essays
-    from ..models.smollm2 import load_model
-    from .data import capture_essay
-
     names = list(range(args.first_essay, args.first_essay + args.essays + args.held_out))
-    if args.cache and Path(args.cache).is_file():
-        with np.load(args.cache) as z:
-            data = [z[f"essay{i}"] for i in names]
-    else:
-        model, tok = load_model("cpu", n_layers=args.layers, max_chunk=args.tokens)
-        texts = [t for _, t in essays()]
-        data = []
-        for i in names:
-            ids = tok.encode(texts[i])[:args.tokens]
-            t0 = time.time()
-            data.append(capture_essay(model, ids))
-            print(f"essay {i}: {len(ids)} tokens captured in {time.time() - t0:.1f} s", flush=True)
-        if args.cache:
-            np.savez(args.cache, **{f"essay{i}": d for i, d in zip(names, data)})
+    data = load_captures(names, args.tokens, args.layers, args.cache)
     geo = Geometry()
     rows = [group_rows(d, args.group) for d in data]
     w, report = train(rows[:args.essays], rows[args.essays:], seed=args.seed, steps=args.steps,

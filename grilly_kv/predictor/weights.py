@@ -8,7 +8,9 @@ import numpy as np
 
 from ..reference.predictor_cnn import WEIGHT_SHAPES, check_weights
 
-DEFAULT_WEIGHTS = Path(__file__).with_name("weights.safetensors")
+DEFAULT_WEIGHTS = Path(__file__).with_name("weights.safetensors")       # a history per query head
+# a history per KV head (the max over its query heads; BlockPredictor(group=H_q / H_kv))
+KV_HEAD_WEIGHTS = Path(__file__).with_name("weights_kv.safetensors")
 
 
 def init_weights(seed: int) -> dict[str, np.ndarray]:
