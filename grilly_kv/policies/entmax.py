@@ -12,8 +12,10 @@ with the exact threshold of the kept tokens. Prefill chunks attend densely with 
 decode-time method, as Quest). Nothing is evicted: the memory held is the dense cache plus the
 page statistics.
 
-What this does with SmolLM2 (softmax-trained), measured on real queries (30 layers, 1024-token
-essay prefix, 8 decode positions; ``scratch/entmax_probe.py`` in the commit that added this):
+What this does with SmolLM2 (softmax-trained), measured on real queries: the post-RoPE q/k/v
+of the NumPy model over the first 1024 tokens of the held-out essays, 30 layers, queries at
+positions 960, 968, ..., 1016 against the keys before them, pages of 16, the NumPy references
+of both selections, mean over layers and positions (a local probe, not a committed benchmark):
 
 * the rule alone keeps about 68% of the pages (43 of 64 on average, 23 to 63): SmolLM2's scores
   are not peaked enough for the 1.5-entmax threshold to prune much, so at budgets well below the
