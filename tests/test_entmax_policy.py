@@ -151,7 +151,7 @@ def test_smollm2_selects_on_the_device(models):
     ids = tk.encode("One, two, three, four, five, six, seven, eight, nine, ten, eleven, twelve, thirteen")
     dense = teacher_forced_logits(vkm, make_policy("dense"), ids, 8)
     ent = teacher_forced_logits(vkm, make_policy("entmax", 8, page_size=4), ids, 8)
-    assert len(vkm._recordings[(1, False)]) == 1
+    assert all(len(recs) == 1 for recs in vkm._recordings.values())   # one submission per step
     np.testing.assert_allclose(dense[:9], ent[:9], atol=1e-3)      # prefill and first decodes: all pages
     assert np.abs(dense[-1] - ent[-1]).max() > 0.05
 
