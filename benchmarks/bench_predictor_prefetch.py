@@ -101,15 +101,17 @@ class KeptSets:
 
 
 def timed(fn, n, warmup=3):
-    """Median wall time of ``fn()`` in microseconds and the median of what each call returns
-    (a dict of per-step figures)."""
+    """Median wall time of ``fn()`` in microseconds, and the median of each figure of the dict
+    that ``fn()`` returns; a figure given as a callable (e.g. reading Vulkan timestamps) is
+    evaluated after the step's clock stops."""
     for _ in range(warmup):
         fn()
     wall, info = [], []
     for _ in range(n):
         t0 = time.perf_counter()
-        info.append(fn() or {})
+        step = fn()
         wall.append((time.perf_counter() - t0) * 1e6)
+        info.append({k: v() if callable(v) else v for k, v in step.items()})
     out = {"wall_us": float(np.median(wall))}
     for key in info[0]:
         out[key] = float(np.median([i[key] for i in info]))
@@ -131,7 +133,7 @@ def main():
                       "steps": reps, "quick": args.quick}, **device_info(dev)}
 
     def attention_step(rec):
-        return lambda: {"gpu_us": rec.run().gpu_time_us()}
+        return lambda: {"gpu_us": rec.run().gpu_time_us}
 
     # dense, device-resident
     words = L * HKV * S * D // 2
@@ -169,8 +171,8 @@ def main():
     def serial_step():
         info = prefetch_next()
         info["copy_wait_us"] = pf.wait() * 1e6
-        info["copy_gpu_us"] = pf.last_upload.gpu_time_us()
-        info["gpu_us"] = recs[pf.flip()].run().gpu_time_us()   # scatter the copied blocks, attend
+        info["copy_gpu_us"] = pf.last_upload.gpu_time_us
+        info["gpu_us"] = recs[pf.flip()].run().gpu_time_us     # scatter the copied blocks, attend
         return info
 
     def overlap_step():
@@ -179,7 +181,7 @@ def main():
         step.wait()
         pf.wait()
         state["parity"] = pf.flip()
-        return {**info, "gpu_us": step.gpu_time_us(), "copy_gpu_us": pf.last_upload.gpu_time_us()}
+        return {**info, "gpu_us": step.gpu_time_us, "copy_gpu_us": pf.last_upload.gpu_time_us}
 
     res["host_serial"] = timed(serial_step, reps, warmup)
     pf.prefetch(*plans.pop(0)[1:])                     # prime: the first step's blocks arrive first

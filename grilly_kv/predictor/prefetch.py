@@ -86,8 +86,8 @@ class HostKVPrefetcher:
         self.v_dev = Buffer(device, cache_words, np.uint32)
         self.incoming = [Buffer(device, self.max_new * 2 * self.block_words, np.uint32) for _ in range(2)]
         self.index = [Buffer(device, self.max_new + 1, np.uint32) for _ in range(2)]
-        self._gathered = np.empty((self.max_new, 2 * BLOCK * head_dim), np.float16)
-        self._index = np.empty(self.max_new + 1, np.uint32)
+        self._gathered = np.empty((self.max_new, 2 * BLOCK * head_dim), np.float16)   # host rows of a step
+        self._index = np.empty(self.max_new + 1, np.uint32)                            # [n, slot_0, ..]
         self.granule = -(-self.max_new // BUCKETS)
         self._uploads: dict[tuple[int, int], Recording] = {}
         self._scatters: dict[int, Recording] = {}
@@ -103,8 +103,8 @@ class HostKVPrefetcher:
 
     @property
     def device_bytes(self) -> int:
-        """Device memory of the K/V slot cache and the incoming buffers (device-local)."""
-        return self.k_dev.nbytes + self.v_dev.nbytes + sum(b.nbytes for b in self.incoming)
+        """Device memory of the K/V slot cache, the incoming buffers and their indexes (device-local)."""
+        return self.k_dev.nbytes + self.v_dev.nbytes + sum(b.nbytes for b in self.incoming + self.index)
 
     @property
     def host_bytes(self) -> int:
