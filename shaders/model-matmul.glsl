@@ -2,21 +2,26 @@
 // Y[t, n] (+)= sum_k X'[t, k] * W[n, k] for tokens t < T and rows n < N: see grilly_kv/ops/model_matmul.py.
 // X' is the input row itself (MODE 0), its RMSNorm times a weight vector (MODE 1), or, for rows
 // 2K wide, silu(X[t, :K]) * X[t, K:] (MODE 2: SwiGLU). Workgroup (x, y) computes rows
-// [x*ROWS, x*ROWS + ROWS) for tokens [y*TT, y*TT + TT); each row is split over WG/ROWS lanes
-// (coalesced loads on GPUs) whose partial sums meet in shared memory; with ROWS == WG each
-// invocation owns a whole row and no reduction is needed (faster on CPU devices).
+// [x*ROWS, x*ROWS + ROWS) for tokens [y*TT, y*TT + TT). Each row is read by a cluster of LANES
+// consecutive subgroup lanes (coalesced loads on GPUs; LANES = 1 on CPU devices: one row per
+// invocation), 16 / TT loads per lane in flight at a time, partial sums met by shuffles: no
+// shared memory, no barrier. RMSNorm is applied after the dot product: each cluster also sums
+// the squares of the input row (y = rsqrt(mean(x^2) + eps) * sum_k w_k g_k x_k).
 #include "common.glsl"
+#include "cluster_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint K = 576;     // input width, a multiple of 4
 layout(constant_id = 2) const uint F16 = 1;     // 1: W is packed float16
-layout(constant_id = 3) const uint ROWS = 4;    // output rows per workgroup (WG/ROWS a power of 2)
-layout(constant_id = 4) const uint TT = 1;      // tokens per workgroup, <= MAX_TT
+layout(constant_id = 3) const uint ROWS = 4;    // output rows per workgroup (LANES = WG / ROWS: 1, 2, 4 or 8)
+layout(constant_id = 4) const uint TT = 1;      // tokens per workgroup
 layout(constant_id = 5) const uint MODE = 0;    // 0 plain, 1 RMSNorm, 2 SwiGLU
 layout(constant_id = 6) const uint ACC = 0;     // 1: add to Y instead of overwriting it
-const uint MAX_TT = 8u;
+const uint LANES = gl_WorkGroupSize.x / ROWS;
 const uint KV = K / 4u;
 const uint XV = (MODE == 2u) ? 2u * KV : KV;     // vec4s per input row
+const uint NIT = (KV + LANES - 1u) / LANES;      // vec4s per lane
+const uint BATCH = TT >= 16u ? 1u : 16u / TT;    // weight loads per lane issued together (x TT dots each)
 
 layout(set = 0, binding = 0) readonly buffer W32 { uvec4 w32[]; };
 layout(set = 0, binding = 0) readonly buffer W16 { uvec2 w16[]; };
@@ -33,77 +38,39 @@ layout(push_constant) uniform Push {
     uint eps_bits;   // RMSNorm epsilon (float)
 } p;
 
-shared float red[gl_WorkGroupSize.x * MAX_TT];
-shared float inv_rms[MAX_TT];
-
-vec4 load_x(uint t, uint i) {
-    const uint r = p.x_off + t * XV;
-    if (MODE == 2u) {
-        const vec4 a = x[r + i];
-        return a / (1.0 + exp(-a)) * x[r + KV + i];
-    }
-    if (MODE == 1u) return x[r + i] * inv_rms[t % MAX_TT] * g[p.g_off + i];
-    return x[r + i];
-}
-
 void main() {
-    const uint WG = gl_WorkGroupSize.x;
-    const uint tid = gl_LocalInvocationIndex;
-    const uint lanes = WG / ROWS;
-    const uint lane = tid % lanes;
-    const uint n = gl_WorkGroupID.x * ROWS + tid / lanes;
+    const uint lane = gl_SubgroupInvocationID % LANES;
+    const uint r = gl_SubgroupID * (gl_SubgroupSize / LANES) + gl_SubgroupInvocationID / LANES;
+    const uint n_out = gl_WorkGroupID.x * ROWS + r;
+    const uint n = min(n_out, p.N - 1u);            // rows past N compute row N-1, write nothing
     const uint t0 = gl_WorkGroupID.y * TT;
-    const uint tn = min(TT, p.T - t0);
-
-    if (MODE == 1u && lanes == 1u) {   // 1/rms of each token row: one invocation per token, one barrier
-        if (tid < tn) {
-            float s = 0.0;
-            for (uint i = 0u; i < KV; i++) { const vec4 v = x[p.x_off + (t0 + tid) * XV + i]; s += dot(v, v); }
-            inv_rms[tid] = inversesqrt(s / float(K) + PUSH_F(p.eps_bits));
+    float acc[TT], ss[TT];
+    [[unroll]] for (uint j = 0u; j < TT; j++) { acc[j] = 0.0; ss[j] = 0.0; }
+    for (uint b0 = 0u; b0 < NIT; b0 += BATCH) {
+        vec4 w[BATCH];
+        [[unroll]] for (uint b = 0u; b < BATCH; b++) {
+            const uint i = lane + (b0 + b) * LANES;
+            w[b] = i < KV ? LOAD_VEC4(F16, w32, w16, p.w_off + n * KV + i) : vec4(0.0);
         }
-        barrier();
-    } else if (MODE == 1u) {           // ... or reduced over the whole workgroup (GPUs)
-        for (uint j = 0u; j < TT; j++) {
-            float s = 0.0;
-            if (j < tn) for (uint i = tid; i < KV; i += WG) { const vec4 v = x[p.x_off + (t0 + j) * XV + i]; s += dot(v, v); }
-            red[j * WG + tid] = s;
-        }
-        barrier();
-        for (uint s = WG / 2u; s > 0u; s >>= 1u) {
-            if (tid < s) for (uint j = 0u; j < TT; j++) red[j * WG + tid] += red[j * WG + tid + s];
-            barrier();
-        }
-        if (tid < TT) inv_rms[tid] = inversesqrt(red[tid * WG] / float(K) + PUSH_F(p.eps_bits));
-        barrier();
-    }
-
-    float acc[MAX_TT];
-    for (uint j = 0u; j < MAX_TT; j++) acc[j] = 0.0;
-    if (n < p.N) {
-        for (uint i = lane; i < KV; i += lanes) {
-            const vec4 w = LOAD_VEC4(F16, w32, w16, p.w_off + n * KV + i);
-            for (uint j = 0u; j < TT; j++) if (j < tn) acc[j] += dot(w, load_x(t0 + j, i));
-        }
-    }
-    if (lanes == 1u) {           // one row per invocation (CPU devices): no reduction
-        if (n < p.N) {
-            for (uint j = 0u; j < tn; j++) {
-                const uint o = (t0 + j) * p.N + n;
-                y[o] = (ACC != 0u ? y[o] : 0.0) + acc[j];
+        [[unroll]] for (uint j = 0u; j < TT; j++) {
+            const uint xr = p.x_off + min(t0 + j, p.T - 1u) * XV;   // tokens past T: token T-1
+            [[unroll]] for (uint b = 0u; b < BATCH; b++) {
+                const uint i = lane + (b0 + b) * LANES;
+                if (i < KV) {
+                    vec4 xv = x[xr + i];
+                    if (MODE == 1u) { ss[j] += dot(xv, xv); xv *= g[p.g_off + i]; }
+                    if (MODE == 2u) xv = xv / (1.0 + exp(-xv)) * x[xr + KV + i];
+                    acc[j] += dot(w[b], xv);
+                }
             }
         }
-        return;
     }
-    for (uint j = 0u; j < TT; j++) red[j * WG + tid] = acc[j];
-    barrier();
-    for (uint s = lanes / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) for (uint j = 0u; j < TT; j++) red[j * WG + tid] += red[j * WG + tid + s];
-        barrier();
-    }
-    if (lane == 0u && n < p.N) {
-        for (uint j = 0u; j < tn; j++) {
-            const uint o = (t0 + j) * p.N + n;
-            y[o] = (ACC != 0u ? y[o] : 0.0) + red[j * WG + tid];
+    [[unroll]] for (uint j = 0u; j < TT; j++) {
+        float s = cluster_add(acc[j], LANES);
+        if (MODE == 1u) s *= inversesqrt(cluster_add(ss[j], LANES) / float(K) + PUSH_F(p.eps_bits));
+        if (lane == 0u && n_out < p.N && t0 + j < p.T) {
+            const uint o = (t0 + j) * p.N + n_out;
+            y[o] = (ACC != 0u ? y[o] : 0.0) + s;
         }
     }
 }

@@ -1,6 +1,7 @@
 """Shader ``model-matmul`` (grilly_kv.ops.model_matmul) on the Vulkan device vs its NumPy twin.
 
-Tolerance: float32 accumulation over K <= 96 of O(1) values: |err| <= 1e-4 (relative 1e-5).
+Tolerance: float32 accumulation over K <= 96 of O(1) values: |err| <= 1e-4 (relative 1e-5);
+over K = 1540: 1e-3 (sums of std ~40).
 """
 import numpy as np
 import pytest
@@ -13,10 +14,10 @@ from harness import assert_close, assert_sentinels_intact, guard_output
 @pytest.mark.parametrize("mode", ["plain", "rmsnorm", "swiglu"])
 @pytest.mark.parametrize("T", [1, 5, 13])          # 13: not a multiple of the 8-token tile
 @pytest.mark.parametrize("wdtype", [np.float16, np.float32])
-@pytest.mark.parametrize("rows", [4, 64])          # split rows + shared reduction (GPU) / one row per invocation (CPU)
-def test_matches_reference(vk, mode, T, wdtype, rows):
+@pytest.mark.parametrize("lanes", [1, 8])          # one row per invocation (CPU) / 8 lanes per row + shuffles (GPU)
+@pytest.mark.parametrize("N,K", [(37, 44), (21, 1540)])   # N not a multiple of the rows per workgroup;
+def test_matches_reference(vk, mode, T, wdtype, lanes, N, K):  # K/4 = 385: 4 batches of 16 loads, the last partial
     rng = np.random.default_rng(T)
-    N, K = 37, 44                                   # N not a multiple of the 4 rows per workgroup
     w = rng.standard_normal((N, K)).astype(wdtype)
     x = rng.standard_normal((T, 2 * K if mode == "swiglu" else K)).astype(np.float32)
     g = rng.standard_normal(K).astype(np.float32)
@@ -24,20 +25,22 @@ def test_matches_reference(vk, mode, T, wdtype, rows):
     x0 = x.copy()
     for resid in (None, y):
         guard = guard_output(vk, SHADER, "y", T * N)
-        got = model_matmul(x, w, mode=mode, norm_weight=g, y=resid, rows=rows, device=vk)
+        got = model_matmul(x, w, mode=mode, norm_weight=g, y=resid, lanes=lanes, device=vk)
         assert_sentinels_intact(guard, T * N)
         want = model_matmul_ref(x, w, mode=mode, norm_weight=g, y=resid)
-        assert_close(got, want, atol=1e-4, rtol=1e-5, what=f"{mode} T={T}")
+        assert_close(got, want, atol=1e-4 if K < 100 else 1e-3, rtol=1e-5, what=f"{mode} T={T} K={K}")
     np.testing.assert_array_equal(x, x0)             # input untouched
 
 
-def test_rmsnorm_matches_model_definition(vk):
+@pytest.mark.parametrize("lanes", [1, 8])
+def test_rmsnorm_matches_model_definition(vk, lanes):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 64)).astype(np.float32) * 5
     g = rng.standard_normal(64).astype(np.float32)
     w = np.eye(64, dtype=np.float32)
     want = x / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + 1e-5) * g
-    assert_close(model_matmul(x, w, mode="rmsnorm", norm_weight=g, device=vk), want, atol=1e-4, what="rmsnorm")
+    got = model_matmul(x, w, mode="rmsnorm", norm_weight=g, lanes=lanes, device=vk)
+    assert_close(got, want, atol=1e-4, what="rmsnorm")
 
 
 def test_bad_input():
@@ -49,5 +52,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="norm_weight"):
         model_matmul(np.zeros((2, 8), np.float32), w, mode="rmsnorm", norm_weight=np.zeros(4, np.float32),
                      device="cpu")
+    with pytest.raises(ValueError, match="lanes"):
+        model_matmul(np.zeros((2, 8), np.float32), w, lanes=4, device="vulkan")
     with pytest.raises(ValueError, match="mode"):
         model_matmul(np.zeros((2, 8), np.float32), w, mode="gelu", device="cpu")

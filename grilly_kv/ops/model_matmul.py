@@ -14,37 +14,41 @@ from ..validation import check_array, check_choice
 
 SHADER = "model-matmul"
 MODES = {"plain": 0, "rmsnorm": 1, "swiglu": 2}
-LOCAL_SIZE = 64
-ROWS = 4            # output rows per workgroup on GPUs: 16 lanes each (coalesced weight reads)
-MAX_TT = 8          # tokens per workgroup (the shader's MAX_TT)
+LANES_GPU = 8       # lanes per output row on GPUs (coalesced weight reads, shuffle reduction)
+ROWS_GPU = 4        # ... rows per workgroup: one 32-lane subgroup, many workgroups for small N
+ROWS_CPU = 64       # CPU devices: one row per invocation, 64 per workgroup
+MAX_TT = 8          # tokens per workgroup
 PUSH = PushLayout("N", "T", "w_off", "x_off", "g_off", "eps:f")
 
 
-def rows_per_workgroup(device) -> int:
-    """ROWS on GPUs; a whole row per invocation on CPU devices (lavapipe), where the
-    shared-memory reduction costs more than uncoalesced reads."""
-    return LOCAL_SIZE if device.properties.get("device_type") == "Cpu" else ROWS
+def lanes_per_row(device) -> int:
+    """:data:`LANES_GPU` on GPUs; 1 (a whole row per invocation) on CPU devices (lavapipe), where
+    shuffles cost more than uncoalesced reads."""
+    return 1 if device.properties.get("device_type") == "Cpu" else LANES_GPU
 
 
 def record_matmul(rec: Recording, w, x, g, y, *, N: int, K: int, T: int, f16: bool, mode: str = "plain",
                   accumulate: bool = False, w_off: int = 0, x_off: int = 0, g_off: int = 0,
-                  eps: float = 1e-5, rows: int | None = None) -> Recording:
+                  eps: float = 1e-5, lanes: int | None = None) -> Recording:
     """Record ``y[t, n] (+)= x'[t] . w[n]`` for t < T, n < N.
 
     Offsets are in vec4 units (4 elements) of each buffer; ``g`` is the RMSNorm weight buffer
-    (any buffer when mode != "rmsnorm"). K must be a multiple of 4. ``rows``: output rows per
-    workgroup (a power of 2 dividing 64; default :func:`rows_per_workgroup`).
+    (any buffer when mode != "rmsnorm"). K must be a multiple of 4. ``lanes``: invocations per
+    output row, 1 or 8 (default :func:`lanes_per_row`).
     """
+    lanes = lanes or lanes_per_row(rec.device)
+    if lanes not in (1, LANES_GPU):
+        raise ValueError(f"lanes must be 1 or {LANES_GPU}, got {lanes}")
+    rows = ROWS_CPU if lanes == 1 else ROWS_GPU
     tt = min(MAX_TT, T)
-    rows = rows or rows_per_workgroup(rec.device)
-    spec = (LOCAL_SIZE, K, int(f16), rows, tt, MODES[mode], int(accumulate))
+    spec = (rows * lanes, K, int(f16), rows, tt, MODES[mode], int(accumulate))
     push = PUSH.pack(N=N, T=T, w_off=w_off, x_off=x_off, g_off=g_off, eps=eps)
     return rec.dispatch(SHADER, [w, x, g, y], groups=(-(-N // rows), -(-T // tt)), push=push,
                         spec=spec, writes=[3])
 
 
 def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weight=None,
-                 eps: float = 1e-5, y: np.ndarray | None = None, rows: int | None = None,
+                 eps: float = 1e-5, y: np.ndarray | None = None, lanes: int | None = None,
                  device: DeviceLike = None) -> np.ndarray:
     """``x' @ w.T`` (+ ``y``) on the device.
 
@@ -54,7 +58,7 @@ def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weig
         mode: "plain", "rmsnorm" (x is RMS-normalised and scaled by ``norm_weight`` ``(K,)``),
             or "swiglu" (x' = silu(gate) * up).
         y: optional ``(T, N)`` float32 added to the result (residual).
-        rows: output rows per workgroup (default: by device type; tests force both layouts).
+        lanes: invocations per output row, 1 or 8 (default: by device type; tests force both).
 
     Returns:
         ``(T, N)`` float32.
@@ -93,6 +97,6 @@ def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weig
         yb.write(y)
         rec.upload(yb)
     record_matmul(rec, wb, xb, gb, yb, N=N, K=K, T=T, f16=f16, mode=mode, accumulate=y is not None, eps=eps,
-                  rows=rows)
+                  lanes=lanes)
     rec.download(yb).run()
     return yb.read(T * N).reshape(T, N)
