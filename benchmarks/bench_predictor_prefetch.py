@@ -23,14 +23,17 @@ The kept sets of all steps are drawn before timing (the predictor's own cost is
 bench_predictor_cost.py's); a timed host step writes the new token's K/V of every layer to host
 memory, plans, gathers and copies its blocks. Per mode: median wall time per step and tokens/s
 (from wall time), and apart from them the median GPU time of the attention submission (Vulkan
-timestamps, scatter included) and of the copy submission (``copy_gpu_us``), and the host time of
-``prefetch()`` (plan + gather + submit, ``prefetch_host_us``).
+timestamps, scatter included) and of the copy submission (``copy_gpu_us``: its first to its last
+timestamp, so in host_overlap it can include time the copy shares the queue with the running
+attention), and the host time of ``prefetch()`` (plan + gather + submit, ``prefetch_host_us``).
+``host_load_avg_1min``: other work on the CPU skews wall times (lavapipe runs on the CPU).
 
     python3 benchmarks/bench_predictor_prefetch.py [--quick] [--churn C] [--device vulkan:0]
 
 Full: 30 layers, context 8192, budget 1024 tokens. ``--quick`` (lavapipe): 4 layers, context
 1024, budget 256.
 """
+import os
 import sys
 import time
 from pathlib import Path
@@ -130,7 +133,8 @@ def main():
     cap = resident * BLOCK
     res = {"config": {"layers": L, "q_heads": HQ, "kv_heads": HKV, "head_dim": D, "context": S,
                       "budget_tokens": budget, "resident_blocks": resident, "churn_per_step": churn,
-                      "steps": reps, "quick": args.quick}, **device_info(dev)}
+                      "steps": reps, "quick": args.quick}, **device_info(dev),
+           "host_load_avg_1min": os.getloadavg()[0]}     # other work on the CPU skews wall times
 
     def attention_step(rec):
         return lambda: {"gpu_us": rec.run().gpu_time_us}
