@@ -6,8 +6,8 @@ import pytest
 
 from grilly_kv.policies.base import CacheShape
 from grilly_kv.predictor.policy import PredictorPolicy, candidate_blocks
-from grilly_kv.predictor.train import Geometry, loss_and_grads, train
-from grilly_kv.predictor.weights import DEFAULT_WEIGHTS, init_weights, load_weights, save_weights
+from grilly_kv.predictor.train import Geometry, group_rows, loss_and_grads, train
+from grilly_kv.predictor.weights import DEFAULT_WEIGHTS, KV_HEAD_WEIGHTS, init_weights, load_weights, save_weights
 from grilly_kv.reference.kv_slot_attention import masked_attention
 from grilly_kv.reference.predictor_history_update import block_max_pool
 from tests.harness import assert_close
@@ -75,9 +75,30 @@ def test_weights_file_errors(tmp_path):
 
 
 def test_shipped_weights_load():
-    w = load_weights()
-    assert DEFAULT_WEIGHTS.stat().st_size < 64 * 1024
-    assert sum(v.size for v in w.values()) == 4833
+    for path in (DEFAULT_WEIGHTS, KV_HEAD_WEIGHTS):
+        w = load_weights(path)
+        assert path.stat().st_size < 64 * 1024
+        assert sum(v.size for v in w.values()) == 4833
+
+
+def test_group_rows_is_the_max_over_each_kv_heads_query_heads():
+    x = np.arange(2 * 6 * 3 * 4, dtype=np.float32).reshape(12, 3, 4) % 7
+    g = group_rows(x, 3)
+    assert g.shape == (4, 3, 4)
+    assert np.array_equal(g[1], np.maximum(np.maximum(x[3], x[4]), x[5]))
+    with pytest.raises(ValueError, match="group"):
+        group_rows(x, 5)
+
+
+def test_block_predictor_rejects_bad_group_and_rows():
+    from grilly_kv.predictor.history import BlockPredictor
+
+    with pytest.raises(ValueError, match="group"):
+        BlockPredictor(10, 64, init_weights(0), device="cpu", group=3)
+    pred = BlockPredictor(9, 64, init_weights(0), device="cpu", group=3)
+    with pytest.raises(ValueError, match="rows must be"):
+        pred.step(np.zeros((3, 1, 8), np.float32), 8, 0, 1)
+    assert pred.step(np.zeros((9, 1, 8), np.float32), 8, 0, 1).shape == (3, 1)
 
 
 def test_budget_smaller_than_sinks_plus_local():
@@ -122,6 +143,9 @@ def test_policy_prefill_is_dense_and_initialises_the_history(vk):
     for layer in range(2):
         want = masked_attention(qs[layer], ks[layer], vs[layer], mask)
         assert_close(outs[0][layer], want, atol=1e-5, what="prefill output")
+    assert pol.selection is None                           # the history waits for the decode step
+    pol.begin(np.array([T]))                               # which initialises it
+    assert pol.selection is not None
     hist = pol.predictor.read_history()                    # (L * H_q, 64, C)
     assert pol.predictor.head == 0                         # only the last 64 rows were written
     q, k = qs[1], np.repeat(ks[1], 2, axis=0)
@@ -140,6 +164,7 @@ def test_policy_decode_sees_sinks_local_and_selected_blocks(vk):
     # recompute the selection made after the prefill with a NumPy twin policy
     twin = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), device="cpu")
     _run(twin, n_pre, 0)
+    twin.begin(np.array([n_pre]))
     sel = twin.selection                                   # (L, H_kv, k) blocks for position 120
     assert sel.shape == (2, 2, 2)
     s0, e0 = candidate_blocks(n_pre, 16, 16)
@@ -163,15 +188,16 @@ def test_policy_vulkan_matches_numpy_over_decode_steps(vk):
     for dev in (vk, "cpu"):
         pol = PredictorPolicy(80, sinks=16, local=16, calibration_step=3, weights=init_weights(2), device=dev)
         _run(pol, 100, 0)
-        sels = [pol.selection.copy()]
+        sels = []
         rng = np.random.default_rng(9)
         for t in range(7):
             pol.begin(np.array([100 + t]))
+            sels.append(pol.selection.copy())
             for layer in range(2):
                 q = rng.standard_normal((4, 1, 8)).astype(np.float32) * 2
                 k = rng.standard_normal((2, 1, 8)).astype(np.float32) * 2
                 pol.attend(layer, q, k, k)
-            sels.append(pol.selection.copy())
+        sels.append(pol.selection.copy())
         runs[str(dev)] = (sels, pol.predictor.read_history(), pol.stats())
     (a, ha, sa), (b, hb, sb) = runs.values()
     assert all(np.array_equal(np.sort(x, -1), np.sort(y, -1)) for x, y in zip(a, b))
