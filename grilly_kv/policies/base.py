@@ -10,6 +10,15 @@ The policy owns its cache and its scoring rule; the model owns nothing of the ca
 that can also run on a Vulkan device returns a device twin from :meth:`KVPolicy.device_cache`
 (see :mod:`grilly_kv.models.smollm2.vulkan`), so K/V stay on the device and score, select and
 attend are recorded into the model's per-token submission.
+
+Dense chunks. A host policy whose cache, for the chunk just begun, still holds every earlier
+token (e.g. the prefill of a policy that compresses only from the first decode step on) says so
+with :meth:`KVPolicy.dense_chunk`. The model may then compute that chunk's plain causal
+attention itself (on the device, with a dense K/V cache of its own) and call
+``policy.observe(layer, q, k, v)`` instead of ``attend``: the policy stores the rows and updates
+its state exactly as ``attend`` would, but computes no attention output. Dense chunks form a
+prefix of the sequence: once ``dense_chunk()`` has been False, it stays False until ``reset``.
+``attend`` stays valid for every chunk, dense or not (a model may always call it).
 """
 from __future__ import annotations
 
@@ -87,6 +96,18 @@ class KVPolicy(ABC):
             ``(H_q, T, D)`` float32: softmax(q k^T / sqrt(D)) v over the keys the policy lets
             each query see (never a key of a later position).
         """
+
+    def dense_chunk(self) -> bool:
+        """After :meth:`begin`: True when every query of this chunk sees every earlier key of the
+        sequence and its own chunk's keys up to itself (plain causal attention), so the model
+        may attend itself and call :meth:`observe` instead of :meth:`attend`. Default False."""
+        return False
+
+    def observe(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """Store a dense chunk's rows of ``layer`` (shapes as :meth:`attend`) without attending:
+        the same state change as :meth:`attend`, whose output the model computed itself. Only
+        called when :meth:`dense_chunk` returned True for this chunk."""
+        raise NotImplementedError(f"{type(self).__name__} declares dense chunks but has no observe()")
 
     @abstractmethod
     def tokens_held(self) -> int:

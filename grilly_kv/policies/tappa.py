@@ -27,6 +27,11 @@ always kept; the rest of the budget goes to the top scores (ties: the older key)
 ``budget`` is the mean number of tokens per layer and KV head, the window included, so the
 total is ``budget * L * H_kv`` for every allocation; ``allocation="uniform"`` gives every
 (layer, head) exactly ``budget`` tokens chosen by score (the equal-total baseline).
+
+Until the budgets are fixed every chunk is plain causal attention over the whole sequence
+(:meth:`TappaPolicy.dense_chunk`), so a model may attend the prefill itself and hand the rows to
+:meth:`TappaPolicy.observe`. Storage: per (layer, KV head) a K, a V and a position array with
+spare rows; appends write in place and eviction compacts in place (no per-step concatenation).
 """
 from __future__ import annotations
 
@@ -61,7 +66,7 @@ def window_scores(q_win: np.ndarray, q_pos: np.ndarray, k: np.ndarray, k_pos: np
         ``(m,)`` float64 scores of the keys with position < ``q_pos[0]`` (they come first in ``k``).
     """
     D = k.shape[1]
-    s = np.einsum("gwd,nd->gwn", q_win.astype(np.float64), k.astype(np.float64)) / np.sqrt(D)
+    s = np.matmul(q_win.astype(np.float64), k.astype(np.float64).T) / np.sqrt(D)
     s = np.where(k_pos[None, None, :] <= q_pos[None, :, None], s, -np.inf)
     s -= s.max(axis=-1, keepdims=True)
     a = np.exp(s)
@@ -120,15 +125,33 @@ class TappaPolicy(KVPolicy):
         if self.fixed_qsim is not None and self.fixed_qsim.shape != (L, shape.n_q_heads):
             raise ValueError(f"qsim must have shape (L, H_q) = {(L, shape.n_q_heads)}, "
                              f"got {self.fixed_qsim.shape}")
-        self.pos = [[np.zeros(0, np.int64) for _ in range(H)] for _ in range(L)]
-        self.k = [[np.zeros((0, D), np.float32) for _ in range(H)] for _ in range(L)]
-        self.v = [[np.zeros((0, D), np.float32) for _ in range(H)] for _ in range(L)]
+        rows = min(shape.max_tokens, 2 * shape.max_chunk)          # grows by doubling
+        self._kp = [[np.zeros(rows, np.int64) for _ in range(H)] for _ in range(L)]
+        self._kk = [[np.zeros((rows, D), np.float32) for _ in range(H)] for _ in range(L)]
+        self._kv = [[np.zeros((rows, D), np.float32) for _ in range(H)] for _ in range(L)]
+        self._n = np.zeros((L, H), np.int64)      # rows held per (layer, KV head)
+        self._shared = False                      # arrays shared with a fork: copy before writing
         self.q_win = [np.zeros((shape.n_q_heads, 0, D), np.float32) for _ in range(L)]
         self.q_win_pos = np.zeros(0, np.int64)
         self.budgets = None          # (L, H_kv) int64, fixed at the first decode step
         self.head_labels = None      # (L, H_kv) str
         self.qsim = None             # (L, H_q) q-similarity the budgets came from
         self._positions = np.zeros(0, np.int64)
+
+    @property
+    def pos(self) -> list[list[np.ndarray]]:
+        """``[layer][kv_head]`` ``(n,)`` positions held, ascending (views: do not modify)."""
+        return [[a[:n] for a, n in zip(row, ns)] for row, ns in zip(self._kp, self._n)]
+
+    @property
+    def k(self) -> list[list[np.ndarray]]:
+        """``[layer][kv_head]`` ``(n, D)`` keys held, in position order (views)."""
+        return [[a[:n] for a, n in zip(row, ns)] for row, ns in zip(self._kk, self._n)]
+
+    @property
+    def v(self) -> list[list[np.ndarray]]:
+        """``[layer][kv_head]`` ``(n, D)`` values held, in position order (views)."""
+        return [[a[:n] for a, n in zip(row, ns)] for row, ns in zip(self._kv, self._n)]
 
     def fork(self, **changes) -> "TappaPolicy":
         """A policy in the same state (the prompt's cache, not compressed yet) with other
@@ -140,10 +163,18 @@ class TappaPolicy(KVPolicy):
             raise ValueError("fork() cannot change the window")
         new = TappaPolicy(**{**self._settings, **changes})
         new.reset(self.shape)
-        # arrays are never written in place (eviction and appends build new ones): share them
-        new.pos, new.k, new.v = ([list(h) for h in x] for x in (self.pos, self.k, self.v))
+        # the arrays are shared until either policy writes: it then copies them first (_own)
+        new._kp, new._kk, new._kv, new._n = self._kp, self._kk, self._kv, self._n.copy()
+        new._shared = self._shared = True
         new.q_win, new.q_win_pos, new._positions = list(self.q_win), self.q_win_pos, self._positions
         return new
+
+    def _own(self) -> None:
+        """Copy arrays shared with a fork before writing them in place."""
+        if self._shared:
+            self._kp, self._kk, self._kv = ([[a.copy() for a in row] for row in x]
+                                            for x in (self._kp, self._kk, self._kv))
+            self._shared = False
 
     def begin(self, positions: np.ndarray) -> None:
         positions = np.asarray(positions, np.int64)
@@ -154,22 +185,45 @@ class TappaPolicy(KVPolicy):
         self._positions = positions
         self.q_win_pos = np.concatenate([self.q_win_pos, positions])[-self.window:]
 
+    def dense_chunk(self) -> bool:
+        """True until the budgets are fixed (the first decode step): nothing is evicted before."""
+        return self.budgets is None
+
+    def _append(self, layer: int, k: np.ndarray, v: np.ndarray, q: np.ndarray) -> None:
+        """Store the chunk's keys/values in every KV head of ``layer``; keep the window queries."""
+        self._own()
+        T = self._positions.size
+        for h in range(self.shape.n_kv_heads):
+            n = int(self._n[layer, h])
+            if n + T > self._kp[layer][h].size:                    # grow: double the rows
+                rows = max(n + T, 2 * self._kp[layer][h].size)
+                for arrs in (self._kp, self._kk, self._kv):
+                    old = arrs[layer][h]
+                    arrs[layer][h] = np.zeros((rows,) + old.shape[1:], old.dtype)
+                    arrs[layer][h][:n] = old[:n]
+            self._kp[layer][h][n:n + T] = self._positions
+            self._kk[layer][h][n:n + T] = k[h]
+            self._kv[layer][h][n:n + T] = v[h]
+            self._n[layer, h] = n + T
+        self.q_win[layer] = np.concatenate([self.q_win[layer], q], axis=1)[:, -self.window:]
+
+    def observe(self, layer, q, k, v):
+        self._append(layer, k, v, q)
+
     def attend(self, layer, q, k, v):
         s = self.shape
         g = s.n_q_heads // s.n_kv_heads
+        self._append(layer, k, v, q)
         out = np.empty_like(q)
         for h in range(s.n_kv_heads):
-            self.pos[layer][h] = np.concatenate([self.pos[layer][h], self._positions])
-            self.k[layer][h] = np.concatenate([self.k[layer][h], k[h]])
-            self.v[layer][h] = np.concatenate([self.v[layer][h], v[h]])
-            kp, kk, vv = self.pos[layer][h], self.k[layer][h], self.v[layer][h]
+            n = int(self._n[layer, h])
+            kp, kk, vv = self._kp[layer][h][:n], self._kk[layer][h][:n], self._kv[layer][h][:n]
             sc = q[h * g:(h + 1) * g] @ (kk.T / np.float32(np.sqrt(s.head_dim)))
             sc = np.where(kp[None, None, :] <= self._positions[None, :, None], sc, -np.inf)
             sc -= sc.max(axis=-1, keepdims=True)
             np.exp(sc, out=sc)
             sc /= sc.sum(axis=-1, keepdims=True)
             out[h * g:(h + 1) * g] = sc @ vv
-        self.q_win[layer] = np.concatenate([self.q_win[layer], q], axis=1)[:, -self.window:]
         return out
 
     # ---- budgets and eviction --------------------------------------------------------------
@@ -211,28 +265,30 @@ class TappaPolicy(KVPolicy):
     def _evict(self) -> None:
         s = self.shape
         g = s.n_q_heads // s.n_kv_heads
+        self._own()
         for layer in range(s.n_layers):
             for h in range(s.n_kv_heads):
-                kp, b = self.pos[layer][h], int(self.budgets[layer, h])
-                if kp.size <= b:
+                n, b = int(self._n[layer, h]), int(self.budgets[layer, h])
+                if n <= b:
                     continue
+                kp, kk = self._kp[layer][h], self._kk[layer][h]
                 if self.head_labels[layer, h] == "streaming":
                     n_sink = min(self.sinks, b)
-                    keep = np.r_[np.arange(n_sink), np.arange(kp.size - (b - n_sink), kp.size)]
+                    keep = np.r_[np.arange(n_sink), np.arange(n - (b - n_sink), n)]
                 else:
                     q = self.q_win[layer][h * g:(h + 1) * g]
-                    scores = window_scores(q, self.q_win_pos, self.k[layer][h], kp, self.gamma)
+                    scores = window_scores(q, self.q_win_pos, kk[:n], kp[:n], self.gamma)
                     m = scores.size
-                    top = np.sort(np.lexsort((np.arange(m), -scores))[:b - (kp.size - m)])
-                    keep = np.r_[top, np.arange(m, kp.size)]
-                self.pos[layer][h] = kp[keep]
-                self.k[layer][h] = self.k[layer][h][keep]
-                self.v[layer][h] = self.v[layer][h][keep]
+                    top = np.sort(np.lexsort((np.arange(m), -scores))[:b - (n - m)])
+                    keep = np.r_[top, np.arange(m, n)]
+                for arr in (kp, kk, self._kv[layer][h]):           # compact in place, in order
+                    arr[:keep.size] = arr[keep]
+                self._n[layer, h] = keep.size
 
     # ---- accounting ------------------------------------------------------------------------
     def held(self) -> np.ndarray:
         """``(L, H_kv)`` tokens held per layer and KV head."""
-        return np.array([[p.size for p in layer] for layer in self.pos], np.int64)
+        return self._n.copy()
 
     def tokens_held(self) -> int:
         return int(self.held().max())

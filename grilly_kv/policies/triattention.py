@@ -11,6 +11,14 @@ online calibration from the sequence's own queries: the post-RoPE queries of eve
 un-rotated (RoPE is a rotation, so this recovers the pre-RoPE queries exactly) and accumulated
 until the first single-token chunk (the first decode step), or until ``online_tokens`` tokens
 when given; no compression happens before that.
+
+Until the first compression round the cache holds every token, so a chunk is plain causal
+attention (:meth:`TriAttentionPolicy.dense_chunk`): the model may attend it itself and hand the
+rows to :meth:`~TriAttentionPolicy.observe` (the whole prefill with online calibration).
+
+The caches (on the device) score, select and compact; the host attention reads the kept keys
+from a float16 host copy of every token's K/V, gathered by the positions the cache keeps: the
+same values as the cache's rows, without reading them back from the device.
 """
 from __future__ import annotations
 
@@ -37,7 +45,7 @@ class TriAttentionPolicy(KVPolicy):
         online_tokens: with online calibration, finish it after this many tokens (None: at the
             first decode step).
         device: where the caches score, select and compact (``"cpu"``: NumPy); attention runs
-            on the host over the kept K/V read back from it.
+            on the host over the kept K/V (a host copy, see the module docstring).
     """
 
     name = "triattention"
@@ -76,6 +84,10 @@ class TriAttentionPolicy(KVPolicy):
             self.rope, n_layers=shape.n_layers, n_q_heads=shape.n_q_heads, n_kv_heads=shape.n_kv_heads)
         self.online_seen = 0
         self._positions = np.zeros(0, np.int64)
+        dtype = self.caches[0].dtype
+        # host copy of every token's K/V as the caches store them, (L, H_kv, max_tokens, D)
+        self._k = np.zeros((shape.n_layers, shape.n_kv_heads, shape.max_tokens, shape.head_dim), dtype)
+        self._v = np.zeros_like(self._k)
 
     def begin(self, positions: np.ndarray) -> None:
         self._positions = np.asarray(positions, np.int64)
@@ -87,24 +99,48 @@ class TriAttentionPolicy(KVPolicy):
                 cache.set_calibration(calib)
             self.online = None
 
-    def attend(self, layer, q, k, v):
-        pos = self._positions
+    def dense_chunk(self) -> bool:
+        """True until the first compression round: the caches then hold every earlier token."""
+        return not any(c.n_compressions for c in self.caches)
+
+    def _add_queries(self, layer: int, q: np.ndarray) -> None:
+        """Feed the online calibration (while it runs) with the pre-RoPE queries."""
         if self.online is not None:
-            self.online.add(layer, self.rope.apply(q, -pos))           # pre-RoPE queries
+            pos = self._positions
+            self.online.add(layer, self.rope.apply(q, -pos))
             if layer == 0:
                 self.online_seen += pos.size
+
+    def _store(self, layer: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Append the chunk to the layer's cache (which may compress) and to the host copy."""
         cache = self.caches[layer]
-        held_k, held_v, held_pos = cache.kept()
+        k, v = k.astype(cache.dtype), v.astype(cache.dtype)
+        self._k[layer][:, self._positions] = k
+        self._v[layer][:, self._positions] = v
+        cache.append(k, v, self._positions)
+
+    def observe(self, layer, q, k, v):
+        self._add_queries(layer, q)
+        self._store(layer, k, v)
+
+    def attend(self, layer, q, k, v):
+        pos = self._positions
+        self._add_queries(layer, q)
+        cache = self.caches[layer]
+        held_pos = cache.positions()                                   # (H_kv, n), host-side
         g = q.shape[0] // k.shape[0]
         out = np.empty_like(q, dtype=np.float32)
-        rows = [slice(None)] if not cache.per_head else [slice(h, h + 1) for h in range(k.shape[0])]
-        for r in rows:                                                 # one token set, or per KV head
-            keys = np.concatenate([held_k[r], k[r]], axis=1)
-            values = np.concatenate([held_v[r], v[r]], axis=1)
-            key_pos = np.concatenate([held_pos[r][0], pos])
+        if not cache.per_head:                                         # one token set for all heads
+            groups = [(slice(None), held_pos[0])]
+        else:
+            groups = [(slice(h, h + 1), held_pos[h]) for h in range(k.shape[0])]
+        for r, kept in groups:
+            keys = np.concatenate([self._k[layer][r][:, kept].astype(np.float32), k[r]], axis=1)
+            values = np.concatenate([self._v[layer][r][:, kept].astype(np.float32), v[r]], axis=1)
+            key_pos = np.concatenate([kept, pos])
             q_rows = slice(None) if r == slice(None) else slice(r.start * g, r.stop * g)
             out[q_rows] = masked_attention(q[q_rows], keys, values, key_pos[None, :] <= pos[:, None])
-        cache.append(k.astype(cache.dtype), v.astype(cache.dtype), pos)
+        self._store(layer, k, v)
         return out
 
     def tokens_held(self) -> int:

@@ -4,10 +4,13 @@ Per layer and KV head a decode query sees the first ``sinks`` tokens, the last `
 and ``k = (budget - sinks - local) // 16`` blocks of 16 keys chosen before the step from the
 predictor's scores (:class:`~grilly_kv.predictor.history.BlockPredictor`). Query heads of one KV
 head share its blocks: a block's score for the KV head is the max over the group's heads of
-their log-softmax-normalised scores. A prefill chunk attends densely (causally); its last 64
-queries' attention rows initialise the history. After each decode step the history receives the
-step's attention row over the keys the query saw (zeros elsewhere), or every ``calibration_step``
-steps the full attention row.
+their log-softmax-normalised scores. A prefill chunk attends densely (causally); the attention
+rows of the last 64 prefill queries initialise the history, when the first decode step begins
+(the policy keeps those queries, then computes their rows over the keys each one saw; so a
+prefill chunk is plain causal attention, :meth:`PredictorPolicy.dense_chunk`, which a model may
+attend itself and hand to :meth:`PredictorPolicy.observe`). After each decode step the history
+receives the step's attention row over the keys the query saw (zeros elsewhere), or every
+``calibration_step`` steps the full attention row.
 
 The full K/V lives in host memory (NumPy); attention runs on the host, and scores are computed
 over all keys and masked (accuracy simulation, as the reference code does). What a device would
@@ -23,7 +26,7 @@ from ..policies.base import CacheShape, KVPolicy
 from ..reference.predictor_cnn import check_weights
 from ..reference.predictor_history_update import BLOCK, HIST, block_max_pool
 from ..validation import check_int
-from .history import BlockPredictor
+from .history import ROWS_PER_SUBMIT, BlockPredictor
 from .weights import load_weights
 
 
@@ -98,40 +101,102 @@ class PredictorPolicy(KVPolicy):
         self.n_tokens = 0
         self.decode_steps = 0
         self._rows: list[np.ndarray] = []
+        # the last HIST queries of the dense chunks since the last prediction, per layer, and
+        # their positions: their attention rows go to the history when the next step begins
+        self._q_tail = [np.zeros((s.n_q_heads, 0, s.head_dim), np.float32) for _ in range(s.n_layers)]
+        self._q_tail_pos = np.zeros(0, np.int64)
+        self._pending = False         # dense chunks seen whose rows are not in the history yet
+        self._sparse_seen = False     # a decode step attended sparsely (no dense chunk after it)
         self.hits = self.needed = self.changed = self.predicted_steps = 0
 
     def begin(self, positions: np.ndarray) -> None:
         positions = np.asarray(positions, np.int64)
         if positions[0] != self.n_tokens:
             raise ValueError(f"positions must continue the sequence at {self.n_tokens}, got {positions[0]}")
+        if positions.size == 1 and self._pending:
+            self._finish_dense()
         self._pos = positions
         self.n_tokens = int(positions[-1]) + 1
         self._rows = []
+        if self._is_dense():
+            self._q_tail_pos = np.concatenate([self._q_tail_pos, positions])[-HIST:]
+            self._pending = True
+        else:
+            self._sparse_seen = True
 
-    def attend(self, layer, q, k, v):
+    def _is_dense(self) -> bool:
+        """This chunk attends causally over every key (a prefill chunk, or the first token)."""
+        return self._pos.size > 1 or self.selection is None
+
+    def dense_chunk(self) -> bool:
+        """True for the chunks before the first sparse decode step (the prefill)."""
+        return self._is_dense() and not self._sparse_seen
+
+    def _store(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """Keep a dense chunk's K/V and its last queries (for the history)."""
         p0, S = int(self._pos[0]), self.n_tokens
         self.k_all[layer][:, p0:S] = k
         self.v_all[layer][:, p0:S] = v
-        K, V = self.k_all[layer][:, :S], self.v_all[layer][:, :S]
+        self._q_tail[layer] = np.concatenate([self._q_tail[layer], q], axis=1)[:, -HIST:]
+
+    def observe(self, layer, q, k, v):
+        self._store(layer, q, k, v)
+
+    def attend(self, layer, q, k, v):
+        S = self.n_tokens
         h_q, T, D = q.shape
-        h_kv = K.shape[0]
+        h_kv = k.shape[0]
         g = h_q // h_kv
-        s = np.matmul(q.reshape(h_kv, g * T, D), K.transpose(0, 2, 1)).reshape(h_kv, g, T, S) / np.sqrt(D)
-        if T > 1 or self.selection is None:
+        if self._is_dense():
+            self._store(layer, q, k, v)
+            K, V = self.k_all[layer][:, :S], self.v_all[layer][:, :S]
+            s = np.matmul(q.reshape(h_kv, g * T, D), K.transpose(0, 2, 1)).reshape(h_kv, g, T, S) / np.sqrt(D)
             p = softmax_rows(s, np.arange(S)[None, :] <= self._pos[:, None])
-            row = p[:, :, -HIST:]
         else:
+            p0 = int(self._pos[0])
+            self.k_all[layer][:, p0:S] = k
+            self.v_all[layer][:, p0:S] = v
+            K, V = self.k_all[layer][:, :S], self.v_all[layer][:, :S]
+            s = np.matmul(q.reshape(h_kv, g * T, D), K.transpose(0, 2, 1)).reshape(h_kv, g, T, S) / np.sqrt(D)
             visible = self._visible(layer, S)                      # (H_kv, S)
             p = softmax_rows(s, visible[:, None, None])
             full = softmax_rows(s) if (self.track_hits or self._calibrating()) else None
             if self.track_hits:
                 self._count_hits(layer, full, S)
-            row = full if self._calibrating() else p
-        self._rows.append(row.reshape(h_q, -1, S))
+            self._rows.append((full if self._calibrating() else p).reshape(h_q, -1, S))
+            if layer == self.shape.n_layers - 1:
+                self._predict_next(self._rows, self._pos.size)
+                self._rows = []
         out = np.matmul(p.reshape(h_kv, g * T, S), V).reshape(h_q, T, D)
-        if layer == self.shape.n_layers - 1:
-            self._predict_next()
         return out.astype(np.float32)
+
+    def _dense_rows(self):
+        """The kept dense queries' attention rows ``(L * H_q, r, S)``, causal over the keys
+        stored so far, in groups of at most ROWS_PER_SUBMIT queries (oldest first)."""
+        S = int(self._q_tail_pos[-1]) + 1
+        visible = np.arange(S)[None, :] <= self._q_tail_pos[:, None]          # (R, S)
+        h_q, R, D = self._q_tail[0].shape
+        h_kv = self.shape.n_kv_heads
+        g = h_q // h_kv
+        for r0 in range(0, R, ROWS_PER_SUBMIT):
+            r1 = min(R, r0 + ROWS_PER_SUBMIT)
+            rows = []
+            for layer, q in enumerate(self._q_tail):
+                K = self.k_all[layer][:, :S]
+                qr = q[:, r0:r1]
+                s = np.matmul(qr.reshape(h_kv, g * (r1 - r0), D), K.transpose(0, 2, 1))
+                s = s.reshape(h_kv, g, r1 - r0, S) / np.sqrt(D)
+                rows.append(softmax_rows(s, visible[r0:r1]).reshape(h_q, r1 - r0, S))
+            yield np.concatenate(rows, axis=0)
+
+    def _finish_dense(self) -> None:
+        """Put the last dense queries' rows into the history and predict the next step's blocks
+        (as if predicted at the end of the last dense chunk, whose size ``_pos`` still holds)."""
+        self._predict_next(self._dense_rows(), self._pos.size, n_keys=int(self._q_tail_pos[-1]) + 1)
+        h_q, _, D = self._q_tail[0].shape
+        self._q_tail = [np.zeros((h_q, 0, D), np.float32) for _ in self._q_tail]
+        self._q_tail_pos = np.zeros(0, np.int64)
+        self._pending = False
 
     def _calibrating(self) -> bool:
         return self.decode_steps % self.calibration_step == 0
@@ -156,23 +221,34 @@ class PredictorPolicy(KVPolicy):
             self.hits += np.intersect1d(true[h], self.selection[layer][h]).size
         self.needed += true.size
 
-    def _predict_next(self) -> None:
-        """Pool this chunk's rows into the history and choose the blocks of the next position."""
-        L, h_kv, S = self.shape.n_layers, self.shape.n_kv_heads, self.n_tokens
-        rows = np.concatenate(self._rows, axis=0)                  # (L * H_q, R, S)
-        self._rows = []
-        if self._pos.size == 1:
+    def _predict_next(self, rows, chunk_size: int, n_keys: int | None = None) -> None:
+        """Pool attention rows into the history and choose the blocks of the next position.
+
+        Args:
+            rows: per-layer ``(H_q, R, S)`` arrays of one step (concatenated over layers), or an
+                iterator of ``(L * H_q, r, S)`` groups of consecutive rows (oldest first).
+            chunk_size: tokens of the chunk the rows end with (1: a decode step).
+            n_keys: S (default ``n_tokens``).
+        """
+        L, h_kv = self.shape.n_layers, self.shape.n_kv_heads
+        S = self.n_tokens if n_keys is None else n_keys
+        groups = iter([np.concatenate(rows, axis=0)] if isinstance(rows, list) else rows)
+        if chunk_size == 1:
             self.decode_steps += 1
         s0, e0 = candidate_blocks(S, self.sinks, self.local)       # next query's position is S
         use_cnn = 0 < self.k < e0 - s0
-        scores = self.predictor.step(rows, S, s0, e0 if use_cnn else s0)
+        last = next(groups)
+        for group in groups:                                       # all but the last: no CNN
+            self.predictor.step(last, S, s0, s0)
+            last = group
+        scores = self.predictor.step(last, S, s0, e0 if use_cnn else s0)
         if not use_cnn:
             sel = np.arange(s0, e0)[:self.k]
             new = np.broadcast_to(sel, (L, h_kv, sel.size)).copy()
         else:
             scores = scores.reshape(L, -1, e0 - s0)
             new = np.stack([select_blocks(scores[l], h_kv, self.k) for l in range(L)]) + s0
-            decode = self._pos.size == 1
+            decode = chunk_size == 1
             self.predicted_steps += int(decode)
             if decode and self.selection is not None and self.selection.shape == new.shape:
                 self.changed += sum(np.setdiff1d(a, b).size for a, b in

@@ -1,7 +1,9 @@
 """The NumPy reference forward pass of a Llama-architecture checkpoint (float32).
 
 Attention is delegated to a :class:`~grilly_kv.policies.KVPolicy`, so the same forward serves the
-dense model and every KV policy. RoPE is rotate-half (see ``weights.py``).
+dense model and every KV policy. A chunk the policy declares dense (``policy.dense_chunk()``)
+is attended by the model's own dense cache (a :class:`~grilly_kv.policies.dense.DensePolicy`) and
+handed to ``policy.observe``, as the Vulkan model does. RoPE is rotate-half (see ``weights.py``).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from ...backend import get_device
 from ...policies.base import CacheShape
+from ...policies.dense import DensePolicy
 from .config import ModelConfig
 from .weights import Checkpoint
 
@@ -46,22 +49,44 @@ class ReferenceModel:
 
     Args:
         ckpt: loaded weights (``load_checkpoint``).
+        dense_prefill: attend the policy's dense chunks with the model's dense cache (False:
+            through ``policy.attend``, as every other chunk; for comparisons).
     """
 
     device_name = "numpy (cpu)"
 
-    def __init__(self, ckpt: Checkpoint, *, max_chunk: int = 512):
+    def __init__(self, ckpt: Checkpoint, *, max_chunk: int = 512, dense_prefill: bool = True):
         self.ckpt = ckpt
         self.config: ModelConfig = ckpt.config
         self.max_chunk = int(max_chunk)
+        self.dense_prefill = bool(dense_prefill)
         self.policy = None
+        self._dense: DensePolicy | None = None
+        self._dense_ok = False
 
     def start(self, policy, max_tokens: int) -> None:
         """Begin a sequence of up to ``max_tokens`` tokens whose KV cache ``policy`` manages."""
         c = self.config
-        policy.reset(CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
-                                device=get_device("cpu")))
+        shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
+                           device=get_device("cpu"))
+        policy.reset(shape)
         self.policy = policy
+        self._shape, self._dense_ok = shape, True
+
+    def _dense_chunk(self, pos0: int) -> bool:
+        """Whether the model attends this chunk itself (see the Vulkan model's twin)."""
+        if not self.dense_prefill:
+            return False
+        if not self.policy.dense_chunk():
+            self._dense_ok = False
+            return False
+        if not self._dense_ok:
+            raise RuntimeError(f"{self.policy.describe()} declared the chunk at position {pos0} dense after "
+                               "a chunk that was not: dense chunks must form a prefix of the sequence")
+        if pos0 == 0:
+            self._dense = DensePolicy()
+            self._dense.reset(self._shape)
+        return True
 
     def forward(self, tokens, pos0: int, *, all_logits: bool = False,
                 capture: CaptureFn | None = None) -> np.ndarray:
@@ -85,6 +110,9 @@ class ReferenceModel:
         positions = np.arange(pos0, pos0 + T)
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
         policy.begin(positions)
+        dense = self._dense_chunk(pos0)
+        if dense:
+            self._dense.begin(positions)
         x = self.ckpt.embedding[tokens].astype(np.float32)
         for i, w in enumerate(self.ckpt.layers):
             h = rms_norm(x, w["attn_norm"], c.norm_eps)
@@ -95,7 +123,12 @@ class ReferenceModel:
             if capture is not None:
                 for name, arr in (("q_pre", q), ("k_pre", k), ("v", v), ("q_post", qr), ("k_post", kr)):
                     capture(i, name, arr)
-            o = policy.attend(i, qr, kr, np.ascontiguousarray(v))
+            v = np.ascontiguousarray(v)
+            if dense:
+                o = self._dense.attend(i, qr, kr, v)
+                policy.observe(i, qr, kr, v)
+            else:
+                o = policy.attend(i, qr, kr, v)
             x = x + o.transpose(1, 0, 2).reshape(T, c.q_dim) @ w["wo"].T
             h = rms_norm(x, w["ffn_norm"], c.norm_eps)
             x = x + (silu(h @ w["w_gate"].T) * (h @ w["w_up"].T)) @ w["w_down"].T

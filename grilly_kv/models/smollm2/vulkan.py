@@ -10,7 +10,10 @@ each within the device's maxStorageBufferRange; norm weights in another. A step 
 with the barriers that the data dependencies need, in one ``vkQueueSubmit`` when the policy has a
 device twin (``policy.device_cache``). A policy that runs only on the host still works: the step
 is then split at each layer's attention (q/k/v down, the policy's output up), one submission per
-layer. Per-step scalars
+layer. A chunk that such a policy declares dense (``policy.dense_chunk()``, e.g. its prefill)
+attends on the device over the model's own dense float16 K/V cache (the dense policy's device
+twin, kept across sequences while large enough); each layer's q/k/v still go down, to
+``policy.observe``, but nothing comes back up. Per-step scalars
 (positions, slots, token ids, visible range) are in a small step buffer uploaded at the start of
 the submission, so the recording for a given T is built once and replayed.
 """
@@ -20,11 +23,13 @@ import numpy as np
 
 from ...backend import Buffer, Recording, get_device
 from ...backend.device import DeviceLike
+from ...reference.kv_slot_attention import EMPTY_SLOT
 from ...ops.model_embed import record_embed
 from ...ops.model_matmul import record_matmul
 from ...ops.model_rope import record_rope
 from ...ops.step_words import fill_step, step_words
 from ...policies.base import CacheShape, KVPolicy
+from ...policies.dense import DensePolicy
 from ...reference.model_rope import rope_table
 from .weights import Checkpoint
 
@@ -38,10 +43,12 @@ class VulkanModel:
         weight_dtype: ``np.float16`` (default) or ``np.float32`` storage of the matrices.
         max_chunk: most tokens per forward call (prefill chunk).
         timestamps: record Vulkan timestamps (``last_gpu_time_us``).
+        dense_prefill: attend a host policy's dense chunks on the device (False: through
+            ``policy.attend`` on the host, as every other chunk; for comparisons).
     """
 
     def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_dtype=np.float16,
-                 max_chunk: int = 32, timestamps: bool = False):
+                 max_chunk: int = 32, timestamps: bool = False, dense_prefill: bool = True):
         dev = get_device(device)
         if dev.is_cpu:
             raise ValueError("VulkanModel needs a Vulkan device; use ReferenceModel for the NumPy path")
@@ -63,6 +70,10 @@ class VulkanModel:
         self.logits = Buffer(dev, C * c.vocab)
         self.policy: KVPolicy | None = None
         self.kv = None
+        self.dense_prefill = bool(dense_prefill)
+        self._dense: tuple[DensePolicy, object] | None = None   # (dense policy, its device twin)
+        self._dense_ok = False       # every chunk of this sequence so far went the dense way
+        self._max_tokens = 0
         self._recordings: dict = {}
         self._table_rows = 0
         self.last_gpu_time_us = 0.0
@@ -126,6 +137,7 @@ class VulkanModel:
         policy.reset(shape)
         self.policy, self.kv = policy, policy.device_cache(self.dev, shape)
         self._recordings.clear()
+        self._dense_ok, self._max_tokens = True, max_tokens
         if max_tokens > self._table_rows:
             rows = max(max_tokens, 2 * self._table_rows)
             self.rope = Buffer(self.dev, rows * c.head_dim)
@@ -133,9 +145,50 @@ class VulkanModel:
             self.rope.upload_now()
             self._table_rows = rows
 
-    def _build(self, T: int, all_logits: bool) -> list[Recording]:
+    # ---- dense chunks of a host policy ----------------------------------------------------------
+    def _dense_chunk(self, pos0: int) -> bool:
+        """Whether this chunk (after ``policy.begin``) attends on the device over the model's
+        dense cache: the policy runs on the host, declares the chunk dense, and every earlier
+        chunk of the sequence went this way too (so the dense cache holds all earlier K/V)."""
+        if self.kv is not None or not self.dense_prefill:
+            return False
+        if not self.policy.dense_chunk():
+            self._dense_ok = False
+            return False
+        if not self._dense_ok:
+            raise RuntimeError(f"{self.policy.describe()} declared the chunk at position {pos0} dense after "
+                               "a chunk that was not: dense chunks must form a prefix of the sequence")
+        if pos0 == 0:
+            self._dense_start()
+        return True
+
+    def _dense_start(self) -> None:
+        """Make the dense cache ready for a sequence of ``_max_tokens`` tokens: reuse the one
+        held (its slots marked empty) or, when too small, release it and allocate a larger one."""
+        c = self.config
+        cap = self._max_tokens
+        if self._dense is not None and self._dense[0].cap < cap:
+            cap = min(max(cap, 2 * self._dense[0].cap), c.context)   # grow geometrically
+            for buf in vars(self._dense[1]).values():
+                if isinstance(buf, Buffer):
+                    buf.release()
+            self._dense = None
+        if self._dense is None:
+            shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, cap, self.max_chunk,
+                               device=self.dev)
+            pol = DensePolicy()
+            pol.reset(shape)
+            self._dense = (pol, pol.device_cache(self.dev, shape))
+        else:
+            pol, twin = self._dense
+            pol.reset(pol.shape)
+            twin.slot_pos.write(np.full(pol.cap, EMPTY_SLOT, np.uint32))
+            twin.slot_pos.upload_now()
+
+    def _build(self, T: int, all_logits: bool, dense: bool = False) -> list[Recording]:
         """The recordings of a T-token step: one, or with a host policy one per layer plus one
-        (each layer's q/k/v go to the host, which attends and sends the output back)."""
+        (each layer's q/k/v go to the host, which attends and sends the output back; with
+        ``dense``, the device attends over the model's dense cache and the host only observes)."""
         c = self.config
         recs = [Recording(self.dev, timestamps=self.timestamps)]
         recs[0].upload(self.step)
@@ -152,6 +205,11 @@ class VulkanModel:
                         n_q_heads=c.n_q_heads, n_kv_heads=c.n_kv_heads)
             if self.kv is not None:
                 self.kv.record_layer(rec, i, self.qkv, self.attn, self.step, T)
+            elif dense:
+                self._dense[1].record_layer(rec, i, self.qkv, self.attn, self.step, T)
+                rec.download(self.qkv, words=T * self.qkv_dim)     # for policy.observe
+                rec = Recording(self.dev, timestamps=self.timestamps)
+                recs.append(rec)
             else:
                 rec.download(self.qkv, words=T * self.qkv_dim)     # only this call's T rows
                 rec = Recording(self.dev, timestamps=self.timestamps).upload(self.attn, words=T * c.q_dim)
@@ -169,15 +227,17 @@ class VulkanModel:
         recs[-1].download(self.logits, words=n_out * c.vocab)    # only the rows asked for
         return recs
 
-    def _host_attend(self, layer: int, T: int) -> None:
-        """Hand layer ``layer``'s post-RoPE q/k/v to a host policy; stage its output for upload."""
+    def _host_qkv(self, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The downloaded post-RoPE rows as ``(H_q, T, D)``, ``(H_kv, T, D)``, ``(H_kv, T, D)``."""
         c = self.config
         rows = self.qkv.read(T * self.qkv_dim).reshape(T, c.n_q_heads + 2 * c.n_kv_heads, c.head_dim)
-        q = rows[:, :c.n_q_heads].transpose(1, 0, 2)
-        k = rows[:, c.n_q_heads:c.n_q_heads + c.n_kv_heads].transpose(1, 0, 2)
-        v = rows[:, c.n_q_heads + c.n_kv_heads:].transpose(1, 0, 2)
-        out = self.policy.attend(layer, np.ascontiguousarray(q), np.ascontiguousarray(k),
-                                 np.ascontiguousarray(v))
+        heads = (rows[:, :c.n_q_heads], rows[:, c.n_q_heads:c.n_q_heads + c.n_kv_heads],
+                 rows[:, c.n_q_heads + c.n_kv_heads:])
+        return tuple(np.ascontiguousarray(x.transpose(1, 0, 2)) for x in heads)
+
+    def _host_attend(self, layer: int, T: int) -> None:
+        """Hand layer ``layer``'s post-RoPE q/k/v to a host policy; stage its output for upload."""
+        out = self.policy.attend(layer, *self._host_qkv(T))
         self.attn.write(np.ascontiguousarray(out.transpose(1, 0, 2), dtype=np.float32))
 
     def forward(self, tokens, pos0: int, *, all_logits: bool = False) -> np.ndarray:
@@ -190,18 +250,24 @@ class VulkanModel:
             raise ValueError(f"a forward call takes 1..{self.max_chunk} tokens, got {T}")
         positions = np.arange(pos0, pos0 + T)
         self.policy.begin(positions)
+        dense = self._dense_chunk(pos0)
         words = np.zeros(self.step.n_words, np.uint32)
         if self.kv is not None:
             self.kv.fill_step(words, positions, tokens)
+        elif dense:
+            self._dense[0].begin(positions)
+            self._dense[1].fill_step(words, positions, tokens)
         else:
             fill_step(words, pos0=pos0, slots=np.zeros(T), tokens=tokens, n_scan=0)
         self.step.write(words)
-        key = (T, all_logits)
+        key = (T, all_logits, "dense") if dense else (T, all_logits)
         recs = self._recordings.get(key)
         if recs is None:
-            recs = self._recordings[key] = self._build(T, all_logits)
+            recs = self._recordings[key] = self._build(T, all_logits, dense)
         for layer, rec in enumerate(recs):
-            if layer:
+            if layer and dense:
+                self.policy.observe(layer - 1, *self._host_qkv(T))
+            elif layer:
                 self._host_attend(layer - 1, T)
             rec.run()
         if self.timestamps:
