@@ -135,8 +135,9 @@ def _run(policy, n_prefill, n_decode, seed=0):
     return outs, qs, ks, vs
 
 
-def test_policy_prefill_is_dense_and_initialises_the_history(vk):
-    pol = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), device=vk)
+@pytest.mark.parametrize("per_kv_head", [True, False])
+def test_policy_prefill_is_dense_and_initialises_the_history(vk, per_kv_head):
+    pol = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), device=vk, per_kv_head=per_kv_head)
     outs, qs, ks, vs = _run(pol, 90, 0)
     T = 90
     mask = np.tri(T, dtype=bool)
@@ -146,7 +147,7 @@ def test_policy_prefill_is_dense_and_initialises_the_history(vk):
     assert pol.selection is None                           # the history waits for the decode step
     pol.begin(np.array([T]))                               # which initialises it
     assert pol.selection is not None
-    hist = pol.predictor.read_history()                    # (L * H_q, 64, C)
+    hist = pol.predictor.read_history()                    # (L * H_q or L * H_kv, 64, C)
     assert pol.predictor.head == 0                         # only the last 64 rows were written
     q, k = qs[1], np.repeat(ks[1], 2, axis=0)
     s = np.where(mask, q @ k.transpose(0, 2, 1) / np.sqrt(8), -np.inf)
@@ -154,7 +155,10 @@ def test_policy_prefill_is_dense_and_initialises_the_history(vk):
     p /= p.sum(-1, keepdims=True)
     want_rows = block_max_pool(p[:, -64:], T, hist.shape[2])      # last 64 queries, oldest first
     order = (pol.predictor.head + np.arange(64)) % 64
-    assert_close(hist[4:8][:, order], want_rows, atol=1e-6, what="history of layer 1")
+    if per_kv_head:                                        # a KV head's history: max over its 2 query heads
+        want_rows = want_rows.reshape(2, 2, *want_rows.shape[1:]).max(axis=1)
+    rows = want_rows.shape[0]
+    assert_close(hist[rows:2 * rows][:, order], want_rows, atol=1e-6, what="history of layer 1")
 
 
 def test_policy_decode_sees_sinks_local_and_selected_blocks(vk):

@@ -3,8 +3,9 @@
 Per layer and KV head a decode query sees the first ``sinks`` tokens, the last ``local`` tokens
 and ``k = (budget - sinks - local) // 16`` blocks of 16 keys chosen before the step from the
 predictor's scores (:class:`~grilly_kv.predictor.history.BlockPredictor`). Query heads of one KV
-head share its blocks: a block's score for the KV head is the max over the group's heads of
-their log-softmax-normalised scores. A prefill chunk attends densely (causally); the attention
+head share its blocks: by default the history and the CNN's scores are per KV head (each pooled
+row is the max over the group's query heads); with ``per_kv_head=False`` they are per query head
+and a block's score for the KV head is the max over the group's log-softmax-normalised scores. A prefill chunk attends densely (causally); the attention
 rows of the last 64 prefill queries initialise the history, when the first decode step begins
 (the policy keeps those queries, then computes their rows over the keys each one saw; so a
 prefill chunk is plain causal attention, :meth:`PredictorPolicy.dense_chunk`, which a model may
@@ -27,7 +28,7 @@ from ..reference.predictor_cnn import check_weights
 from ..reference.predictor_history_update import BLOCK, HIST, block_max_pool
 from ..validation import check_int
 from .history import ROWS_PER_SUBMIT, BlockPredictor
-from .weights import load_weights
+from .weights import DEFAULT_WEIGHTS, KV_HEAD_WEIGHTS, load_weights
 
 
 def softmax_rows(s: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
@@ -46,7 +47,8 @@ def candidate_blocks(position: int, sinks: int, local: int) -> tuple[int, int]:
 
 
 def select_blocks(scores: np.ndarray, n_kv_heads: int, k: int) -> np.ndarray:
-    """Top-k block columns per KV head from per-query-head scores ``(H_q, W)``: ``(H_kv, k)``."""
+    """Top-k block columns per KV head ``(H_kv, k)`` from scores ``(H_q, W)`` per query head
+    (the group max of their log-softmax) or ``(H_kv, W)`` per KV head."""
     z = scores - scores.max(axis=1, keepdims=True)
     z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     grouped = z.reshape(n_kv_heads, -1, z.shape[1]).max(axis=1)
@@ -60,7 +62,12 @@ class PredictorPolicy(KVPolicy):
         budget: tokens per layer and KV head a decode query sees: ``sinks + local + 16 k``.
         sinks, local: tokens always kept at the start (a multiple of 16) and at the end.
         calibration_step: every this many decode steps the history gets the full attention row.
-        weights: a safetensors path or a dict of tensors (default: the package's trained weights).
+        weights: a safetensors path or a dict of tensors (default: the package's trained weights
+            for the chosen layout).
+        per_kv_head: one history and one CNN score row per layer and KV head, the max over its
+            query heads (default: 3x less CNN work with GQA 9:3; held-out hit rate 0.673 against
+            0.664 per query head, ``benchmarks/results/predictor_kv_quality.json``); False: one
+            per query head, the group max taken over their log-softmax scores.
         device: where the history ring lives and the CNN runs (``"cpu"``: NumPy; None: the
             model's device from the cache shape, else the default device).
         track_hits: also compute each step's true top-k blocks (full attention) for :meth:`stats`.
@@ -72,7 +79,8 @@ class PredictorPolicy(KVPolicy):
     name = "predictor"
 
     def __init__(self, budget: int = 512, sinks: int = 64, local: int = 64, calibration_step: int = 5,
-                 weights=None, device: DeviceLike = None, track_hits: bool = True):
+                 weights=None, device: DeviceLike = None, track_hits: bool = True,
+                 per_kv_head: bool = True):
         check_int("sinks", sinks, minimum=0)
         check_int("local", local, minimum=1)
         check_int("calibration_step", calibration_step, minimum=1)
@@ -85,8 +93,10 @@ class PredictorPolicy(KVPolicy):
         super().__init__(int(budget))
         self.sinks, self.local, self.calibration_step = int(sinks), int(local), int(calibration_step)
         self.k = (self.budget - self.sinks - self.local) // BLOCK
-        self.weights = load_weights(weights) if weights is None or not isinstance(weights, dict) \
-            else check_weights(weights, "weights")
+        self.per_kv_head = bool(per_kv_head)
+        if weights is None:
+            weights = KV_HEAD_WEIGHTS if self.per_kv_head else DEFAULT_WEIGHTS
+        self.weights = check_weights(weights, "weights") if isinstance(weights, dict) else load_weights(weights)
         self.device = device
         self.track_hits = track_hits
 
@@ -96,7 +106,9 @@ class PredictorPolicy(KVPolicy):
         self.k_all = np.zeros((s.n_layers, s.n_kv_heads, s.max_tokens, s.head_dim), np.float32)
         self.v_all = np.zeros_like(self.k_all)
         device = self.device if self.device is not None else s.device   # None: the model's device
-        self.predictor = BlockPredictor(s.n_layers * s.n_q_heads, s.max_tokens, self.weights, device=device)
+        group = s.n_q_heads // s.n_kv_heads if self.per_kv_head else 1
+        self.predictor = BlockPredictor(s.n_layers * s.n_q_heads, s.max_tokens, self.weights, device=device,
+                                        group=group)
         self.selection: np.ndarray | None = None      # (L, H_kv, <= k) block ids for the next step
         self.n_tokens = 0
         self.decode_steps = 0
@@ -270,4 +282,5 @@ class PredictorPolicy(KVPolicy):
 
     def describe(self) -> str:
         return (f"predictor(budget={self.budget}, sinks={self.sinks}, local={self.local}, "
-                f"calibration_step={self.calibration_step})")
+                f"calibration_step={self.calibration_step}"
+                f"{'' if self.per_kv_head else ', per_query_head'})")
