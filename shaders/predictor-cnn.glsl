@@ -15,26 +15,36 @@
 //   mode 1 (step):  after a ring update that slid the window by one row: computes h2 only on the
 //                   new inner row HIST-3 (cached) and the 4 boundary rows 0, 1, HIST-2, HIST-1;
 //                   the inner rows 2 .. HIST-4 come from the cache
-// Both modes sum the cache over t = 2 .. HIST-3 in the same order, then the boundary rows.
+// Both modes use the same arithmetic in the same order (conv1_at, TAP in order c1, dy, dx with
+// fma, r_part, sum_groups, the cache sum in 4 fixed parts), so they give the same scores.
 // When the candidate range grew by a column, columns from params[5] on (relative to s: the old
 // last two and the new one) see new neighbours: mode 1 runs their tiles as mode 0.
 //
-// Workgroup (tile, n): TILE output columns, 64 threads. Thread (pair, group) computes 2 adjacent
-// columns x 8 of the 32 h2 channels (COLS is even, so its 4 h1 columns are 2 aligned vec2): per
-// h1 channel it loads 4 columns of each staged h1 row and the 72 weights (as vec4, broadcast)
-// from shared memory for 2 x 8 x 9 FMAs per output row; 5 rows share the weights in step mode.
+// Workgroup (tile, n): TILE = 32 output columns, 128 threads. The tile's history rows are staged
+// in shared memory (xs, 36 columns with the halo of both convolutions), h1 is computed from them
+// into shared memory (h1v, 34 columns), w2 is staged transposed (w2s: per c1 and tap, 32 output
+// channels as 8 vec4). Thread (pair, grp) computes 2 adjacent columns x 4 of the 32 h2 channels
+// (one vec4 accumulator per row and column): per h1 channel it loads one vec4 of h1 per staged
+// row (4 columns: 2 aligned vec2) and 9 weight vec4 (the same for the 16 threads of a group) for
+// 2 x 4 x 9 FMAs per output row; in step mode the 5 rows share the weights (13 row taps).
 #include "common.glsl"
 
-layout(local_size_x_id = 0) in;                   // 64 = PAIRS x GROUPS
+layout(local_size_x_id = 0) in;                   // 128 = PAIRS x GROUPS
 layout(constant_id = 1) const uint HIST = 64;
 const uint TILE = 32u;                              // output columns per workgroup
 const uint C1 = 16u;
 const uint C2 = 32u;
 const uint W1 = 0u, B1 = 144u, W2 = 160u, B2 = 4768u, W3 = 4800u, B3 = 4832u;
 const uint COLS = TILE + 2u;                        // h1 columns incl. the halo
+const uint HV = COLS / 2u;                          // vec2 per h1 row and channel
+const uint XC = TILE + 4u;                          // staged history columns (both halos)
 const uint PAIRS = 16u;                             // column pairs per tile (TILE = 32)
-const uint GROUPS = 4u;                             // channel groups of 8
-const uint SLOTS = 7u;                              // staged h1 rows (step: 0, 1, 2, H-4 .. H-1)
+const uint GROUPS = 8u;                             // channel groups of 4
+const uint THREADS = PAIRS * GROUPS;
+const uint SLOTS = 7u;                              // h1 rows (step: 0, 1, 2, H-4 .. H-1)
+const uint XSLOTS = 10u;                            // history rows; slot 9: zeros
+const uint XZERO = 9u;
+const uint RED = 3u * C1 * HV;                      // red[] lives in h1v slots 3 .. 6 (see main)
 
 layout(set = 0, binding = 0) readonly buffer History { float hist[]; };
 layout(set = 0, binding = 1) readonly buffer Weights { float w[]; };
@@ -42,7 +52,7 @@ layout(set = 0, binding = 1) readonly buffer Weights { float w[]; };
 // params[5] = first relative column that mode 1 recomputes fully
 layout(set = 0, binding = 2) readonly buffer Params { uint params[]; };
 layout(set = 0, binding = 3) writeonly buffer Out { float scores[]; };
-layout(set = 0, binding = 4) buffer Inner { float inner[]; };    // (N, HIST, C)
+layout(set = 0, binding = 4) coherent buffer Inner { float inner[]; };   // (N, HIST, C)
 
 layout(push_constant) uniform Push {
     uint C;          // block columns of the history (and of the scores)
@@ -50,82 +60,86 @@ layout(push_constant) uniform Push {
 } p;
 
 shared vec4 w2s[C1 * 9u * (C2 / 4u)];               // [c1][dy * 3 + dx][c2 / 4]
-shared vec2 h1v[SLOTS * C1 * COLS / 2u];            // [slot][channel][column], 2 columns a word pair
-shared float red[5u * GROUPS * TILE];               // channel-group parts of r: [row][group][col]
+shared float w1s[C1 * 10u];                         // w1 (144), b1 (16)
+shared float xs[XSLOTS * XC];                       // [slot][column x0 - 2 + k]
+shared vec2 h1v[SLOTS * C1 * HV];                   // [slot][channel][column pair]
 
-uint n_id, oldest, s_col;
+uint n_id, oldest, s_col, tid, pair, grp;
 int W, x0;
 
-float x_at(int t, int j) {
-    if (t < 0 || t >= int(HIST) || j < 0 || j >= W) return 0.0;
-    return hist[(n_id * HIST + (oldest + uint(t)) % HIST) * p.C + s_col + uint(j)];
+// history row u (time, oldest first) into xs slot `slot`: columns x0 - 2 .. x0 + TILE + 1,
+// 0 outside the grid
+void stage_x(uint k, int u, uint slot) {
+    const int j = x0 - 2 + int(k);
+    float v = 0.0;
+    if (u >= 0 && u < int(HIST) && j >= 0 && j < W)
+        v = hist[(n_id * HIST + (oldest + uint(u)) % HIST) * p.C + s_col + uint(j)];
+    xs[slot * XC + k] = v;
 }
 
-// h1 time row t (all channels, columns x0 - 1 .. x0 + TILE) into slot `slot`; 0 outside the grid
-void conv1_row(int t, uint slot) {
-    for (uint i = gl_LocalInvocationIndex; i < COLS * C1; i += gl_WorkGroupSize.x) {
-        const uint ch = i / COLS, cc = i % COLS;
-        const int j = x0 - 1 + int(cc);
-        float v = 0.0;
-        if (t >= 0 && t < int(HIST) && j >= 0 && j < W) {
-            v = w[B1 + ch];
-            for (int dy = 0; dy < 3; dy++)
-                for (int dx = 0; dx < 3; dx++)
-                    v += w[W1 + ch * 9u + uint(dy * 3 + dx)] * x_at(t - 1 + dy, j - 1 + dx);
-            v = max(v, 0.0);
-        }
-        const uint i1 = (slot * C1 + ch) * COLS + cc;
-        h1v[i1 / 2u][i1 % 2u] = v;
+// h1 of channel ch at time row t and tile column cc - 1 (x rows t-1, t, t+1 in xs slots xa, xb,
+// xc); 0 outside the grid. Stored into h1v slot `slot`.
+void conv1_at(uint i, int t, uint slot, uint xa, uint xb, uint xc) {
+    const uint ch = i / COLS, cc = i % COLS;
+    const int j = x0 - 1 + int(cc);
+    float v = 0.0;
+    if (t >= 0 && t < int(HIST) && j >= 0 && j < W) {
+        v = w1s[144u + ch];
+        const uint xr[3] = uint[3](xa * XC + cc, xb * XC + cc, xc * XC + cc);
+        [[unroll]] for (uint dy = 0u; dy < 3u; dy++)
+            [[unroll]] for (uint dx = 0u; dx < 3u; dx++)
+                v = fma(w1s[ch * 9u + dy * 3u + dx], xs[xr[dy] + dx], v);
+        v = max(v, 0.0);
     }
+    const uint i1 = (slot * C1 + ch) * COLS + cc;
+    h1v[i1 / 2u][i1 % 2u] = v;
 }
 
-// Pre-activation h2 of this thread's 8 channels (from 8 grp) x 2 columns (tile columns 2 pair,
-// 2 pair + 1) for R output rows whose h1 rows t-1, t, t+1 are in slots sl[r][0..2] (-1: zero
-// row), accumulated onto acc[r][column][channel]. Per h1 channel and dy: one vec4 of h1 per row
-// (2 x vec2 loads), then per dx 8 weights (2 x vec4, the same for all threads of a group) used
-// for 2 columns x R rows.
-#define H2_ROWS(R, sl, acc)                                                                        \
-    for (uint c1 = 0u; c1 < C1; c1++) {                                                            \
-        [[unroll]] for (int dy = 0; dy < 3; dy++) {                                                \
-            vec4 h[R];                                                                             \
-            [[unroll]] for (int r = 0; r < R; r++) {                                               \
-                const uint hb = ((uint(max(sl[r][dy], 0)) * C1 + c1) * COLS) / 2u + pair;          \
-                h[r] = sl[r][dy] < 0 ? vec4(0.0) : vec4(h1v[hb], h1v[hb + 1u]);                    \
-            }                                                                                      \
-            [[unroll]] for (int dx = 0; dx < 3; dx++) {                                            \
-                const uint wb = (c1 * 9u + uint(dy * 3 + dx)) * 8u + 2u * grp;                     \
-                const vec4 wa = w2s[wb], wc = w2s[wb + 1u];                                        \
-                [[unroll]] for (int r = 0; r < R; r++) {                                           \
-                    if (sl[r][dy] < 0) continue;                                                   \
-                    const float u = h[r][dx], v = h[r][dx + 1];                                    \
-                    acc[r][0][0] += wa.x * u;     acc[r][1][0] += wa.x * v;                        \
-                    acc[r][0][1] += wa.y * u;     acc[r][1][1] += wa.y * v;                        \
-                    acc[r][0][2] += wa.z * u;     acc[r][1][2] += wa.z * v;                        \
-                    acc[r][0][3] += wa.w * u;     acc[r][1][3] += wa.w * v;                        \
-                    acc[r][0][4] += wc.x * u;     acc[r][1][4] += wc.x * v;                        \
-                    acc[r][0][5] += wc.y * u;     acc[r][1][5] += wc.y * v;                        \
-                    acc[r][0][6] += wc.z * u;     acc[r][1][6] += wc.z * v;                        \
-                    acc[r][0][7] += wc.w * u;     acc[r][1][7] += wc.w * v;                        \
-                }                                                                                  \
-            }                                                                                      \
-        }                                                                                          \
-    }
-
-uint pair, grp;
-
-// r of output row `row` of the reduction buffer at the calling thread's column (tid < TILE)
-float sum_groups(uint row) {
-    const uint q = row * GROUPS * TILE + gl_LocalInvocationIndex;
-    return ((red[q] + red[q + TILE]) + red[q + 2u * TILE]) + red[q + 3u * TILE];
+// h1 row of slot s for this thread's 4 columns (tile columns 2 pair - 1 .. 2 pair + 2), channel c1
+vec4 h1_at(uint s, uint c1) {
+    const uint b = (s * C1 + c1) * HV + pair;
+    return vec4(h1v[b], h1v[b + 1u]);
 }
 
-// this thread's part of r for column a of output row acc[r]: sum over its 8 channels of
-// w3[c] relu(acc + b2[c])
-float r_part(float acc[8]) {
+// one tap row dy of the 3x3 kernel onto the accumulators of this thread's 2 columns (4 channels)
+#define TAP(A0, A1, H, K0, K1, K2)                                                                \
+    A0 = fma(K0, vec4(H.x), A0); A0 = fma(K1, vec4(H.y), A0); A0 = fma(K2, vec4(H.z), A0);       \
+    A1 = fma(K0, vec4(H.y), A1); A1 = fma(K1, vec4(H.z), A1); A1 = fma(K2, vec4(H.w), A1);
+
+// the 3 weight vec4 of tap row dy for input channel c1 (this thread's 4 output channels)
+#define WROW(c1, dy, K0, K1, K2)                                                                  \
+    const vec4 K0 = w2s[((c1) * 9u + (dy) * 3u) * 8u + grp];                                      \
+    const vec4 K1 = w2s[((c1) * 9u + (dy) * 3u + 1u) * 8u + grp];                                 \
+    const vec4 K2 = w2s[((c1) * 9u + (dy) * 3u + 2u) * 8u + grp];
+
+// this thread's part of r at one column: sum over its 4 channels of w3[c] relu(acc + b2[c])
+float r_part(vec4 acc) {
     float s = 0.0;
-    [[unroll]] for (uint k = 0u; k < 8u; k++) s += w[W3 + grp * 8u + k] * max(acc[k] + w[B2 + grp * 8u + k], 0.0);
+    [[unroll]] for (uint k = 0u; k < 4u; k++)
+        s = fma(w[W3 + grp * 4u + k], max(acc[k] + w[B2 + grp * 4u + k], 0.0), s);
     return s;
 }
+
+// red (in h1v, after RED): [row][group][column]
+void red_put(uint row, vec4 a0, vec4 a1) {
+    const uint q = RED + ((row * GROUPS + grp) * TILE + 2u * pair) / 2u;
+    h1v[q] = vec2(r_part(a0), r_part(a1));
+}
+
+// r of output row `row` at tile column tid (tid < TILE): the 8 groups' parts in order
+float sum_groups(uint row) {
+    const uint q = row * GROUPS * TILE + tid;
+    float s = 0.0;
+    [[unroll]] for (uint g = 0u; g < GROUPS; g++) s += h1v[RED + (q + g * TILE) / 2u][(q + g * TILE) % 2u];
+    return s;
+}
+
+// x slot of history row u in step mode (rows 0 .. 3 in slots 0 .. 3, HIST-5 .. HIST-1 in 4 .. 8)
+uint xslot_step(int u) {
+    return (u < 0 || u >= int(HIST)) ? XZERO : u < 4 ? uint(u) : uint(u - int(HIST) + 9);
+}
+
+uint xslot_full(int u) { return (u < 0 || u >= int(HIST)) ? XZERO : uint(u) % 9u; }
 
 void main() {
     n_id = gl_WorkGroupID.y;
@@ -134,65 +148,121 @@ void main() {
     W = int(params[4]) - int(s_col);
     x0 = int(gl_WorkGroupID.x * TILE);
     if (x0 >= W) return;                             // whole workgroup: uniform exit
-    const uint tid = gl_LocalInvocationIndex;
+    tid = gl_LocalInvocationIndex;
     pair = tid % PAIRS;
     grp = tid / PAIRS;
     const int last = int(HIST) - 1;
-    for (uint i = tid; i < C1 * 9u * (C2 / 4u); i += gl_WorkGroupSize.x) {
-        const uint c1k = i / 8u, c2 = (i % 8u) * 4u;          // c1k = c1 * 9 + dy * 3 + dx
-        const uint c1 = c1k / 9u, k = c1k % 9u;
-        w2s[i] = vec4(w[W2 + ((c2 + 0u) * C1 + c1) * 9u + k], w[W2 + ((c2 + 1u) * C1 + c1) * 9u + k],
-                      w[W2 + ((c2 + 2u) * C1 + c1) * 9u + k], w[W2 + ((c2 + 3u) * C1 + c1) * 9u + k]);
+    // w2 read in order (coalesced), stored transposed: w2[c2][c1][k] -> w2s[c1 * 9 + k][c2]
+    for (uint i = tid; i < C2 * C1 * 9u; i += THREADS) {
+        const uint c2 = i / (C1 * 9u), c1k = i % (C1 * 9u);
+        w2s[c1k * 8u + c2 / 4u][c2 % 4u] = w[W2 + i];
     }
+    for (uint i = tid; i < C1 * 10u; i += THREADS) w1s[i] = w[W1 + i];
     // thread tid < TILE finishes column tid of the tile
     const bool own = tid < TILE && x0 + int(tid) < W;
-    const uint col_g = n_id * HIST * p.C + s_col + uint(x0) + tid;   // + ring row * C
+    const uint col_g = n_id * HIST * p.C + s_col + uint(x0) + tid % TILE;   // + ring row * C
     float bsum = 0.0;                                // boundary rows 0, 1, HIST-2, HIST-1 (in order)
 
     const int full_from = int(params[5]);
     if (p.mode == 0u || full_from < min(x0 + int(TILE), W)) {
-        conv1_row(-1, 2u);
-        conv1_row(0, 0u);
-        float b[4] = float[4](0.0, 0.0, 0.0, 0.0);
+        // h1 row t in h1v slot t % 3 (row -1: slot 2, zeros); history row u in xs slot u % 9
+        for (uint k = tid; k < 4u * XC; k += THREADS) {
+            const uint r = k / XC;                   // x rows 0, 1, 2 and the zero slot
+            stage_x(k % XC, r == 3u ? -1 : int(r), r == 3u ? XZERO : r);
+        }
+        barrier();
+        for (uint i = tid; i < 2u * C1 * COLS; i += THREADS) {
+            const int t = int(i / (C1 * COLS)) - 1;   // h1 rows -1 and 0
+            conv1_at(i % (C1 * COLS), t, t < 0 ? 2u : 0u, xslot_full(t - 1), xslot_full(t), xslot_full(t + 1));
+        }
+        float b0 = 0.0, b1 = 0.0, b2 = 0.0, b3 = 0.0;
         for (int t = 0; t <= last; t++) {
-            conv1_row(t + 1, uint(t + 1) % 3u);
+            // h1 row t + 1 (x rows t .. t + 2, staged before the last barrier); history row t + 3
+            for (uint i = tid; i < C1 * COLS; i += THREADS)
+                conv1_at(i, t + 1, uint(t + 1) % 3u, xslot_full(t), xslot_full(t + 1), xslot_full(t + 2));
+            if (t + 3 < int(HIST))
+                for (uint k = tid; k < XC; k += THREADS) stage_x(k, t + 3, uint(t + 3) % 9u);
             barrier();
-            const int sl[1][3] = int[1][3](int[3](int(uint(t + 2) % 3u), int(uint(t) % 3u), int(uint(t + 1) % 3u)));
-            float acc[1][2][8];
-            [[unroll]] for (uint a = 0u; a < 2u; a++) [[unroll]] for (uint k = 0u; k < 8u; k++) acc[0][a][k] = 0.0;
-            H2_ROWS(1, sl, acc)
-            red[grp * TILE + 2u * pair] = r_part(acc[0][0]);
-            red[grp * TILE + 2u * pair + 1u] = r_part(acc[0][1]);
+            const uint sa = uint(t + 2) % 3u, sb = uint(t) % 3u, sc = uint(t + 1) % 3u;
+            vec4 a0 = vec4(0.0), a1 = vec4(0.0);
+            for (uint c1 = 0u; c1 < C1; c1++) {
+                const vec4 ha = h1_at(sa, c1), hb = h1_at(sb, c1), hc = h1_at(sc, c1);
+                { WROW(c1, 0u, k0, k1, k2) TAP(a0, a1, ha, k0, k1, k2) }
+                { WROW(c1, 1u, k0, k1, k2) TAP(a0, a1, hb, k0, k1, k2) }
+                { WROW(c1, 2u, k0, k1, k2) TAP(a0, a1, hc, k0, k1, k2) }
+            }
+            red_put(0u, a0, a1);
             barrier();
             if (own) {
                 const float r = sum_groups(0u);
                 if (t >= 2 && t <= last - 2) inner[col_g + ((oldest + uint(t)) % HIST) * p.C] = r;
-                else b[t < 2 ? t : t - last + 3] = r;
+                else if (t == 0) b0 = r;
+                else if (t == 1) b1 = r;
+                else if (t == last - 1) b2 = r;
+                else b3 = r;
             }
         }
-        bsum = ((b[0] + b[1]) + b[2]) + b[3];
+        bsum = ((b0 + b1) + b2) + b3;
     } else {
-        // slots 0, 1, 2: h1 rows 0, 1, 2; slots 3 .. 6: h1 rows HIST-4 .. HIST-1
-        conv1_row(0, 0u); conv1_row(1, 1u); conv1_row(2, 2u);
-        conv1_row(last - 3, 3u); conv1_row(last - 2, 4u); conv1_row(last - 1, 5u); conv1_row(last, 6u);
+        // xs slots 0 .. 3: history rows 0 .. 3; 4 .. 8: rows HIST-5 .. HIST-1; 9: zeros
+        for (uint k = tid; k < XSLOTS * XC; k += THREADS) {
+            const uint sl = k / XC;
+            stage_x(k % XC, sl == XZERO ? -1 : sl < 4u ? int(sl) : int(sl) + int(HIST) - 9, sl);
+        }
         barrier();
-        // output rows HIST-3 (inner), 0, 1, HIST-2, HIST-1
-        const int sl[5][3] = int[5][3](int[3](3, 4, 5), int[3](-1, 0, 1), int[3](0, 1, 2),
-                                      int[3](4, 5, 6), int[3](5, 6, -1));
-        float acc[5][2][8];
-        [[unroll]] for (uint r = 0u; r < 5u; r++) [[unroll]] for (uint a = 0u; a < 2u; a++)
-            [[unroll]] for (uint k = 0u; k < 8u; k++) acc[r][a][k] = 0.0;
-        H2_ROWS(5, sl, acc)
-        [[unroll]] for (uint r = 0u; r < 5u; r++) [[unroll]] for (uint a = 0u; a < 2u; a++)
-            red[(r * GROUPS + grp) * TILE + 2u * pair + a] = r_part(acc[r][a]);
+        // h1v slots 0, 1, 2: h1 rows 0, 1, 2; slots 3 .. 6: h1 rows HIST-4 .. HIST-1
+        for (uint i = tid; i < SLOTS * C1 * COLS; i += THREADS) {
+            const uint sl = i / (C1 * COLS);
+            const int t = sl < 3u ? int(sl) : int(sl) + int(HIST) - 7;
+            conv1_at(i % (C1 * COLS), t, sl, xslot_step(t - 1), xslot_step(t), xslot_step(t + 1));
+        }
+        barrier();
+        // output rows HIST-3 (inner; h1 slots 3, 4, 5), 0 (-, 0, 1), 1 (0, 1, 2), HIST-2 (4, 5, 6),
+        // HIST-1 (5, 6, -): the zero rows' taps are left out
+        vec4 i0 = vec4(0.0), i1 = vec4(0.0), a0 = vec4(0.0), a1 = vec4(0.0), b0 = vec4(0.0),
+             b1 = vec4(0.0), c0 = vec4(0.0), c1_ = vec4(0.0), d0 = vec4(0.0), d1 = vec4(0.0);
+        for (uint c1 = 0u; c1 < C1; c1++) {
+            const vec4 h0 = h1_at(0u, c1), h1 = h1_at(1u, c1), h2 = h1_at(2u, c1), h3 = h1_at(3u, c1),
+                       h4 = h1_at(4u, c1), h5 = h1_at(5u, c1), h6 = h1_at(6u, c1);
+            {
+                WROW(c1, 0u, k0, k1, k2)
+                TAP(i0, i1, h3, k0, k1, k2) TAP(b0, b1, h0, k0, k1, k2)
+                TAP(c0, c1_, h4, k0, k1, k2) TAP(d0, d1, h5, k0, k1, k2)
+            }
+            {
+                WROW(c1, 1u, k0, k1, k2)
+                TAP(i0, i1, h4, k0, k1, k2) TAP(a0, a1, h0, k0, k1, k2) TAP(b0, b1, h1, k0, k1, k2)
+                TAP(c0, c1_, h5, k0, k1, k2) TAP(d0, d1, h6, k0, k1, k2)
+            }
+            {
+                WROW(c1, 2u, k0, k1, k2)
+                TAP(i0, i1, h5, k0, k1, k2) TAP(a0, a1, h1, k0, k1, k2) TAP(b0, b1, h2, k0, k1, k2)
+                TAP(c0, c1_, h6, k0, k1, k2)
+            }
+        }
+        barrier();                                   // red overwrites h1v slots 3 .. 6
+        red_put(0u, i0, i1); red_put(1u, a0, a1); red_put(2u, b0, b1); red_put(3u, c0, c1_);
+        red_put(4u, d0, d1);
         barrier();
         if (own) {
             inner[col_g + ((oldest + uint(last - 2)) % HIST) * p.C] = sum_groups(0u);
             bsum = ((sum_groups(1u) + sum_groups(2u)) + sum_groups(3u)) + sum_groups(4u);
         }
     }
+    // the cache sum over t = 2 .. HIST-3 in 4 parts (thread tid: column tid % TILE, part tid / TILE)
+    memoryBarrierBuffer();
+    barrier();
+    const uint part = tid / TILE;
+    const int n_in = int(HIST) - 4;
+    float psum = 0.0;
+    if (x0 + int(tid % TILE) < W)
+        for (int t = 2 + int(part) * n_in / 4; t < 2 + (int(part) + 1) * n_in / 4; t++)
+            psum += inner[col_g + ((oldest + uint(t)) % HIST) * p.C];
+    h1v[RED + tid / 2u][tid % 2u] = psum;
+    barrier();
     if (!own) return;
-    float isum = 0.0;
-    for (int t = 2; t <= last - 2; t++) isum += inner[col_g + ((oldest + uint(t)) % HIST) * p.C];
+    const float isum = ((psum + h1v[RED + (tid + TILE) / 2u][(tid + TILE) % 2u])
+                        + h1v[RED + (tid + 2u * TILE) / 2u][(tid + 2u * TILE) % 2u])
+                       + h1v[RED + (tid + 3u * TILE) / 2u][(tid + 3u * TILE) % 2u];
     scores[n_id * p.C + s_col + uint(x0) + tid] = w[B3] + (isum + bsum) / float(HIST);
 }

@@ -16,7 +16,7 @@ from .predictor_history_update import N_PARAMS
 
 SHADER = "predictor-cnn"
 TILE = 32             # output columns per workgroup (fixed in the shader)
-LOCAL_SIZE = 64       # 16 column pairs x 4 groups of 8 output channels
+LOCAL_SIZE = 128      # 16 column pairs x 8 groups of 4 output channels
 PUSH = PushLayout("C", "mode")
 FULL, STEP = 0, 1     # modes: see the shader
 SPEC = (LOCAL_SIZE, HIST)
