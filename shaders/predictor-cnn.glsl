@@ -24,7 +24,7 @@
 // in shared memory (xs, 36 columns with the halo of both convolutions), h1 is computed from them
 // into shared memory (h1v, 34 columns), w2 is staged transposed (w2s: per c1 and tap, 32 output
 // channels as 8 vec4). Thread (pair, grp) computes 2 adjacent columns x 4 of the 32 h2 channels
-// (one vec4 accumulator per row and column): per h1 channel it loads one vec4 of h1 per staged
+// (one vec4 accumulator per row and column; no per-thread arrays but the 15 cache loads): per h1 channel it loads one vec4 of h1 per staged
 // row (4 columns: 2 aligned vec2) and 9 weight vec4 (the same for the 16 threads of a group) for
 // 2 x 4 x 9 FMAs per output row; in step mode the 5 rows share the weights (13 row taps).
 #include "common.glsl"
@@ -253,11 +253,14 @@ void main() {
     memoryBarrierBuffer();
     barrier();
     const uint part = tid / TILE;
-    const int n_in = int(HIST) - 4;
+    const uint n_part = (HIST - 4u) / 4u;            // HIST = 64: 15 rows a part, loads issued together
     float psum = 0.0;
-    if (x0 + int(tid % TILE) < W)
-        for (int t = 2 + int(part) * n_in / 4; t < 2 + (int(part) + 1) * n_in / 4; t++)
-            psum += inner[col_g + ((oldest + uint(t)) % HIST) * p.C];
+    if (x0 + int(tid % TILE) < W) {
+        float v[n_part];
+        [[unroll]] for (uint k = 0u; k < n_part; k++)
+            v[k] = inner[col_g + ((oldest + 2u + part * n_part + k) % HIST) * p.C];
+        [[unroll]] for (uint k = 0u; k < n_part; k++) psum += v[k];
+    }
     h1v[RED + tid / 2u][tid % 2u] = psum;
     barrier();
     if (!own) return;
