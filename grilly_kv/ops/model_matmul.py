@@ -14,17 +14,33 @@ from ..validation import check_array, check_choice
 
 SHADER = "model-matmul"
 MODES = {"plain": 0, "rmsnorm": 1, "swiglu": 2}
-LANES_GPU = 8       # lanes per output row on GPUs (coalesced weight reads, shuffle reduction)
-ROWS_GPU = 4        # ... rows per workgroup: one 32-lane subgroup, many workgroups for small N
+LANES_GPU = (8, 32)  # lanes per output row on GPUs (coalesced weight reads, shuffle reduction)
+WG_GPU = 256        # invocations per workgroup on GPUs (WG_GPU / lanes rows each)
+WIDE_MAX_N = 8192   # decode (T = 1) GEMVs with at most this many rows use 32 lanes per row
 ROWS_CPU = 64       # CPU devices: one row per invocation, 64 per workgroup
 MAX_TT = 8          # tokens per workgroup
+MAX_SG = 64         # the shader's most subgroups per workgroup (its two per-subgroup sum arrays)
 PUSH = PushLayout("N", "T", "w_off", "x_off", "g_off", "eps:f")
 
 
-def lanes_per_row(device) -> int:
-    """:data:`LANES_GPU` on GPUs; 1 (a whole row per invocation) on CPU devices (lavapipe), where
-    shuffles cost more than uncoalesced reads."""
-    return 1 if device.properties.get("device_type") == "Cpu" else LANES_GPU
+def lanes_per_row(device, T: int, N: int) -> int:
+    """Invocations per output row. GPUs: 32 for a decode GEMV (T = 1) of at most
+    :data:`WIDE_MAX_N` rows (more loads in flight per row: the H100 layer GEMVs are latency-bound),
+    else 8 (prefill chunks, lm_head); 1 (a whole row per invocation) on CPU devices (lavapipe),
+    where shuffles cost more than uncoalesced reads."""
+    if device.properties.get("device_type") == "Cpu":
+        return 1
+    return LANES_GPU[1] if T == 1 and N <= WIDE_MAX_N else LANES_GPU[0]
+
+
+def tokens_per_workgroup(device, T: int, K: int) -> int:
+    """Tokens per workgroup: up to :data:`MAX_TT`, as many as the staged ``(TT, K)`` float32
+    rows of X' (plus the norm sums) fit in the device's shared memory."""
+    smem = int(device.properties.get("max_compute_shared_memory_size", 32768)) - 2 * MAX_TT * MAX_SG * 4
+    fit = smem // (4 * K)
+    if fit < 1:
+        raise ValueError(f"K = {K} is too wide to stage one input row in {smem} bytes of shared memory")
+    return min(MAX_TT, T, fit)
 
 
 def record_matmul(rec: Recording, w, x, g, y, *, N: int, K: int, T: int, f16: bool, mode: str = "plain",
@@ -34,14 +50,18 @@ def record_matmul(rec: Recording, w, x, g, y, *, N: int, K: int, T: int, f16: bo
 
     Offsets are in vec4 units (4 elements) of each buffer; ``g`` is the RMSNorm weight buffer
     (any buffer when mode != "rmsnorm"). K must be a multiple of 4. ``lanes``: invocations per
-    output row, 1 or 8 (default :func:`lanes_per_row`).
+    output row, 1, 8 or 32 (default :func:`lanes_per_row`). float16 weights are read 8 per load
+    (one uvec4) when K is a multiple of 8 and ``w_off`` even, else 4.
     """
-    lanes = lanes or lanes_per_row(rec.device)
-    if lanes not in (1, LANES_GPU):
-        raise ValueError(f"lanes must be 1 or {LANES_GPU}, got {lanes}")
-    rows = ROWS_CPU if lanes == 1 else ROWS_GPU
-    tt = min(MAX_TT, T)
-    spec = (rows * lanes, K, int(f16), rows, tt, MODES[mode], int(accumulate))
+    lanes = lanes or lanes_per_row(rec.device, T, N)
+    if lanes not in (1, *LANES_GPU):
+        raise ValueError(f"lanes must be 1, 8 or 32, got {lanes}")
+    if K % 4:
+        raise ValueError(f"K must be a multiple of 4, got {K}")
+    rows = ROWS_CPU if lanes == 1 else WG_GPU // lanes
+    tt = tokens_per_workgroup(rec.device, T, K)
+    e = 8 if f16 and K % 8 == 0 and w_off % 2 == 0 else 4
+    spec = (rows * lanes, K, int(f16), rows, tt, MODES[mode], int(accumulate), e)
     push = PUSH.pack(N=N, T=T, w_off=w_off, x_off=x_off, g_off=g_off, eps=eps)
     return rec.dispatch(SHADER, [w, x, g, y], groups=(-(-N // rows), -(-T // tt)), push=push,
                         spec=spec, writes=[3])
@@ -58,7 +78,7 @@ def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weig
         mode: "plain", "rmsnorm" (x is RMS-normalised and scaled by ``norm_weight`` ``(K,)``),
             or "swiglu" (x' = silu(gate) * up).
         y: optional ``(T, N)`` float32 added to the result (residual).
-        lanes: invocations per output row, 1 or 8 (default: by device type; tests force both).
+        lanes: invocations per output row, 1, 8 or 32 (default: by device type and shape).
 
     Returns:
         ``(T, N)`` float32.
