@@ -63,6 +63,22 @@ def continue_sequence(positions, n_seen: int, who: str) -> np.ndarray:
     return positions
 
 
+def admit_dense_chunk(policy: "KVPolicy", pos0: int, prefix_so_far: bool) -> bool:
+    """A model's check of a host policy's dense chunk at ``pos0`` (after ``policy.begin``):
+    True when the model may attend it itself. ``prefix_so_far``: every earlier chunk of the
+    sequence was dense. The model keeps ``prefix_so_far`` False once this returns False.
+
+    Raises:
+        RuntimeError: the policy declares a chunk dense after one that was not.
+    """
+    if not policy.dense_chunk():
+        return False
+    if not prefix_so_far:
+        raise RuntimeError(f"{policy.describe()} declared the chunk at position {pos0} dense after "
+                           "a chunk that was not: dense chunks must form a prefix of the sequence")
+    return True
+
+
 class KVPolicy(ABC):
     """One way of keeping (or not keeping) the attention KV cache.
 

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ...backend import get_device
-from ...policies.base import CacheShape
+from ...policies.base import CacheShape, admit_dense_chunk
 from ...policies.dense import DensePolicy
 from .config import ModelConfig
 from .weights import Checkpoint
@@ -77,12 +77,9 @@ class ReferenceModel:
         """Whether the model attends this chunk itself (see the Vulkan model's twin)."""
         if not self.dense_prefill:
             return False
-        if not self.policy.dense_chunk():
-            self._dense_ok = False
-            return False
+        self._dense_ok = admit_dense_chunk(self.policy, pos0, self._dense_ok)
         if not self._dense_ok:
-            raise RuntimeError(f"{self.policy.describe()} declared the chunk at position {pos0} dense after "
-                               "a chunk that was not: dense chunks must form a prefix of the sequence")
+            return False
         if pos0 == 0:
             self._dense = DensePolicy()
             self._dense.reset(self._shape)

@@ -28,7 +28,7 @@ from ...ops.model_embed import record_embed
 from ...ops.model_matmul import record_matmul
 from ...ops.model_rope import record_rope
 from ...ops.step_words import fill_step, step_words
-from ...policies.base import CacheShape, KVPolicy
+from ...policies.base import CacheShape, KVPolicy, admit_dense_chunk
 from ...policies.dense import DensePolicy
 from ...reference.model_rope import rope_table
 from .weights import Checkpoint
@@ -152,12 +152,9 @@ class VulkanModel:
         chunk of the sequence went this way too (so the dense cache holds all earlier K/V)."""
         if self.kv is not None or not self.dense_prefill:
             return False
-        if not self.policy.dense_chunk():
-            self._dense_ok = False
-            return False
+        self._dense_ok = admit_dense_chunk(self.policy, pos0, self._dense_ok)
         if not self._dense_ok:
-            raise RuntimeError(f"{self.policy.describe()} declared the chunk at position {pos0} dense after "
-                               "a chunk that was not: dense chunks must form a prefix of the sequence")
+            return False
         if pos0 == 0:
             self._dense_start()
         return True
