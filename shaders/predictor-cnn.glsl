@@ -18,7 +18,10 @@
 // Both modes use the same arithmetic in the same order (conv1_at, TAP in order c1, dy, dx with
 // fma, r_part, sum_groups, the cache sum in 4 fixed parts), so they give the same scores.
 // When the candidate range grew by a column, columns from params[5] on (relative to s: the old
-// last two and the new one) see new neighbours: mode 1 runs their tiles as mode 0.
+// last two and the new one) see new neighbours (their 5-column receptive field reaches the new
+// column), so their cached inner rows are stale: mode 1 runs the step pass on every tile and then
+// recomputes the inner rows 2 .. HIST-4 of just those columns (recompute_inner: one thread an
+// (row, column) item, all 32 channels in the same order as above, so the same values).
 //
 // Workgroup (tile, n): TILE = 32 output columns, 128 threads. The tile's history rows are staged
 // in shared memory (xs, 36 columns with the halo of both convolutions), h1 is computed from them
@@ -134,6 +137,56 @@ float sum_groups(uint row) {
     return s;
 }
 
+// Step mode after growth: the inner rows t = 2 .. HIST-4 of the columns [j0, j1) (relative to s)
+// into the cache (row HIST-3 comes from the step pass). Item (t, j): the 5 x 5 history values
+// around it, h1 of its 3 x 3 neighbourhood per channel (as conv1_at), h2 of the 32 channels with
+// the fma order of TAP (c1, dy, dx), r_part per group and the groups summed in order (as
+// sum_groups). Inner rows never touch the time padding, so only the columns are bounds-checked.
+void recompute_inner(int j0, int j1) {
+    const uint rows = HIST - 5u;
+    const uint items = rows * uint(j1 - j0);
+    for (uint it = tid; it < items; it += THREADS) {
+        const int t = 2 + int(it % rows), j = j0 + int(it / rows);
+        float xv[25];
+        [[unroll]] for (uint a = 0u; a < 5u; a++) {
+            const uint rowg = (n_id * HIST + (oldest + uint(t - 2) + a) % HIST) * p.C + s_col;
+            [[unroll]] for (uint b = 0u; b < 5u; b++) {
+                const int jj = j - 2 + int(b);
+                xv[a * 5u + b] = (jj >= 0 && jj < W) ? hist[rowg + uint(jj)] : 0.0;
+            }
+        }
+        vec4 acc[GROUPS];
+        [[unroll]] for (uint g = 0u; g < GROUPS; g++) acc[g] = vec4(0.0);
+        for (uint c1 = 0u; c1 < C1; c1++) {
+            float h[9];
+            [[unroll]] for (uint a = 0u; a < 3u; a++)
+                [[unroll]] for (uint b = 0u; b < 3u; b++) {
+                    const int jj = j - 1 + int(b);
+                    float v = 0.0;
+                    if (jj >= 0 && jj < W) {
+                        v = w1s[144u + c1];
+                        [[unroll]] for (uint dy = 0u; dy < 3u; dy++)
+                            [[unroll]] for (uint dx = 0u; dx < 3u; dx++)
+                                v = fma(w1s[c1 * 9u + dy * 3u + dx], xv[(a + dy) * 5u + b + dx], v);
+                        v = max(v, 0.0);
+                    }
+                    h[a * 3u + b] = v;
+                }
+            [[unroll]] for (uint g = 0u; g < GROUPS; g++)
+                [[unroll]] for (uint k = 0u; k < 9u; k++)
+                    acc[g] = fma(w2s[(c1 * 9u + k) * 8u + g], vec4(h[k]), acc[g]);
+        }
+        float r = 0.0;
+        [[unroll]] for (uint g = 0u; g < GROUPS; g++) {
+            float sg = 0.0;
+            [[unroll]] for (uint k = 0u; k < 4u; k++)
+                sg = fma(w[W3 + g * 4u + k], max(acc[g][k] + w[B2 + g * 4u + k], 0.0), sg);
+            r += sg;
+        }
+        inner[(n_id * HIST + (oldest + uint(t)) % HIST) * p.C + s_col + uint(j)] = r;
+    }
+}
+
 // x slot of history row u in step mode (rows 0 .. 3 in slots 0 .. 3, HIST-5 .. HIST-1 in 4 .. 8)
 uint xslot_step(int u) {
     return (u < 0 || u >= int(HIST)) ? XZERO : u < 4 ? uint(u) : uint(u - int(HIST) + 9);
@@ -163,8 +216,7 @@ void main() {
     const uint col_g = n_id * HIST * p.C + s_col + uint(x0) + tid % TILE;   // + ring row * C
     float bsum = 0.0;                                // boundary rows 0, 1, HIST-2, HIST-1 (in order)
 
-    const int full_from = int(params[5]);
-    if (p.mode == 0u || full_from < min(x0 + int(TILE), W)) {
+    if (p.mode == 0u) {
         // h1 row t in h1v slot t % 3 (row -1: slot 2, zeros); history row u in xs slot u % 9
         for (uint k = tid; k < 4u * XC; k += THREADS) {
             const uint r = k / XC;                   // x rows 0, 1, 2 and the zero slot
@@ -248,6 +300,8 @@ void main() {
             inner[col_g + ((oldest + uint(last - 2)) % HIST) * p.C] = sum_groups(0u);
             bsum = ((sum_groups(1u) + sum_groups(2u)) + sum_groups(3u)) + sum_groups(4u);
         }
+        const int j0 = max(int(params[5]), x0), j1 = min(x0 + int(TILE), W);
+        if (j0 < j1) recompute_inner(j0, j1);        // uniform: the workgroup's tile and params
     }
     // the cache sum over t = 2 .. HIST-3 in 4 parts (thread tid: column tid % TILE, part tid / TILE)
     memoryBarrierBuffer();

@@ -129,3 +129,79 @@ def test_incremental_decode_steps_match_the_full_cnn(vk, group):
         # float32 vs NumPy (see test_cnn_matches_numpy)
         assert_close(a, c, atol=1e-5, rtol=1e-4, what=f"incremental vs NumPy, step {t}")
     assert_close(inc.read_history(), ref.read_history(), atol=0.0, what="ring")
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_growth_at_every_column_position(vk, group):
+    """The candidate range grows by one column at relative positions 1 .. 67 (inside tiles, at
+    and across the 32-column tile boundaries, so the recomputed columns straddle two tiles), with
+    steps that do not grow in between and one growth by 3 columns (a full pass: the step only
+    takes one new column): incremental scores equal the device's full recomputation and NumPy."""
+    from grilly_kv.predictor.history import BlockPredictor
+
+    rng = np.random.default_rng(10 + group)
+    N, C, s = 2, 70, 1
+    S = 16 * C
+    w = init_weights(7 + group)
+    preds = [BlockPredictor(N * group, S, w, device=d, group=group) for d in (vk, vk, "cpu")]
+    inc, full, ref = preds
+    rows = rng.random((N * group, 66, S)).astype(np.float32) ** 8
+    e = s + 1
+    for pr in preds:
+        pr.step(rows, S, s, e)
+    ends, n_growth = [], 0
+    while e < C:
+        step = len(ends)
+        e_new = min(e + (3 if e == s + 40 else 0 if step % 5 == 4 else 1), C)
+        n_growth += int(e_new - e == 1)
+        e = e_new
+        ends.append(e)
+        row = rng.random((N * group, 1, S)).astype(np.float32) ** 8
+        full.invalidate()
+        outs = [pr.step(row, S, s, e) for pr in preds]
+        assert_close(outs[0], outs[1], atol=1e-6, rtol=1e-6, what=f"incremental vs full, end {e}")
+        assert_close(outs[0], outs[2], atol=1e-5, rtol=1e-4, what=f"incremental vs NumPy, end {e}")
+    assert n_growth >= 50 and inc.incremental_steps == len(ends) - 1 and full.incremental_steps == 0
+
+
+def test_step_recomputing_every_column_needs_no_cache(vk):
+    """STEP with params[5] = 0 recomputes the inner rows of every column (several tiles, any
+    number of columns a tile), so over a cache of sentinels it gives FULL's scores and cache."""
+    from grilly_kv.backend import Buffer, Recording
+    from grilly_kv.ops.predictor_cnn import FULL, STEP, record_predictor_cnn
+    from grilly_kv.reference.predictor_cnn import flatten_weights
+
+    N, C, oldest, start, end = 2, 75, 17, 3, 74
+    rng = np.random.default_rng(21)
+    history = rng.random((N, 64, C)).astype(np.float32) ** 4
+    w = init_weights(21)
+    flat = flatten_weights(w)
+    bufs = {k: Buffer(vk, n) for k, n in (("h", N * 64 * C), ("w", flat.size), ("out", N * C),
+                                          ("inner", N * 64 * C))}
+    params = Buffer(vk, 6, np.uint32)
+    bufs["h"].write(history)
+    bufs["w"].write(flat)
+    params.write(np.array([0, 0, oldest, start, end, 0], np.uint32))
+    got = {}
+    for mode in (FULL, STEP):
+        for k in ("out", "inner"):
+            bufs[k].write(np.full(bufs[k].n_words, SENTINEL, np.uint32).view(np.float32))
+        rec = Recording(vk).upload(bufs["h"]).upload(bufs["w"]).upload(params)
+        rec = rec.upload(bufs["out"]).upload(bufs["inner"])
+        record_predictor_cnn(rec, bufs["h"], bufs["w"], params, bufs["out"], bufs["inner"], N=N, C=C,
+                             mode=mode)
+        rec.download(bufs["out"]).download(bufs["inner"]).run()
+        got[mode] = [bufs[k].read().view(np.uint32).copy() for k in ("out", "inner")]
+    out = got[STEP][0].view(np.float32).reshape(N, C)
+    assert np.all(got[STEP][0].reshape(N, C)[:, :start] == SENTINEL)
+    assert np.all(got[STEP][0].reshape(N, C)[:, end:] == SENTINEL)
+    assert_close(out[:, start:end], got[FULL][0].view(np.float32).reshape(N, C)[:, start:end],
+                 atol=1e-6, rtol=1e-6, what="STEP (all columns recomputed) vs FULL")
+    assert_close(out[:, start:end], predictor_cnn_ref(history, w, oldest, start, end), atol=1e-5,
+                 rtol=1e-4, what="STEP vs NumPy")
+    inner_f = got[FULL][1].view(np.float32).reshape(N, 64, C)
+    inner_s = got[STEP][1].view(np.float32).reshape(N, 64, C)
+    # same cache, sentinels (NaN) where neither writes: outside [start, end) and the boundary rows
+    assert_close(np.nan_to_num(inner_s, nan=7.0), np.nan_to_num(inner_f, nan=7.0), atol=1e-6, rtol=1e-6,
+                 what="inner cache")
+    assert np.array_equal(got[STEP][1] == SENTINEL, got[FULL][1] == SENTINEL)

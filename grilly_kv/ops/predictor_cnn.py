@@ -32,8 +32,10 @@ def record_predictor_cnn(rec: Recording, history: Buffer, weights: Buffer, param
     (rows 2 .. 61, which never see the time padding), under that step's ring row. After a ring
     update that slid the window by one row with the same ``s`` (and ``e`` the same or one more),
     ``STEP`` gives the same scores from 5 rows of the second convolution (the new inner row,
-    cached, and the 4 boundary rows) and the cache, except for the tiles from column
-    ``params[5]`` on (relative to ``s``), which it computes as ``FULL``.
+    cached, and the 4 boundary rows) and the cache; the columns from ``params[5]`` on (relative
+    to ``s``; after a growth of ``e``: the old last two and the new one, whose receptive field
+    reaches the new column) also get their inner rows 2 .. 60 recomputed into the cache (one
+    thread a row and column, not the tile's 64-row pass). ``params[5] >= e - s``: none.
     """
     return rec.dispatch(SHADER, [history, weights, params, scores, inner], groups=(-(-C // TILE), N),
                         push=PUSH.pack(C=C, mode=mode), spec=SPEC, writes=[3, 4])

@@ -7,8 +7,9 @@ query head; ``group = H_q / H_kv``: a history per KV head, the max over its quer
 into the ring and scores the candidate blocks for the next step in one submission. A decode step
 (one new row, same candidate start, the end the same or one more) runs the CNN incrementally
 (see ``shaders/predictor-cnn.glsl``): 5 rows of the second convolution instead of 64, the inner
-rows' contributions coming from a cache (and the tiles at the right edge recomputed fully when a
-candidate block is added); other steps recompute all rows. The cache holds exact values, so the
+rows' contributions coming from a cache (when a candidate block is added, the inner rows of the
+three columns whose receptive field reaches it are recomputed into the cache); other steps
+(including a growth by more than one block) recompute all rows. The cache holds exact values, so the
 incremental scores do not drift from a full recomputation.
 """
 from __future__ import annotations
@@ -99,7 +100,8 @@ class BlockPredictor:
         last = self._cnn_range
         incremental = (run_cnn and R == 1 and last is not None and last[0] == start
                        and end - last[1] in (0, 1))
-        # a new candidate column changes the two before it: recompute those tiles fully
+        # a new candidate column changes the inner rows of the two before it (conv1 then conv2:
+        # 2 columns each side) and has none cached: the shader recomputes columns >= full_from
         full_from = (last[1] - start - 2 if end > last[1] else end - start) if incremental else 0
         for r0 in range(0, R - ROWS_PER_SUBMIT, ROWS_PER_SUBMIT):   # all but the last group
             self._submit(rows[:, r0:r0 + ROWS_PER_SUBMIT], n_keys, (write_head + r0) % HIST, 0, 0, None)
