@@ -19,14 +19,18 @@ def plot_budget_curves(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     dense = [r for r in results["runs"] if r["budget"] is None]
-    for policy in sorted({r["policy"] for r in results["runs"] if r["budget"] is not None}):
+    policies = sorted({r["policy"] for r in results["runs"] if r["budget"] is not None})
+    colors = plt.get_cmap("tab10" if len(policies) <= 10 else "tab20").colors
+    styles = ["-", "--", ":", "-."]                      # one per perplexity context
+    for i, policy in enumerate(policies):
         runs = sorted((r for r in results["runs"] if r["policy"] == policy and r["budget"] is not None),
                       key=lambda r: r["budget"])
         b = [r["budget"] for r in runs]
-        axes[0].plot(b, [r["needle_accuracy"] for r in runs], "o-", label=policy)
-        for ctx in (dense[0]["perplexity"] if dense else {}):
+        color = colors[i % len(colors)]
+        axes[0].plot(b, [r["needle_accuracy"] for r in runs], "o-", color=color, label=policy)
+        for j, ctx in enumerate(dense[0]["perplexity"] if dense else {}):
             ratio = [r["perplexity"][ctx]["ppl"] / dense[0]["perplexity"][ctx]["ppl"] for r in runs]
-            axes[1].plot(b, ratio, "o-", label=f"{policy} @ {ctx}")
+            axes[1].plot(b, ratio, "o", ls=styles[j % len(styles)], color=color, label=f"{policy} @ {ctx}")
     for r in dense:
         axes[0].axhline(r["needle_accuracy"], color="k", ls="--", label="dense")
         axes[1].axhline(1.0, color="k", ls="--", label="dense")
@@ -37,7 +41,8 @@ def plot_budget_curves(results: dict, path: Path) -> None:
         ax.set(xscale="log", xlabel="budget (tokens)")
         ax.set_xticks(budgets, [str(b) for b in budgets], minor=False)
         ax.minorticks_off()
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     fig.suptitle(f"SmolLM2-135M on {results['device']}")
     fig.tight_layout()
