@@ -186,6 +186,42 @@ def test_policy_decode_sees_sinks_local_and_selected_blocks(vk):
             assert_close(outs[1][layer][2 * h:2 * h + 2], want, atol=1e-5, what=f"decode layer {layer} kv {h}")
 
 
+@pytest.mark.parametrize("local", [16, 20, 31])
+def test_candidates_sinks_and_local_window_cover_every_position(local):
+    """No key before the local window falls outside the candidate blocks (a gap of up to 15
+    keys just before the window, never visible, was a bug)."""
+    for position in range(200):
+        s, e = candidate_blocks(position, 16, local)
+        assert s == 1
+        seen = np.zeros(position + 1, bool)
+        seen[:16] = True                                                   # sinks
+        seen[max(position + 1 - local, 0):] = True                         # local window
+        seen[16 * s:16 * e] = True                                         # candidate blocks
+        assert seen.all(), (position, e)
+        assert e == s or 16 * (e - 1) <= position - local                  # none wholly in the window
+
+
+@pytest.mark.parametrize("per_kv_head", [True, False])
+@pytest.mark.parametrize("local", [16, 24])
+def test_policy_with_budget_over_the_context_is_dense(per_kv_head, local):
+    """A budget >= the sequence keeps every key: each decode output equals causal attention."""
+    pol = PredictorPolicy(256, sinks=16, local=local, weights=init_weights(0), device="cpu",
+                          per_kv_head=per_kv_head)
+    n_pre, n_dec = 120, 20
+    outs, qs, ks, vs = _run(pol, n_pre, n_dec)
+    L = SHAPE.n_layers
+    for t in range(n_dec):
+        S = n_pre + t + 1
+        for layer in range(L):
+            K = np.concatenate([ks[layer]] + [ks[(1 + i) * L + layer] for i in range(t + 1)], axis=1)
+            V = np.concatenate([vs[layer]] + [vs[(1 + i) * L + layer] for i in range(t + 1)], axis=1)
+            q = qs[(1 + t) * L + layer]
+            for h in range(SHAPE.n_kv_heads):
+                want = masked_attention(q[2 * h:2 * h + 2], K[h:h + 1], V[h:h + 1], np.ones((1, S), bool))
+                assert_close(outs[1 + t][layer][2 * h:2 * h + 2], want, atol=1e-5,
+                             what=f"step {t} layer {layer} kv {h}")
+
+
 def test_policy_vulkan_matches_numpy_over_decode_steps(vk):
     """Same selections step after step (calibration rows included) on Vulkan and in NumPy."""
     runs = {}

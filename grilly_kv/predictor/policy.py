@@ -41,9 +41,10 @@ def softmax_rows(s: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray
 
 
 def candidate_blocks(position: int, sinks: int, local: int) -> tuple[int, int]:
-    """Blocks ``[s, e)`` a query at ``position`` may pick: after the sink blocks and wholly
-    before its local window (positions ``> position - local``)."""
-    return sinks // BLOCK, max((position + 1 - local) // BLOCK, sinks // BLOCK)
+    """Blocks ``[s, e)`` a query at ``position`` may pick: after the sink blocks and up to the
+    block holding the last position before its local window (positions ``> position - local``);
+    that block may overlap the window, so sinks, candidates and window cover every position."""
+    return sinks // BLOCK, max(-(-(position + 1 - local) // BLOCK), sinks // BLOCK)
 
 
 def select_blocks(scores: np.ndarray, n_kv_heads: int, k: int) -> np.ndarray:
