@@ -75,18 +75,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("inputs", nargs="+", type=Path)
     ap.add_argument("--name", required=True)
+    ap.add_argument("--note", action="append", default=[], help="a line added under the table (repeatable)")
     a = ap.parse_args()
     docs = [json.loads(p.read_text()) for p in a.inputs]
     results = merge(docs, [p.name for p in a.inputs])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{a.name}.json").write_text(json.dumps(results, indent=1))
     plot_budget_curves(results, RESULTS / f"{a.name}_budget.png")
     plot_heatmaps(results, RESULTS / f"{a.name}_needle_heatmap.png")
     md = (f"# {a.name}\n\nDevice: {results['device']}. Merged from "
           + ", ".join(f"`{m['file']}` (commit {m['commit']})" for m in results["merged_from"])
           + f". Needle cells shared by every run: contexts {results['config']['contexts']}, depths "
-          f"{results['config']['depths']}.\n\n" + table(results))
+          f"{results['config']['depths']}.\n\n" + table(results)
+          + "".join(f"\n{n}\n" for n in a.note))
+    results["notes"] = a.note
     (RESULTS / f"{a.name}.md").write_text(md)
+    (RESULTS / f"{a.name}.json").write_text(json.dumps(results, indent=1))
     print(md)
 
 
