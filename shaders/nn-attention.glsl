@@ -40,13 +40,9 @@ layout(push_constant) uniform Push {
 
 shared float sh_q[D];
 
-float half_at(uint word, uint i) {
-    const vec2 pair = unpackHalf2x16(word);
-    return (i & 1u) == 0u ? pair.x : pair.y;
-}
-float load_q(uint i) { return F16 != 0u ? half_at(q16[i >> 1u], i) : q32[i]; }
-float load_k(uint i) { return F16 != 0u ? half_at(k16[i >> 1u], i) : k32[i]; }
-float load_v(uint i) { return F16 != 0u ? half_at(v16[i >> 1u], i) : v32[i]; }
+float load_q(uint i) { return LOAD_SCALAR(F16, q32, q16, i); }
+float load_k(uint i) { return LOAD_SCALAR(F16, k32, k16, i); }
+float load_v(uint i) { return LOAD_SCALAR(F16, v32, v16, i); }
 
 // first element of row (batch b, head h, position t) of a tensor with H heads and S positions
 uint row_start(uint b, uint h, uint t, uint H, uint S) {

@@ -26,13 +26,7 @@ layout(push_constant) uniform Push {
 shared float sh_x[TILE][TILE + 1u];
 shared float sh_w[TILE][TILE + 1u];
 
-float load_x(uint i) {
-    if (F16 != 0u) {
-        const vec2 pair = unpackHalf2x16(x16[i >> 1u]);
-        return (i & 1u) == 0u ? pair.x : pair.y;
-    }
-    return x32[i];
-}
+float load_x(uint i) { return LOAD_SCALAR(F16, x32, x16, i); }
 
 void main() {
     const uint tx = gl_LocalInvocationID.x;   // column within the tile (n), k when staging

@@ -14,4 +14,8 @@ vec4 unpack_half4(uvec2 w) { return vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y
 #define LOAD_VEC4(F16, view32, view16, i) \
     ((F16) != 0u ? unpack_half4((view16)[i]) : uintBitsToFloat((view32)[i]))
 
+// Element i of a float32 (as float) or packed float16 (as uint) array; the same aliasing rule.
+#define LOAD_SCALAR(F16, view32, view16, i) \
+    ((F16) != 0u ? unpackHalf2x16((view16)[(i) >> 1u])[(i) & 1u] : (view32)[i])
+
 uint ceil_div(uint a, uint b) { return (a + b - 1u) / b; }
