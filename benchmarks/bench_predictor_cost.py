@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ClockWarmer, device_info, gpu_us, save, setup, wall_us  # noqa: E402
+from common import ClockWarmer, device_info, gpu_us, save, setup, step_parts, wall_us  # noqa: E402
 
 from grilly_kv.backend import Buffer, Recording  # noqa: E402
 from grilly_kv.ops.kv_slot_attention import part_words, record_kv_slot_attention  # noqa: E402
@@ -61,17 +61,6 @@ def timed(dev, fn, reps, warm):
     res["gpu_submission_us"] = dev.last_recording.gpu_time_us()
     res["wall_us"] = wall_us(fn, reps)["median"]
     return res
-
-
-def step_parts(rec) -> dict:
-    """GPU microseconds of a recording's steps by name (dispatch: its shader; transfers:
-    ``upload`` / ``download``; barriers: ``barrier``), from consecutive timestamps."""
-    ends = rec.timestamps_us()
-    out: dict[str, float] = {}
-    for i, st in enumerate(rec.steps):
-        name = st.shader if st.kind == "dispatch" else st.kind
-        out[name] = out.get(name, 0.0) + float(ends[i] - (ends[i - 1] if i else 0.0))
-    return out
 
 
 POOL = 4   # distinct attention rows, generated before timing (the cost does not depend on values)

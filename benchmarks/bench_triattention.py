@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, save  # noqa: E402
+from common import device_info, save, step_parts  # noqa: E402
 
 from grilly_kv.backend import Buffer, Recording, Scratch, get_device  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
@@ -63,14 +63,8 @@ def run_timed(dev, rec, reps, warmup=2):
         rec.run()
         wall.append((time.perf_counter() - t0) * 1e6)
         kern.append(rec.kernel_time_us())
-    ts = rec.timestamps_us()
-    starts = np.concatenate([[0.0], ts[:-1]])
-    stages: dict[str, float] = {}
-    for st, t0, t1 in zip(rec.steps, starts, ts):      # last run's stage times, barriers folded in
-        name = st.shader if st.kind == "dispatch" else st.kind
-        stages[name] = stages.get(name, 0.0) + float(t1 - t0)
     return {"gpu_us": float(np.median(kern)), "wall_us": float(np.median(wall)),
-            "stages_us": stages, "n": reps}
+            "stages_us": step_parts(rec), "n": reps}     # the last run's stage times
 
 
 def round_at(dev, rng, rope, calib, S, per_head, reps, select_method="auto"):

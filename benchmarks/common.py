@@ -91,6 +91,17 @@ def wall_us(fn, repeats: int, warmup: int = 3) -> dict:
             "p90": float(np.percentile(t, 90)), "n": repeats}
 
 
+def step_parts(rec) -> dict:
+    """GPU microseconds of a recording's steps by name (dispatch: its shader; transfers:
+    ``upload`` / ``download``; barriers: ``barrier``), from consecutive timestamps."""
+    ends = rec.timestamps_us()
+    out: dict[str, float] = {}
+    for i, st in enumerate(rec.steps):
+        name = st.shader if st.kind == "dispatch" else st.kind
+        out[name] = out.get(name, 0.0) + float(ends[i] - (ends[i - 1] if i else 0.0))
+    return out
+
+
 def gpu_us(dev, fn, repeats: int, warmup: int = 2, warm: "ClockWarmer | None" = None) -> dict:
     """Median kernel GPU time (Vulkan timestamps) of the recording that ``fn()`` runs; ``warm()``
     (if given) runs before each repeat so that the GPU is at its busy clock."""
