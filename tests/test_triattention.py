@@ -243,7 +243,12 @@ def test_cache_vulkan_matches_numpy_and_keeps_the_rules(vk, per_head, dtype):
         assert np.array_equal(k[h], stored)
     if not per_head:
         assert (pos == pos[0]).all()
+    one = np.ones((3, 1, 64), np.float32)
+    for c in caches.values():                      # the replayed read-back sees the new row
+        c.append(one, one)
+    assert np.array_equal(vk_cache.kept()[0], cpu_cache.kept()[0])
     vk_cache.close()
+    assert vk_cache.kept()[0].shape == cpu_cache.kept()[0][:, :0].shape == (3, 0, 64)
 
 
 def test_cache_releases_memory_after_a_long_prefill(vk):

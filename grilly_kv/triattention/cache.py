@@ -134,18 +134,20 @@ class _DeviceStore:
         return params
 
     def _copy_rows(self, src: Buffer, src_cap: int, dst: Buffer, dst_cap: int, n_rows: int,
-                   dst_row0: int, *, upload: tuple = (), key=None) -> None:
-        """Contiguous rows ``[0, n_rows)`` of ``src`` to rows ``dst_row0 + j`` of ``dst``."""
+                   dst_row0: int, *, upload: tuple = (), download: bool = False, key=None) -> None:
+        """Contiguous rows ``[0, n_rows)`` of ``src`` to rows ``dst_row0 + j`` of ``dst`` (then
+        ``dst`` to its staging copy in the same submission when ``download``)."""
         params = self._params(n_rows, 0, dst_row0)
         kept = self.scratch.get("kept", 1, np.uint32)
 
         def build() -> Recording:
             rec = Recording(self.dev).upload(params, *upload)
-            return record_kv_compact(rec, src, dst, kept, params, row_words=self.row_words,
-                                     src_cap=src_cap, dst_cap=dst_cap, n_heads=self.n_kv, idx_stride=None)
+            record_kv_compact(rec, src, dst, kept, params, row_words=self.row_words,
+                              src_cap=src_cap, dst_cap=dst_cap, n_heads=self.n_kv, idx_stride=None)
+            return rec.download(dst) if download else rec
 
         uids = (src.uid, dst.uid, kept.uid, params.uid) + tuple(b.uid for b in upload)
-        rec = build() if key is None else self._recording(key + (src_cap, dst_cap), uids, build)
+        rec = build() if key is None else self._recording(key + (src_cap, dst_cap, download), uids, build)
         rec.run()
 
     def _recording(self, key, uids: tuple, build) -> Recording:
@@ -203,15 +205,16 @@ class _DeviceStore:
 
     def read(self, length: int) -> np.ndarray:
         """Live rows ``(2, H_kv, length, D)`` as float32, gathered into a read-back buffer that
-        is kept for the next call (so its recording is reused) and freed by :meth:`close`."""
+        is kept for the next call (so its recording, gather and download in one submission, is
+        reused) and freed by :meth:`close`."""
+        if not length:
+            return np.zeros((2, self.n_kv, 0, self.head_dim), np.float32)
         if self.readback is None or self.readback_rows < length:
             self._drop(self.readback)
             self.readback_rows = max(length, self.steady_rows)
             self.readback = Buffer(self.dev, 2 * self.n_kv * self.readback_rows * self.row_words, self.word)
-        if length:
-            self._copy_rows(self.kv, self.capacity, self.readback, self.readback_rows, length, 0,
-                            key=("read",))
-        self.readback.download_now()
+        self._copy_rows(self.kv, self.capacity, self.readback, self.readback_rows, length, 0,
+                        download=True, key=("read",))
         n = 2 * self.n_kv * self.readback_rows * self.head_dim
         data = self.readback.read(n, np.float16 if self.f16 else np.float32)
         data = data.reshape(2, self.n_kv, self.readback_rows, self.head_dim)[:, :, :length]
