@@ -38,3 +38,14 @@ def assert_close(actual, expected, *, atol: float, rtol: float = 0.0, what: str 
     worst = np.unravel_index(np.argmax(err - tol), err.shape) if err.size else ()
     assert np.all(err <= tol), (f"{what}: max |err| {err.max():.3g} (atol {atol}, rtol {rtol}); "
                                 f"worst at {worst}: {actual[worst]} vs {expected[worst]}")
+
+
+def teacher_forced_logits(model, policy, ids, n_prefill: int) -> np.ndarray:
+    """Logits ``(len(ids), vocab)`` of every position: ``model.start(policy, len(ids))``, chunked
+    prefill of the first ``n_prefill`` ids (all logits), then one token a step."""
+    from grilly_kv.models.generate import prefill
+
+    model.start(policy, len(ids))
+    out = [prefill(model, ids[:n_prefill], all_logits=True)]
+    out += [model.forward([t], n_prefill + i) for i, t in enumerate(ids[n_prefill:])]
+    return np.concatenate(out)

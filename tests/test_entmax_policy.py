@@ -12,7 +12,7 @@ import pytest
 
 from grilly_kv.backend import Buffer, Recording
 from grilly_kv.cli import main
-from grilly_kv.models.generate import generate, prefill
+from grilly_kv.models.generate import generate
 from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
 from grilly_kv.models.smollm2.reference import ReferenceModel
 from grilly_kv.models.smollm2.vulkan import VulkanModel
@@ -20,7 +20,7 @@ from grilly_kv.ops.step_words import step_words
 from grilly_kv.policies import CacheShape, make_policy, policy_names
 from grilly_kv.policies.entmax import EntmaxPolicy
 from grilly_kv.reference.decode_attention import decode_attention_ref
-from harness import GUARD_WORDS, SENTINEL, assert_close
+from harness import GUARD_WORDS, SENTINEL, assert_close, teacher_forced_logits
 
 ATOL = 2e-3
 HQ, HKV, D, LAYERS, CHUNK, PAGE = 6, 2, 64, 2, 16, 8
@@ -135,13 +135,6 @@ def test_registered_and_described():
 def models(vk):
     ck = load_checkpoint(n_layers=2)
     return ReferenceModel(ck, max_chunk=8), VulkanModel(ck, vk, max_chunk=8), ChatTokenizer(ck.tokenizer)
-
-
-def teacher_forced_logits(model, policy, ids, n_prefill):
-    model.start(policy, len(ids))
-    out = [prefill(model, ids[:n_prefill], all_logits=True)]
-    out += [model.forward([t], n_prefill + i) for i, t in enumerate(ids[n_prefill:])]
-    return np.concatenate(out)
 
 
 def test_smollm2_selects_on_the_device(models):

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from grilly_kv.cli import main
-from grilly_kv.models.generate import generate, prefill
+from grilly_kv.models.generate import generate
 from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
 from grilly_kv.models.smollm2.reference import ReferenceModel
 from grilly_kv.models.smollm2.vulkan import VulkanModel
 from grilly_kv.policies import make_policy
 from grilly_kv.policies.streaming import StreamingPolicy
-from harness import assert_close
+from harness import assert_close, teacher_forced_logits
 
 LAYERS = 2
 CHUNK = 8
@@ -27,14 +27,6 @@ ATOL = 0.15
 def models(vk):
     ck = load_checkpoint(n_layers=LAYERS)
     return ReferenceModel(ck, max_chunk=CHUNK), VulkanModel(ck, vk, max_chunk=CHUNK), ChatTokenizer(ck.tokenizer)
-
-
-def teacher_forced_logits(model, policy, ids, n_prefill):
-    """Logits of every position: chunked prefill of the first n_prefill, then one token a step."""
-    model.start(policy, len(ids))
-    out = [prefill(model, ids[:n_prefill], all_logits=True)]
-    out += [model.forward([t], n_prefill + i) for i, t in enumerate(ids[n_prefill:])]
-    return np.concatenate(out)
 
 
 class HostOnlyStreaming(StreamingPolicy):
