@@ -31,6 +31,7 @@ from ...ops.step_words import fill_step, step_words
 from ...policies.base import CacheShape, KVPolicy, admit_dense_chunk
 from ...policies.dense import DensePolicy
 from ...reference.model_rope import rope_table
+from . import DEFAULT_MAX_CHUNK
 from .weights import Checkpoint
 
 
@@ -48,7 +49,7 @@ class VulkanModel:
     """
 
     def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_dtype=np.float16,
-                 max_chunk: int = 32, timestamps: bool = False, dense_prefill: bool = True):
+                 max_chunk: int = DEFAULT_MAX_CHUNK, timestamps: bool = False, dense_prefill: bool = True):
         dev = get_device(device)
         if dev.is_cpu:
             raise ValueError("VulkanModel needs a Vulkan device; use ReferenceModel for the NumPy path")
