@@ -40,6 +40,11 @@ class DeviceSlotCache:
         """Device bytes of the K/V slots."""
         return self.k.nbytes + self.v.nbytes
 
+    def release(self) -> None:
+        """Free the device buffers (the cache is unusable afterwards)."""
+        for buf in (self.k, self.v, self.slot_pos, self.part):
+            buf.release()
+
     def fill_step(self, words: np.ndarray, positions: np.ndarray, tokens) -> None:
         """Write this step's slots and visibility into the model's step words (after policy.begin)."""
         pol = self.policy

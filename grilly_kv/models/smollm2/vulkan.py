@@ -167,9 +167,7 @@ class VulkanModel:
         cap = self._max_tokens
         if self._dense is not None and self._dense[0].cap < cap:
             cap = min(max(cap, 2 * self._dense[0].cap), c.context)   # grow geometrically
-            for buf in vars(self._dense[1]).values():
-                if isinstance(buf, Buffer):
-                    buf.release()
+            self._dense[1].release()
             self._dense = None
         if self._dense is None:
             shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, cap, self.max_chunk,
