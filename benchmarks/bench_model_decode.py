@@ -83,7 +83,7 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
             "wall_ms_per_token": float(np.median(wall) * 1e3),
             "gpu_ms_per_token": float(np.median(gpu) * 1e3),
             "host_overhead_share": float(1.0 - np.median(gpu) / np.median(wall)),
-            "submissions_per_token": len(model._recordings[(1, False)]),
+            "submissions_per_token": len(model._recordings[(1, False, None)]),
             "kv_bytes": policy.kv_bytes(), "dense_kv_bytes": model.config.dense_kv_bytes(context + steps)}
 
 

@@ -112,3 +112,50 @@ class DeviceTwin(Protocol):
     def release(self) -> None:
         """Free every buffer and recording (idempotent)."""
         ...
+
+
+class TwinBase:
+    """Shared plumbing of device twins: buffers made through :meth:`alloc` are counted by
+    :meth:`device_bytes` / :meth:`kv_bytes` and freed by :meth:`release`; the hooks a twin does
+    not need default to nothing (recording depends on T alone, no follow-up after a step)."""
+
+    keeps_all_tokens = False
+
+    def alloc(self, device, n_words: int, word_dtype=np.float32, *, kv: bool = False,
+              host_visible: bool = True):
+        """A new device buffer owned by this twin; ``kv`` marks K/V storage for :meth:`kv_bytes`."""
+        from ..backend import Buffer
+
+        buf = Buffer(device, n_words, word_dtype, host_visible=host_visible)
+        owned = self.__dict__.setdefault("_owned", [])
+        owned.append((buf, kv))
+        return buf
+
+    def _live(self, kv_only: bool = False):
+        return [b for b, is_kv in self.__dict__.get("_owned", ())
+                if not b.released and (is_kv or not kv_only)]
+
+    def recording_key(self, T: int):
+        return None
+
+    def after_step(self, positions: np.ndarray) -> None:
+        return None
+
+    def device_bytes(self) -> int:
+        return sum(b.nbytes for b in self._live())
+
+    def kv_bytes(self) -> int:
+        return sum(b.nbytes for b in self._live(kv_only=True))
+
+    def release(self) -> None:
+        for buf in self._live():
+            buf.release()
+
+    def close(self) -> None:
+        self.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import Buffer
 from ..ops.gaussian_select import record_gaussian_select
 from .base import CacheShape
 from .quest_device import DeviceQuestCache
@@ -24,11 +23,11 @@ class DeviceEntmaxCache(DeviceQuestCache):
     def __init__(self, policy, device, shape: CacheShape):
         super().__init__(policy, device, shape)
         rows = shape.n_kv_heads * self.group                 # query heads (B = 1)
-        self.moments = Buffer(device, 2 * rows * self.max_pages, host_visible=False)
-        self.gstats = Buffer(device, 4 * rows, host_visible=False)
-        self.tau = Buffer(device, 2 * rows, np.uint32, host_visible=False)
+        self.moments = self.alloc(device, 2 * rows * self.max_pages, host_visible=False)
+        self.gstats = self.alloc(device, 4 * rows, host_visible=False)
+        self.tau = self.alloc(device, 2 * rows, np.uint32, host_visible=False)
         self.row_len = min((policy.n_top + 1) * policy.page_size, self.cap)
-        self.logits = (Buffer(device, rows * self.row_len, host_visible=False)
+        self.logits = (self.alloc(device, rows * self.row_len, host_visible=False)
                        if policy.alpha != 1.0 else self.unused)
 
     def record_decode(self, rec, layer: int, qkv, out) -> None:

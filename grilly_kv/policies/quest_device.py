@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import Buffer
 from ..ops import decode_attention as attn
 from ..ops.kv_slot_attention import part_words, record_kv_slot_attention
 from ..ops.kv_slot_store import record_kv_slot_store
@@ -22,10 +21,13 @@ from ..ops.step_words import fill_step
 from ..ops.topk_select import record_topk_select
 from ..reference.kv_slot_attention import EMPTY_SLOT
 from .base import CacheShape
+from .device import TwinBase
 
 
-class DeviceQuestCache:
+class DeviceQuestCache(TwinBase):
     """Device state of a :class:`~grilly_kv.policies.quest.QuestPolicy` run by the Vulkan model."""
+
+    keeps_all_tokens = True    # selects pages per step: saves reads, not memory
 
     def __init__(self, policy, device, shape: CacheShape):
         if shape.head_dim % attn.dim_multiple():
@@ -37,21 +39,24 @@ class DeviceQuestCache:
         self.group = shape.n_q_heads // shape.n_kv_heads
         words = shape.n_kv_heads * self.cap * shape.head_dim // 2
         stat_words = shape.n_kv_heads * self.max_pages * 4 * shape.head_dim // 2
-        self.k = [Buffer(device, words, np.uint32, host_visible=False) for _ in range(shape.n_layers)]
-        self.v = [Buffer(device, words, np.uint32, host_visible=False) for _ in range(shape.n_layers)]
-        self.stats = [Buffer(device, stat_words, np.uint32, host_visible=False) for _ in range(shape.n_layers)]
-        self.slot_pos = Buffer(device, self.cap, np.uint32)
+        self.k = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(shape.n_layers)]
+        self.v = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(shape.n_layers)]
+        self.stats = [self.alloc(device, stat_words, np.uint32, host_visible=False) for _ in range(shape.n_layers)]
+        self.slot_pos = self.alloc(device, self.cap, np.uint32)
         self.slot_pos.write(np.full(self.cap, EMPTY_SLOT, np.uint32))
         self.slot_pos.upload_now()
-        self.meta = Buffer(device, 2, np.uint32)
+        self.meta = self.alloc(device, 2, np.uint32)
         bh = shape.n_kv_heads
-        self.scores = Buffer(device, bh * self.max_pages, host_visible=False)
-        self.pages = Buffer(device, bh * self.max_pages, np.uint32, host_visible=False)
-        self.counts = Buffer(device, bh, np.uint32, host_visible=False)
-        self.partial = Buffer(device, attn.partial_words(bh, self.group, shape.head_dim), host_visible=False)
-        self.part = Buffer(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
+        self.scores = self.alloc(device, bh * self.max_pages, host_visible=False)
+        self.pages = self.alloc(device, bh * self.max_pages, np.uint32, host_visible=False)
+        self.counts = self.alloc(device, bh, np.uint32, host_visible=False)
+        self.partial = self.alloc(device, attn.partial_words(bh, self.group, shape.head_dim), host_visible=False)
+        self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
                            host_visible=False)
-        self.unused = Buffer(device, 1, host_visible=False)
+        self.unused = self.alloc(device, 1, host_visible=False)
+
+    def capacity_tokens(self) -> int:
+        return self.cap
 
     def fill_step(self, words: np.ndarray, positions: np.ndarray, tokens) -> None:
         n_after = int(positions[-1]) + 1

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import Buffer
 from ..ops.kv_slot_attention import part_words, record_kv_slot_attention
 from ..ops.kv_slot_store import record_kv_slot_store
 from ..ops.step_words import fill_step
 from ..reference.kv_slot_attention import EMPTY_SLOT
 from .base import CacheShape
+from .slots import ALL
+from .device import TwinBase
 
 
-class DeviceSlotCache:
+class DeviceSlotCache(TwinBase):
     """Device K/V of a :class:`~grilly_kv.policies.slots.SlotPolicy`.
 
     Buffers: ``k``, ``v``: ``(L, H_kv, cap, D)`` float16 (two per word); ``slot_pos``: ``(cap,)``
@@ -28,22 +29,17 @@ class DeviceSlotCache:
         self.shape = shape
         self.cap = policy.cap
         words = shape.n_layers * shape.n_kv_heads * self.cap * shape.head_dim // 2
-        self.k = Buffer(device, words, np.uint32, host_visible=False)
-        self.v = Buffer(device, words, np.uint32, host_visible=False)
-        self.slot_pos = Buffer(device, self.cap, np.uint32)
+        self.keeps_all_tokens = policy.window == ALL and policy.cap >= shape.max_tokens
+        self.k = self.alloc(device, words, np.uint32, kv=True, host_visible=False)
+        self.v = self.alloc(device, words, np.uint32, kv=True, host_visible=False)
+        self.slot_pos = self.alloc(device, self.cap, np.uint32)
         self.slot_pos.write(np.full(self.cap, EMPTY_SLOT, np.uint32))
         self.slot_pos.upload_now()
-        self.part = Buffer(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
+        self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
                            np.float32, host_visible=False)
 
-    def nbytes(self) -> int:
-        """Device bytes of the K/V slots."""
-        return self.k.nbytes + self.v.nbytes
-
-    def release(self) -> None:
-        """Free the device buffers (the cache is unusable afterwards)."""
-        for buf in (self.k, self.v, self.slot_pos, self.part):
-            buf.release()
+    def capacity_tokens(self) -> int:
+        return self.cap
 
     def fill_step(self, words: np.ndarray, positions: np.ndarray, tokens) -> None:
         """Write this step's slots and visibility into the model's step words (after policy.begin)."""

@@ -136,8 +136,10 @@ class VulkanModel:
         shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
                            device=self.dev)
         policy.reset(shape)
+        self._recordings.clear()             # recordings bind the old twin's buffers: drop first
+        if self.kv is not None:
+            self.kv.release()
         self.policy, self.kv = policy, policy.device_cache(self.dev, shape)
-        self._recordings.clear()
         self._dense_ok, self._max_tokens = True, max_tokens
         if max_tokens > self._table_rows:
             rows = max(max_tokens, 2 * self._table_rows)
@@ -256,7 +258,10 @@ class VulkanModel:
         else:
             fill_step(words, pos0=pos0, slots=np.zeros(T), tokens=tokens, n_scan=0)
         self.step.write(words)
-        key = (T, all_logits, "dense") if dense else (T, all_logits)
+        if dense:
+            key = (T, all_logits, "dense")
+        else:
+            key = (T, all_logits, None if self.kv is None else self.kv.recording_key(T))
         recs = self._recordings.get(key)
         if recs is None:
             recs = self._recordings[key] = self._build(T, all_logits, dense)
@@ -266,6 +271,8 @@ class VulkanModel:
             elif layer:
                 self._host_attend(layer - 1, T)
             rec.run()
+        if self.kv is not None:
+            self.kv.after_step(positions)
         if self.timestamps:
             self.last_gpu_time_us = sum(r.gpu_time_us() for r in recs)
         n_out = T if all_logits else 1
