@@ -30,8 +30,9 @@ from common import device_info, save
 from grilly_kv.backend import get_device
 from grilly_kv.evaluation.corpus import essays
 from grilly_kv.models.generate import prefill
-from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
-from grilly_kv.models.smollm2.vulkan import VulkanModel
+from grilly_kv.models.chat_tokenizer import ChatTokenizer
+from grilly_kv.models.llama import load_checkpoint
+from grilly_kv.models.llama.vulkan import VulkanModel
 from grilly_kv.policies import make_policy
 
 

@@ -144,12 +144,12 @@ def dense_attention(dev, L, S, reps, rng, warm):
 def dense_model_step(dev, L, S, reps, warm):
     """SmolLM2's dense decode step on the Vulkan model after a prefill of S - 1 tokens (clocks
     warmed before each step, as the predictor's)."""
-    from grilly_kv.models.smollm2 import load_model, weights_available
+    from grilly_kv.models import load_model, weights_available
     from grilly_kv.policies import make_policy
 
     if weights_available() is None:
         return {"skipped": "SmolLM2 weights not installed"}
-    model, tok = load_model(dev, n_layers=L, max_chunk=512, timestamps=True)
+    model, tok = load_model(None, dev, n_layers=L, max_chunk=512, timestamps=True)
     from grilly_kv.evaluation.corpus import essays
     ids = tok.encode("\n\n".join(t for _, t in essays()[:12]))[:S]
     model.start(make_policy("dense"), S + reps + 8)

@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ClockWarmer, device_info, gpu_us, save, setup, wall_us  # noqa: E402
 
-from grilly_kv.models.smollm2.vulkan import VulkanModel  # noqa: E402
-from grilly_kv.models.smollm2.weights import load_checkpoint  # noqa: E402
+from grilly_kv.models.llama.vulkan import VulkanModel  # noqa: E402
+from grilly_kv.models.llama.weights import load_checkpoint  # noqa: E402
 from grilly_kv.ops.attention_q_similarity import q_similarity  # noqa: E402
 from grilly_kv.policies.dense import DensePolicy  # noqa: E402
 

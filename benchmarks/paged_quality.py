@@ -90,10 +90,10 @@ def model_data(S: int, n_q: int, layers):
     per layer, ``(k, v, qs)`` with k, v ``(1, H_kv, S, D)`` and qs the last n_q positions'
     queries ``(n_q, 1, H_q, D)``."""
     from grilly_kv.evaluation.corpus import essays
-    from grilly_kv.models.smollm2 import load_model
+    from grilly_kv.models import load_model
     from grilly_kv.policies.dense import DensePolicy
 
-    model, tok = load_model("cpu")
+    model, tok = load_model(None, "cpu")
     ids = tok.encode(" ".join(text for _, text in essays()))[:S]
     if len(ids) < S:
         raise SystemExit(f"the essays hold {len(ids)} tokens, fewer than --model-context {S}")

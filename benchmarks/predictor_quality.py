@@ -42,10 +42,10 @@ def predictor_stats(device, budgets, context, targets, first_essay):
     from grilly_kv.evaluation.corpus import split_essays
     from grilly_kv.evaluation.perplexity import essay_windows
     from grilly_kv.models.generate import continuation_nll
-    from grilly_kv.models.smollm2 import load_model
+    from grilly_kv.models import load_model
     from grilly_kv.predictor.policy import PredictorPolicy
 
-    model, tok = load_model(device)
+    model, tok = load_model(None, device)
     _, held = split_essays()
     ids = essay_windows(tok, held, context, targets, first_essay + 1)[first_essay]
     out = []

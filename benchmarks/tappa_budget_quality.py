@@ -39,9 +39,9 @@ from common import RESULTS, save  # noqa: E402
 from grilly_kv.evaluation.corpus import split_essays  # noqa: E402
 from grilly_kv.evaluation.needle import make_trial, random_key, score_answer  # noqa: E402
 from grilly_kv.models.generate import log_softmax, prefill  # noqa: E402
-from grilly_kv.models.smollm2.reference import ReferenceModel  # noqa: E402
-from grilly_kv.models.smollm2.tokenizer import ChatTokenizer  # noqa: E402
-from grilly_kv.models.smollm2.weights import load_checkpoint  # noqa: E402
+from grilly_kv.models.llama.reference import ReferenceModel  # noqa: E402
+from grilly_kv.models.chat_tokenizer import ChatTokenizer  # noqa: E402
+from grilly_kv.models.llama.weights import load_checkpoint  # noqa: E402
 from grilly_kv.policies.tappa import TappaPolicy  # noqa: E402
 
 

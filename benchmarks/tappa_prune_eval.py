@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, save  # noqa: E402
 
 from grilly_kv.evaluation.corpus import split_essays  # noqa: E402
-from grilly_kv.models.smollm2.tokenizer import ChatTokenizer  # noqa: E402
-from grilly_kv.models.smollm2.weights import load_checkpoint  # noqa: E402
+from grilly_kv.models.chat_tokenizer import ChatTokenizer  # noqa: E402
+from grilly_kv.models.llama.weights import load_checkpoint  # noqa: E402
 from grilly_kv.tappa import Calibration, perplexity, prune_order, tappa_scores, without_layers  # noqa: E402
 
 

@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 from grilly_kv.evaluation.corpus import essays
-from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
+from grilly_kv.models.chat_tokenizer import ChatTokenizer
+from grilly_kv.models.llama import load_checkpoint
 
 
 class TorchSmolLM:
@@ -102,7 +103,7 @@ def measure(ck, ids, context: int, steps: int, device: str, dtype, chunk: int) -
 def check() -> None:
     """Torch logits vs the NumPy reference on 2 layers (float32 on CPU)."""
     from grilly_kv.models.generate import prefill
-    from grilly_kv.models.smollm2.reference import ReferenceModel
+    from grilly_kv.models.llama.reference import ReferenceModel
     from grilly_kv.policies import make_policy
 
     ck = load_checkpoint(n_layers=2)

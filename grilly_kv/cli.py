@@ -38,9 +38,9 @@ def _mib(n: int) -> str:
 
 def cmd_generate(a) -> int:
     from .models.generate import generate
-    from .models.smollm2 import load_model
+    from .models import load_model
 
-    model, tk = load_model(a.device, path=a.weights, n_layers=a.layers, max_chunk=a.chunk)
+    model, tk = load_model(a.weights, a.device, n_layers=a.layers, max_chunk=a.chunk)
     ids = tk.encode(a.prompt) if a.raw else tk.chat_prompt(a.prompt)
     policy = make_policy(a.policy, a.budget, **({} if a.sinks is None else {"sinks": a.sinks}))
     shown = ""
@@ -71,13 +71,13 @@ def cmd_eval(a) -> int:
     from tqdm import tqdm
 
     from .evaluation.run import EvalConfig, evaluate, summary_line, write_results
-    from .models.smollm2 import load_model
+    from .models import load_model
 
     cfg = EvalConfig(policies=a.policies.split(","), budgets=_ints(a.budgets), contexts=_ints(a.contexts),
                      depths=_floats(a.depths), ppl_contexts=_ints(a.ppl_contexts), ppl_targets=a.ppl_targets,
                      ppl_windows=a.ppl_windows, seed=a.seed)
     max_ctx = max(cfg.contexts + [c + cfg.ppl_targets for c in cfg.ppl_contexts]) + 16
-    model, tk = load_model(a.device, path=a.weights, n_layers=a.layers, max_chunk=a.chunk)
+    model, tk = load_model(a.weights, a.device, n_layers=a.layers, max_chunk=a.chunk)
     if max_ctx > model.config.context:
         raise SystemExit(f"contexts must stay below the model's {model.config.context} tokens")
     written: list[Path] = []
@@ -98,7 +98,7 @@ def cmd_eval(a) -> int:
 def cmd_info(a) -> int:
     from .backend import BackendError, get_device
     from .evaluation.corpus import INSTALL_HINT as CORPUS_HINT, corpus_available
-    from .models.smollm2.weights import INSTALL_HINT as MODEL_HINT, weights_available
+    from .models.llama.weights import INSTALL_HINT as MODEL_HINT, weights_available
 
     try:
         dev = get_device(a.device)

@@ -3,8 +3,8 @@ import numpy as np
 from safetensors import safe_open
 
 from grilly_kv.models.capture import capture_qkv, save_capture
-from grilly_kv.models.smollm2 import load_checkpoint
-from grilly_kv.models.smollm2.reference import apply_rope, rope_tables
+from grilly_kv.models.llama import load_checkpoint
+from grilly_kv.models.llama.reference import apply_rope, rope_tables
 
 
 def test_capture_round_trip(tmp_path):
@@ -12,7 +12,7 @@ def test_capture_round_trip(tmp_path):
     ids = list(range(300, 340))
     t = capture_qkv(ids, [0, 1], ckpt=ck, chunk=16)             # chunks: the sequence is stitched
     assert t["layer1.q_pre"].shape == (1, 9, 40, 64) and t["layer0.k_post"].shape == (1, 3, 40, 64)
-    cos, sin = rope_tables(np.arange(40), 64, ck.config.rope_theta)
+    cos, sin = rope_tables(np.arange(40), ck.config)
     np.testing.assert_allclose(apply_rope(t["layer1.k_pre"][0], cos, sin), t["layer1.k_post"][0], atol=1e-5)
     # layer 0 keys are the RMS-normalised embeddings times wk
     e = ck.embedding[ids]

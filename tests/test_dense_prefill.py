@@ -15,9 +15,10 @@ import pytest
 
 from grilly_kv.evaluation.corpus import split_essays
 from grilly_kv.models.generate import generate, prefill
-from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
-from grilly_kv.models.smollm2.reference import ReferenceModel
-from grilly_kv.models.smollm2.vulkan import VulkanModel
+from grilly_kv.models.chat_tokenizer import ChatTokenizer
+from grilly_kv.models.llama import load_checkpoint
+from grilly_kv.models.llama.reference import ReferenceModel
+from grilly_kv.models.llama.vulkan import VulkanModel
 from grilly_kv.policies.tappa import TappaPolicy
 from grilly_kv.policies.triattention import TriAttentionPolicy
 from grilly_kv.predictor.policy import PredictorPolicy

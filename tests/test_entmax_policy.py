@@ -13,9 +13,10 @@ import pytest
 from grilly_kv.backend import Buffer, Recording
 from grilly_kv.cli import main
 from grilly_kv.models.generate import generate
-from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
-from grilly_kv.models.smollm2.reference import ReferenceModel
-from grilly_kv.models.smollm2.vulkan import VulkanModel
+from grilly_kv.models.chat_tokenizer import ChatTokenizer
+from grilly_kv.models.llama import load_checkpoint
+from grilly_kv.models.llama.reference import ReferenceModel
+from grilly_kv.models.llama.vulkan import VulkanModel
 from grilly_kv.ops.step_words import step_words
 from grilly_kv.policies import CacheShape, make_policy, policy_names
 from grilly_kv.policies.entmax import EntmaxPolicy

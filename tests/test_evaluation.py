@@ -8,12 +8,12 @@ import pytest
 from grilly_kv.evaluation.needle import make_trial
 from grilly_kv.cli import main
 from grilly_kv.evaluation.run import EvalConfig, evaluate, summary_line, write_results
-from grilly_kv.models.smollm2 import load_model
+from grilly_kv.models import load_model
 
 
 @pytest.fixture(scope="module")
 def small():
-    return load_model("cpu", n_layers=1, max_chunk=16)
+    return load_model(None, "cpu", n_layers=1, max_chunk=16)
 
 
 def test_needle_prompt_has_exact_length_and_the_key(small):

@@ -5,9 +5,10 @@ Tolerance 1e-5: the angles come from a float32 table made in float64; one rotati
 import numpy as np
 import pytest
 
-from grilly_kv.models.smollm2.reference import apply_rope, rope_tables
+from grilly_kv.models.llama.reference import apply_rope
 from grilly_kv.ops.model_rope import model_rope
 from grilly_kv.reference.model_rope import model_rope_ref
+from grilly_kv.rope import rope_cos_sin, rope_inv_freq
 from harness import assert_close
 
 
@@ -29,6 +30,6 @@ def test_reference_agrees_with_model_rope():
     rng = np.random.default_rng(0)
     qkv = rng.standard_normal((4, 5 * 8)).astype(np.float32)
     got = model_rope_ref(qkv, 30, 3, 1, 8, 1e4).reshape(4, 5, 8)[:, :4].transpose(1, 0, 2)
-    cos, sin = rope_tables(np.arange(30, 34), 8, 1e4)
+    cos, sin = rope_cos_sin(np.arange(30, 34), rope_inv_freq(8, 1e4))
     want = apply_rope(qkv.reshape(4, 5, 8)[:, :4].transpose(1, 0, 2), cos, sin)
     assert_close(got, want, atol=1e-5, what="rope twins")

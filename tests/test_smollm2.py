@@ -7,8 +7,9 @@ import pytest
 
 from grilly_kv.evaluation.corpus import essays
 from grilly_kv.models.generate import generate, log_softmax
-from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
-from grilly_kv.models.smollm2.reference import ReferenceModel
+from grilly_kv.models.chat_tokenizer import ChatTokenizer
+from grilly_kv.models.llama import load_checkpoint
+from grilly_kv.models.llama.reference import ReferenceModel
 from grilly_kv.policies import KVPolicy, make_policy
 from grilly_kv.reference.kv_slot_attention import masked_attention
 
@@ -76,8 +77,8 @@ def test_dense_policy_gives_the_plain_models_tokens(full):
 
 
 def test_converted_parts_load_like_the_gguf(tmp_path, monkeypatch):
-    from grilly_kv.models.smollm2.convert import convert
-    from grilly_kv.models.smollm2.weights import find_weights
+    from grilly_kv.models.llama.convert import convert
+    from grilly_kv.models.llama.weights import find_weights
 
     parts = convert(find_weights(), tmp_path, max_bytes=40 * 10**6)
     assert len(parts) >= 3 and all(p.stat().st_size < 45 * 10**6 for p in parts)
@@ -97,8 +98,8 @@ def test_converted_parts_load_like_the_gguf(tmp_path, monkeypatch):
 def test_own_dequantisation_matches_gguf():
     from gguf import GGMLQuantizationType, quants
 
-    from grilly_kv.models.smollm2.quants import dequantize
-    from grilly_kv.models.smollm2.weights import find_weights, read_gguf_raw
+    from grilly_kv.models.llama.quants import dequantize
+    from grilly_kv.models.llama.weights import find_weights, read_gguf_raw
 
     _, raw = read_gguf_raw(find_weights())
     for name in ("token_embd.weight", "blk.0.attn_q.weight", "blk.3.ffn_down.weight", "blk.0.attn_norm.weight"):

@@ -1,5 +1,5 @@
 """SmolLM2 on Vulkan (shaders model-matmul, model-embed, model-rope, kv-slot-store,
-kv-slot-attention, through grilly_kv.models.smollm2.vulkan) vs the NumPy reference, with the
+kv-slot-attention, through grilly_kv.models.llama.vulkan) vs the NumPy reference, with the
 dense, streaming and quest policies; and the ``grilly-kv`` CLI end to end.
 
 Short context and the first 2 of 30 layers keep this fast on lavapipe. Tolerance: float16
@@ -11,9 +11,10 @@ import pytest
 
 from grilly_kv.cli import main
 from grilly_kv.models.generate import generate
-from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
-from grilly_kv.models.smollm2.reference import ReferenceModel
-from grilly_kv.models.smollm2.vulkan import VulkanModel
+from grilly_kv.models.chat_tokenizer import ChatTokenizer
+from grilly_kv.models.llama import load_checkpoint
+from grilly_kv.models.llama.reference import ReferenceModel
+from grilly_kv.models.llama.vulkan import VulkanModel
 from grilly_kv.policies import make_policy
 from grilly_kv.policies.streaming import StreamingPolicy
 from harness import assert_close, teacher_forced_logits

@@ -4,9 +4,9 @@ layer removal, perplexity, JSON round trip and the prune-rank command."""
 import numpy as np
 import pytest
 
-from grilly_kv.models.smollm2 import reference
-from grilly_kv.models.smollm2.reference import ReferenceModel, rms_norm
-from grilly_kv.models.smollm2.weights import load_checkpoint
+from grilly_kv.models.llama import reference
+from grilly_kv.models.llama.reference import ReferenceModel, rms_norm
+from grilly_kv.models.llama.weights import load_checkpoint
 from grilly_kv.policies.dense import DensePolicy
 from grilly_kv.reference.attention_q_similarity import q_similarity_ref
 from grilly_kv.tappa import (Calibration, block_influence, calibrate, minmax, perplexity,

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..policies import make_policy
-from .smollm2 import ChatTokenizer, load_checkpoint
-from .smollm2.reference import ReferenceModel
+from .chat_tokenizer import ChatTokenizer
+from .llama import load_checkpoint
+from .llama.reference import ReferenceModel
 
 NAMES = ("q_pre", "k_pre", "v", "q_post", "k_post")
 

@@ -8,7 +8,7 @@ The model calls, per forward chunk (a prefill chunk of T tokens, or one decode t
 
 The policy owns its cache and its scoring rule; the model owns nothing of the cache. A policy
 that can also run on a Vulkan device returns a device twin from :meth:`KVPolicy.device_cache`
-(see :mod:`grilly_kv.models.smollm2.vulkan`), so K/V stay on the device and score, select and
+(see :mod:`grilly_kv.models.llama.vulkan`), so K/V stay on the device and score, select and
 attend are recorded into the model's per-token submission.
 
 Dense chunks. A host policy whose cache, for the chunk just begun, still holds every earlier

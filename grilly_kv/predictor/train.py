@@ -207,10 +207,10 @@ def load_captures(names, tokens: int, layers: int | None = None, cache: str | No
             if all(f"essay{i}" in z for i in names):
                 return [z[f"essay{i}"] for i in names]
     from ..evaluation.corpus import essays
-    from ..models.smollm2 import load_model
+    from ..models import load_model
     from .data import capture_essay
 
-    model, tok = load_model("cpu", n_layers=layers, max_chunk=tokens)
+    model, tok = load_model(None, "cpu", n_layers=layers, max_chunk=tokens)
     texts = [t for _, t in essays()]
     data = []
     for i in names:

@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..rope import rope_cos_sin, rope_inv_freq
+
+
+def rope_table_from_freqs(n_positions: int, inv_freq: np.ndarray, attn_factor: float = 1.0) -> np.ndarray:
+    """``(n_positions, 2F)`` float32: per position, F cosines then F sines of ``pos * inv_freq``
+    (angles in float64), times ``attn_factor`` (see :mod:`grilly_kv.rope`)."""
+    cos, sin = rope_cos_sin(np.arange(n_positions), inv_freq, attn_factor)
+    return np.concatenate([cos, sin], axis=1)
+
 
 def rope_table(n_positions: int, head_dim: int, theta: float) -> np.ndarray:
-    """``(n_positions, head_dim)`` float32: per position, head_dim/2 cosines then head_dim/2 sines
-    of ``pos * theta^(-2i/head_dim)`` (angles in float64)."""
-    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    ang = np.arange(n_positions, dtype=np.float64)[:, None] * inv_freq[None, :]
-    return np.concatenate([np.cos(ang), np.sin(ang)], axis=1).astype(np.float32)
+    """:func:`rope_table_from_freqs` of unscaled RoPE: ``pos * theta^(-2i/head_dim)``."""
+    return rope_table_from_freqs(n_positions, rope_inv_freq(head_dim, theta))
 
 
 def model_rope_ref(qkv: np.ndarray, pos0: int, n_q_heads: int, n_kv_heads: int, head_dim: int,

@@ -27,8 +27,8 @@ import numpy as np
 from ..adaptive_kv import q_similarity
 from ..backend import get_device
 from ..models.generate import log_softmax
-from ..models.smollm2 import reference
-from ..models.smollm2.reference import ReferenceModel
+from ..models.llama import reference
+from ..models.llama.reference import ReferenceModel
 from ..policies.dense import DensePolicy
 
 ROPES = {"pre": "q_pre", "post": "q_post"}
@@ -129,7 +129,7 @@ def calibrate(ckpt, texts: list[tuple[str, list[int]]], *, window: int = 32, dev
     """Measure q-similarity and Block Influence of ``ckpt`` on ``texts`` ``(name, token ids)``.
 
     Args:
-        ckpt: loaded checkpoint (:func:`~grilly_kv.models.smollm2.weights.load_checkpoint`).
+        ckpt: loaded checkpoint (:func:`~grilly_kv.models.llama.weights.load_checkpoint`).
         texts: texts already cut to the length to use (each one forward pass; >= ``window`` tokens).
         window: queries per q-similarity window.
         device: device of the q-similarity op (the forward is NumPy).

@@ -30,8 +30,8 @@ def calibration_texts(tokenizer, n_texts: int, n_tokens: int) -> list[tuple[str,
 def run_qsim(args) -> int:
     from tqdm import tqdm
 
-    from ..models.smollm2.tokenizer import ChatTokenizer
-    from ..models.smollm2.weights import load_checkpoint
+    from ..models.chat_tokenizer import ChatTokenizer
+    from ..models.llama.weights import load_checkpoint
     from .calibration import calibrate
     from .plot import plot_calibration
 

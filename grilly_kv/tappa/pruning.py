@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..models.smollm2.reference import ReferenceModel
+from ..models.llama.reference import ReferenceModel
 from ..policies.dense import DensePolicy
 from ..validation import check_array, check_int
 from .calibration import next_token_nll

@@ -24,16 +24,19 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def smollm2_rope(config) -> RoPEConfig:
-    """SmolLM2's RoPE as our loader applies it: rotate-half pairs (rows un-permuted at load)."""
-    return RoPEConfig(config.head_dim, base=config.rope_theta, layout="half")
+    """The model's RoPE as our loader applies it: rotate-half pairs (rows un-permuted at load),
+    the config's theta and scaling (the frequencies of the model's forward)."""
+    return RoPEConfig(config.head_dim, base=config.rope_theta, layout="half",
+                      scaling=getattr(config, "rope_scaling", None))
 
 
 def run_calibrate(args) -> int:
     from tqdm import tqdm
 
     from ..evaluation.corpus import essays
-    from ..models.smollm2 import ChatTokenizer, load_checkpoint
-    from ..models.smollm2.reference import ReferenceModel
+    from ..models.chat_tokenizer import ChatTokenizer
+    from ..models.llama import load_checkpoint
+    from ..models.llama.reference import ReferenceModel
     from ..policies import make_policy
 
     if args.essays < 1 or args.tokens < 1 or args.chunk < 1:

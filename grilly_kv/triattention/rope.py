@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..reference.trig_score import LAYOUTS, rope_pairs, rotate
+from ..rope import RopeScaling, rope_inv_freq
 from ..validation import check_choice, check_int
 
 
@@ -17,7 +18,11 @@ class RoPEConfig:
         head_dim: D, the full head dimension.
         rotated_dims: dims that RoPE rotates (the first ``rotated_dims``; default all of D; even).
         base: RoPE theta (SmolLM2: 100000).
-        scale: linear position scaling; ``omega_f = base^(-2f/rotated_dims) / scale``.
+        scale: linear position scaling; ``omega_f = base^(-2f/rotated_dims) / scale`` (the same
+            as ``scaling=RopeScaling("linear", factor=scale)``).
+        scaling: the model's RoPE scaling (linear, llama3, yarn; :class:`grilly_kv.rope.RopeScaling`,
+            e.g. ``ModelConfig.rope_scaling``); omega comes from :func:`grilly_kv.rope.rope_inv_freq`,
+            the function the model's forward uses. Give ``scale`` or ``scaling``, not both.
         layout: ``"half"``: dim f pairs with f + rotated_dims/2 (HF ``rotate_half``; SmolLM2 once
             llama.cpp's q/k rows are un-permuted); ``"interleaved"``: dim 2f pairs with 2f+1
             (GPT-J; llama.cpp's stored row order). The mlx-vlm port maps its ``traditional`` flag to
@@ -33,6 +38,7 @@ class RoPEConfig:
     base: float = 10000.0
     scale: float = 1.0
     layout: str = "half"
+    scaling: RopeScaling | None = None
     omega: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -44,9 +50,13 @@ class RoPEConfig:
         check_choice("layout", self.layout, LAYOUTS)
         if not (float(self.base) > 1.0 and float(self.scale) > 0.0):
             raise ValueError(f"base must be > 1 and scale > 0, got base={self.base}, scale={self.scale}")
+        scaling = self.scaling
+        if float(self.scale) != 1.0:
+            if scaling is not None and scaling.kind != "none":
+                raise ValueError("give RoPEConfig either scale or scaling, not both")
+            scaling = RopeScaling("linear", factor=float(self.scale))
         object.__setattr__(self, "rotated_dims", rd)
-        f = np.arange(rd // 2, dtype=np.float64)
-        object.__setattr__(self, "omega", float(self.base) ** (-2.0 * f / rd) / float(self.scale))
+        object.__setattr__(self, "omega", rope_inv_freq(rd, float(self.base), scaling))
 
     @property
     def n_freqs(self) -> int:

@@ -1,33 +1,21 @@
-"""SmolLM2-135M-Instruct: loading, tokenizer, NumPy reference forward and Vulkan forward."""
+"""Compatibility alias: SmolLM2 is a Llama-family checkpoint run by :mod:`grilly_kv.models.llama`.
+
+New code calls :func:`grilly_kv.models.load_model` (``"smollm2"`` is its default checkpoint).
+The submodules ``config, convert, quants, reference, vulkan, weights, tokenizer`` of this package
+are the very modules of the new code (the same module objects), so patches on them apply to both.
+"""
 from __future__ import annotations
 
-from ...backend import get_device
 from ...backend.device import DeviceLike
-from .config import ModelConfig
-from .tokenizer import ChatTokenizer
-from .weights import Checkpoint, load_checkpoint, weights_available
-
-DEFAULT_MAX_CHUNK = 32
+from ..chat_tokenizer import ChatTokenizer
+from ..llama import DEFAULT_MAX_CHUNK, Checkpoint, ModelConfig, load_checkpoint, weights_available
+from ..registry import load_model as _load_model
 
 
 def load_model(device: DeviceLike = None, *, path=None, n_layers: int | None = None,
                max_chunk: int | None = None, timestamps: bool = False, ckpt: Checkpoint | None = None):
-    """The model on ``device``: :class:`VulkanModel` for a Vulkan device, :class:`ReferenceModel`
-    (NumPy) for ``"cpu"``, both taking prompts in chunks of ``max_chunk`` tokens (default
-    :data:`DEFAULT_MAX_CHUNK`; a streaming cache keeps ``max_chunk - 1`` slots beyond its budget).
-    Returns ``(model, tokenizer)``."""
-    ckpt = ckpt or load_checkpoint(path, n_layers=n_layers)
-    dev = get_device(device)
-    max_chunk = max_chunk or DEFAULT_MAX_CHUNK
-    if dev.is_cpu:
-        from .reference import ReferenceModel
+    """The old signature (device first): :func:`grilly_kv.models.load_model` of ``path``."""
+    return _load_model(path, device, n_layers=n_layers, max_chunk=max_chunk, timestamps=timestamps, ckpt=ckpt)
 
-        model = ReferenceModel(ckpt, max_chunk=max_chunk)
-    else:
-        from .vulkan import VulkanModel
-
-        model = VulkanModel(ckpt, dev, timestamps=timestamps, max_chunk=max_chunk)
-    return model, ChatTokenizer(ckpt.tokenizer)
-
-
-__all__ = ["ModelConfig", "ChatTokenizer", "Checkpoint", "load_checkpoint", "weights_available", "load_model"]
+__all__ = ["ModelConfig", "ChatTokenizer", "Checkpoint", "load_checkpoint", "weights_available", "load_model",
+           "DEFAULT_MAX_CHUNK"]

@@ -1,0 +1,318 @@
+"""The Vulkan forward pass: all layers of a step recorded into one submission, replayed per step.
+
+Weights live in a few device buffers (float16 by default; Q4_1/Q8_0 were dequantised at load),
+each within the device's maxStorageBufferRange; norm weights in another. A step (a prefill chunk of T tokens or one decode token) is:
+
+    embed -> for each layer: [RMSNorm+qkv matmul] -> [q/k/v bias, q/k norm] -> RoPE
+             -> policy store + attention -> [o matmul + residual] -> [RMSNorm+gate/up matmul]
+             -> [SwiGLU+down matmul + residual]
+          -> [final RMSNorm + output head (tied or separate)] -> logits download
+
+The family's variation points come from :class:`~.config.ModelConfig` (as in the NumPy
+reference): the bias/norm step is recorded only for families that have it (qwen2, qwen3), the
+RoPE table holds the config's frequencies (:func:`grilly_kv.rope.rope_inv_freq`), and a
+sequence longer than a sliding window is refused at :meth:`VulkanModel.start`.
+
+with the barriers that the data dependencies need, in one ``vkQueueSubmit`` when the policy has a
+device twin (``policy.device_cache``). A policy that runs only on the host still works: the step
+is then split at each layer's attention (q/k/v down, the policy's output up), one submission per
+layer. A chunk that such a policy declares dense (``policy.dense_chunk()``, e.g. its prefill)
+attends on the device over the model's own dense float16 K/V cache (the dense policy's device
+twin, kept across sequences while large enough); each layer's q/k/v still go down, to
+``policy.observe``, but nothing comes back up. Per-step scalars
+(positions, slots, token ids, visible range) are in a small step buffer uploaded at the start of
+the submission, so the recording for a given T is built once and replayed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...backend import Buffer, Recording, get_device
+from ...backend.device import DeviceLike
+from ...reference.kv_slot_attention import EMPTY_SLOT
+from ...ops.model_embed import record_embed
+from ...ops.model_matmul import record_matmul
+from ...ops.model_qkv_prep import record_qkv_prep
+from ...ops.model_rope import record_rope
+from ...ops.step_words import fill_step, step_words
+from ...policies.base import CacheShape, KVPolicy, admit_dense_chunk
+from ...policies.dense import DensePolicy
+from ...reference.model_rope import rope_table_from_freqs
+from .defaults import DEFAULT_MAX_CHUNK
+from .weights import Checkpoint
+
+
+class VulkanModel:
+    """The checkpoint on a Vulkan device.
+
+    Args:
+        ckpt: loaded weights.
+        device: a Vulkan device spec (``"vulkan"``, ``"vulkan:N"``; not ``"cpu"``: use ReferenceModel).
+        weight_dtype: ``np.float16`` (default) or ``np.float32`` storage of the matrices.
+        max_chunk: most tokens per forward call (prefill chunk).
+        timestamps: record Vulkan timestamps (``last_gpu_time_us``).
+        dense_prefill: attend a host policy's dense chunks on the device (False: through
+            ``policy.attend`` on the host, as every other chunk; for comparisons).
+    """
+
+    def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_dtype=np.float16,
+                 max_chunk: int = DEFAULT_MAX_CHUNK, timestamps: bool = False, dense_prefill: bool = True):
+        dev = get_device(device)
+        if dev.is_cpu:
+            raise ValueError("VulkanModel needs a Vulkan device; use ReferenceModel for the NumPy path")
+        self.dev = dev
+        self.device_name = dev.description
+        self.ckpt = ckpt
+        self.config = c = ckpt.config
+        self.max_chunk = int(max_chunk)
+        self.timestamps = timestamps
+        self.f16 = np.dtype(weight_dtype) == np.float16
+        self.qkv_dim = c.q_dim + 2 * c.kv_dim
+        self._upload_weights(np.dtype(weight_dtype))
+        C = self.max_chunk
+        self.step = Buffer(dev, step_words(C), np.uint32)
+        self.x = Buffer(dev, C * c.d_model, host_visible=False)
+        self.qkv = Buffer(dev, C * self.qkv_dim)        # host-visible: host policies read q/k/v
+        self.attn = Buffer(dev, C * c.q_dim)            # ... and write the attention output
+        self.gu = Buffer(dev, C * 2 * c.d_ffn, host_visible=False)
+        self.logits = Buffer(dev, C * c.vocab)
+        self.policy: KVPolicy | None = None
+        self.kv = None
+        self.dense_prefill = bool(dense_prefill)
+        self._dense: tuple[DensePolicy, object] | None = None   # (dense policy, its device twin)
+        self._dense_ok = False       # every chunk of this sequence so far went the dense way
+        self._max_tokens = 0
+        self._recordings: dict = {}
+        self._table_rows = 0
+        self.last_gpu_time_us = 0.0
+
+    # ---- weights -------------------------------------------------------------------------
+    def _upload_weights(self, dtype: np.dtype) -> None:
+        """Matrices into as few buffers as the device's maxStorageBufferRange allows (a layer's
+        four matrices share a buffer; the embedding, also the output head when tied, gets its
+        own, and so does a separate output head)."""
+        c, ck = self.config, self.ckpt
+        groups = [[np.concatenate([w["wq"], w["wk"], w["wv"]]), w["wo"],
+                   np.concatenate([w["w_gate"], w["w_up"]]), w["w_down"]] for w in ck.layers]
+        groups.append([ck.embedding])
+        if not c.tied_output:
+            groups.append([ck.output])
+        limit = int(self.dev.properties.get("max_storage_buffer_range", 2**32 - 1))
+        item = np.dtype(dtype).itemsize
+        packs: list[list[int]] = [[]]          # group indices per buffer
+        size = 0
+        for g, mats in enumerate(groups):
+            nbytes = sum(m.size for m in mats) * item
+            if nbytes > limit:
+                raise ValueError(f"a weight matrix group of {nbytes} bytes exceeds {self.dev.name}'s "
+                                 f"maxStorageBufferRange ({limit} bytes)")
+            if packs[-1] and (size + nbytes > limit or g >= c.n_layers):
+                packs.append([])
+                size = 0
+            packs[-1].append(g)
+            size += nbytes
+        per_vec4 = 2 if dtype == np.float16 else 4          # words per vec4
+        self.wbufs, places = [], {}
+        for pack in packs:
+            n_vec4 = sum(m.size // 4 for g in pack for m in groups[g])
+            buf = Buffer(self.dev, n_vec4 * per_vec4, np.uint32 if self.f16 else np.float32)
+            off = 0
+            for g in pack:
+                places[g] = (buf, [])
+                for m in groups[g]:
+                    buf.write(m.astype(dtype), offset_words=off * per_vec4)
+                    places[g][1].append(off)
+                    off += m.size // 4
+            buf.upload_now()
+            self.wbufs.append(buf)
+        # per layer: (buffer, (qkv, o, gate/up, down) offsets in vec4s); embedding: (buffer, offset)
+        self.w_layer = [(places[i][0], tuple(places[i][1])) for i in range(c.n_layers)]
+        self.emb_buf, self.emb_off = places[c.n_layers][0], places[c.n_layers][1][0]
+        head = c.n_layers + (0 if c.tied_output else 1)
+        self.out_buf, self.out_off = places[head][0], places[head][1][0]
+        norms = [v for w in ck.layers for v in (w["attn_norm"], w["ffn_norm"])] + [ck.output_norm]
+        self.nbuf = Buffer(self.dev, len(norms) * c.d_model)
+        self.nbuf.write(np.concatenate(norms).astype(np.float32))
+        self.nbuf.upload_now()
+        self.weight_bytes = sum(b.nbytes for b in self.wbufs)
+        self._upload_aux()
+
+    def _upload_aux(self) -> None:
+        """Per layer, the fused q/k/v bias row and the q and k norm weights (where the family
+        has them) into one float32 buffer; ``self.aux_offs[i]`` = (bias offset or None,
+        (q norm, k norm) offsets or None), in floats."""
+        c, ck = self.config, self.ckpt
+        self.aux, self.aux_offs = None, [(None, None)] * c.n_layers
+        if not (c.qkv_bias or c.qk_norm):
+            return
+        parts, offs, n = [], [], 0
+        for w in ck.layers:
+            bias_off = norm_offs = None
+            if c.qkv_bias:
+                parts.append(np.concatenate([w["bq"], w["bk"], w["bv"]]))
+                bias_off, n = n, n + self.qkv_dim
+            if c.qk_norm:
+                parts += [w["q_norm"], w["k_norm"]]
+                norm_offs, n = (n, n + c.head_dim), n + 2 * c.head_dim
+            offs.append((bias_off, norm_offs))
+        self.aux = Buffer(self.dev, n)
+        self.aux.write(np.concatenate(parts).astype(np.float32))
+        self.aux.upload_now()
+        self.aux_offs = offs
+
+    def _norm_off(self, i: int) -> int:
+        return i * self.config.d_model // 4
+
+    # ---- per sequence --------------------------------------------------------------------
+    def start(self, policy: KVPolicy, max_tokens: int) -> None:
+        """Begin a sequence of up to ``max_tokens`` tokens whose KV cache ``policy`` manages."""
+        c = self.config
+        c.check_context(max_tokens)
+        shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
+                           device=self.dev)
+        policy.reset(shape)
+        self._recordings.clear()             # recordings bind the old twin's buffers: drop first
+        if self.kv is not None:
+            self.kv.release()
+        self.policy, self.kv = policy, policy.device_cache(self.dev, shape)
+        self._dense_ok, self._max_tokens = True, max_tokens
+        if max_tokens > self._table_rows:
+            rows = max(max_tokens, 2 * self._table_rows)
+            self.rope = Buffer(self.dev, rows * c.head_dim)
+            self.rope.write(rope_table_from_freqs(rows, c.inv_freq(), c.rope_attn_factor()))
+            self.rope.upload_now()
+            self._table_rows = rows
+
+    # ---- dense chunks of a host policy ----------------------------------------------------------
+    def _dense_chunk(self, pos0: int) -> bool:
+        """Whether this chunk (after ``policy.begin``) attends on the device over the model's
+        dense cache: the policy runs on the host, declares the chunk dense, and every earlier
+        chunk of the sequence went this way too (so the dense cache holds all earlier K/V)."""
+        if self.kv is not None or not self.dense_prefill:
+            return False
+        self._dense_ok = admit_dense_chunk(self.policy, pos0, self._dense_ok)
+        if not self._dense_ok:
+            return False
+        if pos0 == 0:
+            self._dense_start()
+        return True
+
+    def _dense_start(self) -> None:
+        """Make the dense cache ready for a sequence of ``_max_tokens`` tokens: reuse the one
+        held (its slots marked empty) or, when too small, release it and allocate a larger one."""
+        c = self.config
+        cap = self._max_tokens
+        if self._dense is not None and self._dense[0].cap < cap:
+            cap = min(max(cap, 2 * self._dense[0].cap), c.context)   # grow geometrically
+            self._dense[1].release()
+            self._dense = None
+        if self._dense is None:
+            shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, cap, self.max_chunk,
+                               device=self.dev)
+            pol = DensePolicy()
+            pol.reset(shape)
+            self._dense = (pol, pol.device_cache(self.dev, shape))
+        else:
+            pol, twin = self._dense
+            pol.reset(pol.shape)
+            twin.slot_pos.write(np.full(pol.cap, EMPTY_SLOT, np.uint32))
+            twin.slot_pos.upload_now()
+
+    def _build(self, T: int, all_logits: bool, dense: bool = False) -> list[Recording]:
+        """The recordings of a T-token step: one, or with a host policy one per layer plus one
+        (each layer's q/k/v go to the host, which attends and sends the output back; with
+        ``dense``, the device attends over the model's dense cache and the host only observes)."""
+        c = self.config
+        recs = [Recording(self.dev, timestamps=self.timestamps)]
+        recs[0].upload(self.step)
+        N = self.nbuf
+        mm = dict(f16=self.f16, eps=c.norm_eps, T=T)
+        record_embed(recs[0], self.emb_buf, self.step, self.x, T=T, D=c.d_model, f16=self.f16,
+                     max_chunk=self.max_chunk, table_off=self.emb_off)
+        for i in range(c.n_layers):
+            W, (w_qkv, w_o, w_gu, w_down) = self.w_layer[i]
+            rec = recs[-1]
+            record_matmul(rec, W, self.x, N, self.qkv, N=self.qkv_dim, K=c.d_model, mode="rmsnorm",
+                          w_off=w_qkv, g_off=self._norm_off(2 * i), **mm)
+            bias_off, norm_offs = self.aux_offs[i]
+            if bias_off is not None or norm_offs is not None:
+                record_qkv_prep(rec, self.qkv, self.aux, T=T, head_dim=c.head_dim, n_q_heads=c.n_q_heads,
+                                n_kv_heads=c.n_kv_heads, bias_off=bias_off, norm_offs=norm_offs, eps=c.norm_eps)
+            record_rope(rec, self.qkv, self.step, self.rope, T=T, head_dim=c.head_dim,
+                        n_q_heads=c.n_q_heads, n_kv_heads=c.n_kv_heads)
+            if self.kv is not None:
+                self.kv.record_layer(rec, i, self.qkv, self.attn, self.step, T)
+            elif dense:
+                self._dense[1].record_layer(rec, i, self.qkv, self.attn, self.step, T)
+                rec.download(self.qkv, words=T * self.qkv_dim)     # for policy.observe
+                rec = Recording(self.dev, timestamps=self.timestamps)
+                recs.append(rec)
+            else:
+                rec.download(self.qkv, words=T * self.qkv_dim)     # only this call's T rows
+                rec = Recording(self.dev, timestamps=self.timestamps).upload(self.attn, words=T * c.q_dim)
+                recs.append(rec)
+            record_matmul(rec, W, self.attn, self.attn, self.x, N=c.d_model, K=c.q_dim, accumulate=True,
+                          w_off=w_o, **mm)
+            record_matmul(rec, W, self.x, N, self.gu, N=2 * c.d_ffn, K=c.d_model, mode="rmsnorm",
+                          w_off=w_gu, g_off=self._norm_off(2 * i + 1), **mm)
+            record_matmul(rec, W, self.gu, self.gu, self.x, N=c.d_model, K=c.d_ffn, mode="swiglu",
+                          accumulate=True, w_off=w_down, **mm)
+        n_out = T if all_logits else 1
+        record_matmul(recs[-1], self.out_buf, self.x, N, self.logits, N=c.vocab, K=c.d_model, mode="rmsnorm",
+                      f16=self.f16, eps=c.norm_eps, T=n_out, w_off=self.out_off,
+                      x_off=(T - n_out) * c.d_model // 4, g_off=self._norm_off(2 * c.n_layers))
+        recs[-1].download(self.logits, words=n_out * c.vocab)    # only the rows asked for
+        return recs
+
+    def _host_qkv(self, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The downloaded post-RoPE rows as ``(H_q, T, D)``, ``(H_kv, T, D)``, ``(H_kv, T, D)``."""
+        c = self.config
+        rows = self.qkv.read(T * self.qkv_dim).reshape(T, c.n_q_heads + 2 * c.n_kv_heads, c.head_dim)
+        heads = (rows[:, :c.n_q_heads], rows[:, c.n_q_heads:c.n_q_heads + c.n_kv_heads],
+                 rows[:, c.n_q_heads + c.n_kv_heads:])
+        return tuple(np.ascontiguousarray(x.transpose(1, 0, 2)) for x in heads)
+
+    def _host_attend(self, layer: int, T: int) -> None:
+        """Hand layer ``layer``'s post-RoPE q/k/v to a host policy; stage its output for upload."""
+        out = self.policy.attend(layer, *self._host_qkv(T))
+        self.attn.write(np.ascontiguousarray(out.transpose(1, 0, 2), dtype=np.float32))
+
+    def forward(self, tokens, pos0: int, *, all_logits: bool = False) -> np.ndarray:
+        """Run ``tokens`` (T <= max_chunk) at positions ``pos0 ..``; returns ``(T or 1, vocab)`` logits."""
+        if self.policy is None:
+            raise RuntimeError("call start(policy, max_tokens) first")
+        tokens = np.asarray(tokens, np.int64)
+        T = tokens.size
+        if not 1 <= T <= self.max_chunk:
+            raise ValueError(f"a forward call takes 1..{self.max_chunk} tokens, got {T}")
+        positions = np.arange(pos0, pos0 + T)
+        self.policy.begin(positions)
+        dense = self._dense_chunk(pos0)
+        words = np.zeros(self.step.n_words, np.uint32)
+        if self.kv is not None:
+            self.kv.fill_step(words, positions, tokens)
+        elif dense:
+            self._dense[0].begin(positions)
+            self._dense[1].fill_step(words, positions, tokens)
+        else:
+            fill_step(words, pos0=pos0, slots=np.zeros(T), tokens=tokens, n_scan=0)
+        self.step.write(words)
+        if dense:
+            key = (T, all_logits, "dense")
+        else:
+            key = (T, all_logits, None if self.kv is None else self.kv.recording_key(T))
+        recs = self._recordings.get(key)
+        if recs is None:
+            recs = self._recordings[key] = self._build(T, all_logits, dense)
+        for layer, rec in enumerate(recs):
+            if layer and dense:
+                self.policy.observe(layer - 1, *self._host_qkv(T))
+            elif layer:
+                self._host_attend(layer - 1, T)
+            rec.run()
+        if self.kv is not None:
+            self.kv.after_step(positions)
+        if self.timestamps:
+            self.last_gpu_time_us = sum(r.gpu_time_us() for r in recs)
+        n_out = T if all_logits else 1
+        return self.logits.read(n_out * self.config.vocab).reshape(n_out, self.config.vocab)
