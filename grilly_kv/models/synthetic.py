@@ -181,13 +181,16 @@ def synthetic_tensors(spec: SyntheticSpec, vocab: int, seed: int = 0) -> dict[st
 
 
 def write_synthetic_gguf(path, family: str | SyntheticSpec = "llama", *, qtype: str = "F32", seed: int = 0,
-                         **overrides) -> Path:
+                         edit=None, raw: dict | None = None, **overrides) -> Path:
     """Write a random checkpoint of ``family`` (a :data:`FAMILIES` name or a spec) to ``path``.
 
     Args:
         qtype: storage of the matrices and the embedding (:data:`QTYPES`); 1-D tensors stay F32.
             K-quants need every matrix row length (d_model, q_dim, d_ffn) a multiple of 256.
         seed: the random weights' seed.
+        edit: optional ``edit(tensors)`` changing the float32 tensors dict before writing (tests of
+            damaged files: NaN norms, out-of-range values, wrong shapes, missing tensors).
+        raw: optional ``{name: (uint8 blocks, GGMLQuantizationType)}`` written as given instead.
         overrides: :class:`SyntheticSpec` fields to change (e.g. ``n_layers=1``).
 
     Returns:
@@ -204,7 +207,13 @@ def write_synthetic_gguf(path, family: str | SyntheticSpec = "llama", *, qtype: 
     writer = GGUFWriter(str(path), spec.arch)
     vocab = _tokenizer(writer)
     _metadata(writer, spec, vocab)
-    for name, w in synthetic_tensors(spec, vocab, seed).items():
+    tensors = synthetic_tensors(spec, vocab, seed)
+    if edit is not None:
+        edit(tensors)
+    for name, w in tensors.items():
+        if raw and name in raw:
+            writer.add_tensor(name, raw[name][0], raw_dtype=raw[name][1])
+            continue
         if w.ndim == 1:
             writer.add_tensor(name, w)
             continue
