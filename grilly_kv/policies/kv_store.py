@@ -22,6 +22,7 @@ from ..backend import Buffer, Recording
 from ..ops.buffer_copy import LOCAL_SIZE as COPY_LOCAL_SIZE, SHADER as COPY_SHADER
 
 _LIMIT_OVERRIDE: contextvars.ContextVar[int | None] = contextvars.ContextVar("kv_store_limit", default=None)
+_HEADS_OVERRIDE: contextvars.ContextVar[int | None] = contextvars.ContextVar("kv_store_heads", default=None)
 COPY_MAX_GROUPS = 4096
 
 
@@ -36,6 +37,19 @@ def split_limit(nbytes: int):
         yield
     finally:
         _LIMIT_OVERRIDE.reset(token)
+
+
+@contextlib.contextmanager
+def max_heads_per_buffer(n_heads: int):
+    """Within the block, KV stores made in this context put at most ``n_heads`` KV heads in one
+    buffer (a test hook forcing the head split at any shape)."""
+    if int(n_heads) < 1:
+        raise ValueError(f"max_heads_per_buffer must be >= 1, got {n_heads}")
+    token = _HEADS_OVERRIDE.set(int(n_heads))
+    try:
+        yield
+    finally:
+        _HEADS_OVERRIDE.reset(token)
 
 
 def buffer_limit(device) -> int:
@@ -54,6 +68,8 @@ def head_parts(n_kv_heads: int, head_bytes: int, limit: int) -> list[tuple[int, 
     """``(h0, nh)`` head ranges of a layer whose heads take ``head_bytes`` each, every part at
     most ``limit`` bytes; as few parts as possible, sizes differing by at most one head."""
     per_part = limit // head_bytes
+    if _HEADS_OVERRIDE.get() is not None:
+        per_part = min(per_part, _HEADS_OVERRIDE.get())
     if per_part < 1:
         raise ValueError(f"one KV head's slots take {head_bytes} bytes, more than the storage buffer "
                          f"limit of {limit} bytes: lower the capacity or the head_dim")
