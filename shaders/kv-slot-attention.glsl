@@ -5,7 +5,10 @@
 // Slots [0, n_scan) are cut into chunks of max(SLOTS * U, ceil(n_scan / n_splits)) slots; only the
 // first ceil(n_scan / chunk) splits are live (n_scan is read on the device, so one recording
 // serves every step while the live length grows).
-// Pass 0 (grid n_splits x HKV x T): workgroup (s, kvh, t) runs an online softmax over chunk s
+// The K/V buffers hold KV heads [h0, h0 + nh) of the layer (a part of a layer split by heads,
+// policies/kv_store.py; layout [layer][kv head - h0][slot][D]): pass 0 is dispatched once per
+// part, pass 1 once after all parts.
+// Pass 0 (grid n_splits x nh x T): workgroup (s, kvh - h0, t) runs an online softmax over chunk s
 //   for the G = HQ / HKV query heads of KV head kvh (each K/V row is read once for the group).
 //   A cluster of LPT subgroup lanes holds one slot: each lane reads NVL of the row's D/4 float16
 //   quads of K and of V, the logits are summed by shuffles; SLOTS = WG / LPT slots are in flight,
@@ -48,6 +51,8 @@ layout(push_constant) uniform Push {
     uint n_splits;   // splits in the grid (an upper bound of the live ones)
     uint pass_id;
     uint scale_bits; // 1/sqrt(D) (float)
+    uint h0;         // first KV head held by the K/V buffers
+    uint nh;         // KV heads held by the K/V buffers (pass 0's grid y)
 } p;
 
 // pass 0: one head's per-subgroup (m, l) and acc; pass 1: the per-thread partial sums
@@ -116,7 +121,7 @@ void split_pass(uint s, uint kvh, uint t) {
         m[g] = NEG;
         l[g] = 0.0;
     }
-    const uint base = (p.layer * HKV + kvh) * p.cap;
+    const uint base = (p.layer * p.nh + kvh - p.h0) * p.cap;
     for (uint r0 = a0; r0 < a1; r0 += SLOTS * U) {            // rounds: uniform over the workgroup
         bool vis[U];
         uvec2 kr[U * NVL], vr[U * NVL];
@@ -179,6 +184,6 @@ void merge_pass(uint h, uint t) {
 }
 
 void main() {
-    if (p.pass_id == 0u) split_pass(gl_WorkGroupID.x, gl_WorkGroupID.y, gl_WorkGroupID.z);
+    if (p.pass_id == 0u) split_pass(gl_WorkGroupID.x, p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.z);
     else merge_pass(gl_WorkGroupID.x, gl_WorkGroupID.y);
 }

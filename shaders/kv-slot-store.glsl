@@ -1,8 +1,10 @@
 #version 450
 // Store this step's post-RoPE keys and values into their slots of a float16 slot cache: see
-// grilly_kv/ops/kv_slot_store.py. Cache layout per buffer: [layer][kv head][slot][D] halves,
-// two per uint. Workgroup t writes token t to slot step[SLOTS_AT + t]; the layer-0 store also
-// records slot_pos[slot] = pos0 + t (the position each slot holds, shared by all layers).
+// grilly_kv/ops/kv_slot_store.py. The buffers hold KV heads [h0, h0 + nh) (a part of a layer
+// split by heads, policies/kv_store.py; nh = HKV, h0 = 0 when unsplit); layout per buffer:
+// [layer][kv head - h0][slot][D] halves, two per uint. Workgroup t writes token t to slot
+// step[SLOTS_AT + t]; the layer-0 store of the part with h0 = 0 also records
+// slot_pos[slot] = pos0 + t (the position each slot holds, shared by all layers).
 #include "common.glsl"
 
 layout(local_size_x_id = 0) in;
@@ -19,16 +21,16 @@ layout(set = 0, binding = 2) writeonly buffer KC { uint kc[]; };
 layout(set = 0, binding = 3) writeonly buffer VC { uint vc[]; };
 layout(set = 0, binding = 4) writeonly buffer SlotPos { uint slot_pos[]; };
 
-layout(push_constant) uniform Push { uint cap; uint layer; } p;
+layout(push_constant) uniform Push { uint cap; uint layer; uint h0; uint nh; } p;
 
 void main() {
     const uint t = gl_WorkGroupID.x;
     const uint slot = step[SLOTS_AT + t];
-    if (p.layer == 0u && gl_LocalInvocationIndex == 0u) slot_pos[slot] = step[0] + t;
-    for (uint item = gl_LocalInvocationIndex; item < HKV * HW; item += gl_WorkGroupSize.x) {
-        const uint h = item / HW, w = item % HW;
-        const uint src = (t * ROW + HQ * D + h * D) / 2u + w;
-        const uint dst = ((p.layer * HKV + h) * p.cap + slot) * HW + w;
+    if (p.layer == 0u && p.h0 == 0u && gl_LocalInvocationIndex == 0u) slot_pos[slot] = step[0] + t;
+    for (uint item = gl_LocalInvocationIndex; item < p.nh * HW; item += gl_WorkGroupSize.x) {
+        const uint h = item / HW, w = item % HW;                 // h: local head of the part
+        const uint src = (t * ROW + HQ * D + (p.h0 + h) * D) / 2u + w;
+        const uint dst = ((p.layer * p.nh + h) * p.cap + slot) * HW + w;
         kc[dst] = packHalf2x16(qkv2[src]);
         vc[dst] = packHalf2x16(qkv2[src + HKV * D / 2u]);
     }

@@ -44,6 +44,26 @@ def test_matches_reference(vk, hq, hkv, D, cap, T, n_scan, sinks, window, local_
     assert_close(got, kv_slot_attention_ref(qkv, kc, vc, slot_pos, **kw), atol=2e-5, what="attention")
 
 
+@pytest.mark.parametrize("hq,hkv,D,cap,T,heads_per_buffer", [
+    (9, 3, 64, 300, 3, 1),      # one buffer per KV head
+    (8, 4, 32, 130, 1, 3),      # parts of 3 and 1 heads (uneven split)
+    (6, 2, 32, 90, 20, 1),      # a prefill chunk over split buffers
+])
+def test_head_split_matches_reference(vk, hq, hkv, D, cap, T, heads_per_buffer):
+    """K/V split by KV heads over several buffers (the KV store's split for
+    maxStorageBufferRange): one split pass per part, one merge; same result as unsplit."""
+    rng = np.random.default_rng(hkv * cap)
+    kc = rng.standard_normal((2, hkv, cap, D)).astype(np.float16)
+    vc = rng.standard_normal((2, hkv, cap, D)).astype(np.float16)
+    slot_pos = rng.permutation(cap).astype(np.uint32)
+    kw = dict(pos0=cap - T, n_scan=cap, layer=1, n_q_heads=hq, sinks=2, window=cap // 2)
+    qkv = rng.standard_normal((T, (hq + 2 * hkv) * D)).astype(np.float32)
+    guard = guard_output(vk, SHADER, "out", T * hq * D)
+    got = kv_slot_attention(qkv, kc, vc, slot_pos, heads_per_buffer=heads_per_buffer, device=vk, **kw)
+    assert_sentinels_intact(guard, T * hq * D)
+    assert_close(got, kv_slot_attention_ref(qkv, kc, vc, slot_pos, **kw), atol=2e-5, what="attention")
+
+
 def test_single_visible_key_returns_its_value(vk):
     D = 8
     kc = np.zeros((1, 1, 4, D), np.float16)

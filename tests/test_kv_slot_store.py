@@ -8,8 +8,11 @@ from grilly_kv.reference.kv_slot_store import kv_slot_store_ref
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-@pytest.mark.parametrize("heads,D", [((3, 1), 8), ((9, 3), 64)])
-def test_matches_reference(vk, layer, heads, D):
+@pytest.mark.parametrize("heads,D,heads_per_buffer", [((3, 1), 8, None), ((9, 3), 64, None),
+                                                      ((9, 3), 64, 1), ((8, 4), 16, 3)])
+def test_matches_reference(vk, layer, heads, D, heads_per_buffer):
+    """heads_per_buffer: the caches split by KV heads over buffers (the KV store's split for
+    maxStorageBufferRange), each part stored by its own dispatch with its head range."""
     hq, hkv = heads
     rng = np.random.default_rng(layer)
     T, cap = 5, 21
@@ -19,7 +22,8 @@ def test_matches_reference(vk, layer, heads, D):
     sp = np.full(cap, 2**32 - 1, np.uint32)
     slots = [1, 4, 6, 20, 0]
     kc0 = kc.copy()
-    got = kv_slot_store(qkv, slots, 40, kc, vc, sp, layer=layer, n_q_heads=hq, device=vk)
+    got = kv_slot_store(qkv, slots, 40, kc, vc, sp, layer=layer, n_q_heads=hq, device=vk,
+                        heads_per_buffer=heads_per_buffer)
     want = kv_slot_store_ref(qkv, slots, 40, kc, vc, sp, layer, hq)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)

@@ -1,9 +1,16 @@
 """Generation and scoring loops shared by the NumPy and Vulkan models.
 
 A model here is anything with ``config``, ``max_chunk``, ``device_name``,
-``start(policy, max_tokens)`` and ``forward(tokens, pos0, all_logits=False) -> logits``
+``start(policy, max_tokens, max_tail=0)`` and ``forward(tokens, pos0, all_logits=False) -> logits``
 (:class:`~grilly_kv.models.smollm2.reference.ReferenceModel`,
-:class:`~grilly_kv.models.smollm2.vulkan.VulkanModel`).
+:class:`~grilly_kv.models.smollm2.vulkan.VulkanModel`). A model that runs the policy through a
+device twin exposes it as ``model.kv`` (None otherwise); its ``kv_bytes()`` / ``device_bytes()``
+(the live device allocations) are what :class:`Generation` reports.
+
+Question-aware compression (kvpress's setting): ``generate(..., context_len=n)`` prefills the
+first ``n`` prompt tokens (the context), calls ``policy.end_context()``, then feeds the rest of
+the prompt (the question) and decodes; the question and the answer are kept by the policy
+(``CacheShape.max_tail`` = their number).
 """
 from __future__ import annotations
 
@@ -21,16 +28,26 @@ class Generation:
     Attributes:
         tokens: generated token ids (the stop token excluded).
         prompt_tokens: prompt length.
+        context_tokens: prompt tokens before ``policy.end_context()`` (None: not question-aware).
         prefill_s, decode_s: wall seconds of the prompt pass and of the generated tokens.
-        kv_bytes: K/V bytes the policy held at the end (float16 storage).
+        kv_bytes: K/V bytes held at the end: the device twin's live K/V buffers when the model
+            runs the policy on the device (``kv_source == "device"``), else the policy's own
+            accounting (float16 storage, ``kv_source == "policy"``).
+        device_kv_bytes, device_bytes: the twin's K/V buffers and all its buffers (0 without a twin).
+        policy_kv_bytes: the policy's own accounting of what it holds (float16).
         dense_kv_bytes: K/V bytes a dense float16 cache would hold for the same tokens.
     """
 
     tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
+    context_tokens: int | None = None
     prefill_s: float = 0.0
     decode_s: float = 0.0
     kv_bytes: int = 0
+    kv_source: str = "policy"
+    device_kv_bytes: int = 0
+    device_bytes: int = 0
+    policy_kv_bytes: int = 0
     dense_kv_bytes: int = 0
 
     @property
@@ -59,14 +76,39 @@ def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> 
 
 
 def generate(model, policy, prompt_ids, max_new_tokens: int, *, temperature: float = 0.0,
-             seed: int = 0, stop_ids=(), on_token: Callable[[int], None] | None = None) -> Generation:
-    """Prefill the prompt, then decode up to ``max_new_tokens`` tokens under ``policy``."""
+             seed: int = 0, stop_ids=(), on_token: Callable[[int], None] | None = None,
+             context_len: int | None = None) -> Generation:
+    """Prefill the prompt, then decode up to ``max_new_tokens`` tokens under ``policy``.
+
+    Args:
+        context_len: question-aware mode: the first ``context_len`` prompt tokens are the
+            context; after them ``policy.end_context()`` is called and the rest of the prompt
+            (the question, at least one token) and the answer are kept. None: plain generation.
+
+    Raises:
+        ValueError: ``context_len`` outside ``[1, len(prompt_ids) - 1]``.
+        NotImplementedError: ``context_len`` with a policy that has no question-aware mode.
+    """
     prompt_ids = list(prompt_ids)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if context_len is not None and not 1 <= context_len < len(prompt_ids):
+        raise ValueError(f"context_len must be in [1, {len(prompt_ids) - 1}] (the question needs at "
+                         f"least one token), got {context_len}")
     rng = np.random.default_rng(seed)
-    out = Generation(prompt_tokens=len(prompt_ids))
-    model.start(policy, len(prompt_ids) + max_new_tokens)
+    out = Generation(prompt_tokens=len(prompt_ids), context_tokens=context_len)
+    total = len(prompt_ids) + max_new_tokens
+    if context_len is None:
+        model.start(policy, total)
+    else:
+        model.start(policy, total, max_tail=total - context_len)
     t0 = time.perf_counter()
-    logits = prefill(model, prompt_ids)
+    if context_len is None:
+        logits = prefill(model, prompt_ids)
+    else:
+        prefill(model, prompt_ids[:context_len])
+        policy.end_context()
+        logits = prefill(model, prompt_ids[context_len:], pos0=context_len)
     out.prefill_s = time.perf_counter() - t0
     pos = len(prompt_ids)
     t0 = time.perf_counter()
@@ -82,9 +124,20 @@ def generate(model, policy, prompt_ids, max_new_tokens: int, *, temperature: flo
         logits = model.forward([tok], pos)
         pos += 1
     out.decode_s = time.perf_counter() - t0
-    out.kv_bytes = policy.kv_bytes()
+    record_kv_bytes(out, model, policy)
     out.dense_kv_bytes = model.config.dense_kv_bytes(pos)
     return out
+
+
+def record_kv_bytes(out: Generation, model, policy) -> None:
+    """Fill ``out``'s K/V figures: the device twin's live buffers when the model has one."""
+    out.policy_kv_bytes = int(policy.kv_bytes())
+    twin = getattr(model, "kv", None)
+    if twin is not None:
+        out.device_kv_bytes, out.device_bytes = int(twin.kv_bytes()), int(twin.device_bytes())
+        out.kv_bytes, out.kv_source = out.device_kv_bytes, "device"
+    else:
+        out.kv_bytes, out.kv_source = out.policy_kv_bytes, "policy"
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.kv_slot_attention import kv_slot_attention_ref
 from ..validation import check_array, check_int
+from .kv_slot_store import as_parts, split_heads
 from .step_words import ALL_POSITIONS, fill_step, step_words
 
 SHADER = "kv-slot-attention"
@@ -22,7 +23,7 @@ MAX_LANES_PER_SLOT = 8    # subgroup lanes that share one K/V row (<= any device
 MAX_SPLITS_DECODE = 128   # one query per head: split the keys finely to fill a large GPU
 MAX_SPLITS_CHUNK = 16     # T queries per head already give T times the workgroups
 MAX_HEAD_DIM = 128        # shared memory: (workgroup / lanes per slot) x head_dim floats
-PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f")
+PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f", "h0", "nh")
 
 
 def local_size_for(device) -> int:
@@ -58,8 +59,12 @@ def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int) -> int:
 
 def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, step, part, out, *,
                              T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
-                             n_kv_heads: int, local_size: int | None = None) -> Recording:
+                             n_kv_heads: int, local_size: int | None = None, parts=None) -> Recording:
     """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32.
+
+    ``k_cache``/``v_cache``: one buffer each ``(L, H_kv, cap, D)``, or with ``parts`` lists of
+    per-head-range buffers (see :func:`~grilly_kv.ops.kv_slot_store.as_parts`): the split pass
+    is dispatched once per part, the merge once.
 
     ``part`` holds :func:`part_words` floats for this ``T``; the live length, visibility and
     positions are read from ``step`` (see :mod:`.step_words`) when the recording runs.
@@ -73,18 +78,21 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
         raise ValueError(f"local_size must be {LOCAL_SIZE_CPU} or {LOCAL_SIZE_GPU}, got {local_size}")
     n_splits = n_splits_for(cap, head_dim, T, local_size)
     spec = (local_size, head_dim, n_q_heads, n_kv_heads, lanes_per_slot(head_dim))
-    bufs = [qkv, k_cache, v_cache, slot_pos, step, part, out]
     common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim))
-    rec.dispatch(SHADER, bufs, groups=(n_splits, n_kv_heads, T), spec=spec,
-                 push=PUSH.pack(pass_id=0, **common), writes=[5], label="kv-slot-attention")
-    return rec.dispatch(SHADER, bufs, groups=(n_q_heads, T), spec=spec,
-                        push=PUSH.pack(pass_id=1, **common), writes=[6], label="kv-slot-merge")
+    pairs = as_parts(k_cache, v_cache, parts, n_kv_heads)
+    for k, v, h0, nh in pairs:
+        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_splits, nh, T), spec=spec,
+                     push=PUSH.pack(pass_id=0, h0=h0, nh=nh, **common), writes=[5], label="kv-slot-attention")
+    k, v = pairs[0][:2]
+    return rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=spec,
+                        push=PUSH.pack(pass_id=1, h0=0, nh=n_kv_heads, **common), writes=[6],
+                        label="kv-slot-merge")
 
 
 def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, slot_pos: np.ndarray, *,
                       pos0: int, n_scan: int, layer: int, n_q_heads: int, sinks: int = 0,
                       window: int = ALL_POSITIONS, local_size: int | None = None,
-                      device: DeviceLike = None) -> np.ndarray:
+                      heads_per_buffer: int | None = None, device: DeviceLike = None) -> np.ndarray:
     """Attention output of the q heads of ``qkv`` over the cache.
 
     Args:
@@ -95,6 +103,8 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
         n_scan: slots ``[0, n_scan)`` are scanned.
         sinks, window: visibility (see ``reference.kv_slot_attention.visible_mask``).
         local_size: workgroup size (see :func:`record_kv_slot_attention`).
+        heads_per_buffer: on the device, split the caches by KV heads into buffers of at most
+            this many heads (a KV store split for maxStorageBufferRange); None: one buffer.
 
     Returns:
         ``(T, H_q, D)`` float32. Every query must see at least one key.
@@ -117,20 +127,22 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     T = qkv.shape[0]
     ws = dev.workspace(SHADER)
     qb = ws.scratch.get("qkv", qkv.size)
-    kb = ws.scratch.get("k", k_cache.size // 2, np.uint32)
-    vb = ws.scratch.get("v", v_cache.size // 2, np.uint32)
+    parts = split_heads(h_kv, heads_per_buffer)
+    kbs = [ws.scratch.get(f"k{i}", L * nh * cap * D // 2, np.uint32) for i, (_, nh) in enumerate(parts)]
+    vbs = [ws.scratch.get(f"v{i}", L * nh * cap * D // 2, np.uint32) for i, (_, nh) in enumerate(parts)]
     pb = ws.scratch.get("slot_pos", cap, np.uint32)
     sb = ws.scratch.get("step", step_words(T), np.uint32)
     part = ws.scratch.get("part", part_words(T, n_q_heads, cap, D), host_visible=False)
     ob = ws.scratch.get("out", T * n_q_heads * D)
     qb.write(qkv)
-    kb.write(k_cache)
-    vb.write(v_cache)
+    for kb, vb, (h0, nh) in zip(kbs, vbs, parts):
+        kb.write(np.ascontiguousarray(k_cache[:, h0:h0 + nh]))
+        vb.write(np.ascontiguousarray(v_cache[:, h0:h0 + nh]))
     pb.write(slot_pos)
     sb.write(fill_step(np.zeros(step_words(T), np.uint32), pos0=pos0, slots=np.zeros(T), n_scan=n_scan,
                        sinks=sinks, window=window))
-    rec = Recording(dev).upload(qb, kb, vb, pb, sb)
-    record_kv_slot_attention(rec, qb, kb, vb, pb, sb, part, ob, T=T, cap=cap, layer=layer, head_dim=D,
-                             n_q_heads=n_q_heads, n_kv_heads=h_kv, local_size=local_size)
+    rec = Recording(dev).upload(qb, pb, sb, *kbs, *vbs)
+    record_kv_slot_attention(rec, qb, kbs, vbs, pb, sb, part, ob, T=T, cap=cap, layer=layer, head_dim=D,
+                             n_q_heads=n_q_heads, n_kv_heads=h_kv, local_size=local_size, parts=parts)
     rec.download(ob).run()
     return ob.read(T * n_q_heads * D).reshape(T, n_q_heads, D)

@@ -15,20 +15,45 @@ from .step_words import fill_step, step_words
 
 SHADER = "kv-slot-store"
 LOCAL_SIZE = 64
-PUSH = PushLayout("cap", "layer")
+PUSH = PushLayout("cap", "layer", "h0", "nh")
+
+
+def as_parts(k_cache, v_cache, parts, n_kv_heads: int) -> list[tuple]:
+    """``[(k, v, h0, nh), ...]``: one buffer pair per head range. ``k_cache``/``v_cache`` are a
+    buffer each (``parts`` None: all heads) or lists of per-part buffers with ``parts``
+    ``[(h0, nh), ...]`` (policies/kv_store.py)."""
+    if parts is None:
+        return [(k_cache, v_cache, 0, n_kv_heads)]
+    if len(parts) != len(k_cache) or len(parts) != len(v_cache):
+        raise ValueError(f"{len(parts)} head ranges for {len(k_cache)} K and {len(v_cache)} V buffers")
+    if sum(nh for _, nh in parts) != n_kv_heads or any(h0 != sum(n for _, n in parts[:i])
+                                                      for i, (h0, _) in enumerate(parts)):
+        raise ValueError(f"head ranges {parts} must tile [0, {n_kv_heads}) in order")
+    return [(k, v, h0, nh) for k, v, (h0, nh) in zip(k_cache, v_cache, parts)]
+
+
+def split_heads(n_kv_heads: int, heads_per_buffer: int | None) -> list[tuple[int, int]]:
+    """Head ranges of at most ``heads_per_buffer`` heads (None: one range of all)."""
+    step = n_kv_heads if heads_per_buffer is None else check_int("heads_per_buffer", heads_per_buffer, minimum=1)
+    return [(h0, min(step, n_kv_heads - h0)) for h0 in range(0, n_kv_heads, step)]
 
 
 def record_kv_slot_store(rec: Recording, qkv, step, k_cache, v_cache, slot_pos, *, T: int, cap: int,
-                         layer: int, head_dim: int, n_q_heads: int, n_kv_heads: int) -> Recording:
-    """Record the store of tokens t < T into slots ``step.slots[t]`` of ``layer``."""
-    writes = [2, 3, 4] if layer == 0 else [2, 3]
-    return rec.dispatch(SHADER, [qkv, step, k_cache, v_cache, slot_pos], groups=(T,),
-                        spec=(LOCAL_SIZE, head_dim, n_q_heads, n_kv_heads),
-                        push=PUSH.pack(cap=cap, layer=layer), writes=writes)
+                         layer: int, head_dim: int, n_q_heads: int, n_kv_heads: int,
+                         parts=None) -> Recording:
+    """Record the store of tokens t < T into slots ``step.slots[t]`` of ``layer``: one dispatch
+    per K/V buffer pair (``parts``: see :func:`as_parts`; each buffer ``[layer][nh][cap][D]``)."""
+    for k, v, h0, nh in as_parts(k_cache, v_cache, parts, n_kv_heads):
+        writes = [2, 3, 4] if layer == 0 and h0 == 0 else [2, 3]
+        rec.dispatch(SHADER, [qkv, step, k, v, slot_pos], groups=(T,),
+                     spec=(LOCAL_SIZE, head_dim, n_q_heads, n_kv_heads),
+                     push=PUSH.pack(cap=cap, layer=layer, h0=h0, nh=nh), writes=writes)
+    return rec
 
 
 def kv_slot_store(qkv: np.ndarray, slots, pos0: int, k_cache: np.ndarray, v_cache: np.ndarray,
-                  slot_pos: np.ndarray, *, layer: int, n_q_heads: int, device: DeviceLike = None):
+                  slot_pos: np.ndarray, *, layer: int, n_q_heads: int, heads_per_buffer: int | None = None,
+                  device: DeviceLike = None):
     """Caches after storing the k/v heads of ``qkv``.
 
     Args:
@@ -38,6 +63,8 @@ def kv_slot_store(qkv: np.ndarray, slots, pos0: int, k_cache: np.ndarray, v_cach
         k_cache, v_cache: ``(L, H_kv, cap, D)`` float16 (not modified).
         slot_pos: ``(cap,)`` uint32 position held by each slot (not modified).
         layer: which layer's cache; layer 0 also updates ``slot_pos``.
+        heads_per_buffer: on the device, split the caches by KV heads into buffers of at most
+            this many heads (as a KV store split for maxStorageBufferRange); None: one buffer.
 
     Returns:
         Updated copies of ``(k_cache, v_cache, slot_pos)``.
@@ -60,21 +87,26 @@ def kv_slot_store(qkv: np.ndarray, slots, pos0: int, k_cache: np.ndarray, v_cach
     if dev.is_cpu:
         return kv_slot_store_ref(qkv, slots, pos0, k_cache, v_cache, slot_pos, layer, n_q_heads)
     T = qkv.shape[0]
+    parts = split_heads(h_kv, heads_per_buffer)
     ws = dev.workspace(SHADER)
     qb = ws.scratch.get("qkv", qkv.size)
     sb = ws.scratch.get("step", step_words(T), np.uint32)
-    kb = ws.scratch.get("k", k_cache.size // 2, np.uint32)
-    vb = ws.scratch.get("v", v_cache.size // 2, np.uint32)
     pb = ws.scratch.get("slot_pos", cap, np.uint32)
+    kbs = [ws.scratch.get(f"k{i}", L * nh * cap * D // 2, np.uint32) for i, (_, nh) in enumerate(parts)]
+    vbs = [ws.scratch.get(f"v{i}", L * nh * cap * D // 2, np.uint32) for i, (_, nh) in enumerate(parts)]
     qb.write(qkv)
     sb.write(fill_step(np.zeros(step_words(T), np.uint32), pos0=pos0, slots=slots, n_scan=0))
-    kb.write(k_cache)
-    vb.write(v_cache)
+    for kb, vb, (h0, nh) in zip(kbs, vbs, parts):
+        kb.write(np.ascontiguousarray(k_cache[:, h0:h0 + nh]))
+        vb.write(np.ascontiguousarray(v_cache[:, h0:h0 + nh]))
     pb.write(slot_pos)
-    rec = Recording(dev).upload(qb, sb, kb, vb, pb)
-    record_kv_slot_store(rec, qb, sb, kb, vb, pb, T=T, cap=cap, layer=layer, head_dim=D,
-                         n_q_heads=n_q_heads, n_kv_heads=h_kv)
-    rec.download(kb, vb, pb).run()
-    n = k_cache.size
-    return (kb.read(n, np.float16).astype(np.float16).reshape(k_cache.shape),
-            vb.read(n, np.float16).astype(np.float16).reshape(v_cache.shape), pb.read(cap))
+    rec = Recording(dev).upload(qb, sb, pb, *kbs, *vbs)
+    record_kv_slot_store(rec, qb, sb, kbs, vbs, pb, T=T, cap=cap, layer=layer, head_dim=D,
+                         n_q_heads=n_q_heads, n_kv_heads=h_kv, parts=parts)
+    rec.download(pb, *kbs, *vbs).run()
+
+    def gather(bufs):
+        return np.concatenate([b.read(L * nh * cap * D, np.float16).astype(np.float16).reshape(L, nh, cap, D)
+                               for b, (_, nh) in zip(bufs, parts)], axis=1)
+
+    return gather(kbs), gather(vbs), pb.read(cap)

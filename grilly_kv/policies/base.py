@@ -39,6 +39,9 @@ class CacheShape:
         max_chunk: the most tokens one forward call brings (the prefill chunk).
         device: where the model runs (a grilly_kv Device; None: the default device). A host
             policy that uses device-side helpers (e.g. a paged cache) puts them there.
+        max_tail: the most tokens appended after :meth:`KVPolicy.end_context` (question +
+            answer), which a question-aware policy keeps without evicting; a twin sizes its
+            margin for them. 0: the generation loop does not call ``end_context``.
     """
 
     n_layers: int
@@ -48,6 +51,18 @@ class CacheShape:
     max_tokens: int
     max_chunk: int
     device: object = None
+    max_tail: int = 0
+
+    def __post_init__(self):
+        for name in ("n_layers", "n_q_heads", "n_kv_heads", "head_dim", "max_tokens", "max_chunk"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"CacheShape.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_q_heads % self.n_kv_heads:
+            raise ValueError(f"CacheShape.n_q_heads ({self.n_q_heads}) must be a multiple of "
+                             f"n_kv_heads ({self.n_kv_heads})")
+        if not 0 <= int(self.max_tail) <= self.max_tokens:
+            raise ValueError(f"CacheShape.max_tail must be in [0, max_tokens={self.max_tokens}], "
+                             f"got {self.max_tail}")
 
     def bytes_per_token(self, bytes_per_value: int = 2) -> int:
         """K+V bytes of one token over all layers."""
@@ -112,6 +127,18 @@ class KVPolicy(ABC):
             ``(H_q, T, D)`` float32: softmax(q k^T / sqrt(D)) v over the keys the policy lets
             each query see (never a key of a later position).
         """
+
+    def end_context(self) -> None:
+        """The context is complete (call between two forward chunks, after the last context
+        token): from the next chunk on, the tokens appended (question, then answer; at most
+        ``shape.max_tail`` of them) are kept, never evicted, and every later query sees them
+        (kvpress's question-aware setting: compress the context, keep the question). Policies
+        that keep every token implement it as a no-op.
+
+        Raises:
+            NotImplementedError: the policy has no question-aware mode.
+        """
+        raise NotImplementedError(f"{self.describe()} has no question-aware mode (end_context)")
 
     def dense_chunk(self) -> bool:
         """After :meth:`begin`: True when every query of this chunk sees every earlier key of the

@@ -22,6 +22,9 @@ class DensePolicy(SlotPolicy):
     def capacity(self, shape: CacheShape) -> int:
         return shape.max_tokens
 
+    def end_context(self) -> None:
+        """Nothing to do: every token is kept anyway."""
+
     def slots_for(self, positions: np.ndarray) -> np.ndarray:
         if positions.max() >= self.cap:
             raise ValueError(f"position {int(positions.max())} exceeds the dense cache of {self.cap} tokens")

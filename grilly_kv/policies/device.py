@@ -43,7 +43,16 @@ Rules every twin keeps:
 K/V layout shared by all twins: per layer, keys and values as float16 ``(H_kv, cap, D)``, two
 values per 32-bit word, a slot per kept token; when one layer's array exceeds the device's
 ``maxStorageBufferRange`` it is split by KV heads over several buffers (see
-:class:`~grilly_kv.policies.kv_store.KVStore`).
+:class:`~grilly_kv.policies.kv_store.KVStore`: ``store.keys[layer][part]`` holds heads
+``store.parts[part] = (h0, nh)``; the ``record_*`` functions of the K/V shaders take
+``parts=store.parts`` with the per-part buffer lists and dispatch once per part). Tests force the
+split with ``kv_store.split_limit(nbytes)``.
+
+Benchmark hook (optional, :meth:`TwinBase.fill_random`): ``twin.fill_random(rng, n_tokens)``
+puts the twin and its policy in the state of a sequence of ``n_tokens`` tokens (random K/V of
+the right shapes, the bookkeeping of a prefill in ``max_chunk`` chunks, any compression done),
+without running the model, so that decode steps at long contexts can be timed
+(``benchmarks/bench_long_context.py``). The next step continues at position ``n_tokens``.
 
 Question-aware compression (as kvpress does): when the generation loop calls
 ``policy.end_context()`` after the context and before the question, a policy that supports it
@@ -140,6 +149,10 @@ class TwinBase:
 
     def after_step(self, positions: np.ndarray) -> None:
         return None
+
+    def fill_random(self, rng: np.random.Generator, n_tokens: int) -> None:
+        """Benchmark hook (see the module docstring); twins that support it override this."""
+        raise NotImplementedError(f"{type(self).__name__} has no fill_random (benchmark hook)")
 
     def device_bytes(self) -> int:
         return sum(b.nbytes for b in self._live())

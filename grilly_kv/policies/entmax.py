@@ -115,6 +115,9 @@ class EntmaxPolicy(KVPolicy):
         out = decode_attention_ref(q1, keys, values, pages, self.page_size, alpha=self.alpha)
         return out.astype(np.float32)[0][:, None, :]
 
+    def end_context(self) -> None:
+        """Nothing to do: every token is kept (selection is per decode step)."""
+
     def tokens_held(self) -> int:
         return self.n
 

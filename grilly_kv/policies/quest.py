@@ -83,6 +83,9 @@ class QuestPolicy(KVPolicy):
         return masked_attention(q, self.k[layer][:, :n].astype(np.float32),
                                 self.v[layer][:, :n].astype(np.float32), mask)
 
+    def end_context(self) -> None:
+        """Nothing to do: every token is kept (selection is per decode step)."""
+
     def tokens_held(self) -> int:
         return self.n
 

@@ -20,6 +20,12 @@ class SlotPolicy(KVPolicy):
     """Base of dense and streaming: a slot map and a visibility window.
 
     Subclasses set ``sinks`` and ``window`` and implement :meth:`capacity` and :meth:`slots_for`.
+
+    Attributes:
+        window_now: the visibility window in force (``window``; ``ALL`` after a streaming
+            policy's :meth:`end_context`, whose evicted slots are then emptied instead).
+        slot_epoch: incremented when the slot map changes other than by :meth:`begin` (the
+            device twin re-uploads it).
     """
 
     sinks = 0
@@ -40,12 +46,16 @@ class SlotPolicy(KVPolicy):
         self.k = self.v = None            # host K/V, allocated on the first host attend
         self.last_slots = np.zeros(0, np.int64)
         self.slots_used = 0               # slots [0, slots_used) have been written
+        self.window_now = self.window
+        self.slot_epoch = 0
+        self.n_seen = 0                   # positions [0, n_seen) have been given slots
 
     def begin(self, positions: np.ndarray) -> None:
         positions = np.asarray(positions, np.int64)
         self.last_slots = self.slots_for(positions)
         self.slot_pos[self.last_slots] = positions
         self.slots_used = max(self.slots_used, int(self.last_slots.max()) + 1)
+        self.n_seen = int(positions[-1]) + 1
         self._q_pos = positions
 
     def attend(self, layer, q, k, v):
@@ -54,7 +64,7 @@ class SlotPolicy(KVPolicy):
             self.k = np.zeros((s.n_layers, s.n_kv_heads, self.cap, s.head_dim), np.float32)
             self.v = np.zeros_like(self.k)
         if layer == 0:
-            self._mask = visible_mask(self.slot_pos[:self.slots_used], self._q_pos, self.sinks, self.window)
+            self._mask = visible_mask(self.slot_pos[:self.slots_used], self._q_pos, self.sinks, self.window_now)
         n = self.slots_used
         self.k[layer][:, self.last_slots] = k
         self.v[layer][:, self.last_slots] = v

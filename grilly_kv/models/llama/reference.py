@@ -86,12 +86,13 @@ class ReferenceModel:
         self._dense: DensePolicy | None = None
         self._dense_ok = False
 
-    def start(self, policy, max_tokens: int) -> None:
-        """Begin a sequence of up to ``max_tokens`` tokens whose KV cache ``policy`` manages."""
+    def start(self, policy, max_tokens: int, max_tail: int = 0) -> None:
+        """Begin a sequence of up to ``max_tokens`` tokens whose KV cache ``policy`` manages;
+        ``max_tail``: tokens after ``policy.end_context()`` (``CacheShape.max_tail``)."""
         c = self.config
         c.check_context(max_tokens)
         shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
-                           device=get_device("cpu"))
+                           device=get_device("cpu"), max_tail=max_tail)
         policy.reset(shape)
         self.policy = policy
         self._shape, self._dense_ok = shape, True

@@ -164,12 +164,13 @@ class VulkanModel:
         return i * self.config.d_model // 4
 
     # ---- per sequence --------------------------------------------------------------------
-    def start(self, policy: KVPolicy, max_tokens: int) -> None:
-        """Begin a sequence of up to ``max_tokens`` tokens whose KV cache ``policy`` manages."""
+    def start(self, policy: KVPolicy, max_tokens: int, max_tail: int = 0) -> None:
+        """Begin a sequence of up to ``max_tokens`` tokens whose KV cache ``policy`` manages;
+        ``max_tail``: tokens after ``policy.end_context()`` (``CacheShape.max_tail``)."""
         c = self.config
         c.check_context(max_tokens)
         shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
-                           device=self.dev)
+                           device=self.dev, max_tail=max_tail)
         policy.reset(shape)
         self._recordings.clear()             # recordings bind the old twin's buffers: drop first
         if self.kv is not None:
