@@ -76,9 +76,9 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     bufs = [qkv, k_cache, v_cache, slot_pos, step, part, out]
     common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim))
     rec.dispatch(SHADER, bufs, groups=(n_splits, n_kv_heads, T), spec=spec,
-                 push=PUSH.pack(pass_id=0, **common), writes=[5], label="kv-slot-attention")
+                 push=PUSH.pack(pass_id=0, **common), label="kv-slot-attention")
     return rec.dispatch(SHADER, bufs, groups=(n_q_heads, T), spec=spec,
-                        push=PUSH.pack(pass_id=1, **common), writes=[6], label="kv-slot-merge")
+                        push=PUSH.pack(pass_id=1, **common), label="kv-slot-merge")
 
 
 def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, slot_pos: np.ndarray, *,

@@ -21,10 +21,9 @@ PUSH = PushLayout("cap", "layer")
 def record_kv_slot_store(rec: Recording, qkv, step, k_cache, v_cache, slot_pos, *, T: int, cap: int,
                          layer: int, head_dim: int, n_q_heads: int, n_kv_heads: int) -> Recording:
     """Record the store of tokens t < T into slots ``step.slots[t]`` of ``layer``."""
-    writes = [2, 3, 4] if layer == 0 else [2, 3]
     return rec.dispatch(SHADER, [qkv, step, k_cache, v_cache, slot_pos], groups=(T,),
                         spec=(LOCAL_SIZE, head_dim, n_q_heads, n_kv_heads),
-                        push=PUSH.pack(cap=cap, layer=layer), writes=writes)
+                        push=PUSH.pack(cap=cap, layer=layer))
 
 
 def kv_slot_store(qkv: np.ndarray, slots, pos0: int, k_cache: np.ndarray, v_cache: np.ndarray,
