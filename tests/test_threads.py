@@ -52,12 +52,19 @@ def run_threads(call, inputs, reps=REPS):
     return results
 
 
+def _parts(result):
+    """An op's result as a list of arrays (tuples, e.g. (out, weights), are flattened)."""
+    if isinstance(result, tuple):
+        return [np.asarray(r) for r in result if r is not None]
+    return [np.asarray(result)]
+
+
 def assert_each_equals(results, expected, what):
     for t, (got, want) in enumerate(zip(results, expected)):
         for rep, g in enumerate(got):
-            for a, b in zip(np.atleast_1d(g) if isinstance(g, tuple) else [g],
-                            np.atleast_1d(want) if isinstance(want, tuple) else [want]):
-                assert np.array_equal(a, b), f"{what}: thread {t}, call {rep} got another answer"
+            pairs = list(zip(_parts(g), _parts(want)))
+            assert pairs and all(np.array_equal(a, b) for a, b in pairs), \
+                f"{what}: thread {t}, call {rep} got another answer"
 
 
 def distinct_inputs(shape, seed=0):

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+import weakref
 from typing import NamedTuple, Union
 
 from .errors import BackendError
@@ -79,7 +80,7 @@ class VulkanDevice(Device):
         self.timestamp_period_ns = float(self.properties.get("timestamp_period_ns", 1.0))
         self.pipelines = PipelineCache(self)
         self.profile = False        # True: new Recordings take Vulkan timestamps (benchmarks)
-        self.last_recording = None  # the Recording run most recently (for its timestamps)
+        self._last_recording = None
         self._threads = threading.local()   # each thread's workspaces (see workspace())
         self._lock = threading.RLock()       # kp's Manager and queue: one caller at a time
         self._live: dict[int, int] = {}      # buffer uid -> bytes, of buffers not yet freed
@@ -87,6 +88,17 @@ class VulkanDevice(Device):
         api_str = f"{api >> 22}.{(api >> 12) & 0x3FF}.{api & 0xFFF}" if api else "?"
         self.description = (f"vulkan:{index} {self.name} ({self.properties.get('device_type', '?')}, "
                             f"Vulkan {api_str})")
+
+    @property
+    def last_recording(self):
+        """The Recording run most recently (for its timestamps), or None. Held strongly only
+        while ``profile`` is on: otherwise it would keep a dropped object's buffers alive."""
+        rec = self._last_recording
+        return rec() if isinstance(rec, weakref.ref) else rec
+
+    @last_recording.setter
+    def last_recording(self, rec) -> None:
+        self._last_recording = rec if (self.profile or rec is None) else weakref.ref(rec)
 
     def workspace(self, op: str) -> "Workspace":
         """Per-op state: scratch buffers and recordings, one set per op AND per thread.

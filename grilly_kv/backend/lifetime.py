@@ -130,8 +130,8 @@ def release_reachable(root) -> int:
         elif isinstance(obj, DeviceObject) and obj is not root:
             obj.close()
         elif isinstance(obj, Recording):
-            obj._seq = None   # frees its command buffer; running it again raises (released)
-            stack.extend(b for st in obj.steps for b in st.buffers)
+            obj._seq = None   # frees its command buffer and pipelines; the buffers it binds
+            # are freed only if the object reaches them otherwise (a recording may bind shared ones)
         elif isinstance(obj, (Scratch, Workspace)):
             stack.extend(vars(obj).values())
         elif isinstance(obj, dict):
