@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))   # this checkout's grilly_kv
 from common import device_info, save, setup  # noqa: E402
 
 from grilly_kv.backend import get_device  # noqa: E402
