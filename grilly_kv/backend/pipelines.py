@@ -8,7 +8,6 @@ it is not part of the key: one pipeline serves every grid size.
 from __future__ import annotations
 
 import struct
-import threading
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Sequence
@@ -92,7 +91,6 @@ class PipelineCache:
         self.device = device
         self._algos: dict[tuple, object] = {}
         self._by_uid: dict[int, set] = {}
-        self._lock = threading.RLock()
         self.compiled = 0  # how many pipelines were created (tests check reuse with it)
 
     def __len__(self) -> int:
@@ -104,7 +102,7 @@ class PipelineCache:
 
         uids = tuple(b.uid for b in buffers)
         key = (shader, tuple(as_words(spec)), uids, n_push)
-        with self._lock:
+        with self.device._lock:   # one lock with the device: no lock-order deadlock
             algo = self._algos.get(key)
             if algo is not None:
                 return algo
@@ -132,7 +130,7 @@ class PipelineCache:
 
     def forget_uid(self, uid: int) -> None:
         """Drop the pipelines bound to the buffer with this uid."""
-        with self._lock:
+        with self.device._lock:   # one lock with the device: no lock-order deadlock
             for key in self._by_uid.pop(uid, ()):
                 self._algos.pop(key, None)   # a recorded sequence may still hold it
                 for other in set(key[2]) - {uid}:
