@@ -279,6 +279,7 @@ def compile_shaders() -> None:
             old.unlink()
             manifest.pop(old.stem, None)
     if not stale:
+        reflect_all()
         return
     glslc = shutil.which("glslc")
     if glslc is None:
@@ -294,6 +295,181 @@ def compile_shaders() -> None:
         manifest[src.stem] = _shader_hash(src)
         log(f"compiled {src.name}")
     (SPIRV_DIR / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    reflect_all()
+
+
+def reflect_all() -> None:
+    """Reflection JSON next to every .spv (pure Python: also runs where glslc is absent)."""
+    for spv in sorted(SPIRV_DIR.glob("*.spv")):
+        write_reflection(spv)
+    for old in SPIRV_DIR.glob("*.json"):
+        if old.name != "manifest.json" and not old.with_suffix(".spv").is_file():
+            old.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# 4b. SPIR-V reflection: bindings, push-constant block, specialisation ids, next to each .spv
+# ---------------------------------------------------------------------------------------------
+SPIRV_MAGIC = 0x07230203
+REFLECTION_VERSION = 1
+# opcodes
+_OP_DECORATE, _OP_MEMBER_DECORATE = 71, 72
+_OP_TYPE_INT, _OP_TYPE_FLOAT, _OP_TYPE_VECTOR, _OP_TYPE_MATRIX = 21, 22, 23, 24
+_OP_TYPE_ARRAY, _OP_TYPE_RUNTIME_ARRAY, _OP_TYPE_STRUCT, _OP_TYPE_POINTER = 28, 29, 30, 32
+_OP_CONSTANT, _OP_VARIABLE, _OP_NAME = 43, 59, 5
+_OP_SPEC_CONSTANTS = {48, 49, 50, 51, 52}   # OpSpecConstantTrue/False/(plain)/Composite/Op
+# decorations
+_DEC_SPEC_ID, _DEC_BLOCK, _DEC_BUFFER_BLOCK, _DEC_ARRAY_STRIDE = 1, 2, 3, 6
+_DEC_NON_WRITABLE, _DEC_NON_READABLE, _DEC_BINDING, _DEC_SET, _DEC_OFFSET = 24, 25, 33, 34, 35
+# storage classes
+_SC_UNIFORM, _SC_PUSH_CONSTANT, _SC_STORAGE_BUFFER = 2, 9, 12
+
+
+def _spirv_string(words: list[int]) -> str:
+    raw = b"".join(w.to_bytes(4, "little") for w in words)
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def reflect_spirv(data: bytes, name: str = "?") -> dict:
+    """Bindings, push-constant block and specialisation-constant ids of a SPIR-V compute module.
+
+    A small parser of the SPIR-V word stream (no dependency): OpDecorate / OpMemberDecorate,
+    OpVariable, OpTypePointer, OpTypeStruct and the scalar/vector/array types give
+    ``{"bindings": [{"set", "binding", "name", "non_writable", "non_readable"}],
+    "push_constants": {"size": bytes, "offsets": [bytes per member], "names": [...]} or None,
+    "spec_ids": [ids]}``. A buffer is non-writable when its variable, or every member of its
+    block, is decorated NonWritable (GLSL ``readonly``); likewise NonReadable (``writeonly``).
+    """
+    if len(data) % 4 or len(data) < 20:
+        raise ValueError(f"{name}: not SPIR-V (size {len(data)} bytes)")
+    words = [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)]
+    if words[0] != SPIRV_MAGIC:
+        raise ValueError(f"{name}: not SPIR-V (magic {words[0]:#x})")
+    decor: dict[int, dict[int, list[int]]] = {}
+    member_decor: dict[tuple[int, int], dict[int, list[int]]] = {}
+    names: dict[int, str] = {}
+    member_names: dict[tuple[int, int], str] = {}
+    types: dict[int, tuple] = {}
+    constants: dict[int, int] = {}
+    variables: list[tuple[int, int, int]] = []   # (pointer type, id, storage class)
+    spec_results: list[int] = []
+    i = 5
+    while i < len(words):
+        count, op = words[i] >> 16, words[i] & 0xFFFF
+        if count == 0:
+            raise ValueError(f"{name}: malformed SPIR-V instruction at word {i}")
+        args = words[i + 1:i + count]
+        if op == _OP_NAME:
+            names[args[0]] = _spirv_string(args[1:])
+        elif op == 6:   # OpMemberName
+            member_names[(args[0], args[1])] = _spirv_string(args[2:])
+        elif op == _OP_DECORATE:
+            decor.setdefault(args[0], {})[args[1]] = args[2:]
+        elif op == _OP_MEMBER_DECORATE:
+            member_decor.setdefault((args[0], args[1]), {})[args[2]] = args[3:]
+        elif op == _OP_TYPE_INT or op == _OP_TYPE_FLOAT:
+            types[args[0]] = ("scalar", args[1] // 8)
+        elif op in (_OP_TYPE_VECTOR, _OP_TYPE_MATRIX):
+            types[args[0]] = ("vector", args[1], args[2])
+        elif op == _OP_TYPE_ARRAY:
+            types[args[0]] = ("array", args[1], args[2])
+        elif op == _OP_TYPE_RUNTIME_ARRAY:
+            types[args[0]] = ("runtime_array", args[1])
+        elif op == _OP_TYPE_STRUCT:
+            types[args[0]] = ("struct", tuple(args[1:]))
+        elif op == _OP_TYPE_POINTER:
+            types[args[0]] = ("pointer", args[1], args[2])
+        elif op == _OP_CONSTANT and len(args) >= 3:
+            constants[args[1]] = args[2]
+        elif op in _OP_SPEC_CONSTANTS:
+            spec_results.append(args[1])
+        elif op == _OP_VARIABLE:
+            variables.append((args[0], args[1], args[2]))
+        i += count
+
+    def size_of(type_id: int) -> int:
+        t = types.get(type_id)
+        if t is None:
+            raise ValueError(f"{name}: unknown type %{type_id} in the push-constant block")
+        if t[0] == "scalar":
+            return t[1]
+        if t[0] == "vector":
+            return size_of(t[1]) * t[2]
+        if t[0] == "array":
+            stride = decor.get(type_id, {}).get(_DEC_ARRAY_STRIDE, [size_of(t[1])])[0]
+            return stride * constants[t[2]]
+        if t[0] == "struct":
+            return struct_layout(type_id)[0]
+        raise ValueError(f"{name}: type {t[0]} has no size")
+
+    def struct_layout(struct_id: int) -> tuple[int, list[int]]:
+        members = types[struct_id][1]
+        offsets = [member_decor.get((struct_id, m), {}).get(_DEC_OFFSET, [0])[0]
+                   for m in range(len(members))]
+        size = max((off + size_of(t) for off, t in zip(offsets, members)), default=0)
+        return size, offsets
+
+    def all_members(struct_id: int, decoration: int) -> bool:
+        n = len(types[struct_id][1])
+        return n > 0 and all(decoration in member_decor.get((struct_id, m), {}) for m in range(n))
+
+    bindings, push = [], None
+    for ptr_type, var_id, storage in variables:
+        pointee = types.get(ptr_type, ("?", 0, 0))[2]
+        if storage == _SC_PUSH_CONSTANT:
+            size, offsets = struct_layout(pointee)
+            push = {"size": size, "offsets": offsets,
+                    "names": [member_names.get((pointee, m), "") for m in range(len(offsets))]}
+        elif storage in (_SC_STORAGE_BUFFER, _SC_UNIFORM):
+            d = decor.get(var_id, {})
+            if _DEC_BINDING not in d:
+                continue
+            is_ssbo = storage == _SC_STORAGE_BUFFER or _DEC_BUFFER_BLOCK in decor.get(pointee, {})
+            bindings.append({
+                "set": d.get(_DEC_SET, [0])[0], "binding": d[_DEC_BINDING][0],
+                "name": names.get(var_id) or names.get(pointee, ""),
+                "kind": "storage_buffer" if is_ssbo else "uniform_buffer",
+                "non_writable": (_DEC_NON_WRITABLE in d or not is_ssbo
+                                 or all_members(pointee, _DEC_NON_WRITABLE)),
+                "non_readable": _DEC_NON_READABLE in d or all_members(pointee, _DEC_NON_READABLE),
+            })
+    spec_ids = sorted({decor[r][_DEC_SPEC_ID][0] for r in spec_results
+                       if _DEC_SPEC_ID in decor.get(r, {})})
+    return {"version": REFLECTION_VERSION, "shader": name, "bindings": _merge_aliases(bindings),
+            "push_constants": push, "spec_ids": spec_ids}
+
+
+def _merge_aliases(variables: list[dict]) -> list[dict]:
+    """One entry per (set, binding): blocks declared twice on one binding (e.g. a float and a
+    vec4 view) are written if any alias is writable, read if any alias is readable."""
+    merged: dict[tuple, dict] = {}
+    for v in sorted(variables, key=lambda b: (b["set"], b["binding"])):
+        key = (v["set"], v["binding"])
+        if key not in merged:
+            merged[key] = dict(v, names=[v.pop("name")])
+            merged[key].pop("name", None)
+            continue
+        m = merged[key]
+        m["names"].append(v["name"])
+        m["non_writable"] = m["non_writable"] and v["non_writable"]
+        m["non_readable"] = m["non_readable"] and v["non_readable"]
+    return list(merged.values())
+
+
+def write_reflection(spv: Path) -> None:
+    """Write ``NAME.json`` (see :func:`reflect_spirv`) next to ``NAME.spv`` if missing or stale."""
+    out = spv.with_suffix(".json")
+    data = spv.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if out.is_file():
+        try:
+            if json.loads(out.read_text()).get("spirv_sha256") == digest:
+                return
+        except ValueError:
+            pass
+    info = reflect_spirv(data, spv.stem)
+    info["spirv_sha256"] = digest
+    out.write_text(json.dumps(info, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

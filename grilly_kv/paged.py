@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_device
+from .backend import DeviceObject, get_device
 from .backend.device import DeviceLike
 from .gaussian import TAU_MODES
 from .ops.entmax_tau import check_alpha
@@ -25,7 +25,7 @@ DTYPES = ("float16", "float32")
 METHODS = ("topk", "gaussian", "dense")
 
 
-class PagedKVCache:
+class PagedKVCache(DeviceObject):
     """K/V of a batch of sequences, in pages of ``page_size`` tokens, on a Vulkan device (or in
     NumPy when ``device="cpu"``).
 

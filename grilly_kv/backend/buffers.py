@@ -6,6 +6,7 @@ kp 0.9.0 has no 16-bit tensors, so float16 data is stored two values per uint32 
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,9 +64,15 @@ class Buffer:
         kp = device.kp
         kind = kp.TensorTypes.device if host_visible else kp.TensorTypes.storage
         try:
-            self.tensor = device.manager.tensor_t(np.zeros(self.n_words, word_dtype), kind)
+            with device._lock:   # kp's Manager is not thread-safe
+                self.tensor = device.manager.tensor_t(np.zeros(self.n_words, word_dtype), kind)
         except Exception as exc:
             raise BackendError(f"allocating {self.n_words * 4} bytes on {device.name} failed: {exc}") from exc
+        device._count_buffer(self.uid, self.nbytes)
+        # freed by release(), or when this Buffer is garbage-collected (the finalizer holds the
+        # kp tensor, never the Buffer); not at interpreter exit, where kp's Manager frees all
+        self._finalizer = weakref.finalize(self, _free_tensor, device, self.uid, self.tensor)
+        self._finalizer.atexit = False
         # raw 32-bit words: typed reads and writes go through views, never value conversion
         self._host = self.tensor.data().view(np.uint32) if host_visible else None
 
@@ -75,6 +82,8 @@ class Buffer:
 
     def _staging(self) -> np.ndarray:
         if self._host is None:
+            if self.released:
+                raise BackendError(f"{self!r} was released (its owner was closed)")
             raise BackendError("this buffer is device-only (host_visible=False)")
         return self._host
 
@@ -121,11 +130,11 @@ class Buffer:
 
     def release(self) -> None:
         """Free the device memory now: forget the pipelines bound to this buffer and destroy its
-        kp tensor. Recordings that bind it must be dropped first; the Buffer is unusable after."""
-        self.device.pipelines.forget(self)
+        kp tensor (also done when the Buffer is garbage-collected). Recordings that bind it can
+        no longer run (they raise BackendError); the Buffer is unusable after. Idempotent."""
         self._host = None
-        self.tensor.destroy()
         self.tensor = None
+        self._finalizer()
 
     @property
     def released(self) -> bool:
@@ -134,6 +143,16 @@ class Buffer:
 
     def __repr__(self) -> str:
         return f"<Buffer #{self.uid} {self.n_words} x {self.word_dtype}>"
+
+
+def _free_tensor(device: "VulkanDevice", uid: int, tensor) -> None:
+    """Release one buffer's device memory and its pipelines (a finalizer: holds no Buffer)."""
+    with device._lock:
+        device.pipelines.forget_uid(uid)
+        try:
+            tensor.destroy()
+        finally:
+            device._uncount_buffer(uid)
 
 
 class Scratch:
@@ -153,9 +172,18 @@ class Scratch:
         n_words = max(int(n_words), 1)
         if buf is None or buf.n_words < n_words or buf.host_visible != host_visible:
             cap = n_words if buf is None else max(n_words, 2 * buf.n_words)
-            if buf is not None:
-                self.device.pipelines.forget(buf)
+            # an outgrown buffer is freed once no recording binds it (its finalizer)
             buf = Buffer(self.device, cap, word_dtype, host_visible=host_visible)
             self._bufs[name] = buf
         buf.word_dtype = np.dtype(word_dtype)
         return buf
+
+    def buffers(self) -> list[Buffer]:
+        """The buffers held now."""
+        return list(self._bufs.values())
+
+    def release(self) -> None:
+        """Free every buffer now (recordings that bind them must be dropped first)."""
+        bufs, self._bufs = self._bufs, {}
+        for buf in bufs.values():
+            buf.release()

@@ -11,7 +11,8 @@ import logging
 import os
 import re
 import threading
-from typing import Union
+import weakref
+from typing import NamedTuple, Union
 
 from .errors import BackendError
 
@@ -19,11 +20,21 @@ DEVICE_ENV = "GRILLY_KV_DEVICE"
 log = logging.getLogger("grilly_kv")
 
 
+class LiveBuffers(NamedTuple):
+    """Device buffers allocated and not yet freed: how many, and their bytes."""
+    count: int
+    bytes: int
+
+
 class Device:
     """Where an op runs. ``kind`` is ``"vulkan"`` or ``"cpu"`` (the NumPy references)."""
 
     kind = "cpu"
     name = "numpy (cpu)"
+
+    def live_buffers(self) -> LiveBuffers:
+        """Device buffers alive now (the NumPy device has none)."""
+        return LiveBuffers(0, 0)
 
     @property
     def is_cpu(self) -> bool:
@@ -49,6 +60,12 @@ class VulkanDevice(Device):
         from ._kp import import_kp
         from .pipelines import PipelineCache
 
+        from .probe import probe_vulkan
+
+        try:   # a missing loader, driver or device raises here, not abort() inside kp
+            probe_vulkan(index)
+        except BackendError as exc:
+            raise BackendError(f"cannot open Vulkan device {index}: {exc}") from None
         kp = import_kp()
         self.kp = kp
         self.index = index
@@ -63,20 +80,63 @@ class VulkanDevice(Device):
         self.timestamp_period_ns = float(self.properties.get("timestamp_period_ns", 1.0))
         self.pipelines = PipelineCache(self)
         self.profile = False        # True: new Recordings take Vulkan timestamps (benchmarks)
-        self.last_recording = None  # the Recording run most recently (for its timestamps)
-        self._workspaces: dict[str, Workspace] = {}
-        self._lock = threading.Lock()
+        self._last_recording = None
+        self._threads = threading.local()   # each thread's workspaces (see workspace())
+        self._lock = threading.RLock()       # kp's Manager and queue: one caller at a time
+        self._live: dict[int, int] = {}      # buffer uid -> bytes, of buffers not yet freed
         api = self.properties.get("api_version", 0)
         api_str = f"{api >> 22}.{(api >> 12) & 0x3FF}.{api & 0xFFF}" if api else "?"
         self.description = (f"vulkan:{index} {self.name} ({self.properties.get('device_type', '?')}, "
                             f"Vulkan {api_str})")
 
+    @property
+    def last_recording(self):
+        """The Recording run most recently (for its timestamps), or None. Held strongly only
+        while ``profile`` is on: otherwise it would keep a dropped object's buffers alive."""
+        rec = self._last_recording
+        return rec() if isinstance(rec, weakref.ref) else rec
+
+    @last_recording.setter
+    def last_recording(self, rec) -> None:
+        self._last_recording = rec if (self.profile or rec is None) else weakref.ref(rec)
+
     def workspace(self, op: str) -> "Workspace":
-        """Per-op state that lives as long as the device: scratch buffers and recordings."""
-        ws = self._workspaces.get(op)
+        """Per-op state: scratch buffers and recordings, one set per op AND per thread.
+
+        An op writes its inputs into scratch, runs a recording and reads its outputs back;
+        giving each thread its own workspace makes that sequence safe from several threads
+        without a lock around it (submissions themselves are serialised by the device lock).
+        A thread's workspaces, and their device memory, are freed when the thread ends.
+        """
+        spaces = getattr(self._threads, "workspaces", None)
+        if spaces is None:
+            spaces = self._threads.workspaces = {}
+        ws = spaces.get(op)
         if ws is None:
-            ws = self._workspaces[op] = Workspace(self)
+            ws = spaces[op] = Workspace(self)
         return ws
+
+    def release_workspaces(self) -> None:
+        """Free the calling thread's op workspaces now (they are rebuilt on the next call)."""
+        spaces = getattr(self._threads, "workspaces", None) or {}
+        self._threads.workspaces = {}
+        for ws in spaces.values():
+            ws.release()
+
+    # ---- accounting ----------------------------------------------------------------------
+    def _count_buffer(self, uid: int, nbytes: int) -> None:
+        with self._lock:
+            self._live[uid] = nbytes
+
+    def _uncount_buffer(self, uid: int) -> None:
+        with self._lock:
+            self._live.pop(uid, None)
+
+    def live_buffers(self) -> LiveBuffers:
+        """Buffers allocated on this device and not yet freed (released or garbage-collected):
+        ``(count, bytes)``, from the backend's own accounting of every Buffer."""
+        with self._lock:
+            return LiveBuffers(len(self._live), sum(self._live.values()))
 
     def list_devices(self) -> list[dict]:
         """Property dicts of every Vulkan device the loader sees."""
@@ -108,6 +168,11 @@ class Workspace:
                 self.recordings.pop(next(iter(self.recordings)))
         self.recordings[key] = rec
         return rec
+
+    def release(self) -> None:
+        """Drop the recordings and free the scratch buffers now."""
+        self.recordings.clear()
+        self.scratch.release()
 
 
 DeviceLike = Union[None, str, Device]

@@ -78,18 +78,38 @@ class PushLayout:
 
 
 class PipelineCache:
-    """kp Algorithms keyed by (shader, spec constants, bound buffers, push-constant words)."""
+    """kp Algorithms keyed by (shader, spec constants, bound buffers, push-constant words).
+
+    Every new pipeline is checked against the shader's reflection
+    (:func:`~grilly_kv.backend.reflection.shader_interface`). The cache holds no Buffer: it
+    indexes pipelines by the uids of the buffers they bind, and a buffer's release (explicit,
+    or when it is garbage-collected) evicts them, so a dropped object's memory is not kept alive
+    by its pipelines. Thread-safe.
+    """
 
     def __init__(self, device: "VulkanDevice"):
         self.device = device
         self._algos: dict[tuple, object] = {}
+        self._by_uid: dict[int, set] = {}
         self.compiled = 0  # how many pipelines were created (tests check reuse with it)
+
+    def __len__(self) -> int:
+        return len(self._algos)
 
     def get(self, shader: str, buffers: Sequence["Buffer"], spec: Sequence = (),
             n_push: int = 0):
-        key = (shader, tuple(as_words(spec)), tuple(b.uid for b in buffers), n_push)
-        algo = self._algos.get(key)
-        if algo is None:
+        from .reflection import shader_interface
+
+        uids = tuple(b.uid for b in buffers)
+        key = (shader, tuple(as_words(spec)), uids, n_push)
+        with self.device._lock:   # one lock with the device: no lock-order deadlock
+            algo = self._algos.get(key)
+            if algo is not None:
+                return algo
+            shader_interface(shader).check(len(buffers), len(spec), n_push)
+            for b in buffers:
+                if b.released:
+                    raise BackendError(f"{shader}: {b!r} was released")
             try:
                 algo = self.device.manager.algorithm(
                     [b.tensor for b in buffers], load_spirv(shader), (1, 1, 1),
@@ -99,10 +119,24 @@ class PipelineCache:
             except Exception as exc:
                 raise BackendError(f"creating the pipeline for {shader!r} failed: {exc}") from exc
             self._algos[key] = algo
+            for uid in set(uids):
+                self._by_uid.setdefault(uid, set()).add(key)
             self.compiled += 1
-        return algo
+            return algo
 
     def forget(self, buffer: "Buffer") -> None:
         """Drop the pipelines bound to ``buffer`` (before it is released)."""
-        for key in [k for k in self._algos if buffer.uid in k[2]]:
-            del self._algos[key]
+        self.forget_uid(buffer.uid)
+
+    def forget_uid(self, uid: int) -> None:
+        """Drop the pipelines bound to the buffer with this uid."""
+        with self.device._lock:   # one lock with the device: no lock-order deadlock
+            for key in self._by_uid.pop(uid, ()):
+                self._algos.pop(key, None)   # a recorded sequence may still hold it
+                for other in set(key[2]) - {uid}:
+                    keys = self._by_uid.get(other)
+                    if keys is not None:
+                        keys.discard(key)
+                        if not keys:
+                            del self._by_uid[other]
+

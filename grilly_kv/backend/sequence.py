@@ -1,6 +1,7 @@
 """Recorded submissions: uploads, dependent dispatches and downloads in one ``vkQueueSubmit``.
 
-A :class:`Recording` tracks which buffers each step reads and writes and records a full
+A :class:`Recording` tracks which buffers each step reads and writes (for a dispatch, from the
+shader's SPIR-V reflection: bindings declared ``readonly`` are not written) and records a full
 shader/transfer memory barrier (``kp.OpShaderBarrier``, from grilly_kv's kp patch) exactly where
 a step touches a buffer that an earlier step, not yet fenced by a barrier, wrote (read-after-write,
 write-after-write) or read (write-after-read). Steps with no such hazard may overlap on the GPU.
@@ -21,6 +22,7 @@ import numpy as np
 
 from .errors import BackendError
 from .pipelines import as_words
+from .reflection import shader_interface
 
 if TYPE_CHECKING:
     from .buffers import Buffer
@@ -45,8 +47,8 @@ class Recording:
     Example::
 
         rec = Recording(dev, timestamps=True)
-        rec.upload(x).dispatch("scale", [x, y], groups=(n // 64 + 1,), push=[n], writes=[1])
-        rec.dispatch("sum", [y, z], groups=(1,), writes=[1]).download(z)
+        rec.upload(x).dispatch("scale", [x, y], groups=(n // 64 + 1,), push=[n])
+        rec.dispatch("sum", [y, z], groups=(1,)).download(z)   # barrier: y was written
         rec.run(); print(z.read(1), rec.gpu_time_us())
     """
 
@@ -117,7 +119,14 @@ class Recording:
             groups: number of workgroups (x[, y[, z]]); each must be >= 1.
             push: push-constant words (ints and floats, or a uint32 array from a PushLayout).
             spec: specialisation constants (ints/floats, ids 0..n-1).
-            writes: indices into ``buffers`` that the shader writes (default: all of them).
+            writes: optional, and only checked: the indices into ``buffers`` that the shader
+                writes. Which buffers a dispatch writes (and so where barriers go) comes from
+                the shader's SPIR-V reflection (bindings not declared ``readonly``); a list that
+                differs from it raises BackendError, so it can never drop a barrier.
+
+        Raises:
+            BackendError: the buffers, push constants or specialisation constants do not match
+                the shader's reflected interface (checked here, naming the shader).
         """
         groups = tuple(int(g) for g in groups) + (1,) * (3 - len(groups))
         if len(groups) != 3 or min(groups) < 1:
@@ -126,9 +135,14 @@ class Recording:
         if any(g > m for g, m in zip(groups, limit)):
             raise ValueError(f"{shader}: grid {groups} exceeds the device limit {tuple(limit)}")
         buffers = tuple(buffers)
-        written = buffers if writes is None else tuple(buffers[i] for i in writes)
-        self._touch(buffers, written)
         push = push if isinstance(push, np.ndarray) else as_words(list(push))
+        iface = shader_interface(shader)
+        iface.check(len(buffers), len(spec), push.size)
+        if writes is not None and set(writes) != iface.writable:
+            raise BackendError(f"{shader}: writes={sorted(writes)} differs from the bindings the "
+                               f"shader may write, {sorted(iface.writable)} (its reflection)")
+        self._touch([buffers[i] for i in sorted(iface.readable)],
+                    [buffers[i] for i in sorted(iface.writable)])
         self._invalidate()
         self.steps.append(_Step("dispatch", buffers, shader=shader, groups=groups, push=push,
                                 spec=tuple(spec), label=label or shader))
@@ -157,6 +171,13 @@ class Recording:
                 ops.append((algo, kp.OpAlgoDispatch(algo, st.push), st.groups))
         return ops
 
+    def _check_alive(self) -> None:
+        for st in self.steps:
+            for b in st.buffers:
+                if b.tensor is None:
+                    raise BackendError(f"this recording binds {b!r}, which was released "
+                                       "(its owner was closed)")
+
     def _record(self) -> None:
         ops = self._ops()
         n = len(ops)
@@ -173,6 +194,7 @@ class Recording:
         if not self.steps:
             return self
         with self._as_backend_error(), self.device._lock:
+            self._check_alive()
             if self._seq is None:
                 self._record()
             self._seq.eval()
@@ -185,6 +207,7 @@ class Recording:
         while compute runs). Submit the same Recording again only after :meth:`wait`."""
         if self.steps:
             with self._as_backend_error(), self.device._lock:
+                self._check_alive()
                 if self._seq is None:
                     self._record()
                 self._seq.eval_async()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import get_device
+from ..backend import DeviceObject, get_device
 from ..backend.device import DeviceLike
 from ..ops.nn_attention import attention, prepare_masks
 from ..ops.nn_linear import linear
@@ -21,7 +21,7 @@ from .device_forward import DeviceForward
 TOKEN_DTYPES = (np.float32, np.float16)
 
 
-class MultiheadAttention:
+class MultiheadAttention(DeviceObject):
     """Multi-head attention over tokens ``(B, S, E)``; ``H_q = num_heads``, ``H_kv = num_kv_heads``.
 
     Args:

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import DeviceObject
 from ..ops.attention_q_similarity import q_similarity
 from ..ops.nn_linear import linear
 from ..validation import check_array, check_int
@@ -76,7 +77,7 @@ def momentum_coefficient(damping, step):
     return np.full(np.shape(step), damping, np.float32)
 
 
-class SelectiveMomentumAttention:
+class SelectiveMomentumAttention(DeviceObject):
     """A self-attention block over tokens with position x ``(B, S, E)`` and momentum y ``(B, S, E)``.
 
     Args:

@@ -5,11 +5,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..backend import DeviceObject
 from ..validation import check_int
 from .selective_momentum import SelectiveMomentumAttention
 
 
-class MomentumStack:
+class MomentumStack(DeviceObject):
     """Blocks 0..N-1 applied to (x, y); block k uses damping step k.
 
     Build it with :meth:`shared` (one block, hence one set of weights, applied ``depth`` times:

@@ -76,9 +76,9 @@ def q_similarity(queries: np.ndarray, *, mode: str = "consecutive", window: int 
         rec = Recording(dev)
         rec.upload(q_buf, words=n_words)
         rec.dispatch(SHADER, [q_buf, part, out], groups=(n_splits, BH), spec=spec,
-                     push=PUSH.pack(pass_id=0, **common), writes=[1])
+                     push=PUSH.pack(pass_id=0, **common))
         rec.dispatch(SHADER, [q_buf, part, out], groups=(BH,), spec=spec,
-                     push=PUSH.pack(pass_id=1, **common), writes=[2])
+                     push=PUSH.pack(pass_id=1, **common))
         return rec.download(out)
 
     rec = ws.recording((q_buf.uid, part.uid, out.uid, spec, S, W, BH, n_splits, chunk), build)

@@ -31,7 +31,7 @@ def buffer_copy(x: np.ndarray, *, device: DeviceLike = None) -> np.ndarray:
     dst = ws.scratch.get("y", x.size)
     n4 = x.size // 4
     rec = ws.recording((src.uid, dst.uid, n4), lambda: Recording(dev).upload(src).dispatch(
-        SHADER, [src, dst], groups=(_grid(n4),), push=[n4], spec=[LOCAL_SIZE], writes=[1])
+        SHADER, [src, dst], groups=(_grid(n4),), push=[n4], spec=[LOCAL_SIZE])
         .download(dst))
     src.write(x)
     rec.run()
@@ -56,7 +56,7 @@ def copy_bandwidth(device: DeviceLike = None, nbytes: int = 256 << 20, repeats: 
     b = Buffer(dev, n4 * 4, host_visible=False)
     rec = Recording(dev, timestamps=True, auto_barriers=False)   # independent repeats
     for _ in range(repeats):
-        rec.dispatch(SHADER, [a, b], groups=(_grid(n4),), push=[n4], spec=[LOCAL_SIZE], writes=[1])
+        rec.dispatch(SHADER, [a, b], groups=(_grid(n4),), push=[n4], spec=[LOCAL_SIZE])
     try:
         rec.run()   # warm-up
         rec.run()

@@ -37,8 +37,7 @@ def chain_add(x: np.ndarray, steps: int, *, device: DeviceLike = None,
     rec = Recording(dev, auto_barriers=barriers).upload(a)
     src, dst = a, b
     for _ in range(steps):
-        rec.dispatch(SHADER, [src, dst], groups=(-(-n // LOCAL_SIZE),), push=[n], spec=[LOCAL_SIZE],
-                     writes=[1])
+        rec.dispatch(SHADER, [src, dst], groups=(-(-n // LOCAL_SIZE),), push=[n], spec=[LOCAL_SIZE])
         src, dst = dst, src
     rec.download(src)
     a.write(x)

@@ -79,25 +79,25 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
     split_grid = (n_splits, bh)
     if alpha == 1.0:
         rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
-                     push=PUSH.pack(pass_id=PASS_SOFTMAX, **common), writes=[6],
+                     push=PUSH.pack(pass_id=PASS_SOFTMAX, **common),
                      label="attend-partials")
         return rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=spec,
-                            push=PUSH.pack(pass_id=PASS_SOFTMAX_MERGE, **common), writes=[7],
+                            push=PUSH.pack(pass_id=PASS_SOFTMAX_MERGE, **common),
                             label="attend-merge")
     rows = bh * group
     rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
-                 push=PUSH.pack(pass_id=PASS_LOGITS, **common), writes=[8], label="entmax-logits")
+                 push=PUSH.pack(pass_id=PASS_LOGITS, **common), label="entmax-logits")
     if record_tau is not None:
         record_tau(rec)
     else:
         rec.dispatch(entmax_tau.SHADER, [logits, tau, tau],
                      groups=(min(rows, entmax_tau.MAX_GRID_X), -(-rows // entmax_tau.MAX_GRID_X)),
-                     spec=(entmax_tau.local_size_for(row_len), 0, 0), writes=[1],
+                     spec=(entmax_tau.local_size_for(row_len), 0, 0),
                      label="entmax-tau",
                      push=entmax_tau.PUSH.pack(n_rows=rows, L=row_len, alpha=alpha,
                                                max_iter=entmax_tau.MAX_ITER))
     rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
-                 push=PUSH.pack(pass_id=PASS_ENTMAX, **common), writes=[6], label="entmax-partials")
+                 push=PUSH.pack(pass_id=PASS_ENTMAX, **common), label="entmax-partials")
     return rec.dispatch(SHADER, bufs, groups=(rows,), spec=spec,
-                        push=PUSH.pack(pass_id=PASS_ENTMAX_MERGE, **common), writes=[7],
+                        push=PUSH.pack(pass_id=PASS_ENTMAX_MERGE, **common),
                         label="entmax-merge")

@@ -118,7 +118,7 @@ def entmax_tau(logits: np.ndarray, alpha: float, *, with_probs: bool = False,
         rec = Recording(dev)
         rec.upload(x_buf)
         rec.dispatch(SHADER, [x_buf, out, probs], groups=groups, spec=spec,
-                     push=PUSH.pack(n_rows=N, L=L, alpha=alpha, max_iter=MAX_ITER), writes=[1, 2])
+                     push=PUSH.pack(n_rows=N, L=L, alpha=alpha, max_iter=MAX_ITER))
         return rec.download(out, probs) if with_probs else rec.download(out)
 
     rec = ws.recording((x_buf.uid, out.uid, probs.uid, spec, N, L, alpha), build)

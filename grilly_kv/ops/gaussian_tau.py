@@ -48,7 +48,7 @@ def _dispatch(dev, params: np.ndarray, beta: int, mode: int, J: int = 1) -> np.n
     def build() -> Recording:
         rec = Recording(dev).upload(inp)
         rec.dispatch(SHADER, [inp, out], groups=(-(-R // LOCAL_SIZE),), spec=spec,
-                     push=PUSH.pack(n_rows=R, J=J), writes=[1])
+                     push=PUSH.pack(n_rows=R, J=J))
         return rec.download(out)
 
     rec = ws.recording((inp.uid, out.uid, spec, R, J), build)

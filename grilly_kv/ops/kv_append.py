@@ -33,4 +33,4 @@ def record_kv_append(rec: Recording, staging: Buffer, k_cache: Buffer, v_cache: 
     groups = -(-bh * n * row_words // LOCAL_SIZE)
     return rec.dispatch(SHADER, [staging, k_cache, v_cache, meta], groups=(groups, 2),
                         push=PUSH.pack(n=n, row_words=row_words, capacity=capacity, bh=bh),
-                        spec=[LOCAL_SIZE], writes=[1, 2])
+                        spec=[LOCAL_SIZE])

@@ -21,7 +21,7 @@ def record_kv_block_scatter(rec: Recording, incoming: Buffer, index: Buffer, k_c
     """Record the scatter of up to ``max_blocks`` blocks; the count and destinations are read from
     ``index`` at run time (``[n, dest_0, ..]``)."""
     return rec.dispatch(SHADER, [incoming, index, k_cache, v_cache], groups=(max_blocks,),
-                        spec=(LOCAL_SIZE, block_words), writes=[2, 3])
+                        spec=(LOCAL_SIZE, block_words))
 
 
 def kv_block_scatter(incoming: np.ndarray, dest: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,

@@ -82,10 +82,10 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     pairs = as_parts(k_cache, v_cache, parts, n_kv_heads)
     for k, v, h0, nh in pairs:
         rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_splits, nh, T), spec=spec,
-                     push=PUSH.pack(pass_id=0, h0=h0, nh=nh, **common), writes=[5], label="kv-slot-attention")
+                     push=PUSH.pack(pass_id=0, h0=h0, nh=nh, **common), label="kv-slot-attention")
     k, v = pairs[0][:2]
     return rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=spec,
-                        push=PUSH.pack(pass_id=1, h0=0, nh=n_kv_heads, **common), writes=[6],
+                        push=PUSH.pack(pass_id=1, h0=0, nh=n_kv_heads, **common),
                         label="kv-slot-merge")
 
 

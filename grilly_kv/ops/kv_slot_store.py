@@ -44,10 +44,9 @@ def record_kv_slot_store(rec: Recording, qkv, step, k_cache, v_cache, slot_pos, 
     """Record the store of tokens t < T into slots ``step.slots[t]`` of ``layer``: one dispatch
     per K/V buffer pair (``parts``: see :func:`as_parts`; each buffer ``[layer][nh][cap][D]``)."""
     for k, v, h0, nh in as_parts(k_cache, v_cache, parts, n_kv_heads):
-        writes = [2, 3, 4] if layer == 0 and h0 == 0 else [2, 3]
         rec.dispatch(SHADER, [qkv, step, k, v, slot_pos], groups=(T,),
                      spec=(LOCAL_SIZE, head_dim, n_q_heads, n_kv_heads),
-                     push=PUSH.pack(cap=cap, layer=layer, h0=h0, nh=nh), writes=writes)
+                     push=PUSH.pack(cap=cap, layer=layer, h0=h0, nh=nh))
     return rec
 
 

@@ -21,7 +21,7 @@ def record_embed(rec: Recording, table, step, x, *, T: int, D: int, f16: bool, m
                  table_off: int = 0) -> Recording:
     """Record ``x[t] = table[tokens[t]]`` for t < T (``table_off``: first vec4 of the table)."""
     return rec.dispatch(SHADER, [table, step, x], groups=(T,), spec=(LOCAL_SIZE, D, int(f16)),
-                        push=PUSH.pack(tok_at=tokens_at(max_chunk), table_off=table_off), writes=[2])
+                        push=PUSH.pack(tok_at=tokens_at(max_chunk), table_off=table_off))
 
 
 def model_embed(table: np.ndarray, tokens, *, device: DeviceLike = None) -> np.ndarray:

@@ -64,7 +64,7 @@ def record_matmul(rec: Recording, w, x, g, y, *, N: int, K: int, T: int, f16: bo
     spec = (rows * lanes, K, int(f16), rows, tt, MODES[mode], int(accumulate), e)
     push = PUSH.pack(N=N, T=T, w_off=w_off, x_off=x_off, g_off=g_off, eps=eps)
     return rec.dispatch(SHADER, [w, x, g, y], groups=(-(-N // rows), -(-T // tt)), push=push,
-                        spec=spec, writes=[3])
+                        spec=spec)
 
 
 def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weight=None,

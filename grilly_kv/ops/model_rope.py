@@ -20,7 +20,7 @@ def record_rope(rec: Recording, qkv, step, table, *, T: int, head_dim: int, n_q_
                 n_kv_heads: int) -> Recording:
     """Record RoPE of tokens t < T at positions ``step.pos0 + t`` with a :func:`rope_table` buffer."""
     return rec.dispatch(SHADER, [qkv, step, table], groups=(T,),
-                        spec=(LOCAL_SIZE, head_dim, n_q_heads, n_kv_heads), writes=[0])
+                        spec=(LOCAL_SIZE, head_dim, n_q_heads, n_kv_heads))
 
 
 def model_rope(qkv: np.ndarray, pos0: int, *, n_q_heads: int, n_kv_heads: int, head_dim: int,

@@ -56,7 +56,7 @@ def record_attention(rec: Recording, bufs, *, B: int, H_q: int, H_kv: int, S_q: 
         raise ValueError(f"head_dim D must be <= {MAX_HEAD_DIM} on Vulkan, got {D}")
     spec = (LOCAL_SIZE, D, int(f16), max(mask_ndim - 1, 0), int(has_kpm), int(bool(is_causal)),
             int(token_major))
-    return rec.dispatch(SHADER, list(bufs), groups=(S_q, H_q, B), spec=spec, writes=[5, 6],
+    return rec.dispatch(SHADER, list(bufs), groups=(S_q, H_q, B), spec=spec,
                         push=PUSH.pack(H_q=H_q, H_kv=H_kv, S_q=S_q, S_k=S_k, scale=scale))
 
 

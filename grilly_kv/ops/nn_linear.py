@@ -20,7 +20,7 @@ def record_linear(rec: Recording, x_buf, w_buf, b_buf, y_buf, *, M: int, N: int,
                   f16: bool, has_bias: bool) -> Recording:
     """Record ``y_buf[:M*N] = x_buf (M, K) @ w_buf (N, K)^T (+ b_buf (N,))`` into ``rec``."""
     return rec.dispatch(SHADER, [x_buf, w_buf, b_buf, y_buf], groups=(-(-N // TILE), -(-M // TILE)),
-                        spec=(int(f16), int(has_bias)), push=PUSH.pack(M=M, N=N, K=K), writes=[3])
+                        spec=(int(f16), int(has_bias)), push=PUSH.pack(M=M, N=N, K=K))
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,

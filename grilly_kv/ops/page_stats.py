@@ -34,4 +34,4 @@ def record_page_stats(rec: Recording, k_cache: Buffer, stats: Buffer, meta: Buff
     spec = (LOCAL_SIZE, head_dim, int(f16), page_size)
     return rec.dispatch(SHADER, [k_cache, stats, meta], groups=(pages_touched(n_new, page_size), bh),
                         push=PUSH.pack(capacity=capacity, max_pages=capacity // page_size),
-                        spec=spec, writes=[1])
+                        spec=spec)

@@ -38,7 +38,7 @@ def record_predictor_cnn(rec: Recording, history: Buffer, weights: Buffer, param
     thread a row and column, not the tile's 64-row pass). ``params[5] >= e - s``: none.
     """
     return rec.dispatch(SHADER, [history, weights, params, scores, inner], groups=(-(-C // TILE), N),
-                        push=PUSH.pack(C=C, mode=mode), spec=SPEC, writes=[3, 4])
+                        push=PUSH.pack(C=C, mode=mode), spec=SPEC)
 
 
 def predictor_cnn(history: np.ndarray, weights: dict[str, np.ndarray], *, oldest: int, start: int,

@@ -27,7 +27,7 @@ def record_history_update(rec: Recording, rows: Buffer, history: Buffer, params:
     ``(N, HIST, C)`` (history row n: max over input rows ``n * group ..``); the write head and
     the key count S are read from ``params`` at run time."""
     return rec.dispatch(SHADER, [rows, history, params], groups=(-(-C // LOCAL_SIZE), N * R),
-                        push=PUSH.pack(R=R, C=C, row_stride=row_stride, G=group), spec=SPEC, writes=[1])
+                        push=PUSH.pack(R=R, C=C, row_stride=row_stride, G=group), spec=SPEC)
 
 
 def predictor_history_update(rows: np.ndarray, history: np.ndarray, *, write_head: int, group: int = 1,

@@ -46,7 +46,7 @@ def record_threshold_select(rec: Recording, scores, kept, work, *, S: int, k: in
     def step(pass_id, groups, writes, level=0):
         push = PUSH.pack(S=S, k=k, row0=row0, protect_initial=protect_initial,
                          protect_recent=protect_recent, n_chunks=n_chunks, pass_id=pass_id, level=level)
-        rec.dispatch(SHADER, binds, groups=groups, spec=spec, push=push, writes=writes)
+        rec.dispatch(SHADER, binds, groups=groups, spec=spec, push=push)
 
     if method == "fused" or (method == "auto" and S <= FUSED_MAX_S):
         step(5, (n_rows,), [1])

@@ -37,7 +37,7 @@ def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer,
     bufs = [q, stats, scores, pages, counts, meta]
     common = dict(max_pages=max_pages, n_top=n_top, n_sink=n_sink, sel_stride=max_pages)
     rec.dispatch(SHADER, bufs, groups=(max(1, -(-grid_pages // PAGES_PER_WG)), bh),
-                 spec=(LOCAL_SIZE, *spec), push=PUSH.pack(pass_id=0, **common), writes=[2],
+                 spec=(LOCAL_SIZE, *spec), push=PUSH.pack(pass_id=0, **common),
                  label="topk-score")
     return record_topk_pick(rec, q, stats, scores, pages, counts, meta, bh=bh, group=group,
                             head_dim=head_dim, f16=f16, page_size=page_size, max_pages=max_pages,
@@ -55,5 +55,4 @@ def record_topk_pick(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer, p
     return rec.dispatch(SHADER, [q, stats, scores, pages, counts, meta], groups=(bh,),
                         spec=(SELECT_LOCAL_SIZE, *spec),
                         push=PUSH.pack(max_pages=max_pages, n_top=n_top, n_sink=n_sink,
-                                       sel_stride=max_pages, pass_id=1),
-                        writes=[3, 4], label="topk-select")
+                                       sel_stride=max_pages, pass_id=1), label="topk-select")

@@ -77,13 +77,13 @@ def record_trig_score(rec: Recording, keys, bufs: TrigScoreBuffers, *, S: int, k
         return PUSH.pack(S=S, key_cap=key_cap, n_kv=n_kv, n_chunks=n_chunks, pass_id=pass_id)
 
     if group == 1:
-        rec.dispatch(SHADER, binds, groups=(n_chunks, n_kv), spec=spec, push=push(0), writes=[4])
+        rec.dispatch(SHADER, binds, groups=(n_chunks, n_kv), spec=spec, push=push(0))
     else:
-        rec.dispatch(SHADER, binds, groups=(n_chunks, n_kv), spec=spec, push=push(0), writes=[2, 3])
-        rec.dispatch(SHADER, binds, groups=(n_kv * group,), spec=spec, push=push(1), writes=[3])
-        rec.dispatch(SHADER, binds, groups=(n_chunks, n_kv), spec=spec, push=push(2), writes=[4])
+        rec.dispatch(SHADER, binds, groups=(n_chunks, n_kv), spec=spec, push=push(0))
+        rec.dispatch(SHADER, binds, groups=(n_kv * group,), spec=spec, push=push(1))
+        rec.dispatch(SHADER, binds, groups=(n_chunks, n_kv), spec=spec, push=push(2))
     if with_mean:
-        rec.dispatch(SHADER, binds, groups=(n_chunks,), spec=spec, push=push(3), writes=[4])
+        rec.dispatch(SHADER, binds, groups=(n_chunks,), spec=spec, push=push(3))
     return rec
 
 

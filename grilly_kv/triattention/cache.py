@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import Buffer, Recording, Scratch, get_device
+from ..backend import Buffer, DeviceObject, Recording, Scratch, get_device
 from ..backend.device import DeviceLike
 from ..ops.kv_compact import params_words, record_kv_compact
 from ..ops.threshold_select import record_threshold_select, work_words
@@ -226,7 +226,7 @@ class _DeviceStore:
         self.kv, self.readback, self.capacity, self.readback_rows = None, None, 0, 0
 
 
-class TriAttentionKVCache:
+class TriAttentionKVCache(DeviceObject):
     """One layer's KV cache that keeps the ``budget`` best keys by TriAttention score.
 
     See :mod:`grilly_kv.triattention` for the interface a model uses. After each

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import Buffer, Recording, get_device
+from ...backend import Buffer, DeviceObject, Recording, get_device
 from ...backend.device import DeviceLike
 from ...reference.kv_slot_attention import EMPTY_SLOT
 from ...ops.model_embed import record_embed
@@ -42,7 +42,7 @@ from .defaults import DEFAULT_MAX_CHUNK
 from .weights import Checkpoint
 
 
-class VulkanModel:
+class VulkanModel(DeviceObject):
     """The checkpoint on a Vulkan device.
 
     Args:
