@@ -247,3 +247,29 @@ def test_policy_without_a_twin_stays_on_the_host_and_twin_forbids_host_calls(vk)
     with pytest.raises(RuntimeError, match="device twin"):
         policy.attend(0, z, z[:H_KV], z[:H_KV])
     twin.release()
+
+
+def test_twin_inside_the_vulkan_model_equals_the_host_policy(vk):
+    """SmolLM2 (first 2 layers, real weights) on Vulkan: the twin vs the same model handing q/k/v
+    to the policy's NumPy path (device="cpu"), over a chunked prefill that compresses between
+    chunks and decode steps with more rounds. Same float16 weights on both sides, so only the
+    float16 storage of a chunk's own K/V differs: |logit err| <= 0.05 (logits have std ~8)."""
+    from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
+    from grilly_kv.models.smollm2.vulkan import VulkanModel
+    from harness import teacher_forced_logits
+
+    ck = load_checkpoint(n_layers=2)
+    model = VulkanModel(ck, vk, max_chunk=8)
+    ids = ChatTokenizer(ck.tokenizer).encode("The quick brown fox jumps over the lazy dog while the cat "
+                                             "sleeps on the warm mat near the old red barn, and then")
+    kw = dict(divide_length=4, protect_initial=2, protect_recent=4, online_tokens=8)
+    n_prefill = len(ids) - 8
+    host = TriAttentionPolicy(12, device="cpu", **kw)
+    want = teacher_forced_logits(model, host, ids, n_prefill)
+    twin_policy = TriAttentionPolicy(12, **kw)
+    got = teacher_forced_logits(model, twin_policy, ids, n_prefill)
+    twin = model.kv
+    assert twin is twin_policy.twin and twin.n_compressions == host.caches[0].n_compressions >= 3
+    assert twin_policy.tokens_held() == host.tokens_held() <= 12 + 4 + 8
+    assert_close(got, want, atol=0.05, what="logits, twin vs host policy")
+    twin.release()
