@@ -122,6 +122,10 @@ class DeviceTriAttentionCache(TwinBase):
     def _alloc_kv(self, device) -> None:
         s = self.shape
         words = s.n_kv_heads * self.cap * s.head_dim // 2
+        limit = int(device.properties.get("max_storage_buffer_range", 2**32 - 1))
+        if words * 4 > limit:      # the shared KVStore will split such a layer by KV heads
+            raise ValueError(f"one layer's K of {words * 4} bytes ({self.cap} slots) exceeds "
+                             f"{device.name}'s maxStorageBufferRange ({limit} bytes): lower the budget")
         self.k = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(s.n_layers)]
         self.v = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(s.n_layers)]
         self.slot_pos = [self.alloc(device, self.cap, np.uint32) for _ in range(s.n_layers)]
