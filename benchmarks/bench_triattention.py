@@ -13,9 +13,19 @@ fused in one workgroup, the default for short rows, and chunked over workgroups)
 decode attention step over those S tokens (PagedKVCache, same device, same run); the round runs
 once per divide_length decode steps, so its share is round / (divide_length * step + round).
 
-    python3 benchmarks/bench_triattention.py [--quick] [--device vulkan:0]
+Then the policy's device twin inside SmolLM2 on Vulkan (``DeviceTriAttentionCache``, issue 13):
+the cache is put directly in the state of a long context (``fill_random``: random K/V, the
+schedule's held length and rounds), then ``--steps`` decode steps run as the model runs them (one
+submission per token, a compression round as its own submission every divide_length tokens).
+Reported: per-token GPU time (Vulkan timestamps of the step) and wall time, the round's GPU time,
+the twin's allocated device bytes (``kv_bytes``/``device_bytes``) against the bytes a dense cache
+of the context needs (computed: context x bytes per token), and as peers in the same run the dense
+policy's decode (its device twin, real prefill) at the twin's held length and at the full context.
 
-``--quick``: contexts 4K and 16K, few repeats (for lavapipe, whose maxStorageBufferRange is 128 MiB).
+    python3 benchmarks/bench_triattention.py [--quick] [--device vulkan:0] [--skip-model]
+
+``--quick``: contexts 4K and 16K, few repeats (for lavapipe, whose maxStorageBufferRange is 128 MiB);
+the model part on 4 layers at context 1024 with budget 128.
 """
 import argparse
 import sys
@@ -35,6 +45,9 @@ from grilly_kv.ops.trig_score import TrigScoreBuffers, fold_weights  # noqa: E40
 from grilly_kv.paged import PagedKVCache  # noqa: E402
 from grilly_kv.triattention import RoPEConfig, calibrate  # noqa: E402
 from grilly_kv.triattention.cache import Round, record_compression_round  # noqa: E402
+
+MODEL_QUICK = dict(layers=4, context=1024, budget=128, divide_length=32, steps=40, chunk=64)
+MODEL_FULL = dict(layers=None, context=8000, budget=2048, divide_length=128, steps=300, chunk=256)
 
 H_KV, H_Q, D = 8, 32, 128
 BUDGET, DIVIDE, PROTECT_INITIAL, PROTECT_RECENT = 2048, 128, 4, 128
@@ -117,10 +130,80 @@ def decode_step(dev, rng, S, reps):
     return {"gpu_us": float(np.median(kern)), "wall_us": float(np.median(wall)), "n": reps}
 
 
+def decode_steps(model, policy, first_pos: int, steps: int, rng) -> dict:
+    """``steps`` single-token forwards from ``first_pos`` (random token ids); per-token medians."""
+    vocab = model.config.vocab
+    wall, gpu = [], []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        model.forward([int(rng.integers(vocab))], first_pos + i)
+        wall.append((time.perf_counter() - t0) * 1e6)
+        gpu.append(model.last_gpu_time_us)
+    wall, gpu = np.array(wall[1:]), np.array(gpu[1:])      # step 0 builds the decode recording
+    return {"gpu_us": float(np.median(gpu)), "wall_us": float(np.median(wall)),
+            "wall_us_p90": float(np.percentile(wall, 90)), "n": int(wall.size),
+            "note": "wall includes any compression round (own submission); gpu is the step's submission"}
+
+
+def model_twin_decode(dev, quick: bool) -> dict:
+    """SmolLM2 decode with the TriAttention device twin at a long context (fill_random), and the
+    dense policy's decode as peers (see the module docstring)."""
+    from grilly_kv.models.generate import prefill
+    from grilly_kv.models.smollm2 import load_checkpoint
+    from grilly_kv.models.smollm2.vulkan import VulkanModel
+    from grilly_kv.policies.dense import DensePolicy
+    from grilly_kv.policies.triattention import TriAttentionPolicy
+
+    cfg = MODEL_QUICK if quick else MODEL_FULL
+    ck = load_checkpoint(n_layers=cfg["layers"])
+    c = ck.config
+    model = VulkanModel(ck, dev, max_chunk=cfg["chunk"], timestamps=True)
+    rng = np.random.default_rng(1)
+    rope = RoPEConfig(c.head_dim, base=c.rope_theta, layout="half")
+    queries = [(rng.standard_normal((c.n_q_heads, 64, c.head_dim)) + rng.standard_normal(c.head_dim))
+               .astype(np.float32) for _ in range(c.n_layers)]
+    calib = calibrate(queries, rope, n_kv_heads=c.n_kv_heads)
+    context, steps, budget = cfg["context"], cfg["steps"], cfg["budget"]
+    policy = TriAttentionPolicy(budget, calibration=calib, rope_base=c.rope_theta,
+                                divide_length=cfg["divide_length"])
+    model.start(policy, context + steps)
+    twin = model.kv
+    twin.fill_random(rng, context)
+    held_before = twin.length
+    tri = decode_steps(model, policy, context, steps, rng)
+    round_rec = next(reversed(twin._rounds.values()), None)
+    round_us = round_rec.kernel_time_us() if round_rec is not None else None
+    bytes_per_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * ELEM
+    result = {"config": {**cfg, "n_layers": c.n_layers, "H_q": c.n_q_heads, "H_kv": c.n_kv_heads,
+                         "D": c.head_dim},
+              "triattention": {**tri, "capacity_tokens": twin.capacity_tokens(), "held_at_start": held_before,
+                               "rounds_in_steps": twin.n_compressions, "round_gpu_us": round_us,
+                               "kv_bytes": twin.kv_bytes(), "device_bytes": twin.device_bytes()},
+              "dense_kv_bytes_at_context_computed": context * bytes_per_token}
+    ids = rng.integers(c.vocab, size=context).tolist()
+    for name, n in (("dense_at_held_length", budget + cfg["divide_length"]), ("dense_at_context", context)):
+        try:        # a peer's failure must not lose the twin's numbers
+            dense = DensePolicy()
+            model.start(dense, n + steps)
+            prefill(model, ids[:n])
+            result[name] = {"context": n, **decode_steps(model, dense, n, steps, rng),
+                            "kv_bytes": model.kv.kv_bytes()}
+        except Exception as exc:  # noqa: BLE001 - recorded in the JSON and printed
+            result[name] = {"context": n, "error": f"{type(exc).__name__}: {exc}"}
+    model.start(DensePolicy(), 1)              # frees the last peer's cache
+    print(f"model decode at context {context}: triattention(budget={budget}) {tri['gpu_us']:.0f} us GPU / "
+          f"{tri['wall_us']:.0f} us wall per token, round {round_us} us GPU, "
+          f"K/V {twin.kv_bytes() / 2**20:.1f} MiB allocated vs dense {context * bytes_per_token / 2**20:.1f} MiB; "
+          + "; ".join(f"{k}: {v.get('gpu_us', float('nan')):.0f} us GPU / {v.get('wall_us', float('nan')):.0f} us wall"
+                      for k, v in result.items() if k.startswith("dense_at")))
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--skip-model", action="store_true", help="only the compression-round kernels")
     args = ap.parse_args()
     dev = get_device(args.device)
     dev.profile = True
@@ -160,6 +243,13 @@ def main():
     except Exception as exc:  # noqa: BLE001 - recorded in the JSON and printed
         step = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"steady state S={S_steady}: round {steady['gpu_us']:.1f} us GPU; decode step FAILED: {step['error']}")
+    model = None
+    if not args.skip_model:
+        try:
+            model = model_twin_decode(dev, args.quick)
+        except Exception as exc:  # noqa: BLE001 - recorded in the JSON and printed
+            model = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"model decode FAILED: {model['error']}")
     save("triattention" + ("_quick" if args.quick else ""), {
         **device_info(dev),
         "config": {"H_kv": H_KV, "H_q": H_Q, "D": D, "dtype": "float16", "budget": BUDGET,
@@ -170,7 +260,8 @@ def main():
                          "dense_decode_attention_step": step,
                          "round_share_of_decode_gpu": share_gpu, "round_share_of_decode_wall": share_wall,
                          "note": "one round per divide_length decode steps; the step here is the "
-                                 "attention over the kept cache only (no projections or MLP)"}})
+                                 "attention over the kept cache only (no projections or MLP)"},
+        "model_twin_decode": model})
 
 
 if __name__ == "__main__":

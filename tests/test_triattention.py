@@ -288,3 +288,43 @@ def test_cache_rejects_bad_arguments(vk):
     bad = Calibration([np.zeros((4, 16))], [np.zeros((4, 16))], [np.zeros((4, 16))], n_kv_heads=4)
     with pytest.raises(ValueError, match="n_kv_heads=4"):
         cache.set_calibration(bad)
+
+
+def test_calibration_files_are_validated_before_work(tmp_path):
+    """Issue 14: metadata is bounded by what the file holds, degenerate shapes, non-finite or
+    absurd values and paths that are not regular files are rejected, each naming the file."""
+    import os
+
+    def rejects(path, pattern, exc=ValueError):
+        with pytest.raises(exc, match=pattern) as info:
+            load_calibration(path)
+        assert str(path) in str(info.value), f"the message names the file: {info.value}"
+
+    # n_layers far beyond the 6 tensors: answered from the file's 6 names, not 3e15 expected ones
+    rejects(write(tmp_path, good_tensors(), dict(META, n_layers=str(10**15))),
+            "lacks 2999999999999994 tensor.*first 'layer.2.q_center_real'")
+    rejects(write(tmp_path, good_tensors(), dict(META, n_layers="0")), "n_layers=0 must be >= 1")
+    rejects(write(tmp_path, good_tensors(), dict(META, n_kv_heads="-2")), "n_kv_heads=-2 must be >= 1")
+    rejects(write(tmp_path, good_tensors(), dict(META, n_kv_heads="3")), "not a multiple of n_kv_heads=3")
+    rejects(write(tmp_path, good_tensors(F=0), META), "no frequencies")
+    rejects(write(tmp_path, dict(good_tensors(), extra=np.ones((4, 8), np.float32)), META),
+            "unexpected tensor 'extra'")
+    rejects(write(tmp_path, dict(good_tensors(), **{"layer.0.q_center_real": np.ones((4, 8), np.int32)}), META),
+            "dtype I32")
+    for value, pattern in ((np.nan, "1 NaN/Inf"), (np.inf, "1 NaN/Inf"), (1e30, r"\|value\| 1e\+30")):
+        t = good_tensors()
+        t["layer.1.q_center_imag"][2, 3] = value
+        rejects(write(tmp_path, t, META), "layer.1.q_center_imag holds " + pattern)
+    t = good_tensors()
+    t["layer.0.q_mean_norm"][0, 0] = -1.0
+    rejects(write(tmp_path, t, META), "negative mean modulus")
+    rejects(tmp_path, "is a directory")
+    fifo = tmp_path / "calib.fifo"
+    os.mkfifo(fifo)
+    rejects(fifo, "not a regular file")                       # not opened: a FIFO would block
+    if os.path.exists("/dev/zero"):
+        rejects("/dev/zero", "not a regular file")
+    rejects(tmp_path / "missing.safetensors", "does not exist", FileNotFoundError)
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    rejects(empty, "not a readable safetensors file")

@@ -18,6 +18,14 @@ def _grid(n_vec4: int) -> int:
     return max(1, min(MAX_GROUPS, -(-n_vec4 // LOCAL_SIZE)))
 
 
+def record_buffer_copy(rec: Recording, src, dst, *, n_words: int) -> Recording:
+    """Record a copy of the first ``n_words`` 32-bit words of ``src`` into ``dst`` (a multiple of 4)."""
+    if n_words % 4 or n_words < 4:
+        raise ValueError(f"buffer-copy moves whole vec4s: n_words must be a positive multiple of 4, got {n_words}")
+    n4 = n_words // 4
+    return rec.dispatch(SHADER, [src, dst], groups=(_grid(n4),), push=[n4], spec=[LOCAL_SIZE], writes=[1])
+
+
 def buffer_copy(x: np.ndarray, *, device: DeviceLike = None) -> np.ndarray:
     """Copy ``(N,)`` float32 through the device (N a multiple of 4). Returns ``(N,)`` float32."""
     check_array("x", x, ndim=1, dtypes=(np.float32,), shape_doc="(N,)", finite=False)

@@ -28,10 +28,14 @@ def params_words(n_rows: int, src_row0: int = 0, dst_row0: int = 0) -> np.ndarra
 
 
 def record_kv_compact(rec: Recording, src, dst, kept, params, *, row_words: int, src_cap: int,
-                      dst_cap: int, n_heads: int, idx_stride: int | None) -> Recording:
+                      dst_cap: int, n_heads: int, idx_stride: int | None, halves: int = 2) -> Recording:
     """Append one gather. ``idx_stride=None``: contiguous rows from ``params.src_row0``;
     0: ``kept`` holds one index list for all heads; k: one list of k per head.
-    ``src`` may be ``dst`` (in-place compaction with increasing indices)."""
+    ``src`` may be ``dst`` (in-place compaction with increasing indices).
+    ``halves``: 2 for a ``(2, H, cap, row)`` K-then-V buffer; 1 for a buffer of one array
+    ``(H, cap, row)`` (separate K and V buffers, or a per-slot table with ``row_words=1``)."""
+    if halves not in (1, 2):
+        raise ValueError(f"halves must be 1 or 2, got {halves}")
     vec4 = row_words % 4 == 0
     unit_words = 4 if vec4 else 1
     row_units = row_words // unit_words
@@ -39,8 +43,8 @@ def record_kv_compact(rec: Recording, src, dst, kept, params, *, row_words: int,
     spec = (LOCAL_SIZE, row_units, int(idx_stride is not None), slice_units, STAGE_UNITS // slice_units,
             int(vec4))
     push = PUSH.pack(src_cap=src_cap, dst_cap=dst_cap, n_heads=n_heads, idx_stride=idx_stride or 0)
-    return rec.dispatch(SHADER, [src, dst, kept, params], groups=(n_heads, 2, row_units // slice_units),
-                        spec=spec, push=push)
+    return rec.dispatch(SHADER, [src, dst, kept, params], groups=(n_heads, halves, row_units // slice_units),
+                        spec=spec, push=push, writes=[1])
 
 
 def kv_compact(kv: np.ndarray, kept: np.ndarray, *, device: DeviceLike = None) -> np.ndarray:

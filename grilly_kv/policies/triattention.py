@@ -12,13 +12,24 @@ un-rotated (RoPE is a rotation, so this recovers the pre-RoPE queries exactly) a
 until the first single-token chunk (the first decode step), or until ``online_tokens`` tokens
 when given; no compression happens before that.
 
-Until the first compression round the cache holds every token, so a chunk is plain causal
-attention (:meth:`TriAttentionPolicy.dense_chunk`): the model may attend it itself and hand the
-rows to :meth:`~TriAttentionPolicy.observe` (the whole prefill with online calibration).
+On the host (``device="cpu"`` or a model that attends through :meth:`attend`): until the
+first compression round the cache holds every token, so a chunk is plain causal attention
+(:meth:`TriAttentionPolicy.dense_chunk`): the model may attend it itself and hand the rows to
+:meth:`~TriAttentionPolicy.observe`. The caches (on their device) score, select and compact; the
+host attention reads the kept keys from a float16 host copy of every token's K/V, gathered by
+the positions the cache keeps. This host path is the NumPy reference of the device twin.
 
-The caches (on the device) score, select and compact; the host attention reads the kept keys
-from a float16 host copy of every token's K/V, gathered by the positions the cache keeps: the
-same values as the cache's rows, without reading them back from the device.
+On a Vulkan model (:meth:`TriAttentionPolicy.device_cache`): a
+:class:`~grilly_kv.policies.triattention_device.DeviceTriAttentionCache` holds K/V on the device
+within the budget plus a stated margin (prefill included: it compresses between prefill chunks
+as the schedule says), attends inside the model's one submission and compresses on the device;
+the policy keeps only the schedule's host state (positions, online calibration). With online
+calibration and ``online_tokens=None`` the twin finishes the calibration at the first decode
+step or once ``budget`` tokens were seen, whichever comes first, so the uncompressed prefix is
+bounded (the host path waits for the first decode step).
+
+Question-aware mode: :meth:`TriAttentionPolicy.end_context` stops compression; the tokens that
+follow (question, answer) are appended and kept.
 """
 from __future__ import annotations
 
@@ -82,26 +93,81 @@ class TriAttentionPolicy(KVPolicy):
                        for i in range(shape.n_layers)]
         self.online = None if calib is not None else OnlineCalibration(
             self.rope, n_layers=shape.n_layers, n_q_heads=shape.n_q_heads, n_kv_heads=shape.n_kv_heads)
+        self.calibration = calib
         self.online_seen = 0
+        self.compressing = True
+        self.twin = None
         self._positions = np.zeros(0, np.int64)
-        dtype = self.caches[0].dtype
-        # host copy of every token's K/V as the caches store them, (L, H_kv, max_tokens, D)
-        self._k = np.zeros((shape.n_layers, shape.n_kv_heads, shape.max_tokens, shape.head_dim), dtype)
-        self._v = np.zeros_like(self._k)
+        self._k = self._v = None      # host path only: allocated by the first _store
+
+    def _host_copy(self) -> tuple[np.ndarray, np.ndarray]:
+        """Host path: every token's K/V as the caches store them, ``(L, H_kv, max_tokens, D)``."""
+        if self._k is None:
+            s = self.shape
+            self._k = np.zeros((s.n_layers, s.n_kv_heads, s.max_tokens, s.head_dim), self.caches[0].dtype)
+            self._v = np.zeros_like(self._k)
+        return self._k, self._v
+
+    def device_cache(self, device, shape: CacheShape):
+        """The Vulkan twin (:class:`DeviceTriAttentionCache`), or None when the policy was asked
+        to run its caches on the host (``device="cpu"``). Call after :meth:`reset`."""
+        from ..backend import get_device
+        from .triattention_device import DeviceTriAttentionCache
+
+        if get_device(self.device if self.device is not None else device).is_cpu:
+            return None
+        if self.twin is not None:
+            self.twin.release()
+        self.twin = DeviceTriAttentionCache(self, device, shape)
+        return self.twin
+
+    def online_limit(self) -> int:
+        """Tokens the online calibration collects before it may finish (0 with a fixed
+        calibration); with ``online_tokens=None`` on the device: ``budget``."""
+        if self.fixed_calibration is not None:
+            return 0
+        return self.online_tokens if self.online_tokens is not None else self.budget
 
     def begin(self, positions: np.ndarray) -> None:
         self._positions = np.asarray(positions, np.int64)
+        limit = self.online_tokens if self.twin is None else self.online_limit()
         if self.online is not None and (
                 (self._positions.size == 1 and self.online_seen > 0)
-                or (self.online_tokens is not None and self.online_seen >= self.online_tokens)):
-            calib = self.online.finish()
+                or (limit is not None and self.online_seen >= limit)):
+            self.calibration = self.online.finish()
             for cache in self.caches:
-                cache.set_calibration(calib)
+                cache.set_calibration(self.calibration)
             self.online = None
 
+    def end_context(self) -> None:
+        """Question-aware mode: the context is complete; stop compressing (the question and
+        the answer that follow are appended and kept)."""
+        self.compressing = False
+        for cache in self.caches:
+            cache.compressing = False
+
+    def skip_to(self, n_tokens: int) -> None:
+        """The twin was filled directly with the state after ``n_tokens`` tokens (benchmarks)."""
+        if self.online is not None:
+            raise RuntimeError("skip_to needs a finished calibration")
+        self.online_seen = n_tokens
+
     def dense_chunk(self) -> bool:
-        """True until the first compression round: the caches then hold every earlier token."""
+        """True until the first compression round: the caches then hold every earlier token.
+        False with a device twin (the twin attends every chunk itself)."""
+        if self.twin is not None:
+            return False
         return not any(c.n_compressions for c in self.caches)
+
+    def add_queries(self, layer: int, q: np.ndarray) -> None:
+        """Feed the online calibration (while it runs) with this step's post-RoPE queries
+        ``(H_q, T, D)`` of ``layer`` (un-rotated here by the step's positions)."""
+        self._add_queries(layer, q)
+
+    def _check_host(self) -> None:
+        if self.twin is not None:
+            raise RuntimeError("this TriAttentionPolicy runs on its device twin: the model must not "
+                               "call attend/observe (reset() it for a host run)")
 
     def _add_queries(self, layer: int, q: np.ndarray) -> None:
         """Feed the online calibration (while it runs) with the pre-RoPE queries."""
@@ -115,18 +181,22 @@ class TriAttentionPolicy(KVPolicy):
         """Append the chunk to the layer's cache (which may compress) and to the host copy."""
         cache = self.caches[layer]
         k, v = k.astype(cache.dtype), v.astype(cache.dtype)
-        self._k[layer][:, self._positions] = k
-        self._v[layer][:, self._positions] = v
+        host_k, host_v = self._host_copy()
+        host_k[layer][:, self._positions] = k
+        host_v[layer][:, self._positions] = v
         cache.append(k, v, self._positions)
 
     def observe(self, layer, q, k, v):
+        self._check_host()
         self._add_queries(layer, q)
         self._store(layer, k, v)
 
     def attend(self, layer, q, k, v):
+        self._check_host()
         pos = self._positions
         self._add_queries(layer, q)
         cache = self.caches[layer]
+        host_k, host_v = self._host_copy()
         held_pos = cache.positions()                                   # (H_kv, n), host-side
         g = q.shape[0] // k.shape[0]
         out = np.empty_like(q, dtype=np.float32)
@@ -135,8 +205,8 @@ class TriAttentionPolicy(KVPolicy):
         else:
             groups = [(slice(h, h + 1), held_pos[h]) for h in range(k.shape[0])]
         for r, kept in groups:
-            keys = np.concatenate([self._k[layer][r][:, kept].astype(np.float32), k[r]], axis=1)
-            values = np.concatenate([self._v[layer][r][:, kept].astype(np.float32), v[r]], axis=1)
+            keys = np.concatenate([host_k[layer][r][:, kept].astype(np.float32), k[r]], axis=1)
+            values = np.concatenate([host_v[layer][r][:, kept].astype(np.float32), v[r]], axis=1)
             key_pos = np.concatenate([kept, pos])
             q_rows = slice(None) if r == slice(None) else slice(r.start * g, r.stop * g)
             out[q_rows] = masked_attention(q[q_rows], keys, values, key_pos[None, :] <= pos[:, None])
@@ -144,6 +214,8 @@ class TriAttentionPolicy(KVPolicy):
         return out
 
     def tokens_held(self) -> int:
+        if self.twin is not None:
+            return self.twin.length
         return max((c.length for c in self.caches), default=0)
 
     def describe(self) -> str:

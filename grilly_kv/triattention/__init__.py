@@ -28,7 +28,12 @@ un-rotate exactly with ``rope.apply(q, -positions)``), then ``cache.set_calibrat
 for every layer; the next append compresses.
 
 The same, behind the model's KV-policy interface: :class:`grilly_kv.policies.triattention.TriAttentionPolicy`
-(attends over the held tokens plus the chunk, then appends; online calibration by default).
+(attends over the held tokens plus the chunk, then appends; online calibration by default). On
+a Vulkan model the policy's device twin, :class:`grilly_kv.policies.triattention_device.DeviceTriAttentionCache`,
+keeps every layer's K/V on the device within ``budget`` plus a stated margin (prefill included),
+attends inside the model's one submission per token and runs the compression rounds (the same
+three shaders) on the device; ``TriAttentionKVCache.compressing = False`` (set by the policy's
+``end_context``) appends without compressing.
 
 Memory: a cache's K/V live in one device buffer of ``capacity`` rows per head. A compaction moves
 the kept rows to the front in place; the rows behind them are overwritten by the next appends,

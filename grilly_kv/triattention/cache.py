@@ -294,6 +294,7 @@ class TriAttentionKVCache(DeviceObject):
         self.length = 0                  # live rows per KV head
         self.tokens_since_compress = 0
         self.n_compressions = 0
+        self.compressing = True          # False: append without compressing (question-aware mode)
         self._positions = np.zeros((1, 0), np.int64)
 
     def set_calibration(self, calibration: Calibration) -> None:
@@ -333,7 +334,7 @@ class TriAttentionKVCache(DeviceObject):
         self.length += T
         self.offset = int(positions[-1]) + 1
         self.tokens_since_compress += T
-        if (self.calibration is not None and self.length > self.budget
+        if (self.calibration is not None and self.compressing and self.length > self.budget
                 and self.tokens_since_compress >= self.divide_length):
             self.compress()
             return True

@@ -8,6 +8,7 @@ File layout (mlx-vlm's, so either tool reads the other's files): float32 tensors
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,31 +145,27 @@ def save_calibration(path, calib: Calibration) -> None:
     save_file(tensors, os.fspath(path), metadata=meta)
 
 
-def load_calibration(path, *, n_layers: int | None = None, n_q_heads: int | None = None,
-                     n_kv_heads: int | None = None, n_freqs: int | None = None) -> Calibration:
-    """Read a calibration file written by :func:`save_calibration` or by mlx-vlm.
+MAX_ABS_STAT = 1e6     # larger than any query statistic of a model whose queries come from
+                       # RMS-normed states, and far from float32 overflow in the scores
 
-    The keyword arguments, when given, are what the model expects; a file that disagrees is
-    rejected with a message naming the field.
 
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a safetensors file, missing or non-integer metadata, missing tensors,
-            tensors of the wrong shape or dtype, tensors of layers past ``n_layers``, or a file
-            made for a different model.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"calibration file {path!r} does not exist")
-    try:
-        with safe_open(path, framework="numpy") as f:
-            meta = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"calibration file {path!r} is not a readable safetensors file: {exc}") from exc
+def _check_file(path: str) -> None:
+    """The path names an existing regular file (checked before opening: a FIFO would block)."""
     where = f"calibration file {path!r}"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{where} cannot be accessed: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{where} is a directory, not a safetensors file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{where} is not a regular file (a device, FIFO or socket), not a safetensors file")
+
+
+def _read_header(where: str, meta: dict) -> dict:
+    """The integer metadata ``n_layers``, ``n_q_heads``, ``n_kv_heads`` (each >= 1)."""
     header = {}
     for key in META:
         try:
@@ -177,24 +174,90 @@ def load_calibration(path, *, n_layers: int | None = None, n_q_heads: int | None
             raise ValueError(f"{where} lacks metadata {key!r} (has {sorted(meta)})") from None
         except ValueError:
             raise ValueError(f"{where}: metadata {key}={meta[key]!r} is not an integer") from None
-    for key, want in (("n_layers", n_layers), ("n_q_heads", n_q_heads), ("n_kv_heads", n_kv_heads)):
-        if want is not None and header[key] != want:
-            raise ValueError(f"{where} has {key}={header[key]}, the model has {key}={want}")
-    L, H_q = header["n_layers"], header["n_q_heads"]
-    expected = {f"layer.{i}.{name}" for i in range(L) for name in STATS}
-    missing = sorted(expected - tensors.keys(), key=lambda k: (int(k.split(".")[1]), k))
-    if missing:
-        raise ValueError(f"{where} lacks {len(missing)} tensor(s), first {missing[0]!r} "
-                         f"(metadata n_layers={L})")
-    extra = sorted(tensors.keys() - expected)
-    if extra:
-        raise ValueError(f"{where} holds tensors beyond metadata n_layers={L}: first {extra[0]!r}")
-    F = tensors["layer.0.q_center_real"].shape[-1] if n_freqs is None else n_freqs
-    for key in sorted(expected):
-        t = tensors[key]
-        if t.shape != (H_q, F):
-            raise ValueError(f"{where}: {key} has shape {t.shape}, expected [n_q_heads={H_q}, n_freqs={F}]")
-        if not np.issubdtype(t.dtype, np.floating):
-            raise ValueError(f"{where}: {key} has dtype {t.dtype}, expected float32")
+        if header[key] < 1:
+            raise ValueError(f"{where}: metadata {key}={header[key]} must be >= 1")
+    if header["n_q_heads"] % header["n_kv_heads"]:
+        raise ValueError(f"{where}: metadata n_q_heads={header['n_q_heads']} is not a multiple of "
+                         f"n_kv_heads={header['n_kv_heads']}")
+    return header
+
+
+def _check_names(where: str, names, L: int) -> None:
+    """Every tensor is ``layer.{i}.{stat}`` with i < L, and none of the 3 L is missing. Work is
+    bounded by the tensors the file holds, not by the metadata's ``n_layers``."""
+    for key in sorted(names):
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "layer" or not parts[1].isdigit() or parts[2] not in STATS:
+            raise ValueError(f"{where} holds an unexpected tensor {key!r} (expected layer.<i>.<{'|'.join(STATS)}>)")
+    beyond = sorted((k for k in names if int(k.split(".")[1]) >= L), key=lambda k: (int(k.split(".")[1]), k))
+    if beyond:
+        raise ValueError(f"{where} holds tensors beyond metadata n_layers={L}: first {beyond[0]!r}")
+    n_missing = 3 * L - len(names)
+    if n_missing:
+        first = next(f"layer.{i}.{n}" for i in range(L) for n in STATS if f"layer.{i}.{n}" not in names)
+        raise ValueError(f"{where} lacks {n_missing} tensor(s), first {first!r} (metadata n_layers={L})")
+
+
+def _check_values(where: str, key: str, t: np.ndarray) -> None:
+    bad = ~np.isfinite(t)
+    if bad.any():
+        raise ValueError(f"{where}: {key} holds {int(bad.sum())} NaN/Inf value(s)")
+    big = float(np.abs(t).max())
+    if big > MAX_ABS_STAT:
+        raise ValueError(f"{where}: {key} holds |value| {big:.3g} > {MAX_ABS_STAT:g} (not query statistics)")
+    if key.endswith("q_mean_norm") and t.min() < 0:
+        raise ValueError(f"{where}: {key} holds a negative mean modulus ({float(t.min()):.3g})")
+
+
+def load_calibration(path, *, n_layers: int | None = None, n_q_heads: int | None = None,
+                     n_kv_heads: int | None = None, n_freqs: int | None = None) -> Calibration:
+    """Read a calibration file written by :func:`save_calibration` or by mlx-vlm.
+
+    The keyword arguments, when given, are what the model expects; a file that disagrees is
+    rejected with a message naming the field. Everything is checked before tensor data is read:
+    the path (a regular file), the metadata (integers >= 1), the tensor names (bounded by what
+    the file holds), shapes and dtypes; then the values (finite, ``|x| <= MAX_ABS_STAT``, mean
+    moduli >= 0).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, not a safetensors file, missing, non-integer or
+            non-positive metadata, missing or unexpected tensors, tensors of the wrong shape
+            (including no frequencies) or dtype, non-finite or absurd values, or a file made for
+            a different model. Every message names the file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    _check_file(path)
+    where = f"calibration file {path!r}"
+    try:
+        with safe_open(path, framework="numpy") as f:
+            header = _read_header(where, f.metadata() or {})
+            for key, want in (("n_layers", n_layers), ("n_q_heads", n_q_heads), ("n_kv_heads", n_kv_heads)):
+                if want is not None and header[key] != want:
+                    raise ValueError(f"{where} has {key}={header[key]}, the model has {key}={want}")
+            L, H_q = header["n_layers"], header["n_q_heads"]
+            names = set(f.keys())
+            _check_names(where, names, L)
+            F = f.get_slice("layer.0.q_center_real").get_shape()[-1] if n_freqs is None else n_freqs
+            if F < 1:
+                raise ValueError(f"{where}: layer.0.q_center_real has no frequencies (n_freqs=0)")
+            for key in sorted(names):
+                sl = f.get_slice(key)
+                if tuple(sl.get_shape()) != (H_q, F):
+                    raise ValueError(f"{where}: {key} has shape {tuple(sl.get_shape())}, expected "
+                                     f"[n_q_heads={H_q}, n_freqs={F}]")
+                if sl.get_dtype() not in ("F16", "F32", "F64"):
+                    raise ValueError(f"{where}: {key} has dtype {sl.get_dtype()}, expected float32")
+            tensors = {key: f.get_tensor(key) for key in sorted(names)}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{where} is not a readable safetensors file: {exc}") from exc
+    except ValueError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ValueError(f"{where} is not a readable safetensors file: {exc}") from exc
+    for key, t in tensors.items():
+        _check_values(where, key, t)
     stats = {name: [tensors[f"layer.{i}.{name}"] for i in range(L)] for name in STATS}
     return Calibration(**stats, n_kv_heads=header["n_kv_heads"])
