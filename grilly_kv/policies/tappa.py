@@ -39,42 +39,12 @@ import numpy as np
 
 from ..adaptive_kv import classify_heads, compute_head_budgets, compute_layer_budgets, q_similarity
 from ..validation import check_array, check_choice, check_int
+from ..reference.tappa_score import POOL, box_pool, window_scores  # noqa: F401 (re-exported)
 from .base import CacheShape, KVPolicy
 from .registry import register
 
 ALLOCATIONS = ("qsim", "uniform")
-POOL = 5
-
-
-def box_pool(x: np.ndarray, width: int = POOL) -> np.ndarray:
-    """Mean over a centred window of ``width`` along the last axis, zero padded (torch avg_pool1d)."""
-    pad = width // 2
-    c = np.cumsum(np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad + 1, pad)]), axis=-1)
-    return (c[..., width:] - c[..., :-width]) / width
-
-
-def window_scores(q_win: np.ndarray, q_pos: np.ndarray, k: np.ndarray, k_pos: np.ndarray,
-                  gamma: float) -> np.ndarray:
-    """CAKE's eviction indicator of the keys older than the window, for one KV head.
-
-    Args:
-        q_win: ``(G, W, D)`` queries of the group's query heads at positions ``q_pos`` (W,).
-        k: ``(n, D)`` held keys at ascending positions ``k_pos`` (n,).
-        gamma: weight of the variance over the window rows.
-
-    Returns:
-        ``(m,)`` float64 scores of the keys with position < ``q_pos[0]`` (they come first in ``k``).
-    """
-    D = k.shape[1]
-    s = np.matmul(q_win.astype(np.float64), k.astype(np.float64).T) / np.sqrt(D)
-    s = np.where(k_pos[None, None, :] <= q_pos[None, :, None], s, -np.inf)
-    s -= s.max(axis=-1, keepdims=True)
-    a = np.exp(s)
-    a /= a.sum(axis=-1, keepdims=True)
-    m = int(np.searchsorted(k_pos, q_pos[0]))
-    a = a[..., :m]
-    var = a.var(axis=1, ddof=1) if a.shape[1] > 1 else np.zeros_like(a[:, 0])
-    return box_pool(a.mean(axis=1) + gamma * var).mean(axis=0)
+SCHEDULES = ("first_decode", "bounded")
 
 
 @register("tappa")
