@@ -180,3 +180,35 @@ def test_first_decode_schedule_has_no_twin(vk):
         pol.device_cache(vk, shape)
     with pytest.raises(ValueError, match="schedule"):
         TappaPolicy(32, window=4, schedule="later")
+
+
+def test_smollm2_on_vulkan_with_the_twin_matches_the_numpy_model(vk):
+    """The first 2 layers of SmolLM2: VulkanModel + twin (one submission per step) against the
+    NumPy model + host policy (same bounded rule, calibrated q-similarity so that both fix the same
+    budgets). float16 weights and K/V vs float32: |logit err| <= 0.15 as in test_smollm2_vulkan."""
+    from grilly_kv.models.smollm2 import ChatTokenizer, load_checkpoint
+    from grilly_kv.models.smollm2.reference import ReferenceModel
+    from grilly_kv.models.smollm2.vulkan import VulkanModel
+    from harness import assert_close, teacher_forced_logits
+
+    ck = load_checkpoint(n_layers=2)
+    tk = ChatTokenizer(ck.tokenizer)
+    ids = tk.encode("The quick brown fox jumps over the lazy dog. " * 6)[:70]
+    qsim = np.random.default_rng(0).uniform(0.4, 0.9, (2, ck.config.n_q_heads))
+
+    def make():
+        return TappaPolicy(20, window=8, sinks=2, qsim=qsim, streaming_fraction=0.25)
+
+    ref, vkm = ReferenceModel(ck, max_chunk=8), VulkanModel(ck, vk, max_chunk=8)
+    host, dev = make(), make()
+    want = teacher_forced_logits(ref, host, ids, 50)
+    got = teacher_forced_logits(vkm, dev, ids, 50)
+    assert vkm.kv is not None and vkm.kv.policy is dev                 # the twin ran the steps
+    assert_close(got, want, atol=0.15, what="logits")
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95
+    np.testing.assert_array_equal(dev.budgets, host.budgets)
+    np.testing.assert_array_equal(dev.held(), host.held())
+    assert dev.held().max() < len(ids) and vkm.kv.capacity_tokens() == 40 + 8
+    same = [np.intersect1d(a, b).size / a.size for la, lb in zip(dev.pos, host.pos) for a, b in zip(la, lb)]
+    assert min(same) >= 0.9                                            # float16 scores: rare swaps
+    vkm.close() if hasattr(vkm, "close") else None

@@ -180,7 +180,11 @@ class TappaPolicy(KVPolicy):
 
     @property
     def pos(self) -> list[list[np.ndarray]]:
-        """``[layer][kv_head]`` ``(n,)`` positions held, ascending (views: do not modify)."""
+        """``[layer][kv_head]`` ``(n,)`` positions held, ascending (views: do not modify; with a
+        device twin: copies downloaded from it)."""
+        if self._twin is not None:
+            s = self.shape
+            return [[self._twin.held_positions(l, h) for h in range(s.n_kv_heads)] for l in range(s.n_layers)]
         return [[a[:n] for a, n in zip(row, ns)] for row, ns in zip(self._kp, self._n)]
 
     def held_positions(self, layer: int, h: int) -> np.ndarray:
@@ -191,12 +195,14 @@ class TappaPolicy(KVPolicy):
 
     @property
     def k(self) -> list[list[np.ndarray]]:
-        """``[layer][kv_head]`` ``(n, D)`` keys held, in position order (views)."""
+        """``[layer][kv_head]`` ``(n, D)`` keys held, in position order (views; host cache only)."""
+        self._host_only("k")
         return [[a[:n] for a, n in zip(row, ns)] for row, ns in zip(self._kk, self._n)]
 
     @property
     def v(self) -> list[list[np.ndarray]]:
-        """``[layer][kv_head]`` ``(n, D)`` values held, in position order (views)."""
+        """``[layer][kv_head]`` ``(n, D)`` values held, in position order (views; host cache only)."""
+        self._host_only("v")
         return [[a[:n] for a, n in zip(row, ns)] for row, ns in zip(self._kv, self._n)]
 
     def fork(self, **changes) -> "TappaPolicy":
