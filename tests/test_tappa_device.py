@@ -212,3 +212,38 @@ def test_smollm2_on_vulkan_with_the_twin_matches_the_numpy_model(vk):
     same = [np.intersect1d(a, b).size / a.size for la, lb in zip(dev.pos, host.pos) for a, b in zip(la, lb)]
     assert min(same) >= 0.9                                            # float16 scores: rare swaps
     vkm.close() if hasattr(vkm, "close") else None
+
+
+def test_end_context_keeps_the_question_and_answer(vk):
+    """Question-aware: after end_context() one last round cuts every head to its budget, then the
+    question and answer are kept (no eviction); twin and NumPy policy agree; a tail larger than
+    the margin raises instead of evicting."""
+    shape = CacheShape(2, 4, 2, 8, max_tokens=200, max_chunk=8)
+    kw = dict(window=4, sinks=1, qsim_device=vk)
+    q, k, v = random_rows(shape, 200, 4)
+    context = steps_for(120, 0, 8)
+    tail = [np.arange(120, 125)] + [np.array([t]) for t in range(125, 128)]
+    host, dev = TappaPolicy(24, **kw), TappaPolicy(24, **kw)
+    host.reset(shape)
+    drv = Driver(dev, shape, vk)
+    for pos in context:
+        host.begin(pos)
+        want = np.stack([host.attend(l, q[l][:, pos], k[l][:, pos], v[l][:, pos]) for l in range(2)])
+        np.testing.assert_allclose(drv.forward(pos, q, k, v), want, atol=ATOL)
+    host.end_context()
+    dev.end_context()
+    for i, pos in enumerate(tail):
+        host.begin(pos)
+        want = np.stack([host.attend(l, q[l][:, pos], k[l][:, pos], v[l][:, pos]) for l in range(2)])
+        np.testing.assert_allclose(drv.forward(pos, q, k, v), want, atol=ATOL)
+        assert dev.evicting == (i == 0)
+        np.testing.assert_array_equal(dev.held(), host.held())
+        np.testing.assert_array_equal(dev.held(), dev.budgets + pos[-1] - 119)
+    for l in range(2):
+        for h in range(2):
+            assert set(range(120, 128)) <= set(dev.held_positions(l, h).tolist())
+            np.testing.assert_array_equal(dev.held_positions(l, h), host.pos[l][h])
+    with pytest.raises(RuntimeError, match="max_tail"):
+        for t in range(128, 160):
+            dev.begin(np.array([t]))
+    drv.release()

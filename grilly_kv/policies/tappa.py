@@ -144,6 +144,8 @@ class TappaPolicy(KVPolicy):
         self._positions = np.zeros(0, np.int64)
         self._twin = None            # a device twin keeps K/V; the policy keeps the bookkeeping
         self.evicting = False        # this step starts with an eviction round
+        self._context_end = False    # end_context() called: one last round, then keep everything
+        self._frozen = False         # after that round: nothing is evicted any more
         self.step_held = self._n.copy()   # (L, H_kv) held before this step's eviction
         self.step_base = self._n.copy()   # (L, H_kv) held after it (where the step's rows go)
 
@@ -159,7 +161,20 @@ class TappaPolicy(KVPolicy):
         at most the context); the device twin allocates this many slots per head."""
         if self.schedule != "bounded":
             raise RuntimeError("only the 'bounded' schedule bounds the cache")
-        return min(self.head_cap() + self.shape.max_chunk, self.shape.max_tokens)
+        tail = int(getattr(self.shape, "max_tail", 0) or 0)
+        return min(self.head_cap() + max(self.shape.max_chunk, tail), self.shape.max_tokens)
+
+    def end_context(self) -> None:
+        """Question-aware compression (kvpress's): the context ends here. The next step cuts
+        every head over its budget once more (fixing the budgets first if needed, from the
+        context's last ``window`` queries); after it nothing is evicted: the question and the
+        answer are appended and kept (they must fit in ``capacity()``: ``CacheShape.max_tail``
+        sizes the margin when it exceeds ``max_chunk``)."""
+        if self.shape is None or not self._positions.size:
+            raise RuntimeError("end_context() needs a context first")
+        if self.schedule != "bounded":
+            raise RuntimeError("end_context() needs schedule='bounded'")
+        self._context_end = True
 
     def device_cache(self, device, shape: CacheShape):
         """The Vulkan twin (:class:`~grilly_kv.policies.tappa_device.DeviceTappaCache`); needs
@@ -239,6 +254,15 @@ class TappaPolicy(KVPolicy):
                 if self.budgets is None:
                     self._fix_budgets()
                 self._evict()
+        elif self._context_end and not self._frozen:
+            if self.budgets is None:
+                self._fix_budgets()
+            self._evict()
+            self._frozen = True
+        elif self._frozen:
+            if (self._n + T > self.capacity()).any():
+                raise RuntimeError(f"question + answer exceed the cache after end_context(): "
+                                   f"{int(self._n.max()) + T} > {self.capacity()} tokens (set CacheShape.max_tail)")
         elif self._overflows(T):
             if self.budgets is None:
                 self._fix_budgets()
