@@ -24,19 +24,48 @@ from .validation import check_array, check_int
 __all__ = ["q_similarity", "compute_head_budgets", "compute_layer_budgets", "classify_heads"]
 
 WEIGHT_EPS = 1e-6   # a head with q-similarity 1 still gets a (tiny) share above its floor
+QSIM_KWARGS = ("mode", "window", "device")
+
+
+def _plain_array(name: str, x, **kwargs) -> np.ndarray:
+    """:func:`check_array`, rejecting masked arrays first (their masked NaN would pass it)."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain numpy array, not a masked array")
+    return check_array(name, x, **kwargs)
 
 
 def _qsim_per_head(queries_or_qsim, name: str, **qsim_kwargs) -> np.ndarray:
-    """(H,) float64 from queries (B, H, S, D), q-similarity (B, H) (batch mean) or (H,)."""
-    x = check_array(name, queries_or_qsim, ndim=(1, 2, 4),
-                    dtypes=(np.float16, np.float32, np.float64),
-                    shape_doc="(B, H, S, D) queries, or (B, H) / (H,) q-similarity")
+    """(H,) float64 from queries (B, H, S, D), q-similarity (B, H) (batch mean) or (H,).
+    ``qsim_kwargs`` (``mode``, ``window``, ``device``) apply to queries only; any other keyword,
+    or one given with q-similarity input, raises TypeError."""
+    unknown = sorted(set(qsim_kwargs) - set(QSIM_KWARGS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)} "
+                        f"(q-similarity takes {', '.join(QSIM_KWARGS)})")
+    x = _plain_array(name, queries_or_qsim, ndim=(1, 2, 4),
+                     dtypes=(np.float16, np.float32, np.float64),
+                     shape_doc="(B, H, S, D) queries, or (B, H) / (H,) q-similarity")
     if x.ndim == 4:
         if x.dtype == np.float64:
             x = x.astype(np.float32)
         x = q_similarity(x, **qsim_kwargs)
+        if not np.isfinite(x).all():
+            raise RuntimeError(f"q_similarity of finite {name} returned NaN/Inf: a device bug")
+    elif qsim_kwargs:
+        raise TypeError(f"{', '.join(sorted(qsim_kwargs))} apply only when {name} holds queries "
+                        f"(B, H, S, D), got q-similarity of shape {x.shape}")
     x = np.asarray(x, np.float64)
     return x.mean(axis=0) if x.ndim == 2 else x
+
+
+def _check_alpha(alpha) -> float:
+    """``alpha`` as a float: a non-negative real number or +inf (NaN, -inf and < 0 rejected)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
+        raise TypeError(f"alpha must be a number, got {type(alpha).__name__}")
+    alpha = float(alpha)
+    if math.isnan(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be >= 0 or +inf, got {alpha}")
+    return alpha
 
 
 def _allocate(weights: np.ndarray, total: int, floor: int, cap: int | None, unit: str) -> np.ndarray:
@@ -127,12 +156,14 @@ def compute_layer_budgets(layer_qsim, total_budget: int, min_budget_per_layer: i
         total_budget: tokens to share among the L layers.
         min_budget_per_layer / max_budget_per_layer: floor and optional cap per layer.
         cake_scores: optional ``(L,)`` non-negative CAKE scores (used when alpha is finite).
-        alpha: weight of ``1 - qsim`` against the CAKE score.
+        alpha: weight of ``1 - qsim`` against the CAKE score: ``>= 0``, or ``+inf`` (NaN,
+            ``-inf`` and negative weights raise ValueError).
 
     Returns:
         int64 ``(L,)`` summing to ``total_budget``.
     """
-    q = check_array("layer_qsim", layer_qsim, ndim=(1, 2), dtypes=(np.float32, np.float64),
+    alpha = _check_alpha(alpha)
+    q = _plain_array("layer_qsim", layer_qsim, ndim=(1, 2), dtypes=(np.float32, np.float64),
                     shape_doc="(L,) or (L, H)")
     q = np.asarray(q, np.float64)
     q = q.mean(axis=1) if q.ndim == 2 else q
@@ -144,7 +175,7 @@ def compute_layer_budgets(layer_qsim, total_budget: int, min_budget_per_layer: i
     if not math.isinf(alpha):
         if cake_scores is None:
             raise ValueError("cake_scores (L,) is required when alpha is finite")
-        cake = check_array("cake_scores", cake_scores, ndim=1, dtypes=(np.float32, np.float64),
+        cake = _plain_array("cake_scores", cake_scores, ndim=1, dtypes=(np.float32, np.float64),
                            shape_doc="(L,)")
         if cake.shape != q.shape or (cake < 0).any():
             raise ValueError(f"cake_scores must be non-negative with shape {q.shape}, got {cake.shape}")

@@ -33,10 +33,27 @@ layout(push_constant) uniform Push {
 
 shared float sh_sum[MAX_SUBGROUPS];
 const uint TILE = 128u;
-shared float sh_inv[TILE];
+shared float sh_inv[TILE];          // 1 / clamped norm of the scaled row
+shared int sh_exp[TILE];            // its scale exponent
 shared vec4 sh_acc[gl_WorkGroupSize.x];
 
 vec4 load_row(uint row_base, uint i) { return LOAD_VEC4(F16, q32, q16, row_base + i); }
+
+// Scale safety: each row is first scaled by a power of two, 2^-e with max|x| = f 2^e, f in
+// [0.5, 1) (exact, ldexp), so squares and dot products never overflow float32 for any finite
+// input; |x| = |x 2^-e| 2^e and the norm clamp becomes max(|x 2^-e|, eps 2^-e).
+float abs_max4(vec4 x) { const vec4 a = abs(x); return max(max(a.x, a.y), max(a.z, a.w)); }
+
+// Exponent e of a row (whole subgroup): max|x| = f 2^e with f in [0.5, 1); 0 for a zero row.
+int row_exponent(uint row_base) {
+    float mx = 0.0;
+    for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) mx = max(mx, abs_max4(load_row(row_base, i)));
+    int e;
+    frexp(subgroupMax(mx), e);
+    return e;
+}
+
+vec4 load_scaled(uint row_base, uint i, int e) { return ldexp(load_row(row_base, i), ivec4(-e)); }
 
 // Each subgroup takes 4 neighbouring pairs (5 rows) per step, so that 5 row loads are in
 // flight per lane before the reductions: memory-level parallelism is what bounds this kernel.
@@ -50,15 +67,17 @@ void consecutive_partial(uint bh, uint s) {
     float local_sum = 0.0;
     for (uint a = a0 + 4u * gl_SubgroupID; a < a1; a += 4u * gl_NumSubgroups) {
         const uint last = min(a + 4u, a1);        // rows a .. last are used
+        int e[5];
+        [[unroll]] for (uint k = 0u; k < 5u; k++) e[k] = row_exponent((base + min(a + k, last)) * NV);
         float d[4] = float[4](0.0, 0.0, 0.0, 0.0);
         float n[5] = float[5](0.0, 0.0, 0.0, 0.0, 0.0);
         for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) {
             vec4 x[5];
-            [[unroll]] for (uint k = 0u; k < 5u; k++) x[k] = load_row((base + min(a + k, last)) * NV, i);
+            [[unroll]] for (uint k = 0u; k < 5u; k++) x[k] = load_scaled((base + min(a + k, last)) * NV, i, e[k]);
             [[unroll]] for (uint k = 0u; k < 4u; k++) d[k] += dot(x[k], x[k + 1u]);
             [[unroll]] for (uint k = 0u; k < 5u; k++) n[k] += dot(x[k], x[k]);
         }
-        [[unroll]] for (uint k = 0u; k < 5u; k++) n[k] = max(sqrt(subgroupAdd(n[k])), eps);
+        [[unroll]] for (uint k = 0u; k < 5u; k++) n[k] = max(sqrt(subgroupAdd(n[k])), ldexp(eps, -e[k]));
         [[unroll]] for (uint k = 0u; k < 4u; k++) {
             const float dk = subgroupAdd(d[k]);
             if (a + k < last) local_sum += dk / (n[k] * n[k + 1u]);
@@ -90,20 +109,22 @@ void pairwise_partial(uint bh, uint s) {
         const uint tn = min(TILE, r1 - t0);
         for (uint t = 4u * gl_SubgroupID; t < tn; t += 4u * gl_NumSubgroups) {
             float n2[4] = float[4](0.0, 0.0, 0.0, 0.0);
+            int e[4];
+            [[unroll]] for (uint k = 0u; k < 4u; k++) e[k] = row_exponent((base + t0 + min(t + k, tn - 1u)) * NV);
             for (uint i = gl_SubgroupInvocationID; i < NV; i += gl_SubgroupSize) {
                 vec4 x[4];
-                [[unroll]] for (uint k = 0u; k < 4u; k++) x[k] = load_row((base + t0 + min(t + k, tn - 1u)) * NV, i);
+                [[unroll]] for (uint k = 0u; k < 4u; k++) x[k] = load_scaled((base + t0 + min(t + k, tn - 1u)) * NV, i, e[k]);
                 [[unroll]] for (uint k = 0u; k < 4u; k++) n2[k] += dot(x[k], x[k]);
             }
             [[unroll]] for (uint k = 0u; k < 4u; k++) {
                 const float nk = subgroupAdd(n2[k]);
-                const float inv = 1.0 / max(sqrt(nk), eps);
-                if (subgroupElect() && t + k < tn) { sh_inv[t + k] = inv; sq += nk * inv * inv; }
+                const float inv = 1.0 / max(sqrt(nk), ldexp(eps, -e[k]));
+                if (subgroupElect() && t + k < tn) { sh_inv[t + k] = inv; sh_exp[t + k] = e[k]; sq += nk * inv * inv; }
             }
         }
         barrier();
         if (grp < n_grp) {
-            for (uint t = grp; t < tn; t += n_grp) acc += load_row((base + t0 + t) * NV, col) * sh_inv[t];
+            for (uint t = grp; t < tn; t += n_grp) acc += load_scaled((base + t0 + t) * NV, col, sh_exp[t]) * sh_inv[t];
         }
         barrier();
     }

@@ -1,6 +1,7 @@
 #version 450
 // Attention of this step's queries over a float16 slot cache: see grilly_kv/ops/kv_slot_attention.py.
-// Query t (position pos0 + t) sees the key in slot j < n_scan holding position p iff
+// Query t (position pos0 + t) sees the key in slot j < n_scan holding position p (slot_pos[j],
+// or with POS_PER_HEAD slot_pos[(layer, kv head, j)]: heads that keep different tokens) iff
 //   p <= pos0 + t  and  (p < sinks  or  pos0 + t - p < window).
 // Slots [0, n_scan) are cut into chunks of max(SLOTS * U, ceil(n_scan / n_splits)) slots; only the
 // first ceil(n_scan / chunk) splits are live (n_scan is read on the device, so one recording
@@ -26,6 +27,7 @@ layout(constant_id = 1) const uint D = 64;
 layout(constant_id = 2) const uint HQ = 9;
 layout(constant_id = 3) const uint HKV = 3;
 layout(constant_id = 4) const uint LPT = 8;      // lanes per slot: a power of 2 dividing D/4, <= subgroup size
+layout(constant_id = 5) const uint POS_PER_HEAD = 0;  // 1: slot_pos is (L, HKV, cap), a map per KV head
 const uint G = HQ / HKV;
 const uint NV = D / 4u;                          // float16 quads (vec4s) per row
 const uint NVL = NV / LPT;                       // quads per lane
@@ -121,13 +123,14 @@ void split_pass(uint s, uint kvh, uint t) {
         m[g] = NEG;
         l[g] = 0.0;
     }
-    const uint base = (p.layer * p.nh + kvh - p.h0) * p.cap;
+    const uint base = (p.layer * p.nh + kvh - p.h0) * p.cap;          // this part's K/V rows
+    const uint pos_base = POS_PER_HEAD != 0u ? (p.layer * HKV + kvh) * p.cap : 0u;
     for (uint r0 = a0; r0 < a1; r0 += SLOTS * U) {            // rounds: uniform over the workgroup
         bool vis[U];
         uvec2 kr[U * NVL], vr[U * NVL];
         [[unroll]] for (uint u = 0u; u < U; u++) {             // loads first, all in flight
             const uint j = r0 + u * SLOTS + slot, jc = min(j, a1 - 1u);
-            vis[u] = j < a1 && visible(slot_pos[jc], qpos, sinks, window);
+            vis[u] = j < a1 && visible(slot_pos[pos_base + jc], qpos, sinks, window);
             const uint row = (base + jc) * NV + lane;
             [[unroll]] for (uint i = 0u; i < NVL; i++) {
                 kr[u * NVL + i] = kc[row + i * LPT];

@@ -110,3 +110,55 @@ def test_inputs_not_mutated():
 def test_grilly_import_paths():
     assert bridge_q_similarity is q_similarity
     assert bridge_budgets is compute_head_budgets and bridge_classify is classify_heads
+
+
+# ---- issue 14: garbage in, garbage budgets out -------------------------------------------------
+@pytest.mark.parametrize("alpha", [float("nan"), -5.0, -float("inf"), -1e-9])
+def test_layer_budgets_reject_nan_negative_and_minus_inf_alpha(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        compute_layer_budgets(np.array([.2, .8, .5]), 300,
+                              cake_scores=np.array([1, 2, .5]), alpha=alpha)
+
+
+def test_layer_budgets_alpha_zero_and_inf_are_valid():
+    q = np.array([.2, .8, .5])
+    b0 = compute_layer_budgets(q, 300, cake_scores=np.array([1, 2, .5]), alpha=0.0)
+    assert b0.sum() == 300 and b0[1] > b0[0] > b0[2]              # CAKE score alone
+    binf = compute_layer_budgets(q, 300)
+    assert binf.sum() == 300 and binf[0] > binf[2] > binf[1]      # 1 - qsim alone
+    with pytest.raises(TypeError, match="alpha"):
+        compute_layer_budgets(q, 300, cake_scores=np.array([1, 2, .5]), alpha="1")
+
+
+def test_head_budgets_from_huge_queries_on_vulkan_match_cpu(vk):
+    """q * 1e20: q-similarity was NaN on Vulkan and the budgets int64-min; now both devices agree."""
+    rng = np.random.default_rng(0)
+    q = (rng.standard_normal((1, 4, 32, 64)) + np.linspace(0, 2, 4)[None, :, None, None]).astype(np.float32)
+    big = q * np.float32(1e20)
+    want = compute_head_budgets(big, 256, device="cpu")
+    got = compute_head_budgets(big, 256, device=vk)
+    assert got.sum() == 256 and got.min() >= 32
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, compute_head_budgets(q, 256, device="cpu"))
+
+
+def test_unknown_keywords_are_rejected():
+    qsim = np.array([.2, .4, .6])
+    with pytest.raises(TypeError, match="min_budget_per_heads"):
+        compute_head_budgets(qsim, 256, min_budget_per_heads=64)
+    with pytest.raises(TypeError, match="unexpected"):
+        classify_heads(qsim, treshold=0.4)
+    with pytest.raises(TypeError, match="apply only"):
+        compute_head_budgets(qsim, 256, mode="pairwise")       # a keyword for queries, given qsim
+
+
+def test_masked_arrays_are_rejected():
+    q = np.ma.masked_invalid(np.array([.2, np.nan, .6]))
+    with pytest.raises(TypeError, match="masked"):
+        compute_head_budgets(q, 256, 32)
+    with pytest.raises(TypeError, match="masked"):
+        compute_layer_budgets(q, 256)
+    with pytest.raises(TypeError, match="masked"):
+        compute_layer_budgets(np.array([.2, .3, .6]), 256, cake_scores=q, alpha=1.0)
+    with pytest.raises(TypeError, match="masked"):
+        classify_heads(q)

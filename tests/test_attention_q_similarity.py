@@ -118,3 +118,26 @@ def test_cpu_device_runs_the_reference():
 def test_bad_input(bad, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         q_similarity(bad, **{"device": "cpu", **kwargs})
+
+
+@pytest.mark.parametrize("mode", ["consecutive", "pairwise"])
+@pytest.mark.parametrize("scale", [1e20, 1e-20, 3e37])
+def test_scale_safe_for_huge_and_tiny_rows(vk, mode, scale):
+    """Issue 14: q * 1e20 gave NaN on Vulkan (squares overflowed float32). The shader scales each
+    row by a power of two first; cosine similarity does not depend on the scale. Rows of mixed
+    magnitude (a zero row, a huge row, an ordinary row) are included."""
+    rng = np.random.default_rng(7)
+    q = smooth_queries(rng, (2, 4, 40, 64), 0.3)
+    scaled = q * np.float32(scale)
+    want = q_similarity_ref(scaled, mode)           # tiny rows: below the 1e-8 norm clamp
+    if scale > 1:
+        assert_close(want, q_similarity_ref(q, mode), atol=1e-6, rtol=0)
+    got = q_similarity(scaled, mode=mode, device=vk)
+    assert np.isfinite(got).all()
+    assert_close(got, want, atol=ATOL32, rtol=0)
+    mixed = q.copy()
+    mixed[0, 0, 3] = 0.0
+    mixed[0, 0, 5] *= np.float32(3e37)
+    mixed[1, 2, 7] *= np.float32(1e-30)
+    assert_close(q_similarity(mixed, mode=mode, device=vk), q_similarity_ref(mixed, mode),
+                 atol=ATOL32, rtol=0)

@@ -31,6 +31,14 @@ N_PROMPT = 83          # five full chunks and a partial one
 N_DECODE = 8
 
 
+class HostTappa(TappaPolicy):
+    """TAPPA without its device twin: the host path whose prefill the Vulkan model attends
+    densely (TappaPolicy itself runs on the device twin on Vulkan)."""
+
+    def device_cache(self, device, shape):
+        return None
+
+
 def policies():
     """name -> factory; budgets well under the sequence so that decoding evicts or compresses."""
     return {
@@ -38,7 +46,7 @@ def policies():
         # calibration ends mid-prefill: compression starts there, the later chunks go to attend
         "triattention-midprefill": lambda: TriAttentionPolicy(24, divide_length=8, protect_initial=2,
                                                               protect_recent=8, online_tokens=40),
-        "tappa": lambda: TappaPolicy(24, window=8, sinks=2),
+        "tappa": lambda: HostTappa(24, window=8, sinks=2),
         "predictor": lambda: PredictorPolicy(48, sinks=16, local=16, calibration_step=3,
                                              weights=init_weights(1)),
     }
@@ -112,7 +120,7 @@ def test_the_dense_cache_is_kept_across_sequences_and_grows(setup, vk):
     assert generate(model, policies()["tappa"](), ids[:16], 2).tokens == a
 
 
-class PrefixBreaker(TappaPolicy):
+class PrefixBreaker(HostTappa):
     """Declares a chunk dense after one that was not: the models must refuse."""
 
     def dense_chunk(self):

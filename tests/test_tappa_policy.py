@@ -45,7 +45,7 @@ SHAPE = CacheShape(n_layers=4, n_q_heads=6, n_kv_heads=2, head_dim=16, max_token
 
 @pytest.mark.parametrize("allocation", ["qsim", "uniform"])
 def test_attention_over_kept_tokens_and_true_eviction(vk, allocation):
-    pol = TappaPolicy(48, allocation=allocation, window=8, sinks=2, qsim_device=vk)
+    pol = TappaPolicy(48, allocation=allocation, window=8, sinks=2, qsim_device=vk, schedule="first_decode")
     q, k, v, outs = run_sequence(pol, SHAPE, n_prompt=150, n_decode=12, chunk=64)
     L, Hk, g = SHAPE.n_layers, SHAPE.n_kv_heads, SHAPE.n_q_heads // SHAPE.n_kv_heads
     assert pol.budgets.sum() == 48 * L * Hk and pol.budgets.min() >= 8 + 2
@@ -81,7 +81,7 @@ def test_prefill_is_exact_and_large_budget_is_dense(vk):
 
 
 def test_streaming_heads_keep_sinks_and_recent_and_scored_heads_keep_the_window(vk):
-    pol = TappaPolicy(40, window=8, sinks=3, streaming_fraction=0.25, qsim_device=vk)
+    pol = TappaPolicy(40, window=8, sinks=3, streaming_fraction=0.25, qsim_device=vk, schedule="first_decode")
     run_sequence(pol, SHAPE, n_prompt=120, n_decode=3)
     labels = pol.head_labels
     assert (labels == "streaming").sum() == 2 and (labels == "retrieval").sum() == 2
@@ -105,7 +105,7 @@ def test_scored_head_keeps_the_keys_the_window_attends_to(vk):
     q[:, :, 0] += 3.0
     k[0, hot, 0] = 4.0                      # every query attends to these keys
     # the 5-tap pool spreads a key's score over its 4 neighbours: budget = window + 5 x 5
-    pol = TappaPolicy(8 + 5 * hot.size, window=8, sinks=0, allocation="uniform")
+    pol = TappaPolicy(8 + 5 * hot.size, window=8, sinks=0, allocation="uniform", schedule="first_decode")
     pol.reset(shape)
     pol.begin(np.arange(100))
     pol.attend(0, q, k, np.zeros_like(k))
@@ -196,9 +196,9 @@ def test_bad_input():
 
 def test_fork_shares_the_prefill_and_matches_a_fresh_run(vk):
     shape = CacheShape(2, 4, 2, 8, max_tokens=90, max_chunk=80)
-    fresh = TappaPolicy(40, allocation="uniform", window=8, qsim_device=vk)
+    fresh = TappaPolicy(40, allocation="uniform", window=8, qsim_device=vk, schedule="first_decode")
     _, _, _, want = run_sequence(fresh, shape, 80, 4, seed=5)
-    base = TappaPolicy(90, window=8, qsim_device=vk)
+    base = TappaPolicy(90, window=8, qsim_device=vk, schedule="first_decode")
     q, k, v, _ = run_sequence(base, shape, 80, 4, seed=5, decode=False)
     fork = base.fork(budget=40, allocation="uniform")
     assert base.budgets is None and fork.budget == 40

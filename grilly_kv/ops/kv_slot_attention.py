@@ -59,12 +59,15 @@ def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int) -> int:
 
 def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, step, part, out, *,
                              T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
-                             n_kv_heads: int, local_size: int | None = None, parts=None) -> Recording:
+                             n_kv_heads: int, local_size: int | None = None, parts=None,
+                             pos_per_head: bool = False) -> Recording:
     """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32.
 
     ``k_cache``/``v_cache``: one buffer each ``(L, H_kv, cap, D)``, or with ``parts`` lists of
     per-head-range buffers (see :func:`~grilly_kv.ops.kv_slot_store.as_parts`): the split pass
     is dispatched once per part, the merge once.
+    ``pos_per_head``: ``slot_pos`` holds a map per (layer, KV head), ``(L, H_kv, cap)`` uint32,
+    for caches whose heads keep different tokens (TAPPA); else one ``(cap,)`` map for all.
 
     ``part`` holds :func:`part_words` floats for this ``T``; the live length, visibility and
     positions are read from ``step`` (see :mod:`.step_words`) when the recording runs.
@@ -77,7 +80,7 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     if local_size not in (LOCAL_SIZE_CPU, LOCAL_SIZE_GPU):
         raise ValueError(f"local_size must be {LOCAL_SIZE_CPU} or {LOCAL_SIZE_GPU}, got {local_size}")
     n_splits = n_splits_for(cap, head_dim, T, local_size)
-    spec = (local_size, head_dim, n_q_heads, n_kv_heads, lanes_per_slot(head_dim))
+    spec = (local_size, head_dim, n_q_heads, n_kv_heads, lanes_per_slot(head_dim), int(pos_per_head))
     common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim))
     pairs = as_parts(k_cache, v_cache, parts, n_kv_heads)
     for k, v, h0, nh in pairs:

@@ -1,22 +1,44 @@
 """TAPPA with real eviction: q-similarity sets layer and head budgets, CAKE's window score picks tokens.
 
-Sequence (CAKE's, which the released TAPPA code computes but never executes, ALGORITHMS.md C.2):
+Sequence (CAKE's, which the released TAPPA code computes but never executes, ALGORITHMS.md C.2).
+Two schedules say when the budgets are fixed and when heads are cut:
+
+``schedule="first_decode"`` (the host reference's original rule; memory grows with the prompt):
 
 1. Prefill: every chunk of the prompt is stored whole and attended exactly (as in CAKE, where
    the prefill sees the full prompt). The last ``window`` post-RoPE queries of each layer are kept.
-2. At the first decode step (a forward call of one token) the budgets are fixed once:
-   - q-similarity per layer and query head: measured on the prompt's last ``window`` queries
+2. At the first decode step (a forward call of one token) the budgets are fixed once (below).
+3. Before every decode step, each (layer, KV head) over its budget is cut to it.
+
+``schedule="bounded"`` (the default, and the rule of the Vulkan twin
+:class:`~grilly_kv.policies.tappa_device.DeviceTappaCache`; memory is bounded at every step):
+a (layer, KV head) never holds more than its budget plus a working margin of ``max_chunk`` (one
+prefill chunk) tokens, prefill included, and never more than ``capacity()`` =
+``head_cap + max_chunk`` with ``head_cap = min(max_tokens, max_head_budget)``:
+
+1. Chunks are stored whole while ``held + T <= budget + max_chunk``.
+2. The budgets are fixed at the first step that would exceed that (a long prompt: the chunk after
+   the first ``budget`` tokens; a short one: never, nothing is evicted), from the q-similarity of
+   the last ``window`` queries *before that step* (the first decode rule uses the whole prompt's
+   last window; a calibration ``qsim`` gives the same budgets under both schedules).
+3. From then on, before a step of T tokens, if any (layer, head) would hold more than its
+   budget + ``max_chunk``, every (layer, head) over its budget is cut to it (one eviction round
+   for all heads: on the device one recorded phase of the step's submission). Between rounds a
+   head holds up to budget + ``max_chunk`` tokens (the working margin), so rounds happen once per
+   chunk in prefill and once every ~``max_chunk`` tokens in decode.
+
+Budgets (both schedules):
+   - q-similarity per layer and query head: measured on the last ``window`` queries
      (TAPPA's KV module: post-RoPE, all pairs), or taken from a calibration ``qsim`` ``(L, H_q)``;
    - layer budgets: :func:`~grilly_kv.adaptive_kv.compute_layer_budgets` (preference ``1 - qsim_l``);
    - KV-head budgets inside a layer: :func:`~grilly_kv.adaptive_kv.compute_head_budgets` on the
-     mean q-similarity of the head's GQA group;
+     mean q-similarity of the head's GQA group, floor ``window + sinks``, cap ``head_cap``;
    - head classes: :func:`~grilly_kv.adaptive_kv.classify_heads` with bounds at quantiles of the
      KV heads' q-similarity over the model (a fixed 0.5 +- 0.15 would call almost every head of
      SmolLM2 streaming: its post-RoPE q-similarity lies in 0.5..0.9): the ``streaming_fraction``
      most similar heads are ``"streaming"`` and keep only their first ``sinks`` tokens and their
      most recent ones; the other heads keep by score.
-3. Before every decode step, each (layer, KV head) over its budget is cut to it: the keys are
-   removed from the cache (true eviction; the cache holds only the kept tokens).
+   Cutting removes the keys from the cache (true eviction; the cache holds only the kept tokens).
 
 Token score of a scored head (CAKE's eviction indicator): A = softmax(q_win K^T / sqrt(D)) over the
 held keys (causal), for the ``window`` most recent queries; for each key older than the window,
@@ -32,6 +54,8 @@ Until the budgets are fixed every chunk is plain causal attention over the whole
 (:meth:`TappaPolicy.dense_chunk`), so a model may attend the prefill itself and hand the rows to
 :meth:`TappaPolicy.observe`. Storage: per (layer, KV head) a K, a V and a position array with
 spare rows; appends write in place and eviction compacts in place (no per-step concatenation).
+With a device twin attached (:meth:`TappaPolicy.device_cache`) the policy keeps only the
+bookkeeping (counts, budgets, the step's eviction decision); K/V live on the device.
 """
 from __future__ import annotations
 
@@ -39,42 +63,12 @@ import numpy as np
 
 from ..adaptive_kv import classify_heads, compute_head_budgets, compute_layer_budgets, q_similarity
 from ..validation import check_array, check_choice, check_int
+from ..reference.tappa_score import POOL, box_pool, window_scores  # noqa: F401 (re-exported)
 from .base import CacheShape, KVPolicy
 from .registry import register
 
 ALLOCATIONS = ("qsim", "uniform")
-POOL = 5
-
-
-def box_pool(x: np.ndarray, width: int = POOL) -> np.ndarray:
-    """Mean over a centred window of ``width`` along the last axis, zero padded (torch avg_pool1d)."""
-    pad = width // 2
-    c = np.cumsum(np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad + 1, pad)]), axis=-1)
-    return (c[..., width:] - c[..., :-width]) / width
-
-
-def window_scores(q_win: np.ndarray, q_pos: np.ndarray, k: np.ndarray, k_pos: np.ndarray,
-                  gamma: float) -> np.ndarray:
-    """CAKE's eviction indicator of the keys older than the window, for one KV head.
-
-    Args:
-        q_win: ``(G, W, D)`` queries of the group's query heads at positions ``q_pos`` (W,).
-        k: ``(n, D)`` held keys at ascending positions ``k_pos`` (n,).
-        gamma: weight of the variance over the window rows.
-
-    Returns:
-        ``(m,)`` float64 scores of the keys with position < ``q_pos[0]`` (they come first in ``k``).
-    """
-    D = k.shape[1]
-    s = np.matmul(q_win.astype(np.float64), k.astype(np.float64).T) / np.sqrt(D)
-    s = np.where(k_pos[None, None, :] <= q_pos[None, :, None], s, -np.inf)
-    s -= s.max(axis=-1, keepdims=True)
-    a = np.exp(s)
-    a /= a.sum(axis=-1, keepdims=True)
-    m = int(np.searchsorted(k_pos, q_pos[0]))
-    a = a[..., :m]
-    var = a.var(axis=1, ddof=1) if a.shape[1] > 1 else np.zeros_like(a[:, 0])
-    return box_pool(a.mean(axis=1) + gamma * var).mean(axis=0)
+SCHEDULES = ("first_decode", "bounded")
 
 
 @register("tappa")
@@ -93,30 +87,41 @@ class TappaPolicy(KVPolicy):
             that get the recent-window-only treatment (0: none); the same share of lowest
             q-similarity is labelled ``"retrieval"`` (scored like ``"mixed"``).
         qsim_device: device of the online q-similarity (None: the model's device).
+        schedule: ``"bounded"`` (default; the device twin's rule) or ``"first_decode"`` (the
+            original host rule): see the module docstring.
+        max_head_budget: most tokens one (layer, KV head) may be given (None: ``2 * budget``
+            under ``"bounded"``, where it sizes the device cache, and the context under
+            ``"first_decode"``); capped at the context.
     """
 
     name = "tappa"
 
     def __init__(self, budget: int = 512, *, allocation: str = "qsim", qsim=None, window: int = 32,
                  sinks: int = 4, gamma: float = 200.0, mode: str = "pairwise",
-                 streaming_fraction: float = 0.25, qsim_device=None):
+                 streaming_fraction: float = 0.25, qsim_device=None, schedule: str = "bounded",
+                 max_head_budget: int | None = None):
         check_int("window", window, minimum=1)
         check_int("sinks", sinks, minimum=0)
         check_int("budget", budget, minimum=window + sinks)
         check_choice("allocation", allocation, ALLOCATIONS)
         check_choice("mode", mode, ("pairwise", "consecutive"))
+        check_choice("schedule", schedule, SCHEDULES)
+        if max_head_budget is not None:
+            check_int("max_head_budget", max_head_budget, minimum=budget)
         if not 0.0 <= streaming_fraction <= 0.5:
             raise ValueError(f"streaming_fraction must be in [0, 0.5], got {streaming_fraction}")
         super().__init__(int(budget))
         self._settings = dict(budget=budget, allocation=allocation, qsim=qsim, window=window, sinks=sinks,
                               gamma=gamma, mode=mode, streaming_fraction=streaming_fraction,
-                              qsim_device=qsim_device)
+                              qsim_device=qsim_device, schedule=schedule, max_head_budget=max_head_budget)
         if qsim is not None:
             qsim = np.array(check_array("qsim", qsim, ndim=2, dtypes=(np.float32, np.float64),
                                         shape_doc="(L, H_q)"), np.float64)
         self.allocation, self.fixed_qsim = allocation, qsim
         self.window, self.sinks, self.gamma, self.mode = int(window), int(sinks), float(gamma), mode
         self.streaming_fraction, self.qsim_device = float(streaming_fraction), qsim_device
+        self.schedule, self.max_head_budget = schedule, max_head_budget
+        self._twin = None
 
     # ---- sequence --------------------------------------------------------------------------
     def reset(self, shape: CacheShape) -> None:
@@ -137,20 +142,82 @@ class TappaPolicy(KVPolicy):
         self.head_labels = None      # (L, H_kv) str
         self.qsim = None             # (L, H_q) q-similarity the budgets came from
         self._positions = np.zeros(0, np.int64)
+        self._twin = None            # a device twin keeps K/V; the policy keeps the bookkeeping
+        self.evicting = False        # this step starts with an eviction round
+        self._context_end = False    # end_context() called: one last round, then keep everything
+        self._frozen = False         # after that round: nothing is evicted any more
+        self.step_held = self._n.copy()   # (L, H_kv) held before this step's eviction
+        self.step_base = self._n.copy()   # (L, H_kv) held after it (where the step's rows go)
+
+    def head_cap(self) -> int:
+        """Most tokens any (layer, KV head) may be given as its budget."""
+        s = self.shape
+        if self.max_head_budget is not None:
+            return min(s.max_tokens, self.max_head_budget)
+        return min(s.max_tokens, 2 * self.budget) if self.schedule == "bounded" else s.max_tokens
+
+    def capacity(self) -> int:
+        """``"bounded"``: most tokens a (layer, KV head) ever holds (``head_cap + max_chunk``,
+        at most the context); the device twin allocates this many slots per head."""
+        if self.schedule != "bounded":
+            raise RuntimeError("only the 'bounded' schedule bounds the cache")
+        tail = int(getattr(self.shape, "max_tail", 0) or 0)
+        return min(self.head_cap() + max(self.shape.max_chunk, tail), self.shape.max_tokens)
+
+    def end_context(self) -> None:
+        """Question-aware compression (kvpress's): the context ends here. The next step cuts
+        every head over its budget once more (fixing the budgets first if needed, from the
+        context's last ``window`` queries); after it nothing is evicted: the question and the
+        answer are appended and kept (they must fit in ``capacity()``: ``CacheShape.max_tail``
+        sizes the margin when it exceeds ``max_chunk``)."""
+        if self.shape is None or not self._positions.size:
+            raise RuntimeError("end_context() needs a context first")
+        if self.schedule != "bounded":
+            raise RuntimeError("end_context() needs schedule='bounded'")
+        self._context_end = True
+
+    def device_cache(self, device, shape: CacheShape):
+        """The Vulkan twin (:class:`~grilly_kv.policies.tappa_device.DeviceTappaCache`); needs
+        ``schedule="bounded"`` (the first-decode rule holds the whole prompt)."""
+        from .tappa_device import DeviceTappaCache
+
+        return DeviceTappaCache(self, device, shape)
+
+    def _attach(self, twin) -> None:
+        """Called by the twin after reset: K/V live on the device from now on."""
+        if self.shape is None or self._positions.size:
+            raise RuntimeError("attach a device twin right after reset()")
+        self._twin = twin
+
+    def _host_only(self, what: str) -> None:
+        if self._twin is not None:
+            raise RuntimeError(f"{what} is not available while a device twin holds the cache")
 
     @property
     def pos(self) -> list[list[np.ndarray]]:
-        """``[layer][kv_head]`` ``(n,)`` positions held, ascending (views: do not modify)."""
+        """``[layer][kv_head]`` ``(n,)`` positions held, ascending (views: do not modify; with a
+        device twin: copies downloaded from it)."""
+        if self._twin is not None:
+            s = self.shape
+            return [[self._twin.held_positions(l, h) for h in range(s.n_kv_heads)] for l in range(s.n_layers)]
         return [[a[:n] for a, n in zip(row, ns)] for row, ns in zip(self._kp, self._n)]
+
+    def held_positions(self, layer: int, h: int) -> np.ndarray:
+        """Positions held by (layer, KV head), ascending (from the device twin when attached)."""
+        if self._twin is not None:
+            return self._twin.held_positions(layer, h)
+        return self.pos[layer][h].copy()
 
     @property
     def k(self) -> list[list[np.ndarray]]:
-        """``[layer][kv_head]`` ``(n, D)`` keys held, in position order (views)."""
+        """``[layer][kv_head]`` ``(n, D)`` keys held, in position order (views; host cache only)."""
+        self._host_only("k")
         return [[a[:n] for a, n in zip(row, ns)] for row, ns in zip(self._kk, self._n)]
 
     @property
     def v(self) -> list[list[np.ndarray]]:
-        """``[layer][kv_head]`` ``(n, D)`` values held, in position order (views)."""
+        """``[layer][kv_head]`` ``(n, D)`` values held, in position order (views; host cache only)."""
+        self._host_only("v")
         return [[a[:n] for a, n in zip(row, ns)] for row, ns in zip(self._kv, self._n)]
 
     def fork(self, **changes) -> "TappaPolicy":
@@ -159,6 +226,7 @@ class TappaPolicy(KVPolicy):
         Only before the first decode step; ``window`` cannot change (the kept queries)."""
         if self.shape is None or self.budgets is not None:
             raise RuntimeError("fork() needs a prefilled cache whose budgets are not fixed yet")
+        self._host_only("fork()")
         if changes.get("window", self.window) != self.window:
             raise ValueError("fork() cannot change the window")
         new = TappaPolicy(**{**self._settings, **changes})
@@ -178,12 +246,39 @@ class TappaPolicy(KVPolicy):
 
     def begin(self, positions: np.ndarray) -> None:
         positions = np.asarray(positions, np.int64)
-        if positions.size == 1 and self._positions.size:
+        T = positions.size
+        self.evicting = False
+        self.step_held = self._n.copy()
+        if self.schedule == "first_decode":
+            if T == 1 and self._positions.size:
+                if self.budgets is None:
+                    self._fix_budgets()
+                self._evict()
+        elif self._context_end and not self._frozen:
             if self.budgets is None:
                 self._fix_budgets()
             self._evict()
+            self._frozen = True
+        elif self._frozen:
+            if (self._n + T > self.capacity()).any():
+                raise RuntimeError(f"question + answer exceed the cache after end_context(): "
+                                   f"{int(self._n.max()) + T} > {self.capacity()} tokens (set CacheShape.max_tail)")
+        elif self._overflows(T):
+            if self.budgets is None:
+                self._fix_budgets()
+            if self._overflows(T):
+                self._evict()
+        self.step_base = self._n.copy()
+        if self._twin is not None:              # the twin stores the rows: count them here
+            self._n += T
         self._positions = positions
         self.q_win_pos = np.concatenate([self.q_win_pos, positions])[-self.window:]
+
+    def _overflows(self, T: int) -> bool:
+        """``"bounded"``: a (layer, head) would hold more than its budget + ``max_chunk``
+        (before the budgets are fixed: the mean budget, every head holding the same)."""
+        limit = self.budget if self.budgets is None else self.budgets
+        return bool((self._n + T > np.asarray(limit) + self.shape.max_chunk).any())
 
     def dense_chunk(self) -> bool:
         """True until the budgets are fixed (the first decode step): nothing is evicted before."""
@@ -191,6 +286,7 @@ class TappaPolicy(KVPolicy):
 
     def _append(self, layer: int, k: np.ndarray, v: np.ndarray, q: np.ndarray) -> None:
         """Store the chunk's keys/values in every KV head of ``layer``; keep the window queries."""
+        self._host_only("attend/observe")
         self._own()
         T = self._positions.size
         for h in range(self.shape.n_kv_heads):
@@ -228,14 +324,15 @@ class TappaPolicy(KVPolicy):
 
     # ---- budgets and eviction --------------------------------------------------------------
     def _measure_qsim(self) -> np.ndarray:
-        q = np.stack(self.q_win)                      # (L, H_q, W, D): the layers as the batch
+        # (L, H_q, W, D): the layers as the batch; the twin keeps them on the device
+        q = self._twin.window_queries() if self._twin is not None else np.stack(self.q_win)
         device = self.qsim_device if self.qsim_device is not None else self.shape.device
         return np.asarray(q_similarity(q, mode=self.mode, device=device), np.float64)
 
     def _fix_budgets(self) -> None:
         s = self.shape
         L, H, g = s.n_layers, s.n_kv_heads, s.n_q_heads // s.n_kv_heads
-        cap = s.max_tokens                            # no head can ever hold more
+        cap = self.head_cap()                         # no head is given more
         if self.allocation == "uniform":
             self.budgets = np.full((L, H), self.budget, np.int64)
             self.head_labels = np.full((L, H), "mixed")
@@ -263,6 +360,10 @@ class TappaPolicy(KVPolicy):
         return np.array([classify_heads(q, retrieval_below=lo, streaming_above=hi) for q in kv_qsim])
 
     def _evict(self) -> None:
+        self.evicting = bool((self._n > self.budgets).any())
+        if self._twin is not None:                    # the twin cuts on the device (same rule)
+            self._n = np.minimum(self._n, self.budgets)
+            return
         s = self.shape
         g = s.n_q_heads // s.n_kv_heads
         self._own()
@@ -297,4 +398,5 @@ class TappaPolicy(KVPolicy):
         return int(self.held().sum()) * 2 * self.shape.head_dim * bytes_per_value
 
     def describe(self) -> str:
-        return f"tappa(budget={self.budget}, allocation={self.allocation}, window={self.window})"
+        return (f"tappa(budget={self.budget}, allocation={self.allocation}, window={self.window}, "
+                f"schedule={self.schedule})")
