@@ -94,12 +94,13 @@ def as_sets(sel):
     return [[set(int(b) for b in row if b != NONE and b >= 0) for row in layer] for layer in sel]
 
 
-@pytest.mark.parametrize("sinks,local,budget,chunk", [(16, 16, 80, 16), (0, 20, 68, 8), (32, 5, 85, 16)])
-def test_twin_matches_the_numpy_rule_with_block_churn(vk, sinks, local, budget, chunk):
+@pytest.mark.parametrize("sinks,local,budget,chunk,kind", [(16, 16, 80, 16, "cnn"), (0, 20, 68, 8, "cnn"),
+                                                           (32, 5, 85, 16, "cnn"), (16, 16, 80, 16, "last-row")])
+def test_twin_matches_the_numpy_rule_with_block_churn(vk, sinks, local, budget, chunk, kind):
     rng = np.random.default_rng(sinks + local)
     chunks = make_chunks(rng, prefill=70, chunk=chunk, decode=36)
     max_tokens = 70 + 36
-    kw = dict(budget=budget, sinks=sinks, local=local, track_hits=False)
+    kw = dict(budget=budget, sinks=sinks, local=local, track_hits=False, predictor=kind)
     host = PredictorPolicy(rule="bounded", device="cpu", **kw)
     ref, ref_sels = drive_host(host, shapes(max_tokens, chunk, "cpu"), chunks)
     twin_sels, kv_sizes = [], []

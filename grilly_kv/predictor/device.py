@@ -19,7 +19,7 @@ ring (``kv-slot-store``) and into the staging buffer, attention over the held en
 (``predictor-attention``; the visibility rule below), block max-pool of the last ``min(T, 64)``
 queries' attention rows into the history (``predictor-row-pool``); after the last layer the CNN
 over the history (``predictor-cnn``, incremental when it can be) and the top-k over its scores
-(``predictor-topk``). The chosen block ids (``L * H_kv * k`` words) and the step's K/V come back
+(``predictor-topk``; with ``predictor="last-row"`` no CNN: the top-k of the newest history row). The chosen block ids (``L * H_kv * k`` words) and the step's K/V come back
 to the host; :meth:`DevicePredictorCache.after_step` writes the K/V into host memory, plans which
 entries take the newly chosen blocks (blocks still held stay where they are) and submits the copy
 of the new blocks (index + incoming) asynchronously; the next step's :meth:`fill_step` waits for
@@ -196,7 +196,7 @@ class DevicePredictorCache(TwinBase):
         write_head = self.head
         self.head = (self.head + R) % HIST
         s0, e0 = candidate_range(n_after, pol.sinks, pol.local)
-        use_cnn = 0 < pol.k < e0 - s0
+        use_cnn = 0 < pol.k < e0 - s0 and pol.predictor_kind == "cnn"
         last = self._cnn_range
         incremental = (use_cnn and R == 1 and last is not None and last[0] == s0
                        and e0 - last[1] in (0, 1))
@@ -235,7 +235,9 @@ class DevicePredictorCache(TwinBase):
             record_predictor_cnn(rec, self.hist, self.weights, self.params, self.scores, self.inner,
                                  N=self.N, C=self.C, mode=mode)
         if self.k:
-            record_predictor_topk(rec, self.scores, self.params, self.sel, N=self.N, C=self.C, k=self.k)
+            last_row = pol.predictor_kind == "last-row"
+            record_predictor_topk(rec, self.hist if last_row else self.scores, self.params, self.sel,
+                                  N=self.N, C=self.C, k=self.k, from_hist=last_row)
             rec.download(self.sel, words=self.N * self.k)
         n_words = self.L * self.H * T * self.D // 2
         rec.download(self.stage_k, words=n_words).download(self.stage_v, words=n_words)

@@ -41,6 +41,7 @@ from .weights import DEFAULT_WEIGHTS, KV_HEAD_WEIGHTS, load_weights
 
 
 RULES = ("auto", "dense-prefill", "bounded")
+PREDICTORS = ("cnn", "last-row")
 
 
 def softmax_rows(s: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
@@ -61,11 +62,15 @@ def candidate_blocks(position: int, sinks: int, local: int) -> tuple[int, int]:
 
 def select_blocks(scores: np.ndarray, n_kv_heads: int, k: int) -> np.ndarray:
     """Top-k block columns per KV head ``(H_kv, k)`` from scores ``(H_q, W)`` per query head
-    (the group max of their log-softmax) or ``(H_kv, W)`` per KV head."""
-    z = scores - scores.max(axis=1, keepdims=True)
-    z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    grouped = z.reshape(n_kv_heads, -1, z.shape[1]).max(axis=1)
-    return np.argpartition(-grouped, k - 1, axis=1)[:, :k]
+    (the group max of their log-softmax) or ``(H_kv, W)`` per KV head (the scores themselves);
+    ties go to the lower column (as ``predictor-topk`` on the device)."""
+    if scores.shape[0] == n_kv_heads:
+        grouped = scores
+    else:
+        z = scores - scores.max(axis=1, keepdims=True)
+        z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        grouped = z.reshape(n_kv_heads, -1, z.shape[1]).max(axis=1)
+    return np.argsort(-grouped, axis=1, kind="stable")[:, :k]
 
 
 class PredictorPolicy(KVPolicy):
@@ -87,6 +92,8 @@ class PredictorPolicy(KVPolicy):
             (host path only: the twin never sees the full attention).
         rule: ``"auto"``, ``"dense-prefill"`` or ``"bounded"`` (see the module docstring);
             ``"dense-prefill"`` has no device twin (the Vulkan model then attends through the host).
+        predictor: ``"cnn"`` (the trained CNN over the 64-row history) or ``"last-row"`` (the
+            newest history row predicts the next: the baseline the CNN is measured against).
 
     Raises:
         ValueError: budget < sinks + local, sinks not a multiple of 16, bad weights, unknown rule.
@@ -96,9 +103,12 @@ class PredictorPolicy(KVPolicy):
 
     def __init__(self, budget: int = 512, sinks: int = 64, local: int = 64, calibration_step: int = 5,
                  weights=None, device: DeviceLike = None, track_hits: bool = True,
-                 per_kv_head: bool = True, rule: str = "auto"):
+                 per_kv_head: bool = True, rule: str = "auto", predictor: str = "cnn"):
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+        self.predictor_kind = predictor
         check_int("sinks", sinks, minimum=0)
         check_int("local", local, minimum=1)
         check_int("calibration_step", calibration_step, minimum=1)
@@ -345,7 +355,10 @@ class PredictorPolicy(KVPolicy):
         for group in groups:                                       # all but the last: no CNN
             self.predictor.step(last, S, s0, s0)
             last = group
-        scores = self.predictor.step(last, S, s0, e0 if use_cnn else s0)
+        run_cnn = use_cnn and self.predictor_kind == "cnn"
+        scores = self.predictor.step(last, S, s0, e0 if run_cnn else s0)
+        if use_cnn and not run_cnn:                                # "last-row": the newest row
+            scores = self._newest_row()[:, s0:e0]
         if not use_cnn:
             sel = np.arange(s0, e0)[:self.k]
             new = np.broadcast_to(sel, (L, h_kv, sel.size)).copy()
@@ -358,6 +371,13 @@ class PredictorPolicy(KVPolicy):
                 self.changed += sum(np.setdiff1d(a, b).size for a, b in
                                     zip(new.reshape(-1, self.k), self.selection.reshape(-1, self.k)))
         self.selection = new
+
+    def _newest_row(self) -> np.ndarray:
+        """``(histories, C)`` the history row written last."""
+        newest = (self.predictor.head - 1) % HIST
+        if self.predictor.dev.is_cpu:
+            return self.predictor.history[:, newest].copy()
+        return self.predictor.read_history()[:, newest]
 
     def tokens_held(self) -> int:
         """Tokens per layer and KV head a device would hold: sinks + local + the selected blocks
@@ -378,4 +398,5 @@ class PredictorPolicy(KVPolicy):
     def describe(self) -> str:
         return (f"predictor(budget={self.budget}, sinks={self.sinks}, local={self.local}, "
                 f"calibration_step={self.calibration_step}, rule={self.rule}"
+                f"{'' if self.predictor_kind == 'cnn' else ', predictor=last-row'}"
                 f"{'' if self.per_kv_head else ', per_query_head'})")
