@@ -47,8 +47,9 @@ def policies():
         "triattention-midprefill": lambda: TriAttentionPolicy(24, divide_length=8, protect_initial=2,
                                                               protect_recent=8, online_tokens=40),
         "tappa": lambda: HostTappa(24, window=8, sinks=2),
+        # rule "dense-prefill": the host path this test is about (the default runs the device twin)
         "predictor": lambda: PredictorPolicy(48, sinks=16, local=16, calibration_step=3,
-                                             weights=init_weights(1)),
+                                             weights=init_weights(1), rule="dense-prefill"),
     }
 
 

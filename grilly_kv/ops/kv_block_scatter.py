@@ -7,21 +7,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import Buffer, Recording, get_device
+from ..backend import Buffer, PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.kv_block_scatter import kv_block_scatter_ref
 from ..validation import check_array
 
 SHADER = "kv-block-scatter"
 LOCAL_SIZE = 128
+PUSH = PushLayout("index_base", "with_src")
 
 
 def record_kv_block_scatter(rec: Recording, incoming: Buffer, index: Buffer, k_cache: Buffer,
-                            v_cache: Buffer, *, max_blocks: int, block_words: int) -> Recording:
+                            v_cache: Buffer, *, max_blocks: int, block_words: int, index_base: int = 0,
+                            with_src: bool = False) -> Recording:
     """Record the scatter of up to ``max_blocks`` blocks; the count and destinations are read from
-    ``index`` at run time (``[n, dest_0, ..]``)."""
+    ``index`` at run time: ``[n, dest_0, ..]`` from word ``index_base`` (incoming blocks 0 .. n-1),
+    or with ``with_src`` ``[n, first, dest_0, ..]`` (incoming blocks first .. first+n-1)."""
     return rec.dispatch(SHADER, [incoming, index, k_cache, v_cache], groups=(max_blocks,),
-                        spec=(LOCAL_SIZE, block_words))
+                        spec=(LOCAL_SIZE, block_words),
+                        push=PUSH.pack(index_base=index_base, with_src=int(with_src)))
 
 
 def kv_block_scatter(incoming: np.ndarray, dest: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,

@@ -17,6 +17,15 @@ The full K/V lives in host memory (NumPy); attention runs on the host, and score
 over all keys and masked (accuracy simulation, as the reference code does). What a device would
 hold (sinks + local + k blocks per layer and KV head) is what :meth:`tokens_held` reports; the
 transfer of predicted blocks to a device is :mod:`grilly_kv.predictor.prefetch`.
+
+Two rules (``rule``). ``"dense-prefill"`` is the one above (host only). ``"bounded"`` is what the
+Vulkan twin (:mod:`grilly_kv.predictor.device`) computes, with device memory bounded by the budget
+during prefill too: a query at ``q`` of a chunk starting at ``pos0`` sees ``p <= q`` with
+``p < sinks``, ``p > pos0 - local`` or ``p`` in a block predicted for the chunk (prefill chunks
+included: each sees the blocks chosen after the previous chunk, none for the first); after every
+chunk the history gets the rows of its last ``min(T, 64)`` queries over the keys each saw (no
+full-row calibration); stored K/V are rounded to float16 as on the device. ``"auto"`` (default):
+``"bounded"`` when a Vulkan model runs the policy through its twin, ``"dense-prefill"`` otherwise.
 """
 from __future__ import annotations
 
@@ -29,6 +38,10 @@ from ..reference.predictor_history_update import BLOCK, HIST, block_max_pool
 from ..validation import check_int
 from .history import ROWS_PER_SUBMIT, BlockPredictor
 from .weights import DEFAULT_WEIGHTS, KV_HEAD_WEIGHTS, load_weights
+
+
+RULES = ("auto", "dense-prefill", "bounded")
+PREDICTORS = ("cnn", "last-row")
 
 
 def softmax_rows(s: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
@@ -49,11 +62,15 @@ def candidate_blocks(position: int, sinks: int, local: int) -> tuple[int, int]:
 
 def select_blocks(scores: np.ndarray, n_kv_heads: int, k: int) -> np.ndarray:
     """Top-k block columns per KV head ``(H_kv, k)`` from scores ``(H_q, W)`` per query head
-    (the group max of their log-softmax) or ``(H_kv, W)`` per KV head."""
-    z = scores - scores.max(axis=1, keepdims=True)
-    z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    grouped = z.reshape(n_kv_heads, -1, z.shape[1]).max(axis=1)
-    return np.argpartition(-grouped, k - 1, axis=1)[:, :k]
+    (the group max of their log-softmax) or ``(H_kv, W)`` per KV head (the scores themselves);
+    ties go to the lower column (as ``predictor-topk`` on the device)."""
+    if scores.shape[0] == n_kv_heads:
+        grouped = scores
+    else:
+        z = scores - scores.max(axis=1, keepdims=True)
+        z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        grouped = z.reshape(n_kv_heads, -1, z.shape[1]).max(axis=1)
+    return np.argsort(-grouped, axis=1, kind="stable")[:, :k]
 
 
 class PredictorPolicy(KVPolicy):
@@ -71,17 +88,27 @@ class PredictorPolicy(KVPolicy):
             per query head, the group max taken over their log-softmax scores.
         device: where the history ring lives and the CNN runs (``"cpu"``: NumPy; None: the
             model's device from the cache shape, else the default device).
-        track_hits: also compute each step's true top-k blocks (full attention) for :meth:`stats`.
+        track_hits: also compute each step's true top-k blocks (full attention) for :meth:`stats`
+            (host path only: the twin never sees the full attention).
+        rule: ``"auto"``, ``"dense-prefill"`` or ``"bounded"`` (see the module docstring);
+            ``"dense-prefill"`` has no device twin (the Vulkan model then attends through the host).
+        predictor: ``"cnn"`` (the trained CNN over the 64-row history) or ``"last-row"`` (the
+            newest history row predicts the next: the baseline the CNN is measured against).
 
     Raises:
-        ValueError: budget < sinks + local, sinks not a multiple of 16, bad weights.
+        ValueError: budget < sinks + local, sinks not a multiple of 16, bad weights, unknown rule.
     """
 
     name = "predictor"
 
     def __init__(self, budget: int = 512, sinks: int = 64, local: int = 64, calibration_step: int = 5,
                  weights=None, device: DeviceLike = None, track_hits: bool = True,
-                 per_kv_head: bool = True):
+                 per_kv_head: bool = True, rule: str = "auto", predictor: str = "cnn"):
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+        self.predictor_kind = predictor
         check_int("sinks", sinks, minimum=0)
         check_int("local", local, minimum=1)
         check_int("calibration_step", calibration_step, minimum=1)
@@ -100,10 +127,35 @@ class PredictorPolicy(KVPolicy):
         self.weights = check_weights(weights, "weights") if isinstance(weights, dict) else load_weights(weights)
         self.device = device
         self.track_hits = track_hits
+        self.rule = rule
+        self._twin = None
 
     def reset(self, shape: CacheShape) -> None:
+        """Start a sequence; the host cache and predictor are allocated at the first :meth:`begin`
+        unless a device twin takes over (:meth:`device_cache`)."""
         super().reset(shape)
-        s = shape
+        self._twin = None
+        self._host_ready = False
+        self.selection: np.ndarray | None = None
+        self.n_tokens = 0
+        self.decode_steps = 0
+        self.hits = self.needed = self.changed = self.predicted_steps = 0
+
+    def _bounded(self) -> bool:
+        return self.rule == "bounded" or (self.rule == "auto" and self._twin is not None)
+
+    def device_cache(self, device, shape: CacheShape):
+        """The Vulkan twin (:class:`~grilly_kv.predictor.device.DevicePredictorCache`, rule
+        ``"bounded"``), or None for ``rule="dense-prefill"`` (host only)."""
+        if self.rule == "dense-prefill":
+            return None
+        from .device import DevicePredictorCache
+
+        self._twin = DevicePredictorCache(self, device, shape)
+        return self._twin
+
+    def _host_reset(self) -> None:
+        s = self.shape
         self.k_all = np.zeros((s.n_layers, s.n_kv_heads, s.max_tokens, s.head_dim), np.float32)
         self.v_all = np.zeros_like(self.k_all)
         device = self.device if self.device is not None else s.device   # None: the model's device
@@ -126,6 +178,14 @@ class PredictorPolicy(KVPolicy):
         positions = np.asarray(positions, np.int64)
         if positions[0] != self.n_tokens:
             raise ValueError(f"positions must continue the sequence at {self.n_tokens}, got {positions[0]}")
+        if self._twin is not None:                  # the twin keeps the state; only count here
+            self._pos = positions
+            self.n_tokens = int(positions[-1]) + 1
+            self.decode_steps += int(positions.size == 1)
+            return
+        if not self._host_ready:
+            self._host_reset()
+            self._host_ready = True
         if positions.size == 1 and self._pending:
             self._finish_dense()
         self._pos = positions
@@ -139,6 +199,8 @@ class PredictorPolicy(KVPolicy):
 
     def _is_dense(self) -> bool:
         """This chunk attends causally over every key (a prefill chunk, or the first token)."""
+        if self._bounded():
+            return False
         return self._pos.size > 1 or self.selection is None
 
     def dense_chunk(self) -> bool:
@@ -156,6 +218,10 @@ class PredictorPolicy(KVPolicy):
         self._store(layer, q, k, v)
 
     def attend(self, layer, q, k, v):
+        if self._twin is not None:
+            raise RuntimeError("this policy runs on its device twin: the model attends on the device")
+        if self._bounded():
+            return self._attend_bounded(layer, q, k, v)
         S = self.n_tokens
         h_q, T, D = q.shape
         h_kv = k.shape[0]
@@ -182,6 +248,41 @@ class PredictorPolicy(KVPolicy):
                 self._rows = []
         out = np.matmul(p.reshape(h_kv, g * T, S), V).reshape(h_q, T, D)
         return out.astype(np.float32)
+
+    def _attend_bounded(self, layer, q, k, v):
+        """Rule ``"bounded"``: sinks + window (relative to the chunk start) + the predicted blocks,
+        K/V stored as float16; the last min(T, 64) rows go to the history after the last layer."""
+        S, p0 = self.n_tokens, int(self._pos[0])
+        h_q, T, D = q.shape
+        h_kv = k.shape[0]
+        g = h_q // h_kv
+        self.k_all[layer][:, p0:S] = k.astype(np.float16)
+        self.v_all[layer][:, p0:S] = v.astype(np.float16)
+        K, V = self.k_all[layer][:, :S].astype(np.float64), self.v_all[layer][:, :S].astype(np.float64)
+        s = np.matmul(q.astype(np.float64).reshape(h_kv, g * T, D), K.transpose(0, 2, 1))
+        s = s.reshape(h_kv, g, T, S) / np.sqrt(D)
+        p = softmax_rows(s, self._visible_bounded(layer, S)[:, None])
+        if self.track_hits and T == 1 and self.selection is not None:
+            self._count_hits(layer, softmax_rows(s), S)
+        R = min(T, HIST)
+        self._rows.append(p[:, :, T - R:].reshape(h_q, R, S).astype(np.float32))
+        if layer == self.shape.n_layers - 1:
+            self._predict_next(self._rows, T)
+            self._rows = []
+        return np.matmul(p.reshape(h_kv, g * T, S), V).reshape(h_q, T, D).astype(np.float32)
+
+    def _visible_bounded(self, layer: int, S: int) -> np.ndarray:
+        """``(H_kv, T, S)`` bool visibility of the chunk's queries under rule ``"bounded"``."""
+        pos, p0 = np.arange(S), int(self._pos[0])
+        causal = pos[None, :] <= self._pos[:, None]                                   # (T, S)
+        fixed = (pos < self.sinks) | (pos > p0 - self.local)
+        chosen = np.zeros((self.shape.n_kv_heads, S), bool)
+        if self.selection is not None:
+            for h, blocks in enumerate(self.selection[layer]):
+                idx = (blocks[:, None] * BLOCK + np.arange(BLOCK)).reshape(-1)
+                chosen[h, idx[idx < S]] = True
+        chosen &= (pos >= self.sinks) & (pos <= p0 - self.local)
+        return causal[None] & (fixed[None, None] | chosen[:, None])
 
     def _dense_rows(self):
         """The kept dense queries' attention rows ``(L * H_q, r, S)``, causal over the keys
@@ -254,7 +355,10 @@ class PredictorPolicy(KVPolicy):
         for group in groups:                                       # all but the last: no CNN
             self.predictor.step(last, S, s0, s0)
             last = group
-        scores = self.predictor.step(last, S, s0, e0 if use_cnn else s0)
+        run_cnn = use_cnn and self.predictor_kind == "cnn"
+        scores = self.predictor.step(last, S, s0, e0 if run_cnn else s0)
+        if use_cnn and not run_cnn:                                # "last-row": the newest row
+            scores = self._newest_row()[:, s0:e0]
         if not use_cnn:
             sel = np.arange(s0, e0)[:self.k]
             new = np.broadcast_to(sel, (L, h_kv, sel.size)).copy()
@@ -268,8 +372,18 @@ class PredictorPolicy(KVPolicy):
                                     zip(new.reshape(-1, self.k), self.selection.reshape(-1, self.k)))
         self.selection = new
 
+    def _newest_row(self) -> np.ndarray:
+        """``(histories, C)`` the history row written last."""
+        newest = (self.predictor.head - 1) % HIST
+        if self.predictor.dev.is_cpu:
+            return self.predictor.history[:, newest].copy()
+        return self.predictor.read_history()[:, newest]
+
     def tokens_held(self) -> int:
-        """Tokens per layer and KV head a device would hold: sinks + local + the selected blocks."""
+        """Tokens per layer and KV head a device would hold: sinks + local + the selected blocks
+        (with a twin: the slots it allocated, budget + ring margin)."""
+        if self._twin is not None:
+            return self._twin.capacity_tokens()
         return min(self.n_tokens, self.budget)
 
     def stats(self) -> dict:
@@ -283,5 +397,6 @@ class PredictorPolicy(KVPolicy):
 
     def describe(self) -> str:
         return (f"predictor(budget={self.budget}, sinks={self.sinks}, local={self.local}, "
-                f"calibration_step={self.calibration_step}"
+                f"calibration_step={self.calibration_step}, rule={self.rule}"
+                f"{'' if self.predictor_kind == 'cnn' else ', predictor=last-row'}"
                 f"{'' if self.per_kv_head else ', per_query_head'})")

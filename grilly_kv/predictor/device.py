@@ -1,0 +1,392 @@
+"""The Vulkan twin of the AttentionPredictor policy: the budget on the device, the context in host memory.
+
+Per layer and KV head the device holds ``E = ns + ring + k`` entries of 16 slots, float16
+``(H_kv, E * 16, D)`` per layer (the shared K/V layout; see ``include/predictor_entries.glsl``):
+
+- ``ns = sinks / 16`` sink blocks;
+- a ring of ``ring`` blocks holding the newest tokens: block ``b`` in entry ``ns + b % ring``.
+  ``ring = ceil((local + max_chunk - 1) / 16) + 1`` holds every position a chunk's window
+  reaches (``> pos0 - local``) plus the chunk itself: the working margin over the budget;
+- ``k`` predicted blocks, copied in from host memory.
+
+The full K/V lives in host memory (``host_kv``, float16 ``(L, H_kv, n_blocks, 2, 16, D)``): each
+step's new keys/values are also stored into a small staging buffer and downloaded at the end of
+the step's submission. The history ring ``(L * H_kv, 64, C)`` and the CNN live on the device.
+
+A step (T tokens at ``pos0 ..``) in the model's one submission, per layer: scatter of the
+predicted blocks copied in for this step (``kv-block-scatter``), store of the step's K/V into the
+ring (``kv-slot-store``) and into the staging buffer, attention over the held entries
+(``predictor-attention``; the visibility rule below), block max-pool of the last ``min(T, 64)``
+queries' attention rows into the history (``predictor-row-pool``); after the last layer the CNN
+over the history (``predictor-cnn``, incremental when it can be) and the top-k over its scores
+(``predictor-topk``; with ``predictor="last-row"`` no CNN: the top-k of the newest history row). The chosen block ids (``L * H_kv * k`` words) and the step's K/V come back
+to the host; :meth:`DevicePredictorCache.after_step` writes the K/V into host memory, plans which
+entries take the newly chosen blocks (blocks still held stay where they are) and submits the copy
+of the new blocks (index + incoming) asynchronously; the next step's :meth:`fill_step` waits for
+it, so the copy overlaps the host work between steps (the model's logits read and sampling).
+
+What a query sees (the policy's ``rule="bounded"``, which the NumPy path computes too): a query
+at ``q`` of a chunk starting at ``pos0`` sees the positions ``p <= q`` with ``p < sinks``, or
+``p > pos0 - local`` (the window: for a decode step the last ``local`` tokens, for a prefill chunk
+the ``local - 1`` tokens before it and the chunk, causally), or ``p`` in a block predicted for this
+chunk. Prefill is therefore chunked sparse attention, bounded like decode: each chunk sees the
+blocks the CNN chose from the history after the previous chunk (none for the first chunk). The
+history receives, after every chunk, the attention rows of its last ``min(T, 64)`` queries over
+the keys each one saw (zeros elsewhere); there is no calibration with full rows (they would need
+the whole context on the device). With ``budget >= max_tokens`` every candidate block is chosen,
+so attention is dense causal.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..backend import Recording
+from ..ops.kv_block_scatter import record_kv_block_scatter
+from ..ops.kv_slot_store import record_kv_slot_store
+from ..ops.predictor_attention import MAX_CAP, record_predictor_attention
+from ..ops.predictor_cnn import FULL, STEP, record_predictor_cnn
+from ..ops.predictor_row_pool import record_predictor_row_pool
+from ..ops.predictor_topk import record_predictor_topk
+from ..ops.step_words import fill_step, step_words
+from ..policies.base import CacheShape
+from ..policies.device import TwinBase
+from ..reference.predictor_cnn import N_PARAMS as N_WEIGHTS, flatten_weights
+from ..reference.predictor_history_update import BLOCK, HIST
+from ..reference.predictor_twin import NONE
+
+N_PARAMS = 6          # [write_head, S, oldest ring row, start, end, full_from] (predictor-cnn's layout)
+BUCKETS = 16          # copy sizes: multiples of ceil(max blocks / BUCKETS) blocks, one recording each
+
+
+def ring_blocks(local: int, max_chunk: int) -> int:
+    """Ring entries that hold every position a chunk of ``max_chunk`` tokens sees in its window
+    (``> pos0 - local``) and the chunk itself."""
+    return -(-(local + max_chunk - 1) // BLOCK) + 1
+
+
+def candidate_range(position: int, sinks: int, local: int) -> tuple[int, int]:
+    """Blocks ``[s, e)`` a query at ``position`` may pick (same as ``policy.candidate_blocks``)."""
+    return sinks // BLOCK, max(-(-(position + 1 - local) // BLOCK), sinks // BLOCK)
+
+
+class DevicePredictorCache(TwinBase):
+    """Device state of a :class:`~grilly_kv.predictor.policy.PredictorPolicy` run by the Vulkan model.
+
+    Args:
+        policy: the host policy (its sinks, local, k, CNN weights; ``per_kv_head`` must be True).
+        device: the Vulkan device.
+        shape: the cache shape (``max_chunk`` sizes the ring margin and the staging buffer).
+
+    Attributes:
+        host_kv: ``(L, H_kv, n_blocks, 2, 16, D)`` float16: the whole context in host memory.
+        entries: ``(L, H_kv, k)`` int64 block held by each predicted entry (-1: none).
+        table: ``(L, H_kv, k)`` uint32 predicted blocks the next step sees (NONE where an entry
+            holds a block no longer chosen).
+        blocks_copied: predicted blocks copied from host memory so far.
+
+    Raises:
+        ValueError: ``per_kv_head=False``; an odd head_dim; more resident slots than the
+            attention shader's shared memory holds.
+    """
+
+    def __init__(self, policy, device, shape: CacheShape):
+        if not policy.per_kv_head:
+            raise ValueError("the predictor's device twin scores per KV head: use per_kv_head=True "
+                             "(per query head runs on the host with rule='dense-prefill')")
+        if shape.head_dim % 2:
+            raise ValueError(f"head_dim must be even, got {shape.head_dim}")
+        self.policy, self.shape, self.dev = policy, shape, device
+        s = shape
+        self.L, self.H, self.D, self.HQ = s.n_layers, s.n_kv_heads, s.head_dim, s.n_q_heads
+        self.n_blocks = -(-s.max_tokens // BLOCK)
+        self.C = self.n_blocks
+        self.ns = policy.sinks // BLOCK
+        self.ring = ring_blocks(policy.local, s.max_chunk)
+        self.k = min(policy.k, self.n_blocks)
+        self.E = self.ns + self.ring + self.k
+        self.cap = self.E * BLOCK
+        if self.cap > MAX_CAP:
+            raise ValueError(f"{self.cap} resident slots per KV head (sinks {policy.sinks}, ring "
+                             f"{self.ring} blocks for local {policy.local} + max_chunk {s.max_chunk}, "
+                             f"{self.k} blocks) exceed the attention shader's {MAX_CAP}")
+        self.N = self.L * self.H                               # histories (per KV head)
+        self.bw = BLOCK * self.D // 2                          # words of one block of K (or V)
+        words = self.H * self.cap * self.D // 2
+        self.k_dev = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(self.L)]
+        self.v_dev = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(self.L)]
+        self._alloc_work(device)
+        self.host_kv = np.zeros((self.L, self.H, self.n_blocks, 2, BLOCK, self.D), np.float16)
+        self._rows = self.host_kv.reshape(-1, 2 * BLOCK * self.D)
+        self.entries = np.full((self.L, self.H, self.k), -1, np.int64)
+        self.entry_len = np.zeros((self.L, self.H, self.k), np.int64)   # n_tokens when copied
+        self.table = np.full((self.L, self.H, self.k), NONE, np.uint32)
+        self._lock = threading.Lock()
+        self._upload: Recording | None = None
+        self._uploads: dict[int, Recording] = {}
+        self.head = 0
+        self._cnn_range: tuple[int, int] | None = None
+        self._mode = None
+        self._n_tokens = 0
+        self.blocks_copied = 0
+        self.released = False
+
+    def _alloc_work(self, device) -> None:
+        """Everything but the K/V entries: history, CNN, selection, staging and copy buffers."""
+        L, H, D, s = self.L, self.H, self.D, self.shape
+        nk = max(L * H * self.k, 1)
+        self.slot_sink = self.alloc(device, max(self.cap, s.max_chunk), np.uint32, host_visible=False)
+        self.table_buf = self.alloc(device, nk, np.uint32)
+        self.table_buf.write(np.full(nk, NONE, np.uint32))
+        self.sel = self.alloc(device, nk, np.uint32)
+        self.rows = self.alloc(device, HIST * self.HQ * self.cap, host_visible=False)
+        self.hist = self.alloc(device, self.N * HIST * self.C)          # zeros, uploaded now
+        self.hist.upload_now()
+        self.inner = self.alloc(device, self.N * HIST * self.C, host_visible=False)
+        self.scores = self.alloc(device, self.N * self.C, host_visible=False)
+        self.weights = self.alloc(device, N_WEIGHTS)
+        self.weights.write(flatten_weights(self.policy.weights))
+        self.weights.upload_now()
+        self.params = self.alloc(device, N_PARAMS, np.uint32)
+        self.stage_step = self.alloc(device, step_words(s.max_chunk), np.uint32)
+        self.stage_k = self.alloc(device, L * H * s.max_chunk * D // 2, np.uint32)
+        self.stage_v = self.alloc(device, L * H * s.max_chunk * D // 2, np.uint32)
+        self.max_copy = max(H * self.k * L, 1)
+        self.incoming = self.alloc(device, self.max_copy * 2 * self.bw, np.uint32)
+        self.index_stride = 2 + H * self.k
+        self.index = self.alloc(device, L * self.index_stride, np.uint32)
+        self.index.write(np.zeros(L * self.index_stride, np.uint32))
+        self.index.upload_now()
+        self.granule = -(-self.max_copy // BUCKETS)
+
+    # ---- contract ------------------------------------------------------------------------
+    def capacity_tokens(self) -> int:
+        return self.cap
+
+    def host_bytes(self) -> int:
+        """Bytes of the host-memory K/V (the whole context)."""
+        return self.host_kv.nbytes
+
+    def slots_of(self, positions: np.ndarray) -> np.ndarray:
+        """Slot (within a KV head's ``cap``) of each position: sinks in place, others in the ring."""
+        p = np.asarray(positions, np.int64)
+        ring = (self.ns + (p // BLOCK) % self.ring) * BLOCK + p % BLOCK
+        return np.where(p < self.ns * BLOCK, p, ring)
+
+    def fill_step(self, words: np.ndarray, positions: np.ndarray, tokens) -> None:
+        """Wait for the copy of this step's blocks; write slots, the history/CNN parameters and the
+        predicted-block table for the step's submission."""
+        self._check_live()
+        self.wait()
+        positions = np.asarray(positions, np.int64)
+        T, pos0 = positions.size, int(positions[0])
+        if pos0 != self._n_tokens:
+            raise ValueError(f"positions must continue the sequence at {self._n_tokens}, got {pos0}")
+        fill_step(words, pos0=pos0, slots=self.slots_of(positions), tokens=tokens, n_scan=self.cap)
+        self.stage_step.write(fill_step(np.zeros(self.stage_step.n_words, np.uint32), pos0=pos0,
+                                        slots=np.arange(T), n_scan=0))
+        self.params.write(self._step_params(T, int(positions[-1]) + 1))
+        self.table_buf.write(self.table.reshape(-1) if self.k else np.full(1, NONE, np.uint32))
+
+    def _step_params(self, T: int, n_after: int) -> np.ndarray:
+        """The history write head, the CNN range and mode (as ``BlockPredictor.step`` decides)."""
+        pol = self.policy
+        R = min(T, HIST)
+        write_head = self.head
+        self.head = (self.head + R) % HIST
+        s0, e0 = candidate_range(n_after, pol.sinks, pol.local)
+        use_cnn = 0 < pol.k < e0 - s0 and pol.predictor_kind == "cnn"
+        last = self._cnn_range
+        incremental = (use_cnn and R == 1 and last is not None and last[0] == s0
+                       and e0 - last[1] in (0, 1))
+        full_from = (last[1] - s0 - 2 if e0 > last[1] else e0 - s0) if incremental else 0
+        self._mode = None if not use_cnn else STEP if incremental else FULL
+        self._cnn_range = (s0, e0) if use_cnn else None
+        return np.array([write_head, n_after, self.head, s0, e0, max(full_from, 0)], np.uint32)
+
+    def recording_key(self, T: int):
+        return self._mode
+
+    def record_layer(self, rec, layer: int, qkv, out, step, T: int) -> None:
+        """Record scatter, store (ring and staging), attention and history pooling of ``layer``;
+        after the last layer the CNN, the top-k and the downloads."""
+        pol, s = self.policy, self.shape
+        dims = dict(head_dim=self.D, n_q_heads=self.HQ, n_kv_heads=self.H)
+        geo = dict(layer=layer, ns=self.ns, ring=self.ring, k=self.k)
+        if layer == 0:
+            rec.upload(self.table_buf).upload(self.params).upload(self.stage_step)
+        k_l, v_l = self.k_dev[layer], self.v_dev[layer]
+        if self.k:
+            record_kv_block_scatter(rec, self.incoming, self.index, k_l, v_l, max_blocks=self.H * self.k,
+                                    block_words=self.bw, index_base=layer * self.index_stride, with_src=True)
+        record_kv_slot_store(rec, qkv, step, k_l, v_l, self.slot_sink, T=T, cap=self.cap, layer=0, **dims)
+        record_kv_slot_store(rec, qkv, self.stage_step, self.stage_k, self.stage_v, self.slot_sink, T=T,
+                             cap=T, layer=layer, **dims)
+        record_predictor_attention(rec, qkv, k_l, v_l, self.table_buf, step, self.rows, out, T=T,
+                                   sinks=pol.sinks, local=pol.local, **geo, **dims)
+        record_predictor_row_pool(rec, self.rows, self.table_buf, step, self.params, self.hist,
+                                  R=min(T, HIST), C=self.C, n_q_heads=self.HQ, n_kv_heads=self.H,
+                                  group=self.HQ // self.H, **geo)
+        if layer < self.L - 1:
+            return
+        mode = self.recording_key(T)
+        if mode is not None:
+            record_predictor_cnn(rec, self.hist, self.weights, self.params, self.scores, self.inner,
+                                 N=self.N, C=self.C, mode=mode)
+        if self.k:
+            last_row = pol.predictor_kind == "last-row"
+            record_predictor_topk(rec, self.hist if last_row else self.scores, self.params, self.sel,
+                                  N=self.N, C=self.C, k=self.k, from_hist=last_row)
+            rec.download(self.sel, words=self.N * self.k)
+        n_words = self.L * self.H * T * self.D // 2
+        rec.download(self.stage_k, words=n_words).download(self.stage_v, words=n_words)
+
+    def after_step(self, positions: np.ndarray) -> None:
+        """Keep the step's K/V in host memory; plan and start the copy of the next step's blocks."""
+        positions = np.asarray(positions, np.int64)
+        T = positions.size
+        n = self.L * self.H * T * self.D
+        k = self.stage_k.read(n, np.float16).astype(np.float16).reshape(self.L, self.H, T, self.D)
+        v = self.stage_v.read(n, np.float16).astype(np.float16).reshape(self.L, self.H, T, self.D)
+        b, o = positions // BLOCK, positions % BLOCK
+        self.host_kv[:, :, b, 0, o] = k
+        self.host_kv[:, :, b, 1, o] = v
+        self._n_tokens = int(positions[-1]) + 1
+        if self.k:
+            chosen = self.sel.read(self.N * self.k).reshape(self.L, self.H, self.k)
+            self.prefetch(chosen)
+
+    # ---- the copy of predicted blocks ---------------------------------------------------------
+    def plan(self, chosen: np.ndarray) -> list[np.ndarray]:
+        """Assign entries to the ``(L, H_kv, k)`` chosen blocks (NONE: none): a chosen block already
+        held keeps its entry (copied again only if it was still filling when copied), the others
+        take the entries whose block is not chosen, lowest first. Updates ``entries`` and
+        ``table``; returns per layer the ``(n, 3)`` copies ``(head, entry, block)``."""
+        copies = []
+        for layer in range(self.L):
+            rows = []
+            for h in range(self.H):
+                want = np.unique(chosen[layer, h][chosen[layer, h] != NONE].astype(np.int64))
+                held = self.entries[layer, h]
+                keep = np.isin(held, want)
+                stale = keep & ((held + 1) * BLOCK > self.entry_len[layer, h])
+                new = np.setdiff1d(want, held[keep])
+                free = np.flatnonzero(~keep)[:new.size]
+                held[free] = new
+                redo = np.concatenate([free, np.flatnonzero(stale)])
+                self.entry_len[layer, h, redo] = self._n_tokens
+                self.table[layer, h] = np.where(np.isin(held, want), held, NONE).astype(np.uint32)
+                rows.append(np.stack([np.full(redo.size, h), redo, held[redo]], axis=1))
+            copies.append(np.concatenate(rows).astype(np.int64))
+        return copies
+
+    def prefetch(self, chosen: np.ndarray) -> int:
+        """Stage the blocks of the next step and submit their upload (returns at once); the next
+        step's submission scatters them. Returns the number of blocks copied."""
+        copies = self.plan(chosen)
+        index = np.zeros((self.L, self.index_stride), np.uint32)
+        src = []
+        first = 0
+        for layer, c in enumerate(copies):
+            index[layer, 0], index[layer, 1] = len(c), first
+            index[layer, 2:2 + len(c)] = c[:, 0] * self.E + self.ns + self.ring + c[:, 1]
+            src.append((layer * self.H + c[:, 0]) * self.n_blocks + c[:, 2])
+            first += len(c)
+        src = np.concatenate(src)
+        if src.size:
+            self.incoming.write(np.take(self._rows, src, axis=0))
+        self.index.write(index)
+        words = -(-src.size // self.granule) * self.granule
+        rec = self._uploads.get(words)
+        if rec is None:
+            rec = self._uploads[words] = Recording(self.dev).upload(self.index)
+            if words:
+                rec.upload(self.incoming, words=words * 2 * self.bw)
+        with self._lock:
+            self._upload = rec.submit()
+        self.blocks_copied += int(src.size)
+        return int(src.size)
+
+    def wait(self) -> None:
+        """Wait for the running block copy, if any."""
+        with self._lock:
+            rec, self._upload = self._upload, None
+        if rec is not None:
+            rec.wait()
+
+    # ---- benchmark hook ---------------------------------------------------------------------
+    def fill_random(self, rng: np.random.Generator, n_tokens: int) -> None:
+        """Put the twin (and its policy's bookkeeping) in the state after ``n_tokens`` tokens of
+        random K/V (float16 normal): host memory filled, sink and ring entries on the device, the
+        history empty and the first candidate blocks chosen. For decode benchmarks at long
+        context without a prefill; call right after ``model.start``."""
+        self._check_live()
+        if not 0 < n_tokens < self.shape.max_tokens:
+            raise ValueError(f"n_tokens must be in (0, {self.shape.max_tokens}), got {n_tokens}")
+        nb = -(-n_tokens // BLOCK)
+        self.host_kv[:, :, :nb] = rng.standard_normal(self.host_kv[:, :, :nb].shape).astype(np.float16)
+        last = n_tokens - 1
+        self.host_kv[:, :, last // BLOCK, :, last % BLOCK + 1:] = 0      # positions >= n_tokens
+        fixed = [(e, e) for e in range(min(self.ns, nb))]
+        cur = last // BLOCK
+        for r in range(self.ring):
+            d = (cur % self.ring + self.ring - r) % self.ring
+            if d <= cur and cur - d >= self.ns:
+                fixed.append((self.ns + r, cur - d))
+        self._copy_fixed(fixed)
+        self._n_tokens = n_tokens
+        self.policy.n_tokens = n_tokens
+        s0, e0 = candidate_range(n_tokens, self.policy.sinks, self.policy.local)
+        pick = np.full(self.k, NONE, np.uint32)
+        cand = np.arange(s0, e0)[:self.k]
+        pick[:cand.size] = cand
+        self.prefetch(np.broadcast_to(pick, (self.L, self.H, self.k)).copy())
+
+    def _copy_fixed(self, fixed: list[tuple[int, int]]) -> None:
+        """Copy blocks from host memory into the sink/ring entries ``(entry, block)`` of every layer
+        and head, in one synchronous submission through temporary buffers (freed after)."""
+        from ..backend import Buffer
+
+        per_layer = self.H * len(fixed)
+        if not per_layer:
+            return
+        heads = np.repeat(np.arange(self.H), len(fixed))
+        entry = np.tile([e for e, _ in fixed], self.H)
+        block = np.tile([b for _, b in fixed], self.H)
+        stride = 2 + per_layer
+        index = np.zeros((self.L, stride), np.uint32)
+        src = []
+        for layer in range(self.L):
+            index[layer, :2] = per_layer, layer * per_layer
+            index[layer, 2:] = heads * self.E + entry
+            src.append((layer * self.H + heads) * self.n_blocks + block)
+        incoming = Buffer(self.dev, self.L * per_layer * 2 * self.bw, np.uint32)
+        index_buf = Buffer(self.dev, index.size, np.uint32)
+        try:
+            incoming.write(np.take(self._rows, np.concatenate(src), axis=0))
+            index_buf.write(index)
+            rec = Recording(self.dev).upload(index_buf).upload(incoming)
+            for layer in range(self.L):
+                record_kv_block_scatter(rec, incoming, index_buf, self.k_dev[layer], self.v_dev[layer],
+                                        max_blocks=per_layer, block_words=self.bw,
+                                        index_base=layer * stride, with_src=True)
+            rec.run()
+            del rec
+        finally:
+            incoming.release()
+            index_buf.release()
+
+    # ---- life cycle ----------------------------------------------------------------------------
+    def _check_live(self) -> None:
+        if self.released:
+            raise RuntimeError("this predictor twin was released")
+
+    def release(self) -> None:
+        """Wait for a running copy, then free every buffer and recording (idempotent)."""
+        if self.released:
+            return
+        self.wait()
+        self._uploads.clear()
+        super().release()
+        self.released = True

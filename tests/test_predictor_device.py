@@ -1,0 +1,266 @@
+"""The predictor's Vulkan twin (grilly_kv/predictor/device.py) against the policy's NumPy path
+(rule "bounded") on the same post-RoPE rows, driven in the model's calling order (fill_step,
+record_layer per layer into one recording, run, after_step): outputs, the chosen blocks, memory."""
+import numpy as np
+import pytest
+
+from grilly_kv.backend import Buffer, Recording
+from grilly_kv.ops.step_words import step_words
+from grilly_kv.policies.base import CacheShape
+from grilly_kv.predictor.device import DevicePredictorCache, ring_blocks
+from grilly_kv.predictor.policy import PredictorPolicy
+from grilly_kv.reference.kv_slot_attention import masked_attention
+from grilly_kv.reference.predictor_twin import NONE
+from tests.harness import assert_close
+
+L, HQ, HKV, D = 2, 4, 2, 32
+ATOL = 2e-3     # float32 softmax over float16 K/V on the device vs float64 on the host
+
+
+def make_chunks(rng, prefill: int, chunk: int, decode: int, q_scale: float = 3.0):
+    """(positions, (L, T, (HQ + 2 HKV) D) float32 rows) of a chunked prefill then decode steps."""
+    out, pos = [], 0
+    sizes = [min(chunk, prefill - p) for p in range(0, prefill, chunk)] + [1] * decode
+    for T in sizes:
+        x = rng.standard_normal((L, T, HQ + 2 * HKV, D)).astype(np.float32)
+        x[:, :, :HQ] *= q_scale
+        out.append((np.arange(pos, pos + T), x.reshape(L, T, -1)))
+        pos += T
+    return out
+
+
+def drive_twin(dev, pol, shape, chunks, on_step=None):
+    """Run the chunks through the policy's twin as VulkanModel does; returns the (L, T, HQ, D) outputs."""
+    pol.reset(shape)
+    twin = pol.device_cache(dev, shape)
+    row = (HQ + 2 * HKV) * D
+    qkv = [Buffer(dev, shape.max_chunk * row) for _ in range(L)]
+    out = [Buffer(dev, shape.max_chunk * HQ * D) for _ in range(L)]
+    step = Buffer(dev, step_words(shape.max_chunk), np.uint32)
+    recs, outs = {}, []
+    try:
+        for positions, x in chunks:
+            T = positions.size
+            pol.begin(positions)
+            words = np.zeros(step.n_words, np.uint32)
+            twin.fill_step(words, positions, np.zeros(T, np.int64))
+            step.write(words)
+            for layer in range(L):
+                qkv[layer].write(x[layer])
+            key = (T, twin.recording_key(T))
+            if key not in recs:
+                rec = Recording(dev).upload(step)
+                for layer in range(L):
+                    rec.upload(qkv[layer], words=T * row)
+                for layer in range(L):
+                    twin.record_layer(rec, layer, qkv[layer], out[layer], step, T)
+                for layer in range(L):
+                    rec.download(out[layer], words=T * HQ * D)
+                recs[key] = rec
+            recs[key].run()
+            twin.after_step(positions)
+            outs.append(np.stack([out[layer].read(T * HQ * D).reshape(T, HQ, D) for layer in range(L)]))
+            if on_step is not None:
+                on_step(twin)
+    finally:
+        recs.clear()
+        for b in qkv + out + [step]:
+            b.release()
+    return outs, twin
+
+
+def drive_host(pol, shape, chunks):
+    """The same chunks through the policy's NumPy path; returns outputs and selections per step."""
+    pol.reset(shape)
+    outs, sels = [], []
+    for positions, x in chunks:
+        T = positions.size
+        pol.begin(positions)
+        per_layer = []
+        for layer in range(L):
+            rows = x[layer].reshape(T, HQ + 2 * HKV, D).transpose(1, 0, 2)
+            o = pol.attend(layer, rows[:HQ].copy(), rows[HQ:HQ + HKV].copy(), rows[HQ + HKV:].copy())
+            per_layer.append(o.transpose(1, 0, 2))
+        outs.append(np.stack(per_layer))
+        sels.append(None if pol.selection is None else pol.selection.copy())
+    return outs, sels
+
+
+def shapes(max_tokens, max_chunk, device):
+    return CacheShape(L, HQ, HKV, D, max_tokens, max_chunk, device=device)
+
+
+def as_sets(sel):
+    return [[set(int(b) for b in row if b != NONE and b >= 0) for row in layer] for layer in sel]
+
+
+@pytest.mark.parametrize("sinks,local,budget,chunk,kind", [(16, 16, 80, 16, "cnn"), (0, 20, 68, 8, "cnn"),
+                                                           (32, 5, 85, 16, "cnn"), (16, 16, 80, 16, "last-row")])
+def test_twin_matches_the_numpy_rule_with_block_churn(vk, sinks, local, budget, chunk, kind):
+    rng = np.random.default_rng(sinks + local)
+    chunks = make_chunks(rng, prefill=70, chunk=chunk, decode=36)
+    max_tokens = 70 + 36
+    kw = dict(budget=budget, sinks=sinks, local=local, track_hits=False, predictor=kind)
+    host = PredictorPolicy(rule="bounded", device="cpu", **kw)
+    ref, ref_sels = drive_host(host, shapes(max_tokens, chunk, "cpu"), chunks)
+    twin_sels, kv_sizes = [], []
+
+    def record(twin):
+        twin_sels.append(as_sets(twin.table))
+        kv_sizes.append((twin.kv_bytes(), twin.device_bytes()))
+
+    pol = PredictorPolicy(device=vk, **kw)
+    got, twin = drive_twin(vk, pol, shapes(max_tokens, chunk, vk), chunks, record)
+    for i, (a, b) in enumerate(zip(got, ref)):
+        assert_close(a, b, atol=ATOL, what=f"step {i} (positions from {chunks[i][0][0]})")
+    changed = 0
+    for i, sel in enumerate(ref_sels):
+        if sel is None:
+            continue
+        assert twin_sels[i] == as_sets(sel), f"chosen blocks differ after step {i}"
+        if i and ref_sels[i - 1] is not None:
+            changed += sum(len(a - b) for la, lb in zip(as_sets(sel), as_sets(ref_sels[i - 1]))
+                           for a, b in zip(la, lb))
+    assert changed > 0, "the test must exercise block churn"
+    assert twin.blocks_copied > 0
+    # memory: allocated once for budget + ring margin, never for the context
+    assert len(set(kv_sizes)) == 1
+    cap = (sinks // 16 + ring_blocks(local, chunk) + pol.k) * 16
+    assert twin.capacity_tokens() == cap
+    assert twin.kv_bytes() == 2 * L * HKV * cap * D * 2
+    assert twin.host_bytes() >= 2 * L * HKV * max_tokens * D * 2
+    twin.release()
+    assert twin.device_bytes() == 0
+    twin.release()                                   # harmless twice
+    with pytest.raises(RuntimeError):
+        twin.fill_step(np.zeros(step_words(chunk), np.uint32), np.array([max_tokens - 1]), [0])
+
+
+@pytest.mark.parametrize("local", [16, 7])
+def test_twin_with_budget_over_the_context_is_dense(vk, local):
+    rng = np.random.default_rng(local)
+    chunks = make_chunks(rng, prefill=40, chunk=16, decode=12)
+    max_tokens = 52
+    pol = PredictorPolicy(budget=16 + local + 16 * 4, sinks=16, local=local, device=vk, track_hits=False)
+    got, twin = drive_twin(vk, pol, shapes(max_tokens, 16, vk), chunks)
+    twin.release()
+    ks, vs = [], []
+    for i, (positions, x) in enumerate(chunks):
+        T = positions.size
+        rows = x.reshape(L, T, HQ + 2 * HKV, D).transpose(0, 2, 1, 3)
+        ks.append(rows[:, HQ:HQ + HKV].astype(np.float16).astype(np.float64))
+        vs.append(rows[:, HQ + HKV:].astype(np.float16).astype(np.float64))
+        K, V = np.concatenate(ks, axis=2), np.concatenate(vs, axis=2)
+        S = K.shape[2]
+        mask = np.arange(S)[None, :] <= positions[:, None]
+        for layer in range(L):
+            want = masked_attention(rows[layer, :HQ].astype(np.float64), K[layer], V[layer], mask)
+            assert_close(got[i][layer], want.transpose(1, 0, 2), atol=ATOL, what=f"step {i} layer {layer}")
+
+
+def test_twin_rejects_what_it_cannot_run(vk):
+    shape = shapes(64, 16, vk)
+    pol = PredictorPolicy(budget=80, sinks=16, local=16, per_kv_head=False, device=vk)
+    pol.reset(shape)
+    with pytest.raises(ValueError, match="per_kv_head"):
+        pol.device_cache(vk, shape)
+    host_only = PredictorPolicy(budget=80, sinks=16, local=16, rule="dense-prefill")
+    host_only.reset(shape)
+    assert host_only.device_cache(vk, shape) is None
+    with pytest.raises(ValueError, match="rule"):
+        PredictorPolicy(rule="sparse")
+    big = PredictorPolicy(budget=16 * 600, sinks=16, local=16, device=vk)
+    big_shape = shapes(16 * 600, 16, vk)
+    big.reset(big_shape)
+    with pytest.raises(ValueError, match="resident slots"):
+        big.device_cache(vk, big_shape)
+
+
+def test_fill_random_then_decode(vk):
+    shape = shapes(256, 16, vk)
+    pol = PredictorPolicy(budget=80, sinks=16, local=16, device=vk, track_hits=False)
+    pol.reset(shape)
+    twin = pol.device_cache(vk, shape)
+    rng = np.random.default_rng(3)
+    twin.fill_random(rng, 200)
+    assert pol.n_tokens == 200 and twin.blocks_copied == L * HKV * pol.k
+    twin.release()
+    rng = np.random.default_rng(4)
+    chunks = [(np.array([200 + i]), rng.standard_normal((L, 1, (HQ + 2 * HKV) * D)).astype(np.float32))
+              for i in range(3)]
+
+    def prefix(twin_pol):
+        twin_pol.reset(shape)
+        t = twin_pol.device_cache(vk, shape)
+        t.fill_random(np.random.default_rng(3), 200)
+        return t
+
+    pol2 = PredictorPolicy(budget=80, sinks=16, local=16, device=vk, track_hits=False)
+    twin2 = prefix(pol2)
+    host_kv = twin2.host_kv.copy()
+    # decode over the random context: outputs are finite and the dense-equivalent check holds for
+    # the first step (sinks + window + the first candidate blocks, all from host_kv)
+    row = (HQ + 2 * HKV) * D
+    qkv = [Buffer(vk, row) for _ in range(L)]
+    out = [Buffer(vk, HQ * D) for _ in range(L)]
+    step = Buffer(vk, step_words(16), np.uint32)
+    positions, x = chunks[0]
+    pol2.begin(positions)
+    words = np.zeros(step.n_words, np.uint32)
+    twin2.fill_step(words, positions, [0])
+    step.write(words)
+    rec = Recording(vk).upload(step)
+    for layer in range(L):
+        qkv[layer].write(x[layer])
+        rec.upload(qkv[layer])
+    for layer in range(L):
+        twin2.record_layer(rec, layer, qkv[layer], out[layer], step, 1)
+        rec.download(out[layer])
+    rec.run()
+    twin2.after_step(positions)
+    k_blocks = twin2.table[:, :, :]
+    for layer in range(L):
+        r = x[layer].reshape(HQ + 2 * HKV, D)
+        kk = host_kv[layer, :, :, 0].reshape(HKV, -1, D)[:, :201].astype(np.float64)
+        vv = host_kv[layer, :, :, 1].reshape(HKV, -1, D)[:, :201].astype(np.float64)
+        kk[:, 200] = r[HQ:HQ + HKV].astype(np.float16)
+        vv[:, 200] = r[HQ + HKV:].astype(np.float16)
+        got = out[layer].read(HQ * D).reshape(HQ, D)
+        pos = np.arange(201)
+        for h in range(HKV):
+            first = np.arange(1, 1 + pol2.k)                    # the first candidates after the sinks
+            vis = (pos < 16) | (pos > 200 - 16) | np.isin(pos // 16, first) & (pos <= 200 - 16)
+            g = HQ // HKV
+            want = masked_attention(r[h * g:(h + 1) * g, None].astype(np.float64), kk[h:h + 1], vv[h:h + 1],
+                                    vis[None])
+            assert_close(got[h * g:(h + 1) * g], want[:, 0], atol=ATOL, what=f"layer {layer} head {h}")
+    assert k_blocks.shape == (L, HKV, pol2.k)
+    rec = None
+    for b in qkv + out + [step]:
+        b.release()
+    twin2.release()
+
+
+def test_vulkan_model_runs_the_twin_like_the_reference_model(vk):
+    """SmolLM2 (2 real layers) on Vulkan with the twin vs the NumPy model with rule "bounded": the
+    logits agree within the model test's tolerance (float16 weights: 0.15), the chosen blocks too."""
+    from grilly_kv.models.smollm2 import load_checkpoint
+    from grilly_kv.models.smollm2.reference import ReferenceModel
+    from grilly_kv.models.smollm2.vulkan import VulkanModel
+    from tests.harness import teacher_forced_logits
+
+    ck = load_checkpoint(n_layers=2)
+    ids = list(np.random.default_rng(0).integers(100, 20000, 72))
+    kw = dict(budget=16 + 8 + 32, sinks=16, local=8, track_hits=False)
+    host = PredictorPolicy(rule="bounded", device="cpu", **kw)
+    want = teacher_forced_logits(ReferenceModel(ck, max_chunk=8), host, ids, 40)
+    model = VulkanModel(ck, vk, max_chunk=8)
+    pol = PredictorPolicy(device=vk, **kw)
+    got = teacher_forced_logits(model, pol, ids, 40)
+    twin = model.kv
+    assert isinstance(twin, DevicePredictorCache)
+    assert as_sets(twin.table) == as_sets(host.selection)
+    assert twin.blocks_copied > 2 * 3 * pol.k
+    assert_close(got, want, atol=0.15, what="logits")
+    model.start(PredictorPolicy(device=vk, **kw), 16)       # releases the old twin
+    assert twin.device_bytes() == 0
