@@ -1,6 +1,6 @@
 """TAPPA with real eviction: q-similarity sets layer and head budgets, CAKE's window score picks tokens.
 
-Sequence (CAKE's, which the released TAPPA code computes but never executes, ALGORITHMS.md C.2):
+Sequence (CAKE's, which the released TAPPA code computes but never executes; TAPPA, arXiv 2601.21709):
 
 1. Prefill: every chunk of the prompt is stored whole and attended exactly (as in CAKE, where
    the prefill sees the full prompt). The last ``window`` post-RoPE queries of each layer are kept.
