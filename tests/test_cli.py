@@ -223,7 +223,7 @@ def test_json_summary_schema(capsys):
                       ("decode_tokens_per_s", float), ("kv_bytes", int), ("dense_kv_bytes", int),
                       ("device", str), ("policy", str), ("keeps_all_tokens", bool)):
         assert isinstance(data[key], kind), key
-    assert "weight_bytes" in data and data["device"].startswith("cpu")
+    assert "weight_bytes" in data and "cpu" in data["device"]
     assert data["prompt_tokens"] == data["context_tokens"] + data["question_tokens"]
     assert data["question_tokens"] > 0 and 1 <= len(data["tokens"]) <= 3
     assert 0 < data["kv_bytes"] < data["dense_kv_bytes"]
