@@ -479,10 +479,25 @@ def ensure_package() -> None:
     # Ask a fresh interpreter outside the repo: here the repo itself is on sys.path.
     r = subprocess.run([sys.executable, "-c", "import grilly_kv; print(grilly_kv.__file__)"],
                        capture_output=True, text=True, cwd="/")
-    if r.returncode == 0 and Path(r.stdout.strip()).resolve().parent == ROOT / "grilly_kv":
+    if r.returncode != 0 or Path(r.stdout.strip()).resolve().parent != ROOT / "grilly_kv":
+        log("pip install -e . (no build isolation: works offline)")
+        pip_install("--no-deps", "--no-build-isolation", "-e", str(ROOT))
+    ensure_console_script()
+
+
+def ensure_console_script() -> None:
+    """Make ``grilly-kv`` runnable from the shell. pip puts it in this interpreter's scripts
+    folder; under pyenv the command only appears once ``pyenv rehash`` has made its shim."""
+    if shutil.which("grilly-kv"):
         return
-    log("pip install -e . (no build isolation: works offline)")
-    pip_install("--no-deps", "--no-build-isolation", "-e", str(ROOT))
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        log("pyenv rehash (creates the grilly-kv shim)")
+        subprocess.run([pyenv, "rehash"], check=False)
+    if not shutil.which("grilly-kv"):
+        scripts = sysconfig.get_paths()["scripts"]
+        log(f"note: grilly-kv is installed in {scripts}, which is not on PATH; "
+            "`python3 -m grilly_kv` runs the same command")
 
 
 def main() -> None:

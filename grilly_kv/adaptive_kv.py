@@ -141,7 +141,7 @@ def compute_head_budgets(queries_or_qsim, total_budget: int, min_budget_per_head
 def compute_layer_budgets(layer_qsim, total_budget: int, min_budget_per_layer: int = 0,
                           max_budget_per_layer: int | None = None, *, cake_scores=None,
                           alpha: float = math.inf) -> np.ndarray:
-    """Per-layer KV budgets by TAPPA's preference rule (ALGORITHMS.md C.2).
+    """Per-layer KV budgets by TAPPA's preference rule (arXiv 2601.21709, after CAKE).
 
     Preference of layer l: ``1 - qsim_l`` (``alpha = inf``, TAPPA's default), or
     ``cake_l + alpha * (1 - qsim_l)`` with CAKE's entropy/variance score ``cake_scores``.

@@ -9,7 +9,7 @@ Logits are ``x = q . k / sqrt(D)``; thresholds are in units of ``(alpha - 1) x``
 grilly_kv (see :mod:`grilly_kv.entmax`). Pages ``0 .. P-2`` are scored; the last page (the one
 being filled) is always kept and is not scored, unless it is the only page.
 
-Steps (EntmaxKV, ``attention_gaussian.py`` and its kernels; formulas in ALGORITHMS.md A.5):
+Steps (EntmaxKV, ``attention_gaussian.py`` and its kernels; arXiv 2605.21649):
     1. page score moments: mu_p = sum_d (q_d/sqrt D) k_mean[p,d],
        var_p = sum_d (q_d/sqrt D)^2 k_std[p,d]^2 (dimensions taken as independent);
     2. global mu_g = mean_p mu_p, sigma_g = sqrt(mean_p var_p + var_p mu_p) (total variance);

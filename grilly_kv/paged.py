@@ -141,7 +141,7 @@ class PagedKVCache(DeviceObject):
         those with the highest upper score ``max_g (mu_pg + z_page sigma_pg)`` over the KV
         head's query heads (z_page the selection's page quantile; ties to the lower index), the
         last page on top as with "topk"; sink_pages is not supported with it. The threshold
-        follows ``tau_mode`` (EntmaxKV's modes, ALGORITHMS.md A.5):
+        follows ``tau_mode`` (EntmaxKV's modes, arXiv 2605.21649):
         ``"exact"`` (default): the exact tau of the kept tokens, as for "topk" below;
         ``"fixed"``: each query head's clamped tau-hat
         (:attr:`grilly_kv.gaussian.GaussianSelection.tau`, the clamp taken over the pages that

@@ -161,6 +161,6 @@ def test_smollm2_greedy_tokens_device_equal_host(models):
 def test_cli_generate(vk, capsys):
     rc = main(["generate", "--policy", "entmax", "--budget", "16", "--max-tokens", "3", "--layers", "1",
                "--chunk", "8", "--raw", "--device", "vulkan", "Hello there, how are you today?"])
-    assert rc == 0 and "KV cache held by entmax(budget=16" in capsys.readouterr().out
+    assert rc == 0 and "KV cache held by entmax(budget=16" in capsys.readouterr().err
     assert main(["generate", "--policy", "entmax", "--budget", "4", "--device", "cpu", "--layers", "1", "x"]) == 2
     assert "budget" in capsys.readouterr().err

@@ -69,7 +69,9 @@ def test_cli_eval_prints_a_line_per_run(tmp_path, capsys):
                "--ppl-contexts", "24", "--ppl-targets", "4", "--ppl-windows", "1", "--device", "cpu",
                "--layers", "1", "--chunk", "16", "--out", str(tmp_path), "--name", "t"])
     assert rc == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[grilly-kv] ") and " ppl@24 " in ln]
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("[grilly-kv] ") and " ppl@24 " in ln]
+    assert sum(" ppl@24 " in ln for ln in captured.out.splitlines()) == 4     # the table, on stdout
     assert [ln.split()[1:4] for ln in lines] == [["quest", "budget", "16"], ["quest", "budget", "32"],
                                                  ["entmax", "budget", "16"], ["entmax", "budget", "32"]]
     data = json.loads((tmp_path / "t.json").read_text())

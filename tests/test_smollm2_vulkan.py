@@ -72,9 +72,9 @@ def test_dense_greedy_tokens_equal_reference(models):
 def test_cli_generate_end_to_end(vk, capsys):
     rc = main(["generate", "--policy", "streaming", "--budget", "16", "--max-tokens", "3", "--layers", "1",
                "--chunk", "8", "--raw", "--device", "vulkan", "Hello"])
-    out = capsys.readouterr().out
+    err = capsys.readouterr().err                     # summary lines go to stderr
     assert rc == 0
-    assert "tokens/s" in out and "KV cache held by streaming" in out and "device: vulkan" in out
+    assert "tokens/s" in err and "KV cache held by streaming" in err and "device: vulkan" in err
 
 
 def test_cli_info_and_errors(capsys):

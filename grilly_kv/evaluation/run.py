@@ -42,14 +42,17 @@ def policy_runs(cfg: EvalConfig) -> list[tuple[str, int | None]]:
     return runs
 
 
-def evaluate(model, tokenizer, cfg: EvalConfig, progress=None, on_run=None) -> dict:
+def evaluate(model, tokenizer, cfg: EvalConfig, progress=None, on_run=None,
+             policy_kwargs: dict[str, dict] | None = None) -> dict:
     """Run the whole evaluation.
 
     Args:
         progress: ``progress(total)`` returns a tqdm-like bar (or None).
         on_run: ``on_run(results, run)``, called after each (policy, budget) run with the results
             so far (``results["complete"]`` False until the last run) and that run's dict.
+        policy_kwargs: ``{policy name: make_policy keyword arguments}`` (e.g. a calibration).
     """
+    policy_kwargs = policy_kwargs or {}
     hay, held = split_essays()
     hay_ids = tokenizer.encode("\n\n".join(hay))
     windows = {c: essay_windows(tokenizer, held, c, cfg.ppl_targets, cfg.ppl_windows)
@@ -63,7 +66,7 @@ def evaluate(model, tokenizer, cfg: EvalConfig, progress=None, on_run=None) -> d
     results = {"device": model.device_name, "commit": commit(), "config": asdict(cfg), "runs": [],
                "complete": False}
     for name, budget in runs:
-        make = (lambda n=name, b=budget: make_policy(n, b))
+        make = (lambda n=name, b=budget: make_policy(n, b, **policy_kwargs.get(n, {})))
         run = {"policy": name, "budget": budget, "describe": make().describe(), "needle": []}
         t0 = time.perf_counter()
         for tr in trials:

@@ -2,7 +2,7 @@
 
 Every token is kept, in pages of 16 tokens with per-page key statistics (min, max, mean,
 population std). A decode step (one query token) chooses pages with EntmaxKV's rule
-(:mod:`grilly_kv.gaussian`, ALGORITHMS.md A.5): from the pages' key means and stds, a Gaussian
+(:mod:`grilly_kv.gaussian`, EntmaxKV, arXiv 2605.21649): from the pages' key means and stds, a Gaussian
 model of each query head's scores gives an estimated alpha-entmax threshold tau-hat (for
 ``select_alpha``), and the pages whose upper score ``mu_p + z sigma_p`` can reach above it are
 kept (a KV head keeps the union of its query heads' pages, plus the last page); the budget caps

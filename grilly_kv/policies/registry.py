@@ -40,7 +40,18 @@ def policy_names() -> list[str]:
 
 
 def make_policy(name: str, budget: int | None = None, **kwargs):
-    """A new policy instance. ``budget`` is in tokens per layer and KV head (ignored by dense)."""
+    """A new policy instance.
+
+    Args:
+        name: a registered policy (:func:`policy_names`).
+        budget: the policy's KV budget in tokens (its meaning per policy: ``grilly-kv generate
+            --help``); None: the policy's default. ``dense`` takes no budget and raises
+            ValueError when given one.
+        kwargs: the policy class's other arguments.
+
+    Raises:
+        ValueError: unknown name (the valid ones listed), or a budget the policy refuses.
+    """
     errors = _load_all()
     if name not in _POLICIES:
         why = f" ({name}: {errors[name]})" if name in errors else ""

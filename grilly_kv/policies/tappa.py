@@ -1,6 +1,6 @@
 """TAPPA with real eviction: q-similarity sets layer and head budgets, CAKE's window score picks tokens.
 
-Sequence (CAKE's, which the released TAPPA code computes but never executes, ALGORITHMS.md C.2).
+Sequence (CAKE's, which the released TAPPA code computes but never executes; TAPPA, arXiv 2601.21709).
 Two schedules say when the budgets are fixed and when heads are cut:
 
 ``schedule="first_decode"`` (the host reference's original rule; memory grows with the prompt):

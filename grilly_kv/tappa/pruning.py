@@ -2,7 +2,7 @@
 
     BI'_l = BI_norm,l + beta * (1 - qsim_norm,l)      x_norm = min-max over layers (0 if constant)
 
-Layers are removed in ascending score order (ties: the lower index first), ALGORITHMS.md C.3.
+Layers are removed in ascending score order (ties: the lower index first), TAPPA, arXiv 2601.21709, with Block Influence.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """TriAttention: keep the keys a query at the calibrated centre would attend to over the coming
-positions (ALGORITHMS.md part B), with compression that really shrinks the device K/V buffers.
+positions (TriAttention, arXiv 2604.04921), with compression that really shrinks the device K/V buffers.
 
 Pieces:
 

@@ -28,7 +28,7 @@ def score_keys(keys: np.ndarray, key_positions: np.ndarray, current_pos: int, ca
                device: DeviceLike = None) -> np.ndarray:
     """How a query at the calibrated centre would attend to each key over the coming positions.
 
-    ``S = S_trig + S_norm`` with offsets 2^0 .. 2^16 after ``current_pos`` (ALGORITHMS.md B.3);
+    ``S = S_trig + S_norm`` with offsets 2^0 .. 2^16 after ``current_pos`` (TriAttention, arXiv 2604.04921; mlx-vlm's ``score_keys``);
     with GQA each query head's scores are z-scored over the S keys, then maxed over its group.
 
     Args:
