@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""GPU time of a token's weight mat-vecs (decode, T = 1) and of a prefill chunk's mat-mats
+(T = 512) with the weights kept as GGUF blocks on the device (``model-matmul-q``), per format.
+
+Shapes: SmolLM2-135M (30 layers, 576 wide, 9/3 heads of 64, FFN 1536, vocab 49152) and
+Llama-3.2-1B (16 layers, 2048 wide, 32/8 heads of 64, FFN 8192, vocab 128256). Per layer, in the
+model's order and with a barrier before each (as the data dependencies of a real step need):
+qkv (RMSNorm in, RoPE epilogue), o (+ residual), gate/up (RMSNorm in), down (SwiGLU in, +
+residual); then lm_head (RMSNorm in; T = 1 only: prefill needs the last token's logits). Every
+layer has its own copy of the weights, so a token streams all of them from memory as it would.
+K-quants need K % 256 == 0: SmolLM2's 576-wide rows cannot hold them (skipped, with the reason).
+
+Measured in the same run: the copy bandwidth (``buffer_copy.copy_bandwidth``, bytes read +
+written), from which each kind's bandwidth bound is its bytes read (weights once, plus the
+activations) over that bandwidth; and the peer, today's ``model-matmul`` with float16 weights on
+the same shapes. GPU times are Vulkan timestamps (per dispatch: consecutive timestamps, medians
+over repeats), wall time is that of the whole submission. JSON:
+``benchmarks/results/quant_decode[_quick].json``.
+
+    python3 benchmarks/bench_quant_decode.py            # H200: both shapes, 11 formats, T = 1 and 512
+    python3 benchmarks/bench_quant_decode.py --quick    # lavapipe: a tiny shape, T = 1 and 16
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import device_info, save, setup  # noqa: E402
+
+from grilly_kv.backend import Buffer, Recording  # noqa: E402
+from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
+from grilly_kv.ops.model_matmul import record_matmul  # noqa: E402
+from grilly_kv.ops.model_matmul_q import QuantWeights, lanes_per_row, plan, record_matmul_q, subgroup_size  # noqa: E402
+from grilly_kv.ops.step_words import fill_step, step_words  # noqa: E402
+from grilly_kv.reference.model_matmul_q import FORMATS, row_bytes  # noqa: E402
+from grilly_kv.reference.model_rope import rope_table  # noqa: E402
+
+SHAPES = {
+    "smollm2-135m": dict(layers=30, d=576, hq=9, hkv=3, hd=64, ffn=1536, vocab=49152),
+    "llama-3.2-1b": dict(layers=16, d=2048, hq=32, hkv=8, hd=64, ffn=8192, vocab=128256),
+}
+QUICK_SHAPES = {"tiny": dict(layers=2, d=256, hq=4, hkv=2, hd=64, ffn=512, vocab=1024)}
+KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
+SCALE_FIELDS = {   # byte offsets of the f16 scales in a block (set to a small value in timing data)
+    "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
+    "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
+}
+
+
+def add_args(ap):
+    ap.add_argument("--formats", default=",".join(FORMATS), help="comma-separated ggml type names")
+    ap.add_argument("--shapes", default=None, help=f"comma-separated, of {', '.join(SHAPES)}")
+    ap.add_argument("--tokens", default=None, help="comma-separated T values (default 1,512; quick 1,16)")
+    ap.add_argument("--layers", type=int, default=None, help="override the layer count")
+    ap.add_argument("--repeats", type=int, default=5)
+
+
+def timing_rows(fmt: str, N: int, K: int, rng) -> np.ndarray:
+    """``(N, row_bytes)`` uint8 of type ``fmt`` for timing: random blocks, scales set small and
+    finite (every other bit pattern is a valid block); float formats from Gaussians."""
+    qtype, blk, nb = FORMATS[fmt]
+    if fmt == "F32":
+        return (rng.standard_normal((N, K), np.float32) * 0.02).view(np.uint8)
+    if fmt == "F16":
+        return (rng.standard_normal((N, K), np.float32) * 0.02).astype(np.float16).view(np.uint8)
+    if fmt == "BF16":
+        return ((rng.standard_normal((N, K), np.float32) * 0.02).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    blocks = rng.integers(0, 256, (N * K // blk, nb), dtype=np.uint8)
+    for off in SCALE_FIELDS[fmt]:
+        blocks[:, off:off + 2] = np.array([0.001], np.float16).view(np.uint8)
+    return blocks.reshape(N, -1)
+
+
+def layer_shapes(s: dict) -> dict:
+    qkv = (s["hq"] + 2 * s["hkv"]) * s["hd"]
+    return {"qkv": (qkv, s["d"]), "o": (s["d"], s["hq"] * s["hd"]), "gate_up": (2 * s["ffn"], s["d"]),
+            "down": (s["d"], s["ffn"]), "lm_head": (s["vocab"], s["d"])}
+
+
+class Activations:
+    """The step's device buffers (x, qkv, attn, gate/up, logits, norms, step, RoPE table)."""
+
+    def __init__(self, dev, s: dict, T: int, rng):
+        sh = layer_shapes(s)
+        self.x = Buffer(dev, T * s["d"])
+        self.qkv = Buffer(dev, T * sh["qkv"][0])
+        self.attn = Buffer(dev, T * s["hq"] * s["hd"])
+        self.gu = Buffer(dev, T * 2 * s["ffn"])
+        self.logits = Buffer(dev, s["vocab"])
+        self.norm = Buffer(dev, s["d"])
+        self.step = Buffer(dev, step_words(T), np.uint32)
+        self.table = Buffer(dev, (T + 8) * s["hd"])
+        self.x.write(rng.standard_normal(T * s["d"]).astype(np.float32))
+        self.attn.write(rng.standard_normal(T * s["hq"] * s["hd"]).astype(np.float32))
+        self.norm.write(np.ones(s["d"], np.float32))
+        self.step.write(fill_step(np.zeros(step_words(T), np.uint32), pos0=4, slots=np.zeros(T), n_scan=0))
+        self.table.write(rope_table(T + 8, s["hd"], 10000.0))
+        for b in (self.x, self.attn, self.norm, self.step, self.table):
+            b.upload_now()
+
+    def release(self):
+        for b in (self.x, self.qkv, self.attn, self.gu, self.logits, self.norm, self.step, self.table):
+            b.release()
+
+
+def record_token(dev, s, T, act, mm):
+    """One step's mat-vecs: ``mm(rec, kind, layer, x, y, **kw)`` records one; returns the
+    Recording and the kind of each step (None for barriers and transfers)."""
+    rec = Recording(dev, timestamps=True)
+    kinds = []
+
+    def add(kind, layer, x, y, **kw):
+        rec.barrier()
+        kinds.append(None)
+        mm(rec, kind, layer, x, y, **kw)
+        kinds.append(kind)
+
+    for i in range(s["layers"]):
+        add("qkv", i, act.x, act.qkv, mode="rmsnorm", rope=True)
+        add("o", i, act.attn, act.x, accumulate=True)
+        add("gate_up", i, act.x, act.gu, mode="rmsnorm")
+        add("down", i, act.gu, act.x, mode="swiglu", accumulate=True)
+    if T == 1:
+        add("lm_head", None, act.x, act.logits, mode="rmsnorm")
+    return rec, kinds
+
+
+def measure(rec, kinds, repeats: int) -> dict:
+    """Median over repeats of each kind's summed GPU time (us), the submission's wall time."""
+    rec.run()
+    per, walls = {k: [] for k in KINDS if k in kinds}, []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        rec.run()
+        walls.append((time.perf_counter() - t0) * 1e6)
+        ends = rec.timestamps_us()
+        dt = np.diff(np.concatenate([[0.0], ends]))
+        sums = {k: 0.0 for k in per}
+        for i, k in enumerate(kinds):
+            if k is not None:
+                sums[k] += float(dt[i])
+        for k in per:
+            per[k].append(sums[k])
+    out = {k: float(np.median(v)) for k, v in per.items()}
+    out["total_gpu_us"] = float(np.median([sum(per[k][i] for k in per) for i in range(repeats)]))
+    out["submission_gpu_us"] = float(rec.gpu_time_us())
+    out["wall_us"] = float(np.median(walls))
+    out["dispatches"] = sum(k is not None for k in kinds)
+    out["barriers"] = rec.n_barriers
+    return out
+
+
+def bytes_read(s, T, kind, wbytes) -> int:
+    """Bytes a kind's dispatches must read per step: its weights once, plus activations (float32)."""
+    N, K = layer_shapes(s)[kind]
+    k_in = 2 * K if kind == "down" else K
+    n = 1 if kind == "lm_head" else s["layers"]
+    acc = kind in ("o", "down")
+    return wbytes + n * T * 4 * (k_in + (N if acc else 0))
+
+
+def bench_format(dev, s, fmt, T, act, repeats, rng):
+    qtype = FORMATS[fmt][0]
+    sh = layer_shapes(s)
+    one = {k: timing_rows(fmt, *sh[k], rng) for k in ("qkv", "o", "gate_up", "down")}
+    tensors = {f"blk.{i}.{k}": (one[k], qtype, sh[k]) for i in range(s["layers"]) for k in one}
+    tensors["lm_head"] = (timing_rows(fmt, *sh["lm_head"], rng), qtype, sh["lm_head"])
+    qw = QuantWeights(dev, tensors)
+    rope_args = (act.step, act.table, s["hd"], (s["hq"] + s["hkv"]) * s["hd"])
+
+    def mm(rec, kind, layer, x, y, rope=False, **kw):
+        name = kind if layer is None else f"blk.{layer}.{kind}"
+        record_matmul_q(rec, qw, name, x, y, T=1 if kind == "lm_head" else T, g=act.norm,
+                        rope=rope_args if rope else None, **kw)
+
+    try:
+        rec, kinds = record_token(dev, s, T, act, mm)
+        res = measure(rec, kinds, repeats)
+        del rec
+    finally:
+        wb = {k: sum(e.nbytes for n, e in qw.entries.items() if n.endswith("." + k) or n == k) for k in KINDS}
+        weight_bytes, file_bytes = qw.weight_bytes, qw.file_bytes
+        qw.close()
+    return res, wb, weight_bytes, file_bytes
+
+
+def bench_peer_f16(dev, s, T, act, repeats, rng):
+    """Today's model-matmul with float16 weights (one buffer per layer, as VulkanModel holds them)."""
+    sh = layer_shapes(s)
+    bufs, offs = [], {}
+    for i in range(s["layers"]):
+        mats = [(rng.standard_normal(sh[k], np.float32) * 0.02).astype(np.float16) for k in ("qkv", "o", "gate_up", "down")]
+        b = Buffer(dev, sum(m.size for m in mats) // 2, np.uint32)
+        off = 0
+        for k, m in zip(("qkv", "o", "gate_up", "down"), mats):
+            b.write(m, offset_words=off * 2)
+            offs[(i, k)] = (b, off)
+            off += m.size // 4
+        b.upload_now()
+        bufs.append(b)
+    head = Buffer(dev, sh["lm_head"][0] * sh["lm_head"][1] // 2, np.uint32)
+    head.write((rng.standard_normal(sh["lm_head"], np.float32) * 0.02).astype(np.float16))
+    head.upload_now()
+    bufs.append(head)
+    offs[(None, "lm_head")] = (head, 0)
+
+    def mm(rec, kind, layer, x, y, rope=False, mode="plain", accumulate=False):
+        b, off = offs[(layer, kind)]
+        N, K = sh[kind]
+        record_matmul(rec, b, x, act.norm, y, N=N, K=K, T=1 if kind == "lm_head" else T, f16=True,
+                      mode=mode, accumulate=accumulate, w_off=off)
+        if rope:   # the f16 path rotates in a separate dispatch: time it with the qkv matmul
+            from grilly_kv.ops.model_rope import record_rope
+            record_rope(rec, act.qkv, act.step, act.table, T=T, head_dim=s["hd"], n_q_heads=s["hq"],
+                        n_kv_heads=s["hkv"])
+
+    try:
+        rec, kinds = record_token(dev, s, T, act, mm)
+        kinds = _with_rope_steps(rec, kinds)
+        res = measure(rec, kinds, repeats)
+        del rec
+    finally:
+        for b in bufs:
+            b.release()
+    return res
+
+
+def _with_rope_steps(rec, kinds):
+    """Align kinds with the recording's steps when mm() recorded two dispatches (matmul + rope)."""
+    out, ki = [], 0
+    for st in rec.steps:
+        if st.kind == "dispatch":
+            if st.shader == "model-rope":
+                out.append("qkv")
+                continue
+            while kinds[ki] is None:
+                ki += 1
+            out.append(kinds[ki])
+            ki += 1
+        else:
+            out.append(None)
+    return out
+
+
+def main():
+    args, dev = setup(__doc__, add_args)
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = {k: (SHAPES | QUICK_SHAPES)[k] for k in args.shapes.split(",")}
+    tokens = [int(t) for t in (args.tokens or ("1,16" if args.quick else "1,512")).split(",")]
+    formats = args.formats.split(",")
+    rng = np.random.default_rng(0)
+    bw = copy_bandwidth(dev, nbytes=(16 << 20) if args.quick else (1 << 30))
+    print(f"{dev.description}: copy {bw['gb_per_s']:.1f} GB/s (read + write), subgroup size used "
+          f"{subgroup_size(dev)}", flush=True)
+    results = []
+    for sname, s in shapes.items():
+        s = dict(s, layers=args.layers or s["layers"])
+        sh = layer_shapes(s)
+        for T in tokens:
+            act = Activations(dev, s, T, rng)
+            peer = bench_peer_f16(dev, s, T, act, args.repeats, rng)
+            print(f"{sname} T={T} peer model-matmul f16: {peer['total_gpu_us']:.1f} us", flush=True)
+            results.append({"shape": sname, "T": T, "format": "peer:model-matmul-f16", **peer})
+            for fmt in formats:
+                qtype, blk, _ = FORMATS[fmt]
+                if any(K % blk for _, K in sh.values()):
+                    results.append({"shape": sname, "T": T, "format": fmt,
+                                    "skipped": f"a row width is not a multiple of {blk}"})
+                    print(f"{sname} T={T} {fmt}: skipped (K % {blk})", flush=True)
+                    continue
+                res, wb, weight_bytes, file_bytes = bench_format(dev, s, fmt, T, act, args.repeats, rng)
+                row = {"shape": sname, "T": T, "format": fmt, **res, "device_weight_bytes": weight_bytes,
+                       "file_tensor_bytes": file_bytes, "kinds": {}}
+                for k in KINDS:
+                    if k not in res:
+                        continue
+                    nb = bytes_read(s, 1 if k == "lm_head" else T, k, wb[k])
+                    bound = nb / (bw["gb_per_s"] * 1e3)
+                    N, K = sh[k]
+                    nt = 1 if k == "lm_head" else T
+                    flops = 2.0 * N * K * nt * (1 if k == "lm_head" else s["layers"])
+                    row["kinds"][k] = {"gpu_us": res[k], "bytes_read": nb, "bound_us": bound,
+                                       "x_bound": res[k] / bound, "tflops": flops / (res[k] * 1e6),
+                                       "lanes": lanes_per_row(dev, nt, K),
+                                       "plan": plan(dev, nt, K, rope=k == "qkv")}
+                tot_b = sum(v["bound_us"] for v in row["kinds"].values())
+                row["bound_us"] = tot_b
+                row["x_bound"] = res["total_gpu_us"] / tot_b
+                row["x_peer"] = res["total_gpu_us"] / peer["total_gpu_us"]
+                results.append(row)
+                print(f"{sname} T={T} {fmt}: {res['total_gpu_us']:.1f} us GPU ({row['x_bound']:.2f}x bound "
+                      f"{tot_b:.1f} us, {row['x_peer']:.2f}x peer f16), wall {res['wall_us']:.0f} us, "
+                      + ", ".join(f"{k} {row['kinds'][k]['gpu_us']:.1f}" for k in row["kinds"]), flush=True)
+            act.release()
+    save("quant_decode_quick" if args.quick else "quant_decode",
+         {**device_info(dev), "copy_bandwidth": bw, "subgroup_size_used": subgroup_size(dev),
+          "shapes": shapes, "tokens": tokens, "repeats": args.repeats,
+          "notes": "per kind: GPU us per step summed over layers (Vulkan timestamps, median); bound = bytes "
+                   "read (weights once + float32 activations) / copy bandwidth (read + write) of this run; "
+                   "peer = model-matmul with float16 weights (+ its separate model-rope dispatch) on the same shapes",
+          "results": results})
+
+
+if __name__ == "__main__":
+    main()

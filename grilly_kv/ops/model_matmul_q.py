@@ -1,0 +1,363 @@
+"""Token rows times a GGUF weight matrix kept quantised on the device (dequantised in registers),
+with optional fused RMSNorm or SwiGLU input, RoPE epilogue (qkv) and residual add.
+
+Shader: ``shaders/model-matmul-q.glsl``; reference:
+:func:`grilly_kv.reference.model_matmul_q.model_matmul_q_ref`. Serves the GEMV of decode (T = 1)
+and the tiled GEMM of prefill (each weight chunk dequantised once per tile of up to
+:data:`MAX_TT` tokens).
+
+Formats: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K. The device holds the
+file's raw tensor bytes unchanged (uploaded as uint32 words; each tensor starts at a 16-byte
+boundary of its buffer, the only padding), and the shader addresses bytes inside the words, so
+blocks of 18, 20, 22, 34 or 210 bytes need no repacking.
+
+Typical use (a model)::
+
+    qw = QuantWeights(dev, {"blk.0.qkv": (raw, qtype, (N, K)), ...})   # raw: (N, row_bytes) uint8
+    record_matmul_q(rec, qw, "blk.0.qkv", x_buf, y_buf, T=T, mode="rmsnorm", g=norms, g_off=...)
+    ...
+    qw.close()
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import Buffer, PushLayout, Recording, get_device
+from ..backend.device import DeviceLike
+from ..reference.model_matmul_q import (FORMAT_BY_ID, FORMATS, dequantize_rows, model_matmul_q_ref,
+                                        row_bytes)
+from ..validation import check_array, check_choice
+
+SHADER = "model-matmul-q"
+MODES = {"plain": 0, "rmsnorm": 1, "swiglu": 2}
+WEIGHT_FORMATS = ("native", "f16", "f32")
+MAX_TT = 8           # tokens per workgroup (prefill tile)
+MAX_SG = 64          # the shader's per-subgroup arrays
+WG_GPU = 256         # invocations per workgroup on GPUs
+WG_CPU = 64          # CPU devices: one row per invocation
+TENSOR_ALIGN = 16    # bytes: each tensor starts at a multiple of this in its buffer
+PUSH = PushLayout("N", "T", "w_off", "x_off", "x_stride", "g_off", "y_off", "y_stride", "rope_rows", "eps:f")
+# Subgroup sizes by PCI vendor when the device does not report one (speed only: the shader reads
+# gl_SubgroupSize and is correct for any value).
+VENDOR_SUBGROUP = {0x10DE: 32, 0x1002: 64, 0x1022: 64, 0x8086: 16, 0x13B5: 16, 0x5143: 64}
+
+
+def subgroup_size(device) -> int:
+    """The device's subgroup size: ``properties["subgroup_size"]`` when the backend reports it,
+    else by vendor (NVIDIA 32, AMD 64, Intel 16, ARM 16, Qualcomm 64), else 32."""
+    props = device.properties
+    if props.get("subgroup_size"):
+        return int(props["subgroup_size"])
+    return VENDOR_SUBGROUP.get(int(props.get("vendor_id", 0)), 32)
+
+
+def lanes_per_row(device, T: int, K: int) -> int:
+    """Invocations per output row: 1 on CPU devices (a row per invocation); on GPUs the subgroup
+    size (at most 64), lowered to the next power of 2 at or above the row's 32-element chunks, and
+    halved for prefill tiles (each lane then holds more token sums)."""
+    if device.properties.get("device_type") == "Cpu":
+        return 1
+    chunks = -(-K // 32)
+    lanes = min(subgroup_size(device), 64, 1 << max(chunks - 1, 0).bit_length())
+    if T > 1:
+        lanes = max(lanes // 2, 1)
+    return lanes
+
+
+def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None = None,
+         rope: bool = False) -> tuple[int, int, int, int]:
+    """``(workgroup size, rows per workgroup, tokens per workgroup, slab width)`` for a call."""
+    lanes = lanes or lanes_per_row(device, T, K)
+    if lanes < 1 or lanes & (lanes - 1) or lanes > MAX_SG:
+        raise ValueError(f"lanes must be a power of 2 in 1..{MAX_SG}, got {lanes}")
+    wg = WG_CPU if lanes == 1 else max(WG_GPU, lanes)
+    rows = wg // lanes
+    if rope and rows % 2:
+        raise ValueError("the RoPE epilogue needs an even number of rows per workgroup")
+    tt = min(tokens or MAX_TT, MAX_TT, T)
+    smem = int(device.properties.get("max_compute_shared_memory_size", 32768))
+    smem -= 2 * tt * MAX_SG * 4 + (tt * rows * 4 if rope else 4) + 64
+    ks = min(-(-K // 32) * 32, smem // (4 * tt) // 32 * 32)
+    if ks < 32:
+        raise ValueError(f"{tt} tokens per workgroup leave no room for a 32-element slab in "
+                         f"{device.name}'s shared memory")
+    return wg, rows, tt, ks
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    """Where one matrix lives: ``buffer`` (raw bytes as uint32 words) from byte ``offset``;
+    ``qtype`` the ggml type id, ``(N, K)`` its shape (rows out, elements in)."""
+
+    buffer: Buffer
+    offset: int
+    qtype: int
+    N: int
+    K: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.N * row_bytes(self.qtype, self.K)
+
+
+def _check_tensor(name: str, raw, qtype: int, shape) -> np.ndarray:
+    if qtype not in FORMAT_BY_ID:
+        raise ValueError(f"tensor {name}: ggml type {qtype} is not supported (supported: {sorted(FORMATS)})")
+    if len(shape) != 2:
+        raise ValueError(f"tensor {name}: a weight matrix must be 2-D (N, K), got shape {shape}")
+    N, K = (int(s) for s in shape)
+    _, blk, _ = FORMATS[FORMAT_BY_ID[qtype]]
+    if K % max(blk, 4) or N < 1:
+        raise ValueError(f"tensor {name}: K = {K} must be a positive multiple of {max(blk, 4)} for "
+                         f"{FORMAT_BY_ID[qtype]} (N = {N})")
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8:
+        raw = np.ascontiguousarray(raw).view(np.uint8)
+    raw = raw.reshape(N, -1) if raw.size else raw
+    if raw.shape != (N, row_bytes(qtype, K)):
+        raise ValueError(f"tensor {name}: {raw.size} bytes do not hold ({N}, {K}) of {FORMAT_BY_ID[qtype]} "
+                         f"({N} x {row_bytes(qtype, K)} bytes)")
+    return raw
+
+
+def convert_rows(raw: np.ndarray, qtype: int, K: int, weight_format: str) -> tuple[np.ndarray, int]:
+    """``(raw, qtype)`` as stored for ``weight_format``: unchanged ("native"), or dequantised to
+    F16 ("f16", raises on float16 overflow) or F32 ("f32") rows."""
+    if weight_format == "native":
+        return raw, qtype
+    w = dequantize_rows(raw, qtype, K)
+    if weight_format == "f32":
+        return w.view(np.uint8).reshape(w.shape[0], -1), 0
+    if np.abs(w).max(initial=0.0) > 65504.0:
+        raise ValueError("weights exceed the float16 range; use weight_format='f32' or 'native'")
+    return w.astype(np.float16).view(np.uint8).reshape(w.shape[0], -1), 1
+
+
+def concat_rows(*tensors: tuple) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """Stack ``(raw, qtype, (N_i, K))`` tensors of one type and width along rows (fused qkv,
+    gate/up); raises when their types or widths differ (dispatch them separately then)."""
+    qtypes = {int(t[1]) for t in tensors}
+    widths = {int(t[2][1]) for t in tensors}
+    if len(qtypes) != 1 or len(widths) != 1:
+        raise ValueError(f"concat_rows needs one type and one K, got types {sorted(qtypes)}, K {sorted(widths)}")
+    raws = [_check_tensor(f"part {i}", *t) for i, t in enumerate(tensors)]
+    N = sum(int(t[2][0]) for t in tensors)
+    return np.concatenate(raws), qtypes.pop(), (N, widths.pop())
+
+
+class QuantWeights:
+    """Weight matrices on a Vulkan device as GGUF blocks, packed into as few buffers as the
+    device's maxStorageBufferRange allows.
+
+    Args:
+        device: a Vulkan device.
+        tensors: ``{name: (raw, qtype, (N, K))}``, raw the file's ``(N, row_bytes)`` uint8 rows
+            (as :func:`grilly_kv.models.smollm2.weights.read_gguf_raw` returns them); insertion
+            order is buffer order.
+        weight_format: "native" (the file's own types), "f16" or "f32" (dequantised at load).
+
+    Attributes:
+        weight_bytes: bytes of device memory the weights occupy (all buffers).
+        file_bytes: the tensors' bytes as given (the file's, for "native").
+    """
+
+    def __init__(self, device: DeviceLike, tensors: dict, *, weight_format: str = "native"):
+        check_choice("weight_format", weight_format, WEIGHT_FORMATS)
+        dev = get_device(device)
+        if dev.is_cpu:
+            raise ValueError("QuantWeights needs a Vulkan device")
+        if not tensors:
+            raise ValueError("tensors is empty")
+        self.device = dev
+        self.weight_format = weight_format
+        self._lock = threading.Lock()
+        staged = {}
+        for name, (raw, qtype, shape) in tensors.items():
+            raw = _check_tensor(name, raw, int(qtype), shape)
+            staged[name] = convert_rows(raw, int(qtype), int(shape[1]), weight_format) + (tuple(int(s) for s in shape),)
+        self.file_bytes = sum(_check_tensor(n, *t).nbytes for n, t in tensors.items())
+        self.buffers: list[Buffer] = []
+        self.entries: dict[str, WeightEntry] = {}
+        self._upload(staged)
+        self.weight_bytes = sum(b.nbytes for b in self.buffers)
+
+    def _upload(self, staged: dict) -> None:
+        limit = int(self.device.properties.get("max_storage_buffer_range", 2**32 - 1))
+        limit = min(limit, 2**32 - 4) // TENSOR_ALIGN * TENSOR_ALIGN
+        packs: list[list[str]] = [[]]
+        size = 0
+        for name, (raw, _, _) in staged.items():
+            nbytes = -(-raw.nbytes // TENSOR_ALIGN) * TENSOR_ALIGN
+            if nbytes > limit:
+                raise ValueError(f"tensor {name} ({raw.nbytes} bytes) exceeds {self.device.name}'s "
+                                 f"maxStorageBufferRange ({limit} bytes)")
+            if packs[-1] and size + nbytes > limit:
+                packs.append([])
+                size = 0
+            packs[-1].append(name)
+            size += nbytes
+        for pack in packs:
+            offs, off = [], 0
+            for name in pack:
+                offs.append(off)
+                off += -(-staged[name][0].nbytes // TENSOR_ALIGN) * TENSOR_ALIGN
+            host = np.zeros(off, np.uint8)
+            buf = Buffer(self.device, off // 4, np.uint32)
+            self.buffers.append(buf)
+            for name, o in zip(pack, offs):
+                raw, qtype, (N, K) = staged[name]
+                host[o:o + raw.nbytes] = raw.reshape(-1)
+                self.entries[name] = WeightEntry(buf, o, qtype, N, K)
+            buf.write(host.view(np.uint32))
+            buf.upload_now()
+
+    def __getitem__(self, name: str) -> WeightEntry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise KeyError(f"no weight tensor {name!r} (have {len(self.entries)}: "
+                           f"{', '.join(list(self.entries)[:4])}, ...)") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def close(self) -> None:
+        """Free the device memory (recordings that bind these buffers must be dropped first)."""
+        with self._lock:
+            for b in self.buffers:
+                if not b.released:
+                    b.release()
+            self.buffers = []
+            self.entries = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name: str | None, x: Buffer,
+                    y: Buffer, *, T: int, mode: str = "plain", g: Buffer | None = None, g_off: int = 0,
+                    accumulate: bool = False, x_off: int = 0, x_stride: int | None = None,
+                    y_off: int = 0, y_stride: int | None = None, eps: float = 1e-5,
+                    rope: tuple | None = None, lanes: int | None = None,
+                    tokens: int | None = None) -> Recording:
+    """Record ``y[t, y_off + n] (+)= x'[t] . W[n]`` for t < T, n < N (W = ``weights[name]``).
+
+    Args:
+        x: float32 token rows: token t starts at float ``x_off + t * x_stride`` (default stride K,
+            2K for "swiglu"); offsets and strides are multiples of 4 floats.
+        y: float32 output: token t, row n at ``y_off + t * y_stride + n`` (default stride N).
+        mode: "plain", "rmsnorm" (``g`` holds the gain from float ``g_off``) or "swiglu".
+        accumulate: add to y (residual) instead of overwriting it.
+        rope: ``(step, table, head_dim, rope_rows)``: rows < rope_rows are q/k heads in GGUF's
+            interleaved-pair order, rotated at positions ``step[0] + t`` with a
+            :func:`~grilly_kv.reference.model_rope.rope_table` buffer and written in rotate-half
+            order (rope_rows a multiple of head_dim, itself even).
+        lanes, tokens: invocations per row and tokens per workgroup (default: :func:`plan`).
+    """
+    e = weights if isinstance(weights, WeightEntry) else weights[name]
+    check_choice("mode", mode, MODES)
+    N, K = e.N, e.K
+    xk = 2 * K if mode == "swiglu" else K
+    x_stride = xk if x_stride is None else x_stride
+    y_stride = N if y_stride is None else y_stride
+    for nm, v in (("x_off", x_off), ("x_stride", x_stride), ("g_off", g_off)):
+        if v % 4 or v < 0:
+            raise ValueError(f"{nm} must be a non-negative multiple of 4 floats, got {v}")
+    if x_stride < xk or y_stride < N or T < 1:
+        raise ValueError(f"x_stride >= {xk}, y_stride >= {N} and T >= 1 needed, got {x_stride}, {y_stride}, {T}")
+    if mode == "rmsnorm" and g is None:
+        raise ValueError("mode 'rmsnorm' needs the gain buffer g")
+    step = table = x
+    head_dim = rope_rows = 0
+    if rope is not None:
+        step, table, head_dim, rope_rows = rope
+        if head_dim % 2 or head_dim < 2 or rope_rows % head_dim or not 0 < rope_rows <= N or accumulate:
+            raise ValueError(f"rope needs an even head_dim dividing rope_rows <= N = {N} and no accumulate, "
+                             f"got head_dim {head_dim}, rope_rows {rope_rows}, accumulate {accumulate}")
+    wg, rows, tt, ks = plan(rec.device, T, K, lanes=lanes, tokens=tokens, rope=rope is not None)
+    spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2)
+    push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
+                     y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
+    return rec.dispatch(SHADER, [e.buffer, x, g or x, y, step, table], groups=(-(-N // rows), -(-T // tt)),
+                        push=push, spec=spec, writes=[3], label=f"{SHADER}:{FORMAT_BY_ID[e.qtype]}")
+
+
+def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: str = "plain",
+                   norm_weight=None, eps: float = 1e-5, y: np.ndarray | None = None,
+                   rope: dict | None = None, lanes: int | None = None, tokens: int | None = None,
+                   device: DeviceLike = None) -> np.ndarray:
+    """``x' @ dequantize(raw).T`` (+ ``y``) on the device, weights uploaded as GGUF blocks.
+
+    Args:
+        x: ``(T, K)`` float32 token rows (``(T, 2K)`` for "swiglu": gate then up).
+        raw, qtype, K: ``(N, row_bytes)`` uint8 GGUF rows of ggml type id ``qtype``.
+        mode, norm_weight: as :func:`grilly_kv.ops.model_matmul.model_matmul`.
+        y: optional ``(T, N)`` float32 residual.
+        rope: ``dict(pos0, head_dim, rope_rows, theta)``: the RoPE epilogue.
+
+    Returns:
+        ``(T, N)`` float32.
+    """
+    check_choice("mode", mode, MODES)
+    if qtype not in FORMAT_BY_ID:
+        raise ValueError(f"qtype {qtype} is not supported (supported: {sorted(FORMATS)})")
+    N = np.asarray(raw).shape[0]
+    raw = _check_tensor("raw", raw, qtype, (N, K))
+    xk = 2 * K if mode == "swiglu" else K
+    check_array("x", x, ndim=2, dtypes=(np.float32,), shape_doc=f"(T, {xk})")
+    if x.shape[1] != xk:
+        raise ValueError(f"x must be (T, {xk}), got {x.shape}")
+    T = x.shape[0]
+    if mode == "rmsnorm":
+        norm_weight = check_array("norm_weight", norm_weight, ndim=1, dtypes=(np.float32,), shape_doc="(K,)")
+        if norm_weight.shape != (K,):
+            raise ValueError(f"norm_weight must be ({K},), got {norm_weight.shape}")
+    if y is not None:
+        check_array("y", y, ndim=2, dtypes=(np.float32,), shape_doc="(T, N)")
+        if y.shape != (T, N):
+            raise ValueError(f"y must be ({T}, {N}), got {y.shape}")
+    dev = get_device(device)
+    if dev.is_cpu:
+        return model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=norm_weight, eps=eps, y=y, rope=rope)
+    return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, lanes, tokens)
+
+
+def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, lanes, tokens) -> np.ndarray:
+    from ..reference.model_rope import rope_table
+    from .step_words import fill_step, step_words
+
+    T, N = x.shape[0], raw.shape[0]
+    ws = dev.workspace(SHADER)
+    wb = ws.scratch.get("w", -(-raw.nbytes // 4), np.uint32)
+    xb = ws.scratch.get("x", x.size)
+    gb = ws.scratch.get("g", K)
+    yb = ws.scratch.get("y", T * N)
+    words = np.zeros(wb.n_words * 4, np.uint8)
+    words[:raw.nbytes] = raw.reshape(-1)
+    wb.write(words.view(np.uint32))
+    xb.write(x)
+    if mode == "rmsnorm":
+        gb.write(norm_weight)
+    rec = Recording(dev).upload(wb, xb, gb)
+    rope_args = None
+    if rope is not None:
+        sb = ws.scratch.get("step", step_words(T), np.uint32)
+        tb = ws.scratch.get("table", (rope["pos0"] + T) * rope["head_dim"])
+        sb.write(fill_step(np.zeros(sb.n_words, np.uint32), pos0=rope["pos0"], slots=np.zeros(T), n_scan=0))
+        tb.write(rope_table(rope["pos0"] + T, rope["head_dim"], rope["theta"]))
+        rec.upload(sb, tb)
+        rope_args = (sb, tb, rope["head_dim"], rope["rope_rows"])
+    if y is not None:
+        yb.write(y)
+        rec.upload(yb)
+    entry = WeightEntry(wb, 0, qtype, N, K)
+    record_matmul_q(rec, entry, None, xb, yb, T=T, mode=mode, g=gb, accumulate=y is not None, eps=eps,
+                    rope=rope_args, lanes=lanes, tokens=tokens)
+    rec.download(yb).run()
+    return yb.read(T * N).reshape(T, N)

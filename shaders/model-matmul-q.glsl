@@ -1,0 +1,163 @@
+#version 450
+// Y[t, y_off + dest(n)] (+)= sum_k X'[t, k] * W[n, k] for tokens t < T and rows n < N, W read as
+// raw GGUF blocks (any of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K: the
+// specialisation constant FMT) and dequantised in registers: see grilly_kv/ops/model_matmul_q.py.
+// X' is X itself (MODE 0), g * X with RMSNorm applied after the dot (MODE 1: y = rsqrt(mean(x^2) +
+// eps) * sum_k w_k g_k x_k), or silu(X[t, :K]) * X[t, K:] (MODE 2, SwiGLU). With ROPE = 1, rows
+// n < rope_rows are q/k rows in GGUF's interleaved-pair order (rows 2i, 2i+1 of a head of HD rows
+// rotate together by angle pos * theta^(-2i/HD), table from reference.model_rope.rope_table, pos =
+// step[0] + t) and are written rotated to rotate-half order (2i -> i, 2i+1 -> i + HD/2 of their head).
+//
+// Workgroup (x, y) computes rows [x*ROWS, x*ROWS + ROWS) for tokens [y*TT, y*TT + TT): each weight
+// chunk (32 elements) is dequantised once and dotted with TT token rows (a prefill tile reads the
+// weights once per TT tokens). K is walked in slabs of KS elements: the workgroup stages the slab
+// of X' for its TT tokens in shared memory (plane-major, so the lanes of a row read consecutive
+// vec4s), then each row's LANES = WG / ROWS lanes take the slab's chunks round robin. Lane sums
+// meet by shuffles within a subgroup, across subgroups through shared memory when a row is wider
+// than the subgroup (gl_SubgroupSize decides at run time; the host's choice only affects speed).
+#include "common.glsl"
+#include "cluster_reduce.glsl"
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 1) const uint FMT = 2;     // ggml type id of W
+layout(constant_id = 2) const uint K = 256;     // input width (elements), a multiple of the block
+layout(constant_id = 3) const uint ROWS = 4;    // output rows per workgroup (LANES = WG / ROWS, a power of 2)
+layout(constant_id = 4) const uint TT = 1;      // tokens per workgroup
+layout(constant_id = 5) const uint MODE = 0;    // 0 plain, 1 RMSNorm, 2 SwiGLU
+layout(constant_id = 6) const uint ACC = 0;     // 1: add to Y instead of overwriting it
+layout(constant_id = 7) const uint KS = 256;    // slab width (elements), a multiple of 32
+layout(constant_id = 8) const uint ROPE = 0;    // 1: RoPE epilogue on rows < rope_rows
+layout(constant_id = 9) const uint HD = 64;     // head dim (ROPE)
+
+layout(set = 0, binding = 0) readonly buffer Wq { uint wq[]; };
+#include "gguf_blocks.glsl"
+layout(set = 0, binding = 1) readonly buffer X { vec4 x[]; };
+layout(set = 0, binding = 2) readonly buffer G { vec4 g[]; };
+layout(set = 0, binding = 3) buffer Y { float y[]; };
+layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
+layout(set = 0, binding = 5) readonly buffer Table { float table[]; };
+
+layout(push_constant) uniform Push {
+    uint N;          // output rows
+    uint T;          // tokens
+    uint w_off;      // first byte of W (a multiple of 4)
+    uint x_off;      // first vec4 of X (token 0)
+    uint x_stride;   // vec4s between tokens of X
+    uint g_off;      // first vec4 of the norm gain (MODE 1)
+    uint y_off;      // first float of Y (token 0, row 0)
+    uint y_stride;   // floats between tokens of Y
+    uint rope_rows;  // rows rotated (ROPE; a multiple of HD)
+    uint eps_bits;   // RMSNorm epsilon (float)
+} p;
+
+const uint MAX_SG = 64u;
+const uint LANES = gl_WorkGroupSize.x / ROWS;
+const uint CPS = KS / 32u;                  // chunks per slab
+const uint KV = K / 4u;                     // vec4s of X' per token
+const uint SLABS = (K + KS - 1u) / KS;
+
+shared vec4 xs[8u * TT * CPS];              // X' slab: vec4 g of chunk cc of token j at (g * TT + j) * CPS + cc
+shared float red[TT * MAX_SG];              // per-subgroup sums of squares (MODE 1)
+shared float part[TT * MAX_SG];             // per-subgroup partial dots (rows wider than a subgroup)
+shared float outs[ROPE != 0u ? TT * ROWS : 1u];
+
+void main() {
+    const uint WG = gl_WorkGroupSize.x;
+    const uint tid = gl_LocalInvocationIndex;
+    const uint SG = gl_SubgroupSize;
+    const bool wide = LANES > SG;           // a row spans LANES / SG whole subgroups
+    const uint lane = wide ? (gl_SubgroupID % (LANES / SG)) * SG + gl_SubgroupInvocationID
+                           : gl_SubgroupInvocationID % LANES;
+    const uint r = wide ? gl_SubgroupID / (LANES / SG) : gl_SubgroupID * (SG / LANES) + gl_SubgroupInvocationID / LANES;
+    const uint n_out = gl_WorkGroupID.x * ROWS + r;
+    const uint n = min(n_out, p.N - 1u);    // rows past N compute row N-1, write nothing
+    const uint t0 = gl_WorkGroupID.y * TT;
+    const uint rb = p.w_off + n * ROW_BYTES;
+
+    float acc[TT], ss[TT];
+    [[unroll]] for (uint j = 0u; j < TT; j++) { acc[j] = 0.0; ss[j] = 0.0; }
+
+    for (uint s = 0u; s < SLABS; s++) {
+        const uint v0 = s * (KS / 4u);
+        if (s > 0u) barrier();              // the previous slab is read by everyone
+        [[unroll]] for (uint j = 0u; j < TT; j++) {   // stage X' (tokens past T: token T-1)
+            const uint xr = p.x_off + min(t0 + j, p.T - 1u) * p.x_stride;
+            for (uint v = tid; v < KS / 4u; v += WG) {
+                vec4 a = vec4(0.0);
+                if (v0 + v < KV) {
+                    a = x[xr + v0 + v];
+                    if (MODE == 1u) { ss[j] += dot(a, a); a *= g[p.g_off + v0 + v]; }
+                    if (MODE == 2u) a = a / (1.0 + exp(-a)) * x[xr + KV + v0 + v];
+                }
+                xs[((v % 8u) * TT + j) * CPS + v / 8u] = a;
+            }
+        }
+        barrier();
+        for (uint cc = lane; cc < CPS; cc += LANES) {
+            const uint c = s * CPS + cc;
+            if (c >= CHUNKS) break;
+            vec4 w[8];
+            dequant_chunk(rb, c, w);
+            [[unroll]] for (uint j = 0u; j < TT; j++) {
+                float d = 0.0;
+                [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], xs[(q * TT + j) * CPS + cc]);
+                acc[j] += d;
+            }
+        }
+    }
+
+    if (MODE == 1u) {
+        [[unroll]] for (uint j = 0u; j < TT; j++) {
+            const float q = subgroupAdd(ss[j]);
+            if (subgroupElect()) red[j * MAX_SG + gl_SubgroupID] = q;
+        }
+    }
+    if (wide) {                              // uniform over the workgroup
+        [[unroll]] for (uint j = 0u; j < TT; j++) {
+            const float q = subgroupAdd(acc[j]);
+            if (subgroupElect()) part[j * MAX_SG + gl_SubgroupID] = q;
+        }
+    }
+    barrier();
+    [[unroll]] for (uint j = 0u; j < TT; j++) {
+        float v = 0.0;
+        if (wide) {
+            for (uint k = 0u; k < LANES / SG; k++) v += part[j * MAX_SG + r * (LANES / SG) + k];
+        } else {
+            v = cluster_add(acc[j], LANES);
+        }
+        if (MODE == 1u) {
+            float q = 0.0;
+            for (uint k = 0u; k < gl_NumSubgroups; k++) q += red[j * MAX_SG + k];
+            v *= inversesqrt(q / float(K) + PUSH_F(p.eps_bits));
+        }
+        acc[j] = v;
+    }
+
+    uint dest = n_out;
+    const bool rot = ROPE != 0u && n_out < p.rope_rows;
+    if (ROPE != 0u) {
+        if (lane == 0u) {
+            [[unroll]] for (uint j = 0u; j < TT; j++) outs[j * ROWS + r] = acc[j];
+        }
+        barrier();
+        if (rot) {
+            const uint hp = n_out % HD, i = hp / 2u, odd = hp & 1u;
+            dest = n_out - hp + odd * (HD / 2u) + i;
+            [[unroll]] for (uint j = 0u; j < TT; j++) {
+                const uint pos = step[0] + min(t0 + j, p.T - 1u);
+                const float cs = table[pos * HD + i], sn = table[pos * HD + HD / 2u + i];
+                const float a = outs[j * ROWS + (r & ~1u)], b = outs[j * ROWS + (r | 1u)];
+                acc[j] = odd == 0u ? a * cs - b * sn : b * cs + a * sn;
+            }
+        }
+    }
+    if (lane == 0u && n_out < p.N) {
+        [[unroll]] for (uint j = 0u; j < TT; j++) {
+            if (t0 + j < p.T) {
+                const uint o = p.y_off + (t0 + j) * p.y_stride + dest;
+                y[o] = (ACC != 0u ? y[o] : 0.0) + acc[j];
+            }
+        }
+    }
+}
