@@ -61,6 +61,7 @@ PY_DEPS = {
 MODEL_DEPS = {
     "gguf": "gguf>=0.10",
     "tokenizers": "tokenizers>=0.15",
+    "jinja2": "jinja2>=3.0",        # chat templates stored in GGUF files
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",
 }
