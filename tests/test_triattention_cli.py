@@ -13,7 +13,7 @@ def test_calibrate_command_matches_captured_queries(tmp_path):
     from grilly_kv.evaluation.corpus import essays
     from grilly_kv.models.capture import capture_qkv
     from grilly_kv.models.chat_tokenizer import ChatTokenizer
-from grilly_kv.models.llama import load_checkpoint
+    from grilly_kv.models.llama import load_checkpoint
 
     out = tmp_path / "calib.safetensors"
     assert main(["calibrate", "--output", str(out), "--essays", "1", "--tokens", "48",

@@ -128,20 +128,21 @@ def check_generate_args(a):
 
 
 def tokenize(a, tk, text: str) -> tuple[list[int], list[int]]:
-    """Context and question ids. With the chat template the context opens the user's turn and the
-    question closes it; without it the texts are fed as they are."""
-    from ..models.smollm2.tokenizer import DEFAULT_SYSTEM
-
-    system = DEFAULT_SYSTEM if a.system_prompt is None else a.system_prompt
+    """Context and question ids. With the file's chat template the text and the question form
+    one user turn (after the system prompt, if ``-sys`` gives one; else the template decides),
+    cut where the question starts; without it the texts are fed as they are."""
     if a.no_chat_template:
         ctx = tk.encode(text)
         q = tk.encode("\n\n" + a.question) if a.question else []
         return ctx, q
+    messages = [] if a.system_prompt is None else [{"role": "system", "content": a.system_prompt}]
     if not a.question:
-        return tk.chat_prompt(text, system), []
-    head = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{text}\n\n"
-    tail = f"{a.question}<|im_end|>\n<|im_start|>assistant\n"
-    return tk.encode(head), tk.encode(tail)
+        messages.append({"role": "user", "content": text})
+        return tk.encode(tk.render_chat(messages), add_bos=True), []
+    messages.append({"role": "user", "content": f"{text}\n\n{a.question}"})
+    rendered = tk.render_chat(messages)
+    cut = rendered.rindex(a.question)
+    return tk.encode(rendered[:cut], add_bos=True), tk.encode(rendered[cut:])
 
 
 def load(a):

@@ -36,13 +36,13 @@ def resolve_checkpoint(path_or_name: str | os.PathLike | None = None) -> Path:
 
 
 def make_tokenizer(ckpt: Checkpoint):
-    """The chat tokenizer of ``ckpt``'s stored BPE (``ChatTokenizer``); None when the file has no
-    vocabulary."""
+    """The tokenizer and chat template stored in ``ckpt``'s file
+    (:class:`~.llama.tokenizer.GGUFTokenizer`); None when the file has no vocabulary."""
     if not ckpt.tokenizer.tokens:
         return None
-    from .chat_tokenizer import ChatTokenizer
+    from .llama.tokenizer import GGUFTokenizer
 
-    return ChatTokenizer(ckpt.tokenizer)
+    return GGUFTokenizer.from_metadata(ckpt.tokenizer.meta, source=str(ckpt.source))
 
 
 def load_model(path_or_name: str | os.PathLike | None = None, device: DeviceLike = None, *,

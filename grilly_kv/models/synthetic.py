@@ -135,6 +135,10 @@ def _metadata(writer, spec: SyntheticSpec, vocab: int) -> None:
             writer.add_uint32(f"{a}.rope.scaling.original_context_length", s.original_context)
 
 
+CHATML_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+                   "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
 def _tokenizer(writer) -> int:
     tokens, merges, types = byte_level_vocab()
     writer.add_tokenizer_model("gpt2")
@@ -144,6 +148,7 @@ def _tokenizer(writer) -> int:
     writer.add_bos_token_id(tokens.index("<|im_start|>"))
     writer.add_eos_token_id(tokens.index("<|endoftext|>"))
     writer.add_eot_token_id(tokens.index("<|im_end|>"))
+    writer.add_chat_template(CHATML_TEMPLATE)
     return len(tokens)
 
 

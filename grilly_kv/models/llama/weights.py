@@ -21,7 +21,7 @@ import json
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ class TokenizerData:
     merges: list[str]
     token_types: list[int]
     chat_template: str = ""
+    meta: dict = field(default_factory=dict)     # every ``tokenizer.*`` metadata key of the file
 
 
 @dataclass
@@ -295,7 +296,8 @@ def load_checkpoint(path: str | os.PathLike | None = None, *, n_layers: int | No
     tok = TokenizerData(tokens=list(meta.get("tokenizer.ggml.tokens", [])),
                         merges=list(meta.get("tokenizer.ggml.merges", [])),
                         token_types=list(meta.get("tokenizer.ggml.token_type", [])),
-                        chat_template=meta.get("tokenizer.chat_template", ""))
+                        chat_template=meta.get("tokenizer.chat_template", ""),
+                        meta={k: v for k, v in meta.items() if k.startswith("tokenizer.")})
     emb = get("token_embd.weight", True)
     out = emb if cfg.tied_output else get("output.weight", True)
     return Checkpoint(config=cfg, embedding=emb, output_norm=get("output_norm.weight", False), layers=layers,
