@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One scripted run of the GPU benchmarks on the lent H200 (see README "Running on the GPU machine").
+# Carry: .gl .whl grilly_kv/spirv .cache/kp-0.9.0.tar.gz. Results go to $OUT (or ./gpu-results).
+# Usage: bash benchmarks/run_h200.sh [part ...]   parts: decode long quant paged triattention tappa predictor
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+source .gl/enter.sh
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+python3 build.py 2>&1 | grep -v WARNING | tail -3 || exit 1
+parts=${*:-decode long quant paged}
+R=benchmarks/results
+run() { echo "=== $*"; timeout "${LIMIT:-300}" "$@" 2>&1 | tail -40; }
+for part in $parts; do
+  case $part in
+    decode)
+      python3 benchmarks/timing_checkpoint.py smollm2 /tmp/smollm2-timing.gguf
+      GRILLY_KV_GGUF=/tmp/smollm2-timing.gguf run python3 benchmarks/bench_model_decode.py \
+        --policies dense,streaming:512,quest:512,entmax:512,triattention:512,tappa:512,predictor:512 \
+        --contexts 1024,8064 --steps 48
+      cp $R/model_decode.json "$OUT/" ;;
+    long)
+      run python3 benchmarks/bench_long_context.py ${LONG_ARGS:-}
+      cp $R/long_context*.json "$OUT/" ;;
+    quant)
+      run python3 benchmarks/bench_quant_decode.py
+      cp $R/quant_decode*.json "$OUT/" ;;
+    paged)
+      run python3 benchmarks/bench_paged_decode.py --contexts 131072
+      cp $R/paged_decode.json "$OUT/" ;;
+    *) echo "unknown part $part" ;;
+  esac
+done
+ls -la "$OUT"
