@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from .llama import Checkpoint, ModelConfig, UnsupportedModel, load_checkpoint, weights_available
-from .registry import CHECKPOINTS, DEFAULT_MODEL, load_model, resolve_checkpoint
+from .registry import CHECKPOINTS, DEFAULT_MODEL, load_model, load_tokenizer, resolve_checkpoint
 
 __all__ = ["CHECKPOINTS", "DEFAULT_MODEL", "Checkpoint", "ModelConfig", "UnsupportedModel", "load_checkpoint",
-           "load_model", "resolve_checkpoint", "weights_available"]
+           "load_model", "load_tokenizer", "resolve_checkpoint", "weights_available"]

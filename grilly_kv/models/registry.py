@@ -66,3 +66,13 @@ def load_model(path_or_name: str | os.PathLike | None = None, device: DeviceLike
         ckpt = load_checkpoint(resolve_checkpoint(path_or_name), n_layers=n_layers)
     model = build_model(ckpt, device, max_chunk=max_chunk, timestamps=timestamps)
     return model, make_tokenizer(ckpt)
+
+
+def load_tokenizer(path_or_name: str | os.PathLike | None = None):
+    """The tokenizer of a ``.gguf`` checkpoint without loading its weights: ``(tokenizer, path)``."""
+    from .llama.tokenizer import GGUFTokenizer, read_gguf_metadata
+
+    path = resolve_checkpoint(path_or_name)
+    if path.suffix != ".gguf":
+        raise ValueError(f"{path}: load_tokenizer reads a .gguf file's metadata; load_model reads converted parts")
+    return GGUFTokenizer.from_metadata(read_gguf_metadata(path), source=str(path)), path
