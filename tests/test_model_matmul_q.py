@@ -21,17 +21,18 @@ from harness import assert_sentinels_intact, guard_output
 # even a multiple of 32 for the float formats); the wide K spans two slabs of a tile on lavapipe.
 NARROW_K = {256: 512, 32: 96, 1: 44}
 WIDE_K = {256: 1024, 32: 1056, 1: 1060}
-# (T, mode, accumulate, lanes, wide K): T = 1 is decode, T = 13 two prefill tiles of 8 (the second
-# partial), lanes 1 (CPU layout), 4 and 8 (clusters inside a subgroup), 32 (wider than lavapipe's
-# subgroup: partial sums meet in shared memory).
+# (T, mode, accumulate, lanes, wide K, unroll): T = 1 is decode, T = 13 two prefill tiles of 8
+# (the second partial), lanes 1 (CPU layout), 4 and 8 (clusters inside a subgroup), 32 (wider than
+# lavapipe's subgroup: partial sums meet in shared memory); unroll > 1 with chunk counts that leave
+# the last pass partial (clamped loads, dropped sums).
 CASES = [
-    (1, "plain", False, 1, False),
-    (1, "rmsnorm", True, 32, True),
-    (1, "swiglu", True, 8, False),
-    (13, "plain", True, 4, True),
-    (13, "rmsnorm", False, 1, False),
-    (13, "swiglu", True, 1, True),
-    (5, "rmsnorm", False, 8, False),
+    (1, "plain", False, 1, False, 1),
+    (1, "rmsnorm", True, 32, True, 2),
+    (1, "swiglu", True, 8, False, 4),
+    (13, "plain", True, 4, True, 3),
+    (13, "rmsnorm", False, 1, False, 1),
+    (13, "swiglu", True, 1, True, 2),
+    (5, "rmsnorm", False, 8, False, 1),
 ]
 N_ROWS = 37    # not a multiple of any workgroup's rows
 
@@ -44,10 +45,10 @@ def _close(got, want, bound, what):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}-{c[1]}{'-acc' if c[2] else ''}-l{c[3]}"
-                         f"{'-wideK' if c[4] else ''}")
+                         f"{'-wideK' if c[4] else ''}-u{c[5]}")
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_matches_reference(vk, fmt, case):
-    T, mode, acc, lanes, wide = case
+    T, mode, acc, lanes, wide, unroll = case
     qtype, blk, _ = FORMATS[fmt]
     K = (WIDE_K if wide else NARROW_K)[blk]
     rng = np.random.default_rng(qtype * 100 + T)
@@ -57,7 +58,8 @@ def test_matches_reference(vk, fmt, case):
     y = rng.standard_normal((T, N_ROWS)).astype(np.float32) if acc else None
     x0, raw0 = x.copy(), raw.copy()
     guard = guard_output(vk, SHADER, "y", T * N_ROWS)
-    got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, y=y, lanes=lanes, device=vk)
+    got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, y=y, lanes=lanes, unroll=unroll,
+                         device=vk)
     assert_sentinels_intact(guard, T * N_ROWS)
     want = model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=g, y=y)
     bound = abs_bound(x, raw, qtype, K, mode=mode, norm_weight=g) + (0 if y is None else np.abs(y))
@@ -202,3 +204,25 @@ def test_bad_input(vk):
         model_matmul_q(x, raw, 2, 64, rope=dict(pos0=0, head_dim=3, rope_rows=3, theta=1e4), device=vk)
     with pytest.raises(ValueError, match="weight_format"):
         QuantWeights(vk, {"a": (raw, 2, (4, 64))}, weight_format="q8")
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_embed_matches_reference(vk, fmt):
+    """model-matmul-q-embed: rows of the quantised table for this step's token ids (repeats, the
+    last row, K not a multiple of 256 / 32 where the format allows); exact (no arithmetic beyond
+    the dequantisation's, which the reference does in float32 too)."""
+    from grilly_kv.ops.model_matmul_q import EMBED_SHADER, embed_q
+    from grilly_kv.reference.model_matmul_q import embed_q_ref
+
+    qtype, blk, _ = FORMATS[fmt]
+    K, V = NARROW_K[blk], 29
+    rng = np.random.default_rng(qtype)
+    raw = random_rows(qtype, V, K, rng)
+    tokens = np.array([3, V - 1, 0, 3, 17])
+    guard = guard_output(vk, EMBED_SHADER, "x", tokens.size * K)
+    got = embed_q(raw, qtype, K, tokens, device=vk)
+    assert_sentinels_intact(guard, tokens.size * K)
+    want = embed_q_ref(raw, qtype, K, tokens)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
+    with pytest.raises(ValueError, match="tokens"):
+        embed_q(raw, qtype, K, [V], device=vk)

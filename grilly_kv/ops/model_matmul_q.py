@@ -54,25 +54,33 @@ def subgroup_size(device) -> int:
     return VENDOR_SUBGROUP.get(int(props.get("vendor_id", 0)), 32)
 
 
-def lanes_per_row(device, T: int, K: int) -> int:
-    """Invocations per output row: 1 on CPU devices (a row per invocation); on GPUs the subgroup
-    size (at most 64), lowered to the next power of 2 at or above the row's 32-element chunks, and
-    halved for prefill tiles (each lane then holds more token sums)."""
+def unroll_for(device, T: int) -> int:
+    """Chunks each lane loads together: 1 on CPU devices; on GPUs 4 for decode (T = 1), 2 for
+    prefill tiles (more bytes in flight per lane; a tile already reuses each chunk for its tokens)."""
     if device.properties.get("device_type") == "Cpu":
         return 1
-    chunks = -(-K // 32)
-    lanes = min(subgroup_size(device), 64, 1 << max(chunks - 1, 0).bit_length())
-    if T > 1:
-        lanes = max(lanes // 2, 1)
-    return lanes
+    return 4 if T == 1 else 2
+
+
+def lanes_per_row(device, T: int, K: int) -> int:
+    """Invocations per output row: 1 on CPU devices (a row per invocation); on GPUs enough lanes
+    that each takes :func:`unroll_for` chunks of the row (32 elements each) per pass, a power of 2
+    of at most the subgroup size (and 64)."""
+    if device.properties.get("device_type") == "Cpu":
+        return 1
+    per_lane = -(-K // (32 * unroll_for(device, T)))
+    return min(subgroup_size(device), 64, 1 << max(per_lane - 1, 0).bit_length())
 
 
 def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None = None,
-         rope: bool = False) -> tuple[int, int, int, int]:
-    """``(workgroup size, rows per workgroup, tokens per workgroup, slab width)`` for a call."""
+         unroll: int | None = None, rope: bool = False) -> tuple[int, int, int, int, int]:
+    """``(workgroup size, rows per workgroup, tokens per workgroup, slab width, unroll)`` for a call."""
     lanes = lanes or lanes_per_row(device, T, K)
     if lanes < 1 or lanes & (lanes - 1) or lanes > MAX_SG:
         raise ValueError(f"lanes must be a power of 2 in 1..{MAX_SG}, got {lanes}")
+    unroll = unroll or unroll_for(device, T)
+    if not 1 <= unroll <= 8:
+        raise ValueError(f"unroll must be in 1..8, got {unroll}")
     wg = WG_CPU if lanes == 1 else max(WG_GPU, lanes)
     rows = wg // lanes
     if rope and rows % 2:
@@ -84,7 +92,7 @@ def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None
     if ks < 32:
         raise ValueError(f"{tt} tokens per workgroup leave no room for a 32-element slab in "
                          f"{device.name}'s shared memory")
-    return wg, rows, tt, ks
+    return wg, rows, tt, ks, unroll
 
 
 @dataclass(frozen=True)
@@ -245,7 +253,7 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
                     accumulate: bool = False, x_off: int = 0, x_stride: int | None = None,
                     y_off: int = 0, y_stride: int | None = None, eps: float = 1e-5,
                     rope: tuple | None = None, lanes: int | None = None,
-                    tokens: int | None = None) -> Recording:
+                    tokens: int | None = None, unroll: int | None = None) -> Recording:
     """Record ``y[t, y_off + n] (+)= x'[t] . W[n]`` for t < T, n < N (W = ``weights[name]``).
 
     Args:
@@ -258,7 +266,8 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
             interleaved-pair order, rotated at positions ``step[0] + t`` with a
             :func:`~grilly_kv.reference.model_rope.rope_table` buffer and written in rotate-half
             order (rope_rows a multiple of head_dim, itself even).
-        lanes, tokens: invocations per row and tokens per workgroup (default: :func:`plan`).
+        lanes, tokens, unroll: invocations per row, tokens per workgroup, chunks each lane loads
+            together (defaults: :func:`plan`).
     """
     e = weights if isinstance(weights, WeightEntry) else weights[name]
     check_choice("mode", mode, MODES)
@@ -280,8 +289,9 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
         if head_dim % 2 or head_dim < 2 or rope_rows % head_dim or not 0 < rope_rows <= N or accumulate:
             raise ValueError(f"rope needs an even head_dim dividing rope_rows <= N = {N} and no accumulate, "
                              f"got head_dim {head_dim}, rope_rows {rope_rows}, accumulate {accumulate}")
-    wg, rows, tt, ks = plan(rec.device, T, K, lanes=lanes, tokens=tokens, rope=rope is not None)
-    spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2)
+    wg, rows, tt, ks, unr = plan(rec.device, T, K, lanes=lanes, tokens=tokens, unroll=unroll,
+                                 rope=rope is not None)
+    spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2, unr)
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
                      y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
     return rec.dispatch(SHADER, [e.buffer, x, g or x, y, step, table], groups=(-(-N // rows), -(-T // tt)),
@@ -291,7 +301,7 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
 def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: str = "plain",
                    norm_weight=None, eps: float = 1e-5, y: np.ndarray | None = None,
                    rope: dict | None = None, lanes: int | None = None, tokens: int | None = None,
-                   device: DeviceLike = None) -> np.ndarray:
+                   unroll: int | None = None, device: DeviceLike = None) -> np.ndarray:
     """``x' @ dequantize(raw).T`` (+ ``y``) on the device, weights uploaded as GGUF blocks.
 
     Args:
@@ -325,10 +335,11 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
     dev = get_device(device)
     if dev.is_cpu:
         return model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=norm_weight, eps=eps, y=y, rope=rope)
-    return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, lanes, tokens)
+    return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, dict(lanes=lanes, tokens=tokens,
+                                                                                 unroll=unroll))
 
 
-def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, lanes, tokens) -> np.ndarray:
+def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, tuning) -> np.ndarray:
     from ..reference.model_rope import rope_table
     from .step_words import fill_step, step_words
 
@@ -358,6 +369,60 @@ def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, lanes, tok
         rec.upload(yb)
     entry = WeightEntry(wb, 0, qtype, N, K)
     record_matmul_q(rec, entry, None, xb, yb, T=T, mode=mode, g=gb, accumulate=y is not None, eps=eps,
-                    rope=rope_args, lanes=lanes, tokens=tokens)
+                    rope=rope_args, **tuning)
     rec.download(yb).run()
     return yb.read(T * N).reshape(T, N)
+
+
+EMBED_SHADER = "model-matmul-q-embed"
+EMBED_LOCAL = 64
+EMBED_PUSH = PushLayout("N", "w_off", "tok_at", "x_off", "x_stride")
+
+
+def record_embed_q(rec: Recording, weights: "QuantWeights | WeightEntry", name: str | None, step: Buffer,
+                   x: Buffer, *, T: int, max_chunk: int, x_off: int = 0, x_stride: int | None = None) -> Recording:
+    """Record ``x[t] = dequantize(W[tokens[t]])`` for t < T, the token ids read from the step
+    buffer (:mod:`grilly_kv.ops.step_words`, capacity ``max_chunk``). Offsets in floats (multiples
+    of 4); default stride K. A tied output head and the embedding share one entry."""
+    from .step_words import tokens_at
+
+    e = weights if isinstance(weights, WeightEntry) else weights[name]
+    x_stride = e.K if x_stride is None else x_stride
+    if x_off % 4 or x_stride % 4 or x_stride < e.K or e.K % 4:
+        raise ValueError(f"x_off and x_stride must be multiples of 4 floats, x_stride >= K = {e.K}")
+    push = EMBED_PUSH.pack(N=e.N, w_off=e.offset, tok_at=tokens_at(max_chunk), x_off=x_off // 4,
+                           x_stride=x_stride // 4)
+    return rec.dispatch(EMBED_SHADER, [e.buffer, step, x], groups=(T,), spec=(EMBED_LOCAL, e.qtype, e.K),
+                        push=push, writes=[2], label=f"{EMBED_SHADER}:{FORMAT_BY_ID[e.qtype]}")
+
+
+def embed_q(raw: np.ndarray, qtype: int, K: int, tokens, *, device: DeviceLike = None) -> np.ndarray:
+    """Rows ``dequantize(raw)[tokens]`` ``(T, K)`` float32 on the device (raw: ``(vocab, row_bytes)``
+    uint8 GGUF rows of type ``qtype``)."""
+    from ..reference.model_matmul_q import embed_q_ref
+    from .step_words import fill_step, step_words
+
+    if qtype not in FORMAT_BY_ID:
+        raise ValueError(f"qtype {qtype} is not supported (supported: {sorted(FORMATS)})")
+    V = np.asarray(raw).shape[0]
+    raw = _check_tensor("raw", raw, qtype, (V, K))
+    tokens = np.asarray(tokens, np.int64)
+    if tokens.ndim != 1 or tokens.size == 0 or tokens.min() < 0 or tokens.max() >= V:
+        raise ValueError(f"tokens must be a non-empty 1-D array of ids in [0, {V})")
+    dev = get_device(device)
+    if dev.is_cpu:
+        return embed_q_ref(raw, qtype, K, tokens)
+    T = tokens.size
+    ws = dev.workspace(EMBED_SHADER)
+    wb = ws.scratch.get("w", -(-raw.nbytes // 4), np.uint32)
+    sb = ws.scratch.get("step", step_words(T), np.uint32)
+    xb = ws.scratch.get("x", T * K)
+    words = np.zeros(wb.n_words * 4, np.uint8)
+    words[:raw.nbytes] = raw.reshape(-1)
+    wb.write(words.view(np.uint32))
+    max_chunk = (sb.n_words - 8) // 2
+    sb.write(fill_step(np.zeros(sb.n_words, np.uint32), pos0=0, slots=np.zeros(T), tokens=tokens, n_scan=0))
+    rec = Recording(dev).upload(wb, sb)
+    record_embed_q(rec, WeightEntry(wb, 0, qtype, V, K), None, sb, xb, T=T, max_chunk=max_chunk)
+    rec.download(xb).run()
+    return xb.read(T * K).reshape(T, K)
