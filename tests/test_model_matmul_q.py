@@ -226,3 +226,45 @@ def test_embed_matches_reference(vk, fmt):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
     with pytest.raises(ValueError, match="tokens"):
         embed_q(raw, qtype, K, [V], device=vk)
+
+
+def test_subgroup_size_and_plan(vk, monkeypatch):
+    """The probe reads gl_SubgroupSize (a power of 2 a subgroup can have); a reported property wins;
+    GPU plans take lanes from it (never more than the subgroup), CPU devices one row per invocation."""
+    from grilly_kv.ops.model_matmul_q import lanes_per_row, plan, subgroup_size
+
+    sg = subgroup_size(vk)
+    assert sg in (1, 2, 4, 8, 16, 32, 64, 128)
+    assert lanes_per_row(vk, 1, 2048) == 1 and plan(vk, 1, 2048)[:2] == (64, 64)
+    monkeypatch.setitem(vk.properties, "subgroup_size", 16)
+    monkeypatch.setitem(vk.properties, "device_type", "DiscreteGpu")
+    assert subgroup_size(vk) == 16
+    assert lanes_per_row(vk, 1, 8192) == 16            # 256 chunks: capped at the subgroup
+    assert lanes_per_row(vk, 1, 256) == 2              # 8 chunks, 4 per lane (decode unroll)
+    wg, rows, tt, ks, unroll = plan(vk, 512, 2048)
+    lanes = wg // rows
+    assert (wg, tt, unroll) == (256, 8, 2) and lanes <= lanes_per_row(vk, 512, 2048) == 16
+    assert 4 * tt * ks <= int(vk.properties["max_compute_shared_memory_size"])
+    assert ks % (32 * lanes * unroll) == 0             # whole passes of the row's lanes per slab
+    assert plan(vk, 1, 2048, lanes=32)[1] == 8         # explicit lanes are kept
+
+
+@pytest.mark.parametrize("sg", [8, 32])
+@pytest.mark.parametrize("fmt,K,T", [("Q4_K", 2048, 1), ("Q4_K", 2048, 13), ("Q4_1", 576, 1),
+                                     ("Q6_K", 1536, 9), ("F16", 576, 13)])
+def test_gpu_plans_on_lavapipe(vk, monkeypatch, sg, fmt, K, T):
+    """The default GPU plans (lanes from a reported subgroup size of 8 or 32, unroll 4 / 2, slabs
+    of whole passes) run on lavapipe, whose real subgroup is 8: rows wider than it meet in shared
+    memory. Same tolerance as test_matches_reference."""
+    monkeypatch.setitem(vk.properties, "subgroup_size", sg)
+    monkeypatch.setitem(vk.properties, "device_type", "DiscreteGpu")
+    qtype = FORMATS[fmt][0]
+    rng = np.random.default_rng(K + T)
+    raw = random_rows(qtype, N_ROWS, K, rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    g = rng.standard_normal(K).astype(np.float32)
+    guard = guard_output(vk, SHADER, "y", T * N_ROWS)
+    got = model_matmul_q(x, raw, qtype, K, mode="rmsnorm", norm_weight=g, device=vk)
+    assert_sentinels_intact(guard, T * N_ROWS)
+    want = model_matmul_q_ref(x, raw, qtype, K, mode="rmsnorm", norm_weight=g)
+    _close(got, want, abs_bound(x, raw, qtype, K, mode="rmsnorm", norm_weight=g), f"{fmt} sg={sg} T={T}")

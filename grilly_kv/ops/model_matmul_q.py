@@ -40,18 +40,26 @@ WG_GPU = 256         # invocations per workgroup on GPUs
 WG_CPU = 64          # CPU devices: one row per invocation
 TENSOR_ALIGN = 16    # bytes: each tensor starts at a multiple of this in its buffer
 PUSH = PushLayout("N", "T", "w_off", "x_off", "x_stride", "g_off", "y_off", "y_stride", "rope_rows", "eps:f")
-# Subgroup sizes by PCI vendor when the device does not report one (speed only: the shader reads
-# gl_SubgroupSize and is correct for any value).
-VENDOR_SUBGROUP = {0x10DE: 32, 0x1002: 64, 0x1022: 64, 0x8086: 16, 0x13B5: 16, 0x5143: 64}
+PROBE_SHADER = "model-matmul-q-probe"
+_probed: dict[int, int] = {}
+_probe_lock = threading.Lock()
 
 
 def subgroup_size(device) -> int:
     """The device's subgroup size: ``properties["subgroup_size"]`` when the backend reports it,
-    else by vendor (NVIDIA 32, AMD 64, Intel 16, ARM 16, Qualcomm 64), else 32."""
+    else what a one-workgroup probe shader reads from ``gl_SubgroupSize`` (once per device)."""
     props = device.properties
     if props.get("subgroup_size"):
         return int(props["subgroup_size"])
-    return VENDOR_SUBGROUP.get(int(props.get("vendor_id", 0)), 32)
+    with _probe_lock:
+        if id(device) not in _probed:
+            buf = Buffer(device, 4, np.uint32)
+            try:
+                Recording(device, timestamps=False).dispatch(PROBE_SHADER, [buf], groups=(1,)).download(buf).run()
+                _probed[id(device)] = int(buf.read(1)[0])
+            finally:
+                buf.release()
+        return _probed[id(device)]
 
 
 def unroll_for(device, T: int) -> int:
@@ -74,7 +82,12 @@ def lanes_per_row(device, T: int, K: int) -> int:
 
 def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None = None,
          unroll: int | None = None, rope: bool = False) -> tuple[int, int, int, int, int]:
-    """``(workgroup size, rows per workgroup, tokens per workgroup, slab width, unroll)`` for a call."""
+    """``(workgroup size, rows per workgroup, tokens per workgroup, slab width, unroll)`` for a call.
+
+    The slab (elements of X' staged in shared memory at a time) is the whole row when it fits;
+    otherwise, with default lanes, a multiple of one pass of the row's lanes (32 * lanes * unroll
+    elements) so no pass runs part-empty, halving the lanes until one pass fits."""
+    chosen = lanes is None
     lanes = lanes or lanes_per_row(device, T, K)
     if lanes < 1 or lanes & (lanes - 1) or lanes > MAX_SG:
         raise ValueError(f"lanes must be a power of 2 in 1..{MAX_SG}, got {lanes}")
@@ -82,16 +95,22 @@ def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None
     if not 1 <= unroll <= 8:
         raise ValueError(f"unroll must be in 1..8, got {unroll}")
     wg = WG_CPU if lanes == 1 else max(WG_GPU, lanes)
-    rows = wg // lanes
-    if rope and rows % 2:
-        raise ValueError("the RoPE epilogue needs an even number of rows per workgroup")
     tt = min(tokens or MAX_TT, MAX_TT, T)
     smem = int(device.properties.get("max_compute_shared_memory_size", 32768))
-    smem -= 2 * tt * MAX_SG * 4 + (tt * rows * 4 if rope else 4) + 64
-    ks = min(-(-K // 32) * 32, smem // (4 * tt) // 32 * 32)
+    k32 = -(-K // 32) * 32
+    while True:
+        rows = wg // lanes
+        fit = (smem - 2 * tt * MAX_SG * 4 - (tt * rows * 4 if rope else 4) - 64) // (4 * tt) // 32 * 32
+        one_pass = 32 * lanes * unroll
+        if fit >= k32 or not chosen or lanes <= 2 or fit >= one_pass:
+            break
+        lanes //= 2
+    ks = k32 if fit >= k32 else (fit // one_pass * one_pass if chosen and fit >= one_pass else fit)
     if ks < 32:
         raise ValueError(f"{tt} tokens per workgroup leave no room for a 32-element slab in "
                          f"{device.name}'s shared memory")
+    if rope and rows % 2:
+        raise ValueError("the RoPE epilogue needs an even number of rows per workgroup")
     return wg, rows, tt, ks, unroll
 
 
