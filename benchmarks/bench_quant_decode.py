@@ -59,6 +59,7 @@ def add_args(ap):
     ap.add_argument("--tokens", default=None, help="comma-separated T values (default 1,512; quick 1,16)")
     ap.add_argument("--layers", type=int, default=None, help="override the layer count")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--name", default=None, help="JSON name (default quant_decode[_quick][_SHAPES])")
     ap.add_argument("--sweep", default=None, help="FORMAT: also time that format's steps at every "
                     "lanes x unroll choice (lanes 4..32, unroll 1, 2, 4), per shape and T")
 
@@ -196,8 +197,8 @@ def bench_peer_f16(dev, s, T, act, repeats, rng):
     """Today's model-matmul with float16 weights (one buffer per layer, as VulkanModel holds them)."""
     sh = layer_shapes(s)
     bufs, offs = [], {}
-    for i in range(s["layers"]):
-        mats = [(rng.standard_normal(sh[k], np.float32) * 0.02).astype(np.float16) for k in ("qkv", "o", "gate_up", "down")]
+    mats = [(rng.standard_normal(sh[k], np.float32) * 0.02).astype(np.float16) for k in ("qkv", "o", "gate_up", "down")]
+    for i in range(s["layers"]):   # one copy per layer (same values), as a token streams them
         b = Buffer(dev, sum(m.size for m in mats) // 2, np.uint32)
         off = 0
         for k, m in zip(("qkv", "o", "gate_up", "down"), mats):
@@ -318,7 +319,9 @@ def main():
             if args.sweep:
                 results += sweep(dev, s, sname, args.sweep, T, act, args.repeats, rng, peer)
             act.release()
-    save("quant_decode_quick" if args.quick else "quant_decode",
+    name = args.name or ("quant_decode" + ("_quick" if args.quick else "")
+                         + ("_" + args.shapes.replace(",", "_") if args.shapes else ""))
+    save(name,
          {**device_info(dev), "copy_bandwidth": bw, "subgroup_size_used": subgroup_size(dev),
           "shapes": shapes, "tokens": tokens, "repeats": args.repeats,
           "notes": "per kind: GPU us per step summed over layers (Vulkan timestamps, median); bound = bytes "

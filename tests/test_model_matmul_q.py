@@ -268,3 +268,30 @@ def test_gpu_plans_on_lavapipe(vk, monkeypatch, sg, fmt, K, T):
     assert_sentinels_intact(guard, T * N_ROWS)
     want = model_matmul_q_ref(x, raw, qtype, K, mode="rmsnorm", norm_weight=g)
     _close(got, want, abs_bound(x, raw, qtype, K, mode="rmsnorm", norm_weight=g), f"{fmt} sg={sg} T={T}")
+
+
+def test_fused_qkv_rope_equals_model_path(vk):
+    """The model's path today (dequantised weights with q/k rows un-permuted, model-matmul with
+    RMSNorm, then model-rope, both on the device) == one model-matmul-q dispatch on the file's
+    rows (Q4_K q/k/v stacked by concat_rows, RoPE in the epilogue). Tolerance as above."""
+    from grilly_kv.ops.model_matmul import model_matmul
+    from grilly_kv.ops.model_rope import model_rope
+
+    hq, hkv, hd, K, T, pos0, theta = 3, 1, 16, 256, 3, 11, 10000.0
+    rng = np.random.default_rng(5)
+    q, k, v = ((random_rows(12, h * hd, K, rng), 12, (h * hd, K)) for h in (hq, hkv, hkv))
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    g = rng.standard_normal(K).astype(np.float32)
+
+    def unpermute(raw, heads):   # grilly_kv.models.smollm2.weights.unpermute_rope_rows, on floats
+        w = dequantize_rows(raw, 12, K)
+        return w.reshape(heads, hd // 2, 2, K).swapaxes(1, 2).reshape(-1, K)
+
+    w_model = np.concatenate([unpermute(q[0], hq), unpermute(k[0], hkv), dequantize_rows(v[0], 12, K)])
+    before = model_matmul(x, w_model, mode="rmsnorm", norm_weight=g, device=vk)
+    want = model_rope(before, pos0, n_q_heads=hq, n_kv_heads=hkv, head_dim=hd, theta=theta, device=vk)
+    raw, qtype, (N, _) = concat_rows(q, k, v)
+    got = model_matmul_q(x, raw, qtype, K, mode="rmsnorm", norm_weight=g, device=vk,
+                         rope=dict(pos0=pos0, head_dim=hd, rope_rows=(hq + hkv) * hd, theta=theta))
+    bound = abs_bound(x, raw, qtype, K, mode="rmsnorm", norm_weight=g).max(axis=1, keepdims=True) * np.ones((1, N))
+    _close(got, want, 2 * bound, "fused qkv + RoPE vs model path")
