@@ -11,6 +11,11 @@ file's raw tensor bytes unchanged (uploaded as uint32 words; each tensor starts 
 boundary of its buffer, the only padding), and the shader addresses bytes inside the words, so
 blocks of 18, 20, 22, 34 or 210 bytes need no repacking.
 
+Also here: :func:`record_embed_q` (``shaders/model-matmul-q-embed.glsl``: a step's token rows
+dequantised from the same table a tied output head reads) and :func:`subgroup_size` (the device's,
+probed once by ``shaders/model-matmul-q-probe.glsl`` where kp's property dict lacks it), which
+:func:`plan` sizes the lanes per row by.
+
 Typical use (a model)::
 
     qw = QuantWeights(dev, {"blk.0.qkv": (raw, qtype, (N, K)), ...})   # raw: (N, row_bytes) uint8
