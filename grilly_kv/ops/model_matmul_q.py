@@ -356,6 +356,11 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
         check_array("y", y, ndim=2, dtypes=(np.float32,), shape_doc="(T, N)")
         if y.shape != (T, N):
             raise ValueError(f"y must be ({T}, {N}), got {y.shape}")
+    if rope is not None:
+        hd, rr = int(rope["head_dim"]), int(rope["rope_rows"])
+        if hd < 2 or hd % 2 or rr < hd or rr % hd or rr > N or int(rope["pos0"]) < 0 or y is not None:
+            raise ValueError(f"rope needs an even head_dim dividing rope_rows <= N = {N}, pos0 >= 0 and no y, "
+                             f"got {rope}")
     dev = get_device(device)
     if dev.is_cpu:
         return model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=norm_weight, eps=eps, y=y, rope=rope)
