@@ -59,6 +59,9 @@ def add_args(ap):
     ap.add_argument("--tokens", default=None, help="comma-separated T values (default 1,512; quick 1,16)")
     ap.add_argument("--layers", type=int, default=None, help="override the layer count")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--name", default=None, help="JSON name (default quant_decode[_quick][_SHAPES])")
+    ap.add_argument("--sweep", default=None, help="FORMAT: also time that format's steps at every "
+                    "lanes x unroll choice (lanes 4..32, unroll 1, 2, 4), per shape and T")
 
 
 def timing_rows(fmt: str, N: int, K: int, rng) -> np.ndarray:
@@ -165,7 +168,7 @@ def bytes_read(s, T, kind, wbytes) -> int:
     return wbytes + n * T * 4 * (k_in + (N if acc else 0))
 
 
-def bench_format(dev, s, fmt, T, act, repeats, rng):
+def bench_format(dev, s, fmt, T, act, repeats, rng, tuning=None):
     qtype = FORMATS[fmt][0]
     sh = layer_shapes(s)
     one = {k: timing_rows(fmt, *sh[k], rng) for k in ("qkv", "o", "gate_up", "down")}
@@ -177,7 +180,7 @@ def bench_format(dev, s, fmt, T, act, repeats, rng):
     def mm(rec, kind, layer, x, y, rope=False, **kw):
         name = kind if layer is None else f"blk.{layer}.{kind}"
         record_matmul_q(rec, qw, name, x, y, T=1 if kind == "lm_head" else T, g=act.norm,
-                        rope=rope_args if rope else None, **kw)
+                        rope=rope_args if rope else None, **(tuning or {}), **kw)
 
     try:
         rec, kinds = record_token(dev, s, T, act, mm)
@@ -194,8 +197,8 @@ def bench_peer_f16(dev, s, T, act, repeats, rng):
     """Today's model-matmul with float16 weights (one buffer per layer, as VulkanModel holds them)."""
     sh = layer_shapes(s)
     bufs, offs = [], {}
-    for i in range(s["layers"]):
-        mats = [(rng.standard_normal(sh[k], np.float32) * 0.02).astype(np.float16) for k in ("qkv", "o", "gate_up", "down")]
+    mats = [(rng.standard_normal(sh[k], np.float32) * 0.02).astype(np.float16) for k in ("qkv", "o", "gate_up", "down")]
+    for i in range(s["layers"]):   # one copy per layer (same values), as a token streams them
         b = Buffer(dev, sum(m.size for m in mats) // 2, np.uint32)
         off = 0
         for k, m in zip(("qkv", "o", "gate_up", "down"), mats):
@@ -245,6 +248,21 @@ def _with_rope_steps(rec, kinds):
             ki += 1
         else:
             out.append(None)
+    return out
+
+
+def sweep(dev, s, sname, fmt, T, act, repeats, rng, peer) -> list[dict]:
+    """The step's GPU time at each (lanes, unroll) on a GPU, to pick the defaults of plan()."""
+    out = []
+    if any(K % FORMATS[fmt][1] for _, K in layer_shapes(s).values()) or dev.properties.get("device_type") == "Cpu":
+        return out
+    for lanes in (4, 8, 16, 32):
+        for unroll in (1, 2, 4):
+            res, *_ = bench_format(dev, s, fmt, T, act, repeats, rng, dict(lanes=lanes, unroll=unroll))
+            out.append({"shape": sname, "T": T, "format": fmt, "sweep": {"lanes": lanes, "unroll": unroll},
+                        **res, "x_peer": res["total_gpu_us"] / peer["total_gpu_us"]})
+            print(f"  sweep {sname} T={T} {fmt} lanes {lanes} unroll {unroll}: {res['total_gpu_us']:.1f} us "
+                  + ", ".join(f"{k} {res[k]:.1f}" for k in KINDS if k in res), flush=True)
     return out
 
 
@@ -298,8 +316,12 @@ def main():
                 print(f"{sname} T={T} {fmt}: {res['total_gpu_us']:.1f} us GPU ({row['x_bound']:.2f}x bound "
                       f"{tot_b:.1f} us, {row['x_peer']:.2f}x peer f16), wall {res['wall_us']:.0f} us, "
                       + ", ".join(f"{k} {row['kinds'][k]['gpu_us']:.1f}" for k in row["kinds"]), flush=True)
+            if args.sweep:
+                results += sweep(dev, s, sname, args.sweep, T, act, args.repeats, rng, peer)
             act.release()
-    save("quant_decode_quick" if args.quick else "quant_decode",
+    name = args.name or ("quant_decode" + ("_quick" if args.quick else "")
+                         + ("_" + args.shapes.replace(",", "_") if args.shapes else ""))
+    save(name,
          {**device_info(dev), "copy_bandwidth": bw, "subgroup_size_used": subgroup_size(dev),
           "shapes": shapes, "tokens": tokens, "repeats": args.repeats,
           "notes": "per kind: GPU us per step summed over layers (Vulkan timestamps, median); bound = bytes "

@@ -12,7 +12,7 @@
 // chunk (32 elements) is dequantised once and dotted with TT token rows (a prefill tile reads the
 // weights once per TT tokens). K is walked in slabs of KS elements: the workgroup stages the slab
 // of X' for its TT tokens in shared memory (plane-major, so the lanes of a row read consecutive
-// vec4s), then each row's LANES = WG / ROWS lanes take the slab's chunks round robin. Lane sums
+// vec4s), then each row's LANES = WG / ROWS lanes take the slab's chunks round robin, UNR at a time. Lane sums
 // meet by shuffles within a subgroup, across subgroups through shared memory when a row is wider
 // than the subgroup (gl_SubgroupSize decides at run time; the host's choice only affects speed).
 #include "common.glsl"
@@ -28,6 +28,7 @@ layout(constant_id = 6) const uint ACC = 0;     // 1: add to Y instead of overwr
 layout(constant_id = 7) const uint KS = 256;    // slab width (elements), a multiple of 32
 layout(constant_id = 8) const uint ROPE = 0;    // 1: RoPE epilogue on rows < rope_rows
 layout(constant_id = 9) const uint HD = 64;     // head dim (ROPE)
+layout(constant_id = 10) const uint UNR = 1;    // chunks per lane issued together
 
 layout(set = 0, binding = 0) readonly buffer Wq { uint wq[]; };
 #include "gguf_blocks.glsl"
@@ -93,15 +94,20 @@ void main() {
             }
         }
         barrier();
-        for (uint cc = lane; cc < CPS; cc += LANES) {
-            const uint c = s * CPS + cc;
-            if (c >= CHUNKS) break;
-            vec4 w[8];
-            dequant_chunk(rb, c, w);
-            [[unroll]] for (uint j = 0u; j < TT; j++) {
-                float d = 0.0;
-                [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], xs[(q * TT + j) * CPS + cc]);
-                acc[j] += d;
+        // UNR chunks per lane per iteration, their loads unconditional (clamped indices, the
+        // surplus chunks' sums dropped) so the compiler can issue them all before the math.
+        const uint c_end = min(CPS, CHUNKS - s * CPS);    // chunks of this slab inside the row
+        for (uint cc0 = lane; cc0 < c_end; cc0 += UNR * LANES) {
+            [[unroll]] for (uint u = 0u; u < UNR; u++) {
+                const uint cc = min(cc0 + u * LANES, c_end - 1u);
+                vec4 w[8];
+                dequant_chunk(rb, s * CPS + cc, w);
+                const bool ok = cc0 + u * LANES < c_end;
+                [[unroll]] for (uint j = 0u; j < TT; j++) {
+                    float d = 0.0;
+                    [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], xs[(q * TT + j) * CPS + cc]);
+                    acc[j] += ok ? d : 0.0;
+                }
             }
         }
     }

@@ -21,17 +21,18 @@ from harness import assert_sentinels_intact, guard_output
 # even a multiple of 32 for the float formats); the wide K spans two slabs of a tile on lavapipe.
 NARROW_K = {256: 512, 32: 96, 1: 44}
 WIDE_K = {256: 1024, 32: 1056, 1: 1060}
-# (T, mode, accumulate, lanes, wide K): T = 1 is decode, T = 13 two prefill tiles of 8 (the second
-# partial), lanes 1 (CPU layout), 4 and 8 (clusters inside a subgroup), 32 (wider than lavapipe's
-# subgroup: partial sums meet in shared memory).
+# (T, mode, accumulate, lanes, wide K, unroll): T = 1 is decode, T = 13 two prefill tiles of 8
+# (the second partial), lanes 1 (CPU layout), 4 and 8 (clusters inside a subgroup), 32 (wider than
+# lavapipe's subgroup: partial sums meet in shared memory); unroll > 1 with chunk counts that leave
+# the last pass partial (clamped loads, dropped sums).
 CASES = [
-    (1, "plain", False, 1, False),
-    (1, "rmsnorm", True, 32, True),
-    (1, "swiglu", True, 8, False),
-    (13, "plain", True, 4, True),
-    (13, "rmsnorm", False, 1, False),
-    (13, "swiglu", True, 1, True),
-    (5, "rmsnorm", False, 8, False),
+    (1, "plain", False, 1, False, 1),
+    (1, "rmsnorm", True, 32, True, 2),
+    (1, "swiglu", True, 8, False, 4),
+    (13, "plain", True, 4, True, 3),
+    (13, "rmsnorm", False, 1, False, 1),
+    (13, "swiglu", True, 1, True, 2),
+    (5, "rmsnorm", False, 8, False, 1),
 ]
 N_ROWS = 37    # not a multiple of any workgroup's rows
 
@@ -44,10 +45,10 @@ def _close(got, want, bound, what):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}-{c[1]}{'-acc' if c[2] else ''}-l{c[3]}"
-                         f"{'-wideK' if c[4] else ''}")
+                         f"{'-wideK' if c[4] else ''}-u{c[5]}")
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_matches_reference(vk, fmt, case):
-    T, mode, acc, lanes, wide = case
+    T, mode, acc, lanes, wide, unroll = case
     qtype, blk, _ = FORMATS[fmt]
     K = (WIDE_K if wide else NARROW_K)[blk]
     rng = np.random.default_rng(qtype * 100 + T)
@@ -57,7 +58,8 @@ def test_matches_reference(vk, fmt, case):
     y = rng.standard_normal((T, N_ROWS)).astype(np.float32) if acc else None
     x0, raw0 = x.copy(), raw.copy()
     guard = guard_output(vk, SHADER, "y", T * N_ROWS)
-    got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, y=y, lanes=lanes, device=vk)
+    got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, y=y, lanes=lanes, unroll=unroll,
+                         device=vk)
     assert_sentinels_intact(guard, T * N_ROWS)
     want = model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=g, y=y)
     bound = abs_bound(x, raw, qtype, K, mode=mode, norm_weight=g) + (0 if y is None else np.abs(y))
@@ -202,3 +204,94 @@ def test_bad_input(vk):
         model_matmul_q(x, raw, 2, 64, rope=dict(pos0=0, head_dim=3, rope_rows=3, theta=1e4), device=vk)
     with pytest.raises(ValueError, match="weight_format"):
         QuantWeights(vk, {"a": (raw, 2, (4, 64))}, weight_format="q8")
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_embed_matches_reference(vk, fmt):
+    """model-matmul-q-embed: rows of the quantised table for this step's token ids (repeats, the
+    last row, K not a multiple of 256 / 32 where the format allows); exact (no arithmetic beyond
+    the dequantisation's, which the reference does in float32 too)."""
+    from grilly_kv.ops.model_matmul_q import EMBED_SHADER, embed_q
+    from grilly_kv.reference.model_matmul_q import embed_q_ref
+
+    qtype, blk, _ = FORMATS[fmt]
+    K, V = NARROW_K[blk], 29
+    rng = np.random.default_rng(qtype)
+    raw = random_rows(qtype, V, K, rng)
+    tokens = np.array([3, V - 1, 0, 3, 17])
+    guard = guard_output(vk, EMBED_SHADER, "x", tokens.size * K)
+    got = embed_q(raw, qtype, K, tokens, device=vk)
+    assert_sentinels_intact(guard, tokens.size * K)
+    want = embed_q_ref(raw, qtype, K, tokens)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
+    with pytest.raises(ValueError, match="tokens"):
+        embed_q(raw, qtype, K, [V], device=vk)
+
+
+def test_subgroup_size_and_plan(vk, monkeypatch):
+    """The probe reads gl_SubgroupSize (a power of 2 a subgroup can have); a reported property wins;
+    GPU plans take lanes from it (never more than the subgroup), CPU devices one row per invocation."""
+    from grilly_kv.ops.model_matmul_q import lanes_per_row, plan, subgroup_size
+
+    sg = subgroup_size(vk)
+    assert sg in (1, 2, 4, 8, 16, 32, 64, 128)
+    assert lanes_per_row(vk, 1, 2048) == 1 and plan(vk, 1, 2048)[:2] == (64, 64)
+    monkeypatch.setitem(vk.properties, "subgroup_size", 16)
+    monkeypatch.setitem(vk.properties, "device_type", "DiscreteGpu")
+    assert subgroup_size(vk) == 16
+    assert lanes_per_row(vk, 1, 8192) == 16            # 256 chunks: capped at the subgroup
+    assert lanes_per_row(vk, 1, 256) == 2              # 8 chunks, 4 per lane (decode unroll)
+    wg, rows, tt, ks, unroll = plan(vk, 512, 2048)
+    lanes = wg // rows
+    assert (wg, tt, unroll) == (256, 8, 2) and lanes <= lanes_per_row(vk, 512, 2048) == 16
+    assert 4 * tt * ks <= int(vk.properties["max_compute_shared_memory_size"])
+    assert ks % (32 * lanes * unroll) == 0             # whole passes of the row's lanes per slab
+    assert plan(vk, 1, 2048, lanes=32)[1] == 8         # explicit lanes are kept
+
+
+@pytest.mark.parametrize("sg", [8, 32])
+@pytest.mark.parametrize("fmt,K,T", [("Q4_K", 2048, 1), ("Q4_K", 2048, 13), ("Q4_1", 576, 1),
+                                     ("Q6_K", 1536, 9), ("F16", 576, 13)])
+def test_gpu_plans_on_lavapipe(vk, monkeypatch, sg, fmt, K, T):
+    """The default GPU plans (lanes from a reported subgroup size of 8 or 32, unroll 4 / 2, slabs
+    of whole passes) run on lavapipe, whose real subgroup is 8: rows wider than it meet in shared
+    memory. Same tolerance as test_matches_reference."""
+    monkeypatch.setitem(vk.properties, "subgroup_size", sg)
+    monkeypatch.setitem(vk.properties, "device_type", "DiscreteGpu")
+    qtype = FORMATS[fmt][0]
+    rng = np.random.default_rng(K + T)
+    raw = random_rows(qtype, N_ROWS, K, rng)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    g = rng.standard_normal(K).astype(np.float32)
+    guard = guard_output(vk, SHADER, "y", T * N_ROWS)
+    got = model_matmul_q(x, raw, qtype, K, mode="rmsnorm", norm_weight=g, device=vk)
+    assert_sentinels_intact(guard, T * N_ROWS)
+    want = model_matmul_q_ref(x, raw, qtype, K, mode="rmsnorm", norm_weight=g)
+    _close(got, want, abs_bound(x, raw, qtype, K, mode="rmsnorm", norm_weight=g), f"{fmt} sg={sg} T={T}")
+
+
+def test_fused_qkv_rope_equals_model_path(vk):
+    """The model's path today (dequantised weights with q/k rows un-permuted, model-matmul with
+    RMSNorm, then model-rope, both on the device) == one model-matmul-q dispatch on the file's
+    rows (Q4_K q/k/v stacked by concat_rows, RoPE in the epilogue). Tolerance as above."""
+    from grilly_kv.ops.model_matmul import model_matmul
+    from grilly_kv.ops.model_rope import model_rope
+
+    hq, hkv, hd, K, T, pos0, theta = 3, 1, 16, 256, 3, 11, 10000.0
+    rng = np.random.default_rng(5)
+    q, k, v = ((random_rows(12, h * hd, K, rng), 12, (h * hd, K)) for h in (hq, hkv, hkv))
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    g = rng.standard_normal(K).astype(np.float32)
+
+    def unpermute(raw, heads):   # grilly_kv.models.smollm2.weights.unpermute_rope_rows, on floats
+        w = dequantize_rows(raw, 12, K)
+        return w.reshape(heads, hd // 2, 2, K).swapaxes(1, 2).reshape(-1, K)
+
+    w_model = np.concatenate([unpermute(q[0], hq), unpermute(k[0], hkv), dequantize_rows(v[0], 12, K)])
+    before = model_matmul(x, w_model, mode="rmsnorm", norm_weight=g, device=vk)
+    want = model_rope(before, pos0, n_q_heads=hq, n_kv_heads=hkv, head_dim=hd, theta=theta, device=vk)
+    raw, qtype, (N, _) = concat_rows(q, k, v)
+    got = model_matmul_q(x, raw, qtype, K, mode="rmsnorm", norm_weight=g, device=vk,
+                         rope=dict(pos0=pos0, head_dim=hd, rope_rows=(hq + hkv) * hd, theta=theta))
+    bound = abs_bound(x, raw, qtype, K, mode="rmsnorm", norm_weight=g).max(axis=1, keepdims=True) * np.ones((1, N))
+    _close(got, want, 2 * bound, "fused qkv + RoPE vs model path")

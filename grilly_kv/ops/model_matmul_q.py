@@ -11,6 +11,11 @@ file's raw tensor bytes unchanged (uploaded as uint32 words; each tensor starts 
 boundary of its buffer, the only padding), and the shader addresses bytes inside the words, so
 blocks of 18, 20, 22, 34 or 210 bytes need no repacking.
 
+Also here: :func:`record_embed_q` (``shaders/model-matmul-q-embed.glsl``: a step's token rows
+dequantised from the same table a tied output head reads) and :func:`subgroup_size` (the device's,
+probed once by ``shaders/model-matmul-q-probe.glsl`` where kp's property dict lacks it), which
+:func:`plan` sizes the lanes per row by.
+
 Typical use (a model)::
 
     qw = QuantWeights(dev, {"blk.0.qkv": (raw, qtype, (N, K)), ...})   # raw: (N, row_bytes) uint8
@@ -40,51 +45,78 @@ WG_GPU = 256         # invocations per workgroup on GPUs
 WG_CPU = 64          # CPU devices: one row per invocation
 TENSOR_ALIGN = 16    # bytes: each tensor starts at a multiple of this in its buffer
 PUSH = PushLayout("N", "T", "w_off", "x_off", "x_stride", "g_off", "y_off", "y_stride", "rope_rows", "eps:f")
-# Subgroup sizes by PCI vendor when the device does not report one (speed only: the shader reads
-# gl_SubgroupSize and is correct for any value).
-VENDOR_SUBGROUP = {0x10DE: 32, 0x1002: 64, 0x1022: 64, 0x8086: 16, 0x13B5: 16, 0x5143: 64}
+PROBE_SHADER = "model-matmul-q-probe"
+_probed: dict[int, int] = {}
+_probe_lock = threading.Lock()
 
 
 def subgroup_size(device) -> int:
     """The device's subgroup size: ``properties["subgroup_size"]`` when the backend reports it,
-    else by vendor (NVIDIA 32, AMD 64, Intel 16, ARM 16, Qualcomm 64), else 32."""
+    else what a one-workgroup probe shader reads from ``gl_SubgroupSize`` (once per device)."""
     props = device.properties
     if props.get("subgroup_size"):
         return int(props["subgroup_size"])
-    return VENDOR_SUBGROUP.get(int(props.get("vendor_id", 0)), 32)
+    with _probe_lock:
+        if id(device) not in _probed:
+            buf = Buffer(device, 4, np.uint32)
+            try:
+                Recording(device, timestamps=False).dispatch(PROBE_SHADER, [buf], groups=(1,)).download(buf).run()
+                _probed[id(device)] = int(buf.read(1)[0])
+            finally:
+                buf.release()
+        return _probed[id(device)]
+
+
+def unroll_for(device, T: int) -> int:
+    """Chunks each lane loads together: 1 on CPU devices; on GPUs 4 for decode (T = 1), 2 for
+    prefill tiles (more bytes in flight per lane; a tile already reuses each chunk for its tokens)."""
+    if device.properties.get("device_type") == "Cpu":
+        return 1
+    return 4 if T == 1 else 2
 
 
 def lanes_per_row(device, T: int, K: int) -> int:
-    """Invocations per output row: 1 on CPU devices (a row per invocation); on GPUs the subgroup
-    size (at most 64), lowered to the next power of 2 at or above the row's 32-element chunks, and
-    halved for prefill tiles (each lane then holds more token sums)."""
+    """Invocations per output row: 1 on CPU devices (a row per invocation); on GPUs enough lanes
+    that each takes :func:`unroll_for` chunks of the row (32 elements each) per pass, a power of 2
+    of at most the subgroup size (and 64)."""
     if device.properties.get("device_type") == "Cpu":
         return 1
-    chunks = -(-K // 32)
-    lanes = min(subgroup_size(device), 64, 1 << max(chunks - 1, 0).bit_length())
-    if T > 1:
-        lanes = max(lanes // 2, 1)
-    return lanes
+    per_lane = -(-K // (32 * unroll_for(device, T)))
+    return min(subgroup_size(device), 64, 1 << max(per_lane - 1, 0).bit_length())
 
 
 def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None = None,
-         rope: bool = False) -> tuple[int, int, int, int]:
-    """``(workgroup size, rows per workgroup, tokens per workgroup, slab width)`` for a call."""
+         unroll: int | None = None, rope: bool = False) -> tuple[int, int, int, int, int]:
+    """``(workgroup size, rows per workgroup, tokens per workgroup, slab width, unroll)`` for a call.
+
+    The slab (elements of X' staged in shared memory at a time) is the whole row when it fits;
+    otherwise, with default lanes, a multiple of one pass of the row's lanes (32 * lanes * unroll
+    elements) so no pass runs part-empty, halving the lanes until one pass fits."""
+    chosen = lanes is None
     lanes = lanes or lanes_per_row(device, T, K)
     if lanes < 1 or lanes & (lanes - 1) or lanes > MAX_SG:
         raise ValueError(f"lanes must be a power of 2 in 1..{MAX_SG}, got {lanes}")
+    unroll = unroll or unroll_for(device, T)
+    if not 1 <= unroll <= 8:
+        raise ValueError(f"unroll must be in 1..8, got {unroll}")
     wg = WG_CPU if lanes == 1 else max(WG_GPU, lanes)
-    rows = wg // lanes
-    if rope and rows % 2:
-        raise ValueError("the RoPE epilogue needs an even number of rows per workgroup")
     tt = min(tokens or MAX_TT, MAX_TT, T)
     smem = int(device.properties.get("max_compute_shared_memory_size", 32768))
-    smem -= 2 * tt * MAX_SG * 4 + (tt * rows * 4 if rope else 4) + 64
-    ks = min(-(-K // 32) * 32, smem // (4 * tt) // 32 * 32)
+    k32 = -(-K // 32) * 32
+    while True:
+        rows = wg // lanes
+        fit = (smem - 2 * tt * MAX_SG * 4 - (tt * rows * 4 if rope else 4) - 64) // (4 * tt) // 32 * 32
+        one_pass = 32 * lanes * unroll
+        if fit >= k32 or not chosen or lanes <= 2 or fit >= one_pass:
+            break
+        lanes //= 2
+    ks = k32 if fit >= k32 else (fit // one_pass * one_pass if chosen and fit >= one_pass else fit)
     if ks < 32:
         raise ValueError(f"{tt} tokens per workgroup leave no room for a 32-element slab in "
                          f"{device.name}'s shared memory")
-    return wg, rows, tt, ks
+    if rope and rows % 2:
+        raise ValueError("the RoPE epilogue needs an even number of rows per workgroup")
+    return wg, rows, tt, ks, unroll
 
 
 @dataclass(frozen=True)
@@ -245,7 +277,7 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
                     accumulate: bool = False, x_off: int = 0, x_stride: int | None = None,
                     y_off: int = 0, y_stride: int | None = None, eps: float = 1e-5,
                     rope: tuple | None = None, lanes: int | None = None,
-                    tokens: int | None = None) -> Recording:
+                    tokens: int | None = None, unroll: int | None = None) -> Recording:
     """Record ``y[t, y_off + n] (+)= x'[t] . W[n]`` for t < T, n < N (W = ``weights[name]``).
 
     Args:
@@ -258,7 +290,8 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
             interleaved-pair order, rotated at positions ``step[0] + t`` with a
             :func:`~grilly_kv.reference.model_rope.rope_table` buffer and written in rotate-half
             order (rope_rows a multiple of head_dim, itself even).
-        lanes, tokens: invocations per row and tokens per workgroup (default: :func:`plan`).
+        lanes, tokens, unroll: invocations per row, tokens per workgroup, chunks each lane loads
+            together (defaults: :func:`plan`).
     """
     e = weights if isinstance(weights, WeightEntry) else weights[name]
     check_choice("mode", mode, MODES)
@@ -280,8 +313,9 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
         if head_dim % 2 or head_dim < 2 or rope_rows % head_dim or not 0 < rope_rows <= N or accumulate:
             raise ValueError(f"rope needs an even head_dim dividing rope_rows <= N = {N} and no accumulate, "
                              f"got head_dim {head_dim}, rope_rows {rope_rows}, accumulate {accumulate}")
-    wg, rows, tt, ks = plan(rec.device, T, K, lanes=lanes, tokens=tokens, rope=rope is not None)
-    spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2)
+    wg, rows, tt, ks, unr = plan(rec.device, T, K, lanes=lanes, tokens=tokens, unroll=unroll,
+                                 rope=rope is not None)
+    spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2, unr)
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
                      y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
     return rec.dispatch(SHADER, [e.buffer, x, g or x, y, step, table], groups=(-(-N // rows), -(-T // tt)),
@@ -291,7 +325,7 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
 def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: str = "plain",
                    norm_weight=None, eps: float = 1e-5, y: np.ndarray | None = None,
                    rope: dict | None = None, lanes: int | None = None, tokens: int | None = None,
-                   device: DeviceLike = None) -> np.ndarray:
+                   unroll: int | None = None, device: DeviceLike = None) -> np.ndarray:
     """``x' @ dequantize(raw).T`` (+ ``y``) on the device, weights uploaded as GGUF blocks.
 
     Args:
@@ -322,13 +356,19 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
         check_array("y", y, ndim=2, dtypes=(np.float32,), shape_doc="(T, N)")
         if y.shape != (T, N):
             raise ValueError(f"y must be ({T}, {N}), got {y.shape}")
+    if rope is not None:
+        hd, rr = int(rope["head_dim"]), int(rope["rope_rows"])
+        if hd < 2 or hd % 2 or rr < hd or rr % hd or rr > N or int(rope["pos0"]) < 0 or y is not None:
+            raise ValueError(f"rope needs an even head_dim dividing rope_rows <= N = {N}, pos0 >= 0 and no y, "
+                             f"got {rope}")
     dev = get_device(device)
     if dev.is_cpu:
         return model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=norm_weight, eps=eps, y=y, rope=rope)
-    return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, lanes, tokens)
+    return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, dict(lanes=lanes, tokens=tokens,
+                                                                                 unroll=unroll))
 
 
-def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, lanes, tokens) -> np.ndarray:
+def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, tuning) -> np.ndarray:
     from ..reference.model_rope import rope_table
     from .step_words import fill_step, step_words
 
@@ -358,6 +398,60 @@ def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, lanes, tok
         rec.upload(yb)
     entry = WeightEntry(wb, 0, qtype, N, K)
     record_matmul_q(rec, entry, None, xb, yb, T=T, mode=mode, g=gb, accumulate=y is not None, eps=eps,
-                    rope=rope_args, lanes=lanes, tokens=tokens)
+                    rope=rope_args, **tuning)
     rec.download(yb).run()
     return yb.read(T * N).reshape(T, N)
+
+
+EMBED_SHADER = "model-matmul-q-embed"
+EMBED_LOCAL = 64
+EMBED_PUSH = PushLayout("N", "w_off", "tok_at", "x_off", "x_stride")
+
+
+def record_embed_q(rec: Recording, weights: "QuantWeights | WeightEntry", name: str | None, step: Buffer,
+                   x: Buffer, *, T: int, max_chunk: int, x_off: int = 0, x_stride: int | None = None) -> Recording:
+    """Record ``x[t] = dequantize(W[tokens[t]])`` for t < T, the token ids read from the step
+    buffer (:mod:`grilly_kv.ops.step_words`, capacity ``max_chunk``). Offsets in floats (multiples
+    of 4); default stride K. A tied output head and the embedding share one entry."""
+    from .step_words import tokens_at
+
+    e = weights if isinstance(weights, WeightEntry) else weights[name]
+    x_stride = e.K if x_stride is None else x_stride
+    if x_off % 4 or x_stride % 4 or x_stride < e.K or e.K % 4:
+        raise ValueError(f"x_off and x_stride must be multiples of 4 floats, x_stride >= K = {e.K}")
+    push = EMBED_PUSH.pack(N=e.N, w_off=e.offset, tok_at=tokens_at(max_chunk), x_off=x_off // 4,
+                           x_stride=x_stride // 4)
+    return rec.dispatch(EMBED_SHADER, [e.buffer, step, x], groups=(T,), spec=(EMBED_LOCAL, e.qtype, e.K),
+                        push=push, writes=[2], label=f"{EMBED_SHADER}:{FORMAT_BY_ID[e.qtype]}")
+
+
+def embed_q(raw: np.ndarray, qtype: int, K: int, tokens, *, device: DeviceLike = None) -> np.ndarray:
+    """Rows ``dequantize(raw)[tokens]`` ``(T, K)`` float32 on the device (raw: ``(vocab, row_bytes)``
+    uint8 GGUF rows of type ``qtype``)."""
+    from ..reference.model_matmul_q import embed_q_ref
+    from .step_words import fill_step, step_words
+
+    if qtype not in FORMAT_BY_ID:
+        raise ValueError(f"qtype {qtype} is not supported (supported: {sorted(FORMATS)})")
+    V = np.asarray(raw).shape[0]
+    raw = _check_tensor("raw", raw, qtype, (V, K))
+    tokens = np.asarray(tokens, np.int64)
+    if tokens.ndim != 1 or tokens.size == 0 or tokens.min() < 0 or tokens.max() >= V:
+        raise ValueError(f"tokens must be a non-empty 1-D array of ids in [0, {V})")
+    dev = get_device(device)
+    if dev.is_cpu:
+        return embed_q_ref(raw, qtype, K, tokens)
+    T = tokens.size
+    ws = dev.workspace(EMBED_SHADER)
+    wb = ws.scratch.get("w", -(-raw.nbytes // 4), np.uint32)
+    sb = ws.scratch.get("step", step_words(T), np.uint32)
+    xb = ws.scratch.get("x", T * K)
+    words = np.zeros(wb.n_words * 4, np.uint8)
+    words[:raw.nbytes] = raw.reshape(-1)
+    wb.write(words.view(np.uint32))
+    max_chunk = (sb.n_words - 8) // 2
+    sb.write(fill_step(np.zeros(sb.n_words, np.uint32), pos0=0, slots=np.zeros(T), tokens=tokens, n_scan=0))
+    rec = Recording(dev).upload(wb, sb)
+    record_embed_q(rec, WeightEntry(wb, 0, qtype, V, K), None, sb, xb, T=T, max_chunk=max_chunk)
+    rec.download(xb).run()
+    return xb.read(T * K).reshape(T, K)

@@ -120,3 +120,8 @@ def abs_bound(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: str =
         k = x.shape[1] // 2
         x = x[:, :k] / (1.0 + np.exp(-x[:, :k])) * x[:, k:]
     return np.abs(x) @ w.T
+
+
+def embed_q_ref(raw: np.ndarray, qtype: int, K: int, tokens) -> np.ndarray:
+    """Rows ``dequantize(raw)[tokens]``: ``(T, K)`` float32 (the ``model-matmul-q-embed`` shader)."""
+    return dequantize_rows(raw, qtype, K)[np.asarray(tokens, np.int64)]
