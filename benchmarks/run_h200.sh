@@ -24,8 +24,14 @@ for part in $parts; do
       run python3 benchmarks/bench_long_context.py ${LONG_ARGS:-}
       cp $R/long_context*.json "$OUT/" ;;
     quant)
-      run python3 benchmarks/bench_quant_decode.py
+      GRILLY_KV_DEVICE=vulkan run python3 -m pytest -q -x -p no:cacheprovider tests/test_model_matmul_q.py
+      run python3 benchmarks/bench_quant_decode.py --shapes smollm2-135m --sweep Q4_1
+      run python3 benchmarks/bench_quant_decode.py --shapes llama-3.2-1b --tokens 1 --sweep Q4_K --name quant_decode_llama1b_T1
+      run python3 benchmarks/bench_quant_decode.py --shapes llama-3.2-1b --tokens 512 --name quant_decode_llama1b_T512
       cp $R/quant_decode*.json "$OUT/" ;;
+    tests)
+      GRILLY_KV_DEVICE=vulkan run python3 -m pytest -q -p no:cacheprovider tests/test_policy_contract.py \
+        tests/test_models_families.py ;;
     paged)
       run python3 benchmarks/bench_paged_decode.py --contexts 131072
       cp $R/paged_decode.json "$OUT/" ;;
