@@ -20,6 +20,7 @@ import numpy as np
 from grilly_kv.evaluation.corpus import essays
 from grilly_kv.models.chat_tokenizer import ChatTokenizer
 from grilly_kv.models.llama import load_checkpoint
+from grilly_kv.rope import rope_cos_sin
 
 
 class TorchSmolLM:
@@ -27,16 +28,19 @@ class TorchSmolLM:
 
     def __init__(self, ck, device: str, dtype, max_tokens: int):
         c = self.c = ck.config
+        if c.qkv_bias or c.qk_norm:
+            raise NotImplementedError(f"the torch baseline runs llama-style blocks only, not {c.arch}'s "
+                                      f"q/k/v biases or q/k norm")
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), device=device, dtype=dtype)  # noqa: E731
         self.emb = t(ck.embedding)
+        self.head = self.emb if ck.output is ck.embedding else t(ck.output)
         self.out_norm = t(ck.output_norm)
         self.layers = [dict(attn_norm=t(w["attn_norm"]), ffn_norm=t(w["ffn_norm"]),
                             wqkv=t(np.concatenate([w["wq"], w["wk"], w["wv"]])), wo=t(w["wo"]),
                             wgu=t(np.concatenate([w["w_gate"], w["w_up"]])), wdown=t(w["w_down"]))
                        for w in ck.layers]
-        inv = c.rope_theta ** (-np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim)
-        ang = np.arange(max_tokens)[:, None] * inv[None]
-        self.cos, self.sin = t(np.cos(ang)), t(np.sin(ang))
+        cos, sin = rope_cos_sin(np.arange(max_tokens), c.inv_freq(), c.rope_attn_factor())
+        self.cos, self.sin = t(cos), t(sin)
         shape = (c.n_layers, 1, c.n_kv_heads, max_tokens, c.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -79,7 +83,7 @@ class TorchSmolLM:
             x = x + (torch.nn.functional.silu(gate) * up) @ w["wdown"].T
         if not all_logits:
             x = x[:, -1:]
-        return (self._norm(x, self.out_norm) @ self.emb.T)[0]
+        return (self._norm(x, self.out_norm) @ self.head.T)[0]
 
 
 def measure(ck, ids, context: int, steps: int, device: str, dtype, chunk: int) -> dict:

@@ -1,5 +1,6 @@
-"""grilly_kv.evaluation: needle prompts, the eval loop and its JSON/PNG outputs (1-layer NumPy
-model: this checks the plumbing; accuracy numbers come from `grilly-kv eval` runs)."""
+"""grilly_kv.evaluation: needle prompts, the eval loop and its JSON/PNG outputs (1-layer synthetic
+NumPy model: this checks the plumbing; accuracy numbers come from `grilly-kv eval` runs; the CLI
+test still loads the real model)."""
 import json
 
 import numpy as np
@@ -12,8 +13,12 @@ from grilly_kv.models import load_model
 
 
 @pytest.fixture(scope="module")
-def small():
-    return load_model(None, "cpu", n_layers=1, max_chunk=16)
+def small(tmp_path_factory):
+    """A 1-layer synthetic checkpoint (the plumbing, not the weights, is the point)."""
+    from grilly_kv.models.synthetic import write_synthetic_gguf
+
+    path = write_synthetic_gguf(tmp_path_factory.mktemp("eval") / "llama.gguf", "llama", n_layers=1)
+    return load_model(path, "cpu", max_chunk=16)
 
 
 def test_needle_prompt_has_exact_length_and_the_key(small):
@@ -34,6 +39,7 @@ def test_eval_writes_json_and_plots(small, tmp_path):
     paths = write_results(res, tmp_path, "t")
     assert all(p.stat().st_size > 0 for p in paths)
     data = json.loads(paths[0].read_text())
+    assert data["model"] == model.ckpt.source
     assert [r["describe"] for r in data["runs"]] == ["dense", "streaming(sinks=4, window=12)"]
     for run in data["runs"]:
         assert len(run["needle"]) == 1 and 0 <= run["needle_accuracy"] <= 1
