@@ -20,6 +20,7 @@ import numpy as np
 from grilly_kv.evaluation.corpus import essays
 from grilly_kv.models.chat_tokenizer import ChatTokenizer
 from grilly_kv.models.llama import load_checkpoint
+from grilly_kv.models.registry import resolve_checkpoint
 from grilly_kv.rope import rope_cos_sin
 
 
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--contexts", default="1024,8064")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("-m", "--model", default=None, help="model: a registered name (smollm2, the default) or a .gguf path")
     ap.add_argument("--chunk", type=int, default=1024, help="prefill chunk")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--check", action="store_true")
@@ -134,7 +136,7 @@ def main() -> None:
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    ck = load_checkpoint(n_layers=a.layers)
+    ck = load_checkpoint(resolve_checkpoint(a.model), n_layers=a.layers)
     ids = ChatTokenizer(ck.tokenizer).encode("\n\n".join(t for _, t in essays()))
     rows = [measure(ck, ids, int(c), a.steps, device, dtype, a.chunk) for c in a.contexts.split(",")]
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
