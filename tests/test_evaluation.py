@@ -17,7 +17,7 @@ def small(tmp_path_factory):
     """A 1-layer synthetic checkpoint (the plumbing, not the weights, is the point)."""
     from grilly_kv.models.synthetic import write_synthetic_gguf
 
-    path = write_synthetic_gguf(tmp_path_factory.mktemp("eval") / "llama.gguf", "llama", n_layers=1)
+    path = write_synthetic_gguf(tmp_path_factory.mktemp("eval") / "llama.gguf", "llama", n_layers=1, context=1024)
     return load_model(path, "cpu", max_chunk=16)
 
 
@@ -33,7 +33,7 @@ def test_needle_prompt_has_exact_length_and_the_key(small):
 
 def test_eval_writes_json_and_plots(small, tmp_path):
     model, tk = small
-    cfg = EvalConfig(policies=["dense", "streaming"], budgets=[16], contexts=[48], depths=[0.5],
+    cfg = EvalConfig(policies=["dense", "streaming"], budgets=[16], contexts=[240], depths=[0.5],
                      ppl_contexts=[24, 32], ppl_targets=4, ppl_windows=1)
     res = evaluate(model, tk, cfg)
     paths = write_results(res, tmp_path, "t")
@@ -53,7 +53,7 @@ def test_eval_keeps_finished_runs_when_cut_short(small, tmp_path):
     """Results are written after each (policy, budget) run: a run interrupted after the first
     keeps that run's JSON and plots, marked incomplete."""
     model, tk = small
-    cfg = EvalConfig(policies=["streaming", "entmax"], budgets=[16], contexts=[48], depths=[0.5],
+    cfg = EvalConfig(policies=["streaming", "entmax"], budgets=[16], contexts=[240], depths=[0.5],
                      ppl_contexts=[24], ppl_targets=4, ppl_windows=1)
     seen = []
 
