@@ -32,6 +32,7 @@ from grilly_kv.evaluation.corpus import essays
 from grilly_kv.models.generate import prefill
 from grilly_kv.models.chat_tokenizer import ChatTokenizer
 from grilly_kv.models.llama import load_checkpoint
+from grilly_kv.models.registry import resolve_checkpoint
 from grilly_kv.models.llama.vulkan import VulkanModel
 from grilly_kv.policies import make_policy
 
@@ -45,12 +46,13 @@ def parse() -> argparse.Namespace:
                     "(quick: dense,quest:64,streaming:64)")
     ap.add_argument("--steps", type=int, default=None, help="decode steps (default 64, quick 6)")
     ap.add_argument("--layers", type=int, default=None, help="default all (quick: 4)")
+    ap.add_argument("-m", "--model", default=None, help="model: a registered name (smollm2, the default) or a .gguf path")
     ap.add_argument("--chunk", type=int, default=None, help="prefill chunk (default 256, quick 32)")
     ap.add_argument("--torch", action="store_true", help="also measure the PyTorch eager baseline")
     return ap.parse_args()
 
 
-def torch_baseline(contexts: list[int], steps: int, layers) -> dict:
+def torch_baseline(contexts: list[int], steps: int, layers, model=None) -> dict:
     """Run torch_model_decode.py in its own process; its JSON, keyed by context."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "torch.json"
@@ -58,6 +60,8 @@ def torch_baseline(contexts: list[int], steps: int, layers) -> dict:
                "--contexts", ",".join(map(str, contexts)), "--steps", str(steps)]
         if layers:
             cmd += ["--layers", str(layers)]
+        if model:
+            cmd += ["--model", str(model)]
         subprocess.run(cmd, check=True)
         data = json.loads(out.read_text())
     return {"baseline": data["baseline"], "device": data["device"],
@@ -96,11 +100,11 @@ def main() -> None:
     steps = a.steps or (6 if q else 64)
     layers = a.layers or (4 if q else None)
     dev = get_device(a.device)
-    ck = load_checkpoint(n_layers=layers)
+    ck = load_checkpoint(resolve_checkpoint(a.model), n_layers=layers)
     tk = ChatTokenizer(ck.tokenizer)
     ids = tk.encode("\n\n".join(t for _, t in essays()))
     model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True)
-    torch_ref = torch_baseline(contexts, steps, layers) if a.torch else None
+    torch_ref = torch_baseline(contexts, steps, layers, a.model) if a.torch else None
     rows = []
     for c in contexts:
         base = None
@@ -120,7 +124,7 @@ def main() -> None:
                   + (f"  x{r['ratio_vs_torch']:.2f} vs torch" if torch_ref else ""))
     save("model_decode_quick" if q else "model_decode",
          {**device_info(dev), "config": {"contexts": contexts, "policies": specs, "steps": steps,
-                                         "layers": ck.config.n_layers, "weights": "float16",
+                                         "layers": ck.config.n_layers, "weights": "float16", "model": ck.source,
                                          "baseline": "dense, same run"},
           "torch_baseline": torch_ref and {k: torch_ref[k] for k in ("baseline", "device")},
           "results": rows})

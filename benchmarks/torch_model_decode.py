@@ -20,6 +20,8 @@ import numpy as np
 from grilly_kv.evaluation.corpus import essays
 from grilly_kv.models.chat_tokenizer import ChatTokenizer
 from grilly_kv.models.llama import load_checkpoint
+from grilly_kv.models.registry import resolve_checkpoint
+from grilly_kv.rope import rope_cos_sin
 
 
 class TorchSmolLM:
@@ -27,16 +29,19 @@ class TorchSmolLM:
 
     def __init__(self, ck, device: str, dtype, max_tokens: int):
         c = self.c = ck.config
+        if c.qkv_bias or c.qk_norm:
+            raise NotImplementedError(f"the torch baseline runs llama-style blocks only, not {c.arch}'s "
+                                      f"q/k/v biases or q/k norm")
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), device=device, dtype=dtype)  # noqa: E731
         self.emb = t(ck.embedding)
+        self.head = self.emb if ck.output is ck.embedding else t(ck.output)
         self.out_norm = t(ck.output_norm)
         self.layers = [dict(attn_norm=t(w["attn_norm"]), ffn_norm=t(w["ffn_norm"]),
                             wqkv=t(np.concatenate([w["wq"], w["wk"], w["wv"]])), wo=t(w["wo"]),
                             wgu=t(np.concatenate([w["w_gate"], w["w_up"]])), wdown=t(w["w_down"]))
                        for w in ck.layers]
-        inv = c.rope_theta ** (-np.arange(0, c.head_dim, 2, dtype=np.float64) / c.head_dim)
-        ang = np.arange(max_tokens)[:, None] * inv[None]
-        self.cos, self.sin = t(np.cos(ang)), t(np.sin(ang))
+        cos, sin = rope_cos_sin(np.arange(max_tokens), c.inv_freq(), c.rope_attn_factor())
+        self.cos, self.sin = t(cos), t(sin)
         shape = (c.n_layers, 1, c.n_kv_heads, max_tokens, c.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -79,7 +84,7 @@ class TorchSmolLM:
             x = x + (torch.nn.functional.silu(gate) * up) @ w["wdown"].T
         if not all_logits:
             x = x[:, -1:]
-        return (self._norm(x, self.out_norm) @ self.emb.T)[0]
+        return (self._norm(x, self.out_norm) @ self.head.T)[0]
 
 
 def measure(ck, ids, context: int, steps: int, device: str, dtype, chunk: int) -> dict:
@@ -121,6 +126,7 @@ def main() -> None:
     ap.add_argument("--contexts", default="1024,8064")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("-m", "--model", default=None, help="model: a registered name (smollm2, the default) or a .gguf path")
     ap.add_argument("--chunk", type=int, default=1024, help="prefill chunk")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--check", action="store_true")
@@ -130,7 +136,7 @@ def main() -> None:
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    ck = load_checkpoint(n_layers=a.layers)
+    ck = load_checkpoint(resolve_checkpoint(a.model), n_layers=a.layers)
     ids = ChatTokenizer(ck.tokenizer).encode("\n\n".join(t for _, t in essays()))
     rows = [measure(ck, ids, int(c), a.steps, device, dtype, a.chunk) for c in a.contexts.split(",")]
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"

@@ -1,5 +1,6 @@
-"""grilly_kv.evaluation: needle prompts, the eval loop and its JSON/PNG outputs (1-layer NumPy
-model: this checks the plumbing; accuracy numbers come from `grilly-kv eval` runs)."""
+"""grilly_kv.evaluation: needle prompts, the eval loop and its JSON/PNG outputs (1-layer synthetic
+NumPy model: this checks the plumbing; accuracy numbers come from `grilly-kv eval` runs; the CLI
+test still loads the real model)."""
 import json
 
 import numpy as np
@@ -12,8 +13,12 @@ from grilly_kv.models import load_model
 
 
 @pytest.fixture(scope="module")
-def small():
-    return load_model(None, "cpu", n_layers=1, max_chunk=16)
+def small(tmp_path_factory):
+    """A 1-layer synthetic checkpoint (the plumbing, not the weights, is the point)."""
+    from grilly_kv.models.synthetic import write_synthetic_gguf
+
+    path = write_synthetic_gguf(tmp_path_factory.mktemp("eval") / "llama.gguf", "llama", n_layers=1, context=1024)
+    return load_model(path, "cpu", max_chunk=16)
 
 
 def test_needle_prompt_has_exact_length_and_the_key(small):
@@ -28,12 +33,13 @@ def test_needle_prompt_has_exact_length_and_the_key(small):
 
 def test_eval_writes_json_and_plots(small, tmp_path):
     model, tk = small
-    cfg = EvalConfig(policies=["dense", "streaming"], budgets=[16], contexts=[48], depths=[0.5],
+    cfg = EvalConfig(policies=["dense", "streaming"], budgets=[16], contexts=[240], depths=[0.5],
                      ppl_contexts=[24, 32], ppl_targets=4, ppl_windows=1)
     res = evaluate(model, tk, cfg)
     paths = write_results(res, tmp_path, "t")
     assert all(p.stat().st_size > 0 for p in paths)
     data = json.loads(paths[0].read_text())
+    assert data["model"] == model.ckpt.source
     assert [r["describe"] for r in data["runs"]] == ["dense", "streaming(sinks=4, window=12)"]
     for run in data["runs"]:
         assert len(run["needle"]) == 1 and 0 <= run["needle_accuracy"] <= 1
@@ -47,7 +53,7 @@ def test_eval_keeps_finished_runs_when_cut_short(small, tmp_path):
     """Results are written after each (policy, budget) run: a run interrupted after the first
     keeps that run's JSON and plots, marked incomplete."""
     model, tk = small
-    cfg = EvalConfig(policies=["streaming", "entmax"], budgets=[16], contexts=[48], depths=[0.5],
+    cfg = EvalConfig(policies=["streaming", "entmax"], budgets=[16], contexts=[240], depths=[0.5],
                      ppl_contexts=[24], ppl_targets=4, ppl_windows=1)
     seen = []
 

@@ -115,3 +115,20 @@ def test_nan_quant_scale_is_named(tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"scale.gguf: tensor blk.0.attn_v.weight \(Q8_0\) holds NaN"):
         load_checkpoint(p)
+
+
+def test_only_interleaved_families_are_unpermuted(tmp_path):
+    """llama/mistral files store q/k rows for interleaved RoPE (un-permuted at load); qwen files
+    are rotate-half already (loaded as stored), biases follow their rows."""
+    stored = {}
+    for fam in ("llama", "qwen2"):
+        p = write_synthetic_gguf(tmp_path / f"{fam}.gguf", fam, n_layers=1)
+        stored = {t.name: np.asarray(t.data).reshape(tuple(int(s) for s in reversed(t.shape)))
+                  for t in GGUFReader(str(p)).tensors}
+        w = load_checkpoint(p).layers[0]
+        if fam == "llama":
+            np.testing.assert_array_equal(w["wq"], unpermute_rope_rows(stored["blk.0.attn_q.weight"], 4))
+            assert not np.array_equal(w["wq"], stored["blk.0.attn_q.weight"])
+        else:
+            np.testing.assert_array_equal(w["wq"], stored["blk.0.attn_q.weight"])
+            np.testing.assert_array_equal(w["bk"], stored["blk.0.attn_k.bias"])

@@ -63,7 +63,8 @@ def evaluate(model, tokenizer, cfg: EvalConfig, progress=None, on_run=None,
               for c in cfg.contexts for d in cfg.depths]
     runs = policy_runs(cfg)
     bar = progress(len(runs) * (len(trials) + n_windows)) if progress else None
-    results = {"device": model.device_name, "commit": commit(), "config": asdict(cfg), "runs": [],
+    results = {"device": model.device_name, "model": getattr(getattr(model, "ckpt", None), "source", None),
+               "commit": commit(), "config": asdict(cfg), "runs": [],
                "complete": False}
     for name, budget in runs:
         make = (lambda n=name, b=budget: make_policy(n, b, **policy_kwargs.get(n, {})))

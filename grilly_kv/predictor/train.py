@@ -198,10 +198,12 @@ def train(train_data, held_out, *, seed: int, steps: int, heads_per_batch: int, 
     return w, report
 
 
-def load_captures(names, tokens: int, layers: int | None = None, cache: str | None = None) -> list:
+def load_captures(names, tokens: int, layers: int | None = None, cache: str | None = None,
+                  model: str | None = None) -> list:
     """Pooled attention ``(L * H_q, T, ceil(T / 16))`` of the essays ``names`` (indices in
     name order, first ``tokens`` tokens), captured with the NumPy model, or read from the
-    ``.npz`` ``cache`` when it holds them all (written when it does not exist)."""
+    ``.npz`` ``cache`` when it holds them all (written when it does not exist). ``model``: a
+    checkpoint name or path for :func:`grilly_kv.models.load_model` (None: the default)."""
     if cache and Path(cache).is_file():
         with np.load(cache) as z:
             if all(f"essay{i}" in z for i in names):
@@ -210,7 +212,7 @@ def load_captures(names, tokens: int, layers: int | None = None, cache: str | No
     from ..models import load_model
     from .data import capture_essay
 
-    model, tok = load_model(None, "cpu", n_layers=layers, max_chunk=tokens)
+    model, tok = load_model(model, "cpu", n_layers=layers, max_chunk=tokens)
     texts = [t for _, t in essays()]
     data = []
     for i in names:
@@ -237,6 +239,7 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--topk", type=int, default=8, help="blocks kept, for the hit rate")
     ap.add_argument("--layers", type=int, default=None, help="model layers (default: all)")
+    ap.add_argument("-m", "--model", default=None, help="model: a registered name (smollm2, the default) or a .gguf / converted .safetensors path")
     ap.add_argument("--group", type=int, default=1,
                     help="query heads per KV head to max over (1: a history per query head; "
                          "SmolLM2: 3 for a history per KV head)")
@@ -248,7 +251,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     names = list(range(args.first_essay, args.first_essay + args.essays + args.held_out))
-    data = load_captures(names, args.tokens, args.layers, args.cache)
+    data = load_captures(names, args.tokens, args.layers, args.cache, model=args.model)
     geo = Geometry()
     rows = [group_rows(d, args.group) for d in data]
     w, report = train(rows[:args.essays], rows[args.essays:], seed=args.seed, steps=args.steps,

