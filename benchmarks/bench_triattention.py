@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))     # this checkout's grilly_kv
 from common import device_info, save, step_parts  # noqa: E402
 
 from grilly_kv.backend import Buffer, Recording, Scratch, get_device  # noqa: E402
@@ -158,6 +159,7 @@ def model_twin_decode(dev, quick: bool) -> dict:
     ck = load_checkpoint(n_layers=cfg["layers"])
     c = ck.config
     model = VulkanModel(ck, dev, max_chunk=cfg["chunk"], timestamps=True)
+    dev.profile = True            # the twin's round recordings carry timestamps too
     rng = np.random.default_rng(1)
     rope = RoPEConfig(c.head_dim, base=c.rope_theta, layout="half")
     queries = [(rng.standard_normal((c.n_q_heads, 64, c.head_dim)) + rng.standard_normal(c.head_dim))
@@ -165,14 +167,13 @@ def model_twin_decode(dev, quick: bool) -> dict:
     calib = calibrate(queries, rope, n_kv_heads=c.n_kv_heads)
     context, steps, budget = cfg["context"], cfg["steps"], cfg["budget"]
     policy = TriAttentionPolicy(budget, calibration=calib, rope_base=c.rope_theta,
-                                divide_length=cfg["divide_length"])
+                                divide_length=cfg["divide_length"], protect_recent=cfg["divide_length"])
     model.start(policy, context + steps)
     twin = model.kv
     twin.fill_random(rng, context)
     held_before = twin.length
     tri = decode_steps(model, policy, context, steps, rng)
-    round_rec = next(reversed(twin._rounds.values()), None)
-    round_us = round_rec.kernel_time_us() if round_rec is not None else None
+    round_us = twin.last_round_gpu_us()
     bytes_per_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * ELEM
     result = {"config": {**cfg, "n_layers": c.n_layers, "H_q": c.n_q_heads, "H_kv": c.n_kv_heads,
                          "D": c.head_dim},
@@ -204,9 +205,14 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default=None)
     ap.add_argument("--skip-model", action="store_true", help="only the compression-round kernels")
+    ap.add_argument("--model-only", action="store_true", help="only the twin inside the model")
     args = ap.parse_args()
     dev = get_device(args.device)
     dev.profile = True
+    if args.model_only:
+        save("triattention_model" + ("_quick" if args.quick else ""),
+             {**device_info(dev), "model_twin_decode": model_twin_decode(dev, args.quick)})
+        return
     contexts, reps = ((4096, 16384), 3) if args.quick else ((32768, 131072), 20)
     rng = np.random.default_rng(0)
     rope = RoPEConfig(D, base=500000.0, layout="half")

@@ -268,6 +268,12 @@ class DeviceTriAttentionCache(TwinBase):
         return rec
 
     # ---- inspection and benchmarks ---------------------------------------------------------
+    def last_round_gpu_us(self) -> float | None:
+        """Kernel GPU time of the most recent compression round (needs ``device.profile``
+        when the round was recorded); None before any round."""
+        rec = next(reversed(self._rounds.values()), None)
+        return None if rec is None else rec.kernel_time_us()
+
     def read_layer(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(keys, values, positions)`` of ``layer``'s live slots, read back for tests:
         ``(H_kv, length, D)`` float32 twice and ``(length,)`` int64 (the slot table)."""
