@@ -121,10 +121,14 @@ class DeviceTriAttentionCache(TwinBase):
         self.cap = twin_capacity(budget=self.budget, divide_length=self.divide_length,
                                  max_chunk=s.max_chunk, max_tokens=s.max_tokens,
                                  online_limit=policy.online_limit(), max_tail=self.max_tail)
-        self._alloc_kv(device)
-        self._alloc_round(device)
-        self.calib_q = ([self.alloc(device, s.max_chunk * self.qkv_dim) for _ in range(s.n_layers)]
-                        if policy.online is not None else [])
+        try:
+            self._alloc_kv(device)
+            self._alloc_round(device)
+            self.calib_q = ([self.alloc(device, s.max_chunk * self.qkv_dim) for _ in range(s.n_layers)]
+                            if policy.online is not None else [])
+        except BaseException:
+            TwinBase.release(self)          # what was allocated before the failure
+            raise
         self.length = self.offset = self.tokens_since_compress = self.n_compressions = 0
         self._rounds: dict = {}
         self._calibrating = False
