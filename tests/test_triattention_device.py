@@ -157,6 +157,22 @@ def test_twin_online_calibration_equals_reference(vk):
     drv.close()
 
 
+def test_default_online_calibration_ends_at_the_budget_on_both_paths(vk):
+    """online_tokens=None: the calibration ends once ``budget`` tokens were seen (here in the
+    middle of the prefill), on the twin and on the NumPy path alike; the capacity stays within
+    budget + 2 max_chunk when divide_length <= max_chunk + 1."""
+    chunks = [8] * 8 + [5] + [1] * 6
+
+    def make(dev):
+        return TriAttentionPolicy(30, device=dev, **SCHEDULE)
+
+    drv, ref = compare(vk, chunks, make, max_tokens=sum(chunks))
+    assert ref.online_seen == 32 and drv.policy.online_seen == 32        # 4 chunks of 8 >= 30
+    assert drv.twin.n_compressions == ref.caches[0].n_compressions >= 4
+    assert drv.twin.cap <= 30 + 2 * drv.shape.max_chunk
+    drv.close()
+
+
 def test_budget_above_the_context_is_dense_causal_attention(vk):
     rng = np.random.default_rng(3)
     rope = RoPEConfig(D, base=SCHEDULE["rope_base"])
