@@ -25,7 +25,7 @@ policy's decode (its device twin, real prefill) at the twin's held length and at
     python3 benchmarks/bench_triattention.py [--quick] [--device vulkan:0] [--skip-model]
 
 ``--quick``: contexts 4K and 16K, few repeats (for lavapipe, whose maxStorageBufferRange is 128 MiB);
-the model part on 4 layers at context 1024 with budget 128.
+the model part on 2 layers at context 512 with budget 64.
 """
 import argparse
 import sys
@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))     # this checkout's grilly_kv
 from common import device_info, save, step_parts  # noqa: E402
 
 from grilly_kv.backend import Buffer, Recording, Scratch, get_device  # noqa: E402
@@ -46,7 +47,7 @@ from grilly_kv.paged import PagedKVCache  # noqa: E402
 from grilly_kv.triattention import RoPEConfig, calibrate  # noqa: E402
 from grilly_kv.triattention.cache import Round, record_compression_round  # noqa: E402
 
-MODEL_QUICK = dict(layers=4, context=1024, budget=128, divide_length=32, steps=40, chunk=64)
+MODEL_QUICK = dict(layers=2, context=512, budget=64, divide_length=16, steps=20, chunk=64)
 MODEL_FULL = dict(layers=None, context=8000, budget=2048, divide_length=128, steps=300, chunk=256)
 
 H_KV, H_Q, D = 8, 32, 128
@@ -141,8 +142,7 @@ def decode_steps(model, policy, first_pos: int, steps: int, rng) -> dict:
         gpu.append(model.last_gpu_time_us)
     wall, gpu = np.array(wall[1:]), np.array(gpu[1:])      # step 0 builds the decode recording
     return {"gpu_us": float(np.median(gpu)), "wall_us": float(np.median(wall)),
-            "wall_us_p90": float(np.percentile(wall, 90)), "n": int(wall.size),
-            "note": "wall includes any compression round (own submission); gpu is the step's submission"}
+            "wall_us_p90": float(np.percentile(wall, 90)), "n": int(wall.size)}
 
 
 def model_twin_decode(dev, quick: bool) -> dict:
@@ -158,6 +158,7 @@ def model_twin_decode(dev, quick: bool) -> dict:
     ck = load_checkpoint(n_layers=cfg["layers"])
     c = ck.config
     model = VulkanModel(ck, dev, max_chunk=cfg["chunk"], timestamps=True)
+    dev.profile = True            # the twin's round recordings carry timestamps too
     rng = np.random.default_rng(1)
     rope = RoPEConfig(c.head_dim, base=c.rope_theta, layout="half")
     queries = [(rng.standard_normal((c.n_q_heads, 64, c.head_dim)) + rng.standard_normal(c.head_dim))
@@ -165,19 +166,19 @@ def model_twin_decode(dev, quick: bool) -> dict:
     calib = calibrate(queries, rope, n_kv_heads=c.n_kv_heads)
     context, steps, budget = cfg["context"], cfg["steps"], cfg["budget"]
     policy = TriAttentionPolicy(budget, calibration=calib, rope_base=c.rope_theta,
-                                divide_length=cfg["divide_length"])
+                                divide_length=cfg["divide_length"], protect_recent=cfg["divide_length"])
     model.start(policy, context + steps)
     twin = model.kv
     twin.fill_random(rng, context)
-    held_before = twin.length
+    held_before, rounds_before = twin.length, twin.n_compressions
     tri = decode_steps(model, policy, context, steps, rng)
-    round_rec = next(reversed(twin._rounds.values()), None)
-    round_us = round_rec.kernel_time_us() if round_rec is not None else None
+    tri["note"] = "wall includes the compression rounds (own submission); gpu is the step's submission"
+    round_us = twin.last_round_gpu_us()
     bytes_per_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * ELEM
     result = {"config": {**cfg, "n_layers": c.n_layers, "H_q": c.n_q_heads, "H_kv": c.n_kv_heads,
                          "D": c.head_dim},
               "triattention": {**tri, "capacity_tokens": twin.capacity_tokens(), "held_at_start": held_before,
-                               "rounds_in_steps": twin.n_compressions, "round_gpu_us": round_us,
+                               "rounds_in_steps": twin.n_compressions - rounds_before, "round_gpu_us": round_us,
                                "kv_bytes": twin.kv_bytes(), "device_bytes": twin.device_bytes()},
               "dense_kv_bytes_at_context_computed": context * bytes_per_token}
     ids = rng.integers(c.vocab, size=context).tolist()
@@ -193,7 +194,8 @@ def model_twin_decode(dev, quick: bool) -> dict:
     model.start(DensePolicy(), 1)              # frees the last peer's cache
     print(f"model decode at context {context}: triattention(budget={budget}) {tri['gpu_us']:.0f} us GPU / "
           f"{tri['wall_us']:.0f} us wall per token, round {round_us} us GPU, "
-          f"K/V {twin.kv_bytes() / 2**20:.1f} MiB allocated vs dense {context * bytes_per_token / 2**20:.1f} MiB; "
+          f"K/V {result['triattention']['kv_bytes'] / 2**20:.2f} MiB allocated vs dense "
+          f"{context * bytes_per_token / 2**20:.2f} MiB; "
           + "; ".join(f"{k}: {v.get('gpu_us', float('nan')):.0f} us GPU / {v.get('wall_us', float('nan')):.0f} us wall"
                       for k, v in result.items() if k.startswith("dense_at")))
     return result
@@ -204,9 +206,14 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default=None)
     ap.add_argument("--skip-model", action="store_true", help="only the compression-round kernels")
+    ap.add_argument("--model-only", action="store_true", help="only the twin inside the model")
     args = ap.parse_args()
     dev = get_device(args.device)
     dev.profile = True
+    if args.model_only:
+        save("triattention_model" + ("_quick" if args.quick else ""),
+             {**device_info(dev), "model_twin_decode": model_twin_decode(dev, args.quick)})
+        return
     contexts, reps = ((4096, 16384), 3) if args.quick else ((32768, 131072), 20)
     rng = np.random.default_rng(0)
     rope = RoPEConfig(D, base=500000.0, layout="half")

@@ -39,13 +39,23 @@ class HostTappa(TappaPolicy):
         return None
 
 
+class HostTriAttention(TriAttentionPolicy):
+    """TriAttention without its device twin: the host path whose prefill the Vulkan model attends
+    densely (TriAttentionPolicy itself runs on its device twin on Vulkan)."""
+
+    def device_cache(self, device, shape):
+        return None
+
+
 def policies():
     """name -> factory; budgets well under the sequence so that decoding evicts or compresses."""
     return {
-        "triattention": lambda: TriAttentionPolicy(24, divide_length=8, protect_initial=2, protect_recent=8),
+        # online calibration over the whole prefill (ends at the first decode step)
+        "triattention": lambda: HostTriAttention(24, divide_length=8, protect_initial=2, protect_recent=8,
+                                                 online_tokens=10**6),
         # calibration ends mid-prefill: compression starts there, the later chunks go to attend
-        "triattention-midprefill": lambda: TriAttentionPolicy(24, divide_length=8, protect_initial=2,
-                                                              protect_recent=8, online_tokens=40),
+        "triattention-midprefill": lambda: HostTriAttention(24, divide_length=8, protect_initial=2,
+                                                            protect_recent=8, online_tokens=40),
         "tappa": lambda: HostTappa(24, window=8, sinks=2),
         # rule "dense-prefill": the host path this test is about (the default runs the device twin)
         "predictor": lambda: PredictorPolicy(48, sinks=16, local=16, calibration_step=3,

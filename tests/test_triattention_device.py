@@ -23,15 +23,15 @@ ATOL = 2e-5
 SCHEDULE = dict(rope_base=10000.0, divide_length=8, protect_initial=4, protect_recent=8)
 
 
-def shape_for(device, max_tokens=200, max_chunk=32):
-    return CacheShape(n_layers=L, n_q_heads=H_Q, n_kv_heads=H_KV, head_dim=D, max_tokens=max_tokens,
+def shape_for(device, max_tokens=200, max_chunk=32, h_q=H_Q, h_kv=H_KV):
+    return CacheShape(n_layers=L, n_q_heads=h_q, n_kv_heads=h_kv, head_dim=D, max_tokens=max_tokens,
                       max_chunk=max_chunk, device=device)
 
 
-def random_calibration(seed=1):
+def random_calibration(seed=1, h_q=H_Q, h_kv=H_KV, layout="half"):
     rng = np.random.default_rng(seed)
-    return calibrate([rng.standard_normal((H_Q, 50, D)).astype(np.float32) + 0.5 for _ in range(L)],
-                     RoPEConfig(D, base=SCHEDULE["rope_base"]), n_kv_heads=H_KV)
+    return calibrate([rng.standard_normal((h_q, 50, D)).astype(np.float32) + 0.5 for _ in range(L)],
+                     RoPEConfig(D, base=SCHEDULE["rope_base"], layout=layout), n_kv_heads=h_kv)
 
 
 class Driver:
@@ -42,10 +42,11 @@ class Driver:
         policy.reset(shape)
         self.twin = policy.device_cache(vk, shape)
         C = shape.max_chunk
-        self.qkv_dim = (H_Q + 2 * H_KV) * D
+        self.h_q = shape.n_q_heads
+        self.qkv_dim = (shape.n_q_heads + 2 * shape.n_kv_heads) * D
         self.step = Buffer(vk, step_words(C), np.uint32)
         self.qkv = [Buffer(vk, C * self.qkv_dim) for _ in range(L)]
-        self.out = [Buffer(vk, C * H_Q * D) for _ in range(L)]
+        self.out = [Buffer(vk, C * self.h_q * D) for _ in range(L)]
         self.recordings = {}
 
     def run(self, positions, q, k, v):
@@ -67,7 +68,7 @@ class Driver:
             rec = self.recordings[key] = rec.download(*self.out)
         rec.run()
         self.twin.after_step(positions)
-        return np.stack([o.read(T * H_Q * D).reshape(T, H_Q, D).transpose(1, 0, 2) for o in self.out])
+        return np.stack([o.read(T * self.h_q * D).reshape(T, self.h_q, D).transpose(1, 0, 2) for o in self.out])
 
     def close(self):
         self.recordings.clear()
@@ -76,29 +77,29 @@ class Driver:
             b.release()
 
 
-def random_step(rng, rope, positions):
+def random_step(rng, rope, positions, h_q=H_Q, h_kv=H_KV):
     T = positions.size
-    q = np.stack([rope.apply(rng.standard_normal((H_Q, T, D)), positions) for _ in range(L)]).astype(np.float32)
-    k = np.stack([rope.apply(rng.standard_normal((H_KV, T, D)), positions) for _ in range(L)])
-    v = rng.standard_normal((L, H_KV, T, D))
+    q = np.stack([rope.apply(rng.standard_normal((h_q, T, D)), positions) for _ in range(L)]).astype(np.float32)
+    k = np.stack([rope.apply(rng.standard_normal((h_kv, T, D)), positions) for _ in range(L)])
+    v = rng.standard_normal((L, h_kv, T, D))
     return q, k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
 
 
-def compare(vk, chunks, make_policy, seed=0, max_tokens=200, check=None):
+def compare(vk, chunks, make_policy, seed=0, max_tokens=200, check=None, h_q=H_Q, h_kv=H_KV):
     """Run both paths over ``chunks``; assert equal outputs, held tokens and kept positions and
     the memory bound at every step. Returns (driver, reference policy)."""
     rng = np.random.default_rng(seed)
     ref = make_policy("cpu")
-    ref.reset(shape_for(None, max_tokens))
-    drv = Driver(vk, make_policy(vk), shape_for(vk, max_tokens))
+    ref.reset(shape_for(None, max_tokens, h_q=h_q, h_kv=h_kv))
+    drv = Driver(vk, make_policy(vk), shape_for(vk, max_tokens, h_q=h_q, h_kv=h_kv))
     twin = drv.twin
     kv_bytes = twin.kv_bytes()
-    assert kv_bytes == 2 * L * H_KV * twin.cap * D * 2
+    assert kv_bytes == 2 * L * h_kv * twin.cap * D * 2
     pos = 0
     for T in chunks:
         p = np.arange(pos, pos + T)
         pos += T
-        q, k, v = random_step(rng, ref.rope, p)
+        q, k, v = random_step(rng, ref.rope, p, h_q, h_kv)
         ref.begin(p)
         want = np.stack([ref.attend(layer, q[layer], k[layer], v[layer]) for layer in range(L)])
         got = drv.run(p, q, k, v)
@@ -131,6 +132,17 @@ def test_twin_equals_reference_over_several_rounds_with_a_calibration_file(vk, p
     drv.close()
 
 
+def test_twin_without_gqa_and_with_interleaved_rope_equals_reference(vk):
+    calib = random_calibration(h_q=2, h_kv=2, layout="interleaved")
+
+    def make(dev):
+        return TriAttentionPolicy(30, calibration=calib, rope_layout="interleaved", device=dev, **SCHEDULE)
+
+    drv, ref = compare(vk, [13, 32, 1, 1, 9] + [1] * 12, make, seed=4, h_q=2, h_kv=2)
+    assert drv.twin.n_compressions >= 3
+    drv.close()
+
+
 def test_twin_online_calibration_equals_reference(vk):
     chunks = [20, 20, 7] + [1] * 20
 
@@ -142,6 +154,22 @@ def test_twin_online_calibration_equals_reference(vk):
     for layer in range(L):
         for a, b in zip(drv.policy.calibration.layer(layer), ref.calibration.layer(layer)):
             assert_close(a, b, atol=1e-6, what=f"online calibration, layer {layer}")
+    drv.close()
+
+
+def test_default_online_calibration_ends_at_the_budget_on_both_paths(vk):
+    """online_tokens=None: the calibration ends once ``budget`` tokens were seen (here in the
+    middle of the prefill), on the twin and on the NumPy path alike; the capacity stays within
+    budget + 2 max_chunk when divide_length <= max_chunk + 1."""
+    chunks = [8] * 8 + [5] + [1] * 6
+
+    def make(dev):
+        return TriAttentionPolicy(30, device=dev, **SCHEDULE)
+
+    drv, ref = compare(vk, chunks, make, max_tokens=sum(chunks))
+    assert ref.online_seen == 32 and drv.policy.online_seen == 32        # 4 chunks of 8 >= 30
+    assert drv.twin.n_compressions == ref.caches[0].n_compressions >= 4
+    assert drv.twin.cap <= 30 + 2 * drv.shape.max_chunk
     drv.close()
 
 

@@ -9,8 +9,10 @@ evaluating long texts under compression needs prefill chunks of at most ``divide
 Calibration: a :class:`~grilly_kv.triattention.Calibration`, a safetensors path, or None for
 online calibration from the sequence's own queries: the post-RoPE queries of every chunk are
 un-rotated (RoPE is a rotation, so this recovers the pre-RoPE queries exactly) and accumulated
-until the first single-token chunk (the first decode step), or until ``online_tokens`` tokens
-when given; no compression happens before that.
+until the first single-token chunk (the first decode step) or until ``online_tokens`` tokens
+were seen (default ``budget``: the uncompressed prefix stays bounded, so the device twin's
+memory does too), whichever comes first; no compression happens before that. Host path and
+twin follow the same rule, so they hold the same tokens.
 
 On the host (``device="cpu"`` or a model that attends through :meth:`attend`): until the
 first compression round the cache holds every token, so a chunk is plain causal attention
@@ -23,10 +25,7 @@ On a Vulkan model (:meth:`TriAttentionPolicy.device_cache`): a
 :class:`~grilly_kv.policies.triattention_device.DeviceTriAttentionCache` holds K/V on the device
 within the budget plus a stated margin (prefill included: it compresses between prefill chunks
 as the schedule says), attends inside the model's one submission and compresses on the device;
-the policy keeps only the schedule's host state (positions, online calibration). With online
-calibration and ``online_tokens=None`` the twin finishes the calibration at the first decode
-step or once ``budget`` tokens were seen, whichever comes first, so the uncompressed prefix is
-bounded (the host path waits for the first decode step).
+the policy keeps only the schedule's host state (positions, online calibration).
 
 Question-aware mode: :meth:`TriAttentionPolicy.end_context` stops compression; the tokens that
 follow (question, answer) are appended and kept.
@@ -53,8 +52,8 @@ class TriAttentionPolicy(KVPolicy):
         calibration: :class:`Calibration`, a path to a calibration file, or None (online).
         rope_base, rope_layout: the model's RoPE (SmolLM2: 100000, ``"half"`` after un-permuting).
         divide_length, protect_initial, protect_recent, per_head: see :class:`TriAttentionKVCache`.
-        online_tokens: with online calibration, finish it after this many tokens (None: at the
-            first decode step).
+        online_tokens: with online calibration, finish it once this many tokens were seen or
+            at the first decode step, whichever comes first (None: ``budget``).
         device: where the caches score, select and compact (``"cpu"``: NumPy); attention runs
             on the host over the kept K/V (a host copy, see the module docstring).
     """
@@ -123,17 +122,16 @@ class TriAttentionPolicy(KVPolicy):
 
     def online_limit(self) -> int:
         """Tokens the online calibration collects before it may finish (0 with a fixed
-        calibration); with ``online_tokens=None`` on the device: ``budget``."""
+        calibration); ``online_tokens``, or ``budget`` when that is None."""
         if self.fixed_calibration is not None:
             return 0
         return self.online_tokens if self.online_tokens is not None else self.budget
 
     def begin(self, positions: np.ndarray) -> None:
         self._positions = np.asarray(positions, np.int64)
-        limit = self.online_tokens if self.twin is None else self.online_limit()
         if self.online is not None and (
                 (self._positions.size == 1 and self.online_seen > 0)
-                or (limit is not None and self.online_seen >= limit)):
+                or self.online_seen >= self.online_limit()):
             self.calibration = self.online.finish()
             for cache in self.caches:
                 cache.set_calibration(self.calibration)

@@ -46,6 +46,8 @@ are freed once the calibration is finished.
 """
 from __future__ import annotations
 
+import functools
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -73,6 +75,15 @@ def twin_capacity(*, budget: int, divide_length: int, max_chunk: int, max_tokens
     return max(1, min(max_tokens, held + max_chunk + max_tail))
 
 
+def _synchronized(method):
+    """Run ``method`` under the twin's lock (one step, round or read at a time)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class _Owned:
     """A ``Scratch``-like allocator whose buffers belong to the twin (counted and released)."""
 
@@ -95,6 +106,7 @@ class DeviceTriAttentionCache(TwinBase):
 
     def __init__(self, policy, device, shape: CacheShape):
         s = shape
+        self._lock = threading.RLock()
         self.policy, self.shape, self.device = policy, shape, device
         sched = policy.schedule
         self.budget, self.divide_length = sched["budget"], sched["divide_length"]
@@ -109,10 +121,14 @@ class DeviceTriAttentionCache(TwinBase):
         self.cap = twin_capacity(budget=self.budget, divide_length=self.divide_length,
                                  max_chunk=s.max_chunk, max_tokens=s.max_tokens,
                                  online_limit=policy.online_limit(), max_tail=self.max_tail)
-        self._alloc_kv(device)
-        self._alloc_round(device)
-        self.calib_q = ([self.alloc(device, s.max_chunk * self.qkv_dim) for _ in range(s.n_layers)]
-                        if policy.online is not None else [])
+        try:
+            self._alloc_kv(device)
+            self._alloc_round(device)
+            self.calib_q = ([self.alloc(device, s.max_chunk * self.qkv_dim) for _ in range(s.n_layers)]
+                            if policy.online is not None else [])
+        except BaseException:
+            TwinBase.release(self)          # what was allocated before the failure
+            raise
         self.length = self.offset = self.tokens_since_compress = self.n_compressions = 0
         self._rounds: dict = {}
         self._calibrating = False
@@ -160,6 +176,7 @@ class DeviceTriAttentionCache(TwinBase):
         if self._released:
             raise RuntimeError("this DeviceTriAttentionCache was released")
 
+    @_synchronized
     def fill_step(self, words: np.ndarray, positions: np.ndarray, tokens) -> None:
         """The step's slots ``length ..`` and scan length into the model's step words."""
         self._check_live()
@@ -193,6 +210,7 @@ class DeviceTriAttentionCache(TwinBase):
             record_buffer_copy(rec, qkv, self.calib_q[layer], n_words=T * self.qkv_dim)
             rec.download(self.calib_q[layer], words=T * self.qkv_dim)
 
+    @_synchronized
     def after_step(self, positions: np.ndarray) -> None:
         """Feed the online calibration (while it runs), advance the schedule, and run a
         compression round when it is due."""
@@ -223,6 +241,7 @@ class DeviceTriAttentionCache(TwinBase):
         self.calib_q = []
 
     # ---- compression ---------------------------------------------------------------------
+    @_synchronized
     def compress(self, calib) -> None:
         """One round now over the ``length`` held tokens: keep ``budget`` per layer."""
         self._check_live()
@@ -268,6 +287,13 @@ class DeviceTriAttentionCache(TwinBase):
         return rec
 
     # ---- inspection and benchmarks ---------------------------------------------------------
+    def last_round_gpu_us(self) -> float | None:
+        """Kernel GPU time of the most recent compression round (needs ``device.profile``
+        when the round was recorded); None before any round."""
+        rec = next(reversed(self._rounds.values()), None)
+        return None if rec is None else rec.kernel_time_us()
+
+    @_synchronized
     def read_layer(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(keys, values, positions)`` of ``layer``'s live slots, read back for tests:
         ``(H_kv, length, D)`` float32 twice and ``(length,)`` int64 (the slot table)."""
@@ -292,6 +318,7 @@ class DeviceTriAttentionCache(TwinBase):
                 b.release()
         return kv[0].astype(np.float32), kv[1].astype(np.float32), pos
 
+    @_synchronized
     def fill_random(self, rng: np.random.Generator, n_tokens: int) -> None:
         """Put the cache in the state of a sequence of ``n_tokens`` tokens under the schedule
         (held length, rounds run, kept positions: the first ``protect_initial``, a random
@@ -340,6 +367,7 @@ class DeviceTriAttentionCache(TwinBase):
         since = (n_tokens - first) % self.divide_length
         return self.budget + since, since, 1 + (n_tokens - first) // self.divide_length
 
+    @_synchronized
     def release(self) -> None:
         """Free every buffer and recording (idempotent)."""
         self._rounds.clear()
