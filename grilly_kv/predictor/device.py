@@ -258,42 +258,40 @@ class DevicePredictorCache(TwinBase):
             self.prefetch(chosen)
 
     # ---- the copy of predicted blocks ---------------------------------------------------------
-    def plan(self, chosen: np.ndarray) -> list[np.ndarray]:
-        """Assign entries to the ``(L, H_kv, k)`` chosen blocks (NONE: none): a chosen block already
-        held keeps its entry (copied again only if it was still filling when copied), the others
-        take the entries whose block is not chosen, lowest first. Updates ``entries`` and
-        ``table``; returns per layer the ``(n, 3)`` copies ``(head, entry, block)``."""
-        copies = []
-        for layer in range(self.L):
-            rows = []
-            for h in range(self.H):
-                want = np.unique(chosen[layer, h][chosen[layer, h] != NONE].astype(np.int64))
-                held = self.entries[layer, h]
-                keep = np.isin(held, want)
-                stale = keep & ((held + 1) * BLOCK > self.entry_len[layer, h])
-                new = np.setdiff1d(want, held[keep])
-                free = np.flatnonzero(~keep)[:new.size]
-                held[free] = new
-                redo = np.concatenate([free, np.flatnonzero(stale)])
-                self.entry_len[layer, h, redo] = self._n_tokens
-                self.table[layer, h] = np.where(np.isin(held, want), held, NONE).astype(np.uint32)
-                rows.append(np.stack([np.full(redo.size, h), redo, held[redo]], axis=1))
-            copies.append(np.concatenate(rows).astype(np.int64))
-        return copies
+    def plan(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Assign entries to the ``(L, H_kv, k)`` chosen blocks (NONE: none; distinct per head): a
+        chosen block already held keeps its entry (copied again only if it was still filling when
+        copied), the others take the entries whose block is not chosen, lowest entry first. Updates
+        ``entries`` and ``table``; returns the copies as flat head rows ``layer * H_kv + head``,
+        entries and blocks (ordered by row)."""
+        LH, k = self.L * self.H, self.k
+        want = chosen.reshape(LH, k).astype(np.int64)
+        want[want == NONE] = -1
+        held = self.entries.reshape(LH, k)                       # views: updated in place
+        length = self.entry_len.reshape(LH, k)
+        keep = (held >= 0) & (held[:, :, None] == want[:, None, :]).any(axis=2)
+        new = (want >= 0) & ~(want[:, :, None] == held[:, None, :]).any(axis=2)
+        stale = keep & ((held + 1) * BLOCK > length)
+        free = ~keep
+        take = free & (np.cumsum(free, axis=1) - 1 < new.sum(axis=1, keepdims=True))
+        held[take] = want[new]                                   # row-major on both sides
+        redo = take | stale
+        length[redo] = self._n_tokens
+        self.table.reshape(LH, k)[:] = np.where(keep | take, held, NONE).astype(np.uint32)
+        rows, ents = np.nonzero(redo)
+        return rows, ents, held[rows, ents]
 
     def prefetch(self, chosen: np.ndarray) -> int:
         """Stage the blocks of the next step and submit their upload (returns at once); the next
         step's submission scatters them. Returns the number of blocks copied."""
-        copies = self.plan(chosen)
+        rows, ents, blocks = self.plan(chosen)
+        layer, head = rows // self.H, rows % self.H
+        counts = np.bincount(layer, minlength=self.L)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
         index = np.zeros((self.L, self.index_stride), np.uint32)
-        src = []
-        first = 0
-        for layer, c in enumerate(copies):
-            index[layer, 0], index[layer, 1] = len(c), first
-            index[layer, 2:2 + len(c)] = c[:, 0] * self.E + self.ns + self.ring + c[:, 1]
-            src.append((layer * self.H + c[:, 0]) * self.n_blocks + c[:, 2])
-            first += len(c)
-        src = np.concatenate(src)
+        index[:, 0], index[:, 1] = counts, first
+        index[layer, 2 + np.arange(rows.size) - first[layer]] = head * self.E + self.ns + self.ring + ents
+        src = rows * self.n_blocks + blocks
         if src.size:
             self.incoming.write(np.take(self._rows, src, axis=0))
         self.index.write(index)
