@@ -25,6 +25,14 @@ entries take the newly chosen blocks (blocks still held stay where they are) and
 of the new blocks (index + incoming) asynchronously; the next step's :meth:`fill_step` waits for
 it, so the copy overlaps the host work between steps (the model's logits read and sampling).
 
+Memory. K/V (``kv_bytes``): ``(sinks + 16 k + 16 ring)`` slots per layer and KV head, the ring
+being the margin (``local + max_chunk`` tokens, rounded up to blocks, plus one block). Other
+device buffers (in ``device_bytes``): the incoming copy buffer (``k`` blocks per layer and head),
+the step's K/V staging (``max_chunk`` tokens), the attention rows of the last 64 queries, and the
+history ring with the CNN's inner-row cache, which grow with the context: ``2 * 64`` floats per
+16 tokens per layer and KV head (1/8 of dense float16 K/V at ``D = 64``), the price of keeping the
+history on the device. The host holds the whole context (:meth:`host_bytes`).
+
 What a query sees (the policy's ``rule="bounded"``, which the NumPy path computes too): a query
 at ``q`` of a chunk starting at ``pos0`` sees the positions ``p <= q`` with ``p < sinks``, or
 ``p > pos0 - local`` (the window: for a decode step the last ``local`` tokens, for a prefill chunk
