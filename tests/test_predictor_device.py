@@ -123,6 +123,9 @@ def test_twin_matches_the_numpy_rule_with_block_churn(vk, sinks, local, budget, 
                            for a, b in zip(la, lb))
     assert changed > 0, "the test must exercise block churn"
     assert twin.blocks_copied > 0
+    st = pol.stats()
+    assert st["hit_rate"] is None and st["blocks_copied"] == twin.blocks_copied and st["decode_steps"] == 36
+    assert pol.tokens_held() == twin.capacity_tokens()
     # memory: allocated once for budget + ring margin, never for the context
     assert len(set(kv_sizes)) == 1
     cap = (sinks // 16 + ring_blocks(local, chunk) + pol.k) * 16
