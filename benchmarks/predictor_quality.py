@@ -49,13 +49,20 @@ def predictor_stats(device, budgets, context, targets, first_essay):
     _, held = split_essays()
     ids = essay_windows(tok, held, context, targets, first_essay + 1)[first_essay]
     out = []
+    # per budget: the CNN and the last-row predictor (issue 18), each under the host rule
+    # "dense-prefill" (dense prefill, calibration rows: online hit rates) and under the rule the
+    # Vulkan twin runs ("bounded"; on a Vulkan model through the twin: perplexity, blocks copied;
+    # on the NumPy model through the host path: also hit rates)
     for budget in budgets:
-        pol = PredictorPolicy(budget)
-        t0 = time.perf_counter()
-        nll = continuation_nll(model, pol, ids[:context], ids[context:])
-        out.append({"budget": budget, **pol.stats(), "ppl": float(np.exp(nll.mean())),
-                    "seconds": time.perf_counter() - t0, "describe": pol.describe()})
-        print(out[-1], flush=True)
+        for kind in ("cnn", "last-row"):
+            for rule in ("dense-prefill", "bounded"):
+                pol = PredictorPolicy(budget, predictor=kind, rule=rule)
+                t0 = time.perf_counter()
+                nll = continuation_nll(model, pol, ids[:context], ids[context:])
+                out.append({"budget": budget, "predictor": kind, "rule": rule, **pol.stats(),
+                            "ppl": float(np.exp(nll.mean())), "seconds": time.perf_counter() - t0,
+                            "describe": pol.describe()})
+                print(out[-1], flush=True)
     return {"model_device": model.device_name, "context": context, "targets": targets, "runs": out}
 
 

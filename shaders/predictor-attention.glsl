@@ -35,6 +35,7 @@ layout(push_constant) uniform Push {
 shared float sp[CAP];
 shared float sq[D];
 shared float red[WG];
+shared vec2 red2[WG];
 
 float wg_max(float v) {
     red[gl_LocalInvocationIndex] = v;
@@ -99,11 +100,25 @@ void main() {
         const uint r = t + R - T;
         for (uint j = tid; j < CAP; j += WG) rows[(r * HQ + h) * CAP + j] = sp[j] * inv;
     }
-    for (uint d = tid; d < D; d += WG) {
-        float acc = 0.0;
-        for (uint j = 0u; j < CAP; j++) {
-            if (sp[j] != 0.0) acc += sp[j] * unpackHalf2x16(vc[(kvh * CAP + j) * HW + d / 2u])[d & 1u];
+    // out: thread (phase, w) sums slots j = phase (mod P) of value word w (2 dims), then the P
+    // phases are added in shared memory (words w >= WG are handled by later passes when HW > WG)
+    const uint P = max(WG / HW, 1u);
+    for (uint w0 = 0u; w0 < HW; w0 += WG) {
+        const uint w = w0 + tid % HW, phase = tid / HW;
+        vec2 acc = vec2(0.0);
+        if (w < HW && phase < P) {
+            for (uint j = phase; j < CAP; j += P) {
+                if (sp[j] != 0.0) acc += sp[j] * unpackHalf2x16(vc[(kvh * CAP + j) * HW + w]);
+            }
         }
-        o[(t * HQ + h) * D + d] = acc * inv;
+        red2[tid] = acc;
+        barrier();
+        if (tid < min(HW, WG) && w0 + tid < HW) {
+            vec2 sum = vec2(0.0);
+            for (uint ph = 0u; ph < P; ph++) sum += red2[ph * HW + tid];
+            o[(t * HQ + h) * D + 2u * (w0 + tid)] = sum.x * inv;
+            o[(t * HQ + h) * D + 2u * (w0 + tid) + 1u] = sum.y * inv;
+        }
+        barrier();
     }
 }

@@ -265,3 +265,13 @@ def test_calibration_step_writes_the_full_row():
     s0, e0 = candidate_blocks(S - 1, 16, 16)
     hidden = [c for c in range(s0 + 1, e0 - 1) if c not in sel_cols]
     assert hidden and np.all(sparse_row[:, hidden] == 0.0)
+
+
+@pytest.mark.parametrize("sinks,local", [(64, 64), (16, 20), (0, 5)])
+def test_training_geometry_uses_the_policys_candidate_blocks(sinks, local):
+    """Issue 18: the CNN is trained on the block range the policy feeds it at inference."""
+    geo = Geometry(sinks=sinks, local=local)
+    t = np.arange(0, 600)
+    s, e = geo.block_range(t)
+    for i, position in enumerate(t):
+        assert (s, int(e[i])) == candidate_blocks(int(position), sinks, local)

@@ -123,6 +123,9 @@ def test_twin_matches_the_numpy_rule_with_block_churn(vk, sinks, local, budget, 
                            for a, b in zip(la, lb))
     assert changed > 0, "the test must exercise block churn"
     assert twin.blocks_copied > 0
+    st = pol.stats()
+    assert st["hit_rate"] is None and st["blocks_copied"] == twin.blocks_copied and st["decode_steps"] == 36
+    assert pol.tokens_held() == twin.capacity_tokens()
     # memory: allocated once for budget + ring margin, never for the context
     assert len(set(kv_sizes)) == 1
     cap = (sinks // 16 + ring_blocks(local, chunk) + pol.k) * 16
@@ -264,3 +267,17 @@ def test_vulkan_model_runs_the_twin_like_the_reference_model(vk):
     assert_close(got, want, atol=0.15, what="logits")
     model.start(PredictorPolicy(device=vk, **kw), 16)       # releases the old twin
     assert twin.device_bytes() == 0
+
+
+def test_twin_without_predicted_blocks_is_sinks_plus_window(vk):
+    """budget = sinks + local: k = 0, no CNN, no copies; the twin still matches the NumPy rule."""
+    rng = np.random.default_rng(11)
+    chunks = make_chunks(rng, prefill=40, chunk=16, decode=10)
+    kw = dict(budget=32, sinks=16, local=16, track_hits=False)
+    ref, _ = drive_host(PredictorPolicy(rule="bounded", device="cpu", **kw), shapes(50, 16, "cpu"), chunks)
+    pol = PredictorPolicy(device=vk, **kw)
+    got, twin = drive_twin(vk, pol, shapes(50, 16, vk), chunks)
+    assert pol.k == 0 and twin.blocks_copied == 0
+    for i, (a, b) in enumerate(zip(got, ref)):
+        assert_close(a, b, atol=ATOL, what=f"step {i}")
+    twin.release()

@@ -7,6 +7,9 @@ step's important key blocks, with cross-token prefetch.
   in NumPy.
 - :mod:`.policy`: :class:`PredictorPolicy`, the KV policy ``"predictor"`` (sinks + local window
   + predicted blocks), with hit-rate statistics.
+- :mod:`.device`: :class:`DevicePredictorCache`, the policy's Vulkan twin (``policy.device_cache``):
+  sinks + a ring of the newest blocks + the predicted blocks on the device, the context in host
+  memory, history + CNN + top-k on the device, all in the model's one submission per step.
 - :mod:`.prefetch`: :class:`HostKVPrefetcher`, the full K/V in host memory and only the kept
   blocks on the device, copied asynchronously one step ahead (``kv-block-scatter`` shader).
 - :mod:`.train` / :mod:`.data`: NumPy training (hand-written backward, Adam, ListNet loss) on

@@ -25,6 +25,14 @@ entries take the newly chosen blocks (blocks still held stay where they are) and
 of the new blocks (index + incoming) asynchronously; the next step's :meth:`fill_step` waits for
 it, so the copy overlaps the host work between steps (the model's logits read and sampling).
 
+Memory. K/V (``kv_bytes``): ``(sinks + 16 k + 16 ring)`` slots per layer and KV head, the ring
+being the margin (``local + max_chunk`` tokens, rounded up to blocks, plus one block). Other
+device buffers (in ``device_bytes``): the incoming copy buffer (``k`` blocks per layer and head),
+the step's K/V staging (``max_chunk`` tokens), the attention rows of the last 64 queries, and the
+history ring with the CNN's inner-row cache, which grow with the context: ``2 * 64`` floats per
+16 tokens per layer and KV head (1/8 of dense float16 K/V at ``D = 64``), the price of keeping the
+history on the device. The host holds the whole context (:meth:`host_bytes`).
+
 What a query sees (the policy's ``rule="bounded"``, which the NumPy path computes too): a query
 at ``q`` of a chunk starting at ``pos0`` sees the positions ``p <= q`` with ``p < sinks``, or
 ``p > pos0 - local`` (the window: for a decode step the last ``local`` tokens, for a prefill chunk
@@ -258,42 +266,40 @@ class DevicePredictorCache(TwinBase):
             self.prefetch(chosen)
 
     # ---- the copy of predicted blocks ---------------------------------------------------------
-    def plan(self, chosen: np.ndarray) -> list[np.ndarray]:
-        """Assign entries to the ``(L, H_kv, k)`` chosen blocks (NONE: none): a chosen block already
-        held keeps its entry (copied again only if it was still filling when copied), the others
-        take the entries whose block is not chosen, lowest first. Updates ``entries`` and
-        ``table``; returns per layer the ``(n, 3)`` copies ``(head, entry, block)``."""
-        copies = []
-        for layer in range(self.L):
-            rows = []
-            for h in range(self.H):
-                want = np.unique(chosen[layer, h][chosen[layer, h] != NONE].astype(np.int64))
-                held = self.entries[layer, h]
-                keep = np.isin(held, want)
-                stale = keep & ((held + 1) * BLOCK > self.entry_len[layer, h])
-                new = np.setdiff1d(want, held[keep])
-                free = np.flatnonzero(~keep)[:new.size]
-                held[free] = new
-                redo = np.concatenate([free, np.flatnonzero(stale)])
-                self.entry_len[layer, h, redo] = self._n_tokens
-                self.table[layer, h] = np.where(np.isin(held, want), held, NONE).astype(np.uint32)
-                rows.append(np.stack([np.full(redo.size, h), redo, held[redo]], axis=1))
-            copies.append(np.concatenate(rows).astype(np.int64))
-        return copies
+    def plan(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Assign entries to the ``(L, H_kv, k)`` chosen blocks (NONE: none; distinct per head): a
+        chosen block already held keeps its entry (copied again only if it was still filling when
+        copied), the others take the entries whose block is not chosen, lowest entry first. Updates
+        ``entries`` and ``table``; returns the copies as flat head rows ``layer * H_kv + head``,
+        entries and blocks (ordered by row)."""
+        LH, k = self.L * self.H, self.k
+        want = chosen.reshape(LH, k).astype(np.int64)
+        want[want == NONE] = -1
+        held = self.entries.reshape(LH, k)                       # views: updated in place
+        length = self.entry_len.reshape(LH, k)
+        keep = (held >= 0) & (held[:, :, None] == want[:, None, :]).any(axis=2)
+        new = (want >= 0) & ~(want[:, :, None] == held[:, None, :]).any(axis=2)
+        stale = keep & ((held + 1) * BLOCK > length)
+        free = ~keep
+        take = free & (np.cumsum(free, axis=1) - 1 < new.sum(axis=1, keepdims=True))
+        held[take] = want[new]                                   # row-major on both sides
+        redo = take | stale
+        length[redo] = self._n_tokens
+        self.table.reshape(LH, k)[:] = np.where(keep | take, held, NONE).astype(np.uint32)
+        rows, ents = np.nonzero(redo)
+        return rows, ents, held[rows, ents]
 
     def prefetch(self, chosen: np.ndarray) -> int:
         """Stage the blocks of the next step and submit their upload (returns at once); the next
         step's submission scatters them. Returns the number of blocks copied."""
-        copies = self.plan(chosen)
+        rows, ents, blocks = self.plan(chosen)
+        layer, head = rows // self.H, rows % self.H
+        counts = np.bincount(layer, minlength=self.L)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
         index = np.zeros((self.L, self.index_stride), np.uint32)
-        src = []
-        first = 0
-        for layer, c in enumerate(copies):
-            index[layer, 0], index[layer, 1] = len(c), first
-            index[layer, 2:2 + len(c)] = c[:, 0] * self.E + self.ns + self.ring + c[:, 1]
-            src.append((layer * self.H + c[:, 0]) * self.n_blocks + c[:, 2])
-            first += len(c)
-        src = np.concatenate(src)
+        index[:, 0], index[:, 1] = counts, first
+        index[layer, 2 + np.arange(rows.size) - first[layer]] = head * self.E + self.ns + self.ring + ents
+        src = rows * self.n_blocks + blocks
         if src.size:
             self.incoming.write(np.take(self._rows, src, axis=0))
         self.index.write(index)

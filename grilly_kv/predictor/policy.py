@@ -390,6 +390,13 @@ class PredictorPolicy(KVPolicy):
         """Hit rate (true top-k blocks that were selected), blocks changed per step and layer-head
         (what a prefetch must copy), and the device memory saved against the dense cache."""
         n_lh = self.shape.n_layers * self.shape.n_kv_heads if self.shape else 1
+        if self._twin is not None:        # the twin never sees the full attention: no hit rate
+            twin = self._twin
+            return {"hit_rate": None, "blocks_copied": twin.blocks_copied,
+                    "blocks_copied_per_step_and_head": twin.blocks_copied / max(self.decode_steps, 1) / n_lh,
+                    "predicted_blocks": twin.k, "decode_steps": self.decode_steps,
+                    "device_memory_saved": 1.0 - self.tokens_held() / max(self.n_tokens, 1),
+                    "host_kv_bytes": twin.host_bytes()}
         return {"hit_rate": self.hits / self.needed if self.needed else None,
                 "blocks_changed_per_step": self.changed / max(self.predicted_steps, 1) / n_lh,
                 "predicted_blocks": self.k, "decode_steps": self.decode_steps,

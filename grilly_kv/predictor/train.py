@@ -84,9 +84,11 @@ class Geometry:
     local: int = 64
 
     def block_range(self, t: int) -> tuple[int, int]:
-        """Candidate blocks ``[s, e)`` for the query at position t: after the sink blocks and
-        wholly before the local window (positions ``> t - local``)."""
-        return self.sinks // BLOCK, np.maximum((t + 1 - self.local) // BLOCK, 0)
+        """Candidate blocks ``[s, e)`` for the query at position t, as the policy picks them
+        (``policy.candidate_blocks``): after the sink blocks and up to the block holding the last
+        position before the local window (positions ``> t - local``), which may overlap it."""
+        s = self.sinks // BLOCK
+        return s, np.maximum(-(-(t + 1 - self.local) // BLOCK), s)
 
 
 def make_batch(pooled: np.ndarray, t: int, heads: np.ndarray, geo: Geometry):

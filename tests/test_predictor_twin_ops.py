@@ -1,0 +1,143 @@
+"""Shaders predictor-attention, predictor-row-pool and predictor-topk (the predictor twin's own
+ops) on Vulkan against their NumPy references (grilly_kv/reference/predictor_twin.py), with
+sentinels after every output. Tolerances: attention 1e-4 (float32 on the device vs float64 over
+the same float16 K/V); pooling and top-k exact."""
+import numpy as np
+import pytest
+
+from grilly_kv.backend import Buffer, Recording
+from grilly_kv.ops.predictor_attention import record_predictor_attention
+from grilly_kv.ops.predictor_row_pool import record_predictor_row_pool
+from grilly_kv.ops.predictor_topk import record_predictor_topk
+from grilly_kv.ops.step_words import fill_step, step_words
+from grilly_kv.reference.predictor_twin import (NONE, entry_blocks, predictor_attention_ref,
+                                                predictor_row_pool_ref, predictor_topk_ref)
+from tests.harness import GUARD_WORDS, SENTINEL, assert_close
+
+HIST = 64
+
+
+def guarded(dev, n_words, dtype=np.float32):
+    buf = Buffer(dev, n_words + GUARD_WORDS, dtype)
+    buf.write(np.full(buf.n_words, SENTINEL, np.uint32))
+    return buf
+
+
+def check_guard(buf, n_words):
+    tail = buf.read(dtype=np.uint32)[n_words:]
+    assert np.all(tail == SENTINEL), f"out-of-bounds write at word {n_words + int(np.flatnonzero(tail != SENTINEL)[0])}"
+
+
+def make_table(rng, h_kv, k, n_blocks, ns):
+    table = np.full((h_kv, k), NONE, np.uint32)
+    for h in range(h_kv):
+        n = rng.integers(0, k + 1)
+        table[h, :n] = rng.choice(np.arange(ns, n_blocks), size=n, replace=False)
+    return table
+
+
+@pytest.mark.parametrize("hq,hkv,D,T,pos0,ns,ring,k,sinks,local", [
+    (6, 2, 18, 1, 150, 1, 2, 3, 16, 5),       # decode, head_dim not a multiple of 4
+    (9, 3, 64, 5, 97, 2, 3, 2, 32, 16),       # a chunk, SmolLM2's heads
+    (4, 4, 32, 3, 40, 0, 4, 1, 0, 20),        # no sinks, MHA
+])
+def test_predictor_attention_matches_reference(vk, hq, hkv, D, T, pos0, ns, ring, k, sinks, local):
+    rng = np.random.default_rng(T + D)
+    layer, L = 1, 2
+    E = ns + ring + k
+    cap = E * 16
+    qkv = rng.standard_normal((T, (hq + 2 * hkv) * D)).astype(np.float32) * 2
+    k_cache = rng.standard_normal((hkv, cap, D)).astype(np.float16)
+    v_cache = rng.standard_normal((hkv, cap, D)).astype(np.float16)
+    tables = np.stack([make_table(rng, hkv, k, pos0 // 16, ns) for _ in range(L)])
+    want, want_rows = predictor_attention_ref(qkv, k_cache, v_cache, tables[layer], pos0=pos0, ns=ns, ring=ring,
+                                              sinks=sinks, local=local, n_q_heads=hq)
+    bufs = {name: Buffer(vk, arr.size // (2 if arr.dtype == np.float16 else 1),
+                         np.uint32 if arr.dtype != np.float32 else np.float32)
+            for name, arr in (("qkv", qkv), ("k", k_cache), ("v", v_cache), ("table", tables))}
+    for name, arr in (("qkv", qkv), ("k", k_cache), ("v", v_cache), ("table", tables)):
+        bufs[name].write(arr)
+    step = Buffer(vk, step_words(8), np.uint32)
+    step.write(fill_step(np.zeros(step.n_words, np.uint32), pos0=pos0, slots=np.zeros(T), n_scan=0))
+    rows = guarded(vk, HIST * hq * cap)
+    out = guarded(vk, T * hq * D)
+    rec = Recording(vk).upload(*bufs.values(), step, rows, out)
+    record_predictor_attention(rec, bufs["qkv"], bufs["k"], bufs["v"], bufs["table"], step, rows, out, T=T,
+                               layer=layer, ns=ns, ring=ring, k=k, sinks=sinks, local=local, head_dim=D,
+                               n_q_heads=hq, n_kv_heads=hkv)
+    rec.download(rows, out).run()
+    assert_close(out.read(T * hq * D).reshape(T, hq, D), want, atol=1e-4, what="attention output")
+    R = min(T, HIST)
+    assert_close(rows.read(R * hq * cap).reshape(R, hq, cap), want_rows, atol=1e-5, what="attention rows")
+    check_guard(out, T * hq * D)
+    check_guard(rows, HIST * hq * cap)
+    # every query saw its own key (the ring holds it) and no later one
+    assert np.all(want_rows.sum(-1) > 0.999)
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_predictor_row_pool_matches_reference(vk, group):
+    rng = np.random.default_rng(group)
+    hq, hkv, ns, ring, k, L, layer, C = 6, 2, 1, 3, 2, 2, 1, 37
+    E = ns + ring + k
+    cap = E * 16
+    T, pos0, R = 4, 300, 4
+    tables = np.stack([make_table(rng, hkv, k, 18, ns) for _ in range(L)])
+    rows = rng.random((R, hq, cap)).astype(np.float32)
+    N = L * hq // group
+    hist0 = rng.random((N, HIST, C)).astype(np.float32)
+    write_head = 62                                   # wraps around the ring
+    blocks = entry_blocks(ns, ring, tables[layer], pos0 + T - 1)
+    want = hist0.copy()
+    pooled = predictor_row_pool_ref(rows, blocks, C, group)            # (hq / group, R, C)
+    for r in range(R):
+        want[layer * hq // group:(layer + 1) * hq // group, (write_head + r) % HIST] = pooled[:, r]
+    b_rows, b_tab = Buffer(vk, rows.size), Buffer(vk, tables.size, np.uint32)
+    b_rows.write(rows)
+    b_tab.write(tables)
+    step = Buffer(vk, step_words(8), np.uint32)
+    step.write(fill_step(np.zeros(step.n_words, np.uint32), pos0=pos0, slots=np.zeros(T), n_scan=0))
+    params = Buffer(vk, 6, np.uint32)
+    params.write(np.array([write_head, 0, 0, 0, 0, 0], np.uint32))
+    hist = guarded(vk, hist0.size)
+    hist.write(hist0)
+    rec = Recording(vk).upload(b_rows, b_tab, step, params, hist)
+    record_predictor_row_pool(rec, b_rows, b_tab, step, params, hist, R=R, layer=layer, ns=ns, ring=ring, k=k,
+                              C=C, n_q_heads=hq, n_kv_heads=hkv, group=group)
+    rec.download(hist).run()
+    np.testing.assert_array_equal(hist.read(hist0.size).reshape(hist0.shape), want)
+    check_guard(hist, hist0.size)
+
+
+@pytest.mark.parametrize("start,end,k,ties", [(4, 60, 8, False), (4, 60, 8, True), (2, 7, 8, False),
+                                              (0, 200, 33, False), (5, 5, 3, False)])
+def test_predictor_topk_matches_reference(vk, start, end, k, ties):
+    rng = np.random.default_rng(k)
+    N, C = 5, 211
+    scores = rng.standard_normal((N, C)).astype(np.float32)
+    if ties:
+        scores = np.round(scores)                      # many equal scores: lower column first
+    b_scores, params = Buffer(vk, scores.size), Buffer(vk, 6, np.uint32)
+    b_scores.write(scores)
+    params.write(np.array([0, 0, 0, start, end, 0], np.uint32))
+    sel = guarded(vk, N * k, np.uint32)
+    rec = Recording(vk).upload(b_scores, params, sel)
+    record_predictor_topk(rec, b_scores, params, sel, N=N, C=C, k=k)
+    rec.download(sel).run()
+    np.testing.assert_array_equal(sel.read(N * k).reshape(N, k), predictor_topk_ref(scores, start, end, k))
+    check_guard(sel, N * k)
+
+
+def test_predictor_topk_reads_the_newest_history_row(vk):
+    rng = np.random.default_rng(7)
+    N, C, k, head = 3, 40, 4, 5
+    hist = rng.random((N, HIST, C)).astype(np.float32)
+    b_hist, params = Buffer(vk, hist.size), Buffer(vk, 6, np.uint32)
+    b_hist.write(hist)
+    params.write(np.array([0, 0, head, 2, 30, 0], np.uint32))
+    sel = guarded(vk, N * k, np.uint32)
+    rec = Recording(vk).upload(b_hist, params, sel)
+    record_predictor_topk(rec, b_hist, params, sel, N=N, C=C, k=k, from_hist=True)
+    rec.download(sel).run()
+    want = predictor_topk_ref(hist[:, head - 1], 2, 30, k)
+    np.testing.assert_array_equal(sel.read(N * k).reshape(N, k), want)
