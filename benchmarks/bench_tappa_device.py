@@ -12,8 +12,8 @@ buffers of the twin: ``kv_bytes``/``device_bytes``) and the dense cache's K/V by
 cache as after an eviction round; for contexts whose prefill would take too long): its decode
 then attends random keys, so only its times mean something, not its tokens.
 
-    python3 benchmarks/bench_tappa_device.py                 # H200: contexts 2048,8064; budgets 256,512
-    python3 benchmarks/bench_tappa_device.py --quick         # lavapipe: 4 layers, contexts 96,160
+    PYTHONPATH=. python3 benchmarks/bench_tappa_device.py                 # H200: contexts 2048,8064; budgets 256,512
+    PYTHONPATH=. python3 benchmarks/bench_tappa_device.py --quick         # lavapipe: 4 layers, contexts 128,224
 """
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ from grilly_kv.policies import make_policy
 
 
 def add_args(ap) -> None:
-    ap.add_argument("--contexts", default=None, help="default 2048,8064 (quick: 96,160)")
-    ap.add_argument("--budgets", default=None, help="tappa budgets, default 256,512 (quick: 32)")
-    ap.add_argument("--steps", type=int, default=None, help="decode steps (default 128, quick 12)")
+    ap.add_argument("--contexts", default=None, help="default 2048,8064 (quick: 128,224)")
+    ap.add_argument("--budgets", default=None, help="tappa budgets, default 256,512 (quick: 40)")
+    ap.add_argument("--steps", type=int, default=None, help="decode steps (default 128, quick 20)")
     ap.add_argument("--layers", type=int, default=None, help="default all (quick: 4)")
-    ap.add_argument("--chunk", type=int, default=None, help="prefill chunk (default 256, quick 32)")
+    ap.add_argument("--chunk", type=int, default=None, help="prefill chunk = the working margin (default 256, quick 16)")
     ap.add_argument("--fill-random", action="store_true", help="tappa: random cache instead of prefill")
 
 
@@ -71,13 +71,13 @@ def measure(model, policy, ids, context: int, steps: int, fill_random: bool) -> 
 def main() -> None:
     a, dev = setup(__doc__, add_args)
     q = a.quick
-    contexts = [int(c) for c in (a.contexts or ("96,160" if q else "2048,8064")).split(",")]
-    budgets = [int(b) for b in (a.budgets or ("32" if q else "256,512")).split(",")]
-    steps = a.steps or (12 if q else 128)
+    contexts = [int(c) for c in (a.contexts or ("128,224" if q else "2048,8064")).split(",")]
+    budgets = [int(b) for b in (a.budgets or ("40" if q else "256,512")).split(",")]
+    steps = a.steps or (20 if q else 128)
     layers = a.layers or (4 if q else None)
     ck = load_checkpoint(n_layers=layers)
     ids = ChatTokenizer(ck.tokenizer).encode("\n\n".join(t for _, t in essays()))
-    model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True)
+    model = VulkanModel(ck, dev, max_chunk=a.chunk or (16 if q else 256), timestamps=True)
     rows = []
     for c in contexts:
         dense = measure(model, make_policy("dense"), ids, c, steps, False)
