@@ -23,7 +23,7 @@ def record_buffer_copy(rec: Recording, src, dst, *, n_words: int) -> Recording:
     if n_words % 4 or n_words < 4:
         raise ValueError(f"buffer-copy moves whole vec4s: n_words must be a positive multiple of 4, got {n_words}")
     n4 = n_words // 4
-    return rec.dispatch(SHADER, [src, dst], groups=(_grid(n4),), push=[n4], spec=[LOCAL_SIZE], writes=[1])
+    return rec.dispatch(SHADER, [src, dst], groups=(_grid(n4),), push=[n4], spec=[LOCAL_SIZE])
 
 
 def buffer_copy(x: np.ndarray, *, device: DeviceLike = None) -> np.ndarray:

@@ -44,7 +44,7 @@ def record_kv_compact(rec: Recording, src, dst, kept, params, *, row_words: int,
             int(vec4))
     push = PUSH.pack(src_cap=src_cap, dst_cap=dst_cap, n_heads=n_heads, idx_stride=idx_stride or 0)
     return rec.dispatch(SHADER, [src, dst, kept, params], groups=(n_heads, halves, row_units // slice_units),
-                        spec=spec, push=push, writes=[1])
+                        spec=spec, push=push)
 
 
 def kv_compact(kv: np.ndarray, kept: np.ndarray, *, device: DeviceLike = None) -> np.ndarray:

@@ -319,7 +319,7 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
                      y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
     return rec.dispatch(SHADER, [e.buffer, x, g or x, y, step, table], groups=(-(-N // rows), -(-T // tt)),
-                        push=push, spec=spec, writes=[3], label=f"{SHADER}:{FORMAT_BY_ID[e.qtype]}")
+                        push=push, spec=spec, label=f"{SHADER}:{FORMAT_BY_ID[e.qtype]}")
 
 
 def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: str = "plain",
@@ -422,7 +422,7 @@ def record_embed_q(rec: Recording, weights: "QuantWeights | WeightEntry", name: 
     push = EMBED_PUSH.pack(N=e.N, w_off=e.offset, tok_at=tokens_at(max_chunk), x_off=x_off // 4,
                            x_stride=x_stride // 4)
     return rec.dispatch(EMBED_SHADER, [e.buffer, step, x], groups=(T,), spec=(EMBED_LOCAL, e.qtype, e.K),
-                        push=push, writes=[2], label=f"{EMBED_SHADER}:{FORMAT_BY_ID[e.qtype]}")
+                        push=push, label=f"{EMBED_SHADER}:{FORMAT_BY_ID[e.qtype]}")
 
 
 def embed_q(raw: np.ndarray, qtype: int, K: int, tokens, *, device: DeviceLike = None) -> np.ndarray:

@@ -28,8 +28,7 @@ def record_qkv_prep(rec: Recording, qkv, aux, *, T: int, head_dim: int, n_q_head
     qn, kn = norm_offs or (0, 0)
     push = PUSH.pack(bias_off=bias_off or 0, qn_off=qn, kn_off=kn, eps=eps)
     spec = (LOCAL_SIZE, head_dim, n_q_heads, n_kv_heads, int(bias_off is not None), int(norm_offs is not None))
-    return rec.dispatch(SHADER, [qkv, aux], groups=(T, n_q_heads + 2 * n_kv_heads), push=push, spec=spec,
-                        writes=[0])
+    return rec.dispatch(SHADER, [qkv, aux], groups=(T, n_q_heads + 2 * n_kv_heads), push=push, spec=spec)
 
 
 def model_qkv_prep(qkv: np.ndarray, *, n_q_heads: int, n_kv_heads: int, head_dim: int,

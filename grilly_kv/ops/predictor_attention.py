@@ -32,5 +32,5 @@ def record_predictor_attention(rec: Recording, qkv, k_cache, v_cache, table, ste
     push = PUSH.pack(layer=layer, ns=ns, ring=ring, k=k, sinks=sinks, local=local, R=HIST,
                      scale=1.0 / np.sqrt(head_dim))
     return rec.dispatch(SHADER, [qkv, k_cache, v_cache, table, step, rows, out], groups=(n_q_heads, T),
-                        spec=(head_dim, n_q_heads, n_kv_heads, cap), push=push, writes=[5, 6],
+                        spec=(head_dim, n_q_heads, n_kv_heads, cap), push=push,
                         label="predictor-attention")

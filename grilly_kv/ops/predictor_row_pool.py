@@ -21,5 +21,5 @@ def record_predictor_row_pool(rec: Recording, rows, table, step, params, history
     push = PUSH.pack(layer=layer, ns=ns, ring=ring, k=k, C=C, R=R)
     return rec.dispatch(SHADER, [rows, table, step, params, history],
                         groups=(-(-C // 64), n_q_heads // group * R),
-                        spec=(n_q_heads, n_kv_heads, cap, group, HIST), push=push, writes=[4],
+                        spec=(n_q_heads, n_kv_heads, cap, group, HIST), push=push,
                         label="predictor-row-pool")

@@ -54,12 +54,12 @@ def _check_dims(head_dim: int, n_q_heads: int, n_kv_heads: int, window: int) -> 
                          f"and 1 <= window <= {MAX_WINDOW} (got {window})")
 
 
-def _dispatch(rec, bufs, pass_id, groups, writes, *, cap, layer, head_dim, n_q_heads, n_kv_heads, window,
+def _dispatch(rec, bufs, pass_id, groups, *, cap, layer, head_dim, n_q_heads, n_kv_heads, window,
               sinks, gamma, local_size):
     spec = (local_size or local_size_for(rec.device), head_dim, n_q_heads, n_kv_heads, window)
     push = PUSH.pack(cap=cap, layer=layer, pass_id=pass_id, sinks=sinks, gamma=gamma,
                      scale=1.0 / np.sqrt(head_dim))
-    rec.dispatch(SHADER, bufs, groups=groups, spec=spec, push=push, writes=writes,
+    rec.dispatch(SHADER, bufs, groups=groups, spec=spec, push=push,
                  label=f"tappa-{('store', 'stats', 'score', 'select', 'compact')[pass_id]}")
 
 
@@ -73,10 +73,10 @@ def record_tappa_evict(rec: Recording, bufs, *, cap: int, layer: int, head_dim: 
     kw = dict(cap=cap, layer=layer, head_dim=head_dim, n_q_heads=n_q_heads, n_kv_heads=n_kv_heads,
               window=window, sinks=sinks, gamma=gamma, local_size=local_size)
     ls = local_size or local_size_for(rec.device)
-    _dispatch(rec, bufs, PASS_STATS, (window, n_q_heads), [6], **kw)
+    _dispatch(rec, bufs, PASS_STATS, (window, n_q_heads), **kw)
     _dispatch(rec, bufs, PASS_SCORE, (-(-cap // ls), n_kv_heads), [7], **kw)
-    _dispatch(rec, bufs, PASS_SELECT, (n_kv_heads,), [7, 8], **kw)
-    _dispatch(rec, bufs, PASS_COMPACT, (n_kv_heads,), [1, 2, 3], **kw)
+    _dispatch(rec, bufs, PASS_SELECT, (n_kv_heads,), **kw)
+    _dispatch(rec, bufs, PASS_COMPACT, (n_kv_heads,), **kw)
     return rec
 
 
@@ -84,7 +84,7 @@ def record_tappa_store(rec: Recording, bufs, *, T: int, cap: int, layer: int, he
                        n_kv_heads: int, window: int, local_size: int | None = None) -> Recording:
     """Record the store of a T-token step's K/V (slots ``base + t``) and window queries."""
     _check_dims(head_dim, n_q_heads, n_kv_heads, window)
-    _dispatch(rec, bufs, PASS_STORE, (T,), [1, 2, 3, 4], cap=cap, layer=layer, head_dim=head_dim,
+    _dispatch(rec, bufs, PASS_STORE, (T,), cap=cap, layer=layer, head_dim=head_dim,
               n_q_heads=n_q_heads, n_kv_heads=n_kv_heads, window=window, sinks=0, gamma=0.0,
               local_size=local_size)
     return rec

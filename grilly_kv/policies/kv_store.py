@@ -131,7 +131,7 @@ class KVStore:
     def _copy(self, rec: Recording, src: Buffer, dst: Buffer) -> None:
         n4 = src.n_words // 4
         groups = max(1, min(COPY_MAX_GROUPS, -(-n4 // COPY_LOCAL_SIZE)))
-        rec.dispatch(COPY_SHADER, [src, dst], groups=(groups,), push=[n4], spec=[COPY_LOCAL_SIZE], writes=[1])
+        rec.dispatch(COPY_SHADER, [src, dst], groups=(groups,), push=[n4], spec=[COPY_LOCAL_SIZE])
 
     def load(self, layer: int, keys: np.ndarray, values: np.ndarray) -> None:
         """Overwrite ``layer``'s K and V with ``keys``/``values`` ``(H_kv, n, D)`` (n <= cap) in

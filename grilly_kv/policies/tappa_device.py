@@ -167,6 +167,6 @@ class DeviceTappaCache(TwinBase):
             staging.write(values)
             n4 = buf.n_words // 4
             Recording(self.device).upload(staging).dispatch(SHADER, [staging, buf], groups=(_grid(n4),),
-                                                            push=[n4], spec=[LOCAL_SIZE], writes=[1]).run()
+                                                            push=[n4], spec=[LOCAL_SIZE]).run()
         finally:
             staging.release()
