@@ -40,7 +40,7 @@ def test_no_driver_is_a_backend_error_not_an_abort(variable):
 
 
 def test_cli_info_reports_the_missing_driver():
-    r = run_python(["-m", "grilly_kv.cli", "info"], NO_DRIVER)
+    r = run_python(["-m", "grilly_kv", "info"], NO_DRIVER)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     assert "unavailable" in r.stdout and "no usable driver" in r.stdout
 

@@ -1,8 +1,8 @@
 """``grilly-kv generate`` and ``grilly-kv ask``: a completion under a KV policy, then what it cost.
 
 Question-aware compression (as kvpress does): with ``--question`` the prompt (or ``--file``) is
-the *context*, which the policy compresses; then ``policy.end_context()`` is called (when the
-policy has it) and the question is fed and kept. The completion goes to stdout, the summary lines
+the *context*, which the policy compresses; then ``policy.end_context()`` is called and the
+question is fed and kept. The completion goes to stdout, the summary lines
 to stderr (``--json``: one JSON object on stdout instead of both).
 """
 from __future__ import annotations
@@ -26,6 +26,9 @@ CHUNK_HELP = ("prompt tokens per forward call (default 32). Larger chunks prefil
               "policy that evicts compresses between chunks, so during the prefill a streaming "
               "window holds up to budget + chunk - 1 tokens, and the KV memory reported can "
               "depend on it")
+
+
+KV_SOURCES = {"device": "device buffers", "policy": "the policy's count"}
 
 
 @dataclass
@@ -55,53 +58,18 @@ class Run:
         return n / self.decode_s if self.decode_s > 0 else 0.0
 
 
-def end_context(policy) -> None:
-    """Tell the policy the context is over (question-aware compression), if it supports it."""
-    hook = getattr(policy, "end_context", None)
-    if callable(hook):
-        hook()
-
-
-def held_kv_bytes(model, policy) -> tuple[int, str]:
-    """K/V bytes held now: the device twin's live buffers when the policy has one on this model,
-    else the policy's own count (host-side policies, the NumPy model)."""
-    twin = getattr(model, "kv", None)
-    if twin is not None and callable(getattr(twin, "kv_bytes", None)):
-        return int(twin.kv_bytes()), "device buffers"
-    return int(policy.kv_bytes()), "policy's count"
-
-
 def run_generation(model, policy, context_ids, question_ids, n_predict: int, sampler, seed: int,
                    stop_ids=(), on_token=None) -> Run:
-    """Prefill the context, end it, prefill the question, then decode up to ``n_predict`` tokens."""
-    from ..models.generate import prefill
+    """Prefill the context; with a question, end the context (question-aware) and prefill the
+    question; then decode up to ``n_predict`` tokens (``models.generate.generate``)."""
+    from ..models.generate import generate
 
-    rng = np.random.default_rng(seed)
-    out = Run(context_tokens=len(context_ids), question_tokens=len(question_ids))
-    model.start(policy, out.prompt_tokens + n_predict)
-    t0 = time.perf_counter()
-    logits = prefill(model, context_ids)
-    if question_ids:
-        end_context(policy)
-        logits = prefill(model, question_ids, len(context_ids))
-    out.prefill_s = time.perf_counter() - t0
-    pos = out.prompt_tokens
-    t0 = time.perf_counter()
-    for i in range(n_predict):
-        tok = sampler.sample(logits[-1], rng)
-        if tok in stop_ids:
-            break
-        out.tokens.append(tok)
-        if on_token is not None:
-            on_token(tok)
-        if i + 1 == n_predict:
-            break
-        logits = model.forward([tok], pos)
-        pos += 1
-    out.decode_s = time.perf_counter() - t0
-    out.kv_bytes, out.kv_source = held_kv_bytes(model, policy)
-    out.dense_kv_bytes = model.config.dense_kv_bytes(pos)
-    return out
+    g = generate(model, policy, list(context_ids) + list(question_ids), n_predict, seed=seed,
+                 stop_ids=stop_ids, on_token=on_token, sampler=sampler.sample,
+                 context_len=len(context_ids) if question_ids else None)
+    return Run(tokens=g.tokens, context_tokens=len(context_ids), question_tokens=len(question_ids),
+               prefill_s=g.prefill_s, decode_s=g.decode_s, kv_bytes=g.kv_bytes, kv_source=g.kv_source,
+               dense_kv_bytes=g.dense_kv_bytes)
 
 
 # ---- argument checks (nothing loaded yet) -------------------------------------------------------
@@ -222,7 +190,7 @@ def summary_lines(r: Run, model, policy) -> list[str]:
              f"prefill {r.prefill_s:.2f} s ({r.prefill_tokens_per_s:.1f} tokens/s), decode "
              f"{r.decode_tokens_per_s:.2f} tokens/s"]
     kv = (f"KV cache held by {policy.describe()}: {_mib(r.kv_bytes)} vs dense {_mib(r.dense_kv_bytes)} "
-          f"({100 * held:.0f}%, float16, {r.kv_source})")
+          f"({100 * held:.0f}%, float16, {KV_SOURCES[r.kv_source]})")
     if policy.name != "dense" and keeps_all_tokens(model, policy):
         kv += f"; {policy.name} keeps every token: it saves reads per step, not memory"
     lines.append(kv)

@@ -77,13 +77,16 @@ def sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> 
 
 def generate(model, policy, prompt_ids, max_new_tokens: int, *, temperature: float = 0.0,
              seed: int = 0, stop_ids=(), on_token: Callable[[int], None] | None = None,
-             context_len: int | None = None) -> Generation:
+             context_len: int | None = None,
+             sampler: Callable[[np.ndarray, np.random.Generator], int] | None = None) -> Generation:
     """Prefill the prompt, then decode up to ``max_new_tokens`` tokens under ``policy``.
 
     Args:
         context_len: question-aware mode: the first ``context_len`` prompt tokens are the
             context; after them ``policy.end_context()`` is called and the rest of the prompt
             (the question, at least one token) and the answer are kept. None: plain generation.
+        sampler: ``sampler(logits, rng) -> token id`` (e.g. top-k/top-p); None: :func:`sample`
+            with ``temperature``.
 
     Raises:
         ValueError: ``context_len`` outside ``[1, len(prompt_ids) - 1]``.
@@ -113,7 +116,7 @@ def generate(model, policy, prompt_ids, max_new_tokens: int, *, temperature: flo
     pos = len(prompt_ids)
     t0 = time.perf_counter()
     for i in range(max_new_tokens):
-        tok = sample(logits[-1], temperature, rng)
+        tok = sampler(logits[-1], rng) if sampler is not None else sample(logits[-1], temperature, rng)
         if tok in stop_ids:
             break
         out.tokens.append(tok)

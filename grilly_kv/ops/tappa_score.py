@@ -74,7 +74,7 @@ def record_tappa_evict(rec: Recording, bufs, *, cap: int, layer: int, head_dim: 
               window=window, sinks=sinks, gamma=gamma, local_size=local_size)
     ls = local_size or local_size_for(rec.device)
     _dispatch(rec, bufs, PASS_STATS, (window, n_q_heads), **kw)
-    _dispatch(rec, bufs, PASS_SCORE, (-(-cap // ls), n_kv_heads), [7], **kw)
+    _dispatch(rec, bufs, PASS_SCORE, (-(-cap // ls), n_kv_heads), **kw)
     _dispatch(rec, bufs, PASS_SELECT, (n_kv_heads,), **kw)
     _dispatch(rec, bufs, PASS_COMPACT, (n_kv_heads,), **kw)
     return rec
