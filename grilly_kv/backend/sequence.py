@@ -119,10 +119,10 @@ class Recording:
             groups: number of workgroups (x[, y[, z]]); each must be >= 1.
             push: push-constant words (ints and floats, or a uint32 array from a PushLayout).
             spec: specialisation constants (ints/floats, ids 0..n-1).
-            writes: optional, and only checked: the indices into ``buffers`` that the shader
-                writes. Which buffers a dispatch writes (and so where barriers go) comes from
-                the shader's SPIR-V reflection (bindings not declared ``readonly``); a list that
-                differs from it raises BackendError, so it can never drop a barrier.
+            writes: optional and only checked, never used: which buffers a dispatch writes
+                (and so where barriers go) always comes from the shader's SPIR-V reflection
+                (every binding not declared ``readonly``), so no list can drop a barrier. A list
+                naming a binding the shader declares ``readonly`` raises BackendError.
 
         Raises:
             BackendError: the buffers, push constants or specialisation constants do not match
@@ -138,9 +138,10 @@ class Recording:
         push = push if isinstance(push, np.ndarray) else as_words(list(push))
         iface = shader_interface(shader)
         iface.check(len(buffers), len(spec), push.size)
-        if writes is not None and set(writes) != iface.writable:
-            raise BackendError(f"{shader}: writes={sorted(writes)} differs from the bindings the "
-                               f"shader may write, {sorted(iface.writable)} (its reflection)")
+        if writes is not None and not set(writes) <= iface.writable:
+            raise BackendError(f"{shader}: writes={sorted(writes)} names bindings the shader "
+                               f"declares readonly; it may write only {sorted(iface.writable)} "
+                               "(its reflection)")
         self._touch([buffers[i] for i in sorted(iface.readable)],
                     [buffers[i] for i in sorted(iface.writable)])
         self._invalidate()
