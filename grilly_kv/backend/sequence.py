@@ -59,6 +59,7 @@ class Recording:
         self.auto_barriers = auto_barriers   # False only to demonstrate the hazard it prevents
         self.steps: list[_Step] = []
         self._seq = None
+        self._bound: tuple = ()           # distinct buffers of the recorded steps
         self._written: set[int] = set()   # buffers written since the last barrier
         self._read: set[int] = set()      # buffers read since the last barrier
         self.n_barriers = 0
@@ -173,11 +174,13 @@ class Recording:
         return ops
 
     def _check_alive(self) -> None:
-        for st in self.steps:
-            for b in st.buffers:
-                if b.tensor is None:
-                    raise BackendError(f"this recording binds {b!r}, which was released "
-                                       "(its owner was closed)")
+        """Raise BackendError if a bound buffer was released (its device memory is gone)."""
+        if self._seq is None:   # (re)recording: each distinct buffer, kept for the replays
+            self._bound = tuple({b.uid: b for st in self.steps for b in st.buffers}.values())
+        for b in self._bound:
+            if b.tensor is None:
+                raise BackendError(f"this recording binds {b!r}, which was released "
+                                   "(its owner was closed)")
 
     def _record(self) -> None:
         ops = self._ops()
