@@ -164,6 +164,11 @@ def main() -> None:
         **device_info(dev),
         "note": ("lavapipe (llvmpipe, a CPU Vulkan device): device memory is host memory here, so "
                  "RSS includes the device buffers" if is_lavapipe else ""),
+        "residual_note": ("live buffers come from the backend's accounting and must not grow; a "
+                          "small RSS slope per create/drop cycle can remain outside it: kp 0.9.0's "
+                          "Manager keeps one weak_ptr entry per tensor, pipeline and sequence ever "
+                          "created (Manager::clear() is not bound in Python), and the driver's "
+                          "pipeline compiler may keep memory per pipeline; not separated here"),
         "quick": bool(args.quick),
         "config": {"num_kv_heads": H_KV, "num_q_heads": H_Q, "head_dim": D, "prefill": PREFILL,
                    "token_budget": BUDGET},

@@ -102,11 +102,15 @@ def test_mismatched_pipelines_are_named_errors(vk):
         vk.pipelines.get("chain-add", [a], (256,), 1)     # the cache checks too
 
 
-def test_a_hand_written_writes_list_is_checked(vk):
-    a, b = Buffer(vk, 64), Buffer(vk, 64)
-    Recording(vk).dispatch("chain-add", [a, b], groups=(1,), push=[64], spec=[256], writes=[1])
-    with pytest.raises(BackendError, match=r"writes=\[0\] differs .* \[1\]"):
+def test_a_hand_written_writes_list_is_checked_and_cannot_drop_a_barrier(vk):
+    a, b, c = Buffer(vk, 64), Buffer(vk, 64), Buffer(vk, 64)
+    with pytest.raises(BackendError, match=r"writes=\[0\] names bindings the shader declares "
+                                           r"readonly; it may write only \[1\]"):
         Recording(vk).dispatch("chain-add", [a, b], groups=(1,), push=[64], spec=[256], writes=[0])
+    kw = dict(groups=(1,), spec=(64, 64, 1, 1, 1, 0))
+    rec = Recording(vk).dispatch("kv-compact", [a, b, c, c], push=[1, 1, 1, 0], writes=[1], **kw)
+    rec.dispatch("chain-add", [a, c], groups=(1,), push=[64], spec=[256])
+    assert rec.n_barriers == 1   # kv-compact's src is not readonly: a barrier despite writes=[1]
 
 
 def test_barriers_follow_reflection(vk):

@@ -59,6 +59,7 @@ class Recording:
         self.auto_barriers = auto_barriers   # False only to demonstrate the hazard it prevents
         self.steps: list[_Step] = []
         self._seq = None
+        self._bound: tuple = ()           # distinct buffers of the recorded steps
         self._written: set[int] = set()   # buffers written since the last barrier
         self._read: set[int] = set()      # buffers read since the last barrier
         self.n_barriers = 0
@@ -119,10 +120,10 @@ class Recording:
             groups: number of workgroups (x[, y[, z]]); each must be >= 1.
             push: push-constant words (ints and floats, or a uint32 array from a PushLayout).
             spec: specialisation constants (ints/floats, ids 0..n-1).
-            writes: optional, and only checked: the indices into ``buffers`` that the shader
-                writes. Which buffers a dispatch writes (and so where barriers go) comes from
-                the shader's SPIR-V reflection (bindings not declared ``readonly``); a list that
-                differs from it raises BackendError, so it can never drop a barrier.
+            writes: optional and only checked, never used: which buffers a dispatch writes
+                (and so where barriers go) always comes from the shader's SPIR-V reflection
+                (every binding not declared ``readonly``), so no list can drop a barrier. A list
+                naming a binding the shader declares ``readonly`` raises BackendError.
 
         Raises:
             BackendError: the buffers, push constants or specialisation constants do not match
@@ -138,9 +139,10 @@ class Recording:
         push = push if isinstance(push, np.ndarray) else as_words(list(push))
         iface = shader_interface(shader)
         iface.check(len(buffers), len(spec), push.size)
-        if writes is not None and set(writes) != iface.writable:
-            raise BackendError(f"{shader}: writes={sorted(writes)} differs from the bindings the "
-                               f"shader may write, {sorted(iface.writable)} (its reflection)")
+        if writes is not None and not set(writes) <= iface.writable:
+            raise BackendError(f"{shader}: writes={sorted(writes)} names bindings the shader "
+                               f"declares readonly; it may write only {sorted(iface.writable)} "
+                               "(its reflection)")
         self._touch([buffers[i] for i in sorted(iface.readable)],
                     [buffers[i] for i in sorted(iface.writable)])
         self._invalidate()
@@ -172,11 +174,13 @@ class Recording:
         return ops
 
     def _check_alive(self) -> None:
-        for st in self.steps:
-            for b in st.buffers:
-                if b.tensor is None:
-                    raise BackendError(f"this recording binds {b!r}, which was released "
-                                       "(its owner was closed)")
+        """Raise BackendError if a bound buffer was released (its device memory is gone)."""
+        if self._seq is None:   # (re)recording: each distinct buffer, kept for the replays
+            self._bound = tuple({b.uid: b for st in self.steps for b in st.buffers}.values())
+        for b in self._bound:
+            if b.tensor is None:
+                raise BackendError(f"this recording binds {b!r}, which was released "
+                                   "(its owner was closed)")
 
     def _record(self) -> None:
         ops = self._ops()
