@@ -58,6 +58,8 @@ layout(push_constant) uniform Push {
     uint pass_id;     // see the header
     uint alpha_bits;  // entmax alpha (float)
     uint row_len;     // entmax: logits per row (>= n_tok)
+    uint kv_h0;       // passes 0, 2, 3: the K/V buffers hold KV heads [kv_h0, kv_h0 + grid y)
+                      // (a part of a layer split by heads, policies/kv_store.py); 0 when unsplit
 } p;
 
 shared float sh_m[SLOTS];
@@ -83,7 +85,7 @@ uint attended_tokens(uint bh) {
 // first vec4 of attended token c's cache row
 uint token_row(uint bh, uint c) {
     const uint pg = DENSE != 0u ? c / PAGE : pages[bh * p.sel_stride + c / PAGE];
-    return (bh * p.capacity + pg * PAGE + c % PAGE) * NV;
+    return ((bh - p.kv_h0) * p.capacity + pg * PAGE + c % PAGE) * NV;
 }
 
 void init_heads(uint bh) {
@@ -272,9 +274,9 @@ void merge(uint bhq) {
 
 void main() {
     switch (p.pass_id) {
-        case 0u: softmax_partials(gl_WorkGroupID.y, gl_WorkGroupID.x); break;
-        case 2u: entmax_logits(gl_WorkGroupID.y, gl_WorkGroupID.x); break;
-        case 3u: entmax_partials(gl_WorkGroupID.y, gl_WorkGroupID.x); break;
+        case 0u: softmax_partials(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x); break;
+        case 2u: entmax_logits(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x); break;
+        case 3u: entmax_partials(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x); break;
         default: merge(gl_WorkGroupID.x); break;
     }
 }

@@ -32,6 +32,8 @@ layout(push_constant) uniform Push {
     uint n_sink;      // first pages always kept
     uint sel_stride;  // room per head in pages[]
     uint pass_id;     // 0: score, 1: select
+    uint kv_h0;       // pass 0: the stats buffer holds KV heads [kv_h0, kv_h0 + grid y) (a part of
+                      // a layer split by heads, policies/kv_store.py); 0 when unsplit
 } p;
 
 shared uint sh_hist[256];
@@ -45,7 +47,7 @@ void score_pages(uint bh) {
     QUERY_SHARES(qr, bh, 1.0);
     const uvec2 range = cluster_pages(ceil_div(meta[0], PAGE) - 1u);
     for (uint pg = range.x; pg < range.y; pg += gl_WorkGroupSize.x / PAGE_LANES) {
-        STAT_SHARES(lo, hi, bh, p.max_pages, pg, STAT_MIN, STAT_MAX);
+        STAT_SHARES(lo, hi, bh - p.kv_h0, p.max_pages, pg, STAT_MIN, STAT_MAX);
         float best = -3.0e38, total = 0.0;
         [[unroll]] for (uint g = 0u; g < G; g++) {
             float s = 0.0;
@@ -174,6 +176,6 @@ void select_pages(uint bh) {
 }
 
 void main() {
-    if (p.pass_id == 0u) score_pages(gl_WorkGroupID.y);
+    if (p.pass_id == 0u) score_pages(p.kv_h0 + gl_WorkGroupID.y);
     else select_pages(gl_WorkGroupID.x);
 }
