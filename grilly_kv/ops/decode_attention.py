@@ -50,7 +50,7 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
                             max_pages: int, n_splits: int, scale: float, dense: bool,
                             alpha: float = 1.0, row_len: int = 0,
                             record_tau: Callable[[Recording], object] | None = None,
-                            parts=None) -> Recording:
+                            parts=None, counter: Buffer | None = None) -> Recording:
     """Record one decode step's attention.
 
     alpha = 1 (softmax): the partial pass and the log-sum-exp merge. alpha in (1, 2]: the logits
@@ -76,36 +76,44 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
         parts: ``k_cache``/``v_cache`` are lists of buffers holding these KV head ranges
             ``[(h0, nh), ...]`` (policies/kv_store.py): the passes that read K/V run once per
             part, the others once.
+        counter: softmax only: ``B*H_kv`` uint32 words, zero (the shader leaves them zero):
+            the partials pass also merges (the last workgroup of each KV head to finish
+            merges, one dispatch instead of two); None: separate merge pass.
     """
-    spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN)
+    fused = counter is not None and alpha == 1.0
+    spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN, int(fused))
+    counter = tau if counter is None else counter     # binding 10 (unused unless fused)
     pairs = as_parts(k_cache, v_cache, parts, bh)
     common = dict(capacity=capacity, sel_stride=max_pages, n_splits=n_splits, scale=scale,
                   alpha=alpha, row_len=row_len)
 
-    def per_part(pass_id, writes, label):
+    def per_part(pass_id, label):
         for k, v, h0, nh in pairs:
-            rec.dispatch(SHADER, [q, k, v, pages, counts, meta, partial, out, logits, tau],
+            rec.dispatch(SHADER, [q, k, v, pages, counts, meta, partial, out, logits, tau, counter],
                          groups=(n_splits, nh), spec=spec,
-                         push=PUSH.pack(pass_id=pass_id, kv_h0=h0, **common), writes=writes, label=label)
+                         push=PUSH.pack(pass_id=pass_id, kv_h0=h0, **common), label=label)
 
-    bufs = [q, pairs[0][0], pairs[0][1], pages, counts, meta, partial, out, logits, tau]
+    bufs = [q, pairs[0][0], pairs[0][1], pages, counts, meta, partial, out, logits, tau, counter]
+    if fused:
+        per_part(PASS_SOFTMAX, "attend-fused")
+        return rec
     if alpha == 1.0:
-        per_part(PASS_SOFTMAX, [6], "attend-partials")
+        per_part(PASS_SOFTMAX, "attend-partials")
         return rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=spec,
-                            push=PUSH.pack(pass_id=PASS_SOFTMAX_MERGE, kv_h0=0, **common), writes=[7],
+                            push=PUSH.pack(pass_id=PASS_SOFTMAX_MERGE, kv_h0=0, **common),
                             label="attend-merge")
     rows = bh * group
-    per_part(PASS_LOGITS, [8], "entmax-logits")
+    per_part(PASS_LOGITS, "entmax-logits")
     if record_tau is not None:
         record_tau(rec)
     else:
         rec.dispatch(entmax_tau.SHADER, [logits, tau, tau],
                      groups=(min(rows, entmax_tau.MAX_GRID_X), -(-rows // entmax_tau.MAX_GRID_X)),
-                     spec=(entmax_tau.local_size_for(row_len), 0, 0), writes=[1],
+                     spec=(entmax_tau.local_size_for(row_len), 0, 0),
                      label="entmax-tau",
                      push=entmax_tau.PUSH.pack(n_rows=rows, L=row_len, alpha=alpha,
                                                max_iter=entmax_tau.MAX_ITER))
-    per_part(PASS_ENTMAX, [6], "entmax-partials")
+    per_part(PASS_ENTMAX, "entmax-partials")
     return rec.dispatch(SHADER, bufs, groups=(rows,), spec=spec,
-                        push=PUSH.pack(pass_id=PASS_ENTMAX_MERGE, kv_h0=0, **common), writes=[7],
+                        push=PUSH.pack(pass_id=PASS_ENTMAX_MERGE, kv_h0=0, **common),
                         label="entmax-merge")

@@ -87,24 +87,23 @@ def record_gaussian_select(rec: Recording, q: Buffer, stats: Buffer, moments: Bu
     for st, h0, nh in split:
         rec.dispatch(SHADER, [q, st, moments, gstats, pages, counts, meta, tau, logits, scores],
                      groups=(max(1, -(-grid_pages // PAGES_PER_WG)), nh), spec=(LOCAL_SIZE, *spec),
-                     push=_push(PASS_MOMENTS, kv_h0=h0, **sizes), writes=[2], label="gaussian-moments")
+                     push=_push(PASS_MOMENTS, kv_h0=h0, **sizes), label="gaussian-moments")
     stats = split[0][0]
     bufs = [q, stats, moments, gstats, pages, counts, meta, tau, logits, scores]
     rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=(LOCAL_SIZE, *spec),
-                 push=_push(PASS_TAU_HAT, **sizes), writes=[3], label="gaussian-tau-hat")
+                 push=_push(PASS_TAU_HAT, **sizes), label="gaussian-tau-hat")
     capped = n_top is not None
     rec.dispatch(SHADER, bufs, groups=(bh,), spec=(SELECT_LOCAL_SIZE, *spec),
-                 push=_push(PASS_SELECT, cap=capped, **sizes),
-                 writes=[4, 5, 9] if capped else [4, 5], label="gaussian-select")
+                 push=_push(PASS_SELECT, cap=capped, **sizes), label="gaussian-select")
     if capped:
         record_topk_pick(rec, q, stats, scores, pages, counts, meta, bh=bh, group=group,
                          head_dim=head_dim, f16=f16, page_size=page_size, max_pages=max_pages,
                          n_top=n_top, n_sink=0)
         rec.dispatch(SHADER, bufs, groups=(bh,), spec=(SELECT_LOCAL_SIZE, *spec),
-                     push=_push(PASS_DROP, **sizes), writes=[4, 5], label="gaussian-cap")
+                     push=_push(PASS_DROP, **sizes), label="gaussian-cap")
     if clamp_tau:
         rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=(LOCAL_SIZE, *spec),
-                     push=_push(PASS_CLAMP, **sizes), writes=[7], label="gaussian-tau-clamp")
+                     push=_push(PASS_CLAMP, **sizes), label="gaussian-tau-clamp")
     return rec
 
 
@@ -121,5 +120,4 @@ def record_gaussian_tau(rec: Recording, q: Buffer, stats: Buffer, moments: Buffe
                         spec=(LOCAL_SIZE, *_spec(head_dim, f16, page_size, group, alpha)),
                         push=_push(PASS_CORRECT, bh=bh, group=group, max_pages=max_pages,
                                    page_size=page_size, scale=scale, row_len=row_len,
-                                   n_iters=n_iters),
-                        writes=[7], label="gaussian-tau-correct")
+                                   n_iters=n_iters), label="gaussian-tau-correct")

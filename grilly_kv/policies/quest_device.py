@@ -57,6 +57,12 @@ class DeviceQuestCache(TwinBase):
         self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
                            host_visible=False)
         self.unused = self.alloc(device, 1, host_visible=False)
+        self.counter = self.alloc(device, bh, np.uint32)     # softmax decode: partials + merge fused
+        self.counter.write(np.zeros(bh, np.uint32))
+        self.counter.upload_now()
+        self.select_counter = self.alloc(device, bh, np.uint32)   # decode: page scoring + top-k fused
+        self.select_counter.write(np.zeros(bh, np.uint32))
+        self.select_counter.upload_now()
 
     def capacity_tokens(self) -> int:
         return self.cap
@@ -93,7 +99,7 @@ class DeviceQuestCache(TwinBase):
                            bh=s.n_kv_heads, group=self.group, head_dim=s.head_dim, f16=True,
                            page_size=pol.page_size, max_pages=self.max_pages, grid_pages=self.max_pages,
                            n_top=n_top, n_sink=pol.sink_pages, group_reduce=pol.group_reduce,
-                           parts=self.store.parts)
+                           parts=self.store.parts, counter=self.select_counter)
         self.record_attention(rec, layer, qkv, out, max(n_top, pol.sink_pages))
 
     def record_attention(self, rec, layer: int, qkv, out, n_top: int, alpha: float = 1.0,
@@ -109,7 +115,8 @@ class DeviceQuestCache(TwinBase):
                                      page_size=pol.page_size, capacity=self.cap, max_pages=self.max_pages,
                                      n_splits=attn.choose_splits(max_tokens, s.n_kv_heads),
                                      scale=1.0 / np.sqrt(s.head_dim), dense=False, alpha=alpha,
-                                     row_len=max_tokens if alpha != 1.0 else 0, parts=self.store.parts)
+                                     row_len=max_tokens if alpha != 1.0 else 0, parts=self.store.parts,
+                                     counter=self.counter if alpha == 1.0 else None)
 
     def fill_random(self, rng: np.random.Generator, n_tokens: int) -> None:
         """Benchmark hook: positions ``0 .. n_tokens-1`` held with random K/V (standard normal,
