@@ -79,7 +79,10 @@ def _length_bucket(n: int) -> int:
 class VulkanStore:
     """K, V and statistics in device buffers; writes and decode steps are recorded once per shape
     and replayed, with the cache length in a two-word device buffer (``meta``). With the device's
-    ``profile`` flag on, new recordings take Vulkan timestamps (``dev.last_recording``)."""
+    ``profile`` flag on, new recordings take Vulkan timestamps (``dev.last_recording``).
+    ``fused_merge`` (default True): the top-k page selection runs in the scoring pass and softmax
+    decode merges its split partials in the partials pass (topk-select's and decode-attention's
+    FUSED modes, one dispatch each); False: the separate selection and merge passes."""
 
     def __init__(self, dev, shape: tuple, page_size: int, dtype: np.dtype):
         B, H, cap, D = shape
@@ -109,6 +112,13 @@ class VulkanStore:
         self.scores = Buffer(dev, self.bh * self.max_pages)
         self.pages = Buffer(dev, self.bh * self.max_pages, np.uint32)
         self.counts = Buffer(dev, self.bh, np.uint32)
+        self.counter = Buffer(dev, self.bh, np.uint32)       # fused merge: splits done per head
+        self.counter.write(np.zeros(self.bh, np.uint32))
+        self.counter.upload_now()
+        self.select_counter = Buffer(dev, self.bh, np.uint32)   # fused top-k: scorers done per head
+        self.select_counter.write(np.zeros(self.bh, np.uint32))
+        self.select_counter.upload_now()
+        self.fused_merge = True
         self._staging: dict[int, Buffer] = {}
         self._per_group: dict[int, tuple] = {}
         self._entmax_bufs: dict[int, tuple] = {}
@@ -228,7 +238,7 @@ class VulkanStore:
         grid_pages = min(_pow2_at_least(P, 64), self.max_pages)
         want_pages = want_pages and not dense
         key = ("decode", group, method, n_top, n_sink, group_reduce, n_splits, grid_pages,
-               want_pages, alpha, max_tokens if alpha != 1.0 else 0, tau_mode, tau_iters)
+               want_pages, alpha, max_tokens if alpha != 1.0 else 0, tau_mode, tau_iters, self.fused_merge)
         sizes = dict(bh=self.bh, group=group, head_dim=self.Dp, f16=self.f16,
                      page_size=self.page, max_pages=self.max_pages, alpha=alpha,
                      scale=1.0 / np.sqrt(self.D))
@@ -253,13 +263,15 @@ class VulkanStore:
                                    self.meta, bh=self.bh, group=group, head_dim=self.Dp,
                                    f16=self.f16, page_size=self.page, max_pages=self.max_pages,
                                    grid_pages=grid_pages, n_top=n_top, n_sink=n_sink,
-                                   group_reduce=group_reduce)
+                                   group_reduce=group_reduce,
+                                   counter=self.select_counter if self.fused_merge else None)
             attn.record_decode_attention(
                 rec, q_buf, self.k, self.v, self.pages, self.counts, self.meta, partial, out,
                 logits, tau, bh=self.bh, group=group, head_dim=self.Dp, f16=self.f16,
                 page_size=self.page, capacity=self.cap, max_pages=self.max_pages,
                 n_splits=n_splits, scale=1.0 / np.sqrt(self.D), dense=dense, alpha=alpha,
-                row_len=max_tokens, record_tau=None if tau_mode == "exact" else record_tau)
+                row_len=max_tokens, record_tau=None if tau_mode == "exact" else record_tau,
+                counter=self.counter if self.fused_merge else None)
             return rec.download(out, self.pages, self.counts) if want_pages else rec.download(out)
 
         q32 = np.zeros((self.B, q.shape[1], self.Dp), np.float32)

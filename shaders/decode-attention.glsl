@@ -12,6 +12,10 @@
 //     partial[bhq * n_splits + s] = [m, l, acc_0 .. acc_{D-1}] (max logit, sum of exp(logit - m),
 //     sum of exp(logit - m) v);
 //   pass 1 (grid: B*H_q): log-sum-exp merge of the partials into out[bhq, :].
+//   FUSED = 1: no pass 1; after writing its partials each pass-0 workgroup of KV head bh adds 1
+//     to counter[bh] (after a buffer memory barrier), and the one that brings it to n_splits
+//     (the last to finish) merges the G heads of bh itself and resets counter[bh] to 0 (so the
+//     recording replays); one dispatch per step instead of two dependent ones.
 // alpha-entmax (alpha in (1, 2], threshold by the entmax-tau shader between passes 2 and 3):
 //   pass 2 (grid: n_splits x B*H_kv): logits[bhq * row_len + c] = scale * q.k for c < n_tok,
 //     -1e30 (no mass) for n_tok <= c < row_len;
@@ -31,6 +35,7 @@ layout(constant_id = 3) const uint PAGE = 16;
 layout(constant_id = 4) const uint G = 1;       // query heads per KV head
 layout(constant_id = 5) const uint DENSE = 0;   // 1: every page, pages[] unused
 layout(constant_id = 6) const uint LPT = 8;     // lanes per token (power of 2, <= subgroup size)
+layout(constant_id = 7) const uint FUSED = 0;   // 1: softmax partials and merge in one pass (header)
 const uint NV = D / 4u;          // vec4s per row
 const uint NVL = NV / LPT;       // vec4s per lane
 const uint SLOTS = gl_WorkGroupSize.x / LPT;   // tokens in flight per workgroup
@@ -45,10 +50,11 @@ layout(set = 0, binding = 2) readonly buffer V16 { uvec2 v16[]; };
 layout(set = 0, binding = 3) readonly buffer Pages { uint pages[]; };      // (B*H_kv, sel_stride)
 layout(set = 0, binding = 4) readonly buffer Counts { uint counts[]; };    // (B*H_kv,)
 layout(set = 0, binding = 5) readonly buffer Meta { uint meta[]; };        // [length, ...]
-layout(set = 0, binding = 6) buffer Partial { float partial[]; };
+layout(set = 0, binding = 6) coherent buffer Partial { float partial[]; };  // coherent: read by the merging workgroup
 layout(set = 0, binding = 7) writeonly buffer Out { float out_[]; };       // (B, H_q, D) float32
 layout(set = 0, binding = 8) buffer Logits { float logits[]; };            // (B*H_q, row_len)
 layout(set = 0, binding = 9) readonly buffer Tau { uint tau_buf[]; };      // (B*H_q, 2)
+layout(set = 0, binding = 10) coherent buffer Counter { uint counter[]; };  // (B*H_kv,) FUSED: splits done
 
 layout(push_constant) uniform Push {
     uint capacity;    // rows per (b, h) in the cache
@@ -58,11 +64,14 @@ layout(push_constant) uniform Push {
     uint pass_id;     // see the header
     uint alpha_bits;  // entmax alpha (float)
     uint row_len;     // entmax: logits per row (>= n_tok)
+    uint kv_h0;       // passes 0, 2, 3: the K/V buffers hold KV heads [kv_h0, kv_h0 + grid y)
+                      // (a part of a layer split by heads, policies/kv_store.py); 0 when unsplit
 } p;
 
 shared float sh_m[SLOTS];
 shared float sh_l[SLOTS];
 shared float sh_acc[SLOTS * D];
+shared bool sh_last;
 
 // per invocation: its share of the G scaled queries and of the G accumulators, and the
 // running softmax (or the entmax mass) of each head
@@ -83,7 +92,7 @@ uint attended_tokens(uint bh) {
 // first vec4 of attended token c's cache row
 uint token_row(uint bh, uint c) {
     const uint pg = DENSE != 0u ? c / PAGE : pages[bh * p.sel_stride + c / PAGE];
-    return (bh * p.capacity + pg * PAGE + c % PAGE) * NV;
+    return ((bh - p.kv_h0) * p.capacity + pg * PAGE + c % PAGE) * NV;
 }
 
 void init_heads(uint bh) {
@@ -270,11 +279,29 @@ void merge(uint bhq) {
     }
 }
 
+// FUSED: the last workgroup of KV head bh to finish its partials merges the group's heads.
+void merge_if_last(uint bh) {
+    memoryBarrierBuffer();                        // this workgroup's partials before its count
+    barrier();
+    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(counter[bh], 1u) == p.n_splits - 1u;
+    barrier();
+    if (!sh_last) return;                         // uniform over the workgroup
+    memoryBarrierBuffer();                        // every other workgroup's partials are visible
+    for (uint g = 0u; g < G; g++) {
+        merge(bh * G + g);
+        barrier();
+    }
+    if (gl_LocalInvocationIndex == 0u) counter[bh] = 0u;
+}
+
 void main() {
     switch (p.pass_id) {
-        case 0u: softmax_partials(gl_WorkGroupID.y, gl_WorkGroupID.x); break;
-        case 2u: entmax_logits(gl_WorkGroupID.y, gl_WorkGroupID.x); break;
-        case 3u: entmax_partials(gl_WorkGroupID.y, gl_WorkGroupID.x); break;
+        case 0u:
+            softmax_partials(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x);
+            if (FUSED != 0u) merge_if_last(p.kv_h0 + gl_WorkGroupID.y);
+            break;
+        case 2u: entmax_logits(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x); break;
+        case 3u: entmax_partials(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x); break;
         default: merge(gl_WorkGroupID.x); break;
     }
 }

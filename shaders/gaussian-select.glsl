@@ -68,6 +68,8 @@ layout(push_constant) uniform Push {
     uint row_len;            // logits per row (pass 4)
     uint n_iters;            // Halley steps (pass 4)
     uint cap;                // 1: pass 2 also writes the budget scores
+    uint kv_h0;              // pass 0: the stats buffer holds KV heads [kv_h0, kv_h0 + grid y)
+                             // (a part of a layer split by heads, policies/kv_store.py)
 } p;
 
 shared float sh_floor[G];
@@ -77,7 +79,7 @@ void page_moments(uint bh) {
     QUERY_SHARES(qr, bh, PUSH_F(p.scale_bits));
     const uvec2 range = cluster_pages(ceil_div(meta[0], PAGE));
     for (uint pg = range.x; pg < range.y; pg += gl_WorkGroupSize.x / PAGE_LANES) {
-        STAT_SHARES(mean, sd, bh, p.max_pages, pg, STAT_MEAN, STAT_STD);
+        STAT_SHARES(mean, sd, bh - p.kv_h0, p.max_pages, pg, STAT_MEAN, STAT_STD);
         [[unroll]] for (uint g = 0u; g < G; g++) {
             float mu = 0.0, var = 0.0;
             [[unroll]] for (uint j = 0u; j < NVP; j++) {
@@ -228,7 +230,7 @@ void drop_unkept(uint bh) {
 }
 
 void main() {
-    if (p.pass_id == 0u) page_moments(gl_WorkGroupID.y);
+    if (p.pass_id == 0u) page_moments(p.kv_h0 + gl_WorkGroupID.y);
     else if (p.pass_id == 1u) head_stats(gl_WorkGroupID.x);
     else if (p.pass_id == 2u) select_pages(gl_WorkGroupID.x);
     else if (p.pass_id == 3u) clamp_tau(gl_WorkGroupID.x);

@@ -12,6 +12,10 @@
 //   order-preserving keys, starting below the bits that all keys share (one min/max pass, then at
 //   most 4 histogram passes, fewer when a digit settles it), then one compaction pass: the cost
 //   is linear in the number of pages, nothing is sorted.
+// FUSED = 1: no pass 1; after scoring, each pass-0 workgroup of KV head bh adds 1 to counter[bh]
+//   (after a buffer memory barrier), and the last one (the grid's x size reached) runs the
+//   selection of bh itself (its workgroup of 256 covers the 256 histogram bins) and resets
+//   counter[bh] to 0 (so the recording replays): one dispatch instead of two dependent ones.
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 #include "page_select.glsl"
@@ -19,12 +23,14 @@
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 5) const uint REDUCE_MEAN = 0;
+layout(constant_id = 6) const uint FUSED = 0;   // 1: the last scoring workgroup of a head selects
 const uint MAX_SUBGROUPS = 128u;
 
-layout(set = 0, binding = 2) buffer Scores { float scores[]; };            // (B*H_kv, max_pages)
+layout(set = 0, binding = 2) coherent buffer Scores { float scores[]; };   // (B*H_kv, max_pages)
 layout(set = 0, binding = 3) writeonly buffer Pages { uint pages[]; };     // (B*H_kv, sel_stride)
 layout(set = 0, binding = 4) writeonly buffer Counts { uint counts[]; };   // (B*H_kv,)
 layout(set = 0, binding = 5) readonly buffer Meta { uint meta[]; };        // [length, ...]
+layout(set = 0, binding = 6) coherent buffer Counter { uint counter[]; };  // (B*H_kv,) FUSED: scorers done
 
 layout(push_constant) uniform Push {
     uint max_pages;   // page capacity per head
@@ -32,12 +38,15 @@ layout(push_constant) uniform Push {
     uint n_sink;      // first pages always kept
     uint sel_stride;  // room per head in pages[]
     uint pass_id;     // 0: score, 1: select
+    uint kv_h0;       // pass 0: the stats buffer holds KV heads [kv_h0, kv_h0 + grid y) (a part of
+                      // a layer split by heads, policies/kv_store.py); 0 when unsplit
 } p;
 
 shared uint sh_hist[256];
 shared uint sh_lo[MAX_SUBGROUPS];
 shared uint sh_prefix, sh_remaining;
 shared bool sh_settled;
+shared bool sh_last;
 
 // A cluster of PAGE_LANES lanes scores one page at a time, the group's queries held in
 // registers; the min and max rows are loaded before any arithmetic.
@@ -45,7 +54,7 @@ void score_pages(uint bh) {
     QUERY_SHARES(qr, bh, 1.0);
     const uvec2 range = cluster_pages(ceil_div(meta[0], PAGE) - 1u);
     for (uint pg = range.x; pg < range.y; pg += gl_WorkGroupSize.x / PAGE_LANES) {
-        STAT_SHARES(lo, hi, bh, p.max_pages, pg, STAT_MIN, STAT_MAX);
+        STAT_SHARES(lo, hi, bh - p.kv_h0, p.max_pages, pg, STAT_MIN, STAT_MAX);
         float best = -3.0e38, total = 0.0;
         [[unroll]] for (uint g = 0u; g < G; g++) {
             float s = 0.0;
@@ -173,7 +182,22 @@ void select_pages(uint bh) {
     if (tid == 0u) counts[bh] = n_total;
 }
 
+// FUSED: the last scoring workgroup of KV head bh selects its pages.
+void select_if_last(uint bh) {
+    memoryBarrierBuffer();                        // this workgroup's scores before its count
+    barrier();
+    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(counter[bh], 1u) == gl_NumWorkGroups.x - 1u;
+    barrier();
+    if (!sh_last) return;                         // uniform over the workgroup
+    memoryBarrierBuffer();                        // every other workgroup's scores are visible
+    select_pages(bh);
+    if (gl_LocalInvocationIndex == 0u) counter[bh] = 0u;
+}
+
 void main() {
-    if (p.pass_id == 0u) score_pages(gl_WorkGroupID.y);
+    if (p.pass_id == 0u) {
+        score_pages(p.kv_h0 + gl_WorkGroupID.y);
+        if (FUSED != 0u) select_if_last(p.kv_h0 + gl_WorkGroupID.y);
+    }
     else select_pages(gl_WorkGroupID.x);
 }

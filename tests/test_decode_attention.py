@@ -120,3 +120,32 @@ def test_entmax_budget_above_context_equals_dense_and_follows_appends(vk):
                      what=f"entmax budget >= len vs dense, step {step}")
         assert_close(sparse, decode_attention_ref(q, cache.keys(), cache.values(), alpha=1.5),
                      atol=ATOL, what=f"entmax vs reference, step {step}")
+
+
+@pytest.mark.parametrize("B,H,G,D,S", [SHAPES[0], SHAPES[2], SHAPES[3], (1, 3, 2, 32, 17)])
+def test_fused_merge_matches_separate_merge_and_reference(vk, B, H, G, D, S):
+    """FUSED softmax decode (the last split workgroup of a KV head merges; one dispatch) against
+    the separate merge pass and the reference, dense and sparse (one split to many, partial
+    pages), replayed three times (the per-head counters must return to zero), with sentinels
+    after the output."""
+    cache, rng = filled_cache(vk, B, H, D, S, "float16", seed=S + 1)
+    store = cache._store
+    k, v = cache.keys(), cache.values()
+    for step in range(3):
+        q = rng.standard_normal((B, H * G, D)).astype(np.float32)
+        for method, budget in (("dense", None), ("topk", 16), ("topk", 64)):
+            kw = dict(method=method) if budget is None else dict(token_budget=budget, return_pages=True)
+            store.fused_merge = True
+            fused = cache.decode(q, **kw)
+            store.fused_merge = False
+            separate = cache.decode(q, **kw)
+            if budget is None:
+                want = decode_attention_ref(q, k, v)
+            else:
+                np.testing.assert_array_equal(fused[1], separate[1])
+                want = decode_attention_ref(q, k, v, fused[1])
+                fused, separate = fused[0], separate[0]
+            assert_close(fused, separate, atol=1e-6, what=f"fused vs separate, step {step}, {method} {budget}")
+            assert_close(fused, want, atol=ATOL, what=f"fused vs reference, step {step}, {method} {budget}")
+        store.counter.download_now()
+        assert not store.counter.read(B * H).any(), "a counter was not reset after its merge"

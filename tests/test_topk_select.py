@@ -58,15 +58,24 @@ CASES = [  # (B, H, G, S, token_budget, sink_pages)
 ]
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "separate"])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("B,H,G,S,budget,sinks", CASES)
-def test_selection_exact_with_ties(vk, dtype, B, H, G, S, budget, sinks):
+def test_selection_exact_with_ties(vk, dtype, B, H, G, S, budget, sinks, fused):
+    """fused: the last scoring workgroup of each KV head selects (FUSED, one dispatch; the
+    per-head counters must be back at zero after); separate: the selection pass."""
     D = 32
     cache, rng = make_cache(vk, B, H, D, S, dtype, integer_kv, seed=S + budget)
+    cache._store.fused_merge = fused
     q = rng.integers(-2, 3, (B, H * G, D)).astype(np.float32)
     _, pages = cache.decode(q, token_budget=budget, sink_pages=sinks, return_pages=True)
     want = topk_select_ref(ref_scores(cache, q, "max"), cache.num_pages, budget // 16, sinks)
     np.testing.assert_array_equal(pages, want)
+    _, again = cache.decode(q, token_budget=budget, sink_pages=sinks, return_pages=True)   # replay
+    np.testing.assert_array_equal(again, want)
+    st = cache._store
+    st.select_counter.download_now()
+    assert not st.select_counter.read(st.bh).any(), "a selection counter was not reset"
 
 
 def test_all_tied_scores_pick_lowest_indices(vk):

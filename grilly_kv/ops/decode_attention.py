@@ -12,13 +12,14 @@ from typing import Callable
 
 from ..backend import Buffer, PushLayout, Recording
 from . import entmax_tau
+from .kv_slot_store import as_parts
 
 SHADER = "decode-attention"
 LOCAL_SIZE = 128
 LANES_PER_TOKEN = 8      # a cluster of 8 subgroup lanes reads one K/V row
 MIN_CHUNK = 32           # fewest tokens a split should hold (two rounds of the 16 slots)
 TARGET_WORKGROUPS = 1024
-PUSH = PushLayout("capacity", "sel_stride", "n_splits", "scale:f", "pass_id", "alpha:f", "row_len")
+PUSH = PushLayout("capacity", "sel_stride", "n_splits", "scale:f", "pass_id", "alpha:f", "row_len", "kv_h0")
 PASS_SOFTMAX, PASS_SOFTMAX_MERGE, PASS_LOGITS, PASS_ENTMAX, PASS_ENTMAX_MERGE = range(5)
 
 
@@ -48,7 +49,8 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
                             head_dim: int, f16: bool, page_size: int, capacity: int,
                             max_pages: int, n_splits: int, scale: float, dense: bool,
                             alpha: float = 1.0, row_len: int = 0,
-                            record_tau: Callable[[Recording], object] | None = None) -> Recording:
+                            record_tau: Callable[[Recording], object] | None = None,
+                            parts=None, counter: Buffer | None = None) -> Recording:
     """Record one decode step's attention.
 
     alpha = 1 (softmax): the partial pass and the log-sum-exp merge. alpha in (1, 2]: the logits
@@ -71,22 +73,37 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
         record_tau: entmax: records the thresholds into ``tau`` (word 0 of each row) after the
             logits pass, in place of the exact entmax-tau solve (the Gaussian selector's tau
             modes "fixed" and "corrected"); None: the exact solve.
+        parts: ``k_cache``/``v_cache`` are lists of buffers holding these KV head ranges
+            ``[(h0, nh), ...]`` (policies/kv_store.py): the passes that read K/V run once per
+            part, the others once.
+        counter: softmax only: ``B*H_kv`` uint32 words, zero (the shader leaves them zero):
+            the partials pass also merges (the last workgroup of each KV head to finish
+            merges, one dispatch instead of two); None: separate merge pass.
     """
-    spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN)
-    bufs = [q, k_cache, v_cache, pages, counts, meta, partial, out, logits, tau]
+    fused = counter is not None and alpha == 1.0
+    spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN, int(fused))
+    counter = tau if counter is None else counter     # binding 10 (unused unless fused)
+    pairs = as_parts(k_cache, v_cache, parts, bh)
     common = dict(capacity=capacity, sel_stride=max_pages, n_splits=n_splits, scale=scale,
                   alpha=alpha, row_len=row_len)
-    split_grid = (n_splits, bh)
+
+    def per_part(pass_id, label):
+        for k, v, h0, nh in pairs:
+            rec.dispatch(SHADER, [q, k, v, pages, counts, meta, partial, out, logits, tau, counter],
+                         groups=(n_splits, nh), spec=spec,
+                         push=PUSH.pack(pass_id=pass_id, kv_h0=h0, **common), label=label)
+
+    bufs = [q, pairs[0][0], pairs[0][1], pages, counts, meta, partial, out, logits, tau, counter]
+    if fused:
+        per_part(PASS_SOFTMAX, "attend-fused")
+        return rec
     if alpha == 1.0:
-        rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
-                     push=PUSH.pack(pass_id=PASS_SOFTMAX, **common),
-                     label="attend-partials")
+        per_part(PASS_SOFTMAX, "attend-partials")
         return rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=spec,
-                            push=PUSH.pack(pass_id=PASS_SOFTMAX_MERGE, **common),
+                            push=PUSH.pack(pass_id=PASS_SOFTMAX_MERGE, kv_h0=0, **common),
                             label="attend-merge")
     rows = bh * group
-    rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
-                 push=PUSH.pack(pass_id=PASS_LOGITS, **common), label="entmax-logits")
+    per_part(PASS_LOGITS, "entmax-logits")
     if record_tau is not None:
         record_tau(rec)
     else:
@@ -96,8 +113,7 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
                      label="entmax-tau",
                      push=entmax_tau.PUSH.pack(n_rows=rows, L=row_len, alpha=alpha,
                                                max_iter=entmax_tau.MAX_ITER))
-    rec.dispatch(SHADER, bufs, groups=split_grid, spec=spec,
-                 push=PUSH.pack(pass_id=PASS_ENTMAX, **common), label="entmax-partials")
+    per_part(PASS_ENTMAX, "entmax-partials")
     return rec.dispatch(SHADER, bufs, groups=(rows,), spec=spec,
-                        push=PUSH.pack(pass_id=PASS_ENTMAX_MERGE, **common),
+                        push=PUSH.pack(pass_id=PASS_ENTMAX_MERGE, kv_h0=0, **common),
                         label="entmax-merge")

@@ -14,7 +14,7 @@ from statistics import NormalDist
 
 from ..backend import Buffer, PushLayout, Recording
 from ..reference.gaussian_tau import gaussian_beta
-from .topk_select import record_topk_pick
+from .topk_select import record_topk_pick, stat_parts
 
 SHADER = "gaussian-select"
 LOCAL_SIZE = 256
@@ -28,7 +28,8 @@ EXCESS_MARGIN_FRACTION = 0.2
 CLAMP_QUANTILE = 0.5     # the clamp's page-maximum quantile (grilly_kv.gaussian's default)
 PASS_MOMENTS, PASS_TAU_HAT, PASS_SELECT, PASS_CLAMP, PASS_CORRECT, PASS_DROP = range(6)
 PUSH = PushLayout("max_pages", "n_heads_q", "scale:f", "z_low:f", "z_high:f", "margin_low:f",
-                  "margin_high:f", "excess:f", "pass_id", "z_clamp:f", "row_len", "n_iters", "cap")
+                  "margin_high:f", "excess:f", "pass_id", "z_clamp:f", "row_len", "n_iters", "cap",
+                  "kv_h0")
 
 
 def page_quantile_z(max_quantile: float, page_size: int) -> float:
@@ -41,14 +42,14 @@ def _spec(head_dim: int, f16: bool, page_size: int, group: int, alpha: float) ->
 
 
 def _push(pass_id: int, *, bh: int, group: int, max_pages: int, page_size: int, scale: float,
-          row_len: int = 0, n_iters: int = 0, cap: bool = False) -> list:
+          row_len: int = 0, n_iters: int = 0, cap: bool = False, kv_h0: int = 0) -> list:
     return PUSH.pack(max_pages=max_pages, n_heads_q=bh * group, scale=scale,
                      z_low=page_quantile_z(MAX_QUANTILE[0], page_size),
                      z_high=page_quantile_z(MAX_QUANTILE[1], page_size),
                      margin_low=SAFETY_MARGIN[0], margin_high=SAFETY_MARGIN[1],
                      excess=EXCESS_MARGIN_FRACTION, pass_id=pass_id,
                      z_clamp=page_quantile_z(CLAMP_QUANTILE, page_size), row_len=row_len,
-                     n_iters=n_iters, cap=int(cap))
+                     n_iters=n_iters, cap=int(cap), kv_h0=kv_h0)
 
 
 def record_gaussian_select(rec: Recording, q: Buffer, stats: Buffer, moments: Buffer,
@@ -56,7 +57,7 @@ def record_gaussian_select(rec: Recording, q: Buffer, stats: Buffer, moments: Bu
                            tau: Buffer, logits: Buffer, scores: Buffer, *, bh: int, group: int,
                            head_dim: int, f16: bool, page_size: int, max_pages: int,
                            grid_pages: int, alpha: float, scale: float, clamp_tau: bool = False,
-                           n_top: int | None = None) -> Recording:
+                           n_top: int | None = None, parts=None) -> Recording:
     """Record the three selection passes (page moments, per-head tau-hat, page rule and
     compaction); with ``n_top``, the budget cap (topk-select's selection pass on the kept pages'
     upper scores ``max_g (mu_pg + z sigma_pg)``, then a pass dropping the pages the rule had not
@@ -77,13 +78,18 @@ def record_gaussian_select(rec: Recording, q: Buffer, stats: Buffer, moments: Bu
         scale: logit scale ``1/sqrt(D)``.
         clamp_tau: record the clamp (tau_mode "fixed" and "corrected").
         n_top: None, or the most kept pages before the last (``token_budget // page_size``).
+        parts: ``stats`` is a list of buffers holding these KV head ranges (policies/kv_store.py):
+            the moments pass runs once per buffer.
     """
     spec = _spec(head_dim, f16, page_size, group, alpha)
-    bufs = [q, stats, moments, gstats, pages, counts, meta, tau, logits, scores]
+    split = stat_parts(stats, parts, bh)
     sizes = dict(bh=bh, group=group, max_pages=max_pages, page_size=page_size, scale=scale)
-    rec.dispatch(SHADER, bufs, groups=(max(1, -(-grid_pages // PAGES_PER_WG)), bh),
-                 spec=(LOCAL_SIZE, *spec), push=_push(PASS_MOMENTS, **sizes),
-                 label="gaussian-moments")
+    for st, h0, nh in split:
+        rec.dispatch(SHADER, [q, st, moments, gstats, pages, counts, meta, tau, logits, scores],
+                     groups=(max(1, -(-grid_pages // PAGES_PER_WG)), nh), spec=(LOCAL_SIZE, *spec),
+                     push=_push(PASS_MOMENTS, kv_h0=h0, **sizes), label="gaussian-moments")
+    stats = split[0][0]
+    bufs = [q, stats, moments, gstats, pages, counts, meta, tau, logits, scores]
     rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=(LOCAL_SIZE, *spec),
                  push=_push(PASS_TAU_HAT, **sizes), label="gaussian-tau-hat")
     capped = n_top is not None

@@ -13,14 +13,26 @@ LOCAL_SIZE = 256           # scoring pass
 SELECT_LOCAL_SIZE = 1024   # selection pass: one workgroup per KV head scans all its pages
 PAGES_PER_WG = 64          # pages scored per workgroup (the shader's PAGES_PER_WG)
 GROUP_REDUCE = ("max", "mean")
-PUSH = PushLayout("max_pages", "n_top", "n_sink", "sel_stride", "pass_id")
+PUSH = PushLayout("max_pages", "n_top", "n_sink", "sel_stride", "pass_id", "kv_h0")
+
+
+def stat_parts(stats, parts, bh: int) -> list[tuple]:
+    """``[(stats buffer, h0, nh), ...]``: one buffer of all ``bh`` heads (``parts`` None) or a
+    list of per-head-range buffers with ``parts`` ``[(h0, nh), ...]`` (policies/kv_store.py)."""
+    if parts is None:
+        return [(stats, 0, bh)]
+    if len(parts) != len(stats) or sum(nh for _, nh in parts) != bh:
+        raise ValueError(f"head ranges {parts} do not match {len(stats)} buffers of {bh} heads")
+    return [(s, h0, nh) for s, (h0, nh) in zip(stats, parts)]
 
 
 def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer, pages: Buffer,
                        counts: Buffer, meta: Buffer, *, bh: int, group: int, head_dim: int,
                        f16: bool, page_size: int, max_pages: int, grid_pages: int, n_top: int,
-                       n_sink: int, group_reduce: str) -> Recording:
-    """Record scoring (pass 0) and selection (pass 1) for every KV head.
+                       n_sink: int, group_reduce: str, parts=None, counter: Buffer | None = None) -> Recording:
+    """Record scoring (pass 0, once per stats buffer) and selection (pass 1) for every KV head;
+    with ``counter`` (``B*H_kv`` uint32 words, zero; the shader leaves them zero) the last
+    scoring workgroup of each KV head selects (one dispatch instead of two).
 
     Args:
         q: ``(B, H_q, head_dim)`` float32 queries, ``H_q = group * H_kv``.
@@ -32,14 +44,20 @@ def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer,
         grid_pages: an upper bound of the number of pages now (sizes the scoring grid).
         n_top: ``token_budget // page_size``; n_sink: first pages always kept.
         group_reduce: ``"max"`` or ``"mean"`` over a KV head's query heads.
+        parts: ``stats`` is a list of buffers holding these KV head ranges (see :func:`stat_parts`).
     """
-    spec = (head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce))
-    bufs = [q, stats, scores, pages, counts, meta]
+    fused = counter is not None
+    spec = (head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce), int(fused))
     common = dict(max_pages=max_pages, n_top=n_top, n_sink=n_sink, sel_stride=max_pages)
-    rec.dispatch(SHADER, bufs, groups=(max(1, -(-grid_pages // PAGES_PER_WG)), bh),
-                 spec=(LOCAL_SIZE, *spec), push=PUSH.pack(pass_id=0, **common),
-                 label="topk-score")
-    return record_topk_pick(rec, q, stats, scores, pages, counts, meta, bh=bh, group=group,
+    split = stat_parts(stats, parts, bh)
+    for st, h0, nh in split:
+        rec.dispatch(SHADER, [q, st, scores, pages, counts, meta, counter if fused else counts],
+                     groups=(max(1, -(-grid_pages // PAGES_PER_WG)), nh),
+                     spec=(LOCAL_SIZE, *spec), push=PUSH.pack(pass_id=0, kv_h0=h0, **common),
+                     label="topk-score-select" if fused else "topk-score")
+    if fused:
+        return rec
+    return record_topk_pick(rec, q, split[0][0], scores, pages, counts, meta, bh=bh, group=group,
                             head_dim=head_dim, f16=f16, page_size=page_size, max_pages=max_pages,
                             n_top=n_top, n_sink=n_sink, group_reduce=group_reduce)
 
@@ -51,8 +69,8 @@ def record_topk_pick(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer, p
     """Record the selection pass alone, on scores already in ``scores`` (written by the scoring
     pass, or by another selector: the Gaussian one caps its pages with it). Arguments as for
     :func:`record_topk_select`."""
-    spec = (head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce))
-    return rec.dispatch(SHADER, [q, stats, scores, pages, counts, meta], groups=(bh,),
+    spec = (head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce), 0)
+    return rec.dispatch(SHADER, [q, stats, scores, pages, counts, meta, counts], groups=(bh,),
                         spec=(SELECT_LOCAL_SIZE, *spec),
                         push=PUSH.pack(max_pages=max_pages, n_top=n_top, n_sink=n_sink,
-                                       sel_stride=max_pages, pass_id=1), label="topk-select")
+                                       sel_stride=max_pages, pass_id=1, kv_h0=0), label="topk-select")

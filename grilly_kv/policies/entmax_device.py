@@ -38,6 +38,7 @@ class DeviceEntmaxCache(DeviceQuestCache):
                                bh=s.n_kv_heads, group=self.group, head_dim=s.head_dim, f16=True,
                                page_size=pol.page_size, max_pages=self.max_pages,
                                grid_pages=self.max_pages, alpha=pol.select_alpha,
-                               scale=1.0 / np.sqrt(s.head_dim), n_top=pol.n_top)
+                               scale=1.0 / np.sqrt(s.head_dim), n_top=pol.n_top,
+                               parts=self.store.parts)
         self.record_attention(rec, layer, qkv, out, pol.n_top, alpha=pol.alpha, logits=self.logits,
                               tau=self.tau)

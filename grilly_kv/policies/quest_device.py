@@ -1,8 +1,11 @@
 """The Vulkan twin of the Quest policy: keys/values, page bounds, page selection and attention all
 recorded into the model's per-token submission.
 
-Per layer, float16 K/V buffers laid out ``(H_kv, capacity, D)`` (a slot per position, as the paged
-cache's shaders expect) and page statistics ``(H_kv, pages, 4, D)``. Per step: the slot store
+Per layer, float16 K/V in the shared :class:`~grilly_kv.policies.kv_store.KVStore` layout
+``(H_kv, capacity, D)`` (a slot per position, as the paged cache's shaders expect; split by KV
+heads over buffers when a layer exceeds the storage buffer limit) and page statistics
+``(H_kv, pages, 4, D)`` split the same way (counted in ``kv_bytes``, as the policy's own
+accounting counts them). Per step: the slot store
 (``kv-slot-store``), the page statistics of the touched pages (``page-stats``, from the paged
 cache), then for a prefill chunk dense causal attention (``kv-slot-attention``), for a decode token
 Quest's page scores and top-k (``topk-select``) and attention over the chosen pages
@@ -22,6 +25,8 @@ from ..ops.topk_select import record_topk_select
 from ..reference.kv_slot_attention import EMPTY_SLOT
 from .base import CacheShape
 from .device import TwinBase
+from .kv_store import KVStore
+from ..backend import Recording
 
 
 class DeviceQuestCache(TwinBase):
@@ -37,11 +42,9 @@ class DeviceQuestCache(TwinBase):
         self.max_pages = -(-shape.max_tokens // page)
         self.cap = self.max_pages * page
         self.group = shape.n_q_heads // shape.n_kv_heads
-        words = shape.n_kv_heads * self.cap * shape.head_dim // 2
-        stat_words = shape.n_kv_heads * self.max_pages * 4 * shape.head_dim // 2
-        self.k = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(shape.n_layers)]
-        self.v = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(shape.n_layers)]
-        self.stats = [self.alloc(device, stat_words, np.uint32, host_visible=False) for _ in range(shape.n_layers)]
+        self.store = KVStore(self, device, n_layers=shape.n_layers, n_kv_heads=shape.n_kv_heads,
+                             cap=self.cap, head_dim=shape.head_dim)
+        self.stats = self.store.per_part(self, self.max_pages * 4 * shape.head_dim, kv=True)
         self.slot_pos = self.alloc(device, self.cap, np.uint32)
         self.slot_pos.write(np.full(self.cap, EMPTY_SLOT, np.uint32))
         self.slot_pos.upload_now()
@@ -54,6 +57,12 @@ class DeviceQuestCache(TwinBase):
         self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
                            host_visible=False)
         self.unused = self.alloc(device, 1, host_visible=False)
+        self.counter = self.alloc(device, bh, np.uint32)     # softmax decode: partials + merge fused
+        self.counter.write(np.zeros(bh, np.uint32))
+        self.counter.upload_now()
+        self.select_counter = self.alloc(device, bh, np.uint32)   # decode: page scoring + top-k fused
+        self.select_counter.write(np.zeros(bh, np.uint32))
+        self.select_counter.upload_now()
 
     def capacity_tokens(self) -> int:
         return self.cap
@@ -69,13 +78,16 @@ class DeviceQuestCache(TwinBase):
         dims = dict(head_dim=D, n_q_heads=s.n_q_heads, n_kv_heads=bh)
         if layer == 0:
             rec.upload(self.meta)
-        k, v, stats = self.k[layer], self.v[layer], self.stats[layer]
-        record_kv_slot_store(rec, qkv, step, k, v, self.slot_pos, T=T, cap=self.cap, layer=0, **dims)
-        record_page_stats(rec, k, stats, self.meta, n_new=T, bh=bh, head_dim=D, f16=True,
-                          page_size=pol.page_size, capacity=self.cap)
+        st = self.store
+        k, v = st.keys[layer], st.values[layer]
+        record_kv_slot_store(rec, qkv, step, k, v, self.slot_pos, T=T, cap=self.cap, layer=0,
+                             parts=st.parts, **dims)
+        for part, (_, nh) in enumerate(st.parts):     # K and its statistics: same head range
+            record_page_stats(rec, k[part], self.stats[layer][part], self.meta, n_new=T, bh=nh, head_dim=D,
+                              f16=True, page_size=pol.page_size, capacity=self.cap)
         if T > 1:        # prefill: dense causal attention (Quest selects only for decode queries)
             record_kv_slot_attention(rec, qkv, k, v, self.slot_pos, step, self.part, out, T=T, cap=self.cap,
-                                     layer=0, **dims)
+                                     layer=0, parts=st.parts, **dims)
             return
         self.record_decode(rec, layer, qkv, out)
 
@@ -86,7 +98,8 @@ class DeviceQuestCache(TwinBase):
         record_topk_select(rec, qkv, self.stats[layer], self.scores, self.pages, self.counts, self.meta,
                            bh=s.n_kv_heads, group=self.group, head_dim=s.head_dim, f16=True,
                            page_size=pol.page_size, max_pages=self.max_pages, grid_pages=self.max_pages,
-                           n_top=n_top, n_sink=pol.sink_pages, group_reduce=pol.group_reduce)
+                           n_top=n_top, n_sink=pol.sink_pages, group_reduce=pol.group_reduce,
+                           parts=self.store.parts, counter=self.select_counter)
         self.record_attention(rec, layer, qkv, out, max(n_top, pol.sink_pages))
 
     def record_attention(self, rec, layer: int, qkv, out, n_top: int, alpha: float = 1.0,
@@ -95,11 +108,35 @@ class DeviceQuestCache(TwinBase):
         plus the last); alpha > 1 needs the entmax scratch ``logits`` and ``tau``."""
         s, pol = self.shape, self.policy
         max_tokens = min((n_top + 1) * pol.page_size, self.cap)
-        attn.record_decode_attention(rec, qkv, self.k[layer], self.v[layer], self.pages, self.counts, self.meta,
+        attn.record_decode_attention(rec, qkv, self.store.keys[layer], self.store.values[layer], self.pages, self.counts, self.meta,
                                      self.partial, out, self.unused if logits is None else logits,
                                      self.unused if tau is None else tau,
                                      bh=s.n_kv_heads, group=self.group, head_dim=s.head_dim, f16=True,
                                      page_size=pol.page_size, capacity=self.cap, max_pages=self.max_pages,
                                      n_splits=attn.choose_splits(max_tokens, s.n_kv_heads),
                                      scale=1.0 / np.sqrt(s.head_dim), dense=False, alpha=alpha,
-                                     row_len=max_tokens if alpha != 1.0 else 0)
+                                     row_len=max_tokens if alpha != 1.0 else 0, parts=self.store.parts,
+                                     counter=self.counter if alpha == 1.0 else None)
+
+    def fill_random(self, rng: np.random.Generator, n_tokens: int) -> None:
+        """Benchmark hook: positions ``0 .. n_tokens-1`` held with random K/V (standard normal,
+        float16; the same rows in every layer) and their page statistics; the policy's
+        bookkeeping as after a prefill. The next step continues at position ``n_tokens``."""
+        s = self.shape
+        if not 0 < n_tokens <= s.max_tokens:
+            raise ValueError(f"n_tokens must be in [1, {s.max_tokens}], got {n_tokens}")
+        self.policy.reset(s)
+        self.policy.begin(np.arange(n_tokens))
+        kv = rng.standard_normal((2, s.n_kv_heads, n_tokens, s.head_dim), dtype=np.float32).astype(np.float16)
+        slot_pos = np.full(self.cap, EMPTY_SLOT, np.uint32)
+        slot_pos[:n_tokens] = np.arange(n_tokens)
+        self.slot_pos.write(slot_pos)
+        self.meta.write(np.array([n_tokens, 0], np.uint32))
+        rec = Recording(self.slot_pos.device).upload(self.slot_pos, self.meta)
+        for layer in range(s.n_layers):
+            self.store.load(layer, kv[0], kv[1])
+            for part, (_, nh) in enumerate(self.store.parts):
+                record_page_stats(rec, self.store.keys[layer][part], self.stats[layer][part], self.meta,
+                                  n_new=n_tokens, bh=nh, head_dim=s.head_dim, f16=True,
+                                  page_size=self.policy.page_size, capacity=self.cap)
+        rec.run()
