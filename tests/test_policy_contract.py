@@ -13,8 +13,9 @@ What is checked, per policy:
       storage loses nothing). entmax15 attends with 1.5-entmax, not softmax: it is checked
       against its own NumPy path instead (see DENSE_EXCEPTIONS);
   (b) memory bounded by the budget: for twins that evict, capacity_tokens() <= budget + MARGIN
-      (MARGIN = 2 max_chunk + max_tail: a chunk being stored while the previous one is
-      compressed, plus the question-aware tail), the policy's tokens_held() <= capacity, and
+      (MARGIN = the policy's ``working_margin(shape)``, by default 2 max_chunk +
+      max_tail: a chunk being stored while the previous one is compressed, plus the
+      question-aware tail; never growing with the context), the policy's tokens_held() <= capacity, and
       kv_bytes() = the K/V of capacity_tokens() slots (+ vec4 rounding per buffer), after every
       step, prefill included; twins that keep every token say so and hold >= max_tokens slots;
   (c) causality: changing the key/value of a chunk's last token leaves the outputs of every
@@ -59,8 +60,13 @@ def new_policy(name: str, budget: int):
     return make_policy(name) if name == "dense" else make_policy(name, budget)
 
 
-def margin(shape: CacheShape) -> int:
-    return 2 * shape.max_chunk + shape.max_tail
+def margin(policy, shape: CacheShape) -> int:
+    """The policy's stated working margin, checked not to grow with the context."""
+    m = policy.working_margin(shape)
+    longer = CacheShape(shape.n_layers, shape.n_q_heads, shape.n_kv_heads, shape.head_dim,
+                        16 * shape.max_tokens, shape.max_chunk, device=shape.device, max_tail=shape.max_tail)
+    assert policy.working_margin(longer) == m, "the working margin must not depend on the context length"
+    return m
 
 
 def run_twin(vk, name, budget, chunks, *, steps=None, end_after=None, check=None, seed=0):
@@ -122,8 +128,8 @@ def test_memory_bounded_by_budget(vk, name):
         if twin.keeps_all_tokens:
             assert cap >= s.max_tokens
             return
-        assert cap <= SMALL + margin(s), (f"{name}: {cap} slots for budget {SMALL} exceed the "
-                                          f"margin of {margin(s)} tokens")
+        assert cap <= SMALL + margin(pol, s), (f"{name}: {cap} slots for budget {SMALL} exceed the "
+                                               f"margin of {margin(pol, s)} tokens")
         kv_per_slot = s.bytes_per_token()
         rounding = 2 * 16 * s.n_layers * s.n_kv_heads
         assert cap * kv_per_slot <= twin.kv_bytes() <= cap * kv_per_slot + rounding, (
@@ -202,7 +208,7 @@ def test_question_aware_keeps_question_within_budget(vk, name):
 
     def check(drv):
         if not drv.twin.keeps_all_tokens:
-            assert drv.twin.capacity_tokens() <= SMALL + margin(drv.shape)
+            assert drv.twin.capacity_tokens() <= SMALL + margin(drv.policy, drv.shape)
 
     run_twin(vk, name, SMALL, chunks, end_after=end_after, check=check)
     if name not in DENSE_EXCEPTIONS:

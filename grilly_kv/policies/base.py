@@ -160,6 +160,13 @@ class KVPolicy(ABC):
         """Bytes of K/V held over all layers (float16 storage by default)."""
         return self.tokens_held() * self.shape.bytes_per_token(bytes_per_value)
 
+    def working_margin(self, shape: CacheShape) -> int:
+        """Token slots per layer and KV head that an evicting policy's device twin may hold beyond
+        its budget: a chunk being stored while the previous one is compressed, plus the
+        question-aware tail. Policies whose compression schedule needs more state it here; the
+        margin never depends on the context length (``shape.max_tokens``)."""
+        return 2 * shape.max_chunk + shape.max_tail
+
     def device_cache(self, device, shape: CacheShape):
         """A device twin for the Vulkan model, or None if this policy runs only on the host."""
         return None
