@@ -21,7 +21,7 @@ for part in $parts; do
         --contexts 1024,8064 --steps 48
       cp $R/model_decode.json "$OUT/" ;;
     long)
-      run python3 benchmarks/bench_long_context.py ${LONG_ARGS:-}
+      LIMIT=${LONG_LIMIT:-300} run python3 benchmarks/bench_long_context.py ${LONG_ARGS:-}
       cp $R/long_context*.json "$OUT/" ;;
     quant)
       GRILLY_KV_DEVICE=vulkan run python3 -m pytest -q -x -p no:cacheprovider tests/test_model_matmul_q.py
