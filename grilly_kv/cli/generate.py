@@ -20,7 +20,7 @@ from .options import (BUDGETS, CALIBRATED, UsageError, device_spec, float_in, in
 
 DEFAULT_ESSAY = "founders"
 DEFAULT_QUESTION = "According to the essay, what is the most important quality in startup founders?"
-DEFAULT_CONTEXT_TOKENS = 1024
+DEFAULT_CONTEXT_TOKENS = 512
 ASK_POLICY, ASK_BUDGET = "tappa", 128          # ask's defaults (dense takes no budget)
 CHUNK_HELP = ("prompt tokens per forward call (default 32). Larger chunks prefill faster; a "
               "policy that evicts compresses between chunks, so during the prefill a streaming "
