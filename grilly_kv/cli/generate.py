@@ -56,10 +56,25 @@ class Run:
 
 
 def end_context(policy) -> None:
-    """Tell the policy the context is over (question-aware compression), if it supports it."""
+    """Tell the policy the context is over (question-aware compression). A policy without a
+    question-aware mode (its ``end_context`` raises NotImplementedError) is a usage error."""
     hook = getattr(policy, "end_context", None)
     if callable(hook):
-        hook()
+        try:
+            hook()
+        except NotImplementedError as exc:
+            raise UsageError(f"--question: {policy.name} has no question-aware mode ({exc})") from None
+
+
+def start(model, policy, total: int, tail: int | None) -> None:
+    """``model.start``, with ``max_tail`` (the question and answer kept after the context) when
+    the model takes it (the device-policy contract's question-aware sizing)."""
+    import inspect
+
+    if tail is not None and "max_tail" in inspect.signature(model.start).parameters:
+        model.start(policy, total, max_tail=tail)
+    else:
+        model.start(policy, total)
 
 
 def held_kv_bytes(model, policy) -> tuple[int, str]:
@@ -78,7 +93,8 @@ def run_generation(model, policy, context_ids, question_ids, n_predict: int, sam
 
     rng = np.random.default_rng(seed)
     out = Run(context_tokens=len(context_ids), question_tokens=len(question_ids))
-    model.start(policy, out.prompt_tokens + n_predict)
+    total = out.prompt_tokens + n_predict
+    start(model, policy, total, total - out.context_tokens if question_ids else None)
     t0 = time.perf_counter()
     logits = prefill(model, context_ids)
     if question_ids:
