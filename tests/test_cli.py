@@ -255,3 +255,9 @@ def test_broken_pipe_is_quiet():
     p.wait(timeout=300)
     assert p.returncode == 0, err
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_list_devices(vk, capsys):
+    assert cli.main(["--list-devices"]) == 0
+    out = capsys.readouterr().out
+    assert "vulkan:0" in out and "cpu" in out

@@ -20,7 +20,7 @@ from .options import (BUDGETS, CALIBRATED, UsageError, device_spec, float_in, in
 
 DEFAULT_ESSAY = "founders"
 DEFAULT_QUESTION = "According to the essay, what is the most important quality in startup founders?"
-DEFAULT_CONTEXT_TOKENS = 1024
+DEFAULT_CONTEXT_TOKENS = 512
 ASK_POLICY, ASK_BUDGET = "tappa", 128          # ask's defaults (dense takes no budget)
 CHUNK_HELP = ("prompt tokens per forward call (default 32). Larger chunks prefill faster; a "
               "policy that evicts compresses between chunks, so during the prefill a streaming "
@@ -64,9 +64,12 @@ def run_generation(model, policy, context_ids, question_ids, n_predict: int, sam
     question; then decode up to ``n_predict`` tokens (``models.generate.generate``)."""
     from ..models.generate import generate
 
-    g = generate(model, policy, list(context_ids) + list(question_ids), n_predict, seed=seed,
-                 stop_ids=stop_ids, on_token=on_token, sampler=sampler.sample,
-                 context_len=len(context_ids) if question_ids else None)
+    try:
+        g = generate(model, policy, list(context_ids) + list(question_ids), n_predict, seed=seed,
+                     stop_ids=stop_ids, on_token=on_token, sampler=sampler.sample,
+                     context_len=len(context_ids) if question_ids else None)
+    except NotImplementedError as exc:        # a policy without a question-aware mode
+        raise UsageError(f"--question: {policy.name} has no question-aware mode ({exc})") from None
     return Run(tokens=g.tokens, context_tokens=len(context_ids), question_tokens=len(question_ids),
                prefill_s=g.prefill_s, decode_s=g.decode_s, kv_bytes=g.kv_bytes, kv_source=g.kv_source,
                dense_kv_bytes=g.dense_kv_bytes)
