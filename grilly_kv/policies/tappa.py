@@ -164,6 +164,14 @@ class TappaPolicy(KVPolicy):
         tail = int(getattr(self.shape, "max_tail", 0) or 0)
         return min(self.head_cap() + max(self.shape.max_chunk, tail), self.shape.max_tokens)
 
+    def working_margin(self, shape: CacheShape) -> int:
+        """Slots per (layer, KV head) beyond the mean ``budget`` that the twin may hold: TAPPA gives
+        a head up to ``max_head_budget`` tokens (default ``2 * budget``: per-head budgets above the
+        mean are the method's point), plus one chunk being stored or the question-aware tail.
+        Independent of the context length (``capacity() <= budget + working_margin``)."""
+        head_max = self.max_head_budget if self.max_head_budget is not None else 2 * self.budget
+        return head_max - self.budget + max(shape.max_chunk, int(shape.max_tail or 0))
+
     def end_context(self) -> None:
         """Question-aware compression (kvpress's): the context ends here. The next step cuts
         every head over its budget once more (fixing the budgets first if needed, from the
