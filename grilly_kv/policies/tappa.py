@@ -14,7 +14,10 @@ Two schedules say when the budgets are fixed and when heads are cut:
 :class:`~grilly_kv.policies.tappa_device.DeviceTappaCache`; memory is bounded at every step):
 a (layer, KV head) never holds more than its budget plus a working margin of ``max_chunk`` (one
 prefill chunk) tokens, prefill included, and never more than ``capacity()`` =
-``head_cap + max_chunk`` with ``head_cap = min(max_tokens, max_head_budget)``:
+``head_cap + max(max_chunk, max_tail)`` with ``head_cap = min(max_tokens, max_head_budget)``
+(default ``max_head_budget = 2 * budget``). That is ``budget + working_margin(shape)``: the
+margin above the mean budget is ``max_head_budget - budget`` (a head may be given more than the
+mean: the method's point) plus a chunk or the question-aware tail, independent of the context:
 
 1. Chunks are stored whole while ``held + T <= budget + max_chunk``.
 2. The budgets are fixed at the first step that would exceed that (a long prompt: the chunk after
