@@ -2,7 +2,8 @@
 // TAPPA's device cache for one layer: store, CAKE window score, per-head top-budget selection,
 // in-place compaction. See grilly_kv/ops/tappa_score.py; reference grilly_kv/reference/tappa_score.py.
 //
-// Layer buffers: K, V float16 (HKV, cap, D) two per word; kpos (HKV, cap) uint position per slot
+// Layer buffers: K, V float16 (nh, cap, D) two per word: KV heads [h0, h0 + nh) of the layer (a
+// part of a layer split by heads, policies/kv_store.py; every pass is dispatched once per part); kpos (HKV, cap) uint position per slot
 // (0xFFFFFFFF: empty); qwin (L, HQ, W, D) float32: a ring of the last W post-RoPE queries, the
 // query at position p in row p % W. meta (uint): [0] pos0 of this step, [1] T, [2] n_win =
 // min(W, pos0) (window rows held before this step); per (layer, KV head) at 8 + 4 (l HKV + h):
@@ -10,20 +11,21 @@
 // A head is cut this step iff held > budget (the host only sets budget < held on eviction steps).
 //
 // Passes (pass_id), per layer, in this order when evicting, else only STORE:
-//   1 STATS   (grid W x HQ): row max and sum of exp of q_r . k / sqrt(D) over the held keys with
+// Grids below are per part: a KV head index h means h0 + the grid coordinate.
+//   1 STATS   (grid W x G nh): row max and sum of exp of q_r . k / sqrt(D) over the held keys with
 //             position <= the row's position (ring row r holds position qp(r), valid iff < pos0).
-//   2 SCORE   (grid ceil(cap / WG) x HKV): per held key j older than the window (j < m =
+//   2 SCORE   (grid ceil(cap / WG) x nh): per held key j older than the window (j < m =
 //             held - n_win): mean over the G query heads of mean_r(A) + gamma var_r(A) (unbiased;
 //             0 for one row), A = softmax row entries.
-//   3 SELECT  (grid HKV): 5-tap zero-padded box filter of the scores over j < m; keep the window
+//   3 SELECT  (grid nh): 5-tap zero-padded box filter of the scores over j < m; keep the window
 //             keys (j >= m) and the top (budget - n_win) scores, ties to the lower j (rank count);
 //             a streaming head keeps j < min(sinks, budget) and the last budget - that; the
 //             kept indices, ascending, go to kept[h, 0 .. budget).
-//   4 COMPACT (grid HKV): K, V and kpos rows kept[h, i] -> row i (in place: kept[i] >= i, rows
+//   4 COMPACT (grid nh): K, V and kpos rows kept[h, i] -> row i (in place: kept[i] >= i, rows
 //             move in waves staged through shared memory, every read of a wave before its writes);
 //             rows budget .. held-1 are marked empty.
-//   0 STORE   (grid T): token t's K/V into slot base + t of every KV head, kpos = pos0 + t; the
-//             last min(T, W) queries into the ring.
+//   0 STORE   (grid T): token t's K/V into slot base + t of the part's KV heads, kpos = pos0 + t;
+//             the part with h0 = 0 also writes the last min(T, W) queries into the ring.
 #include "common.glsl"
 
 layout(local_size_x_id = 0) in;
@@ -58,6 +60,8 @@ layout(push_constant) uniform Push {
     uint sinks;      // first tokens a streaming head keeps
     uint gamma_bits; // variance weight (float)
     uint scale_bits; // 1/sqrt(D) (float)
+    uint h0;         // first KV head held by the K/V buffers
+    uint nh;         // KV heads held by the K/V buffers
 } p;
 
 shared float sh_m[MAX_SUBGROUPS];
@@ -77,20 +81,23 @@ bool ring_pos(uint r, out uint qp) {
     return qp < pos0;
 }
 
+// First word of K/V row j of KV head h (global index) in this part's buffers.
+uint kv_row(uint h, uint j) { return ((h - p.h0) * p.cap + j) * HW; }
+
 uint qwin_row(uint hq, uint r) { return ((p.layer * HQ + hq) * W + r) * D; }
 
 void store_pass(uint t) {
     const uint pos0 = meta[0], T = meta[1], tid = gl_LocalInvocationIndex;
-    for (uint item = tid; item < HKV * HW; item += gl_WorkGroupSize.x) {
-        const uint h = item / HW, w = item % HW;
+    for (uint item = tid; item < p.nh * HW; item += gl_WorkGroupSize.x) {
+        const uint h = p.h0 + item / HW, w = item % HW;
         const uint slot = head_word(h, 1u) + t;
         const uint src = t * ROW + (HQ + h) * D + 2u * w;
-        const uint dst = (h * p.cap + slot) * HW + w;
+        const uint dst = kv_row(h, slot) + w;
         kc[dst] = packHalf2x16(vec2(qkv[src], qkv[src + 1u]));
         vc[dst] = packHalf2x16(vec2(qkv[src + HKV * D], qkv[src + HKV * D + 1u]));
         if (w == 0u) kpos[h * p.cap + slot] = pos0 + t;
     }
-    if (t + W >= T) {
+    if (p.h0 == 0u && t + W >= T) {
         const uint r = (pos0 + t) % W;
         for (uint item = tid; item < HQ * D; item += gl_WorkGroupSize.x)
             qwin[qwin_row(item / D, r) + item % D] = qkv[t * ROW + item];
@@ -98,7 +105,7 @@ void store_pass(uint t) {
 }
 
 float key_dot_shared(uint h, uint j) {           // sh_q . K[h, j]
-    const uint row = (h * p.cap + j) * HW;
+    const uint row = kv_row(h, j);
     float z = 0.0;
     [[unroll]] for (uint i = 0u; i < NV; i++) {
         const vec4 k = vec4(unpackHalf2x16(kc[row + 2u * i]), unpackHalf2x16(kc[row + 2u * i + 1u]));
@@ -140,7 +147,7 @@ void score_pass(uint jb, uint h) {
     if (j >= m) return;
     const float scale = PUSH_F(p.scale_bits), gamma = PUSH_F(p.gamma_bits);
     vec4 k[NV];
-    const uint row = (h * p.cap + j) * HW;
+    const uint row = kv_row(h, j);
     [[unroll]] for (uint i = 0u; i < NV; i++)
         k[i] = vec4(unpackHalf2x16(kc[row + 2u * i]), unpackHalf2x16(kc[row + 2u * i + 1u]));
     float total = 0.0;
@@ -231,13 +238,15 @@ void compact_pass(uint h) {
         const uint units = min(R, b - j0) * U;
         for (uint i = tid; i < units; i += WG) {
             const uint src = base + kept[base + j0 + i / U], u = i % U;
-            sh_stage[i] = u < HW ? kc[src * HW + u] : (u < D ? vc[src * HW + u - HW] : kpos[src]);
+            const uint row = kv_row(h, kept[base + j0 + i / U]);
+            sh_stage[i] = u < HW ? kc[row + u] : (u < D ? vc[row + u - HW] : kpos[src]);
         }
         barrier();
         for (uint i = tid; i < units; i += WG) {
             const uint dst = base + j0 + i / U, u = i % U;
-            if (u < HW) kc[dst * HW + u] = sh_stage[i];
-            else if (u < D) vc[dst * HW + u - HW] = sh_stage[i];
+            const uint row = kv_row(h, j0 + i / U);
+            if (u < HW) kc[row + u] = sh_stage[i];
+            else if (u < D) vc[row + u - HW] = sh_stage[i];
             else kpos[dst] = sh_stage[i];
         }
         barrier();
@@ -248,8 +257,8 @@ void compact_pass(uint h) {
 void main() {
     const uint x = gl_WorkGroupID.x, y = gl_WorkGroupID.y;
     if (p.pass_id == 0u) store_pass(x);
-    else if (p.pass_id == 1u) stats_pass(x, y);
-    else if (p.pass_id == 2u) score_pass(x, y);
-    else if (p.pass_id == 3u) select_pass(x);
-    else compact_pass(x);
+    else if (p.pass_id == 1u) stats_pass(x, p.h0 * G + y);
+    else if (p.pass_id == 2u) score_pass(x, p.h0 + y);
+    else if (p.pass_id == 3u) select_pass(p.h0 + x);
+    else compact_pass(p.h0 + x);
 }

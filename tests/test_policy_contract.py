@@ -49,6 +49,9 @@ BIG, SMALL = 128, 32                                   # budgets: >= the sequenc
 DENSE_EXCEPTIONS = {"entmax15": "attends with 1.5-entmax, not softmax"}
 ATOL_DENSE, ATOL_HOST = 2e-4, 5e-4
 NAMES = policy_names()
+SETTINGS = {
+    "tappa": dict(window=8, sinks=2),                  # default window 32 + 4 sinks > budget 32
+}
 
 
 def shape_for(chunks, max_tail=0, device=None, n_kv_heads=2) -> CacheShape:
@@ -57,7 +60,7 @@ def shape_for(chunks, max_tail=0, device=None, n_kv_heads=2) -> CacheShape:
 
 
 def new_policy(name: str, budget: int):
-    return make_policy(name) if name == "dense" else make_policy(name, budget)
+    return make_policy(name) if name == "dense" else make_policy(name, budget, **SETTINGS.get(name, {}))
 
 
 def margin(policy, shape: CacheShape) -> int:

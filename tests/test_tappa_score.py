@@ -63,6 +63,26 @@ def test_matches_reference(vk, case, local_size):
         assert np.all(p[new_held[h]:held[h]] == EMPTY_SLOT)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[3] > 1])
+def test_head_split_matches_reference(vk, case):
+    """K/V split by KV heads over buffers (the KVStore layout past maxStorageBufferRange): every
+    pass runs once per part with its head offset; the result equals the unsplit reference."""
+    L, layer, HQ, HKV, D, W, cap, pos0, T, held, budget, streaming = case
+    rng = np.random.default_rng(CASES.index(case) * 11 + 1)
+    k, v, kpos, qwin = cache_state(rng, HKV, HQ, D, W, cap, pos0, held, L)
+    qkv = rng.standard_normal((T, (HQ + 2 * HKV) * D)).astype(np.float32)
+    kw = dict(layer=layer, pos0=pos0, held=held, budget=budget, streaming=streaming, sinks=2, gamma=200.0)
+    want = tappa_layer_step(k, v, kpos, qwin, qkv, device="cpu", **kw)
+    part0 = cap * D // 2                                      # words of part 0 (one head)
+    guards = [guard_output(vk, SHADER, name, n, dt) for name, n, dt in
+              (("k", part0, np.uint32), ("v", part0, np.uint32), ("kpos", kpos.size, np.uint32))]
+    got = tappa_layer_step(k, v, kpos, qwin, qkv, device=vk, local_size=64, heads_per_buffer=1, **kw)
+    for name, g, w in zip(("k", "v", "kpos", "qwin"), got, want):
+        np.testing.assert_array_equal(g, w, err_msg=f"{name} (split by heads)")
+    for buf, n in zip(guards, (part0, part0, kpos.size)):
+        assert_sentinels_intact(buf, n)
+
+
 def test_selection_rule():
     """select_kept: window rows and the top scores (ties: the older key); streaming: sinks + recent."""
     s = np.array([0.5, 0.9, 0.5, 0.1, 0.9])

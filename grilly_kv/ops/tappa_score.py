@@ -10,6 +10,7 @@ import numpy as np
 
 from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
+from .kv_slot_store import as_parts, split_heads
 from ..reference.tappa_score import tappa_evict_ref, tappa_store_ref
 from ..validation import check_array, check_int
 
@@ -20,7 +21,7 @@ LOCAL_SIZE_GPU = 256
 LOCAL_SIZE_CPU = 64
 MAX_WINDOW = 64            # the score pass keeps a window row per register
 MAX_HEAD_DIM = 128
-PUSH = PushLayout("cap", "layer", "pass_id", "sinks", "gamma:f", "scale:f")
+PUSH = PushLayout("cap", "layer", "pass_id", "sinks", "gamma:f", "scale:f", "h0", "nh")
 
 
 def local_size_for(device) -> int:
@@ -55,44 +56,57 @@ def _check_dims(head_dim: int, n_q_heads: int, n_kv_heads: int, window: int) -> 
 
 
 def _dispatch(rec, bufs, pass_id, groups, *, cap, layer, head_dim, n_q_heads, n_kv_heads, window,
-              sinks, gamma, local_size):
+              sinks, gamma, local_size, h0, nh):
     spec = (local_size or local_size_for(rec.device), head_dim, n_q_heads, n_kv_heads, window)
     push = PUSH.pack(cap=cap, layer=layer, pass_id=pass_id, sinks=sinks, gamma=gamma,
-                     scale=1.0 / np.sqrt(head_dim))
+                     scale=1.0 / np.sqrt(head_dim), h0=h0, nh=nh)
     rec.dispatch(SHADER, bufs, groups=groups, spec=spec, push=push,
                  label=f"tappa-{('store', 'stats', 'score', 'select', 'compact')[pass_id]}")
 
 
+def _part_bufs(bufs, parts, n_kv_heads: int) -> list[tuple[list, int, int]]:
+    """``[(bufs with the part's K/V, h0, nh), ...]``: ``bufs[1]``/``bufs[2]`` are one buffer each
+    (``parts`` None) or lists of per-part buffers with ``parts`` ``[(h0, nh), ...]``."""
+    return [([bufs[0], k, v, *bufs[3:]], h0, nh) for k, v, h0, nh in as_parts(bufs[1], bufs[2], parts, n_kv_heads)]
+
+
 def record_tappa_evict(rec: Recording, bufs, *, cap: int, layer: int, head_dim: int, n_q_heads: int,
                        n_kv_heads: int, window: int, sinks: int, gamma: float,
-                       local_size: int | None = None) -> Recording:
+                       local_size: int | None = None, parts=None) -> Recording:
     """Record layer ``layer``'s eviction round. ``bufs``: ``[qkv, k, v, kpos, qwin, meta, stats,
-    raw, kept]`` (the layer's K, V, kpos; see the shader header). Heads with held <= budget in
-    ``meta`` are left alone, so one recording serves every eviction step."""
+    raw, kept]`` (the layer's K, V, kpos; see the shader header); with ``parts`` (a layer split by
+    KV heads, :class:`~grilly_kv.policies.kv_store.KVStore`) ``k``/``v`` are lists of per-part
+    buffers and every pass is dispatched once per part. Heads with held <= budget in ``meta``
+    are left alone, so one recording serves every eviction step."""
     _check_dims(head_dim, n_q_heads, n_kv_heads, window)
     kw = dict(cap=cap, layer=layer, head_dim=head_dim, n_q_heads=n_q_heads, n_kv_heads=n_kv_heads,
               window=window, sinks=sinks, gamma=gamma, local_size=local_size)
     ls = local_size or local_size_for(rec.device)
-    _dispatch(rec, bufs, PASS_STATS, (window, n_q_heads), **kw)
-    _dispatch(rec, bufs, PASS_SCORE, (-(-cap // ls), n_kv_heads), **kw)
-    _dispatch(rec, bufs, PASS_SELECT, (n_kv_heads,), **kw)
-    _dispatch(rec, bufs, PASS_COMPACT, (n_kv_heads,), **kw)
+    G = n_q_heads // n_kv_heads
+    for part, h0, nh in _part_bufs(bufs, parts, n_kv_heads):
+        _dispatch(rec, part, PASS_STATS, (window, G * nh), h0=h0, nh=nh, **kw)
+        _dispatch(rec, part, PASS_SCORE, (-(-cap // ls), nh), h0=h0, nh=nh, **kw)
+        _dispatch(rec, part, PASS_SELECT, (nh,), h0=h0, nh=nh, **kw)
+        _dispatch(rec, part, PASS_COMPACT, (nh,), h0=h0, nh=nh, **kw)
     return rec
 
 
 def record_tappa_store(rec: Recording, bufs, *, T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
-                       n_kv_heads: int, window: int, local_size: int | None = None) -> Recording:
-    """Record the store of a T-token step's K/V (slots ``base + t``) and window queries."""
+                       n_kv_heads: int, window: int, local_size: int | None = None, parts=None) -> Recording:
+    """Record the store of a T-token step's K/V (slots ``base + t``) and window queries (one
+    dispatch per part with ``parts``, as :func:`record_tappa_evict`)."""
     _check_dims(head_dim, n_q_heads, n_kv_heads, window)
-    _dispatch(rec, bufs, PASS_STORE, (T,), cap=cap, layer=layer, head_dim=head_dim,
-              n_q_heads=n_q_heads, n_kv_heads=n_kv_heads, window=window, sinks=0, gamma=0.0,
-              local_size=local_size)
+    for part, h0, nh in _part_bufs(bufs, parts, n_kv_heads):
+        _dispatch(rec, part, PASS_STORE, (T,), cap=cap, layer=layer, head_dim=head_dim,
+                  n_q_heads=n_q_heads, n_kv_heads=n_kv_heads, window=window, sinks=0, gamma=0.0,
+                  local_size=local_size, h0=h0, nh=nh)
     return rec
 
 
 def tappa_layer_step(k: np.ndarray, v: np.ndarray, kpos: np.ndarray, qwin: np.ndarray, qkv: np.ndarray, *,
                      layer: int, pos0: int, held, budget, streaming, sinks: int = 4, gamma: float = 200.0,
-                     local_size: int | None = None, device: DeviceLike = None):
+                     local_size: int | None = None, heads_per_buffer: int | None = None,
+                     device: DeviceLike = None):
     """One layer of a step: the eviction round (heads with ``held > budget`` are cut to their
     budget), then the store of the step's rows ``qkv`` ``(T, (H_q + 2 H_kv) D)`` float32.
 
@@ -100,6 +114,8 @@ def tappa_layer_step(k: np.ndarray, v: np.ndarray, kpos: np.ndarray, qwin: np.nd
         k, v: ``(H_kv, cap, D)`` float16; kpos: ``(H_kv, cap)`` uint32; qwin: ``(L, H_q, W, D)``
             float32 window-query rings of every layer (``layer``'s is used and updated).
         held, budget: ``(H_kv,)``; streaming: ``(H_kv,)`` bool.
+        heads_per_buffer: on the device, split K/V over buffers of at most this many KV heads
+            (the :class:`~grilly_kv.policies.kv_store.KVStore` layout); None: one buffer.
 
     Returns:
         ``(k, v, kpos, qwin)`` new arrays (inputs are not modified).
@@ -134,20 +150,30 @@ def tappa_layer_step(k: np.ndarray, v: np.ndarray, kpos: np.ndarray, qwin: np.nd
     full_base[layer], full_str[layer] = base, np.asarray(streaming, np.int64)
     ws = dev.workspace(SHADER)
     sw = scratch_words(HQ, H, cap, W)
-    bufs = [ws.scratch.get("qkv", qkv.size), ws.scratch.get("k", k.size // 2, np.uint32),
-            ws.scratch.get("v", v.size // 2, np.uint32), ws.scratch.get("kpos", kpos.size, np.uint32),
+    parts = split_heads(H, heads_per_buffer)
+    kb, vb = ([ws.scratch.get(name + (str(i) if i else ""), nh * cap * D // 2, np.uint32)
+               for i, (_, nh) in enumerate(parts)] for name in ("k", "v"))
+    bufs = [ws.scratch.get("qkv", qkv.size), kb, vb, ws.scratch.get("kpos", kpos.size, np.uint32),
             ws.scratch.get("qwin", qwin.size), ws.scratch.get("meta", meta_words(L, H), np.uint32),
             ws.scratch.get("stats", sw["stats"]), ws.scratch.get("raw", sw["raw"]),
             ws.scratch.get("kept", sw["kept"], np.uint32)]
-    for b, x in zip(bufs, (qkv, k, v, kpos, qwin)):
-        b.write(x)
+    for b, x in zip(bufs, (qkv, None, None, kpos, qwin)):
+        if x is not None:
+            b.write(x)
+    for (h0, nh), kp, vp in zip(parts, kb, vb):
+        kp.write(np.ascontiguousarray(k[h0:h0 + nh]))
+        vp.write(np.ascontiguousarray(v[h0:h0 + nh]))
     bufs[5].write(fill_meta(np.zeros(meta_words(L, H), np.uint32), pos0=pos0, T=T, window=W, held=full_held,
                             base=full_base, budget=full_budget, streaming=full_str))
-    dims = dict(cap=cap, layer=layer, head_dim=D, n_q_heads=HQ, n_kv_heads=H, window=W, local_size=local_size)
-    rec = Recording(dev).upload(*bufs[:6])
+    dims = dict(cap=cap, layer=layer, head_dim=D, n_q_heads=HQ, n_kv_heads=H, window=W, local_size=local_size,
+                parts=parts)
+    rec = Recording(dev).upload(bufs[0], *kb, *vb, *bufs[3:6])
     record_tappa_evict(rec, bufs, sinks=sinks, gamma=gamma, **dims)
     record_tappa_store(rec, bufs, T=T, **dims)
-    rec.download(*bufs[1:5]).run()
-    return (bufs[1].read(k.size, np.float16).reshape(k.shape).astype(np.float16),
-            bufs[2].read(v.size, np.float16).reshape(v.shape).astype(np.float16),
+    rec.download(*kb, *vb, bufs[3], bufs[4]).run()
+
+    def read_heads(bs):
+        return np.concatenate([b.read(nh * cap * D, np.float16).astype(np.float16).reshape(nh, cap, D)
+                               for b, (_, nh) in zip(bs, parts)])
+    return (read_heads(kb), read_heads(vb),
             bufs[3].read(kpos.size, np.uint32).reshape(kpos.shape), bufs[4].read(qwin.size).reshape(qwin.shape))

@@ -14,7 +14,10 @@ Two schedules say when the budgets are fixed and when heads are cut:
 :class:`~grilly_kv.policies.tappa_device.DeviceTappaCache`; memory is bounded at every step):
 a (layer, KV head) never holds more than its budget plus a working margin of ``max_chunk`` (one
 prefill chunk) tokens, prefill included, and never more than ``capacity()`` =
-``head_cap + max_chunk`` with ``head_cap = min(max_tokens, max_head_budget)``:
+``head_cap + max(max_chunk, max_tail)`` with ``head_cap = min(max_tokens, max_head_budget)``
+(default ``max_head_budget = 2 * budget``). That is ``budget + working_margin(shape)``: the
+margin above the mean budget is ``max_head_budget - budget`` (a head may be given more than the
+mean: the method's point) plus a chunk or the question-aware tail, independent of the context:
 
 1. Chunks are stored whole while ``held + T <= budget + max_chunk``.
 2. The budgets are fixed at the first step that would exceed that (a long prompt: the chunk after
@@ -163,6 +166,14 @@ class TappaPolicy(KVPolicy):
             raise RuntimeError("only the 'bounded' schedule bounds the cache")
         tail = int(getattr(self.shape, "max_tail", 0) or 0)
         return min(self.head_cap() + max(self.shape.max_chunk, tail), self.shape.max_tokens)
+
+    def working_margin(self, shape: CacheShape) -> int:
+        """Slots per (layer, KV head) beyond the mean ``budget`` that the twin may hold: TAPPA gives
+        a head up to ``max_head_budget`` tokens (default ``2 * budget``: per-head budgets above the
+        mean are the method's point), plus one chunk being stored or the question-aware tail.
+        Independent of the context length (``capacity() <= budget + working_margin``)."""
+        head_max = self.max_head_budget if self.max_head_budget is not None else 2 * self.budget
+        return head_max - self.budget + max(shape.max_chunk, int(shape.max_tail or 0))
 
     def end_context(self) -> None:
         """Question-aware compression (kvpress's): the context ends here. The next step cuts

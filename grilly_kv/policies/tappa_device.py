@@ -1,10 +1,13 @@
 """The Vulkan twin of the TAPPA policy: per-head variable budgets, CAKE's window score, selection
 and in-place compaction on the device, recorded into the model's one submission per step.
 
-Memory (rule 2 of :mod:`.device`): per layer, K and V float16 ``(H_kv, cap, D)`` and a slot
-position map ``(H_kv, cap)`` uint32, with ``cap = policy.capacity() = head_cap + max_chunk``:
+Memory (rule 2 of :mod:`.device`): per layer, K and V float16 ``(H_kv, cap, D)`` in the shared
+:class:`~grilly_kv.policies.kv_store.KVStore` (split by KV heads over buffers when a layer exceeds
+``maxStorageBufferRange``; every tappa-score pass then runs once per part) and a slot position
+map ``(H_kv, cap)`` uint32, with ``cap = policy.capacity() = head_cap + max(max_chunk, max_tail)``:
 the largest budget a head may be given (``max_head_budget``, default ``2 * budget``) plus a
-working margin of one prefill chunk, never the context, prefill included. Extra state, also
+working margin of one prefill chunk or the question-aware tail, never the context, prefill
+included (:meth:`TappaPolicy.working_margin` states it). Extra state, also
 bounded: the ring of the last ``window`` post-RoPE queries per layer ``(L, H_q, W, D)`` float32,
 a per-step ``meta`` buffer, and scoring scratch ``O(H_kv cap)``.
 
@@ -35,6 +38,7 @@ from ..reference.kv_slot_attention import EMPTY_SLOT
 from ..reference.tappa_score import ring_positions
 from .base import CacheShape
 from .device import TwinBase
+from .kv_store import KVStore
 
 
 class DeviceTappaCache(TwinBase):
@@ -50,9 +54,7 @@ class DeviceTappaCache(TwinBase):
         L, HQ, H, D = shape.n_layers, shape.n_q_heads, shape.n_kv_heads, shape.head_dim
         self.cap = policy.capacity()
         self.window = policy.window
-        words = H * self.cap * D // 2
-        self.k = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(L)]
-        self.v = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(L)]
+        self.store = KVStore(self, device, n_layers=L, n_kv_heads=H, cap=self.cap, head_dim=D)
         self.kpos = [self.alloc(device, H * self.cap, np.uint32) for _ in range(L)]
         for buf in self.kpos:
             buf.write(np.full(H * self.cap, EMPTY_SLOT, np.uint32))
@@ -95,14 +97,15 @@ class DeviceTappaCache(TwinBase):
                     n_kv_heads=s.n_kv_heads, window=self.window)
         if layer == 0:
             rec.upload(self.meta)
-        bufs = [qkv, self.k[layer], self.v[layer], self.kpos[layer], self.qwin, self.meta, self.stats,
+        st = self.store
+        bufs = [qkv, st.keys[layer], st.values[layer], self.kpos[layer], self.qwin, self.meta, self.stats,
                 self.raw, self.kept]
         if pol.evicting:
-            record_tappa_evict(rec, bufs, sinks=pol.sinks, gamma=pol.gamma, **dims)
-        record_tappa_store(rec, bufs, T=T, **dims)
-        record_kv_slot_attention(rec, qkv, self.k[layer], self.v[layer], self.kpos[layer], step, self.part, out,
-                                 T=T, cap=self.cap, layer=0, head_dim=s.head_dim, n_q_heads=s.n_q_heads,
-                                 n_kv_heads=s.n_kv_heads, pos_per_head=True)
+            record_tappa_evict(rec, bufs, sinks=pol.sinks, gamma=pol.gamma, parts=st.parts, **dims)
+        record_tappa_store(rec, bufs, T=T, parts=st.parts, **dims)
+        record_kv_slot_attention(rec, qkv, st.keys[layer], st.values[layer], self.kpos[layer], step, self.part,
+                                 out, T=T, cap=self.cap, layer=0, head_dim=s.head_dim, n_q_heads=s.n_q_heads,
+                                 n_kv_heads=s.n_kv_heads, pos_per_head=True, parts=st.parts)
 
     # ---- host views (once per sequence or for tests; never per step) -----------------------------
     def window_queries(self) -> np.ndarray:
@@ -152,21 +155,5 @@ class DeviceTappaCache(TwinBase):
                 pos[h, :n] = np.arange(n_tokens - n, n_tokens)
             self.kpos[layer].write(pos)
             self.kpos[layer].upload_now()
-            for buf in (self.k[layer], self.v[layer]):
-                self._fill_device_only(buf, rng.standard_normal((H, self.cap, D)).astype(np.float16))
-
-    def _fill_device_only(self, buf, values: np.ndarray) -> None:
-        """Write ``values`` into a device-only buffer through a temporary staging buffer."""
-        from ..backend import Buffer, Recording
-        from ..ops.buffer_copy import LOCAL_SIZE, SHADER, _grid
-
-        if buf.n_words % 4:
-            raise ValueError("fill_random needs H_kv * cap * head_dim a multiple of 8")
-        staging = Buffer(self.device, buf.n_words, np.uint32)
-        try:
-            staging.write(values)
-            n4 = buf.n_words // 4
-            Recording(self.device).upload(staging).dispatch(SHADER, [staging, buf], groups=(_grid(n4),),
-                                                            push=[n4], spec=[LOCAL_SIZE]).run()
-        finally:
-            staging.release()
+            kv = rng.standard_normal((2, H, self.cap, D)).astype(np.float16)
+            self.store.load(layer, kv[0], kv[1])
