@@ -27,6 +27,9 @@ What is checked, per policy:
       (kv_store.max_heads_per_buffer(1): the maxStorageBufferRange split at small shapes).
 A real split (one layer > lavapipe's 128 MiB maxStorageBufferRange) is checked for the dense
 twin in test_kv_store.py.
+
+SETTINGS: per-policy constructor arguments for these small shapes (budget 32, chunks of 8, 69
+context tokens), where a policy's defaults are sized for real contexts; not tuned values.
 """
 from __future__ import annotations
 
@@ -49,6 +52,9 @@ BIG, SMALL = 128, 32                                   # budgets: >= the sequenc
 DENSE_EXCEPTIONS = {"entmax15": "attends with 1.5-entmax, not softmax"}
 ATOL_DENSE, ATOL_HOST = 2e-4, 5e-4
 NAMES = policy_names()
+SETTINGS = {
+    "triattention": dict(divide_length=8, protect_initial=2, protect_recent=8),
+}
 
 
 def shape_for(chunks, max_tail=0, device=None, n_kv_heads=2) -> CacheShape:
@@ -57,7 +63,7 @@ def shape_for(chunks, max_tail=0, device=None, n_kv_heads=2) -> CacheShape:
 
 
 def new_policy(name: str, budget: int):
-    return make_policy(name) if name == "dense" else make_policy(name, budget)
+    return make_policy(name) if name == "dense" else make_policy(name, budget, **SETTINGS.get(name, {}))
 
 
 def margin(policy, shape: CacheShape) -> int:
