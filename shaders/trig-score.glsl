@@ -10,6 +10,7 @@
 //   1 (grid H_q): merge the chunk statistics of one query head into (mean, 1/sqrt(var + eps)).
 //   2 (grid n_chunks x H_kv): out[h, s] = max over the group of z-scores.
 //   3 (grid n_chunks): out[H_kv, s] = mean over the KV heads of out[h, s].
+// Passes 0-2 cover KV heads [h0, h0 + grid) (a KV store part: one dispatch per part).
 // In pass 0, LPK lanes share a key, each lane owning 4 frequencies.
 #include "common.glsl"
 #include "workgroup_reduce.glsl"
@@ -40,6 +41,7 @@ layout(push_constant) uniform Push {
     uint n_kv;       // KV heads
     uint n_chunks;   // ceil(S / CHUNK)
     uint pass_id;
+    uint h0;         // passes 0-2: first KV head of this dispatch (the K buffer holds heads h0..)
 } p;
 
 const uint GU = G * U;                           // partial sums per invocation per iteration
@@ -69,7 +71,7 @@ void score_chunk(uint h, uint c) {
             const uint s = base + u * n_slots + slot;
             for (uint g = 0u; g < G; g++) part[u * G + g] = 0.0;
             if (has_freqs && s < s1) {
-                const uint row = (h * p.key_cap + s) * NV;
+                const uint row = ((h - p.h0) * p.key_cap + s) * NV;
                 vec4 re, im;
                 if (INTERLEAVED != 0u) {
                     const vec4 a = LOAD_VEC4(F16, k32, k16, row + 2u * lane);
@@ -165,8 +167,8 @@ void mean_over_heads(uint c) {
 }
 
 void main() {
-    if (p.pass_id == 0u) score_chunk(gl_WorkGroupID.y, gl_WorkGroupID.x);
-    else if (p.pass_id == 1u) merge_stats(gl_WorkGroupID.x);
-    else if (p.pass_id == 2u) zscore_max(gl_WorkGroupID.y, gl_WorkGroupID.x);
+    if (p.pass_id == 0u) score_chunk(p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.x);
+    else if (p.pass_id == 1u) merge_stats(p.h0 * G + gl_WorkGroupID.x);
+    else if (p.pass_id == 2u) zscore_max(p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.x);
     else mean_over_heads(gl_WorkGroupID.x);
 }

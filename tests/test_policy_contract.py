@@ -27,6 +27,9 @@ What is checked, per policy:
       (kv_store.max_heads_per_buffer(1): the maxStorageBufferRange split at small shapes).
 A real split (one layer > lavapipe's 128 MiB maxStorageBufferRange) is checked for the dense
 twin in test_kv_store.py.
+
+SETTINGS: per-policy constructor arguments for these small shapes (budget 32, chunks of 8, 69
+context tokens), where a policy's defaults are sized for real contexts; not tuned values.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ ATOL_DENSE, ATOL_HOST = 2e-4, 5e-4
 NAMES = policy_names()
 SETTINGS = {
     "tappa": dict(window=8, sinks=2),                  # default window 32 + 4 sinks > budget 32
+    "triattention": dict(divide_length=8, protect_initial=2, protect_recent=8),
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 from grilly_kv.backend import Buffer, Recording
 from grilly_kv.ops.step_words import step_words
 from grilly_kv.policies.base import CacheShape
+from grilly_kv.policies.kv_store import max_heads_per_buffer
 from grilly_kv.policies.triattention import TriAttentionPolicy
 from grilly_kv.policies.triattention_device import twin_capacity
 from grilly_kv.reference.kv_slot_attention import masked_attention
@@ -114,15 +115,20 @@ def compare(vk, chunks, make_policy, seed=0, max_tokens=200, check=None, h_q=H_Q
     return drv, ref
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("per_head", [False, True])
-def test_twin_equals_reference_over_several_rounds_with_a_calibration_file(vk, per_head):
+def test_twin_equals_reference_over_several_rounds_with_a_calibration_file(vk, per_head, split):
+    """``split``: the K/V store holds one KV head per buffer (scoring, selection and compaction
+    then run per part, as for a layer over maxStorageBufferRange)."""
     calib = random_calibration()
     chunks = [24, 16, 5, 3] + [1] * 30          # partial chunks, then decode: several rounds
 
     def make(dev):
         return TriAttentionPolicy(30, calibration=calib, per_head=per_head, device=dev, **SCHEDULE)
 
-    drv, ref = compare(vk, chunks, make)
+    with max_heads_per_buffer(1 if split else H_KV):
+        drv, ref = compare(vk, chunks, make)
+    assert drv.twin.store.split == split
     assert drv.twin.n_compressions == ref.caches[0].n_compressions >= 4
     if per_head:           # every head's kept rows: read back and compare with the reference's
         keys, values, _ = drv.twin.read_layer(1)

@@ -67,3 +67,47 @@ def test_trig_score_rejects_bad_input(vk):
         trig_score(keys, pos, cur, *stats, omega, "neox", device=vk)
     with pytest.raises(TypeError, match="keys"):
         trig_score(keys.astype(np.float64), pos, cur, *stats, omega, "half", device=vk)
+
+
+@pytest.mark.parametrize("parts", [[(0, 1), (1, 1), (2, 1)], [(0, 2), (2, 1)]])
+def test_trig_score_per_part(vk, parts):
+    """Keys split by KV heads over buffers (a KV store's parts, ``h0`` push constant): the same
+    scores as the reference, and the mean row over all heads (GQA 2:1, S not a multiple of CHUNK)."""
+    from grilly_kv.backend import Buffer, Recording
+    from grilly_kv.ops.trig_score import TrigScoreBuffers, fold_weights, record_trig_score
+
+    H_kv, G, S, D, cap = 3, 2, CHUNK + 37, 32, CHUNK + 50
+    rng = np.random.default_rng(11)
+    keys, pos, cur, stats, omega = make_case(rng, H_kv, G, S, D, D, "half", np.float16)
+
+    class Owned:
+        def __init__(self):
+            self.bufs = []
+
+        def get(self, name, n_words, word_dtype=np.float32, *, host_visible=True):
+            self.bufs.append(Buffer(vk, n_words, word_dtype))
+            return self.bufs[-1]
+
+    scratch = Owned()
+    bufs = TrigScoreBuffers(scratch, n_kv=H_kv, n_q=H_kv * G, n_freqs=D // 2, S=S, with_mean=True)
+    key_parts = []
+    for h0, nh in parts:
+        image = np.zeros((nh, cap, D), np.float16)
+        image[:, :S] = keys[h0:h0 + nh]
+        key_parts.append(scratch.get("k", nh * cap * D // 2, np.uint32))
+        key_parts[-1].write(image)
+    try:
+        bufs.weights.write(fold_weights(cur, *stats, omega))
+        bufs.out.write(np.full((H_kv + 1) * S, np.nan, np.float32))
+        rec = Recording(vk).upload(*key_parts, bufs.weights, bufs.out)
+        record_trig_score(rec, key_parts, bufs, S=S, key_cap=cap, n_kv=H_kv, group=G, head_dim=D,
+                          n_freqs=D // 2, f16=True, interleaved=False, with_mean=True, parts=parts)
+        rec.download(bufs.out).run()
+        got = bufs.out.read((H_kv + 1) * S).reshape(H_kv + 1, S)
+    finally:
+        for b in scratch.bufs:
+            b.release()
+    want = trig_score_ref(keys, pos, cur, *stats, omega, "half")
+    want = np.concatenate([want, want.mean(axis=0, keepdims=True)])
+    scale = float(np.abs(want).max()) or 1.0
+    assert_close(got, want, atol=2e-4 * scale, rtol=2e-4, what=f"trig-score per part {parts}")

@@ -20,7 +20,7 @@ from ..validation import check_array, check_choice, check_int
 SHADER = "trig-score"
 CHUNK = 256                    # keys per workgroup in the scoring pass (= local size)
 MAX_GROUP = 16                 # query heads per KV head (shared memory: CHUNK * G * (U + 1) floats)
-PUSH = PushLayout("S", "key_cap", "n_kv", "n_chunks", "pass_id")
+PUSH = PushLayout("S", "key_cap", "n_kv", "n_chunks", "pass_id", "h0")
 
 
 def fold_weights(current_pos: int, q_center_real: np.ndarray, q_center_imag: np.ndarray,
@@ -62,26 +62,31 @@ class TrigScoreBuffers:
 
 def record_trig_score(rec: Recording, keys, bufs: TrigScoreBuffers, *, S: int, key_cap: int,
                       n_kv: int, group: int, head_dim: int, n_freqs: int, f16: bool,
-                      interleaved: bool, with_mean: bool) -> Recording:
+                      interleaved: bool, with_mean: bool, parts=None) -> Recording:
     """Append the scoring dispatches to ``rec`` (the caller uploads ``bufs.weights`` first).
 
     ``keys`` is a buffer of ``(H_kv, key_cap, D)`` rows (its first ``S`` rows per head are
-    scored); it may be the front half of a cache's K/V buffer.
+    scored); it may be the front half of a cache's K/V buffer. With ``parts`` (a KV store's
+    ``[(h0, nh), ...]``), ``keys`` is a list of part buffers ``(nh, key_cap, D)``, scored one
+    dispatch per part into the same ``(H_kv, S)`` output.
     """
+    if parts is None:
+        parts, keys = [(0, n_kv)], [keys]
     n_chunks = -(-S // CHUNK)
     spec = (CHUNK, head_dim, n_freqs, group, int(f16), int(interleaved), lanes_per_key(n_freqs),
             keys_per_lane_group(group))
-    binds = [keys, bufs.weights, bufs.raw, bufs.stats, bufs.out]
+    if len(keys) != len(parts) or sum(nh for _, nh in parts) != n_kv:
+        raise ValueError(f"parts {parts} must cover the {n_kv} KV heads, one key buffer each")
 
-    def push(pass_id):
-        return PUSH.pack(S=S, key_cap=key_cap, n_kv=n_kv, n_chunks=n_chunks, pass_id=pass_id)
+    def push(pass_id, h0=0):
+        return PUSH.pack(S=S, key_cap=key_cap, n_kv=n_kv, n_chunks=n_chunks, pass_id=pass_id, h0=h0)
 
-    if group == 1:
-        rec.dispatch(SHADER, binds, groups=(n_chunks, n_kv), spec=spec, push=push(0))
-    else:
-        rec.dispatch(SHADER, binds, groups=(n_chunks, n_kv), spec=spec, push=push(0))
-        rec.dispatch(SHADER, binds, groups=(n_kv * group,), spec=spec, push=push(1))
-        rec.dispatch(SHADER, binds, groups=(n_chunks, n_kv), spec=spec, push=push(2))
+    for key_part, (h0, nh) in zip(keys, parts):
+        binds = [key_part, bufs.weights, bufs.raw, bufs.stats, bufs.out]
+        rec.dispatch(SHADER, binds, groups=(n_chunks, nh), spec=spec, push=push(0, h0))
+        if group > 1:
+            rec.dispatch(SHADER, binds, groups=(nh * group,), spec=spec, push=push(1, h0))
+            rec.dispatch(SHADER, binds, groups=(n_chunks, nh), spec=spec, push=push(2, h0))
     if with_mean:
         rec.dispatch(SHADER, binds, groups=(n_chunks,), spec=spec, push=push(3))
     return rec

@@ -120,6 +120,16 @@ class TriAttentionPolicy(KVPolicy):
         self.twin = DeviceTriAttentionCache(self, device, shape)
         return self.twin
 
+    def working_margin(self, shape: CacheShape) -> int:
+        """Slots per layer and KV head the twin holds beyond ``budget``
+        (:func:`~grilly_kv.policies.triattention_device.twin_capacity` less the budget, before
+        its cap at ``max_tokens``): up to ``divide_length - 1`` tokens between rounds (or the
+        online calibration's uncompressed prefix), a step of ``max_chunk`` before its round,
+        and the question-aware tail ``max_tail``; independent of the context length."""
+        held = max(self.budget + self.schedule["divide_length"] - 1,
+                   self.online_limit() + shape.max_chunk - 1 if self.online_limit() else 0)
+        return held - self.budget + shape.max_chunk + int(getattr(shape, "max_tail", 0) or 0)
+
     def online_limit(self) -> int:
         """Tokens the online calibration collects before it may finish (0 with a fixed
         calibration); ``online_tokens``, or ``budget`` when that is None."""

@@ -1,8 +1,10 @@
 """The Vulkan twin of :class:`~grilly_kv.policies.triattention.TriAttentionPolicy`: K/V per layer
 on the device, bounded by the budget, compressed on the device as the paper's cache does.
 
-Per layer, float16 K and V buffers ``(H_kv, cap, D)`` (the contract's layout; two values per
-word, a slot per kept token) and a ``(cap,)`` uint32 slot -> position table. Slots
+Per layer, float16 K and V ``(H_kv, cap, D)`` in the shared
+:class:`~grilly_kv.policies.kv_store.KVStore` (the contract's layout; two values per word, a slot
+per kept token; split by KV heads over buffers when a layer exceeds maxStorageBufferRange, every
+K/V kernel then dispatched once per part) and a ``(cap,)`` uint32 slot -> position table. Slots
 ``[0, length)`` are live; a step stores its T tokens in slots ``length .. length + T - 1``.
 
 Per step, recorded into the model's one submission (replayed; the recording depends on T alone,
@@ -20,7 +22,8 @@ rule), one compression round runs as its own submission, recorded once per key c
 replayed: per layer ``trig-score`` (calibration folded with the round's position into per-head
 weights on the host: ``H_q x 3 x F`` floats uploaded per layer, no K/V leaves the device),
 ``threshold-select`` of ``budget`` keys (mean of the KV heads' scores, or per KV head with
-``per_head``), and in-place ``kv-compact`` of K, V and the slot table (kept rows to the front,
+``per_head``: one selection per store part, its heads' rows), and in-place ``kv-compact`` of each
+part of K and V and of the slot table (kept rows to the front,
 temporal order). In per-head mode the slot table takes KV head 0's positions: the table only
 serves the causal mask, and every kept token is earlier than any later query, so the mask is
 the same for every head.
@@ -52,7 +55,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..backend import Buffer, Recording
+from ..backend import Recording
 from ..ops.buffer_copy import record_buffer_copy
 from ..ops.kv_compact import params_words, record_kv_compact
 from ..ops.kv_slot_attention import part_words, record_kv_slot_attention
@@ -64,6 +67,7 @@ from ..reference.kv_slot_attention import EMPTY_SLOT
 from ..validation import check_int
 from .base import CacheShape
 from .device import TwinBase
+from .kv_store import KVStore
 
 MAX_ROUND_RECORDINGS = 8       # compression-round recordings kept (one per key count S)
 
@@ -71,6 +75,7 @@ MAX_ROUND_RECORDINGS = 8       # compression-round recordings kept (one per key 
 def twin_capacity(*, budget: int, divide_length: int, max_chunk: int, max_tokens: int,
                   online_limit: int = 0, max_tail: int = 0) -> int:
     """Slots per layer and KV head the twin allocates (see the module docstring)."""
+    # TriAttentionPolicy.working_margin states the same formula (less the budget, without max_tokens)
     held = max(budget + divide_length - 1, online_limit + max_chunk - 1 if online_limit else 0)
     return max(1, min(max_tokens, held + max_chunk + max_tail))
 
@@ -137,13 +142,8 @@ class DeviceTriAttentionCache(TwinBase):
     # ---- allocation ------------------------------------------------------------------------
     def _alloc_kv(self, device) -> None:
         s = self.shape
-        words = s.n_kv_heads * self.cap * s.head_dim // 2
-        limit = int(device.properties.get("max_storage_buffer_range", 2**32 - 1))
-        if words * 4 > limit:      # the shared KVStore will split such a layer by KV heads
-            raise ValueError(f"one layer's K of {words * 4} bytes ({self.cap} slots) exceeds "
-                             f"{device.name}'s maxStorageBufferRange ({limit} bytes): lower the budget")
-        self.k = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(s.n_layers)]
-        self.v = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(s.n_layers)]
+        self.store = KVStore(self, device, n_layers=s.n_layers, n_kv_heads=s.n_kv_heads, cap=self.cap,
+                             head_dim=s.head_dim)
         self.slot_pos = [self.alloc(device, self.cap, np.uint32) for _ in range(s.n_layers)]
         for table in self.slot_pos:
             table.write(np.full(self.cap, EMPTY_SLOT, np.uint32))
@@ -161,9 +161,12 @@ class DeviceTriAttentionCache(TwinBase):
                                       S=self.cap, with_mean=not self.per_head)
         self.weights = [self.score.weights] + [
             self.alloc(device, s.n_q_heads * 3 * self.n_freqs) for _ in range(s.n_layers - 1)]
-        self.n_rows = s.n_kv_heads if self.per_head else 1
-        self.kept = self.alloc(device, self.n_rows * self.budget, np.uint32, host_visible=False)
-        self.work = self.alloc(device, work_words(self.cap, self.n_rows), np.uint32, host_visible=False)
+        # per_head: one kept list per KV head, a buffer per store part; else one list for all
+        self.kept = ([self.alloc(device, nh * self.budget, np.uint32, host_visible=False)
+                      for _, nh in self.store.parts] if self.per_head
+                     else [self.alloc(device, self.budget, np.uint32, host_visible=False)])
+        max_rows = max(nh for _, nh in self.store.parts) if self.per_head else 1
+        self.work = self.alloc(device, work_words(self.cap, max_rows), np.uint32, host_visible=False)
         self.params = self.alloc(device, 3, np.uint32)
         self.params.write(params_words(self.budget))
         self.params.upload_now()
@@ -202,10 +205,11 @@ class DeviceTriAttentionCache(TwinBase):
         """Store + attention of ``layer`` (and, while calibrating, a copy of the step's rows)."""
         s = self.shape
         dims = dict(head_dim=s.head_dim, n_q_heads=s.n_q_heads, n_kv_heads=s.n_kv_heads)
-        k, v, table = self.k[layer], self.v[layer], self.slot_pos[layer]
-        record_kv_slot_store(rec, qkv, step, k, v, table, T=T, cap=self.cap, layer=0, **dims)
+        st = self.store
+        k, v, table = st.keys[layer], st.values[layer], self.slot_pos[layer]
+        record_kv_slot_store(rec, qkv, step, k, v, table, T=T, cap=self.cap, layer=0, parts=st.parts, **dims)
         record_kv_slot_attention(rec, qkv, k, v, table, step, self.part, out, T=T, cap=self.cap,
-                                 layer=0, **dims)
+                                 layer=0, parts=st.parts, **dims)
         if self._calibrating:
             record_buffer_copy(rec, qkv, self.calib_q[layer], n_words=T * self.qkv_dim)
             rec.download(self.calib_q[layer], words=T * self.qkv_dim)
@@ -266,22 +270,31 @@ class DeviceTriAttentionCache(TwinBase):
     def _record_round(self, S: int) -> Recording:
         s = self.shape
         rec = Recording(self.device).upload(*self.weights)
+        st = self.store
         idx_stride = self.budget if self.per_head else 0
+        select = dict(S=S, k=self.budget, protect_initial=self.protect_initial,
+                      protect_recent=self.protect_recent)
         for layer in range(s.n_layers):
             bufs = SimpleNamespace(weights=self.weights[layer], raw=self.score.raw, stats=self.score.stats,
                                    out=self.score.out)
-            record_trig_score(rec, self.k[layer], bufs, S=S, key_cap=self.cap, n_kv=s.n_kv_heads,
+            record_trig_score(rec, st.keys[layer], bufs, S=S, key_cap=self.cap, n_kv=s.n_kv_heads,
                               group=self.group, head_dim=s.head_dim, n_freqs=self.n_freqs, f16=True,
-                              interleaved=self.rope.layout == "interleaved", with_mean=not self.per_head)
-            record_threshold_select(rec, self.score.out, self.kept, self.work, S=S, k=self.budget,
-                                    n_rows=self.n_rows, row0=0 if self.per_head else s.n_kv_heads,
-                                    protect_initial=self.protect_initial,
-                                    protect_recent=self.protect_recent)
-            for buf in (self.k[layer], self.v[layer]):
-                record_kv_compact(rec, buf, buf, self.kept, self.params, row_words=s.head_dim // 2,
-                                  src_cap=self.cap, dst_cap=self.cap, n_heads=s.n_kv_heads,
-                                  idx_stride=idx_stride, halves=1)
-            record_kv_compact(rec, self.slot_pos[layer], self.slot_pos[layer], self.kept, self.params,
+                              interleaved=self.rope.layout == "interleaved", with_mean=not self.per_head,
+                              parts=st.parts)
+            if self.per_head:        # each part's heads: their own rows of the scores
+                for kept, (h0, nh) in zip(self.kept, st.parts):
+                    record_threshold_select(rec, self.score.out, kept, self.work, n_rows=nh, row0=h0, **select)
+            else:                    # the row after the heads: their mean
+                record_threshold_select(rec, self.score.out, self.kept[0], self.work, n_rows=1,
+                                        row0=s.n_kv_heads, **select)
+            for p, (_, nh) in enumerate(st.parts):
+                kept = self.kept[p] if self.per_head else self.kept[0]
+                for buf in (st.keys[layer][p], st.values[layer][p]):
+                    record_kv_compact(rec, buf, buf, kept, self.params, row_words=s.head_dim // 2,
+                                      src_cap=self.cap, dst_cap=self.cap, n_heads=nh,
+                                      idx_stride=idx_stride, halves=1)
+            # the slot table: the first list (KV head 0's in per-head mode)
+            record_kv_compact(rec, self.slot_pos[layer], self.slot_pos[layer], self.kept[0], self.params,
                               row_words=1, src_cap=self.cap, dst_cap=self.cap, n_heads=1, idx_stride=0,
                               halves=1)
         return rec
@@ -300,22 +313,10 @@ class DeviceTriAttentionCache(TwinBase):
         self._check_live()
         s = self.shape
         check_int("layer", layer, minimum=0, maximum=s.n_layers - 1)
-        n = s.n_kv_heads * self.cap * s.head_dim
-        tmp = [Buffer(self.device, n // 2, np.uint32) for _ in range(2)]
-        params, unused = Buffer(self.device, 3, np.uint32), Buffer(self.device, 1, np.uint32)
-        try:
-            params.write(params_words(self.cap))
-            rec = Recording(self.device).upload(params)
-            for src, dst in zip((self.k[layer], self.v[layer]), tmp):
-                record_kv_compact(rec, src, dst, unused, params, row_words=s.head_dim // 2, src_cap=self.cap,
-                                  dst_cap=self.cap, n_heads=s.n_kv_heads, idx_stride=None, halves=1)
-            rec.download(*tmp, self.slot_pos[layer]).run()
-            kv = [b.read(n, np.float16).reshape(s.n_kv_heads, self.cap, s.head_dim)[:, :self.length]
-                  for b in tmp]
-            pos = self.slot_pos[layer].read(self.length).astype(np.int64)
-        finally:
-            for b in (*tmp, params, unused):
-                b.release()
+        keys, values = self.store.read(layer)
+        Recording(self.device).download(self.slot_pos[layer]).run()
+        pos = self.slot_pos[layer].read(self.length).astype(np.int64)
+        kv = [x[:, :self.length] for x in (keys, values)]
         return kv[0].astype(np.float32), kv[1].astype(np.float32), pos
 
     @_synchronized
@@ -336,24 +337,12 @@ class DeviceTriAttentionCache(TwinBase):
         positions = np.concatenate([np.arange(first), np.sort(middle), np.arange(n_tokens - recent, n_tokens)])
         table = np.full(self.cap, EMPTY_SLOT, np.uint32)
         table[:length] = positions
-        n = s.n_kv_heads * self.cap * s.head_dim
-        tmp = Buffer(self.device, n // 2, np.uint32)
-        params, unused = Buffer(self.device, 3, np.uint32), Buffer(self.device, 1, np.uint32)
-        try:
-            params.write(params_words(length))
-            for layer in range(s.n_layers):
-                for dst in (self.k[layer], self.v[layer]):
-                    tmp.write(rng.standard_normal((s.n_kv_heads, self.cap, s.head_dim)).astype(np.float16))
-                    rec = Recording(self.device).upload(tmp, params)
-                    record_kv_compact(rec, tmp, dst, unused, params, row_words=s.head_dim // 2,
-                                      src_cap=self.cap, dst_cap=self.cap, n_heads=s.n_kv_heads,
-                                      idx_stride=None, halves=1)
-                    rec.run()
-                self.slot_pos[layer].write(table)
-            Recording(self.device).upload(*self.slot_pos).run()
-        finally:
-            for b in (tmp, params, unused):
-                b.release()
+        for layer in range(s.n_layers):
+            keys, values = (rng.standard_normal((s.n_kv_heads, length, s.head_dim)).astype(np.float16)
+                            for _ in range(2))
+            self.store.load(layer, keys, values)
+            self.slot_pos[layer].write(table)
+        Recording(self.device).upload(*self.slot_pos).run()
         self.length, self.offset = length, n_tokens
         self.tokens_since_compress, self.n_compressions = since, rounds
         self.policy.skip_to(n_tokens)
