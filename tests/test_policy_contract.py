@@ -49,6 +49,12 @@ BIG, SMALL = 128, 32                                   # budgets: >= the sequenc
 DENSE_EXCEPTIONS = {"entmax15": "attends with 1.5-entmax, not softmax"}
 ATOL_DENSE, ATOL_HOST = 2e-4, 5e-4
 NAMES = policy_names()
+# per-policy constructor settings (one line per policy); the budget stays SMALL/BIG.
+SETTINGS = {
+    # no sinks, a window of one chunk: budget 32 = 8 local + 1 predicted block (+ 8 unused), so
+    # it evicts at this size; rule "bounded" is what the twin computes (the NumPy path it is compared with)
+    "predictor": dict(sinks=0, local=8, rule="bounded"),
+}
 
 
 def shape_for(chunks, max_tail=0, device=None, n_kv_heads=2) -> CacheShape:
@@ -57,7 +63,7 @@ def shape_for(chunks, max_tail=0, device=None, n_kv_heads=2) -> CacheShape:
 
 
 def new_policy(name: str, budget: int):
-    return make_policy(name) if name == "dense" else make_policy(name, budget)
+    return make_policy(name) if name == "dense" else make_policy(name, budget, **SETTINGS.get(name, {}))
 
 
 def margin(policy, shape: CacheShape) -> int:

@@ -60,6 +60,7 @@ from ..ops.predictor_topk import record_predictor_topk
 from ..ops.step_words import fill_step, step_words
 from ..policies.base import CacheShape
 from ..policies.device import TwinBase
+from ..policies.kv_store import KVStore
 from ..reference.predictor_cnn import N_PARAMS as N_WEIGHTS, flatten_weights
 from ..reference.predictor_history_update import BLOCK, HIST
 from ..reference.predictor_twin import NONE
@@ -68,10 +69,11 @@ N_PARAMS = 6          # [write_head, S, oldest ring row, start, end, full_from] 
 BUCKETS = 16          # copy sizes: multiples of ceil(max blocks / BUCKETS) blocks, one recording each
 
 
-def ring_blocks(local: int, max_chunk: int) -> int:
+def ring_blocks(local: int, max_chunk: int, max_tail: int = 0) -> int:
     """Ring entries that hold every position a chunk of ``max_chunk`` tokens sees in its window
-    (``> pos0 - local``) and the chunk itself."""
-    return -(-(local + max_chunk - 1) // BLOCK) + 1
+    (``> pos0 - local``) and the chunk itself, plus the ``max_tail`` tokens kept after
+    ``end_context`` (the window then stays open back to the end of the context)."""
+    return -(-(local + max_tail + max_chunk - 1) // BLOCK) + 1
 
 
 def candidate_range(position: int, sinks: int, local: int) -> tuple[int, int]:
@@ -111,7 +113,7 @@ class DevicePredictorCache(TwinBase):
         self.n_blocks = -(-s.max_tokens // BLOCK)
         self.C = self.n_blocks
         self.ns = policy.sinks // BLOCK
-        self.ring = ring_blocks(policy.local, s.max_chunk)
+        self.ring = ring_blocks(policy.local, s.max_chunk, s.max_tail)
         self.k = min(policy.k, self.n_blocks)
         self.E = self.ns + self.ring + self.k
         self.cap = self.E * BLOCK
@@ -121,9 +123,13 @@ class DevicePredictorCache(TwinBase):
                              f"{self.k} blocks) exceed the attention shader's {MAX_CAP}")
         self.N = self.L * self.H                               # histories (per KV head)
         self.bw = BLOCK * self.D // 2                          # words of one block of K (or V)
-        words = self.H * self.cap * self.D // 2
-        self.k_dev = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(self.L)]
-        self.v_dev = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(self.L)]
+        self.store = KVStore(self, device, n_layers=self.L, n_kv_heads=self.H, cap=self.cap, head_dim=self.D)
+        if self.store.split:
+            raise ValueError(f"the predictor twin's K/V of {self.H} KV heads x {self.cap} slots would be split "
+                             f"over {len(self.store.parts)} buffers: predictor-attention and "
+                             "kv-block-scatter do not take a head range yet")
+        self.k_dev = [keys[0] for keys in self.store.keys]
+        self.v_dev = [values[0] for values in self.store.values]
         self._alloc_work(device)
         self.host_kv = np.zeros((self.L, self.H, self.n_blocks, 2, BLOCK, self.D), np.float16)
         self._rows = self.host_kv.reshape(-1, 2 * BLOCK * self.D)
@@ -136,6 +142,7 @@ class DevicePredictorCache(TwinBase):
         self.head = 0
         self._cnn_range: tuple[int, int] | None = None
         self._mode = None
+        self._local = policy.local
         self._n_tokens = 0
         self.blocks_copied = 0
         self.released = False
@@ -194,6 +201,7 @@ class DevicePredictorCache(TwinBase):
         fill_step(words, pos0=pos0, slots=self.slots_of(positions), tokens=tokens, n_scan=self.cap)
         self.stage_step.write(fill_step(np.zeros(self.stage_step.n_words, np.uint32), pos0=pos0,
                                         slots=np.arange(T), n_scan=0))
+        self._local = self.policy.window(pos0)
         self.params.write(self._step_params(T, int(positions[-1]) + 1))
         self.table_buf.write(self.table.reshape(-1) if self.k else np.full(1, NONE, np.uint32))
 
@@ -203,7 +211,7 @@ class DevicePredictorCache(TwinBase):
         R = min(T, HIST)
         write_head = self.head
         self.head = (self.head + R) % HIST
-        s0, e0 = candidate_range(n_after, pol.sinks, pol.local)
+        s0, e0 = candidate_range(n_after, pol.sinks, pol.window(n_after))
         use_cnn = 0 < pol.k < e0 - s0 and pol.predictor_kind == "cnn"
         last = self._cnn_range
         incremental = (use_cnn and R == 1 and last is not None and last[0] == s0
@@ -214,7 +222,8 @@ class DevicePredictorCache(TwinBase):
         return np.array([write_head, n_after, self.head, s0, e0, max(full_from, 0)], np.uint32)
 
     def recording_key(self, T: int):
-        return self._mode
+        """The CNN mode and the window (it widens after ``end_context``: a push constant)."""
+        return self._mode, self._local
 
     def record_layer(self, rec, layer: int, qkv, out, step, T: int) -> None:
         """Record scatter, store (ring and staging), attention and history pooling of ``layer``;
@@ -232,13 +241,13 @@ class DevicePredictorCache(TwinBase):
         record_kv_slot_store(rec, qkv, self.stage_step, self.stage_k, self.stage_v, self.slot_sink, T=T,
                              cap=T, layer=layer, **dims)
         record_predictor_attention(rec, qkv, k_l, v_l, self.table_buf, step, self.rows, out, T=T,
-                                   sinks=pol.sinks, local=pol.local, **geo, **dims)
+                                   sinks=pol.sinks, local=self._local, **geo, **dims)
         record_predictor_row_pool(rec, self.rows, self.table_buf, step, self.params, self.hist,
                                   R=min(T, HIST), C=self.C, n_q_heads=self.HQ, n_kv_heads=self.H,
                                   group=self.HQ // self.H, **geo)
         if layer < self.L - 1:
             return
-        mode = self.recording_key(T)
+        mode = self._mode
         if mode is not None:
             record_predictor_cnn(rec, self.hist, self.weights, self.params, self.scores, self.inner,
                                  N=self.N, C=self.C, mode=mode)
