@@ -124,12 +124,10 @@ class DevicePredictorCache(TwinBase):
         self.N = self.L * self.H                               # histories (per KV head)
         self.bw = BLOCK * self.D // 2                          # words of one block of K (or V)
         self.store = KVStore(self, device, n_layers=self.L, n_kv_heads=self.H, cap=self.cap, head_dim=self.D)
-        if self.store.split:
-            raise ValueError(f"the predictor twin's K/V of {self.H} KV heads x {self.cap} slots would be split "
-                             f"over {len(self.store.parts)} buffers: predictor-attention and "
-                             "kv-block-scatter do not take a head range yet")
-        self.k_dev = [keys[0] for keys in self.store.keys]
-        self.v_dev = [values[0] for values in self.store.values]
+        self.parts = self.store.parts                          # (h0, nh) of each K/V buffer
+        self.P = len(self.parts)
+        self.part_of = np.repeat(np.arange(self.P), [nh for _, nh in self.parts])   # part of each head
+        self.part_h0 = np.array([h0 for h0, _ in self.parts], np.int64)
         self._alloc_work(device)
         self.host_kv = np.zeros((self.L, self.H, self.n_blocks, 2, BLOCK, self.D), np.float16)
         self._rows = self.host_kv.reshape(-1, 2 * BLOCK * self.D)
@@ -170,8 +168,8 @@ class DevicePredictorCache(TwinBase):
         self.max_copy = max(H * self.k * L, 1)
         self.incoming = self.alloc(device, self.max_copy * 2 * self.bw, np.uint32)
         self.index_stride = 2 + H * self.k
-        self.index = self.alloc(device, L * self.index_stride, np.uint32)
-        self.index.write(np.zeros(L * self.index_stride, np.uint32))
+        self.index = self.alloc(device, L * self.P * self.index_stride, np.uint32)   # a list per layer and part
+        self.index.write(np.zeros(L * self.P * self.index_stride, np.uint32))
         self.index.upload_now()
         self.granule = -(-self.max_copy // BUCKETS)
 
@@ -233,15 +231,20 @@ class DevicePredictorCache(TwinBase):
         geo = dict(layer=layer, ns=self.ns, ring=self.ring, k=self.k)
         if layer == 0:
             rec.upload(self.table_buf).upload(self.params).upload(self.stage_step)
-        k_l, v_l = self.k_dev[layer], self.v_dev[layer]
+        k_l, v_l = self.store.keys[layer], self.store.values[layer]
         if self.k:
-            record_kv_block_scatter(rec, self.incoming, self.index, k_l, v_l, max_blocks=self.H * self.k,
-                                    block_words=self.bw, index_base=layer * self.index_stride, with_src=True)
-        record_kv_slot_store(rec, qkv, step, k_l, v_l, self.slot_sink, T=T, cap=self.cap, layer=0, **dims)
+            for part, (_, nh) in enumerate(self.parts):
+                record_kv_block_scatter(rec, self.incoming, self.index, k_l[part], v_l[part],
+                                        max_blocks=nh * self.k, block_words=self.bw,
+                                        index_base=(layer * self.P + part) * self.index_stride, with_src=True)
+        record_kv_slot_store(rec, qkv, step, k_l, v_l, self.slot_sink, T=T, cap=self.cap, layer=0,
+                             parts=self.parts, **dims)
         record_kv_slot_store(rec, qkv, self.stage_step, self.stage_k, self.stage_v, self.slot_sink, T=T,
                              cap=T, layer=layer, **dims)
-        record_predictor_attention(rec, qkv, k_l, v_l, self.table_buf, step, self.rows, out, T=T,
-                                   sinks=pol.sinks, local=self._local, **geo, **dims)
+        for part, head_range in enumerate(self.parts):
+            record_predictor_attention(rec, qkv, k_l[part], v_l[part], self.table_buf, step, self.rows, out,
+                                       T=T, sinks=pol.sinks, local=self._local, head_range=head_range,
+                                       **geo, **dims)
         record_predictor_row_pool(rec, self.rows, self.table_buf, step, self.params, self.hist,
                                   R=min(T, HIST), C=self.C, n_q_heads=self.HQ, n_kv_heads=self.H,
                                   group=self.HQ // self.H, **geo)
@@ -303,11 +306,14 @@ class DevicePredictorCache(TwinBase):
         step's submission scatters them. Returns the number of blocks copied."""
         rows, ents, blocks = self.plan(chosen)
         layer, head = rows // self.H, rows % self.H
-        counts = np.bincount(layer, minlength=self.L)
+        part = self.part_of[head]
+        lst = layer * self.P + part                               # one list per layer and part
+        counts = np.bincount(lst, minlength=self.L * self.P)
         first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        index = np.zeros((self.L, self.index_stride), np.uint32)
+        index = np.zeros((self.L * self.P, self.index_stride), np.uint32)
         index[:, 0], index[:, 1] = counts, first
-        index[layer, 2 + np.arange(rows.size) - first[layer]] = head * self.E + self.ns + self.ring + ents
+        index[lst, 2 + np.arange(rows.size) - first[lst]] = ((head - self.part_h0[part]) * self.E
+                                                            + self.ns + self.ring + ents)
         src = rows * self.n_blocks + blocks
         if src.size:
             self.incoming.write(np.take(self._rows, src, axis=0))
@@ -363,29 +369,33 @@ class DevicePredictorCache(TwinBase):
         and head, in one synchronous submission through temporary buffers (freed after)."""
         from ..backend import Buffer
 
-        per_layer = self.H * len(fixed)
-        if not per_layer:
+        nf = len(fixed)
+        if not nf:
             return
-        heads = np.repeat(np.arange(self.H), len(fixed))
-        entry = np.tile([e for e, _ in fixed], self.H)
-        block = np.tile([b for _, b in fixed], self.H)
-        stride = 2 + per_layer
-        index = np.zeros((self.L, stride), np.uint32)
-        src = []
+        entry = np.array([e for e, _ in fixed], np.int64)
+        block = np.array([b for _, b in fixed], np.int64)
+        stride = 2 + self.H * nf
+        index = np.zeros((self.L, self.P, stride), np.uint32)
+        src, first = [], 0
         for layer in range(self.L):
-            index[layer, :2] = per_layer, layer * per_layer
-            index[layer, 2:] = heads * self.E + entry
-            src.append((layer * self.H + heads) * self.n_blocks + block)
-        incoming = Buffer(self.dev, self.L * per_layer * 2 * self.bw, np.uint32)
+            for part, (h0, nh) in enumerate(self.parts):
+                local_heads = np.repeat(np.arange(nh), nf)
+                index[layer, part, :2] = nh * nf, first
+                index[layer, part, 2:2 + nh * nf] = local_heads * self.E + np.tile(entry, nh)
+                src.append((layer * self.H + h0 + local_heads) * self.n_blocks + np.tile(block, nh))
+                first += nh * nf
+        incoming = Buffer(self.dev, first * 2 * self.bw, np.uint32)
         index_buf = Buffer(self.dev, index.size, np.uint32)
         try:
             incoming.write(np.take(self._rows, np.concatenate(src), axis=0))
-            index_buf.write(index)
+            index_buf.write(index.reshape(-1))
             rec = Recording(self.dev).upload(index_buf).upload(incoming)
             for layer in range(self.L):
-                record_kv_block_scatter(rec, incoming, index_buf, self.k_dev[layer], self.v_dev[layer],
-                                        max_blocks=per_layer, block_words=self.bw,
-                                        index_base=layer * stride, with_src=True)
+                for part, (_, nh) in enumerate(self.parts):
+                    record_kv_block_scatter(rec, incoming, index_buf, self.store.keys[layer][part],
+                                            self.store.values[layer][part], max_blocks=nh * nf,
+                                            block_words=self.bw, index_base=(layer * self.P + part) * stride,
+                                            with_src=True)
             rec.run()
             del rec
         finally:
