@@ -1,12 +1,16 @@
 """The Vulkan twin of the AttentionPredictor policy: the budget on the device, the context in host memory.
 
 Per layer and KV head the device holds ``E = ns + ring + k`` entries of 16 slots, float16
-``(H_kv, E * 16, D)`` per layer (the shared K/V layout; see ``include/predictor_entries.glsl``):
+``(H_kv, E * 16, D)`` per layer in the shared :class:`~grilly_kv.policies.kv_store.KVStore`
+(split by KV heads over buffers when a layer exceeds ``maxStorageBufferRange``: attention and the
+block scatter are dispatched once per part; see ``include/predictor_entries.glsl``):
 
 - ``ns = sinks / 16`` sink blocks;
 - a ring of ``ring`` blocks holding the newest tokens: block ``b`` in entry ``ns + b % ring``.
-  ``ring = ceil((local + max_chunk - 1) / 16) + 1`` holds every position a chunk's window
-  reaches (``> pos0 - local``) plus the chunk itself: the working margin over the budget;
+  ``ring = ceil((local + max_tail + max_chunk - 1) / 16) + 1`` holds every position a chunk's
+  window reaches (``> pos0 - local``) plus the chunk itself, and after ``end_context`` the
+  question/answer tail (the window then widens to reach back to the context's last ``local``
+  tokens, :meth:`PredictorPolicy.window`): the working margin over the budget;
 - ``k`` predicted blocks, copied in from host memory.
 
 The full K/V lives in host memory (``host_kv``, float16 ``(L, H_kv, n_blocks, 2, 16, D)``): each
