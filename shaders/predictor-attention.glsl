@@ -2,7 +2,8 @@
 // Attention of a step's queries over the predictor twin's resident blocks of one layer, and the
 // attention rows of the step's last R queries (for the history). See
 // grilly_kv/ops/predictor_attention.py and include/predictor_entries.glsl (which slots a query sees).
-// Workgroup (h, t): query head h of token t. Logits of the CAP slots go to shared memory, the
+// Workgroup (i, t): query head h = h0 * G + i of token t; the K/V buffers hold the KV heads
+// [h0, h0 + nh) of the layer (one part of a split store; one dispatch per part, nh * G groups). Logits of the CAP slots go to shared memory, the
 // softmax over the visible ones (float32), then out[t, h, :] = sum_j p_j v_j. Tokens
 // t >= T - R also write their row p (CAP floats, 0 where not visible) to rows[t - (T - R), h, :].
 #include "common.glsl"
@@ -27,7 +28,7 @@ layout(set = 0, binding = 5) writeonly buffer Rows { float rows[]; };
 layout(set = 0, binding = 6) writeonly buffer O { float o[]; };
 
 layout(push_constant) uniform Push {
-    uint layer; uint ns; uint ring; uint k; uint sinks; uint local_; uint R; uint scale_bits;
+    uint layer; uint ns; uint ring; uint k; uint sinks; uint local_; uint R; uint scale_bits; uint h0;
 } p;
 
 #include "predictor_entries.glsl"
@@ -62,10 +63,10 @@ float wg_sum(float v) {
 }
 
 void main() {
-    const uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y, tid = gl_LocalInvocationIndex;
+    const uint h = p.h0 * G + gl_WorkGroupID.x, t = gl_WorkGroupID.y, tid = gl_LocalInvocationIndex;
     const uint pos0 = step[0], T = step[1];
     const uint q = pos0 + t, last = pos0 + T - 1u;
-    const uint kvh = h / G;
+    const uint kvh = h / G, local_kvh = kvh - p.h0;
     const uint sel_base = (p.layer * HKV + kvh) * p.k;
     const float scale = PUSH_F(p.scale_bits);
     for (uint d = tid; d < D; d += WG) sq[d] = qkv[t * ROW + h * D + d] * scale;
@@ -76,7 +77,7 @@ void main() {
         const uint b = entry_block(e, p.ns, p.ring, last, sel_base);
         float logit = NEG;
         if (b != NONE && entry_sees(e, p.ns, p.ring, b * BLK + j % BLK, q, pos0, p.sinks, p.local_)) {
-            const uint row = (kvh * CAP + j) * HW;
+            const uint row = (local_kvh * CAP + j) * HW;
             float acc = 0.0;
             for (uint w = 0u; w < HW; w++) {
                 const vec2 kv2 = unpackHalf2x16(kc[row + w]);
@@ -108,7 +109,7 @@ void main() {
         vec2 acc = vec2(0.0);
         if (w < HW && phase < P) {
             for (uint j = phase; j < CAP; j += P) {
-                if (sp[j] != 0.0) acc += sp[j] * unpackHalf2x16(vc[(kvh * CAP + j) * HW + w]);
+                if (sp[j] != 0.0) acc += sp[j] * unpackHalf2x16(vc[(local_kvh * CAP + j) * HW + w]);
             }
         }
         red2[tid] = acc;

@@ -55,6 +55,9 @@ NAMES = policy_names()
 SETTINGS = {
     "tappa": dict(window=8, sinks=2),                  # default window 32 + 4 sinks > budget 32
     "triattention": dict(divide_length=8, protect_initial=2, protect_recent=8),
+    # no sinks, a window of one chunk: budget 32 = 8 local + 1 predicted block (+ 8 unused), so
+    # it evicts at this size; rule "bounded" is what the twin computes (the NumPy path it is compared with)
+    "predictor": dict(sinks=0, local=8, rule="bounded"),
 }
 
 

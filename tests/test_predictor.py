@@ -275,3 +275,49 @@ def test_training_geometry_uses_the_policys_candidate_blocks(sinks, local):
     s, e = geo.block_range(t)
     for i, position in enumerate(t):
         assert (s, int(e[i])) == candidate_blocks(int(position), sinks, local)
+
+
+def test_end_context_keeps_the_question_tail():
+    """Question-aware mode: after end_context the window reaches back to the context's last
+    ``local`` tokens and keeps every later token; bad use raises."""
+    rng = np.random.default_rng(5)
+    pol = PredictorPolicy(48, sinks=16, local=16, weights=init_weights(0), device="cpu", rule="bounded")
+    shape = CacheShape(n_layers=1, n_q_heads=2, n_kv_heads=1, head_dim=8, max_tokens=80, max_chunk=40,
+                       max_tail=20)
+    pol.reset(shape)
+    with pytest.raises(RuntimeError, match="needs a context"):
+        pol.end_context()
+
+    def chunk(p0, T):
+        pol.begin(np.arange(p0, p0 + T))
+        q = rng.standard_normal((2, T, 8)).astype(np.float32)
+        kv = rng.standard_normal((2, 1, T, 8)).astype(np.float32)
+        pol.attend(0, q, kv[0], kv[1])
+
+    chunk(0, 40)
+    pol.end_context()
+    with pytest.raises(RuntimeError, match="already"):
+        pol.end_context()
+    assert pol.window(40) == 16 and pol.window(45) == 21
+    with pytest.raises(ValueError, match="max_tail=20"):
+        pol.window(61)
+    chunk(40, 5)
+    pol.begin(np.array([45]))
+    seen = pol._visible_bounded(0, 46)[0, 0]
+    assert seen[:16].all() and seen[25:].all(), "sinks, the context's last window and the tail are kept"
+    no_tail = PredictorPolicy(48, sinks=16, local=16, weights=init_weights(0), device="cpu", rule="bounded")
+    no_tail.reset(CacheShape(n_layers=1, n_q_heads=2, n_kv_heads=1, head_dim=8, max_tokens=80, max_chunk=40))
+    no_tail.begin(np.arange(0, 4))
+    with pytest.raises(ValueError, match="max_tail >= 1"):
+        no_tail.end_context()
+
+
+def test_working_margin_is_the_twins_ring_over_the_window():
+    from grilly_kv.predictor.device import ring_blocks
+
+    pol = PredictorPolicy(100, sinks=16, local=24, weights=init_weights(0), device="cpu")
+    for max_tokens in (200, 20000):
+        s = CacheShape(n_layers=1, n_q_heads=2, n_kv_heads=1, head_dim=8, max_tokens=max_tokens,
+                       max_chunk=32, max_tail=10)
+        # twin: sinks + 16 k + 16 ring slots; budget: sinks + local + 16 k + (60 % 16)
+        assert pol.working_margin(s) == 16 * ring_blocks(24, 32, 10) - 24 - 60 % 16

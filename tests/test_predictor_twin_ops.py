@@ -75,6 +75,58 @@ def test_predictor_attention_matches_reference(vk, hq, hkv, D, T, pos0, ns, ring
     assert np.all(want_rows.sum(-1) > 0.999)
 
 
+@pytest.mark.parametrize("parts,run", [([(0, 1), (1, 2)], None), ([(0, 2), (2, 1)], [1])])
+def test_predictor_attention_head_split(vk, parts, run):
+    """K/V split by KV heads over buffers (a KVStore split): one dispatch per part with its
+    head_range equals the unsplit reference; a part not dispatched leaves its query heads'
+    outputs untouched (sentinels)."""
+    rng = np.random.default_rng(7)
+    hq, hkv, D, T, pos0, ns, ring, k, sinks, local = 9, 3, 64, 5, 97, 2, 3, 2, 32, 16
+    g, cap = hq // hkv, (ns + ring + k) * 16
+    qkv = rng.standard_normal((T, (hq + 2 * hkv) * D)).astype(np.float32) * 2
+    k_cache = rng.standard_normal((hkv, cap, D)).astype(np.float16)
+    v_cache = rng.standard_normal((hkv, cap, D)).astype(np.float16)
+    table = make_table(rng, hkv, k, pos0 // 16, ns)[None]
+    want, want_rows = predictor_attention_ref(qkv, k_cache, v_cache, table[0], pos0=pos0, ns=ns, ring=ring,
+                                              sinks=sinks, local=local, n_q_heads=hq)
+    b_qkv, b_tab = Buffer(vk, qkv.size), Buffer(vk, table.size, np.uint32)
+    b_qkv.write(qkv)
+    b_tab.write(table)
+    step = Buffer(vk, step_words(8), np.uint32)
+    step.write(fill_step(np.zeros(step.n_words, np.uint32), pos0=pos0, slots=np.zeros(T), n_scan=0))
+    rows, out = guarded(vk, HIST * hq * cap), guarded(vk, T * hq * D)
+    rec = Recording(vk).upload(b_qkv, b_tab, step, rows, out)
+    keep = []
+    for i, (h0, nh) in enumerate(parts):
+        kb, vb = Buffer(vk, nh * cap * D // 2, np.uint32), Buffer(vk, nh * cap * D // 2, np.uint32)
+        kb.write(k_cache[h0:h0 + nh])
+        vb.write(v_cache[h0:h0 + nh])
+        keep += [kb, vb]
+        rec.upload(kb, vb)
+        if run is None or i in run:
+            record_predictor_attention(rec, b_qkv, kb, vb, b_tab, step, rows, out, T=T, layer=0, ns=ns,
+                                       ring=ring, k=k, sinks=sinks, local=local, head_dim=D, n_q_heads=hq,
+                                       n_kv_heads=hkv, head_range=(h0, nh))
+    rec.download(rows, out).run()
+    got = out.read(T * hq * D).reshape(T, hq, D)
+    got_bits = out.read(T * hq * D, np.uint32).reshape(T, hq, D)
+    R = min(T, HIST)
+    got_rows = rows.read(R * hq * cap).reshape(R, hq, cap)
+    for i, (h0, nh) in enumerate(parts):
+        heads = slice(h0 * g, (h0 + nh) * g)
+        if run is None or i in run:
+            assert_close(got[:, heads], want[:, heads], atol=1e-4, what=f"attention output, part {i}")
+            assert_close(got_rows[:, heads], want_rows[:, heads], atol=1e-5, what=f"attention rows, part {i}")
+        else:
+            assert np.all(got_bits[:, heads] == SENTINEL), f"part {i} was not dispatched but its heads changed"
+    check_guard(out, T * hq * D)
+    check_guard(rows, HIST * hq * cap)
+    with pytest.raises(ValueError, match="head_range"):
+        record_predictor_attention(Recording(vk), b_qkv, keep[0], keep[1], b_tab, step, rows, out, T=T,
+                                   layer=0, ns=ns, ring=ring, k=k, sinks=sinks, local=local, head_dim=D,
+                                   n_q_heads=hq, n_kv_heads=hkv, head_range=(2, 2))
+
+
 @pytest.mark.parametrize("group", [1, 3])
 def test_predictor_row_pool_matches_reference(vk, group):
     rng = np.random.default_rng(group)

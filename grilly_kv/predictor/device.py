@@ -1,12 +1,16 @@
 """The Vulkan twin of the AttentionPredictor policy: the budget on the device, the context in host memory.
 
 Per layer and KV head the device holds ``E = ns + ring + k`` entries of 16 slots, float16
-``(H_kv, E * 16, D)`` per layer (the shared K/V layout; see ``include/predictor_entries.glsl``):
+``(H_kv, E * 16, D)`` per layer in the shared :class:`~grilly_kv.policies.kv_store.KVStore`
+(split by KV heads over buffers when a layer exceeds ``maxStorageBufferRange``: attention and the
+block scatter are dispatched once per part; see ``include/predictor_entries.glsl``):
 
 - ``ns = sinks / 16`` sink blocks;
 - a ring of ``ring`` blocks holding the newest tokens: block ``b`` in entry ``ns + b % ring``.
-  ``ring = ceil((local + max_chunk - 1) / 16) + 1`` holds every position a chunk's window
-  reaches (``> pos0 - local``) plus the chunk itself: the working margin over the budget;
+  ``ring = ceil((local + max_tail + max_chunk - 1) / 16) + 1`` holds every position a chunk's
+  window reaches (``> pos0 - local``) plus the chunk itself, and after ``end_context`` the
+  question/answer tail (the window then widens to reach back to the context's last ``local``
+  tokens, :meth:`PredictorPolicy.window`): the working margin over the budget;
 - ``k`` predicted blocks, copied in from host memory.
 
 The full K/V lives in host memory (``host_kv``, float16 ``(L, H_kv, n_blocks, 2, 16, D)``): each
@@ -60,6 +64,7 @@ from ..ops.predictor_topk import record_predictor_topk
 from ..ops.step_words import fill_step, step_words
 from ..policies.base import CacheShape
 from ..policies.device import TwinBase
+from ..policies.kv_store import KVStore
 from ..reference.predictor_cnn import N_PARAMS as N_WEIGHTS, flatten_weights
 from ..reference.predictor_history_update import BLOCK, HIST
 from ..reference.predictor_twin import NONE
@@ -68,10 +73,11 @@ N_PARAMS = 6          # [write_head, S, oldest ring row, start, end, full_from] 
 BUCKETS = 16          # copy sizes: multiples of ceil(max blocks / BUCKETS) blocks, one recording each
 
 
-def ring_blocks(local: int, max_chunk: int) -> int:
+def ring_blocks(local: int, max_chunk: int, max_tail: int = 0) -> int:
     """Ring entries that hold every position a chunk of ``max_chunk`` tokens sees in its window
-    (``> pos0 - local``) and the chunk itself."""
-    return -(-(local + max_chunk - 1) // BLOCK) + 1
+    (``> pos0 - local``) and the chunk itself, plus the ``max_tail`` tokens kept after
+    ``end_context`` (the window then stays open back to the end of the context)."""
+    return -(-(local + max_tail + max_chunk - 1) // BLOCK) + 1
 
 
 def candidate_range(position: int, sinks: int, local: int) -> tuple[int, int]:
@@ -111,7 +117,7 @@ class DevicePredictorCache(TwinBase):
         self.n_blocks = -(-s.max_tokens // BLOCK)
         self.C = self.n_blocks
         self.ns = policy.sinks // BLOCK
-        self.ring = ring_blocks(policy.local, s.max_chunk)
+        self.ring = ring_blocks(policy.local, s.max_chunk, s.max_tail)
         self.k = min(policy.k, self.n_blocks)
         self.E = self.ns + self.ring + self.k
         self.cap = self.E * BLOCK
@@ -121,9 +127,11 @@ class DevicePredictorCache(TwinBase):
                              f"{self.k} blocks) exceed the attention shader's {MAX_CAP}")
         self.N = self.L * self.H                               # histories (per KV head)
         self.bw = BLOCK * self.D // 2                          # words of one block of K (or V)
-        words = self.H * self.cap * self.D // 2
-        self.k_dev = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(self.L)]
-        self.v_dev = [self.alloc(device, words, np.uint32, kv=True, host_visible=False) for _ in range(self.L)]
+        self.store = KVStore(self, device, n_layers=self.L, n_kv_heads=self.H, cap=self.cap, head_dim=self.D)
+        self.parts = self.store.parts                          # (h0, nh) of each K/V buffer
+        self.P = len(self.parts)
+        self.part_of = np.repeat(np.arange(self.P), [nh for _, nh in self.parts])   # part of each head
+        self.part_h0 = np.array([h0 for h0, _ in self.parts], np.int64)
         self._alloc_work(device)
         self.host_kv = np.zeros((self.L, self.H, self.n_blocks, 2, BLOCK, self.D), np.float16)
         self._rows = self.host_kv.reshape(-1, 2 * BLOCK * self.D)
@@ -136,6 +144,7 @@ class DevicePredictorCache(TwinBase):
         self.head = 0
         self._cnn_range: tuple[int, int] | None = None
         self._mode = None
+        self._local = policy.local
         self._n_tokens = 0
         self.blocks_copied = 0
         self.released = False
@@ -163,8 +172,8 @@ class DevicePredictorCache(TwinBase):
         self.max_copy = max(H * self.k * L, 1)
         self.incoming = self.alloc(device, self.max_copy * 2 * self.bw, np.uint32)
         self.index_stride = 2 + H * self.k
-        self.index = self.alloc(device, L * self.index_stride, np.uint32)
-        self.index.write(np.zeros(L * self.index_stride, np.uint32))
+        self.index = self.alloc(device, L * self.P * self.index_stride, np.uint32)   # a list per layer and part
+        self.index.write(np.zeros(L * self.P * self.index_stride, np.uint32))
         self.index.upload_now()
         self.granule = -(-self.max_copy // BUCKETS)
 
@@ -194,6 +203,7 @@ class DevicePredictorCache(TwinBase):
         fill_step(words, pos0=pos0, slots=self.slots_of(positions), tokens=tokens, n_scan=self.cap)
         self.stage_step.write(fill_step(np.zeros(self.stage_step.n_words, np.uint32), pos0=pos0,
                                         slots=np.arange(T), n_scan=0))
+        self._local = self.policy.window(pos0)
         self.params.write(self._step_params(T, int(positions[-1]) + 1))
         self.table_buf.write(self.table.reshape(-1) if self.k else np.full(1, NONE, np.uint32))
 
@@ -203,7 +213,7 @@ class DevicePredictorCache(TwinBase):
         R = min(T, HIST)
         write_head = self.head
         self.head = (self.head + R) % HIST
-        s0, e0 = candidate_range(n_after, pol.sinks, pol.local)
+        s0, e0 = candidate_range(n_after, pol.sinks, pol.window(n_after))
         use_cnn = 0 < pol.k < e0 - s0 and pol.predictor_kind == "cnn"
         last = self._cnn_range
         incremental = (use_cnn and R == 1 and last is not None and last[0] == s0
@@ -214,7 +224,8 @@ class DevicePredictorCache(TwinBase):
         return np.array([write_head, n_after, self.head, s0, e0, max(full_from, 0)], np.uint32)
 
     def recording_key(self, T: int):
-        return self._mode
+        """The CNN mode and the window (it widens after ``end_context``: a push constant)."""
+        return self._mode, self._local
 
     def record_layer(self, rec, layer: int, qkv, out, step, T: int) -> None:
         """Record scatter, store (ring and staging), attention and history pooling of ``layer``;
@@ -224,21 +235,26 @@ class DevicePredictorCache(TwinBase):
         geo = dict(layer=layer, ns=self.ns, ring=self.ring, k=self.k)
         if layer == 0:
             rec.upload(self.table_buf).upload(self.params).upload(self.stage_step)
-        k_l, v_l = self.k_dev[layer], self.v_dev[layer]
+        k_l, v_l = self.store.keys[layer], self.store.values[layer]
         if self.k:
-            record_kv_block_scatter(rec, self.incoming, self.index, k_l, v_l, max_blocks=self.H * self.k,
-                                    block_words=self.bw, index_base=layer * self.index_stride, with_src=True)
-        record_kv_slot_store(rec, qkv, step, k_l, v_l, self.slot_sink, T=T, cap=self.cap, layer=0, **dims)
+            for part, (_, nh) in enumerate(self.parts):
+                record_kv_block_scatter(rec, self.incoming, self.index, k_l[part], v_l[part],
+                                        max_blocks=nh * self.k, block_words=self.bw,
+                                        index_base=(layer * self.P + part) * self.index_stride, with_src=True)
+        record_kv_slot_store(rec, qkv, step, k_l, v_l, self.slot_sink, T=T, cap=self.cap, layer=0,
+                             parts=self.parts, **dims)
         record_kv_slot_store(rec, qkv, self.stage_step, self.stage_k, self.stage_v, self.slot_sink, T=T,
                              cap=T, layer=layer, **dims)
-        record_predictor_attention(rec, qkv, k_l, v_l, self.table_buf, step, self.rows, out, T=T,
-                                   sinks=pol.sinks, local=pol.local, **geo, **dims)
+        for part, head_range in enumerate(self.parts):
+            record_predictor_attention(rec, qkv, k_l[part], v_l[part], self.table_buf, step, self.rows, out,
+                                       T=T, sinks=pol.sinks, local=self._local, head_range=head_range,
+                                       **geo, **dims)
         record_predictor_row_pool(rec, self.rows, self.table_buf, step, self.params, self.hist,
                                   R=min(T, HIST), C=self.C, n_q_heads=self.HQ, n_kv_heads=self.H,
                                   group=self.HQ // self.H, **geo)
         if layer < self.L - 1:
             return
-        mode = self.recording_key(T)
+        mode = self._mode
         if mode is not None:
             record_predictor_cnn(rec, self.hist, self.weights, self.params, self.scores, self.inner,
                                  N=self.N, C=self.C, mode=mode)
@@ -294,11 +310,14 @@ class DevicePredictorCache(TwinBase):
         step's submission scatters them. Returns the number of blocks copied."""
         rows, ents, blocks = self.plan(chosen)
         layer, head = rows // self.H, rows % self.H
-        counts = np.bincount(layer, minlength=self.L)
+        part = self.part_of[head]
+        lst = layer * self.P + part                               # one list per layer and part
+        counts = np.bincount(lst, minlength=self.L * self.P)
         first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        index = np.zeros((self.L, self.index_stride), np.uint32)
+        index = np.zeros((self.L * self.P, self.index_stride), np.uint32)
         index[:, 0], index[:, 1] = counts, first
-        index[layer, 2 + np.arange(rows.size) - first[layer]] = head * self.E + self.ns + self.ring + ents
+        index[lst, 2 + np.arange(rows.size) - first[lst]] = ((head - self.part_h0[part]) * self.E
+                                                            + self.ns + self.ring + ents)
         src = rows * self.n_blocks + blocks
         if src.size:
             self.incoming.write(np.take(self._rows, src, axis=0))
@@ -354,29 +373,33 @@ class DevicePredictorCache(TwinBase):
         and head, in one synchronous submission through temporary buffers (freed after)."""
         from ..backend import Buffer
 
-        per_layer = self.H * len(fixed)
-        if not per_layer:
+        nf = len(fixed)
+        if not nf:
             return
-        heads = np.repeat(np.arange(self.H), len(fixed))
-        entry = np.tile([e for e, _ in fixed], self.H)
-        block = np.tile([b for _, b in fixed], self.H)
-        stride = 2 + per_layer
-        index = np.zeros((self.L, stride), np.uint32)
-        src = []
+        entry = np.array([e for e, _ in fixed], np.int64)
+        block = np.array([b for _, b in fixed], np.int64)
+        stride = 2 + self.H * nf
+        index = np.zeros((self.L, self.P, stride), np.uint32)
+        src, first = [], 0
         for layer in range(self.L):
-            index[layer, :2] = per_layer, layer * per_layer
-            index[layer, 2:] = heads * self.E + entry
-            src.append((layer * self.H + heads) * self.n_blocks + block)
-        incoming = Buffer(self.dev, self.L * per_layer * 2 * self.bw, np.uint32)
+            for part, (h0, nh) in enumerate(self.parts):
+                local_heads = np.repeat(np.arange(nh), nf)
+                index[layer, part, :2] = nh * nf, first
+                index[layer, part, 2:2 + nh * nf] = local_heads * self.E + np.tile(entry, nh)
+                src.append((layer * self.H + h0 + local_heads) * self.n_blocks + np.tile(block, nh))
+                first += nh * nf
+        incoming = Buffer(self.dev, first * 2 * self.bw, np.uint32)
         index_buf = Buffer(self.dev, index.size, np.uint32)
         try:
             incoming.write(np.take(self._rows, np.concatenate(src), axis=0))
-            index_buf.write(index)
+            index_buf.write(index.reshape(-1))
             rec = Recording(self.dev).upload(index_buf).upload(incoming)
             for layer in range(self.L):
-                record_kv_block_scatter(rec, incoming, index_buf, self.k_dev[layer], self.v_dev[layer],
-                                        max_blocks=per_layer, block_words=self.bw,
-                                        index_base=layer * stride, with_src=True)
+                for part, (_, nh) in enumerate(self.parts):
+                    record_kv_block_scatter(rec, incoming, index_buf, self.store.keys[layer][part],
+                                            self.store.values[layer][part], max_blocks=nh * nf,
+                                            block_words=self.bw, index_base=(layer * self.P + part) * stride,
+                                            with_src=True)
             rec.run()
             del rec
         finally:

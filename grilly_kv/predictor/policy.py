@@ -140,6 +140,51 @@ class PredictorPolicy(KVPolicy):
         self.n_tokens = 0
         self.decode_steps = 0
         self.hits = self.needed = self.changed = self.predicted_steps = 0
+        self.tail_from: int | None = None     # first position after the context (end_context)
+
+    def end_context(self) -> None:
+        """Question-aware mode: the tokens appended from now on (question and answer, at most
+        ``CacheShape.max_tail``) are kept and seen by every later query, as is the window the
+        context ended with: the window of a chunk at ``pos0`` widens to ``pos0 - tail_from +
+        local`` tokens (:meth:`window`); sinks and predicted blocks as before. The twin sizes its
+        ring for the tail (``ring_blocks(local, max_chunk, max_tail)``).
+
+        Raises:
+            RuntimeError: called twice, or before any token.
+            ValueError: ``CacheShape.max_tail < 1``.
+        """
+        if self.shape is None or self.n_tokens == 0:
+            raise RuntimeError("predictor: end_context needs a context (call after its chunks)")
+        if self.tail_from is not None:
+            raise RuntimeError("predictor: end_context was already called for this sequence")
+        if self.shape.max_tail < 1:
+            raise ValueError("predictor: end_context needs CacheShape.max_tail >= 1 (slots for the "
+                             "question and answer)")
+        self.tail_from = self.n_tokens
+
+    def window(self, pos0: int) -> int:
+        """Tokens of the window of a chunk starting at ``pos0`` (positions ``> pos0 - window``):
+        ``local``, or after :meth:`end_context` ``local`` plus the tail so far.
+
+        Raises:
+            ValueError: the tail would exceed ``CacheShape.max_tail``.
+        """
+        if self.tail_from is None:
+            return self.local
+        tail = int(pos0) - self.tail_from
+        if tail > self.shape.max_tail:
+            raise ValueError(f"predictor: {tail} tokens after end_context exceed "
+                             f"CacheShape.max_tail={self.shape.max_tail}")
+        return self.local + max(tail, 0)
+
+    def working_margin(self, shape: CacheShape) -> int:
+        """Slots the twin holds beyond the budget: its ring of ``local + max_tail + max_chunk - 1``
+        tokens rounded up to blocks plus one block, less the ``local`` tokens the budget counts
+        (the budget's remainder below a block is not held). Independent of ``max_tokens``."""
+        from .device import ring_blocks
+
+        ring = ring_blocks(self.local, shape.max_chunk, shape.max_tail) * BLOCK
+        return ring - self.local - (self.budget - self.sinks - self.local) % BLOCK
 
     def _bounded(self) -> bool:
         return self.rule == "bounded" or (self.rule == "auto" and self._twin is not None)
@@ -275,13 +320,14 @@ class PredictorPolicy(KVPolicy):
         """``(H_kv, T, S)`` bool visibility of the chunk's queries under rule ``"bounded"``."""
         pos, p0 = np.arange(S), int(self._pos[0])
         causal = pos[None, :] <= self._pos[:, None]                                   # (T, S)
-        fixed = (pos < self.sinks) | (pos > p0 - self.local)
+        local = self.window(p0)
+        fixed = (pos < self.sinks) | (pos > p0 - local)
         chosen = np.zeros((self.shape.n_kv_heads, S), bool)
         if self.selection is not None:
             for h, blocks in enumerate(self.selection[layer]):
                 idx = (blocks[:, None] * BLOCK + np.arange(BLOCK)).reshape(-1)
                 chosen[h, idx[idx < S]] = True
-        chosen &= (pos >= self.sinks) & (pos <= p0 - self.local)
+        chosen &= (pos >= self.sinks) & (pos <= p0 - local)
         return causal[None] & (fixed[None, None] | chosen[:, None])
 
     def _dense_rows(self):
@@ -317,7 +363,7 @@ class PredictorPolicy(KVPolicy):
 
     def _visible(self, layer: int, S: int) -> np.ndarray:
         pos = np.arange(S)
-        keep = (pos < self.sinks) | (pos > S - 1 - self.local)
+        keep = (pos < self.sinks) | (pos > S - 1 - self.window(S - 1))
         vis = np.repeat(keep[None], self.shape.n_kv_heads, axis=0)
         for h, blocks in enumerate(self.selection[layer]):
             idx = (blocks[:, None] * BLOCK + np.arange(BLOCK)).reshape(-1)
@@ -349,7 +395,7 @@ class PredictorPolicy(KVPolicy):
         groups = iter([np.concatenate(rows, axis=0)] if isinstance(rows, list) else rows)
         if chunk_size == 1:
             self.decode_steps += 1
-        s0, e0 = candidate_blocks(S, self.sinks, self.local)       # next query's position is S
+        s0, e0 = candidate_blocks(S, self.sinks, self.window(S))   # next query's position is S
         use_cnn = 0 < self.k < e0 - s0
         last = next(groups)
         for group in groups:                                       # all but the last: no CNN
