@@ -11,6 +11,12 @@ against the first policy (dense by default) at the same context, measured in the
     python3 benchmarks/bench_model_decode.py --torch    # H100: 1K and ~8K context, dense, quest:512
     python3 benchmarks/bench_model_decode.py --quick    # lavapipe: 4 layers, contexts 64 and 160
 
+Weights: ``--weight-format native,f16`` (default; quick: native) measures each storage in turn in
+the same run (native: the file's own GGUF blocks, dequantised in registers; f16/f32: dequantised
+at load); each row reports ``weight_bytes`` (device bytes of all weights) and the file's tensor
+bytes. A decode token's submissions are listed: per submission its dispatches (shader:format
+labels) and barriers in order, with their counts (``dispatches_per_token``, ``barriers_per_token``).
+
 ``--torch`` also runs benchmarks/torch_model_decode.py (PyTorch eager, same weights and tokens)
 in a separate process and records each policy's tokens/s ratio against it.
 """
@@ -30,7 +36,7 @@ from common import device_info, save
 from grilly_kv.backend import get_device
 from grilly_kv.evaluation.corpus import essays
 from grilly_kv.models.generate import prefill
-from grilly_kv.models.chat_tokenizer import ChatTokenizer
+from grilly_kv.models.registry import make_tokenizer
 from grilly_kv.models.llama import load_checkpoint
 from grilly_kv.models.registry import resolve_checkpoint
 from grilly_kv.models.llama.vulkan import VulkanModel
@@ -46,9 +52,11 @@ def parse() -> argparse.Namespace:
                     "(quick: dense,quest:64,streaming:64)")
     ap.add_argument("--steps", type=int, default=None, help="decode steps (default 64, quick 6)")
     ap.add_argument("--layers", type=int, default=None, help="default all (quick: 4)")
-    ap.add_argument("-m", "--model", default=None, help="model: a registered name (smollm2, the default) or a .gguf path")
+    ap.add_argument("-m", "--model", "--weights", dest="model", default=None, help="model: a registered name (smollm2, the default) or a .gguf path")
     ap.add_argument("--chunk", type=int, default=None, help="prefill chunk (default 256, quick 32)")
     ap.add_argument("--torch", action="store_true", help="also measure the PyTorch eager baseline")
+    ap.add_argument("--weight-format", default=None, help="native,f16,f32 (comma list, each measured in "
+                    "turn; default native,f16, quick: native)")
     return ap.parse_args()
 
 
@@ -88,8 +96,36 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
             "wall_ms_per_token": float(np.median(wall) * 1e3),
             "gpu_ms_per_token": float(np.median(gpu) * 1e3),
             "host_overhead_share": float(1.0 - np.median(gpu) / np.median(wall)),
-            "submissions_per_token": len(model._recordings[(1, False, None)]),
+            **token_submissions(model),
             "kv_bytes": policy.kv_bytes(), "dense_kv_bytes": model.config.dense_kv_bytes(context + steps)}
+
+
+def token_submissions(model) -> dict:
+    """A decode token's recorded submissions (those holding the last submission run, else the
+    latest built for T = 1): per submission its steps in order (dispatch labels and "barrier"),
+    and the counts."""
+    last = model.dev.last_recording
+    found = [recs for recs in model._recordings.values() if any(r is last for r in recs)]
+    if not found:
+        found = [recs for key, recs in model._recordings.items() if key[0] == 1 and key[1] is False]
+    if not found:
+        raise RuntimeError("the model holds no decode recording")
+    recs = found[-1]
+    listing = [[st.label if st.kind == "dispatch" else st.kind for st in r.steps if st.kind in ("dispatch", "barrier")]
+               for r in recs]
+    return {"submissions_per_token": len(recs),
+            "dispatches_per_token": sum(sum(st.kind == "dispatch" for st in r.steps) for r in recs),
+            "barriers_per_token": sum(r.n_barriers for r in recs),
+            "token_submission_steps": listing}
+
+
+def file_tensor_bytes(path, n_layers: int) -> int:
+    """Bytes of the weights file's tensors that a model of its first ``n_layers`` layers uses."""
+    from grilly_kv.models.llama.weights import read_raw
+
+    _, raw = read_raw(Path(path))
+    keep = [t for name, t in raw.items() if not name.startswith("blk.") or int(name.split(".")[1]) < n_layers]
+    return sum(int(np.asarray(t[0]).nbytes) for t in keep)
 
 
 def main() -> None:
@@ -99,33 +135,41 @@ def main() -> None:
     specs = (a.policies or ("dense,quest:64,streaming:64" if q else "dense,quest:512")).split(",")
     steps = a.steps or (6 if q else 64)
     layers = a.layers or (4 if q else None)
+    formats = (a.weight_format or ("native" if q else "native,f16")).split(",")
     dev = get_device(a.device)
-    ck = load_checkpoint(resolve_checkpoint(a.model), n_layers=layers)
-    tk = ChatTokenizer(ck.tokenizer)
+    ck = load_checkpoint(resolve_checkpoint(a.model), n_layers=layers, floats=False)   # the device needs only the blocks
+    tk = make_tokenizer(ck)
     ids = tk.encode("\n\n".join(t for _, t in essays()))
-    model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True)
+    file_bytes = file_tensor_bytes(ck.source, ck.config.n_layers)
     torch_ref = torch_baseline(contexts, steps, layers, a.model) if a.torch else None
     rows = []
-    for c in contexts:
-        base = None
-        for spec in specs:
-            r = measure(model, spec, ids, c, steps)
-            base = base or r["decode_tokens_per_s"]
-            r["ratio_vs_dense"] = r["decode_tokens_per_s"] / base
-            if torch_ref:
-                t = torch_ref["by_context"][c]["decode_tokens_per_s"]
-                r["torch_decode_tokens_per_s"] = t
-                r["ratio_vs_torch"] = r["decode_tokens_per_s"] / t
-            rows.append(r)
-            print(f"C={c:5d} {r['describe']:<28} {r['decode_tokens_per_s']:8.1f} tok/s  wall "
-                  f"{r['wall_ms_per_token']:7.2f} ms  gpu {r['gpu_ms_per_token']:7.2f} ms  host "
-                  f"{100 * r['host_overhead_share']:4.0f}%  x{r['ratio_vs_dense']:.2f} vs dense  "
-                  f"({r['submissions_per_token']} submissions/token)"
-                  + (f"  x{r['ratio_vs_torch']:.2f} vs torch" if torch_ref else ""))
+    for fmt in formats:
+        model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True, weight_format=fmt)
+        print(f"weight format {fmt}: {model.weight_bytes / 1e6:.2f} MB on the device (file's tensors "
+              f"{file_bytes / 1e6:.2f} MB)")
+        for c in contexts:
+            base = None
+            for spec in specs:
+                r = {"weight_format": fmt, "weight_bytes": model.weight_bytes, **measure(model, spec, ids, c, steps)}
+                base = base or r["decode_tokens_per_s"]
+                r["ratio_vs_dense"] = r["decode_tokens_per_s"] / base
+                if torch_ref:
+                    t = torch_ref["by_context"][c]["decode_tokens_per_s"]
+                    r["torch_decode_tokens_per_s"] = t
+                    r["ratio_vs_torch"] = r["decode_tokens_per_s"] / t
+                rows.append(r)
+                print(f"{fmt:6s} C={c:5d} {r['describe']:<28} {r['decode_tokens_per_s']:8.1f} tok/s  wall "
+                      f"{r['wall_ms_per_token']:7.2f} ms  gpu {r['gpu_ms_per_token']:7.2f} ms  host "
+                      f"{100 * r['host_overhead_share']:4.0f}%  x{r['ratio_vs_dense']:.2f} vs dense  "
+                      f"({r['submissions_per_token']} submissions, {r['dispatches_per_token']} dispatches, "
+                      f"{r['barriers_per_token']} barriers/token)"
+                      + (f"  x{r['ratio_vs_torch']:.2f} vs torch" if torch_ref else ""))
+        model.close()
     save("model_decode_quick" if q else "model_decode",
          {**device_info(dev), "config": {"contexts": contexts, "policies": specs, "steps": steps,
-                                         "layers": ck.config.n_layers, "weights": "float16", "model": ck.source,
-                                         "baseline": "dense, same run"},
+                                         "layers": ck.config.n_layers, "weight_formats": formats,
+                                         "model": ck.source, "file_tensor_bytes": file_bytes,
+                                         "baseline": "dense, same run (per weight format)"},
           "torch_baseline": torch_ref and {k: torch_ref[k] for k in ("baseline", "device")},
           "results": rows})
 

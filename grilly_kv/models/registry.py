@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..backend.device import DeviceLike
+from ..backend import get_device
 from .llama import Checkpoint, build_model, load_checkpoint
 from .llama.weights import find_weights
 
@@ -47,7 +48,7 @@ def make_tokenizer(ckpt: Checkpoint):
 
 def load_model(path_or_name: str | os.PathLike | None = None, device: DeviceLike = None, *,
                n_layers: int | None = None, max_chunk: int | None = None, timestamps: bool = False,
-               ckpt: Checkpoint | None = None):
+               ckpt: Checkpoint | None = None, weight_format: str = "native"):
     """Load a checkpoint and build its forward on ``device``.
 
     Args:
@@ -58,13 +59,16 @@ def load_model(path_or_name: str | os.PathLike | None = None, device: DeviceLike
         max_chunk: most tokens per forward call.
         timestamps: record Vulkan timestamps.
         ckpt: an already loaded checkpoint (then ``path_or_name`` and ``n_layers`` are ignored).
+        weight_format: the Vulkan model's weight storage ("native": the file's blocks; "f16", "f32").
+            For a Vulkan device the matrices are not dequantised on the host (``floats=False``).
 
     Returns:
         ``(model, tokenizer)``.
     """
     if ckpt is None:
-        ckpt = load_checkpoint(resolve_checkpoint(path_or_name), n_layers=n_layers)
-    model = build_model(ckpt, device, max_chunk=max_chunk, timestamps=timestamps)
+        ckpt = load_checkpoint(resolve_checkpoint(path_or_name), n_layers=n_layers,
+                               floats=get_device(device).is_cpu)
+    model = build_model(ckpt, device, max_chunk=max_chunk, timestamps=timestamps, weight_format=weight_format)
     return model, make_tokenizer(ckpt)
 
 

@@ -10,8 +10,9 @@ from .weights import Checkpoint, TokenizerData, load_checkpoint, weights_availab
 
 
 def build_model(ckpt: Checkpoint, device: DeviceLike = None, *, max_chunk: int | None = None,
-                timestamps: bool = False):
-    """The forward of ``ckpt`` on ``device``: :class:`~.vulkan.VulkanModel` for a Vulkan device,
+                timestamps: bool = False, weight_format: str = "native"):
+    """The forward of ``ckpt`` on ``device``: :class:`~.vulkan.VulkanModel` for a Vulkan device
+    (weights stored as ``weight_format``: "native", "f16", "f32"),
     :class:`~.reference.ReferenceModel` (NumPy) for ``"cpu"``, both taking prompts in chunks of
     ``max_chunk`` tokens (default :data:`DEFAULT_MAX_CHUNK`)."""
     dev = get_device(device)
@@ -22,7 +23,7 @@ def build_model(ckpt: Checkpoint, device: DeviceLike = None, *, max_chunk: int |
         return ReferenceModel(ckpt, max_chunk=max_chunk)
     from .vulkan import VulkanModel
 
-    return VulkanModel(ckpt, dev, timestamps=timestamps, max_chunk=max_chunk)
+    return VulkanModel(ckpt, dev, timestamps=timestamps, max_chunk=max_chunk, weight_format=weight_format)
 
 
 __all__ = ["FAMILIES", "ModelConfig", "UnsupportedModel", "config_from_meta", "DEFAULT_MAX_CHUNK", "Checkpoint",

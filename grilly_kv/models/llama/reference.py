@@ -78,6 +78,7 @@ class ReferenceModel:
     device_name = "numpy (cpu)"
 
     def __init__(self, ckpt: Checkpoint, *, max_chunk: int = 512, dense_prefill: bool = True):
+        ckpt.require_floats("ReferenceModel")
         self.ckpt = ckpt
         self.config: ModelConfig = ckpt.config
         self.max_chunk = int(max_chunk)

