@@ -135,9 +135,22 @@ def kv_read_bytes(name: str, pol, twin, n: int, shapes: dict, n_layers: int) -> 
     return min(n, twin.capacity_tokens()) * per_token, "min(context, capacity_tokens) (upper estimate)"
 
 
+def timing_calibration(config):
+    """A random TriAttention calibration of the model's shapes: its values change which keys are
+    kept, not the time a step takes."""
+    from grilly_kv.triattention import Calibration
+
+    rng = np.random.default_rng(2)
+    shape = (config.n_q_heads, config.head_dim // 2)
+    stats = [[rng.standard_normal(shape).astype(np.float32) for _ in range(config.n_layers)] for _ in range(2)]
+    norms = [np.abs(rng.standard_normal(shape)).astype(np.float32) + 0.1 for _ in range(config.n_layers)]
+    return Calibration(stats[0], stats[1], norms, n_kv_heads=config.n_kv_heads)
+
+
 def time_policy(model, name: str, budget, n: int, steps: int, shapes: dict, bw_gbps: float,
                 n_layers: int) -> dict:
-    pol = make_policy(name) if budget is None else make_policy(name, budget)
+    extra = {"calibration": timing_calibration(model.config)} if name == "triattention" else {}
+    pol = make_policy(name) if budget is None else make_policy(name, budget, **extra)
     model.start(pol, n + steps + WARMUP)
     twin = model.kv
     if twin is None:
