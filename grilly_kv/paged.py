@@ -39,8 +39,14 @@ class PagedKVCache(DeviceObject):
         device: ``"vulkan"``, ``"vulkan:N"``, ``"cpu"`` or None (``$GRILLY_KV_DEVICE``, else the
             first Vulkan device).
 
+    K, V and the page statistics are split by head rows (the ``B*H_kv`` rows of one sequence
+    and KV head) over as many device buffers as the device's ``maxStorageBufferRange`` requires
+    (:func:`grilly_kv.ops.buffer_split.head_parts`), so any capacity that fits in device memory
+    works; :meth:`close` frees every part.
+
     Raises:
-        ValueError: a buffer would exceed the device's ``maxStorageBufferRange``.
+        ValueError: one head's row of K, V or statistics alone exceeds the device's
+            ``maxStorageBufferRange``.
     """
 
     def __init__(self, num_kv_heads: int, head_dim: int, *, capacity_tokens: int,

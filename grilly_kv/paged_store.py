@@ -7,6 +7,7 @@ import numpy as np
 
 from .backend import Buffer, Recording
 from .ops import decode_attention as attn
+from .ops.buffer_split import buffer_limit, head_parts
 from .ops.gaussian_select import record_gaussian_select, record_gaussian_tau
 from .ops.kv_append import max_rows_per_call, record_kv_append
 from .ops.page_stats import record_page_stats
@@ -97,17 +98,12 @@ class VulkanStore:
         self.row_words = self.Dp // 2 if self.f16 else self.Dp
         self.word = np.uint32 if self.f16 else np.float32
         self.np_dtype = dtype
-        limit = int(dev.properties.get("max_storage_buffer_range", 2**32 - 1))
-        kv_words = self.bh * cap * self.row_words
-        for what, words in (("K (and V)", kv_words), ("page statistics", 4 * kv_words // page_size)):
-            if words * 4 > limit:
-                raise ValueError(
-                    f"the cache's {what} buffer needs {words * 4 / 2**20:.1f} MiB, more than "
-                    f"{dev.name}'s maxStorageBufferRange of {limit / 2**20:.1f} MiB: lower "
-                    f"capacity_tokens (now {cap}) or batch, or use float16")
-        self.k = Buffer(dev, kv_words, self.word)
-        self.v = Buffer(dev, kv_words, self.word)
-        self.stats = Buffer(dev, self.bh * self.max_pages * 4 * self.row_words, self.word)
+        self.limit = buffer_limit(dev)
+        self.parts = self._head_parts(dev.name, dtype)
+        self.k = [Buffer(dev, nh * cap * self.row_words, self.word) for _, nh in self.parts]
+        self.v = [Buffer(dev, nh * cap * self.row_words, self.word) for _, nh in self.parts]
+        self.stats = [Buffer(dev, nh * self.max_pages * 4 * self.row_words, self.word)
+                      for _, nh in self.parts]
         self.meta = Buffer(dev, 2, np.uint32)                # [length, length before last write]
         self.scores = Buffer(dev, self.bh * self.max_pages)
         self.pages = Buffer(dev, self.bh * self.max_pages, np.uint32)
@@ -127,6 +123,27 @@ class VulkanStore:
         self._recordings: dict = {}
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _head_parts(self, device_name: str, dtype: np.dtype) -> list:
+        """``[(h0, nh), ...]``: the ``B*H_kv`` head rows split over as many K (V, statistics)
+        buffers as the storage buffer limit requires; raises when one head's row exceeds it."""
+        head_bytes = 4 * self.row_words * max(self.cap, 4 * self.max_pages)
+        if head_bytes > self.limit:
+            advice = "" if self.f16 else ", or use float16"
+            raise ValueError(
+                f"one KV head of the cache ({self.cap} tokens x {self.Dp} dims, {np.dtype(dtype).name}) "
+                f"needs a {head_bytes / 2**20:.1f} MiB buffer, more than {device_name}'s "
+                f"maxStorageBufferRange of {self.limit / 2**20:.1f} MiB: lower capacity_tokens "
+                f"(now {self.cap}) or head_dim{advice}")
+        return head_parts(self.bh, head_bytes, self.limit)
+
+    def _scratch(self, n_words: int, what: str, **kw) -> Buffer:
+        """A scratch buffer of ``n_words`` words; raises when it exceeds the buffer limit."""
+        if 4 * n_words > self.limit:
+            raise ValueError(f"the {what} scratch of {4 * n_words / 2**20:.1f} MiB exceeds "
+                             f"{self.dev.name}'s maxStorageBufferRange of {self.limit / 2**20:.1f} MiB: "
+                             f"lower capacity_tokens (now {self.cap}), batch or the query heads")
+        return Buffer(self.dev, n_words, **kw)
+
     def _recording(self, key, build) -> Recording:
         key = (key, self.dev.profile)
         rec = self._recordings.pop(key, None)
@@ -160,7 +177,7 @@ class VulkanStore:
         bufs = self._entmax_bufs.get(group)
         if bufs is None:
             rows = self.bh * group
-            bufs = (Buffer(self.dev, rows * self.cap, host_visible=False),
+            bufs = (self._scratch(rows * self.cap, "entmax logits", host_visible=False),
                     Buffer(self.dev, 2 * rows, np.uint32))
             self._entmax_bufs[group] = bufs
         return bufs
@@ -178,40 +195,50 @@ class VulkanStore:
     # ---- writing -----------------------------------------------------------------------------
     def write(self, k: np.ndarray, v: np.ndarray, start: int) -> None:
         n = k.shape[2]
-        chunk = max(1, min(STAGING_BYTES // (8 * self.bh * self.row_words),
-                           max_rows_per_call(self.bh, self.row_words)))
+        most = max(nh for _, nh in self.parts)
+        chunk = max(1, min(STAGING_BYTES // (8 * most * self.row_words),
+                           max_rows_per_call(most, self.row_words)))
         for t0 in range(0, n, chunk):
             t1 = min(n, t0 + chunk)
             self._write_chunk(self._pad(k[:, :, t0:t1]), self._pad(v[:, :, t0:t1]), start + t0)
 
     def _write_chunk(self, k: np.ndarray, v: np.ndarray, start: int) -> None:
+        """Stage ``k``/``v`` ``(B, H_kv, n, Dp)`` part by part (head rows ``[h0, h0 + nh)`` of
+        ``B*H_kv``) and append them, updating the touched pages' statistics."""
         n = k.shape[2]
         bucket = _pow2_at_least(n)
-        stage = self._staging.get(bucket)
-        if stage is None:
-            stage = self._staging[bucket] = Buffer(self.dev, 2 * self.bh * bucket * self.row_words,
-                                                   self.word)
-        half = self.bh * n * self.row_words
-        stage.write(k, 0)
-        stage.write(v, half)
+        stages = self._staging.get(bucket)
+        if stages is None:
+            stages = self._staging[bucket] = [
+                Buffer(self.dev, 2 * nh * bucket * self.row_words, self.word) for _, nh in self.parts]
+        k_rows = k.reshape(self.bh, n, self.Dp)
+        v_rows = v.reshape(self.bh, n, self.Dp)
+        for stage, (h0, nh) in zip(stages, self.parts):
+            stage.write(np.ascontiguousarray(k_rows[h0:h0 + nh]), 0)
+            stage.write(np.ascontiguousarray(v_rows[h0:h0 + nh]), nh * n * self.row_words)
         self.meta.write(np.array([start + n, start], np.uint32))
 
         def build(rec: Recording) -> Recording:
-            rec.upload(self.meta).upload(stage, words=2 * half)   # only the n rows written
-            record_kv_append(rec, stage, self.k, self.v, self.meta, n=n, row_words=self.row_words,
-                             capacity=self.cap, bh=self.bh)
-            return record_page_stats(rec, self.k, self.stats, self.meta, n_new=n, bh=self.bh,
-                                     head_dim=self.Dp, f16=self.f16, page_size=self.page,
-                                     capacity=self.cap)
+            rec.upload(self.meta)
+            for stage, kb, vb, st, (_, nh) in zip(stages, self.k, self.v, self.stats, self.parts):
+                rec.upload(stage, words=2 * nh * n * self.row_words)   # only the n rows written
+                record_kv_append(rec, stage, kb, vb, self.meta, n=n, row_words=self.row_words,
+                                 capacity=self.cap, bh=nh)
+                record_page_stats(rec, kb, st, self.meta, n_new=n, bh=nh, head_dim=self.Dp,
+                                  f16=self.f16, page_size=self.page, capacity=self.cap)
+            return rec
 
         self._recording(("write", n), build).run()
 
     # ---- reading back ------------------------------------------------------------------------
-    def _read_rows(self, buf: Buffer, rows_per_head: int, n_rows: int, row_len: int) -> np.ndarray:
-        buf.download_now()
+    def _read_rows(self, bufs: list, rows_per_head: int, n_rows: int, row_len: int) -> np.ndarray:
         dtype = np.float16 if self.f16 else np.float32
-        flat = buf.read(self.bh * rows_per_head * row_len, dtype)
-        x = flat.reshape(self.B, self.H, rows_per_head, -1)[:, :, :n_rows]
+        heads = []
+        for buf, (_, nh) in zip(bufs, self.parts):
+            buf.download_now()
+            part = buf.read(nh * rows_per_head * row_len, dtype).reshape(nh, rows_per_head, -1)
+            heads.append(part[:, :n_rows])
+        x = np.concatenate(heads).reshape(self.B, self.H, n_rows, -1)
         return x.reshape(self.B, self.H, n_rows, -1, self.Dp)[..., :self.D].astype(np.float32)
 
     def read_kv(self, length: int) -> tuple:
@@ -246,7 +273,8 @@ class VulkanStore:
         def record_tau(rec: Recording) -> Recording:
             if tau_mode == "fixed":
                 return rec
-            return record_gaussian_tau(rec, q_buf, self.stats, *self._gaussian_buffers(group),
+            # the correction pass reads the logits, not the statistics: any part binds
+            return record_gaussian_tau(rec, q_buf, self.stats[0], *self._gaussian_buffers(group),
                                        self.pages, self.counts, self.meta, tau, logits,
                                        self.scores, row_len=max_tokens, n_iters=tau_iters,
                                        **sizes)
@@ -257,13 +285,13 @@ class VulkanStore:
                 record_gaussian_select(rec, q_buf, self.stats, *self._gaussian_buffers(group),
                                        self.pages, self.counts, self.meta, tau, logits,
                                        self.scores, grid_pages=grid_pages, n_top=n_top,
-                                       clamp_tau=tau_mode != "exact", **sizes)
+                                       clamp_tau=tau_mode != "exact", parts=self.parts, **sizes)
             elif method == "topk":
                 record_topk_select(rec, q_buf, self.stats, self.scores, self.pages, self.counts,
                                    self.meta, bh=self.bh, group=group, head_dim=self.Dp,
                                    f16=self.f16, page_size=self.page, max_pages=self.max_pages,
                                    grid_pages=grid_pages, n_top=n_top, n_sink=n_sink,
-                                   group_reduce=group_reduce,
+                                   group_reduce=group_reduce, parts=self.parts,
                                    counter=self.select_counter if self.fused_merge else None)
             attn.record_decode_attention(
                 rec, q_buf, self.k, self.v, self.pages, self.counts, self.meta, partial, out,
@@ -271,6 +299,7 @@ class VulkanStore:
                 page_size=self.page, capacity=self.cap, max_pages=self.max_pages,
                 n_splits=n_splits, scale=1.0 / np.sqrt(self.D), dense=dense, alpha=alpha,
                 row_len=max_tokens, record_tau=None if tau_mode == "exact" else record_tau,
+                parts=self.parts,
                 counter=self.counter if self.fused_merge else None)
             return rec.download(out, self.pages, self.counts) if want_pages else rec.download(out)
 

@@ -23,8 +23,9 @@ def test_writes_match_reference_and_stay_in_bounds(vk, dtype, B, H, D, writes):
     cap = 64
     cache = PagedKVCache(H, D, capacity_tokens=cap, batch=B, dtype=dtype, device=vk)
     store = cache._store
-    store.k = sentinel_buffer(vk, store.k.n_words, store.word)
-    store.v = sentinel_buffer(vk, store.v.n_words, store.word)
+    assert len(store.parts) == 1   # one buffer per array (the split: tests/test_paged_split.py)
+    store.k = [sentinel_buffer(vk, store.k[0].n_words, store.word)]
+    store.v = [sentinel_buffer(vk, store.v[0].n_words, store.word)]
     ref_k = np.zeros((B, H, cap, D), dtype)
     ref_v = np.zeros((B, H, cap, D), dtype)
     length = 0
@@ -35,7 +36,7 @@ def test_writes_match_reference_and_stay_in_bounds(vk, dtype, B, H, D, writes):
         length += n
     np.testing.assert_array_equal(cache.keys(), ref_k[:, :, :length].astype(np.float32))
     np.testing.assert_array_equal(cache.values(), ref_v[:, :, :length].astype(np.float32))
-    for buf in (store.k, store.v):
+    for buf in (store.k[0], store.v[0]):
         words = raw_words(buf)
         body = words[:buf.n_words - GUARD_WORDS].reshape(B * H, cap, store.row_words)
         assert np.all(body[:, length:] == SENTINEL), "rows past the cache length were written"

@@ -31,7 +31,8 @@ def test_stats_after_prefill_and_appends(vk, dtype, B, H, D, S, appends):
     rng = np.random.default_rng(S + D)
     cache = PagedKVCache(H, D, capacity_tokens=128, batch=B, dtype=dtype, device=vk)
     store = cache._store
-    store.stats = sentinel_buffer(vk, store.stats.n_words, store.word)
+    assert len(store.parts) == 1   # one buffer per array (the split: tests/test_paged_split.py)
+    store.stats = [sentinel_buffer(vk, store.stats[0].n_words, store.word)]
     k, v = random_kv(rng, B, H, S, D)
     cache.prefill(k * 3 + 1, v)
     check_stats(cache, dtype)
@@ -39,10 +40,11 @@ def test_stats_after_prefill_and_appends(vk, dtype, B, H, D, S, appends):
         k, v = random_kv(rng, B, H, n, D)
         cache.append(k, v)
         check_stats(cache, dtype)
-    words = raw_words(store.stats)
-    body = words[:store.stats.n_words - GUARD_WORDS].reshape(B * H, store.max_pages, -1)
+    stats = store.stats[0]
+    words = raw_words(stats)
+    body = words[:stats.n_words - GUARD_WORDS].reshape(B * H, store.max_pages, -1)
     assert np.all(body[:, cache.num_pages:] == SENTINEL), "statistics of unused pages were written"
-    assert np.all(words[store.stats.n_words - GUARD_WORDS:] == SENTINEL), "write past the buffer end"
+    assert np.all(words[stats.n_words - GUARD_WORDS:] == SENTINEL), "write past the buffer end"
 
 
 def test_constant_page_has_clamped_std(vk):

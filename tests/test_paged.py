@@ -105,8 +105,13 @@ def test_empty_cache_and_bad_construction(vk):
         PagedKVCache(1, 32, capacity_tokens=0, device=vk)
 
 
-def test_buffer_above_device_limit_is_a_clear_error(vk):
+def test_head_row_above_device_limit_is_a_clear_error(vk):
+    """K/V split by heads over buffers (tests/test_paged_split.py); only one head's row above
+    maxStorageBufferRange is an error, naming the limit and the capacity, with correct advice."""
     limit = vk.properties["max_storage_buffer_range"]
-    tokens = limit // (8 * 128 * 2) + 16    # K of 8 heads x 128 dims float16 just above the limit
-    with pytest.raises(ValueError, match="maxStorageBufferRange"):
-        PagedKVCache(8, 128, capacity_tokens=tokens, device=vk)
+    tokens = limit // (128 * 2) + 16    # one head of 128 dims float16 just above the limit
+    with pytest.raises(ValueError, match="maxStorageBufferRange") as err:
+        PagedKVCache(1, 128, capacity_tokens=tokens, device=vk)
+    assert f"capacity_tokens (now {tokens})" in str(err.value) and "use float16" not in str(err.value)
+    with pytest.raises(ValueError, match="or use float16"):
+        PagedKVCache(1, 128, capacity_tokens=tokens // 2 + 16, dtype="float32", device=vk)

@@ -29,18 +29,6 @@ def test_python_snippet_runs(code, vk):
         from grilly_kv.models.smollm2.weights import weights_available
         if not weights_available():
             pytest.skip("SmolLM2 weights not installed")
-    if "PagedKVCache" in code:
-        # A 131072-token cache is 256 MiB per K buffer: above lavapipe's maxStorageBufferRange
-        # until the cache splits its storage over several buffers (issue 15 item 5, another
-        # branch); the snippet then runs as written.
-        from grilly_kv.backend import BackendError
-        try:
-            exec(compile(code, "README.md", "exec"), {})
-        except (BackendError, ValueError) as exc:
-            if "maxStorageBufferRange" in str(exc) or "storage buffer" in str(exc):
-                pytest.xfail(f"needs buffer splitting: {exc}")
-            raise
-        return
     exec(compile(code, "README.md", "exec"), {})
 
 

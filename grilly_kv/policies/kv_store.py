@@ -13,74 +13,19 @@ to force splitting on shapes that would fit.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-
 import numpy as np
 
 from ..backend import Buffer, Recording
 from ..ops.buffer_copy import LOCAL_SIZE as COPY_LOCAL_SIZE, SHADER as COPY_SHADER
+from ..ops.buffer_split import (  # noqa: F401  (re-exported: tests and twins import them here)
+    buffer_limit, head_parts, max_heads_per_buffer, split_limit)
 
-_LIMIT_OVERRIDE: contextvars.ContextVar[int | None] = contextvars.ContextVar("kv_store_limit", default=None)
-_HEADS_OVERRIDE: contextvars.ContextVar[int | None] = contextvars.ContextVar("kv_store_heads", default=None)
 COPY_MAX_GROUPS = 4096
-
-
-@contextlib.contextmanager
-def split_limit(nbytes: int):
-    """Within the block, KV stores made in this thread/context split layers over buffers of at
-    most ``nbytes`` (and at most the device's limit): a test hook forcing the head split."""
-    if int(nbytes) < 4:
-        raise ValueError(f"split_limit must be >= 4 bytes, got {nbytes}")
-    token = _LIMIT_OVERRIDE.set(int(nbytes))
-    try:
-        yield
-    finally:
-        _LIMIT_OVERRIDE.reset(token)
-
-
-@contextlib.contextmanager
-def max_heads_per_buffer(n_heads: int):
-    """Within the block, KV stores made in this context put at most ``n_heads`` KV heads in one
-    buffer (a test hook forcing the head split at any shape)."""
-    if int(n_heads) < 1:
-        raise ValueError(f"max_heads_per_buffer must be >= 1, got {n_heads}")
-    token = _HEADS_OVERRIDE.set(int(n_heads))
-    try:
-        yield
-    finally:
-        _HEADS_OVERRIDE.reset(token)
-
-
-def buffer_limit(device) -> int:
-    """Bytes one storage buffer binding may span on ``device`` (with :func:`split_limit` applied)."""
-    limit = int(device.properties.get("max_storage_buffer_range", 2**32 - 1))
-    override = _LIMIT_OVERRIDE.get()
-    return limit if override is None else min(limit, override)
 
 
 def _words(n_halves: int) -> int:
     """Words holding ``n_halves`` float16 values, rounded up to whole vec4s (copy kernel)."""
     return -(-n_halves // 8) * 4
-
-
-def head_parts(n_kv_heads: int, head_bytes: int, limit: int) -> list[tuple[int, int]]:
-    """``(h0, nh)`` head ranges of a layer whose heads take ``head_bytes`` each, every part at
-    most ``limit`` bytes; as few parts as possible, sizes differing by at most one head."""
-    per_part = limit // head_bytes
-    if _HEADS_OVERRIDE.get() is not None:
-        per_part = min(per_part, _HEADS_OVERRIDE.get())
-    if per_part < 1:
-        raise ValueError(f"one KV head's slots take {head_bytes} bytes, more than the storage buffer "
-                         f"limit of {limit} bytes: lower the capacity or the head_dim")
-    n_parts = -(-n_kv_heads // per_part)
-    base, extra = divmod(n_kv_heads, n_parts)
-    parts, h0 = [], 0
-    for i in range(n_parts):
-        nh = base + (i < extra)
-        parts.append((h0, nh))
-        h0 += nh
-    return parts
 
 
 class KVStore:
