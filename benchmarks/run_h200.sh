@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One scripted run of the GPU benchmarks on the lent H200 (see README "Running on the GPU machine").
 # Carry: .gl .whl grilly_kv/spirv .cache/kp-0.9.0.tar.gz. Results go to $OUT (or ./gpu-results).
+# Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
+# reports stale git metadata.
 # Usage: bash benchmarks/run_h200.sh [part ...]   parts: decode long quant paged triattention tappa predictor
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
