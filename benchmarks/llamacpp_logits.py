@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"     # vendors llama.cpp 0c1e570
 CMAKE_ARGS = ("-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
               "-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF")
-DEFAULT_QTYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K")
+DEFAULT_QTYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0")   # K-quants need rows of 256: wider than these models
 CHILD = r'''
 import json, sys
 import numpy as np
