@@ -229,7 +229,7 @@ def test_embed_matches_reference(vk, fmt):
 
 
 def test_subgroup_size_and_plan(vk, monkeypatch):
-    """The probe reads gl_SubgroupSize (a power of 2 a subgroup can have); a reported property wins;
+    """The probe (shader model-matmul-q-probe) reads gl_SubgroupSize (a power of 2 a subgroup can have); a reported property wins;
     GPU plans take lanes from it (never more than the subgroup), CPU devices one row per invocation."""
     from grilly_kv.ops.model_matmul_q import lanes_per_row, plan, subgroup_size
 
