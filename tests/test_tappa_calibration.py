@@ -124,5 +124,7 @@ def test_prune_rank_command(tmp_path, capsys):
     assert "Block Influence order:        1 2 3 0 4" in out
     assert "TAPPA BI' order (beta 2): 1 3 2 0 4" in out
     assert "first 2 removed: BI [1, 2]  BI' [1, 3]" in out
-    with pytest.raises(SystemExit, match="grilly-kv qsim"):
+    from grilly_kv.cli.options import UsageError
+
+    with pytest.raises(UsageError, match="grilly-kv qsim"):            # exit 2 through grilly-kv
         cli_main(["prune-rank", "--calibration", str(tmp_path / "missing.json")])

@@ -5,6 +5,8 @@ Wire into an argparse CLI with ``add_qsim_parser(subparsers)`` and ``add_prune_r
 """
 from __future__ import annotations
 
+import math
+
 import argparse
 from pathlib import Path
 
@@ -72,8 +74,8 @@ def run_prune_rank(args) -> int:
 
     if args.qsim not in QSIM_KEYS:
         raise UsageError(f"--qsim must be one of {', '.join(QSIM_KEYS)}, got {args.qsim!r}")
-    if not 0.0 <= args.beta <= 1.0:
-        raise UsageError(f"--beta must be in [0, 1], got {args.beta}")
+    if not (math.isfinite(args.beta) and args.beta >= 0.0):
+        raise UsageError(f"--beta must be a finite number >= 0 (the weight of 1 - qsim), got {args.beta}")
     path = Path(args.calibration) if args.calibration else next(
         (p for p in (DEFAULT_JSON, COMMITTED_JSON) if p.is_file()), DEFAULT_JSON)
     if not path.is_file():
