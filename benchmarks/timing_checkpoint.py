@@ -55,7 +55,7 @@ def write_timing_gguf(path, geometry: str, *, matrix_type: str = "Q4_1", embed_t
     import gguf
     from gguf.constants import GGMLQuantizationType
 
-    from grilly_kv.models.synthetic import byte_level_vocab
+    from grilly_kv.models.synthetic import write_tokenizer
 
     L, d, hq, hkv, hd, ffn, vocab, ctx, theta = GEOMETRIES[geometry]
     L = n_layers or L
@@ -72,15 +72,7 @@ def write_timing_gguf(path, geometry: str, *, matrix_type: str = "Q4_1", embed_t
     w.add_rope_freq_base(theta)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(vocab)
-    tokens, merges, types = byte_level_vocab()
-    tokens += [f"<pad_{i}>" for i in range(vocab - len(tokens))]
-    types += [1] * (vocab - len(types))
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(tokens)
-    w.add_token_merges(merges)
-    w.add_token_types(types)
-    w.add_bos_token_id(tokens.index("<|im_start|>"))
-    w.add_eos_token_id(tokens.index("<|endoftext|>"))
+    write_tokenizer(w, vocab)
 
     def add(name, rows, cols, qtype):
         raw = random_tensor_bytes(rows, cols, qtype, rng)

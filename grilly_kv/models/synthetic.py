@@ -139,8 +139,15 @@ CHATML_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n'
                    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
-def _tokenizer(writer) -> int:
+def write_tokenizer(writer, vocab: int | None = None) -> int:
+    """The byte-level vocabulary (:func:`byte_level_vocab`, ChatML template), padded with
+    ``<pad_i>`` tokens to ``vocab`` entries when given; returns the vocabulary size."""
     tokens, merges, types = byte_level_vocab()
+    if vocab is not None:
+        if vocab < len(tokens):
+            raise ValueError(f"vocab must be >= {len(tokens)}, got {vocab}")
+        types = types + [1] * (vocab - len(tokens))
+        tokens = tokens + [f"<pad_{i}>" for i in range(vocab - len(tokens))]
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
     writer.add_token_merges(merges)
@@ -210,7 +217,7 @@ def write_synthetic_gguf(path, family: str | SyntheticSpec = "llama", *, qtype: 
     path = Path(path)
     rng = np.random.default_rng(seed + 1)
     writer = GGUFWriter(str(path), spec.arch)
-    vocab = _tokenizer(writer)
+    vocab = write_tokenizer(writer)
     _metadata(writer, spec, vocab)
     tensors = synthetic_tensors(spec, vocab, seed)
     if edit is not None:

@@ -67,6 +67,20 @@ def record_matmul(rec: Recording, w, x, g, y, *, N: int, K: int, T: int, f16: bo
                         spec=spec)
 
 
+def check_norm_and_y(mode: str, norm_weight, y, *, T: int, N: int, K: int):
+    """The checks shared by the mat-vec ops: ``norm_weight`` ``(K,)`` float32 for ``rmsnorm`` (returned
+    as checked), ``y`` ``(T, N)`` float32 when given."""
+    if mode == "rmsnorm":
+        norm_weight = check_array("norm_weight", norm_weight, ndim=1, dtypes=(np.float32,), shape_doc="(K,)")
+        if norm_weight.shape != (K,):
+            raise ValueError(f"norm_weight must be ({K},), got {norm_weight.shape}")
+    if y is not None:
+        check_array("y", y, ndim=2, dtypes=(np.float32,), shape_doc="(T, N)")
+        if y.shape != (T, N):
+            raise ValueError(f"y must be ({T}, {N}), got {y.shape}")
+    return norm_weight
+
+
 def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weight=None,
                  eps: float = 1e-5, y: np.ndarray | None = None, lanes: int | None = None,
                  device: DeviceLike = None) -> np.ndarray:
@@ -91,14 +105,7 @@ def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weig
     if x.shape[1] != xk or K % 4:
         raise ValueError(f"x must be (T, {xk}) for w of shape {w.shape} (K a multiple of 4), got {x.shape}")
     T = x.shape[0]
-    if mode == "rmsnorm":
-        norm_weight = check_array("norm_weight", norm_weight, ndim=1, dtypes=(np.float32,), shape_doc="(K,)")
-        if norm_weight.shape != (K,):
-            raise ValueError(f"norm_weight must be ({K},), got {norm_weight.shape}")
-    if y is not None:
-        check_array("y", y, ndim=2, dtypes=(np.float32,), shape_doc="(T, N)")
-        if y.shape != (T, N):
-            raise ValueError(f"y must be ({T}, {N}), got {y.shape}")
+    norm_weight = check_norm_and_y(mode, norm_weight, y, T=T, N=N, K=K)
     dev = get_device(device)
     if dev.is_cpu:
         return model_matmul_ref(x, w, mode=mode, norm_weight=norm_weight, eps=eps, y=y)

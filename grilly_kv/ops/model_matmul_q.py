@@ -35,6 +35,7 @@ from ..backend.device import DeviceLike
 from ..reference.model_matmul_q import (FORMAT_BY_ID, FORMATS, dequantize_rows, model_matmul_q_ref,
                                         row_bytes)
 from ..validation import check_array, check_choice
+from .model_matmul import check_norm_and_y
 
 SHADER = "model-matmul-q"
 MODES = {"plain": 0, "rmsnorm": 1, "swiglu": 2}
@@ -348,14 +349,7 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
     if x.shape[1] != xk:
         raise ValueError(f"x must be (T, {xk}), got {x.shape}")
     T = x.shape[0]
-    if mode == "rmsnorm":
-        norm_weight = check_array("norm_weight", norm_weight, ndim=1, dtypes=(np.float32,), shape_doc="(K,)")
-        if norm_weight.shape != (K,):
-            raise ValueError(f"norm_weight must be ({K},), got {norm_weight.shape}")
-    if y is not None:
-        check_array("y", y, ndim=2, dtypes=(np.float32,), shape_doc="(T, N)")
-        if y.shape != (T, N):
-            raise ValueError(f"y must be ({T}, {N}), got {y.shape}")
+    norm_weight = check_norm_and_y(mode, norm_weight, y, T=T, N=N, K=K)
     if rope is not None:
         hd, rr = int(rope["head_dim"]), int(rope["rope_rows"])
         if hd < 2 or hd % 2 or rr < hd or rr % hd or rr > N or int(rope["pos0"]) < 0 or y is not None:
