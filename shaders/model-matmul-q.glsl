@@ -29,6 +29,8 @@ layout(constant_id = 7) const uint KS = 256;    // slab width (elements), a mult
 layout(constant_id = 8) const uint ROPE = 0;    // 1: RoPE epilogue on rows < rope_rows
 layout(constant_id = 9) const uint HD = 64;     // head dim (ROPE)
 layout(constant_id = 10) const uint UNR = 1;    // chunks per lane issued together
+layout(constant_id = 11) const uint XSH = 0;    // 1 (LANES = 1, subgroup size a multiple of 8): each
+                                                // lane loads one of a chunk's 8 X' vec4s, shuffles share them
 
 layout(set = 0, binding = 0) readonly buffer Wq { uint wq[]; };
 #include "gguf_blocks.glsl"
@@ -105,7 +107,13 @@ void main() {
                 const bool ok = cc0 + u * LANES < c_end;
                 [[unroll]] for (uint j = 0u; j < TT; j++) {
                     float d = 0.0;
-                    [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], xs[(q * TT + j) * CPS + cc]);
+                    if (XSH != 0u) {                // cc is uniform here (LANES = 1): one shared load per lane
+                        const uint base = gl_SubgroupInvocationID & ~7u;
+                        const vec4 xl = xs[((gl_SubgroupInvocationID & 7u) * TT + j) * CPS + cc];
+                        [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], subgroupShuffle(xl, base + q));
+                    } else {
+                        [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], xs[(q * TT + j) * CPS + cc]);
+                    }
                     acc[j] += ok ? d : 0.0;
                 }
             }

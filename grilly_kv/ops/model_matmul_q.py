@@ -316,7 +316,9 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
                              f"got head_dim {head_dim}, rope_rows {rope_rows}, accumulate {accumulate}")
     wg, rows, tt, ks, unr = plan(rec.device, T, K, lanes=lanes, tokens=tokens, unroll=unroll,
                                  rope=rope is not None)
-    spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2, unr)
+    xsh = int(rows == wg and subgroup_size(rec.device) % 8 == 0)   # a row per invocation: shuffled X'
+    spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2, unr,
+            xsh)
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
                      y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
     return rec.dispatch(SHADER, [e.buffer, x, g or x, y, step, table], groups=(-(-N // rows), -(-T // tt)),
