@@ -34,6 +34,7 @@ import numpy as np
 from common import device_info, save
 
 from grilly_kv.backend import get_device
+from grilly_kv.ops.buffer_copy import copy_bandwidth
 from grilly_kv.evaluation.corpus import essays
 from grilly_kv.models.generate import prefill
 from grilly_kv.models.registry import make_tokenizer
@@ -55,6 +56,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("-m", "--model", "--weights", dest="model", default=None, help="model: a registered name (smollm2, the default) or a .gguf path")
     ap.add_argument("--chunk", type=int, default=None, help="prefill chunk (default 256, quick 32)")
     ap.add_argument("--torch", action="store_true", help="also measure the PyTorch eager baseline")
+    ap.add_argument("--name", default=None, help="JSON name under benchmarks/results (default "
+                    "model_decode, quick: model_decode_quick)")
     ap.add_argument("--weight-format", default=None, help="native,f16,f32 (comma list, each measured in "
                     "turn; default native,f16, quick: native)")
     return ap.parse_args()
@@ -100,6 +103,16 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
             "kv_bytes": policy.kv_bytes(), "dense_kv_bytes": model.config.dense_kv_bytes(context + steps)}
 
 
+def bandwidth_bound(row: dict, bw: dict) -> dict:
+    """The token's bandwidth bound: every weight byte on the device and every K/V byte the policy
+    holds read once (``weight_bytes + kv_bytes``; an upper estimate of the K/V a sparse policy
+    reads), at the copy shader's read + write rate of the same run; and GPU time over it."""
+    nbytes = row["weight_bytes"] + row["kv_bytes"]
+    bound_ms = nbytes / (bw["gb_per_s"] * 1e9) * 1e3
+    return {"bound_bytes_per_token": nbytes, "bound_ms_per_token": bound_ms,
+            "gpu_over_bound": row["gpu_ms_per_token"] / bound_ms}
+
+
 def token_submissions(model) -> dict:
     """A decode token's recorded submissions (those holding the last submission run, else the
     latest built for T = 1): per submission its steps in order (dispatch labels and "barrier"),
@@ -142,6 +155,8 @@ def main() -> None:
     ids = tk.encode("\n\n".join(t for _, t in essays()))
     file_bytes = file_tensor_bytes(ck.source, ck.config.n_layers)
     torch_ref = torch_baseline(contexts, steps, layers, a.model) if a.torch else None
+    bw = copy_bandwidth(dev, nbytes=(16 << 20) if q else (256 << 20))
+    print(f"copy bandwidth {bw['gb_per_s']:.0f} GB/s (read + written)")
     rows = []
     for fmt in formats:
         model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True, weight_format=fmt)
@@ -151,6 +166,7 @@ def main() -> None:
             base = None
             for spec in specs:
                 r = {"weight_format": fmt, "weight_bytes": model.weight_bytes, **measure(model, spec, ids, c, steps)}
+                r.update(bandwidth_bound(r, bw))
                 base = base or r["decode_tokens_per_s"]
                 r["ratio_vs_dense"] = r["decode_tokens_per_s"] / base
                 if torch_ref:
@@ -162,11 +178,11 @@ def main() -> None:
                       f"{r['wall_ms_per_token']:7.2f} ms  gpu {r['gpu_ms_per_token']:7.2f} ms  host "
                       f"{100 * r['host_overhead_share']:4.0f}%  x{r['ratio_vs_dense']:.2f} vs dense  "
                       f"({r['submissions_per_token']} submissions, {r['dispatches_per_token']} dispatches, "
-                      f"{r['barriers_per_token']} barriers/token)"
+                      f"{r['barriers_per_token']} barriers/token, gpu {r['gpu_over_bound']:.1f}x bound)"
                       + (f"  x{r['ratio_vs_torch']:.2f} vs torch" if torch_ref else ""))
         model.close()
-    save("model_decode_quick" if q else "model_decode",
-         {**device_info(dev), "config": {"contexts": contexts, "policies": specs, "steps": steps,
+    save(a.name or ("model_decode_quick" if q else "model_decode"),
+         {**device_info(dev), "copy_bandwidth": bw, "config": {"contexts": contexts, "policies": specs, "steps": steps,
                                          "layers": ck.config.n_layers, "weight_formats": formats,
                                          "model": ck.source, "file_tensor_bytes": file_bytes,
                                          "baseline": "dense, same run (per weight format)"},

@@ -3,7 +3,8 @@
 # Carry: .gl .whl grilly_kv/spirv .cache/kp-0.9.0.tar.gz. Results go to $OUT (or ./gpu-results).
 # Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
 # reports stale git metadata.
-# Usage: bash benchmarks/run_h200.sh [part ...]   parts: decode long quant paged triattention tappa predictor
+# Usage: bash benchmarks/run_h200.sh [part ...]
+#   parts: decode decode1b long quant paged soak tests peers suite (default: decode long quant paged)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
@@ -31,6 +32,14 @@ for part in $parts; do
       run python3 benchmarks/bench_quant_decode.py --shapes llama-3.2-1b --tokens 1 --sweep Q4_K --name quant_decode_llama1b_T1
       run python3 benchmarks/bench_quant_decode.py --shapes llama-3.2-1b --tokens 512 --name quant_decode_llama1b_T512
       cp $R/quant_decode*.json "$OUT/" ;;
+    decode1b)
+      python3 benchmarks/timing_checkpoint.py llama32-1b /tmp/llama32-1b-q4k.gguf --matrix-type Q4_K
+      run python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --name model_decode_llama1b \
+        --policies dense,streaming:512,quest:512 --contexts 1024,8064 --steps 48 --weight-format native
+      cp $R/model_decode_llama1b.json "$OUT/" ;;
+    soak)
+      run python3 benchmarks/bench_soak.py
+      cp $R/soak.json "$OUT/" ;;
     tests)
       GRILLY_KV_DEVICE=vulkan run python3 -m pytest -q -p no:cacheprovider tests/test_policy_contract.py \
         tests/test_models_families.py ;;
