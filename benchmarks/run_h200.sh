@@ -4,7 +4,7 @@
 # Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
 # reports stale git metadata.
 # Usage: bash benchmarks/run_h200.sh [part ...]
-#   parts: decode decode1b long quant paged soak tests peers suite (default: decode long quant paged)
+#   parts: decode decode1b long quant paged soak suite tests (default: decode long quant paged)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
@@ -40,6 +40,12 @@ for part in $parts; do
     soak)
       run python3 benchmarks/bench_soak.py
       cp $R/soak.json "$OUT/" ;;
+    suite)   # the real SmolLM2 file, carried as .w/smollm2.gguf.part* (64 MiB carry limit per call)
+      cat .w/smollm2.gguf.part* > /tmp/smollm2.gguf
+      [ "$(sha256sum < /tmp/smollm2.gguf | cut -d' ' -f1)" = "$(cat .w/smollm2.sha256)" ] || { echo "weights damaged"; exit 1; }
+      LIMIT=$(( ${SUITE_LIMIT:-420} + 240 )) run python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf \
+        --name suite_h200 --time-limit ${SUITE_LIMIT:-420} ${SUITE_ARGS:-}
+      cp $R/suite_h200.json $R/suite_h200.md "$OUT/" ;;
     tests)
       GRILLY_KV_DEVICE=vulkan run python3 -m pytest -q -p no:cacheprovider tests/test_policy_contract.py \
         tests/test_models_families.py ;;
