@@ -40,9 +40,11 @@ for part in $parts; do
     soak)
       run python3 benchmarks/bench_soak.py
       cp $R/soak.json "$OUT/" ;;
-    suite)   # the real SmolLM2 file, carried as .w/smollm2.gguf.part* (64 MiB carry limit per call)
-      cat .w/smollm2.gguf.part* > /tmp/smollm2.gguf
-      [ "$(sha256sum < /tmp/smollm2.gguf | cut -d' ' -f1)" = "$(cat .w/smollm2.sha256)" ] || { echo "weights damaged"; exit 1; }
+    suite)   # the real SmolLM2 file in two parts (64 MiB carry limit per call; carried paths do
+             # not survive to the next call, /tmp does): call 1 carries .wa (part00, sha256) and
+             # copies it to /tmp, call 2 carries .wb (part01) and runs this part
+      cp .wb/* /tmp/ 2>/dev/null; cat /tmp/smollm2.gguf.part00 /tmp/smollm2.gguf.part01 > /tmp/smollm2.gguf
+      [ "$(sha256sum < /tmp/smollm2.gguf | cut -d' ' -f1)" = "$(cat /tmp/smollm2.sha256)" ] || { echo "weights damaged"; exit 1; }
       LIMIT=$(( ${SUITE_LIMIT:-420} + 240 )) run python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf \
         --name suite_h200 --time-limit ${SUITE_LIMIT:-420} ${SUITE_ARGS:-}
       cp $R/suite_h200.json $R/suite_h200.md "$OUT/" ;;

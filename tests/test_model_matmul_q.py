@@ -235,15 +235,18 @@ def test_subgroup_size_and_plan(vk, monkeypatch):
 
     sg = subgroup_size(vk)
     assert sg in (1, 2, 4, 8, 16, 32, 64, 128)
+    monkeypatch.setitem(vk.properties, "device_type", "Cpu")
     assert lanes_per_row(vk, 1, 2048) == 1 and plan(vk, 1, 2048)[:2] == (64, 64)
     monkeypatch.setitem(vk.properties, "subgroup_size", 16)
     monkeypatch.setitem(vk.properties, "device_type", "DiscreteGpu")
     assert subgroup_size(vk) == 16
-    assert lanes_per_row(vk, 1, 8192) == 16            # 256 chunks: capped at the subgroup
-    assert lanes_per_row(vk, 1, 256) == 2              # 8 chunks, 4 per lane (decode unroll)
+    assert lanes_per_row(vk, 1, 8192) == 16            # 256 chunks, 4 per lane: capped at the subgroup
+    assert lanes_per_row(vk, 1, 2048) == 16            # 64 chunks, 4 per lane
+    assert lanes_per_row(vk, 1, 576) == 16             # 18 chunks, 1 per lane (a shallow row): capped
+    assert lanes_per_row(vk, 1, 256) == 8              # 8 chunks, 1 per lane
     wg, rows, tt, ks, unroll = plan(vk, 512, 2048)
     lanes = wg // rows
-    assert (wg, tt, unroll) == (256, 8, 2) and lanes <= lanes_per_row(vk, 512, 2048) == 16
+    assert (wg, tt, unroll) == (256, 8, 1) and lanes == lanes_per_row(vk, 512, 2048) == 4
     assert 4 * tt * ks <= int(vk.properties["max_compute_shared_memory_size"])
     assert ks % (32 * lanes * unroll) == 0             # whole passes of the row's lanes per slab
     assert plan(vk, 1, 2048, lanes=32)[1] == 8         # explicit lanes are kept
@@ -253,7 +256,7 @@ def test_subgroup_size_and_plan(vk, monkeypatch):
 @pytest.mark.parametrize("fmt,K,T", [("Q4_K", 2048, 1), ("Q4_K", 2048, 13), ("Q4_1", 576, 1),
                                      ("Q6_K", 1536, 9), ("F16", 576, 13)])
 def test_gpu_plans_on_lavapipe(vk, monkeypatch, sg, fmt, K, T):
-    """The default GPU plans (lanes from a reported subgroup size of 8 or 32, unroll 4 / 2, slabs
+    """The default GPU plans (lanes from a reported subgroup size of 8 or 32, unroll 4 or 1, slabs
     of whole passes) run on lavapipe, whose real subgroup is 8: rows wider than it meet in shared
     memory. Same tolerance as test_matches_reference."""
     monkeypatch.setitem(vk.properties, "subgroup_size", sg)

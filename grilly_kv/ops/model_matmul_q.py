@@ -68,21 +68,30 @@ def subgroup_size(device) -> int:
         return _probed[id(device)]
 
 
-def unroll_for(device, T: int) -> int:
-    """Chunks each lane loads together: 1 on CPU devices; on GPUs 4 for decode (T = 1), 2 for
-    prefill tiles (more bytes in flight per lane; a tile already reuses each chunk for its tokens)."""
-    if device.properties.get("device_type") == "Cpu":
+PREFILL_LANES = 4     # GPU lanes per row for T > 1: a workgroup's rows share its staged X' slab
+DEEP_ROW_CHUNKS = 32  # decode rows of more 32-element chunks than this issue 4 chunks per lane
+
+
+def unroll_for(device, T: int, K: int) -> int:
+    """Chunks each lane loads together: 1 on CPU devices and for prefill tiles (a tile already
+    reuses each chunk for its tokens); for decode (T = 1) 4 when a row holds more than
+    :data:`DEEP_ROW_CHUNKS` chunks (more bytes in flight per lane), else 1 (more lanes instead).
+    Chosen from the H200 lanes x unroll sweeps in ``benchmarks/results/quant_decode_*.json``."""
+    if device.properties.get("device_type") == "Cpu" or T > 1:
         return 1
-    return 4 if T == 1 else 2
+    return 4 if -(-K // 32) > DEEP_ROW_CHUNKS else 1
 
 
 def lanes_per_row(device, T: int, K: int) -> int:
-    """Invocations per output row: 1 on CPU devices (a row per invocation); on GPUs enough lanes
-    that each takes :func:`unroll_for` chunks of the row (32 elements each) per pass, a power of 2
-    of at most the subgroup size (and 64)."""
+    """Invocations per output row: 1 on CPU devices (a row per invocation); on GPUs
+    :data:`PREFILL_LANES` for prefill tiles (T > 1), and for decode enough lanes that each takes
+    :func:`unroll_for` chunks of the row (32 elements each) per pass, a power of 2 of at most the
+    subgroup size (and 64)."""
     if device.properties.get("device_type") == "Cpu":
         return 1
-    per_lane = -(-K // (32 * unroll_for(device, T)))
+    if T > 1:
+        return min(PREFILL_LANES, subgroup_size(device))
+    per_lane = -(-K // (32 * unroll_for(device, T, K)))
     return min(subgroup_size(device), 64, 1 << max(per_lane - 1, 0).bit_length())
 
 
@@ -97,7 +106,7 @@ def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None
     lanes = lanes or lanes_per_row(device, T, K)
     if lanes < 1 or lanes & (lanes - 1) or lanes > MAX_SG:
         raise ValueError(f"lanes must be a power of 2 in 1..{MAX_SG}, got {lanes}")
-    unroll = unroll or unroll_for(device, T)
+    unroll = unroll or unroll_for(device, T, K)
     if not 1 <= unroll <= 8:
         raise ValueError(f"unroll must be in 1..8, got {unroll}")
     wg = WG_CPU if lanes == 1 else max(WG_GPU, lanes)
