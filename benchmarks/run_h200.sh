@@ -4,7 +4,8 @@
 # Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
 # reports stale git metadata.
 # Usage: bash benchmarks/run_h200.sh [part ...]
-#   parts: decode decode1b long quant paged soak suite tests (default: decode long quant paged)
+#   parts: decode decode1b long quant paged soak suite peers-build peers tests
+# Carry .peers too for peers-build / peers (benchmarks/llamacpp_build.sh makes its tarballs). (default: decode long quant paged)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
@@ -48,6 +49,32 @@ for part in $parts; do
       LIMIT=$(( ${SUITE_LIMIT:-420} + 240 )) run python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf \
         --name suite_h200 --time-limit ${SUITE_LIMIT:-420} ${SUITE_ARGS:-}
       cp $R/suite_h200.json $R/suite_h200.md "$OUT/" ;;
+    peers-build)   # llama.cpp's CUDA llama-bench from .peers/llamacpp-src.tar.xz (kept in /tmp between warm calls)
+      [ -x /tmp/llcuda/build/bin/llama-bench ] || JOBS=15 timeout 560 bash benchmarks/llamacpp_build.sh \
+        --cuda /tmp/llcuda .peers/llamacpp-src.tar.xz 2>&1 | tail -5 ;;
+    peers)   # llama-bench (Vulkan: .peers/llamacpp-vulkan.tar.xz; CUDA: peers-build) on the timing-only files,
+             # then grilly_kv's dense decode/prefill on the same files, then one table
+      [ -f /tmp/smollm2-timing.gguf ] || python3 benchmarks/timing_checkpoint.py smollm2 /tmp/smollm2-timing.gguf
+      [ -f /tmp/llama32-1b-q4k.gguf ] || python3 benchmarks/timing_checkpoint.py llama32-1b /tmp/llama32-1b-q4k.gguf --matrix-type Q4_K
+      [ -d /tmp/llamacpp-vulkan ] || tar -xJf .peers/llamacpp-vulkan.tar.xz -C /tmp
+      specs=()
+      for f in smollm2-timing llama32-1b-q4k; do
+        for b in vulkan cuda; do
+          bin=/tmp/llamacpp-vulkan/llama-bench; [ $b = cuda ] && bin=/tmp/llcuda/build/bin/llama-bench
+          [ -x $bin ] || { echo "no $b llama-bench"; continue; }
+          echo "=== llama-bench $b $f"
+          timeout 150 $bin -m /tmp/$f.gguf -ngl 99 -p 512 -n 128 -d 0,1024,8064 -r 3 -o json > "$OUT/lb_${b}_$f.json" 2> "$OUT/lb_${b}_$f.log"
+          tail -2 "$OUT/lb_${b}_$f.log"; specs+=("$b=$OUT/lb_${b}_$f.json")
+        done
+      done
+      GRILLY_KV_GGUF=/tmp/smollm2-timing.gguf run python3 benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf \
+        --policies ${PEER_POLICIES:-dense,streaming:512,quest:512,entmax:512,triattention:512,tappa:512,predictor:512} \
+        --contexts 1024,8064 --steps 48 --weight-format native --name model_decode
+      run python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --name model_decode_llama1b \
+        --policies dense,streaming:512,quest:512 --contexts 1024,8064 --steps 48 --weight-format native
+      python3 benchmarks/peer_table.py --ours $R/model_decode.json $R/model_decode_llama1b.json \
+        --llamacpp "${specs[@]}" --name peers_h200
+      cp $R/model_decode.json $R/model_decode_llama1b.json $R/peers_h200.json $R/peers_h200.md "$OUT/" ;;
     tests)
       GRILLY_KV_DEVICE=vulkan run python3 -m pytest -q -p no:cacheprovider tests/test_policy_contract.py \
         tests/test_models_families.py ;;

@@ -19,7 +19,7 @@ from .ops.entmax_tau import check_alpha
 from .reference.gaussian_tau import gaussian_beta
 from .ops.topk_select import GROUP_REDUCE
 from .paged_store import NumpyStore, VulkanStore
-from .validation import check_array, check_choice, check_int
+from .validation import check_array, check_choice, check_f16_range, check_int
 
 DTYPES = ("float16", "float32")
 METHODS = ("topk", "gaussian", "dense")
@@ -83,6 +83,8 @@ class PagedKVCache(DeviceObject):
         doc = f"(B={self.batch}, H_kv={self.num_kv_heads}, n, D={self.head_dim})"
         for name, x in (("k", k), ("v", v)):
             check_array(name, x, ndim=4, dtypes=(np.float16, np.float32), shape_doc=doc)
+            if self.dtype == np.float16:
+                check_f16_range(name, x)
             b, h, _, d = x.shape
             if (b, h, d) != (self.batch, self.num_kv_heads, self.head_dim):
                 raise ValueError(f"{name} must have shape {doc}, got {x.shape}")
@@ -208,7 +210,7 @@ class PagedKVCache(DeviceObject):
         if method == "topk" and token_budget is None:
             raise ValueError("token_budget is required for method='topk'")
         if method != "dense" and token_budget is not None:
-            n_top = check_int("token_budget", token_budget, minimum=1) // self.page_size
+            n_top = min(check_int("token_budget", token_budget, minimum=1), self.capacity) // self.page_size
         out, pages = self._store.decode(q, self._len, method=method, n_top=n_top,
                                         n_sink=sink_pages, group_reduce=group_reduce,
                                         want_pages=return_pages, alpha=alpha, tau_mode=tau_mode,

@@ -171,8 +171,11 @@ def read_gguf_raw(path: Path) -> tuple[dict, dict[str, tuple[np.ndarray, int, tu
         reader = GGUFReader(str(path))
     except Exception as e:   # the reader raises assorted errors on damaged tables
         raise ValueError(f"{path}: damaged GGUF file ({type(e).__name__}: {e})") from None
-    meta = {key: _field_value(f, GGUFValueType) for key, f in reader.fields.items()
-            if f.types and not key.startswith("GGUF.")}
+    try:
+        meta = {key: _field_value(f, GGUFValueType) for key, f in reader.fields.items()
+                if f.types and not key.startswith("GGUF.")}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: damaged GGUF metadata (a string is not UTF-8: {e})") from None
     tensors = {}
     for t in reader.tensors:
         end = int(t.data_offset) + int(t.n_bytes)

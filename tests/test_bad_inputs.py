@@ -1,0 +1,70 @@
+"""Reproducers found by ``benchmarks/fuzz_inputs.py``, each now an early error naming the argument
+or file: masked arrays, float32 values beyond float16 storage, an oversized token budget,
+non-numbers and bools as classification bounds, and GGUF metadata that is not UTF-8."""
+import numpy as np
+import pytest
+
+from grilly_kv.adaptive_kv import classify_heads
+from grilly_kv.paged import PagedKVCache
+
+
+def test_masked_arrays_are_refused_by_name(vk):
+    from grilly_kv.entmax import entmax
+
+    x = np.ma.masked_array(np.ones((2, 8), np.float32), mask=np.zeros((2, 8), bool))
+    x.mask[0, 0] = True
+    with pytest.raises(TypeError, match="x is a masked array"):
+        entmax(x, 1.5, device=vk)
+
+
+def test_float16_cache_refuses_values_it_cannot_store(vk):
+    k = np.ones((1, 2, 20, 64), np.float32)
+    bad = k.copy()
+    bad[0, 1, 3, 5] = 1e30
+    with PagedKVCache(2, 64, capacity_tokens=64, device=vk) as cache:
+        with pytest.raises(ValueError, match="k holds values up to 1e\\+30.*float16"):
+            cache.prefill(bad, k)
+        with pytest.raises(ValueError, match="v holds values up to"):
+            cache.prefill(k, bad)
+        assert len(cache) == 0                              # nothing was written
+    with PagedKVCache(2, 64, capacity_tokens=64, device=vk, dtype="float32") as cache:
+        cache.prefill(bad, k)                               # a float32 cache holds them
+
+
+def test_token_budget_beyond_the_cache_means_every_page(vk):
+    rng = np.random.default_rng(0)
+    k, v = (rng.standard_normal((1, 2, 40, 64)).astype(np.float32) for _ in range(2))
+    q = rng.standard_normal((1, 4, 64)).astype(np.float32)
+    with PagedKVCache(2, 64, capacity_tokens=64, device=vk) as cache:
+        cache.prefill(k, v)
+        huge = cache.decode(q, token_budget=10 ** 12)        # was an OverflowError from the shader's constants
+        np.testing.assert_allclose(huge, cache.decode(q, token_budget=64), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(threshold=True), "threshold must be a real number"),
+                                      (dict(threshold="0.5"), "threshold must be a real number"),
+                                      (dict(threshold=None), "threshold must be a real number"),
+                                      (dict(threshold=float("nan")), "threshold must be finite"),
+                                      (dict(margin=-0.1), "margin must be >= 0"),
+                                      (dict(margin=np.bool_(True)), "margin must be a real number")])
+def test_classify_heads_bounds_are_checked_by_name(kw, match):
+    qsim = np.array([[0.2, 0.8, 0.5, 0.9]], np.float32)
+    with pytest.raises((TypeError, ValueError), match=match):
+        classify_heads(qsim, **kw)
+    assert classify_heads(qsim, threshold=np.float32(0.5), margin=np.float64(0.15)) == \
+        ["retrieval", "streaming", "mixed", "streaming"]
+
+
+def test_gguf_metadata_that_is_not_utf8_names_the_file(tmp_path):
+    from grilly_kv.models.llama import load_checkpoint
+    from grilly_kv.models.synthetic import write_synthetic_gguf
+
+    path = write_synthetic_gguf(tmp_path / "model.gguf", "llama")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"general.architecture") + len(b"general.architecture") + 4 + 8   # type, length
+    data[at] = 0xDF                                         # the value's first byte: a lone UTF-8 lead
+    data[at + 1] = 0x41
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="broken.gguf: damaged GGUF metadata"):
+        load_checkpoint(bad)
