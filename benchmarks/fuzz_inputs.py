@@ -182,7 +182,10 @@ def gguf_cases(tmp: Path, n: int) -> list[dict]:
     for label, where, blob in cases:
         path = tmp / "damaged.gguf"
         path.write_bytes(blob)
-        rows.append({"kind": "gguf", "variant": label, "offset": where, **classify_load(path, label)})
+        row = classify_load(path, label)
+        if row["outcome"] == "silent" and label == "header byte flipped" and same_reading(good, path):
+            row["outcome"] = "accepted"                    # alignment padding: the file means the same
+        rows.append({"kind": "gguf", "variant": label, "offset": where, **row})
     for label, path in (("directory", tmp), ("missing", tmp / "nope.gguf"), ("empty", touch(tmp / "empty.gguf"))):
         rows.append({"kind": "gguf", "variant": label, "offset": 0, **classify_load(path, label)})
     return rows
@@ -191,6 +194,15 @@ def gguf_cases(tmp: Path, n: int) -> list[dict]:
 def data_start(path: Path) -> int:
     from gguf import GGUFReader
     return int(GGUFReader(str(path)).data_offset)
+
+
+def same_reading(a: Path, b: Path) -> bool:
+    """Whether two GGUFs read as the same metadata values and tensor table (types, shapes, offsets)."""
+    from gguf import GGUFReader
+    ra, rb = GGUFReader(str(a)), GGUFReader(str(b))
+    fields = lambda r: {k: [bytes(r.fields[k].parts[i]) for i in r.fields[k].data] for k in r.fields}  # noqa: E731
+    table = lambda r: [(t.name, int(t.tensor_type), tuple(t.shape), int(t.data_offset)) for t in r.tensors]  # noqa: E731
+    return fields(ra) == fields(rb) and table(ra) == table(rb)
 
 
 def flip(data: bytes, offset: int) -> bytes:
@@ -206,8 +218,10 @@ def touch(path: Path) -> Path:
 
 def classify_load(path: Path, label: str) -> dict:
     from grilly_kv.models.llama import load_checkpoint
+    from grilly_kv.models.registry import make_tokenizer
     try:
         ck = load_checkpoint(path)
+        make_tokenizer(ck)                                 # a user loads the tokenizer with the model
         ok = all(np.all(np.isfinite(np.asarray(w, np.float64))) for w in ck.floats.values()) \
             if getattr(ck, "floats", None) else True
         outcome = ("accepted" if ok else "silent") if label == "data byte flipped" else "silent"

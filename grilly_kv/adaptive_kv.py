@@ -79,10 +79,10 @@ def _allocate(weights: np.ndarray, total: int, floor: int, cap: int | None, unit
     n = weights.size
     cap_v = math.inf if cap is None else cap
     if total < n * floor:
-        raise ValueError(f"total_budget {total} cannot give {n} {unit}s their floor of {floor} "
-                         f"(needs >= {n * floor})")
+        raise ValueError(f"total_budget {total} cannot give {n} {unit}s their min_budget_per_{unit} of "
+                         f"{floor} (needs >= {n * floor})")
     if total > n * cap_v:
-        raise ValueError(f"total_budget {total} exceeds {n} {unit}s x max {cap} = {n * cap}")
+        raise ValueError(f"total_budget {total} exceeds {n} {unit}s x max_budget_per_{unit} {cap} = {n * cap}")
     share = np.full(n, float(floor))
     active = np.ones(n, bool)
     rest = float(total - n * floor)

@@ -82,7 +82,7 @@ def test_layer_budgets_with_cake_scores():
 
 @pytest.mark.parametrize("call, exc, match", [
     (lambda: compute_head_budgets(np.full(4, 0.5), 100, 32), ValueError, "needs >= 128"),
-    (lambda: compute_head_budgets(np.full(4, 0.5), 500, 32, 100), ValueError, "exceeds 4 heads x max 100"),
+    (lambda: compute_head_budgets(np.full(4, 0.5), 500, 32, 100), ValueError, "exceeds 4 heads x max_budget_per_head 100"),
     (lambda: compute_head_budgets(np.full(4, 0.5), 200, 32, 16), ValueError, "max_budget_per_head must be >= 32"),
     (lambda: compute_head_budgets(np.full(4, 0.5), -1), ValueError, "total_budget must be >= 0"),
     (lambda: compute_head_budgets(np.full(4, 0.5), 10.5), TypeError, "total_budget must be an integer"),

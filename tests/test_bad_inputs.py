@@ -68,3 +68,12 @@ def test_gguf_metadata_that_is_not_utf8_names_the_file(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="broken.gguf: damaged GGUF metadata"):
         load_checkpoint(bad)
+
+
+def test_gguf_token_types_outside_the_known_ones_name_the_file(tmp_path):
+    from grilly_kv.models.llama.tokenizer import TokenizerSpec
+
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b", "c"],
+            "tokenizer.ggml.token_type": [1, 254, 1]}
+    with pytest.raises(ValueError, match="x.gguf: token 1 has type 254"):
+        TokenizerSpec.from_metadata(meta, "x.gguf")

@@ -95,6 +95,10 @@ class TokenizerSpec:
         types = tuple(int(t) for t in meta.get("tokenizer.ggml.token_type", [NORMAL] * n))
         if len(types) != n:
             raise ValueError(f"{source}: {len(types)} token types for {n} tokens")
+        bad = [i for i, t in enumerate(types) if not 1 <= t <= 6]
+        if bad:
+            raise ValueError(f"{source}: token {bad[0]} has type {types[bad[0]]} ({len(bad)} tokens outside "
+                             "GGUF's types 1-6: normal, unknown, control, user defined, unused, byte)")
         scores = tuple(float(s) for s in meta.get("tokenizer.ggml.scores", ()))
         if scores and len(scores) != n:
             raise ValueError(f"{source}: {len(scores)} token scores for {n} tokens")
