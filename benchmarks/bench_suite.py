@@ -48,6 +48,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("-n", "--n-per-cell", type=int, default=None, help="prompts per (task, context) (default 20)")
     ap.add_argument("--ppl-windows", type=int, default=None, help="perplexity windows per context (default 2)")
     ap.add_argument("--ppl-targets", type=int, default=None, help="scored tokens per window (default 2048)")
+    ap.add_argument("--chunk", type=int, default=None, help="prompt tokens per forward call (default: the model's)")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds; no run starts after it")
     ap.add_argument("--name", default=None, help="JSON stem under benchmarks/results (default suite[_quick])")
     return ap.parse_args(argv)
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     a = parse(argv)
     cfg = config(a)
     name = a.name or ("suite_quick" if a.quick else "suite")
-    model, tk = load_model(a.model, device=a.device)
+    model, tk = load_model(a.model, device=a.device, max_chunk=a.chunk)
     planned = ordered_runs(cfg)
     suite_mod.suite_runs = lambda c: planned          # evaluate_suite walks them in this order
     out = RESULTS / f"{name}.json"
