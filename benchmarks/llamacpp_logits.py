@@ -9,7 +9,18 @@ feeds the same random token ids to both engines (teacher forcing, logits at ever
 records top-1 agreement and the largest absolute logit difference. grilly_kv runs its NumPy
 reference and, with ``--vulkan``, its Vulkan forward.
 
+Diagnosis columns: the NumPy reference with ggml-cpu's roundings added (:func:`ggml_cpu_logits`):
+the activations of each matrix product converted to the weight type's ``vec_dot_type`` (Q8_0,
+Q8_1, F16), and/or q, k, v and the attention probabilities rounded to float16 (llama.cpp's F16 K/V
+cache). They show where the remaining differences come from; grilly_kv's models never do this.
+
+Mistral: llama.cpp reads real Mistral GGUFs as ``llama`` (no sliding window), and refuses the
+``mistral`` architecture string; the ``mistral`` rows use that form, the ``mistral-swa`` rows check
+the sliding window against llama.cpp's ``granite_swa`` graph on the same tensors (see
+:func:`checkpoint_files`).
+
     python3 benchmarks/llamacpp_logits.py            # writes benchmarks/results/llamacpp_logits.json
+    python3 benchmarks/llamacpp_logits.py --quick    # 4 rows, llamacpp_logits_quick.json
 """
 from __future__ import annotations
 
@@ -76,70 +87,292 @@ def our_logits(path: Path, ids: list[int], device: str) -> np.ndarray:
     return out
 
 
+# ---- ggml-cpu's arithmetic, emulated in NumPy (a diagnosis of the remaining differences) --------------
+# ggml's CPU backend converts the activations of a matrix product to the weight type's vec_dot_type
+# (ggml-cpu.c, type_traits_cpu) before the dot products: F16 weights -> F16 activations, Q4_0 / Q5_0 /
+# Q8_0 -> Q8_0 (blocks of 32, d = amax / 127 stored as float16, q = roundf(x / d)), Q4_1 / Q5_1 -> Q8_1
+# (Q8_0's d and q, plus s = d * sum(q) as float16), K-quants -> Q8_K (blocks of 256, float32 d).
+# llama-cpp-python's default context (no flash attention, F16 K/V cache) also rounds q, k, v and the
+# softmax probabilities to float16 for the two attention products.
+VEC_DOT_TYPE = {"F32": None, "F16": "F16", "BF16": "BF16", "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0",
+                "Q4_1": "Q8_1", "Q5_1": "Q8_1", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K"}
+
+
+def _f16(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
+
+
+def _roundf(x: np.ndarray) -> np.ndarray:
+    """C ``roundf``: halves away from zero."""
+    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+
+
+def as_vec_dot_type(x: np.ndarray, vec_dot_type: str | None) -> np.ndarray:
+    """Rows ``x (T, n)`` float32 as ggml-cpu hands them to a dot product with weights whose
+    vec_dot_type is ``vec_dot_type``, dequantised back to float32 (the value each dot product sees;
+    Q8_1's block sum ``s``, which meets only Q4_1/Q5_1's block minima, is :func:`q8_1_sum_correction`)."""
+    x = np.asarray(x, np.float32)
+    if vec_dot_type is None:
+        return x
+    if vec_dot_type == "F16":
+        return _f16(x)
+    if vec_dot_type == "BF16":
+        u = x.view(np.uint32).astype(np.uint64)
+        u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+        return u.view(np.float32)
+    if vec_dot_type in ("Q8_0", "Q8_1"):
+        b = x.reshape(x.shape[0], -1, 32)
+        d = np.abs(b).max(-1, keepdims=True) / np.float32(127)
+        inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
+        return (_f16(d) * _roundf(b * inv)).reshape(x.shape)
+    if vec_dot_type == "Q8_K":
+        b = x.reshape(x.shape[0], -1, 256)
+        at = np.abs(b).argmax(-1)[..., None]
+        mx = np.take_along_axis(b, at, -1)
+        iscale = np.divide(np.float32(-127), mx, out=np.zeros_like(mx), where=mx != 0)
+        q = np.minimum(127, np.rint(iscale * b))
+        d = np.divide(np.float32(1), iscale, out=np.zeros_like(iscale), where=iscale != 0)
+        return (d * q).reshape(x.shape)
+    raise ValueError(f"unknown vec_dot_type {vec_dot_type!r}")
+
+
+def q8_1_sum_correction(x: np.ndarray, raw_rows: np.ndarray) -> np.ndarray:
+    """``(T, out)``: what Q8_1's float16 block sum ``s = fp16(d * sum(q))`` adds to a Q4_1/Q5_1 dot
+    product beyond ``fp16(d) * sum(q)`` (the dequantised rows of :func:`as_vec_dot_type`): ggml
+    computes ``sum_b d_w d_x sum(q_w q_x) + m_w s``. ``raw_rows``: the weight's block bytes
+    ``(out, n_blocks * block_bytes)``, each block starting with float16 d, then float16 m."""
+    x = np.asarray(x, np.float32)
+    b = x.reshape(x.shape[0], -1, 32)
+    d = np.abs(b).max(-1) / np.float32(127)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
+    qsum = _roundf(b * inv[..., None]).sum(-1)
+    delta = _f16(d * qsum) - _f16(d) * qsum                              # (T, n_blocks)
+    blocks = np.ascontiguousarray(raw_rows).reshape(raw_rows.shape[0], b.shape[1], -1)
+    m = np.ascontiguousarray(blocks[..., 2:4]).view(np.float16)[..., 0].astype(np.float32)   # (out, n_blocks)
+    return delta @ m.T
+
+
+def ggml_cpu_logits(ckpt, ids: list[int], *, activations: bool = True, kv_f16: bool = False) -> np.ndarray:
+    """``(T, vocab)`` logits of ``ids`` at positions ``0 .. T-1`` by our NumPy reference's arithmetic
+    with ggml-cpu's roundings added: ``activations``: each matrix product's input rows converted to
+    the weight's vec_dot_type (:func:`as_vec_dot_type`); ``kv_f16``: q, k, v and the softmax
+    probabilities rounded to float16 (llama.cpp's default F16 K/V cache without flash attention).
+    Causal attention within the config's sliding window, if any."""
+    from grilly_kv.models.llama.quants import qtype_name
+    from grilly_kv.models.llama.reference import apply_rope, rms_norm, rope_tables, silu
+    from grilly_kv.models.llama.weights import unpermute_rope_rows
+    from grilly_kv.reference.kv_slot_attention import visible_mask
+
+    c = ckpt.config
+
+    def mm(x: np.ndarray, w: np.ndarray, gguf_name: str) -> np.ndarray:
+        vdt = VEC_DOT_TYPE[qtype_name(ckpt.raw[gguf_name][1])] if activations else None
+        y = as_vec_dot_type(x, vdt) @ w.T
+        if vdt == "Q8_1":
+            rows = np.asarray(ckpt.raw[gguf_name][0])
+            if c.rope_rows == "interleaved" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+                n = c.n_q_heads if gguf_name.endswith("attn_q.weight") else c.n_kv_heads
+                rows = unpermute_rope_rows(rows, n)      # our q/k rows are rotate-half
+            y = y + q8_1_sum_correction(x, rows)
+        return y
+
+    def heads(y: np.ndarray, n: int) -> np.ndarray:
+        return y.reshape(y.shape[0], n, c.head_dim).transpose(1, 0, 2)
+
+    T = len(ids)
+    pos = np.arange(T)
+    cos, sin = rope_tables(pos, c)
+    mask = visible_mask(pos, pos, 0, c.sliding_window or T)
+    g = c.n_q_heads // c.n_kv_heads
+    x = ckpt.embedding[np.asarray(ids)].astype(np.float32)
+    for i, w in enumerate(ckpt.layers):
+        p = f"blk.{i}."
+        h = rms_norm(x, w["attn_norm"], c.norm_eps)
+        q, k, v = (mm(h, w[n], p + f"attn_{s}.weight") + w.get(b, 0) for n, s, b in
+                   (("wq", "q", "bq"), ("wk", "k", "bk"), ("wv", "v", "bv")))
+        q, k, v = heads(q, c.n_q_heads), heads(k, c.n_kv_heads), heads(v, c.n_kv_heads)
+        if c.qk_norm:
+            q, k = rms_norm(q, w["q_norm"], c.norm_eps), rms_norm(k, w["k_norm"], c.norm_eps)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_f16:
+            q, k, v = _f16(q), _f16(k), _f16(v)
+        k, v = np.repeat(k, g, axis=0), np.repeat(v, g, axis=0)
+        sc = np.where(mask, q @ k.transpose(0, 2, 1) / np.sqrt(c.head_dim), -np.inf)
+        pr = np.exp(sc - sc.max(-1, keepdims=True))
+        pr /= pr.sum(-1, keepdims=True)
+        o = ((_f16(pr) if kv_f16 else pr) @ v).transpose(1, 0, 2).reshape(T, c.q_dim).astype(np.float32)
+        x = x + mm(o, w["wo"], p + "attn_output.weight")
+        h = rms_norm(x, w["ffn_norm"], c.norm_eps)
+        a = silu(mm(h, w["w_gate"], p + "ffn_gate.weight")) * mm(h, w["w_up"], p + "ffn_up.weight")
+        x = x + mm(a.astype(np.float32), w["w_down"], p + "ffn_down.weight")
+    head = "token_embd.weight" if c.tied_output else "output.weight"
+    return mm(rms_norm(x, ckpt.output_norm, c.norm_eps), ckpt.output, head)
+
+
 def compare(ours: np.ndarray, theirs: np.ndarray) -> dict:
     diff = np.abs(ours - theirs)
     return {"top1_agreement": float(np.mean(ours.argmax(-1) == theirs.argmax(-1))),
             "max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
+            "positions_within_1e-3": float(np.mean(diff.max(-1) <= 1e-3)),
             "logit_scale": float(np.abs(theirs).max())}
 
 
-def main(argv=None) -> int:
+SWA_WINDOW = 16          # the mistral-swa rows' window, shorter than --tokens
+MISTRAL_AS_LLAMA = ("general.architecture 'llama', no sliding-window key: how llama.cpp's convert_hf_to_gguf.py "
+                    "writes MistralForCausalLM (conversion/__init__.py maps it to the llama model class), so "
+                    "real Mistral GGUFs run as llama with full attention in llama.cpp; the same file for both engines")
+MISTRAL_AS_GRANITE_SWA = ("llama.cpp has no Mistral architecture with a sliding window (its 'mistral' string is "
+                          "refused; 'llama' reads no window), so llama.cpp reads the same tensors relabelled "
+                          "'granite_swa' (standard SWA, p1 - p0 >= n_swa masked, on every layer; logit_scale 1, "
+                          "attention sinks -1e4 so they take no probability): a Llama block with a sliding window; "
+                          "grilly_kv reads them as 'mistral' with attention.sliding_window")
+
+
+def checkpoint_files(tmp: Path, family: str, qtype: str) -> tuple[Path, Path, str | None]:
+    """(the file grilly_kv reads, the file llama.cpp reads, how the latter differs or None) of one row.
+    ``mistral``: as real Mistral GGUFs are written; ``mistral-swa``: a window of SWA_WINDOW tokens."""
     from grilly_kv.models.synthetic import FAMILIES, write_synthetic_gguf
+
+    if family == "mistral":
+        path = write_synthetic_gguf(tmp / f"{family}-{qtype}.gguf", "mistral", qtype=qtype, arch="llama",
+                                    sliding_window=None)
+        return path, path, MISTRAL_AS_LLAMA
+    if family == "mistral-swa":
+        spec = FAMILIES["mistral"]
+
+        def no_sinks(tensors):
+            for i in range(spec.n_layers):
+                tensors[f"blk.{i}.attn_sinks.weight"] = np.full(spec.n_q_heads, -1e4, np.float32)
+
+        ours = write_synthetic_gguf(tmp / f"{family}-{qtype}.gguf", "mistral", qtype=qtype, sliding_window=SWA_WINDOW)
+        theirs = write_synthetic_gguf(
+            tmp / f"{family}-{qtype}-granite_swa.gguf", "mistral", qtype=qtype, arch="granite_swa",
+            sliding_window=SWA_WINDOW, edit=no_sinks,
+            extra_kv={"granite_swa.logit_scale": 1.0,
+                      "granite_swa.attention.sliding_window_pattern": [True] * spec.n_layers})
+        return ours, theirs, MISTRAL_AS_GRANITE_SWA
+    path = write_synthetic_gguf(tmp / f"{family}-{qtype}.gguf", family, qtype=qtype)
+    return path, path, None
+
+
+def compare_row(job: dict, theirs: np.ndarray, vulkan: bool) -> dict:
+    """One row: our NumPy reference (and Vulkan forward), and the ggml-cpu emulations, against llama.cpp."""
+    import dataclasses
+
+    from grilly_kv.models.llama import load_checkpoint
+
+    row = {k: job[k] for k in ("family", "qtype")}
+    row["tokens"] = len(job["ids"])
+    if job["form"]:
+        row["llama_cpp_file"] = job["form"]
+    ours = our_logits(Path(job["ours"]), job["ids"], "cpu")
+    row["numpy"] = compare(ours, theirs)
+    ck = load_checkpoint(job["ours"])
+    row["emulation_without_roundings_vs_numpy"] = float(np.abs(ggml_cpu_logits(ck, job["ids"], activations=False)
+                                                               - ours).max())
+    row["numpy_kv_f16"] = compare(ggml_cpu_logits(ck, job["ids"], activations=False, kv_f16=True), theirs)
+    row["numpy_ggml_activations"] = compare(ggml_cpu_logits(ck, job["ids"]), theirs)
+    row["numpy_ggml_activations_kv_f16"] = compare(ggml_cpu_logits(ck, job["ids"], kv_f16=True), theirs)
+    if ck.config.sliding_window:
+        row["sliding_window"] = ck.config.sliding_window
+        ck.config = dataclasses.replace(ck.config, sliding_window=None)
+        row["numpy_without_window"] = compare(ggml_cpu_logits(ck, job["ids"], activations=False), theirs)
+    if vulkan:
+        row["vulkan"] = compare(our_logits(Path(job["ours"]), job["ids"], "vulkan"), theirs)
+    return row
+
+
+COLUMNS = ("numpy", "numpy_kv_f16", "numpy_ggml_activations", "numpy_ggml_activations_kv_f16")
+
+
+def summary(rows: list[dict]) -> dict:
+    """Per column: the lowest top-1 agreement, the largest and the median max |logit diff|."""
+    ok = [r for r in rows if "numpy" in r]
+    out = {}
+    for col in COLUMNS + ("vulkan",):
+        vals = [r[col] for r in ok if col in r]
+        if vals:
+            out[col] = {"min_top1_agreement": min(v["top1_agreement"] for v in vals),
+                        "max_abs_logit_diff": max(v["max_abs_logit_diff"] for v in vals),
+                        "median_max_abs_logit_diff": float(np.median([v["max_abs_logit_diff"] for v in vals])),
+                        "median_mean_abs_logit_diff": float(np.median([v["mean_abs_logit_diff"] for v in vals]))}
+    return out
+
+
+def main(argv=None) -> int:
+    from grilly_kv.models.synthetic import FAMILIES
     from grilly_kv.provenance import commit
 
+    families = [f for name in FAMILIES for f in ((name, "mistral-swa") if name == "mistral" else (name,))]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--families", default=",".join(families))
     ap.add_argument("--qtypes", default=",".join(DEFAULT_QTYPES))
     ap.add_argument("--tokens", type=int, default=40, help="positions compared per checkpoint")
     ap.add_argument("--vulkan", action="store_true", help="also compare grilly_kv's Vulkan forward")
+    ap.add_argument("--quick", action="store_true", help="llama and mistral-swa, F32 and Q8_0 only")
     ap.add_argument("--venv", type=Path, default=ROOT / ".cache" / "llamacpp-venv")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "llamacpp_logits.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default benchmarks/results/llamacpp_logits.json (_quick with --quick)")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.families, a.qtypes = "llama,mistral-swa", "F32,Q8_0"
+    out = a.out or ROOT / "benchmarks" / "results" / f"llamacpp_logits{'_quick' if a.quick else ''}.json"
     py = ensure_llamacpp(a.venv)
     rng = np.random.default_rng(0)
     rows, jobs = [], []
+    t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for family in a.families.split(","):
             for qtype in a.qtypes.split(","):
-                path = write_synthetic_gguf(tmp / f"{family}-{qtype}.gguf", family, qtype=qtype)
-                n = a.tokens
-                window = FAMILIES[family].sliding_window
-                if window:
-                    n = min(n, window)          # llama.cpp's llama graph has no sliding window
-                ids = rng.integers(0, 256, size=n).tolist()          # byte tokens
-                jobs.append({"family": family, "qtype": qtype, "path": str(path), "ids": ids,
-                             "n_ctx": max(64, n), "out": str(tmp / f"{family}-{qtype}.npy")})
+                ours, theirs, form = checkpoint_files(tmp, family, qtype)
+                ids = rng.integers(0, 256, size=a.tokens).tolist()          # byte tokens
+                jobs.append({"family": family, "qtype": qtype, "ours": str(ours), "path": str(theirs),
+                             "form": form, "ids": ids, "n_ctx": max(64, a.tokens),
+                             "out": str(tmp / f"{family}-{qtype}.npy")})
         (tmp / "jobs.json").write_text(json.dumps(jobs))
         (tmp / "child.py").write_text(CHILD)
         t0 = time.perf_counter()
         subprocess.run([str(py), str(tmp / "child.py"), str(tmp / "jobs.json"), str(tmp / "done.json")], check=True)
-        done = json.loads((tmp / "done.json").read_text())
-        for job in done:
-            row = {k: job[k] for k in ("family", "qtype")}
-            row["tokens"] = len(job["ids"])
+        llamacpp_s = time.perf_counter() - t0
+        for job in json.loads((tmp / "done.json").read_text()):
             if job["error"]:
-                row["llama_cpp_error"] = job["error"]
-                rows.append(row)
+                rows.append({"family": job["family"], "qtype": job["qtype"], "llama_cpp_error": job["error"]})
+                print(f"{job['family']:<11} {job['qtype']:<5} llama.cpp: {job['error']}", flush=True)
                 continue
-            theirs = np.load(job["out"])
-            row["numpy"] = compare(our_logits(Path(job["path"]), job["ids"], "cpu"), theirs)
-            if a.vulkan:
-                row["vulkan"] = compare(our_logits(Path(job["path"]), job["ids"], "vulkan"), theirs)
+            row = compare_row(job, np.load(job["out"]), a.vulkan)
             rows.append(row)
-            print(f"{row['family']:<8} {row['qtype']:<5} top-1 {row['numpy']['top1_agreement']:.3f} "
-                  f"max |diff| {row['numpy']['max_abs_logit_diff']:.2e}", flush=True)
+            print(f"{row['family']:<11} {row['qtype']:<5} top-1 / max |diff| " + "  ".join(
+                f"{col}: {row[col]['top1_agreement']:.3f} / {row[col]['max_abs_logit_diff']:.1e}"
+                for col in COLUMNS), flush=True)
     ok = [r for r in rows if "numpy" in r]
-    result = {"peer": f"llama.cpp 0c1e570 ({LLAMA_CPP_PYTHON}, CPU backend)", "commit": commit(),
-              "tokens_per_checkpoint": a.tokens, "rows": rows,
-              "min_top1_agreement": min((r["numpy"]["top1_agreement"] for r in ok), default=None),
-              "max_abs_logit_diff": max((r["numpy"]["max_abs_logit_diff"] for r in ok), default=None),
-              "seconds": time.perf_counter() - t0,
-              "note": "sliding-window families are compared on at most their window of tokens: llama.cpp's "
-                      "llama graph does not apply a sliding window"}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {a.out}")
+    result = {
+        "peer": f"llama.cpp 0c1e570 ({LLAMA_CPP_PYTHON}, CPU backend, default context: no flash attention, "
+                "F16 K/V cache)",
+        "commit": commit(), "tokens_per_checkpoint": a.tokens, "rows": rows,
+        "min_top1_agreement": min((r["numpy"]["top1_agreement"] for r in ok), default=None),
+        "max_abs_logit_diff": max((r["numpy"]["max_abs_logit_diff"] for r in ok), default=None),
+        "columns": {
+            "numpy": "grilly_kv's NumPy reference forward (float32 activations, float32 K/V)",
+            "numpy_kv_f16": "the same forward with q, k, v and the softmax probabilities rounded to float16 "
+                            "(llama.cpp's F16 K/V cache, non-flash attention path), float32 activations",
+            "numpy_ggml_activations": "the same forward with each matrix product's input rows converted to the "
+                                      "weight type's ggml-cpu vec_dot_type (F16 -> F16; Q4_0/Q5_0/Q8_0 -> Q8_0; "
+                                      "Q4_1/Q5_1 -> Q8_1 with its float16 block sum) and back",
+            "numpy_ggml_activations_kv_f16": "both roundings (numpy_kv_f16 and numpy_ggml_activations)",
+            "emulation_without_roundings_vs_numpy": "max |logit diff| between the emulation with no rounding and "
+                                                    "the NumPy reference (the emulation is the reference otherwise)",
+            "numpy_without_window": "mistral-swa rows: the reference with the sliding window removed (the "
+                                    "window matters by this much)",
+            "positions_within_1e-3": "fraction of positions whose logits all agree to 1e-3",
+        },
+        "summary": summary(rows),
+        "llama_cpp_seconds": llamacpp_s, "seconds": time.perf_counter() - t_start,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["summary"], indent=1))
+    print(f"wrote {out}")
     return 0
 
 

@@ -16,6 +16,7 @@ from grilly_kv.models.llama.reference import ReferenceModel
 from grilly_kv.models.llama.vulkan import VulkanModel
 from grilly_kv.models.synthetic import write_synthetic_gguf
 from grilly_kv.policies import make_policy
+from grilly_kv.policies.registry import policy_names
 from grilly_kv.rope import llama3_freq_factors, rope_inv_freq
 from harness import assert_close, teacher_forced_logits
 
@@ -84,14 +85,69 @@ def test_each_variation_point_changes_the_logits(files, fam, drop):
     assert np.abs(_ref_logits(ck) - full).max() > 20 * ATOL
 
 
-def test_sliding_window_is_enforced(vk, files):
-    model, _ = load_model(files["mistral"], "cpu", max_chunk=CHUNK)
-    model.start(make_policy("dense"), 48)                            # fits in the window
-    with pytest.raises(ValueError, match="sliding window 48"):
-        model.start(make_policy("dense"), 49)
-    vkm = VulkanModel(load_checkpoint(files["mistral"], n_layers=1), vk, max_chunk=CHUNK)
-    with pytest.raises(ValueError, match="sliding window 48"):
-        vkm.start(make_policy("dense"), 100)
+WINDOW = 8
+
+
+@pytest.fixture(scope="module")
+def swa_file(tmp_path_factory):
+    """A mistral-family file with a sliding window of 8 tokens (the CHUNK), shorter than _ids()."""
+    return write_synthetic_gguf(tmp_path_factory.mktemp("swa") / "mistral-w8.gguf", "mistral", qtype="F16",
+                                sliding_window=WINDOW)
+
+
+def _no_window(ck):
+    ck.config = dataclasses.replace(ck.config, sliding_window=None)
+    return ck
+
+
+def test_sliding_window_vulkan_matches_reference(vk, swa_file):
+    """21 tokens through a window of 8 (prefill of 13 in chunks of 8, then decode): the Vulkan
+    dense twin (ring of window + chunk - 1 slots) equals the NumPy reference; the window changes
+    the logits of every position >= 8 and no earlier one."""
+    ck = load_checkpoint(swa_file)
+    assert ck.config.sliding_window == WINDOW
+    ids = _ids()
+    want = teacher_forced_logits(ReferenceModel(ck, max_chunk=CHUNK), make_policy("dense"), ids, 13)
+    vkm = VulkanModel(ck, vk, max_chunk=CHUNK)
+    got = teacher_forced_logits(vkm, make_policy("dense"), ids, 13)
+    assert vkm.kv.capacity_tokens() == WINDOW + CHUNK - 1 < len(ids)
+    assert_close(got, want, atol=ATOL, what="mistral sliding-window logits")
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    full = teacher_forced_logits(ReferenceModel(_no_window(load_checkpoint(swa_file)), max_chunk=CHUNK),
+                                 make_policy("dense"), ids, 13)
+    diff = np.abs(full - want).max(-1)
+    assert diff[:WINDOW].max() < 1e-4
+    assert diff[WINDOW:].min() > 20 * ATOL
+
+
+def test_sliding_window_sees_exactly_window_keys(swa_file):
+    """One layer: RoPE scores depend on t - p only, so the logits at t >= W equal a window-less
+    model's on the W tokens ending at t (placed at 0 .. W-1) and differ from it on W + 1 tokens:
+    a query at t sees keys at p with t - p < W (llama.cpp's standard SWA), no more, no fewer."""
+    from grilly_kv.models.generate import prefill
+
+    ids = _ids()
+    windowed = teacher_forced_logits(ReferenceModel(load_checkpoint(swa_file, n_layers=1), max_chunk=CHUNK),
+                                     make_policy("dense"), ids, 13)
+    plain = ReferenceModel(_no_window(load_checkpoint(swa_file, n_layers=1)), max_chunk=2 * CHUNK)
+    for t in range(WINDOW, len(ids)):
+        for n, same in ((WINDOW, True), (WINDOW + 1, False)):
+            plain.start(make_policy("dense"), n)
+            err = np.abs(prefill(plain, ids[t - n + 1:t + 1])[0] - windowed[t]).max()
+            assert (err < 1e-3) if same else (err > 5 * ATOL), (t, n, err)
+
+
+@pytest.mark.parametrize("name", [n for n in policy_names() if n != "dense"])
+def test_sliding_window_refused_by_other_policies(vk, swa_file, name):
+    """Every other policy selects keys by its own rule: it refuses a sequence longer than the
+    window (naming itself and the window) on both models, and runs one within the window."""
+    ref = ReferenceModel(load_checkpoint(swa_file, n_layers=1), max_chunk=CHUNK)
+    vkm = VulkanModel(load_checkpoint(swa_file, n_layers=1), vk, max_chunk=CHUNK)
+    for model in (ref, vkm):
+        with pytest.raises(ValueError, match=rf"{name}.*sliding window of {WINDOW} tokens over {WINDOW + 1}"):
+            model.start(make_policy(name), WINDOW + 1)
+    ref.start(make_policy(name), WINDOW)
+    assert np.isfinite(ref.forward(_ids(WINDOW), 0)).all()
 
 
 def test_load_model_by_path_and_errors(files):

@@ -193,7 +193,7 @@ def synthetic_tensors(spec: SyntheticSpec, vocab: int, seed: int = 0) -> dict[st
 
 
 def write_synthetic_gguf(path, family: str | SyntheticSpec = "llama", *, qtype: str = "F32", seed: int = 0,
-                         edit=None, raw: dict | None = None, **overrides) -> Path:
+                         edit=None, raw: dict | None = None, extra_kv: dict | None = None, **overrides) -> Path:
     """Write a random checkpoint of ``family`` (a :data:`FAMILIES` name or a spec) to ``path``.
 
     Args:
@@ -203,6 +203,8 @@ def write_synthetic_gguf(path, family: str | SyntheticSpec = "llama", *, qtype: 
         edit: optional ``edit(tensors)`` changing the float32 tensors dict before writing (tests of
             damaged files: NaN norms, out-of-range values, wrong shapes, missing tensors).
         raw: optional ``{name: (uint8 blocks, GGMLQuantizationType)}`` written as given instead.
+        extra_kv: optional metadata keys written after the spec's: a float as float32, an int as
+            uint32, a list as an array (e.g. keys another engine needs to read the same weights).
         overrides: :class:`SyntheticSpec` fields to change (e.g. ``n_layers=1``).
 
     Returns:
@@ -219,6 +221,15 @@ def write_synthetic_gguf(path, family: str | SyntheticSpec = "llama", *, qtype: 
     writer = GGUFWriter(str(path), spec.arch)
     vocab = write_tokenizer(writer)
     _metadata(writer, spec, vocab)
+    for key, value in (extra_kv or {}).items():
+        if isinstance(value, (list, tuple)):
+            writer.add_array(key, list(value))
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            writer.add_uint32(key, value)
+        else:
+            raise ValueError(f"extra_kv[{key!r}]: a float, an int or a list, got {value!r}")
     tensors = synthetic_tensors(spec, vocab, seed)
     if edit is not None:
         edit(tensors)

@@ -19,6 +19,14 @@ attention itself (on the device, with a dense K/V cache of its own) and call
 its state exactly as ``attend`` would, but computes no attention output. Dense chunks form a
 prefix of the sequence: once ``dense_chunk()`` has been False, it stays False until ``reset``.
 ``attend`` stays valid for every chunk, dense or not (a model may always call it).
+
+Sliding window. A model whose attention has a sliding window (Mistral: a query at position ``t``
+sees keys at ``p`` with ``t - p < window``, llama.cpp's ``LLAMA_SWA_TYPE_STANDARD``) passes it as
+``CacheShape.window``. A policy that applies it sets ``follows_window = True`` (the dense policy:
+it attends exactly the window and keeps only a ring of ``window + max_chunk - 1`` slots). Every
+other policy selects or evicts keys by its own rule and would let a query see keys outside the
+window, so :meth:`KVPolicy.reset` refuses it when the window is shorter than the sequence
+(``max_tokens > window``); sequences that fit in the window run under every policy.
 """
 from __future__ import annotations
 
@@ -42,6 +50,8 @@ class CacheShape:
         max_tail: the most tokens appended after :meth:`KVPolicy.end_context` (question +
             answer), which a question-aware policy keeps without evicting; a twin sizes its
             margin for them. 0: the generation loop does not call ``end_context``.
+        window: the model's sliding window in tokens (a query at ``t`` sees keys at ``p`` with
+            ``t - p < window``), or None: no window (see the module docstring).
     """
 
     n_layers: int
@@ -52,6 +62,7 @@ class CacheShape:
     max_chunk: int
     device: object = None
     max_tail: int = 0
+    window: int | None = None
 
     def __post_init__(self):
         for name in ("n_layers", "n_q_heads", "n_kv_heads", "head_dim", "max_tokens", "max_chunk"):
@@ -63,6 +74,13 @@ class CacheShape:
         if not 0 <= int(self.max_tail) <= self.max_tokens:
             raise ValueError(f"CacheShape.max_tail must be in [0, max_tokens={self.max_tokens}], "
                              f"got {self.max_tail}")
+        if self.window is not None and int(self.window) < 1:
+            raise ValueError(f"CacheShape.window must be None or >= 1, got {self.window}")
+
+    @property
+    def window_limits(self) -> bool:
+        """True when the sliding window hides keys from some query (``max_tokens > window``)."""
+        return self.window is not None and self.max_tokens > self.window
 
     def bytes_per_token(self, bytes_per_value: int = 2) -> int:
         """K+V bytes of one token over all layers."""
@@ -102,13 +120,25 @@ class KVPolicy(ABC):
     """
 
     name = "base"
+    follows_window = False      # applies CacheShape.window (see the module docstring)
 
     def __init__(self, budget: int | None = None):
         self.budget = budget
         self.shape: CacheShape | None = None
 
     def reset(self, shape: CacheShape) -> None:
-        """Start a new sequence with an empty cache sized for ``shape``."""
+        """Start a new sequence with an empty cache sized for ``shape``.
+
+        Raises:
+            ValueError: ``shape.window`` is shorter than the sequence and this policy does not
+                apply a sliding window (``follows_window``).
+        """
+        if shape.window_limits and not self.follows_window:
+            raise ValueError(
+                f"{self.describe()} cannot run a model with a sliding window of {shape.window} tokens "
+                f"over {shape.max_tokens} tokens: it selects keys by its own rule and would attend keys "
+                f"outside the window; only the dense policy applies a sliding window (or keep "
+                f"max_tokens <= {shape.window})")
         self.shape = shape
 
     @abstractmethod

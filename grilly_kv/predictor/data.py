@@ -20,6 +20,7 @@ class PooledAttentionCapture(DensePolicy):
     """
 
     name = "dense+capture"
+    follows_window = False      # the captured rows are plain causal: a sliding window is refused
 
     def reset(self, shape):
         super().reset(shape)

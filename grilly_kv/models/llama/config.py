@@ -13,7 +13,8 @@ blocks, GQA attention with RoPE, SwiGLU FFN. The families differ only in what
 ``rope_scaling``      yarn); frequencies from :func:`grilly_kv.rope.rope_inv_freq`.
 ``rope_rows``         ``"interleaved"``: llama.cpp stores the q/k rows permuted for interleaved RoPE
                       (llama, mistral; un-permuted at load); ``"half"``: already rotate-half (qwen).
-``sliding_window``    attention sees at most this many latest keys (mistral); None: unlimited.
+``sliding_window``    a query at position t sees keys at p with t - p < window (mistral; llama.cpp's
+                      standard SWA); None: unlimited. Applied by the KV policy (``CacheShape.window``).
 ``norm_eps``, token ids  RMSNorm epsilon; BOS, EOS, EOT (end of turn, may be None).
 ====================  ===========================================================================
 """
@@ -102,14 +103,11 @@ class ModelConfig:
         return rope_attention_factor(self.rope_scaling)
 
     def check_context(self, max_tokens: int) -> None:
-        """Raise if a sequence of ``max_tokens`` cannot run: beyond the context, or beyond a
-        sliding window (no forward here masks by window: it would need window-aware policies)."""
+        """Raise if a sequence of ``max_tokens`` exceeds the context. (A sliding window is applied
+        by the KV policy: the model passes it as ``CacheShape.window``; a policy that cannot
+        apply it refuses a sequence longer than the window, naming both.)"""
         if max_tokens > self.context:
             raise ValueError(f"max_tokens {max_tokens} exceeds the model's context {self.context}")
-        if self.sliding_window is not None and max_tokens > self.sliding_window:
-            raise ValueError(f"max_tokens {max_tokens} exceeds the {self.arch} model's sliding window "
-                             f"{self.sliding_window}: sliding-window attention is not implemented, so "
-                             f"sequences must fit in the window")
 
     def with_layers(self, n_layers: int) -> "ModelConfig":
         """The same model cut to its first ``n_layers`` layers."""

@@ -2,7 +2,8 @@
 
 One decoder for every family; :class:`~.config.ModelConfig` switches its variation points: q/k/v
 biases, per-head q/k RMSNorm before RoPE, the output head, RoPE frequencies and scaling
-(:func:`grilly_kv.rope.rope_inv_freq`), the sliding window (sequences must fit in it).
+(:func:`grilly_kv.rope.rope_inv_freq`), the sliding window (passed to the policy as
+``CacheShape.window``: the dense policy applies it, the others refuse sequences longer than it).
 
 Attention is delegated to a :class:`~grilly_kv.policies.KVPolicy`, so the same forward serves the
 dense model and every KV policy. A chunk the policy declares dense (``policy.dense_chunk()``)
@@ -93,7 +94,7 @@ class ReferenceModel:
         c = self.config
         c.check_context(max_tokens)
         shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
-                           device=get_device("cpu"), max_tail=max_tail)
+                           device=get_device("cpu"), max_tail=max_tail, window=c.sliding_window)
         policy.reset(shape)
         self.policy = policy
         self._shape, self._dense_ok = shape, True

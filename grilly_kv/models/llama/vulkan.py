@@ -18,8 +18,10 @@ are uploaded rotate-half and ``model-qkv-prep`` and ``model-rope`` run after the
 
 The family's variation points come from :class:`~.config.ModelConfig` (as in the NumPy
 reference): the bias/norm step is recorded only for families that have it (qwen2, qwen3), the
-RoPE table holds the config's frequencies (:func:`grilly_kv.rope.rope_inv_freq`), and a
-sequence longer than a sliding window is refused at :meth:`VulkanModel.start`.
+RoPE table holds the config's frequencies (:func:`grilly_kv.rope.rope_inv_freq`), and a sliding
+window goes to the policy as ``CacheShape.window``: the dense policy's twin applies it in
+``kv-slot-attention`` (the step words' window) over a ring of ``window + max_chunk - 1`` slots;
+the other policies refuse sequences longer than the window at :meth:`VulkanModel.start`.
 
 with the barriers that the data dependencies need, in one ``vkQueueSubmit`` when the policy has a
 device twin (``policy.device_cache``). A policy that runs only on the host still works: the step
@@ -180,7 +182,7 @@ class VulkanModel(DeviceObject):
         c = self.config
         c.check_context(max_tokens)
         shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
-                           device=self.dev, max_tail=max_tail)
+                           device=self.dev, max_tail=max_tail, window=c.sliding_window)
         policy.reset(shape)
         self._recordings.clear()             # recordings bind the old twin's buffers: drop first
         if self.kv is not None:
@@ -218,6 +220,8 @@ class VulkanModel(DeviceObject):
             self._dense[1].release()
             self._dense = None
         if self._dense is None:
+            # no window here: a host policy is refused at reset when the window limits its
+            # sequence (KVPolicy.reset), so dense chunks reach here only within the window
             shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, cap, self.max_chunk,
                                device=self.dev)
             pol = DensePolicy()
