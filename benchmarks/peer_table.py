@@ -85,7 +85,11 @@ def main() -> None:
             missing.append(spec)
     payload = {"benchmark": a.name, "sources": [str(p) for p in a.ours] + a.llamacpp, "missing": missing, "rows": rows}
     (RESULTS / f"{a.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    md = table(rows) + (f"\nmissing (not run or failed): {', '.join(missing)}\n" if missing else "")
+    note = ("Decode: tokens/s of 1-token steps after (depth) tokens (llama-bench tg128 at -d depth; grilly_kv "
+            "48 steps after a (depth)-token prefill, median). Prefill: llama.cpp pp512 at -d depth; grilly_kv "
+            "the (depth)-token prompt from empty in chunks of 256, its first measurement including recording "
+            "set-up. Same GPU, same file, one run.\n\n")
+    md = note + table(rows) + (f"\nmissing (not run or failed): {', '.join(missing)}\n" if missing else "")
     (RESULTS / f"{a.name}.md").write_text(md)
     print(md)
 
