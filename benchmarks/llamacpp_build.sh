@@ -23,6 +23,12 @@
 #       builds BUILD_DIR/build/bin/llama-bench with -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90
 #       ($CUDA_ARCH overrides), $JOBS jobs (default 15). Prints the binary's path last.
 #
+# On the GPU machine (repository root, the two tarballs carried in .peers/, $GGUF a model file):
+#   tar -xJf .peers/llamacpp-vulkan.tar.xz -C /tmp
+#   /tmp/llamacpp-vulkan/llama-bench -m "$GGUF" -ngl 99 -p 512 -n 128 -d 0,1024,8064 -r 3 -o json
+#   LLB=$(benchmarks/llamacpp_build.sh --cuda build/llamacpp-cuda .peers/llamacpp-src.tar.xz | tail -1)
+#   "$LLB" -m "$GGUF" -ngl 99 -p 512 -n 128 -d 0,1024,8064 -r 3 -o json
+#
 # Environment: LLAMACPP_SRC (source folder), LLAMACPP_COMMIT (default 0c1e570), JOBS,
 # NICE (prefix for build commands, e.g. "nice -n 10"), CUDA_ARCH.
 set -euo pipefail
@@ -218,5 +224,5 @@ case "${1:-}" in
               build_vulkan "$(realpath -m "$2")" "${3:+$(realpath "$3")}" ;;
     --cuda)   [[ $# -eq 3 ]] || die "usage: --cuda BUILD_DIR SRC.tar.xz"
               build_cuda "$(realpath -m "$2")" "$(realpath "$3")" ;;
-    *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
