@@ -50,3 +50,21 @@ def check_int(name: str, value, *, minimum: int | None = None, maximum: int | No
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
+
+
+def check_index_array(name: str, x, *, shape_doc: str) -> np.ndarray:
+    """``x`` (an integer array or a sequence of integers) as an int64 ndarray of rank 1.
+
+    Floats (which would be truncated), bools, masked arrays and other ranks raise, naming
+    ``name``; an empty sequence is allowed (an empty int64 array). Range checks are the caller's.
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain integer array {shape_doc}, not a masked array")
+    arr = np.asarray(x)
+    if arr.size == 0 and not isinstance(x, np.ndarray):
+        arr = arr.astype(np.int64)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers {shape_doc}, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must have shape {shape_doc}, got shape {arr.shape}")
+    return arr.astype(np.int64, copy=False)
