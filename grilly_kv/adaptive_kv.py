@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .ops.attention_q_similarity import q_similarity
-from .validation import check_array, check_int
+from .validation import check_array, check_int, check_real
 
 __all__ = ["q_similarity", "compute_head_budgets", "compute_layer_budgets", "classify_heads"]
 
@@ -199,8 +199,9 @@ def classify_heads(queries_or_qsim, threshold: float = 0.5, margin: float = 0.15
         A list of H strings.
     """
     qsim = _qsim_per_head(queries_or_qsim, "queries_or_qsim", **qsim_kwargs)
-    lo = threshold - margin if retrieval_below is None else float(retrieval_below)
-    hi = threshold + margin if streaming_above is None else float(streaming_above)
+    threshold, margin = check_real("threshold", threshold), check_real("margin", margin)
+    lo = threshold - margin if retrieval_below is None else check_real("retrieval_below", retrieval_below)
+    hi = threshold + margin if streaming_above is None else check_real("streaming_above", streaming_above)
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         raise ValueError(f"retrieval bound {lo} must be finite and <= streaming bound {hi}")
     return ["retrieval" if s < lo else "streaming" if s > hi else "mixed" for s in qsim]

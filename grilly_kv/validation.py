@@ -20,6 +20,8 @@ def check_array(name: str, x, *, ndim: int | Iterable[int], dtypes: Iterable, sh
     """
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy array of shape {shape_doc}, got {type(x).__name__}")
+    if isinstance(x, np.ma.MaskedArray):   # its masked NaN/Inf would pass the finiteness check
+        raise TypeError(f"{name} must be a plain numpy array of shape {shape_doc}, not a masked array")
     ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if x.ndim not in ndims:
         raise ValueError(f"{name} must have shape {shape_doc} (rank {' or '.join(map(str, ndims))}), "
@@ -39,6 +41,35 @@ def check_choice(name: str, value, choices: Iterable) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_real(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
+               finite: bool = True) -> float:
+    """``value`` (a Python or numpy real number, not a bool, string or array) as a float.
+
+    NaN always raises ValueError; so does an infinity when ``finite``; bounds are inclusive.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or (finite and value in (float("inf"), float("-inf"))):
+        raise ValueError(f"{name} must be a {'finite ' if finite else ''}number, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_fits(name: str, x: np.ndarray, dtype) -> None:
+    """Raise ValueError when a finite value of ``x`` would overflow to Inf when stored as ``dtype``
+    (float16 caches, float32 device buffers), naming ``name`` and the largest magnitude."""
+    limit = float(np.finfo(dtype).max)
+    if x.size and np.issubdtype(x.dtype, np.floating) and np.finfo(x.dtype).max > limit:
+        worst = float(np.abs(x).max())
+        if worst > limit:
+            raise ValueError(f"{name} holds {worst:.6g}, beyond {np.dtype(dtype).name} storage "
+                             f"(largest finite value {limit:.6g})")
 
 
 def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:

@@ -118,7 +118,11 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     check_array("qkv", qkv, ndim=2, dtypes=(np.float32,), shape_doc="(T, (H_q + 2 H_kv) * D)")
     L, h_kv, cap, D = k_cache.shape
     check_int("layer", layer, minimum=0, maximum=L - 1)
-    check_int("n_scan", n_scan, minimum=1, maximum=cap)
+    n_scan = check_int("n_scan", n_scan, minimum=1, maximum=cap)
+    n_q_heads = check_int("n_q_heads", n_q_heads, minimum=1)
+    pos0 = check_int("pos0", pos0, minimum=0)
+    sinks = check_int("sinks", sinks, minimum=0)
+    window = check_int("window", window, minimum=0)
     if (v_cache.shape != k_cache.shape or slot_pos.shape != (cap,) or n_q_heads % h_kv
             or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 4 or D > MAX_HEAD_DIM):
         raise ValueError(f"shapes disagree: qkv {qkv.shape}, caches {k_cache.shape}, slot_pos "
