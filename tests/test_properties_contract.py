@@ -45,6 +45,7 @@ from grilly_kv.ops.predictor_history_update import predictor_history_update
 from grilly_kv.ops.threshold_select import threshold_select
 from grilly_kv.ops.trig_score import trig_score
 from grilly_kv.paged import PagedKVCache
+from grilly_kv.triattention import RoPEConfig, TriAttentionKVCache, calibrate
 
 EMPTY = 2**32 - 1
 F16_OVER = 70000.0          # above float16's largest finite value, 65504
@@ -57,6 +58,18 @@ def paged_decode(k, v, q, *, num_kv_heads: int, head_dim: int, capacity_tokens: 
                       dtype=dtype, device=device) as cache:
         cache.prefill(k, v)
         return cache.decode(q, token_budget=token_budget)
+
+
+def triattention_append(keys, values, positions, *, n_kv_heads: int, budget: int, divide_length: int,
+                        protect_initial: int, protect_recent: int, device=None):
+    """A calibrated TriAttentionKVCache (float16 storage) given one append that compresses."""
+    rope = RoPEConfig(head_dim=8)
+    q = np.random.default_rng(1).standard_normal((2, 12, 8)).astype(np.float32)
+    with TriAttentionKVCache(rope, n_kv_heads=n_kv_heads, calibration=calibrate([q], rope, n_kv_heads=1),
+                             budget=budget, divide_length=divide_length, protect_initial=protect_initial,
+                             protect_recent=protect_recent, device=device) as cache:
+        cache.append(keys, values, positions)
+        return cache.kept()
 
 
 @dataclass
@@ -74,6 +87,7 @@ class Case:
     int_ok: tuple = ()          # float arrays that may also hold integers (counts)
     f16_store: dict = field(default_factory=dict)   # arg -> where a value overflowing float16 storage goes
     host: bool = False          # runs on the host only (no device argument)
+    inf_ok: tuple = ()          # real scalars for which +inf is a documented value
 
 
 def r(rng, *shape, dtype=np.float32):
@@ -165,6 +179,7 @@ CASES = {
         layer_qsim=np.array([0.2, 0.8, 0.5]), total_budget=300, min_budget_per_layer=10,
         max_budget_per_layer=200, cake_scores=np.array([1.0, 2.0, 0.5]), alpha=2.0),
         ints=("total_budget", "min_budget_per_layer", "max_budget_per_layer"), floats=("alpha",), host=True,
+        inf_ok=("alpha",),
         any_rank=("layer_qsim",)),        # (L,) or (L, H)
     "classify_heads": Case(classify_heads, lambda rng: dict(queries_or_qsim=np.array([0.1, 0.5, 0.9]),
                                                             threshold=0.5, margin=0.1),
@@ -181,6 +196,14 @@ CASES = {
         k=r(rng, 1, 2, 10, 8), v=r(rng, 1, 2, 10, 8), q=r(rng, 1, 4, 8), num_kv_heads=2, head_dim=8,
         capacity_tokens=12, token_budget=8), ints=("num_kv_heads", "head_dim", "capacity_tokens", "token_budget"),
         f16_store={"k": (0, 1, 3, 2), "v": (0, 0, 9, 7)}),
+    "TriAttentionKVCache": Case(triattention_append, lambda rng: dict(
+        keys=r(rng, 1, 12, 8), values=r(rng, 1, 12, 8), positions=np.arange(3, 15), n_kv_heads=1, budget=6,
+        divide_length=4, protect_initial=1, protect_recent=2),
+        ints=("n_kv_heads", "budget", "divide_length", "protect_initial", "protect_recent"),
+        indices=("positions",), f16_store={"keys": (0, 5, 1), "values": (0, 11, 7)}),
+    "RoPEConfig": Case(RoPEConfig, lambda rng: dict(head_dim=8, rotated_dims=6, base=10000.0, scale=2.0,
+                                                    layout="interleaved"),
+                       ints=("head_dim", "rotated_dims"), floats=("base", "scale"), host=True),
 }
 
 
@@ -318,9 +341,12 @@ def test_integer_arguments_reject_non_integers(vk, name, arg, bad):
 
 @pytest.mark.parametrize("name,arg", FLOATS, ids=[ids(*p) for p in FLOATS])
 @pytest.mark.parametrize("bad,exc", [(True, TypeError), ("1.5", TypeError), (float("nan"), ValueError),
-                                     (np.array([1.5]), TypeError)], ids=["bool", "str", "nan", "array"])
-def test_real_arguments_reject_bools_strings_nan_and_arrays(vk, name, arg, bad, exc):
+                                     (float("inf"), ValueError), (-float("inf"), ValueError),
+                                     (np.array([1.5]), TypeError)], ids=["bool", "str", "nan", "inf", "-inf", "array"])
+def test_real_arguments_reject_bools_strings_nan_inf_and_arrays(vk, name, arg, bad, exc):
     case, kw = CASES[name], valid(name)
+    if bad == float("inf") and arg in case.inf_ok:
+        return
     kw[arg] = bad
     with pytest.raises(exc, match=names(arg)):
         call(case, vk, kw)
