@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from grilly_kv.adaptive_kv import compute_head_budgets
 from grilly_kv.entmax import entmax, entmax_threshold
 from grilly_kv.ops.attention_q_similarity import q_similarity
 from grilly_kv.ops.buffer_copy import buffer_copy
@@ -27,6 +28,7 @@ from grilly_kv.ops.nn_linear import linear
 from grilly_kv.ops.predictor_history_update import predictor_history_update
 from grilly_kv.ops.threshold_select import threshold_select
 from grilly_kv.ops.trig_score import trig_score
+from grilly_kv.paged import PagedKVCache
 from grilly_kv.reference.attention_q_similarity import q_similarity_ref
 from grilly_kv.reference.entmax_tau import entmax_probs_ref, entmax_tau_ref
 from grilly_kv.reference.trig_score import rotate
@@ -343,3 +345,54 @@ def test_gaussian_tau_ops_match_reference(vk, data):
     # a mixture of one component is the single Gaussian (same tolerance as gaussian_tau)
     mix = gaussian_mixture_tau(mu[..., None], sigma[..., None], n[..., None], alpha, device=vk)
     assert (np.abs(mix - ref) <= tol).all(), (mix, ref)
+
+
+# ---- PagedKVCache: prefill + appends + decode, Vulkan store vs NumPy store: the same pages, ------
+# ---- outputs within 1e-4 (tests/test_decode_attention.py::test_cpu_store_matches_device) --------
+@FEW
+@given(st.data())
+def test_paged_cache_vulkan_matches_cpu(vk, data):
+    rng = rng_of(data)
+    H_q, H_kv = draw_heads(data, 2, 3)
+    B, D = data.draw(st.integers(1, 2), label="B"), data.draw(st.integers(1, 40), label="D")
+    page_size = data.draw(st.sampled_from([1, 3, 16]), label="page_size")
+    n0 = data.draw(st.integers(1, 60), label="prefill")
+    extra = data.draw(st.lists(st.integers(1, 5), max_size=2), label="appends")
+    dtype = data.draw(st.sampled_from(["float16", "float32"]))
+    method = data.draw(st.sampled_from(["topk", "dense"]))
+    alpha = data.draw(st.sampled_from([1.0, 1.5, 2.0]), label="alpha")
+    budget = data.draw(st.integers(1, n0 + sum(extra) + page_size), label="token_budget")
+    k = rng.standard_normal((B, H_kv, n0 + sum(extra), D)).astype(np.float32)
+    v = rng.standard_normal(k.shape).astype(np.float32)
+    q = rng.standard_normal((B, H_q, D)).astype(np.float32)
+    results = []
+    for device in (vk, "cpu"):
+        with PagedKVCache(H_kv, D, capacity_tokens=k.shape[2], page_size=page_size, batch=B, dtype=dtype,
+                          device=device) as cache:
+            cache.prefill(k[:, :, :n0], v[:, :, :n0])
+            start = n0
+            for n in extra:
+                cache.append(k[:, :, start:start + n], v[:, :, start:start + n])
+                start += n
+            results.append(cache.decode(q, token_budget=budget, method=method, alpha=alpha, return_pages=True))
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert_close(results[0][0], results[1][0], atol=1e-4, what=f"paged {method} alpha={alpha}")
+
+
+# ---- head budgets from queries: the Vulkan q-similarity feeds the same allocation ----------------
+@FEW
+@given(st.data())
+def test_head_budgets_from_queries_follow_the_device_q_similarity(vk, data):
+    """Budgets from queries on Vulkan equal the budgets of the Vulkan q-similarity (which the
+    property above ties to the reference) and keep the allocation's invariants."""
+    rng = rng_of(data)
+    q = rng.standard_normal((data.draw(st.integers(1, 2)), data.draw(st.integers(1, 5)),
+                             data.draw(st.integers(1, 20)), data.draw(st.integers(1, 40)))).astype(np.float32)
+    q *= np.float32(data.draw(st.sampled_from([1e-20, 1.0, 1e20])))
+    H = q.shape[1]
+    floor = data.draw(st.integers(0, 32), label="floor")
+    total = H * floor + data.draw(st.integers(0, 500), label="extra")
+    got = compute_head_budgets(q, total, floor, device=vk)
+    want = compute_head_budgets(q_similarity(q, device=vk), total, floor)
+    np.testing.assert_array_equal(got, want)
+    assert got.sum() == total and got.min() >= floor
