@@ -20,9 +20,10 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from grilly_kv import get_device
 from grilly_kv.adaptive_kv import classify_heads, compute_head_budgets, compute_layer_budgets
 from grilly_kv.entmax import entmax, entmax_threshold
 from grilly_kv.gaussian import resolve_tau, select_pages_gaussian
@@ -401,3 +402,18 @@ def test_values_overflowing_float16_storage_raise(vk, name, arg, sign):
     kw[arg] = x
     with pytest.raises(ValueError, match=names(arg)):
         call(case, vk, kw)
+
+
+# ---- device specs (grilly_kv.get_device, the top-level API) ------------------------------------
+@settings(max_examples=40)
+@given(spec=st.text(max_size=12))
+def test_get_device_rejects_unknown_specs_naming_the_device(spec):
+    assume(not re.fullmatch(r"\s*(cpu|vulkan(:\s*\d+)?)\s*", spec.lower()))
+    with pytest.raises(ValueError, match="device"):
+        get_device(spec)
+
+
+@pytest.mark.parametrize("spec", [True, 0, 1.0, np.int64(0), b"cpu", ["cpu"]])
+def test_get_device_rejects_non_strings(spec):
+    with pytest.raises(TypeError, match="device"):
+        get_device(spec)
