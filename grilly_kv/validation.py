@@ -65,7 +65,7 @@ def check_fits(name: str, x: np.ndarray, dtype) -> None:
     """Raise ValueError when a finite value of ``x`` would overflow to Inf when stored as ``dtype``
     (float16 caches, float32 device buffers), naming ``name`` and the largest magnitude."""
     limit = float(np.finfo(dtype).max)
-    if x.size and np.issubdtype(x.dtype, np.floating) and np.finfo(x.dtype).max > limit:
+    if x.size and np.issubdtype(x.dtype, np.floating) and float(np.finfo(x.dtype).max) > limit:
         worst = float(np.abs(x).max())
         if worst > limit:
             raise ValueError(f"{name} holds {worst:.6g}, beyond {np.dtype(dtype).name} storage "
