@@ -38,6 +38,7 @@ from grilly_kv.ops.kv_slot_attention import kv_slot_attention
 from grilly_kv.ops.kv_slot_store import kv_slot_store
 from grilly_kv.ops.model_embed import model_embed
 from grilly_kv.ops.model_matmul import model_matmul
+from grilly_kv.ops.model_matmul_q import embed_q, model_matmul_q
 from grilly_kv.ops.model_qkv_prep import model_qkv_prep
 from grilly_kv.ops.model_rope import model_rope
 from grilly_kv.ops.nn_attention import attention
@@ -134,6 +135,12 @@ CASES = {
                                                         mode="rmsnorm", norm_weight=r(rng, 8), eps=1e-5,
                                                         y=r(rng, 2, 6), lanes=1),
                          ints=("lanes",), floats=("eps",)),
+    "model_matmul_q": Case(model_matmul_q, lambda rng: dict(
+        x=r(rng, 2, 8), raw=r(rng, 6, 8).view(np.uint8), qtype=0, K=8, mode="rmsnorm", norm_weight=r(rng, 8),
+        eps=1e-5, y=r(rng, 2, 6)), ints=("qtype", "K"), floats=("eps",)),       # qtype 0: F32 rows
+    "embed_q": Case(embed_q, lambda rng: dict(raw=r(rng, 9, 8, dtype=np.float16).view(np.uint8), qtype=1, K=8,
+                                              tokens=np.array([8, 0, 3])),
+                    ints=("qtype", "K"), indices=("tokens",), sequences_ok=("tokens",)),
     "model_rope": Case(model_rope, lambda rng: dict(**_qkv_case(rng), pos0=7, theta=10000.0),
                        ints=("pos0", "n_q_heads", "n_kv_heads", "head_dim"), floats=("theta",)),
     "model_qkv_prep": Case(model_qkv_prep, lambda rng: dict(**_qkv_case(rng), bias=r(rng, 20), q_norm=r(rng, 4),
