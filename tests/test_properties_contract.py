@@ -46,6 +46,7 @@ from grilly_kv.ops.nn_linear import linear
 from grilly_kv.ops.predictor_history_update import predictor_history_update
 from grilly_kv.ops.threshold_select import threshold_select
 from grilly_kv.ops.trig_score import trig_score
+from grilly_kv.nn import MultiheadAttention
 from grilly_kv.paged import PagedKVCache
 from grilly_kv.triattention import RoPEConfig, TriAttentionKVCache, calibrate
 
@@ -72,6 +73,13 @@ def triattention_append(keys, values, positions, *, n_kv_heads: int, budget: int
                              protect_recent=protect_recent, device=device) as cache:
         cache.append(keys, values, positions)
         return cache.kept()
+
+
+def mha_forward(query, key, value, *, embed_dim: int, num_heads: int, num_kv_heads: int, seed: int,
+                attn_mask=None, device=None):
+    """MultiheadAttention's whole public path: construct (seeded weights), forward, close."""
+    with MultiheadAttention(embed_dim, num_heads, num_kv_heads=num_kv_heads, seed=seed, device=device) as mha:
+        return mha.forward(query, key, value, attn_mask=attn_mask, need_weights=True)
 
 
 @dataclass
@@ -209,6 +217,10 @@ CASES = {
         divide_length=4, protect_initial=1, protect_recent=2),
         ints=("n_kv_heads", "budget", "divide_length", "protect_initial", "protect_recent"),
         indices=("positions",), f16_store={"keys": (0, 5, 1), "values": (0, 11, 7)}),
+    "MultiheadAttention": Case(mha_forward, lambda rng: dict(
+        query=r(rng, 2, 3, 8), key=r(rng, 2, 5, 8), value=r(rng, 2, 5, 8), embed_dim=8, num_heads=4, num_kv_heads=2,
+        seed=3, attn_mask=rng.random((3, 5)) < 0.3),
+        ints=("embed_dim", "num_heads", "num_kv_heads", "seed"), bool_ok=("attn_mask",)),
     "RoPEConfig": Case(RoPEConfig, lambda rng: dict(head_dim=8, rotated_dims=6, base=10000.0, scale=2.0,
                                                     layout="interleaved"),
                        ints=("head_dim", "rotated_dims"), floats=("base", "scale"), host=True),

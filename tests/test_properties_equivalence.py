@@ -28,6 +28,7 @@ from grilly_kv.ops.nn_linear import linear
 from grilly_kv.ops.predictor_history_update import predictor_history_update
 from grilly_kv.ops.threshold_select import threshold_select
 from grilly_kv.ops.trig_score import trig_score
+from grilly_kv.nn import MultiheadAttention
 from grilly_kv.paged import PagedKVCache
 from grilly_kv.reference.attention_q_similarity import q_similarity_ref
 from grilly_kv.reference.entmax_tau import entmax_probs_ref, entmax_tau_ref
@@ -397,3 +398,26 @@ def test_head_budgets_from_queries_follow_the_device_q_similarity(vk, data):
     want = compute_head_budgets(q_similarity(q, device=vk), total, floor)
     np.testing.assert_array_equal(got, want)
     assert got.sum() == total and got.min() >= floor
+
+
+# ---- MultiheadAttention: atol 3e-5, rtol 1e-4 (tests/test_nn_multihead_attention.py) ------------
+@FEW
+@given(st.data())
+def test_multihead_attention_vulkan_matches_cpu(vk, data):
+    rng = rng_of(data)
+    H_q, H_kv = draw_heads(data, 2, 3)
+    E = H_q * data.draw(st.integers(1, 8), label="head_dim")
+    B, S_q, S_k = (data.draw(st.integers(1, n)) for n in (2, 6, 12))
+    query = rng.standard_normal((B, S_q, E)).astype(np.float32)
+    key = rng.standard_normal((B, S_k, E)).astype(np.float32)
+    value = rng.standard_normal((B, S_k, E)).astype(np.float32)
+    kw = dict(is_causal=data.draw(st.booleans(), label="causal"), need_weights=True)
+    if data.draw(st.booleans(), label="key_padding_mask"):
+        kw["key_padding_mask"] = rng.random((B, S_k)) < 0.3
+    seed = data.draw(st.integers(0, 1000), label="weights seed")
+    results = []
+    for device in (vk, "cpu"):
+        with MultiheadAttention(E, H_q, num_kv_heads=H_kv, seed=seed, device=device) as mha:
+            results.append(mha.forward(query, key, value, **kw))
+    assert_close(results[0][0], results[1][0], atol=3e-5, rtol=1e-4, what="attn_output")
+    assert_close(results[0][1], results[1][1], atol=3e-5, what="attn_weights")
