@@ -436,3 +436,24 @@ def test_get_device_rejects_unknown_specs_naming_the_device(spec):
 def test_get_device_rejects_non_strings(spec):
     with pytest.raises(TypeError, match="device"):
         get_device(spec)
+
+
+# ---- contracts of single functions, found by the properties above --------------------------------
+def test_kv_slot_store_rejects_two_tokens_in_one_slot(vk):
+    kw = valid("kv_slot_store")
+    kw["slots"] = np.array([3, 3])
+    with pytest.raises(ValueError, match="distinct"):
+        kv_slot_store(**kw, device=vk)
+
+
+@pytest.mark.parametrize("change", [dict(window=0, sinks=0), dict(pos0=0, sinks=0, window=1, n_scan=1),
+                                    dict(slot_pos=np.full(6, EMPTY, np.uint32))])
+def test_kv_slot_attention_rejects_a_query_that_sees_no_key(vk, change):
+    """Every query must see a key (docstring); else its softmax is over nothing: NaN on both devices."""
+    kw = {**valid("kv_slot_attention"), **change}
+    kw["slot_pos"] = kw["slot_pos"].copy()
+    if "n_scan" in change:
+        kw["slot_pos"][0] = 4                        # the only scanned slot holds a future position
+    for device in (vk, "cpu"):
+        with pytest.raises(ValueError, match="sees no key"):
+            kv_slot_attention(**kw, device=device)

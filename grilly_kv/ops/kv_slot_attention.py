@@ -10,7 +10,7 @@ import numpy as np
 
 from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
-from ..reference.kv_slot_attention import kv_slot_attention_ref
+from ..reference.kv_slot_attention import kv_slot_attention_ref, visible_mask
 from ..validation import check_array, check_int
 from .kv_slot_store import as_parts, split_heads
 from .step_words import ALL_POSITIONS, fill_step, step_words
@@ -127,6 +127,10 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
             or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 4 or D > MAX_HEAD_DIM):
         raise ValueError(f"shapes disagree: qkv {qkv.shape}, caches {k_cache.shape}, slot_pos "
                          f"{slot_pos.shape}, H_q {n_q_heads} (D a multiple of 4, <= {MAX_HEAD_DIM})")
+    blind = ~visible_mask(slot_pos[:n_scan], pos0 + np.arange(qkv.shape[0]), sinks, window).any(axis=1)
+    if blind.any():   # its softmax would be over no key: NaN
+        raise ValueError(f"token {int(np.argmax(blind))} (position {pos0 + int(np.argmax(blind))}) sees no key: "
+                         f"slot_pos[:n_scan={n_scan}], sinks={sinks} and window={window} leave it nothing")
     kw = dict(pos0=pos0, n_scan=n_scan, sinks=sinks, window=window, layer=layer, n_q_heads=n_q_heads)
     dev = get_device(device)
     if dev.is_cpu:

@@ -81,8 +81,9 @@ def kv_slot_store(qkv: np.ndarray, slots, pos0: int, k_cache: np.ndarray, v_cach
             or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 2):
         raise ValueError(f"shapes disagree: qkv {qkv.shape}, caches {k_cache.shape} / {v_cache.shape}, "
                          f"slot_pos {slot_pos.shape}")
-    if slots.shape != (qkv.shape[0],) or slots.min() < 0 or slots.max() >= cap:
-        raise ValueError(f"slots must be ({qkv.shape[0]},) in [0, {cap}), got {slots}")
+    if (slots.shape != (qkv.shape[0],) or slots.min() < 0 or slots.max() >= cap
+            or np.unique(slots).size != slots.size):   # two tokens in one slot: a race on the device
+        raise ValueError(f"slots must be ({qkv.shape[0]},) distinct slots in [0, {cap}), got {slots}")
     check_fits("qkv (its k and v heads, stored as float16)", qkv[:, n_q_heads * D:], np.float16)
     dev = get_device(device)
     if dev.is_cpu:
