@@ -44,6 +44,7 @@ from grilly_kv.ops.model_rope import model_rope
 from grilly_kv.ops.nn_attention import attention
 from grilly_kv.ops.nn_linear import linear
 from grilly_kv.ops.predictor_history_update import predictor_history_update
+from grilly_kv.ops.tappa_score import tappa_layer_step
 from grilly_kv.ops.threshold_select import threshold_select
 from grilly_kv.ops.trig_score import trig_score
 from grilly_kv.nn import MultiheadAttention
@@ -123,6 +124,15 @@ def _trig(rng):
                 omega=10000.0 ** (-np.arange(F) / F), layout="half")
 
 
+def _tappa(rng):
+    kpos = np.full((1, 8), EMPTY, np.uint32)
+    kpos[0, :5] = [0, 1, 3, 4, 5]                  # 5 held rows, the window's 2 (positions 4, 5) among them
+    return dict(k=r(rng, 1, 8, 4, dtype=np.float16), v=r(rng, 1, 8, 4, dtype=np.float16), kpos=kpos,
+                qwin=r(rng, 1, 2, 2, 4), qkv=r(rng, 1, (2 + 2) * 4), layer=0, pos0=6, held=np.array([5]),
+                budget=np.array([4]), streaming=np.array([False]), sinks=2, gamma=200.0, local_size=64,
+                heads_per_buffer=1)
+
+
 CASES = {
     "q_similarity": Case(q_similarity, lambda rng: dict(queries=r(rng, 1, 2, 5, 6), window=3,
                                                          mode="pairwise"), ints=("window",)),
@@ -180,6 +190,9 @@ CASES = {
     "predictor_history_update": Case(predictor_history_update, lambda rng: dict(
         rows=np.abs(r(rng, 2, 3, 40)), history=np.abs(r(rng, 1, 64, 3)), write_head=62, group=2),
         ints=("write_head", "group")),
+    "tappa_layer_step": Case(tappa_layer_step, _tappa, ints=("layer", "pos0", "sinks", "local_size", "heads_per_buffer"),
+                             floats=("gamma",), indices=("kpos", "held", "budget"), sequences_ok=("held", "budget", "streaming"),
+                             bool_ok=("streaming",), f16_store={"qkv": (0, 2 * 4)}),
     "trig_score": Case(trig_score, _trig, ints=("current_pos",), indices=("key_positions",)),
     "gaussian_tau": Case(gaussian_tau, lambda rng: dict(mu=r(rng, 3, dtype=np.float64), sigma=np.ones(3),
                                                         n=np.array([1.0, 5.0, 64.0]), alpha=1.5),
