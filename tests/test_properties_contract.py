@@ -43,7 +43,9 @@ from grilly_kv.ops.model_qkv_prep import model_qkv_prep
 from grilly_kv.ops.model_rope import model_rope
 from grilly_kv.ops.nn_attention import attention
 from grilly_kv.ops.nn_linear import linear
+from grilly_kv.ops.predictor_cnn import predictor_cnn
 from grilly_kv.ops.predictor_history_update import predictor_history_update
+from grilly_kv.predictor.weights import init_weights
 from grilly_kv.ops.tappa_score import tappa_layer_step
 from grilly_kv.ops.threshold_select import threshold_select
 from grilly_kv.ops.trig_score import trig_score
@@ -193,6 +195,8 @@ CASES = {
     "tappa_layer_step": Case(tappa_layer_step, _tappa, ints=("layer", "pos0", "sinks", "local_size", "heads_per_buffer"),
                              floats=("gamma",), indices=("kpos", "held", "budget"), sequences_ok=("held", "budget", "streaming"),
                              bool_ok=("streaming",), f16_store={"qkv": (0, 2 * 4)}),
+    "predictor_cnn": Case(predictor_cnn, lambda rng: dict(history=np.abs(r(rng, 2, 64, 6)), weights=init_weights(0),
+                                                          oldest=5, start=1, end=5), ints=("oldest", "start", "end")),
     "trig_score": Case(trig_score, _trig, ints=("current_pos",), indices=("key_positions",)),
     "gaussian_tau": Case(gaussian_tau, lambda rng: dict(mu=r(rng, 3, dtype=np.float64), sigma=np.ones(3),
                                                         n=np.array([1.0, 5.0, 64.0]), alpha=1.5),

@@ -25,7 +25,9 @@ from grilly_kv.ops.model_qkv_prep import model_qkv_prep
 from grilly_kv.ops.model_rope import model_rope
 from grilly_kv.ops.nn_attention import attention
 from grilly_kv.ops.nn_linear import linear
+from grilly_kv.ops.predictor_cnn import predictor_cnn
 from grilly_kv.ops.predictor_history_update import predictor_history_update
+from grilly_kv.predictor.weights import init_weights
 from grilly_kv.ops.threshold_select import threshold_select
 from grilly_kv.ops.trig_score import trig_score
 from grilly_kv.nn import MultiheadAttention
@@ -421,3 +423,19 @@ def test_multihead_attention_vulkan_matches_cpu(vk, data):
             results.append(mha.forward(query, key, value, **kw))
     assert_close(results[0][0], results[1][0], atol=3e-5, rtol=1e-4, what="attn_output")
     assert_close(results[0][1], results[1][1], atol=3e-5, what="attn_weights")
+
+
+# ---- predictor-cnn: atol 1e-5, rtol 1e-4 (tests/test_predictor_cnn.py) ---------------------------
+@FEW
+@given(st.data())
+def test_predictor_cnn_matches_reference(vk, data):
+    rng = rng_of(data)
+    N, C = data.draw(st.integers(1, 3), label="N"), data.draw(st.integers(1, 40), label="C")
+    start = data.draw(st.integers(0, C - 1), label="start")
+    end = data.draw(st.integers(start + 1, C), label="end")
+    oldest = data.draw(st.integers(0, 63), label="oldest")
+    history = rng.random((N, 64, C)).astype(np.float32) ** 4
+    weights = init_weights(data.draw(st.integers(0, 100), label="weights seed"))
+    kw = dict(oldest=oldest, start=start, end=end)
+    got = predictor_cnn(history, weights, device=vk, **kw)
+    assert_close(got, predictor_cnn(history, weights, device="cpu", **kw), atol=1e-5, rtol=1e-4, what="scores")
