@@ -18,7 +18,7 @@ import numpy as np
 
 from .backend.device import DeviceLike
 from .ops.entmax_tau import check_alpha, entmax_tau
-from .validation import check_array, check_int
+from .validation import check_array, check_fits, check_int
 
 DTYPES = (np.float16, np.float32, np.float64)
 
@@ -28,6 +28,7 @@ def _rows(x: np.ndarray, axis) -> tuple[np.ndarray, int]:
     where the axis is not the last one or the dtype is float64). Returns the rows and the axis."""
     rank = x.ndim if isinstance(x, np.ndarray) and x.ndim >= 1 else 1   # 0-d fails as rank 1
     check_array("x", x, ndim=rank, dtypes=DTYPES, shape_doc="(..., L) with L along axis")
+    check_fits("x", x, np.float32)      # float64 logits are rounded to float32
     axis = check_int("axis", axis, minimum=-x.ndim, maximum=x.ndim - 1) % x.ndim
     moved = np.moveaxis(x, axis, -1)
     dtype = np.float16 if x.dtype == np.float16 else np.float32

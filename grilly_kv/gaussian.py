@@ -40,7 +40,7 @@ import numpy as np
 from .ops.entmax_tau import check_alpha
 from .reference.entmax_tau import entmax_tau_ref
 from .reference.gaussian_tau import gaussian_beta, gaussian_mixture_tau_ref, gaussian_tau_ref
-from .validation import check_array, check_choice, check_int
+from .validation import check_array, check_choice, check_int, check_real
 
 TAU_MODES = ("exact", "corrected", "fixed")
 MODELS = ("single", "mixture")
@@ -150,8 +150,11 @@ def select_pages_gaussian(q: np.ndarray, k_mean: np.ndarray, k_std: np.ndarray, 
     alpha = check_alpha(alpha, allow_softmax=False)
     gaussian_beta(alpha)
     check_choice("model", model, MODELS)
+    excess_margin_fraction = check_real("excess_margin_fraction", excess_margin_fraction, minimum=0.0)
+    if safety_margin_z is not None:
+        safety_margin_z = check_real("safety_margin_z", safety_margin_z, minimum=0.0)
     for name, v in (("max_quantile", max_quantile), ("clamp_quantile", clamp_quantile)):
-        if v is not None and not 0.0 < v < 1.0:
+        if v is not None and not 0.0 < check_real(name, v) < 1.0:
             raise ValueError(f"{name} must be in (0, 1), got {v}")
     a = alpha - 1.0
     scored = P - 1 if P > 1 else 1
@@ -225,9 +228,12 @@ def resolve_tau(logits: np.ndarray, tau: np.ndarray, alpha: float, mode: str = "
     check_choice("mode", mode, TAU_MODES)
     beta = gaussian_beta(check_alpha(alpha, allow_softmax=False))
     x = np.asarray(logits, np.float64)
-    valid = np.ones(x.shape, bool) if valid is None else np.asarray(valid, bool)
+    if valid is not None:
+        check_array("valid", valid, ndim=2, dtypes=(np.bool_,), shape_doc="(N, L)")
+    valid = np.ones(x.shape, bool) if valid is None else valid
     if valid.shape != x.shape or not valid.any(axis=-1).all():
         raise ValueError(f"valid must have logits' shape {x.shape} and a True in every row")
+    check_array("tau", tau, ndim=1, dtypes=(np.float16, np.float32, np.float64), shape_doc="(N,)")
     tau = np.asarray(tau, np.float64)
     if tau.shape != (x.shape[0],):
         raise ValueError(f"tau must have shape ({x.shape[0]},), got {tau.shape}")

@@ -19,7 +19,7 @@ from .ops.entmax_tau import check_alpha
 from .reference.gaussian_tau import gaussian_beta
 from .ops.topk_select import GROUP_REDUCE
 from .paged_store import NumpyStore, VulkanStore
-from .validation import check_array, check_choice, check_f16_range, check_int
+from .validation import check_array, check_choice, check_fits, check_int
 
 DTYPES = ("float16", "float32")
 METHODS = ("topk", "gaussian", "dense")
@@ -56,7 +56,7 @@ class PagedKVCache(DeviceObject):
         self.head_dim = check_int("head_dim", head_dim, minimum=1)
         self.page_size = check_int("page_size", page_size, minimum=1)
         self.batch = check_int("batch", batch, minimum=1)
-        check_int("capacity_tokens", capacity_tokens, minimum=1)
+        capacity_tokens = check_int("capacity_tokens", capacity_tokens, minimum=1)
         check_choice("dtype", dtype, DTYPES)
         self.dtype = np.dtype(dtype)
         self.max_pages = -(-capacity_tokens // self.page_size)
@@ -83,11 +83,10 @@ class PagedKVCache(DeviceObject):
         doc = f"(B={self.batch}, H_kv={self.num_kv_heads}, n, D={self.head_dim})"
         for name, x in (("k", k), ("v", v)):
             check_array(name, x, ndim=4, dtypes=(np.float16, np.float32), shape_doc=doc)
-            if self.dtype == np.float16:
-                check_f16_range(name, x)
             b, h, _, d = x.shape
             if (b, h, d) != (self.batch, self.num_kv_heads, self.head_dim):
                 raise ValueError(f"{name} must have shape {doc}, got {x.shape}")
+            check_fits(name, x, self.dtype)
         if k.shape != v.shape:
             raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
         return k.shape[2]

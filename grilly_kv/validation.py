@@ -46,6 +46,35 @@ def check_choice(name: str, value, choices: Iterable) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
+def check_real(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
+               finite: bool = True) -> float:
+    """``value`` (a Python or numpy real number, not a bool, string or array) as a float.
+
+    NaN always raises ValueError; so does an infinity when ``finite``; bounds are inclusive.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or (finite and value in (float("inf"), float("-inf"))):
+        raise ValueError(f"{name} must be a {'finite ' if finite else ''}number, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_fits(name: str, x: np.ndarray, dtype) -> None:
+    """Raise ValueError when a finite value of ``x`` would overflow to Inf when stored as ``dtype``
+    (float16 caches, float32 device buffers), naming ``name`` and the largest magnitude."""
+    limit = float(np.finfo(dtype).max)
+    if x.size and np.issubdtype(x.dtype, np.floating) and float(np.finfo(x.dtype).max) > limit:
+        worst = float(np.abs(x).max())
+        if worst > limit:
+            raise ValueError(f"{name} holds {worst:.6g}, beyond {np.dtype(dtype).name} storage "
+                             f"(largest finite value {limit:.6g})")
+
+
 def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -57,28 +86,19 @@ def check_int(name: str, value, *, minimum: int | None = None, maximum: int | No
     return value
 
 
-F16_MAX = 65504.0   # the largest finite float16
+def check_index_array(name: str, x, *, shape_doc: str) -> np.ndarray:
+    """``x`` (an integer array or a sequence of integers) as an int64 ndarray of rank 1.
 
-
-def check_f16_range(name: str, x: np.ndarray) -> None:
-    """Raise ValueError naming ``name`` when a float32/float64 array holds a magnitude that float16
-    storage cannot hold (it would be stored as inf)."""
-    if x.dtype != np.float16 and x.size:
-        peak = float(np.abs(x).max())
-        if peak > F16_MAX:
-            raise ValueError(f"{name} holds values up to {peak:.4g} in magnitude, beyond float16 storage "
-                             f"(max {F16_MAX:g}): scale them down or use a float32 cache")
-
-
-def check_real(name: str, value, *, minimum: float | None = None, maximum: float | None = None) -> float:
-    """``value`` as a finite float (Python or numpy number; bools rejected), within the bounds."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return value
+    Floats (which would be truncated), bools, masked arrays and other ranks raise, naming
+    ``name``; an empty sequence is allowed (an empty int64 array). Range checks are the caller's.
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain integer array {shape_doc}, not a masked array")
+    arr = np.asarray(x)
+    if arr.size == 0 and not isinstance(x, np.ndarray):
+        arr = arr.astype(np.int64)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers {shape_doc}, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must have shape {shape_doc}, got shape {arr.shape}")
+    return arr.astype(np.int64, copy=False)

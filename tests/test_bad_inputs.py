@@ -22,9 +22,9 @@ def test_float16_cache_refuses_values_it_cannot_store(vk):
     bad = k.copy()
     bad[0, 1, 3, 5] = 1e30
     with PagedKVCache(2, 64, capacity_tokens=64, device=vk) as cache:
-        with pytest.raises(ValueError, match="k holds values up to 1e\\+30.*float16"):
+        with pytest.raises(ValueError, match="k holds 1e\\+30, beyond float16 storage"):
             cache.prefill(bad, k)
-        with pytest.raises(ValueError, match="v holds values up to"):
+        with pytest.raises(ValueError, match="v holds 1e\\+30"):
             cache.prefill(k, bad)
         assert len(cache) == 0                              # nothing was written
     with PagedKVCache(2, 64, capacity_tokens=64, device=vk, dtype="float32") as cache:
@@ -44,7 +44,7 @@ def test_token_budget_beyond_the_cache_means_every_page(vk):
 @pytest.mark.parametrize("kw,match", [(dict(threshold=True), "threshold must be a real number"),
                                       (dict(threshold="0.5"), "threshold must be a real number"),
                                       (dict(threshold=None), "threshold must be a real number"),
-                                      (dict(threshold=float("nan")), "threshold must be finite"),
+                                      (dict(threshold=float("nan")), "threshold must be a finite number"),
                                       (dict(margin=-0.1), "margin must be >= 0"),
                                       (dict(margin=np.bool_(True)), "margin must be a real number")])
 def test_classify_heads_bounds_are_checked_by_name(kw, match):

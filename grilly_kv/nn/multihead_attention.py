@@ -39,8 +39,8 @@ class MultiheadAttention(DeviceObject):
 
     def __init__(self, embed_dim: int, num_heads: int, *, bias: bool = True,
                  num_kv_heads: int | None = None, device: DeviceLike = None, seed: int | None = None):
-        self.embed_dim = check_int("embed_dim", embed_dim, minimum=1)
-        self.num_heads = check_int("num_heads", num_heads, minimum=1)
+        self.embed_dim = embed_dim = check_int("embed_dim", embed_dim, minimum=1)   # Python ints from here on
+        self.num_heads = num_heads = check_int("num_heads", num_heads, minimum=1)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be a multiple of num_heads ({num_heads})")
         kv = num_heads if num_kv_heads is None else check_int("num_kv_heads", num_kv_heads, minimum=1)
@@ -50,7 +50,7 @@ class MultiheadAttention(DeviceObject):
         self.head_dim = embed_dim // num_heads
         self.bias = bool(bias)
         self.device = device
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(None if seed is None else check_int("seed", seed, minimum=0))
         rows = embed_dim + 2 * kv * self.head_dim
         bound = np.sqrt(6.0 / (rows + embed_dim))
         params = {"in_proj_weight": rng.uniform(-bound, bound, (rows, embed_dim)),

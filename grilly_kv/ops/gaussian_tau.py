@@ -13,6 +13,7 @@ from ..backend.device import DeviceLike
 from ..reference.gaussian_tau import (gaussian_beta, gaussian_mixture_tau_ref, gaussian_tau_ref,
                                        positive_moments)
 from ..validation import check_array
+from .entmax_tau import check_alpha
 
 SHADER = "gaussian-tau"
 LOCAL_SIZE = 64
@@ -27,8 +28,13 @@ def _check_components(mu, sigma, weight, weight_name: str) -> np.ndarray:
     check_array("sigma", sigma, ndim=mu.ndim, dtypes=FLOATS, shape_doc=f"mu's shape {mu.shape}")
     if sigma.shape != mu.shape or (sigma < 0).any():
         raise ValueError(f"sigma must be >= 0 with mu's shape {mu.shape}, got shape {sigma.shape}")
+    if isinstance(weight, np.ma.MaskedArray):
+        raise TypeError(f"{weight_name} must be a number or a plain array, not a masked array")
+    raw = np.asarray(weight)
+    if raw.dtype == np.bool_ or raw.dtype.kind not in "iuf":
+        raise TypeError(f"{weight_name} must hold real numbers (counts), got dtype {raw.dtype}")
     try:
-        weight = np.broadcast_to(np.asarray(weight, np.float64), mu.shape)
+        weight = np.broadcast_to(np.asarray(raw, np.float64), mu.shape)
     except ValueError:
         raise ValueError(f"{weight_name} must broadcast to mu's shape {mu.shape}") from None
     if not (np.isfinite(weight).all() and (weight >= 1).all() and (weight < 2**24).all()):
@@ -76,7 +82,7 @@ def gaussian_tau(mu: np.ndarray, sigma: np.ndarray, n, alpha: float,
         float32 array of mu's shape (float64 with device="cpu").
     """
     n = _check_components(mu, sigma, n, "n")
-    beta = gaussian_beta(alpha)
+    beta = gaussian_beta(check_alpha(alpha, allow_softmax=False))
     dev = get_device(device)
     if dev.is_cpu:
         return gaussian_tau_ref(mu, sigma, n, alpha)
@@ -127,7 +133,7 @@ def gaussian_mixture_tau(mu: np.ndarray, sigma: np.ndarray, weight, alpha: float
     weight = _check_components(mu, sigma, weight, "weight")
     if mu.ndim < 1:
         raise ValueError("mu must have a component axis: shape (..., J)")
-    beta = gaussian_beta(alpha)
+    beta = gaussian_beta(check_alpha(alpha, allow_softmax=False))
     dev = get_device(device)
     if dev.is_cpu:
         return gaussian_mixture_tau_ref(mu, sigma, weight, alpha)

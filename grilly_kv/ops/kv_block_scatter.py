@@ -10,7 +10,7 @@ import numpy as np
 from ..backend import Buffer, PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.kv_block_scatter import kv_block_scatter_ref
-from ..validation import check_array
+from ..validation import check_array, check_index_array
 
 SHADER = "kv-block-scatter"
 LOCAL_SIZE = 128
@@ -41,10 +41,10 @@ def kv_block_scatter(incoming: np.ndarray, dest: np.ndarray, k_cache: np.ndarray
     Returns:
         ``(k_cache, v_cache)``: new float16 arrays.
     """
-    check_array("incoming", incoming, ndim=4, dtypes=(np.float16,), shape_doc="(n, 2, 16, D)")
+    check_array("incoming", incoming, ndim=4, dtypes=(np.float16,), shape_doc="(n, 2, 16, D)", nonempty=False)
     check_array("k_cache", k_cache, ndim=3, dtypes=(np.float16,), shape_doc="(n_blocks, 16, D)")
     check_array("v_cache", v_cache, ndim=3, dtypes=(np.float16,), shape_doc="(n_blocks, 16, D)")
-    dest = np.asarray(dest)
+    dest = check_index_array("dest", dest, shape_doc="(n,)")
     n = incoming.shape[0]
     if (incoming.shape[1] != 2 or incoming.shape[2:] != k_cache.shape[1:] or v_cache.shape != k_cache.shape
             or k_cache.shape[1] * k_cache.shape[2] % 8):

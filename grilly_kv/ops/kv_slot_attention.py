@@ -10,7 +10,7 @@ import numpy as np
 
 from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
-from ..reference.kv_slot_attention import kv_slot_attention_ref
+from ..reference.kv_slot_attention import kv_slot_attention_ref, visible_mask
 from ..validation import check_array, check_int
 from .kv_slot_store import as_parts, split_heads
 from .step_words import ALL_POSITIONS, fill_step, step_words
@@ -118,11 +118,19 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     check_array("qkv", qkv, ndim=2, dtypes=(np.float32,), shape_doc="(T, (H_q + 2 H_kv) * D)")
     L, h_kv, cap, D = k_cache.shape
     check_int("layer", layer, minimum=0, maximum=L - 1)
-    check_int("n_scan", n_scan, minimum=1, maximum=cap)
+    n_scan = check_int("n_scan", n_scan, minimum=1, maximum=cap)
+    n_q_heads = check_int("n_q_heads", n_q_heads, minimum=1)
+    pos0 = check_int("pos0", pos0, minimum=0)
+    sinks = check_int("sinks", sinks, minimum=0)
+    window = check_int("window", window, minimum=0)
     if (v_cache.shape != k_cache.shape or slot_pos.shape != (cap,) or n_q_heads % h_kv
             or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 4 or D > MAX_HEAD_DIM):
         raise ValueError(f"shapes disagree: qkv {qkv.shape}, caches {k_cache.shape}, slot_pos "
                          f"{slot_pos.shape}, H_q {n_q_heads} (D a multiple of 4, <= {MAX_HEAD_DIM})")
+    blind = ~visible_mask(slot_pos[:n_scan], pos0 + np.arange(qkv.shape[0]), sinks, window).any(axis=1)
+    if blind.any():   # its softmax would be over no key: NaN
+        raise ValueError(f"token {int(np.argmax(blind))} (position {pos0 + int(np.argmax(blind))}) sees no key: "
+                         f"slot_pos[:n_scan={n_scan}], sinks={sinks} and window={window} leave it nothing")
     kw = dict(pos0=pos0, n_scan=n_scan, sinks=sinks, window=window, layer=layer, n_q_heads=n_q_heads)
     dev = get_device(device)
     if dev.is_cpu:

@@ -10,7 +10,7 @@ import numpy as np
 from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.kv_slot_store import kv_slot_store_ref
-from ..validation import check_array, check_int
+from ..validation import check_array, check_fits, check_index_array, check_int
 from .step_words import fill_step, step_words
 
 SHADER = "kv-slot-store"
@@ -74,14 +74,17 @@ def kv_slot_store(qkv: np.ndarray, slots, pos0: int, k_cache: np.ndarray, v_cach
     check_array("slot_pos", slot_pos, ndim=1, dtypes=(np.uint32,), shape_doc="(cap,)")
     check_array("qkv", qkv, ndim=2, dtypes=(np.float32,), shape_doc="(T, (H_q + 2 H_kv) * D)")
     check_int("layer", layer, minimum=0, maximum=L - 1)
-    check_int("pos0", pos0, minimum=0)
-    slots = np.asarray(slots, np.int64)
+    pos0 = check_int("pos0", pos0, minimum=0)
+    n_q_heads = check_int("n_q_heads", n_q_heads, minimum=1)
+    slots = check_index_array("slots", slots, shape_doc="(T,)")
     if (v_cache.shape != k_cache.shape or slot_pos.shape != (cap,)
             or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 2):
         raise ValueError(f"shapes disagree: qkv {qkv.shape}, caches {k_cache.shape} / {v_cache.shape}, "
                          f"slot_pos {slot_pos.shape}")
-    if slots.shape != (qkv.shape[0],) or slots.min() < 0 or slots.max() >= cap:
-        raise ValueError(f"slots must be ({qkv.shape[0]},) in [0, {cap}), got {slots}")
+    if (slots.shape != (qkv.shape[0],) or slots.min() < 0 or slots.max() >= cap
+            or np.unique(slots).size != slots.size):   # two tokens in one slot: a race on the device
+        raise ValueError(f"slots must be ({qkv.shape[0]},) distinct slots in [0, {cap}), got {slots}")
+    check_fits("qkv (its k and v heads, stored as float16)", qkv[:, n_q_heads * D:], np.float16)
     dev = get_device(device)
     if dev.is_cpu:
         return kv_slot_store_ref(qkv, slots, pos0, k_cache, v_cache, slot_pos, layer, n_q_heads)

@@ -9,7 +9,7 @@ import numpy as np
 from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.model_embed import model_embed_ref
-from ..validation import check_array
+from ..validation import check_array, check_index_array
 from .step_words import fill_step, step_words, tokens_at
 
 SHADER = "model-embed"
@@ -35,7 +35,7 @@ def model_embed(table: np.ndarray, tokens, *, device: DeviceLike = None) -> np.n
         ``(T, D)`` float32.
     """
     check_array("table", table, ndim=2, dtypes=(np.float16, np.float32), shape_doc="(vocab, D)")
-    tokens = np.asarray(tokens, np.int64)
+    tokens = check_index_array("tokens", tokens, shape_doc="(T,)")
     V, D = table.shape
     if D % 4 or tokens.ndim != 1 or tokens.size == 0:
         raise ValueError(f"tokens must be a non-empty (T,) array and D a multiple of 4; got {tokens.shape}, D={D}")

@@ -10,7 +10,7 @@ import numpy as np
 from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.model_matmul import model_matmul_ref
-from ..validation import check_array, check_choice
+from ..validation import check_array, check_choice, check_int, check_real
 
 SHADER = "model-matmul"
 MODES = {"plain": 0, "rmsnorm": 1, "swiglu": 2}
@@ -106,6 +106,8 @@ def model_matmul(x: np.ndarray, w: np.ndarray, *, mode: str = "plain", norm_weig
         raise ValueError(f"x must be (T, {xk}) for w of shape {w.shape} (K a multiple of 4), got {x.shape}")
     T = x.shape[0]
     norm_weight = check_norm_and_y(mode, norm_weight, y, T=T, N=N, K=K)
+    eps = check_real("eps", eps, minimum=0.0)
+    lanes = None if lanes is None else check_int("lanes", lanes, minimum=1)
     dev = get_device(device)
     if dev.is_cpu:
         return model_matmul_ref(x, w, mode=mode, norm_weight=norm_weight, eps=eps, y=y)

@@ -34,7 +34,7 @@ from ..backend import Buffer, PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.model_matmul_q import (FORMAT_BY_ID, FORMATS, dequantize_rows, model_matmul_q_ref,
                                         row_bytes)
-from ..validation import check_array, check_choice
+from ..validation import check_array, check_choice, check_index_array, check_int, check_real
 from .model_matmul import check_norm_and_y
 
 SHADER = "model-matmul-q"
@@ -146,6 +146,9 @@ class WeightEntry:
 
 
 def _check_tensor(name: str, raw, qtype: int, shape) -> np.ndarray:
+    if not isinstance(raw, np.ndarray) or isinstance(raw, np.ma.MaskedArray):
+        raise TypeError(f"tensor {name}: the GGUF rows must be a plain numpy array, got {type(raw).__name__}")
+    qtype = check_int("qtype", qtype, minimum=0)
     if qtype not in FORMAT_BY_ID:
         raise ValueError(f"tensor {name}: ggml type {qtype} is not supported (supported: {sorted(FORMATS)})")
     if len(shape) != 2:
@@ -351,10 +354,12 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
         ``(T, N)`` float32.
     """
     check_choice("mode", mode, MODES)
+    qtype, K = check_int("qtype", qtype, minimum=0), check_int("K", K, minimum=1)
     if qtype not in FORMAT_BY_ID:
         raise ValueError(f"qtype {qtype} is not supported (supported: {sorted(FORMATS)})")
     N = np.asarray(raw).shape[0]
     raw = _check_tensor("raw", raw, qtype, (N, K))
+    eps = check_real("eps", eps, minimum=0.0)
     xk = 2 * K if mode == "swiglu" else K
     check_array("x", x, ndim=2, dtypes=(np.float32,), shape_doc=f"(T, {xk})")
     if x.shape[1] != xk:
@@ -436,11 +441,12 @@ def embed_q(raw: np.ndarray, qtype: int, K: int, tokens, *, device: DeviceLike =
     from ..reference.model_matmul_q import embed_q_ref
     from .step_words import fill_step, step_words
 
+    qtype, K = check_int("qtype", qtype, minimum=0), check_int("K", K, minimum=1)
     if qtype not in FORMAT_BY_ID:
         raise ValueError(f"qtype {qtype} is not supported (supported: {sorted(FORMATS)})")
     V = np.asarray(raw).shape[0]
     raw = _check_tensor("raw", raw, qtype, (V, K))
-    tokens = np.asarray(tokens, np.int64)
+    tokens = check_index_array("tokens", tokens, shape_doc="(T,)")
     if tokens.ndim != 1 or tokens.size == 0 or tokens.min() < 0 or tokens.max() >= V:
         raise ValueError(f"tokens must be a non-empty 1-D array of ids in [0, {V})")
     dev = get_device(device)

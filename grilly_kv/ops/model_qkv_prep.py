@@ -11,7 +11,7 @@ import numpy as np
 from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.model_qkv_prep import model_qkv_prep_ref
-from ..validation import check_array
+from ..validation import check_array, check_int, check_real
 
 SHADER = "model-qkv-prep"
 LOCAL_SIZE = 64
@@ -44,6 +44,10 @@ def model_qkv_prep(qkv: np.ndarray, *, n_q_heads: int, n_kv_heads: int, head_dim
     Returns:
         A new ``(T, (H_q + 2 H_kv) * D)`` float32 array.
     """
+    n_q_heads = check_int("n_q_heads", n_q_heads, minimum=1)
+    n_kv_heads = check_int("n_kv_heads", n_kv_heads, minimum=1)
+    head_dim = check_int("head_dim", head_dim, minimum=1)
+    eps = check_real("eps", eps, minimum=0.0)
     row = (n_q_heads + 2 * n_kv_heads) * head_dim
     check_array("qkv", qkv, ndim=2, dtypes=(np.float32,), shape_doc="(T, (H_q + 2 H_kv) * D)")
     if qkv.shape[1] != row:

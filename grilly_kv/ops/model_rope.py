@@ -9,7 +9,7 @@ import numpy as np
 from ..backend import Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.model_rope import model_rope_ref, rope_table
-from ..validation import check_array, check_int
+from ..validation import check_array, check_int, check_real
 from .step_words import fill_step, step_words
 
 SHADER = "model-rope"
@@ -36,7 +36,13 @@ def model_rope(qkv: np.ndarray, pos0: int, *, n_q_heads: int, n_kv_heads: int, h
         A rotated copy of ``qkv``.
     """
     check_array("qkv", qkv, ndim=2, dtypes=(np.float32,), shape_doc="(T, (H_q + 2 H_kv) * D)")
-    check_int("pos0", pos0, minimum=0)
+    pos0 = check_int("pos0", pos0, minimum=0)
+    n_q_heads = check_int("n_q_heads", n_q_heads, minimum=1)
+    n_kv_heads = check_int("n_kv_heads", n_kv_heads, minimum=1)
+    head_dim = check_int("head_dim", head_dim, minimum=1)
+    if check_real("theta", theta) <= 0:
+        raise ValueError(f"theta must be > 0, got {theta}")
+    theta = float(theta)
     if qkv.shape[1] != (n_q_heads + 2 * n_kv_heads) * head_dim or head_dim % 2:
         raise ValueError(f"qkv rows must hold {(n_q_heads + 2 * n_kv_heads) * head_dim} floats "
                          f"(even head_dim), got {qkv.shape}")

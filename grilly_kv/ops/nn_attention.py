@@ -9,7 +9,7 @@ import numpy as np
 from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.nn_attention import additive_mask, attention_ref
-from ..validation import check_array
+from ..validation import check_array, check_real
 
 SHADER = "nn-attention"
 LOCAL_SIZE = 64
@@ -93,9 +93,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, attn_mask: np.ndar
     if H_q % H_kv:
         raise ValueError(f"H_q ({H_q}) must be a multiple of H_kv ({H_kv})")
     attn_mask, key_padding_mask = prepare_masks(attn_mask, key_padding_mask, B, H_q, S_q, S_k)
-    scale = float(1.0 / np.sqrt(D) if scale is None else scale)
-    if not np.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
+    scale = float(1.0 / np.sqrt(D)) if scale is None else check_real("scale", scale)
     dev = get_device(device)
     if dev.is_cpu:
         out, probs = attention_ref(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask,

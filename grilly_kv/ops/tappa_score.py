@@ -12,7 +12,7 @@ from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from .kv_slot_store import as_parts, split_heads
 from ..reference.tappa_score import tappa_evict_ref, tappa_store_ref
-from ..validation import check_array, check_int
+from ..validation import check_array, check_fits, check_index_array, check_int, check_real
 
 SHADER = "tappa-score"
 PASS_STORE, PASS_STATS, PASS_SCORE, PASS_SELECT, PASS_COMPACT = range(5)
@@ -103,6 +103,18 @@ def record_tappa_store(rec: Recording, bufs, *, T: int, cap: int, layer: int, he
     return rec
 
 
+def _check_flags(name: str, flags, n: int) -> np.ndarray:
+    """``(n,)`` bool from bools or 0/1 integers (a list or an array); floats and other values raise."""
+    if isinstance(flags, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain array, not a masked array")
+    arr = np.asarray(flags)
+    if arr.dtype != np.bool_ and not (np.issubdtype(arr.dtype, np.integer) and np.isin(arr, (0, 1)).all()):
+        raise TypeError(f"{name} must hold bools (or 0/1), got dtype {arr.dtype}")
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+    return arr.astype(bool)
+
+
 def tappa_layer_step(k: np.ndarray, v: np.ndarray, kpos: np.ndarray, qwin: np.ndarray, qkv: np.ndarray, *,
                      layer: int, pos0: int, held, budget, streaming, sinks: int = 4, gamma: float = 200.0,
                      local_size: int | None = None, heads_per_buffer: int | None = None,
@@ -127,7 +139,15 @@ def tappa_layer_step(k: np.ndarray, v: np.ndarray, kpos: np.ndarray, qwin: np.nd
     L, HQ, W, _ = qwin.shape
     T = qkv.shape[0]
     check_int("layer", layer, minimum=0, maximum=L - 1)
-    held, budget = np.asarray(held, np.int64), np.asarray(budget, np.int64)
+    pos0, sinks = check_int("pos0", pos0, minimum=0), check_int("sinks", sinks, minimum=0)
+    local_size = None if local_size is None else check_int("local_size", local_size)
+    if local_size not in (None, LOCAL_SIZE_CPU, LOCAL_SIZE_GPU):
+        raise ValueError(f"local_size must be {LOCAL_SIZE_CPU} or {LOCAL_SIZE_GPU}, got {local_size}")
+    gamma = check_real("gamma", gamma)
+    held = check_index_array("held", held, shape_doc="(H_kv,)")
+    budget = check_index_array("budget", budget, shape_doc="(H_kv,)")
+    streaming = _check_flags("streaming", streaming, H)
+    check_fits("qkv (its k and v heads, stored as float16)", qkv[:, HQ * D:], np.float16)
     base = np.minimum(held, budget)
     if (v.shape != k.shape or kpos.shape != (H, cap) or qkv.shape[1] != (HQ + 2 * H) * D
             or held.shape != (H,) or budget.shape != (H,) or (base + T).max() > cap

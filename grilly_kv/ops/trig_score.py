@@ -129,6 +129,7 @@ def trig_score(keys: np.ndarray, key_positions: np.ndarray, current_pos: int,
     if pos.min() < 0 or pos.max() >= current_pos:
         raise ValueError(f"key_positions must lie in [0, current_pos={current_pos}), got "
                          f"[{pos.min()}, {pos.max()}]")
+    check_array("omega", omega, ndim=1, dtypes=(np.float32, np.float64), shape_doc="(F,)")
     stats = [check_array(n, a, ndim=2, dtypes=(np.float32,), shape_doc="(H_q, F)") for n, a in
              (("q_center_real", q_center_real), ("q_center_imag", q_center_imag),
               ("q_mean_norm", q_mean_norm))]

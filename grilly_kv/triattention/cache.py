@@ -11,7 +11,7 @@ from ..ops.trig_score import TrigScoreBuffers, check_geometry, fold_weights, rec
 from ..reference.kv_compact import kv_compact_ref
 from ..reference.threshold_select import threshold_select_ref
 from ..reference.trig_score import trig_score_ref
-from ..validation import check_array, check_int
+from ..validation import check_array, check_fits, check_int
 from .calibration import Calibration
 from .rope import RoPEConfig
 from .scoring import check_model_match
@@ -320,6 +320,7 @@ class TriAttentionKVCache(DeviceObject):
             check_array(name, a, ndim=3, dtypes=(np.float16, np.float32), shape_doc=shape)
             if a.shape[0] != self.n_kv_heads or a.shape[2] != self.rope.head_dim:
                 raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+            check_fits(name, a, self.dtype)
         T = keys.shape[1]
         if values.shape != keys.shape:
             raise ValueError(f"values shape {values.shape} differs from keys shape {keys.shape}")

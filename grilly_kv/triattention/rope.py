@@ -7,7 +7,7 @@ import numpy as np
 
 from ..reference.trig_score import LAYOUTS, rope_pairs, rotate
 from ..rope import RopeScaling, rope_inv_freq
-from ..validation import check_choice, check_int
+from ..validation import check_choice, check_int, check_real
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class RoPEConfig:
         if rd % 2:
             raise ValueError(f"rotated_dims must be even, got {rd}")
         check_choice("layout", self.layout, LAYOUTS)
-        if not (float(self.base) > 1.0 and float(self.scale) > 0.0):
+        if not (check_real("base", self.base) > 1.0 and check_real("scale", self.scale) > 0.0):
             raise ValueError(f"base must be > 1 and scale > 0, got base={self.base}, scale={self.scale}")
         scaling = self.scaling
         if float(self.scale) != 1.0:
