@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import math
-
 import numpy as np
 
 
