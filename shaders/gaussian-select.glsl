@@ -17,10 +17,8 @@
 //   g of the KV head (GQA: the union, so K/V pages are read once), and the last page always:
 //   pages[bh * max_pages + i] ascending, counts[bh]. With a token budget (cap = 1) it also
 //   writes scores[bh * max_pages + pg] = max_g (mu_pg + z sigma_pg) for the kept pages before
-//   the last and DROPPED (-3.4e38) for the others; topk-select's selection pass then keeps the
-//   n_top best of those, and pass 5 drops the DROPPED pages it had to take when fewer were kept.
-// Pass 5 (grid: B*H_kv, token budget): removes from pages[] / counts[] the pages before the last
-//   whose score is DROPPED, in place, order kept.
+//   the last and DROPPED (-3.4e38) for the others; topk-select's pass 2 then keeps the n_top best
+//   of those, never a DROPPED one (its UNKEPT), and overwrites pages[] / counts[].
 // Pass 3 (grid: B*H_q, tau_mode "fixed" and "corrected"): the clamped tau-hat of each query head,
 //   tau = min(tau_hat, max(a max_p (mu_p + z_clamp sigma_p / 3) - 1e-4, tau_floor)) over the
 //   scored pages its own rule keeps (page 0 when it is the only page; tau_hat when none is kept),
@@ -212,28 +210,10 @@ void correct_tau(uint bhq) {
     if (gl_LocalInvocationIndex == 0u) tau_buf[2u * bhq] = floatBitsToUint(tau);
 }
 
-void drop_unkept(uint bh) {
-    const uint tid = gl_LocalInvocationIndex;
-    const uint last = ceil_div(meta[0], PAGE) - 1u;
-    const uint n_in = counts[bh];
-    uint n_out = 0u;
-    for (uint c0 = 0u; c0 < n_in; c0 += gl_WorkGroupSize.x) {
-        const uint i = c0 + tid;
-        const uint pg = i < n_in ? pages[bh * p.max_pages + i] : 0u;
-        const bool keep = i < n_in && (pg == last || scores[bh * p.max_pages + pg] > DROPPED);
-        uint n_keep;
-        const uint pos = n_out + exclusive_scan(keep ? 1u : 0u, n_keep);
-        if (keep) pages[bh * p.max_pages + pos] = pg;
-        n_out += n_keep;
-    }
-    if (tid == 0u) counts[bh] = n_out;
-}
-
 void main() {
     if (p.pass_id == 0u) page_moments(p.kv_h0 + gl_WorkGroupID.y);
     else if (p.pass_id == 1u) head_stats(gl_WorkGroupID.x);
     else if (p.pass_id == 2u) select_pages(gl_WorkGroupID.x);
     else if (p.pass_id == 3u) clamp_tau(gl_WorkGroupID.x);
-    else if (p.pass_id == 4u) correct_tau(gl_WorkGroupID.x);
-    else drop_unkept(gl_WorkGroupID.x);
+    else correct_tau(gl_WorkGroupID.x);
 }

@@ -26,7 +26,7 @@ MAX_QUANTILE = (0.99, 0.995)
 SAFETY_MARGIN = (0.01, 0.05)
 EXCESS_MARGIN_FRACTION = 0.2
 CLAMP_QUANTILE = 0.5     # the clamp's page-maximum quantile (grilly_kv.gaussian's default)
-PASS_MOMENTS, PASS_TAU_HAT, PASS_SELECT, PASS_CLAMP, PASS_CORRECT, PASS_DROP = range(6)
+PASS_MOMENTS, PASS_TAU_HAT, PASS_SELECT, PASS_CLAMP, PASS_CORRECT = range(5)
 PUSH = PushLayout("max_pages", "n_heads_q", "scale:f", "z_low:f", "z_high:f", "margin_low:f",
                   "margin_high:f", "excess:f", "pass_id", "z_clamp:f", "row_len", "n_iters", "cap",
                   "kv_h0")
@@ -60,8 +60,7 @@ def record_gaussian_select(rec: Recording, q: Buffer, stats: Buffer, moments: Bu
                            n_top: int | None = None, parts=None) -> Recording:
     """Record the three selection passes (page moments, per-head tau-hat, page rule and
     compaction); with ``n_top``, the budget cap (topk-select's selection pass on the kept pages'
-    upper scores ``max_g (mu_pg + z sigma_pg)``, then a pass dropping the pages the rule had not
-    kept); with ``clamp_tau``, the clamped tau-hat of every query head.
+    upper scores ``max_g (mu_pg + z sigma_pg)``, never taking a page the rule had not kept); with ``clamp_tau``, the clamped tau-hat of every query head.
 
     Args:
         q: ``(B, H_q, head_dim)`` float32, ``H_q = group * H_kv``.
@@ -98,9 +97,7 @@ def record_gaussian_select(rec: Recording, q: Buffer, stats: Buffer, moments: Bu
     if capped:
         record_topk_pick(rec, q, stats, scores, pages, counts, meta, bh=bh, group=group,
                          head_dim=head_dim, f16=f16, page_size=page_size, max_pages=max_pages,
-                         n_top=n_top, n_sink=0)
-        rec.dispatch(SHADER, bufs, groups=(bh,), spec=(SELECT_LOCAL_SIZE, *spec),
-                     push=_push(PASS_DROP, **sizes), label="gaussian-cap")
+                         n_top=n_top, n_sink=0, drop_unkept=True)
     if clamp_tau:
         rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=(LOCAL_SIZE, *spec),
                      push=_push(PASS_CLAMP, **sizes), label="gaussian-tau-clamp")

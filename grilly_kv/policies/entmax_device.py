@@ -2,8 +2,8 @@
 prefill attention, all in the model's per-token submission) with EntmaxKV's selection at decode.
 
 Per decode token and layer: ``gaussian-select``'s passes (page score moments, per-head tau-hat,
-the page rule; with the budget, ``topk-select``'s pick on the kept pages' upper scores and the
-drop pass), then ``decode-attention`` over the kept pages with softmax, or for alpha > 1 its
+the page rule; with the budget, ``topk-select``'s pick on the kept pages' upper scores, which
+never takes a page the rule dropped), then ``decode-attention`` over the kept pages with softmax, or for alpha > 1 its
 logits pass, ``entmax-tau`` (exact threshold of the kept tokens) and the weighted sum. The
 selection's scratch is shared by the layers (each layer's passes finish before the next layer's
 start; the recording's barriers order them). Never touches kp.
