@@ -31,7 +31,7 @@ def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 layers (lavapipe)")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--policies", default="dense,streaming:64,quest:64,entmax:64")
+    ap.add_argument("--policies", default="dense,streaming:64,quest:64,entmax:64,entmax15:64")
     ap.add_argument("--layers", type=int, default=None, help="default 2 (quick) or 30 (SmolLM2's count)")
     ap.add_argument("--context", type=int, default=96, help="prefill tokens before the counted decode")
     return ap.parse_args()

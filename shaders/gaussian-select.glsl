@@ -7,6 +7,10 @@
 // Pass 0 (grid: ceil(pages / PAGES_PER_WG) x B*H_kv): per page p and query head g of KV head bh,
 //   mu_pg = sum_d scale q_gd kmean_pd and var_pg = sum_d (scale q_gd)^2 kstd_pd^2, written to
 //   moments[(bhq * max_pages + p) * 2 + {0, 1}].
+// FUSED = 1: no pass 1; after its moments, each pass-0 workgroup of KV head bh adds 1 to
+//   counter[bh] (after a buffer memory barrier), and the last one (the grid's x size reached)
+//   runs pass 1 for the G query heads of bh itself and resets counter[bh] to 0 (so the recording
+//   replays): one dispatch instead of two dependent ones, as topk-select's FUSED.
 // Pass 1 (grid: B*H_q): per query head, mu_g = mean_p mu_p, sigma_g = max(sqrt(mean_p var_p +
 //   var_p mu_p), 1e-6), tau_hat solving n E[(a S - tau)_+^BETA] = 1 for S ~ N(mu_g, sigma_g^2)
 //   (entmax.glsl), upper = mean_p (mu_p + 1.5 sigma_p): gstats[bhq * 4 + {0..3}].
@@ -36,6 +40,7 @@
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 5) const uint BETA = 2;    // 1 / (alpha - 1): 1, 2 or 3
+layout(constant_id = 6) const uint FUSED = 0;   // 1: the last moments workgroup of a head runs pass 1
 const float UPPER_Z = 1.5;
 const float SIGMA_FLOOR = 1e-6;
 const float CLAMP_EPS = 1e-4;
@@ -43,7 +48,7 @@ const float CLAMP_SIGMA_DIVISOR = 3.0;
 const float HALLEY_DEN_EPS = 1e-12;
 const float DROPPED = -3.4e38;       // budget score of a page the rule did not keep
 
-layout(set = 0, binding = 2) buffer Moments { vec2 moments[]; };           // (B*H_q, max_pages)
+layout(set = 0, binding = 2) coherent buffer Moments { vec2 moments[]; };  // (B*H_q, max_pages)
 layout(set = 0, binding = 3) buffer GStats { vec4 gstats[]; };             // (B*H_q,)
 layout(set = 0, binding = 4) buffer Pages { uint pages[]; };               // (B*H_kv, max_pages)
 layout(set = 0, binding = 5) buffer Counts { uint counts[]; };             // (B*H_kv,)
@@ -51,6 +56,7 @@ layout(set = 0, binding = 6) readonly buffer Meta { uint meta[]; };        // [l
 layout(set = 0, binding = 7) buffer Tau { uint tau_buf[]; };               // (B*H_q, 2)
 layout(set = 0, binding = 8) readonly buffer Logits { float logits[]; };   // (B*H_q, row_len)
 layout(set = 0, binding = 9) buffer Scores { float scores[]; };            // (B*H_kv, max_pages)
+layout(set = 0, binding = 10) coherent buffer Counter { uint counter[]; }; // (B*H_kv,) FUSED: done
 
 layout(push_constant) uniform Push {
     uint max_pages;
@@ -71,6 +77,7 @@ layout(push_constant) uniform Push {
 } p;
 
 shared float sh_floor[G];
+shared bool sh_last;
 
 // A cluster of PAGE_LANES lanes per page, as topk-select's scoring pass.
 void page_moments(uint bh) {
@@ -114,6 +121,18 @@ void head_stats(uint bhq) {
     if (gl_LocalInvocationIndex == 0u) {
         gstats[bhq] = vec4(mu_g, sigma_g, gaussian_tau_hat(mu_g, sigma_g, n, BETA), acc.z);
     }
+}
+
+// FUSED: the last moments workgroup of KV head bh computes pass 1 for its query heads.
+void head_stats_if_last(uint bh) {
+    memoryBarrierBuffer();                        // this workgroup's moments before its count
+    barrier();
+    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(counter[bh], 1u) == gl_NumWorkGroups.x - 1u;
+    barrier();
+    if (!sh_last) return;                         // uniform over the workgroup
+    memoryBarrierBuffer();                        // every other workgroup's moments are visible
+    for (uint g = 0u; g < G; g++) head_stats(bh * G + g);
+    if (gl_LocalInvocationIndex == 0u) counter[bh] = 0u;
 }
 
 // sigma_bar = mean of sigma_g over every query head (x) and low = sigma_bar < 1.5 (y, 0 or 1).
@@ -211,7 +230,10 @@ void correct_tau(uint bhq) {
 }
 
 void main() {
-    if (p.pass_id == 0u) page_moments(p.kv_h0 + gl_WorkGroupID.y);
+    if (p.pass_id == 0u) {
+        page_moments(p.kv_h0 + gl_WorkGroupID.y);
+        if (FUSED != 0u) head_stats_if_last(p.kv_h0 + gl_WorkGroupID.y);
+    }
     else if (p.pass_id == 1u) head_stats(gl_WorkGroupID.x);
     else if (p.pass_id == 2u) select_pages(gl_WorkGroupID.x);
     else if (p.pass_id == 3u) clamp_tau(gl_WorkGroupID.x);

@@ -61,7 +61,7 @@ class DeviceQuestCache(TwinBase):
         self.counter = self.alloc(device, bh, np.uint32)     # softmax decode: partials + merge fused
         self.counter.write(np.zeros(bh, np.uint32))
         self.counter.upload_now()
-        self.select_counter = self.alloc(device, bh, np.uint32)   # decode: page scoring + top-k fused
+        self.select_counter = self.alloc(device, bh, np.uint32)   # decode: page scoring + top-k (entmax: moments + tau-hat) fused
         self.select_counter.write(np.zeros(bh, np.uint32))
         self.select_counter.upload_now()
 
