@@ -24,7 +24,8 @@ from .page_stats import STAT_ROWS
 from .step_words import fill_step, step_words
 
 SHADER = "kv-slot-store-stats"
-LOCAL_SIZE = 64
+LOCAL_SIZE = 64            # threads per workgroup: a multiple of this, a (head, dim pair) each,
+MAX_LOCAL_SIZE = 256       # at most this many (T = 1 decode runs one workgroup per K/V buffer pair)
 PUSH = PushLayout("cap", "layer", "h0", "nh", "max_pages")
 
 
@@ -43,8 +44,9 @@ def record_kv_slot_store_stats(rec: Recording, qkv, step, k_cache, v_cache, slot
     if len(stats) != len(split):
         raise ValueError(f"{len(stats)} statistics buffers for {len(split)} K/V buffer pairs")
     for (k, v, h0, nh), s in zip(split, stats):
+        local = min(MAX_LOCAL_SIZE, -(-nh * head_dim // 2 // LOCAL_SIZE) * LOCAL_SIZE)
         rec.dispatch(SHADER, [qkv, step, k, v, slot_pos, s], groups=(T,),
-                     spec=(LOCAL_SIZE, head_dim, n_q_heads, n_kv_heads, page_size),
+                     spec=(local, head_dim, n_q_heads, n_kv_heads, page_size),
                      push=PUSH.pack(cap=cap, layer=layer, h0=h0, nh=nh, max_pages=cap // page_size))
     return rec
 
