@@ -81,9 +81,10 @@ class VulkanStore:
     """K, V and statistics in device buffers; writes and decode steps are recorded once per shape
     and replayed, with the cache length in a two-word device buffer (``meta``). With the device's
     ``profile`` flag on, new recordings take Vulkan timestamps (``dev.last_recording``).
-    ``fused_merge`` (default True): the top-k page selection runs in the scoring pass and softmax
-    decode merges its split partials in the partials pass (topk-select's and decode-attention's
-    FUSED modes, one dispatch each); False: the separate selection and merge passes."""
+    ``fused_merge`` (default True): the top-k page selection runs in the scoring pass, the
+    Gaussian selector's tau-hat in its moments pass, and softmax decode merges its split partials
+    in the partials pass (topk-select's, gaussian-select's and decode-attention's FUSED modes, one
+    dispatch each); False: the separate selection, tau-hat and merge passes."""
 
     def __init__(self, dev, shape: tuple, page_size: int, dtype: np.dtype):
         B, H, cap, D = shape
@@ -285,7 +286,8 @@ class VulkanStore:
                 record_gaussian_select(rec, q_buf, self.stats, *self._gaussian_buffers(group),
                                        self.pages, self.counts, self.meta, tau, logits,
                                        self.scores, grid_pages=grid_pages, n_top=n_top,
-                                       clamp_tau=tau_mode != "exact", parts=self.parts, **sizes)
+                                       clamp_tau=tau_mode != "exact", parts=self.parts,
+                                       counter=self.select_counter if self.fused_merge else None, **sizes)
             elif method == "topk":
                 record_topk_select(rec, q_buf, self.stats, self.scores, self.pages, self.counts,
                                    self.meta, bh=self.bh, group=group, head_dim=self.Dp,

@@ -7,6 +7,10 @@
 // Pass 0 (grid: ceil(pages / PAGES_PER_WG) x B*H_kv): per page p and query head g of KV head bh,
 //   mu_pg = sum_d scale q_gd kmean_pd and var_pg = sum_d (scale q_gd)^2 kstd_pd^2, written to
 //   moments[(bhq * max_pages + p) * 2 + {0, 1}].
+// FUSED = 1: no pass 1; after its moments, each pass-0 workgroup of KV head bh adds 1 to
+//   counter[bh] (after a buffer memory barrier), and the last one (the grid's x size reached)
+//   runs pass 1 for the G query heads of bh itself and resets counter[bh] to 0 (so the recording
+//   replays): one dispatch instead of two dependent ones, as topk-select's FUSED.
 // Pass 1 (grid: B*H_q): per query head, mu_g = mean_p mu_p, sigma_g = max(sqrt(mean_p var_p +
 //   var_p mu_p), 1e-6), tau_hat solving n E[(a S - tau)_+^BETA] = 1 for S ~ N(mu_g, sigma_g^2)
 //   (entmax.glsl), upper = mean_p (mu_p + 1.5 sigma_p): gstats[bhq * 4 + {0..3}].
@@ -17,10 +21,8 @@
 //   g of the KV head (GQA: the union, so K/V pages are read once), and the last page always:
 //   pages[bh * max_pages + i] ascending, counts[bh]. With a token budget (cap = 1) it also
 //   writes scores[bh * max_pages + pg] = max_g (mu_pg + z sigma_pg) for the kept pages before
-//   the last and DROPPED (-3.4e38) for the others; topk-select's selection pass then keeps the
-//   n_top best of those, and pass 5 drops the DROPPED pages it had to take when fewer were kept.
-// Pass 5 (grid: B*H_kv, token budget): removes from pages[] / counts[] the pages before the last
-//   whose score is DROPPED, in place, order kept.
+//   the last and DROPPED (-3.4e38) for the others; topk-select's pass 2 then keeps the n_top best
+//   of those, never a DROPPED one (its UNKEPT), and overwrites pages[] / counts[].
 // Pass 3 (grid: B*H_q, tau_mode "fixed" and "corrected"): the clamped tau-hat of each query head,
 //   tau = min(tau_hat, max(a max_p (mu_p + z_clamp sigma_p / 3) - 1e-4, tau_floor)) over the
 //   scored pages its own rule keeps (page 0 when it is the only page; tau_hat when none is kept),
@@ -38,6 +40,7 @@
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 5) const uint BETA = 2;    // 1 / (alpha - 1): 1, 2 or 3
+layout(constant_id = 6) const uint FUSED = 0;   // 1: the last moments workgroup of a head runs pass 1
 const float UPPER_Z = 1.5;
 const float SIGMA_FLOOR = 1e-6;
 const float CLAMP_EPS = 1e-4;
@@ -45,7 +48,7 @@ const float CLAMP_SIGMA_DIVISOR = 3.0;
 const float HALLEY_DEN_EPS = 1e-12;
 const float DROPPED = -3.4e38;       // budget score of a page the rule did not keep
 
-layout(set = 0, binding = 2) buffer Moments { vec2 moments[]; };           // (B*H_q, max_pages)
+layout(set = 0, binding = 2) coherent buffer Moments { vec2 moments[]; };  // (B*H_q, max_pages)
 layout(set = 0, binding = 3) buffer GStats { vec4 gstats[]; };             // (B*H_q,)
 layout(set = 0, binding = 4) buffer Pages { uint pages[]; };               // (B*H_kv, max_pages)
 layout(set = 0, binding = 5) buffer Counts { uint counts[]; };             // (B*H_kv,)
@@ -53,6 +56,7 @@ layout(set = 0, binding = 6) readonly buffer Meta { uint meta[]; };        // [l
 layout(set = 0, binding = 7) buffer Tau { uint tau_buf[]; };               // (B*H_q, 2)
 layout(set = 0, binding = 8) readonly buffer Logits { float logits[]; };   // (B*H_q, row_len)
 layout(set = 0, binding = 9) buffer Scores { float scores[]; };            // (B*H_kv, max_pages)
+layout(set = 0, binding = 10) coherent buffer Counter { uint counter[]; }; // (B*H_kv,) FUSED: done
 
 layout(push_constant) uniform Push {
     uint max_pages;
@@ -73,6 +77,7 @@ layout(push_constant) uniform Push {
 } p;
 
 shared float sh_floor[G];
+shared bool sh_last;
 
 // A cluster of PAGE_LANES lanes per page, as topk-select's scoring pass.
 void page_moments(uint bh) {
@@ -116,6 +121,18 @@ void head_stats(uint bhq) {
     if (gl_LocalInvocationIndex == 0u) {
         gstats[bhq] = vec4(mu_g, sigma_g, gaussian_tau_hat(mu_g, sigma_g, n, BETA), acc.z);
     }
+}
+
+// FUSED: the last moments workgroup of KV head bh computes pass 1 for its query heads.
+void head_stats_if_last(uint bh) {
+    memoryBarrierBuffer();                        // this workgroup's moments before its count
+    barrier();
+    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(counter[bh], 1u) == gl_NumWorkGroups.x - 1u;
+    barrier();
+    if (!sh_last) return;                         // uniform over the workgroup
+    memoryBarrierBuffer();                        // every other workgroup's moments are visible
+    for (uint g = 0u; g < G; g++) head_stats(bh * G + g);
+    if (gl_LocalInvocationIndex == 0u) counter[bh] = 0u;
 }
 
 // sigma_bar = mean of sigma_g over every query head (x) and low = sigma_bar < 1.5 (y, 0 or 1).
@@ -212,28 +229,13 @@ void correct_tau(uint bhq) {
     if (gl_LocalInvocationIndex == 0u) tau_buf[2u * bhq] = floatBitsToUint(tau);
 }
 
-void drop_unkept(uint bh) {
-    const uint tid = gl_LocalInvocationIndex;
-    const uint last = ceil_div(meta[0], PAGE) - 1u;
-    const uint n_in = counts[bh];
-    uint n_out = 0u;
-    for (uint c0 = 0u; c0 < n_in; c0 += gl_WorkGroupSize.x) {
-        const uint i = c0 + tid;
-        const uint pg = i < n_in ? pages[bh * p.max_pages + i] : 0u;
-        const bool keep = i < n_in && (pg == last || scores[bh * p.max_pages + pg] > DROPPED);
-        uint n_keep;
-        const uint pos = n_out + exclusive_scan(keep ? 1u : 0u, n_keep);
-        if (keep) pages[bh * p.max_pages + pos] = pg;
-        n_out += n_keep;
-    }
-    if (tid == 0u) counts[bh] = n_out;
-}
-
 void main() {
-    if (p.pass_id == 0u) page_moments(p.kv_h0 + gl_WorkGroupID.y);
+    if (p.pass_id == 0u) {
+        page_moments(p.kv_h0 + gl_WorkGroupID.y);
+        if (FUSED != 0u) head_stats_if_last(p.kv_h0 + gl_WorkGroupID.y);
+    }
     else if (p.pass_id == 1u) head_stats(gl_WorkGroupID.x);
     else if (p.pass_id == 2u) select_pages(gl_WorkGroupID.x);
     else if (p.pass_id == 3u) clamp_tau(gl_WorkGroupID.x);
-    else if (p.pass_id == 4u) correct_tau(gl_WorkGroupID.x);
-    else drop_unkept(gl_WorkGroupID.x);
+    else correct_tau(gl_WorkGroupID.x);
 }

@@ -12,6 +12,10 @@
 //   order-preserving keys, starting below the bits that all keys share (one min/max pass, then at
 //   most 4 histogram passes, fewer when a digit settles it), then one compaction pass: the cost
 //   is linear in the number of pages, nothing is sorted.
+// Pass 2, select dropping the unkept (grid: B*H_kv): pass 1, except that a page before the last
+//   (not a sink) whose score is UNKEPT (-3.4e38, written by gaussian-select for the pages its rule
+//   did not keep) is never taken, even when fewer than k pages score higher: the Gaussian
+//   selector's budget cap in one pass.
 // FUSED = 1: no pass 1; after scoring, each pass-0 workgroup of KV head bh adds 1 to counter[bh]
 //   (after a buffer memory barrier), and the last one (the grid's x size reached) runs the
 //   selection of bh itself (its workgroup of 256 covers the 256 histogram bins) and resets
@@ -37,7 +41,7 @@ layout(push_constant) uniform Push {
     uint n_top;       // token_budget / PAGE
     uint n_sink;      // first pages always kept
     uint sel_stride;  // room per head in pages[]
-    uint pass_id;     // 0: score, 1: select
+    uint pass_id;     // 0: score, 1: select, 2: select dropping UNKEPT pages
     uint kv_h0;       // pass 0: the stats buffer holds KV heads [kv_h0, kv_h0 + grid y) (a part of
                       // a layer split by heads, policies/kv_store.py); 0 when unsplit
 } p;
@@ -90,11 +94,13 @@ uvec2 min_max(uint lo, uint hi) {
 }
 
 const uint DROPPED = 0u, KEPT = 1u, EQUAL = 2u;
+const float UNKEPT = -3.4e38;        // pass 2: the score of a page another rule did not keep
 
 // Whether page pg of the row at `base` is kept (sinks, the last page, keys above the threshold),
 // dropped, or EQUAL to the threshold; cut = (n_sink, n_before_last, mask, prefix).
 uint page_class(uint base, uint pg, uvec4 cut) {
     if (pg < cut.x || pg == cut.y) return KEPT;
+    if (p.pass_id == 2u && scores[base + pg] == UNKEPT) return DROPPED;
     const uint key = key_of(scores[base + pg]) & cut.z;
     return key > cut.w ? KEPT : (key == cut.w ? EQUAL : DROPPED);
 }

@@ -1,5 +1,5 @@
 """The entmax KV policy (grilly_kv/policies/entmax.py): its Vulkan twin
-(grilly_kv/policies/entmax_device.py, shaders kv-slot-store, page-stats, kv-slot-attention,
+(grilly_kv/policies/entmax_device.py, shaders kv-slot-store-stats, kv-slot-attention,
 gaussian-select, topk-select, decode-attention, entmax-tau) against the host path (NumPy
 references) on the same q/k/v, budget validation, and SmolLM2 end to end.
 

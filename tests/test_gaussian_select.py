@@ -82,12 +82,22 @@ CASES = [   # B, H_kv, G, D, S, data
 ]
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "separate"])
 @pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("B,H,G,D,S,data", CASES)
-def test_pages_and_output_match_reference(vk, alpha, dtype, B, H, G, D, S, data):
+def test_pages_and_output_match_reference(vk, alpha, dtype, B, H, G, D, S, data, fused):
+    """fused: each KV head's last moments workgroup computes the tau-hat of its query heads
+    (FUSED; a replay selects the same pages and the per-head counters are back at zero);
+    separate: the tau-hat pass."""
     cache, q = make_case(vk, np.random.default_rng(S + G), B, H, G, D, S, data, dtype)
+    cache._store.fused_merge = fused
     out, pages = cache.decode(q, method="gaussian", alpha=alpha, return_pages=True)
+    _, again = cache.decode(q, method="gaussian", alpha=alpha, return_pages=True)    # replay
+    np.testing.assert_array_equal(again, pages)
+    st = cache._store
+    st.select_counter.download_now()
+    assert not st.select_counter.read(st.bh).any(), "a moments counter was not reset"
     st = cache.page_stats()
     want = gaussian_select_ref(q, st["mean"], st["std"], len(cache), 16, alpha)
     near = ambiguous_pages(cache, q, alpha)
@@ -233,3 +243,26 @@ def test_tau_mode_needs_gaussian(vk):
     with pytest.raises(ValueError, match="tau_mode"):
         cache.decode(np.ones((1, 1, 32), np.float32), method="topk", token_budget=32, alpha=1.5,
                      tau_mode="fixed")
+
+
+@pytest.mark.parametrize("budget", [None, 16 * 12])
+def test_fused_tau_hat_over_several_moments_workgroups(vk, budget):
+    """201 pages: 4 moments workgroups per KV head, so the FUSED tau-hat waits for the last of
+    them. Fused and separate select the same pages (with and without a budget) and give the
+    same output; both match the reference's pages up to ambiguous ones."""
+    B, H, G, D, S = 2, 2, 2, 32, 16 * 200 + 3
+    cache, q = make_case(vk, np.random.default_rng(5), B, H, G, D, S, "peaked", "float16")
+    results = {}
+    for fused in (True, False):
+        cache._store.fused_merge = fused
+        results[fused] = cache.decode(q, method="gaussian", alpha=1.5, token_budget=budget, return_pages=True)
+    np.testing.assert_array_equal(results[True][1], results[False][1])
+    np.testing.assert_array_equal(results[True][0], results[False][0])
+    st = cache.page_stats()
+    want = page_sets(gaussian_select_ref(q, st["mean"], st["std"], len(cache), 16, 1.5,
+                                         None if budget is None else budget // 16))
+    got = page_sets(results[True][1])
+    near = ambiguous_pages(cache, q, 1.5)
+    assert all(near[b, h, p] for b in range(B) for h in range(H) for p in got[b][h] ^ want[b][h])
+    cache._store.select_counter.download_now()
+    assert not cache._store.select_counter.read(cache._store.bh).any()

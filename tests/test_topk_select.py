@@ -99,3 +99,47 @@ def test_outputs_stay_in_bounds(vk):
     body = words[:st.pages.n_words - GUARD_WORDS].reshape(B * H, st.max_pages)
     assert np.all(body[:, 6:] == SENTINEL) and np.all(words[st.pages.n_words - GUARD_WORDS:] == SENTINEL)
     assert np.all(raw_words(st.counts)[B * H:] == SENTINEL)
+
+
+@pytest.mark.parametrize("n_pages,n_top,sinks,unkept_share", [
+    (1, 4, 0, 0.5),          # one page: only the last
+    (40, 8, 0, 0.5),         # more kept than n_top: the cap bites, nothing unkept is taken
+    (40, 30, 0, 0.5),        # fewer kept than n_top: every kept page, no unkept one
+    (40, 30, 0, 1.0),        # nothing kept before the last: the last page alone
+    (300, 12, 2, 0.7),       # sinks are kept even when unkept; ties among the kept scores
+    (37, 36, 0, 0.0),        # nothing unkept: pass 1
+])
+def test_pick_drops_unkept_pages(vk, n_pages, n_top, sinks, unkept_share):
+    """Pass 2 (the Gaussian selector's cap) on scores written here: integer scores (many ties)
+    with a share of pages marked UNKEPT; against topk_select_ref(..., drop_unkept=True), pages
+    and counts guarded by sentinels. 3 KV heads, max_pages 320."""
+    from grilly_kv.backend import Buffer, Recording
+    from grilly_kv.ops.topk_select import UNKEPT, record_topk_pick
+
+    bh, max_pages, page = 3, 320, 16
+    rng = np.random.default_rng(n_pages + n_top)
+    scores = rng.integers(-3, 4, (1, bh, max_pages)).astype(np.float32)
+    scores[rng.random(scores.shape) < unkept_share] = UNKEPT
+    sb = Buffer(vk, bh * max_pages)
+    sb.write(scores.reshape(-1))
+    meta = Buffer(vk, 2, np.uint32)
+    meta.write(np.array([(n_pages - 1) * page + 5, 0], np.uint32))
+    pages = sentinel_buffer(vk, bh * max_pages, np.uint32)
+    counts = sentinel_buffer(vk, bh, np.uint32)
+    dummy = Buffer(vk, 64)
+    rec = Recording(vk).upload(sb, meta)
+    record_topk_pick(rec, dummy, dummy, sb, pages, counts, meta, bh=bh, group=1, head_dim=32, f16=False,
+                     page_size=page, max_pages=max_pages, n_top=n_top, n_sink=sinks, drop_unkept=True)
+    rec.run()
+    want = topk_select_ref(scores, n_pages, n_top, sinks, drop_unkept=True)[0]
+    p_words, c_words = raw_words(pages), raw_words(counts)
+    assert list(c_words[:bh]) == [len(w) for w in want]
+    for h in range(bh):
+        row = p_words[h * max_pages:(h + 1) * max_pages]
+        assert list(row[:len(want[h])]) == want[h]
+        assert np.all(row[len(want[h]):] == SENTINEL), "pages written past the selection"
+    assert np.all(p_words[bh * max_pages:] == SENTINEL) and np.all(c_words[bh:] == SENTINEL)
+    if unkept_share == 0.0:
+        assert want == [list(r) for r in topk_select_ref(scores, n_pages, n_top, sinks)[0]]
+    for buf in (sb, meta, pages, counts, dummy):
+        buf.release()

@@ -26,7 +26,7 @@ MAX_QUANTILE = (0.99, 0.995)
 SAFETY_MARGIN = (0.01, 0.05)
 EXCESS_MARGIN_FRACTION = 0.2
 CLAMP_QUANTILE = 0.5     # the clamp's page-maximum quantile (grilly_kv.gaussian's default)
-PASS_MOMENTS, PASS_TAU_HAT, PASS_SELECT, PASS_CLAMP, PASS_CORRECT, PASS_DROP = range(6)
+PASS_MOMENTS, PASS_TAU_HAT, PASS_SELECT, PASS_CLAMP, PASS_CORRECT = range(5)
 PUSH = PushLayout("max_pages", "n_heads_q", "scale:f", "z_low:f", "z_high:f", "margin_low:f",
                   "margin_high:f", "excess:f", "pass_id", "z_clamp:f", "row_len", "n_iters", "cap",
                   "kv_h0")
@@ -37,8 +37,8 @@ def page_quantile_z(max_quantile: float, page_size: int) -> float:
     return NormalDist().inv_cdf(max_quantile ** (1.0 / page_size))
 
 
-def _spec(head_dim: int, f16: bool, page_size: int, group: int, alpha: float) -> tuple:
-    return (head_dim, int(f16), page_size, group, gaussian_beta(alpha))
+def _spec(head_dim: int, f16: bool, page_size: int, group: int, alpha: float, fused: bool = False) -> tuple:
+    return (head_dim, int(f16), page_size, group, gaussian_beta(alpha), int(fused))
 
 
 def _push(pass_id: int, *, bh: int, group: int, max_pages: int, page_size: int, scale: float,
@@ -57,11 +57,10 @@ def record_gaussian_select(rec: Recording, q: Buffer, stats: Buffer, moments: Bu
                            tau: Buffer, logits: Buffer, scores: Buffer, *, bh: int, group: int,
                            head_dim: int, f16: bool, page_size: int, max_pages: int,
                            grid_pages: int, alpha: float, scale: float, clamp_tau: bool = False,
-                           n_top: int | None = None, parts=None) -> Recording:
+                           n_top: int | None = None, parts=None, counter: Buffer | None = None) -> Recording:
     """Record the three selection passes (page moments, per-head tau-hat, page rule and
     compaction); with ``n_top``, the budget cap (topk-select's selection pass on the kept pages'
-    upper scores ``max_g (mu_pg + z sigma_pg)``, then a pass dropping the pages the rule had not
-    kept); with ``clamp_tau``, the clamped tau-hat of every query head.
+    upper scores ``max_g (mu_pg + z sigma_pg)``, never taking a page the rule had not kept); with ``clamp_tau``, the clamped tau-hat of every query head.
 
     Args:
         q: ``(B, H_q, head_dim)`` float32, ``H_q = group * H_kv``.
@@ -80,27 +79,33 @@ def record_gaussian_select(rec: Recording, q: Buffer, stats: Buffer, moments: Bu
         n_top: None, or the most kept pages before the last (``token_budget // page_size``).
         parts: ``stats`` is a list of buffers holding these KV head ranges (policies/kv_store.py):
             the moments pass runs once per buffer.
+        counter: ``B*H_kv`` uint32 words, zero (the shader leaves them zero): the last moments
+            workgroup of each KV head computes its query heads' tau-hat (FUSED, one dispatch
+            fewer); None: a separate tau-hat pass.
     """
-    spec = _spec(head_dim, f16, page_size, group, alpha)
+    fused = counter is not None
+    spec = _spec(head_dim, f16, page_size, group, alpha, fused)
     split = stat_parts(stats, parts, bh)
     sizes = dict(bh=bh, group=group, max_pages=max_pages, page_size=page_size, scale=scale)
+    # unfused: moments stands in for the unused counter binding (already written by every pass)
+    count_buf = counter if fused else moments
     for st, h0, nh in split:
-        rec.dispatch(SHADER, [q, st, moments, gstats, pages, counts, meta, tau, logits, scores],
+        rec.dispatch(SHADER, [q, st, moments, gstats, pages, counts, meta, tau, logits, scores, count_buf],
                      groups=(max(1, -(-grid_pages // PAGES_PER_WG)), nh), spec=(LOCAL_SIZE, *spec),
-                     push=_push(PASS_MOMENTS, kv_h0=h0, **sizes), label="gaussian-moments")
+                     push=_push(PASS_MOMENTS, kv_h0=h0, **sizes),
+                     label="gaussian-moments-tau-hat" if fused else "gaussian-moments")
     stats = split[0][0]
-    bufs = [q, stats, moments, gstats, pages, counts, meta, tau, logits, scores]
-    rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=(LOCAL_SIZE, *spec),
-                 push=_push(PASS_TAU_HAT, **sizes), label="gaussian-tau-hat")
+    bufs = [q, stats, moments, gstats, pages, counts, meta, tau, logits, scores, moments]
+    if not fused:
+        rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=(LOCAL_SIZE, *spec),
+                     push=_push(PASS_TAU_HAT, **sizes), label="gaussian-tau-hat")
     capped = n_top is not None
     rec.dispatch(SHADER, bufs, groups=(bh,), spec=(SELECT_LOCAL_SIZE, *spec),
                  push=_push(PASS_SELECT, cap=capped, **sizes), label="gaussian-select")
     if capped:
         record_topk_pick(rec, q, stats, scores, pages, counts, meta, bh=bh, group=group,
                          head_dim=head_dim, f16=f16, page_size=page_size, max_pages=max_pages,
-                         n_top=n_top, n_sink=0)
-        rec.dispatch(SHADER, bufs, groups=(bh,), spec=(SELECT_LOCAL_SIZE, *spec),
-                     push=_push(PASS_DROP, **sizes), label="gaussian-cap")
+                         n_top=n_top, n_sink=0, drop_unkept=True)
     if clamp_tau:
         rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=(LOCAL_SIZE, *spec),
                      push=_push(PASS_CLAMP, **sizes), label="gaussian-tau-clamp")
@@ -115,7 +120,7 @@ def record_gaussian_tau(rec: Recording, q: Buffer, stats: Buffer, moments: Buffe
     """Record ``n_iters`` unbounded Halley steps (tau_mode "corrected") on the clamped tau-hat in
     ``tau``, over each query head's row of ``row_len`` logits of the kept tokens (the decode's
     logits pass must come first). Same buffers as :func:`record_gaussian_select`."""
-    bufs = [q, stats, moments, gstats, pages, counts, meta, tau, logits, scores]
+    bufs = [q, stats, moments, gstats, pages, counts, meta, tau, logits, scores, moments]
     return rec.dispatch(SHADER, bufs, groups=(bh * group,),
                         spec=(LOCAL_SIZE, *_spec(head_dim, f16, page_size, group, alpha)),
                         push=_push(PASS_CORRECT, bh=bh, group=group, max_pages=max_pages,

@@ -7,6 +7,7 @@ attention that reads the selected pages.
 from __future__ import annotations
 
 from ..backend import Buffer, PushLayout, Recording
+from ..reference.topk_select import UNKEPT  # noqa: F401  (the score pass 2 never selects)
 
 SHADER = "topk-select"
 LOCAL_SIZE = 256           # scoring pass
@@ -65,12 +66,15 @@ def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer,
 def record_topk_pick(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer, pages: Buffer,
                      counts: Buffer, meta: Buffer, *, bh: int, group: int, head_dim: int,
                      f16: bool, page_size: int, max_pages: int, n_top: int, n_sink: int,
-                     group_reduce: str = "max") -> Recording:
+                     group_reduce: str = "max", drop_unkept: bool = False) -> Recording:
     """Record the selection pass alone, on scores already in ``scores`` (written by the scoring
-    pass, or by another selector: the Gaussian one caps its pages with it). Arguments as for
+    pass, or by another selector: the Gaussian one caps its pages with it). With
+    ``drop_unkept`` (pass 2) a page before the last (not a sink) whose score is :data:`UNKEPT` is
+    never selected, even when fewer than ``n_top`` pages score higher. Other arguments as for
     :func:`record_topk_select`."""
     spec = (head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce), 0)
     return rec.dispatch(SHADER, [q, stats, scores, pages, counts, meta, counts], groups=(bh,),
                         spec=(SELECT_LOCAL_SIZE, *spec),
-                        push=PUSH.pack(max_pages=max_pages, n_top=n_top, n_sink=n_sink,
-                                       sel_stride=max_pages, pass_id=1, kv_h0=0), label="topk-select")
+                        push=PUSH.pack(max_pages=max_pages, n_top=n_top, n_sink=n_sink, sel_stride=max_pages,
+                                       pass_id=2 if drop_unkept else 1, kv_h0=0),
+                        label="topk-select-kept" if drop_unkept else "topk-select")

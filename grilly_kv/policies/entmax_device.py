@@ -1,9 +1,9 @@
 """The Vulkan twin of the entmax policy: Quest's device cache (K/V slots, page statistics, dense
 prefill attention, all in the model's per-token submission) with EntmaxKV's selection at decode.
 
-Per decode token and layer: ``gaussian-select``'s passes (page score moments, per-head tau-hat,
-the page rule; with the budget, ``topk-select``'s pick on the kept pages' upper scores and the
-drop pass), then ``decode-attention`` over the kept pages with softmax, or for alpha > 1 its
+Per decode token and layer: ``gaussian-select``'s passes (page score moments with each head's
+tau-hat computed by its last moments workgroup, the page rule; with the budget, ``topk-select``'s pick on the kept pages' upper scores, which
+never takes a page the rule dropped), then ``decode-attention`` over the kept pages with softmax, or for alpha > 1 its
 logits pass, ``entmax-tau`` (exact threshold of the kept tokens) and the weighted sum. The
 selection's scratch is shared by the layers (each layer's passes finish before the next layer's
 start; the recording's barriers order them). Never touches kp.
@@ -39,6 +39,6 @@ class DeviceEntmaxCache(DeviceQuestCache):
                                page_size=pol.page_size, max_pages=self.max_pages,
                                grid_pages=self.max_pages, alpha=pol.select_alpha,
                                scale=1.0 / np.sqrt(s.head_dim), n_top=pol.n_top,
-                               parts=self.store.parts)
+                               parts=self.store.parts, counter=self.select_counter)
         self.record_attention(rec, layer, qkv, out, pol.n_top, alpha=pol.alpha, logits=self.logits,
                               tau=self.tau)

@@ -5,12 +5,13 @@ Per layer, float16 K/V in the shared :class:`~grilly_kv.policies.kv_store.KVStor
 ``(H_kv, capacity, D)`` (a slot per position, as the paged cache's shaders expect; split by KV
 heads over buffers when a layer exceeds the storage buffer limit) and page statistics
 ``(H_kv, pages, 4, D)`` split the same way (counted in ``kv_bytes``, as the policy's own
-accounting counts them). Per step: the slot store
-(``kv-slot-store``), the page statistics of the touched pages (``page-stats``, from the paged
-cache), then for a prefill chunk dense causal attention (``kv-slot-attention``), for a decode token
-Quest's page scores and top-k (``topk-select``) and attention over the chosen pages
-(``decode-attention``). A two-word ``meta`` buffer ``[length after, length before]`` is uploaded
-at the start of each step. Never touches kp.
+accounting counts them). Per step: the slot store and the statistics of the pages it touches in
+one dispatch (``kv-slot-store-stats``: a slot per position, so each page's rows written by the step
+are read from q/k/v, and prefill chunks need no barrier between store and statistics), then for a
+prefill chunk dense causal attention (``kv-slot-attention``), for a decode token Quest's page
+scores and top-k (``topk-select``) and attention over the chosen pages (``decode-attention``).
+A two-word ``meta`` buffer ``[length after, length before]`` is uploaded at the start of each
+step. Never touches kp.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..ops import decode_attention as attn
 from ..ops.kv_slot_attention import part_words, record_kv_slot_attention
-from ..ops.kv_slot_store import record_kv_slot_store
+from ..ops.kv_slot_store_stats import record_kv_slot_store_stats
 from ..ops.page_stats import record_page_stats
 from ..ops.step_words import fill_step
 from ..ops.topk_select import record_topk_select
@@ -60,7 +61,7 @@ class DeviceQuestCache(TwinBase):
         self.counter = self.alloc(device, bh, np.uint32)     # softmax decode: partials + merge fused
         self.counter.write(np.zeros(bh, np.uint32))
         self.counter.upload_now()
-        self.select_counter = self.alloc(device, bh, np.uint32)   # decode: page scoring + top-k fused
+        self.select_counter = self.alloc(device, bh, np.uint32)   # decode: page scoring + top-k (entmax: moments + tau-hat) fused
         self.select_counter.write(np.zeros(bh, np.uint32))
         self.select_counter.upload_now()
 
@@ -69,6 +70,8 @@ class DeviceQuestCache(TwinBase):
 
     def fill_step(self, words: np.ndarray, positions: np.ndarray, tokens) -> None:
         n_after = int(positions[-1]) + 1
+        if not np.array_equal(positions, np.arange(int(positions[0]), n_after)):
+            raise ValueError(f"positions must be consecutive (a slot per position), got {positions}")
         fill_step(words, pos0=int(positions[0]), slots=positions, tokens=tokens, n_scan=n_after)
         self.meta.write(np.array([n_after, int(positions[0])], np.uint32))
 
@@ -80,11 +83,8 @@ class DeviceQuestCache(TwinBase):
             rec.upload(self.meta)
         st = self.store
         k, v = st.keys[layer], st.values[layer]
-        record_kv_slot_store(rec, qkv, step, k, v, self.slot_pos, T=T, cap=self.cap, layer=0,
-                             parts=st.parts, **dims)
-        for part, (_, nh) in enumerate(st.parts):     # K and its statistics: same head range
-            record_page_stats(rec, k[part], self.stats[layer][part], self.meta, n_new=T, bh=nh, head_dim=D,
-                              f16=True, page_size=pol.page_size, capacity=self.cap)
+        record_kv_slot_store_stats(rec, qkv, step, k, v, self.slot_pos, self.stats[layer], T=T, cap=self.cap,
+                                   layer=0, page_size=pol.page_size, parts=st.parts, **dims)
         if T > 1:        # prefill: dense causal attention (Quest selects only for decode queries)
             record_kv_slot_attention(rec, qkv, k, v, self.slot_pos, step, self.part, out, T=T, cap=self.cap,
                                      layer=0, parts=st.parts, **dims)

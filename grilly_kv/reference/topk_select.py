@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+UNKEPT = -3.4e38      # the shader's mark of a page another rule did not keep
+
 
 def page_scores_ref(q: np.ndarray, kmin: np.ndarray, kmax: np.ndarray,
                     group_reduce: str = "max") -> np.ndarray:
@@ -25,7 +27,8 @@ def page_scores_ref(q: np.ndarray, kmin: np.ndarray, kmax: np.ndarray,
     return s.max(axis=2) if group_reduce == "max" else s.mean(axis=2)
 
 
-def topk_select_ref(scores: np.ndarray, n_pages: int, n_top: int, n_sink: int = 0) -> np.ndarray:
+def topk_select_ref(scores: np.ndarray, n_pages: int, n_top: int, n_sink: int = 0,
+                    drop_unkept: bool = False) -> np.ndarray | list:
     """The pages a decode step attends to, per KV head.
 
     Args:
@@ -35,9 +38,12 @@ def topk_select_ref(scores: np.ndarray, n_pages: int, n_top: int, n_sink: int = 
         n_top: ``token_budget // page_size``; the top ``min(n_top, n_pages - 1)`` pages are kept,
             counting the sink pages among them.
         n_sink: the first ``min(n_sink, n_pages - 1)`` pages are always kept.
+        drop_unkept: the shader's pass 2: afterwards, the selected pages before the last (not
+            sinks) whose score is ``UNKEPT`` (float32 -3.4e38) are removed.
 
     Returns:
         ``(B, H_kv, n_sel)`` int64 page indices, ascending; ties in score go to the lower index.
+        With ``drop_unkept``, ``[[pages of head h] for h] for b]`` (lengths differ).
     """
     B, H = scores.shape[:2]
     before_last = n_pages - 1
@@ -51,4 +57,8 @@ def topk_select_ref(scores: np.ndarray, n_pages: int, n_top: int, n_sink: int = 
             order = np.lexsort((cand, -s))                  # score descending, then index
             chosen = np.sort(cand[order[:k]])
             out[b, h] = np.concatenate([np.arange(sink), chosen, [before_last]])
-    return out
+    if not drop_unkept:
+        return out
+    unkept = np.float32(UNKEPT)
+    return [[[int(pg) for pg in row if pg < sink or pg == before_last or scores[b, h, pg] != unkept]
+             for h, row in enumerate(out[b])] for b in range(B)]
