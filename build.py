@@ -338,7 +338,7 @@ def reflect_spirv(data: bytes, name: str = "?") -> dict:
     OpVariable, OpTypePointer, OpTypeStruct and the scalar/vector/array types give
     ``{"bindings": [{"set", "binding", "name", "non_writable", "non_readable"}],
     "push_constants": {"size": bytes, "offsets": [bytes per member], "names": [...]} or None,
-    "spec_ids": [ids]}``. A buffer is non-writable when its variable, or every member of its
+    "spec_ids": [ids], "spec_types": ["uint" | "int" | "float" | "bool", one per id]}``. A buffer is non-writable when its variable, or every member of its
     block, is decorated NonWritable (GLSL ``readonly``); likewise NonReadable (``writeonly``).
     """
     if len(data) % 4 or len(data) < 20:
@@ -354,6 +354,8 @@ def reflect_spirv(data: bytes, name: str = "?") -> dict:
     constants: dict[int, int] = {}
     variables: list[tuple[int, int, int]] = []   # (pointer type, id, storage class)
     spec_results: list[int] = []
+    scalar_kind: dict[int, str] = {}    # type id -> "uint" | "int" | "float"
+    spec_kind: dict[int, str] = {}      # spec constant result id -> its scalar kind (or "bool")
     i = 5
     while i < len(words):
         count, op = words[i] >> 16, words[i] & 0xFFFF
@@ -370,6 +372,7 @@ def reflect_spirv(data: bytes, name: str = "?") -> dict:
             member_decor.setdefault((args[0], args[1]), {})[args[2]] = args[3:]
         elif op == _OP_TYPE_INT or op == _OP_TYPE_FLOAT:
             types[args[0]] = ("scalar", args[1] // 8)
+            scalar_kind[args[0]] = "float" if op == _OP_TYPE_FLOAT else ("int" if args[2] else "uint")
         elif op in (_OP_TYPE_VECTOR, _OP_TYPE_MATRIX):
             types[args[0]] = ("vector", args[1], args[2])
         elif op == _OP_TYPE_ARRAY:
@@ -384,6 +387,7 @@ def reflect_spirv(data: bytes, name: str = "?") -> dict:
             constants[args[1]] = args[2]
         elif op in _OP_SPEC_CONSTANTS:
             spec_results.append(args[1])
+            spec_kind[args[1]] = "bool" if op in (48, 49) else scalar_kind.get(args[0], "other")
         elif op == _OP_VARIABLE:
             variables.append((args[0], args[1], args[2]))
         i += count
@@ -434,10 +438,11 @@ def reflect_spirv(data: bytes, name: str = "?") -> dict:
                                  or all_members(pointee, _DEC_NON_WRITABLE)),
                 "non_readable": _DEC_NON_READABLE in d or all_members(pointee, _DEC_NON_READABLE),
             })
-    spec_ids = sorted({decor[r][_DEC_SPEC_ID][0] for r in spec_results
-                       if _DEC_SPEC_ID in decor.get(r, {})})
+    spec_types = {decor[r][_DEC_SPEC_ID][0]: spec_kind.get(r, "other") for r in spec_results
+                  if _DEC_SPEC_ID in decor.get(r, {})}
     return {"version": REFLECTION_VERSION, "shader": name, "bindings": _merge_aliases(bindings),
-            "push_constants": push, "spec_ids": spec_ids}
+            "push_constants": push, "spec_ids": sorted(spec_types),
+            "spec_types": [spec_types[i] for i in sorted(spec_types)]}
 
 
 def _merge_aliases(variables: list[dict]) -> list[dict]:
@@ -464,7 +469,8 @@ def write_reflection(spv: Path) -> None:
     digest = hashlib.sha256(data).hexdigest()
     if out.is_file():
         try:
-            if json.loads(out.read_text()).get("spirv_sha256") == digest:
+            old = json.loads(out.read_text())
+            if old.get("spirv_sha256") == digest and "spec_types" in old:
                 return
         except ValueError:
             pass

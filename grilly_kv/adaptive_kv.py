@@ -178,7 +178,8 @@ def compute_layer_budgets(layer_qsim, total_budget: int, min_budget_per_layer: i
         cake = _plain_array("cake_scores", cake_scores, ndim=1, dtypes=(np.float32, np.float64),
                            shape_doc="(L,)")
         if cake.shape != q.shape or (cake < 0).any():
-            raise ValueError(f"cake_scores must be non-negative with shape {q.shape}, got {cake.shape}")
+            raise ValueError(f"cake_scores must be non-negative with shape {q.shape} (one per layer of "
+                             f"layer_qsim {np.shape(layer_qsim)}), got {cake.shape}")
         pref = np.asarray(cake, np.float64) + float(alpha) * pref
     return _allocate(np.maximum(pref, WEIGHT_EPS), total, floor, cap, "layer")
 

@@ -77,3 +77,27 @@ def test_gguf_token_types_outside_the_known_ones_name_the_file(tmp_path):
             "tokenizer.ggml.token_type": [1, 254, 1]}
     with pytest.raises(ValueError, match="x.gguf: token 1 has type 254"):
         TokenizerSpec.from_metadata(meta, "x.gguf")
+
+
+@pytest.mark.parametrize("fmt", ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
+def test_quantised_weights_with_a_non_finite_scale_are_refused(vk, fmt):
+    """model_matmul_q / QuantWeights read the raw rows' values (F32/F16/BF16) or their blocks'
+    float16 scales: a NaN there is named before anything is uploaded."""
+    from grilly_kv.ops.model_matmul_q import model_matmul_q
+    from grilly_kv.reference.model_matmul_q import BLOCK_SCALES, FORMATS, random_rows
+
+    qtype, _, _ = FORMATS[fmt]
+    K = 256
+    raw = random_rows(qtype, 3, K, np.random.default_rng(0))
+    x = np.ones((1, K), np.float32)
+    model_matmul_q(x, raw, qtype, K, device=vk)                    # the clean rows run
+    bad = raw.copy()
+    if qtype in BLOCK_SCALES:
+        nb, ((a, b), *_) = BLOCK_SCALES[qtype]
+        bad.reshape(-1, nb)[1, a:a + 2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)
+    else:
+        bad.view(np.uint16 if fmt != "F32" else np.float32).reshape(-1)[5] = (
+            np.float32(np.inf) if fmt == "F32" else 0x7FC0 if fmt == "BF16" else np.float16(np.nan).view(np.uint16))
+    with pytest.raises(ValueError, match=f"\\({fmt}\\) holds NaN or Inf"):
+        model_matmul_q(x, bad, qtype, K, device=vk)
+    assert np.array_equal(raw, random_rows(qtype, 3, K, np.random.default_rng(0)))   # inputs untouched

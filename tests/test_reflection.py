@@ -43,7 +43,7 @@ def glsl_buffers(name: str) -> dict[int, tuple[bool, bool]]:
 def test_reflection_json_matches_the_spirv_and_the_source(name):
     info = json.loads((ROOT / "grilly_kv" / "spirv" / f"{name}.json").read_text())
     again = build.reflect_spirv(load_spirv(name), name)
-    for key in ("bindings", "push_constants", "spec_ids"):
+    for key in ("bindings", "push_constants", "spec_ids", "spec_types"):
         assert info[key] == again[key], key
     declared = glsl_buffers(name)
     reflected = {b["binding"]: (b["non_writable"], b["non_readable"]) for b in info["bindings"]}
@@ -85,7 +85,7 @@ def test_parser_on_a_hand_made_module():
     assert info["bindings"] == [{"set": 0, "binding": 2, "kind": "storage_buffer", "names": [""],
                                  "non_writable": True, "non_readable": False}]
     assert info["push_constants"]["size"] == 16 and info["push_constants"]["offsets"] == [0, 4, 12]
-    assert info["spec_ids"] == [3]
+    assert info["spec_ids"] == [3] and info["spec_types"] == ["uint"]
     with pytest.raises(ValueError, match="not SPIR-V"):
         build.reflect_spirv(b"\0" * 40, "junk")
 
@@ -100,6 +100,20 @@ def test_mismatched_pipelines_are_named_errors(vk):
         Recording(vk).dispatch("chain-add", [a, b], groups=(1,), push=[64], spec=[256, 1])
     with pytest.raises(BackendError, match="shader 'chain-add' does not match"):
         vk.pipelines.get("chain-add", [a], (256,), 1)     # the cache checks too
+
+
+def test_specialisation_values_must_suit_their_types(vk):
+    """A float given for a uint constant would reach the driver as its bit pattern (1.5 ->
+    1069547520 invocations): refused by name, as are bools, negatives and strings; every
+    shader's constants have one of the four reflected types."""
+    a, b = Buffer(vk, 64), Buffer(vk, 64)
+    assert reflection.shader_interface("chain-add").spec_types == ("uint",)
+    for bad in (1.5, True, -1, "64"):
+        with pytest.raises(BackendError, match="'chain-add': specialisation constant 0 is uint"):
+            Recording(vk).dispatch("chain-add", [a, b], groups=(1,), push=[64], spec=[bad])
+    Recording(vk).dispatch("chain-add", [a, b], groups=(1,), push=[64], spec=[np.uint32(64)])
+    kinds = {k for name in SHADERS for k in reflection.shader_interface(name).spec_types}
+    assert kinds <= {"uint", "int", "float", "bool"}
 
 
 def test_a_hand_written_writes_list_is_checked_and_cannot_drop_a_barrier(vk):

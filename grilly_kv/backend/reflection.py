@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+import numpy as np
+
 from .errors import BackendError
 
 REFLECTION_VERSION = 1
@@ -31,6 +33,8 @@ class ShaderInterface:
         push_size: push-constant block size in bytes (0: none).
         push_offsets: byte offset of each push-constant member.
         spec_ids: specialisation-constant ids the shader declares.
+        spec_types: each id's scalar type ("uint", "int", "float", "bool"; empty for a
+            reflection written before types were recorded).
     """
     name: str
     n_bindings: int
@@ -39,6 +43,21 @@ class ShaderInterface:
     push_size: int
     push_offsets: tuple
     spec_ids: tuple
+    spec_types: tuple = ()
+
+    def check_spec_values(self, values) -> None:
+        """Raise BackendError (naming the shader and the id) unless each value suits its
+        specialisation constant's type: an integer for "uint" (>= 0) and "int" (bools and floats
+        refused: a float would be passed as its bit pattern, e.g. 1.5 as about 1e9 invocations),
+        a number for "float", a bool or 0/1 for "bool"."""
+        for sid, (kind, v) in enumerate(zip(self.spec_types, values)):
+            is_int = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+            ok = {"uint": is_int and v >= 0, "int": is_int,
+                  "float": isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)),
+                  "bool": isinstance(v, (bool, np.bool_)) or (is_int and v in (0, 1))}.get(kind, True)
+            if not ok:
+                raise BackendError(f"shader {self.name!r}: specialisation constant {sid} is {kind}, "
+                                   f"got {v!r} ({type(v).__name__})")
 
     def check(self, n_buffers: int, n_spec: int, n_push_words: int) -> None:
         """Raise BackendError (naming the shader) unless a pipeline with ``n_buffers`` bound
@@ -98,4 +117,4 @@ def shader_interface(name: str) -> ShaderInterface:
         writable=frozenset(b["binding"] for b in bindings if not b["non_writable"]),
         readable=frozenset(b["binding"] for b in bindings if not b["non_readable"]),
         push_size=int(push["size"]), push_offsets=tuple(push["offsets"]),
-        spec_ids=tuple(info["spec_ids"]))
+        spec_ids=tuple(info["spec_ids"]), spec_types=tuple(info.get("spec_types", ())))

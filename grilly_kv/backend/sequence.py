@@ -139,6 +139,7 @@ class Recording:
         push = push if isinstance(push, np.ndarray) else as_words(list(push))
         iface = shader_interface(shader)
         iface.check(len(buffers), len(spec), push.size)
+        iface.check_spec_values(spec)
         if writes is not None and not set(writes) <= iface.writable:
             raise BackendError(f"{shader}: writes={sorted(writes)} names bindings the shader "
                                f"declares readonly; it may write only {sorted(iface.writable)} "

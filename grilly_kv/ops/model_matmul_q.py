@@ -33,7 +33,7 @@ import numpy as np
 from ..backend import Buffer, PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.model_matmul_q import (FORMAT_BY_ID, FORMATS, dequantize_rows, model_matmul_q_ref,
-                                        row_bytes)
+                                        raw_is_finite, row_bytes)
 from ..validation import check_array, check_choice, check_index_array, check_int, check_real
 from .model_matmul import check_norm_and_y
 
@@ -165,6 +165,9 @@ def _check_tensor(name: str, raw, qtype: int, shape) -> np.ndarray:
     if raw.shape != (N, row_bytes(qtype, K)):
         raise ValueError(f"tensor {name}: {raw.size} bytes do not hold ({N}, {K}) of {FORMAT_BY_ID[qtype]} "
                          f"({N} x {row_bytes(qtype, K)} bytes)")
+    if not raw_is_finite(raw, qtype):
+        raise ValueError(f"tensor {name} ({FORMAT_BY_ID[qtype]}) holds NaN or Inf values (a weight or a "
+                         "block's float16 scale)")
     return raw
 
 

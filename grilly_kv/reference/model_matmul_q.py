@@ -19,6 +19,28 @@ FORMATS = {
 FORMAT_BY_ID = {v[0]: k for k, v in FORMATS.items()}
 
 
+# block formats: type id -> (bytes per block, byte ranges of its float16 scale fields); a block's
+# values are finite exactly when these are (each is a scale times a bounded integer, plus a minimum)
+BLOCK_SCALES = {2: (18, ((0, 2),)), 3: (20, ((0, 4),)), 6: (22, ((0, 2),)), 7: (24, ((0, 4),)),
+                8: (34, ((0, 2),)), 12: (144, ((0, 4),)), 13: (176, ((0, 4),)), 14: (210, ((208, 210),))}
+
+
+def raw_is_finite(raw: np.ndarray, qtype: int) -> bool:
+    """Whether GGUF data of ggml type ``qtype`` holds no NaN or Inf, read without dequantising:
+    F32/F16/BF16 values, the float16 scale fields of block formats (their other bytes are integers).
+    Raises KeyError for a type not in :data:`FORMATS`."""
+    flat = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
+    if qtype == 0:
+        return bool(np.isfinite(flat.view(np.float32)).all())
+    if qtype == 1:
+        return bool(np.isfinite(flat.view(np.float16)).all())
+    if qtype == 30:
+        return not ((flat.view(np.uint16) & 0x7F80) == 0x7F80).any()
+    nb, ranges = BLOCK_SCALES[qtype]
+    blocks = flat.reshape(-1, nb)
+    return all(np.isfinite(np.ascontiguousarray(blocks[:, a:b]).view(np.float16)).all() for a, b in ranges)
+
+
 def row_bytes(qtype: int, K: int) -> int:
     """Bytes of one row of K elements of ggml type ``qtype`` (K a multiple of its block)."""
     _, blk, nb = FORMATS[FORMAT_BY_ID[qtype]]

@@ -34,6 +34,7 @@ import numpy as np
 
 from ...data_packages import available, package_path
 from .config import ModelConfig, UnsupportedModel, config_from_meta
+from ...reference.model_matmul_q import FORMAT_BY_ID, raw_is_finite
 from .quants import dequantize, qtype_name
 
 GGUF_ENV = "GRILLY_KV_GGUF"
@@ -283,30 +284,14 @@ def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, hd // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-# ggml type id -> (bytes per block, byte ranges of its float16 scales): a block's values are
-# finite exactly when these are (each value is a scale times a bounded integer, plus a minimum).
-_BLOCK_SCALES = {2: (18, ((0, 2),)), 3: (20, ((0, 4),)), 6: (22, ((0, 2),)), 7: (24, ((0, 4),)),
-                 8: (34, ((0, 2),)), 12: (144, ((0, 4),)), 13: (176, ((0, 4),)), 14: (210, ((208, 210),))}
-
-
 def check_raw_finite(raw: dict, name: str, source: str) -> None:
     """Raise ValueError naming ``source`` and tensor ``name`` if its values hold NaN or Inf,
     read from the raw data without dequantising (F32/F16/BF16 values; the float16 scales of
     block formats). Raises UnsupportedModel for a type the decoder does not run."""
     data, qtype, _ = raw[name]
-    flat = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-    if qtype == 0:
-        ok = np.isfinite(flat.view(np.float32)).all()
-    elif qtype == 1:
-        ok = np.isfinite(flat.view(np.float16)).all()
-    elif qtype == 30:
-        ok = not ((flat.view(np.uint16) & 0x7F80) == 0x7F80).any()
-    elif qtype in _BLOCK_SCALES:
-        nb, ranges = _BLOCK_SCALES[qtype]
-        blocks = flat.reshape(-1, nb)
-        ok = all(np.isfinite(np.ascontiguousarray(blocks[:, a:b]).view(np.float16)).all() for a, b in ranges)
-    else:
+    if qtype not in FORMAT_BY_ID:
         raise UnsupportedModel(f"{source}: tensor {name}: quantisation {qtype_name(qtype)} is not supported")
+    ok = raw_is_finite(data, qtype)
     if not ok:
         raise ValueError(f"{source}: tensor {name} ({qtype_name(qtype)}) holds NaN or Inf values "
                          f"(a damaged scale or weight)")
