@@ -275,9 +275,15 @@ class TriAttentionKVCache(DeviceObject):
         if self.protect_initial + self.protect_recent >= self.budget:
             raise ValueError(f"budget ({budget}) must exceed protect_initial + protect_recent "
                              f"({protect_initial} + {protect_recent})")
+        if not isinstance(per_head, (bool, np.bool_)):
+            raise TypeError(f"per_head must be a bool, got {type(per_head).__name__}")
         self.per_head = bool(per_head)
-        if np.dtype(dtype) not in (np.float16, np.float32):
-            raise TypeError(f"dtype must be float16 or float32, got {np.dtype(dtype)}")
+        try:
+            ok = np.dtype(dtype) in (np.float16, np.float32)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise TypeError(f"dtype must be float16 or float32, got {dtype!r}")
         self.dtype = np.dtype(dtype)
         self.calibration = None
         if calibration is not None:

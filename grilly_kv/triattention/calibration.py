@@ -47,6 +47,9 @@ class Calibration:
                 if np.shape(a) != shape:
                     raise ValueError(f"layer {i} {name} has shape {np.shape(a)}, expected {shape}")
             setattr(self, name, [np.asarray(a, np.float32) for a in arrays])
+            for i, a in enumerate(getattr(self, name)):
+                if not np.isfinite(a).all():
+                    raise ValueError(f"layer {i} {name} holds {int((~np.isfinite(a)).sum())} NaN/Inf value(s)")
         check_int("n_kv_heads", self.n_kv_heads, minimum=1)
         if shape[0] % self.n_kv_heads:
             raise ValueError(f"n_q_heads ({shape[0]}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
@@ -69,6 +72,12 @@ class Calibration:
         return self.q_center_real[i], self.q_center_imag[i], self.q_mean_norm[i]
 
 
+def _check_rope(rope) -> RoPEConfig:
+    if not isinstance(rope, RoPEConfig):
+        raise TypeError(f"rope must be a RoPEConfig, got {type(rope).__name__}")
+    return rope
+
+
 def _check_queries(name: str, q, rope: RoPEConfig) -> np.ndarray:
     q = check_array(name, q, ndim=3, dtypes=(np.float32, np.float16, np.float64),
                     shape_doc="(n_q_heads, T, head_dim)")
@@ -85,6 +94,7 @@ def calibrate(queries, rope: RoPEConfig, *, n_kv_heads: int | None = None) -> Ca
         rope: the model's RoPE (its pairing decides which dims form each frequency).
         n_kv_heads: KV heads of the model (stored in the file's metadata); default H_q.
     """
+    _check_rope(rope)
     if not isinstance(queries, (list, tuple)) or not queries:
         raise TypeError("queries must be a non-empty list with one (n_q_heads, T, head_dim) array per layer")
     H_q = _check_queries("queries[0]", queries[0], rope).shape[0]
@@ -110,7 +120,7 @@ class OnlineCalibration:
     """
 
     def __init__(self, rope: RoPEConfig, *, n_layers: int, n_q_heads: int, n_kv_heads: int):
-        self.rope = rope
+        self.rope = _check_rope(rope)
         self.n_kv_heads = check_int("n_kv_heads", n_kv_heads, minimum=1)
         shape = (check_int("n_layers", n_layers, minimum=1),
                  check_int("n_q_heads", n_q_heads, minimum=1), 3, rope.n_freqs)
@@ -136,13 +146,26 @@ class OnlineCalibration:
 
 def save_calibration(path, calib: Calibration) -> None:
     """Write ``calib`` to a safetensors file in mlx-vlm's layout (see the module docstring)."""
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
+    if not isinstance(calib, Calibration):
+        raise TypeError(f"calib must be a Calibration, got {type(calib).__name__}")
+    path = _check_path(path)
     tensors = {f"layer.{i}.{name}": np.ascontiguousarray(getattr(calib, name)[i], np.float32)
                for i in range(calib.n_layers) for name in STATS}
     meta = {"n_layers": str(calib.n_layers), "n_q_heads": str(calib.n_q_heads),
             "n_kv_heads": str(calib.n_kv_heads)}
-    save_file(tensors, os.fspath(path), metadata=meta)
+    try:
+        save_file(tensors, path, metadata=meta)
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"calibration file {path!r} cannot be written: {exc}") from exc
+
+
+def _check_path(path) -> str:
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike naming the calibration file, got {type(path).__name__}")
+    return os.fspath(path)
 
 
 MAX_ABS_STAT = 1e6     # larger than any query statistic of a model whose queries come from
@@ -228,7 +251,11 @@ def load_calibration(path, *, n_layers: int | None = None, n_q_heads: int | None
     """
     from safetensors import SafetensorError, safe_open
 
-    path = os.fspath(path)
+    path = _check_path(path)
+    for key, want in (("n_layers", n_layers), ("n_q_heads", n_q_heads), ("n_kv_heads", n_kv_heads),
+                      ("n_freqs", n_freqs)):
+        if want is not None:
+            check_int(key, want, minimum=1)
     _check_file(path)
     where = f"calibration file {path!r}"
     try:

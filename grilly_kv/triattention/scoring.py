@@ -45,7 +45,7 @@ def score_keys(keys: np.ndarray, key_positions: np.ndarray, current_pos: int, ca
     """
     check_array("keys", keys, ndim=3, dtypes=(np.float32, np.float16), shape_doc="(H_kv, S, D)")
     check_model_match(calib, rope, keys.shape[0], layer)
-    if n_q_heads is not None and n_q_heads != calib.n_q_heads:
+    if n_q_heads is not None and check_int("n_q_heads", n_q_heads, minimum=1) != calib.n_q_heads:
         raise ValueError(f"n_q_heads={n_q_heads} but the calibration has {calib.n_q_heads} query heads")
     if keys.shape[2] != rope.head_dim:
         raise ValueError(f"keys have head_dim {keys.shape[2]}, the RoPEConfig {rope.head_dim}")
