@@ -63,7 +63,7 @@ import numpy as np
 from ..backend import DeviceObject
 from ..ops.attention_q_similarity import q_similarity
 from ..ops.nn_linear import linear
-from ..validation import check_array, check_int
+from ..validation import check_array, check_choice, check_index_array, check_int, check_real
 from .multihead_attention import MultiheadAttention
 
 DAMPING_NESTEROV = "nesterov"
@@ -72,9 +72,27 @@ DAMPING_NESTEROV = "nesterov"
 def momentum_coefficient(damping, step):
     """alpha_k of step (1) for k = ``step`` (an int or an array of them): ``k / (k + 3)`` for
     ``"nesterov"``, else the constant ``damping``."""
+    damping = _check_damping(damping)
+    if np.ndim(step) == 0 and not isinstance(step, np.ndarray):
+        steps = np.int64(check_int("step", step, minimum=0))
+    else:
+        steps = check_index_array("step", step, shape_doc="(B,)")
+        if (steps < 0).any():
+            raise ValueError(f"step must be >= 0, got {steps.min()}")
     if damping == DAMPING_NESTEROV:
-        return np.asarray(step, np.float32) / (np.asarray(step, np.float32) + 3.0)
-    return np.full(np.shape(step), damping, np.float32)
+        return np.asarray(steps, np.float32) / (np.asarray(steps, np.float32) + 3.0)
+    return np.full(np.shape(steps), damping, np.float32)
+
+
+def _check_damping(damping):
+    """``"nesterov"`` or a real number in [0, 1) (as a float)."""
+    if isinstance(damping, str):
+        check_choice("damping", damping, (DAMPING_NESTEROV,))
+        return damping
+    damping = check_real("damping", damping, minimum=0.0)
+    if damping >= 1.0:
+        raise ValueError(f"damping must be 'nesterov' or a number in [0, 1), got {damping!r}")
+    return damping
 
 
 class SelectiveMomentumAttention(DeviceObject):
@@ -97,18 +115,21 @@ class SelectiveMomentumAttention(DeviceObject):
         if not isinstance(attention, MultiheadAttention):
             raise TypeError(f"attention must be a grilly_kv.nn.MultiheadAttention, got "
                             f"{type(attention).__name__}")
+        check_int("embed_dim", embed_dim, minimum=1)
+        check_int("num_heads", num_heads, minimum=1)
         if (embed_dim, num_heads) != (attention.embed_dim, attention.num_heads):
             raise ValueError(f"embed_dim, num_heads = ({embed_dim}, {num_heads}) do not match the "
                              f"attention module's ({attention.embed_dim}, {attention.num_heads})")
-        if not (isinstance(threshold, (int, float)) and np.isfinite(threshold) and threshold >= 0):
-            raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
-        if not (isinstance(step_size, (int, float)) and np.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
-        if damping != DAMPING_NESTEROV and not (isinstance(damping, (int, float))
-                                                and 0.0 <= damping < 1.0):
-            raise ValueError(f"damping must be 'nesterov' or a number in [0, 1), got {damping!r}")
+        threshold = check_real("threshold", threshold, minimum=0.0)
+        step_size = check_real("step_size", step_size, minimum=0.0)
+        if step_size == 0.0:
+            raise ValueError("step_size must be a finite number > 0, got 0.0")
+        damping = _check_damping(damping)
+        check_choice("qsim_mode", qsim_mode, ("consecutive", "pairwise"))
+        if qsim_window is not None:
+            qsim_window = check_int("qsim_window", qsim_window, minimum=1)
         self.attention = attention
-        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
         self.threshold = float(threshold)
         self.step_size = float(step_size)
         self.damping = damping
@@ -200,11 +221,10 @@ class SelectiveMomentumAttention(DeviceObject):
             check_array("y", y, ndim=3, dtypes=(np.float32, np.float16), shape_doc="(B, S, E)")
             if y.shape != x.shape:
                 raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
-        if np.ndim(step) == 0:
+        if np.ndim(step) == 0 and not isinstance(step, np.ndarray):
             step = check_int("step", step, minimum=0)
         else:
-            step = check_array("step", np.asarray(step), ndim=1, dtypes=(np.int64, np.int32),
-                               shape_doc="(B,)")
+            step = check_index_array("step", step, shape_doc="(B,)")
             if step.shape != (x.shape[0],) or (step < 0).any():
                 raise ValueError(f"step must be an int >= 0 or (B,) = ({x.shape[0]},) of them, "
                                  f"got {step!r}")

@@ -19,6 +19,8 @@ class MomentumStack(DeviceObject):
     """
 
     def __init__(self, blocks: Sequence[SelectiveMomentumAttention]):
+        if isinstance(blocks, SelectiveMomentumAttention) or not hasattr(blocks, "__iter__"):
+            raise TypeError(f"blocks must be a sequence of SelectiveMomentumAttention, got {type(blocks).__name__}")
         blocks = list(blocks)
         if not blocks:
             raise ValueError("blocks must hold at least one SelectiveMomentumAttention")
@@ -59,6 +61,11 @@ class MomentumStack(DeviceObject):
         Returns:
             ``(x, y)`` after the last block run, float32 ``(B, S, E)`` each.
         """
+        x = self.blocks[0].attention._check_tokens("x", x)
+        if not isinstance(restart, (bool, np.bool_)):
+            raise TypeError(f"restart must be a bool, got {type(restart).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
         counter = np.zeros(x.shape[0], np.int64)
         last_speed = np.zeros(x.shape[0])   # 0: no comparison for a row's first step
         for k, block in enumerate(self.blocks):
