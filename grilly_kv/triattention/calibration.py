@@ -210,7 +210,8 @@ def _check_names(where: str, names, L: int) -> None:
     bounded by the tensors the file holds, not by the metadata's ``n_layers``."""
     for key in sorted(names):
         parts = key.split(".")
-        if len(parts) != 3 or parts[0] != "layer" or not parts[1].isdigit() or parts[2] not in STATS:
+        if (len(parts) != 3 or parts[0] != "layer" or not parts[1].isdecimal() or parts[2] not in STATS
+                or str(int(parts[1])) != parts[1]):            # "layer.01" would alias layer 1
             raise ValueError(f"{where} holds an unexpected tensor {key!r} (expected layer.<i>.<{'|'.join(STATS)}>)")
     beyond = sorted((k for k in names if int(k.split(".")[1]) >= L), key=lambda k: (int(k.split(".")[1]), k))
     if beyond:
