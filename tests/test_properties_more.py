@@ -30,7 +30,7 @@ from grilly_kv.triattention import (Calibration, OnlineCalibration, RoPEConfig, 
                                     load_calibration, save_calibration, score_keys)
 from harness import assert_close
 
-FEW = settings(max_examples=4)
+FEW = settings(max_examples=6)
 STATS = ("q_center_real", "q_center_imag", "q_mean_norm")
 
 
@@ -151,11 +151,18 @@ def test_triattention_cache_vulkan_equals_cpu(vk, data):
             keep = (k.copy(), v.copy(), p.copy())
             assert caches[0].append(k, v, p) == caches[1].append(k, v, p)
             assert all(np.array_equal(a, b) for a, b in zip((k, v, p), keep)), "append mutated its input"
-        got, want = caches[0].kept(), caches[1].kept()
-        assert caches[0].n_compressions == caches[1].n_compressions
-        for a, b in zip(got, want):
-            assert a.dtype == b.dtype and np.array_equal(a, b)
-        assert (np.diff(got[2], axis=1) > 0).all()
+        for forced in (False, True):               # what the schedule did, then one more round by hand
+            if forced:
+                if caches[1].length <= kw["budget"]:
+                    break
+                for c in caches:
+                    c.compress()
+            got, want = caches[0].kept(), caches[1].kept()
+            assert caches[0].n_compressions == caches[1].n_compressions
+            assert caches[0].length == caches[1].length == got[0].shape[1]
+            for a, b in zip(got, want):
+                assert a.dtype == b.dtype and np.array_equal(a, b)
+            assert (np.diff(got[2], axis=1) > 0).all()
     finally:
         for c in caches:
             c.close()
@@ -248,11 +255,11 @@ def _momentum(**over):
     return SelectiveMomentumAttention(mha, **kw)(x, step=1)
 
 
-def _online(**over):
+def _online(layer=1, **over):
     kw = dict(n_layers=2, n_q_heads=2, n_kv_heads=1)
     kw.update(over)
     online = OnlineCalibration(RoPEConfig(8), **kw)
-    online.add(1, np.ones((2, 3, 8), np.float32))
+    online.add(layer, np.ones((2, 3, 8), np.float32))
     return online.finish().q_mean_norm
 
 
@@ -292,7 +299,7 @@ SCALAR_CASES = {
                                      "protect_recent"), ()),
     "SelectiveMomentumAttention": (_momentum, ("embed_dim", "num_heads", "qsim_window"),
                                    ("threshold", "step_size", "damping")),
-    "OnlineCalibration": (_online, ("n_layers", "n_q_heads", "n_kv_heads"), ()),
+    "OnlineCalibration": (_online, ("n_layers", "n_q_heads", "n_kv_heads", "layer"), ()),
     "calibrate": (_calibrate, ("n_kv_heads",), ()),
     "load_calibration": (_load, ("n_layers", "n_q_heads", "n_kv_heads", "n_freqs"), ()),
     "momentum_coefficient": (_coefficient, ("step",), ("damping",)),
@@ -342,16 +349,14 @@ def test_real_arguments_reject_bools_strings_nan_inf_and_arrays(name, arg, bad, 
 @pytest.mark.parametrize("kind", [np.int64, np.int32, np.uint16, np.float64, np.float32])
 def test_numpy_scalars_are_accepted(name, arg, kind):
     fn, ints, _ = SCALAR_CASES[name]
-    import inspect
     defaults = {"score_keys": dict(current_pos=7, layer=0, n_q_heads=2),
                 "TriAttentionKVCache": dict(n_kv_heads=1, layer=0, budget=6, divide_length=4, protect_initial=1,
                                             protect_recent=2),
                 "SelectiveMomentumAttention": dict(embed_dim=E, num_heads=H, qsim_window=2, threshold=0.5,
                                                    step_size=0.5, damping=0.3),
-                "OnlineCalibration": dict(n_layers=2, n_q_heads=2, n_kv_heads=1), "calibrate": dict(n_kv_heads=1),
+                "OnlineCalibration": dict(n_layers=2, n_q_heads=2, n_kv_heads=1, layer=1), "calibrate": dict(n_kv_heads=1),
                 "load_calibration": dict(n_layers=2, n_q_heads=2, n_kv_heads=1, n_freqs=4),
                 "momentum_coefficient": dict(step=3, damping=0.25), "MomentumStack.shared": dict(depth=2)}
-    assert inspect.isfunction(fn)
     v = defaults[name][arg]
     if arg in ints and np.dtype(kind).kind == "f":
         return                                     # a float for an integer: rejected above
@@ -488,13 +493,23 @@ def test_calibration_rejects_non_finite_statistics(stat, value):
         Calibration(**stats, n_kv_heads=1)
 
 
-def test_calibration_values_out_of_their_domain_raise():
+def test_values_out_of_their_domain_raise():
     with pytest.raises(ValueError, match="qsim_mode"):
         _momentum(qsim_mode="cosine")
     with pytest.raises(ValueError, match="step_size"):
         _momentum(step_size=0.0)
     with pytest.raises(ValueError, match="n_q_heads=3"):
         _score(n_q_heads=3)
+    with pytest.raises(ValueError, match="layer"):
+        _online(layer=2)
+    with pytest.raises(ValueError, match="layer"):
+        _score(layer=1)
+    with pytest.raises(ValueError, match="heads"):
+        _online_q(np.ones((3, 3, 8), np.float32))
+    with pytest.raises(ValueError, match="head_dim"):
+        _calibrate_q(np.ones((2, 3, 16), np.float32))
+    with pytest.raises(ValueError, match="budget"):
+        _cache(budget=3)
 
 
 # ---- damaged and hostile calibration files -----------------------------------------------------------
@@ -541,6 +556,10 @@ HOSTILE = {
     "integer dtype": lambda good: _header(_meta(), _tensors(dtype="I32")),
     "heads not a multiple": lambda good: _header(_meta(n_q_heads="3", n_kv_heads="2"), _tensors(H_q=3)),
     "unexpected tensor": lambda good: _header(_meta(), {**_tensors(), "layer.0.bias": ("F32", (2, 4), 32)}),
+    "aliased layer index": lambda good: _header(_meta(), {**_tensors(), "layer.01.q_center_real": ("F32", (2, 4), 32)}),
+    "non-ascii digit index": lambda good: _header(_meta(), {**_tensors(), "layer.\u0661.q_mean_norm": ("F32", (2, 4), 32)}),
+    "header not JSON": lambda good: (9).to_bytes(8, "little") + b"{not json",
+    "data shorter than header says": lambda good: _header(_meta(), _tensors())[:-8],
 }
 
 
@@ -567,7 +586,7 @@ def test_damaged_calibration_files_raise_value_error_naming_the_file(kind):
             load_calibration(path)
 
 
-@settings(max_examples=15)
+@settings(max_examples=30)
 @given(data=st.data())
 def test_randomly_corrupted_calibration_files_never_load_garbage(data):
     """Flip bytes anywhere: the load either raises ValueError naming the file or returns a
