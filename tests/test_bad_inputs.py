@@ -101,3 +101,22 @@ def test_quantised_weights_with_a_non_finite_scale_are_refused(vk, fmt):
     with pytest.raises(ValueError, match=f"\\({fmt}\\) holds NaN or Inf"):
         model_matmul_q(x, bad, qtype, K, device=vk)
     assert np.array_equal(raw, random_rows(qtype, 3, K, np.random.default_rng(0)))   # inputs untouched
+
+
+def test_score_keys_refuses_keys_beyond_float16_range(vk):
+    """float32 keys near 1e19 made the Vulkan scores about 3.4e38 while the NumPy ones stayed
+    about 1.65 (found by the property tests): keys must fit float16, as every cache stores them."""
+    from grilly_kv.triattention import RoPEConfig
+    from grilly_kv.triattention.calibration import calibrate
+    from grilly_kv.triattention.scoring import score_keys
+
+    rope = RoPEConfig(head_dim=16, base=10000.0)
+    rng = np.random.default_rng(0)
+    calib = calibrate([rng.standard_normal((2, 12, 16)).astype(np.float32)], rope, n_kv_heads=1)
+    keys = rng.standard_normal((1, 5, 16)).astype(np.float32)
+    pos = np.arange(5)
+    ok = score_keys(keys, pos, 5, calib, 0, rope, device=vk)
+    np.testing.assert_allclose(ok, score_keys(keys, pos, 5, calib, 0, rope, device="cpu"), atol=2e-4, rtol=2e-4)
+    keys[0, 2, 3] = 1e19
+    with pytest.raises(ValueError, match="keys holds 1e\\+19, beyond float16 storage"):
+        score_keys(keys, pos, 5, calib, 0, rope, device=vk)

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..backend.device import DeviceLike
 from ..ops.trig_score import trig_score
-from ..validation import check_array, check_int
+from ..validation import check_array, check_fits, check_int
 from .calibration import Calibration
 from .rope import RoPEConfig
 
@@ -32,7 +32,8 @@ def score_keys(keys: np.ndarray, key_positions: np.ndarray, current_pos: int, ca
     with GQA each query head's scores are z-scored over the S keys, then maxed over its group.
 
     Args:
-        keys: ``(H_kv, S, D)`` post-RoPE keys, float16 or float32.
+        keys: ``(H_kv, S, D)`` post-RoPE keys, float16 or float32 within float16's range (every
+            KV cache stores keys as float16; beyond it the float32 score arithmetic overflows).
         key_positions: ``(S,)`` positions of the keys (each < ``current_pos``).
         current_pos: tokens processed so far.
         calib, layer: the calibration and the layer index in it.
@@ -44,6 +45,7 @@ def score_keys(keys: np.ndarray, key_positions: np.ndarray, current_pos: int, ca
         ``(H_kv, S)`` float32.
     """
     check_array("keys", keys, ndim=3, dtypes=(np.float32, np.float16), shape_doc="(H_kv, S, D)")
+    check_fits("keys", keys, np.float16)
     check_model_match(calib, rope, keys.shape[0], layer)
     if n_q_heads is not None and check_int("n_q_heads", n_q_heads, minimum=1) != calib.n_q_heads:
         raise ValueError(f"n_q_heads={n_q_heads} but the calibration has {calib.n_q_heads} query heads")
