@@ -19,8 +19,8 @@ from .options import (CALIBRATED, UsageError, float_list, int_at_least, int_list
 DEFAULT_OUT = "grilly-kv-results"
 # --quick: every step of the full run, small (measured on the 2-core CPU machine with lavapipe:
 # see the README); explicit options still override it.
-QUICK = dict(policies="dense,streaming,quest", budgets=[64], contexts=[256], depths=[0.5],
-             ppl_contexts=[256], ppl_targets=8, ppl_windows=1)
+QUICK = dict(policies="dense,streaming,quest", budgets=[48], contexts=[128], depths=[0.5],
+             ppl_contexts=[112], ppl_targets=8, ppl_windows=1)
 FULL = dict(policies="dense,streaming", budgets=[256, 512, 1024, 2048], contexts=[1024, 2048, 4096, 8000],
             depths=[0.1, 0.5, 0.9], ppl_contexts=[4096, 8000], ppl_targets=64, ppl_windows=4)
 QUICK_LIMIT_S = 300
@@ -31,8 +31,8 @@ def add_eval_parser(sub, policy_names: list[str], epilog: str) -> None:
                        description=__doc__.split("\n\n")[1].replace("\n", " "), epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("--quick", action="store_true",
-                   help="a small run of every step (policies dense,streaming,quest, budget 64, "
-                        "context 256): within 5 minutes on a 2-core CPU with lavapipe")
+                   help="a small run of every step (policies dense,streaming,quest, budget 48, "
+                        "context 128): within 5 minutes on a 2-core CPU with lavapipe")
     e.add_argument("--policies", default=None,
                    help=f"comma-separated, of: {', '.join(policy_names)} (default {FULL['policies']})")
     e.add_argument("--budgets", type=int_list(1), default=None,
