@@ -25,8 +25,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))   # this checkou
 
 from common import RESULTS  # noqa: E402
 
-from grilly_kv.evaluation import suite as suite_mod  # noqa: E402
-from grilly_kv.evaluation.suite import SuiteConfig, evaluate_suite, format_table  # noqa: E402
+from grilly_kv.evaluation.suite import SuiteConfig, evaluate_suite, format_table, suite_runs  # noqa: E402
+from grilly_kv.evaluation.tasks import TASKS  # noqa: E402
 from grilly_kv.models import load_model  # noqa: E402
 from grilly_kv.policies import policy_names  # noqa: E402
 
@@ -60,7 +60,7 @@ def config(a) -> SuiteConfig:
     policies = csv(a.policies, "dense,streaming" if q else ",".join(policy_names()))
     contexts = csv(a.contexts, "256" if q else "2048,4096", int)
     return SuiteConfig(policies=policies, budgets=csv(a.budgets, "64" if q else "256,1024", int),
-                       contexts=contexts, tasks=csv(a.tasks, "passkey" if q else ",".join(suite_mod.TASKS)),
+                       contexts=contexts, tasks=csv(a.tasks, "passkey" if q else ",".join(TASKS)),
                        settings=csv(a.settings, "question-aware,in-place"),
                        n_per_cell=a.n_per_cell or (2 if q else 20), n_depths=2 if q else 10,
                        ppl_contexts=contexts[:1] if q else contexts,
@@ -70,7 +70,7 @@ def config(a) -> SuiteConfig:
 
 def ordered_runs(cfg: SuiteConfig) -> list[tuple[str, int | None, str]]:
     """Dense, then per budget (ascending) and setting (question-aware first) every policy."""
-    runs = suite_mod.suite_runs(cfg)
+    runs = suite_runs(cfg)
     rank = {s: i for i, s in enumerate(("question-aware", "in-place"))}
     return sorted(runs, key=lambda r: (r[1] is not None, rank.get(r[2], 9), r[1] or 0, cfg.policies.index(r[0])))
 
@@ -81,7 +81,6 @@ def main(argv=None) -> int:
     name = a.name or ("suite_quick" if a.quick else "suite")
     model, tk = load_model(a.model, device=a.device, max_chunk=a.chunk)
     planned = ordered_runs(cfg)
-    suite_mod.suite_runs = lambda c: planned          # evaluate_suite walks them in this order
     out = RESULTS / f"{name}.json"
     t0 = time.perf_counter()
 
@@ -97,7 +96,7 @@ def main(argv=None) -> int:
             raise OutOfTime
 
     try:
-        results = evaluate_suite(model, tk, cfg, on_run=on_run)
+        results = evaluate_suite(model, tk, cfg, on_run=on_run, runs=planned)
         results["runs_planned"] = [list(r) for r in planned]
         results["seconds"] = time.perf_counter() - t0
         out.write_text(json.dumps(results, indent=1) + "\n")

@@ -34,6 +34,7 @@ layout(set = 0, binding = 4) writeonly buffer SlotPos { uint slot_pos[]; };
 layout(set = 0, binding = 5) writeonly buffer Stats { uint stats[]; };
 
 layout(push_constant) uniform Push { uint cap; uint layer; uint h0; uint nh; uint max_pages; } p;
+#include "slot_store.glsl"
 
 // Key pair w of head h (local) at slot s: from this step's qkv row when s >= pos0, else the cache.
 vec2 key_pair(uint h, uint w, uint s, uint pos0) {
@@ -73,10 +74,7 @@ void main() {
     if (p.layer == 0u && p.h0 == 0u && gl_LocalInvocationIndex == 0u) slot_pos[slot] = pos0 + t;
     for (uint item = gl_LocalInvocationIndex; item < p.nh * HW; item += gl_WorkGroupSize.x) {
         const uint h = item / HW, w = item % HW;                 // h: local head of the part
-        const uint src = (t * ROW + HQ * D + (p.h0 + h) * D) / 2u + w;
-        const uint dst = ((p.layer * p.nh + h) * p.cap + slot) * HW + w;
-        kc[dst] = packHalf2x16(qkv2[src]);
-        vc[dst] = packHalf2x16(qkv2[src + HKV * D / 2u]);
+        store_item(t, slot, h, w);
         if (closes_page) page_stats(h, w, slot, pos0);
     }
 }

@@ -22,6 +22,7 @@ layout(set = 0, binding = 3) writeonly buffer VC { uint vc[]; };
 layout(set = 0, binding = 4) writeonly buffer SlotPos { uint slot_pos[]; };
 
 layout(push_constant) uniform Push { uint cap; uint layer; uint h0; uint nh; } p;
+#include "slot_store.glsl"
 
 void main() {
     const uint t = gl_WorkGroupID.x;
@@ -29,9 +30,6 @@ void main() {
     if (p.layer == 0u && p.h0 == 0u && gl_LocalInvocationIndex == 0u) slot_pos[slot] = step[0] + t;
     for (uint item = gl_LocalInvocationIndex; item < p.nh * HW; item += gl_WorkGroupSize.x) {
         const uint h = item / HW, w = item % HW;                 // h: local head of the part
-        const uint src = (t * ROW + HQ * D + (p.h0 + h) * D) / 2u + w;
-        const uint dst = ((p.layer * p.nh + h) * p.cap + slot) * HW + w;
-        kc[dst] = packHalf2x16(qkv2[src]);
-        vc[dst] = packHalf2x16(qkv2[src + HKV * D / 2u]);
+        store_item(t, slot, h, w);
     }
 }

@@ -96,8 +96,9 @@ def cell_rows(records: list[dict], cfg: SuiteConfig, meta: dict) -> list[dict]:
     return rows
 
 
-def evaluate_suite(model, tokenizer, cfg: SuiteConfig, on_run=None, progress=None) -> dict:
-    """Run the suite. ``on_run(results, run)`` is called after each (policy, budget, setting)."""
+def evaluate_suite(model, tokenizer, cfg: SuiteConfig, on_run=None, progress=None, runs=None) -> dict:
+    """Run the suite. ``on_run(results, run)`` is called after each (policy, budget, setting);
+    ``runs``: those triples in the order to run them (default :func:`suite_runs`)."""
     cfg.check()
     hay, held = split_essays()
     hay_ids = tokenizer.encode("\n\n".join(hay))
@@ -105,7 +106,7 @@ def evaluate_suite(model, tokenizer, cfg: SuiteConfig, on_run=None, progress=Non
                         n_depths=cfg.n_depths, seed=cfg.seed)
     windows = {c: essay_windows(tokenizer, held, c, cfg.ppl_targets, cfg.ppl_windows)
                for c in cfg.ppl_contexts} if cfg.ppl_windows else {}
-    runs = suite_runs(cfg)
+    runs = suite_runs(cfg) if runs is None else list(runs)
     bar = progress(len(runs) * len(trials)) if progress else None
     results = {"engine": "grilly_kv", "device": model.device_name, "commit": commit(), "config": asdict(cfg),
                "rows": [], "perplexity": [], "runs": [], "complete": False}

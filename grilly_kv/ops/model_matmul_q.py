@@ -145,7 +145,7 @@ class WeightEntry:
         return self.N * row_bytes(self.qtype, self.K)
 
 
-def _check_tensor(name: str, raw, qtype: int, shape) -> np.ndarray:
+def _check_tensor(name: str, raw, qtype: int, shape, *, finite: bool = True) -> np.ndarray:
     if not isinstance(raw, np.ndarray) or isinstance(raw, np.ma.MaskedArray):
         raise TypeError(f"tensor {name}: the GGUF rows must be a plain numpy array, got {type(raw).__name__}")
     qtype = check_int("qtype", qtype, minimum=0)
@@ -165,7 +165,7 @@ def _check_tensor(name: str, raw, qtype: int, shape) -> np.ndarray:
     if raw.shape != (N, row_bytes(qtype, K)):
         raise ValueError(f"tensor {name}: {raw.size} bytes do not hold ({N}, {K}) of {FORMAT_BY_ID[qtype]} "
                          f"({N} x {row_bytes(qtype, K)} bytes)")
-    if not raw_is_finite(raw, qtype):
+    if finite and not raw_is_finite(raw, qtype):
         raise ValueError(f"tensor {name} ({FORMAT_BY_ID[qtype]}) holds NaN or Inf values (a weight or a "
                          "block's float16 scale)")
     return raw
@@ -191,7 +191,7 @@ def concat_rows(*tensors: tuple) -> tuple[np.ndarray, int, tuple[int, int]]:
     widths = {int(t[2][1]) for t in tensors}
     if len(qtypes) != 1 or len(widths) != 1:
         raise ValueError(f"concat_rows needs one type and one K, got types {sorted(qtypes)}, K {sorted(widths)}")
-    raws = [_check_tensor(f"part {i}", *t) for i, t in enumerate(tensors)]
+    raws = [_check_tensor(f"part {i}", *t, finite=False) for i, t in enumerate(tensors)]   # QuantWeights scans the stack
     N = sum(int(t[2][0]) for t in tensors)
     return np.concatenate(raws), qtypes.pop(), (N, widths.pop())
 
@@ -223,10 +223,11 @@ class QuantWeights:
         self.weight_format = weight_format
         self._lock = threading.Lock()
         staged = {}
+        self.file_bytes = 0
         for name, (raw, qtype, shape) in tensors.items():
-            raw = _check_tensor(name, raw, int(qtype), shape)
+            raw = _check_tensor(name, raw, int(qtype), shape)     # once: it scans for NaN/Inf
+            self.file_bytes += raw.nbytes
             staged[name] = convert_rows(raw, int(qtype), int(shape[1]), weight_format) + (tuple(int(s) for s in shape),)
-        self.file_bytes = sum(_check_tensor(n, *t).nbytes for n, t in tensors.items())
         self.buffers: list[Buffer] = []
         self.entries: dict[str, WeightEntry] = {}
         self._upload(staged)
