@@ -4,7 +4,7 @@
 # Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
 # reports stale git metadata.
 # Usage: bash benchmarks/run_h200.sh [part ...]
-#   parts: decode decode1b long quant paged soak suite peers-build peers tests
+#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests
 # Carry .peers too for peers-build / peers (benchmarks/llamacpp_build.sh makes its tarballs). (default: decode long quant paged)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
@@ -41,14 +41,34 @@ for part in $parts; do
     soak)
       run python3 benchmarks/bench_soak.py
       cp $R/soak.json "$OUT/" ;;
-    suite)   # the real SmolLM2 file in two parts (64 MiB carry limit per call; carried paths do
-             # not survive to the next call, /tmp does): call 1 carries .wa (part00, sha256) and
-             # copies it to /tmp, call 2 carries .wb (part01) and runs this part
+    weights) # the real SmolLM2 file in two parts (64 MiB carry limit per call; carried paths do not
+             # survive to the next call, /tmp does): call 1 carries .wa (part00 + sha256) and runs this
+             # part, call 2 carries .wb (part01) and runs suite or grid
+      cp .wa/* .wb/* /tmp/ 2>/dev/null; ls -la /tmp/smollm2.* ;;
+    suite|grid)
       cp .wb/* /tmp/ 2>/dev/null; cat /tmp/smollm2.gguf.part00 /tmp/smollm2.gguf.part01 > /tmp/smollm2.gguf
       [ "$(sha256sum < /tmp/smollm2.gguf | cut -d' ' -f1)" = "$(cat /tmp/smollm2.sha256)" ] || { echo "weights damaged"; exit 1; }
-      LIMIT=$(( ${SUITE_LIMIT:-420} + 240 )) run python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf \
-        --name suite_h200 --time-limit ${SUITE_LIMIT:-420} ${SUITE_ARGS:-}
-      cp $R/suite_h200.json $R/suite_h200.md "$OUT/" ;;
+      if [ $part = suite ]; then
+        LIMIT=$(( ${SUITE_LIMIT:-420} + 240 )) run python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf \
+          --name suite_h200 --time-limit ${SUITE_LIMIT:-420} ${SUITE_ARGS:-}
+        cp $R/suite_h200.json $R/suite_h200.md "$OUT/"; continue
+      fi
+      # grid: grilly_kv's suite in parallel shards (GRID_SHARDS "name=policies ...", GRID_ARGS shared)
+      # and the kvpress peer (.kvwheels carried; CUDA torch of this machine) at once, each with a
+      # time limit; every finished run is kept; one tarball comes back
+      lim=${GRID_LIMIT:-480}; pids=()
+      if [ -d .kvwheels ]; then
+        timeout $(( lim + 100 )) python3 benchmarks/kvpress_peer.py -m /tmp/smollm2.gguf --device cuda \
+          --site /tmp/kvsite --wheels .kvwheels --time-limit $lim --out $R/kvpress_h200.json ${KV_ARGS:-} \
+          > /tmp/grid_kvpress.log 2>&1 & pids+=($!)
+      fi
+      for shard in ${GRID_SHARDS:-a=dense,triattention,tappa b=streaming,quest c=entmax,predictor,entmax15}; do
+        timeout $(( lim + 150 )) python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf --name suite_h200_${shard%%=*} \
+          --policies ${shard#*=} --time-limit $lim ${GRID_ARGS:-} > /tmp/grid_${shard%%=*}.log 2>&1 & pids+=($!)
+      done
+      wait "${pids[@]}"
+      for f in /tmp/grid_*.log; do echo "=== $f"; grep -v Warning $f | tail -25; done
+      tar -czf "$OUT/grid.tgz" $R/suite_h200_*.json $R/suite_h200_*.md $R/kvpress_h200.json /tmp/grid_*.log 2>/dev/null ;;
     peers-build)   # llama.cpp's CUDA llama-bench from .peers/llamacpp-src.tar.xz (kept in /tmp between warm calls)
       [ -x /tmp/llcuda/build/bin/llama-bench ] || JOBS=15 timeout 560 bash benchmarks/llamacpp_build.sh \
         --cuda /tmp/llcuda .peers/llamacpp-src.tar.xz 2>&1 | tail -5 ;;
