@@ -88,7 +88,8 @@ model = AutoModelForCausalLM.from_pretrained(str(__import__("pathlib").Path(path
 model = model.to(dev).eval()
 trials = json.load(open(args["trials"]))
 eos = set(args["stop_ids"])
-out = {"versions": {"kvpress": getattr(kvpress, "__version__", "?"), "torch": torch.__version__,
+from importlib.metadata import version as _version
+out = {"versions": {"kvpress": _version("kvpress"), "torch": torch.__version__,
                     "transformers": __import__("transformers").__version__},
        "device_name": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "runs": []}
 
