@@ -44,6 +44,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--budgets", default=None, help="comma list, tokens per layer and KV head (default 256,1024)")
     ap.add_argument("--contexts", default=None, help="prompt lengths in tokens (default 2048,4096)")
     ap.add_argument("--tasks", default=None, help="comma list (default all four)")
+    ap.add_argument("--no-cells", action="store_true", help="no task prompts: perplexity only (in-place runs)")
     ap.add_argument("--settings", default=None, help="question-aware,in-place (default both)")
     ap.add_argument("-n", "--n-per-cell", type=int, default=None, help="prompts per (task, context) (default 20)")
     ap.add_argument("--ppl-windows", type=int, default=None, help="perplexity windows per context (default 2)")
@@ -60,7 +61,8 @@ def config(a) -> SuiteConfig:
     policies = csv(a.policies, "dense,streaming" if q else ",".join(policy_names()))
     contexts = csv(a.contexts, "256" if q else "2048,4096", int)
     return SuiteConfig(policies=policies, budgets=csv(a.budgets, "64" if q else "256,1024", int),
-                       contexts=contexts, tasks=csv(a.tasks, "passkey" if q else ",".join(TASKS)),
+                       contexts=contexts,
+                       tasks=[] if a.no_cells else csv(a.tasks, "passkey" if q else ",".join(TASKS)),
                        settings=csv(a.settings, "question-aware,in-place"),
                        n_per_cell=a.n_per_cell or (2 if q else 20), n_depths=2 if q else 10,
                        ppl_contexts=contexts[:1] if q else contexts,

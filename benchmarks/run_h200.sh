@@ -66,6 +66,11 @@ for part in $parts; do
         timeout $(( lim + 150 )) python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf --name suite_h200_${shard%%=*} \
           --policies ${shard#*=} --time-limit $lim ${GRID_ARGS:-} > /tmp/grid_${shard%%=*}.log 2>&1 & pids+=($!)
       done
+      if [ -n "${GRID_PPL:-}" ]; then    # perplexity only, in place: GRID_PPL policies, GRID_PPL_ARGS
+        timeout $(( lim + 150 )) python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf --name suite_h200_ppl \
+          --policies $GRID_PPL --time-limit $lim --no-cells --settings in-place ${GRID_PPL_ARGS:-} \
+          > /tmp/grid_ppl.log 2>&1 & pids+=($!)
+      fi
       wait "${pids[@]}"
       for f in /tmp/grid_*.log; do echo "=== $f"; grep -v Warning $f | tail -25; done
       tar -czf "$OUT/grid.tgz" $R/suite_h200_*.json $R/suite_h200_*.md $R/kvpress_h200.json /tmp/grid_*.log 2>/dev/null ;;
