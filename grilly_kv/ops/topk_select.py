@@ -41,7 +41,9 @@ def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer,
                        n_sink: int, group_reduce: str, parts=None, counter: Buffer | None = None) -> Recording:
     """Record scoring (pass 0, once per stats buffer) and selection (pass 1) for every KV head;
     with ``counter`` (``B*H_kv`` uint32 words, zero; the shader leaves them zero) the last
-    scoring workgroup of each KV head selects (one dispatch instead of two).
+    scoring workgroup of each KV head selects (one dispatch instead of two), unless
+    ``grid_pages`` exceeds ``LOCAL_SIZE * MAX_KEYS_PER_LANE`` (8192) pages: then the separate
+    selection pass runs (the same pages; its 1024 invocations hold 4x as many keys).
 
     Args:
         q: ``(B, H_q, head_dim)`` float32 queries, ``H_q = group * H_kv``.
@@ -55,7 +57,11 @@ def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer,
         group_reduce: ``"max"`` or ``"mean"`` over a KV head's query heads.
         parts: ``stats`` is a list of buffers holding these KV head ranges (see :func:`stat_parts`).
     """
-    fused = counter is not None
+    bound = min(grid_pages, max_pages)
+    # the fused selection runs in a scoring workgroup (LOCAL_SIZE invocations): past
+    # LOCAL_SIZE * MAX_KEYS_PER_LANE pages its runs would spill to memory, so the separate
+    # 1024-invocation pass selects instead (same pages)
+    fused = counter is not None and -(-bound // LOCAL_SIZE) <= MAX_KEYS_PER_LANE
     kpl = keys_per_lane(min(grid_pages, max_pages), LOCAL_SIZE if fused else SELECT_LOCAL_SIZE)
     spec = (head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce), int(fused), kpl)
     common = dict(max_pages=max_pages, n_top=n_top, n_sink=n_sink, sel_stride=max_pages)
