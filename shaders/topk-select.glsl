@@ -24,7 +24,7 @@
 //   selection of bh itself (its workgroup of 256 covers the 256 histogram bins) and resets
 //   counter[bh] to 0 (so the recording replays): one dispatch instead of two dependent ones. The
 //   scoring runs over the whole grid (as pass 0); only the selection runs in one workgroup per
-//   head, with the keys in registers (32 per invocation at 8192 pages).
+//   head, with the keys in registers (32 per invocation at 8192 pages, at most 64).
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 #include "page_select.glsl"

@@ -208,21 +208,21 @@ def test_pick_runs_longer_than_registers(vk, grid_pages, drop_unkept):
 
 
 def test_fused_selection_only_while_the_keys_fit_registers(vk):
-    """With a counter, scoring and selection are one dispatch up to LOCAL_SIZE *
-    MAX_KEYS_PER_LANE (8192) pages; past that the separate 1024-invocation selection pass runs
-    (recorded, not run: the labels of the recorded dispatches)."""
+    """With a counter, scoring and selection are one dispatch up to KEY_ROOM (16384) pages;
+    past that the separate 1024-invocation selection pass runs (recorded, not run: the labels
+    of the recorded dispatches)."""
     from grilly_kv.backend import Buffer, Recording
     from grilly_kv.ops.topk_select import record_topk_select
 
     bufs = [Buffer(vk, 64) for _ in range(6)]
     counter = Buffer(vk, 4, np.uint32)
     labels = {}
-    for grid_pages in (8192, 16384):
+    for grid_pages in (16384, 32768):
         rec = Recording(vk)
         record_topk_select(rec, *bufs, bh=1, group=1, head_dim=32, f16=False, page_size=16,
-                           max_pages=20000, grid_pages=grid_pages, n_top=8, n_sink=0,
+                           max_pages=40000, grid_pages=grid_pages, n_top=8, n_sink=0,
                            group_reduce="max", counter=counter)
         labels[grid_pages] = [st.label for st in rec.steps if st.kind != "barrier"]
-    assert labels == {8192: ["topk-score-select"], 16384: ["topk-score", "topk-select"]}
+    assert labels == {16384: ["topk-score-select"], 32768: ["topk-score", "topk-select"]}
     for buf in bufs + [counter]:
         buf.release()

@@ -13,7 +13,7 @@ SHADER = "topk-select"
 LOCAL_SIZE = 256           # scoring pass
 SELECT_LOCAL_SIZE = 1024   # selection pass: one workgroup per KV head scans all its pages
 PAGES_PER_WG = 64          # pages scored per workgroup (the shader's PAGES_PER_WG)
-MAX_KEYS_PER_LANE = 32     # score keys an invocation of the selection holds in registers
+KEY_ROOM = 16384           # pages whose score keys a selection workgroup holds in registers
 GROUP_REDUCE = ("max", "mean")
 PUSH = PushLayout("max_pages", "n_top", "n_sink", "sel_stride", "pass_id", "kv_h0")
 
@@ -21,8 +21,9 @@ PUSH = PushLayout("max_pages", "n_top", "n_sink", "sel_stride", "pass_id", "kv_h
 def keys_per_lane(n_pages: int, local_size: int) -> int:
     """The shader's KEYS_PER_LANE for a selection by ``local_size`` invocations over at most
     ``n_pages`` pages: each invocation's run of pages, held in registers, at most
-    :data:`MAX_KEYS_PER_LANE` (a longer run reads the rest from memory, same result)."""
-    return max(1, min(MAX_KEYS_PER_LANE, -(-n_pages // local_size)))
+    ``KEY_ROOM // local_size`` (64 for the fused 256-invocation selection, 16 for the separate
+    1024-invocation pass; a longer run reads the rest from memory, same result)."""
+    return max(1, min(KEY_ROOM // local_size, -(-n_pages // local_size)))
 
 
 def stat_parts(stats, parts, bh: int) -> list[tuple]:
@@ -42,8 +43,8 @@ def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer,
     """Record scoring (pass 0, once per stats buffer) and selection (pass 1) for every KV head;
     with ``counter`` (``B*H_kv`` uint32 words, zero; the shader leaves them zero) the last
     scoring workgroup of each KV head selects (one dispatch instead of two), unless
-    ``grid_pages`` exceeds ``LOCAL_SIZE * MAX_KEYS_PER_LANE`` (8192) pages: then the separate
-    selection pass runs (the same pages; its 1024 invocations hold 4x as many keys).
+    ``grid_pages`` exceeds :data:`KEY_ROOM` pages: then the separate selection pass runs (the
+    same pages).
 
     Args:
         q: ``(B, H_q, head_dim)`` float32 queries, ``H_q = group * H_kv``.
@@ -58,10 +59,10 @@ def record_topk_select(rec: Recording, q: Buffer, stats: Buffer, scores: Buffer,
         parts: ``stats`` is a list of buffers holding these KV head ranges (see :func:`stat_parts`).
     """
     bound = min(grid_pages, max_pages)
-    # the fused selection runs in a scoring workgroup (LOCAL_SIZE invocations): past
-    # LOCAL_SIZE * MAX_KEYS_PER_LANE pages its runs would spill to memory, so the separate
-    # 1024-invocation pass selects instead (same pages)
-    fused = counter is not None and -(-bound // LOCAL_SIZE) <= MAX_KEYS_PER_LANE
+    # the fused selection runs in a scoring workgroup (LOCAL_SIZE invocations): past KEY_ROOM
+    # pages its runs would read from memory, so the separate 1024-invocation pass selects
+    # instead (same pages)
+    fused = counter is not None and bound <= KEY_ROOM
     kpl = keys_per_lane(min(grid_pages, max_pages), LOCAL_SIZE if fused else SELECT_LOCAL_SIZE)
     spec = (head_dim, int(f16), page_size, group, GROUP_REDUCE.index(group_reduce), int(fused), kpl)
     common = dict(max_pages=max_pages, n_top=n_top, n_sink=n_sink, sel_stride=max_pages)
