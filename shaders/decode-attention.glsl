@@ -302,7 +302,7 @@ void fold(inout float mx, inout float lt, inout vec4 a, float mt, float lt_, vec
     mx = mn;
 }
 
-// TWO_LEVEL: merges the partials first, first + stride, .. (count of them) of the G heads of KV
+// Two levels: merges the partials first, first + stride, .. (count of them) of the G heads of KV
 // head bh at once: invocation (row, item) folds every M_ROWS-th of them for head item / NV,
 // columns 4 (item % NV) .. +3; the rows are then folded in shared memory. to_out: out = a / l;
 // else the result, a partial, replaces partial `first` (read before it is written).
