@@ -102,7 +102,7 @@ for part in $parts; do
       cp $R/model_decode.json $R/model_decode_llama1b.json $R/peers_h200.json $R/peers_h200.md "$OUT/" ;;
     tests)
       GRILLY_KV_DEVICE=vulkan run python3 -m pytest -q -p no:cacheprovider tests/test_policy_contract.py \
-        tests/test_models_families.py ;;
+        tests/test_models_families.py tests/test_topk_select.py tests/test_decode_attention.py ;;
     paged)
       run python3 benchmarks/bench_paged_decode.py --contexts 131072
       cp $R/paged_decode.json "$OUT/" ;;
