@@ -4,6 +4,7 @@ tables and plots, and benchmarks/merge_suite.py. A 1-layer synthetic NumPy model
 plumbing (accuracy numbers come from real runs); the merge tests use small synthetic result
 dicts and one real suite result of that model."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,26 @@ def test_write_outputs_replaces_files_whole(tmp_path):
     assert [p.name for p in paths] == ["w.json", "w.md", "w_accuracy.png", "w_perplexity.png"]
     assert json.loads(paths[0].read_text()) == doc and "0.30 [0.11, 0.60] n=10" in paths[1].read_text()
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+# ---- benchmarks/bench_suite.py: shards run in parallel -----------------------------------------------
+def test_bench_suite_lists_parse_and_parallel_runs_never_share_files(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_suite
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    cfg = bench_suite.config(bench_suite.parse(["--budgets", "256,512,1024,2048", "--contexts", "2048,4096,8000",
+                                                "--policies", "streaming,tappa", "--settings", "question-aware",
+                                                "--name", "shard_a"]))
+    assert cfg.budgets == [256, 512, 1024, 2048] and cfg.contexts == [2048, 4096, 8000]
+    assert bench_suite.ordered_runs(cfg)[:2] == [("streaming", 256, "question-aware"), ("tappa", 256, "question-aware")]
+    out = tmp_path / "shard_a.json"
+    lock = bench_suite.claim(out)
+    assert lock.read_text() == str(os.getpid())
+    with pytest.raises(SystemExit, match="another --name"):        # this process is alive: refused
+        bench_suite.claim(out)
+    assert bench_suite.claim(tmp_path / "shard_b.json") != lock     # another name: its own files
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(gone.stdout.strip())                            # a run killed by timeout
+    assert bench_suite.claim(out) == lock and lock.read_text() == str(os.getpid())

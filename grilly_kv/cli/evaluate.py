@@ -22,8 +22,8 @@ SETTING_CHOICES = {"question-aware": ["question-aware"], "in-place": ["in-place"
                    "both": ["question-aware", "in-place"]}
 # --quick: every step of the full run, small (measured on the 2-core CPU machine with lavapipe:
 # see the README); explicit options still override it.
-QUICK = dict(policies="dense,streaming,quest", budgets=[48], contexts=[128], tasks="passkey", setting="both",
-             n_per_cell=1, n_depths=1, ppl_targets=16, ppl_windows=1)
+QUICK = dict(policies="dense,streaming,quest", budgets=[48], contexts=[96], tasks="passkey", setting="both",
+             n_per_cell=1, n_depths=1, ppl_targets=8, ppl_windows=1)
 FULL = dict(policies="dense,streaming", budgets=[256, 512, 1024, 2048], contexts=[2048, 4096, 8000],
             tasks="passkey,multikey,multivalue,phrase", setting="both", n_per_cell=100, n_depths=10,
             ppl_targets=2048, ppl_windows=4)
