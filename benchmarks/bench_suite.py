@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -68,10 +69,12 @@ def config(a) -> SuiteConfig:
 
 
 def ordered_runs(cfg: SuiteConfig) -> list[tuple[str, int | None, str]]:
-    """Dense, then per budget (ascending) and setting (question-aware first) every policy."""
+    """Dense, then per setting (question-aware first) and budget (in ``--budgets`` order) every
+    policy (in ``--policies`` order): a run cut short by the time limit still ranks something."""
     runs = suite_runs(cfg)
     rank = {s: i for i, s in enumerate(("question-aware", "in-place"))}
-    return sorted(runs, key=lambda r: (r[1] is not None, rank.get(r[2], 9), r[1] or 0, cfg.policies.index(r[0])))
+    return sorted(runs, key=lambda r: (r[1] is not None, rank.get(r[2], 9),
+                                       cfg.budgets.index(r[1]) if r[1] is not None else 0, cfg.policies.index(r[0])))
 
 
 def claim(out: Path) -> Path:
@@ -109,6 +112,7 @@ def main(argv=None) -> int:
     out = RESULTS / f"{name}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     lock = claim(out)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))   # `timeout`: unlock
     try:
         model, tk = load_model(a.model, device=a.device, max_chunk=a.chunk)
         dropped = fit_perplexity_contexts(cfg, model.config.context)

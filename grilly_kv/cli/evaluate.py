@@ -202,7 +202,7 @@ def cmd_eval(a) -> int:
     prefill_rate, decode_rate = measured_rates(model)
     est = estimate_seconds(cfg, prefill_rate, decode_rate)
     _say(f"estimated run time about {est / 60:.1f} min at the dense rates measured now "
-         f"({prefill_rate:.0f} prefill tokens/s, {decode_rate:.1f} decode steps/s on "
+         f"({prefill_rate:.3g} prefill tokens/s, {decode_rate:.3g} decode steps/s on "
          f"{model.device_name}); host-side policies take longer"
          + (f"; --quick is meant to finish within {QUICK_LIMIT_S // 60} minutes on a 2-core CPU"
             if a.quick else "")
