@@ -38,19 +38,21 @@ def read(path: Path) -> dict:
 
 
 def merge_files(paths: list[Path], out_dir: Path, name: str, ours: str = "grilly_kv",
-                peer: str = "kvpress") -> tuple[dict, list[Path]]:
-    """Merge ``paths`` and write the outputs; returns (merged result, written paths)."""
+                peer: str = "kvpress", exclude: tuple[str, ...] = ()) -> tuple[dict, list[Path]]:
+    """Merge ``paths`` and write the outputs; returns (merged result, written paths). ``exclude``:
+    methods left out of the best-per-cell table (still in the full table and plots)."""
     docs = [read(p) for p in paths]
     try:
         merged = merge_results(docs, [p.name for p in paths])
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    merged["best_per_cell"] = best_per_cell([merged], ours, peer)
+    merged["best_per_cell"] = best_per_cell([merged], ours, peer, exclude)
+    merged["best_per_cell_excludes"] = list(exclude)
     sources = "\n".join(f"- `{m['file']}`: {m['engine']} on {m['device']}, commit {m['commit']}"
                         + ("" if m["complete"] in (True, None) else " (cut short: not every planned run finished)")
                         for m in merged["merged_from"])
     extra = (f"\n## Best {ours} policy against the best {peer} press per cell\n\n"
-             f"Dense is left out of both; 95% Wilson intervals; \"leads\" names the engine whose interval "
+             f"Dense{''.join(', ' + m for m in exclude)} left out; 95% Wilson intervals; \"leads\" names the engine whose interval "
              f"lies wholly above the other's.\n\n{format_best_table(merged['best_per_cell'], ours, peer)}\n"
              f"\n## Sources\n\n{sources}\n"
              + ("\n## Notes\n\n" + "\n".join(f"- {n}" for n in merged["notes"]) + "\n" if merged["notes"] else ""))
@@ -66,10 +68,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS, help="output folder (default benchmarks/results)")
     ap.add_argument("--ours", default="grilly_kv", help="engine compared in the best-per-cell table (default grilly_kv)")
     ap.add_argument("--peer", default="kvpress", help="the other engine (default kvpress)")
+    ap.add_argument("--exclude", default="", help="comma list of methods left out of the best-per-cell "
+                    "table, e.g. quest,entmax,entmax15 (they keep every token: they save reads, not memory)")
     a = ap.parse_args(argv)
     if not a.name.strip() or "/" in a.name:
         ap.error(f"--name must be a plain file stem, got {a.name!r}")
-    _, written = merge_files(a.inputs, a.out, a.name, a.ours, a.peer)
+    exclude = tuple(m.strip() for m in a.exclude.split(",") if m.strip())
+    _, written = merge_files(a.inputs, a.out, a.name, a.ours, a.peer, exclude)
     print(written[1].read_text())
     for path in written:
         print(f"wrote {path}")

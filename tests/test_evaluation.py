@@ -146,6 +146,8 @@ def test_best_per_cell_picks_each_engines_best_and_judges_overlap():
     assert (e["overlap"], e["lead"], e["target_met"]) == (True, "overlap", True)        # 0.70 vs 0.75, n=100
     e = best[(512, "in-place")]
     assert e["kvpress"] is None and (e["overlap"], e["lead"], e["target_met"]) == (None, "-", None)
+    no_tappa = best_per_cell([ours, peer], exclude=("tappa",))
+    assert [e["grilly_kv"]["method"] for e in no_tappa if e["grilly_kv"]] == ["streaming", "streaming"]
     table = format_best_table(best_per_cell([ours, peer]))
     assert "| passkey | 2048 | 1024 | question-aware | streaming 0.50 [0.40, 0.60] n=100 | snapkv 0.80" in table
     assert "**no**" in table and "in 2 of 3 cells measured by both" in table

@@ -86,13 +86,16 @@ def _best(rows: list[dict]) -> dict | None:
     return best
 
 
-def best_per_cell(results_list: list[dict], ours: str = "grilly_kv", peer: str = "kvpress") -> list[dict]:
+def best_per_cell(results_list: list[dict], ours: str = "grilly_kv", peer: str = "kvpress",
+                  exclude: tuple[str, ...] = ()) -> list[dict]:
     """For each (task, context, budget, setting) that either engine measured: its best method
-    (dense excluded) of ``ours`` and of ``peer`` with their Wilson intervals, whether the intervals
+    (dense and the methods named in ``exclude`` left out, e.g. policies that keep every token) of
+    ``ours`` and of ``peer`` with their Wilson intervals, whether the intervals
     overlap, who leads (``ours``/``peer`` when its interval lies wholly above the other's,
     ``overlap`` otherwise, ``-`` with one side missing) and ``target_met``: ours at least as
     accurate (higher rate, or overlapping intervals); None with one side missing."""
-    rows = [r for res in results_list for r in res["rows"] if r["budget"] is not None and r["method"] != "dense"]
+    rows = [r for res in results_list for r in res["rows"]
+            if r["budget"] is not None and r["method"] != "dense" and r["method"] not in exclude]
     cells = sorted({(r["task"], r["context"], r["budget"], r["setting"]) for r in rows},
                    key=lambda c: (TASKS.index(c[0]) if c[0] in TASKS else 99, c[0], c[1], c[2], c[3]))
     out = []
@@ -176,6 +179,7 @@ def _finish(fig, axes, budgets: list[int], title: str, path: Path) -> None:
         ax.set_xscale("log")
         if budgets:
             ax.set_xticks(budgets, [str(b) for b in budgets])
+            ax.set_xlim(min(budgets) / 1.4, max(budgets) * 1.4)      # end points and bars stay inside
         ax.minorticks_off()
         ax.grid(alpha=0.3)
     handles = {}
