@@ -1,4 +1,5 @@
-"""`grilly-kv eval` (the task suite through the CLI), the suite's time limit, and the outputs of
+"""`grilly-kv eval` (the task suite through the CLI), the suite's time limit, the needle prompts
+of benchmarks/tappa_budget_quality.py, and the outputs of
 grilly_kv.evaluation.report: merging result files, the best-per-cell comparison with kvpress,
 tables and plots, and benchmarks/merge_suite.py. A 1-layer synthetic NumPy model checks the
 plumbing (accuracy numbers come from real runs); the merge tests use small synthetic result
@@ -41,6 +42,19 @@ def suite_result(small):
     cfg = SuiteConfig(policies=["dense", "streaming"], budgets=[16], contexts=[400], tasks=["passkey", "multikey"],
                       n_per_cell=2, n_depths=2, ppl_contexts=[32], ppl_targets=8, ppl_windows=1)
     return evaluate_suite(model, tk, cfg)
+
+
+# ---- needle prompts (benchmarks/tappa_budget_quality.py) -------------------------------------------
+def test_needle_prompt_has_exact_length_and_the_key(small):
+    from grilly_kv.evaluation.needle import make_trial
+
+    _, tk = small
+    hay = tk.encode("Some sentence here. Another one follows. " * 40)
+    for depth in (0.0, 0.5, 1.0):
+        tr = make_trial(tk, hay, 120, depth, "12345")
+        assert len(tr.prompt_ids) == 120 and "passkey is 12345" in tk.decode(tr.prompt_ids)
+    with pytest.raises(ValueError, match=r"depth must be in \[0, 1\]"):
+        make_trial(tk, hay, 120, 1.5, "12345")
 
 
 # ---- grilly-kv eval -------------------------------------------------------------------------------
