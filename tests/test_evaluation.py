@@ -136,6 +136,10 @@ def test_merge_keeps_one_of_each_cell_and_notes_a_disagreement():
     assert [m["file"] for m in merged["merged_from"]] == ["a.json", "b.json", "c.json"]
     with pytest.raises(ValueError, match="different prompts: config seed"):
         merge_results([a, _doc("kvpress", [], seed=1)], ["a", "k"])
+    peer = {"engine": "kvpress", "config": {"seed": 0}, "rows": []}          # make_suite's n_depths: 10
+    assert merge_results([a, peer], ["a", "k"])["rows"] == a["rows"]
+    with pytest.raises(ValueError, match="config n_depths is a: 2 / k: 10"):
+        merge_results([dict(a, config={"seed": 0, "n_depths": 2}), peer], ["a", "k"])
     with pytest.raises(ValueError, match="no 'rows'"):
         merge_results([a, {"engine": "x"}], ["a", "x"])
 

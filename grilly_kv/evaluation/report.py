@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .stats import intervals_overlap
 from .suite import format_perplexity_table, format_table
-from .tasks import TASKS
+from .tasks import TASKS, make_suite
 
 ROW_KEY = ("engine", "method", "budget", "setting", "task", "context")
 PPL_KEY = ("engine", "method", "budget", "setting", "context")
@@ -41,6 +41,17 @@ def _dedupe(items: list[dict], key_names: tuple[str, ...], value: str, source_of
     return out
 
 
+def _trial_setting(doc: dict, key: str):
+    """``doc``'s config value of ``key``; :func:`make_suite`'s default when the config leaves it
+    out (the kvpress peer calls make_suite without ``n_depths``)."""
+    import inspect
+
+    config = doc.get("config") or {}
+    if key in config:
+        return config[key]
+    return inspect.signature(make_suite).parameters[key].default
+
+
 def merge_results(docs: list[dict], sources: list[str]) -> dict:
     """One result dict from several (grilly_kv shards and peers): rows and perplexities are
     concatenated, a (method, budget, setting, cell) measured twice is kept once (the first; a
@@ -58,10 +69,10 @@ def merge_results(docs: list[dict], sources: list[str]) -> dict:
         if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
             raise ValueError(f"{source}: not a task-suite result (no 'rows' list)")
     for key in TRIAL_KEYS:
-        values = {json.dumps(d.get("config", {}).get(key)) for d in docs if key in d.get("config", {})}
-        if len(values) > 1:
+        values = [_trial_setting(d, key) for d in docs]
+        if len(set(map(json.dumps, values))) > 1:
             raise ValueError(f"the inputs were built from different prompts: config {key} is "
-                             + " / ".join(f"{s}: {d['config'].get(key)}" for d, s in zip(docs, sources)))
+                             + " / ".join(f"{s}: {v}" for v, s in zip(values, sources)))
     notes: list[str] = []
     rows = [r for d in docs for r in d["rows"]]
     row_src = [s for d, s in zip(docs, sources) for _ in d["rows"]]
