@@ -7,9 +7,13 @@ Runs are ordered so a cut-short run still ranks something: dense first, then for
 (task, context) cell the JSON holds the accuracy with its Wilson 95% interval (``rows``) and per
 context the held-out perplexity with a bootstrap interval (``perplexity``); ``complete`` says
 whether every planned run finished, ``runs_planned`` lists them. The schema is the kvpress
-peer's (``benchmarks/kvpress_peer.py``), so ``format_table`` merges both.
+peer's (``benchmarks/kvpress_peer.py``), so ``benchmarks/merge_suite.py`` merges shards and the
+peer into one table. Shards may run in parallel, each with its own ``--name`` (and
+``--policies``): ``NAME.lock`` refuses a second live process on the same name.
 
     python3 benchmarks/bench_suite.py -m PATH.gguf --name suite_h200 --time-limit 780
+    python3 benchmarks/bench_suite.py -m PATH.gguf --name suite_h200_b --policies streaming,quest \
+        --budgets 256,512,1024,2048 --contexts 2048,4096,8000 --time-limit 480
     python3 benchmarks/bench_suite.py --quick        # lavapipe: 2 policies, 1 budget, 256 tokens
 """
 from __future__ import annotations
