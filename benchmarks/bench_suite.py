@@ -53,8 +53,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--ppl-targets", type=int, default=None, help="scored tokens per window (default 2048)")
     ap.add_argument("--chunk", type=int, default=None, help="prompt tokens per forward call (default: the model's)")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds; no run starts after it")
-    ap.add_argument("--name", default=None, help="stem of NAME.json and NAME.md under benchmarks/results "
-                    "(default suite[_quick]); runs in parallel need different names (NAME.lock refuses a second)")
+    ap.add_argument("--name", default=None, help="stem of NAME.json and NAME.md under benchmarks/results, or a "
+                    "path (default suite[_quick]); runs in parallel need different names (NAME.lock refuses a second)")
     return ap.parse_args(argv)
 
 
@@ -110,11 +110,11 @@ def main(argv=None) -> int:
     a = parse(argv)
     cfg = config(a)
     name = a.name or ("suite_quick" if a.quick else "suite")
-    if not name.strip() or "/" in name or name.startswith("."):
-        raise SystemExit(f"--name must be a plain file stem, got {name!r}")
+    if not name.strip() or name.endswith("/"):
+        raise SystemExit(f"--name must name a file stem (a path is kept as given), got {name!r}")
     planned = ordered_runs(cfg)
-    out = RESULTS / f"{name}.json"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"                  # an absolute --name stays where it points
+    out.parent.mkdir(parents=True, exist_ok=True)
     lock = claim(out)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))   # `timeout`: unlock
     try:
