@@ -136,15 +136,17 @@ def coalesced_unroll(K: int) -> int:
 
 
 def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None = None,
-         unroll: int | None = None, rope: bool = False,
-         coalesced: bool = False) -> tuple[int, int, int, int, int]:
+         unroll: int | None = None, rope: bool = False, coalesced: bool = False,
+         rows: int | None = None) -> tuple[int, int, int, int, int]:
     """``(workgroup size, rows per workgroup, tokens per workgroup, slab width, unroll)`` for a call.
 
     The slab (elements of X' staged in shared memory at a time) is the whole row when it fits;
     otherwise, with default lanes, a multiple of one pass of the row's lanes (32 * lanes * unroll
     elements; 4 * lanes * unroll when ``coalesced``) so no pass runs part-empty, halving the
     lanes until one pass fits. ``coalesced``: lanes a multiple of :data:`COAL_LANES` (defaults
-    :func:`coalesced_lanes`, :func:`coalesced_unroll`), on any device type."""
+    :func:`coalesced_lanes`, :func:`coalesced_unroll`), on any device type. ``rows``: rows per
+    workgroup (a power of 2; the workgroup is ``rows * lanes`` invocations, at most 1024 and
+    :data:`MAX_SG` subgroups); default :data:`WG_GPU` invocations (:data:`WG_CPU` at one lane)."""
     chosen = lanes is None
     min_lanes = COAL_LANES if coalesced else 1
     lanes = lanes or (coalesced_lanes(device) if coalesced else lanes_per_row(device, T, K))
@@ -155,6 +157,11 @@ def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None
     if not 1 <= unroll <= 8:
         raise ValueError(f"unroll must be in 1..8, got {unroll}")
     wg = WG_CPU if lanes == 1 else max(WG_GPU, lanes)
+    if rows is not None:
+        wg = check_int("rows", rows, minimum=1) * lanes
+        if rows & (rows - 1) or wg > 1024 or wg > MAX_SG * subgroup_size(device):
+            raise ValueError(f"rows must be a power of 2 with rows * lanes <= 1024 and <= {MAX_SG} subgroups, "
+                             f"got rows {rows}, lanes {lanes}")
     tt = min(tokens or MAX_TT, MAX_TT, T)
     smem = int(device.properties.get("max_compute_shared_memory_size", 32768))
     k32 = -(-K // 32) * 32
@@ -340,7 +347,7 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
                     y_off: int = 0, y_stride: int | None = None, eps: float = 1e-5,
                     rope: tuple | None = None, lanes: int | None = None,
                     tokens: int | None = None, unroll: int | None = None,
-                    coalesced: bool | None = None) -> Recording:
+                    coalesced: bool | None = None, rows: int | None = None) -> Recording:
     """Record ``y[t, y_off + n] (+)= x'[t] . W[n]`` for t < T, n < N (W = ``weights[name]``).
 
     Args:
@@ -353,8 +360,9 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
             interleaved-pair order, rotated at positions ``step[0] + t`` with a
             :func:`~grilly_kv.reference.model_rope.rope_table` buffer and written in rotate-half
             order (rope_rows a multiple of head_dim, itself even).
-        lanes, tokens, unroll: invocations per row, tokens per workgroup, chunks each lane loads
-            together (with ``coalesced``: each 8-lane group) (defaults: :func:`plan`).
+        lanes, tokens, unroll, rows: invocations per row, tokens per workgroup, chunks each lane
+            loads together (with ``coalesced``: each 8-lane group), rows per workgroup (defaults:
+            :func:`plan`).
         coalesced: the coalesced lane layout (8 lanes per chunk, a vec4 each; any T, meant for
             T = 1); None: :func:`default_coalesced`.
     """
@@ -380,7 +388,7 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
                              f"got head_dim {head_dim}, rope_rows {rope_rows}, accumulate {accumulate}")
     coal = default_coalesced(rec.device, T) if coalesced is None else bool(coalesced)
     wg, rows, tt, ks, unr = plan(rec.device, T, K, lanes=lanes, tokens=tokens, unroll=unroll,
-                                 rope=rope is not None, coalesced=coal)
+                                 rope=rope is not None, coalesced=coal, rows=rows)
     xsh = int(not coal and rows == wg and subgroup_size(rec.device) % 8 == 0)   # a row per invocation: shuffled X'
     spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2, unr,
             xsh, int(coal))
@@ -393,7 +401,7 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
 def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: str = "plain",
                    norm_weight=None, eps: float = 1e-5, y: np.ndarray | None = None,
                    rope: dict | None = None, lanes: int | None = None, tokens: int | None = None,
-                   unroll: int | None = None, coalesced: bool | None = None,
+                   unroll: int | None = None, coalesced: bool | None = None, rows: int | None = None,
                    device: DeviceLike = None) -> np.ndarray:
     """``x' @ dequantize(raw).T`` (+ ``y``) on the device, weights uploaded as GGUF blocks.
 
@@ -403,7 +411,7 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
         mode, norm_weight: as :func:`grilly_kv.ops.model_matmul.model_matmul`.
         y: optional ``(T, N)`` float32 residual.
         rope: ``dict(pos0, head_dim, rope_rows, theta)``: the RoPE epilogue.
-        lanes, tokens, unroll, coalesced: as :func:`record_matmul_q`.
+        lanes, tokens, unroll, coalesced, rows: as :func:`record_matmul_q`.
 
     Returns:
         ``(T, N)`` float32.
@@ -430,7 +438,7 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
     if dev.is_cpu:
         return model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=norm_weight, eps=eps, y=y, rope=rope)
     return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope,
-                     dict(lanes=lanes, tokens=tokens, unroll=unroll, coalesced=coalesced))
+                     dict(lanes=lanes, tokens=tokens, unroll=unroll, coalesced=coalesced, rows=rows))
 
 
 def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, tuning) -> np.ndarray:
