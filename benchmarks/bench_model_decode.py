@@ -40,17 +40,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import device_info, save
 
-from grilly_kv.backend import get_device
-from grilly_kv.ops.buffer_copy import copy_bandwidth
-from grilly_kv.evaluation.corpus import essays
-from grilly_kv.models.generate import prefill
-from grilly_kv.models.registry import make_tokenizer
-from grilly_kv.models.llama import load_checkpoint
-from grilly_kv.models.registry import resolve_checkpoint
-from grilly_kv.models.llama.vulkan import VulkanModel
-from grilly_kv.policies import make_policy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's grilly_kv, not an installed one
+
+from common import device_info, save  # noqa: E402
+
+from grilly_kv.backend import get_device  # noqa: E402
+from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
+from grilly_kv.evaluation.corpus import essays  # noqa: E402
+from grilly_kv.models.generate import prefill  # noqa: E402
+from grilly_kv.models.registry import make_tokenizer  # noqa: E402
+from grilly_kv.models.llama import load_checkpoint  # noqa: E402
+from grilly_kv.models.registry import resolve_checkpoint  # noqa: E402
+from grilly_kv.models.llama.vulkan import VulkanModel  # noqa: E402
+from grilly_kv.policies import make_policy  # noqa: E402
 
 
 def parse() -> argparse.Namespace:

@@ -296,6 +296,34 @@ def test_gpu_plans_on_lavapipe(vk, monkeypatch, sg, fmt, K, T, coalesced):
     _close(got, want, abs_bound(x, raw, qtype, K, mode="rmsnorm", norm_weight=g), f"{fmt} sg={sg} T={T}")
 
 
+@pytest.mark.parametrize("fmt,lanes,rows,coalesced", [("Q4_K", 32, 2, True), ("Q5_K", 16, 32, True),
+                                                   ("Q4_0", 8, 4, True), ("Q8_0", 4, 16, False)])
+def test_rows_per_workgroup(vk, fmt, lanes, rows, coalesced):
+    """rows= (rows per workgroup, the workgroup rows * lanes invocations: 64 to 512) with the RoPE
+    epilogue, whose row pairs must share a workgroup. Same tolerance as test_rope_epilogue."""
+    qtype, blk, _ = FORMATS[fmt]
+    K, hd = NARROW_K[blk], 16
+    N, rope_rows = 8 * hd, 6 * hd
+    rng = np.random.default_rng(rows)
+    raw = random_rows(qtype, N, K, rng)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    rope = dict(pos0=2, head_dim=hd, rope_rows=rope_rows, theta=10000.0)
+    guard = guard_output(vk, SHADER, "y", N)
+    got = model_matmul_q(x, raw, qtype, K, rope=rope, lanes=lanes, rows=rows, coalesced=coalesced, device=vk)
+    assert_sentinels_intact(guard, N)
+    want = model_matmul_q_ref(x, raw, qtype, K, rope=rope)
+    _close(got, want, abs_bound(x, raw, qtype, K).max(axis=1, keepdims=True) * np.ones((1, N)), f"{fmt} rows={rows}")
+
+
+def test_rows_per_workgroup_checked(vk):
+    from grilly_kv.ops.model_matmul_q import plan
+
+    assert plan(vk, 1, 512, lanes=16, rows=4, coalesced=True)[:2] == (64, 4)
+    for rows, lanes in ((3, 8), (128, 16), (0, 8)):
+        with pytest.raises(ValueError, match="rows"):
+            plan(vk, 1, 512, lanes=lanes, rows=rows, coalesced=True)
+
+
 def test_fused_qkv_rope_equals_model_path(vk):
     """The model's path today (dequantised weights with q/k rows un-permuted, model-matmul with
     RMSNorm, then model-rope, both on the device) == one model-matmul-q dispatch on the file's

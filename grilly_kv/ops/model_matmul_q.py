@@ -31,6 +31,7 @@ Typical use (a model)::
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
@@ -115,8 +116,6 @@ def matvec_choice(value: str | None = None) -> str:
     """The decode mat-vec layout a model uses: ``value``, else ``$GRILLY_KV_MATVEC``, else
     "default" (:func:`default_coalesced` decides); "rows" or "coalesced" force one layout for
     the model's T = 1 calls (prefill tiles always use "rows")."""
-    import os
-
     value = value if value is not None else (os.environ.get(MATVEC_ENV) or "default")
     if value not in MATVECS:
         raise ValueError(f"matvec (or ${MATVEC_ENV}) must be one of {', '.join(MATVECS)}, got {value!r}")
