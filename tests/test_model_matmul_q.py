@@ -77,14 +77,18 @@ def test_matches_reference(vk, fmt, case):
     np.testing.assert_array_equal(raw, raw0)
 
 
-@pytest.mark.parametrize("fmt,T,lanes,mode,coalesced", [
-    ("Q4_K", 1, 1, "rmsnorm", False), ("Q4_K", 6, 8, "plain", False), ("Q8_0", 1, 32, "plain", False),
-    ("Q6_K", 11, 1, "rmsnorm", False), ("F16", 3, 4, "rmsnorm", False), ("Q4_1", 1, 8, "rmsnorm", False),
-    ("Q4_K", 1, 8, "rmsnorm", True), ("Q5_0", 1, 32, "plain", True), ("BF16", 1, 64, "rmsnorm", True),
-    ("Q6_K", 1, None, "plain", True)])
-def test_rope_epilogue(vk, fmt, T, lanes, mode, coalesced):
+@pytest.mark.parametrize("fmt,T,lanes,mode,coalesced,rows", [
+    ("Q4_K", 1, 1, "rmsnorm", False, None), ("Q4_K", 6, 8, "plain", False, None),
+    ("Q8_0", 1, 32, "plain", False, None), ("Q6_K", 11, 1, "rmsnorm", False, None),
+    ("F16", 3, 4, "rmsnorm", False, None), ("Q4_1", 1, 8, "rmsnorm", False, None),
+    ("Q8_0", 1, 4, "plain", False, 16),
+    ("Q4_K", 1, 8, "rmsnorm", True, None), ("Q5_0", 1, 32, "plain", True, None),
+    ("BF16", 1, 64, "rmsnorm", True, None), ("Q6_K", 1, None, "plain", True, None),
+    ("Q4_K", 1, 32, "plain", True, 2), ("Q5_K", 1, 16, "rmsnorm", True, 32), ("Q4_0", 1, 8, "plain", True, 4)])
+def test_rope_epilogue(vk, fmt, T, lanes, mode, coalesced, rows):
     """qkv rows (4 q heads, 2 k heads, 2 v heads of 16) with RoPE at positions 5.. in the epilogue
-    (coalesced: 32, 8, 4 rows per workgroup for lanes 8, 32, 64)."""
+    (coalesced: 32, 8, 4 rows per workgroup for lanes 8, 32, 64); ``rows`` per workgroup set
+    (workgroups of 64 to 512 invocations), the RoPE pairs still inside one workgroup."""
     qtype, blk, _ = FORMATS[fmt]
     K, hd = NARROW_K[blk] if blk > 1 else 64, 16
     N, rope_rows = 8 * hd, 6 * hd
@@ -95,7 +99,7 @@ def test_rope_epilogue(vk, fmt, T, lanes, mode, coalesced):
     rope = dict(pos0=5, head_dim=hd, rope_rows=rope_rows, theta=10000.0)
     guard = guard_output(vk, SHADER, "y", T * N)
     got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, rope=rope, lanes=lanes, coalesced=coalesced,
-                         device=vk)
+                         rows=rows, device=vk)
     assert_sentinels_intact(guard, T * N)
     want = model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=g, rope=rope)
     bound = abs_bound(x, raw, qtype, K, mode=mode, norm_weight=g).max(axis=1, keepdims=True) * np.ones((1, N))
@@ -294,25 +298,6 @@ def test_gpu_plans_on_lavapipe(vk, monkeypatch, sg, fmt, K, T, coalesced):
     assert_sentinels_intact(guard, T * N_ROWS)
     want = model_matmul_q_ref(x, raw, qtype, K, mode="rmsnorm", norm_weight=g)
     _close(got, want, abs_bound(x, raw, qtype, K, mode="rmsnorm", norm_weight=g), f"{fmt} sg={sg} T={T}")
-
-
-@pytest.mark.parametrize("fmt,lanes,rows,coalesced", [("Q4_K", 32, 2, True), ("Q5_K", 16, 32, True),
-                                                   ("Q4_0", 8, 4, True), ("Q8_0", 4, 16, False)])
-def test_rows_per_workgroup(vk, fmt, lanes, rows, coalesced):
-    """rows= (rows per workgroup, the workgroup rows * lanes invocations: 64 to 512) with the RoPE
-    epilogue, whose row pairs must share a workgroup. Same tolerance as test_rope_epilogue."""
-    qtype, blk, _ = FORMATS[fmt]
-    K, hd = NARROW_K[blk], 16
-    N, rope_rows = 8 * hd, 6 * hd
-    rng = np.random.default_rng(rows)
-    raw = random_rows(qtype, N, K, rng)
-    x = rng.standard_normal((1, K)).astype(np.float32)
-    rope = dict(pos0=2, head_dim=hd, rope_rows=rope_rows, theta=10000.0)
-    guard = guard_output(vk, SHADER, "y", N)
-    got = model_matmul_q(x, raw, qtype, K, rope=rope, lanes=lanes, rows=rows, coalesced=coalesced, device=vk)
-    assert_sentinels_intact(guard, N)
-    want = model_matmul_q_ref(x, raw, qtype, K, rope=rope)
-    _close(got, want, abs_bound(x, raw, qtype, K).max(axis=1, keepdims=True) * np.ones((1, N)), f"{fmt} rows={rows}")
 
 
 def test_rows_per_workgroup_checked(vk):
