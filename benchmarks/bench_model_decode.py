@@ -17,6 +17,15 @@ at load); each row reports ``weight_bytes`` (device bytes of all weights) and th
 bytes. A decode token's submissions are listed: per submission its dispatches (shader:format
 labels) and barriers in order, with their counts (``dispatches_per_token``, ``barriers_per_token``).
 
+``--matvec rows,coalesced`` measures each lane layout of the one-token mat-vecs in turn in the
+same run (VulkanModel's ``matvec``, as ``$GRILLY_KV_MATVEC``: "rows" each lane whole 32-element
+chunks, "coalesced" 8 lanes per chunk, a vec4 each; "default" the op's choice); each row reports
+its ``matvec`` and, after the first layout, ``gpu_vs_first_matvec`` (GPU ms per token over the
+first layout's, same weights, context and policy).
+
+    python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --matvec rows,coalesced \
+        --contexts 1024 --policies dense --weight-format native    # H200: old vs coalesced
+
 ``--torch`` also runs benchmarks/torch_model_decode.py (PyTorch eager, same weights and tokens)
 in a separate process and records each policy's tokens/s ratio against it.
 """
@@ -31,17 +40,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import device_info, save
 
-from grilly_kv.backend import get_device
-from grilly_kv.ops.buffer_copy import copy_bandwidth
-from grilly_kv.evaluation.corpus import essays
-from grilly_kv.models.generate import prefill
-from grilly_kv.models.registry import make_tokenizer
-from grilly_kv.models.llama import load_checkpoint
-from grilly_kv.models.registry import resolve_checkpoint
-from grilly_kv.models.llama.vulkan import VulkanModel
-from grilly_kv.policies import make_policy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's grilly_kv, not an installed one
+
+from common import device_info, save  # noqa: E402
+
+from grilly_kv.backend import get_device  # noqa: E402
+from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
+from grilly_kv.evaluation.corpus import essays  # noqa: E402
+from grilly_kv.models.generate import prefill  # noqa: E402
+from grilly_kv.models.registry import make_tokenizer  # noqa: E402
+from grilly_kv.models.llama import load_checkpoint  # noqa: E402
+from grilly_kv.models.registry import resolve_checkpoint  # noqa: E402
+from grilly_kv.models.llama.vulkan import VulkanModel  # noqa: E402
+from grilly_kv.policies import make_policy  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -58,6 +70,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--torch", action="store_true", help="also measure the PyTorch eager baseline")
     ap.add_argument("--name", default=None, help="JSON name under benchmarks/results (default "
                     "model_decode, quick: model_decode_quick)")
+    ap.add_argument("--matvec", default="default", help="default,rows,coalesced (comma list, each measured "
+                    "in turn): the one-token mat-vec lane layout (VulkanModel matvec=)")
     ap.add_argument("--weight-format", default=None, help="native,f16,f32 (comma list, each measured in "
                     "turn; default native,f16, quick: native)")
     return ap.parse_args()
@@ -149,6 +163,7 @@ def main() -> None:
     steps = a.steps or (6 if q else 64)
     layers = a.layers or (4 if q else None)
     formats = (a.weight_format or ("native" if q else "native,f16")).split(",")
+    matvecs = a.matvec.split(",")
     dev = get_device(a.device)
     ck = load_checkpoint(resolve_checkpoint(a.model), n_layers=layers, floats=False)   # the device needs only the blocks
     tk = make_tokenizer(ck)
@@ -157,33 +172,42 @@ def main() -> None:
     torch_ref = torch_baseline(contexts, steps, layers, a.model) if a.torch else None
     bw = copy_bandwidth(dev, nbytes=(16 << 20) if q else (256 << 20))
     print(f"copy bandwidth {bw['gb_per_s']:.0f} GB/s (read + written)")
-    rows = []
-    for fmt in formats:
-        model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True, weight_format=fmt)
-        print(f"weight format {fmt}: {model.weight_bytes / 1e6:.2f} MB on the device (file's tensors "
+    rows, first_mv = [], {}
+    for fmt, mv in ((f, m) for f in formats for m in matvecs):
+        model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True, weight_format=fmt,
+                            matvec=mv)
+        print(f"weight format {fmt}, matvec {mv}: {model.weight_bytes / 1e6:.2f} MB on the device (file's tensors "
               f"{file_bytes / 1e6:.2f} MB)")
         for c in contexts:
             base = None
             for spec in specs:
-                r = {"weight_format": fmt, "weight_bytes": model.weight_bytes, **measure(model, spec, ids, c, steps)}
+                r = {"weight_format": fmt, "matvec": mv, "weight_bytes": model.weight_bytes,
+                     **measure(model, spec, ids, c, steps)}
                 r.update(bandwidth_bound(r, bw))
                 base = base or r["decode_tokens_per_s"]
                 r["ratio_vs_dense"] = r["decode_tokens_per_s"] / base
+                key = (fmt, c, spec)
+                if key in first_mv:
+                    r["gpu_vs_first_matvec"] = r["gpu_ms_per_token"] / first_mv[key]
+                else:
+                    first_mv[key] = r["gpu_ms_per_token"]
                 if torch_ref:
                     t = torch_ref["by_context"][c]["decode_tokens_per_s"]
                     r["torch_decode_tokens_per_s"] = t
                     r["ratio_vs_torch"] = r["decode_tokens_per_s"] / t
                 rows.append(r)
-                print(f"{fmt:6s} C={c:5d} {r['describe']:<28} {r['decode_tokens_per_s']:8.1f} tok/s  wall "
+                print(f"{fmt:6s} {mv:9s} C={c:5d} {r['describe']:<28} {r['decode_tokens_per_s']:8.1f} tok/s  wall "
                       f"{r['wall_ms_per_token']:7.2f} ms  gpu {r['gpu_ms_per_token']:7.2f} ms  host "
                       f"{100 * r['host_overhead_share']:4.0f}%  x{r['ratio_vs_dense']:.2f} vs dense  "
                       f"({r['submissions_per_token']} submissions, {r['dispatches_per_token']} dispatches, "
                       f"{r['barriers_per_token']} barriers/token, gpu {r['gpu_over_bound']:.1f}x bound)"
+                      + (f"  gpu x{r['gpu_vs_first_matvec']:.3f} vs {matvecs[0]}" if "gpu_vs_first_matvec" in r else "")
                       + (f"  x{r['ratio_vs_torch']:.2f} vs torch" if torch_ref else ""))
         model.close()
     save(a.name or ("model_decode_quick" if q else "model_decode"),
          {**device_info(dev), "copy_bandwidth": bw, "config": {"contexts": contexts, "policies": specs, "steps": steps,
                                          "layers": ck.config.n_layers, "weight_formats": formats,
+                                         "matvecs": matvecs,
                                          "model": ck.source, "file_tensor_bytes": file_bytes,
                                          "baseline": "dense, same run (per weight format)"},
           "torch_baseline": torch_ref and {k: torch_ref[k] for k in ("baseline", "device")},

@@ -15,6 +15,11 @@
 // vec4s), then each row's LANES = WG / ROWS lanes take the slab's chunks round robin, UNR at a time. Lane sums
 // meet by shuffles within a subgroup, across subgroups through shared memory when a row is wider
 // than the subgroup (gl_SubgroupSize decides at run time; the host's choice only affects speed).
+// COAL = 1 (coalesced decode; LANES a multiple of 8): 8 neighbouring lanes share each chunk, lane
+// q of them dequantising its vec4 q (dequant_vec4), so neighbouring lanes read neighbouring bytes
+// of a block and neighbouring 8-lane groups neighbouring chunks; a row's LANES / 8 groups take the
+// slab's chunks round robin, UNR at a time. X' is then staged chunk-major (xs_at) so the lanes'
+// shared loads are consecutive vec4s too. Staging, reduction and epilogues are the same code.
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 
@@ -31,6 +36,7 @@ layout(constant_id = 9) const uint HD = 64;     // head dim (ROPE)
 layout(constant_id = 10) const uint UNR = 1;    // chunks per lane issued together
 layout(constant_id = 11) const uint XSH = 0;    // 1 (LANES = 1, subgroup size a multiple of 8): each
                                                 // lane loads one of a chunk's 8 X' vec4s, shuffles share them
+layout(constant_id = 12) const uint COAL = 0;   // 1: 8 lanes per chunk, a vec4 each (coalesced loads)
 
 layout(set = 0, binding = 0) readonly buffer Wq { uint wq[]; };
 #include "gguf_blocks.glsl"
@@ -59,10 +65,14 @@ const uint CPS = KS / 32u;                  // chunks per slab
 const uint KV = K / 4u;                     // vec4s of X' per token
 const uint SLABS = (K + KS - 1u) / KS;
 
-shared vec4 xs[8u * TT * CPS];              // X' slab: vec4 g of chunk cc of token j at (g * TT + j) * CPS + cc
+shared vec4 xs[8u * TT * CPS];              // X' slab: vec4 q of chunk cc of token j at xs_at(q, j, cc)
 shared float red[TT * MAX_SG];              // per-subgroup sums of squares (MODE 1)
 shared float part[TT * MAX_SG];             // per-subgroup partial dots (rows wider than a subgroup)
 shared float outs[ROPE != 0u ? TT * ROWS : 1u];
+
+// Index in xs of vec4 q (< 8) of the slab's chunk cc for token j: plane-major (the lanes of a row
+// take different chunks), or chunk-major with COAL (the 8 lanes of a chunk take its 8 vec4s).
+uint xs_at(uint q, uint j, uint cc) { return COAL != 0u ? (j * CPS + cc) * 8u + q : (q * TT + j) * CPS + cc; }
 
 void main() {
     const uint WG = gl_WorkGroupSize.x;
@@ -92,29 +102,41 @@ void main() {
                     if (MODE == 1u) { ss[j] += dot(a, a); a *= g[p.g_off + v0 + v]; }
                     if (MODE == 2u) a = a / (1.0 + exp(-a)) * x[xr + KV + v0 + v];
                 }
-                xs[((v % 8u) * TT + j) * CPS + v / 8u] = a;
+                xs[xs_at(v % 8u, j, v / 8u)] = a;
             }
         }
         barrier();
         // UNR chunks per lane per iteration, their loads unconditional (clamped indices, the
         // surplus chunks' sums dropped) so the compiler can issue them all before the math.
         const uint c_end = min(CPS, CHUNKS - s * CPS);    // chunks of this slab inside the row
-        for (uint cc0 = lane; cc0 < c_end; cc0 += UNR * LANES) {
-            [[unroll]] for (uint u = 0u; u < UNR; u++) {
-                const uint cc = min(cc0 + u * LANES, c_end - 1u);
-                vec4 w[8];
-                dequant_chunk(rb, s * CPS + cc, w);
-                const bool ok = cc0 + u * LANES < c_end;
-                [[unroll]] for (uint j = 0u; j < TT; j++) {
-                    float d = 0.0;
-                    if (XSH != 0u) {                // cc is uniform here (LANES = 1): one shared load per lane
-                        const uint base = gl_SubgroupInvocationID & ~7u;
-                        const vec4 xl = xs[((gl_SubgroupInvocationID & 7u) * TT + j) * CPS + cc];
-                        [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], subgroupShuffle(xl, base + q));
-                    } else {
-                        [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], xs[(q * TT + j) * CPS + cc]);
+        if (COAL != 0u) {                   // lane q of 8-lane group cg: vec4 q of chunks cg, cg + LANES / 8, ...
+            const uint q = lane % 8u, CG = LANES / 8u;
+            for (uint cc0 = lane / 8u; cc0 < c_end; cc0 += UNR * CG) {
+                [[unroll]] for (uint u = 0u; u < UNR; u++) {
+                    const uint cc = min(cc0 + u * CG, c_end - 1u);
+                    const vec4 w = dequant_vec4(rb, s * CPS + cc, q);
+                    const bool ok = cc0 + u * CG < c_end;
+                    [[unroll]] for (uint j = 0u; j < TT; j++) acc[j] += ok ? dot(w, xs[xs_at(q, j, cc)]) : 0.0;
+                }
+            }
+        } else {
+            for (uint cc0 = lane; cc0 < c_end; cc0 += UNR * LANES) {
+                [[unroll]] for (uint u = 0u; u < UNR; u++) {
+                    const uint cc = min(cc0 + u * LANES, c_end - 1u);
+                    vec4 w[8];
+                    dequant_chunk(rb, s * CPS + cc, w);
+                    const bool ok = cc0 + u * LANES < c_end;
+                    [[unroll]] for (uint j = 0u; j < TT; j++) {
+                        float d = 0.0;
+                        if (XSH != 0u) {                // cc is uniform here (LANES = 1): one shared load per lane
+                            const uint base = gl_SubgroupInvocationID & ~7u;
+                            const vec4 xl = xs[xs_at(gl_SubgroupInvocationID & 7u, j, cc)];
+                            [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], subgroupShuffle(xl, base + q));
+                        } else {
+                            [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], xs[xs_at(q, j, cc)]);
+                        }
+                        acc[j] += ok ? d : 0.0;
                     }
-                    acc[j] += ok ? d : 0.0;
                 }
             }
         }

@@ -40,7 +40,8 @@ import numpy as np
 from ...backend import Buffer, DeviceObject, Recording, get_device
 from ...backend.device import DeviceLike
 from ...reference.kv_slot_attention import EMPTY_SLOT
-from ...ops.model_matmul_q import WEIGHT_FORMATS, QuantWeights, concat_rows, record_embed_q, record_matmul_q
+from ...ops.model_matmul_q import (WEIGHT_FORMATS, QuantWeights, concat_rows, matvec_choice, record_embed_q,
+                                   record_matmul_q)
 from ...ops.model_qkv_prep import record_qkv_prep
 from ...ops.model_rope import record_rope
 from ...ops.step_words import fill_step, step_words
@@ -65,10 +66,14 @@ class VulkanModel(DeviceObject):
         timestamps: record Vulkan timestamps (``last_gpu_time_us``).
         dense_prefill: attend a host policy's dense chunks on the device (False: through
             ``policy.attend`` on the host, as every other chunk; for comparisons).
+        matvec: lane layout of the one-token mat-vecs (decode, and the output head of a chunk):
+            "default", "rows" or "coalesced" (:func:`~grilly_kv.ops.model_matmul_q.matvec_choice`;
+            None: ``$GRILLY_KV_MATVEC``, else "default").
     """
 
     def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_format: str = "native",
-                 max_chunk: int = DEFAULT_MAX_CHUNK, timestamps: bool = False, dense_prefill: bool = True):
+                 max_chunk: int = DEFAULT_MAX_CHUNK, timestamps: bool = False, dense_prefill: bool = True,
+                 matvec: str | None = None):
         dev = get_device(device)
         if dev.is_cpu:
             raise ValueError("VulkanModel needs a Vulkan device; use ReferenceModel for the NumPy path")
@@ -78,6 +83,7 @@ class VulkanModel(DeviceObject):
         self.config = c = ckpt.config
         self.max_chunk = int(max_chunk)
         self.timestamps = timestamps
+        self.matvec = matvec_choice(matvec)
         check_choice("weight_format", weight_format, WEIGHT_FORMATS)
         self.weight_format = weight_format
         self.qkv_dim = c.q_dim + 2 * c.kv_dim
@@ -233,6 +239,13 @@ class VulkanModel(DeviceObject):
             twin.slot_pos.write(np.full(pol.cap, EMPTY_SLOT, np.uint32))
             twin.slot_pos.upload_now()
 
+    def _mv(self, T: int) -> dict:
+        """``coalesced=`` for a T-token matmul_q call: None (the op's default) unless ``matvec``
+        forces a layout for one-token calls."""
+        if T != 1 or self.matvec == "default":
+            return {"coalesced": None}
+        return {"coalesced": self.matvec == "coalesced"}
+
     def _build(self, T: int, all_logits: bool, dense: bool = False) -> list[Recording]:
         """The recordings of a T-token step: one, or with a host policy one per layer plus one
         (each layer's q/k/v go to the host, which attends and sends the output back; with
@@ -240,7 +253,7 @@ class VulkanModel(DeviceObject):
         c = self.config
         recs = [Recording(self.dev, timestamps=self.timestamps)]
         recs[0].upload(self.step)
-        mq = dict(T=T, eps=c.norm_eps)
+        mq = dict(T=T, eps=c.norm_eps, **self._mv(T))
         record_embed_q(recs[0], self.qw, "token_embd", self.step, self.x, T=T, max_chunk=self.max_chunk)
         for i in range(c.n_layers):
             rec = recs[-1]
@@ -269,7 +282,8 @@ class VulkanModel(DeviceObject):
             record_matmul_q(rec, self.qw, p + "down", self.gu, self.x, mode="swiglu", accumulate=True, **mq)
         n_out = T if all_logits else 1
         record_matmul_q(recs[-1], self.qw, self.head, self.x, self.logits, T=n_out, mode="rmsnorm", g=self.nbuf,
-                        g_off=self._norm_off(2 * c.n_layers), x_off=(T - n_out) * c.d_model, eps=c.norm_eps)
+                        g_off=self._norm_off(2 * c.n_layers), x_off=(T - n_out) * c.d_model, eps=c.norm_eps,
+                        **self._mv(n_out))
         recs[-1].download(self.logits, words=n_out * c.vocab)    # only the rows asked for
         return recs
 
@@ -278,7 +292,7 @@ class VulkanModel(DeviceObject):
         k heads, v heads), with the RoPE epilogue on q and k when ``fused_rope``: one dispatch,
         or three when q, k, v differ in type."""
         c, p = self.config, f"blk.{i}."
-        mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i))
+        mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i), **self._mv(T))
         if p + "qkv" in self.qw:
             rope = (self.step, self.rope, c.head_dim, c.q_dim + c.kv_dim) if self.fused_rope else None
             record_matmul_q(rec, self.qw, p + "qkv", self.x, self.qkv, rope=rope, **mq)
@@ -292,7 +306,8 @@ class VulkanModel(DeviceObject):
     def _record_gate_up(self, rec: Recording, i: int, T: int) -> None:
         """Layer ``i``'s RMSNorm + gate/up matmul into ``self.gu`` rows ``(T, 2 d_ffn)`` (gate, then up)."""
         c, p = self.config, f"blk.{i}."
-        mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i + 1))
+        mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i + 1),
+                  **self._mv(T))
         if p + "gu" in self.qw:
             record_matmul_q(rec, self.qw, p + "gu", self.x, self.gu, **mq)
             return
