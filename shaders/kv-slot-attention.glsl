@@ -197,11 +197,13 @@ void split_pass(uint s, uint kvh, uint t) {
 // Stage rows [b0, b0 + BLOCK) of this part's K/V (rows >= a1: empty) and their positions.
 void stage_block(uint b0, uint a1, uint base, uint pos_base) {
     const uint WG = gl_WorkGroupSize.x;
-    for (uint e = gl_LocalInvocationIndex; e < BLOCK * NV; e += WG) {
-        const uint j = b0 + e / NV;
-        const uint src = (base + min(j, a1 - 1u)) * NV + e % NV;
-        sh_k[e] = j < a1 ? kc[src] : uvec2(0u);
-        sh_v[e] = j < a1 ? vc[src] : uvec2(0u);
+    for (uint k = 0u; k < (BLOCK * NV + WG - 1u) / WG; k++) {   // a constant trip count: the loads can go out together
+        const uint e = k * WG + gl_LocalInvocationIndex, j = b0 + e / NV;
+        if (e < BLOCK * NV) {
+            const uint src = (base + min(j, a1 - 1u)) * NV + e % NV;
+            sh_k[e] = j < a1 ? kc[src] : uvec2(0u);
+            sh_v[e] = j < a1 ? vc[src] : uvec2(0u);
+        }
     }
     for (uint r = gl_LocalInvocationIndex; r < BLOCK; r += WG)
         sh_pos[r] = b0 + r < a1 ? slot_pos[pos_base + b0 + r] : EMPTY;

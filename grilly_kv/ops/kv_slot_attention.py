@@ -129,10 +129,8 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     local_size = local_size or local_size_for(rec.device)
     if local_size not in (LOCAL_SIZE_CPU, LOCAL_SIZE_GPU):
         raise ValueError(f"local_size must be {LOCAL_SIZE_CPU} or {LOCAL_SIZE_GPU}, got {local_size}")
-    q_tile = q_tile_for(rec.device, T) if q_tile is None else q_tile
-    if not isinstance(q_tile, (int, np.integer)) or not 1 <= q_tile <= MAX_Q_TILE:
-        raise ValueError(f"q_tile must be an integer in [1, {MAX_Q_TILE}], got {q_tile!r}")
-    q_tile = int(q_tile)
+    q_tile = q_tile_for(rec.device, T) if q_tile is None else check_int("q_tile", q_tile, minimum=1,
+                                                                          maximum=MAX_Q_TILE)
     n_splits = n_splits_for(cap, head_dim, T, local_size, q_tile)
     dims = (head_dim, n_q_heads, n_kv_heads)
     merge_spec = (local_size, *dims, lanes_per_slot(head_dim), int(pos_per_head), 1)
@@ -187,6 +185,8 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     pos0 = check_int("pos0", pos0, minimum=0)
     sinks = check_int("sinks", sinks, minimum=0)
     window = check_int("window", window, minimum=0)
+    if q_tile is not None:
+        check_int("q_tile", q_tile, minimum=1, maximum=MAX_Q_TILE)
     if (v_cache.shape != k_cache.shape or slot_pos.shape != (cap,) or n_q_heads % h_kv
             or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 4 or D > MAX_HEAD_DIM):
         raise ValueError(f"shapes disagree: qkv {qkv.shape}, caches {k_cache.shape}, slot_pos "
