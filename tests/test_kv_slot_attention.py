@@ -51,6 +51,13 @@ def test_matches_reference(vk, hq, hkv, D, cap, T, n_scan, sinks, window, local_
     assert_close(got, kv_slot_attention_ref(qkv, kc, vc, slot_pos, **kw), atol=2e-5, what="attention")
 
 
+@pytest.mark.parametrize("case", [CASES[7], (9, 3, 64, 400, 70, 390, 4, 100)], ids=["T20", "T70"])
+def test_gpu_q_tile_matches_reference(vk, case):
+    """The GPU plan's tile (Q_TILE_GPU tokens, workgroups of 256 on SmolLM2's G = 3, D = 64): one
+    partial tile; two full tiles and a partial one."""
+    test_matches_reference(vk, *case, local_size=256, q_tile=Q_TILE_GPU)
+
+
 @pytest.mark.parametrize("q_tile", [1, 4])
 @pytest.mark.parametrize("hq,hkv,D,cap,T,heads_per_buffer", [
     (9, 3, 64, 300, 3, 1),      # one buffer per KV head
