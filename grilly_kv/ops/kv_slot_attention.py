@@ -138,6 +138,9 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
                   min_chunk=min_chunk(head_dim, local_size, q_tile))
     if q_tile > 1:
         lanes = tile_lanes(head_dim, n_q_heads // n_kv_heads)
+        if q_tile * lanes > rec.device.properties["max_work_group_invocations"]:
+            raise ValueError(f"q_tile {q_tile} x {lanes} lanes per token exceeds the device's "
+                             f"{rec.device.properties['max_work_group_invocations']} invocations per workgroup")
         split_spec = (q_tile * lanes, *dims, lanes, int(pos_per_head), q_tile)
         split_grid, label = -(-T // q_tile), f"kv-slot-attention-qt{q_tile}"
     else:
