@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from grilly_kv.backend import Buffer, Recording
+from grilly_kv.ops.kv_slot_attention import Q_TILE_ENV
 from grilly_kv.ops.step_words import step_words
 from grilly_kv.policies import CacheShape
 from grilly_kv.policies.device import DeviceTwin
@@ -98,8 +99,12 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("q_tile", [None, "4"], ids=["plan", "qtile4"])
 @pytest.mark.parametrize("cfg", range(len(CONFIGS)))
-def test_twin_matches_the_bounded_numpy_policy(vk, cfg):
+def test_twin_matches_the_bounded_numpy_policy(vk, cfg, q_tile, monkeypatch):
+    """q_tile "4": prefill chunks attend with the query-tiled split pass (per-head slot maps)."""
+    if q_tile:
+        monkeypatch.setenv(Q_TILE_ENV, q_tile)
     shape, budget, W, sinks, sf, alloc, n_prompt, n_decode, chunk = CONFIGS[cfg]
     kw = dict(window=W, sinks=sinks, streaming_fraction=sf, allocation=alloc, qsim_device=vk)
     steps = steps_for(n_prompt, n_decode, chunk)
