@@ -4,7 +4,7 @@
 # Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
 # reports stale git metadata.
 # Usage: bash benchmarks/run_h200.sh [part ...]
-#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests
+#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests ab
 # Carry .peers too for peers-build / peers (benchmarks/llamacpp_build.sh makes its tarballs). (default: decode long quant paged)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
@@ -100,9 +100,19 @@ for part in $parts; do
       python3 benchmarks/peer_table.py --ours $R/model_decode.json $R/model_decode_llama1b.json \
         --llamacpp "${specs[@]}" --name peers_h200
       cp $R/model_decode.json $R/model_decode_llama1b.json $R/peers_h200.json $R/peers_h200.md "$OUT/" ;;
-    tests)
-      GRILLY_KV_DEVICE=vulkan run python3 -m pytest -q -p no:cacheprovider tests/test_policy_contract.py \
-        tests/test_models_families.py tests/test_topk_select.py tests/test_decode_attention.py ;;
+    tests)   # the shaders whose cross-workgroup ordering or subgroup layout lavapipe cannot fully exercise
+      GRILLY_KV_DEVICE=vulkan LIMIT=${TESTS_LIMIT:-240} run python3 -m pytest -q -x -p no:cacheprovider \
+        tests/test_kv_slot_attention.py tests/test_topk_select.py tests/test_decode_attention.py \
+        tests/test_model_matmul_q.py ${TESTS_EXTRA:-} ;;
+    ab)      # this session's GPU paths against the old ones, same run, timing-only checkpoints: prefill
+             # attention query tiles (1 = untiled, 32) x one-token mat-vec layout (rows, coalesced)
+      [ -f /tmp/smollm2-timing.gguf ] || python3 benchmarks/timing_checkpoint.py smollm2 /tmp/smollm2-timing.gguf
+      [ -f /tmp/llama32-1b-q4k.gguf ] || python3 benchmarks/timing_checkpoint.py llama32-1b /tmp/llama32-1b-q4k.gguf --matrix-type Q4_K
+      run python3 benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf --contexts 1024,8064 \
+        --policies dense,quest:512 --weight-format native --steps 32 --prefill-qtile 1,32 --matvec rows,coalesced --name ab_smollm2
+      run python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --contexts 1024,8064 \
+        --policies dense --weight-format native --steps 32 --prefill-qtile 1,32 --matvec rows,coalesced --name ab_llama1b
+      cp $R/ab_*.json "$OUT/" ;;
     paged)
       run python3 benchmarks/bench_paged_decode.py --contexts 131072
       cp $R/paged_decode.json "$OUT/" ;;
