@@ -240,6 +240,8 @@ def main(argv=None) -> None:
     ap.add_argument("--heads-per-batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--topk", type=int, default=8, help="blocks kept, for the hit rate")
+    ap.add_argument("--eval-steps", type=int, default=20,
+                    help="random decode steps per held-out essay for the held-out report")
     ap.add_argument("--layers", type=int, default=None, help="model layers (default: all)")
     ap.add_argument("-m", "--model", default=None, help="model: a registered name (smollm2, the default) or a .gguf / converted .safetensors path")
     ap.add_argument("--group", type=int, default=1,
@@ -258,12 +260,12 @@ def main(argv=None) -> None:
     rows = [group_rows(d, args.group) for d in data]
     w, report = train(rows[:args.essays], rows[args.essays:], seed=args.seed, steps=args.steps,
                       heads_per_batch=args.heads_per_batch, lr=args.lr, geo=geo, k=args.topk,
-                      log=lambda s: print(s, flush=True))
+                      eval_steps=args.eval_steps, log=lambda s: print(s, flush=True))
     if args.group > 1:
         from .weights import load_weights
         report["held_out_per_kv_head"] = compare_per_kv_head(
             data[args.essays:], load_weights(args.compare), w, args.group, geo, args.topk,
-            np.random.default_rng(args.seed + 1))
+            np.random.default_rng(args.seed + 1), args.eval_steps)
     report.update(config=vars(args), train_essays=names[:args.essays], held_out_essays=names[args.essays:])
     save_weights(w, args.out, metadata={"report": json.dumps(report), "rows": "kv" if args.group > 1 else "q",
                                         "group": args.group})
