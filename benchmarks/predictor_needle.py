@@ -59,6 +59,16 @@ def factories(a) -> dict:
     return out
 
 
+def summary_rows(runs: dict, cfg: SuiteConfig, a) -> list[dict]:
+    """The suite's rows (Wilson intervals) of every policy's records so far."""
+    rows = []
+    for name, records in runs.items():
+        meta = {"engine": "grilly_kv", "method": name, "budget": None if name == "dense" else a.budget,
+                "setting": a.setting, "rule": None if name == "dense" else a.rule}
+        rows += cell_rows(records, cfg, meta)
+    return rows
+
+
 def discordant(runs: dict) -> dict:
     """Prompts where the CNN and last-row scores differ: ``{"cnn_only", "last_row_only"}``."""
     a, b = runs["predictor:cnn"], runs["predictor:last-row"]
@@ -78,25 +88,25 @@ def main(argv=None) -> int:
     hay, _ = split_essays()
     trials = make_suite(tok, tok.encode("\n\n".join(hay)), contexts, a.n_per_cell, tasks=["passkey"],
                         n_depths=cfg.n_depths, seed=cfg.seed)
-    result = {"device": model.device_name, "commit": commit(), "config": vars(a), "rows": [], "runs": {}}
+    result = {"device": model.device_name, "commit": commit(), "config": vars(a), "rows": [], "runs": {},
+              "wall_s": {}}
     out = RESULTS / f"{a.name or ('predictor_needle_quick' if a.quick else 'predictor_needle')}.json"
+    makers = factories(a)
     try:
-        for name, make in factories(a).items():
-            t0 = time.perf_counter()
-            records = run_cells(model, tok, make, trials, a.setting)
-            budget = None if name == "dense" else a.budget
-            meta = {"engine": "grilly_kv", "method": name, "budget": budget, "setting": a.setting,
-                    "rule": None if name == "dense" else a.rule}
-            result["rows"] += cell_rows(records, cfg, meta)
-            result["runs"][name] = records
-            result[f"{name}_wall_s"] = time.perf_counter() - t0
-            print(f"{name}: " + ", ".join(f"ctx {r['context']} {r['k']}/{r['n']} [{r['lo']:.2f}, {r['hi']:.2f}]"
-                                          for r in result["rows"] if r["method"] == name), flush=True)
+        for trial in trials:                    # prompt by prompt, every policy: a cut run stays paired
+            for name, make in makers.items():
+                t0 = time.perf_counter()
+                result["runs"].setdefault(name, []).extend(run_cells(model, tok, make, [trial], a.setting))
+                result["wall_s"][name] = result["wall_s"].get(name, 0.0) + time.perf_counter() - t0
+            result["rows"] = summary_rows(result["runs"], cfg, a)
+            result["discordant"] = discordant(result["runs"])
             out.write_text(json.dumps(result, indent=1) + "\n")
+            print(f"prompt {trial.index} ({trial.context} tokens, depth {trial.depth:.2f}): "
+                  + ", ".join(f"{n} {r[-1]['score']}" for n, r in result["runs"].items()), flush=True)
     finally:
         getattr(model, "close", lambda: None)()
-    result["discordant"] = discordant(result["runs"])
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    for r in result["rows"]:
+        print(f"{r['method']}: ctx {r['context']} {r['k']}/{r['n']} [{r['lo']:.2f}, {r['hi']:.2f}]")
     print(f"discordant prompts: {result['discordant']}\nwrote {out}")
     return 0
 

@@ -103,8 +103,8 @@ class PredictorPolicy(KVPolicy):
         weights: a safetensors path or a dict of tensors (default: the package's trained weights
             for the chosen layout).
         per_kv_head: one history and one CNN score row per layer and KV head, the max over its
-            query heads (default: 3x less CNN work with GQA 9:3; held-out hit rate 0.673 against
-            0.664 per query head, ``benchmarks/results/predictor_kv_quality.json``); False: one
+            query heads (default: 3x less CNN work with GQA 9:3; held-out hit rates in
+            ``benchmarks/results/predictor_kv_quality.json``); False: one
             per query head, the group max taken over their log-softmax scores.
         device: where the history ring lives and the CNN runs (``"cpu"``: NumPy; None: the
             model's device from the cache shape, else the default device).

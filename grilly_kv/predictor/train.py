@@ -212,29 +212,32 @@ def load_captures(names, tokens: int, layers: int | None = None, cache: str | No
         with np.load(cache) as z:
             cached = {i: z[f"essay{i}"] for i in names if f"essay{i}" in z}
     missing = [i for i in names if i not in cached]
-    if missing:
-        cached |= dict(zip(missing, capture_essays(missing, tokens, layers, model)))
+
+    def keep(i: int, pooled: np.ndarray) -> None:        # saved as it goes: a cut run keeps its essays
+        cached[i] = pooled
         if cache:
             old = dict(np.load(cache)) if Path(cache).is_file() else {}
-            np.savez(cache, **(old | {f"essay{i}": cached[i] for i in missing}))
+            np.savez(cache, **(old | {f"essay{i}": pooled}))
+
+    if missing:
+        capture_essays(missing, tokens, layers, model, keep)
     return [cached[i] for i in names]
 
 
-def capture_essays(names, tokens: int, layers: int | None, model: str | None) -> list:
-    """Capture the essays ``names`` (see :func:`load_captures`), printing the time of each."""
+def capture_essays(names, tokens: int, layers: int | None, model: str | None, on_essay) -> None:
+    """Capture the essays ``names`` (see :func:`load_captures`), printing the time of each and
+    calling ``on_essay(index, pooled)`` after each."""
     from ..evaluation.corpus import essays
     from ..models import load_model
     from .data import capture_essay
 
     model, tok = load_model(model, "cpu", n_layers=layers, max_chunk=tokens)
     texts = [t for _, t in essays()]
-    data = []
     for i in names:
         ids = tok.encode(texts[i])[:tokens]
         t0 = time.time()
-        data.append(capture_essay(model, ids))
+        on_essay(i, capture_essay(model, ids))
         print(f"essay {i}: {len(ids)} tokens captured in {time.time() - t0:.1f} s", flush=True)
-    return data
 
 
 def main(argv=None) -> None:
