@@ -43,7 +43,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("-m", "--model", default=None, help="a .gguf path or registered name (default smollm2)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--policies", default=None, help="comma list (default: every registered policy)")
+    ap.add_argument("--policies", default=None, help="comma list (default: every registered policy); a variant such as "
+                    "predictor:cnn or predictor:last-row runs that predictor (policy_names(variants=True))")
     ap.add_argument("--budgets", default=None, help="comma list, tokens per layer and KV head (default 256,1024)")
     ap.add_argument("--contexts", default=None, help="prompt lengths in tokens (default 2048,4096)")
     ap.add_argument("--tasks", default=None, help="comma list (default all four)")

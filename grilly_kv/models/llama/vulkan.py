@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import Buffer, DeviceObject, Recording, get_device
+from ...backend import Buffer, DeviceObject, Recording, get_device, release_reachable
 from ...backend.device import DeviceLike
 from ...reference.kv_slot_attention import EMPTY_SLOT
 from ...ops.model_matmul_q import (WEIGHT_FORMATS, QuantWeights, concat_rows, matvec_choice, record_embed_q,
@@ -326,6 +326,15 @@ class VulkanModel(DeviceObject):
         """Hand layer ``layer``'s post-RoPE q/k/v to a host policy; stage its output for upload."""
         out = self.policy.attend(layer, *self._host_qkv(T))
         self.attn.write(np.ascontiguousarray(out.transpose(1, 0, 2), dtype=np.float32))
+
+    def close(self) -> None:
+        """Free the model's device memory: the recordings first (they bind the twin's buffers),
+        then the policy's twin through its own release (it waits for a running block copy), then
+        everything else the model owns."""
+        self._recordings.clear()
+        if self.kv is not None:
+            self.kv.release()
+        release_reachable(self)
 
     def forward(self, tokens, pos0: int, *, all_logits: bool = False) -> np.ndarray:
         """Run ``tokens`` (T <= max_chunk) at positions ``pos0 ..``; returns ``(T or 1, vocab)`` logits."""
