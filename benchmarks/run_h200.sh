@@ -63,8 +63,10 @@ for part in $parts; do
           > /tmp/grid_kvpress.log 2>&1 & pids+=($!)
       fi
       for shard in ${GRID_SHARDS:-a=dense,triattention,tappa b=streaming,quest c=entmax,predictor,entmax15}; do
+        spec=${shard#*=}; extra=""          # name=policies[:budgets]
+        [ "${spec#*:}" != "$spec" ] && extra="--budgets ${spec#*:}"
         timeout $(( lim + 150 )) python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf --name suite_h200_${shard%%=*} \
-          --policies ${shard#*=} --time-limit $lim ${GRID_ARGS:-} > /tmp/grid_${shard%%=*}.log 2>&1 & pids+=($!)
+          --policies ${spec%%:*} --time-limit $lim ${GRID_ARGS:-} $extra > /tmp/grid_${shard%%=*}.log 2>&1 & pids+=($!)
       done
       if [ -n "${GRID_PPL:-}" ]; then    # perplexity only, in place: GRID_PPL policies, GRID_PPL_ARGS
         timeout $(( lim + 150 )) python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf --name suite_h200_ppl \
@@ -73,7 +75,7 @@ for part in $parts; do
       fi
       wait "${pids[@]}"
       for f in /tmp/grid_*.log; do echo "=== $f"; grep -v Warning $f | tail -25; done
-      tar -czf "$OUT/grid.tgz" $R/suite_h200_*.json $R/suite_h200_*.md $R/kvpress_h200.json /tmp/grid_*.log 2>/dev/null ;;
+      tar -czf "$OUT/grid.tgz" $R/suite_h200_*.json $R/suite_h200_*.md $R/kvpress_h200*.json /tmp/grid_*.log 2>/dev/null ;;
     peers-build)   # llama.cpp's CUDA llama-bench from .peers/llamacpp-src.tar.xz (kept in /tmp between warm calls)
       [ -x /tmp/llcuda/build/bin/llama-bench ] || JOBS=15 timeout 560 bash benchmarks/llamacpp_build.sh \
         --cuda /tmp/llcuda .peers/llamacpp-src.tar.xz 2>&1 | tail -5 ;;
