@@ -16,12 +16,15 @@ def visible_mask(slot_pos: np.ndarray, q_pos: np.ndarray, sinks: int, window: in
     return (p <= t) & ((p < sinks) | (t - p < window))
 
 
-def masked_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def masked_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, *,
+                     f16_probabilities: bool = False) -> np.ndarray:
     """Softmax attention with a key mask, GQA by consecutive head groups.
 
     Args:
         q: ``(H_q, T, D)``; k, v: ``(H_kv, S, D)``; mask: ``(T, S)`` bool (True = visible);
             every query must see at least one key.
+        f16_probabilities: round the normalised probabilities to float16 before the product
+            with v (llama.cpp's F16 K/V path without flash attention).
 
     Returns:
         ``(H_q, T, D)`` float32 = softmax(q k^T / sqrt(D) over visible keys) v.
@@ -35,6 +38,8 @@ def masked_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarr
     s -= s.max(axis=-1, keepdims=True)
     np.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
+    if f16_probabilities:
+        s = s.astype(np.float32).astype(np.float16).astype(s.dtype)
     out = np.matmul(s.reshape(h_kv, g * T, -1), v)
     return out.reshape(h_q, T, D).astype(np.float32)
 
