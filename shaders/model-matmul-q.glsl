@@ -149,7 +149,7 @@ void row_norms(uint t0) {
     if (gl_LocalInvocationIndex < TT) {
         float q = 0.0;
         for (uint k = 0u; k < gl_NumSubgroups; k++) q += red[gl_LocalInvocationIndex * MAX_SG + k];
-        rsn[gl_LocalInvocationIndex] = inversesqrt(q / float(K) + PUSH_F(p.eps_bits));
+        rsn[gl_LocalInvocationIndex] = 1.0 / sqrt(q / float(K) + PUSH_F(p.eps_bits));   // as ggml: 1.0f / sqrtf
     }
     barrier();
 }
