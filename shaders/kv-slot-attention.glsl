@@ -18,6 +18,11 @@
 //   part[(t, h, s)] = [m, l, 0, 0, acc[D]] (max logit in log2 units, sum of 2^(logit - m),
 //   sum of 2^(logit - m) v).
 // Pass 1 (grid HQ x T): log-sum-exp merge of the live splits into O[t, h, :].
+// P16 = 1 (a model's numerics "ggml": llama.cpp's F16 K/V path without flash attention): q is
+// rounded to float16, and each probability is normalised by the row's global max and sum, then
+// rounded to float16 before it weights V: pass 0 (as above), pass 2 (grid HQ x T: the global max M
+// and sum L of the live splits into O[t, h, 0].xy), pass 3 (grid as pass 0: per split, sum of
+// fp16(2^(logit - M) * (1 / L)) v, with m = M and l = 1 for split 0 only), pass 1 (their sum).
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 #include "workgroup_reduce.glsl"
@@ -28,6 +33,7 @@ layout(constant_id = 2) const uint HQ = 9;
 layout(constant_id = 3) const uint HKV = 3;
 layout(constant_id = 4) const uint LPT = 8;      // lanes per slot: a power of 2 dividing D/4, <= subgroup size
 layout(constant_id = 5) const uint POS_PER_HEAD = 0;  // 1: slot_pos is (L, HKV, cap), a map per KV head
+layout(constant_id = 6) const uint P16 = 0;           // 1: float16 q and probabilities (see above)
 const uint G = HQ / HKV;
 const uint NV = D / 4u;                          // float16 quads (vec4s) per row
 const uint NVL = NV / LPT;                       // quads per lane
@@ -45,7 +51,7 @@ layout(set = 0, binding = 2) readonly buffer VC { uvec2 vc[]; };
 layout(set = 0, binding = 3) readonly buffer SlotPos { uint slot_pos[]; };
 layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
 layout(set = 0, binding = 5) buffer Part { vec4 part[]; };
-layout(set = 0, binding = 6) writeonly buffer O { vec4 o[]; };
+layout(set = 0, binding = 6) buffer O { vec4 o[]; };        // P16: pass 2 leaves (M, L) here for pass 3
 
 layout(push_constant) uniform Push {
     uint cap;        // slots per (layer, kv head)
@@ -60,6 +66,9 @@ layout(push_constant) uniform Push {
 // pass 0: one head's per-subgroup (m, l) and acc; pass 1: the per-thread partial sums
 shared vec4 sh_acc[SLOTS * NV];
 shared vec2 sh_ml[SLOTS];
+
+float f16r(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
+vec4 f16r4(vec4 v) { return vec4(unpackHalf2x16(packHalf2x16(v.xy)), unpackHalf2x16(packHalf2x16(v.zw))); }
 
 // per invocation: its quads of the G scaled queries and accumulators, the running max and sum
 vec4 qr[G * NVL];
@@ -117,11 +126,22 @@ void split_pass(uint s, uint kvh, uint t) {
     const float scale = PUSH_F(p.scale_bits) * LOG2E;
     [[unroll]] for (uint g = 0u; g < G; g++) {
         [[unroll]] for (uint i = 0u; i < NVL; i++) {
-            qr[g * NVL + i] = qkv[t * ROWV + (kvh * G + g) * NV + lane + i * LPT] * scale;
+            const vec4 q = qkv[t * ROWV + (kvh * G + g) * NV + lane + i * LPT];
+            qr[g * NVL + i] = (P16 != 0u ? f16r4(q) : q) * scale;
             acc[g * NVL + i] = vec4(0.0);
         }
         m[g] = NEG;
         l[g] = 0.0;
+    }
+    const bool weighted = P16 != 0u && p.pass_id == 3u;      // uniform
+    float inv_l[G];
+    [[unroll]] for (uint g = 0u; g < G; g++) {
+        inv_l[g] = 0.0;
+        if (weighted) {
+            const vec2 ml = o[(t * HQ + kvh * G + g) * NV].xy;
+            m[g] = ml.x;
+            inv_l[g] = 1.0 / ml.y;
+        }
     }
     const uint base = (p.layer * p.nh + kvh - p.h0) * p.cap;          // this part's K/V rows
     const uint pos_base = POS_PER_HEAD != 0u ? (p.layer * HKV + kvh) * p.cap : 0u;
@@ -145,6 +165,15 @@ void split_pass(uint s, uint kvh, uint t) {
                 d = cluster_add(d, LPT);
                 sc[u] = vis[u] ? d : NEG;
             }
+            if (weighted) {                                    // fixed M and L: rounded probabilities
+                [[unroll]] for (uint u = 0u; u < U; u++) {
+                    if (vis[u]) {
+                        const float w = f16r(exp2(sc[u] - m[g]) * inv_l[g]);
+                        [[unroll]] for (uint i = 0u; i < NVL; i++) acc[g * NVL + i] += w * unpack_half4(vr[u * NVL + i]);
+                    }
+                }
+                continue;
+            }
             float mx = m[g];                                   // online softmax over the U slots
             [[unroll]] for (uint u = 0u; u < U; u++) mx = max(mx, sc[u]);
             const float corr = exp2(m[g] - mx);
@@ -159,6 +188,9 @@ void split_pass(uint s, uint kvh, uint t) {
             }
             m[g] = mx;
         }
+    }
+    if (weighted) {                                            // the merge then sums the splits
+        [[unroll]] for (uint g = 0u; g < G; g++) l[g] = s == 0u && gl_LocalInvocationIndex == 0u ? 1.0 : 0.0;
     }
     [[unroll]] for (uint g = 0u; g < G; g++) write_partial(g, ((t * HQ + kvh * G + g) * p.n_splits + s) * PV);
 }
@@ -186,7 +218,23 @@ void merge_pass(uint h, uint t) {
     }
 }
 
+// P16 pass 2: the global max and sum of query t, head h over the live splits into O[t, h, 0].xy.
+void stats_pass(uint h, uint t) {
+    const uint tid = gl_LocalInvocationIndex, WG = gl_WorkGroupSize.x;
+    const uint n_scan = step[2];
+    const uint n_live = ceil_div(n_scan, chunk_len(n_scan));
+    const uint b = (t * HQ + h) * p.n_splits;
+    float mx = NEG;
+    for (uint s = tid; s < n_live; s += WG) mx = max(mx, part[(b + s) * PV].x);
+    mx = workgroup_max(mx);
+    float lt = 0.0;
+    for (uint s = tid; s < n_live; s += WG) { const vec2 ml = part[(b + s) * PV].xy; lt += exp2(ml.x - mx) * ml.y; }
+    lt = workgroup_sum(vec4(lt, 0.0, 0.0, 0.0)).x;
+    if (tid == 0u) o[(t * HQ + h) * NV] = vec4(mx, lt, 0.0, 0.0);
+}
+
 void main() {
-    if (p.pass_id == 0u) split_pass(gl_WorkGroupID.x, p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.z);
+    if (p.pass_id == 0u || p.pass_id == 3u) split_pass(gl_WorkGroupID.x, p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.z);
+    else if (p.pass_id == 2u) stats_pass(gl_WorkGroupID.x, gl_WorkGroupID.y);
     else merge_pass(gl_WorkGroupID.x, gl_WorkGroupID.y);
 }

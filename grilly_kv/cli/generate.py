@@ -295,8 +295,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="float: float32 arithmetic (default); ggml: round as llama.cpp's CPU backend "
                         "does (each matrix product's activations converted to the weight type's "
                         "Q8_0/Q8_1/Q8_K/F16, float16 q/k/v and attention probabilities), for the "
-                        "same greedy tokens as llama.cpp; with the dense or streaming policy only, "
-                        "the Vulkan model then attends on the host (slower)")
+                        "same greedy tokens as llama.cpp; with the dense or streaming policy only")
 
 
 def add_generate_parsers(sub, policy_names: list[str], epilog: str) -> None:

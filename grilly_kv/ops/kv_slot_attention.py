@@ -60,7 +60,7 @@ def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int) -> int:
 def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, step, part, out, *,
                              T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
                              n_kv_heads: int, local_size: int | None = None, parts=None,
-                             pos_per_head: bool = False) -> Recording:
+                             pos_per_head: bool = False, f16_probabilities: bool = False) -> Recording:
     """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32.
 
     ``k_cache``/``v_cache``: one buffer each ``(L, H_kv, cap, D)``, or with ``parts`` lists of
@@ -72,6 +72,9 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     ``part`` holds :func:`part_words` floats for this ``T``; the live length, visibility and
     positions are read from ``step`` (see :mod:`.step_words`) when the recording runs.
     ``local_size``: 64 or 256 (default :func:`local_size_for` the device; tests force both).
+    ``f16_probabilities``: llama.cpp's F16 path (a model's numerics "ggml"): q rounded to float16,
+    the probabilities normalised by the global max and sum and rounded to float16 before they
+    weight V (two more passes: the global statistics, then the weighted sums).
     """
     if head_dim % 4 or head_dim > MAX_HEAD_DIM or n_q_heads % n_kv_heads:
         raise ValueError(f"head_dim {head_dim} must be a multiple of 4 and <= {MAX_HEAD_DIM}, and "
@@ -80,13 +83,20 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     if local_size not in (LOCAL_SIZE_CPU, LOCAL_SIZE_GPU):
         raise ValueError(f"local_size must be {LOCAL_SIZE_CPU} or {LOCAL_SIZE_GPU}, got {local_size}")
     n_splits = n_splits_for(cap, head_dim, T, local_size)
-    spec = (local_size, head_dim, n_q_heads, n_kv_heads, lanes_per_slot(head_dim), int(pos_per_head))
+    spec = (local_size, head_dim, n_q_heads, n_kv_heads, lanes_per_slot(head_dim), int(pos_per_head),
+            int(f16_probabilities))
     common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim))
     pairs = as_parts(k_cache, v_cache, parts, n_kv_heads)
     for k, v, h0, nh in pairs:
         rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_splits, nh, T), spec=spec,
                      push=PUSH.pack(pass_id=0, h0=h0, nh=nh, **common), label="kv-slot-attention")
     k, v = pairs[0][:2]
+    if f16_probabilities:
+        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=spec,
+                     push=PUSH.pack(pass_id=2, h0=0, nh=n_kv_heads, **common), label="kv-slot-stats")
+        for kk, vv, h0, nh in pairs:
+            rec.dispatch(SHADER, [qkv, kk, vv, slot_pos, step, part, out], groups=(n_splits, nh, T), spec=spec,
+                         push=PUSH.pack(pass_id=3, h0=h0, nh=nh, **common), label="kv-slot-attention-f16")
     return rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=spec,
                         push=PUSH.pack(pass_id=1, h0=0, nh=n_kv_heads, **common),
                         label="kv-slot-merge")
@@ -95,7 +105,8 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
 def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, slot_pos: np.ndarray, *,
                       pos0: int, n_scan: int, layer: int, n_q_heads: int, sinks: int = 0,
                       window: int = ALL_POSITIONS, local_size: int | None = None,
-                      heads_per_buffer: int | None = None, device: DeviceLike = None) -> np.ndarray:
+                      heads_per_buffer: int | None = None, f16_probabilities: bool = False,
+                      device: DeviceLike = None) -> np.ndarray:
     """Attention output of the q heads of ``qkv`` over the cache.
 
     Args:
@@ -108,6 +119,7 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
         local_size: workgroup size (see :func:`record_kv_slot_attention`).
         heads_per_buffer: on the device, split the caches by KV heads into buffers of at most
             this many heads (a KV store split for maxStorageBufferRange); None: one buffer.
+        f16_probabilities: q and the probabilities rounded to float16 (llama.cpp's F16 path).
 
     Returns:
         ``(T, H_q, D)`` float32. Every query must see at least one key.
@@ -131,7 +143,8 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     if blind.any():   # its softmax would be over no key: NaN
         raise ValueError(f"token {int(np.argmax(blind))} (position {pos0 + int(np.argmax(blind))}) sees no key: "
                          f"slot_pos[:n_scan={n_scan}], sinks={sinks} and window={window} leave it nothing")
-    kw = dict(pos0=pos0, n_scan=n_scan, sinks=sinks, window=window, layer=layer, n_q_heads=n_q_heads)
+    kw = dict(pos0=pos0, n_scan=n_scan, sinks=sinks, window=window, layer=layer, n_q_heads=n_q_heads,
+              f16_probabilities=bool(f16_probabilities))
     dev = get_device(device)
     if dev.is_cpu:
         return kv_slot_attention_ref(qkv, k_cache, v_cache, slot_pos, **kw)
@@ -154,6 +167,7 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
                        sinks=sinks, window=window))
     rec = Recording(dev).upload(qb, pb, sb, *kbs, *vbs)
     record_kv_slot_attention(rec, qb, kbs, vbs, pb, sb, part, ob, T=T, cap=cap, layer=layer, head_dim=D,
-                             n_q_heads=n_q_heads, n_kv_heads=h_kv, local_size=local_size, parts=parts)
+                             n_q_heads=n_q_heads, n_kv_heads=h_kv, local_size=local_size, parts=parts,
+                             f16_probabilities=kw["f16_probabilities"])
     rec.download(ob).run()
     return ob.read(T * n_q_heads * D).reshape(T, n_q_heads, D)

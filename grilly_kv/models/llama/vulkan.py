@@ -36,9 +36,8 @@ the submission, so the recording for a given T is built once and replayed.
 ``numerics="ggml"`` rounds as llama.cpp's CPU backend does (as the NumPy reference's): each
 matrix product's staged activations are converted to the weight type's vec_dot_type in
 ``model-matmul-q`` (its ``act_rounding``; the file's own types, so ``weight_format`` "native"), and
-attention runs on the host through the policy's NumPy ``attend`` (each layer's q/k/v down, the
-output up, as for a host policy) with q, k, v and the softmax probabilities rounded to float16:
-the device attention (``kv-slot-attention``) does not round its probabilities.
+the slot policies' device attention (``kv-slot-attention`` with ``CacheShape.f16_probabilities``)
+rounds q and the softmax probabilities to float16 (k and v are float16 in the cache anyway).
 """
 from __future__ import annotations
 
@@ -75,7 +74,7 @@ class VulkanModel(DeviceObject):
         dense_prefill: attend a host policy's dense chunks on the device (False: through
             ``policy.attend`` on the host, as every other chunk; for comparisons).
         numerics: "float" or "ggml" (llama.cpp's roundings; see the module docstring: needs
-            ``weight_format="native"`` and a slot policy, attends on the host).
+            ``weight_format="native"`` and a slot policy: dense, streaming).
     """
 
     def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_format: str = "native",
@@ -204,7 +203,7 @@ class VulkanModel(DeviceObject):
         self._recordings.clear()             # recordings bind the old twin's buffers: drop first
         if self.kv is not None:
             self.kv.release()
-        self.policy, self.kv = policy, None if ggml else policy.device_cache(self.dev, shape)
+        self.policy, self.kv = policy, policy.device_cache(self.dev, shape)
         self._dense_ok, self._max_tokens = True, max_tokens
         if max_tokens > self._table_rows:
             rows = max(max_tokens, 2 * self._table_rows)
