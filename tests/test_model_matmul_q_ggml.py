@@ -54,6 +54,19 @@ def test_other_roundings_on_q8_0_weights(vk, act):
     _check(vk, "Q8_0", 13, "rmsnorm", 1, act, 7)
 
 
+def test_q8_k_slab_narrower_than_the_row(vk):
+    """A K-quant row wider than one slab of shared memory: the slab is cut to whole Q8_K blocks."""
+    qtype = FORMATS["Q4_K"][0]
+    rng = np.random.default_rng(3)
+    K = 16384
+    raw = random_rows(qtype, 5, K, rng)
+    x = rng.standard_normal((9, K)).astype(np.float32)
+    got = model_matmul_q(x, raw, qtype, K, lanes=1, act_rounding="Q8_K", device=vk)
+    want = model_matmul_q_ref(x, raw, qtype, K, act_rounding="Q8_K")
+    err = np.abs(got.astype(np.float64) - want) / abs_bound(x, raw, qtype, K)
+    assert err.max() <= 2e-6
+
+
 def test_reference_rounding_matches_gguf_q8_0():
     """as_vec_dot_type(., "Q8_0") = gguf-py's Q8_0 quantize -> dequantize on random data (no value
     at an exact tie, where ggml's x86 round-half-even and gguf-py's round-half-away differ)."""

@@ -341,8 +341,11 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
     wg, rows, tt, ks, unr = plan(rec.device, T, K, lanes=lanes, tokens=tokens, unroll=unroll,
                                  rope=rope is not None)
     xsh = int(rows == wg and subgroup_size(rec.device) % 8 == 0)   # a row per invocation: shuffled X'
-    if actq == ACT_ROUNDINGS["Q8_K"] and ks % 256:
-        raise ValueError(f"act_rounding 'Q8_K' needs a slab of a multiple of 256 elements, the plan gives {ks}")
+    if actq == ACT_ROUNDINGS["Q8_K"] and ks % 256:     # Q8_K blocks (256) must not straddle slabs
+        if ks < 256:
+            raise ValueError(f"act_rounding 'Q8_K' needs a slab of 256 elements; {rec.device.name}'s shared "
+                             f"memory leaves {ks} for {tt} tokens per workgroup (pass tokens=)")
+        ks = ks // 256 * 256
     spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2, unr,
             xsh, actq)
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
