@@ -17,6 +17,25 @@ at load); each row reports ``weight_bytes`` (device bytes of all weights) and th
 bytes. A decode token's submissions are listed: per submission its dispatches (shader:format
 labels) and barriers in order, with their counts (``dispatches_per_token``, ``barriers_per_token``).
 
+``--matvec rows,coalesced`` measures each lane layout of the one-token mat-vecs in turn in the
+same run (VulkanModel's ``matvec``, as ``$GRILLY_KV_MATVEC``: "rows" each lane whole 32-element
+chunks, "coalesced" 8 lanes per chunk, a vec4 each; "default" the op's choice); each row reports
+its ``matvec`` and, after the first layout, ``gpu_vs_first_matvec`` (GPU ms per token over the
+first layout's, same weights, context and policy).
+
+    python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --matvec rows,coalesced \
+        --contexts 1024 --policies dense --weight-format native    # H200: old vs coalesced
+
+Prefill: wall tokens/s (recording builds included, as a user sees it) and GPU tokens/s (Vulkan
+timestamps of the prefill chunks' submissions). ``--prefill-qtile 1,32`` measures each value of
+``GRILLY_KV_PREFILL_QTILE`` in turn in the same run (1: the untiled attention split pass, one
+workgroup per query token; n: query tiles of n tokens); each row records the value and the
+attention dispatch labels of its full prefill chunks (``kv-slot-attention`` untiled,
+``kv-slot-attention-qtN`` tiled), and ``prefill_ratio_vs_first_qtile`` against the first value:
+
+    python3 benchmarks/bench_model_decode.py --contexts 8064 --policies dense --weight-format native \
+        --steps 8 --prefill-qtile 1,16,32,64 --name prefill_qtile
+
 ``--torch`` also runs benchmarks/torch_model_decode.py (PyTorch eager, same weights and tokens)
 in a separate process and records each policy's tokens/s ratio against it.
 """
@@ -24,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,17 +51,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import device_info, save
 
-from grilly_kv.backend import get_device
-from grilly_kv.ops.buffer_copy import copy_bandwidth
-from grilly_kv.evaluation.corpus import essays
-from grilly_kv.models.generate import prefill
-from grilly_kv.models.registry import make_tokenizer
-from grilly_kv.models.llama import load_checkpoint
-from grilly_kv.models.registry import resolve_checkpoint
-from grilly_kv.models.llama.vulkan import VulkanModel
-from grilly_kv.policies import make_policy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's grilly_kv, not an installed one
+
+from common import device_info, save  # noqa: E402
+
+from grilly_kv.backend import get_device  # noqa: E402
+from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
+from grilly_kv.ops.kv_slot_attention import Q_TILE_ENV  # noqa: E402
+from grilly_kv.evaluation.corpus import essays  # noqa: E402
+from grilly_kv.models.generate import prefill  # noqa: E402
+from grilly_kv.models.registry import make_tokenizer  # noqa: E402
+from grilly_kv.models.llama import load_checkpoint  # noqa: E402
+from grilly_kv.models.registry import resolve_checkpoint  # noqa: E402
+from grilly_kv.models.llama.vulkan import VulkanModel  # noqa: E402
+from grilly_kv.policies import make_policy  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -58,8 +82,12 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--torch", action="store_true", help="also measure the PyTorch eager baseline")
     ap.add_argument("--name", default=None, help="JSON name under benchmarks/results (default "
                     "model_decode, quick: model_decode_quick)")
+    ap.add_argument("--matvec", default="default", help="default,rows,coalesced (comma list, each measured "
+                    "in turn): the one-token mat-vec lane layout (VulkanModel matvec=)")
     ap.add_argument("--weight-format", default=None, help="native,f16,f32 (comma list, each measured in "
                     "turn; default native,f16, quick: native)")
+    ap.add_argument("--prefill-qtile", default=None, help=f"comma list of {Q_TILE_ENV} values, each "
+                    "measured in turn (1: untiled prefill attention); default: the plan (environment as set)")
     return ap.parse_args()
 
 
@@ -83,9 +111,13 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
     name, _, budget = spec.partition(":")
     policy = make_policy(name, int(budget) if budget else None)
     model.start(policy, context + steps)
+    prefill_gpu_s = 0.0
     t0 = time.perf_counter()
-    prefill(model, ids[:context])
+    for c0 in range(0, context, model.max_chunk):            # generate.prefill, timed per chunk
+        prefill(model, ids[c0:min(c0 + model.max_chunk, context)], c0)
+        prefill_gpu_s += model.last_gpu_time_us * 1e-6
     prefill_s = time.perf_counter() - t0
+    chunk_attention = prefill_attention_labels(model, min(context, model.max_chunk))
     wall, gpu = [], []
     for i in range(steps):
         t0 = time.perf_counter()
@@ -95,12 +127,21 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
     wall, gpu = np.array(wall[1:]), np.array(gpu[1:])    # step 0 builds the decode recording
     return {"policy": spec, "describe": policy.describe(), "context": context,
             "prefill_tokens_per_s": context / prefill_s,
+            "prefill_gpu_s": prefill_gpu_s, "prefill_gpu_tokens_per_s": context / prefill_gpu_s,
+            "prefill_q_tile_env": os.environ.get(Q_TILE_ENV), "prefill_attention": chunk_attention,
             "decode_tokens_per_s": float(1.0 / np.median(wall)),
             "wall_ms_per_token": float(np.median(wall) * 1e3),
             "gpu_ms_per_token": float(np.median(gpu) * 1e3),
             "host_overhead_share": float(1.0 - np.median(gpu) / np.median(wall)),
             **token_submissions(model),
             "kv_bytes": policy.kv_bytes(), "dense_kv_bytes": model.config.dense_kv_bytes(context + steps)}
+
+
+def prefill_attention_labels(model, T: int) -> list[str]:
+    """Labels of the attention split-pass dispatches recorded for prefill chunks of ``T`` tokens
+    (which path ran: ``kv-slot-attention`` or ``kv-slot-attention-qtN``)."""
+    return sorted({st.label for key, recs in model._recordings.items() if key[0] == T for r in recs
+                   for st in r.steps if st.kind == "dispatch" and st.label.startswith("kv-slot-attention")})
 
 
 def bandwidth_bound(row: dict, bw: dict) -> dict:
@@ -149,6 +190,7 @@ def main() -> None:
     steps = a.steps or (6 if q else 64)
     layers = a.layers or (4 if q else None)
     formats = (a.weight_format or ("native" if q else "native,f16")).split(",")
+    matvecs = a.matvec.split(",")
     dev = get_device(a.device)
     ck = load_checkpoint(resolve_checkpoint(a.model), n_layers=layers, floats=False)   # the device needs only the blocks
     tk = make_tokenizer(ck)
@@ -157,33 +199,50 @@ def main() -> None:
     torch_ref = torch_baseline(contexts, steps, layers, a.model) if a.torch else None
     bw = copy_bandwidth(dev, nbytes=(16 << 20) if q else (256 << 20))
     print(f"copy bandwidth {bw['gb_per_s']:.0f} GB/s (read + written)")
-    rows = []
-    for fmt in formats:
-        model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True, weight_format=fmt)
-        print(f"weight format {fmt}: {model.weight_bytes / 1e6:.2f} MB on the device (file's tensors "
+    q_tiles = a.prefill_qtile.split(",") if a.prefill_qtile else [None]
+    rows, first_mv = [], {}
+    for fmt, mv in ((f, m) for f in formats for m in matvecs):
+        model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True, weight_format=fmt,
+                            matvec=mv)
+        print(f"weight format {fmt}, matvec {mv}: {model.weight_bytes / 1e6:.2f} MB on the device (file's tensors "
               f"{file_bytes / 1e6:.2f} MB)")
         for c in contexts:
-            base = None
-            for spec in specs:
-                r = {"weight_format": fmt, "weight_bytes": model.weight_bytes, **measure(model, spec, ids, c, steps)}
+            decode_base, prefill_base = {}, {}            # first policy per q tile, first q tile per policy
+            for qt, spec in [(qt, spec) for qt in q_tiles for spec in specs]:
+                if qt is not None:
+                    os.environ[Q_TILE_ENV] = qt               # read when the prefill chunks are recorded
+                r = {"weight_format": fmt, "matvec": mv, "weight_bytes": model.weight_bytes,
+                     **measure(model, spec, ids, c, steps)}
                 r.update(bandwidth_bound(r, bw))
-                base = base or r["decode_tokens_per_s"]
-                r["ratio_vs_dense"] = r["decode_tokens_per_s"] / base
+                r["ratio_vs_dense"] = r["decode_tokens_per_s"] / decode_base.setdefault(qt, r["decode_tokens_per_s"])
+                r["prefill_ratio_vs_first_qtile"] = (r["prefill_gpu_tokens_per_s"]
+                                                     / prefill_base.setdefault(spec, r["prefill_gpu_tokens_per_s"]))
+                key = (fmt, c, spec, qt)
+                if key in first_mv:
+                    r["gpu_vs_first_matvec"] = r["gpu_ms_per_token"] / first_mv[key]
+                else:
+                    first_mv[key] = r["gpu_ms_per_token"]
                 if torch_ref:
                     t = torch_ref["by_context"][c]["decode_tokens_per_s"]
                     r["torch_decode_tokens_per_s"] = t
                     r["ratio_vs_torch"] = r["decode_tokens_per_s"] / t
                 rows.append(r)
-                print(f"{fmt:6s} C={c:5d} {r['describe']:<28} {r['decode_tokens_per_s']:8.1f} tok/s  wall "
+                print(f"{fmt:6s} {mv:9s} C={c:5d} {r['describe']:<28} prefill {r['prefill_tokens_per_s']:8.0f} tok/s "
+                      f"wall, {r['prefill_gpu_tokens_per_s']:8.0f} gpu ({','.join(r['prefill_attention'])}, "
+                      f"{Q_TILE_ENV}={r['prefill_q_tile_env']}, x{r['prefill_ratio_vs_first_qtile']:.2f})")
+                print(f"{fmt:6s} {mv:9s} C={c:5d} {r['describe']:<28} {r['decode_tokens_per_s']:8.1f} tok/s  wall "
                       f"{r['wall_ms_per_token']:7.2f} ms  gpu {r['gpu_ms_per_token']:7.2f} ms  host "
                       f"{100 * r['host_overhead_share']:4.0f}%  x{r['ratio_vs_dense']:.2f} vs dense  "
                       f"({r['submissions_per_token']} submissions, {r['dispatches_per_token']} dispatches, "
                       f"{r['barriers_per_token']} barriers/token, gpu {r['gpu_over_bound']:.1f}x bound)"
+                      + (f"  gpu x{r['gpu_vs_first_matvec']:.3f} vs {matvecs[0]}" if "gpu_vs_first_matvec" in r else "")
                       + (f"  x{r['ratio_vs_torch']:.2f} vs torch" if torch_ref else ""))
         model.close()
     save(a.name or ("model_decode_quick" if q else "model_decode"),
          {**device_info(dev), "copy_bandwidth": bw, "config": {"contexts": contexts, "policies": specs, "steps": steps,
                                          "layers": ck.config.n_layers, "weight_formats": formats,
+                                         "matvecs": matvecs,
+                                         "prefill_q_tiles": q_tiles, "chunk": a.chunk or (32 if q else 256),
                                          "model": ck.source, "file_tensor_bytes": file_bytes,
                                          "baseline": "dense, same run (per weight format)"},
           "torch_baseline": torch_ref and {k: torch_ref[k] for k in ("baseline", "device")},

@@ -5,7 +5,9 @@ the bandwidth bound of the bytes each step must read, and entmax decoding (issue
 Config (issue 3): B=1, H_q=32, H_kv=8, D=128, float16 K/V, page 16, budget 2048 tokens, contexts
 8K / 32K / 128K. For each context: GPU time (Vulkan timestamps, dispatches only; the whole
 submission with its q upload and output download is reported too) and wall time of a decode step
-(score + select + attend in one submission), of our dense decode, and of a single-token append;
+(score + select + attend in one submission) with the fused passes ("sparse") and with separate
+score, select, partials and merge passes ("sparse_separate"), of our dense decode, and of a
+single-token append;
 the copy bandwidth of the device, measured in the same run with the buffer-copy shader; the bound
 = bytes the step must read / copy bandwidth. PyTorch's scaled_dot_product_attention runs in a
 separate process (benchmarks/torch_sdpa_decode.py) when torch with CUDA is importable there.
@@ -72,6 +74,29 @@ def timed(dev, fn, reps: int, warmup: int) -> dict:
     return {"gpu_us": float(np.median(kern)), "gpu_submission_us": float(np.median(whole)),
             "wall_us": float(np.median(wall)), "steps_us": steps, "n": reps,
             "sm_clock_mhz_after": WARM.sm_clock()}
+
+
+def separate(dev, cache, fn, reps: int, warmup: int) -> dict:
+    """:func:`timed` with the fused passes off (``VulkanStore.fused_merge = False``): page scoring
+    and top-k selection, softmax partials and their merge as separate dispatches."""
+    cache._store.fused_merge = False
+    try:
+        return timed(dev, fn, reps, warmup)
+    finally:
+        cache._store.fused_merge = True
+
+
+def same_pages(cache, q) -> dict:
+    """Whether the fused and the separate passes select the same pages (they must), and the
+    largest difference of their outputs (float32 sums in another order: ~1e-7)."""
+    out_f, fused = cache.decode(q, token_budget=BUDGET, return_pages=True)
+    cache._store.fused_merge = False
+    try:
+        out_s, sep = cache.decode(q, token_budget=BUDGET, return_pages=True)
+    finally:
+        cache._store.fused_merge = True
+    return {"same": bool(np.array_equal(fused, sep)), "per_head": int(fused.shape[-1]),
+            "max_abs_diff_out": float(np.abs(out_f - out_s).max())}
 
 
 def step_bytes(S: int, budget: int) -> dict:
@@ -149,7 +174,10 @@ def main():
         nbytes = step_bytes(S, BUDGET)
         row = {"context": S, "bytes": nbytes,
                "sparse": timed(dev, lambda: cache.decode(q, token_budget=BUDGET), reps, warmup),
+               "sparse_separate": separate(dev, cache, lambda: cache.decode(q, token_budget=BUDGET),
+                                           reps, warmup),
                "dense": timed(dev, lambda: cache.decode(q, method="dense"), reps, warmup)}
+        row["sparse"]["pages"] = same_pages(cache, q)
         for name, kw in (("entmax_dense", dict(method="dense")),
                          ("entmax_topk", dict(token_budget=BUDGET)),
                          ("entmax_gaussian_random", dict(method="gaussian"))):
@@ -166,11 +194,13 @@ def main():
             dev, lambda: cache.decode(q, method="gaussian", alpha=ALPHA), reps, warmup)
         row["entmax_gaussian_structured"]["kept_pages_per_head"] = kept_pages(
             cache, q, method="gaussian", alpha=ALPHA)
-        for kind in ("sparse", "dense"):
+        for kind in ("sparse", "sparse_separate", "dense"):
             r = row[kind]
-            r["bound_us"] = nbytes[kind] / (gbps * 1e3)
+            r["bound_us"] = nbytes["dense" if kind == "dense" else "sparse"] / (gbps * 1e3)
             r["gpu_over_bound"] = r["gpu_us"] / r["bound_us"]
         row["dense_over_sparse_gpu"] = row["dense"]["gpu_us"] / row["sparse"]["gpu_us"]
+        row["separate_over_fused_gpu"] = row["sparse_separate"]["gpu_us"] / row["sparse"]["gpu_us"]
+        row["separate_over_fused_wall"] = row["sparse_separate"]["wall_us"] / row["sparse"]["wall_us"]
         t = torch_gpu.get(S)
         if t:
             row["torch_sdpa"] = {"gpu_us": t["gpu_us"], "wall_us": t["wall_us"]}
@@ -186,6 +216,12 @@ def main():
               + (f" | torch GPU {t['gpu_us']:8.1f} us" if t else "")
               + f" | SM clock after sparse {sp['sm_clock_mhz_after']} MHz")
         print("          sparse steps: " + ", ".join(f"{n} {us:.1f}" for n, us in sp["steps_us"]))
+        se = row["sparse_separate"]
+        print(f"          sparse, separate passes: GPU {se['gpu_us']:8.1f} us wall {se['wall_us']:8.1f} us "
+              f"(separate / fused GPU {row['separate_over_fused_gpu']:.2f}x, wall "
+              f"{row['separate_over_fused_wall']:.2f}x; same pages: {sp['pages']['same']}, output diff "
+              f"{sp['pages']['max_abs_diff_out']:.1e}); steps: "
+              + ", ".join(f"{n} {us:.1f}" for n, us in se["steps_us"]))
         for name in ("entmax_dense", "entmax_topk", "entmax_gaussian_random",
                      "entmax_gaussian_structured"):
             r = row[name]
@@ -201,7 +237,12 @@ def main():
                      "structured": {"hot_page_fraction": HOT_FRACTION, "key_shift": KEY_SHIFT,
                                     "query_scale": QUERY_SCALE}},
           "copy_bandwidth": bw, "torch": torch_res, "rows": rows,
-          "notes": ["gpu_us: Vulkan timestamps from the end of the uploads to the end of the last "
+          "notes": ["sparse: the fused passes (topk-select FUSED: the last scoring workgroup of "
+                    "each KV head selects; decode-attention FUSED: the last split workgroup merges); "
+                    "sparse_separate: the same step with score, select, partials and merge as "
+                    "separate dispatches (VulkanStore.fused_merge = False), measured in the same run; "
+                    "sparse.pages.same: both selected the same pages",
+                    "gpu_us: Vulkan timestamps from the end of the uploads to the end of the last "
                     "dispatch (kernel_time_us); gpu_submission_us adds the q/meta upload and the "
                     "output download (append: the staging upload of one token)",
                     "bound_us = bytes the step must read / copy bandwidth (read+write bytes per "

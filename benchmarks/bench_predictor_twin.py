@@ -60,7 +60,7 @@ def main() -> None:
     rows = []
     for C in contexts:
         pol = PredictorPolicy(budget, sinks=64 if not q else 16, local=64 if not q else 16, device=dev,
-                              track_hits=False)
+                              track_hits=False, predictor="cnn")   # the CNN's cost (the default may pick last-row)
         model.start(pol, C + steps)
         twin = model.kv
         twin.fill_random(rng, C)

@@ -17,7 +17,15 @@ the same shapes. GPU times are Vulkan timestamps (per dispatch: consecutive time
 over repeats), wall time is that of the whole submission. JSON:
 ``benchmarks/results/quant_decode[_quick].json``.
 
+Lane layouts of the decode mat-vec (``matvec`` in each row): "rows" (each lane whole 32-element
+chunks, the default plan) and, with ``--coalesced``, "coalesced" (8 neighbouring lanes per chunk,
+a vec4 each; same weights, timed right after "rows" at T = 1, ``x_rows`` = its GPU time over the
+rows layout's). ``--sweep FORMAT`` times that format's steps at every lanes x unroll choice of
+the rows layout, and with ``--coalesced`` also of the coalesced one (lanes 8..64 x unroll 1..8 at
+256 invocations per workgroup, then workgroups of 64..512 at lanes 32).
+
     python3 benchmarks/bench_quant_decode.py            # H200: both shapes, 11 formats, T = 1 and 512
+    python3 benchmarks/bench_quant_decode.py --shapes llama-3.2-1b --tokens 1 --coalesced --sweep Q4_K
     python3 benchmarks/bench_quant_decode.py --quick    # lavapipe: a tiny shape, T = 1 and 16
 """
 from __future__ import annotations
@@ -36,7 +44,8 @@ from common import device_info, save, setup  # noqa: E402
 from grilly_kv.backend import Buffer, Recording  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
 from grilly_kv.ops.model_matmul import record_matmul  # noqa: E402
-from grilly_kv.ops.model_matmul_q import QuantWeights, lanes_per_row, plan, record_matmul_q, subgroup_size  # noqa: E402
+from grilly_kv.ops.model_matmul_q import (QuantWeights, coalesced_lanes, lanes_per_row, plan,  # noqa: E402
+                                          record_matmul_q, subgroup_size)
 from grilly_kv.ops.step_words import fill_step, step_words  # noqa: E402
 from grilly_kv.reference.model_matmul_q import FORMATS, row_bytes  # noqa: E402
 from grilly_kv.reference.model_rope import rope_table  # noqa: E402
@@ -61,7 +70,10 @@ def add_args(ap):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--name", default=None, help="JSON name (default quant_decode[_quick][_SHAPES])")
     ap.add_argument("--sweep", default=None, help="FORMAT: also time that format's steps at every "
-                    "lanes x unroll choice (lanes 4..32, unroll 1, 2, 4), per shape and T")
+                    "lanes x unroll choice (lanes 4..32, unroll 1, 2, 4), per shape and T (with "
+                    "--coalesced, T = 1: also the coalesced layout's lanes 8..64 x unroll 1..8, workgroups)")
+    ap.add_argument("--coalesced", action="store_true", help="T = 1: also time every format with the "
+                    "coalesced decode layout (8 lanes per chunk, a vec4 each)")
 
 
 def timing_rows(fmt: str, N: int, K: int, rng) -> np.ndarray:
@@ -168,13 +180,19 @@ def bytes_read(s, T, kind, wbytes) -> int:
     return wbytes + n * T * 4 * (k_in + (N if acc else 0))
 
 
-def bench_format(dev, s, fmt, T, act, repeats, rng, tuning=None):
+def build_weights(dev, s, fmt, rng) -> QuantWeights:
+    """Every layer's matrices (own copies) and the head, of type ``fmt``, on the device."""
     qtype = FORMATS[fmt][0]
     sh = layer_shapes(s)
     one = {k: timing_rows(fmt, *sh[k], rng) for k in ("qkv", "o", "gate_up", "down")}
     tensors = {f"blk.{i}.{k}": (one[k], qtype, sh[k]) for i in range(s["layers"]) for k in one}
     tensors["lm_head"] = (timing_rows(fmt, *sh["lm_head"], rng), qtype, sh["lm_head"])
-    qw = QuantWeights(dev, tensors)
+    return QuantWeights(dev, tensors)
+
+
+def time_weights(dev, s, T, act, qw, repeats, tuning=None) -> dict:
+    """:func:`measure` of one step over the weights ``qw``; ``tuning``: record_matmul_q's lanes,
+    unroll, rows, coalesced (every dispatch; default: the plan's)."""
     rope_args = (act.step, act.table, s["hd"], (s["hq"] + s["hkv"]) * s["hd"])
 
     def mm(rec, kind, layer, x, y, rope=False, **kw):
@@ -182,15 +200,23 @@ def bench_format(dev, s, fmt, T, act, repeats, rng, tuning=None):
         record_matmul_q(rec, qw, name, x, y, T=1 if kind == "lm_head" else T, g=act.norm,
                         rope=rope_args if rope else None, **(tuning or {}), **kw)
 
+    rec, kinds = record_token(dev, s, T, act, mm)
     try:
-        rec, kinds = record_token(dev, s, T, act, mm)
-        res = measure(rec, kinds, repeats)
-        del rec
+        return measure(rec, kinds, repeats)
     finally:
+        del rec
+
+
+def bench_format(dev, s, fmt, T, act, repeats, rng, tunings=({},)):
+    """``([measure() per tuning], bytes per kind, device weight bytes, file tensor bytes)``: the
+    format's weights built once, a step timed under each tuning in turn."""
+    qw = build_weights(dev, s, fmt, rng)
+    try:
+        res = [time_weights(dev, s, T, act, qw, repeats, t) for t in tunings]
         wb = {k: sum(e.nbytes for n, e in qw.entries.items() if n.endswith("." + k) or n == k) for k in KINDS}
-        weight_bytes, file_bytes = qw.weight_bytes, qw.file_bytes
+        return res, wb, qw.weight_bytes, qw.file_bytes
+    finally:
         qw.close()
-    return res, wb, weight_bytes, file_bytes
 
 
 def bench_peer_f16(dev, s, T, act, repeats, rng):
@@ -251,19 +277,70 @@ def _with_rope_steps(rec, kinds):
     return out
 
 
-def sweep(dev, s, sname, fmt, T, act, repeats, rng, peer) -> list[dict]:
-    """The step's GPU time at each (lanes, unroll) on a GPU, to pick the defaults of plan()."""
+def sweep_tunings(T: int, coalesced: bool, quick: bool) -> list[dict]:
+    """The (lanes, unroll[, rows, coalesced]) choices a sweep times: the rows layout's lanes 4..32 x
+    unroll 1, 2, 4; with ``coalesced`` (T = 1) the coalesced layout's lanes 8..64 x unroll 1..8 at
+    256 invocations per workgroup, then 64, 128 and 512 invocations at lanes 32, unroll 4 and 8
+    (quick: a few of each, for lavapipe)."""
+    rows = [dict(lanes=ln, unroll=u) for ln in ((4, 8) if quick else (4, 8, 16, 32)) for u in (1, 2, 4)]
+    if not coalesced or T != 1:
+        return rows
+    coal = [dict(lanes=ln, unroll=u, coalesced=True) for ln in ((8, 16) if quick else (8, 16, 32, 64))
+            for u in ((1, 4) if quick else (1, 2, 4, 8))]
+    coal += [dict(lanes=32, unroll=u, rows=wg // 32, coalesced=True) for wg in (64, 128, 512) for u in (4, 8)]
+    return rows + coal
+
+
+def sweep(dev, s, sname, fmt, T, act, repeats, rng, peer, coalesced=False, quick=False) -> list[dict]:
+    """The step's GPU time at each of :func:`sweep_tunings` on a GPU (lavapipe: only with
+    ``quick``, to check the script), to pick the defaults of plan(); the weights built once."""
     out = []
-    if any(K % FORMATS[fmt][1] for _, K in layer_shapes(s).values()) or dev.properties.get("device_type") == "Cpu":
+    if any(K % FORMATS[fmt][1] for _, K in layer_shapes(s).values()):
         return out
-    for lanes in (4, 8, 16, 32):
-        for unroll in (1, 2, 4):
-            res, *_ = bench_format(dev, s, fmt, T, act, repeats, rng, dict(lanes=lanes, unroll=unroll))
-            out.append({"shape": sname, "T": T, "format": fmt, "sweep": {"lanes": lanes, "unroll": unroll},
-                        **res, "x_peer": res["total_gpu_us"] / peer["total_gpu_us"]})
-            print(f"  sweep {sname} T={T} {fmt} lanes {lanes} unroll {unroll}: {res['total_gpu_us']:.1f} us "
-                  + ", ".join(f"{k} {res[k]:.1f}" for k in KINDS if k in res), flush=True)
+    if dev.properties.get("device_type") == "Cpu" and not quick:
+        return out
+    tunings = sweep_tunings(T, coalesced, quick)
+    results, *_ = bench_format(dev, s, fmt, T, act, repeats, rng, tunings)
+    for tuning, res in zip(tunings, results):
+        plan_ = tuning_plan(dev, s, T, tuning)
+        out.append({"shape": sname, "T": T, "format": fmt, "matvec": "coalesced" if tuning.get("coalesced") else "rows",
+                    "sweep": {**tuning, "plans": plan_}, **res, "x_peer": res["total_gpu_us"] / peer["total_gpu_us"]})
+        print(f"  sweep {sname} T={T} {fmt} {out[-1]['matvec']} lanes {tuning['lanes']} unroll {tuning['unroll']} "
+              f"wg {plan_['down'][0]}: {res['total_gpu_us']:.1f} us "
+              + ", ".join(f"{k} {res[k]:.1f}" for k in KINDS if k in res), flush=True)
     return out
+
+
+def tuning_plan(dev, s, T, tuning: dict) -> dict:
+    """plan() of each kind under a tuning (workgroup, rows, tokens, slab, unroll)."""
+    sh = layer_shapes(s)
+    kw = {k: tuning[k] for k in ("lanes", "unroll", "rows") if k in tuning}
+    return {k: plan(dev, 1 if k == "lm_head" else T, K, rope=k == "qkv", coalesced=bool(tuning.get("coalesced")), **kw)
+            for k, (_, K) in sh.items()}
+
+
+def format_row(dev, s, sname, T, fmt, matvec, res, wb, bw, peer) -> dict:
+    """A format's result row: the step's times, and per kind its bytes, bandwidth bound, TFLOP/s
+    and plan (``matvec``: "rows" or "coalesced", the layout it ran)."""
+    sh = layer_shapes(s)
+    row = {"shape": sname, "T": T, "format": fmt, "matvec": matvec, **res, "kinds": {}}
+    for k in KINDS:
+        if k not in res:
+            continue
+        nt = 1 if k == "lm_head" else T
+        nb = bytes_read(s, nt, k, wb[k])
+        bound = nb / (bw["gb_per_s"] * 1e3)
+        N, K = sh[k]
+        flops = 2.0 * N * K * nt * (1 if k == "lm_head" else s["layers"])
+        coal = matvec == "coalesced"
+        row["kinds"][k] = {"gpu_us": res[k], "bytes_read": nb, "bound_us": bound,
+                           "x_bound": res[k] / bound, "tflops": flops / (res[k] * 1e6),
+                           "lanes": coalesced_lanes(dev) if coal else lanes_per_row(dev, nt, K),
+                           "plan": plan(dev, nt, K, rope=k == "qkv", coalesced=coal)}
+    row["bound_us"] = sum(v["bound_us"] for v in row["kinds"].values())
+    row["x_bound"] = res["total_gpu_us"] / row["bound_us"]
+    row["x_peer"] = res["total_gpu_us"] / peer["total_gpu_us"]
+    return row
 
 
 def main():
@@ -293,37 +370,30 @@ def main():
                                     "skipped": f"a row width is not a multiple of {blk}"})
                     print(f"{sname} T={T} {fmt}: skipped (K % {blk})", flush=True)
                     continue
-                res, wb, weight_bytes, file_bytes = bench_format(dev, s, fmt, T, act, args.repeats, rng)
-                row = {"shape": sname, "T": T, "format": fmt, **res, "device_weight_bytes": weight_bytes,
-                       "file_tensor_bytes": file_bytes, "kinds": {}}
-                for k in KINDS:
-                    if k not in res:
-                        continue
-                    nb = bytes_read(s, 1 if k == "lm_head" else T, k, wb[k])
-                    bound = nb / (bw["gb_per_s"] * 1e3)
-                    N, K = sh[k]
-                    nt = 1 if k == "lm_head" else T
-                    flops = 2.0 * N * K * nt * (1 if k == "lm_head" else s["layers"])
-                    row["kinds"][k] = {"gpu_us": res[k], "bytes_read": nb, "bound_us": bound,
-                                       "x_bound": res[k] / bound, "tflops": flops / (res[k] * 1e6),
-                                       "lanes": lanes_per_row(dev, nt, K),
-                                       "plan": plan(dev, nt, K, rope=k == "qkv")}
-                tot_b = sum(v["bound_us"] for v in row["kinds"].values())
-                row["bound_us"] = tot_b
-                row["x_bound"] = res["total_gpu_us"] / tot_b
-                row["x_peer"] = res["total_gpu_us"] / peer["total_gpu_us"]
-                results.append(row)
-                print(f"{sname} T={T} {fmt}: {res['total_gpu_us']:.1f} us GPU ({row['x_bound']:.2f}x bound "
-                      f"{tot_b:.1f} us, {row['x_peer']:.2f}x peer f16), wall {res['wall_us']:.0f} us, "
-                      + ", ".join(f"{k} {row['kinds'][k]['gpu_us']:.1f}" for k in row["kinds"]), flush=True)
+                matvecs = ("rows", "coalesced") if args.coalesced and T == 1 else ("rows",)
+                tunings = [dict(coalesced=m == "coalesced") for m in matvecs]
+                res_all, wb, weight_bytes, file_bytes = bench_format(dev, s, fmt, T, act, args.repeats, rng, tunings)
+                for matvec, res in zip(matvecs, res_all):
+                    row = format_row(dev, s, sname, T, fmt, matvec, res, wb, bw, peer)
+                    row.update(device_weight_bytes=weight_bytes, file_tensor_bytes=file_bytes)
+                    if matvec == "coalesced":
+                        row["x_rows"] = res["total_gpu_us"] / res_all[0]["total_gpu_us"]
+                    results.append(row)
+                    print(f"{sname} T={T} {fmt} {matvec}: {res['total_gpu_us']:.1f} us GPU ({row['x_bound']:.2f}x "
+                          f"bound {row['bound_us']:.1f} us, {row['x_peer']:.2f}x peer f16"
+                          + (f", {row['x_rows']:.2f}x rows" if "x_rows" in row else "")
+                          + f"), wall {res['wall_us']:.0f} us, "
+                          + ", ".join(f"{k} {row['kinds'][k]['gpu_us']:.1f}" for k in row["kinds"]), flush=True)
             if args.sweep:
-                results += sweep(dev, s, sname, args.sweep, T, act, args.repeats, rng, peer)
+                results += sweep(dev, s, sname, args.sweep, T, act, args.repeats, rng, peer,
+                                 coalesced=args.coalesced, quick=args.quick)
             act.release()
     name = args.name or ("quant_decode" + ("_quick" if args.quick else "")
                          + ("_" + args.shapes.replace(",", "_") if args.shapes else ""))
     save(name,
          {**device_info(dev), "copy_bandwidth": bw, "subgroup_size_used": subgroup_size(dev),
-          "shapes": shapes, "tokens": tokens, "repeats": args.repeats,
+          "shapes": shapes, "tokens": tokens, "repeats": args.repeats, "coalesced": args.coalesced,
+          "sweep": args.sweep,
           "notes": "per kind: GPU us per step summed over layers (Vulkan timestamps, median); bound = bytes "
                    "read (weights once + float32 activations) / copy bandwidth (read + write) of this run; "
                    "peer = model-matmul with float16 weights (+ its separate model-rope dispatch) on the same shapes",

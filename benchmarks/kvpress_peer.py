@@ -16,7 +16,8 @@ after the full context), ``in-place`` prefills context and question together und
 Budgets are tokens per KV head: ``compression_ratio = 1 - budget / prefilled tokens``.
 
     python3 benchmarks/kvpress_peer.py --quick                 # CPU, a few prompts (minutes)
-    python3 benchmarks/kvpress_peer.py --device cuda --n 100   # the GPU machine (carry wheels)
+    python3 benchmarks/kvpress_peer.py --device cuda --n 100 --site /tmp/kvsite --wheels .kvwheels
+                                       # the GPU machine: its torch, the pinned wheels carried (no venv)
 """
 from __future__ import annotations
 
@@ -48,7 +49,31 @@ PRESSES = {
 UNSUPPORTED = {"duo_attention": "needs attention-head patterns fetched from a hub at run time (offline here)"}
 
 CHILD = r'''
-import json, sys, time, contextlib
+import json, sys, time, contextlib, types
+
+
+def stub_unused(name, why):
+    """A placeholder for a package only presses we never run import (kvpress imports every press
+    at start-up): using anything from it raises, naming the package."""
+    try:
+        __import__(name)
+    except ImportError:
+        mod = types.ModuleType(name)
+
+        def missing(*a, **k):
+            raise RuntimeError(f"{name} is not installed here ({why})")
+
+        def attribute(attr):
+            if attr.startswith("__"):        # module protocol (inspect, pickle): plainly absent
+                raise AttributeError(attr)
+            return missing
+
+        mod.__getattr__ = attribute
+        sys.modules[name] = mod
+
+
+for _name in ("datasets", "fire"):
+    stub_unused(_name, "only DuoAttention and ExpectedAttentionStats use it; this peer runs neither")
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 import kvpress
@@ -63,7 +88,8 @@ model = AutoModelForCausalLM.from_pretrained(str(__import__("pathlib").Path(path
 model = model.to(dev).eval()
 trials = json.load(open(args["trials"]))
 eos = set(args["stop_ids"])
-out = {"versions": {"kvpress": getattr(kvpress, "__version__", "?"), "torch": torch.__version__,
+from importlib.metadata import version as _version
+out = {"versions": {"kvpress": _version("kvpress"), "torch": torch.__version__,
                     "transformers": __import__("transformers").__version__},
        "device_name": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "runs": []}
 
@@ -99,7 +125,11 @@ def run(press, t, setting):
     return greedy(o.logits[0, -1], cache, n_ctx + n_q, t["answer_tokens"]), held
 
 
+t_start = time.perf_counter()
 for spec in args["runs"]:
+    if args.get("time_limit") and time.perf_counter() - t_start > args["time_limit"]:
+        out["cut_short"] = True
+        break
     t0 = time.perf_counter()
     records = []
     for t in trials:
@@ -117,25 +147,36 @@ for spec in args["runs"]:
     out["runs"].append({**spec, "records": records, "seconds": time.perf_counter() - t0})
     print(f"[kvpress] {spec['press']} budget {spec['budget']} {spec['setting']}: "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
+    json.dump(out, open(args["out"], "w"))    # after every run: a cut-short job keeps what finished
 json.dump(out, open(args["out"], "w"))
 '''
 
 
-def ensure_venv(path: Path, wheels: Path | None, system_site: bool) -> Path:
-    """The peer's virtual environment (created once), its python returned."""
+def ensure_venv(path: Path, wheels: Path | None) -> Path:
+    """The peer's virtual environment (created once, CPU torch), its python returned."""
     py = path / "bin" / "python"
     if py.is_file() and subprocess.run([str(py), "-c", "import kvpress, gguf"], capture_output=True).returncode == 0:
         return py
     print(f"[kvpress] creating {path} (kvpress 0.5.5 and transformers < 5.3; once)", flush=True)
-    venv.EnvBuilder(with_pip=True, system_site_packages=system_site).create(path)
-    pins = list(PINS)
-    if not system_site:
-        pins.append(CPU_TORCH)
-    cmd = [str(py), "-m", "pip", "install", "-q", *pins]
+    venv.EnvBuilder(with_pip=True).create(path)
+    cmd = [str(py), "-m", "pip", "install", "-q", *PINS, CPU_TORCH]
     if wheels is not None:
         cmd[4:4] = ["--no-index", "--find-links", str(wheels)]
     subprocess.run(cmd, check=True)
     return py
+
+
+def ensure_site(site: Path, wheels: Path) -> tuple[str, dict]:
+    """The machine's own python (its CUDA torch) with the pinned wheels in ``wheels`` installed
+    without dependencies into ``site``, which goes first on its path; returns (python, env)."""
+    if not (site / "kvpress").is_dir():
+        found = sorted(str(w) for w in wheels.glob("*.whl"))
+        if not found:
+            raise SystemExit(f"--wheels {wheels}: no .whl files")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                        "--target", str(site), *found], check=True)
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return sys.executable, {"PYTHONPATH": path}
 
 
 def suite_trials(args):
@@ -164,7 +205,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--venv", type=Path, default=ROOT / ".cache" / "kvpress-venv")
     ap.add_argument("--wheels", type=Path, help="install the pins offline from this folder of wheels")
-    ap.add_argument("--system-site", action="store_true", help="use the machine's torch (GPU machine)")
+    ap.add_argument("--site", type=Path, help="GPU machine: the machine's python and torch, with --wheels "
+                    "installed without dependencies into this folder (no virtual environment)")
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds; no press run starts after it")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kvpress_peer.json")
     ap.add_argument("--quick", action="store_true", help="2K context, 4 prompts per task, budgets 256,1024")
     args = ap.parse_args(argv)
@@ -183,27 +226,35 @@ def main(argv=None) -> int:
     from grilly_kv.provenance import commit
 
     tokenizer, gguf_path, stop_ids, trials = suite_trials(args)
-    py = ensure_venv(args.venv, args.wheels, args.system_site)
+    if args.site:
+        if args.wheels is None:
+            ap.error("--site needs --wheels")
+        py, env_extra = ensure_site(args.site, args.wheels)
+    else:
+        py, env_extra = ensure_venv(args.venv, args.wheels), {}
     runs = [{"press": "dense", "budget": None, "setting": "in-place", "ctor": ""}]
-    runs += [{"press": p, "budget": b, "setting": s, "ctor": PRESSES[p]}
-             for p in args.presses.split(",") for b in budgets for s in settings]
+    runs += [{"press": p, "budget": b, "setting": s, "ctor": PRESSES[p]}     # setting, budget (as given),
+             for s in settings for b in budgets for p in args.presses.split(",")]   # press: a cut-short job still ranks
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "trials.json").write_text(json.dumps([
             {"context_ids": list(t.context_ids), "question_ids": list(t.question_ids),
              "answer_tokens": t.answer_tokens} for t in trials]))
         child_args = {"device": args.device, "gguf": str(gguf_path), "trials": str(tmp / "trials.json"),
-                      "stop_ids": sorted(stop_ids), "runs": runs, "out": str(tmp / "raw.json")}
+                      "stop_ids": sorted(stop_ids), "runs": runs, "out": str(tmp / "raw.json"), "time_limit": args.time_limit}
         (tmp / "args.json").write_text(json.dumps(child_args))
         (tmp / "child.py").write_text(CHILD)
         t0 = time.perf_counter()
         subprocess.run([str(py), str(tmp / "child.py"), str(tmp / "args.json")], check=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+                       env={**os.environ, **env_extra, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         raw = json.loads((tmp / "raw.json").read_text())
     results = {"engine": "kvpress", "device": raw["device_name"], "commit": commit(), "versions": raw["versions"],
                "config": {"budgets": budgets, "contexts": args.contexts, "tasks": args.tasks, "n_per_cell": args.n,
                           "settings": settings, "seed": args.seed, "quick": args.quick},
-               "unsupported": UNSUPPORTED, "rows": [], "perplexity": [], "seconds": time.perf_counter() - t0}
+               "unsupported": UNSUPPORTED, "rows": [], "perplexity": [], "seconds": time.perf_counter() - t0,
+               "runs_planned": [[r["press"], r["budget"], r["setting"]] for r in runs],
+               "runs_done": [[r["press"], r["budget"], r["setting"], r["seconds"]] for r in raw["runs"]],
+               "complete": not raw.get("cut_short", False)}
     for run in raw["runs"]:
         meta = {"engine": "kvpress", "method": run["press"], "budget": run["budget"], "setting": run["setting"]}
         scored = [(t, score(t, tokenizer.decode(r["ids"])), r["held"]) for t, r in zip(trials, run["records"])]

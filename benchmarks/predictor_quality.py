@@ -14,9 +14,10 @@ head's last row; k = 8 and 24 (budgets 256 and 512 with 64 sinks + 64 local toke
     python3 benchmarks/predictor_quality.py [--quick] [--device vulkan:0]
     python3 benchmarks/predictor_quality.py --kv-only [--quick]      # only the offline comparison
 
-Full (H100): budgets 256/512/1024/2048, needle contexts 1024/2048/4096/8000 at depths
-0.1/0.5/0.9, perplexity at contexts 4096 and 8000 (+ 64 tokens x 4 windows). ``--quick`` (2-core CPU, NumPy model):
-budgets 256/512, one needle at 1024 tokens, perplexity 1024 + 32 tokens x 1 window.
+Full (H100): the ``grilly-kv eval`` task suite (every task, 20 prompts per cell, both
+settings) at budgets 256/512/1024/2048 and contexts 2048/4096/8000, perplexity + 2048 tokens x 4
+windows where it fits the model. ``--quick`` (2-core CPU, NumPy model): budgets 256/512, two
+passkey prompts at 1024 tokens, perplexity 1024 + 32 tokens x 1 window.
 Writes benchmarks/results/predictor_eval[_quick].json (+ plots), predictor_quality[_quick].json
 and predictor_kv_quality[_quick].json (offline: held-out essays 28-31 at 1024 tokens, 50 random
 steps each; ``--quick``: essay 28 at 512 tokens, 20 steps).
@@ -99,8 +100,8 @@ def main():
     policies = [p for p in POLICIES if p in policy_names()]
     if not a.skip_eval:
         argv = ["eval", "--policies", ",".join(policies), "--budgets", budgets,
-                "--contexts", "1024" if q else "1024,2048,4096,8000", "--depths", "0.5" if q else "0.1,0.5,0.9",
-                "--ppl-contexts", "1024" if q else "4096,8000", "--ppl-targets", "32" if q else "64",
+                "--contexts", "1024" if q else "2048,4096,8000", "--tasks", "passkey" if q else
+                "passkey,multikey,multivalue,phrase", "-n", "2" if q else "20", "--ppl-targets", "32" if q else "2048",
                 "--ppl-windows", "1" if q else "4", "--out", str(RESULTS), "--name", stem]
         if a.device:
             argv += ["--device", a.device]

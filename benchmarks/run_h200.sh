@@ -4,7 +4,7 @@
 # Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
 # reports stale git metadata.
 # Usage: bash benchmarks/run_h200.sh [part ...]
-#   parts: decode decode1b long quant paged soak suite peers-build peers tests
+#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests ab
 # Carry .peers too for peers-build / peers (benchmarks/llamacpp_build.sh makes its tarballs). (default: decode long quant paged)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
@@ -41,14 +41,39 @@ for part in $parts; do
     soak)
       run python3 benchmarks/bench_soak.py
       cp $R/soak.json "$OUT/" ;;
-    suite)   # the real SmolLM2 file in two parts (64 MiB carry limit per call; carried paths do
-             # not survive to the next call, /tmp does): call 1 carries .wa (part00, sha256) and
-             # copies it to /tmp, call 2 carries .wb (part01) and runs this part
+    weights) # the real SmolLM2 file in two parts (64 MiB carry limit per call; carried paths do not
+             # survive to the next call, /tmp does): call 1 carries .wa (part00 + sha256) and runs this
+             # part, call 2 carries .wb (part01) and runs suite or grid
+      cp .wa/* .wb/* /tmp/ 2>/dev/null; ls -la /tmp/smollm2.* ;;
+    suite|grid)
       cp .wb/* /tmp/ 2>/dev/null; cat /tmp/smollm2.gguf.part00 /tmp/smollm2.gguf.part01 > /tmp/smollm2.gguf
       [ "$(sha256sum < /tmp/smollm2.gguf | cut -d' ' -f1)" = "$(cat /tmp/smollm2.sha256)" ] || { echo "weights damaged"; exit 1; }
-      LIMIT=$(( ${SUITE_LIMIT:-420} + 240 )) run python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf \
-        --name suite_h200 --time-limit ${SUITE_LIMIT:-420} ${SUITE_ARGS:-}
-      cp $R/suite_h200.json $R/suite_h200.md "$OUT/" ;;
+      if [ $part = suite ]; then
+        LIMIT=$(( ${SUITE_LIMIT:-420} + 240 )) run python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf \
+          --name suite_h200 --time-limit ${SUITE_LIMIT:-420} ${SUITE_ARGS:-}
+        cp $R/suite_h200.json $R/suite_h200.md "$OUT/"; continue
+      fi
+      # grid: grilly_kv's suite in parallel shards (GRID_SHARDS "name=policies ...", GRID_ARGS shared)
+      # and the kvpress peer (.kvwheels carried; CUDA torch of this machine) at once, each with a
+      # time limit; every finished run is kept; one tarball comes back
+      lim=${GRID_LIMIT:-480}; pids=()
+      if [ -d .kvwheels ]; then
+        timeout $(( lim + 100 )) python3 benchmarks/kvpress_peer.py -m /tmp/smollm2.gguf --device cuda \
+          --site /tmp/kvsite --wheels .kvwheels --time-limit $lim --out $R/kvpress_h200.json ${KV_ARGS:-} \
+          > /tmp/grid_kvpress.log 2>&1 & pids+=($!)
+      fi
+      for shard in ${GRID_SHARDS:-a=dense,triattention,tappa b=streaming,quest c=entmax,predictor,entmax15}; do
+        timeout $(( lim + 150 )) python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf --name suite_h200_${shard%%=*} \
+          --policies ${shard#*=} --time-limit $lim ${GRID_ARGS:-} > /tmp/grid_${shard%%=*}.log 2>&1 & pids+=($!)
+      done
+      if [ -n "${GRID_PPL:-}" ]; then    # perplexity only, in place: GRID_PPL policies, GRID_PPL_ARGS
+        timeout $(( lim + 150 )) python3 benchmarks/bench_suite.py -m /tmp/smollm2.gguf --name suite_h200_ppl \
+          --policies $GRID_PPL --time-limit $lim --no-cells --settings in-place ${GRID_PPL_ARGS:-} \
+          > /tmp/grid_ppl.log 2>&1 & pids+=($!)
+      fi
+      wait "${pids[@]}"
+      for f in /tmp/grid_*.log; do echo "=== $f"; grep -v Warning $f | tail -25; done
+      tar -czf "$OUT/grid.tgz" $R/suite_h200_*.json $R/suite_h200_*.md $R/kvpress_h200.json /tmp/grid_*.log 2>/dev/null ;;
     peers-build)   # llama.cpp's CUDA llama-bench from .peers/llamacpp-src.tar.xz (kept in /tmp between warm calls)
       [ -x /tmp/llcuda/build/bin/llama-bench ] || JOBS=15 timeout 560 bash benchmarks/llamacpp_build.sh \
         --cuda /tmp/llcuda .peers/llamacpp-src.tar.xz 2>&1 | tail -5 ;;
@@ -75,9 +100,19 @@ for part in $parts; do
       python3 benchmarks/peer_table.py --ours $R/model_decode.json $R/model_decode_llama1b.json \
         --llamacpp "${specs[@]}" --name peers_h200
       cp $R/model_decode.json $R/model_decode_llama1b.json $R/peers_h200.json $R/peers_h200.md "$OUT/" ;;
-    tests)
-      GRILLY_KV_DEVICE=vulkan run python3 -m pytest -q -p no:cacheprovider tests/test_policy_contract.py \
-        tests/test_models_families.py ;;
+    tests)   # the shaders whose cross-workgroup ordering or subgroup layout lavapipe cannot fully exercise
+      GRILLY_KV_DEVICE=vulkan LIMIT=${TESTS_LIMIT:-240} run python3 -m pytest -q -x -p no:cacheprovider \
+        tests/test_kv_slot_attention.py tests/test_topk_select.py tests/test_decode_attention.py \
+        tests/test_model_matmul_q.py ${TESTS_EXTRA:-} ;;
+    ab)      # this session's GPU paths against the old ones, same run, timing-only checkpoints: prefill
+             # attention query tiles (1 = untiled, 32) x one-token mat-vec layout (rows, coalesced)
+      [ -f /tmp/smollm2-timing.gguf ] || python3 benchmarks/timing_checkpoint.py smollm2 /tmp/smollm2-timing.gguf
+      [ -f /tmp/llama32-1b-q4k.gguf ] || python3 benchmarks/timing_checkpoint.py llama32-1b /tmp/llama32-1b-q4k.gguf --matrix-type Q4_K
+      run python3 benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf --contexts 1024,8064 \
+        --policies dense,quest:512 --weight-format native --steps 32 --prefill-qtile 1,32 --matvec rows,coalesced --name ab_smollm2
+      run python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --contexts 1024,8064 \
+        --policies dense --weight-format native --steps 32 --prefill-qtile 1,32 --matvec rows,coalesced --name ab_llama1b
+      cp $R/ab_*.json "$OUT/" ;;
     paged)
       run python3 benchmarks/bench_paged_decode.py --contexts 131072
       cp $R/paged_decode.json "$OUT/" ;;

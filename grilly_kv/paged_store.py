@@ -109,8 +109,8 @@ class VulkanStore:
         self.scores = Buffer(dev, self.bh * self.max_pages)
         self.pages = Buffer(dev, self.bh * self.max_pages, np.uint32)
         self.counts = Buffer(dev, self.bh, np.uint32)
-        self.counter = Buffer(dev, self.bh, np.uint32)       # fused merge: splits done per head
-        self.counter.write(np.zeros(self.bh, np.uint32))
+        self.counter = Buffer(dev, attn.counter_words(self.bh), np.uint32)   # fused merge: splits done
+        self.counter.write(np.zeros(self.counter.n_words, np.uint32))
         self.counter.upload_now()
         self.select_counter = Buffer(dev, self.bh, np.uint32)   # fused top-k: scorers done per head
         self.select_counter.write(np.zeros(self.bh, np.uint32))

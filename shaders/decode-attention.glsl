@@ -12,10 +12,17 @@
 //     partial[bhq * n_splits + s] = [m, l, acc_0 .. acc_{D-1}] (max logit, sum of exp(logit - m),
 //     sum of exp(logit - m) v);
 //   pass 1 (grid: B*H_q): log-sum-exp merge of the partials into out[bhq, :].
-//   FUSED = 1: no pass 1; after writing its partials each pass-0 workgroup of KV head bh adds 1
-//     to counter[bh] (after a buffer memory barrier), and the one that brings it to n_splits
-//     (the last to finish) merges the G heads of bh itself and resets counter[bh] to 0 (so the
-//     recording replays); one dispatch per step instead of two dependent ones.
+//   FUSED = 1: no pass 1; the merge is done by the last workgroups to finish, found with atomic
+//     counters (after a buffer memory barrier; each counter is reset to 0 by the workgroup that
+//     completes it, so the recording replays); one dispatch per step instead of two dependent
+//     ones. Counters of KV head bh: counter[bh * CS + 0 .. CS), CS = 1 + ceil(n_splits / MGROUP)
+//     (host: decode_attention.counter_words). When the G heads' D/4 columns fit the workgroup
+//     (G * D / 4 <= workgroup size), in two levels: the last of each group of MGROUP splits
+//     merges the group's partials (all G heads at once, an invocation per head and column) into
+//     the group's first partial (counter[bh * CS + 1 + group]); the last group to finish
+//     (counter[bh * CS]) merges the groups' partials into out: the critical path reads
+//     MGROUP + n_splits / MGROUP partials, not n_splits per head in turn. Otherwise the last
+//     split to finish (counter[bh * CS]) merges the G heads one after the other.
 // alpha-entmax (alpha in (1, 2], threshold by the entmax-tau shader between passes 2 and 3):
 //   pass 2 (grid: n_splits x B*H_kv): logits[bhq * row_len + c] = scale * q.k for c < n_tok,
 //     -1e30 (no mass) for n_tok <= c < row_len;
@@ -67,6 +74,13 @@ layout(push_constant) uniform Push {
     uint kv_h0;       // passes 0, 2, 3: the K/V buffers hold KV heads [kv_h0, kv_h0 + grid y)
                       // (a part of a layer split by heads, policies/kv_store.py); 0 when unsplit
 } p;
+
+const uint MGROUP = 8u;                       // FUSED: splits per first-level merge group
+const uint M_ITEMS = G * NV;                  // FUSED merge: (head, vec4 column) items
+const uint M_ROWS = gl_WorkGroupSize.x / M_ITEMS;   // two levels (M_ROWS >= 1): invocations per item
+shared float sh_mx[gl_WorkGroupSize.x];
+shared float sh_lt[gl_WorkGroupSize.x];
+shared vec4 sh_va[gl_WorkGroupSize.x];
 
 shared float sh_m[SLOTS];
 shared float sh_l[SLOTS];
@@ -279,26 +293,100 @@ void merge(uint bhq) {
     }
 }
 
-// FUSED: the last workgroup of KV head bh to finish its partials merges the group's heads.
-void merge_if_last(uint bh) {
-    memoryBarrierBuffer();                        // this workgroup's partials before its count
-    barrier();
-    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(counter[bh], 1u) == p.n_splits - 1u;
-    barrier();
-    if (!sh_last) return;                         // uniform over the workgroup
-    memoryBarrierBuffer();                        // every other workgroup's partials are visible
-    for (uint g = 0u; g < G; g++) {
-        merge(bh * G + g);
-        barrier();
+// Folds the partial (mt, lt_, x) into the running (mx, lt, a) (log-sum-exp).
+void fold(inout float mx, inout float lt, inout vec4 a, float mt, float lt_, vec4 x) {
+    const float mn = max(mx, mt);
+    const float w0 = exp(mx - mn), w1 = exp(mt - mn);
+    lt = lt * w0 + lt_ * w1;
+    a = a * w0 + x * w1;
+    mx = mn;
+}
+
+// Two levels: merges the partials first, first + stride, .. (count of them) of the G heads of KV
+// head bh at once: invocation (row, item) folds every M_ROWS-th of them for head item / NV,
+// columns 4 (item % NV) .. +3; the rows are then folded in shared memory. to_out: out = a / l;
+// else the result, a partial, replaces partial `first` (read before it is written).
+void merge_heads(uint bh, uint first, uint count, uint stride, bool to_out) {
+    const uint tid = gl_LocalInvocationIndex;
+    const uint span = gl_WorkGroupSize.x / max(M_ROWS, 1u);   // >= M_ITEMS
+    const uint row = tid / span, item = tid % span;
+    const uint g = min(item / NV, G - 1u), c = item % NV;
+    const uint base = ((bh * G + g) * p.n_splits + first) * PSTRIDE;
+    float mx = NEG, lt = 0.0;
+    vec4 a = vec4(0.0);
+    if (row < M_ROWS && item < M_ITEMS) {
+        for (uint t = row; t < count; t += M_ROWS) {
+            const uint o = base + t * stride * PSTRIDE;
+            const uint oc = o + 2u + 4u * c;
+            fold(mx, lt, a, partial[o], partial[o + 1u],
+                 vec4(partial[oc], partial[oc + 1u], partial[oc + 2u], partial[oc + 3u]));
+        }
     }
-    if (gl_LocalInvocationIndex == 0u) counter[bh] = 0u;
+    sh_mx[tid] = mx; sh_lt[tid] = lt; sh_va[tid] = a;
+    barrier();
+    if (row == 0u && item < M_ITEMS) {
+        for (uint r = 1u; r < M_ROWS; r++) {
+            const uint u = r * span + item;
+            fold(mx, lt, a, sh_mx[u], sh_lt[u], sh_va[u]);
+        }
+        if (to_out) {
+            const uint o = (bh * G + g) * D + 4u * c;
+            const vec4 r = a / lt;
+            out_[o] = r.x; out_[o + 1u] = r.y; out_[o + 2u] = r.z; out_[o + 3u] = r.w;
+        } else {
+            const uint oc = base + 2u + 4u * c;
+            partial[oc] = a.x; partial[oc + 1u] = a.y; partial[oc + 2u] = a.z; partial[oc + 3u] = a.w;
+            if (c == 0u) { partial[base] = mx; partial[base + 1u] = lt; }
+        }
+    }
+    barrier();
+}
+
+// Adds 1 to counter[i] once the workgroup's writes are visible; true (in every invocation) in
+// the workgroup that brings it to n, which then sees every other workgroup's writes and resets
+// it to 0.
+bool last_to_finish(uint i, uint n) {
+    memoryBarrierBuffer();                        // this workgroup's writes before its count
+    barrier();
+    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(counter[i], 1u) == n - 1u;
+    barrier();
+    const bool last = sh_last;                    // uniform over the workgroup
+    barrier();
+    if (!last) return false;
+    memoryBarrierBuffer();                        // every other workgroup's writes are visible
+    if (gl_LocalInvocationIndex == 0u) counter[i] = 0u;
+    return true;
+}
+
+// FUSED: the last workgroups of KV head bh to finish their partials merge the group's heads.
+void merge_if_last(uint bh, uint split) {
+    const uint n_groups = ceil_div(p.n_splits, MGROUP);
+    const uint cb = bh * (1u + n_groups);
+    if (M_ITEMS > gl_WorkGroupSize.x) {                 // one level
+        if (!last_to_finish(cb, p.n_splits)) return;
+        for (uint g = 0u; g < G; g++) {
+            merge(bh * G + g);
+            barrier();
+        }
+        return;
+    }
+    const uint grp = split / MGROUP, first = grp * MGROUP;
+    const uint n_in = min(MGROUP, p.n_splits - first);
+    if (!last_to_finish(cb + 1u + grp, n_in)) return;
+    if (n_groups == 1u) {
+        merge_heads(bh, 0u, n_in, 1u, true);
+        return;
+    }
+    merge_heads(bh, first, n_in, 1u, false);
+    if (!last_to_finish(cb, n_groups)) return;
+    merge_heads(bh, 0u, n_groups, MGROUP, true);
 }
 
 void main() {
     switch (p.pass_id) {
         case 0u:
             softmax_partials(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x);
-            if (FUSED != 0u) merge_if_last(p.kv_h0 + gl_WorkGroupID.y);
+            if (FUSED != 0u) merge_if_last(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x);
             break;
         case 2u: entmax_logits(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x); break;
         case 3u: entmax_partials(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x); break;

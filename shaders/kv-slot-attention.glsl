@@ -17,12 +17,22 @@
 //   are merged by shuffles, then across subgroups in shared memory, into
 //   part[(t, h, s)] = [m, l, 0, 0, acc[D]] (max logit in log2 units, sum of 2^(logit - m),
 //   sum of 2^(logit - m) v).
-// Pass 1 (grid HQ x T): log-sum-exp merge of the live splits into O[t, h, :].
+// Pass 0 with QT > 1 (prefill chunks; grid n_splits x nh x ceil(T / QT)): workgroup (s, kvh - h0,
+//   tile) holds QT consecutive query tokens, one cluster of LPT lanes per token (lanes over D, each
+//   lane NVL quads of the token's G heads). The workgroup stages BLOCK K/V rows of chunk s (float16,
+//   as loaded) and their positions in shared memory; every cluster then runs its own online softmax
+//   over the staged rows, U per round, with the same round code (attend_round) and visibility rule
+//   as QT = 1, so K/V are read from memory once per QT tokens instead of once per token. Each
+//   cluster has seen the whole chunk, so it writes its part[(t, h, s)] directly (no merge).
+//   The workgroup size is QT * LPT; tokens t >= T only help to stage.
+// Pass 1 (grid HQ x T; always dispatched with QT = 1): log-sum-exp merge of the live splits into
+//   O[t, h, :]. Both passes cut the chunks with the host's min_chunk (push constant).
 // P16 = 1 (a model's numerics "ggml": llama.cpp's F16 K/V path without flash attention): q is
 // rounded to float16, and each probability is normalised by the row's global max and sum, then
 // rounded to float16 before it weights V: pass 0 (as above), pass 2 (grid HQ x T: the global max M
 // and sum L of the live splits into O[t, h, 0].xy), pass 3 (grid as pass 0: per split, sum of
 // fp16(2^(logit - M) * (1 / L)) v, with m = M and l = 1 for split 0 only), pass 1 (their sum).
+// The host dispatches every pass with QT = 1 when P16 = 1 (passes 2 and 3 exist only untiled).
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 #include "workgroup_reduce.glsl"
@@ -31,9 +41,10 @@ layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint D = 64;
 layout(constant_id = 2) const uint HQ = 9;
 layout(constant_id = 3) const uint HKV = 3;
-layout(constant_id = 4) const uint LPT = 8;      // lanes per slot: a power of 2 dividing D/4, <= subgroup size
+layout(constant_id = 4) const uint LPT = 8;      // lanes per slot (QT > 1: per token): a power of 2 dividing D/4, <= subgroup size
 layout(constant_id = 5) const uint POS_PER_HEAD = 0;  // 1: slot_pos is (L, HKV, cap), a map per KV head
-layout(constant_id = 6) const uint P16 = 0;           // 1: float16 q and probabilities (see above)
+layout(constant_id = 6) const uint QT = 1;       // query tokens per pass-0 workgroup (1: decode layout)
+layout(constant_id = 7) const uint P16 = 0;      // 1: float16 q and probabilities (see above)
 const uint G = HQ / HKV;
 const uint NV = D / 4u;                          // float16 quads (vec4s) per row
 const uint NVL = NV / LPT;                       // quads per lane
@@ -41,6 +52,7 @@ const uint SLOTS = gl_WorkGroupSize.x / LPT;     // slots in flight per workgrou
 const uint U = 4u;                               // slots per cluster per round
 const uint ROWV = (HQ + 2u * HKV) * NV;          // vec4s per qkv row
 const uint PV = NV + 1u;                         // vec4s per partial result
+const uint BLOCK = QT > 1u ? (NV < 16u ? 64u : 1024u / NV) / U * U : 1u;   // K/V rows staged at once (QT > 1)
 const uint EMPTY = 0xFFFFFFFFu;
 const float NEG = -1e30;
 const float LOG2E = 1.4426950408889634;
@@ -61,11 +73,16 @@ layout(push_constant) uniform Push {
     uint scale_bits; // 1/sqrt(D) (float)
     uint h0;         // first KV head held by the K/V buffers
     uint nh;         // KV heads held by the K/V buffers (pass 0's grid y)
+    uint n_tokens;   // T: query tokens of the step (tokens of the last tile past it are idle)
+    uint min_chunk;  // fewest slots per split (the host's plan; equal in both passes)
 } p;
 
-// pass 0: one head's per-subgroup (m, l) and acc; pass 1: the per-thread partial sums
-shared vec4 sh_acc[SLOTS * NV];
-shared vec2 sh_ml[SLOTS];
+// pass 0 (QT = 1): one head's per-subgroup (m, l) and acc; pass 1: the per-thread partial sums
+shared vec4 sh_acc[QT > 1u ? 1u : SLOTS * NV];
+shared vec2 sh_ml[QT > 1u ? 1u : SLOTS];
+// pass 0 (QT > 1): the staged K/V rows (float16 quads) and the positions they hold
+shared uvec2 sh_k[BLOCK * NV], sh_v[BLOCK * NV];
+shared uint sh_pos[BLOCK];
 
 float f16r(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
 vec4 f16r4(vec4 v) { return vec4(unpackHalf2x16(packHalf2x16(v.xy)), unpackHalf2x16(packHalf2x16(v.zw))); }
@@ -74,12 +91,18 @@ vec4 f16r4(vec4 v) { return vec4(unpackHalf2x16(packHalf2x16(v.xy)), unpackHalf2
 vec4 qr[G * NVL];
 vec4 acc[G * NVL];
 float m[G], l[G];
+// P16 pass 3: the rows' fixed max M (in m) and 1 / L per head; weighted: this is pass 3
+float inv_l[G];
+bool weighted = false;
+// the round in flight: its U rows' visibility and this lane's quads of their K and V
+bool vis[U];
+uvec2 kr[U * NVL], vr[U * NVL];
 
 bool visible(uint pos, uint qpos, uint sinks, uint window) {
     return pos != EMPTY && pos <= qpos && (pos < sinks || qpos - pos < window);
 }
 
-uint chunk_len(uint n_scan) { return max(SLOTS * U, ceil_div(n_scan, p.n_splits)); }
+uint chunk_len(uint n_scan) { return max(p.min_chunk, ceil_div(n_scan, p.n_splits)); }
 
 // Merge (m, l, acc) of head g over the workgroup into part[dst]; every invocation calls it.
 void write_partial(uint g, uint dst) {
@@ -115,14 +138,8 @@ void write_partial(uint g, uint dst) {
     barrier();
 }
 
-void split_pass(uint s, uint kvh, uint t) {
-    const uint qpos = step[0] + t, n_scan = step[2], sinks = step[3], window = step[4];
-    const uint chunk = chunk_len(n_scan);
-    const uint a0 = s * chunk;
-    if (a0 >= n_scan) return;                                  // not live at this length
-    const uint a1 = min(a0 + chunk, n_scan);
-    const uint lane = gl_SubgroupInvocationID % LPT;
-    const uint slot = gl_SubgroupID * (gl_SubgroupSize / LPT) + gl_SubgroupInvocationID / LPT;
+// Load this lane's quads of the G queries of token t (pre-scaled to log2 units); zero the state.
+void init_queries(uint t, uint kvh, uint lane) {
     const float scale = PUSH_F(p.scale_bits) * LOG2E;
     [[unroll]] for (uint g = 0u; g < G; g++) {
         [[unroll]] for (uint i = 0u; i < NVL; i++) {
@@ -133,8 +150,7 @@ void split_pass(uint s, uint kvh, uint t) {
         m[g] = NEG;
         l[g] = 0.0;
     }
-    const bool weighted = P16 != 0u && p.pass_id == 3u;      // uniform
-    float inv_l[G];
+    weighted = P16 != 0u && p.pass_id == 3u;                   // uniform
     [[unroll]] for (uint g = 0u; g < G; g++) {
         inv_l[g] = 0.0;
         if (weighted) {
@@ -143,11 +159,59 @@ void split_pass(uint s, uint kvh, uint t) {
             inv_l[g] = 1.0 / ml.y;
         }
     }
+}
+
+// The round's U rows (vis, kr, vr) enter the online softmax of the G heads. Every lane of the
+// cluster must call it (the logits are summed by shuffles over the cluster).
+void attend_round() {
+    [[unroll]] for (uint g = 0u; g < G; g++) {
+        float sc[U];
+        [[unroll]] for (uint u = 0u; u < U; u++) {
+            float d = 0.0;
+            [[unroll]] for (uint i = 0u; i < NVL; i++) d += dot(qr[g * NVL + i], unpack_half4(kr[u * NVL + i]));
+            d = cluster_add(d, LPT);
+            sc[u] = vis[u] ? d : NEG;
+        }
+        if (weighted) {                                        // fixed M and L: rounded probabilities
+            [[unroll]] for (uint u = 0u; u < U; u++) {
+                if (vis[u]) {
+                    const float w = f16r(exp2(sc[u] - m[g]) * inv_l[g]);
+                    [[unroll]] for (uint i = 0u; i < NVL; i++) acc[g * NVL + i] += w * unpack_half4(vr[u * NVL + i]);
+                }
+            }
+            continue;
+        }
+        float mx = m[g];                                       // online softmax over the U slots
+        [[unroll]] for (uint u = 0u; u < U; u++) mx = max(mx, sc[u]);
+        const float corr = exp2(m[g] - mx);
+        l[g] *= corr;
+        [[unroll]] for (uint i = 0u; i < NVL; i++) acc[g * NVL + i] *= corr;
+        [[unroll]] for (uint u = 0u; u < U; u++) {
+            if (vis[u]) {                                      // invisible slots (maybe never written) add nothing
+                const float w = exp2(sc[u] - mx);
+                l[g] += w;
+                [[unroll]] for (uint i = 0u; i < NVL; i++) acc[g * NVL + i] += w * unpack_half4(vr[u * NVL + i]);
+            }
+        }
+        m[g] = mx;
+    }
+}
+
+uint part_row(uint t, uint kvh, uint g, uint s) { return ((t * HQ + kvh * G + g) * p.n_splits + s) * PV; }
+
+// QT = 1: the workgroup's clusters share token t's chunk s slot by slot, then merge.
+void split_pass(uint s, uint kvh, uint t) {
+    const uint qpos = step[0] + t, n_scan = step[2], sinks = step[3], window = step[4];
+    const uint chunk = chunk_len(n_scan);
+    const uint a0 = s * chunk;
+    if (a0 >= n_scan) return;                                  // not live at this length
+    const uint a1 = min(a0 + chunk, n_scan);
+    const uint lane = gl_SubgroupInvocationID % LPT;
+    const uint slot = gl_SubgroupID * (gl_SubgroupSize / LPT) + gl_SubgroupInvocationID / LPT;
+    init_queries(t, kvh, lane);
     const uint base = (p.layer * p.nh + kvh - p.h0) * p.cap;          // this part's K/V rows
     const uint pos_base = POS_PER_HEAD != 0u ? (p.layer * HKV + kvh) * p.cap : 0u;
     for (uint r0 = a0; r0 < a1; r0 += SLOTS * U) {            // rounds: uniform over the workgroup
-        bool vis[U];
-        uvec2 kr[U * NVL], vr[U * NVL];
         [[unroll]] for (uint u = 0u; u < U; u++) {             // loads first, all in flight
             const uint j = r0 + u * SLOTS + slot, jc = min(j, a1 - 1u);
             vis[u] = j < a1 && visible(slot_pos[pos_base + jc], qpos, sinks, window);
@@ -157,42 +221,67 @@ void split_pass(uint s, uint kvh, uint t) {
                 vr[u * NVL + i] = vc[row + i * LPT];
             }
         }
-        [[unroll]] for (uint g = 0u; g < G; g++) {
-            float sc[U];
-            [[unroll]] for (uint u = 0u; u < U; u++) {
-                float d = 0.0;
-                [[unroll]] for (uint i = 0u; i < NVL; i++) d += dot(qr[g * NVL + i], unpack_half4(kr[u * NVL + i]));
-                d = cluster_add(d, LPT);
-                sc[u] = vis[u] ? d : NEG;
-            }
-            if (weighted) {                                    // fixed M and L: rounded probabilities
-                [[unroll]] for (uint u = 0u; u < U; u++) {
-                    if (vis[u]) {
-                        const float w = f16r(exp2(sc[u] - m[g]) * inv_l[g]);
-                        [[unroll]] for (uint i = 0u; i < NVL; i++) acc[g * NVL + i] += w * unpack_half4(vr[u * NVL + i]);
-                    }
-                }
-                continue;
-            }
-            float mx = m[g];                                   // online softmax over the U slots
-            [[unroll]] for (uint u = 0u; u < U; u++) mx = max(mx, sc[u]);
-            const float corr = exp2(m[g] - mx);
-            l[g] *= corr;
-            [[unroll]] for (uint i = 0u; i < NVL; i++) acc[g * NVL + i] *= corr;
-            [[unroll]] for (uint u = 0u; u < U; u++) {
-                if (vis[u]) {                                  // invisible slots (maybe never written) add nothing
-                    const float w = exp2(sc[u] - mx);
-                    l[g] += w;
-                    [[unroll]] for (uint i = 0u; i < NVL; i++) acc[g * NVL + i] += w * unpack_half4(vr[u * NVL + i]);
-                }
-            }
-            m[g] = mx;
-        }
+        attend_round();
     }
     if (weighted) {                                            // the merge then sums the splits
         [[unroll]] for (uint g = 0u; g < G; g++) l[g] = s == 0u && gl_LocalInvocationIndex == 0u ? 1.0 : 0.0;
     }
-    [[unroll]] for (uint g = 0u; g < G; g++) write_partial(g, ((t * HQ + kvh * G + g) * p.n_splits + s) * PV);
+    [[unroll]] for (uint g = 0u; g < G; g++) write_partial(g, part_row(t, kvh, g, s));
+}
+
+// Stage rows [b0, b0 + BLOCK) of this part's K/V (rows >= a1: empty) and their positions.
+void stage_block(uint b0, uint a1, uint base, uint pos_base) {
+    const uint WG = gl_WorkGroupSize.x;
+    for (uint k = 0u; k < (BLOCK * NV + WG - 1u) / WG; k++) {   // a constant trip count: the loads can go out together
+        const uint e = k * WG + gl_LocalInvocationIndex, j = b0 + e / NV;
+        if (e < BLOCK * NV) {
+            const uint src = (base + min(j, a1 - 1u)) * NV + e % NV;
+            sh_k[e] = j < a1 ? kc[src] : uvec2(0u);
+            sh_v[e] = j < a1 ? vc[src] : uvec2(0u);
+        }
+    }
+    for (uint r = gl_LocalInvocationIndex; r < BLOCK; r += WG)
+        sh_pos[r] = b0 + r < a1 ? slot_pos[pos_base + b0 + r] : EMPTY;
+}
+
+// QT > 1: the workgroup's clusters are QT tokens; each reads every staged row of chunk s.
+void tile_pass(uint s, uint kvh, uint tile) {
+    const uint n_scan = step[2], sinks = step[3], window = step[4];
+    const uint chunk = chunk_len(n_scan);
+    const uint a0 = s * chunk;
+    if (a0 >= n_scan) return;                                  // not live at this length (uniform)
+    const uint a1 = min(a0 + chunk, n_scan);
+    const uint lane = gl_SubgroupInvocationID % LPT;
+    const uint t = tile * QT + gl_SubgroupID * (gl_SubgroupSize / LPT) + gl_SubgroupInvocationID / LPT;
+    const bool has_token = t < p.n_tokens;                        // uniform over a cluster
+    const uint qpos = step[0] + t;
+    if (has_token) init_queries(t, kvh, lane);
+    const uint base = (p.layer * p.nh + kvh - p.h0) * p.cap;
+    const uint pos_base = POS_PER_HEAD != 0u ? (p.layer * HKV + kvh) * p.cap : 0u;
+    for (uint b0 = a0; b0 < a1; b0 += BLOCK) {                // blocks: uniform over the workgroup
+        stage_block(b0, a1, base, pos_base);
+        barrier();
+        const uint nb = min(BLOCK, a1 - b0);
+        for (uint r0 = 0u; has_token && r0 < nb; r0 += U) {
+            [[unroll]] for (uint u = 0u; u < U; u++) {
+                vis[u] = visible(sh_pos[r0 + u], qpos, sinks, window);    // rows >= nb hold EMPTY
+                [[unroll]] for (uint i = 0u; i < NVL; i++) {
+                    kr[u * NVL + i] = sh_k[(r0 + u) * NV + lane + i * LPT];
+                    vr[u * NVL + i] = sh_v[(r0 + u) * NV + lane + i * LPT];
+                }
+            }
+            bool any_vis = false;                              // the cluster agrees on vis
+            [[unroll]] for (uint u = 0u; u < U; u++) any_vis = any_vis || vis[u];
+            if (any_vis) attend_round();
+        }
+        barrier();
+    }
+    if (!has_token) return;
+    [[unroll]] for (uint g = 0u; g < G; g++) {
+        const uint dst = part_row(t, kvh, g, s);
+        [[unroll]] for (uint i = 0u; i < NVL; i++) part[dst + 1u + lane + i * LPT] = acc[g * NVL + i];
+        if (lane == 0u) part[dst] = vec4(m[g], l[g], 0.0, 0.0);
+    }
 }
 
 void merge_pass(uint h, uint t) {
@@ -234,7 +323,8 @@ void stats_pass(uint h, uint t) {
 }
 
 void main() {
-    if (p.pass_id == 0u || p.pass_id == 3u) split_pass(gl_WorkGroupID.x, p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.z);
+    if (p.pass_id == 0u && QT > 1u) tile_pass(gl_WorkGroupID.x, p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.z);
+    else if (p.pass_id == 0u || p.pass_id == 3u) split_pass(gl_WorkGroupID.x, p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.z);
     else if (p.pass_id == 2u) stats_pass(gl_WorkGroupID.x, gl_WorkGroupID.y);
     else merge_pass(gl_WorkGroupID.x, gl_WorkGroupID.y);
 }

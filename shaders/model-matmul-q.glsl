@@ -25,7 +25,14 @@
 // min(127, roundEven(iscale x)), X' = q / iscale), 4 float16, 5 bfloat16 (nearest even). With MODE 1
 // the RMSNorm is then applied before the dot (X' = (x rsqrt(mean(x^2) + eps)) g, rounded, from a
 // first pass over the row for the sums of squares), as llama.cpp normalises before quantising: the
-// integers q are scale-invariant but the float16 d is not (fp16(s d) != s fp16(d)).
+// integers q are scale-invariant but the float16 d is not (fp16(s d) != s fp16(d)). The rounding
+// reads and writes the slab through xs_at, so it holds in both layouts (COAL adds Q8_1's block
+// correction once per chunk, on the chunk's lane q = 0).
+// COAL = 1 (coalesced decode; LANES a multiple of 8): 8 neighbouring lanes share each chunk, lane
+// q of them dequantising its vec4 q (dequant_vec4), so neighbouring lanes read neighbouring bytes
+// of a block and neighbouring 8-lane groups neighbouring chunks; a row's LANES / 8 groups take the
+// slab's chunks round robin, UNR at a time. X' is then staged chunk-major (xs_at) so the lanes'
+// shared loads are consecutive vec4s too. Staging, reduction and epilogues are the same code.
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 
@@ -42,7 +49,8 @@ layout(constant_id = 9) const uint HD = 64;     // head dim (ROPE)
 layout(constant_id = 10) const uint UNR = 1;    // chunks per lane issued together
 layout(constant_id = 11) const uint XSH = 0;    // 1 (LANES = 1, subgroup size a multiple of 8): each
                                                 // lane loads one of a chunk's 8 X' vec4s, shuffles share them
-layout(constant_id = 12) const uint ACTQ = 0;   // X' rounding: 0 none, 1 Q8_0, 2 Q8_1, 3 Q8_K, 4 F16, 5 BF16
+layout(constant_id = 12) const uint COAL = 0;   // 1: 8 lanes per chunk, a vec4 each (coalesced loads)
+layout(constant_id = 13) const uint ACTQ = 0;   // X' rounding: 0 none, 1 Q8_0, 2 Q8_1, 3 Q8_K, 4 F16, 5 BF16
 
 layout(set = 0, binding = 0) readonly buffer Wq { uint wq[]; };
 #include "gguf_blocks.glsl"
@@ -71,7 +79,7 @@ const uint CPS = KS / 32u;                  // chunks per slab
 const uint KV = K / 4u;                     // vec4s of X' per token
 const uint SLABS = (K + KS - 1u) / KS;
 
-shared vec4 xs[8u * TT * CPS];              // X' slab: vec4 g of chunk cc of token j at (g * TT + j) * CPS + cc
+shared vec4 xs[8u * TT * CPS];              // X' slab: vec4 q of chunk cc of token j at xs_at(q, j, cc)
 shared float red[TT * MAX_SG];              // per-subgroup sums of squares (MODE 1)
 shared float part[TT * MAX_SG];             // per-subgroup partial dots (rows wider than a subgroup)
 shared float outs[ROPE != 0u ? TT * ROWS : 1u];
@@ -79,6 +87,10 @@ shared float dsum[ACTQ == 2u ? TT * CPS : 1u];  // Q8_1: per (token, chunk) fp16
 shared float rsn[TT];                           // MODE 1 with ACTQ: rsqrt(mean(x^2) + eps) per token
 
 const bool NORM_FIRST = MODE == 1u && ACTQ != 0u;   // RMSNorm applied while staging (see above)
+
+// Index in xs of vec4 q (< 8) of the slab's chunk cc for token j: plane-major (the lanes of a row
+// take different chunks), or chunk-major with COAL (the 8 lanes of a chunk take its 8 vec4s).
+uint xs_at(uint q, uint j, uint cc) { return COAL != 0u ? (j * CPS + cc) * 8u + q : (q * TT + j) * CPS + cc; }
 
 float f16r(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
 vec4 f16r4(vec4 v) { return vec4(unpackHalf2x16(packHalf2x16(v.xy)), unpackHalf2x16(packHalf2x16(v.zw))); }
@@ -91,16 +103,16 @@ vec4 bf16r4(vec4 v) {
 void round_q8_chunk(uint j, uint cc) {
     float amax = 0.0;
     [[unroll]] for (uint q = 0u; q < 8u; q++) {
-        const vec4 a = abs(xs[(q * TT + j) * CPS + cc]);
+        const vec4 a = abs(xs[xs_at(q, j, cc)]);
         amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
     }
     const float d = amax / 127.0, dh = f16r(d);
     const float id = amax != 0.0 ? 127.0 / amax : 0.0;
     float qs = 0.0;
     [[unroll]] for (uint q = 0u; q < 8u; q++) {
-        const vec4 v = roundEven(xs[(q * TT + j) * CPS + cc] * id);
+        const vec4 v = roundEven(xs[xs_at(q, j, cc)] * id);
         qs += v.x + v.y + v.z + v.w;
-        xs[(q * TT + j) * CPS + cc] = dh * v;
+        xs[xs_at(q, j, cc)] = dh * v;
     }
     if (ACTQ == 2u) dsum[j * CPS + cc] = f16r(d * qs) - dh * qs;
 }
@@ -110,7 +122,7 @@ void round_q8k_block(uint j, uint c0) {
     float amax = 0.0, mx = 0.0;
     for (uint c = c0; c < c0 + 8u; c++) {
         [[unroll]] for (uint q = 0u; q < 8u; q++) {
-            const vec4 a = xs[(q * TT + j) * CPS + c];
+            const vec4 a = xs[xs_at(q, j, c)];
             [[unroll]] for (uint e = 0u; e < 4u; e++) {
                 if (abs(a[e]) > amax) { amax = abs(a[e]); mx = a[e]; }
             }
@@ -120,7 +132,7 @@ void round_q8k_block(uint j, uint c0) {
     const float d = iscale != 0.0 ? 1.0 / iscale : 0.0;
     for (uint c = c0; c < c0 + 8u; c++) {
         [[unroll]] for (uint q = 0u; q < 8u; q++) {
-            const uint at = (q * TT + j) * CPS + c;
+            const uint at = xs_at(q, j, c);
             xs[at] = d * min(vec4(127.0), roundEven(iscale * xs[at]));
         }
     }
@@ -186,7 +198,7 @@ void main() {
                     if (ACTQ == 4u) a = f16r4(a);
                     if (ACTQ == 5u) a = bf16r4(a);
                 }
-                xs[((v % 8u) * TT + j) * CPS + v / 8u] = a;
+                xs[xs_at(v % 8u, j, v / 8u)] = a;
             }
         }
         barrier();
@@ -197,23 +209,40 @@ void main() {
         // UNR chunks per lane per iteration, their loads unconditional (clamped indices, the
         // surplus chunks' sums dropped) so the compiler can issue them all before the math.
         const uint c_end = min(CPS, CHUNKS - s * CPS);    // chunks of this slab inside the row
-        for (uint cc0 = lane; cc0 < c_end; cc0 += UNR * LANES) {
-            [[unroll]] for (uint u = 0u; u < UNR; u++) {
-                const uint cc = min(cc0 + u * LANES, c_end - 1u);
-                vec4 w[8];
-                dequant_chunk(rb, s * CPS + cc, w);
-                const bool ok = cc0 + u * LANES < c_end;
-                [[unroll]] for (uint j = 0u; j < TT; j++) {
-                    float d = 0.0;
-                    if (XSH != 0u) {                // cc is uniform here (LANES = 1): one shared load per lane
-                        const uint base = gl_SubgroupInvocationID & ~7u;
-                        const vec4 xl = xs[((gl_SubgroupInvocationID & 7u) * TT + j) * CPS + cc];
-                        [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], subgroupShuffle(xl, base + q));
-                    } else {
-                        [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], xs[(q * TT + j) * CPS + cc]);
+        if (COAL != 0u) {                   // lane q of 8-lane group cg: vec4 q of chunks cg, cg + LANES / 8, ...
+            const uint q = lane % 8u, CG = LANES / 8u;
+            for (uint cc0 = lane / 8u; cc0 < c_end; cc0 += UNR * CG) {
+                [[unroll]] for (uint u = 0u; u < UNR; u++) {
+                    const uint cc = min(cc0 + u * CG, c_end - 1u);
+                    const vec4 w = dequant_vec4(rb, s * CPS + cc, q);
+                    const bool ok = cc0 + u * CG < c_end;
+                    const float mw = ACTQ == 2u && q == 0u ? rdh(rb + (s * CPS + cc) * BLOCK_BYTES + 2u) : 0.0;
+                    [[unroll]] for (uint j = 0u; j < TT; j++) {
+                        float d = dot(w, xs[xs_at(q, j, cc)]);
+                        if (ACTQ == 2u) d += mw * dsum[j * CPS + cc];   // Q8_1: once per chunk (lane q = 0)
+                        acc[j] += ok ? d : 0.0;
                     }
-                    if (ACTQ == 2u) d += rdh(rb + (s * CPS + cc) * BLOCK_BYTES + 2u) * dsum[j * CPS + cc];
-                    acc[j] += ok ? d : 0.0;
+                }
+            }
+        } else {
+            for (uint cc0 = lane; cc0 < c_end; cc0 += UNR * LANES) {
+                [[unroll]] for (uint u = 0u; u < UNR; u++) {
+                    const uint cc = min(cc0 + u * LANES, c_end - 1u);
+                    vec4 w[8];
+                    dequant_chunk(rb, s * CPS + cc, w);
+                    const bool ok = cc0 + u * LANES < c_end;
+                    [[unroll]] for (uint j = 0u; j < TT; j++) {
+                        float d = 0.0;
+                        if (XSH != 0u) {                // cc is uniform here (LANES = 1): one shared load per lane
+                            const uint base = gl_SubgroupInvocationID & ~7u;
+                            const vec4 xl = xs[xs_at(gl_SubgroupInvocationID & 7u, j, cc)];
+                            [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], subgroupShuffle(xl, base + q));
+                        } else {
+                            [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], xs[xs_at(q, j, cc)]);
+                        }
+                        if (ACTQ == 2u) d += rdh(rb + (s * CPS + cc) * BLOCK_BYTES + 2u) * dsum[j * CPS + cc];
+                        acc[j] += ok ? d : 0.0;
+                    }
                 }
             }
         }

@@ -11,7 +11,10 @@
 //   counts[bh]. The k-th largest score is found by an MSB-first radix select over 8-bit digits of
 //   order-preserving keys, starting below the bits that all keys share (one min/max pass, then at
 //   most 4 histogram passes, fewer when a digit settles it), then one compaction pass: the cost
-//   is linear in the number of pages, nothing is sorted.
+//   is linear in the number of pages, nothing is sorted. Each invocation owns a run of
+//   consecutive pages and loads the keys of its run once, into KEYS_PER_LANE registers (a run
+//   longer than that reads the rest from scores[] in every pass): every pass after the load
+//   reads registers, not memory (the passes were bound by the latency of their loads).
 // Pass 2, select dropping the unkept (grid: B*H_kv): pass 1, except that a page before the last
 //   (not a sink) whose score is UNKEPT (-3.4e38, written by gaussian-select for the pages its rule
 //   did not keep) is never taken, even when fewer than k pages score higher: the Gaussian
@@ -19,7 +22,9 @@
 // FUSED = 1: no pass 1; after scoring, each pass-0 workgroup of KV head bh adds 1 to counter[bh]
 //   (after a buffer memory barrier), and the last one (the grid's x size reached) runs the
 //   selection of bh itself (its workgroup of 256 covers the 256 histogram bins) and resets
-//   counter[bh] to 0 (so the recording replays): one dispatch instead of two dependent ones.
+//   counter[bh] to 0 (so the recording replays): one dispatch instead of two dependent ones. The
+//   scoring runs over the whole grid (as pass 0); only the selection runs in one workgroup per
+//   head, with the keys in registers (32 per invocation at 8192 pages, at most 64).
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 #include "page_select.glsl"
@@ -28,6 +33,7 @@
 layout(local_size_x_id = 0) in;
 layout(constant_id = 5) const uint REDUCE_MEAN = 0;
 layout(constant_id = 6) const uint FUSED = 0;   // 1: the last scoring workgroup of a head selects
+layout(constant_id = 7) const uint KEYS_PER_LANE = 8;   // keys of its run an invocation keeps in registers
 const uint MAX_SUBGROUPS = 128u;
 
 layout(set = 0, binding = 2) coherent buffer Scores { float scores[]; };   // (B*H_kv, max_pages)
@@ -96,12 +102,12 @@ uvec2 min_max(uint lo, uint hi) {
 const uint DROPPED = 0u, KEPT = 1u, EQUAL = 2u;
 const float UNKEPT = -3.4e38;        // pass 2: the score of a page another rule did not keep
 
-// Whether page pg of the row at `base` is kept (sinks, the last page, keys above the threshold),
-// dropped, or EQUAL to the threshold; cut = (n_sink, n_before_last, mask, prefix).
-uint page_class(uint base, uint pg, uvec4 cut) {
+// Whether page pg (order-preserving score key `key`) is kept (sinks, the last page, keys above
+// the threshold), dropped, or EQUAL to the threshold; cut = (n_sink, n_before_last, mask, prefix).
+uint page_class(uint pg, uint key, uvec4 cut) {
     if (pg < cut.x || pg == cut.y) return KEPT;
-    if (p.pass_id == 2u && scores[base + pg] == UNKEPT) return DROPPED;
-    const uint key = key_of(scores[base + pg]) & cut.z;
+    if (p.pass_id == 2u && key == key_of(UNKEPT)) return DROPPED;
+    key &= cut.z;
     return key > cut.w ? KEPT : (key == cut.w ? EQUAL : DROPPED);
 }
 
@@ -111,6 +117,14 @@ bool kept(uint page_class, inout uint equal_rank, uint remaining) {
     return equal_rank++ < remaining;
 }
 
+// Runs BODY for each page pg of this invocation's run [c0, c1) with its score key `key`: the
+// first KEYS_PER_LANE from the registers keys[], the rest (a run longer than that) from scores[].
+#define FOR_RUN(BODY) \
+    [[unroll]] for (uint i_ = 0u; i_ < KEYS_PER_LANE; i_++) { \
+        const uint pg = c0 + i_; \
+        if (pg < c1) { const uint key = keys[i_]; BODY } } \
+    for (uint pg = c0 + KEYS_PER_LANE; pg < c1; pg++) { const uint key = key_of(scores[base + pg]); BODY }
+
 void select_pages(uint bh) {
     const uint n_pages = ceil_div(meta[0], PAGE);
     const uint n_before_last = n_pages - 1u;
@@ -119,6 +133,12 @@ void select_pages(uint bh) {
     const uint n_cand = n_before_last - n_sink;
     const uint tid = gl_LocalInvocationIndex;
     const uint base = bh * p.max_pages;
+    // this invocation's run of consecutive pages, its keys loaded once (all loads issued first)
+    const uint per = ceil_div(n_pages, gl_WorkGroupSize.x);
+    const uint c0 = min(tid * per, n_pages), c1 = min(c0 + per, n_pages);
+    uint keys[KEYS_PER_LANE];
+    [[unroll]] for (uint i = 0u; i < KEYS_PER_LANE; i++)
+        keys[i] = c0 + i < c1 ? key_of(scores[base + c0 + i]) : 0u;
     // Find the threshold: the candidates whose key, masked to the bits in `mask`, is above
     // `prefix` are kept, and the first `remaining` (by page index) of those equal to it.
     uint prefix = 0u, mask = 0u, remaining = k;
@@ -126,10 +146,7 @@ void select_pages(uint bh) {
         prefix = 0xFFFFFFFFu; mask = 0xFFFFFFFFu; remaining = 0u;          // keep none
     } else if (k < n_cand) {
         uint lo = 0xFFFFFFFFu, hi = 0u;
-        for (uint pg = n_sink + tid; pg < n_before_last; pg += gl_WorkGroupSize.x) {
-            const uint key = key_of(scores[base + pg]);
-            lo = min(lo, key); hi = max(hi, key);
-        }
+        FOR_RUN(if (pg >= n_sink && pg < n_before_last) { lo = min(lo, key); hi = max(hi, key); })
         const uvec2 range = min_max(lo, hi);
         // the bits above the highest one where the keys differ are common: skip them, so the
         // first digit spreads the keys over the histogram instead of piling them in one bin
@@ -141,10 +158,8 @@ void select_pages(uint bh) {
             const uint digit_mask = (2u << uint(hi_bit - lo_bit)) - 1u;
             for (uint b = tid; b < 256u; b += gl_WorkGroupSize.x) sh_hist[b] = 0u;
             barrier();
-            for (uint pg = n_sink + tid; pg < n_before_last; pg += gl_WorkGroupSize.x) {
-                const uint key = key_of(scores[base + pg]);
-                if ((key & mask) == prefix) atomicAdd(sh_hist[(key >> uint(lo_bit)) & digit_mask], 1u);
-            }
+            FOR_RUN(if (pg >= n_sink && pg < n_before_last && (key & mask) == prefix)
+                        atomicAdd(sh_hist[(key >> uint(lo_bit)) & digit_mask], 1u);)
             barrier();
             // the bin b holding the threshold: fewer than `remaining` keys lie in the bins above
             // it, at least `remaining` in those and b; invocation t looks at bin 255 - t
@@ -166,25 +181,21 @@ void select_pages(uint bh) {
             hi_bit = lo_bit - 1;
         }
     }
-    // compaction in page order: each invocation owns a run of consecutive pages; one scan ranks
-    // the keys equal to the threshold, one places the kept pages
-    const uint per = ceil_div(n_pages, gl_WorkGroupSize.x);
-    const uint c0 = min(tid * per, n_pages), c1 = min(c0 + per, n_pages);
+    // compaction in page order over the runs: one scan ranks the keys equal to the threshold,
+    // one places the kept pages
     const uvec4 cut = uvec4(n_sink, n_before_last, mask, prefix);
     uint n_equal = 0u;
-    for (uint pg = c0; pg < c1; pg++) n_equal += page_class(base, pg, cut) == EQUAL ? 1u : 0u;
+    FOR_RUN(n_equal += page_class(pg, key, cut) == EQUAL ? 1u : 0u;)
     uint n_total;
     const uint equal_rank = exclusive_scan(n_equal, n_total);
     uint rank = equal_rank, n_keep = 0u;
-    for (uint pg = c0; pg < c1; pg++) n_keep += kept(page_class(base, pg, cut), rank, remaining) ? 1u : 0u;
+    FOR_RUN(n_keep += kept(page_class(pg, key, cut), rank, remaining) ? 1u : 0u;)
     uint pos = exclusive_scan(n_keep, n_total);
     rank = equal_rank;
-    for (uint pg = c0; pg < c1; pg++) {
-        if (kept(page_class(base, pg, cut), rank, remaining)) {
-            if (pos < p.sel_stride) pages[bh * p.sel_stride + pos] = pg;
-            pos++;
-        }
-    }
+    FOR_RUN(if (kept(page_class(pg, key, cut), rank, remaining)) {
+                if (pos < p.sel_stride) pages[bh * p.sel_stride + pos] = pg;
+                pos++;
+            })
     if (tid == 0u) counts[bh] = n_total;
 }
 

@@ -59,7 +59,11 @@ USAGE_ERRORS = [
     (["ask", "--essay", "no-such-essay", "--policy", "streaming"], None),   # checked after the corpus
     (["eval", "--policies", "dense,nope"], "nope"),
     (["eval", "--budgets", "16,-3"], "--budgets"),
-    (["eval", "--depths", "1.5"], "--depths"),
+    (["eval", "--tasks", "passkey,nope"], "--tasks"),
+    (["eval", "--setting", "sideways"], "--setting"),
+    (["eval", "-n", "0"], "--n-per-cell"),
+    (["eval", "--time-limit", "0"], "--time-limit"),
+    (["eval", "--contexts", "8"], "--contexts"),
     (["eval", "--policies", "streaming", "--budgets", "3"], ">= 5"),
     (["eval", "--out", "/proc/x"], "--out"),
     (["eval", "--name", "a/b", "--out", "{tmp}"], "--name"),
@@ -148,24 +152,24 @@ class _FakeModel:
 
 
 def test_eval_interrupted_keeps_finished_runs_and_says_so(monkeypatch, tmp_path, capsys):
-    import grilly_kv.evaluation.run as run_mod
+    import grilly_kv.evaluation.report as report_mod
+    import grilly_kv.evaluation.suite as suite_mod
 
     monkeypatch.setattr(cli_eval, "open_device", lambda spec: None)
     monkeypatch.setattr(cli_eval, "load", lambda a: (_FakeModel(), None))
     monkeypatch.setattr(cli_eval, "measured_rates", lambda model: (1000.0, 100.0))
-    monkeypatch.setattr(run_mod, "write_results",
-                        lambda results, out, stem: [Path(out) / f"{stem}.json"])
+    monkeypatch.setattr(report_mod, "write_outputs",
+                        lambda results, out, stem, title="": [Path(out) / f"{stem}.json"])
 
-    def evaluate(model, tk, cfg, on_run=None, policy_kwargs=None, progress=None):
-        run = {"policy": "dense", "budget": None, "describe": "dense", "needle": [],
-               "needle_accuracy": 1.0, "perplexity": {}, "seconds": 1.0}
-        on_run({"runs": [run], "complete": False}, run)
+    def evaluate_suite(model, tk, cfg, on_run=None, policy_kwargs=None, time_limit=None, progress=None):
+        run = {"engine": "grilly_kv", "method": "dense", "budget": None, "setting": "in-place", "seconds": 1.0}
+        on_run({"rows": [], "perplexity": [], "runs": [run], "complete": False}, run)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_mod, "evaluate", evaluate)
+    monkeypatch.setattr(suite_mod, "evaluate_suite", evaluate_suite)
     assert cli.main(["eval", "--quick", "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err
-    assert "estimated run time" in err and "--quick is meant to finish within 5 minutes" in err
+    assert "estimated run time" in err and "--quick is meant to finish within 15 minutes" in err
     assert f"1 finished run(s) kept in {tmp_path}" in err
 
 
@@ -178,10 +182,29 @@ def test_eval_default_output_is_not_the_repository_results(tmp_path, monkeypatch
 
 
 def test_eval_estimate_counts_every_run():
-    s = dict(cli_eval.QUICK, policies=["dense", "streaming"])
-    one = cli_eval.estimate_seconds(dict(s, policies=["dense"]), 100.0, 10.0)
-    assert one > 0
-    assert cli_eval.estimate_seconds(s, 100.0, 10.0) == pytest.approx(2 * one)
+    """Dense runs once, every other policy once per budget and setting; perplexity in place only."""
+    from grilly_kv.evaluation.suite import SuiteConfig
+
+    def cfg(policies, settings=("question-aware", "in-place"), ppl_windows=1):
+        return SuiteConfig(policies=policies, budgets=[64, 128], contexts=[256], tasks=["passkey"],
+                           settings=list(settings), n_per_cell=2, ppl_contexts=[256], ppl_targets=16,
+                           ppl_windows=ppl_windows)
+
+    one = cli_eval.estimate_seconds(cfg(["dense"]), 100.0, 10.0)
+    assert one == pytest.approx(2 * (256 / 100 + 12 / 10) + (256 / 100 + 16 / 10))
+    trials_only = cli_eval.estimate_seconds(cfg(["dense"], ppl_windows=0), 100.0, 10.0)
+    assert cli_eval.estimate_seconds(cfg(["dense", "streaming"]), 100.0, 10.0) == pytest.approx(
+        5 * trials_only + 3 * (one - trials_only))
+    assert cli_eval.estimate_seconds(cfg(["streaming"], ["in-place"]), 100.0, 10.0) == pytest.approx(2 * one)
+
+
+def test_eval_quick_and_full_settings():
+    quick = cli_eval.settings(cli.build_parser().parse_args(["eval", "--quick"]))
+    assert quick["settings"] == ["question-aware", "in-place"] and quick["tasks"] == ["passkey"]
+    full = cli_eval.settings(cli.build_parser().parse_args(
+        ["eval", "--setting", "in-place", "--budgets", "256,512,1024,2048", "--contexts", "2048,4096,8000"]))
+    assert full["settings"] == ["in-place"] and full["budgets"] == [256, 512, 1024, 2048]
+    assert full["contexts"] == [2048, 4096, 8000] and full["n_per_cell"] == 100 and len(full["tasks"]) == 4
 
 
 def test_sampler_top_k_top_p_and_greedy():

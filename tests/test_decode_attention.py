@@ -122,12 +122,15 @@ def test_entmax_budget_above_context_equals_dense_and_follows_appends(vk):
                      atol=ATOL, what=f"entmax vs reference, step {step}")
 
 
-@pytest.mark.parametrize("B,H,G,D,S", [SHAPES[0], SHAPES[2], SHAPES[3], (1, 3, 2, 32, 17)])
+@pytest.mark.parametrize("B,H,G,D,S", [SHAPES[0], SHAPES[2], SHAPES[3], (1, 3, 2, 32, 17),
+                                       (1, 1, 2, 64, 300),     # 10 splits: groups of 8 and 2
+                                       (1, 1, 5, 128, 300)])   # G * D / 4 > 128: one level
 def test_fused_merge_matches_separate_merge_and_reference(vk, B, H, G, D, S):
-    """FUSED softmax decode (the last split workgroup of a KV head merges; one dispatch) against
-    the separate merge pass and the reference, dense and sparse (one split to many, partial
-    pages), replayed three times (the per-head counters must return to zero), with sentinels
-    after the output."""
+    """FUSED softmax decode (the last workgroups of a KV head merge: per group of 8 splits, then
+    the groups, or in one level when the G heads' columns exceed the workgroup; one dispatch)
+    against the separate merge pass and the reference, dense and sparse (one split to many,
+    partial pages, a partial last group), replayed three times (every counter must return to
+    zero), with sentinels after the output."""
     cache, rng = filled_cache(vk, B, H, D, S, "float16", seed=S + 1)
     store = cache._store
     k, v = cache.keys(), cache.values()
@@ -148,4 +151,4 @@ def test_fused_merge_matches_separate_merge_and_reference(vk, B, H, G, D, S):
             assert_close(fused, separate, atol=1e-6, what=f"fused vs separate, step {step}, {method} {budget}")
             assert_close(fused, want, atol=ATOL, what=f"fused vs reference, step {step}, {method} {budget}")
         store.counter.download_now()
-        assert not store.counter.read(B * H).any(), "a counter was not reset after its merge"
+        assert not store.counter.read(store.counter.n_words).any(), "a counter was not reset after its merge"

@@ -59,7 +59,7 @@ def policies():
         "tappa": lambda: HostTappa(24, window=8, sinks=2),
         # rule "dense-prefill": the host path this test is about (the default runs the device twin)
         "predictor": lambda: PredictorPolicy(48, sinks=16, local=16, calibration_step=3,
-                                             weights=init_weights(1), rule="dense-prefill"),
+                                             weights=init_weights(1), predictor="cnn", rule="dense-prefill"),
     }
 
 

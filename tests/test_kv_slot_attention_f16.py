@@ -43,3 +43,31 @@ def test_f16_probabilities_match_reference(vk, hq, hkv, D, cap, T, n_scan, sinks
     err = np.abs(got.astype(np.float64) - want).max()
     assert err <= 1e-4, f"max |err| {err:.3g}"
     assert np.abs(plain - want).max() > 10 * max(err, 1e-6)
+
+
+def test_f16_probabilities_run_untiled(vk, monkeypatch):
+    """P16 forces q_tile 1: a prefill chunk under the tiling override still matches the reference
+    and records only untiled passes (QT = 1 in every spec); an explicit q_tile above 1 raises."""
+    from grilly_kv.backend import Buffer, Recording
+    from grilly_kv.ops.kv_slot_attention import Q_TILE_ENV, record_kv_slot_attention
+
+    monkeypatch.setenv(Q_TILE_ENV, "4")
+    test_f16_probabilities_match_reference(vk, *CASES[3], local_size=256)
+    buf = Buffer(vk, 64)
+    rec = Recording(vk)
+    record_kv_slot_attention(rec, buf, buf, buf, buf, buf, buf, buf, T=20, cap=900, layer=0, head_dim=32,
+                             n_q_heads=6, n_kv_heads=2, f16_probabilities=True)
+    steps = [st for st in rec.steps if st.kind == "dispatch"]
+    assert {st.label for st in steps} == {"kv-slot-attention", "kv-slot-stats", "kv-slot-attention-f16",
+                                          "kv-slot-merge"}
+    assert all(st.spec[6] == 1 and st.spec[7] == 1 for st in steps)     # QT 1, P16 1
+    rng = np.random.default_rng(0)
+    kc = rng.standard_normal((1, 1, 8, 8)).astype(np.float16)
+    qkv = rng.standard_normal((4, 24)).astype(np.float32)
+    for device in (vk, "cpu"):
+        with pytest.raises(ValueError, match="q_tile"):
+            kv_slot_attention(qkv, kc, kc, np.arange(8, dtype=np.uint32), pos0=4, n_scan=8, layer=0, n_q_heads=1,
+                              q_tile=4, f16_probabilities=True, device=device)
+        with pytest.raises(ValueError, match="q_tile"):
+            record_kv_slot_attention(Recording(vk), buf, buf, buf, buf, buf, buf, buf, T=20, cap=900, layer=0,
+                                     head_dim=32, n_q_heads=6, n_kv_heads=2, q_tile=4, f16_probabilities=True)

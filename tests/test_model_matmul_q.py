@@ -21,18 +21,26 @@ from harness import assert_sentinels_intact, guard_output
 # even a multiple of 32 for the float formats); the wide K spans two slabs of a tile on lavapipe.
 NARROW_K = {256: 512, 32: 96, 1: 44}
 WIDE_K = {256: 1024, 32: 1056, 1: 1060}
-# (T, mode, accumulate, lanes, wide K, unroll): T = 1 is decode, T = 13 two prefill tiles of 8
-# (the second partial), lanes 1 (CPU layout), 4 and 8 (clusters inside a subgroup), 32 (wider than
-# lavapipe's subgroup: partial sums meet in shared memory); unroll > 1 with chunk counts that leave
-# the last pass partial (clamped loads, dropped sums).
+# (T, mode, accumulate, lanes, wide K, unroll, coalesced): T = 1 is decode, T = 13 two prefill
+# tiles of 8 (the second partial), lanes 1 (CPU layout), 4 and 8 (clusters inside a subgroup), 32
+# (wider than lavapipe's subgroup: partial sums meet in shared memory); unroll > 1 with chunk counts
+# that leave the last pass partial (clamped loads, dropped sums). Coalesced (8 lanes per chunk, a
+# vec4 each): lanes 8 (one chunk per pass, 32 rows per workgroup), 16 and 32 (2 and 4 chunks per
+# pass; 32 spans 4 of lavapipe's subgroups), None (the plan's lanes and unroll), each mode and
+# accumulate; T = 13 with the wide K: two slabs per tile, partial passes.
 CASES = [
-    (1, "plain", False, 1, False, 1),
-    (1, "rmsnorm", True, 32, True, 2),
-    (1, "swiglu", True, 8, False, 4),
-    (13, "plain", True, 4, True, 3),
-    (13, "rmsnorm", False, 1, False, 1),
-    (13, "swiglu", True, 1, True, 2),
-    (5, "rmsnorm", False, 8, False, 1),
+    (1, "plain", False, 1, False, 1, False),
+    (1, "rmsnorm", True, 32, True, 2, False),
+    (1, "swiglu", True, 8, False, 4, False),
+    (13, "plain", True, 4, True, 3, False),
+    (13, "rmsnorm", False, 1, False, 1, False),
+    (13, "swiglu", True, 1, True, 2, False),
+    (5, "rmsnorm", False, 8, False, 1, False),
+    (1, "plain", False, 8, False, 1, True),
+    (1, "rmsnorm", True, 32, True, 2, True),
+    (1, "swiglu", True, 16, False, 4, True),
+    (1, "rmsnorm", False, None, True, None, True),
+    (13, "plain", True, 16, True, 3, True),
 ]
 N_ROWS = 37    # not a multiple of any workgroup's rows
 
@@ -45,10 +53,10 @@ def _close(got, want, bound, what):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[0]}-{c[1]}{'-acc' if c[2] else ''}-l{c[3]}"
-                         f"{'-wideK' if c[4] else ''}-u{c[5]}")
+                         f"{'-wideK' if c[4] else ''}-u{c[5]}{'-coal' if c[6] else ''}")
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_matches_reference(vk, fmt, case):
-    T, mode, acc, lanes, wide, unroll = case
+    T, mode, acc, lanes, wide, unroll, coalesced = case
     qtype, blk, _ = FORMATS[fmt]
     K = (WIDE_K if wide else NARROW_K)[blk]
     rng = np.random.default_rng(qtype * 100 + T)
@@ -59,7 +67,7 @@ def test_matches_reference(vk, fmt, case):
     x0, raw0 = x.copy(), raw.copy()
     guard = guard_output(vk, SHADER, "y", T * N_ROWS)
     got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, y=y, lanes=lanes, unroll=unroll,
-                         device=vk)
+                         coalesced=coalesced, device=vk)
     assert_sentinels_intact(guard, T * N_ROWS)
     want = model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=g, y=y)
     bound = abs_bound(x, raw, qtype, K, mode=mode, norm_weight=g) + (0 if y is None else np.abs(y))
@@ -69,11 +77,18 @@ def test_matches_reference(vk, fmt, case):
     np.testing.assert_array_equal(raw, raw0)
 
 
-@pytest.mark.parametrize("fmt,T,lanes,mode", [("Q4_K", 1, 1, "rmsnorm"), ("Q4_K", 6, 8, "plain"),
-                                              ("Q8_0", 1, 32, "plain"), ("Q6_K", 11, 1, "rmsnorm"),
-                                              ("F16", 3, 4, "rmsnorm"), ("Q4_1", 1, 8, "rmsnorm")])
-def test_rope_epilogue(vk, fmt, T, lanes, mode):
-    """qkv rows (4 q heads, 2 k heads, 2 v heads of 16) with RoPE at positions 5.. in the epilogue."""
+@pytest.mark.parametrize("fmt,T,lanes,mode,coalesced,rows", [
+    ("Q4_K", 1, 1, "rmsnorm", False, None), ("Q4_K", 6, 8, "plain", False, None),
+    ("Q8_0", 1, 32, "plain", False, None), ("Q6_K", 11, 1, "rmsnorm", False, None),
+    ("F16", 3, 4, "rmsnorm", False, None), ("Q4_1", 1, 8, "rmsnorm", False, None),
+    ("Q8_0", 1, 4, "plain", False, 16),
+    ("Q4_K", 1, 8, "rmsnorm", True, None), ("Q5_0", 1, 32, "plain", True, None),
+    ("BF16", 1, 64, "rmsnorm", True, None), ("Q6_K", 1, None, "plain", True, None),
+    ("Q4_K", 1, 32, "plain", True, 2), ("Q5_K", 1, 16, "rmsnorm", True, 32), ("Q4_0", 1, 8, "plain", True, 4)])
+def test_rope_epilogue(vk, fmt, T, lanes, mode, coalesced, rows):
+    """qkv rows (4 q heads, 2 k heads, 2 v heads of 16) with RoPE at positions 5.. in the epilogue
+    (coalesced: 32, 8, 4 rows per workgroup for lanes 8, 32, 64); ``rows`` per workgroup set
+    (workgroups of 64 to 512 invocations), the RoPE pairs still inside one workgroup."""
     qtype, blk, _ = FORMATS[fmt]
     K, hd = NARROW_K[blk] if blk > 1 else 64, 16
     N, rope_rows = 8 * hd, 6 * hd
@@ -83,7 +98,8 @@ def test_rope_epilogue(vk, fmt, T, lanes, mode):
     g = rng.standard_normal(K).astype(np.float32)
     rope = dict(pos0=5, head_dim=hd, rope_rows=rope_rows, theta=10000.0)
     guard = guard_output(vk, SHADER, "y", T * N)
-    got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, rope=rope, lanes=lanes, device=vk)
+    got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, rope=rope, lanes=lanes, coalesced=coalesced,
+                         rows=rows, device=vk)
     assert_sentinels_intact(guard, T * N)
     want = model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=g, rope=rope)
     bound = abs_bound(x, raw, qtype, K, mode=mode, norm_weight=g).max(axis=1, keepdims=True) * np.ones((1, N))
@@ -198,6 +214,8 @@ def test_bad_input(vk):
         model_matmul_q(np.zeros((1, 32), np.float32), raw, 2, 64, device=vk)
     with pytest.raises(ValueError, match="lanes"):
         model_matmul_q(x, raw, 2, 64, lanes=3, device=vk)
+    with pytest.raises(ValueError, match="lanes must be a power of 2 in 8"):
+        model_matmul_q(x, raw, 2, 64, lanes=4, coalesced=True, device=vk)     # fewer lanes than a chunk's 8
     with pytest.raises(ValueError, match="not finite|NaN|finite"):
         model_matmul_q(np.full((1, 64), np.nan, np.float32), raw, 2, 64, device=vk)
     with pytest.raises(ValueError, match="rope"):
@@ -250,15 +268,24 @@ def test_subgroup_size_and_plan(vk, monkeypatch):
     assert 4 * tt * ks <= int(vk.properties["max_compute_shared_memory_size"])
     assert ks % (32 * lanes * unroll) == 0             # whole passes of the row's lanes per slab
     assert plan(vk, 1, 2048, lanes=32)[1] == 8         # explicit lanes are kept
+    assert plan(vk, 1, 2048, coalesced=True) == (256, 16, 1, 2048, 4)   # a subgroup per row, 4 chunks per group
+    assert plan(vk, 1, 576, coalesced=True)[4] == 1    # 18 chunks: a shallow row
+    monkeypatch.setitem(vk.properties, "subgroup_size", 4)
+    assert plan(vk, 1, 2048, coalesced=True)[1] == 32  # never fewer than the 8 lanes of a chunk
+    monkeypatch.setitem(vk.properties, "device_type", "Cpu")
+    assert plan(vk, 1, 2048, coalesced=True)[1] == 32  # coalesced on request on a CPU device too
 
 
 @pytest.mark.parametrize("sg", [8, 32])
-@pytest.mark.parametrize("fmt,K,T", [("Q4_K", 2048, 1), ("Q4_K", 2048, 13), ("Q4_1", 576, 1),
-                                     ("Q6_K", 1536, 9), ("F16", 576, 13)])
-def test_gpu_plans_on_lavapipe(vk, monkeypatch, sg, fmt, K, T):
+@pytest.mark.parametrize("fmt,K,T,coalesced", [("Q4_K", 2048, 1, False), ("Q4_K", 2048, 13, False),
+                                               ("Q4_1", 576, 1, False), ("Q6_K", 1536, 9, False),
+                                               ("F16", 576, 13, False), ("Q4_K", 2048, 1, True),
+                                               ("Q5_1", 576, 1, True), ("F32", 8192, 1, True)])
+def test_gpu_plans_on_lavapipe(vk, monkeypatch, sg, fmt, K, T, coalesced):
     """The default GPU plans (lanes from a reported subgroup size of 8 or 32, unroll 4 or 1, slabs
-    of whole passes) run on lavapipe, whose real subgroup is 8: rows wider than it meet in shared
-    memory. Same tolerance as test_matches_reference."""
+    of whole passes; coalesced: lanes = the subgroup, K = 8192 F32 in several slabs) run on
+    lavapipe, whose real subgroup is 8: rows wider than it meet in shared memory. Same tolerance
+    as test_matches_reference."""
     monkeypatch.setitem(vk.properties, "subgroup_size", sg)
     monkeypatch.setitem(vk.properties, "device_type", "DiscreteGpu")
     qtype = FORMATS[fmt][0]
@@ -267,10 +294,19 @@ def test_gpu_plans_on_lavapipe(vk, monkeypatch, sg, fmt, K, T):
     x = rng.standard_normal((T, K)).astype(np.float32)
     g = rng.standard_normal(K).astype(np.float32)
     guard = guard_output(vk, SHADER, "y", T * N_ROWS)
-    got = model_matmul_q(x, raw, qtype, K, mode="rmsnorm", norm_weight=g, device=vk)
+    got = model_matmul_q(x, raw, qtype, K, mode="rmsnorm", norm_weight=g, coalesced=coalesced, device=vk)
     assert_sentinels_intact(guard, T * N_ROWS)
     want = model_matmul_q_ref(x, raw, qtype, K, mode="rmsnorm", norm_weight=g)
     _close(got, want, abs_bound(x, raw, qtype, K, mode="rmsnorm", norm_weight=g), f"{fmt} sg={sg} T={T}")
+
+
+def test_rows_per_workgroup_checked(vk):
+    from grilly_kv.ops.model_matmul_q import plan
+
+    assert plan(vk, 1, 512, lanes=16, rows=4, coalesced=True)[:2] == (64, 4)
+    for rows, lanes in ((3, 8), (128, 16), (0, 8)):
+        with pytest.raises(ValueError, match="rows"):
+            plan(vk, 1, 512, lanes=lanes, rows=rows, coalesced=True)
 
 
 def test_fused_qkv_rope_equals_model_path(vk):

@@ -20,7 +20,7 @@ K_OF_BLOCK = {256: 512, 32: 96, 1: 96}
 CASES = [(1, "plain", 1), (1, "rmsnorm", 8), (13, "rmsnorm", 1), (13, "swiglu", 4), (5, "plain", 4)]
 
 
-def _check(vk, fmt, T, mode, lanes, act, seed):
+def _check(vk, fmt, T, mode, lanes, act, seed, coalesced=False):
     qtype, blk, _ = FORMATS[fmt]
     K = K_OF_BLOCK[blk]
     rng = np.random.default_rng(seed)
@@ -29,13 +29,14 @@ def _check(vk, fmt, T, mode, lanes, act, seed):
     x[0, :32] *= 1e-3                                   # a small block: its own scale
     g = rng.standard_normal(K).astype(np.float32)
     guard = guard_output(vk, SHADER, "y", T * N_ROWS)
-    got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, lanes=lanes, act_rounding=act, device=vk)
+    got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, lanes=lanes, act_rounding=act,
+                         coalesced=coalesced, device=vk)
     assert_sentinels_intact(guard, T * N_ROWS)
     want = model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=g, act_rounding=act)
     plain = model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=g)
     bound = abs_bound(x, raw, qtype, K, mode=mode, norm_weight=g)
     err = np.abs(got.astype(np.float64) - want) / bound
-    assert err.max() <= 2e-6, f"{fmt} {act} T{T} {mode}: relative error {err.max():.3g}"
+    assert err.max() <= 2e-6, f"{fmt} {act} T{T} {mode} coalesced={coalesced}: relative error {err.max():.3g}"
     if act is not None:
         assert (np.abs(plain.astype(np.float64) - want) / bound).max() > 2e-5   # the rounding is visible
 
@@ -46,6 +47,16 @@ def test_vec_dot_rounding_matches_reference(vk, fmt, case):
     """Each format with its own vec_dot_type (F32: none)."""
     T, mode, lanes = case
     _check(vk, fmt, T, mode, lanes, VEC_DOT_TYPE[fmt], FORMATS[fmt][0] * 10 + T)
+
+
+@pytest.mark.parametrize("case", [(1, "plain", 8), (1, "rmsnorm", 16), (5, "swiglu", 8)],
+                         ids=lambda c: f"T{c[0]}-{c[1]}-l{c[2]}")
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_coalesced_layout_rounds_too(vk, fmt, case):
+    """The coalesced decode layout (COAL) rounds the staged slab as the row layout does (the slab
+    is read through xs_at; Q8_1's block correction is added once per chunk)."""
+    T, mode, lanes = case
+    _check(vk, fmt, T, mode, lanes, VEC_DOT_TYPE[fmt], FORMATS[fmt][0] * 10 + T + 1, coalesced=True)
 
 
 @pytest.mark.parametrize("act", ["Q8_0", "F16", "BF16"])

@@ -210,3 +210,43 @@ def test_bad_weight_format(vk, tmp_path):
     path = write_synthetic_gguf(tmp_path / "llama.gguf", "llama", n_layers=1)
     with pytest.raises(ValueError, match="weight_format"):
         VulkanModel(load_checkpoint(path, floats=False), vk, weight_format="q4")
+
+
+def _coal_flags(model, T: int) -> set:
+    """The COAL specialisation constants (id 12) of the model-matmul-q dispatches recorded for T."""
+    return {st.spec[12] for key, recs in model._recordings.items() if key[0] == T
+            for r in recs for st in r.steps if st.kind == "dispatch" and st.shader == "model-matmul-q"}
+
+
+@pytest.mark.parametrize("fam,qtype", [("llama", "Q4_K"), ("qwen2", "Q8_0"), ("untied", "Q4_1"), ("llama3", "F16")])
+def test_coalesced_matvec_equals_rows(vk, tmp_path, monkeypatch, fam, qtype):
+    """matvec "coalesced" (one-token mat-vecs with 8 lanes per chunk, a vec4 each; chosen here by
+    $GRILLY_KV_MATVEC) gives the logits of "rows" (each lane whole chunks) to 1e-3 of their std:
+    both decode the same blocks exactly in float32 and differ only in summation order (and so,
+    rarely, in a float16 K/V cache rounding). Decode recordings carry COAL = 1, prefill tiles 0."""
+    shapes = K_SHAPES if qtype in K_TYPES else {}
+    raw = _raw_blocks(fam, shapes, {".weight": qtype}) if qtype in K_TYPES else None
+    path = write_synthetic_gguf(tmp_path / f"{fam}-{qtype}.gguf", fam, qtype=qtype, raw=raw, **shapes)
+    ck = load_checkpoint(path, floats=False)
+    logits = {}
+    for matvec in ("rows", "coalesced"):
+        monkeypatch.setenv("GRILLY_KV_MATVEC", matvec)
+        with VulkanModel(ck, vk, max_chunk=CHUNK) as model:
+            logits[matvec] = teacher_forced_logits(model, make_policy("dense"), _ids(), N_PREFILL)
+            assert model.matvec == matvec
+            assert _coal_flags(model, 1) == {int(matvec == "coalesced")}
+            assert _coal_flags(model, CHUNK) == {0}
+    want = logits["rows"]
+    assert want.std() > 1.0
+    assert_close(logits["coalesced"], want, atol=1e-3 * float(want.std()), what=f"{fam} {qtype} coalesced vs rows")
+    assert (logits["coalesced"].argmax(-1) == want.argmax(-1)).all()
+
+
+def test_matvec_choice_rejects_unknown(vk, tmp_path, monkeypatch):
+    path = write_synthetic_gguf(tmp_path / "llama.gguf", "llama", qtype="Q8_0")
+    monkeypatch.setenv("GRILLY_KV_MATVEC", "fast")
+    with pytest.raises(ValueError, match="GRILLY_KV_MATVEC"):
+        VulkanModel(load_checkpoint(path, floats=False), vk, max_chunk=CHUNK)
+    monkeypatch.delenv("GRILLY_KV_MATVEC")
+    with VulkanModel(load_checkpoint(path, floats=False), vk, max_chunk=CHUNK, matvec="coalesced") as model:
+        assert model.matvec == "coalesced"

@@ -15,6 +15,7 @@ from grilly_kv.models.llama import load_checkpoint
 from grilly_kv.models.llama.reference import ReferenceModel
 from grilly_kv.models.llama.vulkan import VulkanModel
 from grilly_kv.models.synthetic import write_synthetic_gguf
+from grilly_kv.ops.kv_slot_attention import Q_TILE_ENV
 from grilly_kv.policies import make_policy
 from grilly_kv.policies.registry import policy_names
 from grilly_kv.rope import llama3_freq_factors, rope_inv_freq
@@ -63,6 +64,31 @@ def test_vulkan_matches_reference(vk, files, fam):
     got = teacher_forced_logits(VulkanModel(ck, vk, max_chunk=CHUNK), make_policy("dense"), ids, n)
     assert_close(got, want, atol=ATOL, what=f"{fam} logits")
     assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def _attention_labels(model) -> set:
+    return {st.label for recs in model._recordings.values() for r in recs for st in r.steps
+            if st.label.startswith("kv-slot-attention")}
+
+
+@pytest.mark.parametrize("fam", ["llama", "mistral", "qwen3"])
+def test_query_tiled_prefill_matches_untiled(vk, files, fam, monkeypatch):
+    """A 21-token prompt prefilled in chunks of 8 (the last partial) with the query-tiled split
+    pass (tiles of 3 tokens: every chunk ends in a partial tile) gives the untiled path's logits
+    at every position, then the same decode. Tolerance: the same float32 terms summed in another
+    order: |logit err| <= 1e-3, same argmax."""
+    ck = load_checkpoint(files[fam])
+    ids = _ids(24)
+    logits, labels = {}, {}
+    for q_tile in ("1", "3"):
+        monkeypatch.setenv(Q_TILE_ENV, q_tile)
+        model = VulkanModel(ck, vk, max_chunk=CHUNK)
+        logits[q_tile] = teacher_forced_logits(model, make_policy("dense"), ids, 21)
+        labels[q_tile] = _attention_labels(model)
+        model.close()
+    assert labels == {"1": {"kv-slot-attention"}, "3": {"kv-slot-attention", "kv-slot-attention-qt3"}}
+    assert_close(logits["3"], logits["1"], atol=1e-3, what=f"{fam} logits, tiled vs untiled")
+    assert (logits["3"].argmax(-1) == logits["1"].argmax(-1)).all()
 
 
 def _ref_logits(ck):

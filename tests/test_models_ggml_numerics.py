@@ -50,6 +50,30 @@ def test_vulkan_ggml_matches_reference_ggml(vk, tmp_path, fam, qtype):
         assert np.median(np.abs(plain - want).max(-1)) > 10 * np.median(diff)
 
 
+@pytest.mark.parametrize("fam,qtype", [("qwen3", "Q4_1"), ("llama", "Q8_0")])
+def test_ggml_with_coalesced_matvec_and_prefill_tiles(vk, tmp_path, monkeypatch, fam, qtype):
+    """numerics="ggml" under main's faster layouts: the coalesced decode mat-vecs round their
+    activations too (decode dispatches carry COAL = 1 and ACTQ != 0), and the prefill q-tile
+    override does not tile the float16-probability attention (it runs untiled); same tolerance."""
+    monkeypatch.setenv("GRILLY_KV_PREFILL_QTILE", "4")
+    path = write_synthetic_gguf(tmp_path / f"{fam}-{qtype}.gguf", fam, qtype=qtype)
+    want = _logits(ReferenceModel(load_checkpoint(path), max_chunk=CHUNK, numerics="ggml"))
+    model = VulkanModel(load_checkpoint(path, floats=False), vk, max_chunk=CHUNK, numerics="ggml", matvec="coalesced")
+    try:
+        got = _logits(model)
+        mm = [st.spec for key, recs in model._recordings.items() if key[0] == 1 for r in recs for st in r.steps
+              if st.kind == "dispatch" and st.shader == "model-matmul-q"]
+        attn = [st.spec for recs in model._recordings.values() for r in recs for st in r.steps
+                if st.kind == "dispatch" and st.shader == "kv-slot-attention"]
+    finally:
+        model.close()
+    assert mm and all(s[12] == 1 and s[13] != 0 for s in mm)            # COAL (id 12), ACTQ (id 13)
+    assert attn and all(s[6] == 1 and s[7] == 1 for s in attn)          # QT (id 6) 1, P16 (id 7)
+    diff = np.abs(got.astype(np.float64) - want).max(-1)
+    assert np.mean(diff <= 1e-3) >= 0.75, f"{fam} {qtype}: per-position max |diff| {np.round(diff, 5)}"
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.9
+
+
 def test_default_numerics_unchanged(vk, tmp_path):
     """numerics="float" (the default) is the float32 forward: no rounding anywhere."""
     ck = load_checkpoint(write_synthetic_gguf(tmp_path / "l.gguf", "llama", qtype="Q8_0"))

@@ -49,6 +49,20 @@ def test_predictor_captures_take_a_model(model_path):
     np.testing.assert_allclose(a[0][:4], b[0])
 
 
+def test_predictor_capture_cache_supplies_what_it_holds_and_keeps_new_essays(model_path, tmp_path):
+    from grilly_kv.predictor.train import load_captures
+
+    cache = str(tmp_path / "captures.npz")
+    first = load_captures([0], 32, model=str(model_path), cache=cache)
+    with np.load(cache) as z:
+        marked = {"essay0": np.full_like(z["essay0"], 7)}
+    np.savez(cache, **marked)                               # prove essay 0 now comes from the cache
+    both = load_captures([0, 1], 32, model=str(model_path), cache=cache)
+    assert (both[0] == 7).all() and both[1].shape == first[0].shape and not (both[1] == 7).all()
+    with np.load(cache) as z:
+        assert sorted(z.files) == ["essay0", "essay1"] and (z["essay0"] == 7).all()
+
+
 def test_tappa_qsim_takes_a_model(model_path, tmp_path):
     from grilly_kv.cli import main
 

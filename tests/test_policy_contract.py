@@ -51,7 +51,9 @@ MAX_TAIL = sum(QUESTION) + len(DECODE)
 BIG, SMALL = 128, 32                                   # budgets: >= the sequence, < the context
 DENSE_EXCEPTIONS = {"entmax15": "attends with 1.5-entmax, not softmax"}
 ATOL_DENSE, ATOL_HOST = 2e-4, 5e-4
-NAMES = policy_names()
+# every registered policy, and each predictor rule spelled out ("predictor" itself runs "auto",
+# which picks one of them by the measurement stored with the shipped weights)
+NAMES = policy_names() + [n for n in policy_names(variants=True) if ":" in n and not n.endswith(":auto")]
 SETTINGS = {
     "tappa": dict(window=8, sinks=2),                  # default window 32 + 4 sinks > budget 32
     "triattention": dict(divide_length=8, protect_initial=2, protect_recent=8),
@@ -67,7 +69,8 @@ def shape_for(chunks, max_tail=0, device=None, n_kv_heads=2) -> CacheShape:
 
 
 def new_policy(name: str, budget: int):
-    return make_policy(name) if name == "dense" else make_policy(name, budget, **SETTINGS.get(name, {}))
+    settings = SETTINGS.get(name.partition(":")[0], {})
+    return make_policy(name) if name == "dense" else make_policy(name, budget, **settings)
 
 
 def margin(policy, shape: CacheShape) -> int:

@@ -1,13 +1,16 @@
 """AttentionPredictor beyond the shaders: the hand-written backward, reproducible training, the
 weights file, and the policy (history initialisation, calibration, selection) with the
 predictor-history-update and predictor-cnn shaders on Vulkan against the NumPy path."""
+import json
+
 import numpy as np
 import pytest
 
 from grilly_kv.policies.base import CacheShape
 from grilly_kv.predictor.policy import PredictorPolicy, candidate_blocks
 from grilly_kv.predictor.train import Geometry, group_rows, loss_and_grads, train
-from grilly_kv.predictor.weights import DEFAULT_WEIGHTS, KV_HEAD_WEIGHTS, init_weights, load_weights, save_weights
+from grilly_kv.predictor.weights import (DEFAULT_WEIGHTS, KV_HEAD_WEIGHTS, init_weights, load_weights, save_weights,
+                                       stored_hit_rates)
 from grilly_kv.reference.kv_slot_attention import masked_attention
 from grilly_kv.reference.predictor_history_update import block_max_pool
 from tests.harness import assert_close
@@ -103,9 +106,9 @@ def test_block_predictor_rejects_bad_group_and_rows():
 
 def test_budget_smaller_than_sinks_plus_local():
     with pytest.raises(ValueError, match=r"budget \(100 tokens\) must be >= sinks \+ local \(64 \+ 64 = 128\)"):
-        PredictorPolicy(100, weights=init_weights(0), device="cpu")
+        PredictorPolicy(100, weights=init_weights(0), predictor="cnn", device="cpu")
     with pytest.raises(ValueError, match="multiple of 16"):
-        PredictorPolicy(256, sinks=10, weights=init_weights(0), device="cpu")
+        PredictorPolicy(256, sinks=10, weights=init_weights(0), predictor="cnn", device="cpu")
 
 
 SHAPE = CacheShape(n_layers=2, n_q_heads=4, n_kv_heads=2, head_dim=8, max_tokens=200, max_chunk=128)
@@ -137,7 +140,7 @@ def _run(policy, n_prefill, n_decode, seed=0):
 
 @pytest.mark.parametrize("per_kv_head", [True, False])
 def test_policy_prefill_is_dense_and_initialises_the_history(vk, per_kv_head):
-    pol = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), device=vk, per_kv_head=per_kv_head)
+    pol = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), predictor="cnn", device=vk, per_kv_head=per_kv_head)
     outs, qs, ks, vs = _run(pol, 90, 0)
     T = 90
     mask = np.tri(T, dtype=bool)
@@ -162,11 +165,11 @@ def test_policy_prefill_is_dense_and_initialises_the_history(vk, per_kv_head):
 
 
 def test_policy_decode_sees_sinks_local_and_selected_blocks(vk):
-    pol = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), device=vk)
+    pol = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), predictor="cnn", device=vk)
     n_pre = 120
     outs, qs, ks, vs = _run(pol, n_pre, 1)
     # recompute the selection made after the prefill with a NumPy twin policy
-    twin = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), device="cpu")
+    twin = PredictorPolicy(64, sinks=16, local=16, weights=init_weights(1), predictor="cnn", device="cpu")
     _run(twin, n_pre, 0)
     twin.begin(np.array([n_pre]))
     sel = twin.selection                                   # (L, H_kv, k) blocks for position 120
@@ -205,7 +208,7 @@ def test_candidates_sinks_and_local_window_cover_every_position(local):
 @pytest.mark.parametrize("local", [16, 24])
 def test_policy_with_budget_over_the_context_is_dense(per_kv_head, local):
     """A budget >= the sequence keeps every key: each decode output equals causal attention."""
-    pol = PredictorPolicy(256, sinks=16, local=local, weights=init_weights(0), device="cpu",
+    pol = PredictorPolicy(256, sinks=16, local=local, weights=init_weights(0), predictor="cnn", device="cpu",
                           per_kv_head=per_kv_head)
     n_pre, n_dec = 120, 20
     outs, qs, ks, vs = _run(pol, n_pre, n_dec)
@@ -226,7 +229,7 @@ def test_policy_vulkan_matches_numpy_over_decode_steps(vk):
     """Same selections step after step (calibration rows included) on Vulkan and in NumPy."""
     runs = {}
     for dev in (vk, "cpu"):
-        pol = PredictorPolicy(80, sinks=16, local=16, calibration_step=3, weights=init_weights(2), device=dev)
+        pol = PredictorPolicy(80, sinks=16, local=16, calibration_step=3, weights=init_weights(2), predictor="cnn", device=dev)
         _run(pol, 100, 0)
         sels = []
         rng = np.random.default_rng(9)
@@ -246,7 +249,7 @@ def test_policy_vulkan_matches_numpy_over_decode_steps(vk):
 
 
 def test_calibration_step_writes_the_full_row():
-    pol = PredictorPolicy(48, sinks=16, local=16, calibration_step=2, weights=init_weights(0), device="cpu")
+    pol = PredictorPolicy(48, sinks=16, local=16, calibration_step=2, weights=init_weights(0), predictor="cnn", device="cpu")
     _run(pol, 100, 0)
     rng = np.random.default_rng(4)
     newest = []
@@ -281,7 +284,7 @@ def test_end_context_keeps_the_question_tail():
     """Question-aware mode: after end_context the window reaches back to the context's last
     ``local`` tokens and keeps every later token; bad use raises."""
     rng = np.random.default_rng(5)
-    pol = PredictorPolicy(48, sinks=16, local=16, weights=init_weights(0), device="cpu", rule="bounded")
+    pol = PredictorPolicy(48, sinks=16, local=16, weights=init_weights(0), predictor="cnn", device="cpu", rule="bounded")
     shape = CacheShape(n_layers=1, n_q_heads=2, n_kv_heads=1, head_dim=8, max_tokens=80, max_chunk=40,
                        max_tail=20)
     pol.reset(shape)
@@ -305,7 +308,7 @@ def test_end_context_keeps_the_question_tail():
     pol.begin(np.array([45]))
     seen = pol._visible_bounded(0, 46)[0, 0]
     assert seen[:16].all() and seen[25:].all(), "sinks, the context's last window and the tail are kept"
-    no_tail = PredictorPolicy(48, sinks=16, local=16, weights=init_weights(0), device="cpu", rule="bounded")
+    no_tail = PredictorPolicy(48, sinks=16, local=16, weights=init_weights(0), predictor="cnn", device="cpu", rule="bounded")
     no_tail.reset(CacheShape(n_layers=1, n_q_heads=2, n_kv_heads=1, head_dim=8, max_tokens=80, max_chunk=40))
     no_tail.begin(np.arange(0, 4))
     with pytest.raises(ValueError, match="max_tail >= 1"):
@@ -315,9 +318,59 @@ def test_end_context_keeps_the_question_tail():
 def test_working_margin_is_the_twins_ring_over_the_window():
     from grilly_kv.predictor.device import ring_blocks
 
-    pol = PredictorPolicy(100, sinks=16, local=24, weights=init_weights(0), device="cpu")
+    pol = PredictorPolicy(100, sinks=16, local=24, weights=init_weights(0), predictor="cnn", device="cpu")
     for max_tokens in (200, 20000):
         s = CacheShape(n_layers=1, n_q_heads=2, n_kv_heads=1, head_dim=8, max_tokens=max_tokens,
                        max_chunk=32, max_tail=10)
         # twin: sinks + 16 k + 16 ring slots; budget: sinks + local + 16 k + (60 % 16)
         assert pol.working_margin(s) == 16 * ring_blocks(24, 32, 10) - 24 - 60 % 16
+
+
+def _weights_with_report(path, cnn: float, last_row: float):
+    report = {"held_out_after": {"hit_rate": cnn, "last_row_hit_rate": last_row}, "config": {"topk": 8}}
+    save_weights(init_weights(0), path, metadata={"report": json.dumps(report)})
+    return str(path)
+
+
+def test_auto_predictor_picks_the_higher_stored_hit_rate(tmp_path):
+    better_cnn = _weights_with_report(tmp_path / "a.safetensors", 0.8, 0.7)
+    better_row = _weights_with_report(tmp_path / "b.safetensors", 0.6, 0.7)
+    tie = _weights_with_report(tmp_path / "c.safetensors", 0.7, 0.7)
+    assert stored_hit_rates(better_cnn) == {"cnn": 0.8, "last-row": 0.7, "k": 8}
+    assert PredictorPolicy(256, weights=better_cnn, device="cpu").predictor_kind == "cnn"
+    assert PredictorPolicy(256, weights=better_row, device="cpu").predictor_kind == "last-row"
+    assert PredictorPolicy(256, weights=tie, device="cpu").predictor_kind == "last-row"   # must beat it
+    pol = PredictorPolicy(256, weights=better_row, device="cpu", predictor="cnn")
+    assert pol.predictor_kind == "cnn" and "predictor=cnn" in pol.describe()
+    assert "predictor=auto->last-row" in PredictorPolicy(256, weights=better_row, device="cpu").describe()
+    # the shipped default follows its own stored measurement
+    rates = stored_hit_rates(KV_HEAD_WEIGHTS)
+    want = "cnn" if rates["cnn"] > rates["last-row"] else "last-row"
+    assert PredictorPolicy(256, device="cpu").predictor_kind == want
+
+
+def test_auto_predictor_refuses_weights_without_a_measurement(tmp_path):
+    with pytest.raises(ValueError, match="predictor='auto'.*dict"):
+        PredictorPolicy(256, weights=init_weights(0), device="cpu")
+    save_weights(init_weights(0), tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match="no held-out hit rates"):
+        PredictorPolicy(256, weights=str(tmp_path / "bare.safetensors"), device="cpu")
+    with pytest.raises(ValueError, match="predictor must be one of"):
+        PredictorPolicy(256, weights=init_weights(0), device="cpu", predictor="best")
+    with pytest.raises(FileNotFoundError):
+        stored_hit_rates(tmp_path / "missing.safetensors")
+
+
+def test_registry_spells_the_predictor_variants():
+    from grilly_kv.policies import make_policy, policy_names
+
+    assert {"predictor:cnn", "predictor:last-row", "predictor:auto"} <= set(policy_names(variants=True))
+    assert not any(":" in n for n in policy_names())
+    assert make_policy("predictor:last-row", 256, device="cpu").predictor_kind == "last-row"
+    assert make_policy("predictor:cnn", 256, device="cpu").predictor_kind == "cnn"
+    with pytest.raises(ValueError, match="name: policy 'predictor' has no variant 'best'"):
+        make_policy("predictor:best", 256)
+    with pytest.raises(ValueError, match="name: policy 'streaming' has no variant"):
+        make_policy("streaming:cnn", 256)
+    with pytest.raises(ValueError, match="sets predictor="):
+        make_policy("predictor:cnn", 256, predictor="last-row")

@@ -9,6 +9,7 @@ from grilly_kv.ops.step_words import step_words
 from grilly_kv.policies.base import CacheShape
 from grilly_kv.predictor.device import DevicePredictorCache, ring_blocks
 from grilly_kv.predictor.policy import PredictorPolicy
+from grilly_kv.predictor.weights import init_weights
 from grilly_kv.reference.kv_slot_attention import masked_attention
 from grilly_kv.reference.predictor_twin import NONE
 from tests.harness import assert_close
@@ -266,6 +267,42 @@ def test_vulkan_model_runs_the_twin_like_the_reference_model(vk):
     assert twin.blocks_copied > 2 * 3 * pol.k
     assert_close(got, want, atol=0.15, what="logits")
     model.start(PredictorPolicy(device=vk, **kw), 16)       # releases the old twin
+    assert twin.device_bytes() == 0
+
+
+@pytest.mark.parametrize("predictor", ["cnn", "last-row"])
+def test_vulkan_model_twin_equals_the_numpy_rule_for_each_predictor(vk, tmp_path, predictor):
+    """A synthetic checkpoint (2 layers, GQA 4:2, F16) on Vulkan with the twin vs the NumPy
+    model with rule "bounded", for each predictor: the same chosen blocks after every forward
+    call, logits within 0.08 (the families test's float16 tolerance); the twin dispatches the
+    CNN only for "cnn" (for "last-row" its top-k reads the newest history row on the device)."""
+    from grilly_kv.models.llama import load_checkpoint
+    from grilly_kv.models.llama.reference import ReferenceModel
+    from grilly_kv.models.llama.vulkan import VulkanModel
+    from grilly_kv.models.synthetic import write_synthetic_gguf
+
+    ck = load_checkpoint(write_synthetic_gguf(tmp_path / "llama.gguf", "llama", qtype="F16"))
+    ids = [int(i) for i in np.random.default_rng(1).integers(0, 267, 72)]
+    kw = dict(budget=16 + 8 + 32, sinks=16, local=8, track_hits=False, weights=init_weights(5),
+              predictor=predictor)
+    host, pol = PredictorPolicy(rule="bounded", device="cpu", **kw), PredictorPolicy(device=vk, **kw)
+    ref, model = ReferenceModel(ck, max_chunk=8), VulkanModel(ck, vk, max_chunk=8)
+    ref.start(host, len(ids))
+    model.start(pol, len(ids))
+    twin = model.kv
+    assert isinstance(twin, DevicePredictorCache) and pol.predictor_kind == predictor
+    changed, last = 0, None
+    for t0, t1 in [(p, min(p + 8, 40)) for p in range(0, 40, 8)] + [(p, p + 1) for p in range(40, 72)]:
+        want = ref.forward(np.asarray(ids[t0:t1]), t0)
+        got = model.forward(np.asarray(ids[t0:t1]), t0)
+        assert_close(got, want, atol=0.08, what=f"logits at {t0}..{t1}")
+        sets = as_sets(host.selection)
+        assert as_sets(twin.table) == sets, f"chosen blocks differ after positions {t0}..{t1}"
+        changed += last is not None and sets != last
+        last = sets
+    assert changed > 0, "the test must exercise block churn"
+    assert (twin._mode is not None) == (predictor == "cnn")     # the CNN's dispatch mode, or none
+    model.close()
     assert twin.device_bytes() == 0
 
 

@@ -116,7 +116,7 @@ def _slot_attention(rng):
     sp[5] = EMPTY
     return dict(qkv=r(rng, 1, (2 + 2) * 4), k_cache=r(rng, 1, 1, 6, 4, dtype=np.float16),
                 v_cache=r(rng, 1, 1, 6, 4, dtype=np.float16), slot_pos=sp, pos0=5, n_scan=6, layer=0,
-                n_q_heads=2, sinks=1, window=3, heads_per_buffer=1)
+                n_q_heads=2, sinks=1, window=3, heads_per_buffer=1, q_tile=1)
 
 
 def _trig(rng):
@@ -184,7 +184,8 @@ CASES = {
         ints=("pos0", "layer", "n_q_heads", "heads_per_buffer"), indices=("slots",), sequences_ok=("slots",),
         f16_store={"qkv": (0, 2 * 4)}),            # a key of token 0
     "kv_slot_attention": Case(kv_slot_attention, _slot_attention,
-                              ints=("pos0", "n_scan", "layer", "n_q_heads", "sinks", "window", "heads_per_buffer"),
+                              ints=("pos0", "n_scan", "layer", "n_q_heads", "sinks", "window", "heads_per_buffer",
+                                    "q_tile"),
                               indices=("slot_pos",)),
     "threshold_select": Case(threshold_select, lambda rng: dict(scores=r(rng, 2, 30), k=5, protect_initial=1,
                                                                 protect_recent=2),

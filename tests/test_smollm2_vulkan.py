@@ -75,6 +75,7 @@ def test_cli_generate_end_to_end(vk, capsys):
     err = capsys.readouterr().err                     # summary lines go to stderr
     assert rc == 0
     assert "tokens/s" in err and "KV cache held by streaming" in err and "device: vulkan" in err
+    assert "token slots per layer and KV head = budget" in err
 
 
 def test_cli_info_and_errors(capsys):

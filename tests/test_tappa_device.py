@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from grilly_kv.backend import Buffer, Recording
+from grilly_kv.ops.kv_slot_attention import Q_TILE_ENV
 from grilly_kv.ops.step_words import step_words
 from grilly_kv.policies import CacheShape
 from grilly_kv.policies.device import DeviceTwin
@@ -98,8 +99,12 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("q_tile", [None, "4"], ids=["plan", "qtile4"])
 @pytest.mark.parametrize("cfg", range(len(CONFIGS)))
-def test_twin_matches_the_bounded_numpy_policy(vk, cfg):
+def test_twin_matches_the_bounded_numpy_policy(vk, cfg, q_tile, monkeypatch):
+    """q_tile "4": prefill chunks attend with the query-tiled split pass (per-head slot maps)."""
+    if q_tile:
+        monkeypatch.setenv(Q_TILE_ENV, q_tile)
     shape, budget, W, sinks, sf, alloc, n_prompt, n_decode, chunk = CONFIGS[cfg]
     kw = dict(window=W, sinks=sinks, streaming_fraction=sf, allocation=alloc, qsim_device=vk)
     steps = steps_for(n_prompt, n_decode, chunk)
@@ -110,7 +115,7 @@ def test_twin_matches_the_bounded_numpy_policy(vk, cfg):
     twin = drv.twin
     assert isinstance(twin, DeviceTwin)
     cap = twin.capacity_tokens()
-    assert cap == min(2 * budget, shape.max_tokens) + shape.max_chunk < shape.max_tokens
+    assert cap == min(budget + budget // 2, shape.max_tokens) + shape.max_chunk < shape.max_tokens
     kv_bytes = twin.kv_bytes()
     assert kv_bytes == 2 * shape.n_layers * shape.n_kv_heads * cap * shape.head_dim * 2
     host = TappaPolicy(budget, **kw)
@@ -208,7 +213,7 @@ def test_smollm2_on_vulkan_with_the_twin_matches_the_numpy_model(vk):
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.95
     np.testing.assert_array_equal(dev.budgets, host.budgets)
     np.testing.assert_array_equal(dev.held(), host.held())
-    assert dev.held().max() < len(ids) and vkm.kv.capacity_tokens() == 40 + 8
+    assert dev.held().max() < len(ids) and vkm.kv.capacity_tokens() == 20 + 20 // 2 + 8
     same = [np.intersect1d(a, b).size / a.size for la, lb in zip(dev.pos, host.pos) for a, b in zip(la, lb)]
     assert min(same) >= 0.9                                            # float16 scores: rare swaps
     vkm.close() if hasattr(vkm, "close") else None

@@ -143,3 +143,86 @@ def test_pick_drops_unkept_pages(vk, n_pages, n_top, sinks, unkept_share):
         assert want == [list(r) for r in topk_select_ref(scores, n_pages, n_top, sinks)[0]]
     for buf in (sb, meta, pages, counts, dummy):
         buf.release()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "separate"])
+def test_many_steps_in_a_row(vk, fused):
+    """Decode after each of 40 one-token appends (GQA, float16): the page count crosses page
+    boundaries and the scoring grid's size (64 -> 128 pages, a new recording); every step's
+    pages equal the reference on the shader's scores, and the scores the reference's; the fused
+    mode's per-head counters are back at zero after the last step."""
+    B, H, G, D = 1, 2, 2, 32
+    S0, steps, budget = 16 * 63 + 10, 40, 16 * 6
+    cache, rng = make_cache(vk, B, H, D, S0, "float16", random_kv, seed=7)
+    st = cache._store
+    st.fused_merge = fused
+    for _ in range(steps):
+        k1 = rng.standard_normal((B, H, 1, D)).astype(np.float16)
+        cache.append(k1, rng.standard_normal((B, H, 1, D)).astype(np.float16))
+        q = rng.standard_normal((B, H * G, D)).astype(np.float32)
+        _, pages = cache.decode(q, token_budget=budget, return_pages=True)
+        got = shader_scores(cache)
+        want = ref_scores(cache, q, "max")
+        assert_close(got, want, atol=1e-4 * np.abs(want).max(), what="page scores")
+        np.testing.assert_array_equal(pages, topk_select_ref(got, cache.num_pages, budget // 16))
+    assert cache.num_pages == 67
+    st.select_counter.download_now()
+    assert not st.select_counter.read(st.bh).any(), "a selection counter was not reset"
+
+
+@pytest.mark.parametrize("drop_unkept", [False, True])
+@pytest.mark.parametrize("grid_pages", [1, None], ids=["runs-past-registers", "runs-in-registers"])
+def test_pick_runs_longer_than_registers(vk, grid_pages, drop_unkept):
+    """The selection keeps each invocation's run of page keys in KEYS_PER_LANE registers, sized
+    from grid_pages; a run longer than that (grid_pages=1: one register, runs of 3 pages over
+    1024 invocations) reads the rest from memory and must select the same pages. 2 KV heads,
+    2999 pages, integer scores (many ties), a tenth UNKEPT; sentinels after each head's pages."""
+    from grilly_kv.backend import Buffer, Recording
+    from grilly_kv.ops.topk_select import UNKEPT, record_topk_pick
+
+    bh, max_pages, page, n_pages, n_top, sinks = 2, 3000, 16, 2999, 700, 3
+    rng = np.random.default_rng(3)
+    scores = rng.integers(-20, 21, (1, bh, max_pages)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.1] = UNKEPT
+    sb = Buffer(vk, bh * max_pages)
+    sb.write(scores.reshape(-1))
+    meta = Buffer(vk, 2, np.uint32)
+    meta.write(np.array([(n_pages - 1) * page + 1, 0], np.uint32))
+    pages = sentinel_buffer(vk, bh * max_pages, np.uint32)
+    counts = sentinel_buffer(vk, bh, np.uint32)
+    dummy = Buffer(vk, 64)
+    rec = Recording(vk).upload(sb, meta)
+    record_topk_pick(rec, dummy, dummy, sb, pages, counts, meta, bh=bh, group=1, head_dim=32, f16=False,
+                     page_size=page, max_pages=max_pages, n_top=n_top, n_sink=sinks,
+                     drop_unkept=drop_unkept, grid_pages=grid_pages)
+    rec.run()
+    want = topk_select_ref(scores, n_pages, n_top, sinks, drop_unkept=drop_unkept)[0]
+    p_words, c_words = raw_words(pages), raw_words(counts)
+    assert list(c_words[:bh]) == [len(w) for w in want]
+    for h in range(bh):
+        row = p_words[h * max_pages:(h + 1) * max_pages]
+        assert list(row[:len(want[h])]) == list(want[h])
+        assert np.all(row[len(want[h]):] == SENTINEL), "pages written past the selection"
+    for buf in (sb, meta, pages, counts, dummy):
+        buf.release()
+
+
+def test_fused_selection_only_while_the_keys_fit_registers(vk):
+    """With a counter, scoring and selection are one dispatch up to KEY_ROOM (16384) pages;
+    past that the separate 1024-invocation selection pass runs (recorded, not run: the labels
+    of the recorded dispatches)."""
+    from grilly_kv.backend import Buffer, Recording
+    from grilly_kv.ops.topk_select import record_topk_select
+
+    bufs = [Buffer(vk, 64) for _ in range(6)]
+    counter = Buffer(vk, 4, np.uint32)
+    labels = {}
+    for grid_pages in (16384, 32768):
+        rec = Recording(vk)
+        record_topk_select(rec, *bufs, bh=1, group=1, head_dim=32, f16=False, page_size=16,
+                           max_pages=40000, grid_pages=grid_pages, n_top=8, n_sink=0,
+                           group_reduce="max", counter=counter)
+        labels[grid_pages] = [st.label for st in rec.steps if st.kind != "barrier"]
+    assert labels == {16384: ["topk-score-select"], 32768: ["topk-score", "topk-select"]}
+    for buf in bufs + [counter]:
+        buf.release()

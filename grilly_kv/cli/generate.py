@@ -186,6 +186,19 @@ def keeps_all_tokens(model, policy) -> bool:
     return policy.name in ("dense", "quest", "entmax", "entmax15")
 
 
+def slots_note(model, policy) -> str:
+    """Why an evicting policy holds more than ``budget / prompt`` of dense: the token slots per
+    layer and KV head its device twin allocated, split into the budget and the working margin
+    (the prefill chunk, the policy's window, the question and answer kept after the context)."""
+    twin = getattr(model, "kv", None)
+    budget = getattr(policy, "budget", None)
+    if twin is None or not hasattr(twin, "capacity_tokens") or not isinstance(budget, int):
+        return ""
+    slots = int(twin.capacity_tokens())
+    return (f"; {slots} token slots per layer and KV head = budget {budget} + {slots - budget} working "
+            "margin (prefill chunk, window, question and answer)")
+
+
 def summary_lines(r: Run, model, policy) -> list[str]:
     kept = (f" ({r.context_tokens} context tokens compressed, {r.question_tokens} question "
             "tokens kept)" if r.question_tokens else "")
@@ -197,6 +210,8 @@ def summary_lines(r: Run, model, policy) -> list[str]:
           f"({100 * held:.0f}%, float16, {KV_SOURCES[r.kv_source]})")
     if policy.name != "dense" and keeps_all_tokens(model, policy):
         kv += f"; {policy.name} keeps every token: it saves reads per step, not memory"
+    else:
+        kv += slots_note(model, policy)
     lines.append(kv)
     weights = getattr(model, "weight_bytes", None)
     lines.append(f"device: {model.device_name}" + (f", weights {_mib(weights)}" if weights else ""))

@@ -57,17 +57,6 @@ def int_list(minimum: int):
     return parse
 
 
-def float_list(lo: float, hi: float):
-    def parse(text: str) -> list[float]:
-        one = float_in(lo, hi)
-        values = [one(v.strip()) for v in text.split(",") if v.strip()]
-        if not values:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of numbers, got {text!r}")
-        return values
-    parse.__name__ = "list"
-    return parse
-
-
 _DEVICE = re.compile(r"^(cpu|vulkan(:\d+)?)$")
 
 

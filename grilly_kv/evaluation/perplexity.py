@@ -1,9 +1,5 @@
-"""Perplexity of held-out essay text continued through a KV policy's decode path."""
+"""Held-out essay windows for perplexity (scored by ``grilly_kv.models.generate.continuation_nll``)."""
 from __future__ import annotations
-
-import numpy as np
-
-from ..models.generate import continuation_nll
 
 
 def essay_windows(tokenizer, texts: list[str], context: int, n_targets: int, n_windows: int) -> list[list[int]]:
@@ -19,13 +15,3 @@ def essay_windows(tokenizer, texts: list[str], context: int, n_targets: int, n_w
         raise ValueError(f"the held-out essays hold no window of {need} tokens "
                          f"(context {context} + {n_targets} targets)")
     return wins[:n_windows]
-
-
-def policy_perplexity(model, make_policy, windows: list[list[int]], context: int) -> dict:
-    """Perplexity of each window's last tokens given its first ``context`` tokens.
-
-    Returns ``{"ppl", "nll", "n_tokens"}``: exp of the mean NLL over all target tokens.
-    """
-    nll = [continuation_nll(model, make_policy(), w[:context], w[context:]) for w in windows]
-    flat = np.concatenate(nll)
-    return {"ppl": float(np.exp(flat.mean())), "nll": float(flat.mean()), "n_tokens": int(flat.size)}

@@ -54,6 +54,14 @@ class SuiteConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
+def fit_perplexity_contexts(cfg: SuiteConfig, model_context: int) -> list[int]:
+    """Drop from ``cfg.ppl_contexts`` the contexts whose window (context + ``ppl_targets``)
+    exceeds ``model_context`` tokens; returns the dropped ones (for the caller to report)."""
+    dropped = [c for c in cfg.ppl_contexts if c + cfg.ppl_targets > model_context]
+    cfg.ppl_contexts = [c for c in cfg.ppl_contexts if c not in dropped]
+    return dropped
+
+
 def suite_runs(cfg: SuiteConfig) -> list[tuple[str, int | None, str]]:
     """(policy, budget, setting) triples: dense once, in place (it keeps everything)."""
     runs = []
@@ -96,10 +104,22 @@ def cell_rows(records: list[dict], cfg: SuiteConfig, meta: dict) -> list[dict]:
     return rows
 
 
-def evaluate_suite(model, tokenizer, cfg: SuiteConfig, on_run=None, progress=None, runs=None) -> dict:
-    """Run the suite. ``on_run(results, run)`` is called after each (policy, budget, setting);
-    ``runs``: those triples in the order to run them (default :func:`suite_runs`)."""
+def evaluate_suite(model, tokenizer, cfg: SuiteConfig, on_run=None, progress=None, runs=None,
+                   policy_kwargs: dict[str, dict] | None = None, time_limit: float | None = None) -> dict:
+    """Run the suite.
+
+    Args:
+        on_run: ``on_run(results, run)``, called after each (policy, budget, setting) with the
+            results so far (``results["complete"]`` False until every run finished).
+        progress: ``progress(total trials)`` returns a tqdm-like bar (or None).
+        runs: the (policy, budget, setting) triples in the order to run them (default
+            :func:`suite_runs`).
+        policy_kwargs: ``{policy name: make_policy keyword arguments}`` (e.g. a calibration).
+        time_limit: seconds; no run starts after it (the results keep ``complete`` False).
+    """
     cfg.check()
+    policy_kwargs = policy_kwargs or {}
+    t_start = time.perf_counter()
     hay, held = split_essays()
     hay_ids = tokenizer.encode("\n\n".join(hay))
     trials = make_suite(tokenizer, hay_ids, cfg.contexts, cfg.n_per_cell, tasks=cfg.tasks,
@@ -111,7 +131,9 @@ def evaluate_suite(model, tokenizer, cfg: SuiteConfig, on_run=None, progress=Non
     results = {"engine": "grilly_kv", "device": model.device_name, "commit": commit(), "config": asdict(cfg),
                "rows": [], "perplexity": [], "runs": [], "complete": False}
     for name, budget, setting in runs:
-        make = (lambda n=name, b=budget: make_policy(n, b))
+        if time_limit is not None and time.perf_counter() - t_start > time_limit:
+            break
+        make = (lambda n=name, b=budget: make_policy(n, b, **policy_kwargs.get(n, {})))
         meta = {"engine": "grilly_kv", "method": name, "budget": budget, "setting": setting}
         t0 = time.perf_counter()
         try:
@@ -132,7 +154,7 @@ def evaluate_suite(model, tokenizer, cfg: SuiteConfig, on_run=None, progress=Non
             on_run(results, run)
     if bar:
         bar.close()
-    results["complete"] = True
+    results["complete"] = len(results["runs"]) == len(runs)
     return results
 
 
@@ -155,6 +177,32 @@ def format_table(results_list: list[dict]) -> str:
             hit = [r for r in rows if (r["engine"], r["method"], r["budget"], r["setting"]) == key
                    and r["task"] == t and r["context"] == c]
             out.append(f"{hit[0]['rate']:.2f} [{hit[0]['lo']:.2f}, {hit[0]['hi']:.2f}] n={hit[0]['n']}"
+                       if hit else "-")
+        budget = "-" if key[2] is None else key[2]
+        lines.append(f"| {key[0]} | {key[1]} | {budget} | {key[3]} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def format_perplexity_table(results_list: list[dict]) -> str:
+    """A Markdown table of held-out perplexity with its bootstrap 95% interval, one row per
+    method/budget and one column per context; "" when no result holds perplexity."""
+    rows = [r for res in results_list for r in res.get("perplexity", [])]
+    if not rows:
+        return ""
+    contexts = sorted({r["context"] for r in rows})
+    keys = []
+    for r in rows:
+        key = (r["engine"], r["method"], r["budget"], r["setting"])
+        if key not in keys:
+            keys.append(key)
+    lines = ["| engine | method | budget | setting | " + " | ".join(f"ppl {c}" for c in contexts) + " |",
+             "|" + "---|" * (4 + len(contexts))]
+    for key in keys:
+        out = []
+        for c in contexts:
+            hit = [r for r in rows if (r["engine"], r["method"], r["budget"], r["setting"]) == key
+                   and r["context"] == c]
+            out.append(f"{hit[0]['ppl']:.2f} [{hit[0]['lo']:.2f}, {hit[0]['hi']:.2f}] n={hit[0]['n_tokens']}"
                        if hit else "-")
         budget = "-" if key[2] is None else key[2]
         lines.append(f"| {key[0]} | {key[1]} | {budget} | {key[3]} | " + " | ".join(out) + " |")

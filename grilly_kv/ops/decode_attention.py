@@ -19,6 +19,7 @@ LOCAL_SIZE = 128
 LANES_PER_TOKEN = 8      # a cluster of 8 subgroup lanes reads one K/V row
 MIN_CHUNK = 32           # fewest tokens a split should hold (two rounds of the 16 slots)
 TARGET_WORKGROUPS = 1024
+MERGE_GROUP = 8          # FUSED: splits merged by the last of each group (the shader's MGROUP)
 PUSH = PushLayout("capacity", "sel_stride", "n_splits", "scale:f", "pass_id", "alpha:f", "row_len", "kv_h0")
 PASS_SOFTMAX, PASS_SOFTMAX_MERGE, PASS_LOGITS, PASS_ENTMAX, PASS_ENTMAX_MERGE = range(5)
 
@@ -31,6 +32,13 @@ def dim_multiple() -> int:
 def max_splits(bh: int) -> int:
     """The most splits per KV head (sizes the partials buffer)."""
     return max(1, -(-TARGET_WORKGROUPS // bh))
+
+
+def counter_words(bh: int) -> int:
+    """uint32 words of the FUSED merge's counters for ``bh`` KV heads (zero-filled by the owner;
+    the shader leaves them zero): per head, one for the merge groups done and one per group of
+    :data:`MERGE_GROUP` splits, for up to :func:`max_splits` splits."""
+    return bh * (1 + -(-max_splits(bh) // MERGE_GROUP))
 
 
 def choose_splits(max_tokens: int, bh: int) -> int:
@@ -76,11 +84,15 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
         parts: ``k_cache``/``v_cache`` are lists of buffers holding these KV head ranges
             ``[(h0, nh), ...]`` (policies/kv_store.py): the passes that read K/V run once per
             part, the others once.
-        counter: softmax only: ``B*H_kv`` uint32 words, zero (the shader leaves them zero):
-            the partials pass also merges (the last workgroup of each KV head to finish
-            merges, one dispatch instead of two); None: separate merge pass.
+        counter: softmax only: :func:`counter_words` uint32 words, zero (the shader leaves them
+            zero): the partials pass also merges (the last workgroups of each KV head to finish
+            merge, in two levels: see the shader's header; one dispatch instead of two); None:
+            separate merge pass.
     """
     fused = counter is not None and alpha == 1.0
+    if fused and counter.n_words < counter_words(bh):
+        raise ValueError(f"counter has {counter.n_words} words, the fused merge of {bh} KV heads "
+                         f"needs counter_words({bh}) = {counter_words(bh)}")
     spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN, int(fused))
     counter = tau if counter is None else counter     # binding 10 (unused unless fused)
     pairs = as_parts(k_cache, v_cache, parts, bh)

@@ -105,7 +105,7 @@ def record_gaussian_select(rec: Recording, q: Buffer, stats: Buffer, moments: Bu
     if capped:
         record_topk_pick(rec, q, stats, scores, pages, counts, meta, bh=bh, group=group,
                          head_dim=head_dim, f16=f16, page_size=page_size, max_pages=max_pages,
-                         n_top=n_top, n_sink=0, drop_unkept=True)
+                         n_top=n_top, n_sink=0, drop_unkept=True, grid_pages=grid_pages)
     if clamp_tau:
         rec.dispatch(SHADER, bufs, groups=(bh * group,), spec=(LOCAL_SIZE, *spec),
                      push=_push(PASS_CLAMP, **sizes), label="gaussian-tau-clamp")

@@ -3,8 +3,18 @@
 Shader: ``shaders/kv-slot-attention.glsl`` (split-K online softmax, one workgroup per KV head's
 query group and chunk of live slots, then a merge pass);
 reference: :func:`grilly_kv.reference.kv_slot_attention.kv_slot_attention_ref`.
+
+Query tiling (the shader's QT): with ``q_tile`` > 1 a split-pass workgroup holds ``q_tile``
+consecutive query tokens and stages each block of K/V rows in shared memory once for all of them,
+instead of one workgroup per token re-reading every row. The plan (:func:`q_tile_for`) tiles
+steps of T > 1 tokens on GPUs (:data:`Q_TILE_GPU`) and never on CPU devices or for decode (T = 1).
+The environment variable :data:`Q_TILE_ENV` (``GRILLY_KV_PREFILL_QTILE``) overrides that plan for
+T > 1 on every device, read when a step is recorded: ``1`` forces the untiled path, ``n`` > 1
+tiles by ``n`` tokens (for A/B benchmarks; an explicit ``q_tile`` argument wins over both).
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -23,7 +33,11 @@ MAX_LANES_PER_SLOT = 8    # subgroup lanes that share one K/V row (<= any device
 MAX_SPLITS_DECODE = 128   # one query per head: split the keys finely to fill a large GPU
 MAX_SPLITS_CHUNK = 16     # T queries per head already give T times the workgroups
 MAX_HEAD_DIM = 128        # shared memory: (workgroup / lanes per slot) x head_dim floats
-PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f", "h0", "nh")
+Q_TILE_ENV = "GRILLY_KV_PREFILL_QTILE"
+Q_TILE_GPU = 32           # query tokens per split-pass workgroup for T > 1 on GPUs
+MAX_Q_TILE = 128          # q_tile x lanes per token <= 1024 invocations
+TILE_QUADS = 8            # tiled pass: at most this many float16 quads of q (and of acc) per lane
+PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f", "h0", "nh", "n_tokens", "min_chunk")
 
 
 def local_size_for(device) -> int:
@@ -37,30 +51,64 @@ def lanes_per_slot(head_dim: int) -> int:
     return min(MAX_LANES_PER_SLOT, nv & -nv)
 
 
-def min_chunk(head_dim: int, local_size: int) -> int:
-    """Fewest slots per split: one round of the workgroup (slots in flight x U)."""
+def tile_lanes(head_dim: int, group: int) -> int:
+    """Lanes per query token of the tiled pass: the fewest (a power of 2 dividing ``head_dim / 4``,
+    at most 8) that leave each lane at most :data:`TILE_QUADS` quads of the ``group`` heads."""
+    lanes = 1
+    while lanes < lanes_per_slot(head_dim) and group * (head_dim // 4) // lanes > TILE_QUADS:
+        lanes *= 2
+    return lanes
+
+
+def staged_rows(head_dim: int) -> int:
+    """K/V rows the tiled pass stages in shared memory at once (the shader's BLOCK)."""
+    nv = head_dim // 4
+    return (64 if nv < 16 else 1024 // nv) // TOKENS_PER_ROUND * TOKENS_PER_ROUND
+
+
+def min_chunk(head_dim: int, local_size: int, q_tile: int = 1) -> int:
+    """Fewest slots per split: one round of the workgroup (slots in flight x U), or with
+    ``q_tile`` > 1 one staged block."""
+    if q_tile > 1:
+        return staged_rows(head_dim)
     return local_size // lanes_per_slot(head_dim) * TOKENS_PER_ROUND
 
 
-def n_splits_for(cap: int, head_dim: int, T: int, local_size: int) -> int:
+def n_splits_for(cap: int, head_dim: int, T: int, local_size: int, q_tile: int = 1) -> int:
     """Key splits per (token, KV head) in the grid, enough for ``cap`` slots. On the device a step
     with ``n_scan`` live slots uses chunks of ``max(min_chunk, ceil(n_scan / n_splits))`` slots;
     the splits past the last chunk exit at once and the merge reads only the live ones."""
     limit = MAX_SPLITS_DECODE if T == 1 else MAX_SPLITS_CHUNK
-    return max(1, min(limit, -(-cap // min_chunk(head_dim, local_size))))
+    return max(1, min(limit, -(-cap // min_chunk(head_dim, local_size, q_tile))))
 
 
 def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int) -> int:
-    """Words of the partial-result buffer for steps of 1 to ``max_chunk`` tokens (any local size)."""
-    rows = max(T * n_splits_for(cap, head_dim, T, ls) for T in {1, max_chunk}
-               for ls in (LOCAL_SIZE_GPU, LOCAL_SIZE_CPU))
+    """Words of the partial-result buffer for steps of 1 to ``max_chunk`` tokens (any local size,
+    tiled or not)."""
+    rows = max(T * n_splits_for(cap, head_dim, T, ls, qt) for T in {1, max_chunk}
+               for ls in (LOCAL_SIZE_GPU, LOCAL_SIZE_CPU) for qt in (1, 2))
     return rows * n_q_heads * (head_dim + 4)
+
+
+def q_tile_for(device, T: int) -> int:
+    """The plan's query tokens per split-pass workgroup for a step of ``T`` tokens: 1 for T = 1;
+    else the environment's :data:`Q_TILE_ENV` if set, else :data:`Q_TILE_GPU` on GPUs and 1 on CPU
+    devices (where shared-memory staging does not pay)."""
+    if T == 1:
+        return 1
+    env = os.environ.get(Q_TILE_ENV, "").strip()
+    if env:
+        if not env.isdigit() or not 1 <= int(env) <= MAX_Q_TILE:
+            raise ValueError(f"{Q_TILE_ENV}={env!r}: must be an integer in [1, {MAX_Q_TILE}]")
+        return int(env)
+    return 1 if device.properties.get("device_type") == "Cpu" else Q_TILE_GPU
 
 
 def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, step, part, out, *,
                              T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
                              n_kv_heads: int, local_size: int | None = None, parts=None,
-                             pos_per_head: bool = False, f16_probabilities: bool = False) -> Recording:
+                             pos_per_head: bool = False, q_tile: int | None = None,
+                             f16_probabilities: bool = False) -> Recording:
     """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32.
 
     ``k_cache``/``v_cache``: one buffer each ``(L, H_kv, cap, D)``, or with ``parts`` lists of
@@ -71,10 +119,15 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
 
     ``part`` holds :func:`part_words` floats for this ``T``; the live length, visibility and
     positions are read from ``step`` (see :mod:`.step_words`) when the recording runs.
-    ``local_size``: 64 or 256 (default :func:`local_size_for` the device; tests force both).
+    ``local_size``: 64 or 256 (default :func:`local_size_for` the device; tests force both); the
+    merge pass, and the split pass when untiled.
+    ``q_tile``: query tokens per split-pass workgroup (None: :func:`q_tile_for` the device and T;
+    1: one workgroup per token). Tiled split passes are labelled ``kv-slot-attention-qtN``.
     ``f16_probabilities``: llama.cpp's F16 path (a model's numerics "ggml"): q rounded to float16,
     the probabilities normalised by the global max and sum and rounded to float16 before they
-    weight V (two more passes: the global statistics, then the weighted sums).
+    weight V (two more passes: the global statistics, then the weighted sums). It runs untiled:
+    q_tile None means 1 here (the plan and :data:`Q_TILE_ENV` are not consulted), and a q_tile
+    above 1 raises ValueError.
     """
     if head_dim % 4 or head_dim > MAX_HEAD_DIM or n_q_heads % n_kv_heads:
         raise ValueError(f"head_dim {head_dim} must be a multiple of 4 and <= {MAX_HEAD_DIM}, and "
@@ -82,22 +135,40 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     local_size = local_size or local_size_for(rec.device)
     if local_size not in (LOCAL_SIZE_CPU, LOCAL_SIZE_GPU):
         raise ValueError(f"local_size must be {LOCAL_SIZE_CPU} or {LOCAL_SIZE_GPU}, got {local_size}")
-    n_splits = n_splits_for(cap, head_dim, T, local_size)
-    spec = (local_size, head_dim, n_q_heads, n_kv_heads, lanes_per_slot(head_dim), int(pos_per_head),
-            int(f16_probabilities))
-    common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim))
+    if f16_probabilities:
+        if q_tile is not None and check_int("q_tile", q_tile, minimum=1, maximum=MAX_Q_TILE) != 1:
+            raise ValueError(f"f16_probabilities runs untiled: q_tile must be None or 1, got {q_tile}")
+        q_tile = 1
+    q_tile = q_tile_for(rec.device, T) if q_tile is None else check_int("q_tile", q_tile, minimum=1,
+                                                                          maximum=MAX_Q_TILE)
+    n_splits = n_splits_for(cap, head_dim, T, local_size, q_tile)
+    dims = (head_dim, n_q_heads, n_kv_heads)
+    p16 = int(bool(f16_probabilities))
+    merge_spec = (local_size, *dims, lanes_per_slot(head_dim), int(pos_per_head), 1, p16)   # ids 0..7 (QT 6, P16 7)
+    common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim), n_tokens=T,
+                  min_chunk=min_chunk(head_dim, local_size, q_tile))
+    if q_tile > 1:
+        lanes = tile_lanes(head_dim, n_q_heads // n_kv_heads)
+        if q_tile * lanes > rec.device.properties["max_work_group_invocations"]:
+            raise ValueError(f"q_tile {q_tile} x {lanes} lanes per token exceeds the device's "
+                             f"{rec.device.properties['max_work_group_invocations']} invocations per workgroup")
+        split_spec = (q_tile * lanes, *dims, lanes, int(pos_per_head), q_tile, p16)
+        split_grid, label = -(-T // q_tile), f"kv-slot-attention-qt{q_tile}"
+    else:
+        split_spec, split_grid, label = merge_spec, T, "kv-slot-attention"
     pairs = as_parts(k_cache, v_cache, parts, n_kv_heads)
     for k, v, h0, nh in pairs:
-        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_splits, nh, T), spec=spec,
-                     push=PUSH.pack(pass_id=0, h0=h0, nh=nh, **common), label="kv-slot-attention")
+        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_splits, nh, split_grid),
+                     spec=split_spec, push=PUSH.pack(pass_id=0, h0=h0, nh=nh, **common), label=label)
     k, v = pairs[0][:2]
     if f16_probabilities:
-        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=spec,
+        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=merge_spec,
                      push=PUSH.pack(pass_id=2, h0=0, nh=n_kv_heads, **common), label="kv-slot-stats")
         for kk, vv, h0, nh in pairs:
-            rec.dispatch(SHADER, [qkv, kk, vv, slot_pos, step, part, out], groups=(n_splits, nh, T), spec=spec,
-                         push=PUSH.pack(pass_id=3, h0=h0, nh=nh, **common), label="kv-slot-attention-f16")
-    return rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=spec,
+            rec.dispatch(SHADER, [qkv, kk, vv, slot_pos, step, part, out], groups=(n_splits, nh, T),
+                         spec=merge_spec, push=PUSH.pack(pass_id=3, h0=h0, nh=nh, **common),
+                         label="kv-slot-attention-f16")
+    return rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=merge_spec,
                         push=PUSH.pack(pass_id=1, h0=0, nh=n_kv_heads, **common),
                         label="kv-slot-merge")
 
@@ -105,7 +176,8 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
 def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, slot_pos: np.ndarray, *,
                       pos0: int, n_scan: int, layer: int, n_q_heads: int, sinks: int = 0,
                       window: int = ALL_POSITIONS, local_size: int | None = None,
-                      heads_per_buffer: int | None = None, f16_probabilities: bool = False,
+                      heads_per_buffer: int | None = None, q_tile: int | None = None,
+                      f16_probabilities: bool = False,
                       device: DeviceLike = None) -> np.ndarray:
     """Attention output of the q heads of ``qkv`` over the cache.
 
@@ -119,7 +191,9 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
         local_size: workgroup size (see :func:`record_kv_slot_attention`).
         heads_per_buffer: on the device, split the caches by KV heads into buffers of at most
             this many heads (a KV store split for maxStorageBufferRange); None: one buffer.
-        f16_probabilities: q and the probabilities rounded to float16 (llama.cpp's F16 path).
+        q_tile: query tokens per split-pass workgroup (see :func:`record_kv_slot_attention`).
+        f16_probabilities: q and the probabilities rounded to float16 (llama.cpp's F16 path;
+            untiled, see :func:`record_kv_slot_attention`).
 
     Returns:
         ``(T, H_q, D)`` float32. Every query must see at least one key.
@@ -135,6 +209,10 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     pos0 = check_int("pos0", pos0, minimum=0)
     sinks = check_int("sinks", sinks, minimum=0)
     window = check_int("window", window, minimum=0)
+    if q_tile is not None:
+        check_int("q_tile", q_tile, minimum=1, maximum=MAX_Q_TILE)
+        if f16_probabilities and q_tile != 1:
+            raise ValueError(f"f16_probabilities runs untiled: q_tile must be None or 1, got {q_tile}")
     if (v_cache.shape != k_cache.shape or slot_pos.shape != (cap,) or n_q_heads % h_kv
             or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 4 or D > MAX_HEAD_DIM):
         raise ValueError(f"shapes disagree: qkv {qkv.shape}, caches {k_cache.shape}, slot_pos "
@@ -168,6 +246,6 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     rec = Recording(dev).upload(qb, pb, sb, *kbs, *vbs)
     record_kv_slot_attention(rec, qb, kbs, vbs, pb, sb, part, ob, T=T, cap=cap, layer=layer, head_dim=D,
                              n_q_heads=n_q_heads, n_kv_heads=h_kv, local_size=local_size, parts=parts,
-                             f16_probabilities=kw["f16_probabilities"])
+                             q_tile=q_tile, f16_probabilities=kw["f16_probabilities"])
     rec.download(ob).run()
     return ob.read(T * n_q_heads * D).reshape(T, n_q_heads, D)

@@ -11,6 +11,12 @@ file's raw tensor bytes unchanged (uploaded as uint32 words; each tensor starts 
 boundary of its buffer, the only padding), and the shader addresses bytes inside the words, so
 blocks of 18, 20, 22, 34 or 210 bytes need no repacking.
 
+Decode mat-vecs have two lane layouts (the specialisation constant COAL): "rows" (each lane
+dequantises whole 32-element chunks, lane l taking chunks l, l + lanes, ...; also the CPU layout
+and the prefill tiles') and "coalesced" (8 neighbouring lanes share a chunk, a vec4 each, so a
+subgroup's loads cover neighbouring bytes): ``coalesced=`` of :func:`record_matmul_q`, default
+:func:`default_coalesced`; a model picks it with ``$GRILLY_KV_MATVEC`` (:func:`matvec_choice`).
+
 Also here: :func:`record_embed_q` (``shaders/model-matmul-q-embed.glsl``: a step's token rows
 dequantised from the same table a tied output head reads) and :func:`subgroup_size` (the device's,
 probed once by ``shaders/model-matmul-q-probe.glsl`` where kp's property dict lacks it), which
@@ -25,6 +31,7 @@ Typical use (a model)::
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
@@ -71,6 +78,9 @@ def subgroup_size(device) -> int:
         return _probed[id(device)]
 
 
+COAL_LANES = 8       # lanes that share one chunk in the coalesced layout (a vec4 each)
+MATVEC_ENV = "GRILLY_KV_MATVEC"
+MATVECS = ("default", "rows", "coalesced")
 PREFILL_LANES = 4     # GPU lanes per row for T > 1: a workgroup's rows share its staged X' slab
 DEEP_ROW_CHUNKS = 32  # decode rows of more 32-element chunks than this issue 4 chunks per lane
 
@@ -98,29 +108,70 @@ def lanes_per_row(device, T: int, K: int) -> int:
     return min(subgroup_size(device), 64, 1 << max(per_lane - 1, 0).bit_length())
 
 
+def default_coalesced(device, T: int) -> bool:
+    """Whether :func:`record_matmul_q` uses the coalesced layout when not told: not yet (False) on
+    any device, until the H200 measurements (``benchmarks/bench_quant_decode.py --coalesced``)
+    show where it wins."""
+    return False
+
+
+def matvec_choice(value: str | None = None) -> str:
+    """The decode mat-vec layout a model uses: ``value``, else ``$GRILLY_KV_MATVEC``, else
+    "default" (:func:`default_coalesced` decides); "rows" or "coalesced" force one layout for
+    the model's T = 1 calls (prefill tiles always use "rows")."""
+    value = value if value is not None else (os.environ.get(MATVEC_ENV) or "default")
+    if value not in MATVECS:
+        raise ValueError(f"matvec (or ${MATVEC_ENV}) must be one of {', '.join(MATVECS)}, got {value!r}")
+    return value
+
+
+def coalesced_lanes(device) -> int:
+    """Coalesced layout: lanes per row by default, the subgroup (``LANES / 8`` chunks per pass),
+    at least :data:`COAL_LANES` and at most 64."""
+    return min(MAX_SG, max(COAL_LANES, subgroup_size(device)))
+
+
+def coalesced_unroll(K: int) -> int:
+    """Coalesced layout: chunks each 8-lane group loads together by default, 4 for rows of more
+    than :data:`DEEP_ROW_CHUNKS` chunks, else 1 (as :func:`unroll_for` on GPUs)."""
+    return 4 if -(-K // 32) > DEEP_ROW_CHUNKS else 1
+
+
 def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None = None,
-         unroll: int | None = None, rope: bool = False) -> tuple[int, int, int, int, int]:
+         unroll: int | None = None, rope: bool = False, coalesced: bool = False,
+         rows: int | None = None) -> tuple[int, int, int, int, int]:
     """``(workgroup size, rows per workgroup, tokens per workgroup, slab width, unroll)`` for a call.
 
     The slab (elements of X' staged in shared memory at a time) is the whole row when it fits;
     otherwise, with default lanes, a multiple of one pass of the row's lanes (32 * lanes * unroll
-    elements) so no pass runs part-empty, halving the lanes until one pass fits."""
+    elements; 4 * lanes * unroll when ``coalesced``) so no pass runs part-empty, halving the
+    lanes until one pass fits. ``coalesced``: lanes a multiple of :data:`COAL_LANES` (defaults
+    :func:`coalesced_lanes`, :func:`coalesced_unroll`), on any device type. ``rows``: rows per
+    workgroup (a power of 2; the workgroup is ``rows * lanes`` invocations, at most 1024 and
+    :data:`MAX_SG` subgroups); default :data:`WG_GPU` invocations (:data:`WG_CPU` at one lane)."""
     chosen = lanes is None
-    lanes = lanes or lanes_per_row(device, T, K)
-    if lanes < 1 or lanes & (lanes - 1) or lanes > MAX_SG:
-        raise ValueError(f"lanes must be a power of 2 in 1..{MAX_SG}, got {lanes}")
-    unroll = unroll or unroll_for(device, T, K)
+    min_lanes = COAL_LANES if coalesced else 1
+    lanes = lanes or (coalesced_lanes(device) if coalesced else lanes_per_row(device, T, K))
+    if lanes < min_lanes or lanes & (lanes - 1) or lanes > MAX_SG:
+        raise ValueError(f"lanes must be a power of 2 in {min_lanes}..{MAX_SG}"
+                         f"{' (coalesced)' if coalesced else ''}, got {lanes}")
+    unroll = unroll or (coalesced_unroll(K) if coalesced else unroll_for(device, T, K))
     if not 1 <= unroll <= 8:
         raise ValueError(f"unroll must be in 1..8, got {unroll}")
     wg = WG_CPU if lanes == 1 else max(WG_GPU, lanes)
+    if rows is not None:
+        wg = check_int("rows", rows, minimum=1) * lanes
+        if rows & (rows - 1) or wg > 1024 or wg > MAX_SG * subgroup_size(device):
+            raise ValueError(f"rows must be a power of 2 with rows * lanes <= 1024 and <= {MAX_SG} subgroups, "
+                             f"got rows {rows}, lanes {lanes}")
     tt = min(tokens or MAX_TT, MAX_TT, T)
     smem = int(device.properties.get("max_compute_shared_memory_size", 32768))
     k32 = -(-K // 32) * 32
     while True:
         rows = wg // lanes
         fit = (smem - 2 * tt * MAX_SG * 4 - (tt * rows * 4 if rope else 4) - 64) // (4 * tt) // 32 * 32
-        one_pass = 32 * lanes * unroll
-        if fit >= k32 or not chosen or lanes <= 2 or fit >= one_pass:
+        one_pass = (32 // COAL_LANES if coalesced else 32) * lanes * unroll
+        if fit >= k32 or not chosen or lanes <= max(2, min_lanes) or fit >= one_pass:
             break
         lanes //= 2
     ks = k32 if fit >= k32 else (fit // one_pass * one_pass if chosen and fit >= one_pass else fit)
@@ -298,6 +349,7 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
                     y_off: int = 0, y_stride: int | None = None, eps: float = 1e-5,
                     rope: tuple | None = None, lanes: int | None = None,
                     tokens: int | None = None, unroll: int | None = None,
+                    coalesced: bool | None = None, rows: int | None = None,
                     act_rounding: str | None = None) -> Recording:
     """Record ``y[t, y_off + n] (+)= x'[t] . W[n]`` for t < T, n < N (W = ``weights[name]``).
 
@@ -311,8 +363,11 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
             interleaved-pair order, rotated at positions ``step[0] + t`` with a
             :func:`~grilly_kv.reference.model_rope.rope_table` buffer and written in rotate-half
             order (rope_rows a multiple of head_dim, itself even).
-        lanes, tokens, unroll: invocations per row, tokens per workgroup, chunks each lane loads
-            together (defaults: :func:`plan`).
+        lanes, tokens, unroll, rows: invocations per row, tokens per workgroup, chunks each lane
+            loads together (with ``coalesced``: each 8-lane group), rows per workgroup (defaults:
+            :func:`plan`).
+        coalesced: the coalesced lane layout (8 lanes per chunk, a vec4 each; any T, meant for
+            T = 1); None: :func:`default_coalesced`. Rounds with ``act_rounding`` as the other layout.
         act_rounding: round x' as ggml-cpu converts activations (a key of :data:`ACT_ROUNDINGS`:
             the weight type's ``VEC_DOT_TYPE`` for llama.cpp's numerics; "Q8_1" only with Q4_1 /
             Q5_1 weights, whose block minima meet its block sums; "Q8_K" needs K a multiple of 256).
@@ -338,16 +393,17 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
         if head_dim % 2 or head_dim < 2 or rope_rows % head_dim or not 0 < rope_rows <= N or accumulate:
             raise ValueError(f"rope needs an even head_dim dividing rope_rows <= N = {N} and no accumulate, "
                              f"got head_dim {head_dim}, rope_rows {rope_rows}, accumulate {accumulate}")
+    coal = default_coalesced(rec.device, T) if coalesced is None else bool(coalesced)
     wg, rows, tt, ks, unr = plan(rec.device, T, K, lanes=lanes, tokens=tokens, unroll=unroll,
-                                 rope=rope is not None)
-    xsh = int(rows == wg and subgroup_size(rec.device) % 8 == 0)   # a row per invocation: shuffled X'
+                                 rope=rope is not None, coalesced=coal, rows=rows)
+    xsh = int(not coal and rows == wg and subgroup_size(rec.device) % 8 == 0)   # a row per invocation: shuffled X'
     if actq == ACT_ROUNDINGS["Q8_K"] and ks % 256:     # Q8_K blocks (256) must not straddle slabs
         if ks < 256:
             raise ValueError(f"act_rounding 'Q8_K' needs a slab of 256 elements; {rec.device.name}'s shared "
                              f"memory leaves {ks} for {tt} tokens per workgroup (pass tokens=)")
         ks = ks // 256 * 256
     spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2, unr,
-            xsh, actq)
+            xsh, int(coal), actq)       # constant ids 0..13 in the shader's order (COAL 12, ACTQ 13)
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
                      y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
     return rec.dispatch(SHADER, [e.buffer, x, g or x, y, step, table], groups=(-(-N // rows), -(-T // tt)),
@@ -371,7 +427,8 @@ def check_act_rounding(act_rounding: str | None, qtype: int, K: int) -> int:
 def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: str = "plain",
                    norm_weight=None, eps: float = 1e-5, y: np.ndarray | None = None,
                    rope: dict | None = None, lanes: int | None = None, tokens: int | None = None,
-                   unroll: int | None = None, act_rounding: str | None = None,
+                   unroll: int | None = None, coalesced: bool | None = None, rows: int | None = None,
+                   act_rounding: str | None = None,
                    device: DeviceLike = None) -> np.ndarray:
     """``x' @ dequantize(raw).T`` (+ ``y``) on the device, weights uploaded as GGUF blocks.
 
@@ -381,6 +438,7 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
         mode, norm_weight: as :func:`grilly_kv.ops.model_matmul.model_matmul`.
         y: optional ``(T, N)`` float32 residual.
         rope: ``dict(pos0, head_dim, rope_rows, theta)``: the RoPE epilogue.
+        lanes, tokens, unroll, coalesced, rows: as :func:`record_matmul_q`.
         act_rounding: x' rounded as ggml-cpu's vec_dot_type conversion (see :func:`record_matmul_q`).
 
     Returns:
@@ -409,8 +467,9 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
     if dev.is_cpu:
         return model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=norm_weight, eps=eps, y=y, rope=rope,
                                   act_rounding=act_rounding)
-    return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, dict(lanes=lanes, tokens=tokens,
-                                                                                 unroll=unroll, act_rounding=act_rounding))
+    return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope,
+                     dict(lanes=lanes, tokens=tokens, unroll=unroll, coalesced=coalesced, rows=rows,
+                          act_rounding=act_rounding))
 
 
 def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, tuning) -> np.ndarray:

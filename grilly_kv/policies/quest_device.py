@@ -58,8 +58,8 @@ class DeviceQuestCache(TwinBase):
         self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
                            host_visible=False)
         self.unused = self.alloc(device, 1, host_visible=False)
-        self.counter = self.alloc(device, bh, np.uint32)     # softmax decode: partials + merge fused
-        self.counter.write(np.zeros(bh, np.uint32))
+        self.counter = self.alloc(device, attn.counter_words(bh), np.uint32)   # softmax decode: partials + merge fused
+        self.counter.write(np.zeros(self.counter.n_words, np.uint32))
         self.counter.upload_now()
         self.select_counter = self.alloc(device, bh, np.uint32)   # decode: page scoring + top-k (entmax: moments + tau-hat) fused
         self.select_counter.write(np.zeros(bh, np.uint32))

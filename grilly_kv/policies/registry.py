@@ -34,25 +34,53 @@ def _load_all() -> dict[str, str]:
     return errors
 
 
-def policy_names() -> list[str]:
+def policy_names(variants: bool = False) -> list[str]:
+    """Registered policy names; with ``variants`` also the ``"name:value"`` spellings of the
+    policies that have one (a class's ``variant_option`` set to each of its ``variants``)."""
     _load_all()
-    return sorted(_POLICIES)
+    names = sorted(_POLICIES)
+    if variants:
+        names += [f"{n}:{v}" for n in sorted(_POLICIES) for v in getattr(_POLICIES[n], "variants", ())]
+    return names
+
+
+def split_variant(name: str, kwargs: dict) -> tuple[str, dict]:
+    """``"predictor:last-row"`` -> ``("predictor", kwargs + {"predictor": "last-row"})``: the
+    part after the colon sets the class's ``variant_option``.
+
+    Raises:
+        ValueError: the policy has no variants, the value is not one of them, or ``kwargs``
+            also sets that option.
+    """
+    base, _, value = name.partition(":")
+    cls = _POLICIES.get(base)
+    if cls is None or not value:
+        return name, kwargs
+    option, allowed = getattr(cls, "variant_option", None), getattr(cls, "variants", ())
+    if option is None or value not in allowed:
+        raise ValueError(f"name: policy {base!r} has no variant {value!r}"
+                         + (f" (its variants: {', '.join(allowed)})" if allowed else ""))
+    if option in kwargs:
+        raise ValueError(f"name: {name!r} sets {option}= and so do the keyword arguments")
+    return base, {**kwargs, option: value}
 
 
 def make_policy(name: str, budget: int | None = None, **kwargs):
     """A new policy instance.
 
     Args:
-        name: a registered policy (:func:`policy_names`).
+        name: a registered policy (:func:`policy_names`), or ``"name:value"`` for a policy with
+            variants (``"predictor:last-row"`` = ``make_policy("predictor", predictor="last-row")``).
         budget: the policy's KV budget in tokens (its meaning per policy: ``grilly-kv generate
             --help``); None: the policy's default. ``dense`` takes no budget and raises
             ValueError when given one.
         kwargs: the policy class's other arguments.
 
     Raises:
-        ValueError: unknown name (the valid ones listed), or a budget the policy refuses.
+        ValueError: unknown name or variant (the valid ones listed), or a budget the policy refuses.
     """
     errors = _load_all()
+    name, kwargs = split_variant(name, kwargs)
     if name not in _POLICIES:
         why = f" ({name}: {errors[name]})" if name in errors else ""
         raise ValueError(f"policy must be one of {', '.join(sorted(_POLICIES))}, got {name!r}{why}")

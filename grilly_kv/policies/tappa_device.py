@@ -5,7 +5,7 @@ Memory (rule 2 of :mod:`.device`): per layer, K and V float16 ``(H_kv, cap, D)``
 :class:`~grilly_kv.policies.kv_store.KVStore` (split by KV heads over buffers when a layer exceeds
 ``maxStorageBufferRange``; every tappa-score pass then runs once per part) and a slot position
 map ``(H_kv, cap)`` uint32, with ``cap = policy.capacity() = head_cap + max(max_chunk, max_tail)``:
-the largest budget a head may be given (``max_head_budget``, default ``2 * budget``) plus a
+the largest budget a head may be given (``max_head_budget``, default ``1.5 * budget``) plus a
 working margin of one prefill chunk or the question-aware tail, never the context, prefill
 included (:meth:`TappaPolicy.working_margin` states it). Extra state, also
 bounded: the ring of the last ``window`` post-RoPE queries per layer ``(L, H_q, W, D)`` float32,

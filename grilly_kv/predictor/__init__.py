@@ -6,7 +6,9 @@ step's important key blocks, with cross-token prefetch.
   (``predictor-history-update`` and ``predictor-cnn`` shaders; incremental on decode steps) or
   in NumPy.
 - :mod:`.policy`: :class:`PredictorPolicy`, the KV policy ``"predictor"`` (sinks + local window
-  + predicted blocks), with hit-rate statistics.
+  + predicted blocks), with hit-rate statistics; its ``predictor`` option picks the CNN, the
+  repeat-last-row baseline, or (``"auto"``) the one with the higher held-out hit rate stored
+  with the weights file.
 - :mod:`.device`: :class:`DevicePredictorCache`, the policy's Vulkan twin (``policy.device_cache``):
   sinks + a ring of the newest blocks + the predicted blocks on the device, the context in host
   memory, history + CNN + top-k on the device, all in the model's one submission per step.

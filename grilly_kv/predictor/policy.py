@@ -37,11 +37,31 @@ from ..reference.predictor_cnn import check_weights
 from ..reference.predictor_history_update import BLOCK, HIST, block_max_pool
 from ..validation import check_int
 from .history import ROWS_PER_SUBMIT, BlockPredictor
-from .weights import DEFAULT_WEIGHTS, KV_HEAD_WEIGHTS, load_weights
+from .weights import DEFAULT_WEIGHTS, KV_HEAD_WEIGHTS, load_weights, stored_hit_rates
 
 
 RULES = ("auto", "dense-prefill", "bounded")
-PREDICTORS = ("cnn", "last-row")
+PREDICTORS = ("auto", "cnn", "last-row")
+
+
+def choose_predictor(predictor: str, weights) -> str:
+    """The predictor a policy runs: ``"cnn"`` or ``"last-row"`` as given, or for ``"auto"`` the
+    one with the higher held-out top-k hit rate stored in the weights file (``train.py``'s report;
+    the CNN must beat the baseline strictly).
+
+    Raises:
+        ValueError: unknown ``predictor``; ``"auto"`` with weights given as a dict (no stored
+            measurement) or a file without one.
+    """
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+    if predictor != "auto":
+        return predictor
+    if isinstance(weights, dict):
+        raise ValueError("predictor='auto' picks by the held-out hit rates stored in a weights file; "
+                         "weights given as a dict carry none: pass predictor='cnn' or 'last-row'")
+    rates = stored_hit_rates(weights)
+    return "cnn" if rates["cnn"] > rates["last-row"] else "last-row"
 
 
 def softmax_rows(s: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
@@ -83,8 +103,8 @@ class PredictorPolicy(KVPolicy):
         weights: a safetensors path or a dict of tensors (default: the package's trained weights
             for the chosen layout).
         per_kv_head: one history and one CNN score row per layer and KV head, the max over its
-            query heads (default: 3x less CNN work with GQA 9:3; held-out hit rate 0.673 against
-            0.664 per query head, ``benchmarks/results/predictor_kv_quality.json``); False: one
+            query heads (default: 3x less CNN work with GQA 9:3; held-out hit rates in
+            ``benchmarks/results/predictor_kv_quality.json``); False: one
             per query head, the group max taken over their log-softmax scores.
         device: where the history ring lives and the CNN runs (``"cpu"``: NumPy; None: the
             model's device from the cache shape, else the default device).
@@ -92,23 +112,27 @@ class PredictorPolicy(KVPolicy):
             (host path only: the twin never sees the full attention).
         rule: ``"auto"``, ``"dense-prefill"`` or ``"bounded"`` (see the module docstring);
             ``"dense-prefill"`` has no device twin (the Vulkan model then attends through the host).
-        predictor: ``"cnn"`` (the trained CNN over the 64-row history) or ``"last-row"`` (the
-            newest history row predicts the next: the baseline the CNN is measured against).
+        predictor: ``"cnn"`` (the trained CNN over the 64-row history), ``"last-row"`` (the
+            newest history row predicts the next: the baseline the CNN is measured against) or
+            ``"auto"`` (default: the one with the higher held-out hit rate stored with the weights
+            file, :func:`choose_predictor`; the registry also spells it ``"predictor:last-row"``).
 
     Raises:
-        ValueError: budget < sinks + local, sinks not a multiple of 16, bad weights, unknown rule.
+        ValueError: budget < sinks + local, sinks not a multiple of 16, bad weights, unknown rule
+            or predictor, ``predictor="auto"`` without a stored measurement.
     """
 
     name = "predictor"
+    variant_option = "predictor"       # make_policy("predictor:last-row") sets predictor="last-row"
+    variants = PREDICTORS
 
     def __init__(self, budget: int = 512, sinks: int = 64, local: int = 64, calibration_step: int = 5,
                  weights=None, device: DeviceLike = None, track_hits: bool = True,
-                 per_kv_head: bool = True, rule: str = "auto", predictor: str = "cnn"):
+                 per_kv_head: bool = True, rule: str = "auto", predictor: str = "auto"):
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         if predictor not in PREDICTORS:
             raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
-        self.predictor_kind = predictor
         check_int("sinks", sinks, minimum=0)
         check_int("local", local, minimum=1)
         check_int("calibration_step", calibration_step, minimum=1)
@@ -125,6 +149,8 @@ class PredictorPolicy(KVPolicy):
         if weights is None:
             weights = KV_HEAD_WEIGHTS if self.per_kv_head else DEFAULT_WEIGHTS
         self.weights = check_weights(weights, "weights") if isinstance(weights, dict) else load_weights(weights)
+        self.predictor_asked = predictor
+        self.predictor_kind = choose_predictor(predictor, weights)     # "cnn" or "last-row"
         self.device = device
         self.track_hits = track_hits
         self.rule = rule
@@ -425,6 +451,12 @@ class PredictorPolicy(KVPolicy):
             return self.predictor.history[:, newest].copy()
         return self.predictor.read_history()[:, newest]
 
+    def _predictor_label(self) -> str:
+        """``cnn``, ``last-row``, or for ``"auto"`` what it chose (``auto->last-row``)."""
+        if self.predictor_asked == "auto":
+            return f"auto->{self.predictor_kind}"
+        return self.predictor_kind
+
     def tokens_held(self) -> int:
         """Tokens per layer and KV head a device would hold: sinks + local + the selected blocks
         (with a twin: the slots it allocated, budget + ring margin)."""
@@ -440,16 +472,16 @@ class PredictorPolicy(KVPolicy):
             twin = self._twin
             return {"hit_rate": None, "blocks_copied": twin.blocks_copied,
                     "blocks_copied_per_step_and_head": twin.blocks_copied / max(self.decode_steps, 1) / n_lh,
-                    "predicted_blocks": twin.k, "decode_steps": self.decode_steps,
+                    "predicted_blocks": twin.k, "predictor": self.predictor_kind, "decode_steps": self.decode_steps,
                     "device_memory_saved": 1.0 - self.tokens_held() / max(self.n_tokens, 1),
                     "host_kv_bytes": twin.host_bytes()}
         return {"hit_rate": self.hits / self.needed if self.needed else None,
                 "blocks_changed_per_step": self.changed / max(self.predicted_steps, 1) / n_lh,
-                "predicted_blocks": self.k, "decode_steps": self.decode_steps,
+                "predicted_blocks": self.k, "predictor": self.predictor_kind, "decode_steps": self.decode_steps,
                 "device_memory_saved": 1.0 - self.tokens_held() / max(self.n_tokens, 1)}
 
     def describe(self) -> str:
         return (f"predictor(budget={self.budget}, sinks={self.sinks}, local={self.local}, "
                 f"calibration_step={self.calibration_step}, rule={self.rule}"
-                f"{'' if self.predictor_kind == 'cnn' else ', predictor=last-row'}"
+                f", predictor={self._predictor_label()}"
                 f"{'' if self.per_kv_head else ', per_query_head'})")

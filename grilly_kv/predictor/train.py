@@ -28,7 +28,7 @@ import numpy as np
 
 from ..reference.predictor_cnn import patches3x3
 from ..reference.predictor_history_update import BLOCK, HIST
-from .weights import DEFAULT_WEIGHTS, init_weights, save_weights
+from .weights import DEFAULT_WEIGHTS, init_weights, load_weights, save_weights
 
 
 def col2im3x3(g: np.ndarray, C: int) -> np.ndarray:
@@ -171,10 +171,11 @@ def compare_per_kv_head(pooled_list, w_q, w_kv, group: int, geo: Geometry, k: in
 
 
 def train(train_data, held_out, *, seed: int, steps: int, heads_per_batch: int, lr: float,
-          geo: Geometry, k: int, eval_steps: int = 20, log=print) -> tuple[dict, dict]:
-    """Adam on ListNet; returns (weights, report with held-out metrics before and after)."""
+          geo: Geometry, k: int, eval_steps: int = 20, log=print, start: dict | None = None) -> tuple[dict, dict]:
+    """Adam on ListNet from ``start`` (weights; default a seeded initialisation); returns
+    (weights, report with held-out metrics before and after)."""
     rng = np.random.default_rng(seed)
-    w = init_weights(seed)
+    w = init_weights(seed) if start is None else {n: a.copy() for n, a in start.items()}
     report = {"held_out_before": evaluate(held_out, w, geo, k, np.random.default_rng(seed + 1), eval_steps)}
     m = {n: np.zeros_like(a) for n, a in w.items()}
     v = {n: np.zeros_like(a) for n, a in w.items()}
@@ -203,28 +204,40 @@ def train(train_data, held_out, *, seed: int, steps: int, heads_per_batch: int, 
 def load_captures(names, tokens: int, layers: int | None = None, cache: str | None = None,
                   model: str | None = None) -> list:
     """Pooled attention ``(L * H_q, T, ceil(T / 16))`` of the essays ``names`` (indices in
-    name order, first ``tokens`` tokens), captured with the NumPy model, or read from the
-    ``.npz`` ``cache`` when it holds them all (written when it does not exist). ``model``: a
+    name order, first ``tokens`` tokens), captured with the NumPy model; the ``.npz`` ``cache``
+    supplies the essays it holds and is rewritten with the ones captured here. ``model``: a
     checkpoint name or path for :func:`grilly_kv.models.load_model` (None: the default)."""
+    cached = {}
     if cache and Path(cache).is_file():
         with np.load(cache) as z:
-            if all(f"essay{i}" in z for i in names):
-                return [z[f"essay{i}"] for i in names]
+            cached = {i: z[f"essay{i}"] for i in names if f"essay{i}" in z}
+    missing = [i for i in names if i not in cached]
+
+    def keep(i: int, pooled: np.ndarray) -> None:        # saved as it goes: a cut run keeps its essays
+        cached[i] = pooled
+        if cache:
+            old = dict(np.load(cache)) if Path(cache).is_file() else {}
+            np.savez(cache, **(old | {f"essay{i}": pooled}))
+
+    if missing:
+        capture_essays(missing, tokens, layers, model, keep)
+    return [cached[i] for i in names]
+
+
+def capture_essays(names, tokens: int, layers: int | None, model: str | None, on_essay) -> None:
+    """Capture the essays ``names`` (see :func:`load_captures`), printing the time of each and
+    calling ``on_essay(index, pooled)`` after each."""
     from ..evaluation.corpus import essays
     from ..models import load_model
     from .data import capture_essay
 
     model, tok = load_model(model, "cpu", n_layers=layers, max_chunk=tokens)
     texts = [t for _, t in essays()]
-    data = []
     for i in names:
         ids = tok.encode(texts[i])[:tokens]
         t0 = time.time()
-        data.append(capture_essay(model, ids))
+        on_essay(i, capture_essay(model, ids))
         print(f"essay {i}: {len(ids)} tokens captured in {time.time() - t0:.1f} s", flush=True)
-    if cache and not Path(cache).is_file():
-        np.savez(cache, **{f"essay{i}": d for i, d in zip(names, data)})
-    return data
 
 
 def main(argv=None) -> None:
@@ -240,6 +253,8 @@ def main(argv=None) -> None:
     ap.add_argument("--heads-per-batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--topk", type=int, default=8, help="blocks kept, for the hit rate")
+    ap.add_argument("--eval-steps", type=int, default=20,
+                    help="random decode steps per held-out essay for the held-out report")
     ap.add_argument("--layers", type=int, default=None, help="model layers (default: all)")
     ap.add_argument("-m", "--model", default=None, help="model: a registered name (smollm2, the default) or a .gguf / converted .safetensors path")
     ap.add_argument("--group", type=int, default=1,
@@ -247,6 +262,7 @@ def main(argv=None) -> None:
                          "SmolLM2: 3 for a history per KV head)")
     ap.add_argument("--compare", default=str(DEFAULT_WEIGHTS),
                     help="per-query-head weights compared against with --group > 1")
+    ap.add_argument("--init", default=None, help="weights file to start from (default: a seeded initialisation)")
     ap.add_argument("--out", default=str(DEFAULT_WEIGHTS))
     ap.add_argument("--cache", default=None, help=".npz of the captured attention (reused if it exists)")
     ap.add_argument("--report", default=None, help="JSON report path")
@@ -258,12 +274,12 @@ def main(argv=None) -> None:
     rows = [group_rows(d, args.group) for d in data]
     w, report = train(rows[:args.essays], rows[args.essays:], seed=args.seed, steps=args.steps,
                       heads_per_batch=args.heads_per_batch, lr=args.lr, geo=geo, k=args.topk,
-                      log=lambda s: print(s, flush=True))
+                      eval_steps=args.eval_steps, log=lambda s: print(s, flush=True),
+                      start=None if args.init is None else load_weights(args.init))
     if args.group > 1:
-        from .weights import load_weights
         report["held_out_per_kv_head"] = compare_per_kv_head(
             data[args.essays:], load_weights(args.compare), w, args.group, geo, args.topk,
-            np.random.default_rng(args.seed + 1))
+            np.random.default_rng(args.seed + 1), args.eval_steps)
     report.update(config=vars(args), train_essays=names[:args.essays], held_out_essays=names[args.essays:])
     save_weights(w, args.out, metadata={"report": json.dumps(report), "rows": "kv" if args.group > 1 else "q",
                                         "group": args.group})

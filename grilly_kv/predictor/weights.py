@@ -43,6 +43,33 @@ def load_weights(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]
     return check_weights(raw, str(p))
 
 
+def stored_hit_rates(path: str | os.PathLike | None = None) -> dict:
+    """The held-out top-k block hit rates a weights file was saved with (``train.py`` writes its
+    report into the safetensors header): ``{"cnn": rate, "last-row": rate, "k": blocks}``, the
+    trained CNN's and the repeat-last-row baseline's on the same held-out rows.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not safetensors, or no such report in it.
+    """
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(DEFAULT_WEIGHTS if path is None else path)
+    if not p.is_file():
+        raise FileNotFoundError(f"predictor weights file {p} does not exist")
+    try:
+        with safe_open(str(p), "np") as f:
+            meta = f.metadata() or {}
+        report = json.loads(meta["report"])
+        after, topk = report["held_out_after"], report.get("config", {}).get("topk")
+        return {"cnn": float(after["hit_rate"]), "last-row": float(after["last_row_hit_rate"]), "k": topk}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{p}: not a readable safetensors file ({exc})") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{p}: no held-out hit rates in its header (report.held_out_after: {exc!r})") from exc
+
+
 def save_weights(weights: dict[str, np.ndarray], path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Write checked weights to ``path`` (safetensors; string ``metadata`` goes in its header)."""
     from safetensors.numpy import save_file

@@ -135,4 +135,57 @@ void dequant_chunk(uint rb, uint c, out vec4 v[8]) {
     }
 }
 
+// Elements 4g..4g+3 (g < 8) of chunk c of the row starting at byte rb (elements >= K: zero, not
+// read): the same values as dequant_chunk()'s v[g]. Lane g of 8 reads bytes 4 (g % 4)..+3 of the
+// chunk's quants (4g..4g+3 for Q8_0, F32, F16, BF16); the block's scales are read by all 8.
+vec4 dequant_vec4(uint rb, uint c, uint g) {
+    if (FMT == T_F32 || FMT == T_F16 || FMT == T_BF16) {
+        const uint e = 32u * c + 4u * g;
+        if (K % 32u != 0u && e >= K) return vec4(0.0);
+        if (FMT == T_F32) {
+            const uint a = (rb >> 2u) + e;
+            return uintBitsToFloat(uvec4(wq[a], wq[a + 1u], wq[a + 2u], wq[a + 3u]));
+        }
+        const uint a = (rb >> 2u) + e / 2u;
+        const uint w0 = wq[a], w1 = wq[a + 1u];
+        return FMT == T_F16 ? vec4(unpackHalf2x16(w0), unpackHalf2x16(w1))
+             : uintBitsToFloat(uvec4(w0 << 16u, w0 & 0xFFFF0000u, w1 << 16u, w1 & 0xFFFF0000u));
+    } else if (FMT == T_Q4_0 || FMT == T_Q4_1) {   // elements j and j + 16 share byte j
+        const uint b = rb + c * BLOCK_BYTES;
+        const float d = rdh(b);
+        const float m = FMT == T_Q4_1 ? rdh(b + 2u) : -8.0 * d;
+        const uint w = rd32(b + (FMT == T_Q4_1 ? 4u : 2u) + 4u * (g & 3u));
+        return (g < 4u ? lo4(w) : hi4(w)) * d + m;
+    } else if (FMT == T_Q5_0 || FMT == T_Q5_1) {
+        const uint b = rb + c * BLOCK_BYTES;
+        const float d = rdh(b);
+        const float m = FMT == T_Q5_1 ? rdh(b + 2u) : -16.0 * d;
+        const uint o = FMT == T_Q5_1 ? 4u : 2u;
+        const uint w = rd32(b + o + 4u + 4u * (g & 3u));
+        return ((g < 4u ? lo4(w) : hi4(w)) + 16.0 * bits4(rd32(b + o), 4u * g)) * d + m;
+    } else if (FMT == T_Q8_0) {
+        const uint b = rb + c * BLOCK_BYTES;
+        return sbytes4(rd32(b + 2u + 4u * g)) * rdh(b);
+    } else if (FMT == T_Q4_K || FMT == T_Q5_K) {
+        const uint s = c % 8u;
+        const uint b = rb + (c / 8u) * BLOCK_BYTES;
+        const vec2 sm = scale_min_k4(b + 4u, s);
+        const uint w = rd32(b + (FMT == T_Q5_K ? 48u : 16u) + (s / 2u) * 32u + 4u * g);
+        vec4 q = (s & 1u) == 0u ? lo4(w) : hi4(w);
+        if (FMT == T_Q5_K) {
+            const uint h = rd32(b + 16u + 4u * g) >> s;
+            q += 16.0 * vec4(uvec4(h, h >> 8u, h >> 16u, h >> 24u) & 1u);
+        }
+        return q * (rdh(b) * sm.x) - rdh(b + 2u) * sm.y;
+    } else {   // Q6_K
+        const uint s = c % 8u, h = s / 4u, u = s % 4u;
+        const uint b = rb + (c / 8u) * BLOCK_BYTES;
+        const uint w = rd32(b + 64u * h + 32u * (u & 1u) + 4u * g);
+        const uint hb = rd32(b + 128u + 32u * h + 4u * g) >> (2u * u);
+        const vec4 q = ((u >> 1u) == 0u ? lo4(w) : hi4(w))
+                     + 16.0 * vec4(uvec4(hb, hb >> 8u, hb >> 16u, hb >> 24u) & 3u) - 32.0;
+        return q * (rdh(b + 208u) * float(rds8(b + 192u + 8u * h + 2u * u + g / 4u)));
+    }
+}
+
 #endif

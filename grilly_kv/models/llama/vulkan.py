@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...backend import Buffer, DeviceObject, Recording, get_device
+from ...backend import Buffer, DeviceObject, Recording, get_device, release_reachable
 from ...backend.device import DeviceLike
 from ...reference.kv_slot_attention import EMPTY_SLOT
-from ...ops.model_matmul_q import WEIGHT_FORMATS, QuantWeights, concat_rows, record_embed_q, record_matmul_q
+from ...ops.model_matmul_q import (WEIGHT_FORMATS, QuantWeights, concat_rows, matvec_choice, record_embed_q,
+                                   record_matmul_q)
 from ...ops.model_qkv_prep import record_qkv_prep
 from ...ops.model_rope import record_rope
 from ...ops.step_words import fill_step, step_words
@@ -73,13 +74,16 @@ class VulkanModel(DeviceObject):
         timestamps: record Vulkan timestamps (``last_gpu_time_us``).
         dense_prefill: attend a host policy's dense chunks on the device (False: through
             ``policy.attend`` on the host, as every other chunk; for comparisons).
+        matvec: lane layout of the one-token mat-vecs (decode, and the output head of a chunk):
+            "default", "rows" or "coalesced" (:func:`~grilly_kv.ops.model_matmul_q.matvec_choice`;
+            None: ``$GRILLY_KV_MATVEC``, else "default"). Either layout rounds with ``numerics``.
         numerics: "float" or "ggml" (llama.cpp's roundings; see the module docstring: needs
             ``weight_format="native"`` and a slot policy: dense, streaming).
     """
 
     def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_format: str = "native",
                  max_chunk: int = DEFAULT_MAX_CHUNK, timestamps: bool = False, dense_prefill: bool = True,
-                 numerics: str = "float"):
+                 matvec: str | None = None, numerics: str = "float"):
         self.numerics = check_numerics(numerics)
         if numerics == "ggml" and weight_format != "native":
             raise ValueError(f"numerics 'ggml' rounds by the file's own weight types: weight_format must be "
@@ -93,6 +97,7 @@ class VulkanModel(DeviceObject):
         self.config = c = ckpt.config
         self.max_chunk = int(max_chunk)
         self.timestamps = timestamps
+        self.matvec = matvec_choice(matvec)
         check_choice("weight_format", weight_format, WEIGHT_FORMATS)
         self.weight_format = weight_format
         self.qkv_dim = c.q_dim + 2 * c.kv_dim
@@ -256,6 +261,13 @@ class VulkanModel(DeviceObject):
             return None
         return VEC_DOT_TYPE[FORMAT_BY_ID[self.qw[name].qtype]]
 
+    def _mv(self, T: int) -> dict:
+        """``coalesced=`` for a T-token matmul_q call: None (the op's default) unless ``matvec``
+        forces a layout for one-token calls."""
+        if T != 1 or self.matvec == "default":
+            return {"coalesced": None}
+        return {"coalesced": self.matvec == "coalesced"}
+
     def _build(self, T: int, all_logits: bool, dense: bool = False) -> list[Recording]:
         """The recordings of a T-token step: one, or with a host policy one per layer plus one
         (each layer's q/k/v go to the host, which attends and sends the output back; with
@@ -263,7 +275,7 @@ class VulkanModel(DeviceObject):
         c = self.config
         recs = [Recording(self.dev, timestamps=self.timestamps)]
         recs[0].upload(self.step)
-        mq = dict(T=T, eps=c.norm_eps)
+        mq = dict(T=T, eps=c.norm_eps, **self._mv(T))
         record_embed_q(recs[0], self.qw, "token_embd", self.step, self.x, T=T, max_chunk=self.max_chunk)
         for i in range(c.n_layers):
             rec = recs[-1]
@@ -295,7 +307,7 @@ class VulkanModel(DeviceObject):
         n_out = T if all_logits else 1
         record_matmul_q(recs[-1], self.qw, self.head, self.x, self.logits, T=n_out, mode="rmsnorm", g=self.nbuf,
                         g_off=self._norm_off(2 * c.n_layers), x_off=(T - n_out) * c.d_model, eps=c.norm_eps,
-                        act_rounding=self._act(self.head))
+                        act_rounding=self._act(self.head), **self._mv(n_out))
         recs[-1].download(self.logits, words=n_out * c.vocab)    # only the rows asked for
         return recs
 
@@ -304,7 +316,7 @@ class VulkanModel(DeviceObject):
         k heads, v heads), with the RoPE epilogue on q and k when ``fused_rope``: one dispatch,
         or three when q, k, v differ in type."""
         c, p = self.config, f"blk.{i}."
-        mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i))
+        mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i), **self._mv(T))
         if p + "qkv" in self.qw:
             rope = (self.step, self.rope, c.head_dim, c.q_dim + c.kv_dim) if self.fused_rope else None
             record_matmul_q(rec, self.qw, p + "qkv", self.x, self.qkv, rope=rope, act_rounding=self._act(p + "qkv"),
@@ -319,7 +331,8 @@ class VulkanModel(DeviceObject):
     def _record_gate_up(self, rec: Recording, i: int, T: int) -> None:
         """Layer ``i``'s RMSNorm + gate/up matmul into ``self.gu`` rows ``(T, 2 d_ffn)`` (gate, then up)."""
         c, p = self.config, f"blk.{i}."
-        mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i + 1))
+        mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i + 1),
+                  **self._mv(T))
         if p + "gu" in self.qw:
             record_matmul_q(rec, self.qw, p + "gu", self.x, self.gu, act_rounding=self._act(p + "gu"), **mq)
             return
@@ -342,6 +355,15 @@ class VulkanModel(DeviceObject):
             qkv = tuple(f16_round(a) for a in qkv)
         out = self.policy.attend(layer, *qkv)
         self.attn.write(np.ascontiguousarray(out.transpose(1, 0, 2), dtype=np.float32))
+
+    def close(self) -> None:
+        """Free the model's device memory: the recordings first (they bind the twin's buffers),
+        then the policy's twin through its own release (it waits for a running block copy), then
+        everything else the model owns."""
+        self._recordings.clear()
+        if self.kv is not None:
+            self.kv.release()
+        release_reachable(self)
 
     def forward(self, tokens, pos0: int, *, all_logits: bool = False) -> np.ndarray:
         """Run ``tokens`` (T <= max_chunk) at positions ``pos0 ..``; returns ``(T or 1, vocab)`` logits."""
