@@ -7,12 +7,13 @@ environment of its own under ``.cache/`` the first time (about 15 minutes on 2 c
 each (family, quant type) writes a synthetic checkpoint with ``grilly_kv.models.synthetic``,
 feeds the same random token ids to both engines (teacher forcing, logits at every position), and
 records top-1 agreement and the largest absolute logit difference. grilly_kv runs its NumPy
-reference and, with ``--vulkan``, its Vulkan forward.
+reference and, with ``--vulkan``, its Vulkan forward, each in the default numerics ("float") and
+in ``numerics="ggml"`` (llama.cpp's CPU roundings, :mod:`grilly_kv.reference.ggml_rounding`).
 
-Diagnosis columns: the NumPy reference with ggml-cpu's roundings added (:func:`ggml_cpu_logits`):
-the activations of each matrix product converted to the weight type's ``vec_dot_type`` (Q8_0,
-Q8_1, F16), and/or q, k, v and the attention probabilities rounded to float16 (llama.cpp's F16 K/V
-cache). They show where the remaining differences come from; grilly_kv's models never do this.
+Diagnosis columns: the NumPy reference with ggml-cpu's roundings added one at a time
+(:func:`ggml_cpu_logits`): the activations of each matrix product converted to the weight type's
+``vec_dot_type`` (Q8_0, Q8_1, F16), and/or q, k, v and the attention probabilities rounded to
+float16 (llama.cpp's F16 K/V cache). They show which roundings the agreement needs.
 
 Mistral: llama.cpp reads real Mistral GGUFs as ``llama`` (no sliding window), and refuses the
 ``mistral`` architecture string; the ``mistral`` rows use that form, the ``mistral-swa`` rows check
@@ -38,6 +39,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from grilly_kv.reference.ggml_rounding import (VEC_DOT_TYPE, as_vec_dot_type, f16_round,  # noqa: E402
+                                               q8_1_sum_correction)
+
+_f16 = f16_round
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"     # vendors llama.cpp 0c1e570
 CMAKE_ARGS = ("-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
@@ -74,12 +80,13 @@ def ensure_llamacpp(path: Path) -> Path:
     return py
 
 
-def our_logits(path: Path, ids: list[int], device: str) -> np.ndarray:
+def our_logits(path: Path, ids: list[int], device: str, numerics: str = "float") -> np.ndarray:
+    """``(T, vocab)`` logits of grilly_kv's forward on ``device`` ("cpu": NumPy) in ``numerics``."""
     from grilly_kv.models import load_model
     from grilly_kv.models.generate import prefill
     from grilly_kv.policies import make_policy
 
-    model, _ = load_model(path, device=device, max_chunk=len(ids))
+    model, _ = load_model(path, device=device, max_chunk=len(ids), numerics=numerics)
     model.start(make_policy("dense"), len(ids))
     out = prefill(model, ids, all_logits=True)
     if hasattr(model, "close"):
@@ -88,68 +95,9 @@ def our_logits(path: Path, ids: list[int], device: str) -> np.ndarray:
 
 
 # ---- ggml-cpu's arithmetic, emulated in NumPy (a diagnosis of the remaining differences) --------------
-# ggml's CPU backend converts the activations of a matrix product to the weight type's vec_dot_type
-# (ggml-cpu.c, type_traits_cpu) before the dot products: F16 weights -> F16 activations, Q4_0 / Q5_0 /
-# Q8_0 -> Q8_0 (blocks of 32, d = amax / 127 stored as float16, q = roundf(x / d)), Q4_1 / Q5_1 -> Q8_1
-# (Q8_0's d and q, plus s = d * sum(q) as float16), K-quants -> Q8_K (blocks of 256, float32 d).
-# llama-cpp-python's default context (no flash attention, F16 K/V cache) also rounds q, k, v and the
-# softmax probabilities to float16 for the two attention products.
-VEC_DOT_TYPE = {"F32": None, "F16": "F16", "BF16": "BF16", "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0",
-                "Q4_1": "Q8_1", "Q5_1": "Q8_1", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K"}
-
-
-def _f16(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
-
-
-def _roundf(x: np.ndarray) -> np.ndarray:
-    """C ``roundf``: halves away from zero."""
-    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
-
-
-def as_vec_dot_type(x: np.ndarray, vec_dot_type: str | None) -> np.ndarray:
-    """Rows ``x (T, n)`` float32 as ggml-cpu hands them to a dot product with weights whose
-    vec_dot_type is ``vec_dot_type``, dequantised back to float32 (the value each dot product sees;
-    Q8_1's block sum ``s``, which meets only Q4_1/Q5_1's block minima, is :func:`q8_1_sum_correction`)."""
-    x = np.asarray(x, np.float32)
-    if vec_dot_type is None:
-        return x
-    if vec_dot_type == "F16":
-        return _f16(x)
-    if vec_dot_type == "BF16":
-        u = x.view(np.uint32).astype(np.uint64)
-        u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
-        return u.view(np.float32)
-    if vec_dot_type in ("Q8_0", "Q8_1"):
-        b = x.reshape(x.shape[0], -1, 32)
-        d = np.abs(b).max(-1, keepdims=True) / np.float32(127)
-        inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
-        return (_f16(d) * _roundf(b * inv)).reshape(x.shape)
-    if vec_dot_type == "Q8_K":
-        b = x.reshape(x.shape[0], -1, 256)
-        at = np.abs(b).argmax(-1)[..., None]
-        mx = np.take_along_axis(b, at, -1)
-        iscale = np.divide(np.float32(-127), mx, out=np.zeros_like(mx), where=mx != 0)
-        q = np.minimum(127, np.rint(iscale * b))
-        d = np.divide(np.float32(1), iscale, out=np.zeros_like(iscale), where=iscale != 0)
-        return (d * q).reshape(x.shape)
-    raise ValueError(f"unknown vec_dot_type {vec_dot_type!r}")
-
-
-def q8_1_sum_correction(x: np.ndarray, raw_rows: np.ndarray) -> np.ndarray:
-    """``(T, out)``: what Q8_1's float16 block sum ``s = fp16(d * sum(q))`` adds to a Q4_1/Q5_1 dot
-    product beyond ``fp16(d) * sum(q)`` (the dequantised rows of :func:`as_vec_dot_type`): ggml
-    computes ``sum_b d_w d_x sum(q_w q_x) + m_w s``. ``raw_rows``: the weight's block bytes
-    ``(out, n_blocks * block_bytes)``, each block starting with float16 d, then float16 m."""
-    x = np.asarray(x, np.float32)
-    b = x.reshape(x.shape[0], -1, 32)
-    d = np.abs(b).max(-1) / np.float32(127)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
-    qsum = _roundf(b * inv[..., None]).sum(-1)
-    delta = _f16(d * qsum) - _f16(d) * qsum                              # (T, n_blocks)
-    blocks = np.ascontiguousarray(raw_rows).reshape(raw_rows.shape[0], b.shape[1], -1)
-    m = np.ascontiguousarray(blocks[..., 2:4]).view(np.float16)[..., 0].astype(np.float32)   # (out, n_blocks)
-    return delta @ m.T
+# The roundings themselves (vec_dot_type conversions, Q8_1's block sum, float16 K/V) live in
+# grilly_kv.reference.ggml_rounding, which the models' numerics="ggml" use; ggml_cpu_logits applies
+# them one at a time, to show which of them the agreement needs.
 
 
 def ggml_cpu_logits(ckpt, ids: list[int], *, activations: bool = True, kv_f16: bool = False) -> np.ndarray:
@@ -267,6 +215,7 @@ def compare_row(job: dict, theirs: np.ndarray, vulkan: bool) -> dict:
         row["llama_cpp_file"] = job["form"]
     ours = our_logits(Path(job["ours"]), job["ids"], "cpu")
     row["numpy"] = compare(ours, theirs)
+    row["numpy_ggml"] = compare(our_logits(Path(job["ours"]), job["ids"], "cpu", "ggml"), theirs)
     ck = load_checkpoint(job["ours"])
     row["emulation_without_roundings_vs_numpy"] = float(np.abs(ggml_cpu_logits(ck, job["ids"], activations=False)
                                                                - ours).max())
@@ -279,17 +228,19 @@ def compare_row(job: dict, theirs: np.ndarray, vulkan: bool) -> dict:
         row["numpy_without_window"] = compare(ggml_cpu_logits(ck, job["ids"], activations=False), theirs)
     if vulkan:
         row["vulkan"] = compare(our_logits(Path(job["ours"]), job["ids"], "vulkan"), theirs)
+        row["vulkan_ggml"] = compare(our_logits(Path(job["ours"]), job["ids"], "vulkan", "ggml"), theirs)
     return row
 
 
-COLUMNS = ("numpy", "numpy_kv_f16", "numpy_ggml_activations", "numpy_ggml_activations_kv_f16")
+COLUMNS = ("numpy", "numpy_ggml", "numpy_kv_f16", "numpy_ggml_activations", "numpy_ggml_activations_kv_f16")
+DEVICE_COLUMNS = ("vulkan", "vulkan_ggml")
 
 
 def summary(rows: list[dict]) -> dict:
     """Per column: the lowest top-1 agreement, the largest and the median max |logit diff|."""
     ok = [r for r in rows if "numpy" in r]
     out = {}
-    for col in COLUMNS + ("vulkan",):
+    for col in COLUMNS + DEVICE_COLUMNS:
         vals = [r[col] for r in ok if col in r]
         if vals:
             out[col] = {"min_top1_agreement": min(v["top1_agreement"] for v in vals),
@@ -344,7 +295,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{row['family']:<11} {row['qtype']:<5} top-1 / max |diff| " + "  ".join(
                 f"{col}: {row[col]['top1_agreement']:.3f} / {row[col]['max_abs_logit_diff']:.1e}"
-                for col in COLUMNS), flush=True)
+                for col in COLUMNS + DEVICE_COLUMNS if col in row), flush=True)
     ok = [r for r in rows if "numpy" in r]
     result = {
         "peer": f"llama.cpp 0c1e570 ({LLAMA_CPP_PYTHON}, CPU backend, default context: no flash attention, "
@@ -352,8 +303,15 @@ def main(argv=None) -> int:
         "commit": commit(), "tokens_per_checkpoint": a.tokens, "rows": rows,
         "min_top1_agreement": min((r["numpy"]["top1_agreement"] for r in ok), default=None),
         "max_abs_logit_diff": max((r["numpy"]["max_abs_logit_diff"] for r in ok), default=None),
+        "min_top1_agreement_ggml": {col: min((r[col]["top1_agreement"] for r in ok if col in r), default=None)
+                                    for col in ("numpy_ggml", "vulkan_ggml")},
         "columns": {
             "numpy": "grilly_kv's NumPy reference forward (float32 activations, float32 K/V)",
+            "numpy_ggml": "grilly_kv's NumPy reference forward with numerics='ggml' (llama.cpp's CPU roundings: "
+                          "grilly_kv.reference.ggml_rounding)",
+            "vulkan": "grilly_kv's Vulkan forward (default numerics)",
+            "vulkan_ggml": "grilly_kv's Vulkan forward with numerics='ggml' (model-matmul-q's act_rounding; "
+                           "attention on the host with float16 q/k/v and probabilities)",
             "numpy_kv_f16": "the same forward with q, k, v and the softmax probabilities rounded to float16 "
                             "(llama.cpp's F16 K/V cache, non-flash attention path), float32 activations",
             "numpy_ggml_activations": "the same forward with each matrix product's input rows converted to the "

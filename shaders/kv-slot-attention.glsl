@@ -27,6 +27,12 @@
 //   The workgroup size is QT * LPT; tokens t >= T only help to stage.
 // Pass 1 (grid HQ x T; always dispatched with QT = 1): log-sum-exp merge of the live splits into
 //   O[t, h, :]. Both passes cut the chunks with the host's min_chunk (push constant).
+// P16 = 1 (a model's numerics "ggml": llama.cpp's F16 K/V path without flash attention): q is
+// rounded to float16, and each probability is normalised by the row's global max and sum, then
+// rounded to float16 before it weights V: pass 0 (as above), pass 2 (grid HQ x T: the global max M
+// and sum L of the live splits into O[t, h, 0].xy), pass 3 (grid as pass 0: per split, sum of
+// fp16(2^(logit - M) * (1 / L)) v, with m = M and l = 1 for split 0 only), pass 1 (their sum).
+// The host dispatches every pass with QT = 1 when P16 = 1 (passes 2 and 3 exist only untiled).
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 #include "workgroup_reduce.glsl"
@@ -38,6 +44,7 @@ layout(constant_id = 3) const uint HKV = 3;
 layout(constant_id = 4) const uint LPT = 8;      // lanes per slot (QT > 1: per token): a power of 2 dividing D/4, <= subgroup size
 layout(constant_id = 5) const uint POS_PER_HEAD = 0;  // 1: slot_pos is (L, HKV, cap), a map per KV head
 layout(constant_id = 6) const uint QT = 1;       // query tokens per pass-0 workgroup (1: decode layout)
+layout(constant_id = 7) const uint P16 = 0;      // 1: float16 q and probabilities (see above)
 const uint G = HQ / HKV;
 const uint NV = D / 4u;                          // float16 quads (vec4s) per row
 const uint NVL = NV / LPT;                       // quads per lane
@@ -56,7 +63,7 @@ layout(set = 0, binding = 2) readonly buffer VC { uvec2 vc[]; };
 layout(set = 0, binding = 3) readonly buffer SlotPos { uint slot_pos[]; };
 layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
 layout(set = 0, binding = 5) buffer Part { vec4 part[]; };
-layout(set = 0, binding = 6) writeonly buffer O { vec4 o[]; };
+layout(set = 0, binding = 6) buffer O { vec4 o[]; };        // P16: pass 2 leaves (M, L) here for pass 3
 
 layout(push_constant) uniform Push {
     uint cap;        // slots per (layer, kv head)
@@ -77,10 +84,16 @@ shared vec2 sh_ml[QT > 1u ? 1u : SLOTS];
 shared uvec2 sh_k[BLOCK * NV], sh_v[BLOCK * NV];
 shared uint sh_pos[BLOCK];
 
+float f16r(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
+vec4 f16r4(vec4 v) { return vec4(unpackHalf2x16(packHalf2x16(v.xy)), unpackHalf2x16(packHalf2x16(v.zw))); }
+
 // per invocation: its quads of the G scaled queries and accumulators, the running max and sum
 vec4 qr[G * NVL];
 vec4 acc[G * NVL];
 float m[G], l[G];
+// P16 pass 3: the rows' fixed max M (in m) and 1 / L per head; weighted: this is pass 3
+float inv_l[G];
+bool weighted = false;
 // the round in flight: its U rows' visibility and this lane's quads of their K and V
 bool vis[U];
 uvec2 kr[U * NVL], vr[U * NVL];
@@ -130,11 +143,21 @@ void init_queries(uint t, uint kvh, uint lane) {
     const float scale = PUSH_F(p.scale_bits) * LOG2E;
     [[unroll]] for (uint g = 0u; g < G; g++) {
         [[unroll]] for (uint i = 0u; i < NVL; i++) {
-            qr[g * NVL + i] = qkv[t * ROWV + (kvh * G + g) * NV + lane + i * LPT] * scale;
+            const vec4 q = qkv[t * ROWV + (kvh * G + g) * NV + lane + i * LPT];
+            qr[g * NVL + i] = (P16 != 0u ? f16r4(q) : q) * scale;
             acc[g * NVL + i] = vec4(0.0);
         }
         m[g] = NEG;
         l[g] = 0.0;
+    }
+    weighted = P16 != 0u && p.pass_id == 3u;                   // uniform
+    [[unroll]] for (uint g = 0u; g < G; g++) {
+        inv_l[g] = 0.0;
+        if (weighted) {
+            const vec2 ml = o[(t * HQ + kvh * G + g) * NV].xy;
+            m[g] = ml.x;
+            inv_l[g] = 1.0 / ml.y;
+        }
     }
 }
 
@@ -148,6 +171,15 @@ void attend_round() {
             [[unroll]] for (uint i = 0u; i < NVL; i++) d += dot(qr[g * NVL + i], unpack_half4(kr[u * NVL + i]));
             d = cluster_add(d, LPT);
             sc[u] = vis[u] ? d : NEG;
+        }
+        if (weighted) {                                        // fixed M and L: rounded probabilities
+            [[unroll]] for (uint u = 0u; u < U; u++) {
+                if (vis[u]) {
+                    const float w = f16r(exp2(sc[u] - m[g]) * inv_l[g]);
+                    [[unroll]] for (uint i = 0u; i < NVL; i++) acc[g * NVL + i] += w * unpack_half4(vr[u * NVL + i]);
+                }
+            }
+            continue;
         }
         float mx = m[g];                                       // online softmax over the U slots
         [[unroll]] for (uint u = 0u; u < U; u++) mx = max(mx, sc[u]);
@@ -190,6 +222,9 @@ void split_pass(uint s, uint kvh, uint t) {
             }
         }
         attend_round();
+    }
+    if (weighted) {                                            // the merge then sums the splits
+        [[unroll]] for (uint g = 0u; g < G; g++) l[g] = s == 0u && gl_LocalInvocationIndex == 0u ? 1.0 : 0.0;
     }
     [[unroll]] for (uint g = 0u; g < G; g++) write_partial(g, part_row(t, kvh, g, s));
 }
@@ -272,8 +307,24 @@ void merge_pass(uint h, uint t) {
     }
 }
 
+// P16 pass 2: the global max and sum of query t, head h over the live splits into O[t, h, 0].xy.
+void stats_pass(uint h, uint t) {
+    const uint tid = gl_LocalInvocationIndex, WG = gl_WorkGroupSize.x;
+    const uint n_scan = step[2];
+    const uint n_live = ceil_div(n_scan, chunk_len(n_scan));
+    const uint b = (t * HQ + h) * p.n_splits;
+    float mx = NEG;
+    for (uint s = tid; s < n_live; s += WG) mx = max(mx, part[(b + s) * PV].x);
+    mx = workgroup_max(mx);
+    float lt = 0.0;
+    for (uint s = tid; s < n_live; s += WG) { const vec2 ml = part[(b + s) * PV].xy; lt += exp2(ml.x - mx) * ml.y; }
+    lt = workgroup_sum(vec4(lt, 0.0, 0.0, 0.0)).x;
+    if (tid == 0u) o[(t * HQ + h) * NV] = vec4(mx, lt, 0.0, 0.0);
+}
+
 void main() {
     if (p.pass_id == 0u && QT > 1u) tile_pass(gl_WorkGroupID.x, p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.z);
-    else if (p.pass_id == 0u) split_pass(gl_WorkGroupID.x, p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.z);
+    else if (p.pass_id == 0u || p.pass_id == 3u) split_pass(gl_WorkGroupID.x, p.h0 + gl_WorkGroupID.y, gl_WorkGroupID.z);
+    else if (p.pass_id == 2u) stats_pass(gl_WorkGroupID.x, gl_WorkGroupID.y);
     else merge_pass(gl_WorkGroupID.x, gl_WorkGroupID.y);
 }

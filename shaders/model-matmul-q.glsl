@@ -15,6 +15,19 @@
 // vec4s), then each row's LANES = WG / ROWS lanes take the slab's chunks round robin, UNR at a time. Lane sums
 // meet by shuffles within a subgroup, across subgroups through shared memory when a row is wider
 // than the subgroup (gl_SubgroupSize decides at run time; the host's choice only affects speed).
+//
+// ACTQ != 0 rounds the staged X' slab as llama.cpp's CPU backend converts a matrix product's
+// activations to the weight type's vec_dot_type (grilly_kv/reference/ggml_rounding.py):
+// 1 Q8_0 and 2 Q8_1 (blocks of 32 = one chunk: d = amax / 127 stored as float16, q = roundEven(x *
+// (127 / amax)), X' = fp16(d) q; Q8_1 adds m_w (fp16(d sum q) - fp16(d) sum q) per weight block,
+// its float16 block sum meeting the Q4_1 / Q5_1 block minimum m_w), 3 Q8_K (blocks of 256 = 8
+// chunks, KS a multiple of 256: iscale = -127 / max (max: the value of largest magnitude), q =
+// min(127, roundEven(iscale x)), X' = q / iscale), 4 float16, 5 bfloat16 (nearest even). With MODE 1
+// the RMSNorm is then applied before the dot (X' = (x rsqrt(mean(x^2) + eps)) g, rounded, from a
+// first pass over the row for the sums of squares), as llama.cpp normalises before quantising: the
+// integers q are scale-invariant but the float16 d is not (fp16(s d) != s fp16(d)). The rounding
+// reads and writes the slab through xs_at, so it holds in both layouts (COAL adds Q8_1's block
+// correction once per chunk, on the chunk's lane q = 0).
 // COAL = 1 (coalesced decode; LANES a multiple of 8): 8 neighbouring lanes share each chunk, lane
 // q of them dequantising its vec4 q (dequant_vec4), so neighbouring lanes read neighbouring bytes
 // of a block and neighbouring 8-lane groups neighbouring chunks; a row's LANES / 8 groups take the
@@ -37,6 +50,7 @@ layout(constant_id = 10) const uint UNR = 1;    // chunks per lane issued togeth
 layout(constant_id = 11) const uint XSH = 0;    // 1 (LANES = 1, subgroup size a multiple of 8): each
                                                 // lane loads one of a chunk's 8 X' vec4s, shuffles share them
 layout(constant_id = 12) const uint COAL = 0;   // 1: 8 lanes per chunk, a vec4 each (coalesced loads)
+layout(constant_id = 13) const uint ACTQ = 0;   // X' rounding: 0 none, 1 Q8_0, 2 Q8_1, 3 Q8_K, 4 F16, 5 BF16
 
 layout(set = 0, binding = 0) readonly buffer Wq { uint wq[]; };
 #include "gguf_blocks.glsl"
@@ -69,10 +83,88 @@ shared vec4 xs[8u * TT * CPS];              // X' slab: vec4 q of chunk cc of to
 shared float red[TT * MAX_SG];              // per-subgroup sums of squares (MODE 1)
 shared float part[TT * MAX_SG];             // per-subgroup partial dots (rows wider than a subgroup)
 shared float outs[ROPE != 0u ? TT * ROWS : 1u];
+shared float dsum[ACTQ == 2u ? TT * CPS : 1u];  // Q8_1: per (token, chunk) fp16(d sum q) - fp16(d) sum q
+shared float rsn[TT];                           // MODE 1 with ACTQ: rsqrt(mean(x^2) + eps) per token
+
+const bool NORM_FIRST = MODE == 1u && ACTQ != 0u;   // RMSNorm applied while staging (see above)
 
 // Index in xs of vec4 q (< 8) of the slab's chunk cc for token j: plane-major (the lanes of a row
 // take different chunks), or chunk-major with COAL (the 8 lanes of a chunk take its 8 vec4s).
 uint xs_at(uint q, uint j, uint cc) { return COAL != 0u ? (j * CPS + cc) * 8u + q : (q * TT + j) * CPS + cc; }
+
+float f16r(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
+vec4 f16r4(vec4 v) { return vec4(unpackHalf2x16(packHalf2x16(v.xy)), unpackHalf2x16(packHalf2x16(v.zw))); }
+vec4 bf16r4(vec4 v) {
+    const uvec4 u = floatBitsToUint(v);
+    return uintBitsToFloat((u + 0x7FFFu + ((u >> 16u) & 1u)) & 0xFFFF0000u);
+}
+
+// Q8_0 / Q8_1 of the 32 values of chunk cc of token j in xs, in place; Q8_1's sum difference to dsum.
+void round_q8_chunk(uint j, uint cc) {
+    float amax = 0.0;
+    [[unroll]] for (uint q = 0u; q < 8u; q++) {
+        const vec4 a = abs(xs[xs_at(q, j, cc)]);
+        amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
+    }
+    const float d = amax / 127.0, dh = f16r(d);
+    const float id = amax != 0.0 ? 127.0 / amax : 0.0;
+    float qs = 0.0;
+    [[unroll]] for (uint q = 0u; q < 8u; q++) {
+        const vec4 v = roundEven(xs[xs_at(q, j, cc)] * id);
+        qs += v.x + v.y + v.z + v.w;
+        xs[xs_at(q, j, cc)] = dh * v;
+    }
+    if (ACTQ == 2u) dsum[j * CPS + cc] = f16r(d * qs) - dh * qs;
+}
+
+// Q8_K of the 256 values of chunks [c0, c0 + 8) of token j in xs, in place.
+void round_q8k_block(uint j, uint c0) {
+    float amax = 0.0, mx = 0.0;
+    for (uint c = c0; c < c0 + 8u; c++) {
+        [[unroll]] for (uint q = 0u; q < 8u; q++) {
+            const vec4 a = xs[xs_at(q, j, c)];
+            [[unroll]] for (uint e = 0u; e < 4u; e++) {
+                if (abs(a[e]) > amax) { amax = abs(a[e]); mx = a[e]; }
+            }
+        }
+    }
+    const float iscale = amax != 0.0 ? -127.0 / mx : 0.0;
+    const float d = iscale != 0.0 ? 1.0 / iscale : 0.0;
+    for (uint c = c0; c < c0 + 8u; c++) {
+        [[unroll]] for (uint q = 0u; q < 8u; q++) {
+            const uint at = xs_at(q, j, c);
+            xs[at] = d * min(vec4(127.0), roundEven(iscale * xs[at]));
+        }
+    }
+}
+
+// Round the staged slab (ACTQ 1..3: one block per invocation at a time; 4, 5 are done while staging).
+void round_slab() {
+    if (ACTQ == 1u || ACTQ == 2u) {
+        for (uint i = gl_LocalInvocationIndex; i < TT * CPS; i += gl_WorkGroupSize.x) round_q8_chunk(i / CPS, i % CPS);
+    } else if (ACTQ == 3u) {
+        for (uint i = gl_LocalInvocationIndex; i < TT * (CPS / 8u); i += gl_WorkGroupSize.x)
+            round_q8k_block(i / (CPS / 8u), (i % (CPS / 8u)) * 8u);
+    }
+}
+
+// MODE 1 with ACTQ: rsn[j] = rsqrt(mean(x^2) + eps) of each token's whole row (before staging).
+void row_norms(uint t0) {
+    [[unroll]] for (uint j = 0u; j < TT; j++) {
+        const uint xr = p.x_off + min(t0 + j, p.T - 1u) * p.x_stride;
+        float q = 0.0;
+        for (uint v = gl_LocalInvocationIndex; v < KV; v += gl_WorkGroupSize.x) q += dot(x[xr + v], x[xr + v]);
+        q = subgroupAdd(q);
+        if (subgroupElect()) red[j * MAX_SG + gl_SubgroupID] = q;
+    }
+    barrier();
+    if (gl_LocalInvocationIndex < TT) {
+        float q = 0.0;
+        for (uint k = 0u; k < gl_NumSubgroups; k++) q += red[gl_LocalInvocationIndex * MAX_SG + k];
+        rsn[gl_LocalInvocationIndex] = 1.0 / sqrt(q / float(K) + PUSH_F(p.eps_bits));   // as ggml: 1.0f / sqrtf
+    }
+    barrier();
+}
 
 void main() {
     const uint WG = gl_WorkGroupSize.x;
@@ -90,6 +182,7 @@ void main() {
     float acc[TT], ss[TT];
     [[unroll]] for (uint j = 0u; j < TT; j++) { acc[j] = 0.0; ss[j] = 0.0; }
 
+    if (NORM_FIRST) row_norms(t0);
     for (uint s = 0u; s < SLABS; s++) {
         const uint v0 = s * (KS / 4u);
         if (s > 0u) barrier();              // the previous slab is read by everyone
@@ -99,13 +192,20 @@ void main() {
                 vec4 a = vec4(0.0);
                 if (v0 + v < KV) {
                     a = x[xr + v0 + v];
-                    if (MODE == 1u) { ss[j] += dot(a, a); a *= g[p.g_off + v0 + v]; }
+                    if (NORM_FIRST) a = (a * rsn[j]) * g[p.g_off + v0 + v];
+                    else if (MODE == 1u) { ss[j] += dot(a, a); a *= g[p.g_off + v0 + v]; }
                     if (MODE == 2u) a = a / (1.0 + exp(-a)) * x[xr + KV + v0 + v];
+                    if (ACTQ == 4u) a = f16r4(a);
+                    if (ACTQ == 5u) a = bf16r4(a);
                 }
                 xs[xs_at(v % 8u, j, v / 8u)] = a;
             }
         }
         barrier();
+        if (ACTQ >= 1u && ACTQ <= 3u) {
+            round_slab();
+            barrier();
+        }
         // UNR chunks per lane per iteration, their loads unconditional (clamped indices, the
         // surplus chunks' sums dropped) so the compiler can issue them all before the math.
         const uint c_end = min(CPS, CHUNKS - s * CPS);    // chunks of this slab inside the row
@@ -116,7 +216,12 @@ void main() {
                     const uint cc = min(cc0 + u * CG, c_end - 1u);
                     const vec4 w = dequant_vec4(rb, s * CPS + cc, q);
                     const bool ok = cc0 + u * CG < c_end;
-                    [[unroll]] for (uint j = 0u; j < TT; j++) acc[j] += ok ? dot(w, xs[xs_at(q, j, cc)]) : 0.0;
+                    const float mw = ACTQ == 2u && q == 0u ? rdh(rb + (s * CPS + cc) * BLOCK_BYTES + 2u) : 0.0;
+                    [[unroll]] for (uint j = 0u; j < TT; j++) {
+                        float d = dot(w, xs[xs_at(q, j, cc)]);
+                        if (ACTQ == 2u) d += mw * dsum[j * CPS + cc];   // Q8_1: once per chunk (lane q = 0)
+                        acc[j] += ok ? d : 0.0;
+                    }
                 }
             }
         } else {
@@ -135,6 +240,7 @@ void main() {
                         } else {
                             [[unroll]] for (uint q = 0u; q < 8u; q++) d += dot(w[q], xs[xs_at(q, j, cc)]);
                         }
+                        if (ACTQ == 2u) d += rdh(rb + (s * CPS + cc) * BLOCK_BYTES + 2u) * dsum[j * CPS + cc];
                         acc[j] += ok ? d : 0.0;
                     }
                 }
@@ -142,7 +248,7 @@ void main() {
         }
     }
 
-    if (MODE == 1u) {
+    if (MODE == 1u && !NORM_FIRST) {
         [[unroll]] for (uint j = 0u; j < TT; j++) {
             const float q = subgroupAdd(ss[j]);
             if (subgroupElect()) red[j * MAX_SG + gl_SubgroupID] = q;
@@ -162,7 +268,7 @@ void main() {
         } else {
             v = cluster_add(acc[j], LANES);
         }
-        if (MODE == 1u) {
+        if (MODE == 1u && !NORM_FIRST) {
             float q = 0.0;
             for (uint k = 0u; k < gl_NumSubgroups; k++) q += red[j * MAX_SG + k];
             v *= inversesqrt(q / float(K) + PUSH_F(p.eps_bits));

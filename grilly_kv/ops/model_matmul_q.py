@@ -46,6 +46,9 @@ from .model_matmul import check_norm_and_y
 
 SHADER = "model-matmul-q"
 MODES = {"plain": 0, "rmsnorm": 1, "swiglu": 2}
+# the shader's ACTQ: how the staged activations are rounded (ggml-cpu's vec_dot_type conversions,
+# grilly_kv.reference.ggml_rounding); None: not at all
+ACT_ROUNDINGS = {None: 0, "Q8_0": 1, "Q8_1": 2, "Q8_K": 3, "F16": 4, "BF16": 5}
 WEIGHT_FORMATS = ("native", "f16", "f32")
 MAX_TT = 8           # tokens per workgroup (prefill tile)
 MAX_SG = 64          # the shader's per-subgroup arrays
@@ -346,7 +349,8 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
                     y_off: int = 0, y_stride: int | None = None, eps: float = 1e-5,
                     rope: tuple | None = None, lanes: int | None = None,
                     tokens: int | None = None, unroll: int | None = None,
-                    coalesced: bool | None = None, rows: int | None = None) -> Recording:
+                    coalesced: bool | None = None, rows: int | None = None,
+                    act_rounding: str | None = None) -> Recording:
     """Record ``y[t, y_off + n] (+)= x'[t] . W[n]`` for t < T, n < N (W = ``weights[name]``).
 
     Args:
@@ -363,10 +367,14 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
             loads together (with ``coalesced``: each 8-lane group), rows per workgroup (defaults:
             :func:`plan`).
         coalesced: the coalesced lane layout (8 lanes per chunk, a vec4 each; any T, meant for
-            T = 1); None: :func:`default_coalesced`.
+            T = 1); None: :func:`default_coalesced`. Rounds with ``act_rounding`` as the other layout.
+        act_rounding: round x' as ggml-cpu converts activations (a key of :data:`ACT_ROUNDINGS`:
+            the weight type's ``VEC_DOT_TYPE`` for llama.cpp's numerics; "Q8_1" only with Q4_1 /
+            Q5_1 weights, whose block minima meet its block sums; "Q8_K" needs K a multiple of 256).
     """
     e = weights if isinstance(weights, WeightEntry) else weights[name]
     check_choice("mode", mode, MODES)
+    actq = check_act_rounding(act_rounding, e.qtype, e.K)
     N, K = e.N, e.K
     xk = 2 * K if mode == "swiglu" else K
     x_stride = xk if x_stride is None else x_stride
@@ -389,18 +397,38 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
     wg, rows, tt, ks, unr = plan(rec.device, T, K, lanes=lanes, tokens=tokens, unroll=unroll,
                                  rope=rope is not None, coalesced=coal, rows=rows)
     xsh = int(not coal and rows == wg and subgroup_size(rec.device) % 8 == 0)   # a row per invocation: shuffled X'
+    if actq == ACT_ROUNDINGS["Q8_K"] and ks % 256:     # Q8_K blocks (256) must not straddle slabs
+        if ks < 256:
+            raise ValueError(f"act_rounding 'Q8_K' needs a slab of 256 elements; {rec.device.name}'s shared "
+                             f"memory leaves {ks} for {tt} tokens per workgroup (pass tokens=)")
+        ks = ks // 256 * 256
     spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2, unr,
-            xsh, int(coal))
+            xsh, int(coal), actq)       # constant ids 0..13 in the shader's order (COAL 12, ACTQ 13)
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
                      y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
     return rec.dispatch(SHADER, [e.buffer, x, g or x, y, step, table], groups=(-(-N // rows), -(-T // tt)),
                         push=push, spec=spec, label=f"{SHADER}:{FORMAT_BY_ID[e.qtype]}")
 
 
+def check_act_rounding(act_rounding: str | None, qtype: int, K: int) -> int:
+    """The shader's ACTQ for ``act_rounding`` with weights of ggml type ``qtype`` and width ``K``;
+    ValueError naming the argument when it is unknown or does not fit."""
+    check_choice("act_rounding", act_rounding, ACT_ROUNDINGS)
+    if act_rounding == "Q8_1" and FORMAT_BY_ID[qtype] not in ("Q4_1", "Q5_1"):
+        raise ValueError(f"act_rounding 'Q8_1' needs Q4_1 or Q5_1 weights (their block minima), got "
+                         f"{FORMAT_BY_ID[qtype]}")
+    if act_rounding == "Q8_K" and K % 256:
+        raise ValueError(f"act_rounding 'Q8_K' needs K a multiple of 256, got {K}")
+    if act_rounding in ("Q8_0", "Q8_1") and K % 32:
+        raise ValueError(f"act_rounding {act_rounding!r} needs K a multiple of 32, got {K}")
+    return ACT_ROUNDINGS[act_rounding]
+
+
 def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: str = "plain",
                    norm_weight=None, eps: float = 1e-5, y: np.ndarray | None = None,
                    rope: dict | None = None, lanes: int | None = None, tokens: int | None = None,
                    unroll: int | None = None, coalesced: bool | None = None, rows: int | None = None,
+                   act_rounding: str | None = None,
                    device: DeviceLike = None) -> np.ndarray:
     """``x' @ dequantize(raw).T`` (+ ``y``) on the device, weights uploaded as GGUF blocks.
 
@@ -411,6 +439,7 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
         y: optional ``(T, N)`` float32 residual.
         rope: ``dict(pos0, head_dim, rope_rows, theta)``: the RoPE epilogue.
         lanes, tokens, unroll, coalesced, rows: as :func:`record_matmul_q`.
+        act_rounding: x' rounded as ggml-cpu's vec_dot_type conversion (see :func:`record_matmul_q`).
 
     Returns:
         ``(T, N)`` float32.
@@ -427,6 +456,7 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
     if x.shape[1] != xk:
         raise ValueError(f"x must be (T, {xk}), got {x.shape}")
     T = x.shape[0]
+    check_act_rounding(act_rounding, qtype, K)
     norm_weight = check_norm_and_y(mode, norm_weight, y, T=T, N=N, K=K)
     if rope is not None:
         hd, rr = int(rope["head_dim"]), int(rope["rope_rows"])
@@ -435,9 +465,11 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
                              f"got {rope}")
     dev = get_device(device)
     if dev.is_cpu:
-        return model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=norm_weight, eps=eps, y=y, rope=rope)
+        return model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=norm_weight, eps=eps, y=y, rope=rope,
+                                  act_rounding=act_rounding)
     return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope,
-                     dict(lanes=lanes, tokens=tokens, unroll=unroll, coalesced=coalesced, rows=rows))
+                     dict(lanes=lanes, tokens=tokens, unroll=unroll, coalesced=coalesced, rows=rows,
+                          act_rounding=act_rounding))
 
 
 def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, tuning) -> np.ndarray:

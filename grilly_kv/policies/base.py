@@ -52,6 +52,9 @@ class CacheShape:
             margin for them. 0: the generation loop does not call ``end_context``.
         window: the model's sliding window in tokens (a query at ``t`` sees keys at ``p`` with
             ``t - p < window``), or None: no window (see the module docstring).
+        f16_probabilities: round the softmax probabilities to float16 before the product with
+            V (a model's ``numerics="ggml"``: llama.cpp's F16 K/V path); only policies whose
+            ``rounds_probabilities`` is True honour it (the model refuses the others).
     """
 
     n_layers: int
@@ -63,6 +66,7 @@ class CacheShape:
     device: object = None
     max_tail: int = 0
     window: int | None = None
+    f16_probabilities: bool = False
 
     def __post_init__(self):
         for name in ("n_layers", "n_q_heads", "n_kv_heads", "head_dim", "max_tokens", "max_chunk"):
@@ -121,6 +125,7 @@ class KVPolicy(ABC):
 
     name = "base"
     follows_window = False      # applies CacheShape.window (see the module docstring)
+    rounds_probabilities = False  # honours CacheShape.f16_probabilities (host attend and device twin)
 
     def __init__(self, budget: int | None = None):
         self.budget = budget
@@ -133,6 +138,9 @@ class KVPolicy(ABC):
             ValueError: ``shape.window`` is shorter than the sequence and this policy does not
                 apply a sliding window (``follows_window``).
         """
+        if shape.f16_probabilities and not self.rounds_probabilities:
+            raise ValueError(f"{self.name}: numerics 'ggml' (float16 attention probabilities) is supported "
+                             "by the slot policies (dense, streaming) only")
         if shape.window_limits and not self.follows_window:
             raise ValueError(
                 f"{self.describe()} cannot run a model with a sliding window of {shape.window} tokens "

@@ -70,7 +70,8 @@ class DeviceSlotCache(TwinBase):
         record_kv_slot_store(rec, qkv, step, st.keys[layer], st.values[layer], self.slot_pos, T=T,
                              cap=self.cap, layer=0, parts=st.parts, **dims)
         record_kv_slot_attention(rec, qkv, st.keys[layer], st.values[layer], self.slot_pos, step, self.part,
-                                 out, T=T, cap=self.cap, layer=0, parts=st.parts, **dims)
+                                 out, T=T, cap=self.cap, layer=0, parts=st.parts,
+                                 f16_probabilities=s.f16_probabilities, **dims)
 
 
 def fill_slots_random(twin: DeviceSlotCache, rng: np.random.Generator, n_tokens: int) -> None:

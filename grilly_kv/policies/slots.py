@@ -30,6 +30,7 @@ class SlotPolicy(KVPolicy):
 
     sinks = 0
     window = ALL
+    rounds_probabilities = True       # honours CacheShape.f16_probabilities
 
     def capacity(self, shape: CacheShape) -> int:
         raise NotImplementedError
@@ -68,7 +69,8 @@ class SlotPolicy(KVPolicy):
         n = self.slots_used
         self.k[layer][:, self.last_slots] = k
         self.v[layer][:, self.last_slots] = v
-        return masked_attention(q, self.k[layer][:, :n], self.v[layer][:, :n], self._mask)
+        return masked_attention(q, self.k[layer][:, :n], self.v[layer][:, :n], self._mask,
+                                f16_probabilities=s.f16_probabilities)
 
     def tokens_held(self) -> int:
         return int(np.count_nonzero(self.slot_pos != EMPTY))

@@ -111,7 +111,7 @@ def rope_interleaved_ref(out: np.ndarray, pos0: int, head_dim: int, rope_rows: i
 
 def model_matmul_q_ref(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: str = "plain",
                        norm_weight=None, eps: float = 1e-5, y: np.ndarray | None = None,
-                       rope: dict | None = None) -> np.ndarray:
+                       rope: dict | None = None, act_rounding: str | None = None) -> np.ndarray:
     """``(T, N)`` float32: ``x' @ dequantize(raw).T`` (+ ``y``).
 
     Args:
@@ -120,14 +120,44 @@ def model_matmul_q_ref(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mo
         mode: "plain", "rmsnorm" or "swiglu" (as :func:`model_matmul_ref`).
         rope: ``dict(pos0, head_dim, rope_rows, theta)``: the qkv epilogue
             (:func:`rope_interleaved_ref` on the product, before ``y`` is added).
+        act_rounding: None, or the vec_dot_type x' is converted to before the product
+            (:func:`grilly_kv.reference.ggml_rounding.as_vec_dot_type`; "Q8_1" adds its block-sum
+            correction with the weight's block minima); with "rmsnorm" x' is normalised first.
     """
     w = dequantize_rows(raw, qtype, K)
-    out = model_matmul_ref(x, w, mode=mode, norm_weight=norm_weight, eps=eps).astype(np.float64)
+    if act_rounding is None:
+        out = model_matmul_ref(x, w, mode=mode, norm_weight=norm_weight, eps=eps).astype(np.float64)
+    else:
+        out = rounded_matmul(staged_input(x, mode, norm_weight, eps), w, raw, act_rounding)
     if rope is not None:
         out = rope_interleaved_ref(out, rope["pos0"], rope["head_dim"], rope["rope_rows"], rope["theta"])
     if y is not None:
         out = out + y
     return out.astype(np.float32)
+
+
+def staged_input(x: np.ndarray, mode: str, norm_weight, eps: float) -> np.ndarray:
+    """``(T, K)`` float32 x' as ggml computes it before a product: plain x, ``(x * rsqrt(mean(x^2)
+    + eps)) * g`` ("rmsnorm", normalised first), or ``silu(gate) * up`` ("swiglu", x = gate | up)."""
+    x = np.asarray(x, np.float32)
+    if mode == "rmsnorm":
+        rs = (1.0 / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + eps)).astype(np.float32)
+        return (x * rs) * np.asarray(norm_weight, np.float32)
+    if mode == "swiglu":
+        k = x.shape[1] // 2
+        return (x[:, :k] / (np.float32(1) + np.exp(-x[:, :k])) * x[:, k:]).astype(np.float32)
+    return x
+
+
+def rounded_matmul(xs: np.ndarray, w: np.ndarray, raw: np.ndarray, act_rounding: str) -> np.ndarray:
+    """``(T, N)`` float64: rows ``xs`` converted to ``act_rounding`` (a vec_dot_type) times ``w.T``,
+    plus Q8_1's block-sum correction (``raw``: the Q4_1 / Q5_1 weight blocks)."""
+    from .ggml_rounding import as_vec_dot_type, q8_1_sum_correction
+
+    out = as_vec_dot_type(xs, act_rounding).astype(np.float64) @ w.T.astype(np.float64)
+    if act_rounding == "Q8_1":
+        out += q8_1_sum_correction(xs, raw)
+    return out
 
 
 def abs_bound(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: str = "plain",

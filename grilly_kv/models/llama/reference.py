@@ -9,6 +9,11 @@ Attention is delegated to a :class:`~grilly_kv.policies.KVPolicy`, so the same f
 dense model and every KV policy. A chunk the policy declares dense (``policy.dense_chunk()``)
 is attended by the model's own dense cache (a :class:`~grilly_kv.policies.dense.DensePolicy`) and
 handed to ``policy.observe``, as the Vulkan model does. RoPE is rotate-half (see ``weights.py``).
+
+``numerics="ggml"`` rounds as llama.cpp's CPU backend does (:mod:`grilly_kv.reference.ggml_rounding`):
+each matrix product's input rows converted to the weight type's vec_dot_type (Q8_0, Q8_1 with its
+float16 block sum, Q8_K, F16), q, k and v rounded to float16 after RoPE, and the attention
+probabilities rounded to float16 (``CacheShape.f16_probabilities``: slot policies only).
 """
 from __future__ import annotations
 
@@ -17,14 +22,50 @@ from typing import Callable
 import numpy as np
 
 from ...backend import get_device
+from ...reference.ggml_rounding import check_numerics, f16_round, ggml_matmul
 from ...rope import rope_cos_sin
 from ...policies.base import CacheShape, admit_dense_chunk
 from ...policies.dense import DensePolicy
 from .config import ModelConfig
-from .weights import Checkpoint
+from .quants import qtype_name
+from .weights import Checkpoint, unpermute_rope_rows
 
 # capture(layer, name, array): name in q_pre, k_pre, v, q_post, k_post; arrays (H, T, D).
 CaptureFn = Callable[[int, str, np.ndarray], None]
+# mm(x (T, n), w (out, n), gguf tensor name) -> (T, out) float32: one matrix product
+MatmulFn = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
+
+
+def float_matmul(x: np.ndarray, w: np.ndarray, name: str) -> np.ndarray:
+    """``x @ w.T`` (``numerics="float"``; ``name`` unused)."""
+    return x @ w.T
+
+
+class GgmlMatmul:
+    """``mm(x, w, name)``: ``x @ w.T`` with ggml-cpu's activation rounding for the checkpoint's
+    tensor ``name`` (its type from ``ckpt.raw``; F32 when the checkpoint has no raw tensors)."""
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
+        self._rows: dict[str, tuple[str, np.ndarray | None]] = {}
+
+    def _type_and_rows(self, name: str) -> tuple[str, np.ndarray | None]:
+        """(ggml type name, raw rows in the reference's row order) of tensor ``name``."""
+        if name not in self._rows:
+            raw, c = self.ckpt.raw or {}, self.ckpt.config
+            if name not in raw:
+                self._rows[name] = ("F32", None)
+            else:
+                rows, qtype = np.asarray(raw[name][0]), qtype_name(raw[name][1])
+                if c.rope_rows == "interleaved" and name.endswith(("attn_q.weight", "attn_k.weight")):
+                    n = c.n_q_heads if name.endswith("attn_q.weight") else c.n_kv_heads
+                    rows = unpermute_rope_rows(rows, n)          # the reference's q/k rows are rotate-half
+                self._rows[name] = (qtype, rows)
+        return self._rows[name]
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, name: str) -> np.ndarray:
+        qtype, rows = self._type_and_rows(name)
+        return ggml_matmul(np.asarray(x, np.float32), w, qtype, rows)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -48,20 +89,23 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def project_heads(h: np.ndarray, w: np.ndarray, bias: np.ndarray | None, n_heads: int, head_dim: int) -> np.ndarray:
-    """``h (T, d) @ w.T (+ bias)`` split into heads: ``(n_heads, T, head_dim)``."""
-    y = h @ w.T
+def project_heads(h: np.ndarray, w: np.ndarray, bias: np.ndarray | None, n_heads: int, head_dim: int,
+                  mm: MatmulFn = float_matmul, name: str = "") -> np.ndarray:
+    """``mm(h (T, d), w, name) (+ bias)`` split into heads: ``(n_heads, T, head_dim)``."""
+    y = mm(h, w, name)
     if bias is not None:
         y = y + bias
     return y.reshape(h.shape[0], n_heads, head_dim).transpose(1, 0, 2)
 
 
-def attention_inputs(h: np.ndarray, w: dict, c: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def attention_inputs(h: np.ndarray, w: dict, c: ModelConfig, mm: MatmulFn = float_matmul,
+                     prefix: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pre-RoPE q ``(H_q, T, D)``, k and v ``(H_kv, T, D)`` of the normed stream ``h (T, d)``:
-    projections, biases (``qkv_bias``), per-head RMSNorm of q and k (``qk_norm``)."""
-    q = project_heads(h, w["wq"], w.get("bq"), c.n_q_heads, c.head_dim)
-    k = project_heads(h, w["wk"], w.get("bk"), c.n_kv_heads, c.head_dim)
-    v = project_heads(h, w["wv"], w.get("bv"), c.n_kv_heads, c.head_dim)
+    projections (``mm``; ``prefix`` the layer's GGUF prefix ``blk.i.``), biases (``qkv_bias``),
+    per-head RMSNorm of q and k (``qk_norm``)."""
+    q = project_heads(h, w["wq"], w.get("bq"), c.n_q_heads, c.head_dim, mm, prefix + "attn_q.weight")
+    k = project_heads(h, w["wk"], w.get("bk"), c.n_kv_heads, c.head_dim, mm, prefix + "attn_k.weight")
+    v = project_heads(h, w["wv"], w.get("bv"), c.n_kv_heads, c.head_dim, mm, prefix + "attn_v.weight")
     if c.qk_norm:
         q, k = rms_norm(q, w["q_norm"], c.norm_eps), rms_norm(k, w["k_norm"], c.norm_eps)
     return q, k, v
@@ -78,8 +122,11 @@ class ReferenceModel:
 
     device_name = "numpy (cpu)"
 
-    def __init__(self, ckpt: Checkpoint, *, max_chunk: int = 512, dense_prefill: bool = True):
+    def __init__(self, ckpt: Checkpoint, *, max_chunk: int = 512, dense_prefill: bool = True,
+                 numerics: str = "float"):
+        self.numerics = check_numerics(numerics)
         ckpt.require_floats("ReferenceModel")
+        self._mm: MatmulFn = GgmlMatmul(ckpt) if numerics == "ggml" else float_matmul
         self.ckpt = ckpt
         self.config: ModelConfig = ckpt.config
         self.max_chunk = int(max_chunk)
@@ -94,7 +141,8 @@ class ReferenceModel:
         c = self.config
         c.check_context(max_tokens)
         shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
-                           device=get_device("cpu"), max_tail=max_tail, window=c.sliding_window)
+                           device=get_device("cpu"), max_tail=max_tail, window=c.sliding_window,
+                           f16_probabilities=self.numerics == "ggml")
         policy.reset(shape)
         self.policy = policy
         self._shape, self._dense_ok = shape, True
@@ -137,10 +185,14 @@ class ReferenceModel:
         if dense:
             self._dense.begin(positions)
         x = self.ckpt.embedding[tokens].astype(np.float32)
+        mm, ggml = self._mm, self.numerics == "ggml"
         for i, w in enumerate(self.ckpt.layers):
+            p = f"blk.{i}."
             h = rms_norm(x, w["attn_norm"], c.norm_eps)
-            q, k, v = attention_inputs(h, w, c)
+            q, k, v = attention_inputs(h, w, c, mm, p)
             qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if ggml:                                     # llama.cpp's F16 K/V cache and F16 q
+                qr, kr, v = f16_round(qr), f16_round(kr), f16_round(v)
             if capture is not None:
                 for name, arr in (("q_pre", q), ("k_pre", k), ("v", v), ("q_post", qr), ("k_post", kr)):
                     capture(i, name, arr)
@@ -150,9 +202,11 @@ class ReferenceModel:
                 policy.observe(i, qr, kr, v)
             else:
                 o = policy.attend(i, qr, kr, v)
-            x = x + o.transpose(1, 0, 2).reshape(T, c.q_dim) @ w["wo"].T
+            x = x + mm(o.transpose(1, 0, 2).reshape(T, c.q_dim), w["wo"], p + "attn_output.weight")
             h = rms_norm(x, w["ffn_norm"], c.norm_eps)
-            x = x + (silu(h @ w["w_gate"].T) * (h @ w["w_up"].T)) @ w["w_down"].T
+            a = silu(mm(h, w["w_gate"], p + "ffn_gate.weight")) * mm(h, w["w_up"], p + "ffn_up.weight")
+            x = x + mm(a.astype(np.float32), w["w_down"], p + "ffn_down.weight")
         if not all_logits:
             x = x[-1:]
-        return rms_norm(x, self.ckpt.output_norm, c.norm_eps) @ self.ckpt.output.T
+        head = "token_embd.weight" if c.tied_output else "output.weight"
+        return mm(rms_norm(x, self.ckpt.output_norm, c.norm_eps), self.ckpt.output, head)

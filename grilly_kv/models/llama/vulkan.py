@@ -32,6 +32,12 @@ twin, kept across sequences while large enough); each layer's q/k/v still go dow
 ``policy.observe``, but nothing comes back up. Per-step scalars
 (positions, slots, token ids, visible range) are in a small step buffer uploaded at the start of
 the submission, so the recording for a given T is built once and replayed.
+
+``numerics="ggml"`` rounds as llama.cpp's CPU backend does (as the NumPy reference's): each
+matrix product's staged activations are converted to the weight type's vec_dot_type in
+``model-matmul-q`` (its ``act_rounding``; the file's own types, so ``weight_format`` "native"), and
+the slot policies' device attention (``kv-slot-attention`` with ``CacheShape.f16_probabilities``)
+rounds q and the softmax probabilities to float16 (k and v are float16 in the cache anyway).
 """
 from __future__ import annotations
 
@@ -50,6 +56,8 @@ from ...policies.dense import DensePolicy
 from ...reference.model_rope import rope_table_from_freqs
 from .defaults import DEFAULT_MAX_CHUNK
 from ...validation import check_choice
+from ...reference.ggml_rounding import VEC_DOT_TYPE, check_numerics, f16_round
+from ...reference.model_matmul_q import FORMAT_BY_ID
 from .weights import Checkpoint, device_matrices, permute_rope_rows, unpermute_rope_rows
 
 
@@ -68,12 +76,18 @@ class VulkanModel(DeviceObject):
             ``policy.attend`` on the host, as every other chunk; for comparisons).
         matvec: lane layout of the one-token mat-vecs (decode, and the output head of a chunk):
             "default", "rows" or "coalesced" (:func:`~grilly_kv.ops.model_matmul_q.matvec_choice`;
-            None: ``$GRILLY_KV_MATVEC``, else "default").
+            None: ``$GRILLY_KV_MATVEC``, else "default"). Either layout rounds with ``numerics``.
+        numerics: "float" or "ggml" (llama.cpp's roundings; see the module docstring: needs
+            ``weight_format="native"`` and a slot policy: dense, streaming).
     """
 
     def __init__(self, ckpt: Checkpoint, device: DeviceLike = None, *, weight_format: str = "native",
                  max_chunk: int = DEFAULT_MAX_CHUNK, timestamps: bool = False, dense_prefill: bool = True,
-                 matvec: str | None = None):
+                 matvec: str | None = None, numerics: str = "float"):
+        self.numerics = check_numerics(numerics)
+        if numerics == "ggml" and weight_format != "native":
+            raise ValueError(f"numerics 'ggml' rounds by the file's own weight types: weight_format must be "
+                             f"'native', got {weight_format!r}")
         dev = get_device(device)
         if dev.is_cpu:
             raise ValueError("VulkanModel needs a Vulkan device; use ReferenceModel for the NumPy path")
@@ -187,8 +201,9 @@ class VulkanModel(DeviceObject):
         ``max_tail``: tokens after ``policy.end_context()`` (``CacheShape.max_tail``)."""
         c = self.config
         c.check_context(max_tokens)
+        ggml = self.numerics == "ggml"
         shape = CacheShape(c.n_layers, c.n_q_heads, c.n_kv_heads, c.head_dim, max_tokens, self.max_chunk,
-                           device=self.dev, max_tail=max_tail, window=c.sliding_window)
+                           device=self.dev, max_tail=max_tail, window=c.sliding_window, f16_probabilities=ggml)
         policy.reset(shape)
         self._recordings.clear()             # recordings bind the old twin's buffers: drop first
         if self.kv is not None:
@@ -207,7 +222,7 @@ class VulkanModel(DeviceObject):
         """Whether this chunk (after ``policy.begin``) attends on the device over the model's
         dense cache: the policy runs on the host, declares the chunk dense, and every earlier
         chunk of the sequence went this way too (so the dense cache holds all earlier K/V)."""
-        if self.kv is not None or not self.dense_prefill:
+        if self.kv is not None or not self.dense_prefill or self.numerics == "ggml":
             return False
         self._dense_ok = admit_dense_chunk(self.policy, pos0, self._dense_ok)
         if not self._dense_ok:
@@ -238,6 +253,13 @@ class VulkanModel(DeviceObject):
             pol.reset(pol.shape)
             twin.slot_pos.write(np.full(pol.cap, EMPTY_SLOT, np.uint32))
             twin.slot_pos.upload_now()
+
+    def _act(self, name: str) -> str | None:
+        """The activation rounding of weight ``name``'s products: its type's vec_dot_type with
+        ``numerics="ggml"``, else None."""
+        if self.numerics != "ggml":
+            return None
+        return VEC_DOT_TYPE[FORMAT_BY_ID[self.qw[name].qtype]]
 
     def _mv(self, T: int) -> dict:
         """``coalesced=`` for a T-token matmul_q call: None (the op's default) unless ``matvec``
@@ -277,13 +299,15 @@ class VulkanModel(DeviceObject):
                 rec = Recording(self.dev, timestamps=self.timestamps).upload(self.attn, words=T * c.q_dim)
                 recs.append(rec)
             p = f"blk.{i}."
-            record_matmul_q(rec, self.qw, p + "o", self.attn, self.x, accumulate=True, **mq)
+            record_matmul_q(rec, self.qw, p + "o", self.attn, self.x, accumulate=True,
+                            act_rounding=self._act(p + "o"), **mq)
             self._record_gate_up(rec, i, T)
-            record_matmul_q(rec, self.qw, p + "down", self.gu, self.x, mode="swiglu", accumulate=True, **mq)
+            record_matmul_q(rec, self.qw, p + "down", self.gu, self.x, mode="swiglu", accumulate=True,
+                            act_rounding=self._act(p + "down"), **mq)
         n_out = T if all_logits else 1
         record_matmul_q(recs[-1], self.qw, self.head, self.x, self.logits, T=n_out, mode="rmsnorm", g=self.nbuf,
                         g_off=self._norm_off(2 * c.n_layers), x_off=(T - n_out) * c.d_model, eps=c.norm_eps,
-                        **self._mv(n_out))
+                        act_rounding=self._act(self.head), **self._mv(n_out))
         recs[-1].download(self.logits, words=n_out * c.vocab)    # only the rows asked for
         return recs
 
@@ -295,13 +319,14 @@ class VulkanModel(DeviceObject):
         mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i), **self._mv(T))
         if p + "qkv" in self.qw:
             rope = (self.step, self.rope, c.head_dim, c.q_dim + c.kv_dim) if self.fused_rope else None
-            record_matmul_q(rec, self.qw, p + "qkv", self.x, self.qkv, rope=rope, **mq)
+            record_matmul_q(rec, self.qw, p + "qkv", self.x, self.qkv, rope=rope, act_rounding=self._act(p + "qkv"),
+                            **mq)
             return
         for name, off, rot in (("q", 0, True), ("k", c.q_dim, True), ("v", c.q_dim + c.kv_dim, False)):
             rows = self.qw[p + name].N
             rope = (self.step, self.rope, c.head_dim, rows) if rot and self.fused_rope else None
             record_matmul_q(rec, self.qw, p + name, self.x, self.qkv, y_off=off, y_stride=self.qkv_dim,
-                            rope=rope, **mq)
+                            rope=rope, act_rounding=self._act(p + name), **mq)
 
     def _record_gate_up(self, rec: Recording, i: int, T: int) -> None:
         """Layer ``i``'s RMSNorm + gate/up matmul into ``self.gu`` rows ``(T, 2 d_ffn)`` (gate, then up)."""
@@ -309,10 +334,11 @@ class VulkanModel(DeviceObject):
         mq = dict(T=T, eps=c.norm_eps, mode="rmsnorm", g=self.nbuf, g_off=self._norm_off(2 * i + 1),
                   **self._mv(T))
         if p + "gu" in self.qw:
-            record_matmul_q(rec, self.qw, p + "gu", self.x, self.gu, **mq)
+            record_matmul_q(rec, self.qw, p + "gu", self.x, self.gu, act_rounding=self._act(p + "gu"), **mq)
             return
         for name, off in (("gate", 0), ("up", c.d_ffn)):
-            record_matmul_q(rec, self.qw, p + name, self.x, self.gu, y_off=off, y_stride=2 * c.d_ffn, **mq)
+            record_matmul_q(rec, self.qw, p + name, self.x, self.gu, y_off=off, y_stride=2 * c.d_ffn,
+                            act_rounding=self._act(p + name), **mq)
 
     def _host_qkv(self, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The downloaded post-RoPE rows as ``(H_q, T, D)``, ``(H_kv, T, D)``, ``(H_kv, T, D)``."""
@@ -324,7 +350,10 @@ class VulkanModel(DeviceObject):
 
     def _host_attend(self, layer: int, T: int) -> None:
         """Hand layer ``layer``'s post-RoPE q/k/v to a host policy; stage its output for upload."""
-        out = self.policy.attend(layer, *self._host_qkv(T))
+        qkv = self._host_qkv(T)
+        if self.numerics == "ggml":                  # llama.cpp's F16 K/V cache and F16 q
+            qkv = tuple(f16_round(a) for a in qkv)
+        out = self.policy.attend(layer, *qkv)
         self.attn.write(np.ascontiguousarray(out.transpose(1, 0, 2), dtype=np.float32))
 
     def close(self) -> None:
