@@ -107,6 +107,12 @@ def torch_baseline(contexts: list[int], steps: int, layers, model=None) -> dict:
             "by_context": {r["context"]: r for r in data["results"]}}
 
 
+def last_row(logits) -> np.ndarray:
+    """The last token's logits, float64 (vocab,), whether the model returned (vocab,) or (T, vocab)."""
+    a = np.asarray(logits, np.float64)
+    return a.reshape(-1, a.shape[-1])[-1]
+
+
 def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
     name, _, budget = spec.partition(":")
     policy = make_policy(name, int(budget) if budget else None)
@@ -114,21 +120,26 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
     prefill_gpu_s = 0.0
     t0 = time.perf_counter()
     for c0 in range(0, context, model.max_chunk):            # generate.prefill, timed per chunk
-        prefill(model, ids[c0:min(c0 + model.max_chunk, context)], c0)
+        last_logits = prefill(model, ids[c0:min(c0 + model.max_chunk, context)], c0)
         prefill_gpu_s += model.last_gpu_time_us * 1e-6
     prefill_s = time.perf_counter() - t0
     chunk_attention = prefill_attention_labels(model, min(context, model.max_chunk))
-    wall, gpu = [], []
+    wall, gpu, decode_top1 = [], [], []
     for i in range(steps):
         t0 = time.perf_counter()
-        model.forward([ids[context + i]], context + i)
+        step_logits = model.forward([ids[context + i]], context + i)
         wall.append(time.perf_counter() - t0)
         gpu.append(model.last_gpu_time_us * 1e-6)
+        decode_top1.append(int(np.argmax(last_row(step_logits))))
     wall, gpu = np.array(wall[1:]), np.array(gpu[1:])    # step 0 builds the decode recording
+    last = last_row(last_logits)
     return {"policy": spec, "describe": policy.describe(), "context": context,
             "prefill_tokens_per_s": context / prefill_s,
             "prefill_gpu_s": prefill_gpu_s, "prefill_gpu_tokens_per_s": context / prefill_gpu_s,
             "prefill_q_tile_env": os.environ.get(Q_TILE_ENV), "prefill_attention": chunk_attention,
+            # output fingerprints: rows of one policy and context must agree across paths (A/B runs)
+            "prefill_top1": int(np.argmax(last)), "prefill_logits_norm": float(np.linalg.norm(last)),
+            "decode_top1": decode_top1,
             "decode_tokens_per_s": float(1.0 / np.median(wall)),
             "wall_ms_per_token": float(np.median(wall) * 1e3),
             "gpu_ms_per_token": float(np.median(gpu) * 1e3),
