@@ -284,17 +284,24 @@ void tile_pass(uint s, uint kvh, uint tile) {
     }
 }
 
-void merge_pass(uint h, uint t) {
+// The live splits' global max logit (log2 units) and sum of 2^(logit - max), partials from row b.
+vec2 split_stats(uint b, uint n_live) {
     const uint tid = gl_LocalInvocationIndex, WG = gl_WorkGroupSize.x;
-    const uint n_scan = step[2];
-    const uint n_live = ceil_div(n_scan, chunk_len(n_scan));
-    const uint b = (t * HQ + h) * p.n_splits;
     float mx = NEG;
     for (uint s = tid; s < n_live; s += WG) mx = max(mx, part[(b + s) * PV].x);
     mx = workgroup_max(mx);
     float lt = 0.0;
     for (uint s = tid; s < n_live; s += WG) { const vec2 ml = part[(b + s) * PV].xy; lt += exp2(ml.x - mx) * ml.y; }
-    lt = workgroup_sum(vec4(lt, 0.0, 0.0, 0.0)).x;
+    return vec2(mx, workgroup_sum(vec4(lt, 0.0, 0.0, 0.0)).x);
+}
+
+void merge_pass(uint h, uint t) {
+    const uint tid = gl_LocalInvocationIndex, WG = gl_WorkGroupSize.x;
+    const uint n_scan = step[2];
+    const uint n_live = ceil_div(n_scan, chunk_len(n_scan));
+    const uint b = (t * HQ + h) * p.n_splits;
+    const vec2 stats = split_stats(b, n_live);
+    const float mx = stats.x, lt = stats.y;
     const uint i = tid % NV, grp = tid / NV, n_grp = WG / NV;
     vec4 a = vec4(0.0);
     if (grp < n_grp)
@@ -313,12 +320,8 @@ void stats_pass(uint h, uint t) {
     const uint n_scan = step[2];
     const uint n_live = ceil_div(n_scan, chunk_len(n_scan));
     const uint b = (t * HQ + h) * p.n_splits;
-    float mx = NEG;
-    for (uint s = tid; s < n_live; s += WG) mx = max(mx, part[(b + s) * PV].x);
-    mx = workgroup_max(mx);
-    float lt = 0.0;
-    for (uint s = tid; s < n_live; s += WG) { const vec2 ml = part[(b + s) * PV].xy; lt += exp2(ml.x - mx) * ml.y; }
-    lt = workgroup_sum(vec4(lt, 0.0, 0.0, 0.0)).x;
+    const vec2 stats = split_stats(b, n_live);
+    const float mx = stats.x, lt = stats.y;
     if (tid == 0u) o[(t * HQ + h) * NV] = vec4(mx, lt, 0.0, 0.0);
 }
 
