@@ -284,9 +284,13 @@ void tile_pass(uint s, uint kvh, uint tile) {
     }
 }
 
-// The live splits' global max logit (log2 units) and sum of 2^(logit - max), partials from row b.
-vec2 split_stats(uint b, uint n_live) {
+// Query t, head h: the live splits (n_live, their partials from row b) and their global max logit
+// (log2 units) and sum of 2^(logit - max).
+vec2 split_stats(uint h, uint t, out uint b, out uint n_live) {
     const uint tid = gl_LocalInvocationIndex, WG = gl_WorkGroupSize.x;
+    const uint n_scan = step[2];
+    n_live = ceil_div(n_scan, chunk_len(n_scan));
+    b = (t * HQ + h) * p.n_splits;
     float mx = NEG;
     for (uint s = tid; s < n_live; s += WG) mx = max(mx, part[(b + s) * PV].x);
     mx = workgroup_max(mx);
@@ -297,10 +301,8 @@ vec2 split_stats(uint b, uint n_live) {
 
 void merge_pass(uint h, uint t) {
     const uint tid = gl_LocalInvocationIndex, WG = gl_WorkGroupSize.x;
-    const uint n_scan = step[2];
-    const uint n_live = ceil_div(n_scan, chunk_len(n_scan));
-    const uint b = (t * HQ + h) * p.n_splits;
-    const vec2 stats = split_stats(b, n_live);
+    uint b, n_live;
+    const vec2 stats = split_stats(h, t, b, n_live);
     const float mx = stats.x, lt = stats.y;
     const uint i = tid % NV, grp = tid / NV, n_grp = WG / NV;
     vec4 a = vec4(0.0);
@@ -316,13 +318,9 @@ void merge_pass(uint h, uint t) {
 
 // P16 pass 2: the global max and sum of query t, head h over the live splits into O[t, h, 0].xy.
 void stats_pass(uint h, uint t) {
-    const uint tid = gl_LocalInvocationIndex, WG = gl_WorkGroupSize.x;
-    const uint n_scan = step[2];
-    const uint n_live = ceil_div(n_scan, chunk_len(n_scan));
-    const uint b = (t * HQ + h) * p.n_splits;
-    const vec2 stats = split_stats(b, n_live);
-    const float mx = stats.x, lt = stats.y;
-    if (tid == 0u) o[(t * HQ + h) * NV] = vec4(mx, lt, 0.0, 0.0);
+    uint b, n_live;
+    const vec2 stats = split_stats(h, t, b, n_live);
+    if (gl_LocalInvocationIndex == 0u) o[(t * HQ + h) * NV] = vec4(stats, 0.0, 0.0);
 }
 
 void main() {
