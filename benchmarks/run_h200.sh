@@ -103,9 +103,10 @@ for part in $parts; do
         --llamacpp "${specs[@]}" --name peers_h200
       cp $R/model_decode.json $R/model_decode_llama1b.json $R/peers_h200.json $R/peers_h200.md "$OUT/" ;;
     tests)   # the shaders whose cross-workgroup ordering or subgroup layout lavapipe cannot fully exercise
-      GRILLY_KV_DEVICE=vulkan LIMIT=${TESTS_LIMIT:-240} run python3 -m pytest -q -x -p no:cacheprovider \
+      # (its log comes back as tests_h200.log: later parts' output can push it out of the returned tail)
+      GRILLY_KV_DEVICE=vulkan timeout ${TESTS_LIMIT:-240} python3 -m pytest -q -x -p no:cacheprovider \
         tests/test_kv_slot_attention.py tests/test_topk_select.py tests/test_decode_attention.py \
-        tests/test_model_matmul_q.py ${TESTS_EXTRA:-} ;;
+        tests/test_model_matmul_q.py ${TESTS_EXTRA:-} 2>&1 | tee "$OUT/tests_h200.log" | tail -5 ;;
     ab)      # this session's GPU paths against the old ones, same run, timing-only checkpoints: prefill
              # attention query tiles (1 = untiled, 32) x one-token mat-vec layout (rows, coalesced)
       [ -f /tmp/smollm2-timing.gguf ] || python3 benchmarks/timing_checkpoint.py smollm2 /tmp/smollm2-timing.gguf
