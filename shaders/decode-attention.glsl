@@ -342,21 +342,7 @@ void merge_heads(uint bh, uint first, uint count, uint stride, bool to_out) {
     barrier();
 }
 
-// Adds 1 to counter[i] once the workgroup's writes are visible; true (in every invocation) in
-// the workgroup that brings it to n, which then sees every other workgroup's writes and resets
-// it to 0.
-bool last_to_finish(uint i, uint n) {
-    memoryBarrierBuffer();                        // this workgroup's writes before its count
-    barrier();
-    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(counter[i], 1u) == n - 1u;
-    barrier();
-    const bool last = sh_last;                    // uniform over the workgroup
-    barrier();
-    if (!last) return false;
-    memoryBarrierBuffer();                        // every other workgroup's writes are visible
-    if (gl_LocalInvocationIndex == 0u) counter[i] = 0u;
-    return true;
-}
+#include "last_workgroup.glsl"
 
 // FUSED: the last workgroups of KV head bh to finish their partials merge the group's heads.
 void merge_if_last(uint bh, uint split) {

@@ -124,15 +124,11 @@ void head_stats(uint bhq) {
 }
 
 // FUSED: the last moments workgroup of KV head bh computes pass 1 for its query heads.
+#include "last_workgroup.glsl"
+
 void head_stats_if_last(uint bh) {
-    memoryBarrierBuffer();                        // this workgroup's moments before its count
-    barrier();
-    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(counter[bh], 1u) == gl_NumWorkGroups.x - 1u;
-    barrier();
-    if (!sh_last) return;                         // uniform over the workgroup
-    memoryBarrierBuffer();                        // every other workgroup's moments are visible
+    if (!last_to_finish(bh, gl_NumWorkGroups.x)) return;
     for (uint g = 0u; g < G; g++) head_stats(bh * G + g);
-    if (gl_LocalInvocationIndex == 0u) counter[bh] = 0u;
 }
 
 // sigma_bar = mean of sigma_g over every query head (x) and low = sigma_bar < 1.5 (y, 0 or 1).

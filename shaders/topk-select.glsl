@@ -200,15 +200,10 @@ void select_pages(uint bh) {
 }
 
 // FUSED: the last scoring workgroup of KV head bh selects its pages.
+#include "last_workgroup.glsl"
+
 void select_if_last(uint bh) {
-    memoryBarrierBuffer();                        // this workgroup's scores before its count
-    barrier();
-    if (gl_LocalInvocationIndex == 0u) sh_last = atomicAdd(counter[bh], 1u) == gl_NumWorkGroups.x - 1u;
-    barrier();
-    if (!sh_last) return;                         // uniform over the workgroup
-    memoryBarrierBuffer();                        // every other workgroup's scores are visible
-    select_pages(bh);
-    if (gl_LocalInvocationIndex == 0u) counter[bh] = 0u;
+    if (last_to_finish(bh, gl_NumWorkGroups.x)) select_pages(bh);
 }
 
 void main() {

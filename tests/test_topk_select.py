@@ -101,6 +101,41 @@ def test_outputs_stay_in_bounds(vk):
     assert np.all(raw_words(st.counts)[B * H:] == SENTINEL)
 
 
+def run_pick(vk, scores, n_pages, meta_tokens, *, page=16, **pick):
+    """Pass 2 alone (``record_topk_pick``) on ``scores`` (1, bh, max_pages) written here, with
+    ``meta_tokens`` live tokens; returns the selection against topk_select_ref after checking the
+    counts and the sentinels after each head's pages and after the buffers."""
+    from grilly_kv.backend import Buffer, Recording
+    from grilly_kv.ops.topk_select import record_topk_pick
+
+    _, bh, max_pages = scores.shape
+    sb = Buffer(vk, bh * max_pages)
+    sb.write(scores.reshape(-1))
+    meta = Buffer(vk, 2, np.uint32)
+    meta.write(np.array([meta_tokens, 0], np.uint32))
+    pages = sentinel_buffer(vk, bh * max_pages, np.uint32)
+    counts = sentinel_buffer(vk, bh, np.uint32)
+    dummy = Buffer(vk, 64)
+    try:
+        rec = Recording(vk).upload(sb, meta)
+        record_topk_pick(rec, dummy, dummy, sb, pages, counts, meta, bh=bh, group=1, head_dim=32, f16=False,
+                         page_size=page, max_pages=max_pages, **pick)
+        rec.run()
+        want = topk_select_ref(scores, n_pages, pick["n_top"], pick["n_sink"],
+                               drop_unkept=pick["drop_unkept"])[0]
+        p_words, c_words = raw_words(pages), raw_words(counts)
+    finally:
+        for buf in (sb, meta, pages, counts, dummy):
+            buf.release()
+    assert list(c_words[:bh]) == [len(w) for w in want]
+    for h in range(bh):
+        row = p_words[h * max_pages:(h + 1) * max_pages]
+        assert list(row[:len(want[h])]) == list(want[h])
+        assert np.all(row[len(want[h]):] == SENTINEL), "pages written past the selection"
+    assert np.all(p_words[bh * max_pages:] == SENTINEL) and np.all(c_words[bh:] == SENTINEL)
+    return want
+
+
 @pytest.mark.parametrize("n_pages,n_top,sinks,unkept_share", [
     (1, 4, 0, 0.5),          # one page: only the last
     (40, 8, 0, 0.5),         # more kept than n_top: the cap bites, nothing unkept is taken
@@ -113,36 +148,16 @@ def test_pick_drops_unkept_pages(vk, n_pages, n_top, sinks, unkept_share):
     """Pass 2 (the Gaussian selector's cap) on scores written here: integer scores (many ties)
     with a share of pages marked UNKEPT; against topk_select_ref(..., drop_unkept=True), pages
     and counts guarded by sentinels. 3 KV heads, max_pages 320."""
-    from grilly_kv.backend import Buffer, Recording
-    from grilly_kv.ops.topk_select import UNKEPT, record_topk_pick
+    from grilly_kv.ops.topk_select import UNKEPT
 
     bh, max_pages, page = 3, 320, 16
     rng = np.random.default_rng(n_pages + n_top)
     scores = rng.integers(-3, 4, (1, bh, max_pages)).astype(np.float32)
     scores[rng.random(scores.shape) < unkept_share] = UNKEPT
-    sb = Buffer(vk, bh * max_pages)
-    sb.write(scores.reshape(-1))
-    meta = Buffer(vk, 2, np.uint32)
-    meta.write(np.array([(n_pages - 1) * page + 5, 0], np.uint32))
-    pages = sentinel_buffer(vk, bh * max_pages, np.uint32)
-    counts = sentinel_buffer(vk, bh, np.uint32)
-    dummy = Buffer(vk, 64)
-    rec = Recording(vk).upload(sb, meta)
-    record_topk_pick(rec, dummy, dummy, sb, pages, counts, meta, bh=bh, group=1, head_dim=32, f16=False,
-                     page_size=page, max_pages=max_pages, n_top=n_top, n_sink=sinks, drop_unkept=True)
-    rec.run()
-    want = topk_select_ref(scores, n_pages, n_top, sinks, drop_unkept=True)[0]
-    p_words, c_words = raw_words(pages), raw_words(counts)
-    assert list(c_words[:bh]) == [len(w) for w in want]
-    for h in range(bh):
-        row = p_words[h * max_pages:(h + 1) * max_pages]
-        assert list(row[:len(want[h])]) == want[h]
-        assert np.all(row[len(want[h]):] == SENTINEL), "pages written past the selection"
-    assert np.all(p_words[bh * max_pages:] == SENTINEL) and np.all(c_words[bh:] == SENTINEL)
+    want = run_pick(vk, scores, n_pages, (n_pages - 1) * page + 5, page=page, n_top=n_top, n_sink=sinks,
+                    drop_unkept=True)
     if unkept_share == 0.0:
         assert want == [list(r) for r in topk_select_ref(scores, n_pages, n_top, sinks)[0]]
-    for buf in (sb, meta, pages, counts, dummy):
-        buf.release()
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "separate"])
@@ -177,34 +192,14 @@ def test_pick_runs_longer_than_registers(vk, grid_pages, drop_unkept):
     from grid_pages; a run longer than that (grid_pages=1: one register, runs of 3 pages over
     1024 invocations) reads the rest from memory and must select the same pages. 2 KV heads,
     2999 pages, integer scores (many ties), a tenth UNKEPT; sentinels after each head's pages."""
-    from grilly_kv.backend import Buffer, Recording
-    from grilly_kv.ops.topk_select import UNKEPT, record_topk_pick
+    from grilly_kv.ops.topk_select import UNKEPT
 
     bh, max_pages, page, n_pages, n_top, sinks = 2, 3000, 16, 2999, 700, 3
     rng = np.random.default_rng(3)
     scores = rng.integers(-20, 21, (1, bh, max_pages)).astype(np.float32)
     scores[rng.random(scores.shape) < 0.1] = UNKEPT
-    sb = Buffer(vk, bh * max_pages)
-    sb.write(scores.reshape(-1))
-    meta = Buffer(vk, 2, np.uint32)
-    meta.write(np.array([(n_pages - 1) * page + 1, 0], np.uint32))
-    pages = sentinel_buffer(vk, bh * max_pages, np.uint32)
-    counts = sentinel_buffer(vk, bh, np.uint32)
-    dummy = Buffer(vk, 64)
-    rec = Recording(vk).upload(sb, meta)
-    record_topk_pick(rec, dummy, dummy, sb, pages, counts, meta, bh=bh, group=1, head_dim=32, f16=False,
-                     page_size=page, max_pages=max_pages, n_top=n_top, n_sink=sinks,
-                     drop_unkept=drop_unkept, grid_pages=grid_pages)
-    rec.run()
-    want = topk_select_ref(scores, n_pages, n_top, sinks, drop_unkept=drop_unkept)[0]
-    p_words, c_words = raw_words(pages), raw_words(counts)
-    assert list(c_words[:bh]) == [len(w) for w in want]
-    for h in range(bh):
-        row = p_words[h * max_pages:(h + 1) * max_pages]
-        assert list(row[:len(want[h])]) == list(want[h])
-        assert np.all(row[len(want[h]):] == SENTINEL), "pages written past the selection"
-    for buf in (sb, meta, pages, counts, dummy):
-        buf.release()
+    run_pick(vk, scores, n_pages, (n_pages - 1) * page + 1, page=page, n_top=n_top, n_sink=sinks,
+             drop_unkept=drop_unkept, grid_pages=grid_pages)
 
 
 def test_fused_selection_only_while_the_keys_fit_registers(vk):
