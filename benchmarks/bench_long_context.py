@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import device_info, save
+from common import ClockWarmer, device_info, label_parts, median_parts, save
 
 from grilly_kv.backend import get_device
 from grilly_kv.ops.buffer_copy import copy_bandwidth
@@ -62,6 +62,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="timed decode steps (default 20, quick 3)")
     ap.add_argument("--chunk", type=int, default=None, help="the model's max_chunk (default 32, quick 8)")
     ap.add_argument("--gguf", type=Path, default=None, help="checkpoint path (reused when its shapes match)")
+    ap.add_argument("--warm-ms", type=float, default=None, help="GPU busy time (buffer copies) before "
+                    "each policy is timed, so every row starts at a busy clock (default 300, quick 0)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch SDPA peer")
     return ap.parse_args()
 
@@ -148,7 +150,9 @@ def timing_calibration(config):
 
 
 def time_policy(model, name: str, budget, n: int, steps: int, shapes: dict, bw_gbps: float,
-                n_layers: int) -> dict:
+                n_layers: int, warm=None) -> dict:
+    """Fill ``name``'s twin with ``n`` random tokens, run ``warm()`` (GPU clock warm-up, if given),
+    then time ``steps`` decode steps after ``WARMUP`` untimed ones."""
     extra = {"calibration": timing_calibration(model.config)} if name == "triattention" else {}
     pol = make_policy(name) if budget is None else make_policy(name, budget, **extra)
     model.start(pol, n + steps + WARMUP)
@@ -159,7 +163,9 @@ def time_policy(model, name: str, budget, n: int, steps: int, shapes: dict, bw_g
         twin.fill_random(np.random.default_rng(1), n)
     except NotImplementedError as exc:
         return {"missing": f"no fill_random: {exc}"}
-    walls, gpus = [], []
+    if warm is not None:
+        warm()
+    walls, gpus, parts = [], [], []
     tok = 2
     for i in range(steps + WARMUP):
         t0 = time.perf_counter()
@@ -168,6 +174,9 @@ def time_policy(model, name: str, budget, n: int, steps: int, shapes: dict, bw_g
         if i >= WARMUP:
             walls.append(dt * 1e3)
             gpus.append(model.last_gpu_time_us / 1e3)
+            rec = model.dev.last_recording
+            if rec is not None and rec.timestamps:
+                parts.append(label_parts(rec))
         tok = int(np.argmax(logits[-1])) % shapes["vocab"]
     kv_read, rule = kv_read_bytes(name, pol, twin, n, shapes, n_layers)
     moved = model.weight_bytes + kv_read
@@ -177,7 +186,9 @@ def time_policy(model, name: str, budget, n: int, steps: int, shapes: dict, bw_g
             "device_kv_bytes": int(twin.kv_bytes()), "device_bytes": int(twin.device_bytes()),
             "capacity_tokens": int(twin.capacity_tokens()), "kv_read_bytes": int(kv_read),
             "kv_read_rule": rule, "weight_bytes": int(model.weight_bytes),
-            "bound_ms": moved / (bw_gbps * 1e9) * 1e3}
+            "bound_ms": moved / (bw_gbps * 1e9) * 1e3,
+            # GPU us per token by dispatch label (barrier waits folded in), median over steps
+            "gpu_us_by_label": median_parts(parts) if parts else None}
 
 
 def torch_peer(contexts, shapes) -> dict:
@@ -224,6 +235,7 @@ def main() -> int:
     limit = int(dev.properties.get("max_storage_buffer_range", 256 << 20))
     bw = copy_bandwidth(dev, nbytes=min(256 << 20, limit) if not a.quick else 16 << 20)
     print(f"[bench] copy bandwidth {bw['gb_per_s']:.1f} GB/s; weights {model.weight_bytes / 2**30:.2f} GiB")
+    warm = ClockWarmer(dev, a.warm_ms if a.warm_ms is not None else (0 if a.quick else 300))
     rows, missing = [], {}
     for n in contexts:
         for name in names:
@@ -231,15 +243,17 @@ def main() -> int:
                 key = f"{name}:{budget}" if budget else name
                 if name in missing:
                     continue
+                clock_before = ClockWarmer.sm_clock()
                 try:
-                    r = time_policy(model, name, budget, n, steps, shapes, bw["gb_per_s"], n_layers)
+                    r = time_policy(model, name, budget, n, steps, shapes, bw["gb_per_s"], n_layers, warm)
                 except Exception as exc:        # reported, not hidden: the run goes on
                     r = {"error": f"{type(exc).__name__}: {exc}"}
                 if "missing" in r:
                     missing[name] = r["missing"]
                     print(f"[bench] {name}: MISSING ({r['missing']})")
                     continue
-                r.update(context=n, name=name, budget=budget)
+                r.update(context=n, name=name, budget=budget, warm_ms=warm.ms,
+                         sm_clock_mhz_before=clock_before, sm_clock_mhz_after=ClockWarmer.sm_clock())
                 rows.append(r)
                 if "error" in r:
                     print(f"[bench] {key} @ {n}: ERROR {r['error']}")

@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's grilly_kv, not an installed one
 
-from common import device_info, save  # noqa: E402
+from common import device_info, label_parts, median_parts, save  # noqa: E402
 
 from grilly_kv.backend import get_device  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
@@ -124,12 +124,14 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
         prefill_gpu_s += model.last_gpu_time_us * 1e-6
     prefill_s = time.perf_counter() - t0
     chunk_attention = prefill_attention_labels(model, min(context, model.max_chunk))
-    wall, gpu, decode_top1 = [], [], []
+    wall, gpu, decode_top1, parts = [], [], [], []
     for i in range(steps):
         t0 = time.perf_counter()
         step_logits = model.forward([ids[context + i]], context + i)
         wall.append(time.perf_counter() - t0)
         gpu.append(model.last_gpu_time_us * 1e-6)
+        if i and model.dev.last_recording is not None and model.dev.last_recording.timestamps:
+            parts.append(label_parts(model.dev.last_recording))
         decode_top1.append(int(np.argmax(last_row(step_logits))))
     wall, gpu = np.array(wall[1:]), np.array(gpu[1:])    # step 0 builds the decode recording
     last = last_row(last_logits)
@@ -144,6 +146,9 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
             "wall_ms_per_token": float(np.median(wall) * 1e3),
             "gpu_ms_per_token": float(np.median(gpu) * 1e3),
             "host_overhead_share": float(1.0 - np.median(gpu) / np.median(wall)),
+            # GPU us per decode token by dispatch label (barrier waits folded into the dispatch
+            # after them), median over steps; of the token's last submission only
+            "gpu_us_by_label": median_parts(parts) if parts else None,
             **token_submissions(model),
             "kv_bytes": policy.kv_bytes(), "dense_kv_bytes": model.config.dense_kv_bytes(context + steps)}
 

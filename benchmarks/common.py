@@ -102,6 +102,30 @@ def step_parts(rec) -> dict:
     return out
 
 
+def label_parts(rec) -> dict:
+    """GPU microseconds of a recording's dispatches summed by label (the label a dispatch was
+    recorded with, else its shader), each including the barrier wait recorded just before it, from
+    consecutive Vulkan timestamps; transfers under ``upload`` / ``download``."""
+    ends = rec.timestamps_us()
+    out: dict[str, float] = {}
+    pending = 0.0
+    for i, st in enumerate(rec.steps):
+        span = float(ends[i] - (ends[i - 1] if i else 0.0))
+        if st.kind == "barrier":
+            pending += span
+            continue
+        name = (st.label or st.shader) if st.kind == "dispatch" else st.kind
+        out[name] = out.get(name, 0.0) + span + pending
+        pending = 0.0
+    return out
+
+
+def median_parts(parts: list[dict]) -> dict:
+    """Per-key median over a list of :func:`label_parts` results (a missing key counts 0)."""
+    keys = sorted({k for p in parts for k in p})
+    return {k: float(np.median([p.get(k, 0.0) for p in parts])) for k in keys}
+
+
 def gpu_us(dev, fn, repeats: int, warmup: int = 2, warm: "ClockWarmer | None" = None) -> dict:
     """Median kernel GPU time (Vulkan timestamps) of the recording that ``fn()`` runs; ``warm()``
     (if given) runs before each repeat so that the GPU is at its busy clock."""
