@@ -207,6 +207,8 @@ def main(argv=None) -> int:
     ap.add_argument("--wheels", type=Path, help="install the pins offline from this folder of wheels")
     ap.add_argument("--site", type=Path, help="GPU machine: the machine's python and torch, with --wheels "
                     "installed without dependencies into this folder (no virtual environment)")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense run (already measured on the "
+                    "same prompts in an earlier file of this peer)")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds; no press run starts after it")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kvpress_peer.json")
     ap.add_argument("--quick", action="store_true", help="2K context, 4 prompts per task, budgets 256,1024")
@@ -232,7 +234,7 @@ def main(argv=None) -> int:
         py, env_extra = ensure_site(args.site, args.wheels)
     else:
         py, env_extra = ensure_venv(args.venv, args.wheels), {}
-    runs = [{"press": "dense", "budget": None, "setting": "in-place", "ctor": ""}]
+    runs = [] if args.no_dense else [{"press": "dense", "budget": None, "setting": "in-place", "ctor": ""}]
     runs += [{"press": p, "budget": b, "setting": s, "ctor": PRESSES[p]}     # setting, budget (as given),
              for s in settings for b in budgets for p in args.presses.split(",")]   # press: a cut-short job still ranks
     with tempfile.TemporaryDirectory() as tmp:
