@@ -112,6 +112,30 @@ def test_time_limit_starts_no_run_after_it(small):
     assert done["complete"] is True and len(done["runs"]) == 3
 
 
+def test_interrupted_run_keeps_its_finished_trials(small, monkeypatch):
+    """A shard killed by `timeout` (SIGTERM -> SystemExit) mid-run keeps the trials that finished,
+    marked partial, spread over the cells (round robin), and re-raises."""
+    import grilly_kv.evaluation.suite as suite_mod
+
+    model, tk = small
+    cfg = SuiteConfig(policies=["dense"], budgets=[16], contexts=[400], tasks=["passkey", "multikey"],
+                      n_per_cell=3, n_depths=1, ppl_contexts=[], ppl_windows=0)
+    real, calls, seen = suite_mod.answer, [], []
+
+    def answer(*args):
+        if len(calls) == 4:
+            raise SystemExit(143)
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(suite_mod, "answer", answer)
+    with pytest.raises(SystemExit):
+        evaluate_suite(model, tk, cfg, on_run=lambda res, run: seen.append(run))
+    assert len(seen) == 1 and seen[0]["partial"] is True and len(seen[0]["trials"]) == 4
+    tasks = sorted(t["task"] for t in seen[0]["trials"])
+    assert tasks == ["multikey", "multikey", "passkey", "passkey"]
+
+
 # ---- merging and the best-per-cell comparison ------------------------------------------------------
 def _row(engine, method, budget, setting, k, n=100, task="passkey", context=2048):
     return {"engine": engine, "method": method, "budget": budget, "setting": setting, "task": task,

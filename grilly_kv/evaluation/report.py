@@ -167,7 +167,8 @@ def _draw(ax, series: dict, value: str, colors: dict, dense: list[dict]) -> None
         jitter = 1.0 + 0.03 * (i - (n - 1) / 2) / n
         x = [r["budget"] * jitter for r in rs]
         y = [r[value] for r in rs]
-        err = [[r[value] - r["lo"] for r in rs], [r["hi"] - r[value] for r in rs]]
+        # clipped at 0: a Wilson bound equals the rate at 0 or 1 up to rounding (-1e-17)
+        err = [[max(r[value] - r["lo"], 0.0) for r in rs], [max(r["hi"] - r[value], 0.0) for r in rs]]
         ax.errorbar(x, y, yerr=err, color=colors[(engine, method)], capsize=2, lw=1.2, ms=4,
                     marker="o" if engine == "grilly_kv" else "s", ls="-" if setting == "question-aware" else "--",
                     label=f"{method} ({engine}, {setting})")

@@ -80,9 +80,10 @@ def answer(model, tokenizer, policy, trial, setting: str) -> tuple[str, object]:
     return tokenizer.decode(g.tokens), g
 
 
-def run_cells(model, tokenizer, make, trials, setting: str) -> list[dict]:
-    """Score every trial; returns per-trial records."""
-    records = []
+def run_cells(model, tokenizer, make, trials, setting: str, records: list | None = None) -> list[dict]:
+    """Score every trial; returns per-trial records (appended to ``records`` as they finish, so a
+    caller keeps the finished ones when the run is interrupted)."""
+    records = [] if records is None else records
     for tr in trials:
         text, g = answer(model, tokenizer, make(), tr, setting)
         records.append({"task": tr.task, "context": tr.context, "depth": tr.depth, "index": tr.index,
@@ -124,6 +125,9 @@ def evaluate_suite(model, tokenizer, cfg: SuiteConfig, on_run=None, progress=Non
     hay_ids = tokenizer.encode("\n\n".join(hay))
     trials = make_suite(tokenizer, hay_ids, cfg.contexts, cfg.n_per_cell, tasks=cfg.tasks,
                         n_depths=cfg.n_depths, seed=cfg.seed)
+    # round robin over the (task, context) cells, so an interrupted run's finished trials cover
+    # every cell about equally
+    trials = sorted(trials, key=lambda t: t.index)
     windows = {c: essay_windows(tokenizer, held, c, cfg.ppl_targets, cfg.ppl_windows)
                for c in cfg.ppl_contexts} if cfg.ppl_windows else {}
     runs = suite_runs(cfg) if runs is None else list(runs)
@@ -136,11 +140,15 @@ def evaluate_suite(model, tokenizer, cfg: SuiteConfig, on_run=None, progress=Non
         make = (lambda n=name, b=budget: make_policy(n, b, **policy_kwargs.get(n, {})))
         meta = {"engine": "grilly_kv", "method": name, "budget": budget, "setting": setting}
         t0 = time.perf_counter()
+        records: list[dict] = []
         try:
-            records = run_cells(model, tokenizer, make, trials, setting)
+            run_cells(model, tokenizer, make, trials, setting, records)
         except NotImplementedError as exc:
             results["runs"].append({**meta, "unsupported": str(exc)})
             continue
+        except BaseException:           # SIGTERM (a shard's `timeout`), Ctrl-C: keep what finished
+            keep_partial(results, records, cfg, meta, time.perf_counter() - t0, on_run)
+            raise
         results["rows"] += cell_rows(records, cfg, meta)
         if setting == "in-place":
             for context, wins in windows.items():
@@ -156,6 +164,19 @@ def evaluate_suite(model, tokenizer, cfg: SuiteConfig, on_run=None, progress=Non
         bar.close()
     results["complete"] = len(results["runs"]) == len(runs)
     return results
+
+
+def keep_partial(results: dict, records: list[dict], cfg: SuiteConfig, meta: dict, seconds: float,
+                 on_run=None) -> None:
+    """Record an interrupted run's finished trials (rows marked ``partial``, their ``n`` the trials
+    that finished) and hand the results to ``on_run``; nothing when no trial finished."""
+    if not records:
+        return
+    results["rows"] += [{**row, "partial": True} for row in cell_rows(records, cfg, meta)]
+    run = {**meta, "trials": records, "seconds": seconds, "partial": True}
+    results["runs"].append(run)
+    if on_run:
+        on_run(results, run)
 
 
 def format_table(results_list: list[dict]) -> str:
