@@ -181,6 +181,19 @@ def test_eval_default_output_is_not_the_repository_results(tmp_path, monkeypatch
     assert out.resolve() != (ROOT / "benchmarks" / "results").resolve()
 
 
+def test_eval_and_generate_take_policy_variants(tmp_path):
+    """"predictor:cnn" / "predictor:last-row" are accepted wherever a policy is named; an unknown
+    variant is refused naming the flag the user typed."""
+    args = cli.build_parser().parse_args(["eval", "--quick", "--policies", "dense,predictor:cnn,predictor:last-row",
+                                          "--budgets", "128", "--out", str(tmp_path)])
+    _, kwargs, _ = cli_eval.check_eval_args(args)
+    assert {"predictor:cnn", "predictor:last-row"} <= set(kwargs)
+    bad = cli.build_parser().parse_args(["eval", "--quick", "--policies", "predictor:foo", "--out", str(tmp_path)])
+    with pytest.raises(cli_eval.UsageError, match=r"--policies must be one of .*predictor:cnn.*got 'predictor:foo'"):
+        cli_eval.check_eval_args(bad)
+    assert cli.build_parser().parse_args(["generate", "--policy", "predictor:cnn", "hi"]).policy == "predictor:cnn"
+
+
 def test_eval_estimate_counts_every_run():
     """Dense runs once, every other policy once per budget and setting; perplexity in place only."""
     from grilly_kv.evaluation.suite import SuiteConfig

@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=_version(), help="print the version and exit")
     ap.add_argument("--list-devices", action=_ListDevices, help="list the Vulkan devices and exit")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_generate_parsers(sub, names, epilog)
-    add_eval_parser(sub, names, epilog)
+    spellings = policy_names(variants=True)       # "predictor:cnn" and the like too
+    add_generate_parsers(sub, spellings, epilog)
+    add_eval_parser(sub, spellings, epilog)
     i = sub.add_parser("info", help="devices, the chosen one, model and corpus installation")
     i.add_argument("--device", type=device_spec, default=None,
                    help="vulkan, vulkan:N or cpu (default $GRILLY_KV_DEVICE, else vulkan:0)")

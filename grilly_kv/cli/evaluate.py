@@ -127,7 +127,7 @@ def check_eval_args(a):
     kwargs = {}
     for name in s["policies"]:
         for budget in ([None] if name == "dense" else s["budgets"]):
-            policy_factory(name, budget, None, calib.get(name))
+            policy_factory(name, budget, None, calib.get(name), flag="--policies")
         kwargs[name] = policy_kwargs(name, None, calib.get(name))
     if "/" in a.name or not a.name.strip():
         raise UsageError(f"--name must be a plain file stem, got {a.name!r}")

@@ -116,6 +116,7 @@ def _tappa_qsim(path: Path):
 def policy_kwargs(name: str, sinks: int | None, calibration: str | None) -> dict:
     """Keyword arguments of ``make_policy`` from the CLI's --sinks and --calibration."""
     kw = {}
+    name = name.partition(":")[0]              # a variant ("predictor:cnn") takes its policy's options
     if sinks is not None:
         if name not in ("streaming", "tappa", "predictor"):
             raise UsageError(f"--sinks applies to streaming, tappa and predictor, not {name}")
@@ -136,7 +137,7 @@ def policy_kwargs(name: str, sinks: int | None, calibration: str | None) -> dict
 
 
 def policy_factory(name: str, budget: int | None, sinks: int | None = None,
-                   calibration: str | None = None):
+                   calibration: str | None = None, flag: str = "--policy"):
     """A function returning a fresh policy; called once here so the policy's own checks run now.
 
     Raises:
@@ -145,9 +146,9 @@ def policy_factory(name: str, budget: int | None, sinks: int | None = None,
     """
     from ..policies import make_policy, policy_names
 
-    names = policy_names()
+    names = policy_names(variants=True)          # "predictor:cnn" and the like too
     if name not in names:
-        raise UsageError(f"--policy must be one of {', '.join(names)}, got {name!r}")
+        raise UsageError(f"{flag} must be one of {', '.join(names)}, got {name!r}")
     if name == "dense" and budget is not None:
         raise UsageError("--budget: the dense policy keeps every token and takes no budget")
     kw = policy_kwargs(name, sinks, calibration)
@@ -158,7 +159,7 @@ def policy_factory(name: str, budget: int | None, sinks: int | None = None,
     try:
         policy = make()
     except (ValueError, TypeError) as exc:
-        raise UsageError(f"--policy {name} --budget {budget}: {exc}") from None
+        raise UsageError(f"{flag} {name} --budget {budget}: {exc}") from None
     schedule = getattr(policy, "schedule", None)          # TriAttention: checked by its cache later
     if isinstance(schedule, dict) and "protect_recent" in schedule and budget is not None:
         floor = schedule["protect_initial"] + schedule["protect_recent"] + 1
