@@ -136,6 +136,29 @@ def test_interrupted_run_keeps_its_finished_trials(small, monkeypatch):
     assert tasks == ["multikey", "multikey", "passkey", "passkey"]
 
 
+def test_device_vs_host_rebuilds_the_prompts_of_a_result(small, small_path, tmp_path):
+    """benchmarks/device_vs_host.py rebuilds a suite result's prompts from its config and answers
+    them again: on the same (host) model every answer must come out identical."""
+    import importlib.util
+    import json
+
+    model, tk = small
+    cfg = SuiteConfig(policies=["dense", "streaming"], budgets=[16], contexts=[400], tasks=["passkey", "multikey"],
+                      n_per_cell=2, n_depths=2, ppl_contexts=[], ppl_windows=0, settings=["question-aware"])
+    doc = evaluate_suite(model, tk, cfg)
+    src = tmp_path / "gpu.json"
+    src.write_text(json.dumps(doc))
+    spec = importlib.util.spec_from_file_location("device_vs_host", ROOT / "benchmarks" / "device_vs_host.py")
+    dvh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dvh)
+    assert dvh.main([str(src), "-m", str(small_path), "--runs", "streaming:16", "--per-cell", "1",
+                     "--name", str(tmp_path / "out")]) == 0
+    (r,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert r["compared"] == 2 and r["same_answer"] == 2 and r["differences"] == []
+    with pytest.raises(SystemExit, match="quest:16 not in"):
+        dvh.main([str(src), "-m", str(small_path), "--runs", "quest:16", "--name", str(tmp_path / "x")])
+
+
 # ---- merging and the best-per-cell comparison ------------------------------------------------------
 def _row(engine, method, budget, setting, k, n=100, task="passkey", context=2048):
     return {"engine": engine, "method": method, "budget": budget, "setting": setting, "task": task,
