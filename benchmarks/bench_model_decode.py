@@ -79,6 +79,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--layers", type=int, default=None, help="default all (quick: 4)")
     ap.add_argument("-m", "--model", "--weights", dest="model", default=None, help="model: a registered name (smollm2, the default) or a .gguf path")
     ap.add_argument("--chunk", type=int, default=None, help="prefill chunk (default 256, quick 32)")
+    ap.add_argument("--pp-chunk", action="store_true", help="dense rows: also time one warm prompt chunk "
+                    "(--chunk tokens) at each context's depth, as llama-bench's pp test (pp512: --chunk 512)")
     ap.add_argument("--torch", action="store_true", help="also measure the PyTorch eager baseline")
     ap.add_argument("--name", default=None, help="JSON name under benchmarks/results (default "
                     "model_decode, quick: model_decode_quick)")
@@ -151,6 +153,23 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
             "gpu_us_by_label": median_parts(parts) if parts else None,
             **token_submissions(model),
             "kv_bytes": policy.kv_bytes(), "dense_kv_bytes": model.config.dense_kv_bytes(context + steps)}
+
+
+def warm_chunk(model, spec: str, ids: list[int], depth: int) -> dict:
+    """llama-bench's pp test in our terms: one prompt chunk of ``model.max_chunk`` tokens after
+    ``depth`` tokens, timed warm (the chunk's recording already built by the prefill before it:
+    a fresh cache is prefilled to ``depth`` untimed, then the chunk is timed); wall and GPU
+    tokens/s."""
+    name, _, budget = spec.partition(":")
+    T = model.max_chunk
+    for _ in range(2):                                   # the first pass builds the recordings
+        model.start(make_policy(name, int(budget) if budget else None), depth + T + 1)
+        prefill(model, ids[:depth])
+        t0 = time.perf_counter()
+        model.forward(ids[depth:depth + T], depth)
+        wall = time.perf_counter() - t0
+    return {"tokens": T, "depth": depth, "wall_tokens_per_s": T / wall,
+            "gpu_tokens_per_s": T / (model.last_gpu_time_us * 1e-6)}
 
 
 def prefill_attention_labels(model, T: int) -> list[str]:
@@ -229,6 +248,10 @@ def main() -> None:
                     os.environ[Q_TILE_ENV] = qt               # read when the prefill chunks are recorded
                 r = {"weight_format": fmt, "matvec": mv, "weight_bytes": model.weight_bytes,
                      **measure(model, spec, ids, c, steps)}
+                if a.pp_chunk and spec == "dense":
+                    r["pp_chunk"] = warm_chunk(model, spec, ids, c)
+                    print(f"{fmt:6s} {mv:9s} C={c:5d} dense: a warm {r['pp_chunk']['tokens']}-token chunk at depth {c}: "
+                          f"{r['pp_chunk']['wall_tokens_per_s']:8.0f} tok/s wall, {r['pp_chunk']['gpu_tokens_per_s']:8.0f} gpu")
                 r.update(bandwidth_bound(r, bw))
                 r["ratio_vs_dense"] = r["decode_tokens_per_s"] / decode_base.setdefault(qt, r["decode_tokens_per_s"])
                 r["prefill_ratio_vs_first_qtile"] = (r["prefill_gpu_tokens_per_s"]

@@ -47,7 +47,12 @@ def our_rows(path: Path) -> list[dict]:
         common = {"engine": f"grilly_kv vulkan ({r['weight_format']})", "model": model, "depth": r["context"]}
         rows.append({**common, "test": "tg", "n": 1, "tokens_per_s": r["decode_tokens_per_s"],
                      "gpu_ms_per_token": r["gpu_ms_per_token"], "gpu_over_bound": r.get("gpu_over_bound")})
-        rows.append({**common, "test": "pp", "n": r["context"], "tokens_per_s": r["prefill_tokens_per_s"]})
+        if "pp_chunk" in r:          # a warm chunk at this depth: llama-bench's pp test
+            pp = r["pp_chunk"]
+            rows.append({**common, "test": "pp", "n": pp["tokens"], "tokens_per_s": pp["wall_tokens_per_s"],
+                         "gpu_tokens_per_s": pp["gpu_tokens_per_s"]})
+        else:                        # the whole prompt from empty, set-up included
+            rows.append({**common, "test": "pp", "n": r["context"], "tokens_per_s": r["prefill_tokens_per_s"]})
     return rows
 
 
@@ -87,8 +92,9 @@ def main() -> None:
     (RESULTS / f"{a.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
     note = ("Decode: tokens/s of 1-token steps after (depth) tokens (llama-bench tg128 at -d depth; grilly_kv "
             "48 steps after a (depth)-token prefill, median). Prefill: llama.cpp pp512 at -d depth; grilly_kv "
-            "the (depth)-token prompt from empty in chunks of 256, its first measurement including recording "
-            "set-up. Same GPU, same file, one run.\n\n")
+            "one warm chunk of --chunk tokens after (depth) tokens where the JSON has it (bench_model_decode "
+            "--pp-chunk; n = the chunk), else the (depth)-token prompt from empty in chunks, its first "
+            "measurement including recording set-up. Same GPU, same file, one run.\n\n")
     md = note + table(rows) + (f"\nmissing (not run or failed): {', '.join(missing)}\n" if missing else "")
     (RESULTS / f"{a.name}.md").write_text(md)
     print(md)
