@@ -25,8 +25,9 @@ lane); ``--matvec rows,stream`` times each at T = 1 on the same weights right af
 FORMAT`` times that format's steps at every lanes x unroll choice of the rows layout, and with
 ``--coalesced`` also of the coalesced one (lanes 8..64 x unroll 1..8 at 256 invocations per
 workgroup, then workgroups of 64..512 at lanes 32). ``--stream-sweep`` times, for every format at
-T = 1, the stream layout at lanes 16, 32 x rows_per_lane 1, 2, 4 x unroll 2, 4 (one row each,
-``matvec`` "stream" with its ``tuning``). ``--pairs SHAPE:FORMAT,...`` replaces shapes x formats;
+T = 1, the stream layout at lanes 16, 32 x rows_per_lane 1, 2, 4 x unroll 2, 4, with X' staged in
+shared memory, and at 64-invocation workgroups (:func:`stream_tunings`; one row each, ``matvec``
+"stream" with its ``tuning``). ``--pairs SHAPE:FORMAT,...`` replaces shapes x formats;
 shape "llama-3.1-8b" is 4 layers of Llama-3.1-8B plus its 128256 x 4096 output head. Before each
 layout or tuning the GPU clock is warmed by buffer copies (``--warm-ms``, default 100; quick 0).
 
@@ -53,7 +54,7 @@ from grilly_kv.backend import Buffer, Recording  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
 from grilly_kv.ops.model_matmul import record_matmul  # noqa: E402
 from grilly_kv.ops.model_matmul_q import (QuantWeights, coalesced_lanes, lanes_per_row, plan,  # noqa: E402
-                                          record_matmul_q, stream_plan, subgroup_size)
+                                          record_matmul_q, stream_plan, stream_x_fits, subgroup_size)
 from grilly_kv.ops.step_words import fill_step, step_words  # noqa: E402
 from grilly_kv.reference.model_matmul_q import FORMATS, row_bytes  # noqa: E402
 from grilly_kv.reference.model_rope import rope_table  # noqa: E402
@@ -215,8 +216,11 @@ def time_weights(dev, s, T, act, qw, repeats, tuning=None, warm=None) -> dict:
 
     def mm(rec, kind, layer, x, y, rope=False, **kw):
         name = kind if layer is None else f"blk.{layer}.{kind}"
+        tn = dict(tuning or {})
+        if tn.get("x_shared"):       # staged X' only where a row fits in shared memory
+            tn["x_shared"] = stream_x_fits(dev, layer_shapes(s)[kind][1])
         record_matmul_q(rec, qw, name, x, y, T=1 if kind == "lm_head" else T, g=act.norm,
-                        rope=rope_args if rope else None, **(tuning or {}), **kw)
+                        rope=rope_args if rope else None, **tn, **kw)
 
     rec, kinds = record_token(dev, s, T, act, mm)
     try:
@@ -338,7 +342,8 @@ def tuning_plan(dev, s, T, tuning: dict, fmt: str | None = None) -> dict:
     sh = layer_shapes(s)
     kw = {k: tuning[k] for k in ("lanes", "unroll", "rows") if k in tuning}
     if tuning.get("stream") and T == 1:
-        return {k: stream_plan(dev, FORMATS[fmt][0], K, rope=k == "qkv", rows_per_lane=tuning.get("rows_per_lane"), **kw)
+        return {k: stream_plan(dev, FORMATS[fmt][0], K, rope=k == "qkv", rows_per_lane=tuning.get("rows_per_lane"),
+                               x_shared=bool(tuning.get("x_shared")) and stream_x_fits(dev, K), **kw)
                 for k, (_, K) in sh.items()}
     return {k: plan(dev, 1 if k == "lm_head" else T, K, rope=k == "qkv", coalesced=bool(tuning.get("coalesced")), **kw)
             for k, (_, K) in sh.items()}
@@ -346,10 +351,17 @@ def tuning_plan(dev, s, T, tuning: dict, fmt: str | None = None) -> dict:
 
 def stream_tunings(quick: bool) -> list[dict]:
     """The stream layout's knobs a ``--stream-sweep`` times: lanes 16, 32 x rows_per_lane 1, 2, 4 x
-    unroll 2, 4 (quick: lanes 4, 8 x rows_per_lane 1, 2 x unroll 2, for lavapipe)."""
-    return [dict(stream=True, lanes=ln, rows_per_lane=nr, unroll=u)
-            for ln in ((4, 8) if quick else (16, 32)) for nr in ((1, 2) if quick else (1, 2, 4))
-            for u in ((2,) if quick else (2, 4))]
+    unroll 2, 4, then X' staged in shared memory (x_shared, where a row fits) at lanes 32 x
+    rows_per_lane 1, 2, 4 x unroll 2, then 2 rows_per_lane-row workgroups (64 invocations) at
+    lanes 32 x rows_per_lane 1, 2 x unroll 2, 4 (quick: lanes 4, 8 x rows_per_lane 1, 2 x unroll 2
+    and two staged, for lavapipe)."""
+    if quick:
+        return ([dict(stream=True, lanes=ln, rows_per_lane=nr, unroll=2) for ln in (4, 8) for nr in (1, 2)]
+                + [dict(stream=True, lanes=8, rows_per_lane=nr, unroll=2, x_shared=True) for nr in (1, 2)])
+    grid = [dict(stream=True, lanes=ln, rows_per_lane=nr, unroll=u) for ln in (16, 32) for nr in (1, 2, 4) for u in (2, 4)]
+    staged = [dict(stream=True, lanes=32, rows_per_lane=nr, unroll=2, x_shared=True) for nr in (1, 2, 4)]
+    small_wg = [dict(stream=True, lanes=32, rows_per_lane=nr, rows=2 * nr, unroll=u) for nr in (1, 2) for u in (2, 4)]
+    return grid + staged + small_wg
 
 
 def layout_tunings(matvecs, T: int, stream_sweep: bool, quick: bool) -> list[tuple[str, dict]]:

@@ -22,6 +22,9 @@
 // squares of X is accumulated from the loaded X and reduced with the dots. One reduction at the
 // end: shuffles within a subgroup (LANES <= gl_SubgroupSize), else per-subgroup sums through
 // shared memory.
+// XS = 1: the workgroup first stages the whole row of X' (gain and SwiGLU applied once per
+// workgroup instead of once per row group; 4 K bytes of shared memory) and its sum of squares,
+// behind one barrier; the lanes then read X' from shared memory.
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 
@@ -36,6 +39,7 @@ layout(constant_id = 7) const uint ROPE = 0;    // 1: RoPE epilogue on rows < ro
 layout(constant_id = 8) const uint HD = 64;     // head dim (ROPE)
 layout(constant_id = 9) const uint UNR = 2;     // units per lane issued together
 layout(constant_id = 10) const uint PIECE = 1;  // 1: 16-byte units (uvec4 loads), 0: 32-element chunks
+layout(constant_id = 11) const uint XS = 0;     // 1: X' staged whole in shared memory (one barrier)
 
 layout(set = 0, binding = 0) readonly buffer Wq { uint wq[]; };
 layout(set = 0, binding = 0) readonly buffer Wq4 { uvec4 wq4[]; };   // the same bytes, 16 at a time
@@ -70,6 +74,8 @@ const uint ROWS_WG = GROUPS * NR;                       // rows per workgroup
 
 shared float part[MAX_SG * (NR + 1u)];                  // per-subgroup sums (LANES > subgroup)
 shared float outs[ROPE != 0u ? ROWS_WG : 1u];
+shared vec4 xsh[XS != 0u ? KV : 1u];                    // XS: the row of X'
+shared float red[XS != 0u && MODE == 1u ? MAX_SG : 1u]; // XS, MODE 1: per-subgroup sums of squares
 
 // vec4 v (< KV: elements 4v..4v+3) of X' (zero past K); MODE 1 adds x.x to ss before the gain.
 vec4 load_xp(uint v, inout float ss) {
@@ -159,6 +165,18 @@ void main() {
         acc[r] = 0.0;
     }
     float ss = 0.0;
+    if (XS != 0u) {                         // stage X' (and its sum of squares) once
+        float sq = 0.0;
+        for (uint v = gl_LocalInvocationIndex; v < KV; v += gl_WorkGroupSize.x) xsh[v] = load_xp(v, sq);
+        if (MODE == 1u) {
+            sq = subgroupAdd(sq);
+            if (subgroupElect()) red[gl_SubgroupID] = sq;
+        }
+        barrier();
+        if (MODE == 1u) {
+            for (uint k = 0u; k < gl_NumSubgroups; k++) ss += red[k];
+        }
+    }
 
     for (uint u0 = lane; u0 < UNITS; u0 += UNR * LANES) {
         [[unroll]] for (uint k = 0u; k < UNR; k++) {
@@ -166,9 +184,12 @@ void main() {
             const bool ok = u0 + k * LANES < UNITS;
             vec4 xv[8];
             float sq = 0.0;
-            [[unroll]] for (uint j = 0u; j < XV; j++) xv[j] = load_xp(xv_at(u, j), sq);
+            [[unroll]] for (uint j = 0u; j < XV; j++) {
+                const uint v = xv_at(u, j);
+                xv[j] = XS == 0u ? load_xp(v, sq) : (K % 32u != 0u && v >= KV) ? vec4(0.0) : xsh[v];
+            }
             [[unroll]] for (uint j = XV; j < 8u; j++) xv[j] = vec4(0.0);
-            ss += ok ? sq : 0.0;
+            if (XS == 0u) ss += ok ? sq : 0.0;
             [[unroll]] for (uint r = 0u; r < NR; r++) {
                 const float d = unit_dot(rb[r], u, xv);
                 acc[r] += ok ? d : 0.0;
@@ -188,11 +209,11 @@ void main() {
         [[unroll]] for (uint r = 0u; r <= NR; r++) {
             float v = 0.0;
             for (uint k = 0u; k < LANES / SG; k++) v += part[(grp * (LANES / SG) + k) * (NR + 1u) + r];
-            if (r < NR) acc[r] = v; else ss = v;
+            if (r < NR) acc[r] = v; else if (XS == 0u) ss = v;
         }
     } else {
         [[unroll]] for (uint r = 0u; r < NR; r++) acc[r] = cluster_add(acc[r], LANES);
-        if (MODE == 1u) ss = cluster_add(ss, LANES);
+        if (MODE == 1u && XS == 0u) ss = cluster_add(ss, LANES);
     }
     if (MODE == 1u) {
         const float rs = inversesqrt(ss / float(K) + PUSH_F(p.eps_bits));

@@ -24,14 +24,15 @@ from harness import assert_sentinels_intact, guard_output
 N_ROWS = 37
 NARROW_K = {256: 512, 32: 96, 1: 44}
 WIDE_K = {256: 1280, 32: 1056, 1: 1064}
-# (mode, accumulate, lanes, unroll, rows_per_lane, wide K, rows per workgroup)
+# (mode, accumulate, lanes, unroll, rows_per_lane, wide K, rows per workgroup, x_shared)
 CASES = [
-    ("plain", False, None, None, 1, False, None),     # the plan's defaults
-    ("rmsnorm", True, 32, 2, 2, True, None),          # lanes wider than lavapipe's subgroup
-    ("swiglu", True, 8, 3, 3, False, None),           # partial passes, 3 rows per lane
-    ("rmsnorm", False, 4, 1, 1, True, 4),             # 4 rows per workgroup (16 invocations)
-    ("plain", True, 1, 4, 4, True, None),             # one lane per row group, 4 rows per lane
-    ("swiglu", False, 16, 2, 1, True, 8),
+    ("plain", False, None, None, None, False, None, None),   # the plan's defaults
+    ("rmsnorm", True, 32, 2, 2, True, None, True),     # lanes wider than lavapipe's subgroup, X' staged
+    ("swiglu", True, 8, 3, 3, False, None, True),      # partial passes, 3 rows per lane
+    ("rmsnorm", False, 4, 1, 1, True, 4, False),       # 4 rows per workgroup (16 invocations)
+    ("plain", True, 1, 4, 4, True, None, False),       # one lane per row group, 4 rows per lane
+    ("swiglu", False, 16, 2, 1, True, 8, False),
+    ("rmsnorm", False, 2, 2, 1, False, 32, True),      # 64-invocation workgroup staging X'
 ]
 
 
@@ -43,10 +44,10 @@ def _close(got, want, bound, what):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{'-acc' if c[1] else ''}-l{c[2]}-u{c[3]}-nr{c[4]}"
-                         f"{'-wideK' if c[5] else ''}-r{c[6]}")
+                         f"{'-wideK' if c[5] else ''}-r{c[6]}{'-xs' if c[7] else ''}")
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_matches_reference(vk, fmt, case):
-    mode, acc, lanes, unroll, nr, wide, rows = case
+    mode, acc, lanes, unroll, nr, wide, rows, xs = case
     qtype, blk, _ = FORMATS[fmt]
     K = (WIDE_K if wide else NARROW_K)[blk]
     rng = np.random.default_rng(qtype * 100 + K)
@@ -57,7 +58,7 @@ def test_matches_reference(vk, fmt, case):
     x0, raw0, y0 = x.copy(), raw.copy(), None if y is None else y.copy()
     guard = guard_output(vk, SHADER, "y", N_ROWS)
     got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, y=y, lanes=lanes, unroll=unroll,
-                         rows_per_lane=nr, rows=rows, stream=True, device=vk)
+                         rows_per_lane=nr, rows=rows, x_shared=xs, stream=True, device=vk)
     assert_sentinels_intact(guard, N_ROWS)
     want = model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=g, y=y)
     bound = abs_bound(x, raw, qtype, K, mode=mode, norm_weight=g) + (0 if y is None else np.abs(y))
@@ -69,11 +70,12 @@ def test_matches_reference(vk, fmt, case):
         np.testing.assert_array_equal(y, y0)
 
 
-@pytest.mark.parametrize("fmt,lanes,nr,rows,mode", [
-    ("Q4_K", None, 1, None, "rmsnorm"), ("Q4_K", 8, 2, 4, "plain"), ("Q6_K", 32, 1, 2, "rmsnorm"),
-    ("F16", 4, 4, 8, "plain"), ("Q8_0", 16, 2, 2, "rmsnorm"), ("Q4_0", 1, 3, 6, "plain"),
-    ("Q4_1", 8, 1, None, "rmsnorm"), ("Q5_K", 8, 2, None, "plain"), ("BF16", 2, 1, 16, "plain")])
-def test_rope_epilogue(vk, fmt, lanes, nr, rows, mode):
+@pytest.mark.parametrize("fmt,lanes,nr,rows,mode,xs", [
+    ("Q4_K", None, 1, None, "rmsnorm", False), ("Q4_K", 8, 2, 4, "plain", True), ("Q6_K", 32, 1, 2, "rmsnorm", True),
+    ("F16", 4, 4, 8, "plain", False), ("Q8_0", 16, 2, 2, "rmsnorm", False), ("Q4_0", 1, 3, 6, "plain", False),
+    ("Q4_1", 8, 1, None, "rmsnorm", True), ("Q5_K", 8, 2, None, "plain", False), ("BF16", 2, 1, 16, "plain", True),
+    ("Q4_K", None, None, None, "plain", None)])
+def test_rope_epilogue(vk, fmt, lanes, nr, rows, mode, xs):
     """qkv rows (4 q heads, 2 k heads, 2 v heads of 16) rotated at position 5 in the epilogue;
     rows per workgroup from 2 to 32, the RoPE pairs inside one workgroup (and, with rows_per_lane
     even, inside one lane)."""
@@ -87,7 +89,7 @@ def test_rope_epilogue(vk, fmt, lanes, nr, rows, mode):
     rope = dict(pos0=5, head_dim=hd, rope_rows=rope_rows, theta=10000.0)
     guard = guard_output(vk, SHADER, "y", N)
     got = model_matmul_q(x, raw, qtype, K, mode=mode, norm_weight=g, rope=rope, lanes=lanes, rows_per_lane=nr,
-                         rows=rows, stream=True, device=vk)
+                         rows=rows, x_shared=xs, stream=True, device=vk)
     assert_sentinels_intact(guard, N)
     want = model_matmul_q_ref(x, raw, qtype, K, mode=mode, norm_weight=g, rope=rope)
     bound = abs_bound(x, raw, qtype, K, mode=mode, norm_weight=g).max(axis=1, keepdims=True) * np.ones((1, N))
@@ -137,8 +139,11 @@ def test_units_and_plan(vk):
     assert stream_units(FORMATS["Q6_K"][0], 512, 0) == (0, 16)
     assert stream_units(FORMATS["Q8_0"][0], 96, 0) == (0, 3)
     q4k = FORMATS["Q4_K"][0]
-    wg, lanes, nr, unr, piece = stream_plan(vk, q4k, 512, lanes=8, rows=6, rows_per_lane=3)
-    assert (wg, lanes, nr, piece) == (16, 8, 3, 1)
+    wg, lanes, nr, unr, piece, xs = stream_plan(vk, q4k, 512, lanes=8, rows=6, rows_per_lane=3, x_shared=True)
+    assert (wg, lanes, nr, piece, xs) == (16, 8, 3, 1, 1)
+    assert stream_plan(vk, q4k, 512)[2] == 2 and stream_plan(vk, FORMATS["F16"][0], 512)[2] == 1   # rows per lane
+    with pytest.raises(ValueError, match="x_shared"):
+        stream_plan(vk, q4k, 1 << 16, x_shared=True)
     with pytest.raises(ValueError, match="rows must be rows_per_lane"):
         stream_plan(vk, q4k, 512, lanes=8, rows=5, rows_per_lane=2)
     with pytest.raises(ValueError, match="rows_per_lane"):

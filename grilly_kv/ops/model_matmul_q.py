@@ -89,8 +89,10 @@ STREAM_SHADER = "model-matmul-q-stream"
 # formats the stream layout reads in 16-byte pieces (uvec4 loads; F16 / BF16 only with K % 8 == 0);
 # the others (blocks of 18, 20, 22, 24, 34, 210 bytes) in 32-element chunks of 32-bit loads
 STREAM_PIECE_FORMATS = ("F32", "F16", "BF16", "Q4_K", "Q5_K")
-STREAM_UNROLL = 4     # default units per lane per pass of the stream layout (fewer for short rows)
+STREAM_UNROLL = 4     # default units per lane per pass of the stream layout (fewer for short rows) ...
+STREAM_UNROLL_32 = 2  # ... and for units of 32 elements (K-quant pieces, chunks: 8 vec4s of X' each)
 MAX_ROWS_PER_LANE = 8
+STREAM_FLOAT_FORMATS = ("F32", "F16", "BF16")   # default rows_per_lane 1; the block formats 2
 PREFILL_LANES = 4     # GPU lanes per row for T > 1: a workgroup's rows share its staged X' slab
 DEEP_ROW_CHUNKS = 32  # decode rows of more 32-element chunks than this issue 4 chunks per lane
 
@@ -211,27 +213,41 @@ def stream_units(qtype: int, K: int, offset: int) -> tuple[int, int]:
     return 0, -(-K // 32)
 
 
+def stream_x_fits(device, K: int, rows_per_lane: int = MAX_ROWS_PER_LANE, wg: int = 1024) -> bool:
+    """Whether the stream layout can stage a row of X' (``x_shared``, 4 K bytes) next to its other
+    shared arrays in the device's shared memory."""
+    smem = int(device.properties.get("max_compute_shared_memory_size", 32768))
+    return 4 * K + 4 * (MAX_SG * (rows_per_lane + 2) + wg) <= smem
+
+
 def stream_plan(device, qtype: int, K: int, *, offset: int = 0, lanes: int | None = None,
                 unroll: int | None = None, rows: int | None = None, rows_per_lane: int | None = None,
-                rope: bool = False) -> tuple[int, int, int, int, int]:
-    """``(workgroup size, lanes per row group, rows per lane, unroll, PIECE)`` of a stream call.
+                rope: bool = False, x_shared: bool | None = None) -> tuple[int, int, int, int, int, int]:
+    """``(workgroup size, lanes per row group, rows per lane, unroll, PIECE, XS)`` of a stream call.
 
     Units (:func:`stream_units`) of a row are taken by ``lanes`` consecutive lanes, ``unroll`` per
-    lane per pass. Defaults on GPUs: unroll :data:`STREAM_UNROLL` (fewer when the row holds fewer
-    than that many units per subgroup lane), lanes the fewest powers of 2 that cover the row in one
+    lane per pass. Defaults on GPUs: unroll :data:`STREAM_UNROLL` (:data:`STREAM_UNROLL_32` for
+    units of 32 elements, whose X' takes 8 vec4 registers; fewer when the row holds fewer than that
+    many units per subgroup lane), lanes the fewest powers of 2 that cover the row in one
     pass, at most the subgroup size; on CPU devices one lane and unroll 1. ``rows_per_lane``
-    (default 1, at most :data:`MAX_ROWS_PER_LANE`): rows each lane computes with one load of X'.
+    (default 1 for :data:`STREAM_FLOAT_FORMATS`, whose weights outweigh their X', 2 for the block
+    formats; at most :data:`MAX_ROWS_PER_LANE`): rows each lane computes with one load of X'.
+    ``x_shared`` (default False): stage the whole row of X' in shared memory once per workgroup
+    (XS = 1; 4 K bytes, ValueError when the device's shared memory is smaller).
     ``rows``: rows per workgroup (a multiple of rows_per_lane; default :data:`WG_GPU` invocations,
     :data:`WG_CPU` at one lane); the workgroup is ``rows / rows_per_lane * lanes`` invocations, at
     most 1024 and :data:`MAX_SG` subgroups; RoPE needs an even number of rows per workgroup."""
     piece, units = stream_units(qtype, K, offset)
     cpu = device.properties.get("device_type") == "Cpu"
     sg = subgroup_size(device)
-    nr = check_int("rows_per_lane", rows_per_lane if rows_per_lane is not None else 1, minimum=1)
+    if rows_per_lane is None:
+        rows_per_lane = 1 if FORMAT_BY_ID[qtype] in STREAM_FLOAT_FORMATS else 2
+    nr = check_int("rows_per_lane", rows_per_lane, minimum=1)
     if nr > MAX_ROWS_PER_LANE:
         raise ValueError(f"rows_per_lane must be in 1..{MAX_ROWS_PER_LANE}, got {nr}")
     if unroll is None:
-        unroll = 1 if cpu else max(1, min(STREAM_UNROLL, 1 << max(units // sg, 1).bit_length() - 1))
+        most = STREAM_UNROLL_32 if units <= -(-K // 32) else STREAM_UNROLL
+        unroll = 1 if cpu else max(1, min(most, 1 << max(units // sg, 1).bit_length() - 1))
     if not 1 <= unroll <= 8:
         raise ValueError(f"unroll must be in 1..8, got {unroll}")
     if lanes is None:
@@ -250,7 +266,12 @@ def stream_plan(device, qtype: int, K: int, *, offset: int = 0, lanes: int | Non
                          f"exceeds 1024 or {MAX_SG} subgroups")
     if rope and (wg // lanes * nr) % 2:
         raise ValueError("the RoPE epilogue needs an even number of rows per workgroup")
-    return wg, lanes, nr, unroll, piece
+    xs = bool(x_shared)
+    if xs and not stream_x_fits(device, K, nr, wg):
+        smem = int(device.properties.get("max_compute_shared_memory_size", 32768))
+        raise ValueError(f"x_shared: a row of X' ({4 * K} bytes) does not fit {device.name}'s {smem} bytes of "
+                         "shared memory")
+    return wg, lanes, nr, unroll, piece, int(xs)
 
 
 @dataclass(frozen=True)
@@ -421,7 +442,7 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
                     tokens: int | None = None, unroll: int | None = None,
                     coalesced: bool | None = None, rows: int | None = None,
                     act_rounding: str | None = None, stream: bool | None = None,
-                    rows_per_lane: int | None = None) -> Recording:
+                    rows_per_lane: int | None = None, x_shared: bool | None = None) -> Recording:
     """Record ``y[t, y_off + n] (+)= x'[t] . W[n]`` for t < T, n < N (W = ``weights[name]``).
 
     Args:
@@ -446,7 +467,8 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
             ``lanes``, ``unroll``, ``rows`` and ``rows_per_lane`` are then its knobs) where
             :func:`uses_stream` allows it (T = 1, no act_rounding), else the "rows" layout (the
             documented fallback; ``coalesced`` is then ignored). None: False.
-        rows_per_lane: stream layout only: rows each lane computes with one load of X'.
+        rows_per_lane, x_shared: stream layout only: rows each lane computes with one load of X';
+            stage the row of X' in shared memory once per workgroup (:func:`stream_plan`).
     """
     e = weights if isinstance(weights, WeightEntry) else weights[name]
     check_choice("mode", mode, MODES)
@@ -472,10 +494,11 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
                      y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
     if stream and uses_stream(T, act_rounding):
-        wg, ln, nr, unr, piece = stream_plan(rec.device, e.qtype, K, offset=e.offset, lanes=lanes, unroll=unroll,
-                                             rows=rows, rows_per_lane=rows_per_lane, rope=rope is not None)
+        wg, ln, nr, unr, piece, xs = stream_plan(rec.device, e.qtype, K, offset=e.offset, lanes=lanes,
+                                                 unroll=unroll, rows=rows, rows_per_lane=rows_per_lane,
+                                                 rope=rope is not None, x_shared=x_shared)
         spec = (wg, e.qtype, K, ln, nr, MODES[mode], int(accumulate), int(rope is not None), head_dim or 2, unr,
-                piece)          # constant ids 0..10 in the stream shader's order
+                piece, xs)      # constant ids 0..11 in the stream shader's order
         return rec.dispatch(STREAM_SHADER, [e.buffer, x, g or x, y, step, table], groups=(-(-N // (wg // ln * nr)),),
                             push=push, spec=spec, label=f"{SHADER}:{FORMAT_BY_ID[e.qtype]}")
     if stream:
@@ -515,7 +538,8 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
                    rope: dict | None = None, lanes: int | None = None, tokens: int | None = None,
                    unroll: int | None = None, coalesced: bool | None = None, rows: int | None = None,
                    act_rounding: str | None = None, stream: bool | None = None,
-                   rows_per_lane: int | None = None, device: DeviceLike = None) -> np.ndarray:
+                   rows_per_lane: int | None = None, x_shared: bool | None = None,
+                   device: DeviceLike = None) -> np.ndarray:
     """``x' @ dequantize(raw).T`` (+ ``y``) on the device, weights uploaded as GGUF blocks.
 
     Args:
@@ -524,7 +548,7 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
         mode, norm_weight: as :func:`grilly_kv.ops.model_matmul.model_matmul`.
         y: optional ``(T, N)`` float32 residual.
         rope: ``dict(pos0, head_dim, rope_rows, theta)``: the RoPE epilogue.
-        lanes, tokens, unroll, coalesced, rows, stream, rows_per_lane: as :func:`record_matmul_q`.
+        lanes, tokens, unroll, coalesced, rows, stream, rows_per_lane, x_shared: as :func:`record_matmul_q`.
         act_rounding: x' rounded as ggml-cpu's vec_dot_type conversion (see :func:`record_matmul_q`).
 
     Returns:
@@ -555,7 +579,8 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
                                   act_rounding=act_rounding)
     return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope,
                      dict(lanes=lanes, tokens=tokens, unroll=unroll, coalesced=coalesced, rows=rows,
-                          act_rounding=act_rounding, stream=stream, rows_per_lane=rows_per_lane))
+                          act_rounding=act_rounding, stream=stream, rows_per_lane=rows_per_lane,
+                          x_shared=x_shared))
 
 
 def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, tuning) -> np.ndarray:
