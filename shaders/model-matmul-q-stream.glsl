@@ -15,9 +15,15 @@
 //     each of the sub-blocks 2p and 2p + 1; the block's 16-byte header d, dmin, 12 scale bytes is a
 //     second uvec4 load, the same address for the 8 lanes of a super-block; Q5_K adds the uvec4 of
 //     its high bits). The tensor and its rows start at multiples of 16 bytes.
-//   PIECE = 0: a 32-element chunk (dequant_chunk of gguf_blocks.glsl, 32-bit loads): the formats
-//     whose blocks are not multiples of 16 bytes (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q6_K) and float
-//     rows of other widths.
+//     Blocks of 18, 20, 34, 210 bytes start at even bytes: their 16-byte pieces are read by ld16
+//     (the two aligned uvec4s that hold them, the second only when the piece is not aligned, then
+//     a funnel shift by the piece's offset in its uvec4, which the lanes of a block share):
+//     Q4_0 / Q4_1 one block per unit (16 bytes of nibbles, 32 values; d, m one word), Q8_0 half a
+//     block (16 int8), Q6_K one eighth of a super-block (16 bytes of ql: the low and high nibbles
+//     of 16 values of two sub-blocks, and the 16 bytes of qh that complete them; two int8 scales
+//     and d). The weight buffer is a multiple of 16 bytes long (QuantWeights pads each tensor).
+//   PIECE = 0: a 32-element chunk (dequant_chunk of gguf_blocks.glsl, 32-bit loads): Q5_0, Q5_1
+//     and float rows of other widths.
 // RMSNorm (MODE 1) needs no second pass: the units of a row group cover K once, so the sum of
 // squares of X is accumulated from the loaded X and reduced with the dots. One reduction at the
 // end: shuffles within a subgroup (LANES <= gl_SubgroupSize), else per-subgroup sums through
@@ -66,7 +72,8 @@ layout(push_constant) uniform Push {
 const uint MAX_SG = 64u;
 const uint KV = K / 4u;                                 // vec4s of X' (K % 4 == 0)
 const bool KQ = FMT == T_Q4_K || FMT == T_Q5_K;
-const uint UNIT_ELEMS = PIECE == 0u ? 32u : KQ ? 32u : FMT == T_F32 ? 4u : 8u;
+const bool FLOATS = FMT == T_F32 || FMT == T_F16 || FMT == T_BF16;
+const uint UNIT_ELEMS = PIECE == 0u ? 32u : FMT == T_F32 ? 4u : (FLOATS ? 8u : FMT == T_Q8_0 ? 16u : 32u);
 const uint UNITS = PIECE == 0u ? CHUNKS : K / UNIT_ELEMS;   // units per row
 const uint XV = UNIT_ELEMS / 4u;                        // vec4s of X' per unit
 const uint GROUPS = gl_WorkGroupSize.x / LANES;         // row groups per workgroup
@@ -93,7 +100,30 @@ uint xv_at(uint u, uint j) {
         const uint i = u % 8u;   // piece of the super-block: pair i / 2, half i % 2
         return (u / 8u) * 64u + (i / 2u) * 16u + (i % 2u) * 4u + (j < 4u ? j : j + 4u);
     }
+    if (PIECE != 0u && FMT == T_Q6_K) {   // values 128 h + 32 v + 16 hh + 0..15, and 64 further
+        const uint i = u % 8u;
+        return (u / 8u) * 64u + (i / 4u) * 32u + ((i / 2u) % 2u) * 8u + (i % 2u) * 4u + (j < 4u ? j : j + 12u);
+    }
     return u * XV + j;
+}
+
+// 16 bytes from even byte b: the aligned uvec4 holding b and, when b is not aligned, the next one
+// (inside the buffer: its length is a multiple of 16), funnel-shifted by b's offset.
+uvec4 ld16(uint b) {
+    const uint a = b >> 4u, s = b & 15u;
+    const uvec4 A = wq4[a];
+    if (s == 0u) return A;
+    const uvec4 B = wq4[a + 1u];
+    const uint ws = s >> 2u;
+    uint c[5];
+    [[unroll]] for (uint k = 0u; k < 5u; k++) {   // words ws + k of A, B
+        const uint i = k + ws;
+        c[k] = i == 0u ? A.x : i == 1u ? A.y : i == 2u ? A.z : i == 3u ? A.w
+             : i == 4u ? B.x : i == 5u ? B.y : i == 6u ? B.z : B.w;
+    }
+    if ((s & 2u) == 0u) return uvec4(c[0], c[1], c[2], c[3]);
+    return uvec4((c[0] >> 16u) | (c[1] << 16u), (c[1] >> 16u) | (c[2] << 16u),
+                 (c[2] >> 16u) | (c[3] << 16u), (c[3] >> 16u) | (c[4] << 16u));
 }
 
 // Byte k (< 12) of a K-quant header's packed 6-bit scales and minima (header words 1..3).
@@ -124,6 +154,41 @@ float unit_dot(uint rb, uint u, vec4 xv[8]) {
         }
         return dot(uintBitsToFloat(uvec4(w.x << 16u, w.x & 0xFFFF0000u, w.y << 16u, w.y & 0xFFFF0000u)), xv[0])
              + dot(uintBitsToFloat(uvec4(w.z << 16u, w.z & 0xFFFF0000u, w.w << 16u, w.w & 0xFFFF0000u)), xv[1]);
+    }
+    if (FMT == T_Q4_0 || FMT == T_Q4_1) {   // block u: x[l] = d q + m, x[l + 16] from the high nibbles
+        const uint b = rb + u * BLOCK_BYTES;
+        const uvec4 qs = ld16(b + (FMT == T_Q4_1 ? 4u : 2u));
+        const vec2 dm = FMT == T_Q4_1 ? unpackHalf2x16(wq[b >> 2u]) : vec2(rdh(b), 0.0);
+        float qx = 0.0, sx = 0.0;
+        [[unroll]] for (uint j = 0u; j < 4u; j++) {
+            qx += dot(lo4(qs[j]), xv[j]) + dot(hi4(qs[j]), xv[4u + j]);
+            sx += dot(vec4(1.0), xv[j]) + dot(vec4(1.0), xv[4u + j]);
+        }
+        return dm.x * qx + (FMT == T_Q4_1 ? dm.y : -8.0 * dm.x) * sx;
+    }
+    if (FMT == T_Q8_0) {                    // half u % 2 of block u / 2
+        const uint b = rb + (u / 2u) * BLOCK_BYTES;
+        const uvec4 qs = ld16(b + 2u + 16u * (u % 2u));
+        float qx = 0.0;
+        [[unroll]] for (uint j = 0u; j < 4u; j++) qx += dot(sbytes4(qs[j]), xv[j]);
+        return rdh(b) * qx;
+    }
+    if (FMT == T_Q6_K) {                    // piece i of super-block u / 8: see xv_at
+        const uint i = u % 8u, h = i / 4u, v = (i / 2u) % 2u, hh = i % 2u;
+        const uint b = rb + (u / 8u) * BLOCK_BYTES;
+        const uvec4 ql = ld16(b + 16u * i);
+        const uvec4 qh = ld16(b + 128u + 32u * h + 16u * hh) >> (2u * v);
+        float qx0 = 0.0, qx1 = 0.0, sx0 = 0.0, sx1 = 0.0;
+        [[unroll]] for (uint j = 0u; j < 4u; j++) {
+            const vec4 q0 = lo4(ql[j]) + 16.0 * vec4(uvec4(qh[j], qh[j] >> 8u, qh[j] >> 16u, qh[j] >> 24u) & 3u);
+            const vec4 q1 = hi4(ql[j]) + 16.0 * vec4(uvec4(qh[j] >> 4u, qh[j] >> 12u, qh[j] >> 20u, qh[j] >> 28u) & 3u);
+            qx0 += dot(q0, xv[j]);
+            qx1 += dot(q1, xv[4u + j]);
+            sx0 += dot(vec4(1.0), xv[j]);
+            sx1 += dot(vec4(1.0), xv[4u + j]);
+        }
+        const uint sc = b + 192u + 8u * h + 2u * v + hh;   // scales[8 h + 2 u + hh] of quarters u = v, v + 2
+        return rdh(b + 208u) * (float(rds8(sc)) * (qx0 - 32.0 * sx0) + float(rds8(sc + 4u)) * (qx1 - 32.0 * sx1));
     }
     // Q4_K / Q5_K: piece i of super-block sb; byte l = 16 (i % 2) + b of pair i / 2's 32 bytes
     // holds value l of sub-block 2 (i / 2) (low nibble) and of 2 (i / 2) + 1 (high nibble).

@@ -10,7 +10,9 @@ Shapes: N = 37 rows (not a multiple of any workgroup's rows, nor of rows_per_lan
 a multiple of the lanes' span (lanes x unroll units): K-quants 512 and 1280 (16, 40 pieces),
 32-blocks 96 and 1056 (3, 33 chunks), floats 44 (F16 / BF16 then read in chunks, the last one
 partial) and 1064 (133 pieces of 8). Lanes 32 are wider than lavapipe's subgroup (8): the
-partial sums meet through shared memory.
+partial sums meet through shared memory. The blocks of 18, 20, 34 and 210 bytes start at every
+even offset inside their 16-byte words across a row (ld16's aligned and shifted cases); Q5_0,
+Q5_1 and the 44-wide F16 / BF16 rows take the chunk path (PIECE 0).
 """
 import numpy as np
 import pytest
@@ -129,15 +131,19 @@ def test_fallback_rule(vk):
 
 
 def test_units_and_plan(vk):
-    """16-byte pieces for F32 / F16 / BF16 (K % 8 == 0) / Q4_K / Q5_K at 16-byte offsets, chunks
-    otherwise; bad knobs raise naming the argument."""
+    """16-byte pieces for F32 / F16 / BF16 (K % 8 == 0), Q4_K, Q5_K, Q4_0, Q4_1, Q8_0 (16 values),
+    Q6_K at 16-byte offsets of 16-byte-multiple buffers, chunks otherwise; bad knobs raise naming
+    the argument."""
     assert stream_units(FORMATS["Q4_K"][0], 512, 0) == (1, 16)
     assert stream_units(FORMATS["F16"][0], 48, 0) == (1, 6)
     assert stream_units(FORMATS["F16"][0], 44, 0) == (0, 2)
     assert stream_units(FORMATS["F32"][0], 44, 0) == (1, 11)
     assert stream_units(FORMATS["Q4_K"][0], 512, 8) == (0, 16)
-    assert stream_units(FORMATS["Q6_K"][0], 512, 0) == (0, 16)
-    assert stream_units(FORMATS["Q8_0"][0], 96, 0) == (0, 3)
+    assert stream_units(FORMATS["Q6_K"][0], 512, 0) == (1, 16)
+    assert stream_units(FORMATS["Q8_0"][0], 96, 0) == (1, 6)
+    assert stream_units(FORMATS["Q4_0"][0], 96, 0) == (1, 3)
+    assert stream_units(FORMATS["Q8_0"][0], 96, 0, buffer_bytes=3 * 34) == (0, 3)   # unpadded buffer: chunks
+    assert stream_units(FORMATS["Q5_0"][0], 96, 0) == (0, 3)
     q4k = FORMATS["Q4_K"][0]
     wg, lanes, nr, unr, piece, xs = stream_plan(vk, q4k, 512, lanes=8, rows=6, rows_per_lane=3, x_shared=True)
     assert (wg, lanes, nr, piece, xs) == (16, 8, 3, 1, 1)

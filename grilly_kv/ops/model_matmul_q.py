@@ -86,9 +86,11 @@ COAL_LANES = 8       # lanes that share one chunk in the coalesced layout (a vec
 MATVEC_ENV = "GRILLY_KV_MATVEC"
 MATVECS = ("default", "rows", "coalesced", "stream")
 STREAM_SHADER = "model-matmul-q-stream"
-# formats the stream layout reads in 16-byte pieces (uvec4 loads; F16 / BF16 only with K % 8 == 0);
-# the others (blocks of 18, 20, 22, 24, 34, 210 bytes) in 32-element chunks of 32-bit loads
-STREAM_PIECE_FORMATS = ("F32", "F16", "BF16", "Q4_K", "Q5_K")
+# formats the stream layout reads in 16-byte pieces (uvec4 loads; F16 / BF16 only with K % 8 == 0;
+# the blocks of 18, 20, 34 and 210 bytes through two aligned uvec4s and a shift); Q5_0 and Q5_1
+# in 32-element chunks of 32-bit loads
+STREAM_PIECE_FORMATS = ("F32", "F16", "BF16", "Q4_K", "Q5_K", "Q4_0", "Q4_1", "Q8_0", "Q6_K")
+STREAM_ELEMS = {"F32": 4, "F16": 8, "BF16": 8, "Q8_0": 16}   # elements per piece (others 32)
 STREAM_UNROLL = 4     # default units per lane per pass of the stream layout (fewer for short rows) ...
 STREAM_UNROLL_32 = 2  # ... and for units of 32 elements (K-quant pieces, chunks: 8 vec4s of X' each)
 MAX_ROWS_PER_LANE = 8
@@ -203,13 +205,16 @@ def uses_stream(T: int, act_rounding: str | None) -> bool:
     return T == 1 and act_rounding is None
 
 
-def stream_units(qtype: int, K: int, offset: int) -> tuple[int, int]:
+def stream_units(qtype: int, K: int, offset: int, buffer_bytes: int = 0) -> tuple[int, int]:
     """``(PIECE, units per row)`` of the stream layout: 16-byte pieces (PIECE 1) for
-    :data:`STREAM_PIECE_FORMATS` when the rows start at multiples of 16 bytes (tensor ``offset``
-    and row bytes), else 32-element chunks (PIECE 0)."""
+    :data:`STREAM_PIECE_FORMATS` when the tensor starts at a multiple of 16 bytes (``offset``),
+    its buffer is a multiple of 16 bytes long (``buffer_bytes``) and, for F32 / F16 / BF16, the
+    rows are multiples of 16 bytes; else 32-element chunks (PIECE 0)."""
     fmt = FORMAT_BY_ID[qtype]
-    if fmt in STREAM_PIECE_FORMATS and offset % 16 == 0 and row_bytes(qtype, K) % 16 == 0:
-        return 1, K // (4 if fmt == "F32" else 8 if fmt in ("F16", "BF16") else 32)
+    floats = fmt in ("F32", "F16", "BF16")
+    if (fmt in STREAM_PIECE_FORMATS and offset % 16 == 0 and buffer_bytes % 16 == 0
+            and (not floats or row_bytes(qtype, K) % 16 == 0)):
+        return 1, K // STREAM_ELEMS.get(fmt, 32)
     return 0, -(-K // 32)
 
 
@@ -220,10 +225,11 @@ def stream_x_fits(device, K: int, rows_per_lane: int = MAX_ROWS_PER_LANE, wg: in
     return 4 * K + 4 * (MAX_SG * (rows_per_lane + 2) + wg) <= smem
 
 
-def stream_plan(device, qtype: int, K: int, *, offset: int = 0, lanes: int | None = None,
+def stream_plan(device, qtype: int, K: int, *, offset: int = 0, buffer_bytes: int = 0, lanes: int | None = None,
                 unroll: int | None = None, rows: int | None = None, rows_per_lane: int | None = None,
                 rope: bool = False, x_shared: bool | None = None) -> tuple[int, int, int, int, int, int]:
-    """``(workgroup size, lanes per row group, rows per lane, unroll, PIECE, XS)`` of a stream call.
+    """``(workgroup size, lanes per row group, rows per lane, unroll, PIECE, XS)`` of a stream call
+    on a tensor at byte ``offset`` of a buffer of ``buffer_bytes`` (:func:`stream_units`).
 
     Units (:func:`stream_units`) of a row are taken by ``lanes`` consecutive lanes, ``unroll`` per
     lane per pass. Defaults on GPUs: unroll :data:`STREAM_UNROLL` (:data:`STREAM_UNROLL_32` for
@@ -237,7 +243,7 @@ def stream_plan(device, qtype: int, K: int, *, offset: int = 0, lanes: int | Non
     ``rows``: rows per workgroup (a multiple of rows_per_lane; default :data:`WG_GPU` invocations,
     :data:`WG_CPU` at one lane); the workgroup is ``rows / rows_per_lane * lanes`` invocations, at
     most 1024 and :data:`MAX_SG` subgroups; RoPE needs an even number of rows per workgroup."""
-    piece, units = stream_units(qtype, K, offset)
+    piece, units = stream_units(qtype, K, offset, buffer_bytes)
     cpu = device.properties.get("device_type") == "Cpu"
     sg = subgroup_size(device)
     if rows_per_lane is None:
@@ -494,7 +500,8 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
                      y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
     if stream and uses_stream(T, act_rounding):
-        wg, ln, nr, unr, piece, xs = stream_plan(rec.device, e.qtype, K, offset=e.offset, lanes=lanes,
+        wg, ln, nr, unr, piece, xs = stream_plan(rec.device, e.qtype, K, offset=e.offset,
+                                                 buffer_bytes=e.buffer.n_words * 4, lanes=lanes,
                                                  unroll=unroll, rows=rows, rows_per_lane=rows_per_lane,
                                                  rope=rope is not None, x_shared=x_shared)
         spec = (wg, e.qtype, K, ln, nr, MODES[mode], int(accumulate), int(rope is not None), head_dim or 2, unr,
@@ -589,7 +596,7 @@ def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, tuning) ->
 
     T, N = x.shape[0], raw.shape[0]
     ws = dev.workspace(SHADER)
-    wb = ws.scratch.get("w", -(-raw.nbytes // 4), np.uint32)
+    wb = ws.scratch.get("w", -(-raw.nbytes // 16) * 4, np.uint32)   # whole 16-byte pieces (stream layout)
     xb = ws.scratch.get("x", x.size)
     gb = ws.scratch.get("g", K)
     yb = ws.scratch.get("y", T * N)
