@@ -127,7 +127,10 @@ uvec4 ld16(uint b) {
 }
 
 // Byte k (< 12) of a K-quant header's packed 6-bit scales and minima (header words 1..3).
-uint hb(uvec4 hdr, uint k) { return (hdr[1u + k / 4u] >> (8u * (k % 4u))) & 0xFFu; }
+uint hb(uvec4 hdr, uint k) {   // word chosen by selects, not a dynamic index (no local-memory copy)
+    const uint w = k < 4u ? hdr.y : k < 8u ? hdr.z : hdr.w;
+    return (w >> (8u * (k % 4u))) & 0xFFu;
+}
 vec2 scale_min_hdr(uvec4 hdr, uint s) {
     if (s < 4u) return vec2(float(hb(hdr, s) & 63u), float(hb(hdr, s + 4u) & 63u));
     const uint e = hb(hdr, s + 4u);
