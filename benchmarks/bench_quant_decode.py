@@ -94,16 +94,26 @@ def add_args(ap):
                     "layout or tuning, ms (default 100; quick 0)")
 
 
+UNIQUE_ROWS = 512    # distinct Gaussian rows of float timing data (tiled: the values do not change the time)
+
+
+def gaussian_rows(rng, N: int, K: int) -> np.ndarray:
+    """``(N, K)`` float32 N(0, 0.02^2) for timing: :data:`UNIQUE_ROWS` rows drawn, then repeated
+    (drawing a 128256 x 4096 head would take longer than timing it)."""
+    rows = rng.standard_normal((min(N, UNIQUE_ROWS), K), np.float32) * 0.02
+    return np.resize(rows, (N, K))
+
+
 def timing_rows(fmt: str, N: int, K: int, rng) -> np.ndarray:
     """``(N, row_bytes)`` uint8 of type ``fmt`` for timing: random blocks, scales set small and
     finite (every other bit pattern is a valid block); float formats from Gaussians."""
     qtype, blk, nb = FORMATS[fmt]
     if fmt == "F32":
-        return (rng.standard_normal((N, K), np.float32) * 0.02).view(np.uint8)
+        return gaussian_rows(rng, N, K).view(np.uint8)
     if fmt == "F16":
-        return (rng.standard_normal((N, K), np.float32) * 0.02).astype(np.float16).view(np.uint8)
+        return gaussian_rows(rng, N, K).astype(np.float16).view(np.uint8)
     if fmt == "BF16":
-        return ((rng.standard_normal((N, K), np.float32) * 0.02).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+        return (gaussian_rows(rng, N, K).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     blocks = rng.integers(0, 256, (N * K // blk, nb), dtype=np.uint8)
     for off in SCALE_FIELDS[fmt]:
         blocks[:, off:off + 2] = np.array([0.001], np.float16).view(np.uint8)
@@ -248,7 +258,7 @@ def bench_peer_f16(dev, s, T, act, repeats, rng):
     """Today's model-matmul with float16 weights (one buffer per layer, as VulkanModel holds them)."""
     sh = layer_shapes(s)
     bufs, offs = [], {}
-    mats = [(rng.standard_normal(sh[k], np.float32) * 0.02).astype(np.float16) for k in ("qkv", "o", "gate_up", "down")]
+    mats = [gaussian_rows(rng, *sh[k]).astype(np.float16) for k in ("qkv", "o", "gate_up", "down")]
     for i in range(s["layers"]):   # one copy per layer (same values), as a token streams them
         b = Buffer(dev, sum(m.size for m in mats) // 2, np.uint32)
         off = 0
@@ -259,7 +269,7 @@ def bench_peer_f16(dev, s, T, act, repeats, rng):
         b.upload_now()
         bufs.append(b)
     head = Buffer(dev, sh["lm_head"][0] * sh["lm_head"][1] // 2, np.uint32)
-    head.write((rng.standard_normal(sh["lm_head"], np.float32) * 0.02).astype(np.float16))
+    head.write(gaussian_rows(rng, *sh["lm_head"]).astype(np.float16))
     head.upload_now()
     bufs.append(head)
     offs[(None, "lm_head")] = (head, 0)
