@@ -352,8 +352,11 @@ def tuning_plan(dev, s, T, tuning: dict, fmt: str | None = None) -> dict:
     sh = layer_shapes(s)
     kw = {k: tuning[k] for k in ("lanes", "unroll", "rows") if k in tuning}
     if tuning.get("stream") and T == 1:
+        def staged(k, K):    # as mm() and record_matmul_q decide it
+            xs = tuning.get("x_shared")
+            return (k == "down" if xs is None else xs) and stream_x_fits(dev, K)
         return {k: stream_plan(dev, FORMATS[fmt][0], K, rope=k == "qkv", rows_per_lane=tuning.get("rows_per_lane"),
-                               x_shared=bool(tuning.get("x_shared")) and stream_x_fits(dev, K), **kw)
+                               x_shared=staged(k, K), **kw)
                 for k, (_, K) in sh.items()}
     return {k: plan(dev, 1 if k == "lm_head" else T, K, rope=k == "qkv", coalesced=bool(tuning.get("coalesced")), **kw)
             for k, (_, K) in sh.items()}
@@ -361,15 +364,17 @@ def tuning_plan(dev, s, T, tuning: dict, fmt: str | None = None) -> dict:
 
 def stream_tunings(quick: bool) -> list[dict]:
     """The stream layout's knobs a ``--stream-sweep`` times: lanes 16, 32 x rows_per_lane 1, 2, 4 x
-    unroll 2, 4, then X' staged in shared memory (x_shared, where a row fits) at lanes 32 x
-    rows_per_lane 1, 2, 4 x unroll 2, then 2 rows_per_lane-row workgroups (64 invocations) at
-    lanes 32 x rows_per_lane 1, 2 x unroll 2, 4 (quick: lanes 4, 8 x rows_per_lane 1, 2 x unroll 2
-    and two staged, for lavapipe)."""
+    unroll 2, 4 (X' staged for the SwiGLU down matrix only, the default), then at lanes 32 x
+    rows_per_lane 1, 2, 4 x unroll 2 X' staged for every matrix (x_shared True, where a row fits)
+    and for none (False), then 2 rows_per_lane-row workgroups (64 invocations) at lanes 32 x
+    rows_per_lane 1, 2 x unroll 2, 4 (quick: lanes 4, 8 x rows_per_lane 1, 2 x unroll 2 and two
+    staged, for lavapipe)."""
     if quick:
         return ([dict(stream=True, lanes=ln, rows_per_lane=nr, unroll=2) for ln in (4, 8) for nr in (1, 2)]
                 + [dict(stream=True, lanes=8, rows_per_lane=nr, unroll=2, x_shared=True) for nr in (1, 2)])
     grid = [dict(stream=True, lanes=ln, rows_per_lane=nr, unroll=u) for ln in (16, 32) for nr in (1, 2, 4) for u in (2, 4)]
-    staged = [dict(stream=True, lanes=32, rows_per_lane=nr, unroll=2, x_shared=True) for nr in (1, 2, 4)]
+    staged = [dict(stream=True, lanes=32, rows_per_lane=nr, unroll=2, x_shared=xs) for xs in (True, False)
+              for nr in (1, 2, 4)]
     small_wg = [dict(stream=True, lanes=32, rows_per_lane=nr, rows=2 * nr, unroll=u) for nr in (1, 2) for u in (2, 4)]
     return grid + staged + small_wg
 

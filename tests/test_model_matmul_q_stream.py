@@ -113,7 +113,8 @@ def _shaders(vk, fmt, K, T, **kw):
 
 
 def test_fallback_rule(vk):
-    """stream=True runs the stream shader only for T = 1 without act_rounding (uses_stream);
+    """stream=True runs the stream shader only for T = 1 without act_rounding (uses_stream), with
+    SwiGLU's X' staged in shared memory unless told (x_shared=None);
     prefill tiles and ggml roundings run the rows layout of model-matmul-q (COAL 0), and give the
     same results as asking for that layout."""
     assert uses_stream(1, None) and not uses_stream(2, None) and not uses_stream(1, "Q8_0")
@@ -121,6 +122,10 @@ def test_fallback_rule(vk):
     for T, act in ((3, None), (1, "Q8_K")):
         (shader, spec), = _shaders(vk, "Q4_K", 256, T, act_rounding=act, coalesced=True)
         assert shader == SHADER and spec[12] == 0
+    (_, spec), = _shaders(vk, "Q4_K", 256, 1, mode="swiglu")       # X' of SwiGLU staged by default
+    assert spec[11] == 1
+    (_, spec), = _shaders(vk, "Q4_K", 256, 1, mode="rmsnorm")
+    assert spec[11] == 0
     rng = np.random.default_rng(5)
     raw = random_rows(FORMATS["Q4_K"][0], N_ROWS, 512, rng)
     x = rng.standard_normal((3, 512)).astype(np.float32)

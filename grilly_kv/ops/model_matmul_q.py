@@ -238,8 +238,9 @@ def stream_plan(device, qtype: int, K: int, *, offset: int = 0, buffer_bytes: in
     pass, at most the subgroup size; on CPU devices one lane and unroll 1. ``rows_per_lane``
     (default 1 for :data:`STREAM_FLOAT_FORMATS`, whose weights outweigh their X', 2 for the block
     formats; at most :data:`MAX_ROWS_PER_LANE`): rows each lane computes with one load of X'.
-    ``x_shared`` (default False): stage the whole row of X' in shared memory once per workgroup
-    (XS = 1; 4 K bytes, ValueError when the device's shared memory is smaller).
+    ``x_shared`` (None: False here; :func:`record_matmul_q` stages by default for "swiglu" where
+    it fits): stage the whole row of X' in shared memory once per workgroup (XS = 1; 4 K bytes,
+    ValueError when the device's shared memory is smaller).
     ``rows``: rows per workgroup (a multiple of rows_per_lane; default :data:`WG_GPU` invocations,
     :data:`WG_CPU` at one lane); the workgroup is ``rows / rows_per_lane * lanes`` invocations, at
     most 1024 and :data:`MAX_SG` subgroups; RoPE needs an even number of rows per workgroup."""
@@ -474,7 +475,9 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
             :func:`uses_stream` allows it (T = 1, no act_rounding), else the "rows" layout (the
             documented fallback; ``coalesced`` is then ignored). None: False.
         rows_per_lane, x_shared: stream layout only: rows each lane computes with one load of X';
-            stage the row of X' in shared memory once per workgroup (:func:`stream_plan`).
+            stage the row of X' in shared memory once per workgroup (:func:`stream_plan`; None:
+            for mode "swiglu" where :func:`stream_x_fits`, whose X' costs two loads and an exp
+            per element, else not).
     """
     e = weights if isinstance(weights, WeightEntry) else weights[name]
     check_choice("mode", mode, MODES)
@@ -500,6 +503,8 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
                      y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
     if stream and uses_stream(T, act_rounding):
+        if x_shared is None:
+            x_shared = mode == "swiglu" and stream_x_fits(rec.device, K)
         wg, ln, nr, unr, piece, xs = stream_plan(rec.device, e.qtype, K, offset=e.offset,
                                                  buffer_bytes=e.buffer.n_words * 4, lanes=lanes,
                                                  unroll=unroll, rows=rows, rows_per_lane=rows_per_lane,
