@@ -124,7 +124,7 @@ def test_fallback_rule(vk):
         assert shader == SHADER and spec[12] == 0
     (_, spec), = _shaders(vk, "Q4_K", 256, 1, mode="swiglu")       # X' of SwiGLU staged by default
     assert spec[11] == 1
-    (_, spec), = _shaders(vk, "Q4_K", 256, 1, mode="rmsnorm")
+    (_, spec), = _shaders(vk, "Q4_K", 256, 1, mode="plain")
     assert spec[11] == 0
     rng = np.random.default_rng(5)
     raw = random_rows(FORMATS["Q4_K"][0], N_ROWS, 512, rng)
