@@ -17,14 +17,15 @@ at load); each row reports ``weight_bytes`` (device bytes of all weights) and th
 bytes. A decode token's submissions are listed: per submission its dispatches (shader:format
 labels) and barriers in order, with their counts (``dispatches_per_token``, ``barriers_per_token``).
 
-``--matvec rows,coalesced`` measures each lane layout of the one-token mat-vecs in turn in the
-same run (VulkanModel's ``matvec``, as ``$GRILLY_KV_MATVEC``: "rows" each lane whole 32-element
-chunks, "coalesced" 8 lanes per chunk, a vec4 each; "default" the op's choice); each row reports
+``--matvec rows,coalesced,stream`` measures each lane layout of the one-token mat-vecs in turn in
+the same run (VulkanModel's ``matvec``, as ``$GRILLY_KV_MATVEC``: "rows" each lane whole 32-element
+chunks, "coalesced" 8 lanes per chunk, a vec4 each, "stream" shaders/model-matmul-q-stream.glsl
+(labelled model-matmul-q:FORMAT as the others); "default" the op's choice); each row reports
 its ``matvec`` and, after the first layout, ``gpu_vs_first_matvec`` (GPU ms per token over the
 first layout's, same weights, context and policy).
 
-    python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --matvec rows,coalesced \
-        --contexts 1024 --policies dense --weight-format native    # H200: old vs coalesced
+    python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --matvec rows,stream \
+        --contexts 1024 --policies dense --weight-format native    # H200: old vs stream
 
 Prefill: wall tokens/s (recording builds included, as a user sees it) and GPU tokens/s (Vulkan
 timestamps of the prefill chunks' submissions). ``--prefill-qtile 1,32`` measures each value of
@@ -84,7 +85,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--torch", action="store_true", help="also measure the PyTorch eager baseline")
     ap.add_argument("--name", default=None, help="JSON name under benchmarks/results (default "
                     "model_decode, quick: model_decode_quick)")
-    ap.add_argument("--matvec", default="default", help="default,rows,coalesced (comma list, each measured "
+    ap.add_argument("--matvec", default="default", help="default,rows,coalesced,stream (comma list, each measured "
                     "in turn): the one-token mat-vec lane layout (VulkanModel matvec=)")
     ap.add_argument("--weight-format", default=None, help="native,f16,f32 (comma list, each measured in "
                     "turn; default native,f16, quick: native)")

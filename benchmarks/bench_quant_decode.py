@@ -18,14 +18,23 @@ over repeats), wall time is that of the whole submission. JSON:
 ``benchmarks/results/quant_decode[_quick].json``.
 
 Lane layouts of the decode mat-vec (``matvec`` in each row): "rows" (each lane whole 32-element
-chunks, the default plan) and, with ``--coalesced``, "coalesced" (8 neighbouring lanes per chunk,
-a vec4 each; same weights, timed right after "rows" at T = 1, ``x_rows`` = its GPU time over the
-rows layout's). ``--sweep FORMAT`` times that format's steps at every lanes x unroll choice of
-the rows layout, and with ``--coalesced`` also of the coalesced one (lanes 8..64 x unroll 1..8 at
-256 invocations per workgroup, then workgroups of 64..512 at lanes 32).
+chunks, the default plan), "coalesced" (8 neighbouring lanes per chunk, a vec4 each) and "stream"
+(``shaders/model-matmul-q-stream.glsl``: no X staging, 16-byte pieces, rows_per_lane rows per
+lane); ``--matvec rows,stream`` times each at T = 1 on the same weights right after "rows"
+(``x_rows`` = its GPU time over the rows layout's; ``--coalesced`` adds "coalesced"). ``--sweep
+FORMAT`` times that format's steps at every lanes x unroll choice of the rows layout, and with
+``--coalesced`` also of the coalesced one (lanes 8..64 x unroll 1..8 at 256 invocations per
+workgroup, then workgroups of 64..512 at lanes 32). ``--stream-sweep`` times, for every format at
+T = 1, the stream layout at lanes 16, 32 x rows_per_lane 1, 2, 4 x unroll 2, 4, with X' staged in
+shared memory, and at 64-invocation workgroups (:func:`stream_tunings`; one row each, ``matvec``
+"stream" with its ``tuning``). ``--pairs SHAPE:FORMAT,...`` replaces shapes x formats;
+shape "llama-3.1-8b" is 4 layers of Llama-3.1-8B plus its 128256 x 4096 output head. Before each
+layout or tuning the GPU clock is warmed by buffer copies (``--warm-ms``, default 100; quick 0).
 
     python3 benchmarks/bench_quant_decode.py            # H200: both shapes, 11 formats, T = 1 and 512
     python3 benchmarks/bench_quant_decode.py --shapes llama-3.2-1b --tokens 1 --coalesced --sweep Q4_K
+    python3 benchmarks/bench_quant_decode.py --pairs llama-3.2-1b:Q4_K,llama-3.1-8b:F16 --tokens 1 \
+        --matvec rows,stream --stream-sweep --name stream_ab     # H200: stream vs rows, ~1 minute
     python3 benchmarks/bench_quant_decode.py --quick    # lavapipe: a tiny shape, T = 1 and 16
 """
 from __future__ import annotations
@@ -39,13 +48,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import device_info, save, setup  # noqa: E402
+from common import ClockWarmer, device_info, save, setup  # noqa: E402
 
 from grilly_kv.backend import Buffer, Recording  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
 from grilly_kv.ops.model_matmul import record_matmul  # noqa: E402
 from grilly_kv.ops.model_matmul_q import (QuantWeights, coalesced_lanes, lanes_per_row, plan,  # noqa: E402
-                                          record_matmul_q, subgroup_size)
+                                          record_matmul_q, stream_plan, stream_x_fits, subgroup_size)
 from grilly_kv.ops.step_words import fill_step, step_words  # noqa: E402
 from grilly_kv.reference.model_matmul_q import FORMATS, row_bytes  # noqa: E402
 from grilly_kv.reference.model_rope import rope_table  # noqa: E402
@@ -53,7 +62,9 @@ from grilly_kv.reference.model_rope import rope_table  # noqa: E402
 SHAPES = {
     "smollm2-135m": dict(layers=30, d=576, hq=9, hkv=3, hd=64, ffn=1536, vocab=49152),
     "llama-3.2-1b": dict(layers=16, d=2048, hq=32, hkv=8, hd=64, ffn=8192, vocab=128256),
+    "llama-3.1-8b": dict(layers=4, d=4096, hq=32, hkv=8, hd=128, ffn=14336, vocab=128256),
 }
+MATVECS_TIMED = ("rows", "coalesced", "stream")
 QUICK_SHAPES = {"tiny": dict(layers=2, d=256, hq=4, hkv=2, hd=64, ffn=512, vocab=1024)}
 KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
 SCALE_FIELDS = {   # byte offsets of the f16 scales in a block (set to a small value in timing data)
@@ -74,6 +85,23 @@ def add_args(ap):
                     "--coalesced, T = 1: also the coalesced layout's lanes 8..64 x unroll 1..8, workgroups)")
     ap.add_argument("--coalesced", action="store_true", help="T = 1: also time every format with the "
                     "coalesced decode layout (8 lanes per chunk, a vec4 each)")
+    ap.add_argument("--matvec", default="rows", help="T = 1: comma list of decode layouts timed in turn on the "
+                    f"same weights, of {', '.join(MATVECS_TIMED)} (rows always first)")
+    ap.add_argument("--stream-sweep", action="store_true", help="T = 1: also time the stream layout at lanes "
+                    "16, 32 x rows_per_lane 1, 2, 4 x unroll 2, 4")
+    ap.add_argument("--pairs", default=None, help="comma list of SHAPE:FORMAT (replaces --shapes x --formats)")
+    ap.add_argument("--warm-ms", type=float, default=None, help="GPU clock warm-up (buffer copies) before each "
+                    "layout or tuning, ms (default 100; quick 0)")
+
+
+UNIQUE_ROWS = 512    # distinct Gaussian rows of float timing data (tiled: the values do not change the time)
+
+
+def gaussian_rows(rng, N: int, K: int) -> np.ndarray:
+    """``(N, K)`` float32 N(0, 0.02^2) for timing: :data:`UNIQUE_ROWS` rows drawn, then repeated
+    (drawing a 128256 x 4096 head would take longer than timing it)."""
+    rows = rng.standard_normal((min(N, UNIQUE_ROWS), K), np.float32) * 0.02
+    return np.resize(rows, (N, K))
 
 
 def timing_rows(fmt: str, N: int, K: int, rng) -> np.ndarray:
@@ -81,11 +109,11 @@ def timing_rows(fmt: str, N: int, K: int, rng) -> np.ndarray:
     finite (every other bit pattern is a valid block); float formats from Gaussians."""
     qtype, blk, nb = FORMATS[fmt]
     if fmt == "F32":
-        return (rng.standard_normal((N, K), np.float32) * 0.02).view(np.uint8)
+        return gaussian_rows(rng, N, K).view(np.uint8)
     if fmt == "F16":
-        return (rng.standard_normal((N, K), np.float32) * 0.02).astype(np.float16).view(np.uint8)
+        return gaussian_rows(rng, N, K).astype(np.float16).view(np.uint8)
     if fmt == "BF16":
-        return ((rng.standard_normal((N, K), np.float32) * 0.02).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+        return (gaussian_rows(rng, N, K).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     blocks = rng.integers(0, 256, (N * K // blk, nb), dtype=np.uint8)
     for off in SCALE_FIELDS[fmt]:
         blocks[:, off:off + 2] = np.array([0.001], np.float16).view(np.uint8)
@@ -190,29 +218,36 @@ def build_weights(dev, s, fmt, rng) -> QuantWeights:
     return QuantWeights(dev, tensors)
 
 
-def time_weights(dev, s, T, act, qw, repeats, tuning=None) -> dict:
+def time_weights(dev, s, T, act, qw, repeats, tuning=None, warm=None) -> dict:
     """:func:`measure` of one step over the weights ``qw``; ``tuning``: record_matmul_q's lanes,
-    unroll, rows, coalesced (every dispatch; default: the plan's)."""
+    unroll, rows, coalesced, stream, rows_per_lane (every dispatch; default: the plan's);
+    ``warm()`` runs right before the timed runs (GPU clock)."""
     rope_args = (act.step, act.table, s["hd"], (s["hq"] + s["hkv"]) * s["hd"])
 
     def mm(rec, kind, layer, x, y, rope=False, **kw):
         name = kind if layer is None else f"blk.{layer}.{kind}"
+        tn = dict(tuning or {})
+        if tn.get("x_shared"):       # staged X' only where a row fits in shared memory
+            tn["x_shared"] = stream_x_fits(dev, layer_shapes(s)[kind][1])
         record_matmul_q(rec, qw, name, x, y, T=1 if kind == "lm_head" else T, g=act.norm,
-                        rope=rope_args if rope else None, **(tuning or {}), **kw)
+                        rope=rope_args if rope else None, **tn, **kw)
 
     rec, kinds = record_token(dev, s, T, act, mm)
     try:
+        if warm is not None:
+            rec.run()           # pipelines built before the clock is warmed
+            warm()
         return measure(rec, kinds, repeats)
     finally:
         del rec
 
 
-def bench_format(dev, s, fmt, T, act, repeats, rng, tunings=({},)):
+def bench_format(dev, s, fmt, T, act, repeats, rng, tunings=({},), warm=None):
     """``([measure() per tuning], bytes per kind, device weight bytes, file tensor bytes)``: the
     format's weights built once, a step timed under each tuning in turn."""
     qw = build_weights(dev, s, fmt, rng)
     try:
-        res = [time_weights(dev, s, T, act, qw, repeats, t) for t in tunings]
+        res = [time_weights(dev, s, T, act, qw, repeats, t, warm) for t in tunings]
         wb = {k: sum(e.nbytes for n, e in qw.entries.items() if n.endswith("." + k) or n == k) for k in KINDS}
         return res, wb, qw.weight_bytes, qw.file_bytes
     finally:
@@ -223,7 +258,7 @@ def bench_peer_f16(dev, s, T, act, repeats, rng):
     """Today's model-matmul with float16 weights (one buffer per layer, as VulkanModel holds them)."""
     sh = layer_shapes(s)
     bufs, offs = [], {}
-    mats = [(rng.standard_normal(sh[k], np.float32) * 0.02).astype(np.float16) for k in ("qkv", "o", "gate_up", "down")]
+    mats = [gaussian_rows(rng, *sh[k]).astype(np.float16) for k in ("qkv", "o", "gate_up", "down")]
     for i in range(s["layers"]):   # one copy per layer (same values), as a token streams them
         b = Buffer(dev, sum(m.size for m in mats) // 2, np.uint32)
         off = 0
@@ -234,7 +269,7 @@ def bench_peer_f16(dev, s, T, act, repeats, rng):
         b.upload_now()
         bufs.append(b)
     head = Buffer(dev, sh["lm_head"][0] * sh["lm_head"][1] // 2, np.uint32)
-    head.write((rng.standard_normal(sh["lm_head"], np.float32) * 0.02).astype(np.float16))
+    head.write(gaussian_rows(rng, *sh["lm_head"]).astype(np.float16))
     head.upload_now()
     bufs.append(head)
     offs[(None, "lm_head")] = (head, 0)
@@ -311,19 +346,59 @@ def sweep(dev, s, sname, fmt, T, act, repeats, rng, peer, coalesced=False, quick
     return out
 
 
-def tuning_plan(dev, s, T, tuning: dict) -> dict:
-    """plan() of each kind under a tuning (workgroup, rows, tokens, slab, unroll)."""
+def tuning_plan(dev, s, T, tuning: dict, fmt: str | None = None) -> dict:
+    """plan() of each kind under a tuning (workgroup, rows, tokens, slab, unroll); for a stream
+    tuning (T = 1) stream_plan() of format ``fmt`` (workgroup, lanes, rows per lane, unroll, PIECE)."""
     sh = layer_shapes(s)
     kw = {k: tuning[k] for k in ("lanes", "unroll", "rows") if k in tuning}
+    if tuning.get("stream") and T == 1:
+        def staged(k, K):    # as mm() and record_matmul_q decide it
+            xs = tuning.get("x_shared")
+            return (k == "down" if xs is None else xs) and stream_x_fits(dev, K)
+        return {k: stream_plan(dev, FORMATS[fmt][0], K, rope=k == "qkv", rows_per_lane=tuning.get("rows_per_lane"),
+                               x_shared=staged(k, K), **kw)
+                for k, (_, K) in sh.items()}
     return {k: plan(dev, 1 if k == "lm_head" else T, K, rope=k == "qkv", coalesced=bool(tuning.get("coalesced")), **kw)
             for k, (_, K) in sh.items()}
 
 
-def format_row(dev, s, sname, T, fmt, matvec, res, wb, bw, peer) -> dict:
+def stream_tunings(quick: bool) -> list[dict]:
+    """The stream layout's knobs a ``--stream-sweep`` times: lanes 16, 32 x rows_per_lane 1, 2, 4 x
+    unroll 2, 4 (X' staged for the SwiGLU down matrix only, the default), then at lanes 32 x
+    rows_per_lane 1, 2, 4 x unroll 2 X' staged for every matrix (x_shared True, where a row fits)
+    and for none (False), then 2 rows_per_lane-row workgroups (64 invocations) at lanes 32 x
+    rows_per_lane 1, 2 x unroll 2, 4 (quick: lanes 4, 8 x rows_per_lane 1, 2 x unroll 2 and two
+    staged, for lavapipe)."""
+    if quick:
+        return ([dict(stream=True, lanes=ln, rows_per_lane=nr, unroll=2) for ln in (4, 8) for nr in (1, 2)]
+                + [dict(stream=True, lanes=8, rows_per_lane=nr, unroll=2, x_shared=True) for nr in (1, 2)])
+    grid = [dict(stream=True, lanes=ln, rows_per_lane=nr, unroll=u) for ln in (16, 32) for nr in (1, 2, 4) for u in (2, 4)]
+    staged = [dict(stream=True, lanes=32, rows_per_lane=nr, unroll=2, x_shared=xs) for xs in (True, False)
+              for nr in (1, 2, 4)]
+    small_wg = [dict(stream=True, lanes=32, rows_per_lane=nr, rows=2 * nr, unroll=u) for nr in (1, 2) for u in (2, 4)]
+    return grid + staged + small_wg
+
+
+def layout_tunings(matvecs, T: int, stream_sweep: bool, quick: bool) -> list[tuple[str, dict]]:
+    """``(matvec, tuning)`` pairs a format is timed under: each layout of ``matvecs`` at its
+    plan's defaults (T = 1; "rows" only for T > 1), then the stream sweep's tunings."""
+    if T != 1:
+        return [("rows", {})]
+    out = [(m, dict(coalesced=m == "coalesced", stream=m == "stream")) for m in matvecs]
+    if stream_sweep:
+        out += [("stream", t) for t in stream_tunings(quick)]
+    return out
+
+
+def format_row(dev, s, sname, T, fmt, matvec, res, wb, bw, peer, tuning=None) -> dict:
     """A format's result row: the step's times, and per kind its bytes, bandwidth bound, TFLOP/s
-    and plan (``matvec``: "rows" or "coalesced", the layout it ran)."""
+    and plan (``matvec``: "rows", "coalesced" or "stream", the layout it ran; ``tuning``: the
+    knobs passed, none for the plan's defaults)."""
     sh = layer_shapes(s)
-    row = {"shape": sname, "T": T, "format": fmt, "matvec": matvec, **res, "kinds": {}}
+    tuning = tuning or {}
+    knobs = {k: v for k, v in tuning.items() if k not in ("coalesced", "stream")}
+    row = {"shape": sname, "T": T, "format": fmt, "matvec": matvec, "tuning": knobs, **res, "kinds": {}}
+    plans = tuning_plan(dev, s, T, tuning, fmt)
     for k in KINDS:
         if k not in res:
             continue
@@ -333,33 +408,64 @@ def format_row(dev, s, sname, T, fmt, matvec, res, wb, bw, peer) -> dict:
         N, K = sh[k]
         flops = 2.0 * N * K * nt * (1 if k == "lm_head" else s["layers"])
         coal = matvec == "coalesced"
+        lanes = (plans[k][1] if matvec == "stream" else tuning.get("lanes")
+                 or (coalesced_lanes(dev) if coal else lanes_per_row(dev, nt, K)))
         row["kinds"][k] = {"gpu_us": res[k], "bytes_read": nb, "bound_us": bound,
                            "x_bound": res[k] / bound, "tflops": flops / (res[k] * 1e6),
-                           "lanes": coalesced_lanes(dev) if coal else lanes_per_row(dev, nt, K),
-                           "plan": plan(dev, nt, K, rope=k == "qkv", coalesced=coal)}
+                           "lanes": lanes, "plan": plans[k]}
     row["bound_us"] = sum(v["bound_us"] for v in row["kinds"].values())
     row["x_bound"] = res["total_gpu_us"] / row["bound_us"]
     row["x_peer"] = res["total_gpu_us"] / peer["total_gpu_us"]
     return row
 
 
+def parse_jobs(args) -> dict:
+    """``{shape name: (shape dict, [formats])}`` from ``--pairs`` or ``--shapes`` x ``--formats``."""
+    every = SHAPES | QUICK_SHAPES
+    if args.pairs:
+        jobs: dict = {}
+        for pair in args.pairs.split(","):
+            sname, _, fmt = pair.partition(":")
+            if sname not in every or fmt not in FORMATS:
+                raise SystemExit(f"--pairs: {pair!r} is not SHAPE:FORMAT with SHAPE of {', '.join(every)} "
+                                 f"and FORMAT of {', '.join(FORMATS)}")
+            jobs.setdefault(sname, (every[sname], []))[1].append(fmt)
+        return jobs
+    shapes = QUICK_SHAPES if args.quick else {k: SHAPES[k] for k in ("smollm2-135m", "llama-3.2-1b")}
+    if args.shapes:
+        shapes = {k: every[k] for k in args.shapes.split(",")}
+    return {k: (v, args.formats.split(",")) for k, v in shapes.items()}
+
+
+def parse_matvecs(args) -> list[str]:
+    """The layouts timed at T = 1: "rows" first, then ``--matvec``'s others (and "coalesced"
+    with ``--coalesced``)."""
+    asked = args.matvec.split(",") + (["coalesced"] if args.coalesced else [])
+    bad = [m for m in asked if m not in MATVECS_TIMED]
+    if bad:
+        raise SystemExit(f"--matvec: {bad} not of {', '.join(MATVECS_TIMED)}")
+    return ["rows"] + [m for m in dict.fromkeys(asked) if m != "rows"]
+
+
 def main():
     args, dev = setup(__doc__, add_args)
-    shapes = QUICK_SHAPES if args.quick else SHAPES
-    if args.shapes:
-        shapes = {k: (SHAPES | QUICK_SHAPES)[k] for k in args.shapes.split(",")}
+    jobs = parse_jobs(args)
+    matvecs = parse_matvecs(args)
     tokens = [int(t) for t in (args.tokens or ("1,16" if args.quick else "1,512")).split(",")]
-    formats = args.formats.split(",")
     rng = np.random.default_rng(0)
     bw = copy_bandwidth(dev, nbytes=(16 << 20) if args.quick else (1 << 30))
+    warm_ms = args.warm_ms if args.warm_ms is not None else (0.0 if args.quick else 100.0)
+    warm = ClockWarmer(dev, warm_ms) if warm_ms > 0 else None
     print(f"{dev.description}: copy {bw['gb_per_s']:.1f} GB/s (read + write), subgroup size used "
           f"{subgroup_size(dev)}", flush=True)
     results = []
-    for sname, s in shapes.items():
+    for sname, (s, formats) in jobs.items():
         s = dict(s, layers=args.layers or s["layers"])
         sh = layer_shapes(s)
         for T in tokens:
             act = Activations(dev, s, T, rng)
+            if warm is not None:
+                warm()
             peer = bench_peer_f16(dev, s, T, act, args.repeats, rng)
             print(f"{sname} T={T} peer model-matmul f16: {peer['total_gpu_us']:.1f} us", flush=True)
             results.append({"shape": sname, "T": T, "format": "peer:model-matmul-f16", **peer})
@@ -370,17 +476,17 @@ def main():
                                     "skipped": f"a row width is not a multiple of {blk}"})
                     print(f"{sname} T={T} {fmt}: skipped (K % {blk})", flush=True)
                     continue
-                matvecs = ("rows", "coalesced") if args.coalesced and T == 1 else ("rows",)
-                tunings = [dict(coalesced=m == "coalesced") for m in matvecs]
-                res_all, wb, weight_bytes, file_bytes = bench_format(dev, s, fmt, T, act, args.repeats, rng, tunings)
-                for matvec, res in zip(matvecs, res_all):
-                    row = format_row(dev, s, sname, T, fmt, matvec, res, wb, bw, peer)
+                runs = layout_tunings(matvecs, T, args.stream_sweep, args.quick)
+                res_all, wb, weight_bytes, file_bytes = bench_format(dev, s, fmt, T, act, args.repeats, rng,
+                                                                     [t for _, t in runs], warm)
+                for (matvec, tuning), res in zip(runs, res_all):
+                    row = format_row(dev, s, sname, T, fmt, matvec, res, wb, bw, peer, tuning)
                     row.update(device_weight_bytes=weight_bytes, file_tensor_bytes=file_bytes)
-                    if matvec == "coalesced":
+                    if matvec != "rows":
                         row["x_rows"] = res["total_gpu_us"] / res_all[0]["total_gpu_us"]
                     results.append(row)
-                    print(f"{sname} T={T} {fmt} {matvec}: {res['total_gpu_us']:.1f} us GPU ({row['x_bound']:.2f}x "
-                          f"bound {row['bound_us']:.1f} us, {row['x_peer']:.2f}x peer f16"
+                    print(f"{sname} T={T} {fmt} {matvec} {row['tuning'] or ''}: {res['total_gpu_us']:.1f} us GPU "
+                          f"({row['x_bound']:.2f}x bound {row['bound_us']:.1f} us, {row['x_peer']:.2f}x peer f16"
                           + (f", {row['x_rows']:.2f}x rows" if "x_rows" in row else "")
                           + f"), wall {res['wall_us']:.0f} us, "
                           + ", ".join(f"{k} {row['kinds'][k]['gpu_us']:.1f}" for k in row["kinds"]), flush=True)
@@ -392,11 +498,13 @@ def main():
                          + ("_" + args.shapes.replace(",", "_") if args.shapes else ""))
     save(name,
          {**device_info(dev), "copy_bandwidth": bw, "subgroup_size_used": subgroup_size(dev),
-          "shapes": shapes, "tokens": tokens, "repeats": args.repeats, "coalesced": args.coalesced,
+          "jobs": {k: {"shape": v[0], "formats": v[1]} for k, v in jobs.items()}, "tokens": tokens,
+          "repeats": args.repeats, "matvecs": matvecs, "stream_sweep": args.stream_sweep, "warm_ms": warm_ms,
           "sweep": args.sweep,
           "notes": "per kind: GPU us per step summed over layers (Vulkan timestamps, median); bound = bytes "
                    "read (weights once + float32 activations) / copy bandwidth (read + write) of this run; "
-                   "peer = model-matmul with float16 weights (+ its separate model-rope dispatch) on the same shapes",
+                   "peer = model-matmul with float16 weights (+ its separate model-rope dispatch) on the same shapes; "
+                   "x_rows = GPU time over the rows layout's (same weights, same run)",
           "results": results})
 
 

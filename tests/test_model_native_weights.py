@@ -242,6 +242,51 @@ def test_coalesced_matvec_equals_rows(vk, tmp_path, monkeypatch, fam, qtype):
     assert (logits["coalesced"].argmax(-1) == want.argmax(-1)).all()
 
 
+def _stream_count(model, T: int) -> int:
+    """How many model-matmul-q-stream dispatches the recordings for T hold."""
+    return sum(st.shader == "model-matmul-q-stream" for key, recs in model._recordings.items() if key[0] == T
+               for r in recs for st in r.steps if st.kind == "dispatch")
+
+
+@pytest.mark.parametrize("fam,qtype", [("llama", "Q4_K"), ("llama", "Q6_K"), ("qwen2", "Q8_0"),
+                                       ("untied", "Q4_1"), ("llama3", "F16"), ("llama", "Q4_0")])
+def test_stream_matvec_equals_default(vk, tmp_path, fam, qtype):
+    """matvec "stream" (shaders/model-matmul-q-stream.glsl for the one-token mat-vecs) gives the
+    logits of "default" to 1e-3 of their std (both decode the same blocks exactly in float32 and
+    differ only in summation order, so, rarely, in a float16 K/V cache rounding); every decode
+    mat-vec is a stream dispatch, prefill tiles are not."""
+    shapes = K_SHAPES if qtype in K_TYPES else {}
+    raw = _raw_blocks(fam, shapes, {".weight": qtype}) if qtype in K_TYPES else None
+    path = write_synthetic_gguf(tmp_path / f"{fam}-{qtype}.gguf", fam, qtype=qtype, raw=raw, **shapes)
+    ck = load_checkpoint(path, floats=False)
+    logits = {}
+    for matvec in ("default", "stream"):
+        with VulkanModel(ck, vk, max_chunk=CHUNK, matvec=matvec) as model:
+            logits[matvec] = teacher_forced_logits(model, make_policy("dense"), _ids(), N_PREFILL)
+            n_stream = _stream_count(model, 1)
+            assert (n_stream > 0) == (matvec == "stream")
+            if matvec == "stream":
+                assert _coal_flags(model, 1) == set()          # no one-token model-matmul-q left
+            assert _stream_count(model, CHUNK) <= 1             # a chunk's output head only
+    want = logits["default"]
+    assert want.std() > 1.0
+    assert_close(logits["stream"], want, atol=1e-3 * float(want.std()), what=f"{fam} {qtype} stream vs default")
+    assert (logits["stream"].argmax(-1) == want.argmax(-1)).all()
+
+
+def test_stream_matvec_with_ggml_numerics_runs_rows(vk, tmp_path):
+    """Under numerics="ggml" (rounded activations) matvec "stream" falls back to the rows layout
+    (uses_stream): no stream dispatch is recorded and the logits are those of matvec "rows"."""
+    path = write_synthetic_gguf(tmp_path / "llama.gguf", "llama", qtype="Q8_0")
+    ck = load_checkpoint(path, floats=False)
+    logits = {}
+    for matvec in ("rows", "stream"):
+        with VulkanModel(ck, vk, max_chunk=CHUNK, matvec=matvec, numerics="ggml") as model:
+            logits[matvec] = teacher_forced_logits(model, make_policy("dense"), _ids(), N_PREFILL)
+            assert _stream_count(model, 1) == 0
+    np.testing.assert_array_equal(logits["stream"], logits["rows"])
+
+
 def test_matvec_choice_rejects_unknown(vk, tmp_path, monkeypatch):
     path = write_synthetic_gguf(tmp_path / "llama.gguf", "llama", qtype="Q8_0")
     monkeypatch.setenv("GRILLY_KV_MATVEC", "fast")

@@ -11,11 +11,15 @@ file's raw tensor bytes unchanged (uploaded as uint32 words; each tensor starts 
 boundary of its buffer, the only padding), and the shader addresses bytes inside the words, so
 blocks of 18, 20, 22, 34 or 210 bytes need no repacking.
 
-Decode mat-vecs have two lane layouts (the specialisation constant COAL): "rows" (each lane
-dequantises whole 32-element chunks, lane l taking chunks l, l + lanes, ...; also the CPU layout
-and the prefill tiles') and "coalesced" (8 neighbouring lanes share a chunk, a vec4 each, so a
+Decode mat-vecs have three lane layouts: "rows" (each lane dequantises whole 32-element chunks,
+lane l taking chunks l, l + lanes, ...; also the CPU layout and the prefill tiles'), "coalesced"
+(the specialisation constant COAL: 8 neighbouring lanes share a chunk, a vec4 each, so a
 subgroup's loads cover neighbouring bytes): ``coalesced=`` of :func:`record_matmul_q`, default
-:func:`default_coalesced`; a model picks it with ``$GRILLY_KV_MATVEC`` (:func:`matvec_choice`).
+:func:`default_coalesced`; and "stream" (``shaders/model-matmul-q-stream.glsl``, ``stream=``, plan
+:func:`stream_plan`: no shared-memory staging and no barrier, X' read from global memory once for
+``rows_per_lane`` rows, whole 16-byte loads of consecutive pieces of a row, one reduction at the
+end; T = 1 without activation rounding only, see :func:`uses_stream`). A model picks the layout
+with ``$GRILLY_KV_MATVEC`` (:func:`matvec_choice`).
 
 Also here: :func:`record_embed_q` (``shaders/model-matmul-q-embed.glsl``: a step's token rows
 dequantised from the same table a tied output head reads) and :func:`subgroup_size` (the device's,
@@ -80,7 +84,17 @@ def subgroup_size(device) -> int:
 
 COAL_LANES = 8       # lanes that share one chunk in the coalesced layout (a vec4 each)
 MATVEC_ENV = "GRILLY_KV_MATVEC"
-MATVECS = ("default", "rows", "coalesced")
+MATVECS = ("default", "rows", "coalesced", "stream")
+STREAM_SHADER = "model-matmul-q-stream"
+# formats the stream layout reads in 16-byte pieces (uvec4 loads; F16 / BF16 only with K % 8 == 0;
+# the blocks of 18, 20, 34 and 210 bytes through two aligned uvec4s and a shift); Q5_0 and Q5_1
+# in 32-element chunks of 32-bit loads
+STREAM_PIECE_FORMATS = ("F32", "F16", "BF16", "Q4_K", "Q5_K", "Q4_0", "Q4_1", "Q8_0", "Q6_K")
+STREAM_ELEMS = {"F32": 4, "F16": 8, "BF16": 8, "Q8_0": 16}   # elements per piece (others 32)
+STREAM_UNROLL = 4     # default units per lane per pass of the stream layout (fewer for short rows) ...
+STREAM_UNROLL_32 = 2  # ... and for units of 32 elements (K-quant pieces, chunks: 8 vec4s of X' each)
+MAX_ROWS_PER_LANE = 8
+STREAM_FLOAT_FORMATS = ("F32", "F16", "BF16")   # default rows_per_lane 1; the block formats 2
 PREFILL_LANES = 4     # GPU lanes per row for T > 1: a workgroup's rows share its staged X' slab
 DEEP_ROW_CHUNKS = 32  # decode rows of more 32-element chunks than this issue 4 chunks per lane
 
@@ -117,8 +131,9 @@ def default_coalesced(device, T: int) -> bool:
 
 def matvec_choice(value: str | None = None) -> str:
     """The decode mat-vec layout a model uses: ``value``, else ``$GRILLY_KV_MATVEC``, else
-    "default" (:func:`default_coalesced` decides); "rows" or "coalesced" force one layout for
-    the model's T = 1 calls (prefill tiles always use "rows")."""
+    "default" (:func:`default_coalesced` decides); "rows", "coalesced" or "stream" force one
+    layout for the model's T = 1 calls (prefill tiles always use "rows"; "stream" falls back to
+    "rows" where :func:`uses_stream` says so)."""
     value = value if value is not None else (os.environ.get(MATVEC_ENV) or "default")
     if value not in MATVECS:
         raise ValueError(f"matvec (or ${MATVEC_ENV}) must be one of {', '.join(MATVECS)}, got {value!r}")
@@ -181,6 +196,89 @@ def plan(device, T: int, K: int, *, lanes: int | None = None, tokens: int | None
     if rope and rows % 2:
         raise ValueError("the RoPE epilogue needs an even number of rows per workgroup")
     return wg, rows, tt, ks, unroll
+
+
+def uses_stream(T: int, act_rounding: str | None) -> bool:
+    """Whether a call asked for the stream layout gets it: only decode (T = 1) without activation
+    rounding (``act_rounding`` None). The rule of the explicit fallback: T > 1 (prefill tiles) and
+    ggml numerics (rounded, staged X') run the "rows" layout of ``model-matmul-q`` instead."""
+    return T == 1 and act_rounding is None
+
+
+def stream_units(qtype: int, K: int, offset: int, buffer_bytes: int = 0) -> tuple[int, int]:
+    """``(PIECE, units per row)`` of the stream layout: 16-byte pieces (PIECE 1) for
+    :data:`STREAM_PIECE_FORMATS` when the tensor starts at a multiple of 16 bytes (``offset``),
+    its buffer is a multiple of 16 bytes long (``buffer_bytes``) and, for F32 / F16 / BF16, the
+    rows are multiples of 16 bytes; else 32-element chunks (PIECE 0)."""
+    fmt = FORMAT_BY_ID[qtype]
+    floats = fmt in ("F32", "F16", "BF16")
+    if (fmt in STREAM_PIECE_FORMATS and offset % 16 == 0 and buffer_bytes % 16 == 0
+            and (not floats or row_bytes(qtype, K) % 16 == 0)):
+        return 1, K // STREAM_ELEMS.get(fmt, 32)
+    return 0, -(-K // 32)
+
+
+def stream_x_fits(device, K: int, rows_per_lane: int = MAX_ROWS_PER_LANE, wg: int = 1024) -> bool:
+    """Whether the stream layout can stage a row of X' (``x_shared``, 4 K bytes) next to its other
+    shared arrays in the device's shared memory."""
+    smem = int(device.properties.get("max_compute_shared_memory_size", 32768))
+    return 4 * K + 4 * (MAX_SG * (rows_per_lane + 2) + wg) <= smem
+
+
+def stream_plan(device, qtype: int, K: int, *, offset: int = 0, buffer_bytes: int = 0, lanes: int | None = None,
+                unroll: int | None = None, rows: int | None = None, rows_per_lane: int | None = None,
+                rope: bool = False, x_shared: bool | None = None) -> tuple[int, int, int, int, int, int]:
+    """``(workgroup size, lanes per row group, rows per lane, unroll, PIECE, XS)`` of a stream call
+    on a tensor at byte ``offset`` of a buffer of ``buffer_bytes`` (:func:`stream_units`).
+
+    Units (:func:`stream_units`) of a row are taken by ``lanes`` consecutive lanes, ``unroll`` per
+    lane per pass. Defaults on GPUs: unroll :data:`STREAM_UNROLL` (:data:`STREAM_UNROLL_32` for
+    units of 32 elements, whose X' takes 8 vec4 registers; fewer when the row holds fewer than that
+    many units per subgroup lane), lanes the fewest powers of 2 that cover the row in one
+    pass, at most the subgroup size; on CPU devices one lane and unroll 1. ``rows_per_lane``
+    (default 1 for :data:`STREAM_FLOAT_FORMATS`, whose weights outweigh their X', 2 for the block
+    formats; at most :data:`MAX_ROWS_PER_LANE`): rows each lane computes with one load of X'.
+    ``x_shared`` (None: False here; :func:`record_matmul_q` stages by default for "swiglu" where
+    it fits): stage the whole row of X' in shared memory once per workgroup (XS = 1; 4 K bytes,
+    ValueError when the device's shared memory is smaller).
+    ``rows``: rows per workgroup (a multiple of rows_per_lane; default :data:`WG_GPU` invocations,
+    :data:`WG_CPU` at one lane); the workgroup is ``rows / rows_per_lane * lanes`` invocations, at
+    most 1024 and :data:`MAX_SG` subgroups; RoPE needs an even number of rows per workgroup."""
+    piece, units = stream_units(qtype, K, offset, buffer_bytes)
+    cpu = device.properties.get("device_type") == "Cpu"
+    sg = subgroup_size(device)
+    if rows_per_lane is None:
+        rows_per_lane = 1 if FORMAT_BY_ID[qtype] in STREAM_FLOAT_FORMATS else 2
+    nr = check_int("rows_per_lane", rows_per_lane, minimum=1)
+    if nr > MAX_ROWS_PER_LANE:
+        raise ValueError(f"rows_per_lane must be in 1..{MAX_ROWS_PER_LANE}, got {nr}")
+    if unroll is None:
+        most = STREAM_UNROLL_32 if units <= -(-K // 32) else STREAM_UNROLL
+        unroll = 1 if cpu else max(1, min(most, 1 << max(units // sg, 1).bit_length() - 1))
+    if not 1 <= unroll <= 8:
+        raise ValueError(f"unroll must be in 1..8, got {unroll}")
+    if lanes is None:
+        lanes = 1 if cpu else min(sg, MAX_SG, 1 << max(-(-units // unroll) - 1, 0).bit_length())
+    if lanes < 1 or lanes & (lanes - 1) or lanes > MAX_SG:
+        raise ValueError(f"lanes must be a power of 2 in 1..{MAX_SG}, got {lanes}")
+    if rows is None:
+        wg = WG_CPU if lanes == 1 else max(WG_GPU, lanes)
+    else:
+        rows = check_int("rows", rows, minimum=1)
+        if rows % nr or (rows // nr) & (rows // nr - 1):
+            raise ValueError(f"rows must be rows_per_lane ({nr}) times a power of 2, got {rows}")
+        wg = rows // nr * lanes
+    if wg > 1024 or wg > MAX_SG * sg:
+        raise ValueError(f"the workgroup ({wg} invocations: rows {rows}, rows_per_lane {nr}, lanes {lanes}) "
+                         f"exceeds 1024 or {MAX_SG} subgroups")
+    if rope and (wg // lanes * nr) % 2:
+        raise ValueError("the RoPE epilogue needs an even number of rows per workgroup")
+    xs = bool(x_shared)
+    if xs and not stream_x_fits(device, K, nr, wg):
+        smem = int(device.properties.get("max_compute_shared_memory_size", 32768))
+        raise ValueError(f"x_shared: a row of X' ({4 * K} bytes) does not fit {device.name}'s {smem} bytes of "
+                         "shared memory")
+    return wg, lanes, nr, unroll, piece, int(xs)
 
 
 @dataclass(frozen=True)
@@ -350,7 +448,8 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
                     rope: tuple | None = None, lanes: int | None = None,
                     tokens: int | None = None, unroll: int | None = None,
                     coalesced: bool | None = None, rows: int | None = None,
-                    act_rounding: str | None = None) -> Recording:
+                    act_rounding: str | None = None, stream: bool | None = None,
+                    rows_per_lane: int | None = None, x_shared: bool | None = None) -> Recording:
     """Record ``y[t, y_off + n] (+)= x'[t] . W[n]`` for t < T, n < N (W = ``weights[name]``).
 
     Args:
@@ -371,6 +470,14 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
         act_rounding: round x' as ggml-cpu converts activations (a key of :data:`ACT_ROUNDINGS`:
             the weight type's ``VEC_DOT_TYPE`` for llama.cpp's numerics; "Q8_1" only with Q4_1 /
             Q5_1 weights, whose block minima meet its block sums; "Q8_K" needs K a multiple of 256).
+        stream: the stream layout (``shaders/model-matmul-q-stream.glsl``, :func:`stream_plan`:
+            ``lanes``, ``unroll``, ``rows`` and ``rows_per_lane`` are then its knobs) where
+            :func:`uses_stream` allows it (T = 1, no act_rounding), else the "rows" layout (the
+            documented fallback; ``coalesced`` is then ignored). None: False.
+        rows_per_lane, x_shared: stream layout only: rows each lane computes with one load of X';
+            stage the row of X' in shared memory once per workgroup (:func:`stream_plan`; None:
+            for mode "swiglu" where :func:`stream_x_fits`, whose X' costs two loads and an exp
+            per element, else not).
     """
     e = weights if isinstance(weights, WeightEntry) else weights[name]
     check_choice("mode", mode, MODES)
@@ -393,6 +500,22 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
         if head_dim % 2 or head_dim < 2 or rope_rows % head_dim or not 0 < rope_rows <= N or accumulate:
             raise ValueError(f"rope needs an even head_dim dividing rope_rows <= N = {N} and no accumulate, "
                              f"got head_dim {head_dim}, rope_rows {rope_rows}, accumulate {accumulate}")
+    push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
+                     y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
+    if stream and uses_stream(T, act_rounding):
+        if x_shared is None:
+            x_shared = mode == "swiglu" and stream_x_fits(rec.device, K)
+        wg, ln, nr, unr, piece, xs = stream_plan(rec.device, e.qtype, K, offset=e.offset,
+                                                 buffer_bytes=e.buffer.n_words * 4, lanes=lanes,
+                                                 unroll=unroll, rows=rows, rows_per_lane=rows_per_lane,
+                                                 rope=rope is not None, x_shared=x_shared)
+        spec = (wg, e.qtype, K, ln, nr, MODES[mode], int(accumulate), int(rope is not None), head_dim or 2, unr,
+                piece, xs)      # constant ids 0..11 in the stream shader's order
+        return rec.dispatch(STREAM_SHADER, [e.buffer, x, g or x, y, step, table], groups=(-(-N // (wg // ln * nr)),),
+                            push=push, spec=spec, label=f"{SHADER}:{FORMAT_BY_ID[e.qtype]}")
+    if stream:
+        coalesced = False       # the fallback (uses_stream): the rows layout at the plan's defaults
+        lanes = unroll = rows = None
     coal = default_coalesced(rec.device, T) if coalesced is None else bool(coalesced)
     wg, rows, tt, ks, unr = plan(rec.device, T, K, lanes=lanes, tokens=tokens, unroll=unroll,
                                  rope=rope is not None, coalesced=coal, rows=rows)
@@ -404,8 +527,6 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
         ks = ks // 256 * 256
     spec = (wg, e.qtype, K, rows, tt, MODES[mode], int(accumulate), ks, int(rope is not None), head_dim or 2, unr,
             xsh, int(coal), actq)       # constant ids 0..13 in the shader's order (COAL 12, ACTQ 13)
-    push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
-                     y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
     return rec.dispatch(SHADER, [e.buffer, x, g or x, y, step, table], groups=(-(-N // rows), -(-T // tt)),
                         push=push, spec=spec, label=f"{SHADER}:{FORMAT_BY_ID[e.qtype]}")
 
@@ -428,7 +549,8 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
                    norm_weight=None, eps: float = 1e-5, y: np.ndarray | None = None,
                    rope: dict | None = None, lanes: int | None = None, tokens: int | None = None,
                    unroll: int | None = None, coalesced: bool | None = None, rows: int | None = None,
-                   act_rounding: str | None = None,
+                   act_rounding: str | None = None, stream: bool | None = None,
+                   rows_per_lane: int | None = None, x_shared: bool | None = None,
                    device: DeviceLike = None) -> np.ndarray:
     """``x' @ dequantize(raw).T`` (+ ``y``) on the device, weights uploaded as GGUF blocks.
 
@@ -438,7 +560,7 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
         mode, norm_weight: as :func:`grilly_kv.ops.model_matmul.model_matmul`.
         y: optional ``(T, N)`` float32 residual.
         rope: ``dict(pos0, head_dim, rope_rows, theta)``: the RoPE epilogue.
-        lanes, tokens, unroll, coalesced, rows: as :func:`record_matmul_q`.
+        lanes, tokens, unroll, coalesced, rows, stream, rows_per_lane, x_shared: as :func:`record_matmul_q`.
         act_rounding: x' rounded as ggml-cpu's vec_dot_type conversion (see :func:`record_matmul_q`).
 
     Returns:
@@ -469,7 +591,8 @@ def model_matmul_q(x: np.ndarray, raw: np.ndarray, qtype: int, K: int, *, mode: 
                                   act_rounding=act_rounding)
     return _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope,
                      dict(lanes=lanes, tokens=tokens, unroll=unroll, coalesced=coalesced, rows=rows,
-                          act_rounding=act_rounding))
+                          act_rounding=act_rounding, stream=stream, rows_per_lane=rows_per_lane,
+                          x_shared=x_shared))
 
 
 def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, tuning) -> np.ndarray:
@@ -478,7 +601,7 @@ def _run_once(dev, x, raw, qtype, K, mode, norm_weight, eps, y, rope, tuning) ->
 
     T, N = x.shape[0], raw.shape[0]
     ws = dev.workspace(SHADER)
-    wb = ws.scratch.get("w", -(-raw.nbytes // 4), np.uint32)
+    wb = ws.scratch.get("w", -(-raw.nbytes // 16) * 4, np.uint32)   # whole 16-byte pieces (stream layout)
     xb = ws.scratch.get("x", x.size)
     gb = ws.scratch.get("g", K)
     yb = ws.scratch.get("y", T * N)

@@ -75,8 +75,9 @@ class VulkanModel(DeviceObject):
         dense_prefill: attend a host policy's dense chunks on the device (False: through
             ``policy.attend`` on the host, as every other chunk; for comparisons).
         matvec: lane layout of the one-token mat-vecs (decode, and the output head of a chunk):
-            "default", "rows" or "coalesced" (:func:`~grilly_kv.ops.model_matmul_q.matvec_choice`;
-            None: ``$GRILLY_KV_MATVEC``, else "default"). Either layout rounds with ``numerics``.
+            "default", "rows", "coalesced" or "stream" (:func:`~grilly_kv.ops.model_matmul_q.matvec_choice`;
+            None: ``$GRILLY_KV_MATVEC``, else "default"). Either of the first layouts rounds with
+            ``numerics``; "stream" runs "rows" under ggml numerics (``uses_stream``).
         numerics: "float" or "ggml" (llama.cpp's roundings; see the module docstring: needs
             ``weight_format="native"`` and a slot policy: dense, streaming).
     """
@@ -262,11 +263,12 @@ class VulkanModel(DeviceObject):
         return VEC_DOT_TYPE[FORMAT_BY_ID[self.qw[name].qtype]]
 
     def _mv(self, T: int) -> dict:
-        """``coalesced=`` for a T-token matmul_q call: None (the op's default) unless ``matvec``
-        forces a layout for one-token calls."""
+        """``coalesced=`` and ``stream=`` for a T-token matmul_q call: the op's defaults unless
+        ``matvec`` forces a layout for one-token calls ("stream" falls back to "rows" under the
+        op's uses_stream rule, e.g. with ggml numerics)."""
         if T != 1 or self.matvec == "default":
             return {"coalesced": None}
-        return {"coalesced": self.matvec == "coalesced"}
+        return {"coalesced": self.matvec == "coalesced", "stream": self.matvec == "stream"}
 
     def _build(self, T: int, all_logits: bool, dense: bool = False) -> list[Recording]:
         """The recordings of a T-token step: one, or with a host policy one per layer plus one
