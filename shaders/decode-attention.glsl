@@ -35,8 +35,9 @@
 //   pages 0 .. P-2 itself (Quest's bound from the page statistics of binding 11, with
 //   topk-select's arithmetic: the same scores) into shared memory, and selects the pages
 //   topk-select selects (the n_sink first, the k best of the others, ties to the lower index,
-//   and the last page): the k-th largest score key by a bitwise search over the keys' differing
-//   bits, then a compaction in page order. The query token (position len - 1, binding 0 its
+//   and the last page): up to a page per invocation by counting each candidate's rank, beyond
+//   by a bitwise search of the k-th largest score key, then a compaction in page order. The
+//   query token (position len - 1, binding 0 its
 //   q/k/v row, (G + 2) H_kv D floats) is stored by the same dispatch: the last split of bh
 //   writes its K and V rows, its page's key statistics (as kv-slot-store-stats), slot_pos[pos]
 //   and the selected pages and their count (bindings 12-17). No workgroup reads what the
@@ -401,6 +402,7 @@ void merge_heads(uint bh, uint first, uint count, uint stride, bool to_out) {
 const uint HW = D / 2u;    // float16 pairs per K/V row
 const uint SEL_KPL = (MAX_SEL_PAGES + gl_WorkGroupSize.x - 1u) / gl_WorkGroupSize.x;   // keys per invocation
 shared uvec2 sh_mm[REDUCE_MAX_SUBGROUPS];
+shared uint sh_cnt[2u * REDUCE_MAX_SUBGROUPS];
 
 // Quest's bound of pages 0 .. P-2 of KV head bh as order-preserving keys in sh_key, with
 // topk-select's arithmetic (a cluster of 8 lanes per page, the queries unscaled).
@@ -445,9 +447,16 @@ uvec2 workgroup_min_max(uint lo, uint hi) {
     return r;
 }
 
-uint workgroup_add(uint v) {
-    uint total;
-    exclusive_scan(v, total);
+// The sum of v over the workgroup with one barrier; every invocation must call it, with
+// `parity` alternating between consecutive calls (a call's slots are written again two calls
+// later, after the next call's barrier, when every invocation has read them).
+uint workgroup_count(uint v, uint parity) {
+    v = subgroupAdd(v);
+    const uint base = parity * REDUCE_MAX_SUBGROUPS;
+    if (subgroupElect()) sh_cnt[base + gl_SubgroupID] = v;
+    barrier();
+    uint total = 0u;
+    for (uint s = 0u; s < gl_NumSubgroups; s++) total += sh_cnt[base + s];
     return total;
 }
 
@@ -474,13 +483,35 @@ bool sel_kept(uint cls, inout uint equal_rank, uint remaining) {
 
 // topk-select's choice of pages from the keys in sh_key, into sh_sel / sh_nsel: the n_sink first
 // pages, the k = min(n_top, P - 1) - n_sink best of the others before the last (ties to the
-// lower index) and the last page, ascending. Ends with a barrier.
+// lower index) and the last page, ascending. Up to a page per invocation, each candidate counts
+// the candidates ranked before it; beyond, the k-th largest key is searched bit by bit (each
+// invocation holding the keys of a run of pages), then the pages are compacted. Ends with a barrier.
 void select_pages() {
     const uint n_pages = ceil_div(meta[0], PAGE);
     const uint nbl = n_pages - 1u;
     const uint n_sink = min(p.n_sink, nbl);
     const uint k = max(min(p.n_top, nbl), n_sink) - n_sink;
     const uint n_cand = nbl - n_sink;
+    const uint keep = k == 0u ? KEEP_NONE : (k >= n_cand ? KEEP_ALL : KEEP_ABOVE);
+    if (n_pages <= gl_WorkGroupSize.x) {       // a page per invocation: its rank by counting
+        const uint pg = gl_LocalInvocationIndex;
+        bool kept = pg < n_pages && (pg < n_sink || pg == nbl || keep == KEEP_ALL);
+        if (keep == KEEP_ABOVE && pg >= n_sink && pg < nbl) {
+            const uint key = sh_key[pg];
+            uint rank = 0u;               // candidates before it: higher keys, equal keys lower pages
+            for (uint j = n_sink; j < nbl; j++) {
+                const uint other = sh_key[j];
+                rank += other > key || (other == key && j < pg) ? 1u : 0u;
+            }
+            kept = rank < k;
+        }
+        uint n_kept;
+        const uint at = exclusive_scan(kept ? 1u : 0u, n_kept);
+        if (kept) sh_sel[at] = pg;
+        if (gl_LocalInvocationIndex == 0u) sh_nsel = n_kept;
+        barrier();
+        return;
+    }
     const uint per = ceil_div(n_pages, gl_WorkGroupSize.x);   // <= SEL_KPL (the host's page limit)
     const uint c0 = min(gl_LocalInvocationIndex * per, n_pages), c1 = min(c0 + per, n_pages);
     uint keys[SEL_KPL];
@@ -488,7 +519,6 @@ void select_pages() {
         const uint pg = c0 + i;
         keys[i] = pg < c1 && pg < min(nbl, MAX_SEL_PAGES) ? sh_key[pg] : 0u;
     }
-    const uint keep = k == 0u ? KEEP_NONE : (k >= n_cand ? KEEP_ALL : KEEP_ABOVE);
     uint thr = 0u, remaining = 0u;
     if (keep == KEEP_ABOVE) {
         // the k-th largest candidate key: the largest thr with at least k keys >= thr, bit by
@@ -502,11 +532,11 @@ void select_pages() {
             const uint cand = thr | (1u << uint(b));
             uint n_ge = 0u;
             FOR_SEL_RUN(n_ge += pg >= n_sink && pg < nbl && key >= cand ? 1u : 0u;)
-            if (workgroup_add(n_ge) >= k) thr = cand;
+            if (workgroup_count(n_ge, uint(b) & 1u) >= k) thr = cand;
         }
         uint n_above = 0u;
         FOR_SEL_RUN(n_above += pg >= n_sink && pg < nbl && key > thr ? 1u : 0u;)
-        remaining = k - workgroup_add(n_above);
+        remaining = k - workgroup_count(n_above, 1u);   // the loop's last call had parity 0
     }
     // compaction in page order: one scan ranks the keys equal to the threshold, one places the pages
     const uvec4 cut = uvec4(n_sink, nbl, thr, keep);

@@ -24,7 +24,8 @@ from grilly_kv.policies.base import CacheShape
 from grilly_kv.policies.device import TwinBase
 from grilly_kv.policies.kv_store import max_heads_per_buffer
 from grilly_kv.policies.quest import QuestPolicy
-from grilly_kv.policies.quest_device import QUEST_ONE_ENV, quest_one_enabled
+from grilly_kv.policies.quest_device import (QUEST_ONE_ENV, QUEST_ONE_MAX_PAGES_ENV, quest_one_enabled,
+                                             quest_one_max_pages)
 from grilly_kv.reference.decode_attention import decode_attention_ref
 from grilly_kv.reference.topk_select import page_scores_ref, topk_select_ref
 from harness import SENTINEL, assert_close
@@ -48,10 +49,12 @@ def visible(monkeypatch):
 
 def driver(vk, monkeypatch, shape, one: bool, max_pages=None, **policy_args) -> TwinDriver:
     monkeypatch.setenv(QUEST_ONE_ENV, "1" if one else "0")
-    drv = TwinDriver(QuestPolicy(**policy_args), shape, vk)
-    assert drv.twin.one_dispatch == one
     if max_pages is not None:
-        drv.twin.one_max_pages = max_pages
+        monkeypatch.setenv(QUEST_ONE_MAX_PAGES_ENV, str(max_pages))
+    drv = TwinDriver(QuestPolicy(**policy_args), shape, vk)
+    monkeypatch.delenv(QUEST_ONE_MAX_PAGES_ENV, raising=False)
+    assert drv.twin.one_dispatch == one
+    assert drv.twin.one_max_pages == (0 if not one else max_pages or attn.QUEST_ONE_MAX_PAGES)
     for buf in (drv.twin.pages, drv.twin.counts):
         buf.write(np.full(buf.n_words, SENTINEL, np.uint32))
         buf.upload_now()
@@ -183,10 +186,15 @@ def reference_pages(steps, upto: int, layer: int, policy_args) -> list:
     return [row.tolist() for row in pages[0]]
 
 
-@pytest.mark.parametrize("args", [dict(budget=48), dict(budget=64, sink_pages=2, group_reduce="mean"),
-                                  dict(budget=16 * 20)])
-def test_selection_matches_reference_with_ties(vk, visible, args):
-    chunks = [100] + [1] * 20          # pages 7 .. 8: budget 48 keeps 3 of 6-7, many equal scores
+@pytest.mark.parametrize("args,chunks", [
+    (dict(budget=48), [100] + [1] * 20),         # 7 .. 8 pages: 3 kept of 6 .. 7, many equal scores
+    (dict(budget=64, sink_pages=2, group_reduce="mean"), [100] + [1] * 20),
+    (dict(budget=16 * 20), [100] + [1] * 20),    # the budget covers every page
+    (dict(budget=16 * 30, sink_pages=1), [256] * 8 + [14] + [1] * 3),   # 130 pages: 2 per invocation
+])
+def test_selection_matches_reference_with_ties(vk, visible, args, chunks):
+    """Integer data: exact scores with many ties, so the tie rule decides (up to a page per
+    invocation: ranks by counting; past it: the bitwise threshold search)."""
     shape = shape_of(6, 2, 32, chunks)
     steps = integer_steps(shape, chunks, seed=args["budget"])
 
@@ -269,6 +277,15 @@ def test_switch_reads_the_environment(vk, monkeypatch):
     with pytest.raises(ValueError, match=QUEST_ONE_ENV):
         quest_one_enabled()
     monkeypatch.setenv(QUEST_ONE_ENV, "1")
+    monkeypatch.delenv(QUEST_ONE_MAX_PAGES_ENV, raising=False)
+    assert quest_one_max_pages() == attn.QUEST_ONE_MAX_PAGES
+    monkeypatch.setenv(QUEST_ONE_MAX_PAGES_ENV, "64")
+    assert quest_one_max_pages() == 64
+    for bad in ("0", "1025", "many"):
+        monkeypatch.setenv(QUEST_ONE_MAX_PAGES_ENV, bad)
+        with pytest.raises(ValueError, match=QUEST_ONE_MAX_PAGES_ENV):
+            quest_one_max_pages()
+    monkeypatch.delenv(QUEST_ONE_MAX_PAGES_ENV)
     from grilly_kv.policies.entmax import EntmaxPolicy
     shape = shape_of(4, 2, 32, [8])
     drv = TwinDriver(EntmaxPolicy(budget=32), shape, vk)      # gaussian-select: not this step

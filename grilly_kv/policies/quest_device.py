@@ -16,7 +16,9 @@ pages (now) instead runs all of that in ONE dispatch per layer
 and selects its KV head's pages itself, the last split stores the token; the same pages,
 statistics and output); the recording key says which. The environment variable
 ``GRILLY_KV_QUEST_ONE`` (read when the twin is made) switches it: ``1`` (default) on, ``0`` off
-(the multi-dispatch path at every length, for A/B runs). A two-word ``meta`` buffer ``[length after, length before]`` is uploaded at the start of each
+(the multi-dispatch path at every length, for A/B runs); ``GRILLY_KV_QUEST_ONE_MAX_PAGES`` lowers
+the page limit (a tuning knob: every workgroup scores all pages of its head, so past some length
+the separate passes win). A two-word ``meta`` buffer ``[length after, length before]`` is uploaded at the start of each
 step. Never touches kp.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ..backend import Recording
 
 
 QUEST_ONE_ENV = "GRILLY_KV_QUEST_ONE"
+QUEST_ONE_MAX_PAGES_ENV = "GRILLY_KV_QUEST_ONE_MAX_PAGES"
 
 
 def quest_one_enabled() -> bool:
@@ -54,6 +57,25 @@ def quest_one_enabled() -> bool:
     return value == "1"
 
 
+def quest_one_max_pages() -> int:
+    """``GRILLY_KV_QUEST_ONE_MAX_PAGES``: the most pages (now) a cache may hold for the
+    one-dispatch decode step, 1 .. :data:`~grilly_kv.ops.decode_attention.QUEST_ONE_MAX_PAGES`
+    (the default).
+
+    Raises:
+        ValueError: not an integer in that range.
+    """
+    value = os.environ.get(QUEST_ONE_MAX_PAGES_ENV, str(attn.QUEST_ONE_MAX_PAGES))
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= attn.QUEST_ONE_MAX_PAGES:
+        raise ValueError(f"{QUEST_ONE_MAX_PAGES_ENV} must be an integer in [1, {attn.QUEST_ONE_MAX_PAGES}], "
+                         f"got {value!r}")
+    return n
+
+
 class DeviceQuestCache(TwinBase):
     """Device state of a :class:`~grilly_kv.policies.quest.QuestPolicy` run by the Vulkan model.
 
@@ -61,7 +83,8 @@ class DeviceQuestCache(TwinBase):
         one_dispatch: decode tokens of caches of at most ``one_max_pages`` pages run in one
             dispatch per layer (``GRILLY_KV_QUEST_ONE``; never for subclasses with another
             selection, ``supports_one_dispatch`` False).
-        one_max_pages: that page limit (:data:`~grilly_kv.ops.decode_attention.QUEST_ONE_MAX_PAGES`).
+        one_max_pages: that page limit (``GRILLY_KV_QUEST_ONE_MAX_PAGES``, default
+            :data:`~grilly_kv.ops.decode_attention.QUEST_ONE_MAX_PAGES`).
     """
 
     keeps_all_tokens = True    # selects pages per step: saves reads, not memory
@@ -97,7 +120,7 @@ class DeviceQuestCache(TwinBase):
         self.select_counter.write(np.zeros(bh, np.uint32))
         self.select_counter.upload_now()
         self.one_dispatch = self.supports_one_dispatch and quest_one_enabled()
-        self.one_max_pages = attn.QUEST_ONE_MAX_PAGES
+        self.one_max_pages = quest_one_max_pages() if self.one_dispatch else 0
 
     def one_dispatch_now(self, T: int) -> bool:
         """Whether a T-token step at the policy's current length runs the one-dispatch decode."""
