@@ -4,7 +4,9 @@ with softmax or alpha-entmax weights.
 Shader: ``shaders/decode-attention.glsl`` (entmax thresholds by ``shaders/entmax-tau.glsl``);
 references: :func:`grilly_kv.reference.decode_attention.decode_attention_ref` and
 :func:`~grilly_kv.reference.decode_attention.decode_entmax_ref`.
-Used by :class:`grilly_kv.paged.PagedKVCache.decode`.
+Used by :class:`grilly_kv.paged.PagedKVCache.decode`. :func:`record_quest_decode` runs a whole
+Quest decode step (store, page statistics, scores, top-k, attention, merge) in one dispatch: the
+shader's SELECT mode, the Quest twin's default for caches of at most :data:`QUEST_ONE_MAX_PAGES` pages.
 """
 from __future__ import annotations
 

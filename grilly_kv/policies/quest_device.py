@@ -18,8 +18,8 @@ statistics and output); the recording key says which. The environment variable
 ``GRILLY_KV_QUEST_ONE`` (read when the twin is made) switches it: ``1`` (default) on, ``0`` off
 (the multi-dispatch path at every length, for A/B runs); ``GRILLY_KV_QUEST_ONE_MAX_PAGES`` lowers
 the page limit (a tuning knob: every workgroup scores all pages of its head, so past some length
-the separate passes win). A two-word ``meta`` buffer ``[length after, length before]`` is uploaded at the start of each
-step. Never touches kp.
+the separate passes win). A two-word ``meta`` buffer ``[length after, length before]`` is
+uploaded at the start of each step. Never touches kp.
 """
 from __future__ import annotations
 
