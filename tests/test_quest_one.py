@@ -331,7 +331,7 @@ def test_model_logits_same_with_and_without_one_dispatch(vk, tmp_path, monkeypat
         model = VulkanModel(ck, vk, max_chunk=16)
         try:
             logits[one] = teacher_forced_logits(model, QuestPolicy(budget=32), ids, 40)
-            assert model.kv.one_dispatch == (one == "1")
+            assert ((1, False, "one") in model._recordings) == (one == "1")    # which decode step ran
         finally:
             model.close()
     assert_close(logits["1"], logits["0"], atol=1e-5, what="logits, one-dispatch vs multi-dispatch")

@@ -15,6 +15,7 @@ from typing import Callable
 from ..backend import Buffer, PushLayout, Recording
 from . import entmax_tau
 from .kv_slot_store import as_parts
+from .topk_select import GROUP_REDUCE
 
 SHADER = "decode-attention"
 LOCAL_SIZE = 128
@@ -26,7 +27,6 @@ PUSH = PushLayout("capacity", "sel_stride", "n_splits", "scale:f", "pass_id", "a
                   "n_top", "n_sink", "n_kv")
 NO_SELECT = dict(n_top=0, n_sink=0, n_kv=0)   # push words the passes other than SELECT ignore
 QUEST_ONE_MAX_PAGES = 1024   # record_quest_decode: most pages of a cache (the shader's shared arrays)
-GROUP_REDUCE = ("max", "mean")
 PASS_SOFTMAX, PASS_SOFTMAX_MERGE, PASS_LOGITS, PASS_ENTMAX, PASS_ENTMAX_MERGE = range(5)
 
 
