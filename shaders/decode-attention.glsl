@@ -30,6 +30,21 @@
 //     logits and tau (tau_buf[2 bhq], float bits), partial = [0, sum p, sum p v]; V rows of
 //     tokens with p = 0 for every head of the group are not read;
 //   pass 4 (grid: B*H_q): out = sum of the partials' sum p v (not renormalised).
+// SELECT = 1 (Quest's decode step in one dispatch: pass 0 with FUSED = 1, grid n_splits x H_kv,
+//   B = 1; decode_attention.record_quest_decode): every workgroup of KV head bh first scores the
+//   pages 0 .. P-2 itself (Quest's bound from the page statistics of binding 11, with
+//   topk-select's arithmetic: the same scores) into shared memory, and selects the pages
+//   topk-select selects (the n_sink first, the k best of the others, ties to the lower index,
+//   and the last page): up to a page per invocation by counting each candidate's rank, beyond
+//   by a bitwise search of the k-th largest score key, then a compaction in page order. The
+//   query token (position len - 1, binding 0 its
+//   q/k/v row, (G + 2) H_kv D floats) is stored by the same dispatch: the last split of bh
+//   writes its K and V rows, its page's key statistics (as kv-slot-store-stats), slot_pos[pos]
+//   and the selected pages and their count (bindings 12-17). No workgroup reads what the
+//   dispatch writes: the token's page is the last one (never scored), and readers take the
+//   token's own K/V row from q/k/v (rounded to float16 as stored). Needs F16 = 1, LPT = 8 (the
+//   scoring clusters of topk-select) and P <= MAX_SEL_PAGES (the shared arrays' size; the host
+//   keeps the multi-dispatch path above it).
 #include "common.glsl"
 #include "entmax.glsl"
 #include "cluster_reduce.glsl"
@@ -43,6 +58,9 @@ layout(constant_id = 4) const uint G = 1;       // query heads per KV head
 layout(constant_id = 5) const uint DENSE = 0;   // 1: every page, pages[] unused
 layout(constant_id = 6) const uint LPT = 8;     // lanes per token (power of 2, <= subgroup size)
 layout(constant_id = 7) const uint FUSED = 0;   // 1: softmax partials and merge in one pass (header)
+layout(constant_id = 8) const uint SELECT = 0;  // 1: Quest's scores, selection and store in pass 0 (header)
+layout(constant_id = 9) const uint MAX_SEL_PAGES = 1;   // SELECT: most pages (sizes the shared arrays)
+layout(constant_id = 10) const uint REDUCE_MEAN = 0;    // SELECT: a page's score is the mean (1) or max (0) over G
 const uint NV = D / 4u;          // vec4s per row
 const uint NVL = NV / LPT;       // vec4s per lane
 const uint SLOTS = gl_WorkGroupSize.x / LPT;   // tokens in flight per workgroup
@@ -50,6 +68,8 @@ const uint PSTRIDE = D + 2u;
 const float NEG = -1.0e30;
 
 layout(set = 0, binding = 0) readonly buffer Q { vec4 q[]; };              // (B, H_q, D) float32
+layout(set = 0, binding = 0) readonly buffer Q2 { vec2 q2[]; };            // SELECT: the q/k/v row
+layout(set = 0, binding = 1) readonly buffer K1 { uint k1[]; };            // SELECT: a float16 pair
 layout(set = 0, binding = 1) readonly buffer K32 { uvec4 k32[]; };
 layout(set = 0, binding = 1) readonly buffer K16 { uvec2 k16[]; };
 layout(set = 0, binding = 2) readonly buffer V32 { uvec4 v32[]; };
@@ -62,6 +82,18 @@ layout(set = 0, binding = 7) writeonly buffer Out { float out_[]; };       // (B
 layout(set = 0, binding = 8) buffer Logits { float logits[]; };            // (B*H_q, row_len)
 layout(set = 0, binding = 9) readonly buffer Tau { uint tau_buf[]; };      // (B*H_q, 2)
 layout(set = 0, binding = 10) coherent buffer Counter { uint counter[]; };  // (B*H_kv,) FUSED: splits done
+// SELECT only (other passes bind any buffers): page statistics of the part's heads
+// (nh, sel_stride, 4, D) float16, read; and what the query token's store writes: K and V rows
+// (the caches of bindings 1 and 2), its page's statistics (binding 11's buffer), slot_pos, the
+// selected pages (H_kv, sel_stride) and their counts (H_kv,).
+layout(set = 0, binding = 11) readonly buffer S32 { uvec4 st32[]; };
+layout(set = 0, binding = 11) readonly buffer S16 { uvec2 st16[]; };
+layout(set = 0, binding = 12) writeonly buffer KW { uint kw[]; };
+layout(set = 0, binding = 13) writeonly buffer VW { uint vw[]; };
+layout(set = 0, binding = 14) writeonly buffer StatsW { uint stats_w[]; };
+layout(set = 0, binding = 15) writeonly buffer SlotPos { uint slot_pos[]; };
+layout(set = 0, binding = 16) writeonly buffer PagesOut { uint pages_out[]; };
+layout(set = 0, binding = 17) writeonly buffer CountsOut { uint counts_out[]; };
 
 layout(push_constant) uniform Push {
     uint capacity;    // rows per (b, h) in the cache
@@ -73,6 +105,9 @@ layout(push_constant) uniform Push {
     uint row_len;     // entmax: logits per row (>= n_tok)
     uint kv_h0;       // passes 0, 2, 3: the K/V buffers hold KV heads [kv_h0, kv_h0 + grid y)
                       // (a part of a layer split by heads, policies/kv_store.py); 0 when unsplit
+    uint n_top;       // SELECT: token_budget / PAGE
+    uint n_sink;      // SELECT: first pages always kept
+    uint n_kv;        // SELECT: KV heads of the layer (the q/k/v row's layout)
 } p;
 
 const uint MGROUP = 8u;                       // FUSED: splits per first-level merge group
@@ -86,6 +121,9 @@ shared float sh_m[SLOTS];
 shared float sh_l[SLOTS];
 shared float sh_acc[SLOTS * D];
 shared bool sh_last;
+shared uint sh_key[MAX_SEL_PAGES];   // SELECT: the pages' score keys
+shared uint sh_sel[MAX_SEL_PAGES];   // SELECT: the selected pages, ascending
+shared uint sh_nsel;                 // SELECT: how many
 
 // per invocation: its share of the G scaled queries and of the G accumulators, and the
 // running softmax (or the entmax mass) of each head
@@ -100,12 +138,14 @@ uint attended_tokens(uint bh) {
     const uint len = meta[0];
     if (DENSE != 0u) return len;
     const uint last_page = ceil_div(len, PAGE) - 1u;
-    return (counts[bh] - 1u) * PAGE + (len - last_page * PAGE);
+    const uint count = SELECT != 0u ? sh_nsel : counts[bh];
+    return (count - 1u) * PAGE + (len - last_page * PAGE);
 }
 
 // first vec4 of attended token c's cache row
 uint token_row(uint bh, uint c) {
-    const uint pg = DENSE != 0u ? c / PAGE : pages[bh * p.sel_stride + c / PAGE];
+    const uint pg = DENSE != 0u ? c / PAGE
+                  : (SELECT != 0u ? sh_sel[min(c / PAGE, MAX_SEL_PAGES - 1u)] : pages[bh * p.sel_stride + c / PAGE]);
     return ((bh - p.kv_h0) * p.capacity + pg * PAGE + c % PAGE) * NV;
 }
 
@@ -123,6 +163,12 @@ void init_heads(uint bh) {
 // this lane's share of the K (or V) row starting at vec4 `row`
 #define LOAD_ROW(x32, x16, row, dst) \
     [[unroll]] for (uint j_ = 0u; j_ < NVL; j_++) dst[j_] = LOAD_VEC4(F16, x32, x16, (row) + lane_id() + j_ * LPT)
+
+// SELECT: this lane's share of the query token's own K (or V) row, starting at vec4 `row` of
+// q/k/v, rounded to float16 as stored
+vec4 half_round(vec4 x) { return vec4(unpackHalf2x16(packHalf2x16(x.xy)), unpackHalf2x16(packHalf2x16(x.zw))); }
+#define FRESH_ROW(row, dst) \
+    [[unroll]] for (uint j_ = 0u; j_ < NVL; j_++) dst[j_] = half_round(q[(row) + lane_id() + j_ * LPT])
 
 // s[g] = scaled q_g . k of the row (every lane of the cluster gets the sum)
 void row_logits(vec4 kr[NVL]) {
@@ -181,16 +227,23 @@ uvec2 chunk_of(uint split, uint n) {
 }
 
 void softmax_partials(uint bh, uint split) {
-    const uvec2 cr = chunk_of(split, attended_tokens(bh));
+    const uint n_tok = attended_tokens(bh);
+    const uvec2 cr = chunk_of(split, n_tok);
     init_heads(bh);
     const uint iters = ceil_div(cr.y - cr.x, SLOTS);
+    const uint fresh_k = (G * p.n_kv + bh) * NV;       // SELECT: the query token's K row in q/k/v
     for (uint it = 0u; it < iters; it++) {
         const uint c = cr.x + it * SLOTS + slot_id();
         const bool valid = c < cr.y;
-        const uint row = token_row(bh, valid ? c : cr.x);   // keep the cluster's shuffles uniform
         vec4 kr[NVL], vr[NVL];
-        LOAD_ROW(k32, k16, row, kr);
-        LOAD_ROW(v32, v16, row, vr);   // issued with the K loads: one memory round trip per row
+        if (SELECT != 0u && (!valid || c + 1u == n_tok)) {   // the query token's row (being stored)
+            FRESH_ROW(fresh_k, kr);
+            FRESH_ROW(fresh_k + p.n_kv * NV, vr);
+        } else {
+            const uint row = token_row(bh, valid ? c : cr.x);   // keep the cluster's shuffles uniform
+            LOAD_ROW(k32, k16, row, kr);
+            LOAD_ROW(v32, v16, row, vr);   // issued with the K loads: one memory round trip per row
+        }
         row_logits(kr);
         if (valid) {
             [[unroll]] for (uint g = 0u; g < G; g++) {
@@ -344,6 +397,224 @@ void merge_heads(uint bh, uint first, uint count, uint stride, bool to_out) {
 
 #include "last_workgroup.glsl"
 
+// ---- SELECT: Quest's page scores, selection and the query token's store (header) ----------
+
+const uint HW = D / 2u;    // float16 pairs per K/V row
+const uint SEL_KPL = (MAX_SEL_PAGES + gl_WorkGroupSize.x - 1u) / gl_WorkGroupSize.x;   // keys per invocation
+shared uvec2 sh_mm[REDUCE_MAX_SUBGROUPS];
+shared uint sh_cnt[2u * REDUCE_MAX_SUBGROUPS];
+
+// Quest's bound of pages 0 .. P-2 of KV head bh as order-preserving keys in sh_key, with
+// topk-select's arithmetic (a cluster of 8 lanes per page, the queries unscaled).
+void score_pages(uint bh) {
+    const uint n_scored = min(ceil_div(meta[0], PAGE) - 1u, MAX_SEL_PAGES);
+    const uint stat0 = (bh - p.kv_h0) * p.sel_stride * 4u;
+    vec4 qs[G * NVL];
+    [[unroll]] for (uint g = 0u; g < G; g++) {
+        [[unroll]] for (uint j = 0u; j < NVL; j++) qs[g * NVL + j] = q[(bh * G + g) * NV + lane_id() + j * LPT];
+    }
+    for (uint pg = slot_id(); pg < n_scored; pg += SLOTS) {
+        vec4 lo[NVL], hi[NVL];
+        [[unroll]] for (uint j = 0u; j < NVL; j++) {
+            lo[j] = LOAD_VEC4(F16, st32, st16, (stat0 + pg * 4u) * NV + lane_id() + j * LPT);
+            hi[j] = LOAD_VEC4(F16, st32, st16, (stat0 + pg * 4u + 1u) * NV + lane_id() + j * LPT);
+        }
+        float best = -3.0e38, total = 0.0;
+        [[unroll]] for (uint g = 0u; g < G; g++) {
+            float sc = 0.0;
+            [[unroll]] for (uint j = 0u; j < NVL; j++) {
+                const vec4 qv = qs[g * NVL + j];
+                const vec4 b = max(qv * lo[j], qv * hi[j]);
+                sc += b.x + b.y + b.z + b.w;
+            }
+            sc = cluster_add(sc, LPT);
+            best = max(best, sc);
+            total += sc;
+        }
+        if (lane_id() == 0u) sh_key[pg] = key_of(REDUCE_MEAN != 0u ? total / float(G) : best);
+    }
+}
+
+// Workgroup-wide (minimum of lo, maximum of hi); every invocation must call it.
+uvec2 workgroup_min_max(uint lo, uint hi) {
+    lo = subgroupMin(lo);
+    hi = subgroupMax(hi);
+    if (subgroupElect()) sh_mm[gl_SubgroupID] = uvec2(lo, hi);
+    barrier();
+    uvec2 r = uvec2(0xFFFFFFFFu, 0u);
+    for (uint s = 0u; s < gl_NumSubgroups; s++) r = uvec2(min(r.x, sh_mm[s].x), max(r.y, sh_mm[s].y));
+    barrier();
+    return r;
+}
+
+// The sum of v over the workgroup with one barrier; every invocation must call it, with
+// `parity` alternating between consecutive calls (a call's slots are written again two calls
+// later, after the next call's barrier, when every invocation has read them).
+uint workgroup_count(uint v, uint parity) {
+    v = subgroupAdd(v);
+    const uint base = parity * REDUCE_MAX_SUBGROUPS;
+    if (subgroupElect()) sh_cnt[base + gl_SubgroupID] = v;
+    barrier();
+    uint total = 0u;
+    for (uint s = 0u; s < gl_NumSubgroups; s++) total += sh_cnt[base + s];
+    return total;
+}
+
+const uint SEL_DROPPED = 0u, SEL_KEPT = 1u, SEL_EQUAL = 2u;
+const uint KEEP_NONE = 0u, KEEP_ALL = 1u, KEEP_ABOVE = 2u;   // what happens to the candidates
+
+// Page pg (score key `key`): kept (a sink, the last page, a key above the threshold), dropped,
+// or EQUAL to the threshold; cut = (n_sink, n_before_last, threshold key, KEEP_*).
+uint sel_class(uint pg, uint key, uvec4 cut) {
+    if (pg < cut.x || pg == cut.y) return SEL_KEPT;
+    if (cut.w != KEEP_ABOVE) return cut.w == KEEP_ALL ? SEL_KEPT : SEL_DROPPED;
+    return key > cut.z ? SEL_KEPT : (key == cut.z ? SEL_EQUAL : SEL_DROPPED);
+}
+
+// Keys equal to the threshold are kept in page order while their rank is below `remaining`.
+bool sel_kept(uint cls, inout uint equal_rank, uint remaining) {
+    if (cls != SEL_EQUAL) return cls == SEL_KEPT;
+    return equal_rank++ < remaining;
+}
+
+// Runs BODY for each page pg of this invocation's run [c0, c1) with its key keys[i_].
+#define FOR_SEL_RUN(BODY) \
+    [[unroll]] for (uint i_ = 0u; i_ < SEL_KPL; i_++) { const uint pg = c0 + i_; if (pg < c1) { const uint key = keys[i_]; BODY } }
+
+// topk-select's choice of pages from the keys in sh_key, into sh_sel / sh_nsel: the n_sink first
+// pages, the k = min(n_top, P - 1) - n_sink best of the others before the last (ties to the
+// lower index) and the last page, ascending. Up to a page per invocation, each candidate counts
+// the candidates ranked before it; beyond, the k-th largest key is searched bit by bit (each
+// invocation holding the keys of a run of pages), then the pages are compacted. Ends with a barrier.
+void select_pages() {
+    const uint n_pages = ceil_div(meta[0], PAGE);
+    const uint nbl = n_pages - 1u;
+    const uint n_sink = min(p.n_sink, nbl);
+    const uint k = max(min(p.n_top, nbl), n_sink) - n_sink;
+    const uint n_cand = nbl - n_sink;
+    const uint keep = k == 0u ? KEEP_NONE : (k >= n_cand ? KEEP_ALL : KEEP_ABOVE);
+    if (n_pages <= gl_WorkGroupSize.x) {       // a page per invocation: its rank by counting
+        const uint pg = gl_LocalInvocationIndex;
+        bool kept = pg < n_pages && (pg < n_sink || pg == nbl || keep == KEEP_ALL);
+        if (keep == KEEP_ABOVE && pg >= n_sink && pg < nbl) {
+            const uint key = sh_key[pg];
+            uint rank = 0u;               // candidates before it: higher keys, equal keys lower pages
+            for (uint j = n_sink; j < nbl; j++) {
+                const uint other = sh_key[j];
+                rank += other > key || (other == key && j < pg) ? 1u : 0u;
+            }
+            kept = rank < k;
+        }
+        uint n_kept;
+        const uint at = exclusive_scan(kept ? 1u : 0u, n_kept);
+        if (kept) sh_sel[at] = pg;
+        if (gl_LocalInvocationIndex == 0u) sh_nsel = n_kept;
+        barrier();
+        return;
+    }
+    const uint per = ceil_div(n_pages, gl_WorkGroupSize.x);   // <= SEL_KPL (the host's page limit)
+    const uint c0 = min(gl_LocalInvocationIndex * per, n_pages), c1 = min(c0 + per, n_pages);
+    uint keys[SEL_KPL];
+    [[unroll]] for (uint i = 0u; i < SEL_KPL; i++) {
+        const uint pg = c0 + i;
+        keys[i] = pg < c1 && pg < min(nbl, MAX_SEL_PAGES) ? sh_key[pg] : 0u;
+    }
+    uint thr = 0u, remaining = 0u;
+    if (keep == KEEP_ABOVE) {
+        // the k-th largest candidate key: the largest thr with at least k keys >= thr, bit by
+        // bit below the bits all candidate keys share
+        uint lo = 0xFFFFFFFFu, hi = 0u;
+        FOR_SEL_RUN(if (pg >= n_sink && pg < nbl) { lo = min(lo, key); hi = max(hi, key); })
+        const uvec2 range = workgroup_min_max(lo, hi);
+        const int top = range.x == range.y ? -1 : findMSB(range.x ^ range.y);
+        thr = top < 0 ? range.x : (top == 31 ? 0u : range.x & ~((2u << uint(top)) - 1u));
+        for (int b = top; b >= 0; b--) {
+            const uint cand = thr | (1u << uint(b));
+            uint n_ge = 0u;
+            FOR_SEL_RUN(n_ge += pg >= n_sink && pg < nbl && key >= cand ? 1u : 0u;)
+            if (workgroup_count(n_ge, uint(b) & 1u) >= k) thr = cand;
+        }
+        uint n_above = 0u;
+        FOR_SEL_RUN(n_above += pg >= n_sink && pg < nbl && key > thr ? 1u : 0u;)
+        remaining = k - workgroup_count(n_above, 1u);   // the loop's last call had parity 0
+    }
+    // compaction in page order: one scan ranks the keys equal to the threshold, one places the pages
+    const uvec4 cut = uvec4(n_sink, nbl, thr, keep);
+    uint n_equal = 0u;
+    FOR_SEL_RUN(n_equal += sel_class(pg, key, cut) == SEL_EQUAL ? 1u : 0u;)
+    uint n_total;
+    const uint equal_rank = exclusive_scan(n_equal, n_total);
+    uint rank = equal_rank, n_keep = 0u;
+    FOR_SEL_RUN(n_keep += sel_kept(sel_class(pg, key, cut), rank, remaining) ? 1u : 0u;)
+    uint at = exclusive_scan(n_keep, n_total);
+    rank = equal_rank;
+    FOR_SEL_RUN(if (sel_kept(sel_class(pg, key, cut), rank, remaining)) {
+                    if (at < MAX_SEL_PAGES) sh_sel[at] = pg;
+                    at++;
+                })
+    if (gl_LocalInvocationIndex == 0u) sh_nsel = min(n_total, MAX_SEL_PAGES);
+    barrier();
+}
+
+// Key pair w of the query token (KV head bh), rounded to float16 as stored.
+vec2 fresh_key_pair(uint bh, uint w) {
+    return unpackHalf2x16(packHalf2x16(q2[(G * p.n_kv + bh) * HW + w]));
+}
+
+// Statistics (min, max, mean, population std clamped at 1e-6) of key pair w over rows
+// [page start, pos] of KV head bh, as kv-slot-store-stats computes them: the rows before pos
+// from the cache, row pos from q/k/v.
+void store_page_stats(uint bh, uint w, uint pos) {
+    const uint hl = bh - p.kv_h0;
+    const uint row0 = pos - pos % PAGE;
+    const uint n = pos - row0 + 1u;
+    vec2 lo = vec2(3.0e38), hi = vec2(-3.0e38), sum = vec2(0.0);
+    for (uint r = 0u; r < n; r++) {
+        const vec2 x = row0 + r == pos ? fresh_key_pair(bh, w)
+                                       : unpackHalf2x16(k1[(hl * p.capacity + row0 + r) * HW + w]);
+        lo = min(lo, x); hi = max(hi, x); sum += x;
+    }
+    const vec2 mean = sum / float(n);
+    vec2 ss = vec2(0.0);
+    for (uint r = 0u; r < n; r++) {
+        const vec2 x = row0 + r == pos ? fresh_key_pair(bh, w)
+                                       : unpackHalf2x16(k1[(hl * p.capacity + row0 + r) * HW + w]);
+        const vec2 e = x - mean;
+        ss += e * e;
+    }
+    const uint at = ((hl * p.sel_stride + pos / PAGE) * 4u) * HW + w;
+    stats_w[at] = packHalf2x16(lo);
+    stats_w[at + HW] = packHalf2x16(hi);
+    stats_w[at + 2u * HW] = packHalf2x16(mean);
+    stats_w[at + 3u * HW] = packHalf2x16(max(sqrt(ss / float(n)), vec2(1e-6)));
+}
+
+// The query token's store (one workgroup per KV head): its K/V row, its page's statistics,
+// slot_pos (KV head 0), and the selected pages and their count.
+void store_token(uint bh) {
+    const uint pos = meta[0] - 1u;
+    const uint hl = bh - p.kv_h0;
+    const uint tid = gl_LocalInvocationIndex;
+    for (uint w = tid; w < HW; w += gl_WorkGroupSize.x) {
+        const uint src = (G * p.n_kv + bh) * HW + w;
+        const uint dst = (hl * p.capacity + pos) * HW + w;
+        kw[dst] = packHalf2x16(q2[src]);
+        vw[dst] = packHalf2x16(q2[src + p.n_kv * HW]);
+        store_page_stats(bh, w, pos);
+    }
+    if (bh == 0u && tid == 0u) slot_pos[pos] = pos;
+    for (uint i = tid; i < sh_nsel; i += gl_WorkGroupSize.x) pages_out[bh * p.sel_stride + i] = sh_sel[i];
+    if (tid == 0u) counts_out[bh] = sh_nsel;
+}
+
+// SELECT: the pages of KV head bh, chosen by this workgroup; the last split also stores the token.
+void quest_select(uint bh, uint split) {
+    score_pages(bh);
+    barrier();
+    select_pages();
+    if (split + 1u == p.n_splits) store_token(bh);
+}
+
 // FUSED: the last workgroups of KV head bh to finish their partials merge the group's heads.
 void merge_if_last(uint bh, uint split) {
     const uint n_groups = ceil_div(p.n_splits, MGROUP);
@@ -371,6 +642,7 @@ void merge_if_last(uint bh, uint split) {
 void main() {
     switch (p.pass_id) {
         case 0u:
+            if (SELECT != 0u) quest_select(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x);
             softmax_partials(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x);
             if (FUSED != 0u) merge_if_last(p.kv_h0 + gl_WorkGroupID.y, gl_WorkGroupID.x);
             break;

@@ -81,12 +81,6 @@ void score_pages(uint bh) {
     }
 }
 
-// Order-preserving map of a float to a uint: a > b as floats <=> key(a) > key(b).
-uint key_of(float f) {
-    const uint u = floatBitsToUint(f);
-    return (u & 0x80000000u) != 0u ? ~u : (u | 0x80000000u);
-}
-
 // Workgroup-wide minimum of lo and maximum of hi; every invocation must call it.
 uvec2 min_max(uint lo, uint hi) {
     lo = subgroupMin(lo);

@@ -4,7 +4,9 @@ with softmax or alpha-entmax weights.
 Shader: ``shaders/decode-attention.glsl`` (entmax thresholds by ``shaders/entmax-tau.glsl``);
 references: :func:`grilly_kv.reference.decode_attention.decode_attention_ref` and
 :func:`~grilly_kv.reference.decode_attention.decode_entmax_ref`.
-Used by :class:`grilly_kv.paged.PagedKVCache.decode`.
+Used by :class:`grilly_kv.paged.PagedKVCache.decode`. :func:`record_quest_decode` runs a whole
+Quest decode step (store, page statistics, scores, top-k, attention, merge) in one dispatch: the
+shader's SELECT mode, the Quest twin's default for caches of at most :data:`QUEST_ONE_MAX_PAGES` pages.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Callable
 from ..backend import Buffer, PushLayout, Recording
 from . import entmax_tau
 from .kv_slot_store import as_parts
+from .topk_select import GROUP_REDUCE
 
 SHADER = "decode-attention"
 LOCAL_SIZE = 128
@@ -20,7 +23,10 @@ LANES_PER_TOKEN = 8      # a cluster of 8 subgroup lanes reads one K/V row
 MIN_CHUNK = 32           # fewest tokens a split should hold (two rounds of the 16 slots)
 TARGET_WORKGROUPS = 1024
 MERGE_GROUP = 8          # FUSED: splits merged by the last of each group (the shader's MGROUP)
-PUSH = PushLayout("capacity", "sel_stride", "n_splits", "scale:f", "pass_id", "alpha:f", "row_len", "kv_h0")
+PUSH = PushLayout("capacity", "sel_stride", "n_splits", "scale:f", "pass_id", "alpha:f", "row_len", "kv_h0",
+                  "n_top", "n_sink", "n_kv")
+NO_SELECT = dict(n_top=0, n_sink=0, n_kv=0)   # push words the passes other than SELECT ignore
+QUEST_ONE_MAX_PAGES = 1024   # record_quest_decode: most pages of a cache (the shader's shared arrays)
 PASS_SOFTMAX, PASS_SOFTMAX_MERGE, PASS_LOGITS, PASS_ENTMAX, PASS_ENTMAX_MERGE = range(5)
 
 
@@ -93,19 +99,20 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
     if fused and counter.n_words < counter_words(bh):
         raise ValueError(f"counter has {counter.n_words} words, the fused merge of {bh} KV heads "
                          f"needs counter_words({bh}) = {counter_words(bh)}")
-    spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN, int(fused))
+    spec = (LOCAL_SIZE, head_dim, int(f16), page_size, group, int(dense), LANES_PER_TOKEN, int(fused), 0, 1, 0)
     counter = tau if counter is None else counter     # binding 10 (unused unless fused)
     pairs = as_parts(k_cache, v_cache, parts, bh)
     common = dict(capacity=capacity, sel_stride=max_pages, n_splits=n_splits, scale=scale,
-                  alpha=alpha, row_len=row_len)
+                  alpha=alpha, row_len=row_len, **NO_SELECT)
+    unused = [q] + [partial] * 6     # bindings 11-17 (SELECT only): readonly, then written ones
 
     def per_part(pass_id, label):
         for k, v, h0, nh in pairs:
-            rec.dispatch(SHADER, [q, k, v, pages, counts, meta, partial, out, logits, tau, counter],
+            rec.dispatch(SHADER, [q, k, v, pages, counts, meta, partial, out, logits, tau, counter, *unused],
                          groups=(n_splits, nh), spec=spec,
                          push=PUSH.pack(pass_id=pass_id, kv_h0=h0, **common), label=label)
 
-    bufs = [q, pairs[0][0], pairs[0][1], pages, counts, meta, partial, out, logits, tau, counter]
+    bufs = [q, pairs[0][0], pairs[0][1], pages, counts, meta, partial, out, logits, tau, counter, *unused]
     if fused:
         per_part(PASS_SOFTMAX, "attend-fused")
         return rec
@@ -129,3 +136,63 @@ def record_decode_attention(rec: Recording, q: Buffer, k_cache: Buffer, v_cache:
     return rec.dispatch(SHADER, bufs, groups=(rows,), spec=spec,
                         push=PUSH.pack(pass_id=PASS_ENTMAX_MERGE, kv_h0=0, **common),
                         label="entmax-merge")
+
+
+def record_quest_decode(rec: Recording, qkv: Buffer, k_cache, v_cache, stats, slot_pos: Buffer,
+                        pages: Buffer, counts: Buffer, meta: Buffer, partial: Buffer, out: Buffer,
+                        counter: Buffer, *, n_kv_heads: int, group: int, head_dim: int,
+                        page_size: int, capacity: int, n_top: int, n_sink: int,
+                        group_reduce: str, scale: float, max_tokens: int,
+                        max_sel_pages: int = QUEST_ONE_MAX_PAGES, parts=None) -> Recording:
+    """Record Quest's whole decode step for one layer (B = 1, one query token) in ONE dispatch per
+    K/V buffer pair: the store of the token (K/V row at slot ``len - 1``, its page's key
+    statistics as ``kv-slot-store-stats`` writes them, ``slot_pos``), Quest's page scores and
+    top-k (the pages ``topk-select`` selects, written to ``pages``/``counts``), the attention over
+    the selected tokens and the merge (the shader's SELECT mode: every workgroup scores and
+    selects the pages of its KV head itself; see the shader's header).
+
+    Replaces ``record_kv_slot_store_stats`` + ``record_topk_select`` + the fused
+    ``record_decode_attention`` of a decode token (the same pages, statistics, K/V and output),
+    for caches of at most ``max_sel_pages`` pages *now* (``meta[0]`` tokens; the caller checks:
+    past it the shader's shared arrays are too small, use the multi-dispatch path).
+
+    Args:
+        qkv: the step's row ``(1, (group + 2) * n_kv_heads * head_dim)`` float32, post-RoPE q, k, v.
+        k_cache, v_cache, stats: float16 ``(H_kv, capacity, D)`` caches and
+            ``(H_kv, capacity / page_size, 4, D)`` page statistics: one buffer each (``parts``
+            None) or lists split by KV heads (``parts = [(h0, nh), ...]``, policies/kv_store.py).
+        slot_pos: ``(capacity,)`` uint32: slot ``len - 1`` gets ``len - 1``.
+        pages, counts: ``(H_kv, capacity / page_size)`` and ``(H_kv,)`` uint32 outputs.
+        meta: ``[length after the token, ...]`` on the device.
+        partial: :func:`partial_words` floats of scratch; out: ``(H_q, D)`` float32.
+        counter: :func:`counter_words` uint32 words, zero (the shader leaves them zero).
+        n_top: ``token_budget // page_size``; n_sink: first pages always kept.
+        max_tokens: an upper bound of the attended tokens (sizes the splits).
+        max_sel_pages: the page limit (sizes the shader's shared arrays).
+    """
+    if capacity % page_size or head_dim % dim_multiple():
+        raise ValueError(f"capacity {capacity} must be a multiple of page_size {page_size} and "
+                         f"head_dim {head_dim} of {dim_multiple()}")
+    if group_reduce not in GROUP_REDUCE:
+        raise ValueError(f"group_reduce must be one of {GROUP_REDUCE}, got {group_reduce!r}")
+    if not 1 <= max_sel_pages <= QUEST_ONE_MAX_PAGES:
+        raise ValueError(f"max_sel_pages must be in [1, {QUEST_ONE_MAX_PAGES}], got {max_sel_pages}")
+    if counter.n_words < counter_words(n_kv_heads):
+        raise ValueError(f"counter has {counter.n_words} words, needs counter_words({n_kv_heads}) = "
+                         f"{counter_words(n_kv_heads)}")
+    max_pages = capacity // page_size
+    pairs = as_parts(k_cache, v_cache, parts, n_kv_heads)
+    stats = [stats] if parts is None else list(stats)
+    if len(stats) != len(pairs):
+        raise ValueError(f"{len(stats)} statistics buffers for {len(pairs)} K/V buffer pairs")
+    n_splits = choose_splits(max_tokens, n_kv_heads)
+    spec = (LOCAL_SIZE, head_dim, 1, page_size, group, 0, LANES_PER_TOKEN, 1, 1, max_sel_pages,
+            GROUP_REDUCE.index(group_reduce))
+    push = dict(capacity=capacity, sel_stride=max_pages, n_splits=n_splits, scale=scale, pass_id=PASS_SOFTMAX,
+                alpha=1.0, row_len=0, n_top=n_top, n_sink=n_sink, n_kv=n_kv_heads)
+    for (k, v, h0, nh), st in zip(pairs, stats):
+        rec.dispatch(SHADER, [qkv, k, v, pages, counts, meta, partial, out, partial, partial, counter,
+                              st, k, v, st, slot_pos, pages, counts],
+                     groups=(n_splits, nh), spec=spec, push=PUSH.pack(kv_h0=h0, **push),
+                     label="quest-one")
+    return rec

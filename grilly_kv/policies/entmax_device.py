@@ -20,6 +20,8 @@ from .quest_device import DeviceQuestCache
 class DeviceEntmaxCache(DeviceQuestCache):
     """Device state of an :class:`~grilly_kv.policies.entmax.EntmaxPolicy` run by the Vulkan model."""
 
+    supports_one_dispatch = False    # its selection is gaussian-select's, not Quest's one-dispatch step
+
     def __init__(self, policy, device, shape: CacheShape):
         super().__init__(policy, device, shape)
         rows = shape.n_kv_heads * self.group                 # query heads (B = 1)

@@ -10,10 +10,20 @@ one dispatch (``kv-slot-store-stats``: a slot per position, so each page's rows 
 are read from q/k/v, and prefill chunks need no barrier between store and statistics), then for a
 prefill chunk dense causal attention (``kv-slot-attention``), for a decode token Quest's page
 scores and top-k (``topk-select``) and attention over the chosen pages (``decode-attention``).
-A two-word ``meta`` buffer ``[length after, length before]`` is uploaded at the start of each
-step. Never touches kp.
+A decode token of a cache of at most :data:`~grilly_kv.ops.decode_attention.QUEST_ONE_MAX_PAGES`
+pages (now) instead runs all of that in ONE dispatch per layer
+(:func:`~grilly_kv.ops.decode_attention.record_quest_decode`: every attention workgroup scores
+and selects its KV head's pages itself, the last split stores the token; the same pages,
+statistics and output); the recording key says which. The environment variable
+``GRILLY_KV_QUEST_ONE`` (read when the twin is made) switches it: ``1`` (default) on, ``0`` off
+(the multi-dispatch path at every length, for A/B runs); ``GRILLY_KV_QUEST_ONE_MAX_PAGES`` lowers
+the page limit (a tuning knob: every workgroup scores all pages of its head, so past some length
+the separate passes win). A two-word ``meta`` buffer ``[length after, length before]`` is
+uploaded at the start of each step. Never touches kp.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -30,10 +40,55 @@ from .kv_store import KVStore
 from ..backend import Recording
 
 
+QUEST_ONE_ENV = "GRILLY_KV_QUEST_ONE"
+QUEST_ONE_MAX_PAGES_ENV = "GRILLY_KV_QUEST_ONE_MAX_PAGES"
+
+
+def quest_one_enabled() -> bool:
+    """``GRILLY_KV_QUEST_ONE``: "1" (default) the one-dispatch decode step where it applies,
+    "0" the multi-dispatch path always.
+
+    Raises:
+        ValueError: any other value.
+    """
+    value = os.environ.get(QUEST_ONE_ENV, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{QUEST_ONE_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def quest_one_max_pages() -> int:
+    """``GRILLY_KV_QUEST_ONE_MAX_PAGES``: the most pages (now) a cache may hold for the
+    one-dispatch decode step, 1 .. :data:`~grilly_kv.ops.decode_attention.QUEST_ONE_MAX_PAGES`
+    (the default).
+
+    Raises:
+        ValueError: not an integer in that range.
+    """
+    value = os.environ.get(QUEST_ONE_MAX_PAGES_ENV, str(attn.QUEST_ONE_MAX_PAGES))
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= attn.QUEST_ONE_MAX_PAGES:
+        raise ValueError(f"{QUEST_ONE_MAX_PAGES_ENV} must be an integer in [1, {attn.QUEST_ONE_MAX_PAGES}], "
+                         f"got {value!r}")
+    return n
+
+
 class DeviceQuestCache(TwinBase):
-    """Device state of a :class:`~grilly_kv.policies.quest.QuestPolicy` run by the Vulkan model."""
+    """Device state of a :class:`~grilly_kv.policies.quest.QuestPolicy` run by the Vulkan model.
+
+    Attributes:
+        one_dispatch: decode tokens of caches of at most ``one_max_pages`` pages run in one
+            dispatch per layer (``GRILLY_KV_QUEST_ONE``; never for subclasses with another
+            selection, ``supports_one_dispatch`` False).
+        one_max_pages: that page limit (``GRILLY_KV_QUEST_ONE_MAX_PAGES``, default
+            :data:`~grilly_kv.ops.decode_attention.QUEST_ONE_MAX_PAGES`).
+    """
 
     keeps_all_tokens = True    # selects pages per step: saves reads, not memory
+    supports_one_dispatch = True
 
     def __init__(self, policy, device, shape: CacheShape):
         if shape.head_dim % attn.dim_multiple():
@@ -64,6 +119,17 @@ class DeviceQuestCache(TwinBase):
         self.select_counter = self.alloc(device, bh, np.uint32)   # decode: page scoring + top-k (entmax: moments + tau-hat) fused
         self.select_counter.write(np.zeros(bh, np.uint32))
         self.select_counter.upload_now()
+        self.one_dispatch = self.supports_one_dispatch and quest_one_enabled()
+        self.one_max_pages = quest_one_max_pages() if self.one_dispatch else 0
+
+    def one_dispatch_now(self, T: int) -> bool:
+        """Whether a T-token step at the policy's current length runs the one-dispatch decode."""
+        if T != 1 or not self.one_dispatch:
+            return False
+        return -(-self.policy.n // self.policy.page_size) <= self.one_max_pages
+
+    def recording_key(self, T: int):
+        return "one" if self.one_dispatch_now(T) else None
 
     def capacity_tokens(self) -> int:
         return self.cap
@@ -83,6 +149,9 @@ class DeviceQuestCache(TwinBase):
             rec.upload(self.meta)
         st = self.store
         k, v = st.keys[layer], st.values[layer]
+        if self.one_dispatch_now(T):
+            self.record_one_dispatch(rec, layer, qkv, out)
+            return
         record_kv_slot_store_stats(rec, qkv, step, k, v, self.slot_pos, self.stats[layer], T=T, cap=self.cap,
                                    layer=0, page_size=pol.page_size, parts=st.parts, **dims)
         if T > 1:        # prefill: dense causal attention (Quest selects only for decode queries)
@@ -101,6 +170,19 @@ class DeviceQuestCache(TwinBase):
                            n_top=n_top, n_sink=pol.sink_pages, group_reduce=pol.group_reduce,
                            parts=self.store.parts, counter=self.select_counter)
         self.record_attention(rec, layer, qkv, out, max(n_top, pol.sink_pages))
+
+    def record_one_dispatch(self, rec, layer: int, qkv, out) -> None:
+        """A decode token in one dispatch: store, page statistics, scores, top-k, attention, merge."""
+        s, pol, st = self.shape, self.policy, self.store
+        n_top = pol.budget // pol.page_size
+        attn.record_quest_decode(rec, qkv, st.keys[layer], st.values[layer], self.stats[layer], self.slot_pos,
+                                 self.pages, self.counts, self.meta, self.partial, out, self.counter,
+                                 n_kv_heads=s.n_kv_heads, group=self.group, head_dim=s.head_dim,
+                                 page_size=pol.page_size, capacity=self.cap, n_top=n_top,
+                                 n_sink=pol.sink_pages, group_reduce=pol.group_reduce,
+                                 scale=1.0 / np.sqrt(s.head_dim),
+                                 max_tokens=min((max(n_top, pol.sink_pages) + 1) * pol.page_size, self.cap),
+                                 max_sel_pages=self.one_max_pages, parts=st.parts)
 
     def record_attention(self, rec, layer: int, qkv, out, n_top: int, alpha: float = 1.0,
                          logits=None, tau=None) -> None:

@@ -19,3 +19,9 @@ vec4 unpack_half4(uvec2 w) { return vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y
     ((F16) != 0u ? unpackHalf2x16((view16)[(i) >> 1u])[(i) & 1u] : (view32)[i])
 
 uint ceil_div(uint a, uint b) { return (a + b - 1u) / b; }
+
+// Order-preserving map of a float to a uint: a > b as floats <=> key_of(a) > key_of(b).
+uint key_of(float f) {
+    const uint u = floatBitsToUint(f);
+    return (u & 0x80000000u) != 0u ? ~u : (u | 0x80000000u);
+}
