@@ -33,6 +33,17 @@
 // and sum L of the live splits into O[t, h, 0].xy), pass 3 (grid as pass 0: per split, sum of
 // fp16(2^(logit - M) * (1 / L)) v, with m = M and l = 1 for split 0 only), pass 1 (their sum).
 // The host dispatches every pass with QT = 1 when P16 = 1 (passes 2 and 3 exist only untiled).
+// Fused decode (push constant `fuse`, pass 0 untiled with T = 1; the host's GRILLY_KV_SLOT_FUSE):
+//   FUSE_STORE: the dispatch also stores the step's token: workgroup (0, kvh) writes K and V of
+//     KV head kvh (from the qkv row, rounded to float16 as kv-slot-store does) into slot
+//     snew = step[SLOTS_AT], and the kvh = 0 one writes slot_pos[snew] = pos0 (the map shared by
+//     the heads; not with POS_PER_HEAD). Every workgroup whose chunk holds snew takes that slot's
+//     K/V and position from the qkv row and pos0 instead of memory, so no workgroup reads what
+//     the dispatch writes (no race, no barrier); a ring slot that held an older token (streaming)
+//     is thereby replaced as by the separate store before the attention.
+//   FUSE_MERGE (P16 = 0): each live split's workgroup of (t = 0, kvh) counts itself done in
+//     counter[kvh] (last_workgroup.glsl); the last to finish merges the G heads' splits into O as
+//     pass 1 does (same code, same order) and resets the counter, so no pass 1 is dispatched.
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 #include "workgroup_reduce.glsl"
@@ -59,11 +70,15 @@ const float LOG2E = 1.4426950408889634;
 
 layout(set = 0, binding = 0) readonly buffer QKV { vec4 qkv[]; };
 layout(set = 0, binding = 1) readonly buffer KC { uvec2 kc[]; };
+layout(set = 0, binding = 1) writeonly buffer KCW { uvec2 kc_w[]; };     // FUSE_STORE only
 layout(set = 0, binding = 2) readonly buffer VC { uvec2 vc[]; };
+layout(set = 0, binding = 2) writeonly buffer VCW { uvec2 vc_w[]; };     // FUSE_STORE only
 layout(set = 0, binding = 3) readonly buffer SlotPos { uint slot_pos[]; };
+layout(set = 0, binding = 3) writeonly buffer SlotPosW { uint slot_pos_w[]; };   // FUSE_STORE only
 layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
-layout(set = 0, binding = 5) buffer Part { vec4 part[]; };
+layout(set = 0, binding = 5) coherent buffer Part { vec4 part[]; };     // coherent: read by the merging workgroup (FUSE_MERGE)
 layout(set = 0, binding = 6) buffer O { vec4 o[]; };        // P16: pass 2 leaves (M, L) here for pass 3
+layout(set = 0, binding = 7) coherent buffer Counter { uint counter[]; };   // FUSE_MERGE: (HKV,) splits done, left 0
 
 layout(push_constant) uniform Push {
     uint cap;        // slots per (layer, kv head)
@@ -75,7 +90,12 @@ layout(push_constant) uniform Push {
     uint nh;         // KV heads held by the K/V buffers (pass 0's grid y)
     uint n_tokens;   // T: query tokens of the step (tokens of the last tile past it are idle)
     uint min_chunk;  // fewest slots per split (the host's plan; equal in both passes)
+    uint fuse;       // pass 0, T = 1, untiled: FUSE_STORE | FUSE_MERGE bits (see the header)
 } p;
+
+const uint FUSE_STORE = 1u, FUSE_MERGE = 2u;
+const uint SLOTS_AT = 8u;                        // step words: slot of token 0 (ops/step_words.py)
+shared bool sh_last;                             // last_workgroup.glsl
 
 // pass 0 (QT = 1): one head's per-subgroup (m, l) and acc; pass 1: the per-thread partial sums
 shared vec4 sh_acc[QT > 1u ? 1u : SLOTS * NV];
@@ -199,26 +219,54 @@ void attend_round() {
 
 uint part_row(uint t, uint kvh, uint g, uint s) { return ((t * HQ + kvh * G + g) * p.n_splits + s) * PV; }
 
+uvec2 pack_half4(vec4 v) { return uvec2(packHalf2x16(v.xy), packHalf2x16(v.zw)); }
+// FUSE_STORE: quad i of KV head kvh's key / value of token 0, from the qkv row, as stored
+uvec2 fresh_k(uint kvh, uint i) { return pack_half4(qkv[(HQ + kvh) * NV + i]); }
+uvec2 fresh_v(uint kvh, uint i) { return pack_half4(qkv[(HQ + HKV + kvh) * NV + i]); }
+
+// FUSE_STORE: token 0's K/V of KV head kvh into slot snew of this part (row base + snew), and
+// (kvh = 0) its position into the shared slot map.
+void store_fresh(uint kvh, uint snew, uint base) {
+    for (uint i = gl_LocalInvocationIndex; i < NV; i += gl_WorkGroupSize.x) {
+        kc_w[(base + snew) * NV + i] = fresh_k(kvh, i);
+        vc_w[(base + snew) * NV + i] = fresh_v(kvh, i);
+    }
+    if (kvh == 0u && POS_PER_HEAD == 0u && gl_LocalInvocationIndex == 0u) slot_pos_w[snew] = step[0];
+}
+
+void merge_if_last(uint kvh, uint t, uint n_live);
+
 // QT = 1: the workgroup's clusters share token t's chunk s slot by slot, then merge.
 void split_pass(uint s, uint kvh, uint t) {
     const uint qpos = step[0] + t, n_scan = step[2], sinks = step[3], window = step[4];
     const uint chunk = chunk_len(n_scan);
     const uint a0 = s * chunk;
+    const uint base = (p.layer * p.nh + kvh - p.h0) * p.cap;          // this part's K/V rows
+    const bool store = p.pass_id == 0u && (p.fuse & FUSE_STORE) != 0u; // uniform (T = 1)
+    const uint snew = store ? step[SLOTS_AT] : EMPTY;          // EMPTY: no slot j < cap matches
+    if (store && s == 0u) store_fresh(kvh, snew, base);
     if (a0 >= n_scan) return;                                  // not live at this length
     const uint a1 = min(a0 + chunk, n_scan);
     const uint lane = gl_SubgroupInvocationID % LPT;
     const uint slot = gl_SubgroupID * (gl_SubgroupSize / LPT) + gl_SubgroupInvocationID / LPT;
     init_queries(t, kvh, lane);
-    const uint base = (p.layer * p.nh + kvh - p.h0) * p.cap;          // this part's K/V rows
     const uint pos_base = POS_PER_HEAD != 0u ? (p.layer * HKV + kvh) * p.cap : 0u;
     for (uint r0 = a0; r0 < a1; r0 += SLOTS * U) {            // rounds: uniform over the workgroup
         [[unroll]] for (uint u = 0u; u < U; u++) {             // loads first, all in flight
             const uint j = r0 + u * SLOTS + slot, jc = min(j, a1 - 1u);
-            vis[u] = j < a1 && visible(slot_pos[pos_base + jc], qpos, sinks, window);
             const uint row = (base + jc) * NV + lane;
-            [[unroll]] for (uint i = 0u; i < NVL; i++) {
-                kr[u * NVL + i] = kc[row + i * LPT];
-                vr[u * NVL + i] = vc[row + i * LPT];
+            if (jc == snew) {                                  // being stored by this dispatch: from qkv
+                vis[u] = j < a1 && visible(step[0], qpos, sinks, window);
+                [[unroll]] for (uint i = 0u; i < NVL; i++) {
+                    kr[u * NVL + i] = fresh_k(kvh, lane + i * LPT);
+                    vr[u * NVL + i] = fresh_v(kvh, lane + i * LPT);
+                }
+            } else {
+                vis[u] = j < a1 && visible(slot_pos[pos_base + jc], qpos, sinks, window);
+                [[unroll]] for (uint i = 0u; i < NVL; i++) {
+                    kr[u * NVL + i] = kc[row + i * LPT];
+                    vr[u * NVL + i] = vc[row + i * LPT];
+                }
             }
         }
         attend_round();
@@ -227,6 +275,7 @@ void split_pass(uint s, uint kvh, uint t) {
         [[unroll]] for (uint g = 0u; g < G; g++) l[g] = s == 0u && gl_LocalInvocationIndex == 0u ? 1.0 : 0.0;
     }
     [[unroll]] for (uint g = 0u; g < G; g++) write_partial(g, part_row(t, kvh, g, s));
+    if (p.pass_id == 0u && (p.fuse & FUSE_MERGE) != 0u) merge_if_last(kvh, t, ceil_div(n_scan, chunk));
 }
 
 // Stage rows [b0, b0 + BLOCK) of this part's K/V (rows >= a1: empty) and their positions.
@@ -313,6 +362,18 @@ void merge_pass(uint h, uint t) {
     if (tid < NV) {
         for (uint k = 1u; k < n_grp; k++) a += sh_acc[k * NV + tid];
         o[(t * HQ + h) * NV + tid] = a / lt;
+    }
+}
+
+#include "last_workgroup.glsl"
+
+// FUSE_MERGE (T = 1, P16 = 0): the last of the n_live split workgroups of KV head kvh to finish
+// merges its G heads' splits into O (pass 1's code, one head after the other).
+void merge_if_last(uint kvh, uint t, uint n_live) {
+    if (!last_to_finish(t * HKV + kvh, n_live)) return;
+    for (uint g = 0u; g < G; g++) {
+        merge_pass(kvh * G + g, t);
+        barrier();                                             // sh_acc is reused by the next head
     }
 }
 

@@ -11,6 +11,16 @@ steps of T > 1 tokens on GPUs (:data:`Q_TILE_GPU`) and never on CPU devices or f
 The environment variable :data:`Q_TILE_ENV` (``GRILLY_KV_PREFILL_QTILE``) overrides that plan for
 T > 1 on every device, read when a step is recorded: ``1`` forces the untiled path, ``n`` > 1
 tiles by ``n`` tokens (for A/B benchmarks; an explicit ``q_tile`` argument wins over both).
+
+Fused decode (:func:`record_slot_step`, T = 1, untiled): the split pass also stores the step's
+K/V into its slot (the workgroups whose chunk holds that slot take its K/V from the qkv row
+instead of memory) and the last split workgroup of each KV head to finish merges its heads'
+splits (a counter per KV head, left at zero): one dispatch per layer instead of
+``kv-slot-store``, ``kv-slot-attention`` and ``kv-slot-merge``. The environment variable
+:data:`SLOT_FUSE_ENV` (``GRILLY_KV_SLOT_FUSE``: ``1``, the default, fused; ``0``, the three
+dispatches) selects it when a step is recorded (A/B benchmarks). Not fused: steps of T > 1 (the
+store, the split pass, tiled or not, and the merge stay separate), and with ``f16_probabilities``
+the merge (its statistics and weighted passes need every split first; the store is still fused).
 """
 from __future__ import annotations
 
@@ -22,7 +32,7 @@ from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.kv_slot_attention import kv_slot_attention_ref, visible_mask
 from ..validation import check_array, check_int
-from .kv_slot_store import as_parts, split_heads
+from .kv_slot_store import as_parts, record_kv_slot_store, split_heads
 from .step_words import ALL_POSITIONS, fill_step, step_words
 
 SHADER = "kv-slot-attention"
@@ -37,7 +47,10 @@ Q_TILE_ENV = "GRILLY_KV_PREFILL_QTILE"
 Q_TILE_GPU = 32           # query tokens per split-pass workgroup for T > 1 on GPUs
 MAX_Q_TILE = 128          # q_tile x lanes per token <= 1024 invocations
 TILE_QUADS = 8            # tiled pass: at most this many float16 quads of q (and of acc) per lane
-PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f", "h0", "nh", "n_tokens", "min_chunk")
+PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f", "h0", "nh", "n_tokens", "min_chunk",
+                  "fuse")
+SLOT_FUSE_ENV = "GRILLY_KV_SLOT_FUSE"
+FUSE_STORE, FUSE_MERGE = 1, 2      # the shader's push-constant bits
 
 
 def local_size_for(device) -> int:
@@ -108,7 +121,8 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
                              T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
                              n_kv_heads: int, local_size: int | None = None, parts=None,
                              pos_per_head: bool = False, q_tile: int | None = None,
-                             f16_probabilities: bool = False) -> Recording:
+                             f16_probabilities: bool = False, counter=None,
+                             store: bool = False) -> Recording:
     """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32.
 
     ``k_cache``/``v_cache``: one buffer each ``(L, H_kv, cap, D)``, or with ``parts`` lists of
@@ -128,6 +142,12 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     weight V (two more passes: the global statistics, then the weighted sums). It runs untiled:
     q_tile None means 1 here (the plan and :data:`Q_TILE_ENV` are not consulted), and a q_tile
     above 1 raises ValueError.
+    ``counter``: :func:`counter_words` uint32 words, zero (the shader leaves them zero): for T = 1
+    untiled without ``f16_probabilities``, the split pass also merges (the last split workgroup
+    of each KV head to finish; no ``kv-slot-merge`` dispatch); else unused. None: separate merge.
+    ``store``: T = 1 untiled, one ``slot_pos`` map (not ``pos_per_head``): the split pass also
+    stores the token's K/V into slot ``step.slots[0]`` and its position into ``slot_pos`` (what
+    ``kv-slot-store`` would do before it; the caller then records no store). Else ValueError.
     """
     if head_dim % 4 or head_dim > MAX_HEAD_DIM or n_q_heads % n_kv_heads:
         raise ValueError(f"head_dim {head_dim} must be a multiple of 4 and <= {MAX_HEAD_DIM}, and "
@@ -141,6 +161,15 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
         q_tile = 1
     q_tile = q_tile_for(rec.device, T) if q_tile is None else check_int("q_tile", q_tile, minimum=1,
                                                                           maximum=MAX_Q_TILE)
+    decode = T == 1 and q_tile == 1
+    if store and (not decode or pos_per_head):
+        raise ValueError(f"store in the attention dispatch needs T = 1 untiled and one slot map, got T={T}, "
+                         f"q_tile={q_tile}, pos_per_head={pos_per_head}")
+    merge_fused = counter is not None and decode and not f16_probabilities
+    if merge_fused and counter.n_words < counter_words(n_kv_heads):
+        raise ValueError(f"counter has {counter.n_words} words, the fused merge of {n_kv_heads} KV heads "
+                         f"needs counter_words({n_kv_heads}) = {counter_words(n_kv_heads)}")
+    fuse = (FUSE_STORE if store else 0) | (FUSE_MERGE if merge_fused else 0)
     n_splits = n_splits_for(cap, head_dim, T, local_size, q_tile)
     dims = (head_dim, n_q_heads, n_kv_heads)
     p16 = int(bool(f16_probabilities))
@@ -155,22 +184,63 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
         split_spec = (q_tile * lanes, *dims, lanes, int(pos_per_head), q_tile, p16)
         split_grid, label = -(-T // q_tile), f"kv-slot-attention-qt{q_tile}"
     else:
-        split_spec, split_grid, label = merge_spec, T, "kv-slot-attention"
+        split_spec, split_grid = merge_spec, T
+        label = "kv-slot-attention" + {0: "", FUSE_STORE: "-stored", FUSE_MERGE: "-merged",
+                                       FUSE_STORE | FUSE_MERGE: "-fused"}[fuse]
+    counter = part if counter is None else counter      # binding 7 (unused unless the merge is fused)
     pairs = as_parts(k_cache, v_cache, parts, n_kv_heads)
     for k, v, h0, nh in pairs:
-        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_splits, nh, split_grid),
-                     spec=split_spec, push=PUSH.pack(pass_id=0, h0=h0, nh=nh, **common), label=label)
+        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out, counter], groups=(n_splits, nh, split_grid),
+                     spec=split_spec, push=PUSH.pack(pass_id=0, h0=h0, nh=nh, fuse=fuse, **common), label=label)
+    if merge_fused:
+        return rec
     k, v = pairs[0][:2]
     if f16_probabilities:
-        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=merge_spec,
-                     push=PUSH.pack(pass_id=2, h0=0, nh=n_kv_heads, **common), label="kv-slot-stats")
+        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out, counter], groups=(n_q_heads, T),
+                     spec=merge_spec, push=PUSH.pack(pass_id=2, h0=0, nh=n_kv_heads, fuse=0, **common),
+                     label="kv-slot-stats")
         for kk, vv, h0, nh in pairs:
-            rec.dispatch(SHADER, [qkv, kk, vv, slot_pos, step, part, out], groups=(n_splits, nh, T),
-                         spec=merge_spec, push=PUSH.pack(pass_id=3, h0=h0, nh=nh, **common),
+            rec.dispatch(SHADER, [qkv, kk, vv, slot_pos, step, part, out, counter], groups=(n_splits, nh, T),
+                         spec=merge_spec, push=PUSH.pack(pass_id=3, h0=h0, nh=nh, fuse=0, **common),
                          label="kv-slot-attention-f16")
-    return rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=merge_spec,
-                        push=PUSH.pack(pass_id=1, h0=0, nh=n_kv_heads, **common),
+    return rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out, counter], groups=(n_q_heads, T),
+                        spec=merge_spec, push=PUSH.pack(pass_id=1, h0=0, nh=n_kv_heads, fuse=0, **common),
                         label="kv-slot-merge")
+
+
+def counter_words(n_kv_heads: int) -> int:
+    """uint32 words of the fused merge's counters (one per KV head of a T = 1 step; zero-filled
+    by the owner, left zero by the shader)."""
+    return max(1, n_kv_heads)
+
+
+def slot_fuse(fuse: bool | None = None) -> bool:
+    """Whether decode steps fuse store, attention and merge: ``fuse`` when given, else
+    :data:`SLOT_FUSE_ENV` (``1``, the default, or ``0``), read when a step is recorded."""
+    if fuse is not None:
+        return bool(fuse)
+    env = os.environ.get(SLOT_FUSE_ENV, "").strip()
+    if env not in ("", "0", "1"):
+        raise ValueError(f"{SLOT_FUSE_ENV}={env!r}: must be 0 (separate store, attention and merge) or 1 (fused)")
+    return env != "0"
+
+
+def record_slot_step(rec: Recording, qkv, step, k_cache, v_cache, slot_pos, part, out, counter, *, T: int,
+                     cap: int, head_dim: int, n_q_heads: int, n_kv_heads: int, parts=None,
+                     f16_probabilities: bool = False, fuse: bool | None = None) -> Recording:
+    """A slot policy's store + attention of one layer (layer 0 of the given per-layer buffers):
+    for T = 1 with :func:`slot_fuse` one ``kv-slot-attention`` dispatch per K/V part that also
+    stores the token and merges (``counter``: :func:`counter_words` words, zero); otherwise
+    ``kv-slot-store``, then :func:`record_kv_slot_attention` with its separate merge.
+    ``qkv`` ``(T, (H_q + 2 H_kv) D)`` post-RoPE rows in, ``out`` ``(T, H_q, D)`` float32 out."""
+    dims = dict(head_dim=head_dim, n_q_heads=n_q_heads, n_kv_heads=n_kv_heads)
+    fused = T == 1 and slot_fuse(fuse)
+    if not fused:
+        record_kv_slot_store(rec, qkv, step, k_cache, v_cache, slot_pos, T=T, cap=cap, layer=0, parts=parts,
+                             **dims)
+    return record_kv_slot_attention(rec, qkv, k_cache, v_cache, slot_pos, step, part, out, T=T, cap=cap,
+                                    layer=0, parts=parts, f16_probabilities=f16_probabilities,
+                                    counter=counter if fused else None, store=fused, **dims)
 
 
 def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, slot_pos: np.ndarray, *,
