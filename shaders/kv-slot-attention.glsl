@@ -17,6 +17,11 @@
 //   are merged by shuffles, then across subgroups in shared memory, into
 //   part[(t, h, s)] = [m, l, 0, 0, acc[D]] (max logit in log2 units, sum of 2^(logit - m),
 //   sum of 2^(logit - m) v).
+//   HG > 1 (decode plan, QT = 1 and P16 = 0 only): the workgroup's subgroups form HG head groups
+//   (consecutive subgroup ids), group h holding heads h GH .. h GH + GH - 1 (GH = G / HG) of the
+//   chunk's slots, SLOTS / HG in flight: each invocation keeps GH instead of G heads' queries and
+//   accumulators (registers), and the HG groups load the same rows in the same round (one
+//   workgroup: the repeats come from the L1 cache, not from memory).
 // Pass 0 with QT > 1 (prefill chunks; grid n_splits x nh x ceil(T / QT)): workgroup (s, kvh - h0,
 //   tile) holds QT consecutive query tokens, one cluster of LPT lanes per token (lanes over D, each
 //   lane NVL quads of the token's G heads). The workgroup stages BLOCK K/V rows of chunk s (float16,
@@ -56,10 +61,13 @@ layout(constant_id = 4) const uint LPT = 8;      // lanes per slot (QT > 1: per 
 layout(constant_id = 5) const uint POS_PER_HEAD = 0;  // 1: slot_pos is (L, HKV, cap), a map per KV head
 layout(constant_id = 6) const uint QT = 1;       // query tokens per pass-0 workgroup (1: decode layout)
 layout(constant_id = 7) const uint P16 = 0;      // 1: float16 q and probabilities (see above)
+layout(constant_id = 8) const uint HG = 1;       // pass 0 with QT = 1, P16 = 0: query-head groups per workgroup (header)
 const uint G = HQ / HKV;
+const uint GH = G / HG;                          // query heads held per invocation
 const uint NV = D / 4u;                          // float16 quads (vec4s) per row
 const uint NVL = NV / LPT;                       // quads per lane
-const uint SLOTS = gl_WorkGroupSize.x / LPT;     // slots in flight per workgroup
+const uint SLOTS = gl_WorkGroupSize.x / LPT;     // clusters per workgroup
+const uint SLOTS_HG = SLOTS / HG;                // slots in flight per workgroup (QT = 1)
 const uint U = 4u;                               // slots per cluster per round
 const uint ROWV = (HQ + 2u * HKV) * NV;          // vec4s per qkv row
 const uint PV = NV + 1u;                         // vec4s per partial result
@@ -108,12 +116,13 @@ float f16r(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
 vec4 f16r4(vec4 v) { return vec4(unpackHalf2x16(packHalf2x16(v.xy)), unpackHalf2x16(packHalf2x16(v.zw))); }
 
 // per invocation: its quads of the G scaled queries and accumulators, the running max and sum
-vec4 qr[G * NVL];
-vec4 acc[G * NVL];
-float m[G], l[G];
+vec4 qr[GH * NVL];
+vec4 acc[GH * NVL];
+float m[GH], l[GH];
 // P16 pass 3: the rows' fixed max M (in m) and 1 / L per head; weighted: this is pass 3
-float inv_l[G];
+float inv_l[GH];
 bool weighted = false;
+uint hg0 = 0u;              // the first of this invocation's GH heads within its KV head's G
 // the round in flight: its U rows' visibility and this lane's quads of their K and V
 bool vis[U];
 uvec2 kr[U * NVL], vr[U * NVL];
@@ -124,8 +133,11 @@ bool visible(uint pos, uint qpos, uint sinks, uint window) {
 
 uint chunk_len(uint n_scan) { return max(p.min_chunk, ceil_div(n_scan, p.n_splits)); }
 
-// Merge (m, l, acc) of head g over the workgroup into part[dst]; every invocation calls it.
-void write_partial(uint g, uint dst) {
+uint part_row(uint t, uint kvh, uint g, uint s) { return ((t * HQ + kvh * G + g) * p.n_splits + s) * PV; }
+
+// Merge (m, l, acc) of held head g over each head group's subgroups into part (row of token t,
+// head kvh * G + group * GH + g, split s); every invocation calls it.
+void write_partial(uint g, uint t, uint kvh, uint s) {
     const uint lane = gl_SubgroupInvocationID % LPT;
     for (uint off = LPT; off < gl_SubgroupSize; off <<= 1) {    // clusters of a subgroup: shuffles
         const float mo = subgroupShuffleXor(m[g], off), lo = subgroupShuffleXor(l[g], off);
@@ -141,17 +153,18 @@ void write_partial(uint g, uint dst) {
         [[unroll]] for (uint i = 0u; i < NVL; i++) sh_acc[sg * NV + lane + i * LPT] = acc[g * NVL + i];
     }
     barrier();
-    const uint tid = gl_LocalInvocationIndex;
-    if (tid < NV) {
+    const uint tid = gl_LocalInvocationIndex, sgh = gl_NumSubgroups / HG;
+    for (uint h = 0u; tid < NV && h < HG; h++) {              // head group h: subgroups [h sgh, (h + 1) sgh)
         float mx = NEG;
-        for (uint k = 0u; k < gl_NumSubgroups; k++) mx = max(mx, sh_ml[k].x);
+        for (uint k = h * sgh; k < (h + 1u) * sgh; k++) mx = max(mx, sh_ml[k].x);
         float lt = 0.0;
         vec4 a = vec4(0.0);
-        for (uint k = 0u; k < gl_NumSubgroups; k++) {
+        for (uint k = h * sgh; k < (h + 1u) * sgh; k++) {
             const float f = exp2(sh_ml[k].x - mx);
             lt += f * sh_ml[k].y;
             a += f * sh_acc[k * NV + tid];
         }
+        const uint dst = part_row(t, kvh, h * GH + g, s);
         part[dst + 1u + tid] = a;
         if (tid == 0u) part[dst] = vec4(mx, lt, 0.0, 0.0);
     }
@@ -161,9 +174,9 @@ void write_partial(uint g, uint dst) {
 // Load this lane's quads of the G queries of token t (pre-scaled to log2 units); zero the state.
 void init_queries(uint t, uint kvh, uint lane) {
     const float scale = PUSH_F(p.scale_bits) * LOG2E;
-    [[unroll]] for (uint g = 0u; g < G; g++) {
+    [[unroll]] for (uint g = 0u; g < GH; g++) {
         [[unroll]] for (uint i = 0u; i < NVL; i++) {
-            const vec4 q = qkv[t * ROWV + (kvh * G + g) * NV + lane + i * LPT];
+            const vec4 q = qkv[t * ROWV + (kvh * G + hg0 + g) * NV + lane + i * LPT];
             qr[g * NVL + i] = (P16 != 0u ? f16r4(q) : q) * scale;
             acc[g * NVL + i] = vec4(0.0);
         }
@@ -171,10 +184,10 @@ void init_queries(uint t, uint kvh, uint lane) {
         l[g] = 0.0;
     }
     weighted = P16 != 0u && p.pass_id == 3u;                   // uniform
-    [[unroll]] for (uint g = 0u; g < G; g++) {
+    [[unroll]] for (uint g = 0u; g < GH; g++) {
         inv_l[g] = 0.0;
         if (weighted) {
-            const vec2 ml = o[(t * HQ + kvh * G + g) * NV].xy;
+            const vec2 ml = o[(t * HQ + kvh * G + hg0 + g) * NV].xy;
             m[g] = ml.x;
             inv_l[g] = 1.0 / ml.y;
         }
@@ -184,7 +197,7 @@ void init_queries(uint t, uint kvh, uint lane) {
 // The round's U rows (vis, kr, vr) enter the online softmax of the G heads. Every lane of the
 // cluster must call it (the logits are summed by shuffles over the cluster).
 void attend_round() {
-    [[unroll]] for (uint g = 0u; g < G; g++) {
+    [[unroll]] for (uint g = 0u; g < GH; g++) {
         float sc[U];
         [[unroll]] for (uint u = 0u; u < U; u++) {
             float d = 0.0;
@@ -217,8 +230,6 @@ void attend_round() {
     }
 }
 
-uint part_row(uint t, uint kvh, uint g, uint s) { return ((t * HQ + kvh * G + g) * p.n_splits + s) * PV; }
-
 uvec2 pack_half4(vec4 v) { return uvec2(packHalf2x16(v.xy), packHalf2x16(v.zw)); }
 // FUSE_STORE: quad i of KV head kvh's key / value of token 0, from the qkv row, as stored
 uvec2 fresh_k(uint kvh, uint i) { return pack_half4(qkv[(HQ + kvh) * NV + i]); }
@@ -247,13 +258,14 @@ void split_pass(uint s, uint kvh, uint t) {
     if (store && s == 0u) store_fresh(kvh, snew, base);
     if (a0 >= n_scan) return;                                  // not live at this length
     const uint a1 = min(a0 + chunk, n_scan);
-    const uint lane = gl_SubgroupInvocationID % LPT;
-    const uint slot = gl_SubgroupID * (gl_SubgroupSize / LPT) + gl_SubgroupInvocationID / LPT;
+    const uint lane = gl_SubgroupInvocationID % LPT, sgh = gl_NumSubgroups / HG;
+    const uint slot = gl_SubgroupID % sgh * (gl_SubgroupSize / LPT) + gl_SubgroupInvocationID / LPT;
+    hg0 = gl_SubgroupID / sgh * GH;
     init_queries(t, kvh, lane);
     const uint pos_base = POS_PER_HEAD != 0u ? (p.layer * HKV + kvh) * p.cap : 0u;
-    for (uint r0 = a0; r0 < a1; r0 += SLOTS * U) {            // rounds: uniform over the workgroup
+    for (uint r0 = a0; r0 < a1; r0 += SLOTS_HG * U) {         // rounds: uniform over the workgroup
         [[unroll]] for (uint u = 0u; u < U; u++) {             // loads first, all in flight
-            const uint j = r0 + u * SLOTS + slot, jc = min(j, a1 - 1u);
+            const uint j = r0 + u * SLOTS_HG + slot, jc = min(j, a1 - 1u);
             const uint row = (base + jc) * NV + lane;
             if (jc == snew) {                                  // being stored by this dispatch: from qkv
                 vis[u] = j < a1 && visible(step[0], qpos, sinks, window);
@@ -272,9 +284,10 @@ void split_pass(uint s, uint kvh, uint t) {
         attend_round();
     }
     if (weighted) {                                            // the merge then sums the splits
-        [[unroll]] for (uint g = 0u; g < G; g++) l[g] = s == 0u && gl_LocalInvocationIndex == 0u ? 1.0 : 0.0;
+        const bool first = s == 0u && gl_SubgroupID % sgh == 0u && gl_SubgroupInvocationID == 0u;
+        [[unroll]] for (uint g = 0u; g < GH; g++) l[g] = first ? 1.0 : 0.0;
     }
-    [[unroll]] for (uint g = 0u; g < G; g++) write_partial(g, part_row(t, kvh, g, s));
+    [[unroll]] for (uint g = 0u; g < GH; g++) write_partial(g, t, kvh, s);
     if (p.pass_id == 0u && (p.fuse & FUSE_MERGE) != 0u) merge_if_last(kvh, t, ceil_div(n_scan, chunk));
 }
 
@@ -326,7 +339,7 @@ void tile_pass(uint s, uint kvh, uint tile) {
         barrier();
     }
     if (!has_token) return;
-    [[unroll]] for (uint g = 0u; g < G; g++) {
+    [[unroll]] for (uint g = 0u; g < GH; g++) {                // HG = 1 here: GH = G
         const uint dst = part_row(t, kvh, g, s);
         [[unroll]] for (uint i = 0u; i < NVL; i++) part[dst + 1u + lane + i * LPT] = acc[g * NVL + i];
         if (lane == 0u) part[dst] = vec4(m[g], l[g], 0.0, 0.0);

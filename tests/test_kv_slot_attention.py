@@ -301,3 +301,73 @@ def test_store_needs_one_decode_token(vk):
                                          n_q_heads=1, n_kv_heads=1, store=True, **kw)
     finally:
         b.release()
+
+
+# ---- decode plan: query-head groups per split workgroup (the shader's HG)
+HG_CASES = [
+    # H_q, H_kv, D, cap, T, n_scan, sinks, window, local size, head groups
+    (8, 2, 128, 600, 1, 600, 0, ALL, 64, 2),      # Llama-3.1-8B's G = 4, D = 128: the GPU plan's 2 groups
+    (8, 2, 128, 1000, 1, 997, 2, 500, 256, 4),    # one head per group, window, partial scan
+    (8, 1, 64, 300, 1, 290, 4, 100, 256, 8),      # G = 8 in 8 groups of 32 invocations
+    (8, 2, 32, 900, 3, 899, 2, 300, 64, 2),       # untiled T = 3 (grid z) with groups
+    (4, 1, 16, 2500, 1, 2500, 0, ALL, 64, 2),     # 128 splits of 20 slots (min chunk 16: partial rounds)
+]
+
+
+@pytest.mark.parametrize("hq,hkv,D,cap,T,n_scan,sinks,window,local_size,hg", HG_CASES)
+def test_head_groups_match_reference(vk, hq, hkv, D, cap, T, n_scan, sinks, window, local_size, hg):
+    """HG groups of subgroups, each holding G / HG heads over the same slots: same attention as the
+    reference (2e-5 absolute, as ungrouped)."""
+    rng = np.random.default_rng(cap + hg)
+    kc = rng.standard_normal((1, hkv, cap, D)).astype(np.float16)
+    vc = rng.standard_normal((1, hkv, cap, D)).astype(np.float16)
+    slot_pos = rng.permutation(cap).astype(np.uint32)
+    slot_pos[rng.integers(0, cap, 3)] = ALL
+    qkv = rng.standard_normal((T, (hq + 2 * hkv) * D)).astype(np.float32) * 2
+    kw = dict(pos0=cap - T, n_scan=n_scan, layer=0, n_q_heads=hq, sinks=sinks, window=window)
+    guard = guard_output(vk, SHADER, "out", T * hq * D)
+    got = kv_slot_attention(qkv, kc, vc, slot_pos, local_size=local_size, q_tile=1, head_groups=hg, device=vk, **kw)
+    assert_sentinels_intact(guard, T * hq * D)
+    assert_close(got, kv_slot_attention_ref(qkv, kc, vc, slot_pos, **kw), atol=2e-5, what=f"attention, HG {hg}")
+
+
+def test_fused_decode_step_with_head_groups(vk, monkeypatch):
+    """The fused step (store + attention + merge) under the environment's head groups."""
+    from grilly_kv.ops.kv_slot_attention import HEAD_GROUPS_ENV
+
+    monkeypatch.setenv(HEAD_GROUPS_ENV, "2")
+    test_fused_decode_step_matches_separate_and_reference(vk, *FUSED_CASES[3])
+
+
+def test_head_groups_plan(monkeypatch):
+    from grilly_kv.ops.kv_slot_attention import HEAD_GROUPS_ENV, head_groups_for
+
+    monkeypatch.delenv(HEAD_GROUPS_ENV, raising=False)
+    gpu, cpu = _FakeDevice("DiscreteGpu"), _FakeDevice("Cpu")
+    assert head_groups_for(gpu, 32, 8, 128, 256) == 2           # Llama-3.1-8B: 16 -> 8 quads per lane
+    assert head_groups_for(gpu, 9, 3, 64, 256) == 1             # SmolLM2: 6 quads, unchanged
+    assert head_groups_for(gpu, 64, 8, 128, 256) == 4           # G = 8: 32 -> 8 quads
+    assert head_groups_for(gpu, 64, 8, 128, 64) == 1            # groups of >= 64 invocations only
+    assert head_groups_for(cpu, 32, 8, 128, 64) == 1
+    monkeypatch.setenv(HEAD_GROUPS_ENV, "1")
+    assert head_groups_for(gpu, 32, 8, 128, 256) == 1
+    monkeypatch.setenv(HEAD_GROUPS_ENV, "4")
+    assert head_groups_for(cpu, 32, 8, 128, 256) == 4
+    for bad in ("3", "0", "x", "16"):
+        monkeypatch.setenv(HEAD_GROUPS_ENV, bad)
+        with pytest.raises(ValueError, match=HEAD_GROUPS_ENV):
+            head_groups_for(gpu, 32, 8, 128, 256)
+    monkeypatch.setenv(HEAD_GROUPS_ENV, "4")                    # 16 invocations per group
+    with pytest.raises(ValueError, match=HEAD_GROUPS_ENV):
+        head_groups_for(gpu, 32, 8, 128, 64)
+
+
+def test_bad_head_groups(vk):
+    kc = np.zeros((1, 1, 4, 8), np.float16)
+    for bad in (3, 4):            # not dividing G = 2; and with q_tile 2
+        with pytest.raises(ValueError, match="head_groups"):
+            kv_slot_attention(np.ones((2, 4 * 8), np.float32), kc, kc, np.arange(4, dtype=np.uint32), pos0=3,
+                              n_scan=4, layer=0, n_q_heads=2, head_groups=bad, device=vk)
+    with pytest.raises(ValueError, match="head_groups"):
+        kv_slot_attention(np.ones((2, 4 * 8), np.float32), kc, kc, np.arange(4, dtype=np.uint32), pos0=3,
+                          n_scan=4, layer=0, n_q_heads=2, head_groups=2, q_tile=2, device=vk)

@@ -21,6 +21,21 @@ splits (a counter per KV head, left at zero): one dispatch per layer instead of
 dispatches) selects it when a step is recorded (A/B benchmarks). Not fused: steps of T > 1 (the
 store, the split pass, tiled or not, and the merge stay separate), and with ``f16_probabilities``
 the merge (its statistics and weighted passes need every split first; the store is still fused).
+
+Decode plan (T = 1): the grid is ``n_splits x H_kv`` workgroups (:func:`n_splits_for`: up to
+:data:`MAX_SPLITS_DECODE` splits per KV head, at least one round of slots each; a long context
+already fills a large GPU, e.g. 128 x 8 KV heads = 1024 workgroups, several per multiprocessor).
+What limits a long-context decode is then how many bytes each multiprocessor keeps in flight,
+i.e. how many workgroups fit at once: every invocation keeps the query and accumulator quads of
+all G = H_q / H_kv heads of its KV head in registers (``2 G D / (4 lanes)`` vec4s, 32 for
+Llama-3.1-8B's G = 4, D = 128 at 8 lanes per slot) besides its U rows of K and V in flight.
+Head groups (:func:`head_groups_for`, the shader's HG) split the workgroup's subgroups into HG
+groups that each hold ``G / HG`` heads over the same slots: the registers per invocation drop by
+HG (more workgroups resident, so more loads in flight), while each K/V row still goes from
+memory once per workgroup (the HG groups read it in the same round; the repeats hit the L1
+cache). The plan takes the fewest groups that leave at most :data:`TILE_QUADS` query quads per
+invocation on GPUs (SmolLM2's G = 3, D = 64: 1, unchanged; Llama-3.1-8B: 2), 1 on CPU devices;
+:data:`HEAD_GROUPS_ENV` (``GRILLY_KV_DECODE_HEAD_GROUPS``) overrides it for A/B runs.
 """
 from __future__ import annotations
 
@@ -50,6 +65,10 @@ TILE_QUADS = 8            # tiled pass: at most this many float16 quads of q (an
 PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f", "h0", "nh", "n_tokens", "min_chunk",
                   "fuse")
 SLOT_FUSE_ENV = "GRILLY_KV_SLOT_FUSE"
+HEAD_GROUPS_ENV = "GRILLY_KV_DECODE_HEAD_GROUPS"
+MAX_HEAD_GROUPS = 8
+MIN_GROUP_INVOCATIONS = 32   # invocations per head group: whole subgroups on lavapipe (8) and NVIDIA (32)
+AUTO_GROUP_INVOCATIONS = 64  # the plan's floor: whole subgroups on any device (AMD wave64 too)
 FUSE_STORE, FUSE_MERGE = 1, 2      # the shader's push-constant bits
 
 
@@ -79,27 +98,52 @@ def staged_rows(head_dim: int) -> int:
     return (64 if nv < 16 else 1024 // nv) // TOKENS_PER_ROUND * TOKENS_PER_ROUND
 
 
-def min_chunk(head_dim: int, local_size: int, q_tile: int = 1) -> int:
-    """Fewest slots per split: one round of the workgroup (slots in flight x U), or with
-    ``q_tile`` > 1 one staged block."""
+def min_chunk(head_dim: int, local_size: int, q_tile: int = 1, head_groups: int = 1) -> int:
+    """Fewest slots per split: one round of the workgroup (slots in flight x U, the slots in flight
+    shared by ``head_groups``), or with ``q_tile`` > 1 one staged block."""
     if q_tile > 1:
         return staged_rows(head_dim)
-    return local_size // lanes_per_slot(head_dim) * TOKENS_PER_ROUND
+    return max(1, local_size // lanes_per_slot(head_dim) // head_groups) * TOKENS_PER_ROUND
 
 
-def n_splits_for(cap: int, head_dim: int, T: int, local_size: int, q_tile: int = 1) -> int:
+def head_groups_for(device, n_q_heads: int, n_kv_heads: int, head_dim: int, local_size: int) -> int:
+    """The decode plan's query-head groups per split workgroup (see the module docstring):
+    :data:`HEAD_GROUPS_ENV` when set (a power of 2 dividing G = H_q / H_kv, leaving at least
+    :data:`MIN_GROUP_INVOCATIONS` invocations per group: each group must be whole subgroups, so
+    the device's subgroups must not be larger), else 1 on CPU devices, else the fewest groups
+    (a power of 2 dividing G, at least :data:`AUTO_GROUP_INVOCATIONS` invocations each) that
+    leave each invocation at most :data:`TILE_QUADS` query quads."""
+    G = n_q_heads // n_kv_heads
+    env = os.environ.get(HEAD_GROUPS_ENV, "").strip()
+    if env:
+        hg = int(env) if env.isdigit() else 0
+        if (not 1 <= hg <= MAX_HEAD_GROUPS or hg & (hg - 1) or G % hg
+                or local_size // hg < MIN_GROUP_INVOCATIONS):
+            raise ValueError(f"{HEAD_GROUPS_ENV}={env!r}: must be a power of 2 <= {MAX_HEAD_GROUPS} dividing "
+                             f"G = {G}, with >= {MIN_GROUP_INVOCATIONS} of the {local_size} invocations per group")
+        return hg
+    if device.properties.get("device_type") == "Cpu":
+        return 1
+    quads = head_dim // 4 // lanes_per_slot(head_dim)
+    hg = 1
+    while G * quads // hg > TILE_QUADS and G % (2 * hg) == 0 and local_size // (2 * hg) >= AUTO_GROUP_INVOCATIONS:
+        hg *= 2
+    return hg
+
+
+def n_splits_for(cap: int, head_dim: int, T: int, local_size: int, q_tile: int = 1, head_groups: int = 1) -> int:
     """Key splits per (token, KV head) in the grid, enough for ``cap`` slots. On the device a step
     with ``n_scan`` live slots uses chunks of ``max(min_chunk, ceil(n_scan / n_splits))`` slots;
     the splits past the last chunk exit at once and the merge reads only the live ones."""
     limit = MAX_SPLITS_DECODE if T == 1 else MAX_SPLITS_CHUNK
-    return max(1, min(limit, -(-cap // min_chunk(head_dim, local_size, q_tile))))
+    return max(1, min(limit, -(-cap // min_chunk(head_dim, local_size, q_tile, head_groups))))
 
 
 def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int) -> int:
     """Words of the partial-result buffer for steps of 1 to ``max_chunk`` tokens (any local size,
     tiled or not)."""
-    rows = max(T * n_splits_for(cap, head_dim, T, ls, qt) for T in {1, max_chunk}
-               for ls in (LOCAL_SIZE_GPU, LOCAL_SIZE_CPU) for qt in (1, 2))
+    rows = max(T * n_splits_for(cap, head_dim, T, ls, qt, hg) for T in {1, max_chunk}
+               for ls in (LOCAL_SIZE_GPU, LOCAL_SIZE_CPU) for qt in (1, 2) for hg in (1, MAX_HEAD_GROUPS))
     return rows * n_q_heads * (head_dim + 4)
 
 
@@ -122,7 +166,7 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
                              n_kv_heads: int, local_size: int | None = None, parts=None,
                              pos_per_head: bool = False, q_tile: int | None = None,
                              f16_probabilities: bool = False, counter=None,
-                             store: bool = False) -> Recording:
+                             store: bool = False, head_groups: int | None = None) -> Recording:
     """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32.
 
     ``k_cache``/``v_cache``: one buffer each ``(L, H_kv, cap, D)``, or with ``parts`` lists of
@@ -148,6 +192,9 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     ``store``: T = 1 untiled, one ``slot_pos`` map (not ``pos_per_head``): the split pass also
     stores the token's K/V into slot ``step.slots[0]`` and its position into ``slot_pos`` (what
     ``kv-slot-store`` would do before it; the caller then records no store). Else ValueError.
+    ``head_groups``: query-head groups per split workgroup of an untiled pass without
+    ``f16_probabilities`` (None: :func:`head_groups_for` for T = 1, else 1); a power of 2
+    dividing G with at least :data:`MIN_GROUP_INVOCATIONS` invocations per group.
     """
     if head_dim % 4 or head_dim > MAX_HEAD_DIM or n_q_heads % n_kv_heads:
         raise ValueError(f"head_dim {head_dim} must be a multiple of 4 and <= {MAX_HEAD_DIM}, and "
@@ -170,21 +217,32 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
         raise ValueError(f"counter has {counter.n_words} words, the fused merge of {n_kv_heads} KV heads "
                          f"needs counter_words({n_kv_heads}) = {counter_words(n_kv_heads)}")
     fuse = (FUSE_STORE if store else 0) | (FUSE_MERGE if merge_fused else 0)
-    n_splits = n_splits_for(cap, head_dim, T, local_size, q_tile)
+    G = n_q_heads // n_kv_heads
+    if q_tile > 1 or f16_probabilities:
+        if head_groups not in (None, 1):
+            raise ValueError(f"head_groups {head_groups}: only the untiled pass without f16_probabilities groups heads")
+        head_groups = 1
+    elif head_groups is None:
+        head_groups = head_groups_for(rec.device, n_q_heads, n_kv_heads, head_dim, local_size) if T == 1 else 1
+    elif (check_int("head_groups", head_groups, minimum=1, maximum=MAX_HEAD_GROUPS) & (head_groups - 1)
+          or G % head_groups or local_size // head_groups < MIN_GROUP_INVOCATIONS):
+        raise ValueError(f"head_groups {head_groups}: must be a power of 2 dividing G = {G} with >= "
+                         f"{MIN_GROUP_INVOCATIONS} of the {local_size} invocations per group")
+    n_splits = n_splits_for(cap, head_dim, T, local_size, q_tile, head_groups)
     dims = (head_dim, n_q_heads, n_kv_heads)
     p16 = int(bool(f16_probabilities))
-    merge_spec = (local_size, *dims, lanes_per_slot(head_dim), int(pos_per_head), 1, p16)   # ids 0..7 (QT 6, P16 7)
+    merge_spec = (local_size, *dims, lanes_per_slot(head_dim), int(pos_per_head), 1, p16, 1)   # ids 0..8 (QT 6, P16 7, HG 8)
     common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim), n_tokens=T,
-                  min_chunk=min_chunk(head_dim, local_size, q_tile))
+                  min_chunk=min_chunk(head_dim, local_size, q_tile, head_groups))
     if q_tile > 1:
         lanes = tile_lanes(head_dim, n_q_heads // n_kv_heads)
         if q_tile * lanes > rec.device.properties["max_work_group_invocations"]:
             raise ValueError(f"q_tile {q_tile} x {lanes} lanes per token exceeds the device's "
                              f"{rec.device.properties['max_work_group_invocations']} invocations per workgroup")
-        split_spec = (q_tile * lanes, *dims, lanes, int(pos_per_head), q_tile, p16)
+        split_spec = (q_tile * lanes, *dims, lanes, int(pos_per_head), q_tile, p16, 1)
         split_grid, label = -(-T // q_tile), f"kv-slot-attention-qt{q_tile}"
     else:
-        split_spec, split_grid = merge_spec, T
+        split_spec, split_grid = (*merge_spec[:8], head_groups), T
         label = "kv-slot-attention" + {0: "", FUSE_STORE: "-stored", FUSE_MERGE: "-merged",
                                        FUSE_STORE | FUSE_MERGE: "-fused"}[fuse]
     counter = part if counter is None else counter      # binding 7 (unused unless the merge is fused)
@@ -247,7 +305,7 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
                       pos0: int, n_scan: int, layer: int, n_q_heads: int, sinks: int = 0,
                       window: int = ALL_POSITIONS, local_size: int | None = None,
                       heads_per_buffer: int | None = None, q_tile: int | None = None,
-                      f16_probabilities: bool = False,
+                      f16_probabilities: bool = False, head_groups: int | None = None,
                       device: DeviceLike = None) -> np.ndarray:
     """Attention output of the q heads of ``qkv`` over the cache.
 
@@ -264,6 +322,7 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
         q_tile: query tokens per split-pass workgroup (see :func:`record_kv_slot_attention`).
         f16_probabilities: q and the probabilities rounded to float16 (llama.cpp's F16 path;
             untiled, see :func:`record_kv_slot_attention`).
+        head_groups: query-head groups per split workgroup (see :func:`record_kv_slot_attention`).
 
     Returns:
         ``(T, H_q, D)`` float32. Every query must see at least one key.
@@ -316,6 +375,6 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     rec = Recording(dev).upload(qb, pb, sb, *kbs, *vbs)
     record_kv_slot_attention(rec, qb, kbs, vbs, pb, sb, part, ob, T=T, cap=cap, layer=layer, head_dim=D,
                              n_q_heads=n_q_heads, n_kv_heads=h_kv, local_size=local_size, parts=parts,
-                             q_tile=q_tile, f16_probabilities=kw["f16_probabilities"])
+                             q_tile=q_tile, f16_probabilities=kw["f16_probabilities"], head_groups=head_groups)
     rec.download(ob).run()
     return ob.read(T * n_q_heads * D).reshape(T, n_q_heads, D)
