@@ -371,3 +371,36 @@ def test_bad_head_groups(vk):
     with pytest.raises(ValueError, match="head_groups"):
         kv_slot_attention(np.ones((2, 4 * 8), np.float32), kc, kc, np.arange(4, dtype=np.uint32), pos0=3,
                           n_scan=4, layer=0, n_q_heads=2, head_groups=2, q_tile=2, device=vk)
+
+
+def test_decode_split_limit(monkeypatch):
+    """Decode splits per KV head: enough for DECODE_WORKGROUPS workgroups over all heads, at
+    least MAX_SPLITS_DECODE; the environment overrides the target (0: MAX_SPLITS_DECODE)."""
+    from grilly_kv.ops.kv_slot_attention import (DECODE_WORKGROUPS, MAX_SPLITS_DECODE, WORKGROUPS_ENV,
+                                                 decode_split_limit, n_splits_for)
+
+    monkeypatch.delenv(WORKGROUPS_ENV, raising=False)
+    assert decode_split_limit(8) == max(MAX_SPLITS_DECODE, DECODE_WORKGROUPS // 8)
+    assert decode_split_limit(3) == -(-DECODE_WORKGROUPS // 3) > MAX_SPLITS_DECODE
+    assert n_splits_for(131072, 64, 1, 256, n_kv_heads=3) == decode_split_limit(3)
+    assert n_splits_for(8192, 64, 1, 256, n_kv_heads=3) == 64          # short context: one round each
+    assert n_splits_for(131072, 64, 32, 256, n_kv_heads=3) == 16        # prefill chunks unchanged
+    monkeypatch.setenv(WORKGROUPS_ENV, "0")
+    assert decode_split_limit(3) == MAX_SPLITS_DECODE
+    for bad in ("x", "-1", "100000"):
+        monkeypatch.setenv(WORKGROUPS_ENV, bad)
+        with pytest.raises(ValueError, match=WORKGROUPS_ENV):
+            decode_split_limit(3)
+
+
+def test_part_buffer_too_small_raises(vk):
+    from grilly_kv.backend import Buffer, Recording
+    from grilly_kv.ops.kv_slot_attention import record_kv_slot_attention
+
+    b = Buffer(vk, 64)
+    try:
+        with pytest.raises(ValueError, match="part has 64 words"):
+            record_kv_slot_attention(Recording(vk), b, b, b, b, b, b, b, T=1, cap=4000, layer=0, head_dim=8,
+                                     n_q_heads=1, n_kv_heads=1)
+    finally:
+        b.release()

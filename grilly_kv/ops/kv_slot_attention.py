@@ -22,9 +22,15 @@ dispatches) selects it when a step is recorded (A/B benchmarks). Not fused: step
 store, the split pass, tiled or not, and the merge stay separate), and with ``f16_probabilities``
 the merge (its statistics and weighted passes need every split first; the store is still fused).
 
-Decode plan (T = 1): the grid is ``n_splits x H_kv`` workgroups (:func:`n_splits_for`: up to
-:data:`MAX_SPLITS_DECODE` splits per KV head, at least one round of slots each; a long context
-already fills a large GPU, e.g. 128 x 8 KV heads = 1024 workgroups, several per multiprocessor).
+Decode plan (T = 1): the grid is ``n_splits x H_kv`` workgroups (:func:`n_splits_for`), each
+split at least one round of slots; at long context the splits per KV head reach
+:func:`decode_split_limit`: enough for :data:`DECODE_WORKGROUPS` workgroups over all KV heads
+(several per multiprocessor of a large GPU: an H200 has 132), and never fewer than
+:data:`MAX_SPLITS_DECODE` per head (e.g. Llama-3.1-8B's 8 KV heads: 128 splits, 1024 workgroups;
+SmolLM2's 3: 342 splits instead of 128, so a long context no longer leaves most multiprocessors
+with one workgroup or none). The merge reads every live split's partial once per query head: a
+few hundred rows, small next to the K/V. :data:`WORKGROUPS_ENV` (``GRILLY_KV_DECODE_WORKGROUPS``)
+overrides the target (0: :data:`MAX_SPLITS_DECODE` per head, the rule before the target).
 What limits a long-context decode is then how many bytes each multiprocessor keeps in flight,
 i.e. how many workgroups fit at once: every invocation keeps the query and accumulator quads of
 all G = H_q / H_kv heads of its KV head in registers (``2 G D / (4 lanes)`` vec4s, 32 for
@@ -66,6 +72,9 @@ PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f", "h0", "nh", 
                   "fuse")
 SLOT_FUSE_ENV = "GRILLY_KV_SLOT_FUSE"
 HEAD_GROUPS_ENV = "GRILLY_KV_DECODE_HEAD_GROUPS"
+WORKGROUPS_ENV = "GRILLY_KV_DECODE_WORKGROUPS"
+DECODE_WORKGROUPS = 1024     # decode plan: split workgroups over all KV heads at long context
+MAX_DECODE_WORKGROUPS = 4096
 MAX_HEAD_GROUPS = 8
 MIN_GROUP_INVOCATIONS = 32   # invocations per head group: whole subgroups on lavapipe (8) and NVIDIA (32)
 AUTO_GROUP_INVOCATIONS = 64  # the plan's floor: whole subgroups on any device (AMD wave64 too)
@@ -131,20 +140,36 @@ def head_groups_for(device, n_q_heads: int, n_kv_heads: int, head_dim: int, loca
     return hg
 
 
-def n_splits_for(cap: int, head_dim: int, T: int, local_size: int, q_tile: int = 1, head_groups: int = 1) -> int:
-    """Key splits per (token, KV head) in the grid, enough for ``cap`` slots. On the device a step
-    with ``n_scan`` live slots uses chunks of ``max(min_chunk, ceil(n_scan / n_splits))`` slots;
-    the splits past the last chunk exit at once and the merge reads only the live ones."""
-    limit = MAX_SPLITS_DECODE if T == 1 else MAX_SPLITS_CHUNK
+def decode_split_limit(n_kv_heads: int) -> int:
+    """Most splits per KV head of a decode step: ``ceil(target / n_kv_heads)`` for the target
+    :data:`DECODE_WORKGROUPS` (or :data:`WORKGROUPS_ENV`, an integer in ``[0,``
+    :data:`MAX_DECODE_WORKGROUPS` ``]``), at least :data:`MAX_SPLITS_DECODE`."""
+    env = os.environ.get(WORKGROUPS_ENV, "").strip()
+    if env and (not env.isdigit() or int(env) > MAX_DECODE_WORKGROUPS):
+        raise ValueError(f"{WORKGROUPS_ENV}={env!r}: must be an integer in [0, {MAX_DECODE_WORKGROUPS}]")
+    target = int(env) if env else DECODE_WORKGROUPS
+    return max(MAX_SPLITS_DECODE, -(-target // max(1, n_kv_heads)))
+
+
+def n_splits_for(cap: int, head_dim: int, T: int, local_size: int, q_tile: int = 1, head_groups: int = 1,
+                 n_kv_heads: int = 1) -> int:
+    """Key splits per (token, KV head) in the grid, enough for ``cap`` slots (T = 1: at most
+    :func:`decode_split_limit` of ``n_kv_heads``). On the device a step with ``n_scan`` live
+    slots uses chunks of ``max(min_chunk, ceil(n_scan / n_splits))`` slots; the splits past the
+    last chunk exit at once and the merge reads only the live ones."""
+    limit = decode_split_limit(n_kv_heads) if T == 1 else MAX_SPLITS_CHUNK
     return max(1, min(limit, -(-cap // min_chunk(head_dim, local_size, q_tile, head_groups))))
 
 
-def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int) -> int:
+def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int, n_kv_heads: int = 1) -> int:
     """Words of the partial-result buffer for steps of 1 to ``max_chunk`` tokens (any local size,
-    tiled or not)."""
-    rows = max(T * n_splits_for(cap, head_dim, T, ls, qt, hg) for T in {1, max_chunk}
+    tiled or not, head groups, decode split target up to :data:`MAX_DECODE_WORKGROUPS`) with
+    ``n_kv_heads`` KV heads (default 1: enough for any)."""
+    top = max(MAX_SPLITS_DECODE, -(-MAX_DECODE_WORKGROUPS // max(1, n_kv_heads)))
+    rows = max(T * min(MAX_SPLITS_CHUNK if T > 1 else top,
+                       -(-cap // min_chunk(head_dim, ls, qt, hg))) for T in {1, max_chunk}
                for ls in (LOCAL_SIZE_GPU, LOCAL_SIZE_CPU) for qt in (1, 2) for hg in (1, MAX_HEAD_GROUPS))
-    return rows * n_q_heads * (head_dim + 4)
+    return max(1, rows) * n_q_heads * (head_dim + 4)
 
 
 def q_tile_for(device, T: int) -> int:
@@ -228,7 +253,11 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
           or G % head_groups or local_size // head_groups < MIN_GROUP_INVOCATIONS):
         raise ValueError(f"head_groups {head_groups}: must be a power of 2 dividing G = {G} with >= "
                          f"{MIN_GROUP_INVOCATIONS} of the {local_size} invocations per group")
-    n_splits = n_splits_for(cap, head_dim, T, local_size, q_tile, head_groups)
+    n_splits = n_splits_for(cap, head_dim, T, local_size, q_tile, head_groups, n_kv_heads)
+    need = T * n_splits * n_q_heads * (head_dim + 4)
+    if part.n_words < need:
+        raise ValueError(f"part has {part.n_words} words, this step's {n_splits} splits need {need} "
+                         f"(size it with part_words(..., n_kv_heads={n_kv_heads}))")
     dims = (head_dim, n_q_heads, n_kv_heads)
     p16 = int(bool(f16_probabilities))
     merge_spec = (local_size, *dims, lanes_per_slot(head_dim), int(pos_per_head), 1, p16, 1)   # ids 0..8 (QT 6, P16 7, HG 8)
@@ -363,7 +392,7 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     vbs = [ws.scratch.get(f"v{i}", L * nh * cap * D // 2, np.uint32) for i, (_, nh) in enumerate(parts)]
     pb = ws.scratch.get("slot_pos", cap, np.uint32)
     sb = ws.scratch.get("step", step_words(T), np.uint32)
-    part = ws.scratch.get("part", part_words(T, n_q_heads, cap, D), host_visible=False)
+    part = ws.scratch.get("part", part_words(T, n_q_heads, cap, D, h_kv), host_visible=False)
     ob = ws.scratch.get("out", T * n_q_heads * D)
     qb.write(qkv)
     for kb, vb, (h0, nh) in zip(kbs, vbs, parts):

@@ -42,7 +42,8 @@ class DeviceSlotCache(TwinBase):
         self.slot_pos.write(np.full(self.cap, EMPTY_SLOT, np.uint32))
         self.slot_pos.upload_now()
         self._epoch = getattr(policy, "slot_epoch", 0)
-        self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
+        self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim,
+                                          shape.n_kv_heads),
                            np.float32, host_visible=False)
         self.counter = self.alloc(device, counter_words(shape.n_kv_heads), np.uint32)
         self.counter.write(np.zeros(self.counter.n_words, np.uint32))

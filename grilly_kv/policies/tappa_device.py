@@ -70,7 +70,7 @@ class DeviceTappaCache(TwinBase):
         self.stats = self.alloc(device, sw["stats"], host_visible=False)
         self.raw = self.alloc(device, sw["raw"], host_visible=False)
         self.kept = self.alloc(device, sw["kept"], np.uint32, host_visible=False)
-        self.part = self.alloc(device, part_words(shape.max_chunk, HQ, self.cap, D), host_visible=False)
+        self.part = self.alloc(device, part_words(shape.max_chunk, HQ, self.cap, D, H), host_visible=False)
         self.counter = self.alloc(device, counter_words(H), np.uint32)   # fused decode merge: zero
         self.counter.write(np.zeros(self.counter.n_words, np.uint32))
         self.counter.upload_now()

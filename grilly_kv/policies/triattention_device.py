@@ -151,7 +151,7 @@ class DeviceTriAttentionCache(TwinBase):
             table.write(np.full(self.cap, EMPTY_SLOT, np.uint32))
         rec = Recording(device).upload(*self.slot_pos)
         rec.run()
-        self.part = self.alloc(device, part_words(s.max_chunk, s.n_q_heads, self.cap, s.head_dim),
+        self.part = self.alloc(device, part_words(s.max_chunk, s.n_q_heads, self.cap, s.head_dim, s.n_kv_heads),
                                host_visible=False)
         self.counter = self.alloc(device, counter_words(s.n_kv_heads), np.uint32)   # fused merge: zero
         self.counter.write(np.zeros(self.counter.n_words, np.uint32))
