@@ -8,6 +8,8 @@ dense under numerics="ggml" (store fused, merge separate).
 Tolerance: the same float16 K/V and the same merge code, only the order in which the split
 workgroups finish differs (the merge does not depend on it): |logit err| <= 1e-4, same argmax.
 """
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from grilly_kv.models.llama.vulkan import VulkanModel
 from grilly_kv.models.synthetic import write_synthetic_gguf
 from grilly_kv.ops.kv_slot_attention import SLOT_FUSE_ENV
 from grilly_kv.policies import make_policy
+from grilly_kv.policies.kv_store import max_heads_per_buffer
 from grilly_kv.policies.tappa import TappaPolicy
 from grilly_kv.policies.triattention import TriAttentionPolicy
 from harness import assert_close, teacher_forced_logits
@@ -40,7 +43,8 @@ CASES = [("dense", "float", {"kv-slot-attention-fused"}),
          ("streaming", "float", {"kv-slot-attention-fused"}),
          ("triattention", "float", {"kv-slot-attention-fused"}),
          ("tappa", "float", {"kv-slot-attention-merged"}),
-         ("dense", "ggml", {"kv-slot-attention-stored", "kv-slot-stats", "kv-slot-attention-f16", "kv-slot-merge"})]
+         ("dense", "ggml", {"kv-slot-attention-stored", "kv-slot-stats", "kv-slot-attention-f16", "kv-slot-merge"}),
+         ("streaming-split", "float", {"kv-slot-attention-fused"})]    # K/V split: a buffer per KV head
 
 
 def _decode_labels(model) -> set:
@@ -54,12 +58,15 @@ def test_fused_decode_matches_separate_dispatches(vk, tmp_path, monkeypatch, nam
     ck = load_checkpoint(path, floats=numerics != "ggml")
     ids = [int(i) for i in np.random.default_rng(3).integers(0, 267, N_IDS)]
     logits, labels = {}, {}
+    split = name.endswith("-split")
     for fuse in ("0", "1"):
         monkeypatch.setenv(SLOT_FUSE_ENV, fuse)
         model = VulkanModel(ck, vk, max_chunk=CHUNK, numerics=numerics)
         try:
-            logits[fuse] = teacher_forced_logits(model, _policy(name, ck.config.n_layers, ck.config.n_q_heads),
-                                                 ids, N_PREFILL)
+            with max_heads_per_buffer(1) if split else contextlib.nullcontext():     # a buffer per KV head
+                logits[fuse] = teacher_forced_logits(
+                    model, _policy(name.removesuffix("-split"), ck.config.n_layers, ck.config.n_q_heads), ids, N_PREFILL)
+                assert model.kv.store.split == split
             labels[fuse] = _decode_labels(model)
         finally:
             model.close()
