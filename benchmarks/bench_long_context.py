@@ -47,13 +47,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ClockWarmer, device_info, label_parts, median_parts, save
 
-from grilly_kv.backend import get_device
-from grilly_kv.ops.buffer_copy import copy_bandwidth
-from grilly_kv.ops.kv_slot_attention import HEAD_GROUPS_ENV, SLOT_FUSE_ENV, WORKGROUPS_ENV
-from grilly_kv.policies import make_policy
-from grilly_kv.policies.registry import policy_names
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's grilly_kv, not an installed one
+
+from common import ClockWarmer, device_info, label_parts, median_parts, save  # noqa: E402
+
+from grilly_kv.backend import get_device  # noqa: E402
+from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
+from grilly_kv.ops.kv_slot_attention import HEAD_GROUPS_ENV, SLOT_FUSE_ENV, WORKGROUPS_ENV  # noqa: E402
+from grilly_kv.policies import make_policy  # noqa: E402
+from grilly_kv.policies.registry import policy_names  # noqa: E402
 
 LLAMA_8B = dict(n_layers=32, d_model=4096, n_q_heads=32, n_kv_heads=8, head_dim=128, d_ffn=14336,
                 vocab=128256, rope_theta=500000.0, norm_eps=1e-5)
