@@ -24,11 +24,22 @@ the peer.
     python3 benchmarks/bench_long_context.py                 # H200: 32 layers, 32K and 128K
     python3 benchmarks/bench_long_context.py --layers 8      # fewer layers (stated in the JSON)
     python3 benchmarks/bench_long_context.py --quick         # lavapipe: tiny shapes
+
+Decode-attention A/B (each value measured in turn in the same run, per policy and context; each
+row records the environment it ran under): ``--head-groups 1,2`` sets
+``GRILLY_KV_DECODE_HEAD_GROUPS`` (query-head groups per kv-slot-attention split workgroup; unset:
+the plan), ``--decode-workgroups 0,1024`` sets ``GRILLY_KV_DECODE_WORKGROUPS`` (the decode split
+target), ``--slot-fuse 0,1`` sets ``GRILLY_KV_SLOT_FUSE`` (one fused dispatch per layer or the
+separate store, attention and merge):
+
+    python3 benchmarks/bench_long_context.py --layers 4 --policies dense,streaming --budgets 2048 \
+        --steps 12 --head-groups 1,2,4 --slot-fuse 0,1 --name long_context_ab
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,12 +47,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ClockWarmer, device_info, label_parts, median_parts, save
 
-from grilly_kv.backend import get_device
-from grilly_kv.ops.buffer_copy import copy_bandwidth
-from grilly_kv.policies import make_policy
-from grilly_kv.policies.registry import policy_names
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's grilly_kv, not an installed one
+
+from common import ClockWarmer, device_info, label_parts, median_parts, save  # noqa: E402
+
+from grilly_kv.backend import get_device  # noqa: E402
+from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
+from grilly_kv.ops.kv_slot_attention import HEAD_GROUPS_ENV, SLOT_FUSE_ENV, WORKGROUPS_ENV  # noqa: E402
+from grilly_kv.policies import make_policy  # noqa: E402
+from grilly_kv.policies.registry import policy_names  # noqa: E402
 
 LLAMA_8B = dict(n_layers=32, d_model=4096, n_q_heads=32, n_kv_heads=8, head_dim=128, d_ffn=14336,
                 vocab=128256, rope_theta=500000.0, norm_eps=1e-5)
@@ -65,7 +80,22 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--warm-ms", type=float, default=None, help="GPU busy time (buffer copies) before "
                     "each policy is timed, so every row starts at a busy clock (default 300, quick 0)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch SDPA peer")
+    ap.add_argument("--head-groups", default=None, help=f"comma list of {HEAD_GROUPS_ENV} values, each measured")
+    ap.add_argument("--decode-workgroups", default=None, help=f"comma list of {WORKGROUPS_ENV} values, each measured")
+    ap.add_argument("--slot-fuse", default=None, help=f"comma list of {SLOT_FUSE_ENV} values (0, 1), each measured")
+    ap.add_argument("--name", default=None, help="JSON name under benchmarks/results (default long_context, "
+                    "quick: long_context_quick)")
     return ap.parse_args()
+
+
+def env_variants(a) -> list[dict]:
+    """Every combination of the A/B options' values, as environment settings ({}: none given)."""
+    variants = [{}]
+    for env, values in ((HEAD_GROUPS_ENV, a.head_groups), (WORKGROUPS_ENV, a.decode_workgroups),
+                        (SLOT_FUSE_ENV, a.slot_fuse)):
+        if values:
+            variants = [{**v, env: x} for v in variants for x in values.split(",")]
+    return variants
 
 
 def write_checkpoint(path: Path, shapes: dict, context: int) -> None:
@@ -237,8 +267,10 @@ def main() -> int:
     print(f"[bench] copy bandwidth {bw['gb_per_s']:.1f} GB/s; weights {model.weight_bytes / 2**30:.2f} GiB")
     warm = ClockWarmer(dev, a.warm_ms if a.warm_ms is not None else (0 if a.quick else 300))
     rows, missing = [], {}
+    variants = env_variants(a)
     for n in contexts:
-        for name in names:
+        for name, variant in ((nm, v) for nm in names for v in variants):
+            os.environ.update(variant)          # read when the policy's decode step is recorded
             for budget in ([None] if name == "dense" else budgets):
                 key = f"{name}:{budget}" if budget else name
                 if name in missing:
@@ -252,7 +284,7 @@ def main() -> int:
                     missing[name] = r["missing"]
                     print(f"[bench] {name}: MISSING ({r['missing']})")
                     continue
-                r.update(context=n, name=name, budget=budget, warm_ms=warm.ms,
+                r.update(context=n, name=name, budget=budget, warm_ms=warm.ms, env=dict(variant),
                          sm_clock_mhz_before=clock_before, sm_clock_mhz_after=ClockWarmer.sm_clock())
                 rows.append(r)
                 if "error" in r:
@@ -260,13 +292,13 @@ def main() -> int:
                 else:
                     print(f"[bench] {key:>16} @ {n:>6}: {r['tok_per_s']:7.1f} tok/s  wall {r['wall_ms']:8.2f} ms  "
                           f"gpu {r['gpu_ms']:8.2f} ms  bound {r['bound_ms']:7.2f} ms  "
-                          f"kv {r['device_kv_bytes'] / 2**20:9.1f} MiB")
+                          f"kv {r['device_kv_bytes'] / 2**20:9.1f} MiB  {variant or ''}")
     model.start(make_policy("dense"), 1)                   # releases the last twin
     peer = {"skipped": "--no-torch"} if a.no_torch else torch_peer(contexts, shapes)
-    save("long_context_quick" if a.quick else "long_context",
+    save(a.name or ("long_context_quick" if a.quick else "long_context"),
          {**device_info(dev), "shapes": shapes, "layers": n_layers,
           "layers_note": "checkpoint layers used (Llama-3.1-8B has 32)", "max_chunk": chunk,
-          "steps": steps, "contexts": contexts, "budgets": budgets, "copy_bandwidth": bw,
+          "steps": steps, "contexts": contexts, "budgets": budgets, "copy_bandwidth": bw, "env_variants": variants,
           "bound_rule": "(weight bytes + K/V bytes read) / copy bandwidth (bytes read + written per s)",
           "rows": rows, "missing": missing, "torch_sdpa": peer})
     return 0

@@ -37,6 +37,16 @@ attention dispatch labels of its full prefill chunks (``kv-slot-attention`` unti
     python3 benchmarks/bench_model_decode.py --contexts 8064 --policies dense --weight-format native \
         --steps 8 --prefill-qtile 1,16,32,64 --name prefill_qtile
 
+``--slot-fuse 0,1`` measures each value of ``GRILLY_KV_SLOT_FUSE`` in turn in the same run (0: a
+slot policy's decode layer is kv-slot-store, kv-slot-attention and kv-slot-merge; 1: one fused
+kv-slot-attention dispatch; tappa fuses only the merge); each row records the value
+(``slot_fuse_env``) and, after the first value, ``gpu_vs_first_slot_fuse`` (GPU ms per token over
+the first value's, same weights, context and policy); ``gpu_us_by_label`` shows the dispatches:
+
+    python3 benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf --contexts 1024,8064 \
+        --policies dense,streaming:512,triattention:512,tappa:512 --weight-format native --steps 32 \
+        --slot-fuse 0,1 --name ab_slotfuse
+
 ``--torch`` also runs benchmarks/torch_model_decode.py (PyTorch eager, same weights and tokens)
 in a separate process and records each policy's tokens/s ratio against it.
 """
@@ -59,7 +69,7 @@ from common import device_info, label_parts, median_parts, save  # noqa: E402
 
 from grilly_kv.backend import get_device  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
-from grilly_kv.ops.kv_slot_attention import Q_TILE_ENV  # noqa: E402
+from grilly_kv.ops.kv_slot_attention import Q_TILE_ENV, SLOT_FUSE_ENV  # noqa: E402
 from grilly_kv.evaluation.corpus import essays  # noqa: E402
 from grilly_kv.models.generate import prefill  # noqa: E402
 from grilly_kv.models.registry import make_tokenizer  # noqa: E402
@@ -91,6 +101,8 @@ def parse() -> argparse.Namespace:
                     "turn; default native,f16, quick: native)")
     ap.add_argument("--prefill-qtile", default=None, help=f"comma list of {Q_TILE_ENV} values, each "
                     "measured in turn (1: untiled prefill attention); default: the plan (environment as set)")
+    ap.add_argument("--slot-fuse", default=None, help=f"comma list of {SLOT_FUSE_ENV} values (0, 1), each "
+                    "measured in turn; default: the environment as set (unset: fused)")
     return ap.parse_args()
 
 
@@ -142,6 +154,7 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
             "prefill_tokens_per_s": context / prefill_s,
             "prefill_gpu_s": prefill_gpu_s, "prefill_gpu_tokens_per_s": context / prefill_gpu_s,
             "prefill_q_tile_env": os.environ.get(Q_TILE_ENV), "prefill_attention": chunk_attention,
+            "slot_fuse_env": os.environ.get(SLOT_FUSE_ENV),
             # output fingerprints: rows of one policy and context must agree across paths (A/B runs)
             "prefill_top1": int(np.argmax(last)), "prefill_logits_norm": float(np.linalg.norm(last)),
             "decode_top1": decode_top1,
@@ -236,7 +249,10 @@ def main() -> None:
     bw = copy_bandwidth(dev, nbytes=(16 << 20) if q else (256 << 20))
     print(f"copy bandwidth {bw['gb_per_s']:.0f} GB/s (read + written)")
     q_tiles = a.prefill_qtile.split(",") if a.prefill_qtile else [None]
-    rows, first_mv = [], {}
+    fuses = a.slot_fuse.split(",") if a.slot_fuse else [None]
+    if any(f not in (None, "0", "1") for f in fuses):
+        raise SystemExit(f"--slot-fuse: values must be 0 or 1, got {a.slot_fuse!r}")
+    rows, first_mv, first_fuse = [], {}, {}
     for fmt, mv in ((f, m) for f in formats for m in matvecs):
         model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True, weight_format=fmt,
                             matvec=mv)
@@ -244,9 +260,11 @@ def main() -> None:
               f"{file_bytes / 1e6:.2f} MB)")
         for c in contexts:
             decode_base, prefill_base = {}, {}            # first policy per q tile, first q tile per policy
-            for qt, spec in [(qt, spec) for qt in q_tiles for spec in specs]:
+            for qt, fu, spec in [(qt, fu, spec) for qt in q_tiles for fu in fuses for spec in specs]:
                 if qt is not None:
                     os.environ[Q_TILE_ENV] = qt               # read when the prefill chunks are recorded
+                if fu is not None:
+                    os.environ[SLOT_FUSE_ENV] = fu            # read when the decode step is recorded
                 r = {"weight_format": fmt, "matvec": mv, "weight_bytes": model.weight_bytes,
                      **measure(model, spec, ids, c, steps)}
                 if a.pp_chunk and spec == "dense":
@@ -254,10 +272,16 @@ def main() -> None:
                     print(f"{fmt:6s} {mv:9s} C={c:5d} dense: a warm {r['pp_chunk']['tokens']}-token chunk at depth {c}: "
                           f"{r['pp_chunk']['wall_tokens_per_s']:8.0f} tok/s wall, {r['pp_chunk']['gpu_tokens_per_s']:8.0f} gpu")
                 r.update(bandwidth_bound(r, bw))
-                r["ratio_vs_dense"] = r["decode_tokens_per_s"] / decode_base.setdefault(qt, r["decode_tokens_per_s"])
+                r["ratio_vs_dense"] = (r["decode_tokens_per_s"]
+                                       / decode_base.setdefault((qt, fu), r["decode_tokens_per_s"]))
+                fkey = (fmt, mv, c, spec, qt)
+                if fkey in first_fuse:
+                    r["gpu_vs_first_slot_fuse"] = r["gpu_ms_per_token"] / first_fuse[fkey]
+                else:
+                    first_fuse[fkey] = r["gpu_ms_per_token"]
                 r["prefill_ratio_vs_first_qtile"] = (r["prefill_gpu_tokens_per_s"]
-                                                     / prefill_base.setdefault(spec, r["prefill_gpu_tokens_per_s"]))
-                key = (fmt, c, spec, qt)
+                                                     / prefill_base.setdefault((spec, fu), r["prefill_gpu_tokens_per_s"]))
+                key = (fmt, c, spec, qt, fu)
                 if key in first_mv:
                     r["gpu_vs_first_matvec"] = r["gpu_ms_per_token"] / first_mv[key]
                 else:
@@ -276,13 +300,16 @@ def main() -> None:
                       f"({r['submissions_per_token']} submissions, {r['dispatches_per_token']} dispatches, "
                       f"{r['barriers_per_token']} barriers/token, gpu {r['gpu_over_bound']:.1f}x bound)"
                       + (f"  gpu x{r['gpu_vs_first_matvec']:.3f} vs {matvecs[0]}" if "gpu_vs_first_matvec" in r else "")
+                      + (f"  {SLOT_FUSE_ENV}={fu}" if fu is not None else "")
+                      + (f"  gpu x{r['gpu_vs_first_slot_fuse']:.3f} vs {fuses[0]}"
+                         if "gpu_vs_first_slot_fuse" in r else "")
                       + (f"  x{r['ratio_vs_torch']:.2f} vs torch" if torch_ref else ""))
         model.close()
     save(a.name or ("model_decode_quick" if q else "model_decode"),
          {**device_info(dev), "copy_bandwidth": bw, "config": {"contexts": contexts, "policies": specs, "steps": steps,
                                          "layers": ck.config.n_layers, "weight_formats": formats,
                                          "matvecs": matvecs,
-                                         "prefill_q_tiles": q_tiles, "chunk": a.chunk or (32 if q else 256),
+                                         "prefill_q_tiles": q_tiles, "slot_fuses": fuses, "chunk": a.chunk or (32 if q else 256),
                                          "model": ck.source, "file_tensor_bytes": file_bytes,
                                          "baseline": "dense, same run (per weight format)"},
           "torch_baseline": torch_ref and {k: torch_ref[k] for k in ("baseline", "device")},

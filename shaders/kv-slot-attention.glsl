@@ -17,6 +17,11 @@
 //   are merged by shuffles, then across subgroups in shared memory, into
 //   part[(t, h, s)] = [m, l, 0, 0, acc[D]] (max logit in log2 units, sum of 2^(logit - m),
 //   sum of 2^(logit - m) v).
+//   HG > 1 (decode plan, QT = 1 and P16 = 0 only): the workgroup's subgroups form HG head groups
+//   (consecutive subgroup ids), group h holding heads h GH .. h GH + GH - 1 (GH = G / HG) of the
+//   chunk's slots, SLOTS / HG in flight: each invocation keeps GH instead of G heads' queries and
+//   accumulators (registers), and the HG groups load the same rows in the same round (one
+//   workgroup: the repeats come from the L1 cache, not from memory).
 // Pass 0 with QT > 1 (prefill chunks; grid n_splits x nh x ceil(T / QT)): workgroup (s, kvh - h0,
 //   tile) holds QT consecutive query tokens, one cluster of LPT lanes per token (lanes over D, each
 //   lane NVL quads of the token's G heads). The workgroup stages BLOCK K/V rows of chunk s (float16,
@@ -33,6 +38,17 @@
 // and sum L of the live splits into O[t, h, 0].xy), pass 3 (grid as pass 0: per split, sum of
 // fp16(2^(logit - M) * (1 / L)) v, with m = M and l = 1 for split 0 only), pass 1 (their sum).
 // The host dispatches every pass with QT = 1 when P16 = 1 (passes 2 and 3 exist only untiled).
+// Fused decode (push constant `fuse`, pass 0 untiled with T = 1; the host's GRILLY_KV_SLOT_FUSE):
+//   FUSE_STORE: the dispatch also stores the step's token: workgroup (0, kvh) writes K and V of
+//     KV head kvh (from the qkv row, rounded to float16 as kv-slot-store does) into slot
+//     snew = step[SLOTS_AT], and the kvh = 0 one writes slot_pos[snew] = pos0 (the map shared by
+//     the heads; not with POS_PER_HEAD). Every workgroup whose chunk holds snew takes that slot's
+//     K/V and position from the qkv row and pos0 instead of memory, so no workgroup reads what
+//     the dispatch writes (no race, no barrier); a ring slot that held an older token (streaming)
+//     is thereby replaced as by the separate store before the attention.
+//   FUSE_MERGE (P16 = 0): each live split's workgroup of (t = 0, kvh) counts itself done in
+//     counter[kvh] (last_workgroup.glsl); the last to finish merges the G heads' splits into O as
+//     pass 1 does (same code, same order) and resets the counter, so no pass 1 is dispatched.
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 #include "workgroup_reduce.glsl"
@@ -45,10 +61,13 @@ layout(constant_id = 4) const uint LPT = 8;      // lanes per slot (QT > 1: per 
 layout(constant_id = 5) const uint POS_PER_HEAD = 0;  // 1: slot_pos is (L, HKV, cap), a map per KV head
 layout(constant_id = 6) const uint QT = 1;       // query tokens per pass-0 workgroup (1: decode layout)
 layout(constant_id = 7) const uint P16 = 0;      // 1: float16 q and probabilities (see above)
+layout(constant_id = 8) const uint HG = 1;       // pass 0 with QT = 1, P16 = 0: query-head groups per workgroup (header)
 const uint G = HQ / HKV;
+const uint GH = G / HG;                          // query heads held per invocation
 const uint NV = D / 4u;                          // float16 quads (vec4s) per row
 const uint NVL = NV / LPT;                       // quads per lane
-const uint SLOTS = gl_WorkGroupSize.x / LPT;     // slots in flight per workgroup
+const uint SLOTS = gl_WorkGroupSize.x / LPT;     // clusters per workgroup
+const uint SLOTS_HG = SLOTS / HG;                // slots in flight per workgroup (QT = 1)
 const uint U = 4u;                               // slots per cluster per round
 const uint ROWV = (HQ + 2u * HKV) * NV;          // vec4s per qkv row
 const uint PV = NV + 1u;                         // vec4s per partial result
@@ -59,11 +78,15 @@ const float LOG2E = 1.4426950408889634;
 
 layout(set = 0, binding = 0) readonly buffer QKV { vec4 qkv[]; };
 layout(set = 0, binding = 1) readonly buffer KC { uvec2 kc[]; };
+layout(set = 0, binding = 1) writeonly buffer KCW { uvec2 kc_w[]; };     // FUSE_STORE only
 layout(set = 0, binding = 2) readonly buffer VC { uvec2 vc[]; };
+layout(set = 0, binding = 2) writeonly buffer VCW { uvec2 vc_w[]; };     // FUSE_STORE only
 layout(set = 0, binding = 3) readonly buffer SlotPos { uint slot_pos[]; };
+layout(set = 0, binding = 3) writeonly buffer SlotPosW { uint slot_pos_w[]; };   // FUSE_STORE only
 layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
-layout(set = 0, binding = 5) buffer Part { vec4 part[]; };
+layout(set = 0, binding = 5) coherent buffer Part { vec4 part[]; };     // coherent: read by the merging workgroup (FUSE_MERGE)
 layout(set = 0, binding = 6) buffer O { vec4 o[]; };        // P16: pass 2 leaves (M, L) here for pass 3
+layout(set = 0, binding = 7) coherent buffer Counter { uint counter[]; };   // FUSE_MERGE: (HKV,) splits done, left 0
 
 layout(push_constant) uniform Push {
     uint cap;        // slots per (layer, kv head)
@@ -75,7 +98,12 @@ layout(push_constant) uniform Push {
     uint nh;         // KV heads held by the K/V buffers (pass 0's grid y)
     uint n_tokens;   // T: query tokens of the step (tokens of the last tile past it are idle)
     uint min_chunk;  // fewest slots per split (the host's plan; equal in both passes)
+    uint fuse;       // pass 0, T = 1, untiled: FUSE_STORE | FUSE_MERGE bits (see the header)
 } p;
+
+const uint FUSE_STORE = 1u, FUSE_MERGE = 2u;
+const uint SLOTS_AT = 8u;                        // step words: slot of token 0 (ops/step_words.py)
+shared bool sh_last;                             // last_workgroup.glsl
 
 // pass 0 (QT = 1): one head's per-subgroup (m, l) and acc; pass 1: the per-thread partial sums
 shared vec4 sh_acc[QT > 1u ? 1u : SLOTS * NV];
@@ -88,12 +116,13 @@ float f16r(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
 vec4 f16r4(vec4 v) { return vec4(unpackHalf2x16(packHalf2x16(v.xy)), unpackHalf2x16(packHalf2x16(v.zw))); }
 
 // per invocation: its quads of the G scaled queries and accumulators, the running max and sum
-vec4 qr[G * NVL];
-vec4 acc[G * NVL];
-float m[G], l[G];
+vec4 qr[GH * NVL];
+vec4 acc[GH * NVL];
+float m[GH], l[GH];
 // P16 pass 3: the rows' fixed max M (in m) and 1 / L per head; weighted: this is pass 3
-float inv_l[G];
+float inv_l[GH];
 bool weighted = false;
+uint hg0 = 0u;              // the first of this invocation's GH heads within its KV head's G
 // the round in flight: its U rows' visibility and this lane's quads of their K and V
 bool vis[U];
 uvec2 kr[U * NVL], vr[U * NVL];
@@ -104,8 +133,11 @@ bool visible(uint pos, uint qpos, uint sinks, uint window) {
 
 uint chunk_len(uint n_scan) { return max(p.min_chunk, ceil_div(n_scan, p.n_splits)); }
 
-// Merge (m, l, acc) of head g over the workgroup into part[dst]; every invocation calls it.
-void write_partial(uint g, uint dst) {
+uint part_row(uint t, uint kvh, uint g, uint s) { return ((t * HQ + kvh * G + g) * p.n_splits + s) * PV; }
+
+// Merge (m, l, acc) of held head g over each head group's subgroups into part (row of token t,
+// head kvh * G + group * GH + g, split s); every invocation calls it.
+void write_partial(uint g, uint t, uint kvh, uint s) {
     const uint lane = gl_SubgroupInvocationID % LPT;
     for (uint off = LPT; off < gl_SubgroupSize; off <<= 1) {    // clusters of a subgroup: shuffles
         const float mo = subgroupShuffleXor(m[g], off), lo = subgroupShuffleXor(l[g], off);
@@ -121,17 +153,18 @@ void write_partial(uint g, uint dst) {
         [[unroll]] for (uint i = 0u; i < NVL; i++) sh_acc[sg * NV + lane + i * LPT] = acc[g * NVL + i];
     }
     barrier();
-    const uint tid = gl_LocalInvocationIndex;
-    if (tid < NV) {
+    const uint tid = gl_LocalInvocationIndex, sgh = gl_NumSubgroups / HG;
+    for (uint h = 0u; tid < NV && h < HG; h++) {              // head group h: subgroups [h sgh, (h + 1) sgh)
         float mx = NEG;
-        for (uint k = 0u; k < gl_NumSubgroups; k++) mx = max(mx, sh_ml[k].x);
+        for (uint k = h * sgh; k < (h + 1u) * sgh; k++) mx = max(mx, sh_ml[k].x);
         float lt = 0.0;
         vec4 a = vec4(0.0);
-        for (uint k = 0u; k < gl_NumSubgroups; k++) {
+        for (uint k = h * sgh; k < (h + 1u) * sgh; k++) {
             const float f = exp2(sh_ml[k].x - mx);
             lt += f * sh_ml[k].y;
             a += f * sh_acc[k * NV + tid];
         }
+        const uint dst = part_row(t, kvh, h * GH + g, s);
         part[dst + 1u + tid] = a;
         if (tid == 0u) part[dst] = vec4(mx, lt, 0.0, 0.0);
     }
@@ -141,9 +174,9 @@ void write_partial(uint g, uint dst) {
 // Load this lane's quads of the G queries of token t (pre-scaled to log2 units); zero the state.
 void init_queries(uint t, uint kvh, uint lane) {
     const float scale = PUSH_F(p.scale_bits) * LOG2E;
-    [[unroll]] for (uint g = 0u; g < G; g++) {
+    [[unroll]] for (uint g = 0u; g < GH; g++) {
         [[unroll]] for (uint i = 0u; i < NVL; i++) {
-            const vec4 q = qkv[t * ROWV + (kvh * G + g) * NV + lane + i * LPT];
+            const vec4 q = qkv[t * ROWV + (kvh * G + hg0 + g) * NV + lane + i * LPT];
             qr[g * NVL + i] = (P16 != 0u ? f16r4(q) : q) * scale;
             acc[g * NVL + i] = vec4(0.0);
         }
@@ -151,10 +184,10 @@ void init_queries(uint t, uint kvh, uint lane) {
         l[g] = 0.0;
     }
     weighted = P16 != 0u && p.pass_id == 3u;                   // uniform
-    [[unroll]] for (uint g = 0u; g < G; g++) {
+    [[unroll]] for (uint g = 0u; g < GH; g++) {
         inv_l[g] = 0.0;
         if (weighted) {
-            const vec2 ml = o[(t * HQ + kvh * G + g) * NV].xy;
+            const vec2 ml = o[(t * HQ + kvh * G + hg0 + g) * NV].xy;
             m[g] = ml.x;
             inv_l[g] = 1.0 / ml.y;
         }
@@ -164,7 +197,7 @@ void init_queries(uint t, uint kvh, uint lane) {
 // The round's U rows (vis, kr, vr) enter the online softmax of the G heads. Every lane of the
 // cluster must call it (the logits are summed by shuffles over the cluster).
 void attend_round() {
-    [[unroll]] for (uint g = 0u; g < G; g++) {
+    [[unroll]] for (uint g = 0u; g < GH; g++) {
         float sc[U];
         [[unroll]] for (uint u = 0u; u < U; u++) {
             float d = 0.0;
@@ -197,36 +230,65 @@ void attend_round() {
     }
 }
 
-uint part_row(uint t, uint kvh, uint g, uint s) { return ((t * HQ + kvh * G + g) * p.n_splits + s) * PV; }
+uvec2 pack_half4(vec4 v) { return uvec2(packHalf2x16(v.xy), packHalf2x16(v.zw)); }
+// FUSE_STORE: quad i of KV head kvh's key / value of token 0, from the qkv row, as stored
+uvec2 fresh_k(uint kvh, uint i) { return pack_half4(qkv[(HQ + kvh) * NV + i]); }
+uvec2 fresh_v(uint kvh, uint i) { return pack_half4(qkv[(HQ + HKV + kvh) * NV + i]); }
+
+// FUSE_STORE: token 0's K/V of KV head kvh into slot snew of this part (row base + snew), and
+// (kvh = 0) its position into the shared slot map.
+void store_fresh(uint kvh, uint snew, uint base) {
+    for (uint i = gl_LocalInvocationIndex; i < NV; i += gl_WorkGroupSize.x) {
+        kc_w[(base + snew) * NV + i] = fresh_k(kvh, i);
+        vc_w[(base + snew) * NV + i] = fresh_v(kvh, i);
+    }
+    if (kvh == 0u && POS_PER_HEAD == 0u && gl_LocalInvocationIndex == 0u) slot_pos_w[snew] = step[0];
+}
+
+void merge_if_last(uint kvh, uint t, uint n_live);
 
 // QT = 1: the workgroup's clusters share token t's chunk s slot by slot, then merge.
 void split_pass(uint s, uint kvh, uint t) {
     const uint qpos = step[0] + t, n_scan = step[2], sinks = step[3], window = step[4];
     const uint chunk = chunk_len(n_scan);
     const uint a0 = s * chunk;
+    const uint base = (p.layer * p.nh + kvh - p.h0) * p.cap;          // this part's K/V rows
+    const bool store = p.pass_id == 0u && (p.fuse & FUSE_STORE) != 0u; // uniform (T = 1)
+    const uint snew = store ? step[SLOTS_AT] : EMPTY;          // EMPTY: no slot j < cap matches
+    if (store && s == 0u) store_fresh(kvh, snew, base);
     if (a0 >= n_scan) return;                                  // not live at this length
     const uint a1 = min(a0 + chunk, n_scan);
-    const uint lane = gl_SubgroupInvocationID % LPT;
-    const uint slot = gl_SubgroupID * (gl_SubgroupSize / LPT) + gl_SubgroupInvocationID / LPT;
+    const uint lane = gl_SubgroupInvocationID % LPT, sgh = gl_NumSubgroups / HG;
+    const uint slot = gl_SubgroupID % sgh * (gl_SubgroupSize / LPT) + gl_SubgroupInvocationID / LPT;
+    hg0 = gl_SubgroupID / sgh * GH;
     init_queries(t, kvh, lane);
-    const uint base = (p.layer * p.nh + kvh - p.h0) * p.cap;          // this part's K/V rows
     const uint pos_base = POS_PER_HEAD != 0u ? (p.layer * HKV + kvh) * p.cap : 0u;
-    for (uint r0 = a0; r0 < a1; r0 += SLOTS * U) {            // rounds: uniform over the workgroup
+    for (uint r0 = a0; r0 < a1; r0 += SLOTS_HG * U) {         // rounds: uniform over the workgroup
         [[unroll]] for (uint u = 0u; u < U; u++) {             // loads first, all in flight
-            const uint j = r0 + u * SLOTS + slot, jc = min(j, a1 - 1u);
-            vis[u] = j < a1 && visible(slot_pos[pos_base + jc], qpos, sinks, window);
+            const uint j = r0 + u * SLOTS_HG + slot, jc = min(j, a1 - 1u);
             const uint row = (base + jc) * NV + lane;
-            [[unroll]] for (uint i = 0u; i < NVL; i++) {
-                kr[u * NVL + i] = kc[row + i * LPT];
-                vr[u * NVL + i] = vc[row + i * LPT];
+            if (jc == snew) {                                  // being stored by this dispatch: from qkv
+                vis[u] = j < a1 && visible(step[0], qpos, sinks, window);
+                [[unroll]] for (uint i = 0u; i < NVL; i++) {
+                    kr[u * NVL + i] = fresh_k(kvh, lane + i * LPT);
+                    vr[u * NVL + i] = fresh_v(kvh, lane + i * LPT);
+                }
+            } else {
+                vis[u] = j < a1 && visible(slot_pos[pos_base + jc], qpos, sinks, window);
+                [[unroll]] for (uint i = 0u; i < NVL; i++) {
+                    kr[u * NVL + i] = kc[row + i * LPT];
+                    vr[u * NVL + i] = vc[row + i * LPT];
+                }
             }
         }
         attend_round();
     }
     if (weighted) {                                            // the merge then sums the splits
-        [[unroll]] for (uint g = 0u; g < G; g++) l[g] = s == 0u && gl_LocalInvocationIndex == 0u ? 1.0 : 0.0;
+        const bool first = s == 0u && gl_SubgroupID % sgh == 0u && gl_SubgroupInvocationID == 0u;
+        [[unroll]] for (uint g = 0u; g < GH; g++) l[g] = first ? 1.0 : 0.0;
     }
-    [[unroll]] for (uint g = 0u; g < G; g++) write_partial(g, part_row(t, kvh, g, s));
+    [[unroll]] for (uint g = 0u; g < GH; g++) write_partial(g, t, kvh, s);
+    if (p.pass_id == 0u && (p.fuse & FUSE_MERGE) != 0u) merge_if_last(kvh, t, ceil_div(n_scan, chunk));
 }
 
 // Stage rows [b0, b0 + BLOCK) of this part's K/V (rows >= a1: empty) and their positions.
@@ -277,7 +339,7 @@ void tile_pass(uint s, uint kvh, uint tile) {
         barrier();
     }
     if (!has_token) return;
-    [[unroll]] for (uint g = 0u; g < G; g++) {
+    [[unroll]] for (uint g = 0u; g < GH; g++) {                // HG = 1 here: GH = G
         const uint dst = part_row(t, kvh, g, s);
         [[unroll]] for (uint i = 0u; i < NVL; i++) part[dst + 1u + lane + i * LPT] = acc[g * NVL + i];
         if (lane == 0u) part[dst] = vec4(m[g], l[g], 0.0, 0.0);
@@ -313,6 +375,18 @@ void merge_pass(uint h, uint t) {
     if (tid < NV) {
         for (uint k = 1u; k < n_grp; k++) a += sh_acc[k * NV + tid];
         o[(t * HQ + h) * NV + tid] = a / lt;
+    }
+}
+
+#include "last_workgroup.glsl"
+
+// FUSE_MERGE (T = 1, P16 = 0): the last of the n_live split workgroups of KV head kvh to finish
+// merges its G heads' splits into O (pass 1's code, one head after the other).
+void merge_if_last(uint kvh, uint t, uint n_live) {
+    if (!last_to_finish(t * HKV + kvh, n_live)) return;
+    for (uint g = 0u; g < G; g++) {
+        merge_pass(kvh * G + g, t);
+        barrier();                                             // sh_acc is reused by the next head
     }
 }
 

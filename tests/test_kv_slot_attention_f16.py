@@ -49,13 +49,13 @@ def test_f16_probabilities_run_untiled(vk, monkeypatch):
     """P16 forces q_tile 1: a prefill chunk under the tiling override still matches the reference
     and records only untiled passes (QT = 1 in every spec); an explicit q_tile above 1 raises."""
     from grilly_kv.backend import Buffer, Recording
-    from grilly_kv.ops.kv_slot_attention import Q_TILE_ENV, record_kv_slot_attention
+    from grilly_kv.ops.kv_slot_attention import Q_TILE_ENV, part_words, record_kv_slot_attention
 
     monkeypatch.setenv(Q_TILE_ENV, "4")
     test_f16_probabilities_match_reference(vk, *CASES[3], local_size=256)
-    buf = Buffer(vk, 64)
+    buf, part = Buffer(vk, 64), Buffer(vk, part_words(20, 6, 900, 32, 2))
     rec = Recording(vk)
-    record_kv_slot_attention(rec, buf, buf, buf, buf, buf, buf, buf, T=20, cap=900, layer=0, head_dim=32,
+    record_kv_slot_attention(rec, buf, buf, buf, buf, buf, part, buf, T=20, cap=900, layer=0, head_dim=32,
                              n_q_heads=6, n_kv_heads=2, f16_probabilities=True)
     steps = [st for st in rec.steps if st.kind == "dispatch"]
     assert {st.label for st in steps} == {"kv-slot-attention", "kv-slot-stats", "kv-slot-attention-f16",

@@ -86,7 +86,8 @@ def test_query_tiled_prefill_matches_untiled(vk, files, fam, monkeypatch):
         logits[q_tile] = teacher_forced_logits(model, make_policy("dense"), ids, 21)
         labels[q_tile] = _attention_labels(model)
         model.close()
-    assert labels == {"1": {"kv-slot-attention"}, "3": {"kv-slot-attention", "kv-slot-attention-qt3"}}
+    assert labels == {"1": {"kv-slot-attention", "kv-slot-attention-fused"},      # decode: fused (GRILLY_KV_SLOT_FUSE)
+                      "3": {"kv-slot-attention-qt3", "kv-slot-attention-fused"}}
     assert_close(logits["3"], logits["1"], atol=1e-3, what=f"{fam} logits, tiled vs untiled")
     assert (logits["3"].argmax(-1) == logits["1"].argmax(-1)).all()
 

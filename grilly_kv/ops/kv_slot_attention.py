@@ -11,6 +11,37 @@ steps of T > 1 tokens on GPUs (:data:`Q_TILE_GPU`) and never on CPU devices or f
 The environment variable :data:`Q_TILE_ENV` (``GRILLY_KV_PREFILL_QTILE``) overrides that plan for
 T > 1 on every device, read when a step is recorded: ``1`` forces the untiled path, ``n`` > 1
 tiles by ``n`` tokens (for A/B benchmarks; an explicit ``q_tile`` argument wins over both).
+
+Fused decode (:func:`record_slot_step`, T = 1, untiled): the split pass also stores the step's
+K/V into its slot (the workgroups whose chunk holds that slot take its K/V from the qkv row
+instead of memory) and the last split workgroup of each KV head to finish merges its heads'
+splits (a counter per KV head, left at zero): one dispatch per layer instead of
+``kv-slot-store``, ``kv-slot-attention`` and ``kv-slot-merge``. The environment variable
+:data:`SLOT_FUSE_ENV` (``GRILLY_KV_SLOT_FUSE``: ``1``, the default, fused; ``0``, the three
+dispatches) selects it when a step is recorded (A/B benchmarks). Not fused: steps of T > 1 (the
+store, the split pass, tiled or not, and the merge stay separate), and with ``f16_probabilities``
+the merge (its statistics and weighted passes need every split first; the store is still fused).
+
+Decode plan (T = 1): the grid is ``n_splits x H_kv`` workgroups (:func:`n_splits_for`), each
+split at least one round of slots; at long context the splits per KV head reach
+:func:`decode_split_limit`: enough for :data:`DECODE_WORKGROUPS` workgroups over all KV heads
+(several per multiprocessor of a large GPU: an H200 has 132), and never fewer than
+:data:`MAX_SPLITS_DECODE` per head (e.g. Llama-3.1-8B's 8 KV heads: 128 splits, 1024 workgroups;
+SmolLM2's 3: 342 splits instead of 128, so a long context no longer leaves most multiprocessors
+with one workgroup or none). The merge reads every live split's partial once per query head: a
+few hundred rows, small next to the K/V. :data:`WORKGROUPS_ENV` (``GRILLY_KV_DECODE_WORKGROUPS``)
+overrides the target (0: :data:`MAX_SPLITS_DECODE` per head, the rule before the target).
+What limits a long-context decode is then how many bytes each multiprocessor keeps in flight,
+i.e. how many workgroups fit at once: every invocation keeps the query and accumulator quads of
+all G = H_q / H_kv heads of its KV head in registers (``2 G D / (4 lanes)`` vec4s, 32 for
+Llama-3.1-8B's G = 4, D = 128 at 8 lanes per slot) besides its U rows of K and V in flight.
+Head groups (:func:`head_groups_for`, the shader's HG) split the workgroup's subgroups into HG
+groups that each hold ``G / HG`` heads over the same slots: the registers per invocation drop by
+HG (more workgroups resident, so more loads in flight), while each K/V row still goes from
+memory once per workgroup (the HG groups read it in the same round; the repeats hit the L1
+cache). The plan takes the fewest groups that leave at most :data:`TILE_QUADS` query quads per
+invocation on GPUs (SmolLM2's G = 3, D = 64: 1, unchanged; Llama-3.1-8B: 2), 1 on CPU devices;
+:data:`HEAD_GROUPS_ENV` (``GRILLY_KV_DECODE_HEAD_GROUPS``) overrides it for A/B runs.
 """
 from __future__ import annotations
 
@@ -22,7 +53,7 @@ from ..backend import PushLayout, Recording, get_device
 from ..backend.device import DeviceLike
 from ..reference.kv_slot_attention import kv_slot_attention_ref, visible_mask
 from ..validation import check_array, check_int
-from .kv_slot_store import as_parts, split_heads
+from .kv_slot_store import as_parts, record_kv_slot_store, split_heads
 from .step_words import ALL_POSITIONS, fill_step, step_words
 
 SHADER = "kv-slot-attention"
@@ -37,7 +68,17 @@ Q_TILE_ENV = "GRILLY_KV_PREFILL_QTILE"
 Q_TILE_GPU = 32           # query tokens per split-pass workgroup for T > 1 on GPUs
 MAX_Q_TILE = 128          # q_tile x lanes per token <= 1024 invocations
 TILE_QUADS = 8            # tiled pass: at most this many float16 quads of q (and of acc) per lane
-PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f", "h0", "nh", "n_tokens", "min_chunk")
+PUSH = PushLayout("cap", "layer", "n_splits", "pass_id", "scale:f", "h0", "nh", "n_tokens", "min_chunk",
+                  "fuse")
+SLOT_FUSE_ENV = "GRILLY_KV_SLOT_FUSE"
+HEAD_GROUPS_ENV = "GRILLY_KV_DECODE_HEAD_GROUPS"
+WORKGROUPS_ENV = "GRILLY_KV_DECODE_WORKGROUPS"
+DECODE_WORKGROUPS = 1024     # decode plan: split workgroups over all KV heads at long context
+MAX_DECODE_WORKGROUPS = 4096
+MAX_HEAD_GROUPS = 8
+MIN_GROUP_INVOCATIONS = 32   # invocations per head group: whole subgroups on lavapipe (8) and NVIDIA (32)
+AUTO_GROUP_INVOCATIONS = 64  # the plan's floor: whole subgroups on any device (AMD wave64 too)
+FUSE_STORE, FUSE_MERGE = 1, 2      # the shader's push-constant bits
 
 
 def local_size_for(device) -> int:
@@ -66,28 +107,69 @@ def staged_rows(head_dim: int) -> int:
     return (64 if nv < 16 else 1024 // nv) // TOKENS_PER_ROUND * TOKENS_PER_ROUND
 
 
-def min_chunk(head_dim: int, local_size: int, q_tile: int = 1) -> int:
-    """Fewest slots per split: one round of the workgroup (slots in flight x U), or with
-    ``q_tile`` > 1 one staged block."""
+def min_chunk(head_dim: int, local_size: int, q_tile: int = 1, head_groups: int = 1) -> int:
+    """Fewest slots per split: one round of the workgroup (slots in flight x U, the slots in flight
+    shared by ``head_groups``), or with ``q_tile`` > 1 one staged block."""
     if q_tile > 1:
         return staged_rows(head_dim)
-    return local_size // lanes_per_slot(head_dim) * TOKENS_PER_ROUND
+    return max(1, local_size // lanes_per_slot(head_dim) // head_groups) * TOKENS_PER_ROUND
 
 
-def n_splits_for(cap: int, head_dim: int, T: int, local_size: int, q_tile: int = 1) -> int:
-    """Key splits per (token, KV head) in the grid, enough for ``cap`` slots. On the device a step
-    with ``n_scan`` live slots uses chunks of ``max(min_chunk, ceil(n_scan / n_splits))`` slots;
-    the splits past the last chunk exit at once and the merge reads only the live ones."""
-    limit = MAX_SPLITS_DECODE if T == 1 else MAX_SPLITS_CHUNK
-    return max(1, min(limit, -(-cap // min_chunk(head_dim, local_size, q_tile))))
+def head_groups_for(device, n_q_heads: int, n_kv_heads: int, head_dim: int, local_size: int) -> int:
+    """The decode plan's query-head groups per split workgroup (see the module docstring):
+    :data:`HEAD_GROUPS_ENV` when set (a power of 2 dividing G = H_q / H_kv, leaving at least
+    :data:`MIN_GROUP_INVOCATIONS` invocations per group: each group must be whole subgroups, so
+    the device's subgroups must not be larger), else 1 on CPU devices, else the fewest groups
+    (a power of 2 dividing G, at least :data:`AUTO_GROUP_INVOCATIONS` invocations each) that
+    leave each invocation at most :data:`TILE_QUADS` query quads."""
+    G = n_q_heads // n_kv_heads
+    env = os.environ.get(HEAD_GROUPS_ENV, "").strip()
+    if env:
+        hg = int(env) if env.isdigit() else 0
+        if (not 1 <= hg <= MAX_HEAD_GROUPS or hg & (hg - 1) or G % hg
+                or local_size // hg < MIN_GROUP_INVOCATIONS):
+            raise ValueError(f"{HEAD_GROUPS_ENV}={env!r}: must be a power of 2 <= {MAX_HEAD_GROUPS} dividing "
+                             f"G = {G}, with >= {MIN_GROUP_INVOCATIONS} of the {local_size} invocations per group")
+        return hg
+    if device.properties.get("device_type") == "Cpu":
+        return 1
+    quads = head_dim // 4 // lanes_per_slot(head_dim)
+    hg = 1
+    while G * quads // hg > TILE_QUADS and G % (2 * hg) == 0 and local_size // (2 * hg) >= AUTO_GROUP_INVOCATIONS:
+        hg *= 2
+    return hg
 
 
-def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int) -> int:
+def decode_split_limit(n_kv_heads: int) -> int:
+    """Most splits per KV head of a decode step: ``ceil(target / n_kv_heads)`` for the target
+    :data:`DECODE_WORKGROUPS` (or :data:`WORKGROUPS_ENV`, an integer in ``[0,``
+    :data:`MAX_DECODE_WORKGROUPS` ``]``), at least :data:`MAX_SPLITS_DECODE`."""
+    env = os.environ.get(WORKGROUPS_ENV, "").strip()
+    if env and (not env.isdigit() or int(env) > MAX_DECODE_WORKGROUPS):
+        raise ValueError(f"{WORKGROUPS_ENV}={env!r}: must be an integer in [0, {MAX_DECODE_WORKGROUPS}]")
+    target = int(env) if env else DECODE_WORKGROUPS
+    return max(MAX_SPLITS_DECODE, -(-target // max(1, n_kv_heads)))
+
+
+def n_splits_for(cap: int, head_dim: int, T: int, local_size: int, q_tile: int = 1, head_groups: int = 1,
+                 n_kv_heads: int = 1) -> int:
+    """Key splits per (token, KV head) in the grid, enough for ``cap`` slots (T = 1: at most
+    :func:`decode_split_limit` of ``n_kv_heads``). On the device a step with ``n_scan`` live
+    slots uses chunks of ``max(min_chunk, ceil(n_scan / n_splits))`` slots; the splits past the
+    last chunk exit at once and the merge reads only the live ones."""
+    limit = decode_split_limit(n_kv_heads) if T == 1 else MAX_SPLITS_CHUNK
+    return max(1, min(limit, -(-cap // min_chunk(head_dim, local_size, q_tile, head_groups))))
+
+
+def part_words(max_chunk: int, n_q_heads: int, cap: int, head_dim: int, n_kv_heads: int = 1) -> int:
     """Words of the partial-result buffer for steps of 1 to ``max_chunk`` tokens (any local size,
-    tiled or not)."""
-    rows = max(T * n_splits_for(cap, head_dim, T, ls, qt) for T in {1, max_chunk}
-               for ls in (LOCAL_SIZE_GPU, LOCAL_SIZE_CPU) for qt in (1, 2))
-    return rows * n_q_heads * (head_dim + 4)
+    tiled or not, head groups, decode split target up to :data:`MAX_DECODE_WORKGROUPS`) with
+    ``n_kv_heads`` KV heads (default 1: enough for any)."""
+    top = max(MAX_SPLITS_DECODE, -(-MAX_DECODE_WORKGROUPS // max(1, n_kv_heads)))
+    rows = max(T * min(MAX_SPLITS_CHUNK if T > 1 else top,
+                       -(-cap // min_chunk(head_dim, ls, qt, hg))) for T in {1, max_chunk}
+               for ls in (LOCAL_SIZE_GPU, LOCAL_SIZE_CPU) for qt in (1, 2) for hg in (1, MAX_HEAD_GROUPS))
+    return max(1, rows) * n_q_heads * (head_dim + 4)
 
 
 def q_tile_for(device, T: int) -> int:
@@ -108,7 +190,8 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
                              T: int, cap: int, layer: int, head_dim: int, n_q_heads: int,
                              n_kv_heads: int, local_size: int | None = None, parts=None,
                              pos_per_head: bool = False, q_tile: int | None = None,
-                             f16_probabilities: bool = False) -> Recording:
+                             f16_probabilities: bool = False, counter=None,
+                             store: bool = False, head_groups: int | None = None) -> Recording:
     """Record both passes for tokens t < T; ``out`` receives ``(T, H_q, D)`` float32.
 
     ``k_cache``/``v_cache``: one buffer each ``(L, H_kv, cap, D)``, or with ``parts`` lists of
@@ -128,6 +211,15 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
     weight V (two more passes: the global statistics, then the weighted sums). It runs untiled:
     q_tile None means 1 here (the plan and :data:`Q_TILE_ENV` are not consulted), and a q_tile
     above 1 raises ValueError.
+    ``counter``: :func:`counter_words` uint32 words, zero (the shader leaves them zero): for T = 1
+    untiled without ``f16_probabilities``, the split pass also merges (the last split workgroup
+    of each KV head to finish; no ``kv-slot-merge`` dispatch); else unused. None: separate merge.
+    ``store``: T = 1 untiled, one ``slot_pos`` map (not ``pos_per_head``): the split pass also
+    stores the token's K/V into slot ``step.slots[0]`` and its position into ``slot_pos`` (what
+    ``kv-slot-store`` would do before it; the caller then records no store). Else ValueError.
+    ``head_groups``: query-head groups per split workgroup of an untiled pass without
+    ``f16_probabilities`` (None: :func:`head_groups_for` for T = 1, else 1); a power of 2
+    dividing G with at least :data:`MIN_GROUP_INVOCATIONS` invocations per group.
     """
     if head_dim % 4 or head_dim > MAX_HEAD_DIM or n_q_heads % n_kv_heads:
         raise ValueError(f"head_dim {head_dim} must be a multiple of 4 and <= {MAX_HEAD_DIM}, and "
@@ -141,43 +233,108 @@ def record_kv_slot_attention(rec: Recording, qkv, k_cache, v_cache, slot_pos, st
         q_tile = 1
     q_tile = q_tile_for(rec.device, T) if q_tile is None else check_int("q_tile", q_tile, minimum=1,
                                                                           maximum=MAX_Q_TILE)
-    n_splits = n_splits_for(cap, head_dim, T, local_size, q_tile)
+    decode = T == 1 and q_tile == 1
+    if store and (not decode or pos_per_head):
+        raise ValueError(f"store in the attention dispatch needs T = 1 untiled and one slot map, got T={T}, "
+                         f"q_tile={q_tile}, pos_per_head={pos_per_head}")
+    merge_fused = counter is not None and decode and not f16_probabilities
+    if merge_fused and counter.n_words < counter_words(n_kv_heads):
+        raise ValueError(f"counter has {counter.n_words} words, the fused merge of {n_kv_heads} KV heads "
+                         f"needs counter_words({n_kv_heads}) = {counter_words(n_kv_heads)}")
+    fuse = (FUSE_STORE if store else 0) | (FUSE_MERGE if merge_fused else 0)
+    G = n_q_heads // n_kv_heads
+    if q_tile > 1 or f16_probabilities:
+        if head_groups not in (None, 1):
+            raise ValueError(f"head_groups {head_groups}: only the untiled pass without f16_probabilities groups heads")
+        head_groups = 1
+    elif head_groups is None:
+        head_groups = head_groups_for(rec.device, n_q_heads, n_kv_heads, head_dim, local_size) if T == 1 else 1
+    elif (check_int("head_groups", head_groups, minimum=1, maximum=MAX_HEAD_GROUPS) & (head_groups - 1)
+          or G % head_groups or local_size // head_groups < MIN_GROUP_INVOCATIONS):
+        raise ValueError(f"head_groups {head_groups}: must be a power of 2 dividing G = {G} with >= "
+                         f"{MIN_GROUP_INVOCATIONS} of the {local_size} invocations per group")
+    n_splits = n_splits_for(cap, head_dim, T, local_size, q_tile, head_groups, n_kv_heads)
+    need = T * n_splits * n_q_heads * (head_dim + 4)
+    if part.n_words < need:
+        raise ValueError(f"part has {part.n_words} words, this step's {n_splits} splits need {need} "
+                         f"(size it with part_words(..., n_kv_heads={n_kv_heads}))")
     dims = (head_dim, n_q_heads, n_kv_heads)
     p16 = int(bool(f16_probabilities))
-    merge_spec = (local_size, *dims, lanes_per_slot(head_dim), int(pos_per_head), 1, p16)   # ids 0..7 (QT 6, P16 7)
+    merge_spec = (local_size, *dims, lanes_per_slot(head_dim), int(pos_per_head), 1, p16, 1)   # ids 0..8 (QT 6, P16 7, HG 8)
     common = dict(cap=cap, layer=layer, n_splits=n_splits, scale=1.0 / np.sqrt(head_dim), n_tokens=T,
-                  min_chunk=min_chunk(head_dim, local_size, q_tile))
+                  min_chunk=min_chunk(head_dim, local_size, q_tile, head_groups))
     if q_tile > 1:
         lanes = tile_lanes(head_dim, n_q_heads // n_kv_heads)
         if q_tile * lanes > rec.device.properties["max_work_group_invocations"]:
             raise ValueError(f"q_tile {q_tile} x {lanes} lanes per token exceeds the device's "
                              f"{rec.device.properties['max_work_group_invocations']} invocations per workgroup")
-        split_spec = (q_tile * lanes, *dims, lanes, int(pos_per_head), q_tile, p16)
+        split_spec = (q_tile * lanes, *dims, lanes, int(pos_per_head), q_tile, p16, 1)
         split_grid, label = -(-T // q_tile), f"kv-slot-attention-qt{q_tile}"
     else:
-        split_spec, split_grid, label = merge_spec, T, "kv-slot-attention"
+        split_spec, split_grid = (*merge_spec[:8], head_groups), T
+        label = "kv-slot-attention" + {0: "", FUSE_STORE: "-stored", FUSE_MERGE: "-merged",
+                                       FUSE_STORE | FUSE_MERGE: "-fused"}[fuse]
+    counter = part if counter is None else counter      # binding 7 (unused unless the merge is fused)
     pairs = as_parts(k_cache, v_cache, parts, n_kv_heads)
     for k, v, h0, nh in pairs:
-        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_splits, nh, split_grid),
-                     spec=split_spec, push=PUSH.pack(pass_id=0, h0=h0, nh=nh, **common), label=label)
+        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out, counter], groups=(n_splits, nh, split_grid),
+                     spec=split_spec, push=PUSH.pack(pass_id=0, h0=h0, nh=nh, fuse=fuse, **common), label=label)
+    if merge_fused:
+        return rec
     k, v = pairs[0][:2]
     if f16_probabilities:
-        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=merge_spec,
-                     push=PUSH.pack(pass_id=2, h0=0, nh=n_kv_heads, **common), label="kv-slot-stats")
+        rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out, counter], groups=(n_q_heads, T),
+                     spec=merge_spec, push=PUSH.pack(pass_id=2, h0=0, nh=n_kv_heads, fuse=0, **common),
+                     label="kv-slot-stats")
         for kk, vv, h0, nh in pairs:
-            rec.dispatch(SHADER, [qkv, kk, vv, slot_pos, step, part, out], groups=(n_splits, nh, T),
-                         spec=merge_spec, push=PUSH.pack(pass_id=3, h0=h0, nh=nh, **common),
+            rec.dispatch(SHADER, [qkv, kk, vv, slot_pos, step, part, out, counter], groups=(n_splits, nh, T),
+                         spec=merge_spec, push=PUSH.pack(pass_id=3, h0=h0, nh=nh, fuse=0, **common),
                          label="kv-slot-attention-f16")
-    return rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out], groups=(n_q_heads, T), spec=merge_spec,
-                        push=PUSH.pack(pass_id=1, h0=0, nh=n_kv_heads, **common),
+    return rec.dispatch(SHADER, [qkv, k, v, slot_pos, step, part, out, counter], groups=(n_q_heads, T),
+                        spec=merge_spec, push=PUSH.pack(pass_id=1, h0=0, nh=n_kv_heads, fuse=0, **common),
                         label="kv-slot-merge")
+
+
+def counter_words(n_kv_heads: int) -> int:
+    """uint32 words of the fused merge's counters (one per KV head of a T = 1 step; zero-filled
+    by the owner, left zero by the shader)."""
+    return max(1, n_kv_heads)
+
+
+def slot_fuse(fuse: bool | None = None) -> bool:
+    """Whether decode steps fuse store, attention and merge: ``fuse`` when given, else
+    :data:`SLOT_FUSE_ENV` (``1``, the default, or ``0``), read when a step is recorded."""
+    if fuse is not None:
+        return bool(fuse)
+    env = os.environ.get(SLOT_FUSE_ENV, "").strip()
+    if env not in ("", "0", "1"):
+        raise ValueError(f"{SLOT_FUSE_ENV}={env!r}: must be 0 (separate store, attention and merge) or 1 (fused)")
+    return env != "0"
+
+
+def record_slot_step(rec: Recording, qkv, step, k_cache, v_cache, slot_pos, part, out, counter, *, T: int,
+                     cap: int, head_dim: int, n_q_heads: int, n_kv_heads: int, parts=None,
+                     f16_probabilities: bool = False, fuse: bool | None = None) -> Recording:
+    """A slot policy's store + attention of one layer (layer 0 of the given per-layer buffers):
+    for T = 1 with :func:`slot_fuse` one ``kv-slot-attention`` dispatch per K/V part that also
+    stores the token and merges (``counter``: :func:`counter_words` words, zero); otherwise
+    ``kv-slot-store``, then :func:`record_kv_slot_attention` with its separate merge.
+    ``qkv`` ``(T, (H_q + 2 H_kv) D)`` post-RoPE rows in, ``out`` ``(T, H_q, D)`` float32 out."""
+    dims = dict(head_dim=head_dim, n_q_heads=n_q_heads, n_kv_heads=n_kv_heads)
+    fused = T == 1 and slot_fuse(fuse)
+    if not fused:
+        record_kv_slot_store(rec, qkv, step, k_cache, v_cache, slot_pos, T=T, cap=cap, layer=0, parts=parts,
+                             **dims)
+    return record_kv_slot_attention(rec, qkv, k_cache, v_cache, slot_pos, step, part, out, T=T, cap=cap,
+                                    layer=0, parts=parts, f16_probabilities=f16_probabilities,
+                                    counter=counter if fused else None, store=fused, **dims)
 
 
 def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, slot_pos: np.ndarray, *,
                       pos0: int, n_scan: int, layer: int, n_q_heads: int, sinks: int = 0,
                       window: int = ALL_POSITIONS, local_size: int | None = None,
                       heads_per_buffer: int | None = None, q_tile: int | None = None,
-                      f16_probabilities: bool = False,
+                      f16_probabilities: bool = False, head_groups: int | None = None,
                       device: DeviceLike = None) -> np.ndarray:
     """Attention output of the q heads of ``qkv`` over the cache.
 
@@ -194,6 +351,7 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
         q_tile: query tokens per split-pass workgroup (see :func:`record_kv_slot_attention`).
         f16_probabilities: q and the probabilities rounded to float16 (llama.cpp's F16 path;
             untiled, see :func:`record_kv_slot_attention`).
+        head_groups: query-head groups per split workgroup (see :func:`record_kv_slot_attention`).
 
     Returns:
         ``(T, H_q, D)`` float32. Every query must see at least one key.
@@ -234,7 +392,7 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     vbs = [ws.scratch.get(f"v{i}", L * nh * cap * D // 2, np.uint32) for i, (_, nh) in enumerate(parts)]
     pb = ws.scratch.get("slot_pos", cap, np.uint32)
     sb = ws.scratch.get("step", step_words(T), np.uint32)
-    part = ws.scratch.get("part", part_words(T, n_q_heads, cap, D), host_visible=False)
+    part = ws.scratch.get("part", part_words(T, n_q_heads, cap, D, h_kv), host_visible=False)
     ob = ws.scratch.get("out", T * n_q_heads * D)
     qb.write(qkv)
     for kb, vb, (h0, nh) in zip(kbs, vbs, parts):
@@ -246,6 +404,6 @@ def kv_slot_attention(qkv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
     rec = Recording(dev).upload(qb, pb, sb, *kbs, *vbs)
     record_kv_slot_attention(rec, qb, kbs, vbs, pb, sb, part, ob, T=T, cap=cap, layer=layer, head_dim=D,
                              n_q_heads=n_q_heads, n_kv_heads=h_kv, local_size=local_size, parts=parts,
-                             q_tile=q_tile, f16_probabilities=kw["f16_probabilities"])
+                             q_tile=q_tile, f16_probabilities=kw["f16_probabilities"], head_groups=head_groups)
     rec.download(ob).run()
     return ob.read(T * n_q_heads * D).reshape(T, n_q_heads, D)

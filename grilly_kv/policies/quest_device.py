@@ -110,7 +110,8 @@ class DeviceQuestCache(TwinBase):
         self.pages = self.alloc(device, bh * self.max_pages, np.uint32, host_visible=False)
         self.counts = self.alloc(device, bh, np.uint32, host_visible=False)
         self.partial = self.alloc(device, attn.partial_words(bh, self.group, shape.head_dim), host_visible=False)
-        self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
+        self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim,
+                                          shape.n_kv_heads),
                            host_visible=False)
         self.unused = self.alloc(device, 1, host_visible=False)
         self.counter = self.alloc(device, attn.counter_words(bh), np.uint32)   # softmax decode: partials + merge fused

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.kv_slot_attention import part_words, record_kv_slot_attention
-from ..ops.kv_slot_store import record_kv_slot_store
+from ..ops.kv_slot_attention import counter_words, part_words, record_slot_step
 from ..ops.step_words import fill_step
 from ..reference.kv_slot_attention import EMPTY_SLOT
 from .base import CacheShape
@@ -23,7 +22,11 @@ class DeviceSlotCache(TwinBase):
 
     Buffers: ``store``: the shared :class:`~grilly_kv.policies.kv_store.KVStore` (per layer
     ``(H_kv, cap, D)`` float16, split by KV heads when a layer exceeds the storage buffer limit);
-    ``slot_pos``: ``(cap,)`` uint32; ``part``: split-K partial results for ``max_chunk`` queries.
+    ``slot_pos``: ``(cap,)`` uint32; ``part``: split-K partial results for ``max_chunk`` queries;
+    ``counter``: the fused decode merge's counters (zero between steps).
+    A decode step of a layer is one ``kv-slot-attention`` dispatch (store, attention and merge
+    fused) unless ``GRILLY_KV_SLOT_FUSE=0`` when the step is recorded
+    (:func:`~grilly_kv.ops.kv_slot_attention.record_slot_step`).
     The host policy's slot map is re-uploaded when it changes outside the steps' stores
     (``policy.slot_epoch``, e.g. streaming's :meth:`end_context` emptying slots).
     """
@@ -39,8 +42,12 @@ class DeviceSlotCache(TwinBase):
         self.slot_pos.write(np.full(self.cap, EMPTY_SLOT, np.uint32))
         self.slot_pos.upload_now()
         self._epoch = getattr(policy, "slot_epoch", 0)
-        self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim),
+        self.part = self.alloc(device, part_words(shape.max_chunk, shape.n_q_heads, self.cap, shape.head_dim,
+                                          shape.n_kv_heads),
                            np.float32, host_visible=False)
+        self.counter = self.alloc(device, counter_words(shape.n_kv_heads), np.uint32)
+        self.counter.write(np.zeros(self.counter.n_words, np.uint32))
+        self.counter.upload_now()
 
     def capacity_tokens(self) -> int:
         return self.cap
@@ -64,14 +71,10 @@ class DeviceSlotCache(TwinBase):
     def record_layer(self, rec, layer: int, qkv, out, step, T: int) -> None:
         """Record store + attention of ``layer``: ``qkv`` rows ``(T, (H_q + 2 H_kv) D)`` (post-RoPE)
         in, ``out`` ``(T, H_q, D)`` float32 out."""
-        s = self.shape
-        dims = dict(head_dim=s.head_dim, n_q_heads=s.n_q_heads, n_kv_heads=s.n_kv_heads)
-        st = self.store
-        record_kv_slot_store(rec, qkv, step, st.keys[layer], st.values[layer], self.slot_pos, T=T,
-                             cap=self.cap, layer=0, parts=st.parts, **dims)
-        record_kv_slot_attention(rec, qkv, st.keys[layer], st.values[layer], self.slot_pos, step, self.part,
-                                 out, T=T, cap=self.cap, layer=0, parts=st.parts,
-                                 f16_probabilities=s.f16_probabilities, **dims)
+        s, st = self.shape, self.store
+        record_slot_step(rec, qkv, step, st.keys[layer], st.values[layer], self.slot_pos, self.part, out,
+                         self.counter, T=T, cap=self.cap, head_dim=s.head_dim, n_q_heads=s.n_q_heads,
+                         n_kv_heads=s.n_kv_heads, parts=st.parts, f16_probabilities=s.f16_probabilities)
 
 
 def fill_slots_random(twin: DeviceSlotCache, rng: np.random.Generator, n_tokens: int) -> None:

@@ -26,12 +26,17 @@ an eviction round (``tappa-score`` passes STATS, SCORE, SELECT, COMPACT: every h
 budget is cut to it in place); then, every step, the store of the step's K/V at each head's own
 slot base and of its queries into the ring, and ``kv-slot-attention`` with a position map per
 head (each head sees only the tokens it kept). No K/V ever go to the host.
+
+Fused decode (``GRILLY_KV_SLOT_FUSE``, default 1): for T = 1 the attention's last split
+workgroup per KV head merges the splits (no ``kv-slot-merge`` dispatch); the store stays its own
+``tappa-store`` dispatch (it also writes each head's slot base and the query ring, and the slot
+maps are per head: not folded into the attention).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..ops.kv_slot_attention import part_words, record_kv_slot_attention
+from ..ops.kv_slot_attention import counter_words, part_words, record_kv_slot_attention, slot_fuse
 from ..ops.step_words import fill_step
 from ..ops.tappa_score import fill_meta, meta_words, record_tappa_evict, record_tappa_store, scratch_words
 from ..reference.kv_slot_attention import EMPTY_SLOT
@@ -65,7 +70,10 @@ class DeviceTappaCache(TwinBase):
         self.stats = self.alloc(device, sw["stats"], host_visible=False)
         self.raw = self.alloc(device, sw["raw"], host_visible=False)
         self.kept = self.alloc(device, sw["kept"], np.uint32, host_visible=False)
-        self.part = self.alloc(device, part_words(shape.max_chunk, HQ, self.cap, D), host_visible=False)
+        self.part = self.alloc(device, part_words(shape.max_chunk, HQ, self.cap, D, H), host_visible=False)
+        self.counter = self.alloc(device, counter_words(H), np.uint32)   # fused decode merge: zero
+        self.counter.write(np.zeros(self.counter.n_words, np.uint32))
+        self.counter.upload_now()
         self._words = np.zeros(meta_words(L, H), np.uint32)
         policy._attach(self)
 
@@ -105,7 +113,8 @@ class DeviceTappaCache(TwinBase):
         record_tappa_store(rec, bufs, T=T, parts=st.parts, **dims)
         record_kv_slot_attention(rec, qkv, st.keys[layer], st.values[layer], self.kpos[layer], step, self.part,
                                  out, T=T, cap=self.cap, layer=0, head_dim=s.head_dim, n_q_heads=s.n_q_heads,
-                                 n_kv_heads=s.n_kv_heads, pos_per_head=True, parts=st.parts)
+                                 n_kv_heads=s.n_kv_heads, pos_per_head=True, parts=st.parts,
+                                 counter=self.counter if slot_fuse() else None)
 
     # ---- host views (once per sequence or for tests; never per step) -----------------------------
     def window_queries(self) -> np.ndarray:

@@ -16,6 +16,9 @@ plus the online-calibration phase, see below), per layer:
    (a kept token is always earlier than the step; within the step a query sees its own and
    earlier tokens).
 
+A decode step (T = 1) does both, and the split merge, in one ``kv-slot-attention`` dispatch per
+K/V part unless ``GRILLY_KV_SLOT_FUSE=0`` (:func:`~grilly_kv.ops.kv_slot_attention.record_slot_step`).
+
 After the step (:meth:`DeviceTriAttentionCache.after_step`), when the schedule says so (calibrated,
 more than ``budget`` tokens held and at least ``divide_length`` new ones; the reference cache's
 rule), one compression round runs as its own submission, recorded once per key count S and
@@ -58,8 +61,7 @@ import numpy as np
 from ..backend import Recording
 from ..ops.buffer_copy import record_buffer_copy
 from ..ops.kv_compact import params_words, record_kv_compact
-from ..ops.kv_slot_attention import part_words, record_kv_slot_attention
-from ..ops.kv_slot_store import record_kv_slot_store
+from ..ops.kv_slot_attention import counter_words, part_words, record_slot_step
 from ..ops.step_words import fill_step
 from ..ops.threshold_select import record_threshold_select, work_words
 from ..ops.trig_score import TrigScoreBuffers, check_geometry, fold_weights, record_trig_score
@@ -149,8 +151,11 @@ class DeviceTriAttentionCache(TwinBase):
             table.write(np.full(self.cap, EMPTY_SLOT, np.uint32))
         rec = Recording(device).upload(*self.slot_pos)
         rec.run()
-        self.part = self.alloc(device, part_words(s.max_chunk, s.n_q_heads, self.cap, s.head_dim),
+        self.part = self.alloc(device, part_words(s.max_chunk, s.n_q_heads, self.cap, s.head_dim, s.n_kv_heads),
                                host_visible=False)
+        self.counter = self.alloc(device, counter_words(s.n_kv_heads), np.uint32)   # fused merge: zero
+        self.counter.write(np.zeros(self.counter.n_words, np.uint32))
+        self.counter.upload_now()
 
     def _alloc_round(self, device) -> None:
         """Scratch of a compression round, sized for S = cap and shared by the layers (the
@@ -203,13 +208,10 @@ class DeviceTriAttentionCache(TwinBase):
 
     def record_layer(self, rec, layer: int, qkv, out, step, T: int) -> None:
         """Store + attention of ``layer`` (and, while calibrating, a copy of the step's rows)."""
-        s = self.shape
-        dims = dict(head_dim=s.head_dim, n_q_heads=s.n_q_heads, n_kv_heads=s.n_kv_heads)
-        st = self.store
-        k, v, table = st.keys[layer], st.values[layer], self.slot_pos[layer]
-        record_kv_slot_store(rec, qkv, step, k, v, table, T=T, cap=self.cap, layer=0, parts=st.parts, **dims)
-        record_kv_slot_attention(rec, qkv, k, v, table, step, self.part, out, T=T, cap=self.cap,
-                                 layer=0, parts=st.parts, **dims)
+        s, st = self.shape, self.store
+        record_slot_step(rec, qkv, step, st.keys[layer], st.values[layer], self.slot_pos[layer], self.part, out,
+                         self.counter, T=T, cap=self.cap, head_dim=s.head_dim, n_q_heads=s.n_q_heads,
+                         n_kv_heads=s.n_kv_heads, parts=st.parts)
         if self._calibrating:
             record_buffer_copy(rec, qkv, self.calib_q[layer], n_words=T * self.qkv_dim)
             rec.download(self.calib_q[layer], words=T * self.qkv_dim)
