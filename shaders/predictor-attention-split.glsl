@@ -1,0 +1,195 @@
+#version 450
+// Attention of a step's queries over the predictor twin's resident blocks of one layer, split over
+// the slots (flash-decoding): see grilly_kv/ops/predictor_attention.py (the fast path;
+// predictor-attention.glsl is the one-workgroup-per-query-head one) and include/predictor_entries.glsl
+// (which slots a query sees).
+// Workgroup (s, i, t): query head h = h0 * G + i of token t over slots [s SPLIT, s SPLIT + SPLIT)
+// (whole entries) of the part's KV head; the K/V buffers hold KV heads [h0, h0 + nh) of the layer.
+// Each workgroup computes its slots' logits (float32, scaled), their max m_s, l_s = sum exp(x - m_s)
+// and o_s = sum exp(x - m_s) v; with NSPLIT > 1 it writes (m_s, l_s, o_s) to `part` and the last
+// of the NSPLIT workgroups of (t, h) to finish merges them: M = max m_s, L = sum l_s e^(m_s - M),
+// out = sum o_s e^(m_s - M) / L. Tokens t >= T - R (R = min(T, HIST)) also write the raw logits of
+// every slot (NEG where not visible) to logits[r, h, :] and (M, 1 / L) to stats[r, h, :], r = t - (T - R):
+// predictor-row-pool-split turns them into probabilities exp(x - M) / L.
+// The workgroups also zero the history ring rows this step's rows pool into (ring row
+// (params[0] + r) % HIST of the histories of the part's heads, every column), so that pass can
+// take the max over entries that hold the same block with atomics.
+#include "common.glsl"
+
+layout(local_size_x = 64) in;
+layout(constant_id = 0) const uint D = 64;       // even
+layout(constant_id = 1) const uint HQ = 9;
+layout(constant_id = 2) const uint HKV = 3;
+layout(constant_id = 3) const uint CAP = 1024;   // slots per KV head (E * 16)
+layout(constant_id = 4) const uint SPLIT = 256;  // slots per workgroup, a multiple of 16
+layout(constant_id = 5) const uint GP = 3;       // query heads per history (1 or HQ / HKV)
+const uint WG = 64u;
+const uint G = HQ / HKV;
+const uint ROW = (HQ + 2u * HKV) * D;
+const uint HW = D / 2u;
+const uint NSPLIT = (CAP + SPLIT - 1u) / SPLIT;
+const uint HIST = 64u;
+const float NEG = -1e30;
+
+layout(set = 0, binding = 0) readonly buffer QKV { float qkv[]; };
+layout(set = 0, binding = 1) readonly buffer KC { uint kc[]; };
+layout(set = 0, binding = 2) readonly buffer VC { uint vc[]; };
+layout(set = 0, binding = 3) readonly buffer Table { uint table[]; };
+layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
+layout(set = 0, binding = 5) writeonly buffer Logits { float logits[]; };   // (HIST, HQ, CAP)
+layout(set = 0, binding = 6) writeonly buffer O { float o[]; };             // (T, HQ, D)
+layout(set = 0, binding = 7) coherent buffer Part { float part[]; };        // (T, HQ, NSPLIT, D + 2)
+layout(set = 0, binding = 8) writeonly buffer Stats { float stats[]; };     // (HIST, HQ, 2)
+layout(set = 0, binding = 9) coherent buffer Counter { uint counter[]; };   // (T, HQ) zeros
+layout(set = 0, binding = 10) writeonly buffer History { uint hist[]; };    // (N, HIST, C)
+layout(set = 0, binding = 11) readonly buffer Params { uint params[]; };    // [write_head, ..]
+
+layout(push_constant) uniform Push {
+    uint layer; uint ns; uint ring; uint k; uint sinks; uint local_; uint scale_bits; uint h0; uint nh; uint C;
+} p;
+
+#include "predictor_entries.glsl"
+
+shared float sp[SPLIT];
+shared float sq[D];
+shared float red[WG];
+shared vec2 red2[WG];
+shared bool sh_last;
+#include "last_workgroup.glsl"
+
+float wg_max(float v) {
+    red[gl_LocalInvocationIndex] = v;
+    barrier();
+    for (uint s = WG / 2u; s > 0u; s >>= 1u) {
+        if (gl_LocalInvocationIndex < s) red[gl_LocalInvocationIndex] = max(red[gl_LocalInvocationIndex], red[gl_LocalInvocationIndex + s]);
+        barrier();
+    }
+    const float r = red[0];
+    barrier();
+    return r;
+}
+
+float wg_sum(float v) {
+    red[gl_LocalInvocationIndex] = v;
+    barrier();
+    for (uint s = WG / 2u; s > 0u; s >>= 1u) {
+        if (gl_LocalInvocationIndex < s) red[gl_LocalInvocationIndex] += red[gl_LocalInvocationIndex + s];
+        barrier();
+    }
+    const float r = red[0];
+    barrier();
+    return r;
+}
+
+// Zero ring rows (params[0] + r) % HIST, r < R, of the part's histories (grid-stride over all
+// workgroups of the dispatch).
+void zero_history(uint R) {
+    const uint wid = (gl_WorkGroupID.z * gl_NumWorkGroups.y + gl_WorkGroupID.y) * gl_NumWorkGroups.x + gl_WorkGroupID.x;
+    const uint n_threads = gl_NumWorkGroups.x * gl_NumWorkGroups.y * gl_NumWorkGroups.z * WG;
+    const uint n_groups = p.nh * G / GP;
+    const uint n0 = p.layer * (HQ / GP) + p.h0 * G / GP;
+    for (uint i = wid * WG + gl_LocalInvocationIndex; i < n_groups * R * p.C; i += n_threads) {
+        const uint c = i % p.C, r = (i / p.C) % R, j = i / (p.C * R);
+        hist[((n0 + j) * HIST + (params[0] + r) % HIST) * p.C + c] = 0u;
+    }
+}
+
+void main() {
+    const uint s = gl_WorkGroupID.x, h = p.h0 * G + gl_WorkGroupID.y, t = gl_WorkGroupID.z;
+    const uint tid = gl_LocalInvocationIndex;
+    const uint pos0 = step[0], T = step[1];
+    const uint q = pos0 + t, last = pos0 + T - 1u;
+    const uint kvh = h / G, local_kvh = kvh - p.h0;
+    const uint sel_base = (p.layer * HKV + kvh) * p.k;
+    const uint R = min(T, HIST);
+    const bool keep_row = t + R >= T;
+    const uint r = t + R - T;
+    const uint th = t * HQ + h;
+    zero_history(R);
+    const float scale = PUSH_F(p.scale_bits);
+    for (uint d = tid; d < D; d += WG) sq[d] = qkv[t * ROW + h * D + d] * scale;
+    barrier();
+    float mx = NEG;
+    for (uint jj = tid; jj < SPLIT; jj += WG) {
+        const uint j = s * SPLIT + jj;
+        float logit = NEG;
+        if (j < CAP) {
+            const uint e = j / BLK;
+            const uint b = entry_block(e, p.ns, p.ring, last, sel_base);
+            if (b != NONE && entry_sees(e, p.ns, p.ring, b * BLK + j % BLK, q, pos0, p.sinks, p.local_)) {
+                const uint row = (local_kvh * CAP + j) * HW;
+                float acc = 0.0;
+                for (uint w = 0u; w < HW; w++) {
+                    const vec2 kv2 = unpackHalf2x16(kc[row + w]);
+                    acc += sq[2u * w] * kv2.x + sq[2u * w + 1u] * kv2.y;
+                }
+                logit = acc;
+                mx = max(mx, logit);
+            }
+            if (keep_row) logits[(r * HQ + h) * CAP + j] = logit;
+        }
+        sp[jj] = logit;
+    }
+    mx = wg_max(mx);
+    float l = 0.0;
+    for (uint jj = tid; jj < SPLIT; jj += WG) {
+        const float w = sp[jj] > 0.5 * NEG ? exp(sp[jj] - mx) : 0.0;
+        sp[jj] = w;
+        l += w;
+    }
+    l = wg_sum(l);                        // wg_sum's barriers also publish sp[]
+    // o_s: thread (phase, w) sums slots jj = phase (mod P) of value word w (2 dims), then the P
+    // phases are added in shared memory (words w >= WG are handled by later passes when HW > WG)
+    const uint P = max(WG / HW, 1u);
+    const uint part_base = (th * NSPLIT + s) * (D + 2u);
+    const float inv_l = 1.0 / l;
+    for (uint w0 = 0u; w0 < HW; w0 += WG) {
+        const uint w = w0 + tid % HW, phase = tid / HW;
+        vec2 acc = vec2(0.0);
+        if (w < HW && phase < P) {
+            for (uint jj = phase; jj < SPLIT; jj += P) {
+                const uint j = s * SPLIT + jj;
+                if (sp[jj] != 0.0) acc += sp[jj] * unpackHalf2x16(vc[(local_kvh * CAP + j) * HW + w]);
+            }
+        }
+        red2[tid] = acc;
+        barrier();
+        if (tid < min(HW, WG) && w0 + tid < HW) {
+            vec2 sum = vec2(0.0);
+            for (uint ph = 0u; ph < P; ph++) sum += red2[ph * HW + tid];
+            const uint d = 2u * (w0 + tid);
+            if (NSPLIT == 1u) {
+                o[th * D + d] = sum.x * inv_l;
+                o[th * D + d + 1u] = sum.y * inv_l;
+            } else {
+                part[part_base + 2u + d] = sum.x;
+                part[part_base + 3u + d] = sum.y;
+            }
+        }
+        barrier();
+    }
+    if (NSPLIT == 1u) {
+        if (keep_row && tid == 0u) { stats[(r * HQ + h) * 2u] = mx; stats[(r * HQ + h) * 2u + 1u] = inv_l; }
+        return;
+    }
+    if (tid == 0u) { part[part_base] = mx; part[part_base + 1u] = l; }
+    if (!last_to_finish(th, NSPLIT)) return;
+    // the last workgroup of (t, h): merge the NSPLIT partial results
+    float m_all = NEG;
+    for (uint s2 = 0u; s2 < NSPLIT; s2++) m_all = max(m_all, part[(th * NSPLIT + s2) * (D + 2u)]);
+    float l_all = 0.0;
+    for (uint s2 = 0u; s2 < NSPLIT; s2++) {
+        const uint b2 = (th * NSPLIT + s2) * (D + 2u);
+        l_all += part[b2 + 1u] * exp(part[b2] - m_all);
+    }
+    const float inv = 1.0 / l_all;
+    for (uint d = tid; d < D; d += WG) {
+        float acc = 0.0;
+        for (uint s2 = 0u; s2 < NSPLIT; s2++) {
+            const uint b2 = (th * NSPLIT + s2) * (D + 2u);
+            acc += part[b2 + 2u + d] * exp(part[b2] - m_all);
+        }
+        o[th * D + d] = acc * inv;
+    }
+    if (keep_row && tid == 0u) { stats[(r * HQ + h) * 2u] = m_all; stats[(r * HQ + h) * 2u + 1u] = inv; }
+}
