@@ -57,9 +57,10 @@ import numpy as np
 from ..backend import Recording
 from ..ops.kv_block_scatter import record_kv_block_scatter
 from ..ops.kv_slot_store import record_kv_slot_store
-from ..ops.predictor_attention import MAX_CAP, record_predictor_attention
+from ..ops.predictor_attention import (MAX_CAP, predictor_fast, record_predictor_attention,
+                                       record_predictor_attention_split, split_partial_words)
 from ..ops.predictor_cnn import FULL, STEP, record_predictor_cnn
-from ..ops.predictor_row_pool import record_predictor_row_pool
+from ..ops.predictor_row_pool import record_predictor_row_pool, record_predictor_row_pool_split
 from ..ops.predictor_topk import record_predictor_topk
 from ..ops.step_words import fill_step, step_words
 from ..policies.base import CacheShape
@@ -158,6 +159,14 @@ class DevicePredictorCache(TwinBase):
         self.table_buf.write(np.full(nk, NONE, np.uint32))
         self.sel = self.alloc(device, nk, np.uint32)
         self.rows = self.alloc(device, HIST * self.HQ * self.cap, host_visible=False)
+        self.fast = predictor_fast()          # GRILLY_KV_PREDICTOR_FAST, read once per twin
+        if self.fast:                         # the split attention's merge and softmax statistics
+            self.stats = self.alloc(device, HIST * self.HQ * 2, host_visible=False)
+            self.part = self.alloc(device, split_partial_words(s.max_chunk, self.HQ, D, self.cap),
+                                   host_visible=False)
+            self.counter = self.alloc(device, s.max_chunk * self.HQ, np.uint32)   # zeros, kept zero
+            self.counter.write(np.zeros(self.counter.n_words, np.uint32))
+            self.counter.upload_now()
         self.hist = self.alloc(device, self.N * HIST * self.C)          # zeros, uploaded now
         self.hist.upload_now()
         self.inner = self.alloc(device, self.N * HIST * self.C, host_visible=False)
@@ -245,13 +254,16 @@ class DevicePredictorCache(TwinBase):
                              parts=self.parts, **dims)
         record_kv_slot_store(rec, qkv, self.stage_step, self.stage_k, self.stage_v, self.slot_sink, T=T,
                              cap=T, layer=layer, **dims)
-        for part, head_range in enumerate(self.parts):
-            record_predictor_attention(rec, qkv, k_l[part], v_l[part], self.table_buf, step, self.rows, out,
-                                       T=T, sinks=pol.sinks, local=self._local, head_range=head_range,
-                                       **geo, **dims)
-        record_predictor_row_pool(rec, self.rows, self.table_buf, step, self.params, self.hist,
-                                  R=min(T, HIST), C=self.C, n_q_heads=self.HQ, n_kv_heads=self.H,
-                                  group=self.HQ // self.H, **geo)
+        if self.fast:
+            self._record_split_attention(rec, layer, qkv, out, step, T)
+        else:
+            for part, head_range in enumerate(self.parts):
+                record_predictor_attention(rec, qkv, k_l[part], v_l[part], self.table_buf, step, self.rows,
+                                           out, T=T, sinks=pol.sinks, local=self._local,
+                                           head_range=head_range, **geo, **dims)
+            record_predictor_row_pool(rec, self.rows, self.table_buf, step, self.params, self.hist,
+                                      R=min(T, HIST), C=self.C, n_q_heads=self.HQ, n_kv_heads=self.H,
+                                      group=self.HQ // self.H, **geo)
         if layer < self.L - 1:
             return
         mode = self._mode
@@ -261,10 +273,26 @@ class DevicePredictorCache(TwinBase):
         if self.k:
             last_row = pol.predictor_kind == "last-row"
             record_predictor_topk(rec, self.hist if last_row else self.scores, self.params, self.sel,
-                                  N=self.N, C=self.C, k=self.k, from_hist=last_row)
+                                  N=self.N, C=self.C, k=self.k, from_hist=last_row, fast=self.fast)
             rec.download(self.sel, words=self.N * self.k)
         n_words = self.L * self.H * T * self.D // 2
         rec.download(self.stage_k, words=n_words).download(self.stage_v, words=n_words)
+
+    def _record_split_attention(self, rec, layer: int, qkv, out, step, T: int) -> None:
+        """The fast path (``GRILLY_KV_PREDICTOR_FAST=1``): split attention per part (``rows`` then
+        holds the logits of the last queries, ``stats`` their softmax max and 1 / sum), then the
+        pooling of those rows into the history (ring rows zeroed by the attention)."""
+        pol = self.policy
+        geo = dict(layer=layer, ns=self.ns, ring=self.ring, k=self.k)
+        heads = dict(n_q_heads=self.HQ, n_kv_heads=self.H, group=self.HQ // self.H, C=self.C)
+        k_l, v_l = self.store.keys[layer], self.store.values[layer]
+        for part, head_range in enumerate(self.parts):
+            record_predictor_attention_split(rec, qkv, k_l[part], v_l[part], self.table_buf, step, self.rows, out,
+                                             self.part, self.stats, self.counter, self.hist, self.params, T=T,
+                                             sinks=pol.sinks, local=self._local, head_dim=self.D,
+                                             head_range=head_range, **geo, **heads)
+        record_predictor_row_pool_split(rec, self.rows, self.stats, self.table_buf, step, self.params, self.hist,
+                                        R=min(T, HIST), **geo, **heads)
 
     def after_step(self, positions: np.ndarray) -> None:
         """Keep the step's K/V in host memory; plan and start the copy of the next step's blocks."""
