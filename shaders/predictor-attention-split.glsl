@@ -1,19 +1,23 @@
 #version 450
 // Attention of a step's queries over the predictor twin's resident blocks of one layer, split over
-// the slots (flash-decoding): see grilly_kv/ops/predictor_attention.py (the fast path;
-// predictor-attention.glsl is the one-workgroup-per-query-head one) and include/predictor_entries.glsl
+// the slots (flash-decoding), and the block max-pool of the last queries' attention rows into the
+// history ring, in one dispatch: see grilly_kv/ops/predictor_attention.py (the fast path; the first
+// kernels are predictor-attention.glsl then predictor-row-pool.glsl) and include/predictor_entries.glsl
 // (which slots a query sees).
 // Workgroup (s, i, t): query head h = h0 * G + i of token t over slots [s SPLIT, s SPLIT + SPLIT)
 // (whole entries) of the part's KV head; the K/V buffers hold KV heads [h0, h0 + nh) of the layer.
 // Each workgroup computes its slots' logits (float32, scaled), their max m_s, l_s = sum exp(x - m_s)
 // and o_s = sum exp(x - m_s) v; with NSPLIT > 1 it writes (m_s, l_s, o_s) to `part` and the last
 // of the NSPLIT workgroups of (t, h) to finish merges them: M = max m_s, L = sum l_s e^(m_s - M),
-// out = sum o_s e^(m_s - M) / L. Tokens t >= T - R (R = min(T, HIST)) also write the raw logits of
-// every slot (NEG where not visible) to logits[r, h, :] and (M, 1 / L) to stats[r, h, :], r = t - (T - R):
-// predictor-row-pool-split turns them into probabilities exp(x - M) / L.
-// The workgroups also zero the history ring rows this step's rows pool into (ring row
-// (params[0] + r) % HIST of the histories of the part's heads, every column), so that pass can
-// take the max over entries that hold the same block with atomics.
+// out = sum o_s e^(m_s - M) / L.
+// History (tokens t >= T - R, R = min(T, HIST), ring row (params[0] + r) % HIST, r = t - (T - R)):
+// every workgroup writes the raw logits of its slots (NEG where not visible) to logits[r, h, :],
+// the merging one (M, 1 / L) to stats[r, h, :]; the last merging workgroup of the GP query heads
+// of history n = layer * (HQ / GP) + h / GP (a second handshake, counters T HQ + t (HQ / GP) + h / GP)
+// writes that history's ring row: 0 in every column, then for each entry the max over the group's
+// heads and the entry's 16 slots of exp(x - M) / L, into the column of the block the entry holds
+// (an atomic max: the bits of non-negative floats order as uints, and a block can sit in a ring
+// entry and a predicted entry at once).
 #include "common.glsl"
 
 layout(local_size_x = 64) in;
@@ -36,12 +40,12 @@ layout(set = 0, binding = 1) readonly buffer KC { uint kc[]; };
 layout(set = 0, binding = 2) readonly buffer VC { uint vc[]; };
 layout(set = 0, binding = 3) readonly buffer Table { uint table[]; };
 layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
-layout(set = 0, binding = 5) writeonly buffer Logits { float logits[]; };   // (HIST, HQ, CAP)
+layout(set = 0, binding = 5) coherent buffer Logits { float logits[]; };    // (HIST, HQ, CAP)
 layout(set = 0, binding = 6) writeonly buffer O { float o[]; };             // (T, HQ, D)
 layout(set = 0, binding = 7) coherent buffer Part { float part[]; };        // (T, HQ, NSPLIT, D + 2)
-layout(set = 0, binding = 8) writeonly buffer Stats { float stats[]; };     // (HIST, HQ, 2)
-layout(set = 0, binding = 9) coherent buffer Counter { uint counter[]; };   // (T, HQ) zeros
-layout(set = 0, binding = 10) writeonly buffer History { uint hist[]; };    // (N, HIST, C)
+layout(set = 0, binding = 8) coherent buffer Stats { float stats[]; };      // (HIST, HQ, 2)
+layout(set = 0, binding = 9) coherent buffer Counter { uint counter[]; };   // (2 T HQ) zeros
+layout(set = 0, binding = 10) buffer History { uint hist[]; };              // (N, HIST, C)
 layout(set = 0, binding = 11) readonly buffer Params { uint params[]; };    // [write_head, ..]
 
 layout(push_constant) uniform Push {
@@ -81,17 +85,40 @@ float wg_sum(float v) {
     return r;
 }
 
-// Zero ring rows (params[0] + r) % HIST, r < R, of the part's histories (grid-stride over all
-// workgroups of the dispatch).
-void zero_history(uint R) {
-    const uint wid = (gl_WorkGroupID.z * gl_NumWorkGroups.y + gl_WorkGroupID.y) * gl_NumWorkGroups.x + gl_WorkGroupID.x;
-    const uint n_threads = gl_NumWorkGroups.x * gl_NumWorkGroups.y * gl_NumWorkGroups.z * WG;
-    const uint n_groups = p.nh * G / GP;
-    const uint n0 = p.layer * (HQ / GP) + p.h0 * G / GP;
-    for (uint i = wid * WG + gl_LocalInvocationIndex; i < n_groups * R * p.C; i += n_threads) {
-        const uint c = i % p.C, r = (i / p.C) % R, j = i / (p.C * R);
-        hist[((n0 + j) * HIST + (params[0] + r) % HIST) * p.C + c] = 0u;
+// The history ring row of token t's query heads [j GP, j GP + GP) (see the header); called by
+// the last of their merging workgroups, which sees every other workgroup's logits and stats.
+void pool_rows(uint j, uint r, uint last) {
+    const uint tid = gl_LocalInvocationIndex;
+    const uint n = p.layer * (HQ / GP) + j;
+    const uint base = (n * HIST + (params[0] + r) % HIST) * p.C;
+    for (uint c = tid; c < p.C; c += WG) hist[base + c] = 0u;
+    memoryBarrierBuffer();
+    barrier();
+    const uint kvh = j * GP / G;
+    for (uint e = tid; e < CAP / BLK; e += WG) {
+        const uint c = entry_block(e, p.ns, p.ring, last, (p.layer * HKV + kvh) * p.k);
+        if (c >= p.C) continue;                                  // NONE: the entry holds no block
+        float m = 0.0;
+        for (uint g = 0u; g < GP; g++) {
+            const uint row = r * HQ + j * GP + g;
+            const float mx = stats[row * 2u], inv = stats[row * 2u + 1u];
+            for (uint o = 0u; o < BLK; o++) {
+                const float x = logits[row * CAP + e * BLK + o];
+                if (x > 0.5 * NEG) m = max(m, exp(x - mx) * inv);
+            }
+        }
+        if (m > 0.0) atomicMax(hist[base + c], floatBitsToUint(m));
     }
+}
+
+// The merged (max, 1 / sum) of query (t, h): kept for the history when t is one of the last R
+// tokens, and the history row pooled by the last of the group's heads.
+void finish(uint t, uint h, uint T, uint R, uint last, float m_all, float inv) {
+    if (t + R < T) return;
+    const uint r = t + R - T;
+    if (gl_LocalInvocationIndex == 0u) { stats[(r * HQ + h) * 2u] = m_all; stats[(r * HQ + h) * 2u + 1u] = inv; }
+    const uint j = h / GP;
+    if (last_to_finish(T * HQ + t * (HQ / GP) + j, GP)) pool_rows(j, r, last);
 }
 
 void main() {
@@ -105,7 +132,6 @@ void main() {
     const bool keep_row = t + R >= T;
     const uint r = t + R - T;
     const uint th = t * HQ + h;
-    zero_history(R);
     const float scale = PUSH_F(p.scale_bits);
     for (uint d = tid; d < D; d += WG) sq[d] = qkv[t * ROW + h * D + d] * scale;
     barrier();
@@ -169,7 +195,7 @@ void main() {
         barrier();
     }
     if (NSPLIT == 1u) {
-        if (keep_row && tid == 0u) { stats[(r * HQ + h) * 2u] = mx; stats[(r * HQ + h) * 2u + 1u] = inv_l; }
+        finish(t, h, T, R, last, mx, inv_l);
         return;
     }
     if (tid == 0u) { part[part_base] = mx; part[part_base + 1u] = l; }
@@ -191,5 +217,5 @@ void main() {
         }
         o[th * D + d] = acc * inv;
     }
-    if (keep_row && tid == 0u) { stats[(r * HQ + h) * 2u] = m_all; stats[(r * HQ + h) * 2u + 1u] = inv; }
+    finish(t, h, T, R, last, m_all, inv);
 }

@@ -195,14 +195,14 @@ def test_predictor_topk_reads_the_newest_history_row(vk):
     np.testing.assert_array_equal(sel.read(N * k).reshape(N, k), want)
 
 
-# ---- the fast kernels (GRILLY_KV_PREDICTOR_FAST=1): split attention + pooling from the logits,
-# radix top-k. Same references; the pooled history rows also equal the first kernels' (1e-6).
+# ---- the fast kernels (GRILLY_KV_PREDICTOR_FAST=1): split attention that also pools the rows into
+# the history, radix top-k. Same references; the pooled history rows also equal the first kernels'
+# (1e-6).
 
 def run_split(vk, qkv, k_cache, v_cache, tables, *, T, pos0, layer, ns, ring, k, sinks, local, hq, hkv,
               D, C, group, write_head, hist0, parts=None):
-    """Split attention (per part) then pooling; returns (out, hist) and checks the sentinels."""
+    """Split attention with pooling (a dispatch per part); returns (out, hist), checks the sentinels."""
     from grilly_kv.ops.predictor_attention import record_predictor_attention_split, split_partial_words
-    from grilly_kv.ops.predictor_row_pool import record_predictor_row_pool_split
 
     cap = (ns + ring + k) * 16
     b_qkv, b_tab = Buffer(vk, qkv.size), Buffer(vk, tables.size, np.uint32)
@@ -214,8 +214,8 @@ def run_split(vk, qkv, k_cache, v_cache, tables, *, T, pos0, layer, ns, ring, k,
     params.write(np.array([write_head, 0, 0, 0, 0, 0], np.uint32))
     logits, stats = Buffer(vk, HIST * hq * cap), Buffer(vk, HIST * hq * 2)
     part = Buffer(vk, split_partial_words(T, hq, D, cap))
-    counter = Buffer(vk, T * hq, np.uint32)
-    counter.write(np.zeros(T * hq, np.uint32))
+    counter = Buffer(vk, 2 * T * hq, np.uint32)
+    counter.write(np.zeros(2 * T * hq, np.uint32))
     out, hist = guarded(vk, T * hq * D), guarded(vk, hist0.size)
     hist.write(hist0)
     rec = Recording(vk).upload(b_qkv, b_tab, step, params, counter, out, hist)
@@ -230,12 +230,10 @@ def run_split(vk, qkv, k_cache, v_cache, tables, *, T, pos0, layer, ns, ring, k,
                                          hist, params, T=T, layer=layer, ns=ns, ring=ring, k=k, sinks=sinks,
                                          local=local, head_dim=D, n_q_heads=hq, n_kv_heads=hkv, C=C,
                                          group=group, head_range=(h0, nh))
-    record_predictor_row_pool_split(rec, logits, stats, b_tab, step, params, hist, R=min(T, HIST), layer=layer,
-                                    ns=ns, ring=ring, k=k, C=C, n_q_heads=hq, n_kv_heads=hkv, group=group)
     rec.download(out, hist, counter).run()
     check_guard(out, T * hq * D)
     check_guard(hist, hist0.size)
-    assert np.all(counter.read(T * hq, np.uint32) == 0), "the merge counters must be left at zero"
+    assert np.all(counter.read(2 * T * hq, np.uint32) == 0), "the merge counters must be left at zero"
     return out.read(T * hq * D).reshape(T, hq, D), hist.read(hist0.size).reshape(hist0.shape)
 
 
@@ -282,8 +280,8 @@ def test_predictor_attention_split_and_pool_match_reference(vk, hq, hkv, D, T, p
 
 @pytest.mark.parametrize("T", [1, 5])
 def test_predictor_split_kernels_match_the_first_kernels(vk, T):
-    """The fast pair (split attention + pooling from the logits) against the first pair
-    (predictor-attention + predictor-row-pool) on the same inputs: output 1e-5, history 1e-6."""
+    """The split attention with pooling against the first pair (predictor-attention then
+    predictor-row-pool) on the same inputs: output 1e-5, history 1e-6."""
     rng = np.random.default_rng(11 + T)
     hq, hkv, D, pos0, ns, ring, k, sinks, local, layer, L = 9, 3, 64, 900, 4, 5, 24, 64, 64, 0, 2
     cap, group = (ns + ring + k) * 16, 3

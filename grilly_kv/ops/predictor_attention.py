@@ -88,16 +88,18 @@ def record_predictor_attention_split(rec: Recording, qkv, k_cache, v_cache, tabl
                                      ns: int, ring: int, k: int, sinks: int, local: int, head_dim: int,
                                      n_q_heads: int, n_kv_heads: int, C: int, group: int,
                                      head_range: tuple[int, int] | None = None) -> Recording:
-    """Record the split attention (``predictor-attention-split``) of tokens t < T: the same
-    output as :func:`record_predictor_attention`; instead of probabilities, the last
-    ``R = min(T, 64)`` queries leave their raw logits in ``logits`` ``(64, H_q, cap)`` (-1e30
-    where not visible) and ``(max, 1 / sum)`` in ``stats`` ``(64, H_q, 2)`` for
-    :func:`~grilly_kv.ops.predictor_row_pool.record_predictor_row_pool_split`, and the dispatch
-    zeroes ring rows ``(params[0] + r) % 64``, r < R, of the histories (``(N, 64, C)``,
-    ``group`` query heads each) of the part's heads.
+    """Record the split attention (``predictor-attention-split``) of tokens t < T and the pooling
+    of the last ``R = min(T, 64)`` queries' attention rows into the history, in one dispatch: the
+    same output as :func:`record_predictor_attention` and the same history rows as it followed by
+    :func:`~grilly_kv.ops.predictor_row_pool.record_predictor_row_pool` (ring rows
+    ``(params[0] + r) % 64`` of the ``(N, 64, C)`` histories, ``group`` query heads each, of the
+    part's heads).
 
-    Buffers besides those of :func:`record_predictor_attention`: ``part`` float32 of at least
-    :func:`split_partial_words` words; ``counter`` ``T * H_q`` uint32 zeros (left zero).
+    Buffers besides those of :func:`record_predictor_attention`: ``logits`` (in place of
+    ``rows``) ``(64, H_q, cap)`` float32 scratch (the last queries' raw logits), ``stats``
+    ``(64, H_q, 2)`` float32 scratch (their softmax max and 1 / sum), ``part`` float32 of at
+    least :func:`split_partial_words` words, ``counter`` ``2 T H_q`` uint32 zeros (left zero),
+    ``history`` and ``params`` as for the row pool.
     """
     h0, nh = (0, n_kv_heads) if head_range is None else (int(head_range[0]), int(head_range[1]))
     if not (0 <= h0 and 1 <= nh and h0 + nh <= n_kv_heads):

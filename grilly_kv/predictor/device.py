@@ -60,7 +60,7 @@ from ..ops.kv_slot_store import record_kv_slot_store
 from ..ops.predictor_attention import (MAX_CAP, predictor_fast, record_predictor_attention,
                                        record_predictor_attention_split, split_partial_words)
 from ..ops.predictor_cnn import FULL, STEP, record_predictor_cnn
-from ..ops.predictor_row_pool import record_predictor_row_pool, record_predictor_row_pool_split
+from ..ops.predictor_row_pool import record_predictor_row_pool
 from ..ops.predictor_topk import record_predictor_topk
 from ..ops.step_words import fill_step, step_words
 from ..policies.base import CacheShape
@@ -164,7 +164,7 @@ class DevicePredictorCache(TwinBase):
             self.stats = self.alloc(device, HIST * self.HQ * 2, host_visible=False)
             self.part = self.alloc(device, split_partial_words(s.max_chunk, self.HQ, D, self.cap),
                                    host_visible=False)
-            self.counter = self.alloc(device, s.max_chunk * self.HQ, np.uint32)   # zeros, kept zero
+            self.counter = self.alloc(device, 2 * s.max_chunk * self.HQ, np.uint32)   # zeros, kept zero
             self.counter.write(np.zeros(self.counter.n_words, np.uint32))
             self.counter.upload_now()
         self.hist = self.alloc(device, self.N * HIST * self.C)          # zeros, uploaded now
@@ -279,9 +279,9 @@ class DevicePredictorCache(TwinBase):
         rec.download(self.stage_k, words=n_words).download(self.stage_v, words=n_words)
 
     def _record_split_attention(self, rec, layer: int, qkv, out, step, T: int) -> None:
-        """The fast path (``GRILLY_KV_PREDICTOR_FAST=1``): split attention per part (``rows`` then
-        holds the logits of the last queries, ``stats`` their softmax max and 1 / sum), then the
-        pooling of those rows into the history (ring rows zeroed by the attention)."""
+        """The fast path (``GRILLY_KV_PREDICTOR_FAST=1``): split attention per part, which also pools
+        the last queries' rows into the history (``rows`` then holds their logits, ``stats`` their
+        softmax max and 1 / sum)."""
         pol = self.policy
         geo = dict(layer=layer, ns=self.ns, ring=self.ring, k=self.k)
         heads = dict(n_q_heads=self.HQ, n_kv_heads=self.H, group=self.HQ // self.H, C=self.C)
@@ -291,8 +291,6 @@ class DevicePredictorCache(TwinBase):
                                              self.part, self.stats, self.counter, self.hist, self.params, T=T,
                                              sinks=pol.sinks, local=self._local, head_dim=self.D,
                                              head_range=head_range, **geo, **heads)
-        record_predictor_row_pool_split(rec, self.rows, self.stats, self.table_buf, step, self.params, self.hist,
-                                        R=min(T, HIST), **geo, **heads)
 
     def after_step(self, positions: np.ndarray) -> None:
         """Keep the step's K/V in host memory; plan and start the copy of the next step's blocks."""
