@@ -18,6 +18,9 @@
 // heads and the entry's 16 slots of exp(x - M) / L, into the column of the block the entry holds
 // (an atomic max: the bits of non-negative floats order as uints, and a block can sit in a ring
 // entry and a predicted entry at once).
+// Staging (the twin's copy of the step's K/V to host memory): workgroup (0, i, t) with i the first
+// query head of a KV head also stores K and V of (t, kvh) as float16 into stage_k / stage_v
+// ([layer][kvh][t][D] halves, two per uint), as kv-slot-store does with slots t and cap T.
 #include "common.glsl"
 
 layout(local_size_x = 64) in;
@@ -47,6 +50,8 @@ layout(set = 0, binding = 8) coherent buffer Stats { float stats[]; };      // (
 layout(set = 0, binding = 9) coherent buffer Counter { uint counter[]; };   // (2 T HQ) zeros
 layout(set = 0, binding = 10) buffer History { uint hist[]; };              // (N, HIST, C)
 layout(set = 0, binding = 11) readonly buffer Params { uint params[]; };    // [write_head, ..]
+layout(set = 0, binding = 12) writeonly buffer StageK { uint stage_k[]; };  // (L, HKV, T, D) halves
+layout(set = 0, binding = 13) writeonly buffer StageV { uint stage_v[]; };
 
 layout(push_constant) uniform Push {
     uint layer; uint ns; uint ring; uint k; uint sinks; uint local_; uint scale_bits; uint h0; uint nh; uint C;
@@ -121,6 +126,16 @@ void finish(uint t, uint h, uint T, uint R, uint last, float m_all, float inv) {
     if (last_to_finish(T * HQ + t * (HQ / GP) + j, GP)) pool_rows(j, r, last);
 }
 
+// K and V of token t, KV head kvh, into the staging buffers.
+void stage_kv(uint t, uint kvh, uint T) {
+    for (uint w = gl_LocalInvocationIndex; w < HW; w += WG) {
+        const uint src = t * ROW + HQ * D + kvh * D + 2u * w;
+        const uint dst = ((p.layer * HKV + kvh) * T + t) * HW + w;
+        stage_k[dst] = packHalf2x16(vec2(qkv[src], qkv[src + 1u]));
+        stage_v[dst] = packHalf2x16(vec2(qkv[src + HKV * D], qkv[src + HKV * D + 1u]));
+    }
+}
+
 void main() {
     const uint s = gl_WorkGroupID.x, h = p.h0 * G + gl_WorkGroupID.y, t = gl_WorkGroupID.z;
     const uint tid = gl_LocalInvocationIndex;
@@ -132,6 +147,7 @@ void main() {
     const bool keep_row = t + R >= T;
     const uint r = t + R - T;
     const uint th = t * HQ + h;
+    if (s == 0u && h % G == 0u) stage_kv(t, kvh, T);
     const float scale = PUSH_F(p.scale_bits);
     for (uint d = tid; d < D; d += WG) sq[d] = qkv[t * ROW + h * D + d] * scale;
     barrier();

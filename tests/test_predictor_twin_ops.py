@@ -199,6 +199,9 @@ def test_predictor_topk_reads_the_newest_history_row(vk):
 # the history, radix top-k. Same references; the pooled history rows also equal the first kernels'
 # (1e-6).
 
+L_STAGE = 2     # layers of the staging buffers in run_split
+
+
 def run_split(vk, qkv, k_cache, v_cache, tables, *, T, pos0, layer, ns, ring, k, sinks, local, hq, hkv,
               D, C, group, write_head, hist0, parts=None):
     """Split attention with pooling (a dispatch per part); returns (out, hist), checks the sentinels."""
@@ -218,7 +221,9 @@ def run_split(vk, qkv, k_cache, v_cache, tables, *, T, pos0, layer, ns, ring, k,
     counter.write(np.zeros(2 * T * hq, np.uint32))
     out, hist = guarded(vk, T * hq * D), guarded(vk, hist0.size)
     hist.write(hist0)
-    rec = Recording(vk).upload(b_qkv, b_tab, step, params, counter, out, hist)
+    n_stage = L_STAGE * hkv * T * D // 2
+    stage_k, stage_v = guarded(vk, n_stage, np.uint32), guarded(vk, n_stage, np.uint32)
+    rec = Recording(vk).upload(b_qkv, b_tab, step, params, counter, out, hist, stage_k, stage_v)
     keep = []
     for h0, nh in parts or [(0, hkv)]:
         kb, vb = Buffer(vk, nh * cap * D // 2, np.uint32), Buffer(vk, nh * cap * D // 2, np.uint32)
@@ -227,12 +232,21 @@ def run_split(vk, qkv, k_cache, v_cache, tables, *, T, pos0, layer, ns, ring, k,
         keep += [kb, vb]
         rec.upload(kb, vb)
         record_predictor_attention_split(rec, b_qkv, kb, vb, b_tab, step, logits, out, part, stats, counter,
-                                         hist, params, T=T, layer=layer, ns=ns, ring=ring, k=k, sinks=sinks,
+                                         hist, params, stage_k, stage_v, T=T, layer=layer, ns=ns, ring=ring,
+                                         k=k, sinks=sinks,
                                          local=local, head_dim=D, n_q_heads=hq, n_kv_heads=hkv, C=C,
                                          group=group, head_range=(h0, nh))
-    rec.download(out, hist, counter).run()
+    rec.download(out, hist, counter, stage_k, stage_v).run()
     check_guard(out, T * hq * D)
     check_guard(hist, hist0.size)
+    # the step's K/V staged as float16 in the layer's slice, the other layer's words untouched
+    rows = qkv.reshape(T, hq + 2 * hkv, D)
+    for buf, first in ((stage_k, hq), (stage_v, hq + hkv)):
+        got = buf.read(n_stage, np.uint32).reshape(L_STAGE, hkv * T * D // 2)
+        want = rows[:, first:first + hkv].transpose(1, 0, 2).astype(np.float16).reshape(-1).view(np.uint32)
+        np.testing.assert_array_equal(got[layer], want)
+        assert np.all(np.delete(got, layer, axis=0) == SENTINEL), "staging outside the layer's slice"
+        check_guard(buf, n_stage)
     assert np.all(counter.read(2 * T * hq, np.uint32) == 0), "the merge counters must be left at zero"
     return out.read(T * hq * D).reshape(T, hq, D), hist.read(hist0.size).reshape(hist0.shape)
 

@@ -84,7 +84,8 @@ def record_predictor_attention(rec: Recording, qkv, k_cache, v_cache, table, ste
 
 
 def record_predictor_attention_split(rec: Recording, qkv, k_cache, v_cache, table, step, logits, out,
-                                     part, stats, counter, history, params, *, T: int, layer: int,
+                                     part, stats, counter, history, params, stage_k, stage_v, *, T: int,
+                                     layer: int,
                                      ns: int, ring: int, k: int, sinks: int, local: int, head_dim: int,
                                      n_q_heads: int, n_kv_heads: int, C: int, group: int,
                                      head_range: tuple[int, int] | None = None) -> Recording:
@@ -99,7 +100,10 @@ def record_predictor_attention_split(rec: Recording, qkv, k_cache, v_cache, tabl
     ``rows``) ``(64, H_q, cap)`` float32 scratch (the last queries' raw logits), ``stats``
     ``(64, H_q, 2)`` float32 scratch (their softmax max and 1 / sum), ``part`` float32 of at
     least :func:`split_partial_words` words, ``counter`` ``2 T H_q`` uint32 zeros (left zero),
-    ``history`` and ``params`` as for the row pool.
+    ``history`` and ``params`` as for the row pool; ``stage_k``/``stage_v`` ``(L, H_kv, T, D)``
+    float16 (two per uint32 word): the step's keys and values of ``layer`` for the part's KV heads,
+    as :func:`~grilly_kv.ops.kv_slot_store.record_kv_slot_store` stores them with slots ``0..T-1``
+    and ``cap = T`` (the twin's staging for host memory).
     """
     h0, nh = (0, n_kv_heads) if head_range is None else (int(head_range[0]), int(head_range[1]))
     if not (0 <= h0 and 1 <= nh and h0 + nh <= n_kv_heads):
@@ -115,6 +119,6 @@ def record_predictor_attention_split(rec: Recording, qkv, k_cache, v_cache, tabl
                            scale=1.0 / np.sqrt(head_dim), h0=h0, nh=nh, C=C)
     g = n_q_heads // n_kv_heads
     return rec.dispatch(SPLIT_SHADER, [qkv, k_cache, v_cache, table, step, logits, out, part, stats,
-                                       counter, history, params],
+                                       counter, history, params, stage_k, stage_v],
                         groups=(n_split, nh * g, T), spec=(head_dim, n_q_heads, n_kv_heads, cap, split, group),
                         push=push, label="predictor-attention")

@@ -24,7 +24,12 @@ ring (``kv-slot-store``) and into the staging buffer, attention over the held en
 queries' attention rows into the history (``predictor-row-pool``); after the last layer the CNN
 over the history (``predictor-cnn``, incremental when it can be) and the top-k over its scores
 (``predictor-topk``; with ``predictor="last-row"`` no CNN: the top-k of the newest history row). The chosen block ids (``L * H_kv * k`` words) and the step's K/V come back
-to the host; :meth:`DevicePredictorCache.after_step` writes the K/V into host memory, plans which
+to the host. With ``GRILLY_KV_PREDICTOR_FAST=1`` (the default; ``0`` records the kernels named
+above, for A/B measurements) a layer's attention, pooling and staging are one dispatch,
+``predictor-attention-split`` (the attention split over the slots, so a decode step uses many
+workgroups; the last workgroup of each history group pools its row), and the top-k is a radix
+select (``predictor-topk-select``, linear in the candidate blocks); same blocks, same entries.
+:meth:`DevicePredictorCache.after_step` writes the K/V into host memory, plans which
 entries take the newly chosen blocks (blocks still held stay where they are) and submits the copy
 of the new blocks (index + incoming) asynchronously; the next step's :meth:`fill_step` waits for
 it, so the copy overlaps the host work between steps (the model's logits read and sampling).
@@ -32,7 +37,8 @@ it, so the copy overlaps the host work between steps (the model's logits read an
 Memory. K/V (``kv_bytes``): ``(sinks + 16 k + 16 ring)`` slots per layer and KV head, the ring
 being the margin (``local + max_chunk`` tokens, rounded up to blocks, plus one block). Other
 device buffers (in ``device_bytes``): the incoming copy buffer (``k`` blocks per layer and head),
-the step's K/V staging (``max_chunk`` tokens), the attention rows of the last 64 queries, and the
+the step's K/V staging (``max_chunk`` tokens), the attention rows of the last 64 queries (the fast
+path: their logits, softmax statistics, the split attention's partial results and counters), and the
 history ring with the CNN's inner-row cache, which grow with the context: ``2 * 64`` floats per
 16 tokens per layer and KV head (1/8 of dense float16 K/V at ``D = 64``), the price of keeping the
 history on the device. The host holds the whole context (:meth:`host_bytes`).
@@ -243,7 +249,9 @@ class DevicePredictorCache(TwinBase):
         dims = dict(head_dim=self.D, n_q_heads=self.HQ, n_kv_heads=self.H)
         geo = dict(layer=layer, ns=self.ns, ring=self.ring, k=self.k)
         if layer == 0:
-            rec.upload(self.table_buf).upload(self.params).upload(self.stage_step)
+            rec.upload(self.table_buf).upload(self.params)
+            if not self.fast:
+                rec.upload(self.stage_step)
         k_l, v_l = self.store.keys[layer], self.store.values[layer]
         if self.k:
             for part, (_, nh) in enumerate(self.parts):
@@ -252,8 +260,9 @@ class DevicePredictorCache(TwinBase):
                                         index_base=(layer * self.P + part) * self.index_stride, with_src=True)
         record_kv_slot_store(rec, qkv, step, k_l, v_l, self.slot_sink, T=T, cap=self.cap, layer=0,
                              parts=self.parts, **dims)
-        record_kv_slot_store(rec, qkv, self.stage_step, self.stage_k, self.stage_v, self.slot_sink, T=T,
-                             cap=T, layer=layer, **dims)
+        if not self.fast:               # the split attention stages the step's K/V itself
+            record_kv_slot_store(rec, qkv, self.stage_step, self.stage_k, self.stage_v, self.slot_sink, T=T,
+                                 cap=T, layer=layer, **dims)
         if self.fast:
             self._record_split_attention(rec, layer, qkv, out, step, T)
         else:
@@ -281,14 +290,15 @@ class DevicePredictorCache(TwinBase):
     def _record_split_attention(self, rec, layer: int, qkv, out, step, T: int) -> None:
         """The fast path (``GRILLY_KV_PREDICTOR_FAST=1``): split attention per part, which also pools
         the last queries' rows into the history (``rows`` then holds their logits, ``stats`` their
-        softmax max and 1 / sum)."""
+        softmax max and 1 / sum) and stores the step's K/V into the staging buffers."""
         pol = self.policy
         geo = dict(layer=layer, ns=self.ns, ring=self.ring, k=self.k)
         heads = dict(n_q_heads=self.HQ, n_kv_heads=self.H, group=self.HQ // self.H, C=self.C)
         k_l, v_l = self.store.keys[layer], self.store.values[layer]
         for part, head_range in enumerate(self.parts):
             record_predictor_attention_split(rec, qkv, k_l[part], v_l[part], self.table_buf, step, self.rows, out,
-                                             self.part, self.stats, self.counter, self.hist, self.params, T=T,
+                                             self.part, self.stats, self.counter, self.hist, self.params,
+                                             self.stage_k, self.stage_v, T=T,
                                              sinks=pol.sinks, local=self._local, head_dim=self.D,
                                              head_range=head_range, **geo, **heads)
 
