@@ -18,9 +18,12 @@
 // heads and the entry's 16 slots of exp(x - M) / L, into the column of the block the entry holds
 // (an atomic max: the bits of non-negative floats order as uints, and a block can sit in a ring
 // entry and a predicted entry at once).
-// Staging (the twin's copy of the step's K/V to host memory): workgroup (0, i, t) with i the first
-// query head of a KV head also stores K and V of (t, kvh) as float16 into stage_k / stage_v
-// ([layer][kvh][t][D] halves, two per uint), as kv-slot-store does with slots t and cap T.
+// Store: workgroup (0, i, t) with i the first query head of a KV head stores K and V of (t, kvh)
+// as float16 into the slot of position pos0 + t (a sink slot below NS * 16, else ring entry
+// NS + block % W; as the twin's slots_of, kv-slot-store's layout) and into stage_k / stage_v
+// ([layer][kvh][t][D] halves, two per uint: the copy to host memory). So no workgroup reads a slot
+// this dispatch writes, keys and values of positions >= pos0 are read from the step's qkv rows,
+// rounded to float16 as stored.
 #include "common.glsl"
 
 layout(local_size_x = 64) in;
@@ -39,8 +42,8 @@ const uint HIST = 64u;
 const float NEG = -1e30;
 
 layout(set = 0, binding = 0) readonly buffer QKV { float qkv[]; };
-layout(set = 0, binding = 1) readonly buffer KC { uint kc[]; };
-layout(set = 0, binding = 2) readonly buffer VC { uint vc[]; };
+layout(set = 0, binding = 1) buffer KC { uint kc[]; };     // (nh, CAP, D) halves; this step's slots written
+layout(set = 0, binding = 2) buffer VC { uint vc[]; };
 layout(set = 0, binding = 3) readonly buffer Table { uint table[]; };
 layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
 layout(set = 0, binding = 5) coherent buffer Logits { float logits[]; };    // (HIST, HQ, CAP)
@@ -60,6 +63,8 @@ layout(push_constant) uniform Push {
 #include "predictor_entries.glsl"
 
 shared float sp[SPLIT];
+shared uint sv[SPLIT];          // where slot jj's value row is: a word offset in vc, or FROM_STEP | token
+const uint FROM_STEP = 0x80000000u;
 shared float sq[D];
 shared float red[WG];
 shared vec2 red2[WG];
@@ -126,13 +131,24 @@ void finish(uint t, uint h, uint T, uint R, uint last, float m_all, float inv) {
     if (last_to_finish(T * HQ + t * (HQ / GP) + j, GP)) pool_rows(j, r, last);
 }
 
-// K and V of token t, KV head kvh, into the staging buffers.
-void stage_kv(uint t, uint kvh, uint T) {
+// Two elements of this step's qkv rows rounded to float16 (as the caches store them).
+vec2 step_pair(uint i) {
+    return unpackHalf2x16(packHalf2x16(vec2(qkv[i], qkv[i + 1u])));
+}
+
+// K and V of token t (position q), KV head kvh, into its cache slot and the staging buffers.
+void store_kv(uint t, uint q, uint kvh, uint local_kvh, uint T) {
+    const uint ring_slot = (p.ns + (q / BLK) % p.ring) * BLK + q % BLK;
+    const uint slot = q < p.ns * BLK ? q : ring_slot;
     for (uint w = gl_LocalInvocationIndex; w < HW; w += WG) {
         const uint src = t * ROW + HQ * D + kvh * D + 2u * w;
+        const uint kw = packHalf2x16(vec2(qkv[src], qkv[src + 1u]));
+        const uint vw = packHalf2x16(vec2(qkv[src + HKV * D], qkv[src + HKV * D + 1u]));
         const uint dst = ((p.layer * HKV + kvh) * T + t) * HW + w;
-        stage_k[dst] = packHalf2x16(vec2(qkv[src], qkv[src + 1u]));
-        stage_v[dst] = packHalf2x16(vec2(qkv[src + HKV * D], qkv[src + HKV * D + 1u]));
+        stage_k[dst] = kw;
+        stage_v[dst] = vw;
+        kc[(local_kvh * CAP + slot) * HW + w] = kw;
+        vc[(local_kvh * CAP + slot) * HW + w] = vw;
     }
 }
 
@@ -147,7 +163,7 @@ void main() {
     const bool keep_row = t + R >= T;
     const uint r = t + R - T;
     const uint th = t * HQ + h;
-    if (s == 0u && h % G == 0u) stage_kv(t, kvh, T);
+    if (s == 0u && h % G == 0u) store_kv(t, q, kvh, local_kvh, T);
     const float scale = PUSH_F(p.scale_bits);
     for (uint d = tid; d < D; d += WG) sq[d] = qkv[t * ROW + h * D + d] * scale;
     barrier();
@@ -158,12 +174,23 @@ void main() {
         if (j < CAP) {
             const uint e = j / BLK;
             const uint b = entry_block(e, p.ns, p.ring, last, sel_base);
-            if (b != NONE && entry_sees(e, p.ns, p.ring, b * BLK + j % BLK, q, pos0, p.sinks, p.local_)) {
-                const uint row = (local_kvh * CAP + j) * HW;
+            const uint pos = b * BLK + j % BLK;
+            if (b != NONE && entry_sees(e, p.ns, p.ring, pos, q, pos0, p.sinks, p.local_)) {
                 float acc = 0.0;
-                for (uint w = 0u; w < HW; w++) {
-                    const vec2 kv2 = unpackHalf2x16(kc[row + w]);
-                    acc += sq[2u * w] * kv2.x + sq[2u * w + 1u] * kv2.y;
+                if (pos >= pos0) {                       // this step's token: from qkv
+                    const uint src = (pos - pos0) * ROW + HQ * D + kvh * D;
+                    for (uint w = 0u; w < HW; w++) {
+                        const vec2 kv2 = step_pair(src + 2u * w);
+                        acc += sq[2u * w] * kv2.x + sq[2u * w + 1u] * kv2.y;
+                    }
+                    sv[jj] = FROM_STEP | (pos - pos0);
+                } else {
+                    const uint row = (local_kvh * CAP + j) * HW;
+                    for (uint w = 0u; w < HW; w++) {
+                        const vec2 kv2 = unpackHalf2x16(kc[row + w]);
+                        acc += sq[2u * w] * kv2.x + sq[2u * w + 1u] * kv2.y;
+                    }
+                    sv[jj] = row;
                 }
                 logit = acc;
                 mx = max(mx, logit);
@@ -190,8 +217,12 @@ void main() {
         vec2 acc = vec2(0.0);
         if (w < HW && phase < P) {
             for (uint jj = phase; jj < SPLIT; jj += P) {
-                const uint j = s * SPLIT + jj;
-                if (sp[jj] != 0.0) acc += sp[jj] * unpackHalf2x16(vc[(local_kvh * CAP + j) * HW + w]);
+                if (sp[jj] == 0.0) continue;
+                const uint src = sv[jj];
+                const vec2 v2 = (src & FROM_STEP) != 0u
+                    ? step_pair((src & ~FROM_STEP) * ROW + HQ * D + HKV * D + kvh * D + 2u * w)
+                    : unpackHalf2x16(vc[src + w]);
+                acc += sp[jj] * v2;
             }
         }
         red2[tid] = acc;

@@ -77,7 +77,14 @@ void main() {
     for (int lo_bit = 24; lo_bit >= 0; lo_bit -= 8) {
         for (uint b = tid; b < 256u; b += WG) sh_hist[b] = 0u;
         barrier();
-        FOR_RUN(if ((key & mask) == prefix) atomicAdd(sh_hist[(key >> uint(lo_bit)) & 255u], 1u);)
+        // runs of equal digits (e.g. the many zero scores) add once per run
+        uint run_bin = 0u, run_n = 0u;
+        FOR_RUN(if ((key & mask) == prefix) {
+                    const uint bin = (key >> uint(lo_bit)) & 255u;
+                    if (bin != run_bin && run_n != 0u) { atomicAdd(sh_hist[run_bin], run_n); run_n = 0u; }
+                    run_bin = bin;
+                    run_n++; })
+        if (run_n != 0u) atomicAdd(sh_hist[run_bin], run_n);
         barrier();
         // bin b holds the threshold: fewer than `remaining` keys lie above it, at least
         // `remaining` in those and b; invocation t looks at bin 255 - t

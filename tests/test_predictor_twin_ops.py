@@ -202,9 +202,24 @@ def test_predictor_topk_reads_the_newest_history_row(vk):
 L_STAGE = 2     # layers of the staging buffers in run_split
 
 
+def with_step_stored(k_cache, v_cache, qkv, *, pos0, ns, ring, hq, hkv):
+    """Copies of the caches with the step's K/V (float16) in the slots of positions pos0 .. (sinks
+    in place, others in ring entry ns + block % ring), as kv-slot-store leaves them."""
+    T, D = qkv.shape[0], k_cache.shape[2]
+    rows = qkv.reshape(T, hq + 2 * hkv, D)
+    k2, v2 = k_cache.copy(), v_cache.copy()
+    for t in range(T):
+        q = pos0 + t
+        slot = q if q < ns * 16 else (ns + (q // 16) % ring) * 16 + q % 16
+        k2[:, slot] = rows[t, hq:hq + hkv]
+        v2[:, slot] = rows[t, hq + hkv:]
+    return k2, v2
+
+
 def run_split(vk, qkv, k_cache, v_cache, tables, *, T, pos0, layer, ns, ring, k, sinks, local, hq, hkv,
               D, C, group, write_head, hist0, parts=None):
-    """Split attention with pooling (a dispatch per part); returns (out, hist), checks the sentinels."""
+    """Split attention with pooling (a dispatch per part) on caches that do not hold the step yet;
+    returns (out, hist), checks the sentinels, the staging and the step's K/V stored in its slots."""
     from grilly_kv.ops.predictor_attention import record_predictor_attention_split, split_partial_words
 
     cap = (ns + ring + k) * 16
@@ -236,7 +251,13 @@ def run_split(vk, qkv, k_cache, v_cache, tables, *, T, pos0, layer, ns, ring, k,
                                          k=k, sinks=sinks,
                                          local=local, head_dim=D, n_q_heads=hq, n_kv_heads=hkv, C=C,
                                          group=group, head_range=(h0, nh))
-    rec.download(out, hist, counter, stage_k, stage_v).run()
+    rec.download(out, hist, counter, stage_k, stage_v, *keep).run()
+    want_k, want_v = with_step_stored(k_cache, v_cache, qkv, pos0=pos0, ns=ns, ring=ring, hq=hq, hkv=hkv)
+    for i, (h0, nh) in enumerate(parts or [(0, hkv)]):
+        for buf, want_c in ((keep[2 * i], want_k), (keep[2 * i + 1], want_v)):
+            got_c = buf.read(nh * cap * D // 2, np.uint32).reshape(-1)
+            np.testing.assert_array_equal(got_c, want_c[h0:h0 + nh].reshape(-1).view(np.uint32),
+                                          err_msg="caches after the step's store")
     check_guard(out, T * hq * D)
     check_guard(hist, hist0.size)
     # the step's K/V staged as float16 in the layer's slice, the other layer's words untouched
@@ -276,7 +297,8 @@ def test_predictor_attention_split_and_pool_match_reference(vk, hq, hkv, D, T, p
     N = L * hq // group
     hist0 = rng.random((N, HIST, C)).astype(np.float32) + 1.0       # every pooled value is < 1
     write_head = 62
-    want, want_rows = predictor_attention_ref(qkv, k_cache, v_cache, tables[layer], pos0=pos0, ns=ns, ring=ring,
+    k_ref, v_ref = with_step_stored(k_cache, v_cache, qkv, pos0=pos0, ns=ns, ring=ring, hq=hq, hkv=hkv)
+    want, want_rows = predictor_attention_ref(qkv, k_ref, v_ref, tables[layer], pos0=pos0, ns=ns, ring=ring,
                                               sinks=sinks, local=local, n_q_heads=hq)
     got, hist = run_split(vk, qkv, k_cache, v_cache, tables, T=T, pos0=pos0, layer=layer, ns=ns, ring=ring, k=k,
                           sinks=sinks, local=local, hq=hq, hkv=hkv, D=D, C=C, group=group,
@@ -294,8 +316,9 @@ def test_predictor_attention_split_and_pool_match_reference(vk, hq, hkv, D, T, p
 
 @pytest.mark.parametrize("T", [1, 5])
 def test_predictor_split_kernels_match_the_first_kernels(vk, T):
-    """The split attention with pooling against the first pair (predictor-attention then
-    predictor-row-pool) on the same inputs: output 1e-5, history 1e-6."""
+    """The split attention with pooling and store against the first kernels (kv-slot-store's
+    result, then predictor-attention and predictor-row-pool) on the same inputs: output 1e-5,
+    history 1e-6."""
     rng = np.random.default_rng(11 + T)
     hq, hkv, D, pos0, ns, ring, k, sinks, local, layer, L = 9, 3, 64, 900, 4, 5, 24, 64, 64, 0, 2
     cap, group = (ns + ring + k) * 16, 3
@@ -308,9 +331,10 @@ def test_predictor_split_kernels_match_the_first_kernels(vk, T):
     got, hist = run_split(vk, qkv, k_cache, v_cache, tables, T=T, pos0=pos0, layer=layer, ns=ns, ring=ring, k=k,
                           sinks=sinks, local=local, hq=hq, hkv=hkv, D=D, C=C, group=group,
                           write_head=write_head, hist0=hist0)
+    k_ref, v_ref = with_step_stored(k_cache, v_cache, qkv, pos0=pos0, ns=ns, ring=ring, hq=hq, hkv=hkv)
     b_qkv, b_k, b_v, b_tab = (Buffer(vk, qkv.size), Buffer(vk, k_cache.size // 2, np.uint32),
                               Buffer(vk, v_cache.size // 2, np.uint32), Buffer(vk, tables.size, np.uint32))
-    for b, a in ((b_qkv, qkv), (b_k, k_cache), (b_v, v_cache), (b_tab, tables)):
+    for b, a in ((b_qkv, qkv), (b_k, k_ref), (b_v, v_ref), (b_tab, tables)):
         b.write(a)
     step = Buffer(vk, step_words(8), np.uint32)
     step.write(fill_step(np.zeros(step.n_words, np.uint32), pos0=pos0, slots=np.zeros(T), n_scan=0))

@@ -94,7 +94,10 @@ def record_predictor_attention_split(rec: Recording, qkv, k_cache, v_cache, tabl
     same output as :func:`record_predictor_attention` and the same history rows as it followed by
     :func:`~grilly_kv.ops.predictor_row_pool.record_predictor_row_pool` (ring rows
     ``(params[0] + r) % 64`` of the ``(N, 64, C)`` histories, ``group`` query heads each, of the
-    part's heads).
+    part's heads). It also stores the step's keys and values (float16) into their slots of
+    ``k_cache``/``v_cache`` (position ``p``: slot ``p`` below ``ns * 16``, else ring entry
+    ``ns + (p // 16) % ring``; what ``kv-slot-store`` does with the twin's ``slots_of``), reading
+    them for the attention from ``qkv``: the caches need not hold the step beforehand.
 
     Buffers besides those of :func:`record_predictor_attention`: ``logits`` (in place of
     ``rows``) ``(64, H_q, cap)`` float32 scratch (the last queries' raw logits), ``stats``

@@ -25,9 +25,10 @@ queries' attention rows into the history (``predictor-row-pool``); after the las
 over the history (``predictor-cnn``, incremental when it can be) and the top-k over its scores
 (``predictor-topk``; with ``predictor="last-row"`` no CNN: the top-k of the newest history row). The chosen block ids (``L * H_kv * k`` words) and the step's K/V come back
 to the host. With ``GRILLY_KV_PREDICTOR_FAST=1`` (the default; ``0`` records the kernels named
-above, for A/B measurements) a layer's attention, pooling and staging are one dispatch,
-``predictor-attention-split`` (the attention split over the slots, so a decode step uses many
-workgroups; the last workgroup of each history group pools its row), and the top-k is a radix
+above, for A/B measurements) a layer's stores (ring and staging), attention and pooling are one
+dispatch, ``predictor-attention-split`` (the attention split over the slots, so a decode step
+uses many workgroups; the step's own keys are read from its qkv rows; the last workgroup of each
+history group pools its row), and the top-k is a radix
 select (``predictor-topk-select``, linear in the candidate blocks); same blocks, same entries.
 :meth:`DevicePredictorCache.after_step` writes the K/V into host memory, plans which
 entries take the newly chosen blocks (blocks still held stay where they are) and submits the copy
@@ -258,9 +259,9 @@ class DevicePredictorCache(TwinBase):
                 record_kv_block_scatter(rec, self.incoming, self.index, k_l[part], v_l[part],
                                         max_blocks=nh * self.k, block_words=self.bw,
                                         index_base=(layer * self.P + part) * self.index_stride, with_src=True)
-        record_kv_slot_store(rec, qkv, step, k_l, v_l, self.slot_sink, T=T, cap=self.cap, layer=0,
-                             parts=self.parts, **dims)
-        if not self.fast:               # the split attention stages the step's K/V itself
+        if not self.fast:               # the split attention stores the step's K/V itself
+            record_kv_slot_store(rec, qkv, step, k_l, v_l, self.slot_sink, T=T, cap=self.cap, layer=0,
+                                 parts=self.parts, **dims)
             record_kv_slot_store(rec, qkv, self.stage_step, self.stage_k, self.stage_v, self.slot_sink, T=T,
                                  cap=T, layer=layer, **dims)
         if self.fast:
@@ -288,9 +289,9 @@ class DevicePredictorCache(TwinBase):
         rec.download(self.stage_k, words=n_words).download(self.stage_v, words=n_words)
 
     def _record_split_attention(self, rec, layer: int, qkv, out, step, T: int) -> None:
-        """The fast path (``GRILLY_KV_PREDICTOR_FAST=1``): split attention per part, which also pools
-        the last queries' rows into the history (``rows`` then holds their logits, ``stats`` their
-        softmax max and 1 / sum) and stores the step's K/V into the staging buffers."""
+        """The fast path (``GRILLY_KV_PREDICTOR_FAST=1``): split attention per part, which also stores
+        the step's K/V into their slots and the staging buffers and pools the last queries' rows
+        into the history (``rows`` then holds their logits, ``stats`` their softmax max and 1 / sum)."""
         pol = self.policy
         geo = dict(layer=layer, ns=self.ns, ring=self.ring, k=self.k)
         heads = dict(n_q_heads=self.HQ, n_kv_heads=self.H, group=self.HQ // self.H, C=self.C)
