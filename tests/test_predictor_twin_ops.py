@@ -279,6 +279,7 @@ def run_split(vk, qkv, k_cache, v_cache, tables, *, T, pos0, layer, ns, ring, k,
     (9, 3, 64, 1, 1000, 4, 6, 30, 64, 64, [(0, 1), (1, 2)]),   # decode over a split store
     (4, 4, 32, 3, 40, 0, 4, 1, 0, 20, None),         # no sinks, MHA
     (4, 2, 16, 70, 300, 1, 7, 4, 16, 30, None),      # a chunk longer than the 64 history rows
+    (8, 2, 16, 128, 5000, 1, 10, 246, 16, 64, None),  # 4112 slots: 2 splits (MAX_SPLIT) of a long chunk
 ])
 def test_predictor_attention_split_and_pool_match_reference(vk, hq, hkv, D, T, pos0, ns, ring, k, sinks,
                                                             local, parts):

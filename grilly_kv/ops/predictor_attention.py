@@ -20,6 +20,7 @@ MAX_CAP = 7168        # slots per KV head: the logits row lives in shared memory
 FAST_ENV = "GRILLY_KV_PREDICTOR_FAST"
 TARGET_GROUPS = 1024  # the split attention aims at about this many workgroups per dispatch
 MIN_SPLIT = 64        # slots per workgroup at least (one per invocation)
+MAX_SPLIT = 4096      # slots per workgroup at most (two words each in shared memory: 32 KiB)
 
 
 def predictor_fast() -> bool:
@@ -39,10 +40,11 @@ def predictor_fast() -> bool:
 def split_plan(T: int, n_q_heads: int, cap: int) -> tuple[int, int]:
     """``(slots per workgroup, workgroups per query)`` of the split attention for ``T`` queries:
     enough splits that ``T * H_q * splits`` reaches about :data:`TARGET_GROUPS` workgroups, each
-    split whole entries of 16 slots and at least :data:`MIN_SPLIT` slots (or all of ``cap``)."""
+    split whole entries of 16 slots, at least :data:`MIN_SPLIT` slots (or all of ``cap``) and at
+    most :data:`MAX_SPLIT`."""
     want = max(1, -(-TARGET_GROUPS // (T * n_q_heads)))
     split = -(-cap // want)
-    split = min(max(-(-split // 16) * 16, MIN_SPLIT), cap)
+    split = min(max(-(-split // 16) * 16, MIN_SPLIT), cap, MAX_SPLIT)
     return split, -(-cap // split)
 
 
