@@ -63,7 +63,8 @@ layout(push_constant) uniform Push {
 #include "predictor_entries.glsl"
 
 shared float sp[SPLIT];
-shared uint sv[SPLIT];          // where slot jj's value row is: a word offset in vc, or FROM_STEP | token
+shared uint sv[SPLIT];          // where slot jj's value row is: a word offset in vc (in bounds for
+                                // every slot), or FROM_STEP | token
 const uint FROM_STEP = 0x80000000u;
 shared float sq[D];
 shared float red[WG];
@@ -171,6 +172,7 @@ void main() {
     for (uint jj = tid; jj < SPLIT; jj += WG) {
         const uint j = s * SPLIT + jj;
         float logit = NEG;
+        sv[jj] = j < CAP ? (local_kvh * CAP + j) * HW : 0u;      // overwritten below when visible
         if (j < CAP) {
             const uint e = j / BLK;
             const uint b = entry_block(e, p.ns, p.ring, last, sel_base);
@@ -216,13 +218,15 @@ void main() {
         const uint w = w0 + tid % HW, phase = tid / HW;
         vec2 acc = vec2(0.0);
         if (w < HW && phase < P) {
+            // no branch around the cache loads (an in-bounds row for every slot), so the compiler
+            // can issue them ahead: the loop is bound by load latency otherwise
             for (uint jj = phase; jj < SPLIT; jj += P) {
-                if (sp[jj] == 0.0) continue;
                 const uint src = sv[jj];
-                const vec2 v2 = (src & FROM_STEP) != 0u
-                    ? step_pair((src & ~FROM_STEP) * ROW + HQ * D + HKV * D + kvh * D + 2u * w)
-                    : unpackHalf2x16(vc[src + w]);
-                acc += sp[jj] * v2;
+                const bool from_step = (src & FROM_STEP) != 0u;
+                vec2 v2 = unpackHalf2x16(vc[from_step ? w : src + w]);
+                if (from_step) v2 = step_pair((src & ~FROM_STEP) * ROW + HQ * D + HKV * D + kvh * D + 2u * w);
+                const float pj = sp[jj];
+                acc += pj == 0.0 ? vec2(0.0) : pj * v2;
             }
         }
         red2[tid] = acc;
