@@ -18,7 +18,7 @@ PUSH = PushLayout("layer", "ns", "ring", "k", "sinks", "local", "R", "scale:f", 
 SPLIT_PUSH = PushLayout("layer", "ns", "ring", "k", "sinks", "local", "scale:f", "h0", "nh", "C")
 MAX_CAP = 7168        # slots per KV head: the logits row lives in shared memory (28 KiB)
 FAST_ENV = "GRILLY_KV_PREDICTOR_FAST"
-TARGET_GROUPS = 1024  # the split attention aims at about this many workgroups per dispatch
+TARGET_GROUPS = 2048  # the split attention aims at about this many workgroups per dispatch
 MIN_SPLIT = 64        # slots per workgroup at least (one per invocation)
 MAX_SPLIT = 4096      # slots per workgroup at most (two words each in shared memory: 32 KiB)
 
