@@ -51,7 +51,7 @@ layout(set = 0, binding = 6) writeonly buffer O { float o[]; };             // (
 layout(set = 0, binding = 7) coherent buffer Part { float part[]; };        // (T, HQ, NSPLIT, D + 2)
 layout(set = 0, binding = 8) coherent buffer Stats { float stats[]; };      // (HIST, HQ, 2)
 layout(set = 0, binding = 9) coherent buffer Counter { uint counter[]; };   // (2 T HQ) zeros
-layout(set = 0, binding = 10) buffer History { uint hist[]; };              // (N, HIST, C)
+layout(set = 0, binding = 10) coherent buffer History { uint hist[]; };     // (N, HIST, C)
 layout(set = 0, binding = 11) readonly buffer Params { uint params[]; };    // [write_head, ..]
 layout(set = 0, binding = 12) writeonly buffer StageK { uint stage_k[]; };  // (L, HKV, T, D) halves
 layout(set = 0, binding = 13) writeonly buffer StageV { uint stage_v[]; };
