@@ -193,3 +193,218 @@ def test_predictor_topk_reads_the_newest_history_row(vk):
     rec.download(sel).run()
     want = predictor_topk_ref(hist[:, head - 1], 2, 30, k)
     np.testing.assert_array_equal(sel.read(N * k).reshape(N, k), want)
+
+
+# ---- the fast kernels (GRILLY_KV_PREDICTOR_FAST=1): split attention that also pools the rows into
+# the history, radix top-k. Same references; the pooled history rows also equal the first kernels'
+# (1e-6).
+
+L_STAGE = 2     # layers of the staging buffers in run_split
+
+
+def with_step_stored(k_cache, v_cache, qkv, *, pos0, ns, ring, hq, hkv):
+    """Copies of the caches with the step's K/V (float16) in the slots of positions pos0 .. (sinks
+    in place, others in ring entry ns + block % ring), as kv-slot-store leaves them."""
+    T, D = qkv.shape[0], k_cache.shape[2]
+    rows = qkv.reshape(T, hq + 2 * hkv, D)
+    k2, v2 = k_cache.copy(), v_cache.copy()
+    for t in range(T):
+        q = pos0 + t
+        slot = q if q < ns * 16 else (ns + (q // 16) % ring) * 16 + q % 16
+        k2[:, slot] = rows[t, hq:hq + hkv]
+        v2[:, slot] = rows[t, hq + hkv:]
+    return k2, v2
+
+
+def run_split(vk, qkv, k_cache, v_cache, tables, *, T, pos0, layer, ns, ring, k, sinks, local, hq, hkv,
+              D, C, group, write_head, hist0, parts=None):
+    """Split attention with pooling (a dispatch per part) on caches that do not hold the step yet;
+    returns (out, hist), checks the sentinels, the staging and the step's K/V stored in its slots."""
+    from grilly_kv.ops.predictor_attention import record_predictor_attention_split, split_partial_words
+
+    cap = (ns + ring + k) * 16
+    b_qkv, b_tab = Buffer(vk, qkv.size), Buffer(vk, tables.size, np.uint32)
+    b_qkv.write(qkv)
+    b_tab.write(tables)
+    step = Buffer(vk, step_words(max(T, 8)), np.uint32)
+    step.write(fill_step(np.zeros(step.n_words, np.uint32), pos0=pos0, slots=np.zeros(T), n_scan=0))
+    params = Buffer(vk, 6, np.uint32)
+    params.write(np.array([write_head, 0, 0, 0, 0, 0], np.uint32))
+    logits, stats = Buffer(vk, HIST * hq * cap), Buffer(vk, HIST * hq * 2)
+    part = Buffer(vk, split_partial_words(T, hq, D, cap))
+    counter = Buffer(vk, 2 * T * hq, np.uint32)
+    counter.write(np.zeros(2 * T * hq, np.uint32))
+    out, hist = guarded(vk, T * hq * D), guarded(vk, hist0.size)
+    hist.write(hist0)
+    n_stage = L_STAGE * hkv * T * D // 2
+    stage_k, stage_v = guarded(vk, n_stage, np.uint32), guarded(vk, n_stage, np.uint32)
+    rec = Recording(vk).upload(b_qkv, b_tab, step, params, counter, out, hist, stage_k, stage_v)
+    keep = []
+    for h0, nh in parts or [(0, hkv)]:
+        kb, vb = Buffer(vk, nh * cap * D // 2, np.uint32), Buffer(vk, nh * cap * D // 2, np.uint32)
+        kb.write(k_cache[h0:h0 + nh])
+        vb.write(v_cache[h0:h0 + nh])
+        keep += [kb, vb]
+        rec.upload(kb, vb)
+        record_predictor_attention_split(rec, b_qkv, kb, vb, b_tab, step, logits, out, part, stats, counter,
+                                         hist, params, stage_k, stage_v, T=T, layer=layer, ns=ns, ring=ring,
+                                         k=k, sinks=sinks,
+                                         local=local, head_dim=D, n_q_heads=hq, n_kv_heads=hkv, C=C,
+                                         group=group, head_range=(h0, nh))
+    rec.download(out, hist, counter, stage_k, stage_v, *keep).run()
+    want_k, want_v = with_step_stored(k_cache, v_cache, qkv, pos0=pos0, ns=ns, ring=ring, hq=hq, hkv=hkv)
+    for i, (h0, nh) in enumerate(parts or [(0, hkv)]):
+        for buf, want_c in ((keep[2 * i], want_k), (keep[2 * i + 1], want_v)):
+            got_c = buf.read(nh * cap * D // 2, np.uint32).reshape(-1)
+            np.testing.assert_array_equal(got_c, want_c[h0:h0 + nh].reshape(-1).view(np.uint32),
+                                          err_msg="caches after the step's store")
+    check_guard(out, T * hq * D)
+    check_guard(hist, hist0.size)
+    # the step's K/V staged as float16 in the layer's slice, the other layer's words untouched
+    rows = qkv.reshape(T, hq + 2 * hkv, D)
+    for buf, first in ((stage_k, hq), (stage_v, hq + hkv)):
+        got = buf.read(n_stage, np.uint32).reshape(L_STAGE, hkv * T * D // 2)
+        want = rows[:, first:first + hkv].transpose(1, 0, 2).astype(np.float16).reshape(-1).view(np.uint32)
+        np.testing.assert_array_equal(got[layer], want)
+        assert np.all(np.delete(got, layer, axis=0) == SENTINEL), "staging outside the layer's slice"
+        check_guard(buf, n_stage)
+    assert np.all(counter.read(2 * T * hq, np.uint32) == 0), "the merge counters must be left at zero"
+    return out.read(T * hq * D).reshape(T, hq, D), hist.read(hist0.size).reshape(hist0.shape)
+
+
+@pytest.mark.parametrize("hq,hkv,D,T,pos0,ns,ring,k,sinks,local,parts", [
+    (6, 2, 18, 1, 150, 1, 2, 3, 16, 5, None),        # decode, head_dim not a multiple of 4
+    (8, 2, 128, 1, 700, 4, 5, 12, 64, 64, None),     # decode, 21 entries: 6 splits, the last partial
+    (9, 3, 64, 5, 97, 2, 3, 2, 32, 16, None),        # a chunk, SmolLM2's heads
+    (9, 3, 64, 1, 1000, 4, 6, 30, 64, 64, [(0, 1), (1, 2)]),   # decode over a split store
+    (4, 4, 32, 3, 40, 0, 4, 1, 0, 20, None),         # no sinks, MHA
+    (4, 2, 16, 70, 300, 1, 7, 4, 16, 30, None),      # a chunk longer than the 64 history rows
+    (8, 2, 16, 128, 5000, 1, 10, 246, 16, 64, None),  # 4112 slots: 2 splits (MAX_SPLIT) of a long chunk
+])
+def test_predictor_attention_split_and_pool_match_reference(vk, hq, hkv, D, T, pos0, ns, ring, k, sinks,
+                                                            local, parts):
+    rng = np.random.default_rng(T + D + k)
+    layer, L = 1, 2
+    cap = (ns + ring + k) * 16
+    group = hq // hkv
+    qkv = rng.standard_normal((T, (hq + 2 * hkv) * D)).astype(np.float32) * 2
+    k_cache = rng.standard_normal((hkv, cap, D)).astype(np.float16)
+    v_cache = rng.standard_normal((hkv, cap, D)).astype(np.float16)
+    tables = np.stack([make_table(rng, hkv, k, pos0 // 16, ns) for _ in range(L)])
+    if k >= 2:                                       # a predicted block also held by the ring
+        tables[layer, 0, 0] = (pos0 + T - 1) // 16 - 1
+        tables[layer, 0, 1:][tables[layer, 0, 1:] == tables[layer, 0, 0]] = NONE
+    C = (pos0 + T) // 16 + 3
+    N = L * hq // group
+    hist0 = rng.random((N, HIST, C)).astype(np.float32) + 1.0       # every pooled value is < 1
+    write_head = 62
+    k_ref, v_ref = with_step_stored(k_cache, v_cache, qkv, pos0=pos0, ns=ns, ring=ring, hq=hq, hkv=hkv)
+    want, want_rows = predictor_attention_ref(qkv, k_ref, v_ref, tables[layer], pos0=pos0, ns=ns, ring=ring,
+                                              sinks=sinks, local=local, n_q_heads=hq)
+    got, hist = run_split(vk, qkv, k_cache, v_cache, tables, T=T, pos0=pos0, layer=layer, ns=ns, ring=ring, k=k,
+                          sinks=sinks, local=local, hq=hq, hkv=hkv, D=D, C=C, group=group,
+                          write_head=write_head, hist0=hist0, parts=parts)
+    assert_close(got, want, atol=1e-4, what="split attention output")
+    R = min(T, HIST)
+    blocks = entry_blocks(ns, ring, tables[layer], pos0 + T - 1)
+    pooled = predictor_row_pool_ref(want_rows, blocks, C, group)                 # (hq / group, R, C)
+    want_hist = hist0.copy()
+    for r in range(R):
+        want_hist[layer * hq // group:(layer + 1) * hq // group, (write_head + r) % HIST] = pooled[:, r]
+    assert_close(hist, want_hist, atol=1e-5, what="pooled history rows")
+    assert np.array_equal(hist == 0, want_hist == 0), "blocks not held must pool to exactly 0"
+
+
+@pytest.mark.parametrize("T", [1, 5])
+def test_predictor_split_kernels_match_the_first_kernels(vk, T):
+    """The split attention with pooling and store against the first kernels (kv-slot-store's
+    result, then predictor-attention and predictor-row-pool) on the same inputs: output 1e-5,
+    history 1e-6."""
+    rng = np.random.default_rng(11 + T)
+    hq, hkv, D, pos0, ns, ring, k, sinks, local, layer, L = 9, 3, 64, 900, 4, 5, 24, 64, 64, 0, 2
+    cap, group = (ns + ring + k) * 16, 3
+    qkv = rng.standard_normal((T, (hq + 2 * hkv) * D)).astype(np.float32) * 2
+    k_cache = rng.standard_normal((hkv, cap, D)).astype(np.float16)
+    v_cache = rng.standard_normal((hkv, cap, D)).astype(np.float16)
+    tables = np.stack([make_table(rng, hkv, k, pos0 // 16, ns) for _ in range(L)])
+    C, N, write_head = (pos0 + T) // 16 + 1, L * hq // group, 5
+    hist0 = rng.random((N, HIST, C)).astype(np.float32)
+    got, hist = run_split(vk, qkv, k_cache, v_cache, tables, T=T, pos0=pos0, layer=layer, ns=ns, ring=ring, k=k,
+                          sinks=sinks, local=local, hq=hq, hkv=hkv, D=D, C=C, group=group,
+                          write_head=write_head, hist0=hist0)
+    k_ref, v_ref = with_step_stored(k_cache, v_cache, qkv, pos0=pos0, ns=ns, ring=ring, hq=hq, hkv=hkv)
+    b_qkv, b_k, b_v, b_tab = (Buffer(vk, qkv.size), Buffer(vk, k_cache.size // 2, np.uint32),
+                              Buffer(vk, v_cache.size // 2, np.uint32), Buffer(vk, tables.size, np.uint32))
+    for b, a in ((b_qkv, qkv), (b_k, k_ref), (b_v, v_ref), (b_tab, tables)):
+        b.write(a)
+    step = Buffer(vk, step_words(8), np.uint32)
+    step.write(fill_step(np.zeros(step.n_words, np.uint32), pos0=pos0, slots=np.zeros(T), n_scan=0))
+    params = Buffer(vk, 6, np.uint32)
+    params.write(np.array([write_head, 0, 0, 0, 0, 0], np.uint32))
+    rows, out, h_old = Buffer(vk, HIST * hq * cap), Buffer(vk, T * hq * D), Buffer(vk, hist0.size)
+    h_old.write(hist0)
+    rec = Recording(vk).upload(b_qkv, b_k, b_v, b_tab, step, params, h_old)
+    record_predictor_attention(rec, b_qkv, b_k, b_v, b_tab, step, rows, out, T=T, layer=layer, ns=ns, ring=ring,
+                               k=k, sinks=sinks, local=local, head_dim=D, n_q_heads=hq, n_kv_heads=hkv)
+    record_predictor_row_pool(rec, rows, b_tab, step, params, h_old, R=min(T, HIST), layer=layer, ns=ns,
+                              ring=ring, k=k, C=C, n_q_heads=hq, n_kv_heads=hkv, group=group)
+    rec.download(out, h_old).run()
+    assert_close(got, out.read(T * hq * D).reshape(T, hq, D), atol=1e-5, what="split vs first attention")
+    assert_close(hist, h_old.read(hist0.size).reshape(hist0.shape), atol=1e-6, what="split vs first pooling")
+
+
+@pytest.mark.parametrize("N,C,start,end,k,kind", [
+    (5, 211, 4, 60, 8, "normal"), (5, 211, 4, 60, 8, "ties"), (5, 211, 2, 7, 8, "normal"),
+    (5, 211, 0, 200, 33, "normal"), (5, 211, 5, 5, 3, "normal"), (3, 211, 0, 211, 210, "ties"),
+    (4, 5000, 4, 4990, 120, "normal"), (4, 5000, 4, 4990, 120, "ties"), (3, 3000, 4, 2900, 50, "zeros"),
+    (2, 20000, 4, 19000, 100, "normal"),            # a run longer than the keys held in registers
+])
+def test_predictor_topk_select_matches_reference(vk, N, C, start, end, k, kind):
+    rng = np.random.default_rng(k + C)
+    scores = rng.standard_normal((N, C)).astype(np.float32)
+    if kind == "ties":
+        scores = np.round(scores)                      # many equal scores: lower column first
+    if kind == "zeros":                                # mostly +0 and -0 (equal), a few positive
+        scores = np.where(rng.random((N, C)) < 0.97, 0.0, rng.random((N, C))).astype(np.float32)
+        scores[:, ::2] *= -1.0
+        scores = np.where(scores < 0, np.float32(-0.0), scores).astype(np.float32)
+    b_scores, params = Buffer(vk, scores.size), Buffer(vk, 6, np.uint32)
+    b_scores.write(scores)
+    params.write(np.array([0, 0, 0, start, end, 0], np.uint32))
+    sel, sel_old = guarded(vk, N * k, np.uint32), guarded(vk, N * k, np.uint32)
+    rec = Recording(vk).upload(b_scores, params, sel, sel_old)
+    record_predictor_topk(rec, b_scores, params, sel, N=N, C=C, k=k, fast=True)
+    record_predictor_topk(rec, b_scores, params, sel_old, N=N, C=C, k=k, fast=False)
+    rec.download(sel, sel_old).run()
+    got = sel.read(N * k).reshape(N, k)
+    np.testing.assert_array_equal(got, predictor_topk_ref(scores, start, end, k))
+    if end - start <= 2000:            # the rank count gives wrong columns past that on lavapipe
+        np.testing.assert_array_equal(got, sel_old.read(N * k).reshape(N, k))
+    check_guard(sel, N * k)
+
+
+def test_predictor_topk_select_reads_the_newest_history_row(vk):
+    rng = np.random.default_rng(8)
+    N, C, k, head = 3, 700, 20, 0                      # head 0: the newest row is ring row 63
+    hist = rng.random((N, HIST, C)).astype(np.float32)
+    b_hist, params = Buffer(vk, hist.size), Buffer(vk, 6, np.uint32)
+    b_hist.write(hist)
+    params.write(np.array([0, 0, head, 2, 650, 0], np.uint32))
+    sel = guarded(vk, N * k, np.uint32)
+    rec = Recording(vk).upload(b_hist, params, sel)
+    record_predictor_topk(rec, b_hist, params, sel, N=N, C=C, k=k, from_hist=True, fast=True)
+    rec.download(sel).run()
+    np.testing.assert_array_equal(sel.read(N * k).reshape(N, k), predictor_topk_ref(hist[:, HIST - 1], 2, 650, k))
+    check_guard(sel, N * k)
+
+
+def test_predictor_fast_switch(monkeypatch):
+    from grilly_kv.ops.predictor_attention import predictor_fast
+
+    monkeypatch.delenv("GRILLY_KV_PREDICTOR_FAST", raising=False)
+    assert predictor_fast()
+    monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", "0")
+    assert not predictor_fast()
+    monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", "yes")
+    with pytest.raises(ValueError, match="GRILLY_KV_PREDICTOR_FAST"):
+        predictor_fast()

@@ -5,14 +5,57 @@ Shader: ``shaders/predictor-attention.glsl``; reference:
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..backend import PushLayout, Recording
 from ..reference.predictor_history_update import HIST
 
 SHADER = "predictor-attention"
+SPLIT_SHADER = "predictor-attention-split"
 PUSH = PushLayout("layer", "ns", "ring", "k", "sinks", "local", "R", "scale:f", "h0")
+SPLIT_PUSH = PushLayout("layer", "ns", "ring", "k", "sinks", "local", "scale:f", "h0", "nh", "C")
 MAX_CAP = 7168        # slots per KV head: the logits row lives in shared memory (28 KiB)
+FAST_ENV = "GRILLY_KV_PREDICTOR_FAST"
+TARGET_GROUPS = 2048  # the split attention aims at about this many workgroups per dispatch
+MIN_SPLIT = 64        # slots per workgroup at least (one per invocation)
+MAX_SPLIT = 4096      # slots per workgroup at most (two words each in shared memory: 32 KiB)
+
+
+def predictor_fast() -> bool:
+    """Whether the predictor twin records its fast kernels (split attention, pooling from the
+    logits, radix top-k): the environment variable ``GRILLY_KV_PREDICTOR_FAST``, ``"1"``
+    (default) or ``"0"`` (the first kernels, for A/B measurements).
+
+    Raises:
+        ValueError: any other value.
+    """
+    value = os.environ.get(FAST_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{FAST_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def split_plan(T: int, n_q_heads: int, cap: int) -> tuple[int, int]:
+    """``(slots per workgroup, workgroups per query)`` of the split attention for ``T`` queries:
+    enough splits that ``T * H_q * splits`` reaches about :data:`TARGET_GROUPS` workgroups, each
+    split whole entries of 16 slots, at least :data:`MIN_SPLIT` slots (or all of ``cap``) and at
+    most :data:`MAX_SPLIT`."""
+    want = max(1, -(-TARGET_GROUPS // (T * n_q_heads)))
+    split = -(-cap // want)
+    split = min(max(-(-split // 16) * 16, MIN_SPLIT), cap, MAX_SPLIT)
+    return split, -(-cap // split)
+
+
+def split_partial_words(max_T: int, n_q_heads: int, head_dim: int, cap: int) -> int:
+    """Words of the ``part`` buffer the split attention needs for any ``T <= max_T`` (at least 1)."""
+    words = 1
+    for T in range(1, max_T + 1):
+        _, n_split = split_plan(T, n_q_heads, cap)
+        if n_split > 1:
+            words = max(words, T * n_q_heads * n_split * (head_dim + 2))
+    return words
 
 
 def record_predictor_attention(rec: Recording, qkv, k_cache, v_cache, table, step, rows, out, *,
@@ -40,3 +83,47 @@ def record_predictor_attention(rec: Recording, qkv, k_cache, v_cache, table, ste
     return rec.dispatch(SHADER, [qkv, k_cache, v_cache, table, step, rows, out], groups=(nh * (n_q_heads // n_kv_heads), T),
                         spec=(head_dim, n_q_heads, n_kv_heads, cap), push=push,
                         label="predictor-attention")
+
+
+def record_predictor_attention_split(rec: Recording, qkv, k_cache, v_cache, table, step, logits, out,
+                                     part, stats, counter, history, params, stage_k, stage_v, *, T: int,
+                                     layer: int,
+                                     ns: int, ring: int, k: int, sinks: int, local: int, head_dim: int,
+                                     n_q_heads: int, n_kv_heads: int, C: int, group: int,
+                                     head_range: tuple[int, int] | None = None) -> Recording:
+    """Record the split attention (``predictor-attention-split``) of tokens t < T and the pooling
+    of the last ``R = min(T, 64)`` queries' attention rows into the history, in one dispatch: the
+    same output as :func:`record_predictor_attention` and the same history rows as it followed by
+    :func:`~grilly_kv.ops.predictor_row_pool.record_predictor_row_pool` (ring rows
+    ``(params[0] + r) % 64`` of the ``(N, 64, C)`` histories, ``group`` query heads each, of the
+    part's heads). It also stores the step's keys and values (float16) into their slots of
+    ``k_cache``/``v_cache`` (position ``p``: slot ``p`` below ``ns * 16``, else ring entry
+    ``ns + (p // 16) % ring``; what ``kv-slot-store`` does with the twin's ``slots_of``), reading
+    them for the attention from ``qkv``: the caches need not hold the step beforehand.
+
+    Buffers besides those of :func:`record_predictor_attention`: ``logits`` (in place of
+    ``rows``) ``(64, H_q, cap)`` float32 scratch (the last queries' raw logits), ``stats``
+    ``(64, H_q, 2)`` float32 scratch (their softmax max and 1 / sum), ``part`` float32 of at
+    least :func:`split_partial_words` words, ``counter`` ``2 T H_q`` uint32 zeros (left zero),
+    ``history`` and ``params`` as for the row pool; ``stage_k``/``stage_v`` ``(L, H_kv, T, D)``
+    float16 (two per uint32 word): the step's keys and values of ``layer`` for the part's KV heads,
+    as :func:`~grilly_kv.ops.kv_slot_store.record_kv_slot_store` stores them with slots ``0..T-1``
+    and ``cap = T`` (the twin's staging for host memory).
+    """
+    h0, nh = (0, n_kv_heads) if head_range is None else (int(head_range[0]), int(head_range[1]))
+    if not (0 <= h0 and 1 <= nh and h0 + nh <= n_kv_heads):
+        raise ValueError(f"head_range must lie in [0, {n_kv_heads}), got {head_range}")
+    cap = (ns + ring + k) * 16
+    if cap > MAX_CAP or head_dim % 2 or n_q_heads % n_kv_heads:
+        raise ValueError(f"predictor attention needs (ns + ring + k) * 16 <= {MAX_CAP} slots (got {cap}), "
+                         f"an even head_dim ({head_dim}) and H_q a multiple of H_kv")
+    if group not in (1, n_q_heads // n_kv_heads):
+        raise ValueError(f"group must be 1 or H_q / H_kv = {n_q_heads // n_kv_heads}, got {group}")
+    split, n_split = split_plan(T, n_q_heads, cap)
+    push = SPLIT_PUSH.pack(layer=layer, ns=ns, ring=ring, k=k, sinks=sinks, local=local,
+                           scale=1.0 / np.sqrt(head_dim), h0=h0, nh=nh, C=C)
+    g = n_q_heads // n_kv_heads
+    return rec.dispatch(SPLIT_SHADER, [qkv, k_cache, v_cache, table, step, logits, out, part, stats,
+                                       counter, history, params, stage_k, stage_v],
+                        groups=(n_split, nh * g, T), spec=(head_dim, n_q_heads, n_kv_heads, cap, split, group),
+                        push=push, label="predictor-attention")

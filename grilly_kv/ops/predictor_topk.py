@@ -8,12 +8,25 @@ from __future__ import annotations
 from ..backend import PushLayout, Recording
 
 SHADER = "predictor-topk"
+SELECT_SHADER = "predictor-topk-select"
 PUSH = PushLayout("C", "K", "from_hist")
+SELECT_LOCAL_SIZE = 256   # the radix select's workgroup (one per history)
+MAX_KEYS_PER_LANE = 64    # score keys an invocation holds in registers (more: read from memory)
+MAX_K = 1024              # the radix select keeps the chosen columns in shared memory
 
 
 def record_predictor_topk(rec: Recording, scores, params, sel, *, N: int, C: int, k: int,
-                          from_hist: bool = False) -> Recording:
+                          from_hist: bool = False, fast: bool = False) -> Recording:
     """Record the choice of ``k`` columns per history from ``scores`` ``(N, C)`` over the candidate
     range ``[params[3], params[4])`` into ``sel`` ``(N, k)`` uint32; with ``from_hist``, ``scores``
-    is the ``(N, 64, C)`` history ring and its newest row (``params[2] - 1``) is used."""
-    return rec.dispatch(SHADER, [scores, params, sel], groups=(N,), push=PUSH.pack(C=C, K=k, from_hist=int(from_hist)), label="predictor-topk")
+    is the ``(N, 64, C)`` history ring and its newest row (``params[2] - 1``) is used.
+
+    ``fast``: the radix select (``predictor-topk-select``, linear in the candidates) instead of
+    the rank count (``predictor-topk``, quadratic); the same columns in the same order. Taken
+    only for ``k <= MAX_K`` (the rank count otherwise)."""
+    push = PUSH.pack(C=C, K=k, from_hist=int(from_hist))
+    if fast and k <= MAX_K:
+        keys = max(1, min(MAX_KEYS_PER_LANE, -(-C // SELECT_LOCAL_SIZE)))
+        return rec.dispatch(SELECT_SHADER, [scores, params, sel], groups=(N,), spec=(keys, MAX_K),
+                            push=push, label="predictor-topk")
+    return rec.dispatch(SHADER, [scores, params, sel], groups=(N,), push=push, label="predictor-topk")

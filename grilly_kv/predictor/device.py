@@ -24,7 +24,13 @@ ring (``kv-slot-store``) and into the staging buffer, attention over the held en
 queries' attention rows into the history (``predictor-row-pool``); after the last layer the CNN
 over the history (``predictor-cnn``, incremental when it can be) and the top-k over its scores
 (``predictor-topk``; with ``predictor="last-row"`` no CNN: the top-k of the newest history row). The chosen block ids (``L * H_kv * k`` words) and the step's K/V come back
-to the host; :meth:`DevicePredictorCache.after_step` writes the K/V into host memory, plans which
+to the host. With ``GRILLY_KV_PREDICTOR_FAST=1`` (the default; ``0`` records the kernels named
+above, for A/B measurements) a layer's stores (ring and staging), attention and pooling are one
+dispatch, ``predictor-attention-split`` (the attention split over the slots, so a decode step
+uses many workgroups; the step's own keys are read from its qkv rows; the last workgroup of each
+history group pools its row), and the top-k is a radix
+select (``predictor-topk-select``, linear in the candidate blocks); same blocks, same entries.
+:meth:`DevicePredictorCache.after_step` writes the K/V into host memory, plans which
 entries take the newly chosen blocks (blocks still held stay where they are) and submits the copy
 of the new blocks (index + incoming) asynchronously; the next step's :meth:`fill_step` waits for
 it, so the copy overlaps the host work between steps (the model's logits read and sampling).
@@ -32,7 +38,8 @@ it, so the copy overlaps the host work between steps (the model's logits read an
 Memory. K/V (``kv_bytes``): ``(sinks + 16 k + 16 ring)`` slots per layer and KV head, the ring
 being the margin (``local + max_chunk`` tokens, rounded up to blocks, plus one block). Other
 device buffers (in ``device_bytes``): the incoming copy buffer (``k`` blocks per layer and head),
-the step's K/V staging (``max_chunk`` tokens), the attention rows of the last 64 queries, and the
+the step's K/V staging (``max_chunk`` tokens), the attention rows of the last 64 queries (the fast
+path: their logits, softmax statistics, the split attention's partial results and counters), and the
 history ring with the CNN's inner-row cache, which grow with the context: ``2 * 64`` floats per
 16 tokens per layer and KV head (1/8 of dense float16 K/V at ``D = 64``), the price of keeping the
 history on the device. The host holds the whole context (:meth:`host_bytes`).
@@ -57,7 +64,8 @@ import numpy as np
 from ..backend import Recording
 from ..ops.kv_block_scatter import record_kv_block_scatter
 from ..ops.kv_slot_store import record_kv_slot_store
-from ..ops.predictor_attention import MAX_CAP, record_predictor_attention
+from ..ops.predictor_attention import (MAX_CAP, predictor_fast, record_predictor_attention,
+                                       record_predictor_attention_split, split_partial_words)
 from ..ops.predictor_cnn import FULL, STEP, record_predictor_cnn
 from ..ops.predictor_row_pool import record_predictor_row_pool
 from ..ops.predictor_topk import record_predictor_topk
@@ -158,6 +166,14 @@ class DevicePredictorCache(TwinBase):
         self.table_buf.write(np.full(nk, NONE, np.uint32))
         self.sel = self.alloc(device, nk, np.uint32)
         self.rows = self.alloc(device, HIST * self.HQ * self.cap, host_visible=False)
+        self.fast = predictor_fast()          # GRILLY_KV_PREDICTOR_FAST, read once per twin
+        if self.fast:                         # the split attention's merge and softmax statistics
+            self.stats = self.alloc(device, HIST * self.HQ * 2, host_visible=False)
+            self.part = self.alloc(device, split_partial_words(s.max_chunk, self.HQ, D, self.cap),
+                                   host_visible=False)
+            self.counter = self.alloc(device, 2 * s.max_chunk * self.HQ, np.uint32)   # zeros, kept zero
+            self.counter.write(np.zeros(self.counter.n_words, np.uint32))
+            self.counter.upload_now()
         self.hist = self.alloc(device, self.N * HIST * self.C)          # zeros, uploaded now
         self.hist.upload_now()
         self.inner = self.alloc(device, self.N * HIST * self.C, host_visible=False)
@@ -234,24 +250,30 @@ class DevicePredictorCache(TwinBase):
         dims = dict(head_dim=self.D, n_q_heads=self.HQ, n_kv_heads=self.H)
         geo = dict(layer=layer, ns=self.ns, ring=self.ring, k=self.k)
         if layer == 0:
-            rec.upload(self.table_buf).upload(self.params).upload(self.stage_step)
+            rec.upload(self.table_buf).upload(self.params)
+            if not self.fast:
+                rec.upload(self.stage_step)
         k_l, v_l = self.store.keys[layer], self.store.values[layer]
         if self.k:
             for part, (_, nh) in enumerate(self.parts):
                 record_kv_block_scatter(rec, self.incoming, self.index, k_l[part], v_l[part],
                                         max_blocks=nh * self.k, block_words=self.bw,
                                         index_base=(layer * self.P + part) * self.index_stride, with_src=True)
-        record_kv_slot_store(rec, qkv, step, k_l, v_l, self.slot_sink, T=T, cap=self.cap, layer=0,
-                             parts=self.parts, **dims)
-        record_kv_slot_store(rec, qkv, self.stage_step, self.stage_k, self.stage_v, self.slot_sink, T=T,
-                             cap=T, layer=layer, **dims)
-        for part, head_range in enumerate(self.parts):
-            record_predictor_attention(rec, qkv, k_l[part], v_l[part], self.table_buf, step, self.rows, out,
-                                       T=T, sinks=pol.sinks, local=self._local, head_range=head_range,
-                                       **geo, **dims)
-        record_predictor_row_pool(rec, self.rows, self.table_buf, step, self.params, self.hist,
-                                  R=min(T, HIST), C=self.C, n_q_heads=self.HQ, n_kv_heads=self.H,
-                                  group=self.HQ // self.H, **geo)
+        if not self.fast:               # the split attention stores the step's K/V itself
+            record_kv_slot_store(rec, qkv, step, k_l, v_l, self.slot_sink, T=T, cap=self.cap, layer=0,
+                                 parts=self.parts, **dims)
+            record_kv_slot_store(rec, qkv, self.stage_step, self.stage_k, self.stage_v, self.slot_sink, T=T,
+                                 cap=T, layer=layer, **dims)
+        if self.fast:
+            self._record_split_attention(rec, layer, qkv, out, step, T)
+        else:
+            for part, head_range in enumerate(self.parts):
+                record_predictor_attention(rec, qkv, k_l[part], v_l[part], self.table_buf, step, self.rows,
+                                           out, T=T, sinks=pol.sinks, local=self._local,
+                                           head_range=head_range, **geo, **dims)
+            record_predictor_row_pool(rec, self.rows, self.table_buf, step, self.params, self.hist,
+                                      R=min(T, HIST), C=self.C, n_q_heads=self.HQ, n_kv_heads=self.H,
+                                      group=self.HQ // self.H, **geo)
         if layer < self.L - 1:
             return
         mode = self._mode
@@ -261,10 +283,25 @@ class DevicePredictorCache(TwinBase):
         if self.k:
             last_row = pol.predictor_kind == "last-row"
             record_predictor_topk(rec, self.hist if last_row else self.scores, self.params, self.sel,
-                                  N=self.N, C=self.C, k=self.k, from_hist=last_row)
+                                  N=self.N, C=self.C, k=self.k, from_hist=last_row, fast=self.fast)
             rec.download(self.sel, words=self.N * self.k)
         n_words = self.L * self.H * T * self.D // 2
         rec.download(self.stage_k, words=n_words).download(self.stage_v, words=n_words)
+
+    def _record_split_attention(self, rec, layer: int, qkv, out, step, T: int) -> None:
+        """The fast path (``GRILLY_KV_PREDICTOR_FAST=1``): split attention per part, which also stores
+        the step's K/V into their slots and the staging buffers and pools the last queries' rows
+        into the history (``rows`` then holds their logits, ``stats`` their softmax max and 1 / sum)."""
+        pol = self.policy
+        geo = dict(layer=layer, ns=self.ns, ring=self.ring, k=self.k)
+        heads = dict(n_q_heads=self.HQ, n_kv_heads=self.H, group=self.HQ // self.H, C=self.C)
+        k_l, v_l = self.store.keys[layer], self.store.values[layer]
+        for part, head_range in enumerate(self.parts):
+            record_predictor_attention_split(rec, qkv, k_l[part], v_l[part], self.table_buf, step, self.rows, out,
+                                             self.part, self.stats, self.counter, self.hist, self.params,
+                                             self.stage_k, self.stage_v, T=T,
+                                             sinks=pol.sinks, local=self._local, head_dim=self.D,
+                                             head_range=head_range, **geo, **heads)
 
     def after_step(self, positions: np.ndarray) -> None:
         """Keep the step's K/V in host memory; plan and start the copy of the next step's blocks."""
