@@ -34,9 +34,9 @@ shared bool sh_settled;
 shared uint sh_col[MAX_K];
 shared uint sh_key[MAX_K];
 
-// Order-preserving map of a float to a uint (a > b <=> key(a) > key(b)); -0.0 maps as +0.0, so
-// equal scores have equal keys.
-uint key_of(float f) {
+// Order-preserving map of a float to a uint (a > b <=> key(a) > key(b)); unlike common.glsl's
+// key_of, -0.0 maps as +0.0, so equal scores have equal keys (the tie rule depends on it).
+uint key_of_zero_equal(float f) {
     uint u = floatBitsToUint(f);
     if ((u & 0x7FFFFFFFu) == 0u) u = 0u;
     return (u & 0x80000000u) != 0u ? ~u : (u | 0x80000000u);
@@ -54,7 +54,7 @@ uint key_class(uint key, uint mask, uint prefix) {
     [[unroll]] for (uint i_ = 0u; i_ < KEYS_PER_LANE; i_++) { \
         const uint j = c0 + i_; \
         if (j < c1) { const uint key = keys[i_]; BODY } } \
-    for (uint j = c0 + KEYS_PER_LANE; j < c1; j++) { const uint key = key_of(scores[base + j]); BODY }
+    for (uint j = c0 + KEYS_PER_LANE; j < c1; j++) { const uint key = key_of_zero_equal(scores[base + j]); BODY }
 
 void main() {
     const uint n = gl_WorkGroupID.x, tid = gl_LocalInvocationIndex;
@@ -70,7 +70,7 @@ void main() {
     const uint c0 = min(tid * per, W), c1 = min(c0 + per, W);
     uint keys[KEYS_PER_LANE];
     [[unroll]] for (uint i = 0u; i < KEYS_PER_LANE; i++)
-        keys[i] = c0 + i < c1 ? key_of(scores[base + c0 + i]) : 0u;
+        keys[i] = c0 + i < c1 ? key_of_zero_equal(scores[base + c0 + i]) : 0u;
     // threshold: keys whose masked value is above `prefix` are kept, and the first `remaining`
     // (by column) of those equal to it
     uint prefix = 0u, mask = 0u, remaining = K;
