@@ -117,31 +117,38 @@ for part in $parts; do
         --policies dense --weight-format native --steps 32 --prefill-qtile 1,32 --matvec rows,coalesced --name ab_llama1b
       cp $R/ab_*.json "$OUT/" ;;
     final)   # this session's A/B in one call: NVIDIA tests of the new fused paths, SmolLM2 every policy
-             # with the new paths (mat-vec rows vs stream) and with the old ones, llama.cpp Vulkan on the
-             # same files, the 1B file (rows vs stream), long context at 128K; each step time-limited
+             # with the new paths (mat-vec rows vs stream) and with the old ones, the 1B file (rows vs
+             # stream), llama.cpp Vulkan on the same files, long context at 128K; each step time-limited
+             # and appended to $OUT/final.tar as soon as it ends (a call cut by the device budget keeps them)
+      keep() { tar -rf "$OUT/final.tar" "$@" 2>/dev/null; }
       [ -f /tmp/smollm2-timing.gguf ] || python3 benchmarks/timing_checkpoint.py smollm2 /tmp/smollm2-timing.gguf
       [ -f /tmp/llama32-1b-q4k.gguf ] || python3 benchmarks/timing_checkpoint.py llama32-1b /tmp/llama32-1b-q4k.gguf --matrix-type Q4_K
-      GRILLY_KV_DEVICE=vulkan timeout ${TESTS_LIMIT:-90} python3 -m pytest -q -x -p no:cacheprovider ${FINAL_TESTS:-} \
-        2>&1 | tee "$OUT/tests_h200.log" | tail -3
+      GRILLY_KV_DEVICE=vulkan timeout ${TESTS_LIMIT:-60} python3 -m pytest -q -x -p no:cacheprovider ${FINAL_TESTS:-} \
+        > /tmp/tests_h200.log 2>&1; tail -3 /tmp/tests_h200.log; keep /tmp/tests_h200.log
       ALL=dense,streaming:512,quest:512,entmax:512,triattention:512,tappa:512,predictor:512
-      LIMIT=${NEW_LIMIT:-110} run python3 benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf --contexts 1024,8064 \
+      LIMIT=${NEW_LIMIT:-100} run python3 benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf --contexts 1024,8064 \
         --policies $ALL --weight-format native --steps 24 --chunk 512 --pp-chunk --matvec default,stream --name final_smollm2_new
-      GRILLY_KV_SLOT_FUSE=0 GRILLY_KV_QUEST_ONE=0 GRILLY_KV_PREDICTOR_FAST=0 LIMIT=${OLD_LIMIT:-70} run python3 \
+      keep $R/final_smollm2_new.json
+      GRILLY_KV_SLOT_FUSE=0 GRILLY_KV_QUEST_ONE=0 GRILLY_KV_PREDICTOR_FAST=0 GRILLY_KV_DECODE_WORKGROUPS=0 \
+        GRILLY_KV_DECODE_HEAD_GROUPS=1 LIMIT=${OLD_LIMIT:-60} run python3 \
         benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf --contexts 1024,8064 --policies $ALL \
         --weight-format native --steps 24 --chunk 512 --name final_smollm2_old
-      [ -d /tmp/llamacpp-vulkan ] || tar -xJf .peers/llamacpp-vulkan.tar.xz -C /tmp
-      for f in smollm2-timing llama32-1b-q4k; do
-        timeout 45 /tmp/llamacpp-vulkan/llama-bench -m /tmp/$f.gguf -ngl 99 -p 512 -n 128 -d 1024,8064 -r 2 -o json \
-          > "$R/lb_vulkan_$f.json" 2> /tmp/lb_$f.log; tail -1 /tmp/lb_$f.log
-      done
-      LIMIT=${B1_LIMIT:-70} run python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --contexts 1024,8064 \
+      keep $R/final_smollm2_old.json
+      LIMIT=${B1_LIMIT:-50} run python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --contexts 1024,8064 \
         --policies dense,streaming:512,quest:512 --weight-format native --steps 24 --chunk 512 --pp-chunk \
         --matvec default,stream --name final_llama1b
+      keep $R/final_llama1b.json
+      [ -d /tmp/llamacpp-vulkan ] || tar -xJf .peers/llamacpp-vulkan.tar.xz -C /tmp
+      for f in smollm2-timing llama32-1b-q4k; do
+        timeout ${LB_LIMIT:-35} /tmp/llamacpp-vulkan/llama-bench -m /tmp/$f.gguf -ngl 99 -p 512 -n 128 -d 1024,8064 -r 2 \
+          -o json > "$R/lb_vulkan_$f.json" 2> /tmp/lb_$f.log; tail -1 /tmp/lb_$f.log; keep "$R/lb_vulkan_$f.json"
+      done
       python3 benchmarks/peer_table.py --ours $R/final_smollm2_new.json $R/final_llama1b.json \
-        --llamacpp vulkan=$R/lb_vulkan_smollm2-timing.json vulkan=$R/lb_vulkan_llama32-1b-q4k.json --name final_peers | tail -3
-      LIMIT=${LONG_LIMIT:-100} run python3 benchmarks/bench_long_context.py --layers 4 --contexts 131072 --budgets 2048 \
-        --steps 10 --policies dense,streaming,quest,entmax,predictor --no-torch ${LONG_ARGS:-}
-      tar -czf "$OUT/final.tgz" $R/final_*.json $R/final_*.md $R/lb_vulkan_*.json $R/long_context.json /tmp/lb_*.log 2>/dev/null ;;
+        --llamacpp vulkan=$R/lb_vulkan_smollm2-timing.json vulkan=$R/lb_vulkan_llama32-1b-q4k.json --name final_peers | tail -12
+      keep $R/final_peers.md $R/final_peers.json
+      LIMIT=${LONG_LIMIT:-80} run python3 benchmarks/bench_long_context.py --layers 4 --contexts 131072 --budgets 2048 \
+        --steps 10 --policies dense,streaming,quest,entmax,predictor --no-torch --name final_long ${LONG_ARGS:-}
+      keep $R/final_long.json ;;
     paged)
       run python3 benchmarks/bench_paged_decode.py --contexts 131072
       cp $R/paged_decode.json "$OUT/" ;;
