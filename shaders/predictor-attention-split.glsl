@@ -37,6 +37,8 @@ const uint WG = 64u;
 const uint G = HQ / HKV;
 const uint ROW = (HQ + 2u * HKV) * D;
 const uint HW = D / 2u;
+const uint VW = 2u - HW % 2u;    // words of a value unit: 2 (one 64-bit load) when HW is even
+const uint HU = HW / VW;         // value units per row
 const uint NSPLIT = (CAP + SPLIT - 1u) / SPLIT;
 const uint HIST = 64u;
 const float NEG = -1e30;
@@ -44,6 +46,7 @@ const float NEG = -1e30;
 layout(set = 0, binding = 0) readonly buffer QKV { float qkv[]; };
 layout(set = 0, binding = 1) buffer KC { uint kc[]; };     // (nh, CAP, D) halves; this step's slots written
 layout(set = 0, binding = 2) buffer VC { uint vc[]; };
+layout(set = 0, binding = 2) buffer VC2 { uvec2 vc2[]; };   // the same values, two words at a time
 layout(set = 0, binding = 3) readonly buffer Table { uint table[]; };
 layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
 layout(set = 0, binding = 5) coherent buffer Logits { float logits[]; };    // (HIST, HQ, CAP)
@@ -68,7 +71,7 @@ shared uint sv[SPLIT];          // where slot jj's value row is: a word offset i
 const uint FROM_STEP = 0x80000000u;
 shared float sq[D];
 shared float red[WG];
-shared vec2 red2[WG];
+shared vec4 red4[WG];
 shared bool sh_last;
 #include "last_workgroup.glsl"
 
@@ -135,6 +138,24 @@ void finish(uint t, uint h, uint T, uint R, uint last, float m_all, float inv) {
 // Two elements of this step's qkv rows rounded to float16 (as the caches store them).
 vec2 step_pair(uint i) {
     return unpackHalf2x16(packHalf2x16(vec2(qkv[i], qkv[i + 1u])));
+}
+
+// Dims 2 VW u .. 2 VW u + 2 VW - 1 of the value row `src` (sv[] encoding; VW = 1: .zw unused).
+vec4 value_unit(uint src, uint u, uint kvh) {
+    const bool from_step = (src & FROM_STEP) != 0u;
+    vec4 v;
+    if (VW == 2u) {
+        const uvec2 raw = vc2[from_step ? u : src / 2u + u];
+        v = vec4(unpackHalf2x16(raw.x), unpackHalf2x16(raw.y));
+    } else {
+        v = vec4(unpackHalf2x16(vc[from_step ? u : src + u]), 0.0, 0.0);
+    }
+    if (from_step) {
+        const uint base = (src & ~FROM_STEP) * ROW + HQ * D + HKV * D + kvh * D + 2u * VW * u;
+        v.xy = step_pair(base);
+        if (VW == 2u) v.zw = step_pair(base + 2u);
+    }
+    return v;
 }
 
 // K and V of token t (position q), KV head kvh, into its cache slot and the staging buffers.
@@ -209,38 +230,32 @@ void main() {
         l += w;
     }
     l = wg_sum(l);                        // wg_sum's barriers also publish sp[]
-    // o_s: thread (phase, w) sums slots jj = phase (mod P) of value word w (2 dims), then the P
-    // phases are added in shared memory (words w >= WG are handled by later passes when HW > WG)
-    const uint P = max(WG / HW, 1u);
+    // o_s: thread (phase, u) sums slots jj = phase (mod P) of value unit u (VW words, 2 VW dims),
+    // then the P phases are added in shared memory (units >= WG in later passes when HU > WG)
+    const uint P = max(WG / HU, 1u);
     const uint part_base = (th * NSPLIT + s) * (D + 2u);
     const float inv_l = 1.0 / l;
-    for (uint w0 = 0u; w0 < HW; w0 += WG) {
-        const uint w = w0 + tid % HW, phase = tid / HW;
-        vec2 acc = vec2(0.0);
-        if (w < HW && phase < P) {
+    for (uint u0 = 0u; u0 < HU; u0 += WG) {
+        const uint u = u0 + tid % HU, phase = tid / HU;
+        vec4 acc = vec4(0.0);
+        if (u < HU && phase < P) {
             // no branch around the cache loads (an in-bounds row for every slot), so the compiler
             // can issue them ahead: the loop is bound by load latency otherwise
             for (uint jj = phase; jj < SPLIT; jj += P) {
-                const uint src = sv[jj];
-                const bool from_step = (src & FROM_STEP) != 0u;
-                vec2 v2 = unpackHalf2x16(vc[from_step ? w : src + w]);
-                if (from_step) v2 = step_pair((src & ~FROM_STEP) * ROW + HQ * D + HKV * D + kvh * D + 2u * w);
+                const vec4 v = value_unit(sv[jj], u, kvh);
                 const float pj = sp[jj];
-                acc += pj == 0.0 ? vec2(0.0) : pj * v2;
+                acc += pj == 0.0 ? vec4(0.0) : pj * v;
             }
         }
-        red2[tid] = acc;
+        red4[tid] = acc;
         barrier();
-        if (tid < min(HW, WG) && w0 + tid < HW) {
-            vec2 sum = vec2(0.0);
-            for (uint ph = 0u; ph < P; ph++) sum += red2[ph * HW + tid];
-            const uint d = 2u * (w0 + tid);
-            if (NSPLIT == 1u) {
-                o[th * D + d] = sum.x * inv_l;
-                o[th * D + d + 1u] = sum.y * inv_l;
-            } else {
-                part[part_base + 2u + d] = sum.x;
-                part[part_base + 3u + d] = sum.y;
+        if (tid < min(HU, WG) && u0 + tid < HU) {
+            vec4 sum = vec4(0.0);
+            for (uint ph = 0u; ph < P; ph++) sum += red4[ph * HU + tid];
+            const uint d = 2u * VW * (u0 + tid);
+            for (uint i = 0u; i < 2u * VW; i++) {
+                if (NSPLIT == 1u) o[th * D + d + i] = sum[i] * inv_l;
+                else part[part_base + 2u + d + i] = sum[i];
             }
         }
         barrier();
