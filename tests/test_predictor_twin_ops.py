@@ -408,3 +408,13 @@ def test_predictor_fast_switch(monkeypatch):
     monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", "yes")
     with pytest.raises(ValueError, match="GRILLY_KV_PREDICTOR_FAST"):
         predictor_fast()
+    # unset: fast on CPU devices, the first kernels on GPUs (the fast path failed a test on the H200)
+    monkeypatch.delenv("GRILLY_KV_PREDICTOR_FAST")
+
+    class Dev:
+        def __init__(self, kind):
+            self.properties = {"device_type": kind}
+
+    assert predictor_fast(Dev("Cpu")) and not predictor_fast(Dev("DiscreteGpu"))
+    monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", "1")
+    assert predictor_fast(Dev("DiscreteGpu"))

@@ -166,7 +166,7 @@ class DevicePredictorCache(TwinBase):
         self.table_buf.write(np.full(nk, NONE, np.uint32))
         self.sel = self.alloc(device, nk, np.uint32)
         self.rows = self.alloc(device, HIST * self.HQ * self.cap, host_visible=False)
-        self.fast = predictor_fast()          # GRILLY_KV_PREDICTOR_FAST, read once per twin
+        self.fast = predictor_fast(device)    # GRILLY_KV_PREDICTOR_FAST / device type, once per twin
         if self.fast:                         # the split attention's merge and softmax statistics
             self.stats = self.alloc(device, HIST * self.HQ * 2, host_visible=False)
             self.part = self.alloc(device, split_partial_words(s.max_chunk, self.HQ, D, self.cap),
