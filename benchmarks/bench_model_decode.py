@@ -171,11 +171,13 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
 
 def warm_chunk(model, spec: str, ids: list[int], depth: int) -> dict:
     """llama-bench's pp test in our terms: one prompt chunk of ``model.max_chunk`` tokens after
-    ``depth`` tokens, timed warm (the chunk's recording already built by the prefill before it:
+    ``depth`` tokens (less where depth + chunk exceeds the model's context: the depth used is
+    recorded), timed warm (the chunk's recording already built by the prefill before it:
     a fresh cache is prefilled to ``depth`` untimed, then the chunk is timed); wall and GPU
     tokens/s."""
     name, _, budget = spec.partition(":")
     T = model.max_chunk
+    depth = min(depth, model.config.context - T - 1)      # the chunk must fit the model's context
     for _ in range(2):                                   # the first pass builds the recordings
         model.start(make_policy(name, int(budget) if budget else None), depth + T + 1)
         prefill(model, ids[:depth])
@@ -269,7 +271,7 @@ def main() -> None:
                      **measure(model, spec, ids, c, steps)}
                 if a.pp_chunk and spec == "dense":
                     r["pp_chunk"] = warm_chunk(model, spec, ids, c)
-                    print(f"{fmt:6s} {mv:9s} C={c:5d} dense: a warm {r['pp_chunk']['tokens']}-token chunk at depth {c}: "
+                    print(f"{fmt:6s} {mv:9s} C={c:5d} dense: a warm {r['pp_chunk']['tokens']}-token chunk at depth {r['pp_chunk']['depth']}: "
                           f"{r['pp_chunk']['wall_tokens_per_s']:8.0f} tok/s wall, {r['pp_chunk']['gpu_tokens_per_s']:8.0f} gpu")
                 r.update(bandwidth_bound(r, bw))
                 r["ratio_vs_dense"] = (r["decode_tokens_per_s"]
