@@ -344,6 +344,8 @@ def test_head_groups_plan(monkeypatch):
 
     monkeypatch.delenv(HEAD_GROUPS_ENV, raising=False)
     gpu, cpu = _FakeDevice("DiscreteGpu"), _FakeDevice("Cpu")
+    assert head_groups_for(gpu, 32, 8, 128, 256) == 1           # unset: 1 (the plan is opt-in)
+    monkeypatch.setenv(HEAD_GROUPS_ENV, "auto")
     assert head_groups_for(gpu, 32, 8, 128, 256) == 2           # Llama-3.1-8B: 16 -> 8 quads per lane
     assert head_groups_for(gpu, 9, 3, 64, 256) == 1             # SmolLM2: 6 quads, unchanged
     assert head_groups_for(gpu, 64, 8, 128, 256) == 4           # G = 8: 32 -> 8 quads

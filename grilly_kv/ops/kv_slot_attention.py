@@ -40,8 +40,11 @@ groups that each hold ``G / HG`` heads over the same slots: the registers per in
 HG (more workgroups resident, so more loads in flight), while each K/V row still goes from
 memory once per workgroup (the HG groups read it in the same round; the repeats hit the L1
 cache). The plan takes the fewest groups that leave at most :data:`TILE_QUADS` query quads per
-invocation on GPUs (SmolLM2's G = 3, D = 64: 1, unchanged; Llama-3.1-8B: 2), 1 on CPU devices;
-:data:`HEAD_GROUPS_ENV` (``GRILLY_KV_DECODE_HEAD_GROUPS``) overrides it for A/B runs.
+invocation on GPUs (SmolLM2's G = 3, D = 64: 1, unchanged; Llama-3.1-8B: 2), 1 on CPU devices.
+That plan is opt-in (:data:`HEAD_GROUPS_ENV` = ``auto``, or a fixed count), the default is 1:
+head groups > 1 are tested on lavapipe only (subgroups of 8, not NVIDIA's 32), and on the H200 a
+128K dense decode with the plan's 2 groups was no faster than the same shape with 1 group in an
+earlier run (``benchmarks/results``).
 """
 from __future__ import annotations
 
@@ -117,14 +120,16 @@ def min_chunk(head_dim: int, local_size: int, q_tile: int = 1, head_groups: int 
 
 def head_groups_for(device, n_q_heads: int, n_kv_heads: int, head_dim: int, local_size: int) -> int:
     """The decode plan's query-head groups per split workgroup (see the module docstring):
-    :data:`HEAD_GROUPS_ENV` when set (a power of 2 dividing G = H_q / H_kv, leaving at least
-    :data:`MIN_GROUP_INVOCATIONS` invocations per group: each group must be whole subgroups, so
-    the device's subgroups must not be larger), else 1 on CPU devices, else the fewest groups
+    1 unless :data:`HEAD_GROUPS_ENV` is set: to a power of 2 dividing G = H_q / H_kv, leaving at
+    least :data:`MIN_GROUP_INVOCATIONS` invocations per group (each group must be whole subgroups,
+    so the device's subgroups must not be larger), or to ``auto``: 1 on CPU devices, else the fewest groups
     (a power of 2 dividing G, at least :data:`AUTO_GROUP_INVOCATIONS` invocations each) that
     leave each invocation at most :data:`TILE_QUADS` query quads."""
     G = n_q_heads // n_kv_heads
     env = os.environ.get(HEAD_GROUPS_ENV, "").strip()
-    if env:
+    if env == "":
+        return 1          # the default until head groups are tested and measured on a GPU (see below)
+    if env != "auto":
         hg = int(env) if env.isdigit() else 0
         if (not 1 <= hg <= MAX_HEAD_GROUPS or hg & (hg - 1) or G % hg
                 or local_size // hg < MIN_GROUP_INVOCATIONS):
