@@ -48,6 +48,7 @@
 #include "common.glsl"
 #include "entmax.glsl"
 #include "cluster_reduce.glsl"
+#include "quest_score.glsl"
 #include "workgroup_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
@@ -419,19 +420,9 @@ void score_pages(uint bh) {
             lo[j] = LOAD_VEC4(F16, st32, st16, (stat0 + pg * 4u) * NV + lane_id() + j * LPT);
             hi[j] = LOAD_VEC4(F16, st32, st16, (stat0 + pg * 4u + 1u) * NV + lane_id() + j * LPT);
         }
-        float best = -3.0e38, total = 0.0;
-        [[unroll]] for (uint g = 0u; g < G; g++) {
-            float sc = 0.0;
-            [[unroll]] for (uint j = 0u; j < NVL; j++) {
-                const vec4 qv = qs[g * NVL + j];
-                const vec4 b = max(qv * lo[j], qv * hi[j]);
-                sc += b.x + b.y + b.z + b.w;
-            }
-            sc = cluster_add(sc, LPT);
-            best = max(best, sc);
-            total += sc;
-        }
-        if (lane_id() == 0u) sh_key[pg] = key_of(REDUCE_MEAN != 0u ? total / float(G) : best);
+        float score;
+        QUEST_PAGE_SCORE(score, qs, lo, hi, NVL, LPT)
+        if (lane_id() == 0u) sh_key[pg] = key_of(score);
     }
 }
 

@@ -28,6 +28,7 @@
 #include "common.glsl"
 #include "cluster_reduce.glsl"
 #include "page_select.glsl"
+#include "quest_score.glsl"
 #include "workgroup_reduce.glsl"
 
 layout(local_size_x_id = 0) in;
@@ -65,19 +66,9 @@ void score_pages(uint bh) {
     const uvec2 range = cluster_pages(ceil_div(meta[0], PAGE) - 1u);
     for (uint pg = range.x; pg < range.y; pg += gl_WorkGroupSize.x / PAGE_LANES) {
         STAT_SHARES(lo, hi, bh - p.kv_h0, p.max_pages, pg, STAT_MIN, STAT_MAX);
-        float best = -3.0e38, total = 0.0;
-        [[unroll]] for (uint g = 0u; g < G; g++) {
-            float s = 0.0;
-            [[unroll]] for (uint j = 0u; j < NVP; j++) {
-                const vec4 qv = qr[g * NVP + j];
-                const vec4 b = max(qv * lo[j], qv * hi[j]);
-                s += b.x + b.y + b.z + b.w;
-            }
-            s = cluster_add(s, PAGE_LANES);
-            best = max(best, s);
-            total += s;
-        }
-        if (page_lane() == 0u) scores[bh * p.max_pages + pg] = REDUCE_MEAN != 0u ? total / float(G) : best;
+        float score;
+        QUEST_PAGE_SCORE(score, qr, lo, hi, NVP, PAGE_LANES)
+        if (page_lane() == 0u) scores[bh * p.max_pages + pg] = score;
     }
 }
 
