@@ -330,12 +330,14 @@ def test_fast_kernels_equal_the_first_kernels(vk, monkeypatch, kind):
     chunks = make_chunks(rng, prefill=300, chunk=40, decode=12)
     shape = shapes(300 + 12, 40, vk)
     kw = dict(budget=192, sinks=32, local=16, track_hits=False, predictor=kind)
-    runs = []
+    runs, shaders = [], {}
     for fast in ("1", "0"):
         monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", fast)
         tables, hists = [], []
+        ran = shaders.setdefault(fast, set())
 
         def record(twin):
+            ran.update(st.shader for st in vk.last_recording.steps if st.kind == "dispatch")
             tables.append((twin.table.copy(), twin.entries.copy()))
             twin.hist.download_now()
             hists.append(twin.hist.read(twin.N * 64 * twin.C).copy())
@@ -346,6 +348,9 @@ def test_fast_kernels_equal_the_first_kernels(vk, monkeypatch, kind):
         runs.append((outs, tables, hists))
         twin.release()
     (o1, t1, h1), (o0, t0, h0) = runs
+    assert {"predictor-attention-split", "predictor-topk-select"} <= shaders["1"], shaders["1"]
+    assert "predictor-attention" in shaders["0"] and not shaders["0"] & {"predictor-attention-split",
+                                                                         "predictor-topk-select"}
     for i in range(len(chunks)):
         assert_close(o1[i], o0[i], atol=1e-5, what=f"output of step {i}")
         np.testing.assert_allclose(h1[i], h0[i], atol=1e-6, err_msg=f"history after step {i}")

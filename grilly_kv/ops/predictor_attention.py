@@ -63,6 +63,25 @@ def split_partial_words(max_T: int, n_q_heads: int, head_dim: int, cap: int) -> 
     return words
 
 
+def check_layout(head_range, ns: int, ring: int, k: int, head_dim: int, n_q_heads: int,
+                 n_kv_heads: int) -> tuple[int, int, int]:
+    """``(h0, nh, cap)`` of an attention call (both kernels): the part's first KV head and head
+    count (``head_range``, default every head) and the slots per KV head ``(ns + ring + k) * 16``.
+
+    Raises:
+        ValueError: a head range outside ``[0, n_kv_heads)``, more than :data:`MAX_CAP` slots, an
+            odd ``head_dim`` or ``n_q_heads`` not a multiple of ``n_kv_heads``.
+    """
+    h0, nh = (0, n_kv_heads) if head_range is None else (int(head_range[0]), int(head_range[1]))
+    if not (0 <= h0 and 1 <= nh and h0 + nh <= n_kv_heads):
+        raise ValueError(f"head_range must lie in [0, {n_kv_heads}), got {head_range}")
+    cap = (ns + ring + k) * 16
+    if cap > MAX_CAP or head_dim % 2 or n_q_heads % n_kv_heads:
+        raise ValueError(f"predictor attention needs (ns + ring + k) * 16 <= {MAX_CAP} slots (got {cap}), "
+                         f"an even head_dim ({head_dim}) and H_q a multiple of H_kv")
+    return h0, nh, cap
+
+
 def record_predictor_attention(rec: Recording, qkv, k_cache, v_cache, table, step, rows, out, *,
                                T: int, layer: int, ns: int, ring: int, k: int, sinks: int, local: int,
                                head_dim: int, n_q_heads: int, n_kv_heads: int,
@@ -76,13 +95,7 @@ def record_predictor_attention(rec: Recording, qkv, k_cache, v_cache, table, ste
     ``[h0, h0 + nh)`` ``(nh, cap, D)`` (one part of a split store); only their query heads are
     computed (default: every head).
     """
-    h0, nh = (0, n_kv_heads) if head_range is None else (int(head_range[0]), int(head_range[1]))
-    if not (0 <= h0 and 1 <= nh and h0 + nh <= n_kv_heads):
-        raise ValueError(f"head_range must lie in [0, {n_kv_heads}), got {head_range}")
-    cap = (ns + ring + k) * 16
-    if cap > MAX_CAP or head_dim % 2 or n_q_heads % n_kv_heads:
-        raise ValueError(f"predictor attention needs (ns + ring + k) * 16 <= {MAX_CAP} slots (got {cap}), "
-                         f"an even head_dim ({head_dim}) and H_q a multiple of H_kv")
+    h0, nh, cap = check_layout(head_range, ns, ring, k, head_dim, n_q_heads, n_kv_heads)
     push = PUSH.pack(layer=layer, ns=ns, ring=ring, k=k, sinks=sinks, local=local, R=HIST,
                      scale=1.0 / np.sqrt(head_dim), h0=h0)
     return rec.dispatch(SHADER, [qkv, k_cache, v_cache, table, step, rows, out], groups=(nh * (n_q_heads // n_kv_heads), T),
@@ -115,13 +128,7 @@ def record_predictor_attention_split(rec: Recording, qkv, k_cache, v_cache, tabl
     as :func:`~grilly_kv.ops.kv_slot_store.record_kv_slot_store` stores them with slots ``0..T-1``
     and ``cap = T`` (the twin's staging for host memory).
     """
-    h0, nh = (0, n_kv_heads) if head_range is None else (int(head_range[0]), int(head_range[1]))
-    if not (0 <= h0 and 1 <= nh and h0 + nh <= n_kv_heads):
-        raise ValueError(f"head_range must lie in [0, {n_kv_heads}), got {head_range}")
-    cap = (ns + ring + k) * 16
-    if cap > MAX_CAP or head_dim % 2 or n_q_heads % n_kv_heads:
-        raise ValueError(f"predictor attention needs (ns + ring + k) * 16 <= {MAX_CAP} slots (got {cap}), "
-                         f"an even head_dim ({head_dim}) and H_q a multiple of H_kv")
+    h0, nh, cap = check_layout(head_range, ns, ring, k, head_dim, n_q_heads, n_kv_heads)
     if group not in (1, n_q_heads // n_kv_heads):
         raise ValueError(f"group must be 1 or H_q / H_kv = {n_q_heads // n_kv_heads}, got {group}")
     split, n_split = split_plan(T, n_q_heads, cap)
@@ -131,4 +138,4 @@ def record_predictor_attention_split(rec: Recording, qkv, k_cache, v_cache, tabl
     return rec.dispatch(SPLIT_SHADER, [qkv, k_cache, v_cache, table, step, logits, out, part, stats,
                                        counter, history, params, stage_k, stage_v],
                         groups=(n_split, nh * g, T), spec=(head_dim, n_q_heads, n_kv_heads, cap, split, group),
-                        push=push, label="predictor-attention")
+                        push=push, label=SPLIT_SHADER)

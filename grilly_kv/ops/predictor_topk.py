@@ -28,5 +28,5 @@ def record_predictor_topk(rec: Recording, scores, params, sel, *, N: int, C: int
     if fast and k <= MAX_K:
         keys = max(1, min(MAX_KEYS_PER_LANE, -(-C // SELECT_LOCAL_SIZE)))
         return rec.dispatch(SELECT_SHADER, [scores, params, sel], groups=(N,), spec=(keys, MAX_K),
-                            push=push, label="predictor-topk")
+                            push=push, label=SELECT_SHADER)
     return rec.dispatch(SHADER, [scores, params, sel], groups=(N,), push=push, label="predictor-topk")
