@@ -50,24 +50,7 @@ layout(constant_id = 11) const uint XS = 0;     // 1: X' staged whole in shared 
 layout(set = 0, binding = 0) readonly buffer Wq { uint wq[]; };
 layout(set = 0, binding = 0) readonly buffer Wq4 { uvec4 wq4[]; };   // the same bytes, 16 at a time
 #include "gguf_blocks.glsl"
-layout(set = 0, binding = 1) readonly buffer X { vec4 x[]; };
-layout(set = 0, binding = 2) readonly buffer G { vec4 g[]; };
-layout(set = 0, binding = 3) buffer Y { float y[]; };
-layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
-layout(set = 0, binding = 5) readonly buffer Table { float table[]; };
-
-layout(push_constant) uniform Push {
-    uint N;          // output rows
-    uint T;          // tokens (1)
-    uint w_off;      // first byte of W (a multiple of 16 with PIECE = 1, else of 4)
-    uint x_off;      // first vec4 of X
-    uint x_stride;   // unused (one token)
-    uint g_off;      // first vec4 of the norm gain (MODE 1)
-    uint y_off;      // first float of Y
-    uint y_stride;   // unused (one token)
-    uint rope_rows;  // rows rotated (ROPE; a multiple of HD)
-    uint eps_bits;   // RMSNorm epsilon (float)
-} p;
+#include "matmul_q_io.glsl"
 
 const uint MAX_SG = 64u;
 const uint KV = K / 4u;                                 // vec4s of X' (K % 4 == 0)

@@ -54,24 +54,7 @@ layout(constant_id = 13) const uint ACTQ = 0;   // X' rounding: 0 none, 1 Q8_0, 
 
 layout(set = 0, binding = 0) readonly buffer Wq { uint wq[]; };
 #include "gguf_blocks.glsl"
-layout(set = 0, binding = 1) readonly buffer X { vec4 x[]; };
-layout(set = 0, binding = 2) readonly buffer G { vec4 g[]; };
-layout(set = 0, binding = 3) buffer Y { float y[]; };
-layout(set = 0, binding = 4) readonly buffer Step { uint step[]; };
-layout(set = 0, binding = 5) readonly buffer Table { float table[]; };
-
-layout(push_constant) uniform Push {
-    uint N;          // output rows
-    uint T;          // tokens
-    uint w_off;      // first byte of W (a multiple of 4)
-    uint x_off;      // first vec4 of X (token 0)
-    uint x_stride;   // vec4s between tokens of X
-    uint g_off;      // first vec4 of the norm gain (MODE 1)
-    uint y_off;      // first float of Y (token 0, row 0)
-    uint y_stride;   // floats between tokens of Y
-    uint rope_rows;  // rows rotated (ROPE; a multiple of HD)
-    uint eps_bits;   // RMSNorm epsilon (float)
-} p;
+#include "matmul_q_io.glsl"
 
 const uint MAX_SG = 64u;
 const uint LANES = gl_WorkGroupSize.x / ROWS;
