@@ -233,6 +233,15 @@ def file_tensor_bytes(path, n_layers: int) -> int:
     return sum(int(np.asarray(t[0]).nbytes) for t in keep)
 
 
+def vs_first(row: dict, name: str, firsts: dict, key) -> None:
+    """``row[name]`` = its GPU ms per token over that of the first row measured with the same
+    ``key`` (the A/B baseline: the first value of the option varied); the first row sets it."""
+    if key in firsts:
+        row[name] = row["gpu_ms_per_token"] / firsts[key]
+    else:
+        firsts[key] = row["gpu_ms_per_token"]
+
+
 def main() -> None:
     a = parse()
     q = a.quick
@@ -276,18 +285,10 @@ def main() -> None:
                 r.update(bandwidth_bound(r, bw))
                 r["ratio_vs_dense"] = (r["decode_tokens_per_s"]
                                        / decode_base.setdefault((qt, fu), r["decode_tokens_per_s"]))
-                fkey = (fmt, mv, c, spec, qt)
-                if fkey in first_fuse:
-                    r["gpu_vs_first_slot_fuse"] = r["gpu_ms_per_token"] / first_fuse[fkey]
-                else:
-                    first_fuse[fkey] = r["gpu_ms_per_token"]
+                vs_first(r, "gpu_vs_first_slot_fuse", first_fuse, (fmt, mv, c, spec, qt))
                 r["prefill_ratio_vs_first_qtile"] = (r["prefill_gpu_tokens_per_s"]
                                                      / prefill_base.setdefault((spec, fu), r["prefill_gpu_tokens_per_s"]))
-                key = (fmt, c, spec, qt, fu)
-                if key in first_mv:
-                    r["gpu_vs_first_matvec"] = r["gpu_ms_per_token"] / first_mv[key]
-                else:
-                    first_mv[key] = r["gpu_ms_per_token"]
+                vs_first(r, "gpu_vs_first_matvec", first_mv, (fmt, c, spec, qt, fu))
                 if torch_ref:
                     t = torch_ref["by_context"][c]["decode_tokens_per_s"]
                     r["torch_decode_tokens_per_s"] = t
