@@ -83,6 +83,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--head-groups", default=None, help=f"comma list of {HEAD_GROUPS_ENV} values, each measured")
     ap.add_argument("--decode-workgroups", default=None, help=f"comma list of {WORKGROUPS_ENV} values, each measured")
     ap.add_argument("--slot-fuse", default=None, help=f"comma list of {SLOT_FUSE_ENV} values (0, 1), each measured")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=V1,V2",
+                    help="another environment A/B: each value of NAME measured (repeatable)")
     ap.add_argument("--name", default=None, help="JSON name under benchmarks/results (default long_context, "
                     "quick: long_context_quick)")
     return ap.parse_args()
@@ -91,8 +93,14 @@ def parse() -> argparse.Namespace:
 def env_variants(a) -> list[dict]:
     """Every combination of the A/B options' values, as environment settings ({}: none given)."""
     variants = [{}]
+    extra = []
+    for spec in a.env:
+        name, sep, values = spec.partition("=")
+        if not sep or not name or not values:
+            raise SystemExit(f"--env: expected NAME=V1,V2, got {spec!r}")
+        extra.append((name, values))
     for env, values in ((HEAD_GROUPS_ENV, a.head_groups), (WORKGROUPS_ENV, a.decode_workgroups),
-                        (SLOT_FUSE_ENV, a.slot_fuse)):
+                        (SLOT_FUSE_ENV, a.slot_fuse), *extra):
         if values:
             variants = [{**v, env: x} for v in variants for x in values.split(",")]
     return variants

@@ -65,7 +65,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's grilly_kv, not an installed one
 
-from common import device_info, label_parts, median_parts, save  # noqa: E402
+from common import ClockWarmer, device_info, label_parts, median_parts, save  # noqa: E402
 
 from grilly_kv.backend import get_device  # noqa: E402
 from grilly_kv.ops.buffer_copy import copy_bandwidth  # noqa: E402
@@ -90,6 +90,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--layers", type=int, default=None, help="default all (quick: 4)")
     ap.add_argument("-m", "--model", "--weights", dest="model", default=None, help="model: a registered name (smollm2, the default) or a .gguf path")
     ap.add_argument("--chunk", type=int, default=None, help="prefill chunk (default 256, quick 32)")
+    ap.add_argument("--warm-ms", type=float, default=None, help="GPU busy time (buffer copies) before "
+                    "each row's decode steps, so every row is timed at a busy clock (default 300, quick 0)")
     ap.add_argument("--pp-chunk", action="store_true", help="dense rows: also time one warm prompt chunk "
                     "(--chunk tokens) at each context's depth, as llama-bench's pp test (pp512: --chunk 512)")
     ap.add_argument("--torch", action="store_true", help="also measure the PyTorch eager baseline")
@@ -128,7 +130,10 @@ def last_row(logits) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])[-1]
 
 
-def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
+def measure(model, spec: str, ids: list[int], context: int, steps: int, warm=None) -> dict:
+    """One row: prefill ``context`` tokens of ``ids`` under ``spec``, then ``steps`` decode steps,
+    timed after ``warm()`` (GPU clock warm-up, if given); the SM clock before and after the decode
+    steps where nvidia-smi exists (MHz)."""
     name, _, budget = spec.partition(":")
     policy = make_policy(name, int(budget) if budget else None)
     model.start(policy, context + steps)
@@ -140,6 +145,9 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
     prefill_s = time.perf_counter() - t0
     chunk_attention = prefill_attention_labels(model, min(context, model.max_chunk))
     wall, gpu, decode_top1, parts = [], [], [], []
+    if warm is not None:
+        warm()
+    clock_before = ClockWarmer.sm_clock()
     for i in range(steps):
         t0 = time.perf_counter()
         step_logits = model.forward([ids[context + i]], context + i)
@@ -148,6 +156,7 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
         if i and model.dev.last_recording is not None and model.dev.last_recording.timestamps:
             parts.append(label_parts(model.dev.last_recording))
         decode_top1.append(int(np.argmax(last_row(step_logits))))
+    clock_after = ClockWarmer.sm_clock()
     wall, gpu = np.array(wall[1:]), np.array(gpu[1:])    # step 0 builds the decode recording
     last = last_row(last_logits)
     return {"policy": spec, "describe": policy.describe(), "context": context,
@@ -158,6 +167,7 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int) -> dict:
             # output fingerprints: rows of one policy and context must agree across paths (A/B runs)
             "prefill_top1": int(np.argmax(last)), "prefill_logits_norm": float(np.linalg.norm(last)),
             "decode_top1": decode_top1,
+            "sm_clock_mhz_before": clock_before, "sm_clock_mhz_after": clock_after,
             "decode_tokens_per_s": float(1.0 / np.median(wall)),
             "wall_ms_per_token": float(np.median(wall) * 1e3),
             "gpu_ms_per_token": float(np.median(gpu) * 1e3),
@@ -264,6 +274,7 @@ def main() -> None:
     if any(f not in (None, "0", "1") for f in fuses):
         raise SystemExit(f"--slot-fuse: values must be 0 or 1, got {a.slot_fuse!r}")
     rows, first_mv, first_fuse = [], {}, {}
+    warm = ClockWarmer(dev, a.warm_ms if a.warm_ms is not None else (0 if q else 300))
     for fmt, mv in ((f, m) for f in formats for m in matvecs):
         model = VulkanModel(ck, dev, max_chunk=a.chunk or (32 if q else 256), timestamps=True, weight_format=fmt,
                             matvec=mv)
@@ -277,7 +288,7 @@ def main() -> None:
                 if fu is not None:
                     os.environ[SLOT_FUSE_ENV] = fu            # read when the decode step is recorded
                 r = {"weight_format": fmt, "matvec": mv, "weight_bytes": model.weight_bytes,
-                     **measure(model, spec, ids, c, steps)}
+                     **measure(model, spec, ids, c, steps, warm)}
                 if a.pp_chunk and spec == "dense":
                     r["pp_chunk"] = warm_chunk(model, spec, ids, c)
                     print(f"{fmt:6s} {mv:9s} C={c:5d} dense: a warm {r['pp_chunk']['tokens']}-token chunk at depth {r['pp_chunk']['depth']}: "

@@ -4,7 +4,7 @@
 # Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
 # reports stale git metadata.
 # Usage: bash benchmarks/run_h200.sh [part ...]
-#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests ab final
+#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests ab final s5a s5b
 # Carry .peers too for peers-build / peers (benchmarks/llamacpp_build.sh makes its tarballs). (default: decode long quant paged)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
@@ -149,6 +149,55 @@ for part in $parts; do
       LIMIT=${LONG_LIMIT:-80} run python3 benchmarks/bench_long_context.py --layers 4 --contexts 131072 --budgets 2048 \
         --steps 10 --policies dense,streaming,quest,entmax,predictor --no-torch --name final_long ${LONG_ARGS:-}
       keep $R/final_long.json ;;
+    s5a)     # session 5, call 1: the predictor split diagnosis, NVIDIA tests of every new fused path (all of
+             # them: no -x), SmolLM2 every policy (new paths; mat-vec default vs stream; the predictor's
+             # fast kernels A/B), the 1B file, llama.cpp Vulkan on both files; steps kept in $OUT/s5a.tar
+      keep() { tar -rf "$OUT/s5a.tar" "$@" 2>/dev/null; }
+      [ -f /tmp/smollm2-timing.gguf ] || python3 benchmarks/timing_checkpoint.py smollm2 /tmp/smollm2-timing.gguf
+      [ -f /tmp/llama32-1b-q4k.gguf ] || python3 benchmarks/timing_checkpoint.py llama32-1b /tmp/llama32-1b-q4k.gguf --matrix-type Q4_K
+      timeout ${DIAG_LIMIT:-60} python3 benchmarks/diag_predictor_split.py --repeats 5 \
+        --out $R/diag_predictor_split_h200.json > /tmp/diag_predictor_split.log 2>&1
+      tail -22 /tmp/diag_predictor_split.log; keep /tmp/diag_predictor_split.log $R/diag_predictor_split_h200.json
+      GRILLY_KV_DEVICE=vulkan timeout ${TESTS_LIMIT:-120} python3 -m pytest -q -p no:cacheprovider \
+        tests/test_predictor_twin_ops.py tests/test_model_matmul_q_stream.py tests/test_kv_slot_attention.py \
+        tests/test_quest_one.py tests/test_model_slot_fuse.py ${TESTS_EXTRA:-} > /tmp/tests_h200_s5.log 2>&1
+      grep -E "FAILED|passed|failed" /tmp/tests_h200_s5.log | tail -8; keep /tmp/tests_h200_s5.log
+      ALL=dense,streaming:512,quest:512,entmax:512,triattention:512,tappa:512,predictor:512
+      LIMIT=${NEW_LIMIT:-120} run python3 benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf --contexts 1024,8064 \
+        --policies $ALL --weight-format native --steps 24 --chunk 512 --pp-chunk --matvec default,stream --name s5_smollm2
+      keep $R/s5_smollm2.json
+      GRILLY_KV_PREDICTOR_FAST=1 LIMIT=${PF_LIMIT:-40} run python3 benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf \
+        --contexts 8064 --policies dense,predictor:512 --weight-format native --steps 24 --chunk 512 --name s5_smollm2_predfast
+      keep $R/s5_smollm2_predfast.json
+      LIMIT=${B1_LIMIT:-60} run python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --contexts 1024,8064 \
+        --policies dense,streaming:512,quest:512 --weight-format native --steps 24 --chunk 512 --pp-chunk \
+        --matvec default,stream --name s5_llama1b
+      keep $R/s5_llama1b.json
+      [ -d /tmp/llamacpp-vulkan ] || tar -xJf .peers/llamacpp-vulkan.tar.xz -C /tmp
+      for f in smollm2-timing llama32-1b-q4k; do
+        timeout ${LB_LIMIT:-35} /tmp/llamacpp-vulkan/llama-bench -m /tmp/$f.gguf -ngl 99 -p 512 -n 128 -d 1024,8064 -r 2 \
+          -o json > "$R/s5_lb_vulkan_$f.json" 2> /tmp/lb_$f.log; tail -1 /tmp/lb_$f.log; keep "$R/s5_lb_vulkan_$f.json"
+      done
+      python3 benchmarks/peer_table.py --ours $R/s5_smollm2.json $R/s5_llama1b.json \
+        --llamacpp vulkan=$R/s5_lb_vulkan_smollm2-timing.json vulkan=$R/s5_lb_vulkan_llama32-1b-q4k.json --name s5_peers | tail -12
+      keep $R/s5_peers.md $R/s5_peers.json ;;
+    s5b)     # session 5, call 2: 128K every policy with per-label times, quest's split-target A/B, the
+             # predictor's fast kernels A/B, the paged micro-benchmark against SDPA, the stream mat-vec sweep
+      keep() { tar -rf "$OUT/s5b.tar" "$@" 2>/dev/null; }
+      LIMIT=${LONG_LIMIT:-200} run python3 benchmarks/bench_long_context.py --layers 4 --contexts 131072 --budgets 2048 \
+        --steps 10 --policies dense,streaming,triattention,tappa,quest,entmax,predictor --no-torch --name s5_long
+      keep $R/s5_long.json
+      LIMIT=${QAB_LIMIT:-80} run python3 benchmarks/bench_long_context.py --layers 4 --contexts 131072 --budgets 2048 \
+        --steps 10 --policies quest,entmax --decode-workgroups 0,1024 --no-torch --name s5_long_quest_ab
+      keep $R/s5_long_quest_ab.json
+      LIMIT=${PAB_LIMIT:-60} run python3 benchmarks/bench_long_context.py --layers 4 --contexts 131072 --budgets 2048 \
+        --steps 10 --policies predictor --env GRILLY_KV_PREDICTOR_FAST=1 --no-torch --name s5_long_predfast
+      keep $R/s5_long_predfast.json
+      LIMIT=${PAGED_LIMIT:-60} run python3 benchmarks/bench_paged_decode.py --contexts 131072
+      cp $R/paged_decode.json $R/s5_paged_decode.json; keep $R/s5_paged_decode.json
+      LIMIT=${SWEEP_LIMIT:-90} run python3 benchmarks/bench_quant_decode.py --pairs llama-3.2-1b:Q4_K,llama-3.1-8b:F16 \
+        --tokens 1 --matvec rows,stream --stream-sweep --name s5_stream_ab
+      keep $R/s5_stream_ab.json ;;
     paged)
       run python3 benchmarks/bench_paged_decode.py --contexts 131072
       cp $R/paged_decode.json "$OUT/" ;;
