@@ -38,6 +38,7 @@ separate store, attention and merge):
 from __future__ import annotations
 
 import argparse
+import traceback
 import json
 import os
 import subprocess
@@ -189,8 +190,9 @@ def timing_calibration(config):
 
 def time_policy(model, name: str, budget, n: int, steps: int, shapes: dict, bw_gbps: float,
                 n_layers: int, warm=None) -> dict:
-    """Fill ``name``'s twin with ``n`` random tokens, run ``warm()`` (GPU clock warm-up, if given),
-    then time ``steps`` decode steps after ``WARMUP`` untimed ones."""
+    """Fill ``name``'s twin with ``n`` random tokens, run ``WARMUP`` untimed decode steps (the first
+    builds the step's recording), ``warm()`` (GPU clock warm-up, if given), then time ``steps``
+    decode steps."""
     extra = {"calibration": timing_calibration(model.config)} if name == "triattention" else {}
     pol = make_policy(name) if budget is None else make_policy(name, budget, **extra)
     model.start(pol, n + steps + WARMUP)
@@ -201,11 +203,11 @@ def time_policy(model, name: str, budget, n: int, steps: int, shapes: dict, bw_g
         twin.fill_random(np.random.default_rng(1), n)
     except NotImplementedError as exc:
         return {"missing": f"no fill_random: {exc}"}
-    if warm is not None:
-        warm()
     walls, gpus, parts = [], [], []
     tok = 2
     for i in range(steps + WARMUP):
+        if i == WARMUP and warm is not None:
+            warm()          # after the untimed steps: building the step's recording idles the GPU
         t0 = time.perf_counter()
         logits = model.forward([tok], n + i)
         dt = time.perf_counter() - t0
@@ -287,6 +289,7 @@ def main() -> int:
                 try:
                     r = time_policy(model, name, budget, n, steps, shapes, bw["gb_per_s"], n_layers, warm)
                 except Exception as exc:        # reported, not hidden: the run goes on
+                    traceback.print_exc()
                     r = {"error": f"{type(exc).__name__}: {exc}"}
                 if "missing" in r:
                     missing[name] = r["missing"]

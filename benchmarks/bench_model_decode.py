@@ -132,8 +132,8 @@ def last_row(logits) -> np.ndarray:
 
 def measure(model, spec: str, ids: list[int], context: int, steps: int, warm=None) -> dict:
     """One row: prefill ``context`` tokens of ``ids`` under ``spec``, then ``steps`` decode steps,
-    timed after ``warm()`` (GPU clock warm-up, if given); the SM clock before and after the decode
-    steps where nvidia-smi exists (MHz)."""
+    steps 1.. timed after ``warm()`` (GPU clock warm-up, if given; step 0 builds the recording);
+    the SM clock before and after the timed steps where nvidia-smi exists (MHz)."""
     name, _, budget = spec.partition(":")
     policy = make_policy(name, int(budget) if budget else None)
     model.start(policy, context + steps)
@@ -145,10 +145,12 @@ def measure(model, spec: str, ids: list[int], context: int, steps: int, warm=Non
     prefill_s = time.perf_counter() - t0
     chunk_attention = prefill_attention_labels(model, min(context, model.max_chunk))
     wall, gpu, decode_top1, parts = [], [], [], []
-    if warm is not None:
-        warm()
-    clock_before = ClockWarmer.sm_clock()
+    clock_before = None
     for i in range(steps):
+        if i == 1:                      # step 0 (untimed) builds the decode recording, idling the GPU
+            if warm is not None:
+                warm()
+            clock_before = ClockWarmer.sm_clock()
         t0 = time.perf_counter()
         step_logits = model.forward([ids[context + i]], context + i)
         wall.append(time.perf_counter() - t0)

@@ -4,7 +4,7 @@
 # Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
 # reports stale git metadata.
 # Usage: bash benchmarks/run_h200.sh [part ...]
-#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests ab final s5a s5b
+#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests ab final s5a s5b s5c
 # Carry .peers too for peers-build / peers (benchmarks/llamacpp_build.sh makes its tarballs). (default: decode long quant paged)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
@@ -198,6 +198,30 @@ for part in $parts; do
       LIMIT=${SWEEP_LIMIT:-90} run python3 benchmarks/bench_quant_decode.py --pairs llama-3.2-1b:Q4_K,llama-3.1-8b:F16 \
         --tokens 1 --matvec rows,stream --stream-sweep --name s5_stream_ab
       keep $R/s5_stream_ab.json ;;
+    s5c)     # session 5, call 3: NVIDIA tests after the float16-rounding fix (common.glsl f16_round), the
+             # predictor diagnosis again, 128K every policy (clock warmed after the recording-building
+             # steps), the predictor's fast kernels at 128K, the 1B file with the Q4_K stream default
+             # against llama.cpp Vulkan; logs copied to $OUT as each step ends
+      [ -f /tmp/llama32-1b-q4k.gguf ] || python3 benchmarks/timing_checkpoint.py llama32-1b /tmp/llama32-1b-q4k.gguf --matrix-type Q4_K
+      GRILLY_KV_DEVICE=vulkan timeout ${TESTS_LIMIT:-150} python3 -m pytest -q -p no:cacheprovider \
+        tests/test_predictor_twin_ops.py tests/test_kv_slot_attention.py tests/test_kv_slot_store_stats.py \
+        tests/test_decode_attention.py tests/test_quest_one.py tests/test_model_slot_fuse.py \
+        tests/test_model_matmul_q_stream.py ${TESTS_EXTRA:-} > "$OUT/tests_h200_s5c.log" 2>&1
+      grep -E "FAILED|passed|failed" "$OUT/tests_h200_s5c.log" | tail -12
+      timeout ${DIAG_LIMIT:-40} python3 benchmarks/diag_predictor_split.py --repeats 2 \
+        --out "$OUT/diag_predictor_split_h200_fixed.json" 2>&1 | tail -8
+      LIMIT=${LONG_LIMIT:-200} run python3 benchmarks/bench_long_context.py --layers 4 --contexts 131072 --budgets 2048 \
+        --steps 8 --policies dense,streaming,triattention,tappa,quest,entmax,predictor --no-torch --name s5_long2
+      cp $R/s5_long2.json "$OUT/"
+      GRILLY_KV_PREDICTOR_FAST=1 LIMIT=${PAB_LIMIT:-60} run python3 benchmarks/bench_long_context.py --layers 4 \
+        --contexts 131072 --budgets 2048 --steps 8 --policies predictor --no-torch --name s5_long2_predfast
+      cp $R/s5_long2_predfast.json "$OUT/"
+      LIMIT=${B1_LIMIT:-40} run python3 benchmarks/bench_model_decode.py -m /tmp/llama32-1b-q4k.gguf --contexts 1024,8064 \
+        --policies dense,streaming:512 --weight-format native --steps 24 --chunk 512 --name s5_llama1b_default2
+      cp $R/s5_llama1b_default2.json "$OUT/"
+      [ -d /tmp/llamacpp-vulkan ] || tar -xJf .peers/llamacpp-vulkan.tar.xz -C /tmp
+      timeout ${LB_LIMIT:-35} /tmp/llamacpp-vulkan/llama-bench -m /tmp/llama32-1b-q4k.gguf -ngl 99 -p 512 -n 128 \
+        -d 1024,8064 -r 2 -o json > "$OUT/s5c_lb_vulkan_llama32-1b-q4k.json" 2> /tmp/lb.log; tail -1 /tmp/lb.log ;;
     paged)
       run python3 benchmarks/bench_paged_decode.py --contexts 131072
       cp $R/paged_decode.json "$OUT/" ;;

@@ -167,7 +167,7 @@ void init_heads(uint bh) {
 
 // SELECT: this lane's share of the query token's own K (or V) row, starting at vec4 `row` of
 // q/k/v, rounded to float16 as stored
-vec4 half_round(vec4 x) { return vec4(unpackHalf2x16(packHalf2x16(x.xy)), unpackHalf2x16(packHalf2x16(x.zw))); }
+vec4 half_round(vec4 x) { return f16_round4(x); }
 #define FRESH_ROW(row, dst) \
     [[unroll]] for (uint j_ = 0u; j_ < NVL; j_++) dst[j_] = half_round(q[(row) + lane_id() + j_ * LPT])
 
@@ -549,7 +549,7 @@ void select_pages() {
 
 // Key pair w of the query token (KV head bh), rounded to float16 as stored.
 vec2 fresh_key_pair(uint bh, uint w) {
-    return unpackHalf2x16(packHalf2x16(q2[(G * p.n_kv + bh) * HW + w]));
+    return f16_round2(q2[(G * p.n_kv + bh) * HW + w]);
 }
 
 // Statistics (min, max, mean, population std clamped at 1e-6) of key pair w over rows

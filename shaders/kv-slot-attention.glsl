@@ -112,8 +112,8 @@ shared vec2 sh_ml[QT > 1u ? 1u : SLOTS];
 shared uvec2 sh_k[BLOCK * NV], sh_v[BLOCK * NV];
 shared uint sh_pos[BLOCK];
 
-float f16r(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
-vec4 f16r4(vec4 v) { return vec4(unpackHalf2x16(packHalf2x16(v.xy)), unpackHalf2x16(packHalf2x16(v.zw))); }
+#define f16r f16_round      // common.glsl: rounding NVIDIA's compiler does not fold away
+#define f16r4 f16_round4
 
 // per invocation: its quads of the G scaled queries and accumulators, the running max and sum
 vec4 qr[GH * NVL];

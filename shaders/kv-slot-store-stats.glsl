@@ -40,7 +40,7 @@ layout(push_constant) uniform Push { uint cap; uint layer; uint h0; uint nh; uin
 vec2 key_pair(uint h, uint w, uint s, uint pos0) {
     if (s >= pos0) {
         const uint src = ((s - pos0) * ROW + HQ * D + (p.h0 + h) * D) / 2u + w;
-        return unpackHalf2x16(packHalf2x16(qkv2[src]));
+        return f16_round2(qkv2[src]);
     }
     return unpackHalf2x16(kc[((p.layer * p.nh + h) * p.cap + s) * HW + w]);
 }

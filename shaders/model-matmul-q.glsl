@@ -75,8 +75,8 @@ const bool NORM_FIRST = MODE == 1u && ACTQ != 0u;   // RMSNorm applied while sta
 // take different chunks), or chunk-major with COAL (the 8 lanes of a chunk take its 8 vec4s).
 uint xs_at(uint q, uint j, uint cc) { return COAL != 0u ? (j * CPS + cc) * 8u + q : (q * TT + j) * CPS + cc; }
 
-float f16r(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
-vec4 f16r4(vec4 v) { return vec4(unpackHalf2x16(packHalf2x16(v.xy)), unpackHalf2x16(packHalf2x16(v.zw))); }
+#define f16r f16_round      // common.glsl: rounding NVIDIA's compiler does not fold away
+#define f16r4 f16_round4
 vec4 bf16r4(vec4 v) {
     const uvec4 u = floatBitsToUint(v);
     return uintBitsToFloat((u + 0x7FFFu + ((u >> 16u) & 1u)) & 0xFFFF0000u);

@@ -137,7 +137,7 @@ void finish(uint t, uint h, uint T, uint R, uint last, float m_all, float inv) {
 
 // Two elements of this step's qkv rows rounded to float16 (as the caches store them).
 vec2 step_pair(uint i) {
-    return unpackHalf2x16(packHalf2x16(vec2(qkv[i], qkv[i + 1u])));
+    return f16_round2(vec2(qkv[i], qkv[i + 1u]));
 }
 
 // Dims 2 VW u .. 2 VW u + 2 VW - 1 of the value row `src` (sv[] encoding; VW = 1: .zw unused).

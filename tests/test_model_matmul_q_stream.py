@@ -167,3 +167,21 @@ def test_units_and_plan(vk):
         stream_plan(vk, q4k, 512, lanes=8, rows=3, rows_per_lane=3, rope=True)
     with pytest.raises(ValueError, match="1024"):
         stream_plan(vk, q4k, 512, lanes=64, rows=32)
+
+
+def test_default_stream_is_q4k_one_token_calls_on_gpus_only():
+    """The measured default: the stream layout for Q4_K decode mat-vecs on GPU devices; never on CPU
+    devices, for T > 1, with activation rounding, or for the formats where it lost (Q4_1, Q8_0)."""
+    from types import SimpleNamespace
+
+    from grilly_kv.ops.model_matmul_q import default_stream
+    from grilly_kv.reference.model_matmul_q import FORMATS
+
+    gpu = SimpleNamespace(properties={"device_type": "DiscreteGpu"})
+    cpu = SimpleNamespace(properties={"device_type": "Cpu"})
+    q4k, q41, q80 = (FORMATS[f][0] for f in ("Q4_K", "Q4_1", "Q8_0"))
+    assert default_stream(gpu, q4k, 1, None)
+    assert not default_stream(cpu, q4k, 1, None)
+    assert not default_stream(gpu, q4k, 2, None)
+    assert not default_stream(gpu, q4k, 1, "Q8_K")
+    assert not default_stream(gpu, q41, 1, None) and not default_stream(gpu, q80, 1, None)

@@ -358,6 +358,7 @@ def test_predictor_split_kernels_match_the_first_kernels(vk, T):
     (5, 211, 0, 200, 33, "normal"), (5, 211, 5, 5, 3, "normal"), (3, 211, 0, 211, 210, "ties"),
     (4, 5000, 4, 4990, 120, "normal"), (4, 5000, 4, 4990, 120, "ties"), (3, 3000, 4, 2900, 50, "zeros"),
     (2, 20000, 4, 19000, 100, "normal"),            # a run longer than the keys held in registers
+    (32, 8195, 4, 8190, 120, "sparse"),             # 128K context at budget 2048: fewer held (> 0) than k
 ])
 def test_predictor_topk_select_matches_reference(vk, N, C, start, end, k, kind):
     rng = np.random.default_rng(k + C)
@@ -368,6 +369,8 @@ def test_predictor_topk_select_matches_reference(vk, N, C, start, end, k, kind):
         scores = np.where(rng.random((N, C)) < 0.97, 0.0, rng.random((N, C))).astype(np.float32)
         scores[:, ::2] *= -1.0
         scores = np.where(scores < 0, np.float32(-0.0), scores).astype(np.float32)
+    if kind == "sparse":                               # a pooled history: 0 outside the ~60 blocks held
+        scores = np.where(rng.random((N, C)) < 60 / C, rng.random((N, C)), 0.0).astype(np.float32)
     b_scores, params = Buffer(vk, scores.size), Buffer(vk, 6, np.uint32)
     b_scores.write(scores)
     params.write(np.array([0, 0, 0, start, end, 0], np.uint32))

@@ -129,9 +129,22 @@ def default_coalesced(device, T: int) -> bool:
     return False
 
 
+# formats whose one-token calls take the stream layout by default on GPUs: where it won on the H200
+# (benchmarks/results/s5_llama1b.json: Q4_K mat-vecs 1082 vs 1433 us per token); it lost for Q4_1
+# and Q8_0 (s5_smollm2.json), and the other formats are unmeasured
+STREAM_DEFAULT_FORMATS = ("Q4_K",)
+
+
+def default_stream(device, qtype: int, T: int, act_rounding: str | None) -> bool:
+    """Whether :func:`record_matmul_q` uses the stream layout when not told: on GPU devices, for
+    one-token calls without activation rounding of a format in :data:`STREAM_DEFAULT_FORMATS`."""
+    return (device.properties.get("device_type") != "Cpu" and uses_stream(T, act_rounding)
+            and FORMAT_BY_ID[qtype] in STREAM_DEFAULT_FORMATS)
+
+
 def matvec_choice(value: str | None = None) -> str:
     """The decode mat-vec layout a model uses: ``value``, else ``$GRILLY_KV_MATVEC``, else
-    "default" (:func:`default_coalesced` decides); "rows", "coalesced" or "stream" force one
+    "default" (:func:`default_coalesced` and :func:`default_stream` decide); "rows", "coalesced" or "stream" force one
     layout for the model's T = 1 calls (prefill tiles always use "rows"; "stream" falls back to
     "rows" where :func:`uses_stream` says so)."""
     value = value if value is not None else (os.environ.get(MATVEC_ENV) or "default")
@@ -473,7 +486,8 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
         stream: the stream layout (``shaders/model-matmul-q-stream.glsl``, :func:`stream_plan`:
             ``lanes``, ``unroll``, ``rows`` and ``rows_per_lane`` are then its knobs) where
             :func:`uses_stream` allows it (T = 1, no act_rounding), else the "rows" layout (the
-            documented fallback; ``coalesced`` is then ignored). None: False.
+            documented fallback; ``coalesced`` is then ignored). None: :func:`default_stream`
+            unless ``coalesced`` is given.
         rows_per_lane, x_shared: stream layout only: rows each lane computes with one load of X';
             stage the row of X' in shared memory once per workgroup (:func:`stream_plan`; None:
             for mode "swiglu" where :func:`stream_x_fits`, whose X' costs two loads and an exp
@@ -502,6 +516,8 @@ def record_matmul_q(rec: Recording, weights: "QuantWeights | WeightEntry", name:
                              f"got head_dim {head_dim}, rope_rows {rope_rows}, accumulate {accumulate}")
     push = PUSH.pack(N=N, T=T, w_off=e.offset, x_off=x_off // 4, x_stride=x_stride // 4, g_off=g_off // 4,
                      y_off=y_off, y_stride=y_stride, rope_rows=rope_rows, eps=eps)
+    if stream is None:
+        stream = coalesced is None and default_stream(rec.device, e.qtype, T, act_rounding)
     if stream and uses_stream(T, act_rounding):
         if x_shared is None:
             x_shared = mode == "swiglu" and stream_x_fits(rec.device, K)
