@@ -4,7 +4,7 @@
 # Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
 # reports stale git metadata.
 # Usage: bash benchmarks/run_h200.sh [part ...]
-#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests ab final s5a s5b s5c
+#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests ab final s5a s5b s5c s5d
 # Carry .peers too for peers-build / peers (benchmarks/llamacpp_build.sh makes its tarballs). (default: decode long quant paged)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
@@ -222,6 +222,24 @@ for part in $parts; do
       [ -d /tmp/llamacpp-vulkan ] || tar -xJf .peers/llamacpp-vulkan.tar.xz -C /tmp
       timeout ${LB_LIMIT:-35} /tmp/llamacpp-vulkan/llama-bench -m /tmp/llama32-1b-q4k.gguf -ngl 99 -p 512 -n 128 \
         -d 1024,8064 -r 2 -o json > "$OUT/s5c_lb_vulkan_llama32-1b-q4k.json" 2> /tmp/lb.log; tail -1 /tmp/lb.log ;;
+    s5d)     # session 5, call 4: the radix top-k's key-cap diagnosis, NVIDIA tests of the predictor twin
+             # (fast attention now the default everywhere), 128K predictor rows (rank-count top-k; radix
+             # top-k at key caps 1 and 8), SmolLM2 8K every policy at the current defaults
+      [ -f /tmp/smollm2-timing.gguf ] || python3 benchmarks/timing_checkpoint.py smollm2 /tmp/smollm2-timing.gguf
+      timeout ${DIAG_LIMIT:-60} python3 benchmarks/diag_topk_select.py --out "$OUT/diag_topk_select_h200.json" \
+        > "$OUT/diag_topk_select_h200.log" 2>&1; grep -c " 0 wrong" "$OUT/diag_topk_select_h200.log"; grep -v " 0 wrong" "$OUT/diag_topk_select_h200.log" | tail -30
+      GRILLY_KV_DEVICE=vulkan timeout ${TESTS_LIMIT:-90} python3 -m pytest -q -p no:cacheprovider \
+        tests/test_predictor_device.py tests/test_predictor_twin_ops.py tests/test_model_matmul_q_stream.py \
+        > "$OUT/tests_h200_s5d.log" 2>&1
+      grep -E "FAILED|passed|failed" "$OUT/tests_h200_s5d.log" | tail -12
+      LIMIT=${PAB_LIMIT:-120} run python3 benchmarks/bench_long_context.py --layers 4 --contexts 131072 --budgets 2048 \
+        --steps 8 --policies predictor --env GRILLY_KV_PREDICTOR_FAST_TOPK=0,1 --env GRILLY_KV_TOPK_KEYS=1,8 \
+        --no-torch --name s5_long_predictor
+      cp $R/s5_long_predictor.json "$OUT/"
+      LIMIT=${NEW_LIMIT:-90} run python3 benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf --contexts 8064 \
+        --policies dense,streaming:512,quest:512,entmax:512,triattention:512,tappa:512,predictor:512 \
+        --weight-format native --steps 24 --chunk 512 --name s5_smollm2_defaults
+      cp $R/s5_smollm2_defaults.json "$OUT/" ;;
     paged)
       run python3 benchmarks/bench_paged_decode.py --contexts 131072
       cp $R/paged_decode.json "$OUT/" ;;

@@ -322,8 +322,8 @@ def test_twin_without_predicted_blocks_is_sinks_plus_window(vk):
 
 @pytest.mark.parametrize("kind", ["cnn", "last-row"])
 def test_fast_kernels_equal_the_first_kernels(vk, monkeypatch, kind):
-    """GRILLY_KV_PREDICTOR_FAST=1 (split attention, pooling from the logits, radix top-k) and =0
-    (the first kernels) over a chunked prefill and decode steps with block churn: the same
+    """GRILLY_KV_PREDICTOR_FAST=1 with GRILLY_KV_PREDICTOR_FAST_TOPK=1 (split attention, pooling
+    from the logits, radix top-k) and both =0 (the first kernels) over a chunked prefill and decode steps with block churn: the same
     predicted blocks in the same entries after every step, the same history, outputs within
     1e-5. The 16 resident entries (256 slots) make 4 attention splits per decode query."""
     rng = np.random.default_rng(5)
@@ -333,6 +333,7 @@ def test_fast_kernels_equal_the_first_kernels(vk, monkeypatch, kind):
     runs, shaders = [], {}
     for fast in ("1", "0"):
         monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", fast)
+        monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST_TOPK", fast)
         tables, hists = [], []
         ran = shaders.setdefault(fast, set())
 

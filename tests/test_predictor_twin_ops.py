@@ -401,23 +401,28 @@ def test_predictor_topk_select_reads_the_newest_history_row(vk):
     check_guard(sel, N * k)
 
 
-def test_predictor_fast_switch(monkeypatch):
-    from grilly_kv.ops.predictor_attention import predictor_fast
-
-    monkeypatch.delenv("GRILLY_KV_PREDICTOR_FAST", raising=False)
-    assert predictor_fast()
-    monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", "0")
-    assert not predictor_fast()
-    monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", "yes")
-    with pytest.raises(ValueError, match="GRILLY_KV_PREDICTOR_FAST"):
-        predictor_fast()
-    # unset: fast on CPU devices, the first kernels on GPUs (the fast path failed a test on the H200)
-    monkeypatch.delenv("GRILLY_KV_PREDICTOR_FAST")
+def test_predictor_fast_switches(monkeypatch):
+    """The fast attention is on everywhere unless GRILLY_KV_PREDICTOR_FAST=0; the radix top-k on
+    CPU devices only unless GRILLY_KV_PREDICTOR_FAST_TOPK says; other values raise, naming the
+    variable."""
+    from grilly_kv.ops.predictor_attention import predictor_fast, predictor_fast_topk
 
     class Dev:
         def __init__(self, kind):
             self.properties = {"device_type": kind}
 
-    assert predictor_fast(Dev("Cpu")) and not predictor_fast(Dev("DiscreteGpu"))
-    monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", "1")
-    assert predictor_fast(Dev("DiscreteGpu"))
+    cpu, gpu = Dev("Cpu"), Dev("DiscreteGpu")
+    for env in ("GRILLY_KV_PREDICTOR_FAST", "GRILLY_KV_PREDICTOR_FAST_TOPK"):
+        monkeypatch.delenv(env, raising=False)
+    assert predictor_fast() and predictor_fast(cpu) and predictor_fast(gpu)
+    assert predictor_fast_topk() and predictor_fast_topk(cpu) and not predictor_fast_topk(gpu)
+    monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", "0")
+    assert not predictor_fast(cpu) and not predictor_fast(gpu)
+    monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST_TOPK", "1")
+    assert predictor_fast_topk(gpu)
+    monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST_TOPK", "0")
+    assert not predictor_fast_topk(cpu)
+    for env, fn in (("GRILLY_KV_PREDICTOR_FAST", predictor_fast), ("GRILLY_KV_PREDICTOR_FAST_TOPK", predictor_fast_topk)):
+        monkeypatch.setenv(env, "yes")
+        with pytest.raises(ValueError, match=env):
+            fn(gpu)

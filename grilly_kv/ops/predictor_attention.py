@@ -18,28 +18,51 @@ PUSH = PushLayout("layer", "ns", "ring", "k", "sinks", "local", "R", "scale:f", 
 SPLIT_PUSH = PushLayout("layer", "ns", "ring", "k", "sinks", "local", "scale:f", "h0", "nh", "C")
 MAX_CAP = 7168        # slots per KV head: the logits row lives in shared memory (28 KiB)
 FAST_ENV = "GRILLY_KV_PREDICTOR_FAST"
+FAST_TOPK_ENV = "GRILLY_KV_PREDICTOR_FAST_TOPK"
 TARGET_GROUPS = 2048  # the split attention aims at about this many workgroups per dispatch
 MIN_SPLIT = 64        # slots per workgroup at least (one per invocation)
 MAX_SPLIT = 4096      # slots per workgroup at most (two words each in shared memory: 32 KiB)
 
 
-def predictor_fast(device=None) -> bool:
-    """Whether the predictor twin records its fast kernels (split attention, pooling from the
-    logits, radix top-k): the environment variable ``GRILLY_KV_PREDICTOR_FAST``, ``"1"`` or
-    ``"0"`` (the first kernels), when set; otherwise the fast kernels on CPU Vulkan devices (and
-    when no device is given) and the first kernels on GPUs, because on the H200 one case of
-    ``tests/test_predictor_twin_ops.py`` (D 128, six splits) missed its tolerance with the fast
-    split attention: a kernel whose GPU test fails is not a GPU default.
+def _switch(env: str, default: bool) -> bool:
+    """``$env`` as a bool ("1" / "0"), else ``default``.
 
     Raises:
         ValueError: any other value.
     """
-    value = os.environ.get(FAST_ENV, "").strip()
+    value = os.environ.get(env, "").strip()
     if value == "":
-        return device is None or getattr(device, "properties", {}).get("device_type") == "Cpu"
+        return default
     if value not in ("0", "1"):
-        raise ValueError(f"{FAST_ENV} must be 0 or 1, got {value!r}")
+        raise ValueError(f"{env} must be 0 or 1, got {value!r}")
     return value == "1"
+
+
+def predictor_fast(device=None) -> bool:
+    """Whether the predictor twin records its fast attention (split attention that stores the
+    step's K/V and pools the history rows from its logits): ``$GRILLY_KV_PREDICTOR_FAST`` ("1" /
+    "0", the first kernels) when set, else on every device. Its D 128 case failed on the H200
+    until float16 rounding stopped being folded away (``common.glsl`` ``f16_round``); every
+    split-attention test passed there after that (``benchmarks/results/logs/tests_h200_s5c.log``).
+
+    Raises:
+        ValueError: any other value.
+    """
+    return _switch(FAST_ENV, True)
+
+
+def predictor_fast_topk(device=None) -> bool:
+    """Whether the predictor twin chooses its blocks with the radix top-k
+    (``predictor-topk-select``, linear in the candidates) instead of the rank count:
+    ``$GRILLY_KV_PREDICTOR_FAST_TOPK`` ("1" / "0") when set, else on CPU Vulkan devices (and when
+    no device is given) only: on the H200 it chose wrong columns for 5000 and 8195 candidates at
+    k = 120 (``tests_h200_s5c.log``), cause not found (``benchmarks/diag_topk_select.py``).
+
+    Raises:
+        ValueError: any other value.
+    """
+    on_cpu = device is None or getattr(device, "properties", {}).get("device_type") == "Cpu"
+    return _switch(FAST_TOPK_ENV, on_cpu)
 
 
 def split_plan(T: int, n_q_heads: int, cap: int) -> tuple[int, int]:

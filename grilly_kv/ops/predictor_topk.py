@@ -5,6 +5,8 @@ Shader: ``shaders/predictor-topk.glsl``; reference:
 """
 from __future__ import annotations
 
+import os
+
 from ..backend import PushLayout, Recording
 
 SHADER = "predictor-topk"
@@ -13,6 +15,22 @@ PUSH = PushLayout("C", "K", "from_hist")
 SELECT_LOCAL_SIZE = 256   # the radix select's workgroup (one per history)
 MAX_KEYS_PER_LANE = 64    # score keys an invocation holds in registers (more: read from memory)
 MAX_K = 1024              # the radix select keeps the chosen columns in shared memory
+KEYS_ENV = "GRILLY_KV_TOPK_KEYS"   # overrides MAX_KEYS_PER_LANE (benchmarks/diag_topk_select.py)
+
+
+def max_keys_per_lane() -> int:
+    """Keys per invocation held in registers at most: ``$GRILLY_KV_TOPK_KEYS`` or
+    :data:`MAX_KEYS_PER_LANE`.
+
+    Raises:
+        ValueError: the variable is not an integer in 1..64.
+    """
+    value = os.environ.get(KEYS_ENV)
+    if value is None:
+        return MAX_KEYS_PER_LANE
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise ValueError(f"${KEYS_ENV} must be an integer in 1..64, got {value!r}")
+    return int(value)
 
 
 def record_predictor_topk(rec: Recording, scores, params, sel, *, N: int, C: int, k: int,
@@ -26,7 +44,7 @@ def record_predictor_topk(rec: Recording, scores, params, sel, *, N: int, C: int
     only for ``k <= MAX_K`` (the rank count otherwise)."""
     push = PUSH.pack(C=C, K=k, from_hist=int(from_hist))
     if fast and k <= MAX_K:
-        keys = max(1, min(MAX_KEYS_PER_LANE, -(-C // SELECT_LOCAL_SIZE)))
+        keys = max(1, min(max_keys_per_lane(), -(-C // SELECT_LOCAL_SIZE)))
         return rec.dispatch(SELECT_SHADER, [scores, params, sel], groups=(N,), spec=(keys, MAX_K),
                             push=push, label=SELECT_SHADER)
     return rec.dispatch(SHADER, [scores, params, sel], groups=(N,), push=push, label="predictor-topk")

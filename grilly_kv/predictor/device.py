@@ -64,7 +64,7 @@ import numpy as np
 from ..backend import Recording
 from ..ops.kv_block_scatter import record_kv_block_scatter
 from ..ops.kv_slot_store import record_kv_slot_store
-from ..ops.predictor_attention import (MAX_CAP, predictor_fast, record_predictor_attention,
+from ..ops.predictor_attention import (MAX_CAP, predictor_fast, predictor_fast_topk, record_predictor_attention,
                                        record_predictor_attention_split, split_partial_words)
 from ..ops.predictor_cnn import FULL, STEP, record_predictor_cnn
 from ..ops.predictor_row_pool import record_predictor_row_pool
@@ -166,7 +166,8 @@ class DevicePredictorCache(TwinBase):
         self.table_buf.write(np.full(nk, NONE, np.uint32))
         self.sel = self.alloc(device, nk, np.uint32)
         self.rows = self.alloc(device, HIST * self.HQ * self.cap, host_visible=False)
-        self.fast = predictor_fast(device)    # GRILLY_KV_PREDICTOR_FAST / device type, once per twin
+        self.fast = predictor_fast(device)    # GRILLY_KV_PREDICTOR_FAST, once per twin
+        self.fast_topk = predictor_fast_topk(device)    # GRILLY_KV_PREDICTOR_FAST_TOPK / device type
         if self.fast:                         # the split attention's merge and softmax statistics
             self.stats = self.alloc(device, HIST * self.HQ * 2, host_visible=False)
             self.part = self.alloc(device, split_partial_words(s.max_chunk, self.HQ, D, self.cap),
@@ -283,7 +284,7 @@ class DevicePredictorCache(TwinBase):
         if self.k:
             last_row = pol.predictor_kind == "last-row"
             record_predictor_topk(rec, self.hist if last_row else self.scores, self.params, self.sel,
-                                  N=self.N, C=self.C, k=self.k, from_hist=last_row, fast=self.fast)
+                                  N=self.N, C=self.C, k=self.k, from_hist=last_row, fast=self.fast_topk)
             rec.download(self.sel, words=self.N * self.k)
         n_words = self.L * self.H * T * self.D // 2
         rec.download(self.stage_k, words=n_words).download(self.stage_v, words=n_words)
