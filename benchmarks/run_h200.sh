@@ -4,7 +4,7 @@
 # Pass GRILLY_KV_COMMIT=$(git rev-parse --short HEAD) in the command: the copy on the GPU machine
 # reports stale git metadata.
 # Usage: bash benchmarks/run_h200.sh [part ...]
-#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests ab final s5a s5b s5c s5d
+#   parts: decode decode1b long quant paged soak weights suite grid peers-build peers tests ab final s5a s5b s5c s5d s5e
 # Carry .peers too for peers-build / peers (benchmarks/llamacpp_build.sh makes its tarballs). (default: decode long quant paged)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
@@ -240,6 +240,19 @@ for part in $parts; do
         --policies dense,streaming:512,quest:512,entmax:512,triattention:512,tappa:512,predictor:512 \
         --weight-format native --steps 24 --chunk 512 --name s5_smollm2_defaults
       cp $R/s5_smollm2_defaults.json "$OUT/" ;;
+    s5e)     # session 5, call 5: the predictor at 128K and SmolLM2 8K with the radix top-k default (at most
+             # 16 keys per invocation), and its NVIDIA tests
+      [ -f /tmp/smollm2-timing.gguf ] || python3 benchmarks/timing_checkpoint.py smollm2 /tmp/smollm2-timing.gguf
+      GRILLY_KV_DEVICE=vulkan timeout ${TESTS_LIMIT:-60} python3 -m pytest -q -p no:cacheprovider \
+        tests/test_predictor_twin_ops.py tests/test_predictor_device.py -k "not runs_the_twin_like_the_reference_model" \
+        > "$OUT/tests_h200_s5e.log" 2>&1
+      grep -E "FAILED|passed|failed" "$OUT/tests_h200_s5e.log" | tail -8
+      LIMIT=${PAB_LIMIT:-70} run python3 benchmarks/bench_long_context.py --layers 4 --contexts 131072 --budgets 2048 \
+        --steps 8 --policies predictor,streaming --no-torch --name s5_long_predictor
+      cp $R/s5_long_predictor.json "$OUT/"
+      LIMIT=${NEW_LIMIT:-40} run python3 benchmarks/bench_model_decode.py -m /tmp/smollm2-timing.gguf --contexts 8064 \
+        --policies dense,predictor:512 --weight-format native --steps 24 --chunk 512 --name s5_smollm2_predictor
+      cp $R/s5_smollm2_predictor.json "$OUT/" ;;
     paged)
       run python3 benchmarks/bench_paged_decode.py --contexts 131072
       cp $R/paged_decode.json "$OUT/" ;;

@@ -402,9 +402,8 @@ def test_predictor_topk_select_reads_the_newest_history_row(vk):
 
 
 def test_predictor_fast_switches(monkeypatch):
-    """The fast attention is on everywhere unless GRILLY_KV_PREDICTOR_FAST=0; the radix top-k on
-    CPU devices only unless GRILLY_KV_PREDICTOR_FAST_TOPK says; other values raise, naming the
-    variable."""
+    """The fast attention and the radix top-k are on everywhere unless GRILLY_KV_PREDICTOR_FAST=0 /
+    GRILLY_KV_PREDICTOR_FAST_TOPK=0; other values raise, naming the variable."""
     from grilly_kv.ops.predictor_attention import predictor_fast, predictor_fast_topk
 
     class Dev:
@@ -415,13 +414,11 @@ def test_predictor_fast_switches(monkeypatch):
     for env in ("GRILLY_KV_PREDICTOR_FAST", "GRILLY_KV_PREDICTOR_FAST_TOPK"):
         monkeypatch.delenv(env, raising=False)
     assert predictor_fast() and predictor_fast(cpu) and predictor_fast(gpu)
-    assert predictor_fast_topk() and predictor_fast_topk(cpu) and not predictor_fast_topk(gpu)
+    assert predictor_fast_topk() and predictor_fast_topk(cpu) and predictor_fast_topk(gpu)
     monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST", "0")
     assert not predictor_fast(cpu) and not predictor_fast(gpu)
-    monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST_TOPK", "1")
-    assert predictor_fast_topk(gpu)
     monkeypatch.setenv("GRILLY_KV_PREDICTOR_FAST_TOPK", "0")
-    assert not predictor_fast_topk(cpu)
+    assert not predictor_fast_topk(cpu) and not predictor_fast_topk(gpu)
     for env, fn in (("GRILLY_KV_PREDICTOR_FAST", predictor_fast), ("GRILLY_KV_PREDICTOR_FAST_TOPK", predictor_fast_topk)):
         monkeypatch.setenv(env, "yes")
         with pytest.raises(ValueError, match=env):

@@ -53,16 +53,16 @@ def predictor_fast(device=None) -> bool:
 
 def predictor_fast_topk(device=None) -> bool:
     """Whether the predictor twin chooses its blocks with the radix top-k
-    (``predictor-topk-select``, linear in the candidates) instead of the rank count:
-    ``$GRILLY_KV_PREDICTOR_FAST_TOPK`` ("1" / "0") when set, else on CPU Vulkan devices (and when
-    no device is given) only: on the H200 it chose wrong columns for 5000 and 8195 candidates at
-    k = 120 (``tests_h200_s5c.log``), cause not found (``benchmarks/diag_topk_select.py``).
+    (``predictor-topk-select``, linear in the candidates) instead of the rank count (quadratic,
+    and wrong past about 5,000 candidates on lavapipe): ``$GRILLY_KV_PREDICTOR_FAST_TOPK`` ("1" /
+    "0") when set, else on every device. On the H200 the radix top-k chose wrong columns while an
+    invocation held 17..33 keys in registers; it now holds at most 16
+    (:data:`~grilly_kv.ops.predictor_topk.MAX_KEYS_PER_LANE`, ``benchmarks/diag_topk_select.py``).
 
     Raises:
         ValueError: any other value.
     """
-    on_cpu = device is None or getattr(device, "properties", {}).get("device_type") == "Cpu"
-    return _switch(FAST_TOPK_ENV, on_cpu)
+    return _switch(FAST_TOPK_ENV, True)
 
 
 def split_plan(T: int, n_q_heads: int, cap: int) -> tuple[int, int]:

@@ -13,7 +13,10 @@ SHADER = "predictor-topk"
 SELECT_SHADER = "predictor-topk-select"
 PUSH = PushLayout("C", "K", "from_hist")
 SELECT_LOCAL_SIZE = 256   # the radix select's workgroup (one per history)
-MAX_KEYS_PER_LANE = 64    # score keys an invocation holds in registers (more: read from memory)
+# score keys an invocation holds in registers (more: read from memory). 16: on the H200 every
+# case of benchmarks/diag_topk_select.py chose the reference's columns at caps 1..16 and wrong
+# ones whenever an invocation held 17..33 keys (diag_topk_select_h200.json; cause not found)
+MAX_KEYS_PER_LANE = 16
 MAX_K = 1024              # the radix select keeps the chosen columns in shared memory
 KEYS_ENV = "GRILLY_KV_TOPK_KEYS"   # overrides MAX_KEYS_PER_LANE (benchmarks/diag_topk_select.py)
 
