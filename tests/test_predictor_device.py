@@ -358,3 +358,28 @@ def test_fast_kernels_equal_the_first_kernels(vk, monkeypatch, kind):
         np.testing.assert_array_equal(t1[i][0], t0[i][0], err_msg=f"table after step {i}")
         np.testing.assert_array_equal(t1[i][1], t0[i][1], err_msg=f"entries after step {i}")
     assert any((a[0] != b[0]).any() for a, b in zip(t1, t1[1:])), "the test must exercise block churn"
+
+
+def test_held_and_new_matches_the_pairwise_rule():
+    """The twin's plan keeps a held block the row wants again and copies a wanted block the row
+    does not hold: the sorted-key version equals the k x k comparison on random rows with empty
+    entries (-1), overlaps and rows holding nothing."""
+    from grilly_kv.predictor.device import held_and_new
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        rows, k = int(rng.integers(1, 40)), int(rng.integers(1, 130))
+        C = int(rng.integers(k, 9000))
+        held = np.stack([rng.choice(C, k, replace=False) for _ in range(rows)]).astype(np.int64)
+        want = np.stack([rng.choice(C, k, replace=False) for _ in range(rows)]).astype(np.int64)
+        same = rng.random(want.shape) < 0.5
+        want[same] = held[same]
+        held[rng.random(held.shape) < 0.2] = -1
+        want[rng.random(want.shape) < 0.2] = -1
+        if trial % 50 == 0:
+            held[:] = -1
+        keep, new = held_and_new(held, want)
+        want_keep = (held >= 0) & (held[:, :, None] == want[:, None, :]).any(axis=2)
+        want_new = (want >= 0) & ~(want[:, :, None] == held[:, None, :]).any(axis=2)
+        np.testing.assert_array_equal(keep, want_keep)
+        np.testing.assert_array_equal(new, want_new)

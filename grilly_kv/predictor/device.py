@@ -93,6 +93,28 @@ def candidate_range(position: int, sinks: int, local: int) -> tuple[int, int]:
     return sinks // BLOCK, max(-(-(position + 1 - local) // BLOCK), sinks // BLOCK)
 
 
+
+def held_and_new(held: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``(rows, k)`` int64 block ids (-1: none): ``keep`` = held blocks that ``want``
+    chooses again in the same row, ``new`` = wanted blocks the row does not hold. One sort of
+    (row, block) keys and a binary search instead of the k x k comparisons per row, which cost about a
+    millisecond per step at 32 rows x 120 blocks."""
+    rows = np.arange(held.shape[0], dtype=np.int64)[:, None]
+    span = int(max(held.max(initial=0), want.max(initial=0))) + 2
+    held_key, want_key = rows * span + held, rows * span + want
+    keep = (held >= 0) & _member(held_key, want_key[want >= 0])
+    new = (want >= 0) & ~_member(want_key, held_key[held >= 0])
+    return keep, new
+
+
+def _member(keys: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Whether each of ``keys`` is in ``pool`` (1-D), by a sort and a binary search."""
+    if pool.size == 0:
+        return np.zeros(keys.shape, bool)
+    pool = np.sort(pool)
+    at = np.minimum(np.searchsorted(pool, keys), pool.size - 1)
+    return pool[at] == keys
+
 class DevicePredictorCache(TwinBase):
     """Device state of a :class:`~grilly_kv.predictor.policy.PredictorPolicy` run by the Vulkan model.
 
@@ -331,8 +353,7 @@ class DevicePredictorCache(TwinBase):
         want[want == NONE] = -1
         held = self.entries.reshape(LH, k)                       # views: updated in place
         length = self.entry_len.reshape(LH, k)
-        keep = (held >= 0) & (held[:, :, None] == want[:, None, :]).any(axis=2)
-        new = (want >= 0) & ~(want[:, :, None] == held[:, None, :]).any(axis=2)
+        keep, new = held_and_new(held, want)
         stale = keep & ((held + 1) * BLOCK > length)
         free = ~keep
         take = free & (np.cumsum(free, axis=1) - 1 < new.sum(axis=1, keepdims=True))
