@@ -44,7 +44,8 @@ def our_rows(path: Path) -> list[dict]:
     for r in d["results"]:
         if r["policy"] != "dense":
             continue
-        common = {"engine": f"grilly_kv vulkan ({r['weight_format']})", "model": model, "depth": r["context"]}
+        layout = f", mat-vec {r['matvec']}" if r.get("matvec") else ""
+        common = {"engine": f"grilly_kv vulkan ({r['weight_format']}{layout})", "model": model, "depth": r["context"]}
         rows.append({**common, "test": "tg", "n": 1, "tokens_per_s": r["decode_tokens_per_s"],
                      "gpu_ms_per_token": r["gpu_ms_per_token"], "gpu_over_bound": r.get("gpu_over_bound")})
         if "pp_chunk" in r:          # a warm chunk at this depth: llama-bench's pp test
@@ -90,8 +91,9 @@ def main() -> None:
             missing.append(spec)
     payload = {"benchmark": a.name, "sources": [str(p) for p in a.ours] + a.llamacpp, "missing": missing, "rows": rows}
     (RESULTS / f"{a.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    steps = sorted({json.loads(p.read_text())["config"].get("steps") for p in a.ours if p.exists()} - {None})
     note = ("Decode: tokens/s of 1-token steps after (depth) tokens (llama-bench tg128 at -d depth; grilly_kv "
-            "48 steps after a (depth)-token prefill, median). Prefill: llama.cpp pp512 at -d depth; grilly_kv "
+            f"{'/'.join(map(str, steps)) or 'its'} steps after a (depth)-token prefill, the first untimed, median). Prefill: llama.cpp pp512 at -d depth; grilly_kv "
             "one warm chunk of --chunk tokens after (depth) tokens where the JSON has it (bench_model_decode "
             "--pp-chunk; n = the chunk), else the (depth)-token prompt from empty in chunks, its first "
             "measurement including recording set-up. Same GPU, same file, one run.\n\n")
